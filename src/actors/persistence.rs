@@ -1,0 +1,418 @@
+//! Persistence: the gateway's only writer to the storage service.
+//!
+//! Sessions hand it accepted `send`s; it commits them in batches over gRPC, acks each sender
+//! and hands the committed messages to the Router for delivery. While one append call is in
+//! flight, new writes queue, and the next call takes all of them up to `storage.max_batch`:
+//! batching comes from load, never from a timer.
+//!
+//! The queue (the *outbox*) is bounded by `storage.max_pending` through a semaphore that
+//! sessions take a permit from before they hand a write over; a session that finds no permit
+//! answers `unavailable`. The outbox lives outside the actor's state, so a restarted
+//! Persistence finds every write it had accepted, including the batch that was in flight
+//! (appends are idempotent, so sending it again stores nothing twice).
+//!
+//! When the storage service is unreachable, Persistence keeps accepting writes into the
+//! outbox and reconnects with exponential backoff and jitter; once connected, the outbox is
+//! flushed in order.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::{OwnedSemaphorePermit, watch};
+
+use super::ActorSlot;
+use super::router::{Delivery, RouterMsg};
+use crate::config::StorageConfig;
+use crate::connection::Outbound;
+use crate::domain::{AppendOutcome, NewMessage, StoredMessage};
+use crate::protocol::{ErrorCode, ProtocolError, ReqId, ServerFrame};
+use crate::storage::grpc::{CallError, StorageClient};
+
+pub enum PersistenceMsg {
+    /// A write a session accepted; it holds one outbox permit.
+    Append(PendingWrite),
+    /// Try to connect to the storage service (self-scheduled with backoff).
+    Connect,
+    /// The outcome of a connection attempt.
+    Connected(Result<StorageClient, CallError>),
+    /// The outcome of the append call of batch `generation`.
+    BatchDone {
+        generation: u64,
+        result: Result<Vec<AppendOutcome>, CallError>,
+    },
+    /// Panics inside `handle`, to exercise supervision.
+    #[cfg(feature = "test-hooks")]
+    Crash,
+}
+
+/// An accepted `send`, waiting to be committed.
+pub struct PendingWrite {
+    pub message: NewMessage,
+    /// Where the `ack` goes: the sender's connection, which outlives any session actor.
+    pub origin: Outbound,
+    pub req_id: Option<ReqId>,
+    /// Its place in the outbox; released when the write is answered.
+    pub permit: OwnedSemaphorePermit,
+    /// Set when an append call carrying it failed without an answer: it may have been
+    /// committed, so a `duplicate` outcome is its own first commit.
+    pub retried: bool,
+}
+
+/// The writes Persistence has accepted and not yet answered, in order.
+#[derive(Default)]
+pub struct Outbox {
+    queue: VecDeque<PendingWrite>,
+    /// The batch whose append call is under way.
+    in_flight: Vec<PendingWrite>,
+}
+
+impl Outbox {
+    /// Puts the in-flight batch back at the front of the queue, in order.
+    fn requeue_in_flight(&mut self) {
+        for mut write in self.in_flight.drain(..).rev() {
+            write.retried = true;
+            self.queue.push_front(write);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.queue.len() + self.in_flight.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The current connection to the storage service, shared with sessions for their reads.
+/// Persistence sets it when it connects and clears it when a call finds storage unreachable.
+#[derive(Debug, Clone)]
+pub struct StorageLink {
+    client: Arc<watch::Sender<Option<StorageClient>>>,
+}
+
+impl Default for StorageLink {
+    fn default() -> Self {
+        Self {
+            client: Arc::new(watch::Sender::new(None)),
+        }
+    }
+}
+
+impl StorageLink {
+    /// The connected client, or `None` while the storage service is unreachable.
+    pub fn client(&self) -> Option<StorageClient> {
+        self.client.borrow().clone()
+    }
+
+    /// The connected client, waiting up to `timeout` for storage to become reachable.
+    pub async fn wait_for_client(&self, timeout: Duration) -> Option<StorageClient> {
+        let mut updates = self.client.subscribe();
+        let reachable = updates.wait_for(Option::is_some);
+        match tokio::time::timeout(timeout, reachable).await {
+            Ok(Ok(client)) => client.clone(),
+            _ => None,
+        }
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.client.borrow().is_some()
+    }
+
+    fn set(&self, client: Option<StorageClient>) {
+        self.client.send_replace(client);
+    }
+}
+
+pub struct PersistenceArgs {
+    pub config: StorageConfig,
+    /// The storage service's URL.
+    pub endpoint: String,
+    pub outbox: Arc<Mutex<Outbox>>,
+    pub link: StorageLink,
+    pub router: ActorSlot<RouterMsg>,
+}
+
+pub struct PersistenceState {
+    args: PersistenceArgs,
+    backoff: ExponentialBackoff,
+    connecting: bool,
+    /// The generation of the batch in flight, if any; answers of older ones are ignored.
+    in_flight: Option<u64>,
+    generation: u64,
+    down_since: Option<Instant>,
+}
+
+pub struct Persistence;
+
+impl Persistence {
+    pub async fn spawn(
+        args: PersistenceArgs,
+        supervisor: ractor::ActorCell,
+    ) -> Result<ActorRef<PersistenceMsg>, ractor::SpawnErr> {
+        let (actor, _) = Actor::spawn_linked(None, Persistence, args, supervisor).await?;
+        Ok(actor)
+    }
+}
+
+fn backoff(config: &StorageConfig) -> ExponentialBackoff {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(config.reconnect_initial_ms))
+        .with_max_delay(Duration::from_millis(config.reconnect_max_ms))
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+impl Actor for Persistence {
+    type Msg = PersistenceMsg;
+    type State = PersistenceState;
+    type Arguments = PersistenceArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: PersistenceArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        // After a restart, the batch the previous incarnation had in flight goes again.
+        args.outbox
+            .lock()
+            .expect("outbox poisoned")
+            .requeue_in_flight();
+        args.link.set(None);
+        Ok(PersistenceState {
+            backoff: backoff(&args.config),
+            args,
+            connecting: false,
+            in_flight: None,
+            generation: 0,
+            down_since: Some(Instant::now()),
+        })
+    }
+
+    async fn post_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        connect(&myself, state);
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            PersistenceMsg::Append(write) => {
+                state
+                    .args
+                    .outbox
+                    .lock()
+                    .expect("outbox poisoned")
+                    .queue
+                    .push_back(write);
+                start_batch(&myself, state);
+            }
+            PersistenceMsg::Connect => connect(&myself, state),
+            PersistenceMsg::Connected(result) => connected(&myself, state, result),
+            PersistenceMsg::BatchDone { generation, result } => {
+                if state.in_flight == Some(generation) {
+                    state.in_flight = None;
+                    batch_done(&myself, state, result);
+                }
+            }
+            #[cfg(feature = "test-hooks")]
+            PersistenceMsg::Crash => panic!("persistence crash requested by a test hook"),
+        }
+        Ok(())
+    }
+}
+
+fn connect(myself: &ActorRef<PersistenceMsg>, state: &mut PersistenceState) {
+    if state.connecting || state.args.link.is_up() {
+        return;
+    }
+    state.connecting = true;
+    let endpoint = state.args.endpoint.clone();
+    let connect_timeout = state.args.config.connect_timeout();
+    let rpc_timeout = state.args.config.rpc_timeout();
+    let myself = myself.clone();
+    tokio::spawn(async move {
+        let result = StorageClient::connect(&endpoint, connect_timeout, rpc_timeout).await;
+        let _ = myself.cast(PersistenceMsg::Connected(result));
+    });
+}
+
+fn connected(
+    myself: &ActorRef<PersistenceMsg>,
+    state: &mut PersistenceState,
+    result: Result<StorageClient, CallError>,
+) {
+    state.connecting = false;
+    match result {
+        Ok(client) => {
+            state.args.link.set(Some(client));
+            state.backoff = backoff(&state.args.config);
+            let down_for = state.down_since.take().map(|t| t.elapsed());
+            tracing::info!(endpoint = %state.args.endpoint, ?down_for, "storage reachable");
+            start_batch(myself, state);
+        }
+        Err(error) => schedule_reconnect(myself, state, &error),
+    }
+}
+
+fn schedule_reconnect(
+    myself: &ActorRef<PersistenceMsg>,
+    state: &mut PersistenceState,
+    error: &CallError,
+) {
+    let delay = state
+        .backoff
+        .next()
+        .unwrap_or(Duration::from_millis(state.args.config.reconnect_max_ms));
+    let pending = state.args.outbox.lock().expect("outbox poisoned").len();
+    tracing::warn!(
+        endpoint = %state.args.endpoint,
+        %error,
+        retry_in = ?delay,
+        pending,
+        "storage unreachable"
+    );
+    myself.send_after(delay, || PersistenceMsg::Connect);
+}
+
+/// Sends the next batch if storage is connected and no batch is in flight.
+fn start_batch(myself: &ActorRef<PersistenceMsg>, state: &mut PersistenceState) {
+    if state.in_flight.is_some() {
+        return;
+    }
+    let Some(client) = state.args.link.client() else {
+        return;
+    };
+    let batch: Vec<NewMessage> = {
+        let mut outbox = state.args.outbox.lock().expect("outbox poisoned");
+        let take = outbox.queue.len().min(state.args.config.max_batch);
+        if take == 0 {
+            return;
+        }
+        let writes: Vec<PendingWrite> = outbox.queue.drain(..take).collect();
+        let batch = writes.iter().map(|w| w.message.clone()).collect();
+        outbox.in_flight = writes;
+        batch
+    };
+    state.generation += 1;
+    let generation = state.generation;
+    state.in_flight = Some(generation);
+    let myself = myself.clone();
+    tokio::spawn(async move {
+        let result = client.append(batch).await;
+        let _ = myself.cast(PersistenceMsg::BatchDone { generation, result });
+    });
+}
+
+fn batch_done(
+    myself: &ActorRef<PersistenceMsg>,
+    state: &mut PersistenceState,
+    result: Result<Vec<AppendOutcome>, CallError>,
+) {
+    match result {
+        Ok(outcomes) => {
+            let writes =
+                std::mem::take(&mut state.args.outbox.lock().expect("outbox poisoned").in_flight);
+            let mut deliveries = Vec::with_capacity(writes.len());
+            for (write, outcome) in writes.into_iter().zip(outcomes) {
+                if let Some(delivery) = answer(write, outcome) {
+                    deliveries.push(delivery);
+                }
+            }
+            if !deliveries.is_empty()
+                && state
+                    .args
+                    .router
+                    .cast(RouterMsg::Deliver(deliveries))
+                    .is_err()
+            {
+                tracing::warn!(
+                    "router unavailable; committed messages will reach recipients through sync"
+                );
+            }
+            start_batch(myself, state);
+        }
+        Err(CallError::Rejected(reason)) => {
+            // The service refused the batch as a whole: retrying cannot help.
+            tracing::error!(%reason, "storage refused an append batch");
+            let writes =
+                std::mem::take(&mut state.args.outbox.lock().expect("outbox poisoned").in_flight);
+            for write in writes {
+                write.origin.error(
+                    &ProtocolError::new(
+                        ErrorCode::Internal,
+                        "the storage service refused the message",
+                    )
+                    .with_req_id(write.req_id.clone())
+                    .with_client_msg_id(Some(write.message.client_msg_id.clone())),
+                );
+            }
+            start_batch(myself, state);
+        }
+        Err(error) => {
+            state
+                .args
+                .outbox
+                .lock()
+                .expect("outbox poisoned")
+                .requeue_in_flight();
+            state.args.link.set(None);
+            state.down_since.get_or_insert_with(Instant::now);
+            schedule_reconnect(myself, state, &error);
+        }
+    }
+}
+
+/// Acks one committed write to its sender; returns what the Router must deliver.
+fn answer(write: PendingWrite, outcome: AppendOutcome) -> Option<Delivery> {
+    match outcome {
+        AppendOutcome::Stored { message, duplicate } => {
+            // A retried write found stored was stored by its own earlier, unanswered call.
+            let duplicate = duplicate && !write.retried;
+            write
+                .origin
+                .send(&ack_frame(&message, write.req_id.as_ref(), duplicate));
+            (!duplicate).then(|| Delivery {
+                message,
+                origin: Some(write.origin.session_id()),
+            })
+        }
+        AppendOutcome::Rejected(reason) => {
+            write.origin.error(
+                &ProtocolError::new(ErrorCode::BadRequest, reason)
+                    .with_req_id(write.req_id)
+                    .with_client_msg_id(Some(write.message.client_msg_id)),
+            );
+            None
+        }
+    }
+}
+
+fn ack_frame<'a>(
+    message: &'a StoredMessage,
+    req_id: Option<&'a ReqId>,
+    duplicate: bool,
+) -> ServerFrame<'a> {
+    ServerFrame::Ack {
+        req_id,
+        client_msg_id: &message.client_msg_id,
+        message_id: message.message_id.to_string(),
+        conversation_id: message.conversation_id(),
+        seq: message.sender_seq,
+        ts: message.ts,
+        duplicate,
+    }
+}

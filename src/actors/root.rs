@@ -1,0 +1,184 @@
+//! RootSupervisor: starts Persistence, Router and SessionSupervisor, and restarts whichever
+//! of them fails.
+//!
+//! - **Router** failed: a new Router is published in its slot, then SessionSupervisor
+//!   registers every live connection with it. No connection is dropped.
+//! - **Persistence** failed: a new one takes over the outbox, which lives outside the actor,
+//!   and sends the interrupted batch again (appends are idempotent).
+//! - **SessionSupervisor** failed: its sessions died with it (ractor kills the children of a
+//!   dead supervisor); their sockets close and clients reconnect. A new one accepts new
+//!   connections.
+
+use std::sync::{Arc, Mutex};
+
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
+
+use super::ActorSlot;
+#[cfg(feature = "test-hooks")]
+use super::persistence::PersistenceMsg;
+use super::persistence::{Outbox, Persistence, PersistenceArgs};
+use super::router::Router;
+#[cfg(feature = "test-hooks")]
+use super::router::RouterMsg;
+use super::session::GatewayContext;
+use super::session_supervisor::{SessionSupervisor, SessionSupervisorArgs, SessionSupervisorMsg};
+use crate::config::{SessionConfig, StorageConfig};
+
+pub enum RootMsg {
+    /// Makes the Router panic, to exercise its recovery.
+    #[cfg(feature = "test-hooks")]
+    CrashRouter,
+    /// Makes Persistence panic, to exercise its recovery.
+    #[cfg(feature = "test-hooks")]
+    CrashPersistence,
+}
+
+pub struct RootArgs {
+    pub gateway: Arc<GatewayContext>,
+    pub sessions: ActorSlot<SessionSupervisorMsg>,
+    pub storage: StorageConfig,
+    /// The storage service's URL.
+    pub endpoint: String,
+    pub outbox: Arc<Mutex<Outbox>>,
+    pub session: SessionConfig,
+}
+
+pub struct RootState {
+    args: RootArgs,
+    router: ActorCell,
+    persistence: ActorCell,
+    sessions: ActorCell,
+}
+
+pub struct RootSupervisor;
+
+impl RootSupervisor {
+    pub async fn spawn(args: RootArgs) -> Result<ActorRef<RootMsg>, ractor::SpawnErr> {
+        let (actor, _) = Actor::spawn(None, RootSupervisor, args).await?;
+        Ok(actor)
+    }
+}
+
+impl Actor for RootSupervisor {
+    type Msg = RootMsg;
+    type State = RootState;
+    type Arguments = RootArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: RootArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let persistence = spawn_persistence(&args, myself.get_cell()).await?;
+        let router = spawn_router(&args, myself.get_cell()).await?;
+        let sessions = spawn_sessions(&args, myself.get_cell()).await?;
+        Ok(RootState {
+            args,
+            router,
+            persistence,
+            sessions,
+        })
+    }
+
+    // Without test hooks `RootMsg` has no variants, so nothing here is reachable.
+    #[cfg_attr(not(feature = "test-hooks"), allow(unused_variables, unreachable_code))]
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            #[cfg(feature = "test-hooks")]
+            RootMsg::CrashRouter => {
+                let _ = state.args.gateway.router.cast(RouterMsg::Crash);
+            }
+            #[cfg(feature = "test-hooks")]
+            RootMsg::CrashPersistence => {
+                let _ = state.args.gateway.persistence.cast(PersistenceMsg::Crash);
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        // Overridden: the default would stop the whole node when one child ends.
+        let (cell, why) = match event {
+            SupervisionEvent::ActorFailed(cell, error) => (cell, error.to_string()),
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                (cell, reason.unwrap_or_else(|| "stopped".to_owned()))
+            }
+            _ => return Ok(()),
+        };
+        let id = cell.get_id();
+        if id == state.router.get_id() {
+            tracing::error!(error = %why, "router ended; restarting it");
+            state.router = spawn_router(&state.args, myself.get_cell()).await?;
+            if let Some(sessions) = state.args.sessions.get() {
+                let router = state
+                    .args
+                    .gateway
+                    .router
+                    .get()
+                    .expect("router just published");
+                let _ = sessions.cast(SessionSupervisorMsg::RegisterAll(router));
+            }
+        } else if id == state.persistence.get_id() {
+            tracing::error!(error = %why, "persistence ended; restarting it");
+            state.persistence = spawn_persistence(&state.args, myself.get_cell()).await?;
+        } else if id == state.sessions.get_id() {
+            tracing::error!(error = %why, "session supervisor ended; its connections are lost; restarting it");
+            state.sessions = spawn_sessions(&state.args, myself.get_cell()).await?;
+        }
+        Ok(())
+    }
+}
+
+async fn spawn_router(
+    args: &RootArgs,
+    supervisor: ActorCell,
+) -> Result<ActorCell, ActorProcessingErr> {
+    let router = Router::spawn(supervisor).await?;
+    args.gateway.router.set(router.clone());
+    Ok(router.get_cell())
+}
+
+async fn spawn_persistence(
+    args: &RootArgs,
+    supervisor: ActorCell,
+) -> Result<ActorCell, ActorProcessingErr> {
+    let persistence = Persistence::spawn(
+        PersistenceArgs {
+            config: args.storage.clone(),
+            endpoint: args.endpoint.clone(),
+            outbox: Arc::clone(&args.outbox),
+            link: args.gateway.storage.clone(),
+            router: args.gateway.router.clone(),
+        },
+        supervisor,
+    )
+    .await?;
+    args.gateway.persistence.set(persistence.clone());
+    Ok(persistence.get_cell())
+}
+
+async fn spawn_sessions(
+    args: &RootArgs,
+    supervisor: ActorCell,
+) -> Result<ActorCell, ActorProcessingErr> {
+    let sessions = SessionSupervisor::spawn(
+        SessionSupervisorArgs {
+            gateway: Arc::clone(&args.gateway),
+            config: args.session.clone(),
+        },
+        supervisor,
+    )
+    .await?;
+    args.sessions.set(sessions.clone());
+    Ok(sessions.get_cell())
+}

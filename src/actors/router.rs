@@ -1,0 +1,353 @@
+//! The Router: which sessions are live for each (tenant, user), and who watches whom.
+//!
+//! Persistence hands it committed messages to deliver; sessions hand it presence queries and
+//! typing events. It writes straight into each session's bounded [`Outbound`] queue, so it
+//! never waits on a client and a slow client never slows it down. Replies that must stay in
+//! order with events (a `presence_snapshot` before the `presence` events after it) are written
+//! here for that reason.
+//!
+//! Its state is derived: after a restart SessionSupervisor registers every live session again
+//! (RootSupervisor arranges it), and nothing else is lost.
+
+use std::collections::{HashMap, HashSet};
+
+use axum::extract::ws::Utf8Bytes;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+
+use crate::connection::Outbound;
+use crate::domain::{SessionId, StoredMessage, UserKey};
+use crate::protocol::{MessageView, PresenceStatus, ReqId, ServerFrame, now_ms};
+
+pub enum RouterMsg {
+    /// A session is live (or registers again after its actor or the Router restarted).
+    Register(Registration),
+    /// Every live session at once, after the Router restarted.
+    RegisterAll(Vec<Registration>),
+    /// A connection has ended.
+    Unregister(SessionId),
+    /// Committed messages to hand to the live sessions of their participants.
+    Deliver(Vec<Delivery>),
+    /// Start watching `users` (of the session's tenant); answers `presence_snapshot`.
+    Subscribe {
+        session: SessionId,
+        users: Vec<String>,
+        req_id: Option<ReqId>,
+    },
+    /// Stop watching `users`.
+    Unsubscribe {
+        session: SessionId,
+        users: Vec<String>,
+    },
+    /// Answers `online_users` for the session's tenant.
+    OnlineUsers {
+        session: SessionId,
+        limit: u32,
+        req_id: Option<ReqId>,
+    },
+    /// Relays a typing indicator to the live sessions of `to`.
+    Typing { from: UserKey, to: String },
+    /// Panics inside `handle`, to exercise supervision.
+    #[cfg(feature = "test-hooks")]
+    Crash,
+}
+
+/// What the Router needs to know of a live session.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    pub key: UserKey,
+    pub outbound: Outbound,
+    /// Users of the same tenant this session watches for presence.
+    pub watching: Vec<String>,
+}
+
+/// A committed message and the session that sent it (which gets an `ack`, not a copy).
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub message: StoredMessage,
+    pub origin: Option<SessionId>,
+}
+
+#[derive(Default)]
+pub struct RouterState {
+    sessions: HashMap<SessionId, Entry>,
+    /// tenant → user → live sessions.
+    online: HashMap<String, HashMap<String, Vec<SessionId>>>,
+    /// watched user → watching sessions.
+    watchers: HashMap<UserKey, HashSet<SessionId>>,
+}
+
+struct Entry {
+    key: UserKey,
+    outbound: Outbound,
+    watching: HashSet<String>,
+}
+
+pub struct Router;
+
+impl Router {
+    /// Spawns a Router linked to `supervisor`.
+    pub async fn spawn(
+        supervisor: ractor::ActorCell,
+    ) -> Result<ActorRef<RouterMsg>, ractor::SpawnErr> {
+        let (actor, _) = Actor::spawn_linked(None, Router, (), supervisor).await?;
+        Ok(actor)
+    }
+}
+
+impl Actor for Router {
+    type Msg = RouterMsg;
+    type State = RouterState;
+    type Arguments = ();
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        _args: (),
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(RouterState::default())
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            RouterMsg::Register(registration) => state.register(registration),
+            RouterMsg::RegisterAll(registrations) => {
+                tracing::info!(
+                    sessions = registrations.len(),
+                    "router recovered live sessions"
+                );
+                for registration in registrations {
+                    state.register(registration);
+                }
+            }
+            RouterMsg::Unregister(session) => state.unregister(session),
+            RouterMsg::Deliver(deliveries) => state.deliver(&deliveries),
+            RouterMsg::Subscribe {
+                session,
+                users,
+                req_id,
+            } => state.subscribe(session, users, req_id.as_ref()),
+            RouterMsg::Unsubscribe { session, users } => state.unsubscribe(session, &users),
+            RouterMsg::OnlineUsers {
+                session,
+                limit,
+                req_id,
+            } => state.online_users(session, limit, req_id.as_ref()),
+            RouterMsg::Typing { from, to } => state.typing(&from, &to),
+            #[cfg(feature = "test-hooks")]
+            RouterMsg::Crash => panic!("router crash requested by a test hook"),
+        }
+        Ok(())
+    }
+}
+
+impl RouterState {
+    fn register(&mut self, registration: Registration) {
+        let session = registration.outbound.session_id();
+        let Registration {
+            key,
+            outbound,
+            watching,
+        } = registration;
+        if let Some(entry) = self.sessions.get_mut(&session) {
+            // The session's actor restarted: same connection, same queue.
+            entry.outbound = outbound;
+        } else {
+            let sessions = self
+                .online
+                .entry(key.tenant.clone())
+                .or_default()
+                .entry(key.user.clone())
+                .or_default();
+            sessions.push(session);
+            let came_online = sessions.len() == 1;
+            self.sessions.insert(
+                session,
+                Entry {
+                    key: key.clone(),
+                    outbound,
+                    watching: HashSet::new(),
+                },
+            );
+            if came_online {
+                self.announce(&key, PresenceStatus::Online);
+            }
+        }
+        self.watch(session, &key.tenant, watching);
+    }
+
+    fn unregister(&mut self, session: SessionId) {
+        let Some(entry) = self.sessions.remove(&session) else {
+            return;
+        };
+        for user in &entry.watching {
+            let watched = entry.key.peer(user.clone());
+            if let Some(watchers) = self.watchers.get_mut(&watched) {
+                watchers.remove(&session);
+                if watchers.is_empty() {
+                    self.watchers.remove(&watched);
+                }
+            }
+        }
+        let mut went_offline = false;
+        if let Some(users) = self.online.get_mut(&entry.key.tenant) {
+            if let Some(sessions) = users.get_mut(&entry.key.user) {
+                sessions.retain(|s| *s != session);
+                if sessions.is_empty() {
+                    users.remove(&entry.key.user);
+                    went_offline = true;
+                }
+            }
+            if users.is_empty() {
+                self.online.remove(&entry.key.tenant);
+            }
+        }
+        if went_offline {
+            self.announce(&entry.key, PresenceStatus::Offline);
+        }
+    }
+
+    fn live_sessions(&self, key: &UserKey) -> &[SessionId] {
+        self.online
+            .get(&key.tenant)
+            .and_then(|users| users.get(&key.user))
+            .map_or(&[], Vec::as_slice)
+    }
+
+    fn is_online(&self, key: &UserKey) -> bool {
+        !self.live_sessions(key).is_empty()
+    }
+
+    /// Sends a `presence` event about `key` to every session watching it.
+    fn announce(&self, key: &UserKey, status: PresenceStatus) {
+        let Some(watchers) = self.watchers.get(key) else {
+            return;
+        };
+        let text = Utf8Bytes::from(
+            ServerFrame::Presence {
+                user: &key.user,
+                status,
+                ts: now_ms(),
+            }
+            .encode(),
+        );
+        for session in watchers {
+            if let Some(entry) = self.sessions.get(session) {
+                entry.outbound.send_text(text.clone(), true);
+            }
+        }
+    }
+
+    fn watch(&mut self, session: SessionId, tenant: &str, users: Vec<String>) {
+        let Some(entry) = self.sessions.get_mut(&session) else {
+            return;
+        };
+        for user in users {
+            self.watchers
+                .entry(UserKey::new(tenant, user.clone()))
+                .or_default()
+                .insert(session);
+            entry.watching.insert(user);
+        }
+    }
+
+    fn deliver(&self, deliveries: &[Delivery]) {
+        for Delivery { message, origin } in deliveries {
+            let recipient = message.recipient_key();
+            self.send_message(&recipient, message, *origin);
+            if message.recipient != message.sender {
+                // The sender's other devices get a copy with the sender's seq.
+                self.send_message(&message.sender_key(), message, *origin);
+            }
+        }
+    }
+
+    /// Sends `message` as `viewer` sees it to every live session of `viewer` but `skip`.
+    fn send_message(&self, viewer: &UserKey, message: &StoredMessage, skip: Option<SessionId>) {
+        let sessions = self.live_sessions(viewer);
+        if sessions.iter().all(|s| Some(*s) == skip) {
+            return;
+        }
+        let text =
+            Utf8Bytes::from(ServerFrame::Message(MessageView::of(message, &viewer.user)).encode());
+        for session in sessions.iter().filter(|s| Some(**s) != skip) {
+            if let Some(entry) = self.sessions.get(session) {
+                entry.outbound.send_text(text.clone(), false);
+            }
+        }
+    }
+
+    fn subscribe(&mut self, session: SessionId, users: Vec<String>, req_id: Option<&ReqId>) {
+        let Some(tenant) = self.sessions.get(&session).map(|e| e.key.tenant.clone()) else {
+            return;
+        };
+        self.watch(session, &tenant, users.clone());
+        let statuses = users
+            .iter()
+            .map(|user| {
+                let status = if self.is_online(&UserKey::new(tenant.clone(), user.clone())) {
+                    PresenceStatus::Online
+                } else {
+                    PresenceStatus::Offline
+                };
+                (user.as_str(), status)
+            })
+            .collect();
+        if let Some(entry) = self.sessions.get(&session) {
+            entry.outbound.send(&ServerFrame::PresenceSnapshot {
+                req_id,
+                users: statuses,
+            });
+        }
+    }
+
+    fn unsubscribe(&mut self, session: SessionId, users: &[String]) {
+        let Some(entry) = self.sessions.get_mut(&session) else {
+            return;
+        };
+        for user in users {
+            if entry.watching.remove(user) {
+                let watched = entry.key.peer(user.clone());
+                if let Some(watchers) = self.watchers.get_mut(&watched) {
+                    watchers.remove(&session);
+                    if watchers.is_empty() {
+                        self.watchers.remove(&watched);
+                    }
+                }
+            }
+        }
+    }
+
+    fn online_users(&self, session: SessionId, limit: u32, req_id: Option<&ReqId>) {
+        let Some(entry) = self.sessions.get(&session) else {
+            return;
+        };
+        let mut users: Vec<&str> = self
+            .online
+            .get(&entry.key.tenant)
+            .map(|users| users.keys().map(String::as_str).collect())
+            .unwrap_or_default();
+        users.sort_unstable();
+        let truncated = users.len() > limit as usize;
+        users.truncate(limit as usize);
+        entry.outbound.send(&ServerFrame::OnlineUsers {
+            req_id,
+            users,
+            truncated,
+        });
+    }
+
+    fn typing(&self, from: &UserKey, to: &str) {
+        let recipient = from.peer(to);
+        let text = Utf8Bytes::from(ServerFrame::Typing { from: &from.user }.encode());
+        for session in self.live_sessions(&recipient) {
+            if let Some(entry) = self.sessions.get(session) {
+                entry.outbound.send_text(text.clone(), true);
+            }
+        }
+    }
+}

@@ -1,0 +1,469 @@
+//! A Session: one client connection's commands, as one actor.
+//!
+//! The reader task hands it each decoded frame and waits until it has taken it. It validates
+//! what decoding cannot, then hands the work on: sends to Persistence, presence and typing to
+//! the Router, reads (history, sync) to a task bounded by the connection's read permits. It
+//! never awaits the socket: every reply goes into the connection's bounded [`Outbound`] queue.
+//!
+//! What must survive a restart of this actor lives in [`ConnectionContext`], owned by
+//! SessionSupervisor: the queue, the identity and the presence watch list.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::{Semaphore, oneshot};
+
+use super::ActorSlot;
+use super::persistence::{PendingWrite, PersistenceMsg, StorageLink};
+use super::router::{Registration, RouterMsg};
+use crate::config::LimitsConfig;
+use crate::connection::{Outbound, close_code};
+use crate::domain::{NewMessage, UserKey};
+use crate::protocol::{
+    Command, CommandKind, ErrorCode, MessageView, PROTOCOL_VERSION, ProtocolError, ReqId,
+    ServerFrame, now_ms,
+};
+use crate::storage::grpc::CallError;
+use crate::storage::{HistoryQuery, SyncQuery};
+
+/// What the reader task hands over.
+#[derive(Debug)]
+pub enum Inbound {
+    /// A text frame, decoded (or the reason it could not be).
+    Command(Result<Command, ProtocolError>),
+    /// A binary frame; the protocol has none.
+    Binary,
+    /// The socket has closed.
+    SocketClosed,
+}
+
+pub enum SessionMsg {
+    /// A frame from the client; `accepted` is answered once the session has taken it, which
+    /// lets the reader read the next one.
+    Inbound {
+        input: Inbound,
+        accepted: oneshot::Sender<()>,
+    },
+    /// Panics inside `handle`, to exercise supervision.
+    #[cfg(feature = "test-hooks")]
+    Crash,
+}
+
+/// What a session needs from the rest of the node. One per node, shared by every session.
+pub struct GatewayContext {
+    pub router: ActorSlot<RouterMsg>,
+    pub persistence: ActorSlot<PersistenceMsg>,
+    pub storage: StorageLink,
+    /// Free places in Persistence's outbox (`storage.max_pending`).
+    pub outbox_permits: Arc<Semaphore>,
+    pub limits: LimitsConfig,
+    /// How long a session waits for storage when the client connects.
+    pub storage_wait: Duration,
+}
+
+/// One connection, as it outlives the session actors that serve it.
+pub struct ConnectionContext {
+    pub key: UserKey,
+    pub outbound: Outbound,
+    /// Users (of the same tenant) this connection watches for presence.
+    pub watching: Mutex<BTreeSet<String>>,
+    /// Storage reads this connection may have in flight.
+    pub reads: Arc<Semaphore>,
+}
+
+impl ConnectionContext {
+    pub fn registration(&self) -> Registration {
+        Registration {
+            key: self.key.clone(),
+            outbound: self.outbound.clone(),
+            watching: self
+                .watching
+                .lock()
+                .expect("watch list poisoned")
+                .iter()
+                .cloned()
+                .collect(),
+        }
+    }
+}
+
+pub struct SessionArgs {
+    pub connection: Arc<ConnectionContext>,
+    pub gateway: Arc<GatewayContext>,
+    /// True when this actor replaces one that failed: no `welcome` again.
+    pub restarted: bool,
+}
+
+pub struct SessionState {
+    connection: Arc<ConnectionContext>,
+    gateway: Arc<GatewayContext>,
+    restarted: bool,
+}
+
+pub struct Session;
+
+impl Session {
+    pub async fn spawn(
+        args: SessionArgs,
+        supervisor: ractor::ActorCell,
+    ) -> Result<ActorRef<SessionMsg>, ractor::SpawnErr> {
+        let (actor, _) = Actor::spawn_linked(None, Session, args, supervisor).await?;
+        Ok(actor)
+    }
+}
+
+impl Actor for Session {
+    type Msg = SessionMsg;
+    type State = SessionState;
+    type Arguments = SessionArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: SessionArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(SessionState {
+            connection: args.connection,
+            gateway: args.gateway,
+            restarted: args.restarted,
+        })
+    }
+
+    async fn post_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        if state.restarted {
+            // Same connection, same queue: the Router entry only needs the new registration.
+            register(state);
+        } else {
+            welcome(&myself, state).await;
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            SessionMsg::Inbound { input, accepted } => {
+                match input {
+                    Inbound::Command(Ok(command)) => state.command(command).await,
+                    Inbound::Command(Err(error)) => {
+                        state.connection.outbound.error(&error);
+                    }
+                    Inbound::Binary => {
+                        state.connection.outbound.error(&ProtocolError::new(
+                            ErrorCode::BadRequest,
+                            "binary frames are not supported; send JSON text frames",
+                        ));
+                    }
+                    Inbound::SocketClosed => myself.stop(Some("socket closed".to_owned())),
+                }
+                let _ = accepted.send(());
+            }
+            #[cfg(feature = "test-hooks")]
+            SessionMsg::Crash => panic!("session crash requested by a test hook"),
+        }
+        Ok(())
+    }
+}
+
+fn register(state: &SessionState) {
+    // If the Router is down, RootSupervisor has it re-register every session on restart.
+    let _ = state
+        .gateway
+        .router
+        .cast(RouterMsg::Register(state.connection.registration()));
+}
+
+/// Sends `welcome` (with the user's current seq), then goes live. A client that connects
+/// while storage is unreachable is closed with 1013 and reconnects later.
+async fn welcome(myself: &ActorRef<SessionMsg>, state: &SessionState) {
+    let connection = &state.connection;
+    let client = state
+        .gateway
+        .storage
+        .wait_for_client(state.gateway.storage_wait)
+        .await;
+    let last_seq = match client {
+        Some(ref client) => client.last_seq(connection.key.clone()).await.ok(),
+        None => None,
+    };
+    let (Some(client), Some(last_seq)) = (client, last_seq) else {
+        connection.outbound.close_after_pending(
+            close_code::TRY_AGAIN_LATER,
+            "storage unavailable; reconnect later",
+        );
+        myself.stop(Some("storage unavailable".to_owned()));
+        return;
+    };
+    connection.outbound.send(&ServerFrame::Welcome {
+        session_id: connection.outbound.session_id().to_string(),
+        user: &connection.key.user,
+        tenant: &connection.key.tenant,
+        last_seq,
+        protocol: PROTOCOL_VERSION,
+    });
+    register(state);
+    // A message committed between reading `last_seq` and registering was not delivered
+    // live: tell the client to sync.
+    if let Ok(now) = client.last_seq(connection.key.clone()).await
+        && now > last_seq
+    {
+        connection
+            .outbound
+            .send(&ServerFrame::SyncHint { last_seq: now });
+    }
+}
+
+fn unavailable(message: &str, req_id: Option<ReqId>) -> ProtocolError {
+    ProtocolError::new(ErrorCode::Unavailable, message).with_req_id(req_id)
+}
+
+fn storage_error(error: CallError, req_id: Option<ReqId>) -> ProtocolError {
+    match error {
+        CallError::Rejected(reason) => {
+            ProtocolError::new(ErrorCode::BadRequest, reason).with_req_id(req_id)
+        }
+        CallError::Unavailable(_) => unavailable("storage unavailable; retry later", req_id),
+    }
+}
+
+impl SessionState {
+    async fn command(&self, command: Command) {
+        let Command { req_id, kind } = command;
+        match kind {
+            CommandKind::Send {
+                to,
+                text,
+                client_msg_id,
+            } => self.send(to, text, client_msg_id, req_id),
+            CommandKind::History {
+                with,
+                before,
+                limit,
+            } => self.history(with, before, limit, req_id).await,
+            CommandKind::Sync { after_seq, limit } => self.sync(after_seq, limit, req_id).await,
+            CommandKind::PresenceSubscribe { users } => self.subscribe(users, req_id),
+            CommandKind::PresenceUnsubscribe { users } => self.unsubscribe(users),
+            CommandKind::OnlineUsers { limit } => {
+                self.to_router(
+                    RouterMsg::OnlineUsers {
+                        session: self.connection.outbound.session_id(),
+                        limit,
+                        req_id: req_id.clone(),
+                    },
+                    req_id,
+                );
+            }
+            CommandKind::Typing { to } => {
+                self.to_router(
+                    RouterMsg::Typing {
+                        from: self.connection.key.clone(),
+                        to,
+                    },
+                    req_id,
+                );
+            }
+            CommandKind::Ping => {
+                self.connection.outbound.send(&ServerFrame::Pong {
+                    req_id: req_id.as_ref(),
+                    ts: now_ms(),
+                });
+            }
+        }
+    }
+
+    fn to_router(&self, message: RouterMsg, req_id: Option<ReqId>) {
+        if self.gateway.router.cast(message).is_err() {
+            self.connection
+                .outbound
+                .error(&unavailable("the router is restarting; retry", req_id));
+        }
+    }
+
+    fn send(&self, to: String, text: String, client_msg_id: String, req_id: Option<ReqId>) {
+        let outbound = &self.connection.outbound;
+        let Ok(permit) = Arc::clone(&self.gateway.outbox_permits).try_acquire_owned() else {
+            outbound.error(
+                &unavailable(
+                    "too many messages are waiting for storage; retry later",
+                    req_id,
+                )
+                .with_client_msg_id(Some(client_msg_id)),
+            );
+            return;
+        };
+        let write = PendingWrite {
+            message: NewMessage {
+                tenant: self.connection.key.tenant.clone(),
+                sender: self.connection.key.user.clone(),
+                recipient: to,
+                client_msg_id,
+                text,
+            },
+            origin: outbound.clone(),
+            req_id,
+            permit,
+            retried: false,
+        };
+        if let Err(ractor::MessagingErr::SendErr(PersistenceMsg::Append(write))) =
+            self.gateway.persistence.cast(PersistenceMsg::Append(write))
+        {
+            outbound.error(
+                &unavailable("persistence is restarting; retry", write.req_id)
+                    .with_client_msg_id(Some(write.message.client_msg_id)),
+            );
+        }
+    }
+
+    /// Waits for a read permit (pushing back on the client), then reads in a task.
+    async fn read_permit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        Arc::clone(&self.connection.reads)
+            .acquire_owned()
+            .await
+            .ok()
+    }
+
+    async fn history(&self, with: String, before: Option<u64>, limit: u32, req_id: Option<ReqId>) {
+        let Some(permit) = self.read_permit().await else {
+            return;
+        };
+        let outbound = self.connection.outbound.clone();
+        let Some(client) = self.gateway.storage.client() else {
+            outbound.error(&unavailable("storage unavailable; retry later", req_id));
+            return;
+        };
+        let user = self.connection.key.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let query = HistoryQuery {
+                user: user.clone(),
+                peer: with.clone(),
+                before,
+                limit,
+            };
+            match client.history(query).await {
+                Ok(page) => {
+                    let next_before = page
+                        .messages
+                        .first()
+                        .filter(|_| page.has_more)
+                        .map(|m| m.message_id.to_string());
+                    outbound.send(&ServerFrame::History {
+                        req_id: req_id.as_ref(),
+                        with: &with,
+                        conversation_id: crate::domain::conversation_id(&user.user, &with),
+                        messages: page
+                            .messages
+                            .iter()
+                            .map(|m| MessageView::of(m, &user.user))
+                            .collect(),
+                        next_before,
+                    });
+                }
+                Err(error) => {
+                    outbound.error(&storage_error(error, req_id));
+                }
+            }
+        });
+    }
+
+    async fn sync(&self, after_seq: u64, limit: u32, req_id: Option<ReqId>) {
+        let Some(permit) = self.read_permit().await else {
+            return;
+        };
+        let outbound = self.connection.outbound.clone();
+        let Some(client) = self.gateway.storage.client() else {
+            outbound.error(&unavailable("storage unavailable; retry later", req_id));
+            return;
+        };
+        let user = self.connection.key.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let query = SyncQuery {
+                user: user.clone(),
+                after_seq,
+                limit,
+            };
+            match client.sync(query).await {
+                Ok(page) => {
+                    outbound.send(&ServerFrame::Sync {
+                        req_id: req_id.as_ref(),
+                        messages: page
+                            .messages
+                            .iter()
+                            .map(|m| MessageView::of(m, &user.user))
+                            .collect(),
+                        last_seq: page.last_seq,
+                        has_more: page.has_more,
+                    });
+                }
+                Err(error) => {
+                    outbound.error(&storage_error(error, req_id));
+                }
+            }
+        });
+    }
+
+    fn subscribe(&self, users: Vec<String>, req_id: Option<ReqId>) {
+        let max = self.gateway.limits.max_watched_users;
+        {
+            let mut watching = self
+                .connection
+                .watching
+                .lock()
+                .expect("watch list poisoned");
+            let added = users.iter().filter(|u| !watching.contains(*u)).count();
+            if watching.len() + added > max {
+                self.connection.outbound.error(
+                    &ProtocolError::new(
+                        ErrorCode::BadRequest,
+                        format!(
+                            "the watch list would hold {} users; the limit is {max}",
+                            watching.len() + added
+                        ),
+                    )
+                    .with_req_id(req_id),
+                );
+                return;
+            }
+            watching.extend(users.iter().cloned());
+        }
+        self.to_router(
+            RouterMsg::Subscribe {
+                session: self.connection.outbound.session_id(),
+                users,
+                req_id: req_id.clone(),
+            },
+            req_id,
+        );
+    }
+
+    fn unsubscribe(&self, users: Vec<String>) {
+        {
+            let mut watching = self
+                .connection
+                .watching
+                .lock()
+                .expect("watch list poisoned");
+            for user in &users {
+                watching.remove(user);
+            }
+        }
+        self.to_router(
+            RouterMsg::Unsubscribe {
+                session: self.connection.outbound.session_id(),
+                users,
+            },
+            None,
+        );
+    }
+}

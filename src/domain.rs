@@ -1,0 +1,218 @@
+//! Plain Rust types for what PerOXO is about: tenants, users and direct messages.
+//!
+//! Every other module speaks these types. The wire format (JSON) lives in `protocol`, the
+//! storage format (protobuf, SQL) in `storage`; neither leaks past its module.
+
+use std::fmt;
+
+/// The longest tenant or user id, in bytes (ids are ASCII, so also in characters).
+pub const MAX_ID_LEN: usize = 64;
+/// The longest `client_msg_id`, in bytes.
+pub const MAX_CLIENT_MSG_ID_LEN: usize = 64;
+/// The tenant a client lands in when it names none.
+pub const DEFAULT_TENANT: &str = "default";
+
+/// Checks a tenant or user id: 1–64 characters of `[A-Za-z0-9._@-]`.
+pub fn validate_id(id: &str) -> Result<(), String> {
+    if id.is_empty() {
+        return Err("must not be empty".to_owned());
+    }
+    if id.len() > MAX_ID_LEN {
+        return Err(format!("must be at most {MAX_ID_LEN} characters"));
+    }
+    if let Some(bad) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '@' | '-')))
+    {
+        return Err(format!(
+            "contains {bad:?}; only letters, digits and . _ @ - are allowed"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a `client_msg_id`: 1–64 bytes, no control characters.
+pub fn validate_client_msg_id(id: &str) -> Result<(), String> {
+    if id.is_empty() {
+        return Err("must not be empty".to_owned());
+    }
+    if id.len() > MAX_CLIENT_MSG_ID_LEN {
+        return Err(format!("must be at most {MAX_CLIENT_MSG_ID_LEN} bytes"));
+    }
+    if id.chars().any(char::is_control) {
+        return Err("must not contain control characters".to_owned());
+    }
+    Ok(())
+}
+
+/// Identifies one WebSocket connection for the life of the process. Stays the same when the
+/// session actor serving it is restarted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId(pub u64);
+
+impl SessionId {
+    /// A process-wide unique id.
+    pub fn next() -> Self {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        Self(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "s{}", self.0)
+    }
+}
+
+/// One user of one tenant: the unit of routing, presence and sequence numbers.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UserKey {
+    pub tenant: String,
+    pub user: String,
+}
+
+impl UserKey {
+    pub fn new(tenant: impl Into<String>, user: impl Into<String>) -> Self {
+        Self {
+            tenant: tenant.into(),
+            user: user.into(),
+        }
+    }
+
+    /// The same tenant, another user.
+    pub fn peer(&self, user: impl Into<String>) -> Self {
+        Self::new(self.tenant.clone(), user)
+    }
+}
+
+impl fmt::Display for UserKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.tenant, self.user)
+    }
+}
+
+/// The id of the conversation between two users: both ids, sorted, joined by `:` (a character
+/// ids cannot contain, so the id is unambiguous).
+pub fn conversation_id(a: &str, b: &str) -> String {
+    let (first, second) = if a <= b { (a, b) } else { (b, a) };
+    format!("{first}:{second}")
+}
+
+/// A direct message as a client submits it, before it is committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewMessage {
+    pub tenant: String,
+    pub sender: String,
+    pub recipient: String,
+    pub client_msg_id: String,
+    pub text: String,
+}
+
+impl NewMessage {
+    /// Checks everything the storage relies on; the gateway checks the same before sending.
+    pub fn validate(&self, max_text_bytes: usize) -> Result<(), String> {
+        validate_id(&self.tenant).map_err(|e| format!("tenant {e}"))?;
+        validate_id(&self.sender).map_err(|e| format!("sender {e}"))?;
+        validate_id(&self.recipient).map_err(|e| format!("recipient {e}"))?;
+        validate_client_msg_id(&self.client_msg_id).map_err(|e| format!("client_msg_id {e}"))?;
+        if self.text.is_empty() {
+            return Err("text must not be empty".to_owned());
+        }
+        if self.text.len() > max_text_bytes {
+            return Err(format!("text must be at most {max_text_bytes} bytes"));
+        }
+        Ok(())
+    }
+}
+
+/// A committed direct message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    /// Unique, and increasing in commit order within a conversation: it orders history and is
+    /// the history cursor.
+    pub message_id: u64,
+    pub tenant: String,
+    pub sender: String,
+    pub recipient: String,
+    pub client_msg_id: String,
+    pub text: String,
+    /// Commit time in milliseconds since the Unix epoch.
+    pub ts: i64,
+    /// The sender's seq for this message.
+    pub sender_seq: u64,
+    /// The recipient's seq for this message (equal to `sender_seq` for a message to oneself).
+    pub recipient_seq: u64,
+}
+
+impl StoredMessage {
+    pub fn conversation_id(&self) -> String {
+        conversation_id(&self.sender, &self.recipient)
+    }
+
+    /// The seq this message has in `user`'s stream.
+    pub fn seq_for(&self, user: &str) -> u64 {
+        if user == self.sender {
+            self.sender_seq
+        } else {
+            self.recipient_seq
+        }
+    }
+
+    pub fn sender_key(&self) -> UserKey {
+        UserKey::new(self.tenant.clone(), self.sender.clone())
+    }
+
+    pub fn recipient_key(&self) -> UserKey {
+        UserKey::new(self.tenant.clone(), self.recipient.clone())
+    }
+}
+
+/// What became of one message of an append batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppendOutcome {
+    /// Stored now, or earlier when `duplicate` (then `message` is the original).
+    Stored {
+        message: StoredMessage,
+        duplicate: bool,
+    },
+    /// Refused by validation; nothing was stored.
+    Rejected(String),
+}
+
+/// A page of one conversation, oldest to newest.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HistoryPage {
+    pub messages: Vec<StoredMessage>,
+    /// True when messages older than the first one here exist.
+    pub has_more: bool,
+}
+
+/// The messages of one user after a given seq, ascending.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SyncPage {
+    pub messages: Vec<StoredMessage>,
+    /// The user's current seq.
+    pub last_seq: u64,
+    pub has_more: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_accept_the_documented_alphabet_only() {
+        assert!(validate_id("alice.B_9@x-y").is_ok());
+        assert!(validate_id("").is_err());
+        assert!(validate_id("a b").is_err());
+        assert!(validate_id("a:b").is_err());
+        assert!(validate_id(&"a".repeat(64)).is_ok());
+        assert!(validate_id(&"a".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn conversation_id_is_the_same_from_both_sides() {
+        assert_eq!(conversation_id("bob", "alice"), "alice:bob");
+        assert_eq!(conversation_id("alice", "bob"), "alice:bob");
+    }
+}

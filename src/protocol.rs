@@ -1,0 +1,567 @@
+//! Wire protocol v1: JSON text frames with a `type` discriminator.
+//!
+//! This is the only module that knows JSON. [`decode`] turns a client frame into a
+//! [`Command`] or a [`ProtocolError`] that names the problem; [`ServerFrame::encode`] turns a
+//! server frame into text. `docs/PROTOCOL.md` is the normative description; keep the two in
+//! step.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use serde_json::{Map, Number, Value};
+
+use crate::domain::{self, StoredMessage};
+
+/// The protocol version announced in `welcome`.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// The longest string `req_id`, in bytes.
+pub const MAX_REQ_ID_LEN: usize = 64;
+pub const DEFAULT_HISTORY_LIMIT: u32 = 50;
+pub const MAX_HISTORY_LIMIT: u32 = 100;
+pub const DEFAULT_SYNC_LIMIT: u32 = 100;
+pub const MAX_SYNC_LIMIT: u32 = 500;
+pub const DEFAULT_ONLINE_USERS_LIMIT: u32 = 100;
+pub const MAX_ONLINE_USERS_LIMIT: u32 = 1_000;
+
+/// The client's correlation id, echoed verbatim in the direct reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum ReqId {
+    Text(String),
+    Number(Number),
+}
+
+/// A decoded client command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Command {
+    pub req_id: Option<ReqId>,
+    pub kind: CommandKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommandKind {
+    Send {
+        to: String,
+        text: String,
+        client_msg_id: String,
+    },
+    History {
+        with: String,
+        before: Option<u64>,
+        limit: u32,
+    },
+    Sync {
+        after_seq: u64,
+        limit: u32,
+    },
+    PresenceSubscribe {
+        users: Vec<String>,
+    },
+    PresenceUnsubscribe {
+        users: Vec<String>,
+    },
+    OnlineUsers {
+        limit: u32,
+    },
+    Typing {
+        to: String,
+    },
+    Ping,
+}
+
+/// The limits decoding enforces (from `[limits]` in the config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeLimits {
+    pub max_text_bytes: usize,
+    pub max_watched_users: usize,
+}
+
+/// The `code` of an `error` frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    BadRequest,
+    TooLarge,
+    RateLimited,
+    Unavailable,
+    Forbidden,
+    Internal,
+}
+
+impl ErrorCode {
+    /// Whether sending the same command again later may succeed.
+    pub fn retryable(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::RateLimited | ErrorCode::Unavailable | ErrorCode::Internal
+        )
+    }
+}
+
+/// An error to report to the client in an `error` frame.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code:?}: {message}")]
+pub struct ProtocolError {
+    pub code: ErrorCode,
+    pub message: String,
+    pub req_id: Option<ReqId>,
+    pub client_msg_id: Option<String>,
+}
+
+impl ProtocolError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            req_id: None,
+            client_msg_id: None,
+        }
+    }
+
+    pub fn with_req_id(mut self, req_id: Option<ReqId>) -> Self {
+        self.req_id = req_id;
+        self
+    }
+
+    pub fn with_client_msg_id(mut self, client_msg_id: Option<String>) -> Self {
+        self.client_msg_id = client_msg_id;
+        self
+    }
+
+    /// The `error` frame for this error.
+    pub fn to_frame(&self) -> ServerFrame<'_> {
+        ServerFrame::Error {
+            code: self.code,
+            message: &self.message,
+            retryable: self.code.retryable(),
+            req_id: self.req_id.as_ref(),
+            client_msg_id: self.client_msg_id.as_deref(),
+        }
+    }
+}
+
+fn bad_request(message: impl Into<String>) -> ProtocolError {
+    ProtocolError::new(ErrorCode::BadRequest, message)
+}
+
+/// Decodes one client text frame.
+pub fn decode(text: &str, limits: &DecodeLimits) -> Result<Command, ProtocolError> {
+    let value: Value =
+        serde_json::from_str(text).map_err(|e| bad_request(format!("malformed JSON: {e}")))?;
+    let Value::Object(mut fields) = value else {
+        return Err(bad_request("a frame must be a JSON object"));
+    };
+    let req_id = match fields.remove("req_id") {
+        None | Some(Value::Null) => None,
+        Some(value) => Some(req_id_from(value)?),
+    };
+    // Known before the rest is checked, so that a send's error can name its message.
+    let client_msg_id = fields
+        .get("client_msg_id")
+        .and_then(Value::as_str)
+        .filter(|id| domain::validate_client_msg_id(id).is_ok())
+        .map(str::to_owned);
+    let kind = decode_kind(&mut fields, limits).map_err(|e| {
+        e.with_req_id(req_id.clone())
+            .with_client_msg_id(client_msg_id)
+    })?;
+    Ok(Command { req_id, kind })
+}
+
+fn req_id_from(value: Value) -> Result<ReqId, ProtocolError> {
+    match value {
+        Value::String(s) if s.len() <= MAX_REQ_ID_LEN => Ok(ReqId::Text(s)),
+        Value::String(_) => Err(bad_request(format!(
+            "`req_id` must be at most {MAX_REQ_ID_LEN} bytes"
+        ))),
+        Value::Number(n) if n.is_i64() || n.is_u64() => Ok(ReqId::Number(n)),
+        _ => Err(bad_request("`req_id` must be a string or an integer")),
+    }
+}
+
+const COMMAND_TYPES: &str =
+    "send, history, sync, presence_subscribe, presence_unsubscribe, online_users, typing, ping";
+
+fn decode_kind(
+    fields: &mut Map<String, Value>,
+    limits: &DecodeLimits,
+) -> Result<CommandKind, ProtocolError> {
+    let kind = match fields.remove("type") {
+        Some(Value::String(kind)) => kind,
+        Some(_) => return Err(bad_request("`type` must be a string")),
+        None => return Err(bad_request("missing field `type`")),
+    };
+    let mut f = Fields(fields);
+    Ok(match kind.as_str() {
+        "send" => {
+            let to = f.id("to")?;
+            let client_msg_id = f.required_string("client_msg_id")?;
+            domain::validate_client_msg_id(&client_msg_id)
+                .map_err(|e| bad_request(format!("`client_msg_id` {e}")))?;
+            let text = f.required_string("text")?;
+            if text.is_empty() {
+                return Err(bad_request("`text` must not be empty"));
+            }
+            if text.len() > limits.max_text_bytes {
+                return Err(ProtocolError::new(
+                    ErrorCode::TooLarge,
+                    format!(
+                        "`text` is {} bytes; the limit is {}",
+                        text.len(),
+                        limits.max_text_bytes
+                    ),
+                ));
+            }
+            CommandKind::Send {
+                to,
+                text,
+                client_msg_id,
+            }
+        }
+        "history" => CommandKind::History {
+            with: f.id("with")?,
+            before: f.cursor("before")?,
+            limit: f.limit("limit", DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT)?,
+        },
+        "sync" => CommandKind::Sync {
+            after_seq: f.required_u64("after_seq")?,
+            limit: f.limit("limit", DEFAULT_SYNC_LIMIT, MAX_SYNC_LIMIT)?,
+        },
+        "presence_subscribe" => CommandKind::PresenceSubscribe {
+            users: f.id_list("users", limits.max_watched_users)?,
+        },
+        "presence_unsubscribe" => CommandKind::PresenceUnsubscribe {
+            users: f.id_list("users", limits.max_watched_users)?,
+        },
+        "online_users" => CommandKind::OnlineUsers {
+            limit: f.limit("limit", DEFAULT_ONLINE_USERS_LIMIT, MAX_ONLINE_USERS_LIMIT)?,
+        },
+        "typing" => CommandKind::Typing { to: f.id("to")? },
+        "ping" => CommandKind::Ping,
+        other => {
+            let shown: String = other.chars().take(64).collect();
+            return Err(bad_request(format!(
+                "unknown type {shown:?}; expected one of {COMMAND_TYPES}"
+            )));
+        }
+    })
+}
+
+/// Typed access to a frame's fields, with errors that name the field.
+struct Fields<'a>(&'a mut Map<String, Value>);
+
+impl Fields<'_> {
+    fn required_string(&mut self, name: &str) -> Result<String, ProtocolError> {
+        match self.0.remove(name) {
+            Some(Value::String(s)) => Ok(s),
+            Some(Value::Null) | None => Err(bad_request(format!("missing field `{name}`"))),
+            Some(_) => Err(bad_request(format!("`{name}` must be a string"))),
+        }
+    }
+
+    fn id(&mut self, name: &str) -> Result<String, ProtocolError> {
+        let id = self.required_string(name)?;
+        domain::validate_id(&id).map_err(|e| bad_request(format!("`{name}` {e}")))?;
+        Ok(id)
+    }
+
+    fn required_u64(&mut self, name: &str) -> Result<u64, ProtocolError> {
+        match self.0.remove(name) {
+            Some(Value::Null) | None => Err(bad_request(format!("missing field `{name}`"))),
+            Some(Value::Number(n)) => n
+                .as_u64()
+                .ok_or_else(|| bad_request(format!("`{name}` must be a non-negative integer"))),
+            Some(_) => Err(bad_request(format!(
+                "`{name}` must be a non-negative integer"
+            ))),
+        }
+    }
+
+    fn limit(&mut self, name: &str, default: u32, max: u32) -> Result<u32, ProtocolError> {
+        let out_of_range = || bad_request(format!("`{name}` must be an integer from 1 to {max}"));
+        match self.0.remove(name) {
+            Some(Value::Null) | None => Ok(default),
+            Some(Value::Number(n)) => n
+                .as_u64()
+                .filter(|v| (1..=u64::from(max)).contains(v))
+                .map(|v| v as u32)
+                .ok_or_else(out_of_range),
+            Some(_) => Err(out_of_range()),
+        }
+    }
+
+    /// An opaque history cursor, as given in `next_before`.
+    fn cursor(&mut self, name: &str) -> Result<Option<u64>, ProtocolError> {
+        let invalid = || {
+            bad_request(format!(
+                "`{name}` must be a cursor from a previous `next_before`, or null"
+            ))
+        };
+        match self.0.remove(name) {
+            Some(Value::Null) | None => Ok(None),
+            Some(Value::String(s)) => s
+                .parse::<u64>()
+                .ok()
+                .filter(|v| *v > 0)
+                .map(Some)
+                .ok_or_else(invalid),
+            Some(_) => Err(invalid()),
+        }
+    }
+
+    fn id_list(&mut self, name: &str, max: usize) -> Result<Vec<String>, ProtocolError> {
+        let items = match self.0.remove(name) {
+            Some(Value::Array(items)) => items,
+            Some(Value::Null) | None => return Err(bad_request(format!("missing field `{name}`"))),
+            Some(_) => {
+                return Err(bad_request(format!(
+                    "`{name}` must be an array of user ids"
+                )));
+            }
+        };
+        if items.is_empty() {
+            return Err(bad_request(format!("`{name}` must not be empty")));
+        }
+        if items.len() > max {
+            return Err(bad_request(format!(
+                "`{name}` holds {} ids; the limit is {max}",
+                items.len()
+            )));
+        }
+        let mut ids: Vec<String> = Vec::with_capacity(items.len());
+        for (i, item) in items.into_iter().enumerate() {
+            let Value::String(id) = item else {
+                return Err(bad_request(format!("`{name}[{i}]` must be a string")));
+            };
+            domain::validate_id(&id).map_err(|e| bad_request(format!("`{name}[{i}]` {e}")))?;
+            ids.push(id);
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        Ok(ids)
+    }
+}
+
+/// A user's presence as the protocol names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PresenceStatus {
+    Online,
+    Offline,
+}
+
+/// A message as a given user sees it (with that user's seq).
+#[derive(Debug, Serialize)]
+pub struct MessageView<'a> {
+    pub message_id: String,
+    pub conversation_id: String,
+    pub from: &'a str,
+    pub to: &'a str,
+    pub text: &'a str,
+    pub ts: i64,
+    pub seq: u64,
+}
+
+impl<'a> MessageView<'a> {
+    /// `message` as `viewer` sees it.
+    pub fn of(message: &'a StoredMessage, viewer: &str) -> Self {
+        Self {
+            message_id: message.message_id.to_string(),
+            conversation_id: message.conversation_id(),
+            from: &message.sender,
+            to: &message.recipient,
+            text: &message.text,
+            ts: message.ts,
+            seq: message.seq_for(viewer),
+        }
+    }
+}
+
+/// Every frame the server sends.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame<'a> {
+    Welcome {
+        session_id: String,
+        user: &'a str,
+        tenant: &'a str,
+        last_seq: u64,
+        protocol: u32,
+    },
+    Ack {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        req_id: Option<&'a ReqId>,
+        client_msg_id: &'a str,
+        message_id: String,
+        conversation_id: String,
+        seq: u64,
+        ts: i64,
+        duplicate: bool,
+    },
+    Message(MessageView<'a>),
+    History {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        req_id: Option<&'a ReqId>,
+        with: &'a str,
+        conversation_id: String,
+        messages: Vec<MessageView<'a>>,
+        next_before: Option<String>,
+    },
+    Sync {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        req_id: Option<&'a ReqId>,
+        messages: Vec<MessageView<'a>>,
+        last_seq: u64,
+        has_more: bool,
+    },
+    SyncHint {
+        last_seq: u64,
+    },
+    PresenceSnapshot {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        req_id: Option<&'a ReqId>,
+        users: BTreeMap<&'a str, PresenceStatus>,
+    },
+    Presence {
+        user: &'a str,
+        status: PresenceStatus,
+        ts: i64,
+    },
+    OnlineUsers {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        req_id: Option<&'a ReqId>,
+        users: Vec<&'a str>,
+        truncated: bool,
+    },
+    Typing {
+        from: &'a str,
+    },
+    Pong {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        req_id: Option<&'a ReqId>,
+        ts: i64,
+    },
+    Error {
+        code: ErrorCode,
+        message: &'a str,
+        retryable: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        req_id: Option<&'a ReqId>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        client_msg_id: Option<&'a str>,
+    },
+}
+
+impl ServerFrame<'_> {
+    /// The frame as JSON text.
+    pub fn encode(&self) -> String {
+        serde_json::to_string(self).expect("server frames contain only serializable data")
+    }
+
+    /// Whether the frame may be dropped for a client that falls behind (presence and typing
+    /// events: the client can ask again; nothing durable is lost).
+    pub fn is_droppable(&self) -> bool {
+        matches!(
+            self,
+            ServerFrame::Presence { .. } | ServerFrame::Typing { .. }
+        )
+    }
+}
+
+/// Milliseconds since the Unix epoch, for `ts` fields.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: DecodeLimits = DecodeLimits {
+        max_text_bytes: 16,
+        max_watched_users: 3,
+    };
+
+    fn err(text: &str) -> ProtocolError {
+        decode(text, &LIMITS).unwrap_err()
+    }
+
+    #[test]
+    fn a_send_decodes_with_its_req_id() {
+        let cmd = decode(
+            r#"{"type":"send","to":"bob","text":"hi","client_msg_id":"c1","req_id":7}"#,
+            &LIMITS,
+        )
+        .unwrap();
+        assert_eq!(cmd.req_id, Some(ReqId::Number(7.into())));
+        assert_eq!(
+            cmd.kind,
+            CommandKind::Send {
+                to: "bob".into(),
+                text: "hi".into(),
+                client_msg_id: "c1".into()
+            }
+        );
+    }
+
+    #[test]
+    fn errors_name_the_problem_and_keep_the_ids() {
+        let e = err(r#"{"type":"send","to":"bob","client_msg_id":"c1","req_id":"r"}"#);
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        assert!(e.message.contains("`text`"), "{}", e.message);
+        assert_eq!(e.req_id, Some(ReqId::Text("r".into())));
+        assert_eq!(e.client_msg_id.as_deref(), Some("c1"));
+
+        let e = err(
+            r#"{"type":"send","to":"bob","text":"this text is too long","client_msg_id":"c1"}"#,
+        );
+        assert_eq!(e.code, ErrorCode::TooLarge);
+
+        assert!(err("{").message.starts_with("malformed JSON"));
+        assert!(err("[1]").message.contains("JSON object"));
+        assert!(err(r#"{"type":"fly"}"#).message.contains("unknown type"));
+        assert!(err(r#"{"to":"x"}"#).message.contains("`type`"));
+        assert!(
+            err(r#"{"type":"send","to":"a b","text":"x","client_msg_id":"c"}"#)
+                .message
+                .contains("`to`")
+        );
+        assert!(
+            err(r#"{"type":"history","with":"bob","limit":101}"#)
+                .message
+                .contains("`limit`")
+        );
+        assert!(
+            err(r#"{"type":"history","with":"bob","before":"x"}"#)
+                .message
+                .contains("`before`")
+        );
+        assert!(err(r#"{"type":"sync"}"#).message.contains("`after_seq`"));
+        assert!(
+            err(r#"{"type":"ping","req_id":{}}"#)
+                .message
+                .contains("`req_id`")
+        );
+        assert!(
+            err(r#"{"type":"presence_subscribe","users":["a","b","c","d"]}"#)
+                .message
+                .contains("limit")
+        );
+    }
+
+    #[test]
+    fn frames_encode_with_their_type() {
+        let frame = ServerFrame::Pong {
+            req_id: None,
+            ts: 5,
+        };
+        assert_eq!(frame.encode(), r#"{"type":"pong","ts":5}"#);
+        let e = ProtocolError::new(ErrorCode::Unavailable, "later");
+        let v: Value = serde_json::from_str(&e.to_frame().encode()).unwrap();
+        assert_eq!(v["type"], "error");
+        assert_eq!(v["code"], "unavailable");
+        assert_eq!(v["retryable"], true);
+    }
+}

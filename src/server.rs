@@ -1,0 +1,234 @@
+//! Starting and stopping the two roles of a process: the gateway (`peroxo serve`) and the
+//! storage service (`peroxo store`, or embedded in the gateway).
+//!
+//! Both bind their listeners here, so tests run them on port 0 exactly as `main` runs them on
+//! the configured ports.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::serve::ListenerExt;
+use ractor::ActorRef;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::actors::ActorSlot;
+use crate::actors::persistence::{Outbox, StorageLink};
+use crate::actors::root::{RootArgs, RootMsg, RootSupervisor};
+use crate::actors::session::GatewayContext;
+use crate::actors::session_supervisor::SessionSupervisorMsg;
+use crate::config::{Config, StorageBackend, StorageConfig};
+use crate::connection::close_code;
+use crate::http::{self, HttpState};
+use crate::identity::Authenticator;
+use crate::storage::{SqliteStore, grpc};
+
+/// How long shutdown waits for accepted messages to be committed.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A running storage service.
+pub struct StoreServer {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    stop: CancellationToken,
+    task: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl StoreServer {
+    /// Opens the configured backend and serves it on `storage.listen`.
+    pub async fn start(config: &StorageConfig) -> anyhow::Result<Self> {
+        let store = match config.backend {
+            StorageBackend::Sqlite => {
+                SqliteStore::open(&config.sqlite_path).with_context(|| {
+                    format!(
+                        "cannot open the SQLite database {}",
+                        config.sqlite_path.display()
+                    )
+                })?
+            }
+        };
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on storage.listen = {}", config.listen))?;
+        let addr = listener.local_addr()?;
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(grpc::serve(store, listener, stop.clone().cancelled_owned()));
+        tracing::info!(%addr, backend = ?config.backend, "storage service listening (gRPC)");
+        Ok(Self { addr, stop, task })
+    }
+
+    /// Stops accepting calls, lets calls under way finish, and returns.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        match self.task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::error!(%error, "storage service failed"),
+            Err(error) => tracing::error!(%error, "storage service task failed"),
+        }
+    }
+
+    /// Completes when the service stops on its own (it failed).
+    pub async fn stopped(&mut self) -> anyhow::Result<()> {
+        (&mut self.task).await??;
+        Ok(())
+    }
+}
+
+/// A running gateway node.
+pub struct Gateway {
+    /// Where clients connect (HTTP and WebSocket).
+    pub http_addr: SocketAddr,
+    /// The embedded storage service, when this node runs one.
+    pub store: Option<StoreServer>,
+    root: ActorRef<RootMsg>,
+    sessions: ActorSlot<SessionSupervisorMsg>,
+    gateway: Arc<GatewayContext>,
+    max_pending: usize,
+    stop_http: CancellationToken,
+    http_task: JoinHandle<std::io::Result<()>>,
+}
+
+impl Gateway {
+    /// Starts the node: the embedded storage service when configured, the actor tree, then
+    /// the HTTP listener.
+    pub async fn start(config: Config) -> anyhow::Result<Self> {
+        let (store, endpoint) = if config.storage.embedded {
+            let store = StoreServer::start(&config.storage).await?;
+            let endpoint = format!("http://{}", store.addr);
+            (Some(store), endpoint)
+        } else {
+            (None, config.storage.endpoint.clone())
+        };
+        let auth = Authenticator::from_config(&config.auth);
+        auth.announce();
+
+        let gateway = Arc::new(GatewayContext {
+            router: ActorSlot::default(),
+            persistence: ActorSlot::default(),
+            storage: StorageLink::default(),
+            outbox_permits: Arc::new(Semaphore::new(config.storage.max_pending)),
+            limits: config.limits.clone(),
+            storage_wait: config.storage.rpc_timeout(),
+        });
+        let sessions = ActorSlot::default();
+        let root = RootSupervisor::spawn(RootArgs {
+            gateway: Arc::clone(&gateway),
+            sessions: sessions.clone(),
+            storage: config.storage.clone(),
+            endpoint: endpoint.clone(),
+            outbox: Arc::new(Mutex::new(Outbox::default())),
+            session: config.session.clone(),
+        })
+        .await
+        .context("cannot start the actor tree")?;
+
+        let listener = TcpListener::bind(config.http.listen)
+            .await
+            .with_context(|| format!("cannot listen on http.listen = {}", config.http.listen))?;
+        let http_addr = listener.local_addr()?;
+        let app = http::router(HttpState {
+            sessions: sessions.clone(),
+            auth: Arc::new(auth),
+            limits: config.limits.clone(),
+        });
+        let listener = listener.tap_io(|tcp| {
+            // Without it, Nagle's algorithm meets delayed ACKs and small frames wait ~40 ms.
+            let _ = tcp.set_nodelay(true);
+        });
+        let stop_http = CancellationToken::new();
+        let http_task = tokio::spawn(
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop_http.clone().cancelled_owned())
+                .into_future(),
+        );
+        tracing::info!(addr = %http_addr, storage = %endpoint, "gateway listening (HTTP, WebSocket at /ws)");
+        Ok(Self {
+            http_addr,
+            store,
+            root,
+            sessions,
+            gateway,
+            max_pending: config.storage.max_pending,
+            stop_http,
+            http_task,
+        })
+    }
+
+    /// Whether the node is connected to the storage service.
+    pub fn storage_up(&self) -> bool {
+        self.gateway.storage.is_up()
+    }
+
+    /// Accepted messages not yet answered by storage.
+    pub fn pending_writes(&self) -> usize {
+        self.max_pending - self.gateway.outbox_permits.available_permits()
+    }
+
+    /// Stops the node: no new connections, every session closed with 1001, accepted
+    /// messages committed (up to a deadline), then the actors and the storage service stop.
+    pub async fn shutdown(self) {
+        self.stop_http.cancel();
+        if let Some(sessions) = self.sessions.get() {
+            let _ = ractor::call_t!(
+                sessions,
+                |reply| SessionSupervisorMsg::CloseAll {
+                    code: close_code::GOING_AWAY,
+                    reason: "server shutting down".to_owned(),
+                    reply,
+                },
+                5_000
+            );
+        }
+        // All permits back means the outbox is empty; holding them refuses new sends.
+        let drained = tokio::time::timeout(
+            DRAIN_TIMEOUT,
+            self.gateway
+                .outbox_permits
+                .acquire_many(u32::try_from(self.max_pending).unwrap_or(u32::MAX)),
+        )
+        .await;
+        if drained.is_err() {
+            tracing::error!(
+                pending = self.pending_writes(),
+                "shutdown: outbox not drained in time"
+            );
+        }
+        self.root.stop(Some("shutdown".to_owned()));
+        let _ = self.http_task.await;
+        if let Some(store) = self.store {
+            store.stop().await;
+        }
+        tracing::info!("gateway stopped");
+    }
+
+    /// Makes the Router panic (test hook).
+    #[cfg(feature = "test-hooks")]
+    pub fn crash_router(&self) {
+        let _ = self.root.cast(RootMsg::CrashRouter);
+    }
+
+    /// Makes Persistence panic (test hook).
+    #[cfg(feature = "test-hooks")]
+    pub fn crash_persistence(&self) {
+        let _ = self.root.cast(RootMsg::CrashPersistence);
+    }
+
+    /// Makes the session actors of `tenant`/`user` panic; returns how many (test hook).
+    #[cfg(feature = "test-hooks")]
+    pub async fn crash_sessions_of(&self, tenant: &str, user: &str) -> usize {
+        let Some(sessions) = self.sessions.get() else {
+            return 0;
+        };
+        let key = crate::domain::UserKey::new(tenant, user);
+        ractor::call_t!(
+            sessions,
+            |reply| SessionSupervisorMsg::CrashSessionsOf(key, reply),
+            5_000
+        )
+        .unwrap_or(0)
+    }
+}
