@@ -16,11 +16,11 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::actors::ActorSlot;
 use crate::actors::persistence::{Outbox, StorageLink};
 use crate::actors::root::{RootArgs, RootMsg, RootSupervisor};
 use crate::actors::session::GatewayContext;
 use crate::actors::session_supervisor::SessionSupervisorMsg;
+use crate::actors::{ActorKind, ActorSlot, RestartCounts};
 use crate::config::{Config, StorageBackend, StorageConfig};
 use crate::connection::close_code;
 use crate::http::{self, HttpState};
@@ -113,6 +113,7 @@ impl Gateway {
             outbox_permits: Arc::new(Semaphore::new(config.storage.max_pending)),
             limits: config.limits.clone(),
             storage_wait: config.storage.rpc_timeout(),
+            restarts: Arc::new(RestartCounts::default()),
         });
         let sessions = ActorSlot::default();
         let root = RootSupervisor::spawn(RootArgs {
@@ -161,6 +162,11 @@ impl Gateway {
     /// Whether the node is connected to the storage service.
     pub fn storage_up(&self) -> bool {
         self.gateway.storage.is_up()
+    }
+
+    /// How many times actors of `kind` have been restarted.
+    pub fn restarts(&self, kind: ActorKind) -> u64 {
+        self.gateway.restarts.get(kind)
     }
 
     /// Accepted messages not yet answered by storage.

@@ -17,6 +17,7 @@ pub mod router;
 pub mod session;
 pub mod session_supervisor;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use ractor::{ActorRef, Message, MessagingErr};
@@ -58,5 +59,42 @@ impl<M: Message> ActorSlot<M> {
             Some(actor) => actor.cast(message),
             None => Err(MessagingErr::SendErr(message)),
         }
+    }
+}
+
+/// Which kind of actor was restarted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActorKind {
+    Router,
+    Persistence,
+    SessionSupervisor,
+    Session,
+}
+
+/// How many times each kind of actor has been restarted since the node started.
+#[derive(Debug, Default)]
+pub struct RestartCounts {
+    router: AtomicU64,
+    persistence: AtomicU64,
+    session_supervisor: AtomicU64,
+    session: AtomicU64,
+}
+
+impl RestartCounts {
+    fn counter(&self, kind: ActorKind) -> &AtomicU64 {
+        match kind {
+            ActorKind::Router => &self.router,
+            ActorKind::Persistence => &self.persistence,
+            ActorKind::SessionSupervisor => &self.session_supervisor,
+            ActorKind::Session => &self.session,
+        }
+    }
+
+    pub fn record(&self, kind: ActorKind) {
+        self.counter(kind).fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn get(&self, kind: ActorKind) -> u64 {
+        self.counter(kind).load(Ordering::Relaxed)
     }
 }

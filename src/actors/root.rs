@@ -1,8 +1,8 @@
 //! RootSupervisor: starts Persistence, Router and SessionSupervisor, and restarts whichever
 //! of them fails.
 //!
-//! - **Router** failed: a new Router is published in its slot, then SessionSupervisor
-//!   registers every live connection with it. No connection is dropped.
+//! - **Router** failed: a new Router takes every live connection from SessionSupervisor
+//!   before anything else, and is published in its slot. No connection is dropped.
 //! - **Persistence** failed: a new one takes over the outbox, which lives outside the actor,
 //!   and sends the interrupted batch again (appends are idempotent).
 //! - **SessionSupervisor** failed: its sessions died with it (ractor kills the children of a
@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex};
 
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 
-use super::ActorSlot;
 #[cfg(feature = "test-hooks")]
 use super::persistence::PersistenceMsg;
 use super::persistence::{Outbox, Persistence, PersistenceArgs};
@@ -22,6 +21,7 @@ use super::router::Router;
 use super::router::RouterMsg;
 use super::session::GatewayContext;
 use super::session_supervisor::{SessionSupervisor, SessionSupervisorArgs, SessionSupervisorMsg};
+use super::{ActorKind, ActorSlot};
 use crate::config::{SessionConfig, StorageConfig};
 
 pub enum RootMsg {
@@ -118,21 +118,19 @@ impl Actor for RootSupervisor {
         let id = cell.get_id();
         if id == state.router.get_id() {
             tracing::error!(error = %why, "router ended; restarting it");
+            state.args.gateway.restarts.record(ActorKind::Router);
             state.router = spawn_router(&state.args, myself.get_cell()).await?;
-            if let Some(sessions) = state.args.sessions.get() {
-                let router = state
-                    .args
-                    .gateway
-                    .router
-                    .get()
-                    .expect("router just published");
-                let _ = sessions.cast(SessionSupervisorMsg::RegisterAll(router));
-            }
         } else if id == state.persistence.get_id() {
             tracing::error!(error = %why, "persistence ended; restarting it");
+            state.args.gateway.restarts.record(ActorKind::Persistence);
             state.persistence = spawn_persistence(&state.args, myself.get_cell()).await?;
         } else if id == state.sessions.get_id() {
             tracing::error!(error = %why, "session supervisor ended; its connections are lost; restarting it");
+            state
+                .args
+                .gateway
+                .restarts
+                .record(ActorKind::SessionSupervisor);
             state.sessions = spawn_sessions(&state.args, myself.get_cell()).await?;
         }
         Ok(())
@@ -143,7 +141,7 @@ async fn spawn_router(
     args: &RootArgs,
     supervisor: ActorCell,
 ) -> Result<ActorCell, ActorProcessingErr> {
-    let router = Router::spawn(supervisor).await?;
+    let router = Router::spawn(args.sessions.clone(), supervisor).await?;
     args.gateway.router.set(router.clone());
     Ok(router.get_cell())
 }

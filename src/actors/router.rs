@@ -6,23 +6,30 @@
 //! order with events (a `presence_snapshot` before the `presence` events after it) are written
 //! here for that reason.
 //!
-//! Its state is derived: after a restart SessionSupervisor registers every live session again
-//! (RootSupervisor arranges it), and nothing else is lost.
+//! Its state is derived: after a restart it asks SessionSupervisor for every live session
+//! before it handles anything else, and nothing is lost but deliveries in flight at the crash
+//! (they are in storage; clients get them with `sync`).
 
 use std::collections::{HashMap, HashSet};
 
 use axum::extract::ws::Utf8Bytes;
-use ractor::{Actor, ActorProcessingErr, ActorRef};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
+use super::ActorSlot;
+use super::session_supervisor::SessionSupervisorMsg;
 use crate::connection::Outbound;
 use crate::domain::{SessionId, StoredMessage, UserKey};
 use crate::protocol::{MessageView, PresenceStatus, ReqId, ServerFrame, now_ms};
 
 pub enum RouterMsg {
-    /// A session is live (or registers again after its actor or the Router restarted).
-    Register(Registration),
-    /// Every live session at once, after the Router restarted.
-    RegisterAll(Vec<Registration>),
+    /// A session is live (or registers again after its actor restarted). A new session's
+    /// `welcome` comes along so that it is queued before any delivery; `registered` is
+    /// answered once the session receives deliveries.
+    Register {
+        registration: Registration,
+        welcome: Option<Utf8Bytes>,
+        registered: Option<RpcReplyPort<()>>,
+    },
     /// A connection has ended.
     Unregister(SessionId),
     /// Committed messages to hand to the live sessions of their participants.
@@ -82,14 +89,21 @@ struct Entry {
     watching: HashSet<String>,
 }
 
-pub struct Router;
+/// How long a restarted Router waits for SessionSupervisor's list of live sessions.
+const RECOVERY_TIMEOUT_MS: u64 = 10_000;
+
+pub struct Router {
+    /// Where the live sessions are listed, for recovery after a restart.
+    sessions: ActorSlot<SessionSupervisorMsg>,
+}
 
 impl Router {
     /// Spawns a Router linked to `supervisor`.
     pub async fn spawn(
+        sessions: ActorSlot<SessionSupervisorMsg>,
         supervisor: ractor::ActorCell,
     ) -> Result<ActorRef<RouterMsg>, ractor::SpawnErr> {
-        let (actor, _) = Actor::spawn_linked(None, Router, (), supervisor).await?;
+        let (actor, _) = Actor::spawn_linked(None, Router { sessions }, (), supervisor).await?;
         Ok(actor)
     }
 }
@@ -107,6 +121,35 @@ impl Actor for Router {
         Ok(RouterState::default())
     }
 
+    /// After a restart, registers every live session before handling any message, so no
+    /// request finds its session unknown. (At first start there is no SessionSupervisor yet.)
+    async fn post_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let Some(sessions) = self.sessions.get() else {
+            return Ok(());
+        };
+        match ractor::call_t!(
+            sessions,
+            SessionSupervisorMsg::Registrations,
+            RECOVERY_TIMEOUT_MS
+        ) {
+            Ok(registrations) => {
+                tracing::info!(
+                    sessions = registrations.len(),
+                    "router recovered live sessions"
+                );
+                for registration in registrations {
+                    state.register(registration);
+                }
+            }
+            Err(error) => tracing::error!(%error, "router could not recover live sessions"),
+        }
+        Ok(())
+    }
+
     async fn handle(
         &self,
         _myself: ActorRef<Self::Msg>,
@@ -114,14 +157,17 @@ impl Actor for Router {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            RouterMsg::Register(registration) => state.register(registration),
-            RouterMsg::RegisterAll(registrations) => {
-                tracing::info!(
-                    sessions = registrations.len(),
-                    "router recovered live sessions"
-                );
-                for registration in registrations {
-                    state.register(registration);
+            RouterMsg::Register {
+                registration,
+                welcome,
+                registered,
+            } => {
+                if let Some(welcome) = welcome {
+                    registration.outbound.send_text(welcome, false);
+                }
+                state.register(registration);
+                if let Some(registered) = registered {
+                    let _ = registered.send(());
                 }
             }
             RouterMsg::Unregister(session) => state.unregister(session),

@@ -12,12 +12,13 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::extract::ws::Utf8Bytes;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::{Semaphore, oneshot};
 
-use super::ActorSlot;
 use super::persistence::{PendingWrite, PersistenceMsg, StorageLink};
 use super::router::{Registration, RouterMsg};
+use super::{ActorSlot, RestartCounts};
 use crate::config::LimitsConfig;
 use crate::connection::{Outbound, close_code};
 use crate::domain::{NewMessage, UserKey};
@@ -27,6 +28,9 @@ use crate::protocol::{
 };
 use crate::storage::grpc::CallError;
 use crate::storage::{HistoryQuery, SyncQuery};
+
+/// How long a new session waits for the Router to register it.
+const ROUTER_CALL_TIMEOUT_MS: u64 = 5_000;
 
 /// What the reader task hands over.
 #[derive(Debug)]
@@ -61,6 +65,7 @@ pub struct GatewayContext {
     pub limits: LimitsConfig,
     /// How long a session waits for storage when the client connects.
     pub storage_wait: Duration,
+    pub restarts: Arc<RestartCounts>,
 }
 
 /// One connection, as it outlives the session actors that serve it.
@@ -175,12 +180,14 @@ impl Actor for Session {
     }
 }
 
+/// Registers again after this actor restarted. If the Router is down, RootSupervisor has
+/// every session registered with its successor.
 fn register(state: &SessionState) {
-    // If the Router is down, RootSupervisor has it re-register every session on restart.
-    let _ = state
-        .gateway
-        .router
-        .cast(RouterMsg::Register(state.connection.registration()));
+    let _ = state.gateway.router.cast(RouterMsg::Register {
+        registration: state.connection.registration(),
+        welcome: None,
+        registered: None,
+    });
 }
 
 /// Sends `welcome` (with the user's current seq), then goes live. A client that connects
@@ -204,14 +211,35 @@ async fn welcome(myself: &ActorRef<SessionMsg>, state: &SessionState) {
         myself.stop(Some("storage unavailable".to_owned()));
         return;
     };
-    connection.outbound.send(&ServerFrame::Welcome {
-        session_id: connection.outbound.session_id().to_string(),
-        user: &connection.key.user,
-        tenant: &connection.key.tenant,
-        last_seq,
-        protocol: PROTOCOL_VERSION,
-    });
-    register(state);
+    let welcome = Utf8Bytes::from(
+        ServerFrame::Welcome {
+            session_id: connection.outbound.session_id().to_string(),
+            user: &connection.key.user,
+            tenant: &connection.key.tenant,
+            last_seq,
+            protocol: PROTOCOL_VERSION,
+        }
+        .encode(),
+    );
+    // The Router queues `welcome` itself, so no delivery can overtake it, and confirms, so
+    // the client never sees `welcome` before it is reachable.
+    let registered = match state.gateway.router.get() {
+        Some(router) => ractor::call_t!(
+            router,
+            |registered| RouterMsg::Register {
+                registration: connection.registration(),
+                welcome: Some(welcome.clone()),
+                registered: Some(registered),
+            },
+            ROUTER_CALL_TIMEOUT_MS
+        )
+        .is_ok(),
+        None => false,
+    };
+    if !registered {
+        // The Router is restarting; its successor gets this session from SessionSupervisor.
+        connection.outbound.send_text(welcome, false);
+    }
     // A message committed between reading `last_seq` and registering was not delivered
     // live: tell the client to sync.
     if let Ok(now) = client.last_seq(connection.key.clone()).await

@@ -6,8 +6,8 @@
 //! the client gets an `internal` error frame; after `session.max_restarts` restarts within
 //! `session.restart_window_secs` the connection is closed with 1011 instead.
 //!
-//! It is also the node's list of live connections: after a Router restart it registers every
-//! one of them with the new Router.
+//! It is also the node's list of live connections: a Router that restarts asks it for every
+//! one of them.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -18,7 +18,8 @@ use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
 
-use super::router::RouterMsg;
+use super::ActorKind;
+use super::router::{Registration, RouterMsg};
 use super::session::{ConnectionContext, GatewayContext, Session, SessionArgs, SessionMsg};
 use crate::config::SessionConfig;
 use crate::connection::{Outbound, close_code, spawn_socket_tasks};
@@ -31,8 +32,8 @@ pub enum SessionSupervisorMsg {
         socket: Box<WebSocket>,
         key: UserKey,
     },
-    /// Register every live connection with `router` (a Router that just restarted).
-    RegisterAll(ActorRef<RouterMsg>),
+    /// Every live connection, for a Router that just restarted.
+    Registrations(ractor::RpcReplyPort<Vec<Registration>>),
     /// Closes every connection with `code`; answers how many there were.
     CloseAll {
         code: u16,
@@ -101,13 +102,13 @@ impl Actor for SessionSupervisor {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             SessionSupervisorMsg::Open { socket, key } => state.open(&myself, *socket, key).await,
-            SessionSupervisorMsg::RegisterAll(router) => {
+            SessionSupervisorMsg::Registrations(reply) => {
                 let registrations = state
                     .connections
                     .values()
                     .map(|c| c.context.registration())
                     .collect();
-                let _ = router.cast(RouterMsg::RegisterAll(registrations));
+                let _ = reply.send(registrations);
             }
             SessionSupervisorMsg::CloseAll {
                 code,
@@ -264,6 +265,7 @@ impl SessionSupervisorState {
             return;
         }
         connection.restarts.push_back(now);
+        self.gateway.restarts.record(ActorKind::Session);
         tracing::error!(%session, user = %connection.context.key, %error, "session failed; restarting it");
         connection.context.outbound.error(&ProtocolError::new(
             ErrorCode::Internal,

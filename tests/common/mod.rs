@@ -1,0 +1,258 @@
+//! The shared harness: a gateway with its embedded storage on port 0 over a temporary SQLite
+//! file, and a WebSocket client that speaks the protocol with deadlines instead of sleeps.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use peroxo::config::Config;
+use peroxo::{Gateway, StoreServer};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// How long any single expectation may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(10);
+
+/// A config for tests: every listener on port 0, data in `dir`.
+pub fn test_config(dir: &std::path::Path) -> Config {
+    let mut config = Config::default();
+    config.http.listen = "127.0.0.1:0".parse().unwrap();
+    config.storage.listen = "127.0.0.1:0".parse().unwrap();
+    config.storage.sqlite_path = dir.join("peroxo.db");
+    config
+}
+
+/// A running gateway (with embedded storage unless the config says otherwise).
+pub struct TestServer {
+    pub gateway: Gateway,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = test_config(dir.path());
+        adjust(&mut config);
+        let gateway = Gateway::start(config).await.expect("gateway starts");
+        Self { gateway, dir }
+    }
+
+    pub fn ws_url(&self, tenant: &str, user: &str) -> String {
+        format!(
+            "ws://{}/ws?user={user}&tenant={tenant}",
+            self.gateway.http_addr
+        )
+    }
+
+    pub fn http_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.gateway.http_addr)
+    }
+
+    pub async fn connect(&self, user: &str) -> Client {
+        Client::connect(&self.ws_url("default", user)).await
+    }
+
+    pub async fn connect_in(&self, tenant: &str, user: &str) -> Client {
+        Client::connect(&self.ws_url(tenant, user)).await
+    }
+}
+
+/// Starts a storage service alone on `addr` over the SQLite file in `dir`.
+pub async fn start_store(dir: &std::path::Path, addr: std::net::SocketAddr) -> StoreServer {
+    let mut config = test_config(dir);
+    config.storage.listen = addr;
+    StoreServer::start(&config.storage)
+        .await
+        .expect("store starts")
+}
+
+/// A free TCP port on 127.0.0.1 (bound, then released).
+pub fn free_addr() -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// Polls `condition` until it holds or the deadline passes.
+pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A protocol client over a real WebSocket.
+pub struct Client {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// The `welcome` frame this connection received.
+    pub welcome: Value,
+}
+
+impl Client {
+    /// Connects and reads `welcome`.
+    pub async fn connect(url: &str) -> Self {
+        let mut client = Self::connect_raw(url).await;
+        let welcome = client.next().await;
+        assert_eq!(
+            welcome["type"], "welcome",
+            "first frame must be welcome: {welcome}"
+        );
+        client.welcome = welcome;
+        client
+    }
+
+    /// Connects without reading anything.
+    pub async fn connect_raw(url: &str) -> Self {
+        let (ws, _) = tokio::time::timeout(DEADLINE, tokio_tungstenite::connect_async(url))
+            .await
+            .expect("connect in time")
+            .expect("websocket handshake");
+        Self {
+            ws,
+            welcome: Value::Null,
+        }
+    }
+
+    pub async fn send_json(&mut self, value: Value) {
+        self.send_text(&value.to_string()).await;
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.ws
+            .send(Message::Text(text.into()))
+            .await
+            .expect("send frame");
+    }
+
+    pub async fn send_binary(&mut self, bytes: &[u8]) {
+        self.ws
+            .send(Message::Binary(bytes.to_vec().into()))
+            .await
+            .expect("send frame");
+    }
+
+    /// The next text frame as JSON; fails on close or after the deadline.
+    pub async fn next(&mut self) -> Value {
+        loop {
+            let frame = tokio::time::timeout(DEADLINE, self.ws.next())
+                .await
+                .expect("a frame within the deadline")
+                .expect("the connection is open")
+                .expect("a valid frame");
+            match frame {
+                Message::Text(text) => return serde_json::from_str(&text).expect("JSON frame"),
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// The next frame, which must be of `kind`.
+    pub async fn expect(&mut self, kind: &str) -> Value {
+        let frame = self.next().await;
+        assert_eq!(frame["type"], kind, "expected a {kind} frame, got {frame}");
+        frame
+    }
+
+    /// Skips frames until one of `kind` arrives.
+    pub async fn wait_for(&mut self, kind: &str) -> Value {
+        loop {
+            let frame = self.next().await;
+            if frame["type"] == kind {
+                return frame;
+            }
+        }
+    }
+
+    /// Waits for the close frame and returns it.
+    pub async fn expect_close(&mut self) -> Option<CloseFrame> {
+        loop {
+            let frame = tokio::time::timeout(DEADLINE, self.ws.next())
+                .await
+                .expect("a close within the deadline");
+            match frame {
+                Some(Ok(Message::Close(close))) => return close,
+                Some(Ok(Message::Text(text))) => {
+                    let _ = text;
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => panic!("connection failed instead of closing: {e}"),
+                None => panic!("connection ended without a close frame"),
+            }
+        }
+    }
+
+    /// Sends a DM and returns the frame that answers it (an `ack`, or an `error`).
+    pub async fn send_dm(&mut self, to: &str, text: &str, client_msg_id: &str) -> Value {
+        self.send_json(
+            json!({"type": "send", "to": to, "text": text, "client_msg_id": client_msg_id}),
+        )
+        .await;
+        loop {
+            let frame = self.next().await;
+            if (frame["type"] == "ack" || frame["type"] == "error")
+                && frame["client_msg_id"] == client_msg_id
+            {
+                return frame;
+            }
+        }
+    }
+
+    /// Sends a DM that must be acked; returns the ack.
+    pub async fn dm(&mut self, to: &str, text: &str, client_msg_id: &str) -> Value {
+        let ack = self.send_dm(to, text, client_msg_id).await;
+        assert_eq!(ack["type"], "ack", "expected an ack, got {ack}");
+        ack
+    }
+
+    /// A round trip: every frame the server queued before the pong is returned, in order.
+    pub async fn frames_until_pong(&mut self) -> Vec<Value> {
+        self.send_json(json!({"type": "ping", "req_id": "barrier"}))
+            .await;
+        let mut frames = Vec::new();
+        loop {
+            let frame = self.next().await;
+            if frame["type"] == "pong" && frame["req_id"] == "barrier" {
+                return frames;
+            }
+            frames.push(frame);
+        }
+    }
+
+    /// Every message stored for this user after `after_seq`, through `sync` paging.
+    pub async fn sync_all(&mut self, mut after_seq: u64) -> Vec<Value> {
+        let mut messages = Vec::new();
+        loop {
+            self.send_json(
+                json!({"type": "sync", "after_seq": after_seq, "limit": 500, "req_id": "sync"}),
+            )
+            .await;
+            let page = self.wait_for("sync").await;
+            let batch = page["messages"].as_array().unwrap().clone();
+            if let Some(last) = batch.last() {
+                after_seq = last["seq"].as_u64().unwrap();
+            }
+            messages.extend(batch);
+            if !page["has_more"].as_bool().unwrap() {
+                return messages;
+            }
+        }
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+        // Wait for the server's side of the closing handshake.
+        while let Ok(Some(Ok(_))) = tokio::time::timeout(DEADLINE, self.ws.next()).await {}
+    }
+}
