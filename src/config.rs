@@ -238,7 +238,9 @@ impl Config {
         let config: Config =
             serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
                 let key = e.path().to_string();
+                // The TOML deserializer appends "in `section`"; the key already says it.
                 let message = e.into_inner().to_string();
+                let message = message.lines().next().unwrap_or_default().to_owned();
                 ConfigError::new(if key == "." { "config".to_owned() } else { key }, message)
             })?;
         config.validate()?;

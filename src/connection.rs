@@ -32,6 +32,8 @@ pub mod close_code {
     pub const TRY_AGAIN_LATER: u16 = 1013;
     /// The server is shutting down.
     pub const GOING_AWAY: u16 = 1001;
+    /// The client sent a message or frame larger than `limits.max_message_bytes`.
+    pub const MESSAGE_TOO_BIG: u16 = 1009;
 }
 
 /// Why the server closes a connection.
@@ -270,7 +272,13 @@ async fn run_reader(
             Some(Ok(Message::Text(text))) => Inbound::Command(protocol::decode(&text, &limits)),
             Some(Ok(Message::Binary(_))) => Inbound::Binary,
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-            Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+            Some(Err(error)) => {
+                if is_too_large(error) {
+                    outbound.close_now(close_code::MESSAGE_TOO_BIG, "message too large");
+                }
+                break;
+            }
+            Some(Ok(Message::Close(_))) | None => break,
         };
         if !hand_to_session(&mut session, input, &done).await {
             break;
@@ -279,6 +287,14 @@ async fn run_reader(
     // The session learns that its socket is gone and stops; the writer stops too.
     hand_to_session(&mut session, Inbound::SocketClosed, &done).await;
     done.cancel();
+}
+
+/// Whether a read failed because the client sent more than `limits.max_message_bytes`.
+fn is_too_large(error: axum::Error) -> bool {
+    matches!(
+        error.into_inner().downcast_ref::<tungstenite::Error>(),
+        Some(tungstenite::Error::Capacity(_))
+    )
 }
 
 /// Hands `input` to the current session actor and waits until it has taken it. Returns false

@@ -10,7 +10,8 @@ use peroxo::{Gateway, StoreServer};
 use tracing_subscriber::EnvFilter;
 
 /// Exit status for a bad configuration or command line (EX_USAGE).
-const EXIT_CONFIG: u8 = 64;
+const EXIT_USAGE: u8 = 64;
+const DEFAULT_CONFIG: &str = "config.toml";
 
 #[derive(Parser)]
 #[command(name = "peroxo", version, about = "Real-time direct-messaging server")]
@@ -23,33 +24,48 @@ struct Cli {
 enum Command {
     /// Run a gateway node (and, with `storage.embedded = true`, the storage service).
     Serve {
-        /// The configuration file.
-        #[arg(long, default_value = "config.toml")]
-        config: PathBuf,
+        /// The configuration file [default: config.toml, if present].
+        #[arg(long)]
+        config: Option<PathBuf>,
         /// Dev identity: clients name themselves with `?user=`. Never in production.
         #[arg(long)]
         dev: bool,
     },
     /// Run the storage service alone (gateways point `storage.endpoint` at it).
     Store {
-        #[arg(long, default_value = "config.toml")]
-        config: PathBuf,
+        /// The configuration file [default: config.toml, if present].
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            let _ = error.print();
+            return if error.use_stderr() {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::SUCCESS // --help, --version
+            };
+        }
+    };
     let (path, dev) = match &cli.command {
         Command::Serve { config, dev } => (config, *dev),
         Command::Store { config } => (config, false),
     };
-    // The default path may be absent (all defaults); a path given explicitly must exist.
-    let required = path != &PathBuf::from("config.toml");
+    // The default file may be absent (all defaults apply); a file named explicitly must exist.
+    let default_path = PathBuf::from(DEFAULT_CONFIG);
+    let (path, required) = match path {
+        Some(path) => (path, true),
+        None => (&default_path, false),
+    };
     let mut config = match Config::load(path, required, std::env::vars()) {
         Ok(config) => config,
         Err(error) => {
             eprintln!("peroxo: configuration error: {error}");
-            return ExitCode::from(EXIT_CONFIG);
+            return ExitCode::from(EXIT_USAGE);
         }
     };
     if dev {

@@ -5,18 +5,18 @@
 //! the configured ports.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use axum::serve::ListenerExt;
 use ractor::ActorRef;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::actors::persistence::{Outbox, StorageLink};
+use crate::actors::outbox::Outbox;
+use crate::actors::persistence::StorageLink;
 use crate::actors::root::{RootArgs, RootMsg, RootSupervisor};
 use crate::actors::session::GatewayContext;
 use crate::actors::session_supervisor::SessionSupervisorMsg;
@@ -87,7 +87,6 @@ pub struct Gateway {
     root: ActorRef<RootMsg>,
     sessions: ActorSlot<SessionSupervisorMsg>,
     gateway: Arc<GatewayContext>,
-    max_pending: usize,
     stop_http: CancellationToken,
     http_task: JoinHandle<std::io::Result<()>>,
 }
@@ -110,7 +109,7 @@ impl Gateway {
             router: ActorSlot::default(),
             persistence: ActorSlot::default(),
             storage: StorageLink::default(),
-            outbox_permits: Arc::new(Semaphore::new(config.storage.max_pending)),
+            outbox: Arc::new(Outbox::new(config.storage.max_pending)),
             limits: config.limits.clone(),
             storage_wait: config.storage.rpc_timeout(),
             restarts: Arc::new(RestartCounts::default()),
@@ -121,7 +120,6 @@ impl Gateway {
             sessions: sessions.clone(),
             storage: config.storage.clone(),
             endpoint: endpoint.clone(),
-            outbox: Arc::new(Mutex::new(Outbox::default())),
             session: config.session.clone(),
         })
         .await
@@ -153,7 +151,6 @@ impl Gateway {
             root,
             sessions,
             gateway,
-            max_pending: config.storage.max_pending,
             stop_http,
             http_task,
         })
@@ -171,7 +168,7 @@ impl Gateway {
 
     /// Accepted messages not yet answered by storage.
     pub fn pending_writes(&self) -> usize {
-        self.max_pending - self.gateway.outbox_permits.available_permits()
+        self.gateway.outbox.pending()
     }
 
     /// Stops the node: no new connections, every session closed with 1001, accepted
@@ -189,18 +186,10 @@ impl Gateway {
                 5_000
             );
         }
-        // All permits back means the outbox is empty; holding them refuses new sends.
-        let drained = tokio::time::timeout(
-            DRAIN_TIMEOUT,
-            self.gateway
-                .outbox_permits
-                .acquire_many(u32::try_from(self.max_pending).unwrap_or(u32::MAX)),
-        )
-        .await;
-        if drained.is_err() {
+        if !self.gateway.outbox.close_and_drain(DRAIN_TIMEOUT).await {
             tracing::error!(
                 pending = self.pending_writes(),
-                "shutdown: outbox not drained in time"
+                "shutdown: accepted messages not committed in time"
             );
         }
         self.root.stop(Some("shutdown".to_owned()));

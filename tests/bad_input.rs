@@ -239,3 +239,39 @@ impl HttpClient {
         (status, serde_json::from_str(body).unwrap_or(Value::Null))
     }
 }
+
+#[tokio::test]
+async fn a_message_over_the_size_limit_closes_with_1009_and_others_are_unaffected() {
+    let server = TestServer::start_with(|c| c.limits.max_message_bytes = 8_192).await;
+    let mut alice = server.connect("alice").await;
+    let mut bob = server.connect("bob").await;
+    let mut carol = server.connect("carol").await;
+    alice.send_text(&"x".repeat(10_000)).await;
+    let close = alice.expect_close().await.expect("a close frame");
+    assert_eq!(u16::from(close.code), 1009);
+
+    carol.dm("bob", "unaffected", "c1").await;
+    assert_eq!(bob.expect("message").await["text"], "unaffected");
+}
+
+#[tokio::test]
+async fn a_wrong_method_gets_405_with_a_json_body() {
+    let server = TestServer::start().await;
+    let url = server.http_url("/healthz");
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_at(rest.find('/').unwrap());
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(host).await.unwrap();
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    tokio::time::timeout(common::DEADLINE, stream.read_to_string(&mut response))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(response.starts_with("HTTP/1.1 405"), "{response}");
+    let body: Value = serde_json::from_str(response.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(body["error"], "method_not_allowed");
+}

@@ -1,39 +1,36 @@
 //! Persistence: the gateway's only writer to the storage service.
 //!
-//! Sessions hand it accepted `send`s; it commits them in batches over gRPC, acks each sender
-//! and hands the committed messages to the Router for delivery. While one append call is in
-//! flight, new writes queue, and the next call takes all of them up to `storage.max_batch`:
-//! batching comes from load, never from a timer.
+//! Sessions put accepted `send`s into the [`Outbox`] and wake it; it commits them in batches
+//! over gRPC, acks each sender and hands the committed messages to the Router for delivery.
+//! While one append call is in flight, new writes queue, and the next call takes all of them
+//! up to `storage.max_batch`: batching comes from load, never from a timer.
 //!
-//! The queue (the *outbox*) is bounded by `storage.max_pending` through a semaphore that
-//! sessions take a permit from before they hand a write over; a session that finds no permit
-//! answers `unavailable`. The outbox lives outside the actor's state, so a restarted
-//! Persistence finds every write it had accepted, including the batch that was in flight
-//! (appends are idempotent, so sending it again stores nothing twice).
+//! The outbox lives outside the actor's state, so a restarted Persistence finds every write
+//! its predecessor had accepted and sends the interrupted batch again (appends are
+//! idempotent, so that stores nothing twice).
 //!
 //! When the storage service is unreachable, Persistence keeps accepting writes into the
 //! outbox and reconnects with exponential backoff and jitter; once connected, the outbox is
 //! flushed in order.
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use tokio::sync::{OwnedSemaphorePermit, watch};
+use tokio::sync::watch;
 
 use super::ActorSlot;
+use super::outbox::{Outbox, PendingWrite};
 use super::router::{Delivery, RouterMsg};
 use crate::config::StorageConfig;
-use crate::connection::Outbound;
 use crate::domain::{AppendOutcome, NewMessage, StoredMessage};
 use crate::protocol::{ErrorCode, ProtocolError, ReqId, ServerFrame};
 use crate::storage::grpc::{CallError, StorageClient};
 
 pub enum PersistenceMsg {
-    /// A write a session accepted; it holds one outbox permit.
-    Append(PendingWrite),
+    /// New writes are in the outbox.
+    Wake,
     /// Try to connect to the storage service (self-scheduled with backoff).
     Connect,
     /// The outcome of a connection attempt.
@@ -46,45 +43,6 @@ pub enum PersistenceMsg {
     /// Panics inside `handle`, to exercise supervision.
     #[cfg(feature = "test-hooks")]
     Crash,
-}
-
-/// An accepted `send`, waiting to be committed.
-pub struct PendingWrite {
-    pub message: NewMessage,
-    /// Where the `ack` goes: the sender's connection, which outlives any session actor.
-    pub origin: Outbound,
-    pub req_id: Option<ReqId>,
-    /// Its place in the outbox; released when the write is answered.
-    pub permit: OwnedSemaphorePermit,
-    /// Set when an append call carrying it failed without an answer: it may have been
-    /// committed, so a `duplicate` outcome is its own first commit.
-    pub retried: bool,
-}
-
-/// The writes Persistence has accepted and not yet answered, in order.
-#[derive(Default)]
-pub struct Outbox {
-    queue: VecDeque<PendingWrite>,
-    /// The batch whose append call is under way.
-    in_flight: Vec<PendingWrite>,
-}
-
-impl Outbox {
-    /// Puts the in-flight batch back at the front of the queue, in order.
-    fn requeue_in_flight(&mut self) {
-        for mut write in self.in_flight.drain(..).rev() {
-            write.retried = true;
-            self.queue.push_front(write);
-        }
-    }
-
-    pub fn len(&self) -> usize {
-        self.queue.len() + self.in_flight.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// The current connection to the storage service, shared with sessions for their reads.
@@ -131,7 +89,7 @@ pub struct PersistenceArgs {
     pub config: StorageConfig,
     /// The storage service's URL.
     pub endpoint: String,
-    pub outbox: Arc<Mutex<Outbox>>,
+    pub outbox: Arc<Outbox>,
     pub link: StorageLink,
     pub router: ActorSlot<RouterMsg>,
 }
@@ -179,10 +137,7 @@ impl Actor for Persistence {
         args: PersistenceArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
         // After a restart, the batch the previous incarnation had in flight goes again.
-        args.outbox
-            .lock()
-            .expect("outbox poisoned")
-            .requeue_in_flight();
+        args.outbox.lock().requeue_in_flight();
         args.link.set(None);
         Ok(PersistenceState {
             backoff: backoff(&args.config),
@@ -210,14 +165,8 @@ impl Actor for Persistence {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            PersistenceMsg::Append(write) => {
-                state
-                    .args
-                    .outbox
-                    .lock()
-                    .expect("outbox poisoned")
-                    .queue
-                    .push_back(write);
+            PersistenceMsg::Wake => {
+                state.args.outbox.woken();
                 start_batch(&myself, state);
             }
             PersistenceMsg::Connect => connect(&myself, state),
@@ -277,7 +226,7 @@ fn schedule_reconnect(
         .backoff
         .next()
         .unwrap_or(Duration::from_millis(state.args.config.reconnect_max_ms));
-    let pending = state.args.outbox.lock().expect("outbox poisoned").len();
+    let pending = state.args.outbox.pending();
     tracing::warn!(
         endpoint = %state.args.endpoint,
         %error,
@@ -297,12 +246,12 @@ fn start_batch(myself: &ActorRef<PersistenceMsg>, state: &mut PersistenceState) 
         return;
     };
     let batch: Vec<NewMessage> = {
-        let mut outbox = state.args.outbox.lock().expect("outbox poisoned");
-        let take = outbox.queue.len().min(state.args.config.max_batch);
+        let mut outbox = state.args.outbox.lock();
+        let take = outbox.waiting.len().min(state.args.config.max_batch);
         if take == 0 {
             return;
         }
-        let writes: Vec<PendingWrite> = outbox.queue.drain(..take).collect();
+        let writes: Vec<PendingWrite> = outbox.waiting.drain(..take).collect();
         let batch = writes.iter().map(|w| w.message.clone()).collect();
         outbox.in_flight = writes;
         batch
@@ -324,8 +273,7 @@ fn batch_done(
 ) {
     match result {
         Ok(outcomes) => {
-            let writes =
-                std::mem::take(&mut state.args.outbox.lock().expect("outbox poisoned").in_flight);
+            let writes = std::mem::take(&mut state.args.outbox.lock().in_flight);
             let mut deliveries = Vec::with_capacity(writes.len());
             for (write, outcome) in writes.into_iter().zip(outcomes) {
                 if let Some(delivery) = answer(write, outcome) {
@@ -348,8 +296,7 @@ fn batch_done(
         Err(CallError::Rejected(reason)) => {
             // The service refused the batch as a whole: retrying cannot help.
             tracing::error!(%reason, "storage refused an append batch");
-            let writes =
-                std::mem::take(&mut state.args.outbox.lock().expect("outbox poisoned").in_flight);
+            let writes = std::mem::take(&mut state.args.outbox.lock().in_flight);
             for write in writes {
                 write.origin.error(
                     &ProtocolError::new(
@@ -363,12 +310,7 @@ fn batch_done(
             start_batch(myself, state);
         }
         Err(error) => {
-            state
-                .args
-                .outbox
-                .lock()
-                .expect("outbox poisoned")
-                .requeue_in_flight();
+            state.args.outbox.lock().requeue_in_flight();
             state.args.link.set(None);
             state.down_since.get_or_insert_with(Instant::now);
             schedule_reconnect(myself, state, &error);

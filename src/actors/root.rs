@@ -9,13 +9,13 @@
 //!   dead supervisor); their sockets close and clients reconnect. A new one accepts new
 //!   connections.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 
 #[cfg(feature = "test-hooks")]
 use super::persistence::PersistenceMsg;
-use super::persistence::{Outbox, Persistence, PersistenceArgs};
+use super::persistence::{Persistence, PersistenceArgs};
 use super::router::Router;
 #[cfg(feature = "test-hooks")]
 use super::router::RouterMsg;
@@ -39,7 +39,6 @@ pub struct RootArgs {
     pub storage: StorageConfig,
     /// The storage service's URL.
     pub endpoint: String,
-    pub outbox: Arc<Mutex<Outbox>>,
     pub session: SessionConfig,
 }
 
@@ -154,7 +153,7 @@ async fn spawn_persistence(
         PersistenceArgs {
             config: args.storage.clone(),
             endpoint: args.endpoint.clone(),
-            outbox: Arc::clone(&args.outbox),
+            outbox: Arc::clone(&args.gateway.outbox),
             link: args.gateway.storage.clone(),
             router: args.gateway.router.clone(),
         },

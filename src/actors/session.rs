@@ -16,7 +16,8 @@ use axum::extract::ws::Utf8Bytes;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::{Semaphore, oneshot};
 
-use super::persistence::{PendingWrite, PersistenceMsg, StorageLink};
+use super::outbox::{Outbox, OutboxFull};
+use super::persistence::{PersistenceMsg, StorageLink};
 use super::router::{Registration, RouterMsg};
 use super::{ActorSlot, RestartCounts};
 use crate::config::LimitsConfig;
@@ -60,8 +61,8 @@ pub struct GatewayContext {
     pub router: ActorSlot<RouterMsg>,
     pub persistence: ActorSlot<PersistenceMsg>,
     pub storage: StorageLink,
-    /// Free places in Persistence's outbox (`storage.max_pending`).
-    pub outbox_permits: Arc<Semaphore>,
+    /// Accepted sends on their way to storage (bounded by `storage.max_pending`).
+    pub outbox: Arc<Outbox>,
     pub limits: LimitsConfig,
     /// How long a session waits for storage when the client connects.
     pub storage_wait: Duration,
@@ -319,36 +320,33 @@ impl SessionState {
 
     fn send(&self, to: String, text: String, client_msg_id: String, req_id: Option<ReqId>) {
         let outbound = &self.connection.outbound;
-        let Ok(permit) = Arc::clone(&self.gateway.outbox_permits).try_acquire_owned() else {
-            outbound.error(
-                &unavailable(
-                    "too many messages are waiting for storage; retry later",
-                    req_id,
-                )
-                .with_client_msg_id(Some(client_msg_id)),
-            );
-            return;
+        let message = NewMessage {
+            tenant: self.connection.key.tenant.clone(),
+            sender: self.connection.key.user.clone(),
+            recipient: to,
+            client_msg_id,
+            text,
         };
-        let write = PendingWrite {
-            message: NewMessage {
-                tenant: self.connection.key.tenant.clone(),
-                sender: self.connection.key.user.clone(),
-                recipient: to,
-                client_msg_id,
-                text,
-            },
-            origin: outbound.clone(),
-            req_id,
-            permit,
-            retried: false,
-        };
-        if let Err(ractor::MessagingErr::SendErr(PersistenceMsg::Append(write))) =
-            self.gateway.persistence.cast(PersistenceMsg::Append(write))
+        let client_msg_id = message.client_msg_id.clone();
+        match self
+            .gateway
+            .outbox
+            .push(message, outbound.clone(), req_id.clone())
         {
-            outbound.error(
-                &unavailable("persistence is restarting; retry", write.req_id)
-                    .with_client_msg_id(Some(write.message.client_msg_id)),
-            );
+            Ok(true) => {
+                // A Persistence that is restarting flushes the outbox when it starts.
+                let _ = self.gateway.persistence.cast(PersistenceMsg::Wake);
+            }
+            Ok(false) => {}
+            Err(OutboxFull) => {
+                outbound.error(
+                    &unavailable(
+                        "too many messages are waiting for storage; retry later",
+                        req_id,
+                    )
+                    .with_client_msg_id(Some(client_msg_id)),
+                );
+            }
         }
     }
 
