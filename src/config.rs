@@ -26,7 +26,7 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
             key: key.into(),
             message: message.into(),
@@ -50,28 +50,187 @@ pub struct Config {
 pub struct HttpConfig {
     /// Where the gateway accepts HTTP and WebSocket connections.
     pub listen: SocketAddr,
+    /// When not empty, WebSocket upgrades whose `Origin` is not listed get 403.
+    pub allowed_origins: Vec<String>,
+    /// A connection that has not sent a complete request within this time is closed.
+    pub handshake_timeout_secs: u64,
+    /// WebSocket connections this node holds at most; more get 503.
+    pub max_connections: usize,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            allowed_origins: Vec::new(),
+            handshake_timeout_secs: 10,
+            max_connections: 19_000,
         }
+    }
+}
+
+impl HttpConfig {
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_secs(self.handshake_timeout_secs)
     }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum AuthMode {
-    /// The client names itself in the query string. For trying PerOXO out only.
+    /// Clients present a signed JWT.
     #[default]
+    Jwt,
+    /// The client names itself in the query string. For trying PerOXO out only.
     Dev,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// The JWT signature algorithms PerOXO verifies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum JwtAlgorithm {
+    /// HMAC with a shared secret.
+    #[default]
+    HS256,
+    /// RSA, verified with a public key.
+    RS256,
+    /// ECDSA P-256, verified with a public key.
+    ES256,
+}
+
+/// A secret: never printed, never logged.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(secret: impl Into<String>) -> Self {
+        Self(secret.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "\"\""
+        } else {
+            "\"<redacted>\""
+        })
+    }
+}
+
+/// The shortest HS256 secret accepted, in bytes.
+pub const MIN_JWT_SECRET_BYTES: usize = 32;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     pub mode: AuthMode,
+    pub algorithm: JwtAlgorithm,
+    /// The HS256 shared secret.
+    pub jwt_secret: Secret,
+    /// A file holding the HS256 shared secret (instead of `jwt_secret`).
+    pub jwt_secret_file: Option<PathBuf>,
+    /// The PEM public key that verifies RS256 or ES256 tokens.
+    pub public_key_file: Option<PathBuf>,
+    /// When set, tokens must carry this `aud`.
+    pub audience: Option<String>,
+    /// When set, tokens must carry this `iss`.
+    pub issuer: Option<String>,
+    /// Clock skew tolerated on `exp`, `nbf` and `iat`, in seconds.
+    pub leeway_secs: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            mode: AuthMode::Jwt,
+            algorithm: JwtAlgorithm::HS256,
+            jwt_secret: Secret::default(),
+            jwt_secret_file: None,
+            public_key_file: None,
+            audience: None,
+            issuer: None,
+            leeway_secs: 30,
+        }
+    }
+}
+
+impl AuthConfig {
+    /// The HS256 secret, from `jwt_secret` or `jwt_secret_file`.
+    pub fn hs256_secret(&self) -> Result<Secret, ConfigError> {
+        if let Some(path) = &self.jwt_secret_file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ConfigError::new(
+                    "auth.jwt_secret_file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            return Ok(Secret::new(text.trim_end_matches(['\r', '\n'])));
+        }
+        Ok(self.jwt_secret.clone())
+    }
+
+    /// The PEM public key for RS256/ES256.
+    pub fn public_key_pem(&self) -> Result<Vec<u8>, ConfigError> {
+        let path = self.public_key_file.as_ref().ok_or_else(|| {
+            ConfigError::new(
+                "auth.public_key_file",
+                format!(
+                    "{:?} needs the PEM public key that verifies tokens: set auth.public_key_file",
+                    self.algorithm
+                ),
+            )
+        })?;
+        std::fs::read(path).map_err(|e| {
+            ConfigError::new(
+                "auth.public_key_file",
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.mode != AuthMode::Jwt {
+            return Ok(());
+        }
+        match self.algorithm {
+            JwtAlgorithm::HS256 => {
+                if self.jwt_secret_file.is_some() && !self.jwt_secret.is_empty() {
+                    return Err(ConfigError::new(
+                        "auth.jwt_secret",
+                        "set either auth.jwt_secret or auth.jwt_secret_file, not both",
+                    ));
+                }
+                let secret = self.hs256_secret()?;
+                if secret.is_empty() {
+                    return Err(ConfigError::new(
+                        "auth.jwt_secret",
+                        "auth.mode = \"jwt\" needs a secret: set auth.jwt_secret (or the \
+                         environment variable PEROXO_AUTH__JWT_SECRET), or auth.jwt_secret_file; \
+                         use --dev only to try PerOXO out",
+                    ));
+                }
+                if secret.expose().len() < MIN_JWT_SECRET_BYTES {
+                    return Err(ConfigError::new(
+                        "auth.jwt_secret",
+                        format!("must be at least {MIN_JWT_SECRET_BYTES} bytes"),
+                    ));
+                }
+            }
+            JwtAlgorithm::RS256 | JwtAlgorithm::ES256 => {
+                self.public_key_pem()?;
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -148,6 +307,18 @@ pub struct LimitsConfig {
     pub max_watched_users: usize,
     /// Storage reads (history, sync) one session may have in flight; further reads wait.
     pub max_reads_in_flight: usize,
+    /// WebSocket sessions one user may hold on this node; more get 429.
+    pub max_sessions_per_user: usize,
+    /// Commands per second one session may send on average (token bucket refill rate).
+    pub rate_per_sec: u32,
+    /// Commands one session may send in a burst (token bucket size).
+    pub rate_burst: u32,
+    /// A session that stays over its rate this long is closed with 1008.
+    pub abuse_close_secs: u64,
+    /// A connection idle this long is pinged.
+    pub ping_interval_secs: u64,
+    /// A connection silent this long (no frame, not even a pong) is closed.
+    pub idle_timeout_secs: u64,
 }
 
 impl Default for LimitsConfig {
@@ -158,7 +329,23 @@ impl Default for LimitsConfig {
             outbound_queue: 1_024,
             max_watched_users: 1_000,
             max_reads_in_flight: 4,
+            max_sessions_per_user: 10,
+            rate_per_sec: 20,
+            rate_burst: 40,
+            abuse_close_secs: 5,
+            ping_interval_secs: 25,
+            idle_timeout_secs: 60,
         }
+    }
+}
+
+impl LimitsConfig {
+    pub fn ping_interval(&self) -> Duration {
+        Duration::from_secs(self.ping_interval_secs)
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs)
     }
 }
 
@@ -222,8 +409,10 @@ impl Config {
         let mut table: toml::Table = text
             .parse()
             .map_err(|e: toml::de::Error| ConfigError::new(file_key, e.to_string()))?;
-        apply_env_overrides(&mut table, env)?;
-        Self::from_table(table)
+        let overrides = apply_env_overrides(&mut table, env)?;
+        let config = deserialize_with_overrides(table, &overrides)?;
+        config.validate()?;
+        Ok(config)
     }
 
     /// Builds a validated config from a TOML document.
@@ -235,14 +424,7 @@ impl Config {
     }
 
     fn from_table(table: toml::Table) -> Result<Self, ConfigError> {
-        let config: Config =
-            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
-                let key = e.path().to_string();
-                // The TOML deserializer appends "in `section`"; the key already says it.
-                let message = e.into_inner().to_string();
-                let message = message.lines().next().unwrap_or_default().to_owned();
-                ConfigError::new(if key == "." { "config".to_owned() } else { key }, message)
-            })?;
+        let config = deserialize(table)?;
         config.validate()?;
         Ok(config)
     }
@@ -292,6 +474,37 @@ impl Config {
             1,
             1_024,
         )?;
+        within(
+            "limits.max_sessions_per_user",
+            l.max_sessions_per_user,
+            1,
+            100_000,
+        )?;
+        within("limits.rate_per_sec", l.rate_per_sec, 1, 1_000_000)?;
+        within("limits.rate_burst", l.rate_burst, 1, 1_000_000)?;
+        at_least("limits.abuse_close_secs", l.abuse_close_secs, 1)?;
+        at_least("limits.ping_interval_secs", l.ping_interval_secs, 1)?;
+        at_least(
+            "limits.idle_timeout_secs",
+            l.idle_timeout_secs,
+            l.ping_interval_secs + 1,
+        )?;
+        at_least(
+            "http.handshake_timeout_secs",
+            self.http.handshake_timeout_secs,
+            1,
+        )?;
+        at_least("http.max_connections", self.http.max_connections, 1)?;
+        for (i, origin) in self.http.allowed_origins.iter().enumerate() {
+            let is_origin = (origin.starts_with("http://") || origin.starts_with("https://"))
+                && !origin.ends_with('/');
+            if !is_origin {
+                return Err(ConfigError::new(
+                    format!("http.allowed_origins[{i}]"),
+                    format!("{origin:?} is not an origin like \"https://chat.example.com\""),
+                ));
+            }
+        }
         at_least(
             "session.restart_window_secs",
             self.session.restart_window_secs,
@@ -299,7 +512,7 @@ impl Config {
         )?;
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| ConfigError::new("log.level", format!("not a valid filter: {e}")))?;
-        Ok(())
+        self.auth.validate()
     }
 }
 
@@ -332,12 +545,71 @@ fn within<T: PartialOrd + std::fmt::Display>(
     Ok(())
 }
 
+fn deserialize(table: toml::Table) -> Result<Config, ConfigError> {
+    serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+        let key = e.path().to_string();
+        // The TOML deserializer appends "in `section`"; the key already says it.
+        let message = e.into_inner().to_string();
+        let message = message.lines().next().unwrap_or_default().to_owned();
+        ConfigError::new(if key == "." { "config".to_owned() } else { key }, message)
+    })
+}
+
+/// One `PEROXO_...` variable applied to the config table.
+struct EnvOverride {
+    /// The key's path (`["auth", "jwt_secret"]`).
+    path: Vec<String>,
+    raw: String,
+}
+
+/// Deserializes `table`; an override read as a number or boolean (`12345`, `true`) where the
+/// key wants a string is taken as the string it was.
+fn deserialize_with_overrides(
+    mut table: toml::Table,
+    overrides: &[EnvOverride],
+) -> Result<Config, ConfigError> {
+    let mut as_strings = vec![false; overrides.len()];
+    loop {
+        let error = match deserialize(table.clone()) {
+            Ok(config) => return Ok(config),
+            Err(error) => error,
+        };
+        let retry = overrides
+            .iter()
+            .enumerate()
+            .find(|(i, o)| !as_strings[*i] && o.path.join(".") == error.key);
+        let Some((i, o)) = retry else {
+            return Err(error);
+        };
+        as_strings[i] = true;
+        set(&mut table, &o.path, toml::Value::String(o.raw.clone()))?;
+    }
+}
+
+/// Sets `path` in `table`, creating sections on the way.
+fn set(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), ConfigError> {
+    let key = path.join(".");
+    let (last, sections) = path.split_last().expect("a key has at least one part");
+    let mut current = table;
+    for section in sections {
+        let entry = current
+            .entry(section.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        current = entry
+            .as_table_mut()
+            .ok_or_else(|| ConfigError::new(&key, format!("`{section}` is not a section")))?;
+    }
+    current.insert(last.clone(), value);
+    Ok(())
+}
+
 /// Applies `PEROXO_<SECTION>__<KEY>` variables. The value is read as a TOML value when it is
 /// one (`500`, `true`, `"text"`), and as a plain string otherwise (`127.0.0.1:8080`).
 fn apply_env_overrides(
     table: &mut toml::Table,
     env: impl IntoIterator<Item = (String, String)>,
-) -> Result<(), ConfigError> {
+) -> Result<Vec<EnvOverride>, ConfigError> {
+    let mut applied = Vec::new();
     for (name, raw) in env {
         let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
             continue;
@@ -347,24 +619,10 @@ fn apply_env_overrides(
             // PEROXO_FOO without a section is not ours to judge (e.g. PEROXO_TEST_*).
             continue;
         }
-        let value = parse_env_value(&raw);
-        let key = path.join(".");
-        let (last, sections) = path.split_last().expect("path has at least two parts");
-        let mut current = &mut *table;
-        for section in sections {
-            let entry = current
-                .entry(section.clone())
-                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-            current = entry.as_table_mut().ok_or_else(|| {
-                ConfigError::new(
-                    &key,
-                    format!("{name} sets a key inside `{section}`, which is not a section"),
-                )
-            })?;
-        }
-        current.insert(last.clone(), value);
+        set(table, &path, parse_env_value(&raw))?;
+        applied.push(EnvOverride { path, raw });
     }
-    Ok(())
+    Ok(applied)
 }
 
 fn parse_env_value(raw: &str) -> toml::Value {
@@ -381,18 +639,53 @@ mod tests {
 
     fn load_with_env(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let mut table: toml::Table = text.parse().unwrap();
-        apply_env_overrides(
+        let overrides = apply_env_overrides(
             &mut table,
             env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
         )?;
-        Config::from_table(table)
+        let config = deserialize_with_overrides(table, &overrides)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn shipped_config() -> String {
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml"))
+            .expect("config.toml ships with the repository")
     }
 
     #[test]
-    fn the_shipped_config_is_valid() {
-        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml"))
-            .expect("config.toml ships with the repository");
-        Config::from_toml(&text).expect("the shipped config validates");
+    fn the_shipped_config_is_valid_once_a_secret_is_given() {
+        let config = load_with_env(
+            &shipped_config(),
+            &[("PEROXO_AUTH__JWT_SECRET", &"s".repeat(32))],
+        )
+        .expect("the shipped config validates");
+        assert_eq!(config.auth.mode, AuthMode::Jwt);
+        load_with_env(&shipped_config(), &[("PEROXO_AUTH__MODE", "dev")])
+            .expect("the shipped config validates in dev mode");
+    }
+
+    #[test]
+    fn jwt_mode_without_a_secret_says_how_to_set_one() {
+        let err = Config::from_toml(&shipped_config()).unwrap_err();
+        assert_eq!(err.key, "auth.jwt_secret");
+        assert!(err.message.contains("PEROXO_AUTH__JWT_SECRET"), "{err}");
+        assert!(err.message.contains("auth.jwt_secret_file"), "{err}");
+        let err = Config::from_toml("[auth]\njwt_secret = \"short\"\n").unwrap_err();
+        assert!(err.message.contains("at least 32 bytes"), "{err}");
+        let err = Config::from_toml("[auth]\nalgorithm = \"RS256\"\n").unwrap_err();
+        assert_eq!(err.key, "auth.public_key_file");
+    }
+
+    #[test]
+    fn a_numeric_looking_override_of_a_string_key_stays_a_string() {
+        let secret = "1".repeat(40);
+        let config = load_with_env("", &[("PEROXO_AUTH__JWT_SECRET", &secret)]).unwrap();
+        assert_eq!(config.auth.jwt_secret.expose(), secret);
+        assert!(
+            !format!("{config:?}").contains(&secret),
+            "secrets never print"
+        );
     }
 
     #[test]
@@ -421,6 +714,7 @@ mod tests {
                 ("PEROXO_STORAGE__MAX_PENDING", "7"),
                 ("PEROXO_HTTP__LISTEN", "127.0.0.1:9999"),
                 ("PEROXO_LOG__FORMAT", "json"),
+                ("PEROXO_AUTH__MODE", "dev"),
                 ("HOME", "/root"),
             ],
         )

@@ -7,17 +7,23 @@
 //!   current session actor, and waits until the actor has taken it before reading the next:
 //!   a client that sends faster than its session works is pushed back by TCP.
 //!
+//! The writer also keeps the connection honest: it pings a client that has been silent for
+//! `limits.ping_interval_secs` and closes one silent for `limits.idle_timeout_secs`.
+//!
 //! Both tasks outlive any one session actor: when SessionSupervisor restarts a crashed
 //! session, the new actor takes over the same queue and the reader follows it through a
 //! `watch` channel. The connection ends when either task ends (`done` is cancelled).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use ractor::ActorRef;
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::actors::session::{Inbound, SessionMsg};
@@ -34,6 +40,10 @@ pub mod close_code {
     pub const GOING_AWAY: u16 = 1001;
     /// The client sent a message or frame larger than `limits.max_message_bytes`.
     pub const MESSAGE_TOO_BIG: u16 = 1009;
+    /// The client kept exceeding its command rate.
+    pub const POLICY_VIOLATION: u16 = 1008;
+    /// The client's token expired and was not refreshed.
+    pub const TOKEN_EXPIRED: u16 = 4001;
 }
 
 /// Why the server closes a connection.
@@ -185,6 +195,42 @@ impl Outbound {
     }
 }
 
+/// How often and how patiently the writer checks that the client is alive.
+#[derive(Debug, Clone, Copy)]
+pub struct Heartbeat {
+    /// A connection silent this long is pinged.
+    pub ping_interval: Duration,
+    /// A connection silent this long is closed; also the most time a close frame may take to
+    /// reach a client that does not read.
+    pub idle_timeout: Duration,
+}
+
+/// When the client was last heard from, shared by the reader (which records it) and the
+/// writer (which pings and times out by it).
+struct LastHeard {
+    start: Instant,
+    /// Nanoseconds after `start` (exact, so a pong is never taken for older than its ping).
+    at_ns: AtomicU64,
+}
+
+impl LastHeard {
+    fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            at_ns: AtomicU64::new(0),
+        }
+    }
+
+    fn record(&self) {
+        let ns = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.at_ns.store(ns, Ordering::Relaxed);
+    }
+
+    fn at(&self) -> Instant {
+        self.start + Duration::from_nanos(self.at_ns.load(Ordering::Relaxed))
+    }
+}
+
 /// Splits `socket` and starts its writer and reader tasks. The reader hands frames to the
 /// session actor currently published in `session`.
 pub fn spawn_socket_tasks(
@@ -193,34 +239,90 @@ pub fn spawn_socket_tasks(
     queue: OutboundQueue,
     session: watch::Receiver<Option<ActorRef<SessionMsg>>>,
     limits: DecodeLimits,
+    heartbeat: Heartbeat,
 ) {
     let (sink, stream) = socket.split();
-    tokio::spawn(run_writer(sink, queue, outbound.done()));
-    tokio::spawn(run_reader(stream, session, limits, outbound.clone()));
+    let last_heard = Arc::new(LastHeard::new());
+    tokio::spawn(run_writer(
+        sink,
+        queue,
+        outbound.done(),
+        heartbeat,
+        Arc::clone(&last_heard),
+    ));
+    tokio::spawn(run_reader(
+        stream,
+        session,
+        limits,
+        outbound.clone(),
+        last_heard,
+    ));
 }
 
 async fn run_writer(
     mut sink: SplitSink<WebSocket, Message>,
     mut queue: OutboundQueue,
     done: CancellationToken,
+    heartbeat: Heartbeat,
+    last_heard: Arc<LastHeard>,
 ) {
+    // One timer per connection, set to the next moment the heartbeat has something to do.
+    let check = tokio::time::sleep(heartbeat.ping_interval);
+    tokio::pin!(check);
+    let mut pinged_at: Option<Instant> = None;
     let close = loop {
         tokio::select! {
             biased;
-            _ = done.cancelled() => break None,
+            // A close the server asked for goes out even if the connection is ending anyway.
             changed = queue.close_now.changed() => match changed {
                 Ok(()) => break queue.close_now.borrow().clone(),
                 Err(_) => break None,
             },
+            _ = done.cancelled() => break None,
             item = queue.rx.recv() => match item {
-                Some(Item::Text(text)) => match write_batch(&mut sink, &mut queue.rx, text).await {
-                    Ok(None) => {}
-                    Ok(Some(close)) => break Some(close),
-                    Err(_) => break None,
+                // A client that stops reading blocks the write; a close request (the queue
+                // overflowed) or the end of the connection must still get through.
+                Some(Item::Text(text)) => tokio::select! {
+                    biased;
+                    _ = done.cancelled() => break None,
+                    changed = queue.close_now.changed() => match changed {
+                        Ok(()) => break queue.close_now.borrow().clone(),
+                        Err(_) => break None,
+                    },
+                    written = write_batch(&mut sink, &mut queue.rx, text) => match written {
+                        Ok(None) => {}
+                        Ok(Some(close)) => break Some(close),
+                        Err(_) => break None,
+                    },
                 },
                 Some(Item::Close(close)) => break Some(close),
                 None => break None,
             },
+            () = &mut check => {
+                let heard = last_heard.at();
+                let now = Instant::now();
+                if now >= heard + heartbeat.idle_timeout {
+                    break Some(CloseReason {
+                        code: close_code::GOING_AWAY,
+                        reason: "idle timeout".to_owned(),
+                    });
+                }
+                // One ping per silence: after it, wait for an answer until the idle timeout.
+                let unanswered = pinged_at.is_some_and(|at| at >= heard);
+                if !unanswered && now >= heard + heartbeat.ping_interval {
+                    pinged_at = Some(now);
+                    let ping = sink.send(Message::Ping(Default::default()));
+                    if !matches!(tokio::time::timeout(heartbeat.idle_timeout, ping).await, Ok(Ok(()))) {
+                        break None;
+                    }
+                }
+                let next = if pinged_at.is_some_and(|at| at >= heard) {
+                    heard + heartbeat.idle_timeout
+                } else {
+                    heard + heartbeat.ping_interval
+                };
+                check.as_mut().reset(next);
+            }
         }
     };
     if let Some(close) = close {
@@ -228,9 +330,14 @@ async fn run_writer(
             code: close.code,
             reason: Utf8Bytes::from(close.reason),
         };
-        let _ = sink.send(Message::Close(Some(frame))).await;
+        // A client that does not read gets as long as an idle one before it is dropped.
+        let _ = tokio::time::timeout(
+            heartbeat.idle_timeout,
+            sink.send(Message::Close(Some(frame))),
+        )
+        .await;
     }
-    let _ = sink.close().await;
+    let _ = tokio::time::timeout(heartbeat.idle_timeout, sink.close()).await;
     done.cancel();
 }
 
@@ -261,6 +368,7 @@ async fn run_reader(
     mut session: watch::Receiver<Option<ActorRef<SessionMsg>>>,
     limits: DecodeLimits,
     outbound: Outbound,
+    last_heard: Arc<LastHeard>,
 ) {
     let done = outbound.done();
     loop {
@@ -268,6 +376,7 @@ async fn run_reader(
             _ = done.cancelled() => break,
             next = stream.next() => next,
         };
+        last_heard.record();
         let input = match next {
             Some(Ok(Message::Text(text))) => Inbound::Command(protocol::decode(&text, &limits)),
             Some(Ok(Message::Binary(_))) => Inbound::Binary,
@@ -281,7 +390,8 @@ async fn run_reader(
             Some(Ok(Message::Close(_))) | None => break,
         };
         if !hand_to_session(&mut session, input, &done).await {
-            break;
+            // No session will take input any more: the writer closes the connection.
+            return;
         }
     }
     // The session learns that its socket is gone and stops; the writer stops too.

@@ -1,32 +1,44 @@
-//! The HTTP face of a gateway node: the WebSocket upgrade and health probes.
+//! The HTTP face of a gateway node: the accept loop, the WebSocket upgrade and health probes.
 //!
-//! Handlers stay tiny. The upgrade handler authenticates the request and hands the socket to
-//! SessionSupervisor; everything a session does happens in actors. Every refusal is an HTTP
-//! status with a JSON body `{"error": ..., "message": ...}`.
+//! Handlers stay tiny. The upgrade handler checks the request (origin, identity, admission)
+//! and hands the socket to SessionSupervisor; everything a session does happens in actors.
+//! Every refusal is an HTTP status with a JSON body `{"error": ..., "message": ...}`. Query
+//! strings (which may carry tokens) are never logged.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::ws::{WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 use crate::actors::ActorSlot;
 use crate::actors::session_supervisor::SessionSupervisorMsg;
+use crate::admission::{Admission, Refusal};
 use crate::config::LimitsConfig;
 use crate::identity::Authenticator;
 
 /// Bytes read from a socket at a time. Small, so idle connections stay cheap.
 const WS_READ_BUFFER_BYTES: usize = 4_096;
+/// How long the accept loop pauses after an accept error (such as running out of files).
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
 #[derive(Clone)]
 pub struct HttpState {
     pub sessions: ActorSlot<SessionSupervisorMsg>,
     pub auth: Arc<Authenticator>,
+    pub admission: Arc<Admission>,
     pub limits: LimitsConfig,
+    /// When not empty, the only `Origin`s allowed to open WebSockets.
+    pub allowed_origins: Arc<[String]>,
 }
 
 pub fn router(state: HttpState) -> Router {
@@ -36,6 +48,44 @@ pub fn router(state: HttpState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
+}
+
+/// Serves `app` on `listener` until `stop` is cancelled. A connection that does not send a
+/// complete request within `handshake_timeout` is closed.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    stop: CancellationToken,
+    handshake_timeout: Duration,
+) {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(handshake_timeout);
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                // Usually out of file descriptors: pause instead of spinning.
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                continue;
+            }
+        };
+        // Without it, Nagle's algorithm meets delayed ACKs and small frames wait ~40 ms.
+        let _ = stream.set_nodelay(true);
+        let connection = http
+            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()))
+            .with_upgrades();
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "http connection ended with an error");
+            }
+        });
+    }
 }
 
 /// A JSON error response.
@@ -63,6 +113,19 @@ async fn upgrade(
             );
         }
     };
+    if let Some(origin) = headers.get(header::ORIGIN)
+        && !state.allowed_origins.is_empty()
+        && !state
+            .allowed_origins
+            .iter()
+            .any(|allowed| allowed.as_bytes() == origin.as_bytes())
+    {
+        return error_response(
+            StatusCode::FORBIDDEN,
+            "forbidden_origin",
+            "this origin may not open WebSockets here (http.allowed_origins)",
+        );
+    }
     let Ok(Query(query)) = query else {
         return error_response(
             StatusCode::BAD_REQUEST,
@@ -70,9 +133,35 @@ async fn upgrade(
             "malformed query string",
         );
     };
-    let key = match state.auth.authenticate(&query, &headers) {
-        Ok(key) => key,
-        Err(error) => return error_response(error.status(), error.code(), error.to_string()),
+    let identity = match state.auth.authenticate(&query, &headers) {
+        Ok(identity) => identity,
+        Err(error) => {
+            let mut response = error_response(error.status(), error.code(), error.to_string());
+            if error.status() == StatusCode::UNAUTHORIZED {
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    header::HeaderValue::from_static("Bearer"),
+                );
+            }
+            return response;
+        }
+    };
+    let ticket = match state.admission.admit(&identity.key) {
+        Ok(ticket) => ticket,
+        Err(refusal @ Refusal::UserFull(_)) => {
+            return error_response(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_sessions",
+                refusal.to_string(),
+            );
+        }
+        Err(refusal @ Refusal::NodeFull(_)) => {
+            return error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "node_full",
+                refusal.to_string(),
+            );
+        }
     };
     let Some(sessions) = state.sessions.get() else {
         return error_response(
@@ -89,13 +178,12 @@ async fn upgrade(
         .max_frame_size(max_message)
         .on_failed_upgrade(|error| tracing::debug!(%error, "websocket upgrade failed"))
         .on_upgrade(move |socket: WebSocket| async move {
-            if sessions
-                .cast(SessionSupervisorMsg::Open {
-                    socket: Box::new(socket),
-                    key,
-                })
-                .is_err()
-            {
+            let open = SessionSupervisorMsg::Open {
+                socket: Box::new(socket),
+                identity,
+                ticket,
+            };
+            if sessions.cast(open).is_err() {
                 tracing::warn!("session supervisor unavailable; dropping a new connection");
             }
         })

@@ -10,7 +10,9 @@
 //! - [`server`]: starts and stops a gateway node ([`server::Gateway`]) and the storage service
 //!   ([`server::StoreServer`]).
 //! - [`http`]: the axum router; it authenticates upgrades and hands sockets over, nothing else.
-//! - [`identity`]: who a connecting client is.
+//! - [`identity`]: who a connecting client is (JWT, or dev mode).
+//! - [`admission`]: how many connections the node, and each user, may hold.
+//! - [`rate_limit`]: the per-session command budget.
 //! - [`connection`]: one client's WebSocket: the bounded outbound queue, reader and writer.
 //! - [`actors`]: the supervised actor tree (RootSupervisor, Persistence, Router,
 //!   SessionSupervisor, Session).
@@ -20,12 +22,14 @@
 //! - [`domain`]: the plain types everything else speaks.
 
 pub mod actors;
+pub mod admission;
 pub mod config;
 pub mod connection;
 pub mod domain;
 pub mod http;
 pub mod identity;
 pub mod protocol;
+pub mod rate_limit;
 pub mod server;
 pub mod storage;
 

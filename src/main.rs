@@ -3,9 +3,12 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use peroxo::config::{AuthMode, Config, LogFormat};
+use peroxo::config::{Config, LogFormat};
+use peroxo::domain::{DEFAULT_TENANT, UserKey, validate_id};
+use peroxo::identity::sign_token;
 use peroxo::{Gateway, StoreServer};
 use tracing_subscriber::EnvFilter;
 
@@ -37,6 +40,21 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Print a token signed with the configured HS256 secret, for trying PerOXO out and tests.
+    Token {
+        /// The configuration file [default: config.toml, if present].
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The user id (`sub`).
+        #[arg(long)]
+        user: String,
+        /// The tenant.
+        #[arg(long, default_value = DEFAULT_TENANT)]
+        tenant: String,
+        /// How long the token is valid, e.g. 90s, 15m, 1h, 7d.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+    },
 }
 
 fn main() -> ExitCode {
@@ -53,7 +71,7 @@ fn main() -> ExitCode {
     };
     let (path, dev) = match &cli.command {
         Command::Serve { config, dev } => (config, *dev),
-        Command::Store { config } => (config, false),
+        Command::Store { config } | Command::Token { config, .. } => (config, false),
     };
     // The default file may be absent (all defaults apply); a file named explicitly must exist.
     let default_path = PathBuf::from(DEFAULT_CONFIG);
@@ -61,15 +79,20 @@ fn main() -> ExitCode {
         Some(path) => (path, true),
         None => (&default_path, false),
     };
-    let mut config = match Config::load(path, required, std::env::vars()) {
+    // `--dev` weighs like an environment override, so validation already knows the mode.
+    let dev_override = dev.then(|| ("PEROXO_AUTH__MODE".to_owned(), "dev".to_owned()));
+    let config = match Config::load(path, required, std::env::vars().chain(dev_override)) {
         Ok(config) => config,
         Err(error) => {
             eprintln!("peroxo: configuration error: {error}");
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    if dev {
-        config.auth.mode = AuthMode::Dev;
+    if let Command::Token {
+        user, tenant, ttl, ..
+    } = &cli.command
+    {
+        return print_token(&config, user, tenant, *ttl);
     }
     init_logging(&config);
     let runtime = match tokio::runtime::Runtime::new() {
@@ -83,6 +106,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve { .. } => serve(config).await,
             Command::Store { .. } => store(config).await,
+            Command::Token { .. } => unreachable!("answered before the runtime starts"),
         }
     });
     match result {
@@ -91,6 +115,25 @@ fn main() -> ExitCode {
             tracing::error!("{error:#}");
             eprintln!("peroxo: {error:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_token(config: &Config, user: &str, tenant: &str, ttl: Duration) -> ExitCode {
+    for (key, id) in [("--user", user), ("--tenant", tenant)] {
+        if let Err(error) = validate_id(id) {
+            eprintln!("peroxo: {key} {error}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    }
+    match sign_token(&config.auth, &UserKey::new(tenant, user), ttl) {
+        Ok(token) => {
+            println!("{token}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("peroxo: configuration error: {error}");
+            ExitCode::from(EXIT_USAGE)
         }
     }
 }

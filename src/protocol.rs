@@ -67,6 +67,10 @@ pub enum CommandKind {
         to: String,
     },
     Ping,
+    /// A fresh token for the same user and tenant, before the current one expires.
+    Refresh {
+        token: String,
+    },
 }
 
 /// The limits decoding enforces (from `[limits]` in the config).
@@ -179,8 +183,8 @@ fn req_id_from(value: Value) -> Result<ReqId, ProtocolError> {
     }
 }
 
-const COMMAND_TYPES: &str =
-    "send, history, sync, presence_subscribe, presence_unsubscribe, online_users, typing, ping";
+const COMMAND_TYPES: &str = "send, history, sync, presence_subscribe, presence_unsubscribe, \
+     online_users, typing, ping, refresh";
 
 fn decode_kind(
     fields: &mut Map<String, Value>,
@@ -238,6 +242,9 @@ fn decode_kind(
         },
         "typing" => CommandKind::Typing { to: f.id("to")? },
         "ping" => CommandKind::Ping,
+        "refresh" => CommandKind::Refresh {
+            token: f.required_string("token")?,
+        },
         other => {
             let shown: String = other.chars().take(64).collect();
             return Err(bad_request(format!(
@@ -440,6 +447,12 @@ pub enum ServerFrame<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         req_id: Option<&'a ReqId>,
         ts: i64,
+    },
+    Refreshed {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        req_id: Option<&'a ReqId>,
+        /// The new token's expiry, in Unix seconds.
+        exp: u64,
     },
     Error {
         code: ErrorCode,

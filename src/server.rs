@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use ractor::ActorRef;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -21,6 +20,7 @@ use crate::actors::root::{RootArgs, RootMsg, RootSupervisor};
 use crate::actors::session::GatewayContext;
 use crate::actors::session_supervisor::SessionSupervisorMsg;
 use crate::actors::{ActorKind, ActorSlot, RestartCounts};
+use crate::admission::Admission;
 use crate::config::{Config, StorageBackend, StorageConfig};
 use crate::connection::close_code;
 use crate::http::{self, HttpState};
@@ -88,13 +88,16 @@ pub struct Gateway {
     sessions: ActorSlot<SessionSupervisorMsg>,
     gateway: Arc<GatewayContext>,
     stop_http: CancellationToken,
-    http_task: JoinHandle<std::io::Result<()>>,
+    http_task: JoinHandle<()>,
 }
 
 impl Gateway {
     /// Starts the node: the embedded storage service when configured, the actor tree, then
     /// the HTTP listener.
     pub async fn start(config: Config) -> anyhow::Result<Self> {
+        // Keys are read before anything starts, so a bad key stops the node at once.
+        let auth = Arc::new(Authenticator::from_config(&config.auth)?);
+        auth.announce();
         let (store, endpoint) = if config.storage.embedded {
             let store = StoreServer::start(&config.storage).await?;
             let endpoint = format!("http://{}", store.addr);
@@ -102,8 +105,6 @@ impl Gateway {
         } else {
             (None, config.storage.endpoint.clone())
         };
-        let auth = Authenticator::from_config(&config.auth);
-        auth.announce();
 
         let gateway = Arc::new(GatewayContext {
             router: ActorSlot::default(),
@@ -113,6 +114,7 @@ impl Gateway {
             limits: config.limits.clone(),
             storage_wait: config.storage.rpc_timeout(),
             restarts: Arc::new(RestartCounts::default()),
+            auth: Arc::clone(&auth),
         });
         let sessions = ActorSlot::default();
         let root = RootSupervisor::spawn(RootArgs {
@@ -131,19 +133,21 @@ impl Gateway {
         let http_addr = listener.local_addr()?;
         let app = http::router(HttpState {
             sessions: sessions.clone(),
-            auth: Arc::new(auth),
+            auth,
+            admission: Arc::new(Admission::new(
+                config.http.max_connections,
+                config.limits.max_sessions_per_user,
+            )),
             limits: config.limits.clone(),
-        });
-        let listener = listener.tap_io(|tcp| {
-            // Without it, Nagle's algorithm meets delayed ACKs and small frames wait ~40 ms.
-            let _ = tcp.set_nodelay(true);
+            allowed_origins: config.http.allowed_origins.clone().into(),
         });
         let stop_http = CancellationToken::new();
-        let http_task = tokio::spawn(
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stop_http.clone().cancelled_owned())
-                .into_future(),
-        );
+        let http_task = tokio::spawn(http::serve(
+            listener,
+            app,
+            stop_http.clone(),
+            config.http.handshake_timeout(),
+        ));
         tracing::info!(addr = %http_addr, storage = %endpoint, "gateway listening (HTTP, WebSocket at /ws)");
         Ok(Self {
             http_addr,

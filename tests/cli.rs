@@ -62,6 +62,52 @@ fn an_invalid_environment_override_exits_64_naming_its_key() {
 }
 
 #[test]
+fn jwt_mode_without_a_secret_refuses_to_start_and_says_how_to_set_one() {
+    let (code, stderr) = serve_with("[auth]\nmode = \"jwt\"\n", &[]);
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("auth.jwt_secret"), "{stderr}");
+    assert!(stderr.contains("PEROXO_AUTH__JWT_SECRET"), "{stderr}");
+}
+
+#[test]
+fn token_prints_a_token_for_the_configured_secret_and_refuses_without_one() {
+    let output = peroxo()
+        .args([
+            "token", "--user", "alice", "--tenant", "acme", "--ttl", "15m",
+        ])
+        .env("PEROXO_AUTH__JWT_SECRET", SECRET)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let token = String::from_utf8(output.stdout).unwrap();
+    let claims = jsonwebtoken::decode::<serde_json::Value>(
+        token.trim(),
+        &jsonwebtoken::DecodingKey::from_secret(SECRET.as_bytes()),
+        &jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256),
+    )
+    .expect("the token verifies with the secret")
+    .claims;
+    assert_eq!(claims["sub"], "alice");
+    assert_eq!(claims["tenant"], "acme");
+    let ttl = claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap();
+    assert_eq!(ttl, 15 * 60);
+
+    let output = peroxo()
+        .args(["token", "--user", "alice"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(64));
+    let output = peroxo()
+        .args(["token", "--user", "not valid", "--ttl", "1h"])
+        .env("PEROXO_AUTH__JWT_SECRET", SECRET)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(64));
+}
+
+const SECRET: &str = "a-test-secret-that-is-long-enough-for-hs256";
+
+#[test]
 fn a_config_file_given_explicitly_must_exist() {
     let output = peroxo()
         .args(["serve", "--config", "/nonexistent/peroxo.toml"])
@@ -76,85 +122,166 @@ fn an_unknown_flag_exits_64() {
     assert_eq!(output.status.code(), Some(64));
 }
 
-/// Reads JSON log lines until one whose message starts with `prefix`; returns its fields.
-fn wait_for_log(lines: &mut impl Iterator<Item = String>, prefix: &str) -> serde_json::Value {
-    let deadline = Instant::now() + common::DEADLINE;
-    for line in lines {
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for log {prefix:?}"
+/// A `peroxo serve` process on ephemeral ports, with JSON logs on a channel.
+struct Node {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    /// Every log line read so far.
+    seen: Vec<String>,
+    dir: tempfile::TempDir,
+}
+
+impl Node {
+    fn start(args: &[&str], env: &[(&str, &str)], level: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config = format!(
+            "[http]\nlisten = \"127.0.0.1:0\"\n[storage]\nlisten = \"127.0.0.1:0\"\nsqlite_path = \"{}\"\n[log]\nformat = \"json\"\nlevel = \"{level}\"\n",
+            dir.path().join("data/peroxo.db").display()
         );
-        let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line) else {
-            continue;
-        };
-        if entry["fields"]["message"]
-            .as_str()
-            .is_some_and(|m| m.starts_with(prefix))
-        {
-            return entry["fields"].clone();
+        let path = config_file(&dir, &config);
+        let mut child = peroxo()
+            .arg("serve")
+            .args(args)
+            .arg("--config")
+            .arg(&path)
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (lines_tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if lines_tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            child,
+            lines,
+            seen: Vec::new(),
+            dir,
         }
     }
-    panic!("the process ended before logging {prefix:?}");
+
+    /// Reads log lines until one whose message starts with `prefix`; returns its fields.
+    fn wait_for_log(&mut self, prefix: &str) -> serde_json::Value {
+        let deadline = Instant::now() + common::DEADLINE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(line) = self.lines.recv_timeout(left) else {
+                panic!("no log {prefix:?} in time");
+            };
+            self.seen.push(line.clone());
+            let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            if entry["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with(prefix))
+            {
+                return entry["fields"].clone();
+            }
+        }
+    }
+
+    fn addr(&mut self) -> String {
+        self.wait_for_log("gateway listening")["addr"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// Sends SIGTERM and waits for a clean exit; returns every log line.
+    fn terminate(mut self) -> Vec<String> {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + common::DEADLINE;
+        let exit = loop {
+            if let Some(exit) = self.child.try_wait().unwrap() {
+                break exit;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "peroxo did not stop after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(exit.success(), "{exit:?}");
+        self.seen.extend(self.lines.try_iter());
+        self.seen
+    }
 }
 
 #[tokio::test]
 async fn serve_runs_a_working_node_and_stops_on_sigterm() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = format!(
-        "[http]\nlisten = \"127.0.0.1:0\"\n[storage]\nlisten = \"127.0.0.1:0\"\nsqlite_path = \"{}\"\n[log]\nformat = \"json\"\n",
-        dir.path().join("data/peroxo.db").display()
-    );
-    let path = config_file(&dir, &config);
-    let mut child = peroxo()
-        .args(["serve", "--dev", "--config"])
-        .arg(&path)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if lines_tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut lines = std::iter::from_fn(|| lines_rx.recv_timeout(common::DEADLINE).ok());
-    let warning = wait_for_log(&mut lines, "auth.mode = \"dev\"");
+    let mut node = Node::start(&["--dev"], &[], "info");
+    let warning = node.wait_for_log("auth.mode = \"dev\"");
     assert!(
         warning["message"]
             .as_str()
             .unwrap()
             .contains("any client can claim any user id")
     );
-    let listening = wait_for_log(&mut lines, "gateway listening");
-    let addr = listening["addr"].as_str().unwrap().to_owned();
+    let addr = node.addr();
 
     let mut alice = common::Client::connect(&format!("ws://{addr}/ws?user=alice")).await;
     let mut bob = common::Client::connect(&format!("ws://{addr}/ws?user=bob")).await;
     alice.dm("bob", "through the binary", "m1").await;
     assert_eq!(bob.expect("message").await["text"], "through the binary");
-    assert!(dir.path().join("data/peroxo.db").exists());
+    assert!(node.dir.path().join("data/peroxo.db").exists());
 
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+    let kill = Command::new("kill")
+        .args(["-TERM", &node.child.id().to_string()])
         .status()
         .unwrap();
-    assert!(status.success());
+    assert!(kill.success());
     let close = alice.expect_close().await.expect("a close frame");
     assert_eq!(u16::from(close.code), 1001);
-    let deadline = Instant::now() + common::DEADLINE;
-    let exit = loop {
-        if let Some(exit) = child.try_wait().unwrap() {
-            break exit;
-        }
+    node.terminate();
+}
+
+#[tokio::test]
+async fn tokens_in_query_strings_never_reach_the_logs() {
+    let mut node = Node::start(&[], &[("PEROXO_AUTH__JWT_SECRET", SECRET)], "debug");
+    let addr = node.addr();
+    let token = String::from_utf8(
+        peroxo()
+            .args(["token", "--user", "alice"])
+            .env("PEROXO_AUTH__JWT_SECRET", SECRET)
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let token = token.trim();
+    let mut alice = common::Client::connect(&format!("ws://{addr}/ws?token={token}")).await;
+    assert_eq!(alice.welcome["user"], "alice");
+    alice.dm("bob", "hi", "m1").await;
+    // A refused token must not be logged either.
+    let bad = format!("{token}x");
+    assert!(
+        common::Client::try_connect(&format!("ws://{addr}/ws?token={bad}"))
+            .await
+            .is_err()
+    );
+    alice.close().await;
+    let logs = node.terminate();
+    assert!(logs.len() > 3, "debug logging was on");
+    let signature = token.rsplit('.').next().unwrap();
+    for line in &logs {
         assert!(
-            Instant::now() < deadline,
-            "peroxo did not stop after SIGTERM"
+            !line.contains(signature),
+            "a token reached the logs: {line}"
         );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert!(exit.success(), "{exit:?}");
+        assert!(
+            !line.contains(SECRET),
+            "the secret reached the logs: {line}"
+        );
+    }
 }

@@ -91,6 +91,9 @@ pub struct PersistenceArgs {
     pub endpoint: String,
     pub outbox: Arc<Outbox>,
     pub link: StorageLink,
+    /// Where sessions find Persistence; set in `pre_start`, so no wake-up goes to a
+    /// predecessor once this incarnation can take it.
+    pub myself_slot: ActorSlot<PersistenceMsg>,
     pub router: ActorSlot<RouterMsg>,
 }
 
@@ -133,12 +136,15 @@ impl Actor for Persistence {
 
     async fn pre_start(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         args: PersistenceArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
         // After a restart, the batch the previous incarnation had in flight goes again.
+        // A wake-up lost with the predecessor must not keep sessions from waking this one.
         args.outbox.lock().requeue_in_flight();
+        args.outbox.woken();
         args.link.set(None);
+        args.myself_slot.set(myself);
         Ok(PersistenceState {
             backoff: backoff(&args.config),
             args,

@@ -13,12 +13,8 @@ use std::sync::Arc;
 
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 
-#[cfg(feature = "test-hooks")]
-use super::persistence::PersistenceMsg;
 use super::persistence::{Persistence, PersistenceArgs};
-use super::router::Router;
-#[cfg(feature = "test-hooks")]
-use super::router::RouterMsg;
+use super::router::{Router, RouterMsg};
 use super::session::GatewayContext;
 use super::session_supervisor::{SessionSupervisor, SessionSupervisorArgs, SessionSupervisorMsg};
 use super::{ActorKind, ActorSlot};
@@ -94,7 +90,11 @@ impl Actor for RootSupervisor {
             }
             #[cfg(feature = "test-hooks")]
             RootMsg::CrashPersistence => {
-                let _ = state.args.gateway.persistence.cast(PersistenceMsg::Crash);
+                let _ = state
+                    .args
+                    .gateway
+                    .persistence
+                    .cast(super::persistence::PersistenceMsg::Crash);
             }
         }
         Ok(())
@@ -130,6 +130,8 @@ impl Actor for RootSupervisor {
                 .gateway
                 .restarts
                 .record(ActorKind::SessionSupervisor);
+            // Its connections are closing; the Router must not count them as online.
+            let _ = state.args.gateway.router.cast(RouterMsg::ForgetAll);
             state.sessions = spawn_sessions(&state.args, myself.get_cell()).await?;
         }
         Ok(())
@@ -155,12 +157,12 @@ async fn spawn_persistence(
             endpoint: args.endpoint.clone(),
             outbox: Arc::clone(&args.gateway.outbox),
             link: args.gateway.storage.clone(),
+            myself_slot: args.gateway.persistence.clone(),
             router: args.gateway.router.clone(),
         },
         supervisor,
     )
     .await?;
-    args.gateway.persistence.set(persistence.clone());
     Ok(persistence.get_cell())
 }
 

@@ -11,6 +11,7 @@
 //! (they are in storage; clients get them with `sync`).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use axum::extract::ws::Utf8Bytes;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -22,14 +23,14 @@ use crate::domain::{SessionId, StoredMessage, UserKey};
 use crate::protocol::{MessageView, PresenceStatus, ReqId, ServerFrame, now_ms};
 
 pub enum RouterMsg {
-    /// A session is live (or registers again after its actor restarted). A new session's
-    /// `welcome` comes along so that it is queued before any delivery; `registered` is
+    /// A session is live (or registers again after its actor restarted); `registered` is
     /// answered once the session receives deliveries.
     Register {
         registration: Registration,
-        welcome: Option<Utf8Bytes>,
         registered: Option<RpcReplyPort<()>>,
     },
+    /// Every connection is gone (SessionSupervisor failed): forget them all.
+    ForgetAll,
     /// A connection has ended.
     Unregister(SessionId),
     /// Committed messages to hand to the live sessions of their participants.
@@ -65,6 +66,53 @@ pub struct Registration {
     pub outbound: Outbound,
     /// Users of the same tenant this session watches for presence.
     pub watching: Vec<String>,
+    /// The connection's `welcome`, queued by whoever registers it first.
+    pub welcome: Arc<WelcomeSlot>,
+}
+
+/// A connection's `welcome` frame, from the moment it is ready until it is queued.
+///
+/// Whoever registers the connection with a Router first queues it: the Router, right before
+/// it makes the session reachable (so no delivery can overtake it), or the session itself
+/// when no Router answers. Either way it is queued exactly once.
+#[derive(Debug, Default)]
+pub struct WelcomeSlot(Mutex<Welcome>);
+
+#[derive(Debug, Default)]
+enum Welcome {
+    /// The session is still reading the user's seq; it registers itself once it is ready.
+    #[default]
+    NotReady,
+    Ready(Utf8Bytes),
+    Sent,
+}
+
+impl WelcomeSlot {
+    /// The frame is built; the connection may be registered from now on.
+    pub fn ready(&self, frame: Utf8Bytes) {
+        *self.0.lock().expect("welcome slot poisoned") = Welcome::Ready(frame);
+    }
+
+    /// Whether the connection may be registered (its welcome is built or already sent).
+    pub fn is_ready(&self) -> bool {
+        !matches!(
+            *self.0.lock().expect("welcome slot poisoned"),
+            Welcome::NotReady
+        )
+    }
+
+    /// Queues the welcome on `outbound` unless it was queued already.
+    pub fn send_once(&self, outbound: &Outbound) {
+        let mut welcome = self.0.lock().expect("welcome slot poisoned");
+        match std::mem::replace(&mut *welcome, Welcome::Sent) {
+            Welcome::Ready(frame) => {
+                outbound.send_text(frame, false);
+            }
+            Welcome::Sent => {}
+            // Not built yet: nothing to send, and the session still has to.
+            Welcome::NotReady => *welcome = Welcome::NotReady,
+        }
+    }
 }
 
 /// A committed message and the session that sent it (which gets an `ack`, not a copy).
@@ -159,18 +207,15 @@ impl Actor for Router {
         match message {
             RouterMsg::Register {
                 registration,
-                welcome,
                 registered,
             } => {
-                if let Some(welcome) = welcome {
-                    registration.outbound.send_text(welcome, false);
-                }
                 state.register(registration);
                 if let Some(registered) = registered {
                     let _ = registered.send(());
                 }
             }
             RouterMsg::Unregister(session) => state.unregister(session),
+            RouterMsg::ForgetAll => *state = RouterState::default(),
             RouterMsg::Deliver(deliveries) => state.deliver(&deliveries),
             RouterMsg::Subscribe {
                 session,
@@ -198,7 +243,9 @@ impl RouterState {
             key,
             outbound,
             watching,
+            welcome,
         } = registration;
+        welcome.send_once(&outbound);
         if let Some(entry) = self.sessions.get_mut(&session) {
             // The session's actor restarted: same connection, same queue.
             entry.outbound = outbound;

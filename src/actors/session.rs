@@ -9,24 +9,29 @@
 //! SessionSupervisor: the queue, the identity and the presence watch list.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::ws::Utf8Bytes;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::{Semaphore, oneshot};
+use tokio::time::Instant;
 
 use super::outbox::{Outbox, OutboxFull};
 use super::persistence::{PersistenceMsg, StorageLink};
-use super::router::{Registration, RouterMsg};
+use super::router::{Registration, RouterMsg, WelcomeSlot};
 use super::{ActorSlot, RestartCounts};
+use crate::admission::Ticket;
 use crate::config::LimitsConfig;
 use crate::connection::{Outbound, close_code};
 use crate::domain::{NewMessage, UserKey};
+use crate::identity::Authenticator;
 use crate::protocol::{
     Command, CommandKind, ErrorCode, MessageView, PROTOCOL_VERSION, ProtocolError, ReqId,
     ServerFrame, now_ms,
 };
+use crate::rate_limit::{RateLimiter, Verdict};
 use crate::storage::grpc::CallError;
 use crate::storage::{HistoryQuery, SyncQuery};
 
@@ -51,6 +56,8 @@ pub enum SessionMsg {
         input: Inbound,
         accepted: oneshot::Sender<()>,
     },
+    /// Time to check whether the token has expired (`generation` tells stale checks apart).
+    CheckExpiry { generation: u64 },
     /// Panics inside `handle`, to exercise supervision.
     #[cfg(feature = "test-hooks")]
     Crash,
@@ -67,6 +74,8 @@ pub struct GatewayContext {
     /// How long a session waits for storage when the client connects.
     pub storage_wait: Duration,
     pub restarts: Arc<RestartCounts>,
+    /// Verifies tokens presented with `refresh`.
+    pub auth: Arc<Authenticator>,
 }
 
 /// One connection, as it outlives the session actors that serve it.
@@ -77,11 +86,18 @@ pub struct ConnectionContext {
     pub watching: Mutex<BTreeSet<String>>,
     /// Storage reads this connection may have in flight.
     pub reads: Arc<Semaphore>,
+    /// When the client's credential expires (Unix seconds); 0 for never.
+    pub expires_at: AtomicU64,
+    /// This connection's place in the node's admission counts.
+    pub ticket: Ticket,
+    pub welcome: Arc<WelcomeSlot>,
 }
 
 impl ConnectionContext {
-    pub fn registration(&self) -> Registration {
-        Registration {
+    /// What the Router must know of this connection; `None` until its welcome is built (the
+    /// session registers itself then).
+    pub fn registration(&self) -> Option<Registration> {
+        self.welcome.is_ready().then(|| Registration {
             key: self.key.clone(),
             outbound: self.outbound.clone(),
             watching: self
@@ -91,7 +107,8 @@ impl ConnectionContext {
                 .iter()
                 .cloned()
                 .collect(),
-        }
+            welcome: Arc::clone(&self.welcome),
+        })
     }
 }
 
@@ -106,6 +123,9 @@ pub struct SessionState {
     connection: Arc<ConnectionContext>,
     gateway: Arc<GatewayContext>,
     restarted: bool,
+    rate: RateLimiter,
+    /// Tells the current expiry check from ones a refresh made stale.
+    expiry_generation: u64,
 }
 
 pub struct Session;
@@ -130,10 +150,19 @@ impl Actor for Session {
         _myself: ActorRef<Self::Msg>,
         args: SessionArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
+        let limits = &args.gateway.limits;
+        let rate = RateLimiter::new(
+            limits.rate_per_sec,
+            limits.rate_burst,
+            Duration::from_secs(limits.abuse_close_secs),
+            Instant::now(),
+        );
         Ok(SessionState {
             connection: args.connection,
             gateway: args.gateway,
             restarted: args.restarted,
+            rate,
+            expiry_generation: 0,
         })
     }
 
@@ -142,12 +171,13 @@ impl Actor for Session {
         myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        if state.restarted {
+        if state.restarted && state.connection.welcome.is_ready() {
             // Same connection, same queue: the Router entry only needs the new registration.
             register(state);
         } else {
             welcome(&myself, state).await;
         }
+        state.schedule_expiry_check(&myself);
         Ok(())
     }
 
@@ -159,20 +189,29 @@ impl Actor for Session {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             SessionMsg::Inbound { input, accepted } => {
-                match input {
-                    Inbound::Command(Ok(command)) => state.command(command).await,
-                    Inbound::Command(Err(error)) => {
-                        state.connection.outbound.error(&error);
+                if let Inbound::SocketClosed = input {
+                    myself.stop(Some("socket closed".to_owned()));
+                } else if state.within_rate(&myself, &input) {
+                    match input {
+                        Inbound::Command(Ok(command)) => state.command(&myself, command).await,
+                        Inbound::Command(Err(error)) => {
+                            state.connection.outbound.error(&error);
+                        }
+                        Inbound::Binary => {
+                            state.connection.outbound.error(&ProtocolError::new(
+                                ErrorCode::BadRequest,
+                                "binary frames are not supported; send JSON text frames",
+                            ));
+                        }
+                        Inbound::SocketClosed => {}
                     }
-                    Inbound::Binary => {
-                        state.connection.outbound.error(&ProtocolError::new(
-                            ErrorCode::BadRequest,
-                            "binary frames are not supported; send JSON text frames",
-                        ));
-                    }
-                    Inbound::SocketClosed => myself.stop(Some("socket closed".to_owned())),
                 }
                 let _ = accepted.send(());
+            }
+            SessionMsg::CheckExpiry { generation } => {
+                if generation == state.expiry_generation {
+                    state.check_expiry(&myself);
+                }
             }
             #[cfg(feature = "test-hooks")]
             SessionMsg::Crash => panic!("session crash requested by a test hook"),
@@ -181,14 +220,15 @@ impl Actor for Session {
     }
 }
 
-/// Registers again after this actor restarted. If the Router is down, RootSupervisor has
-/// every session registered with its successor.
+/// Registers again after this actor restarted. If the Router is down, its successor takes
+/// every connection from SessionSupervisor when it starts.
 fn register(state: &SessionState) {
-    let _ = state.gateway.router.cast(RouterMsg::Register {
-        registration: state.connection.registration(),
-        welcome: None,
-        registered: None,
-    });
+    if let Some(registration) = state.connection.registration() {
+        let _ = state.gateway.router.cast(RouterMsg::Register {
+            registration,
+            registered: None,
+        });
+    }
 }
 
 /// Sends `welcome` (with the user's current seq), then goes live. A client that connects
@@ -212,7 +252,7 @@ async fn welcome(myself: &ActorRef<SessionMsg>, state: &SessionState) {
         myself.stop(Some("storage unavailable".to_owned()));
         return;
     };
-    let welcome = Utf8Bytes::from(
+    connection.welcome.ready(Utf8Bytes::from(
         ServerFrame::Welcome {
             session_id: connection.outbound.session_id().to_string(),
             user: &connection.key.user,
@@ -221,26 +261,24 @@ async fn welcome(myself: &ActorRef<SessionMsg>, state: &SessionState) {
             protocol: PROTOCOL_VERSION,
         }
         .encode(),
-    );
-    // The Router queues `welcome` itself, so no delivery can overtake it, and confirms, so
-    // the client never sees `welcome` before it is reachable.
-    let registered = match state.gateway.router.get() {
-        Some(router) => ractor::call_t!(
+    ));
+    // The Router queues `welcome` right before the session becomes reachable, so no delivery
+    // can overtake it, and confirms, so the client never sees it before it is reachable.
+    if let (Some(router), Some(registration)) =
+        (state.gateway.router.get(), connection.registration())
+    {
+        let _ = ractor::call_t!(
             router,
             |registered| RouterMsg::Register {
-                registration: connection.registration(),
-                welcome: Some(welcome.clone()),
+                registration,
                 registered: Some(registered),
             },
             ROUTER_CALL_TIMEOUT_MS
-        )
-        .is_ok(),
-        None => false,
-    };
-    if !registered {
-        // The Router is restarting; its successor gets this session from SessionSupervisor.
-        connection.outbound.send_text(welcome, false);
+        );
     }
+    // No Router answered (it is restarting; its successor takes this connection from
+    // SessionSupervisor): queue the welcome here unless a Router already did.
+    connection.welcome.send_once(&connection.outbound);
     // A message committed between reading `last_seq` and registering was not delivered
     // live: tell the client to sync.
     if let Ok(now) = client.last_seq(connection.key.clone()).await
@@ -266,7 +304,110 @@ fn storage_error(error: CallError, req_id: Option<ReqId>) -> ProtocolError {
 }
 
 impl SessionState {
-    async fn command(&self, command: Command) {
+    /// Charges one command to the rate limit. Refuses it (`rate_limited`) when over the rate,
+    /// and disconnects (1008) a client that stays over it.
+    fn within_rate(&mut self, myself: &ActorRef<SessionMsg>, input: &Inbound) -> bool {
+        let verdict = self.rate.check(Instant::now());
+        if verdict == Verdict::Allow {
+            return true;
+        }
+        let outbound = &self.connection.outbound;
+        if verdict == Verdict::Disconnect {
+            tracing::warn!(user = %self.connection.key, "closing a session that keeps exceeding its rate");
+            outbound.close_now(
+                close_code::POLICY_VIOLATION,
+                "command rate exceeded persistently",
+            );
+            myself.stop(Some("rate abuse".to_owned()));
+            return false;
+        }
+        let (req_id, client_msg_id) = match input {
+            Inbound::Command(Ok(command)) => (
+                command.req_id.clone(),
+                match &command.kind {
+                    CommandKind::Send { client_msg_id, .. } => Some(client_msg_id.clone()),
+                    _ => None,
+                },
+            ),
+            Inbound::Command(Err(error)) => (error.req_id.clone(), error.client_msg_id.clone()),
+            _ => (None, None),
+        };
+        let limits = &self.gateway.limits;
+        outbound.error(
+            &ProtocolError::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "more than {} commands per second (burst {}); slow down and retry",
+                    limits.rate_per_sec, limits.rate_burst
+                ),
+            )
+            .with_req_id(req_id)
+            .with_client_msg_id(client_msg_id),
+        );
+        false
+    }
+
+    /// Schedules a check for when the current credential expires (plus the leeway).
+    fn schedule_expiry_check(&mut self, myself: &ActorRef<SessionMsg>) {
+        let expires_at = self.connection.expires_at.load(Ordering::Relaxed);
+        if expires_at == 0 {
+            return;
+        }
+        self.expiry_generation += 1;
+        let generation = self.expiry_generation;
+        let deadline = UNIX_EPOCH + Duration::from_secs(expires_at) + self.gateway.auth.leeway();
+        let wait = deadline
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        myself.send_after(wait, move || SessionMsg::CheckExpiry { generation });
+    }
+
+    fn check_expiry(&mut self, myself: &ActorRef<SessionMsg>) {
+        let expires_at = self.connection.expires_at.load(Ordering::Relaxed);
+        let deadline = UNIX_EPOCH + Duration::from_secs(expires_at) + self.gateway.auth.leeway();
+        if SystemTime::now() >= deadline {
+            self.connection
+                .outbound
+                .close_after_pending(close_code::TOKEN_EXPIRED, "token expired");
+            myself.stop(Some("token expired".to_owned()));
+        } else {
+            self.schedule_expiry_check(myself);
+        }
+    }
+
+    /// Takes a fresh token for the same user and tenant.
+    fn refresh(&mut self, myself: &ActorRef<SessionMsg>, token: &str, req_id: Option<ReqId>) {
+        let outbound = self.connection.outbound.clone();
+        let identity = match self.gateway.auth.verify_token(token) {
+            Ok(identity) => identity,
+            Err(error) => {
+                outbound.error(
+                    &ProtocolError::new(ErrorCode::BadRequest, format!("refresh refused: {error}"))
+                        .with_req_id(req_id),
+                );
+                return;
+            }
+        };
+        if identity.key != self.connection.key {
+            outbound.error(
+                &ProtocolError::new(
+                    ErrorCode::Forbidden,
+                    "the token is for another user or tenant than this session",
+                )
+                .with_req_id(req_id),
+            );
+            return;
+        }
+        let exp = identity.expires_at.unwrap_or(0);
+        self.connection.expires_at.store(exp, Ordering::Relaxed);
+        self.schedule_expiry_check(myself);
+        outbound.send(&ServerFrame::Refreshed {
+            req_id: req_id.as_ref(),
+            exp,
+        });
+    }
+
+    async fn command(&mut self, myself: &ActorRef<SessionMsg>, command: Command) {
         let Command { req_id, kind } = command;
         match kind {
             CommandKind::Send {
@@ -307,6 +448,7 @@ impl SessionState {
                     ts: now_ms(),
                 });
             }
+            CommandKind::Refresh { token } => self.refresh(myself, &token, req_id),
         }
     }
 
@@ -334,8 +476,11 @@ impl SessionState {
             .push(message, outbound.clone(), req_id.clone())
         {
             Ok(true) => {
-                // A Persistence that is restarting flushes the outbox when it starts.
-                let _ = self.gateway.persistence.cast(PersistenceMsg::Wake);
+                if self.gateway.persistence.cast(PersistenceMsg::Wake).is_err() {
+                    // Persistence is restarting: its successor flushes the outbox once it
+                    // connects, and the next send wakes it again.
+                    self.gateway.outbox.woken();
+                }
             }
             Ok(false) => {}
             Err(OutboxFull) => {

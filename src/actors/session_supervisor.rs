@@ -10,6 +10,7 @@
 //! one of them.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,16 +22,21 @@ use tokio::time::Instant;
 use super::ActorKind;
 use super::router::{Registration, RouterMsg};
 use super::session::{ConnectionContext, GatewayContext, Session, SessionArgs, SessionMsg};
+use crate::admission::Ticket;
 use crate::config::SessionConfig;
-use crate::connection::{Outbound, close_code, spawn_socket_tasks};
-use crate::domain::{SessionId, UserKey};
+use crate::connection::{Heartbeat, Outbound, close_code, spawn_socket_tasks};
+use crate::domain::SessionId;
+#[cfg(feature = "test-hooks")]
+use crate::domain::UserKey;
+use crate::identity::Identity;
 use crate::protocol::{DecodeLimits, ErrorCode, ProtocolError};
 
 pub enum SessionSupervisorMsg {
-    /// An authenticated, upgraded socket.
+    /// An authenticated, admitted, upgraded socket.
     Open {
         socket: Box<WebSocket>,
-        key: UserKey,
+        identity: Identity,
+        ticket: Ticket,
     },
     /// Every live connection, for a Router that just restarted.
     Registrations(ractor::RpcReplyPort<Vec<Registration>>),
@@ -101,12 +107,16 @@ impl Actor for SessionSupervisor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            SessionSupervisorMsg::Open { socket, key } => state.open(&myself, *socket, key).await,
+            SessionSupervisorMsg::Open {
+                socket,
+                identity,
+                ticket,
+            } => state.open(&myself, *socket, identity, ticket).await,
             SessionSupervisorMsg::Registrations(reply) => {
                 let registrations = state
                     .connections
                     .values()
-                    .map(|c| c.context.registration())
+                    .filter_map(|c| c.context.registration())
                     .collect();
                 let _ = reply.send(registrations);
             }
@@ -162,16 +172,16 @@ impl Actor for SessionSupervisor {
         }
         Ok(())
     }
+}
 
-    async fn post_stop(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        for connection in state.connections.values() {
-            state.close(connection, close_code::GOING_AWAY, "server stopping");
-        }
-        Ok(())
+impl Drop for Connection {
+    /// A connection dropped without being closed (this supervisor failed, and ractor killed
+    /// its sessions) still gets its socket closed. After a normal close this changes nothing:
+    /// the first close wins.
+    fn drop(&mut self) {
+        self.context
+            .outbound
+            .close_after_pending(close_code::INTERNAL_ERROR, "session supervisor failed");
     }
 }
 
@@ -180,12 +190,16 @@ impl SessionSupervisorState {
         &mut self,
         myself: &ActorRef<SessionSupervisorMsg>,
         socket: WebSocket,
-        key: UserKey,
+        identity: Identity,
+        ticket: Ticket,
     ) {
         let limits = &self.gateway.limits;
         let (outbound, queue) = Outbound::new(SessionId::next(), limits.outbound_queue);
         let context = Arc::new(ConnectionContext {
-            key,
+            key: identity.key,
+            expires_at: AtomicU64::new(identity.expires_at.unwrap_or(0)),
+            ticket,
+            welcome: Arc::default(),
             outbound: outbound.clone(),
             watching: Mutex::new(BTreeSet::new()),
             reads: Arc::new(Semaphore::new(limits.max_reads_in_flight)),
@@ -207,7 +221,18 @@ impl SessionSupervisorState {
             max_text_bytes: limits.max_text_bytes,
             max_watched_users: limits.max_watched_users,
         };
-        spawn_socket_tasks(socket, &outbound, queue, reader_view, decode_limits);
+        let heartbeat = Heartbeat {
+            ping_interval: limits.ping_interval(),
+            idle_timeout: limits.idle_timeout(),
+        };
+        spawn_socket_tasks(
+            socket,
+            &outbound,
+            queue,
+            reader_view,
+            decode_limits,
+            heartbeat,
+        );
         tracing::debug!(session = %outbound.session_id(), user = %context.key, "session opened");
         self.connections.insert(
             actor.get_id(),

@@ -20,6 +20,7 @@ pub const DEADLINE: Duration = Duration::from_secs(10);
 /// A config for tests: every listener on port 0, data in `dir`.
 pub fn test_config(dir: &std::path::Path) -> Config {
     let mut config = Config::default();
+    config.auth.mode = peroxo::config::AuthMode::Dev;
     config.http.listen = "127.0.0.1:0".parse().unwrap();
     config.storage.listen = "127.0.0.1:0".parse().unwrap();
     config.storage.sqlite_path = dir.join("peroxo.db");
@@ -62,6 +63,11 @@ impl TestServer {
 
     pub async fn connect_in(&self, tenant: &str, user: &str) -> Client {
         Client::connect(&self.ws_url(tenant, user)).await
+    }
+
+    /// The WebSocket URL with a token in the query string.
+    pub fn ws_url_with_token(&self, token: &str) -> String {
+        format!("ws://{}/ws?token={token}", self.gateway.http_addr)
     }
 }
 
@@ -114,13 +120,53 @@ impl Client {
 
     /// Connects without reading anything.
     pub async fn connect_raw(url: &str) -> Self {
-        let (ws, _) = tokio::time::timeout(DEADLINE, tokio_tungstenite::connect_async(url))
+        Self::try_connect(url).await.expect("websocket handshake")
+    }
+
+    /// Connects with extra request headers and reads `welcome`.
+    pub async fn connect_with_headers(url: &str, headers: &[(&str, &str)]) -> Self {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = url.into_client_request().unwrap();
+        for (name, value) in headers {
+            request.headers_mut().insert(
+                tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(name.as_bytes())
+                    .unwrap(),
+                value.parse().unwrap(),
+            );
+        }
+        let (ws, _) = tokio::time::timeout(DEADLINE, tokio_tungstenite::connect_async(request))
             .await
             .expect("connect in time")
             .expect("websocket handshake");
-        Self {
+        let mut client = Self {
             ws,
             welcome: Value::Null,
+        };
+        client.welcome = client.expect("welcome").await;
+        client
+    }
+
+    /// Tries the handshake; a refusal comes back as the HTTP status and JSON body.
+    pub async fn try_connect(url: &str) -> Result<Self, (u16, Value)> {
+        use tokio_tungstenite::tungstenite::Error;
+        match tokio::time::timeout(DEADLINE, tokio_tungstenite::connect_async(url))
+            .await
+            .expect("connect in time")
+        {
+            Ok((ws, _)) => Ok(Self {
+                ws,
+                welcome: Value::Null,
+            }),
+            Err(Error::Http(response)) => {
+                let status = response.status().as_u16();
+                let body = response
+                    .body()
+                    .as_ref()
+                    .and_then(|b| serde_json::from_slice(b).ok())
+                    .unwrap_or(Value::Null);
+                Err((status, body))
+            }
+            Err(other) => panic!("handshake failed: {other}"),
         }
     }
 
@@ -133,6 +179,11 @@ impl Client {
             .send(Message::Text(text.into()))
             .await
             .expect("send frame");
+    }
+
+    /// Sends a text frame; false when the connection is already closed.
+    pub async fn try_send_text(&mut self, text: &str) -> bool {
+        self.ws.send(Message::Text(text.into())).await.is_ok()
     }
 
     pub async fn send_binary(&mut self, bytes: &[u8]) {
@@ -173,6 +224,57 @@ impl Client {
                 return frame;
             }
         }
+    }
+
+    /// The next frame, or the close code (if any) when the connection closes instead.
+    pub async fn next_or_close(&mut self) -> Result<Value, Option<u16>> {
+        loop {
+            let frame = tokio::time::timeout(DEADLINE, self.ws.next())
+                .await
+                .expect("a frame within the deadline");
+            match frame {
+                Some(Ok(Message::Text(text))) => {
+                    return Ok(serde_json::from_str(&text).expect("JSON frame"));
+                }
+                Some(Ok(Message::Close(close))) => return Err(close.map(|c| u16::from(c.code))),
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return Err(None),
+            }
+        }
+    }
+
+    /// Whether the next frame is a ping (which the client library answers); fails on anything
+    /// but a ping or a text frame.
+    pub async fn next_raw_is_ping(&mut self) -> bool {
+        let frame = tokio::time::timeout(DEADLINE, self.ws.next())
+            .await
+            .expect("a frame within the deadline")
+            .expect("the connection is open")
+            .expect("a valid frame");
+        match frame {
+            Message::Ping(_) => {
+                // The library queues the pong; flushing sends it, as a browser would at once.
+                self.ws.flush().await.expect("pong sent");
+                true
+            }
+            Message::Text(_) | Message::Pong(_) => false,
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
+
+    /// Without waiting: the close code if the server has closed the connection.
+    pub async fn poll_close(&mut self) -> Option<u16> {
+        use futures_util::FutureExt;
+        while let Some(frame) = self.ws.next().now_or_never() {
+            match frame {
+                Some(Ok(Message::Close(close))) => {
+                    return Some(close.map_or(1005, |c| u16::from(c.code)));
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return Some(1006),
+            }
+        }
+        None
     }
 
     /// Waits for the close frame and returns it.

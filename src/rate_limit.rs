@@ -1,0 +1,126 @@
+//! A token bucket per session, and the rule that turns sustained excess into a disconnect.
+//!
+//! Every command takes a token; tokens refill at `limits.rate_per_sec` up to
+//! `limits.rate_burst`. A command that finds none is refused (`rate_limited`, retryable). A
+//! client refused again and again — no pause of a second or more between refusals — for
+//! `limits.abuse_close_secs` is abusive and is disconnected (1008).
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// A pause in refusals this long ends a streak of excess.
+const STREAK_GAP: Duration = Duration::from_secs(1);
+
+/// What to do with one command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Allow,
+    /// Refuse it; the client may retry later.
+    Limit,
+    /// Refuse it and disconnect: the client has been over its rate for too long.
+    Disconnect,
+}
+
+#[derive(Debug)]
+pub struct RateLimiter {
+    per_sec: f64,
+    burst: f64,
+    abuse_after: Duration,
+    tokens: f64,
+    refilled_at: Instant,
+    /// When the current streak of refusals began, and when its last refusal was.
+    streak: Option<(Instant, Instant)>,
+}
+
+impl RateLimiter {
+    pub fn new(per_sec: u32, burst: u32, abuse_after: Duration, now: Instant) -> Self {
+        Self {
+            per_sec: f64::from(per_sec),
+            burst: f64::from(burst),
+            abuse_after,
+            tokens: f64::from(burst),
+            refilled_at: now,
+            streak: None,
+        }
+    }
+
+    /// Judges one command arriving at `now`.
+    pub fn check(&mut self, now: Instant) -> Verdict {
+        let elapsed = now
+            .saturating_duration_since(self.refilled_at)
+            .as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.per_sec).min(self.burst);
+        self.refilled_at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            return Verdict::Allow;
+        }
+        let started = match self.streak {
+            Some((started, last)) if now.saturating_duration_since(last) < STREAK_GAP => started,
+            _ => now,
+        };
+        self.streak = Some((started, now));
+        if now.saturating_duration_since(started) >= self.abuse_after {
+            Verdict::Disconnect
+        } else {
+            Verdict::Limit
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limiter(now: Instant) -> RateLimiter {
+        RateLimiter::new(20, 40, Duration::from_secs(5), now)
+    }
+
+    #[test]
+    fn a_burst_is_allowed_then_commands_are_limited_until_tokens_refill() {
+        let t0 = Instant::now();
+        let mut rl = limiter(t0);
+        for _ in 0..40 {
+            assert_eq!(rl.check(t0), Verdict::Allow);
+        }
+        assert_eq!(rl.check(t0), Verdict::Limit);
+        // 50 ms refill one token at 20/s.
+        assert_eq!(rl.check(t0 + Duration::from_millis(50)), Verdict::Allow);
+        assert_eq!(rl.check(t0 + Duration::from_millis(50)), Verdict::Limit);
+    }
+
+    #[test]
+    fn sustained_excess_disconnects_but_pauses_forgive() {
+        let t0 = Instant::now();
+        let mut rl = limiter(t0);
+        for _ in 0..40 {
+            rl.check(t0);
+        }
+        // Flooding: a refusal every 10 ms for five seconds.
+        let mut verdict = Verdict::Allow;
+        for i in 1..=600 {
+            verdict = rl.check(t0 + Duration::from_millis(10 * i));
+            if verdict == Verdict::Disconnect {
+                // The streak began with the first refusal, at 10 ms.
+                assert!((501..=503).contains(&i), "disconnected after {} ms", 10 * i);
+                break;
+            }
+        }
+        assert_eq!(verdict, Verdict::Disconnect);
+
+        // A client that backs off for a second starts a new streak.
+        let t1 = Instant::now();
+        let mut rl = limiter(t1);
+        for _ in 0..40 {
+            rl.check(t1);
+        }
+        assert_eq!(rl.check(t1 + Duration::from_millis(1)), Verdict::Limit);
+        for second in 1..=10u64 {
+            // Three refusals in quick succession, then a pause longer than a second.
+            let at = t1 + Duration::from_millis(1_100 * second);
+            while rl.check(at) == Verdict::Allow {}
+            assert_eq!(rl.check(at), Verdict::Limit);
+        }
+    }
+}
