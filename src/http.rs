@@ -43,6 +43,8 @@ pub struct HttpState {
 
 pub fn router(state: HttpState) -> Router {
     Router::new()
+        .route("/", get(chat_page))
+        .route("/api/info", get(info))
         .route("/ws", get(upgrade))
         .route("/healthz", get(healthz))
         .fallback(not_found)
@@ -187,6 +189,36 @@ async fn upgrade(
                 tracing::warn!("session supervisor unavailable; dropping a new connection");
             }
         })
+}
+
+/// The self-contained web chat page (HTML, CSS and JS in one file, built into the binary).
+const CHAT_PAGE: &str = include_str!("../web/chat.html");
+
+async fn chat_page() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        CHAT_PAGE,
+    )
+        .into_response()
+}
+
+/// What a client needs to know before it connects.
+async fn info(State(state): State<HttpState>) -> Response {
+    let auth_mode = match state.auth.as_ref() {
+        Authenticator::Dev => "dev",
+        Authenticator::Jwt(_) => "jwt",
+    };
+    Json(serde_json::json!({
+        "name": "peroxo",
+        "version": env!("CARGO_PKG_VERSION"),
+        "protocol": crate::protocol::PROTOCOL_VERSION,
+        "auth_mode": auth_mode,
+        "max_text_bytes": state.limits.max_text_bytes,
+    }))
+    .into_response()
 }
 
 async fn healthz() -> Response {
