@@ -8,6 +8,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use tokio::sync::watch;
+
 use crate::domain::UserKey;
 
 /// Why a connection was not admitted.
@@ -24,6 +26,8 @@ pub struct Admission {
     max_total: usize,
     max_per_user: usize,
     counts: Mutex<Counts>,
+    /// The total, published for whoever waits for the node to empty (shutdown).
+    total: watch::Sender<usize>,
 }
 
 #[derive(Debug, Default)]
@@ -45,6 +49,7 @@ impl Admission {
             max_total,
             max_per_user,
             counts: Mutex::new(Counts::default()),
+            total: watch::Sender::new(0),
         }
     }
 
@@ -60,6 +65,7 @@ impl Admission {
         }
         *user += 1;
         counts.total += 1;
+        self.total.send_replace(counts.total);
         Ok(Ticket {
             admission: Arc::clone(self),
             key: key.clone(),
@@ -69,6 +75,15 @@ impl Admission {
     /// Connections held now.
     pub fn connections(&self) -> usize {
         self.counts.lock().expect("admission counts poisoned").total
+    }
+
+    /// Waits until no connection is held, for at most `timeout`; returns whether it emptied.
+    pub async fn wait_until_empty(&self, timeout: std::time::Duration) -> bool {
+        let mut total = self.total.subscribe();
+        matches!(
+            tokio::time::timeout(timeout, total.wait_for(|n| *n == 0)).await,
+            Ok(Ok(_))
+        )
     }
 }
 
@@ -80,6 +95,7 @@ impl Drop for Ticket {
             .lock()
             .expect("admission counts poisoned");
         counts.total -= 1;
+        self.admission.total.send_replace(counts.total);
         if let Some(user) = counts.per_user.get_mut(&self.key) {
             *user -= 1;
             if *user == 0 {

@@ -42,6 +42,7 @@ pub struct Config {
     pub storage: StorageConfig,
     pub limits: LimitsConfig,
     pub session: SessionConfig,
+    pub shutdown: ShutdownConfig,
     pub log: LogConfig,
 }
 
@@ -97,10 +98,16 @@ pub enum JwtAlgorithm {
     ES256,
 }
 
-/// A secret: never printed, never logged.
-#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// A secret: never printed, never logged, and serialized as `"<redacted>"`.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(transparent)]
 pub struct Secret(String);
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(if self.0.is_empty() { "" } else { "<redacted>" })
+    }
+}
 
 impl Secret {
     pub fn new(secret: impl Into<String>) -> Self {
@@ -351,6 +358,45 @@ impl LimitsConfig {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// The longest a graceful shutdown may take (e.g. "30s", "2m").
+    #[serde(with = "human_duration")]
+    pub grace_period: Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            grace_period: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A duration written as humans do: "30s", "1m 30s", "500ms".
+mod human_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(
+        value: &Duration,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&humantime::format_duration(*value).to_string())
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Duration, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        humantime::parse_duration(&text).map_err(|e| {
+            serde::de::Error::custom(format!("{text:?} is not a duration like \"30s\": {e}"))
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct SessionConfig {
     /// Session actor restarts allowed per connection within `restart_window_secs`; one more
     /// failure closes the connection with 1011.
@@ -393,8 +439,13 @@ impl Default for LogConfig {
 }
 
 impl Config {
+    /// The effective configuration as TOML, secrets redacted (for `peroxo check-config`).
+    pub fn to_redacted_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("the configuration always serializes")
+    }
+
     /// Loads `path` (which must exist when `required`), applies environment overrides from
-    /// `env`, and validates the result.
+    /// `env`, and validates the result (all but `[auth]`: see [`Config::validate_auth`]).
     pub fn load(
         path: &Path,
         required: bool,
@@ -415,7 +466,7 @@ impl Config {
         Ok(config)
     }
 
-    /// Builds a validated config from a TOML document.
+    /// Builds a config from a TOML document and validates all of it.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
         let table: toml::Table = text
             .parse()
@@ -426,6 +477,7 @@ impl Config {
     fn from_table(table: toml::Table) -> Result<Self, ConfigError> {
         let config = deserialize(table)?;
         config.validate()?;
+        config.validate_auth()?;
         Ok(config)
     }
 
@@ -510,9 +562,22 @@ impl Config {
             self.session.restart_window_secs,
             1,
         )?;
+        if self.shutdown.grace_period.is_zero() {
+            return Err(ConfigError::new(
+                "shutdown.grace_period",
+                "must be longer than zero",
+            ));
+        }
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| ConfigError::new("log.level", format!("not a valid filter: {e}")))?;
-        self.auth.validate()
+        Ok(())
+    }
+
+    /// Checks `[auth]`, including that the keys it names exist and parse. Only roles that
+    /// authenticate clients need it (`peroxo store` does not).
+    pub fn validate_auth(&self) -> Result<(), ConfigError> {
+        self.auth.validate()?;
+        crate::identity::Authenticator::from_config(&self.auth).map(drop)
     }
 }
 
@@ -645,6 +710,7 @@ mod tests {
         )?;
         let config = deserialize_with_overrides(table, &overrides)?;
         config.validate()?;
+        config.validate_auth()?;
         Ok(config)
     }
 
@@ -675,6 +741,19 @@ mod tests {
         assert!(err.message.contains("at least 32 bytes"), "{err}");
         let err = Config::from_toml("[auth]\nalgorithm = \"RS256\"\n").unwrap_err();
         assert_eq!(err.key, "auth.public_key_file");
+    }
+
+    #[test]
+    fn the_printed_config_hides_secrets_and_reads_back() {
+        let secret = "s".repeat(40);
+        let config = load_with_env("", &[("PEROXO_AUTH__JWT_SECRET", &secret)]).unwrap();
+        let printed = config.to_redacted_toml();
+        assert!(!printed.contains(&secret));
+        assert!(printed.contains("<redacted>"));
+        assert!(printed.contains("grace_period = \"30s\""), "{printed}");
+        // Everything but the secret reads back as it was.
+        let again: toml::Table = printed.parse().unwrap();
+        assert_eq!(again["storage"]["max_pending"].as_integer(), Some(10_000));
     }
 
     #[test]

@@ -14,8 +14,8 @@
 //! session, the new actor takes over the same queue and the reader follows it through a
 //! `watch` channel. The connection ends when either task ends (`done` is cancelled).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
@@ -27,35 +27,161 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::actors::session::{Inbound, SessionMsg};
-use crate::domain::SessionId;
+use crate::domain::{SessionId, UserKey};
 use crate::protocol::{self, DecodeLimits, ProtocolError, ServerFrame};
+use crate::telemetry::{CLIENT_CLOSED, CONNECTION_LOST, metrics};
 
-/// WebSocket close codes PerOXO uses.
-pub mod close_code {
-    /// The session failed too often in a short time.
-    pub const INTERNAL_ERROR: u16 = 1011;
-    /// The client did not read fast enough, or the server cannot serve it now.
-    pub const TRY_AGAIN_LATER: u16 = 1013;
-    /// The server is shutting down.
-    pub const GOING_AWAY: u16 = 1001;
-    /// The client sent a message or frame larger than `limits.max_message_bytes`.
-    pub const MESSAGE_TOO_BIG: u16 = 1009;
-    /// The client kept exceeding its command rate.
-    pub const POLICY_VIOLATION: u16 = 1008;
-    /// The client's token expired and was not refreshed.
-    pub const TOKEN_EXPIRED: u16 = 4001;
+/// Why the server closes a connection: its close code, reason text and metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseCause {
+    /// The server is shutting down (1001).
+    Shutdown,
+    /// The client was silent (not even a pong) for `limits.idle_timeout_secs` (1001).
+    IdleTimeout,
+    /// The client kept exceeding its command rate (1008).
+    RateAbuse,
+    /// The client sent a message or frame over `limits.max_message_bytes` (1009).
+    TooLarge,
+    /// The session failed `session.max_restarts` times in the window, or could not restart
+    /// (1011).
+    SessionFailed,
+    /// SessionSupervisor failed and its sessions with it (1011).
+    SupervisorFailed,
+    /// The client's outbound queue overflowed: it does not read fast enough (1013).
+    SlowConsumer,
+    /// Storage was unreachable when the client connected (1013).
+    StorageUnavailable,
+    /// The client's token expired without a refresh (4001).
+    TokenExpired,
+    /// The session ended without a more specific cause (1000).
+    SessionEnded,
 }
 
-/// Why the server closes a connection.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CloseReason {
-    pub code: u16,
-    pub reason: String,
+impl CloseCause {
+    pub const ALL: [CloseCause; 10] = [
+        CloseCause::Shutdown,
+        CloseCause::IdleTimeout,
+        CloseCause::RateAbuse,
+        CloseCause::TooLarge,
+        CloseCause::SessionFailed,
+        CloseCause::SupervisorFailed,
+        CloseCause::SlowConsumer,
+        CloseCause::StorageUnavailable,
+        CloseCause::TokenExpired,
+        CloseCause::SessionEnded,
+    ];
+
+    /// The WebSocket close code.
+    pub fn code(self) -> u16 {
+        match self {
+            CloseCause::Shutdown | CloseCause::IdleTimeout => 1001,
+            CloseCause::RateAbuse => 1008,
+            CloseCause::TooLarge => 1009,
+            CloseCause::SessionFailed | CloseCause::SupervisorFailed => 1011,
+            CloseCause::SlowConsumer | CloseCause::StorageUnavailable => 1013,
+            CloseCause::TokenExpired => 4001,
+            CloseCause::SessionEnded => 1000,
+        }
+    }
+
+    /// The close frame's reason text.
+    pub fn text(self) -> &'static str {
+        match self {
+            CloseCause::Shutdown => "server shutting down",
+            CloseCause::IdleTimeout => "idle timeout",
+            CloseCause::RateAbuse => "command rate exceeded persistently",
+            CloseCause::TooLarge => "message too large",
+            CloseCause::SessionFailed => "session failed repeatedly",
+            CloseCause::SupervisorFailed => "session supervisor failed",
+            CloseCause::SlowConsumer => "client is not reading fast enough; reconnect and sync",
+            CloseCause::StorageUnavailable => "storage unavailable; reconnect later",
+            CloseCause::TokenExpired => "token expired",
+            CloseCause::SessionEnded => "session ended",
+        }
+    }
+
+    /// The `reason` label of `peroxo_sessions_closed_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            CloseCause::Shutdown => "shutdown",
+            CloseCause::IdleTimeout => "idle_timeout",
+            CloseCause::RateAbuse => "rate_abuse",
+            CloseCause::TooLarge => "too_large",
+            CloseCause::SessionFailed => "session_failed",
+            CloseCause::SupervisorFailed => "supervisor_failed",
+            CloseCause::SlowConsumer => "slow_consumer",
+            CloseCause::StorageUnavailable => "storage_unavailable",
+            CloseCause::TokenExpired => "token_expired",
+            CloseCause::SessionEnded => "session_ended",
+        }
+    }
+}
+
+/// How a connection ended, for its log line and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Ending {
+    code: u16,
+    label: &'static str,
+}
+
+/// The record of one connection: logs its end (tenant, user, duration, close code) and counts
+/// it once both socket tasks are done with it.
+pub struct ConnectionRecord {
+    pub key: UserKey,
+    pub session_id: SessionId,
+    opened: Instant,
+    /// The first side to know how the connection ends writes it here.
+    ending: std::sync::Mutex<Option<Ending>>,
+}
+
+impl ConnectionRecord {
+    /// Logs the opening and counts it.
+    pub fn opened(key: UserKey, session_id: SessionId) -> Arc<Self> {
+        tracing::info!(tenant = %key.tenant, user = %key.user, session = %session_id, "session opened");
+        metrics().sessions_opened.increment(1);
+        Arc::new(Self {
+            key,
+            session_id,
+            opened: Instant::now(),
+            ending: std::sync::Mutex::new(None),
+        })
+    }
+
+    fn ended(&self, code: u16, label: &'static str) {
+        let mut ending = self.ending.lock().expect("connection record poisoned");
+        if ending.is_none() {
+            *ending = Some(Ending { code, label });
+        }
+    }
+}
+
+impl Drop for ConnectionRecord {
+    fn drop(&mut self) {
+        let ending = self
+            .ending
+            .lock()
+            .map(|e| *e)
+            .unwrap_or_default()
+            .unwrap_or(Ending {
+                code: 1006,
+                label: CONNECTION_LOST,
+            });
+        metrics().session_closed(ending.label);
+        tracing::info!(
+            tenant = %self.key.tenant,
+            user = %self.key.user,
+            session = %self.session_id,
+            duration_ms = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX),
+            close_code = ending.code,
+            reason = ending.label,
+            "session closed"
+        );
+    }
 }
 
 enum Item {
     Text(Utf8Bytes),
-    Close(CloseReason),
+    Close(CloseCause),
 }
 
 /// The sending side of one client's queue. Cheap to clone: the Router, Persistence and the
@@ -69,8 +195,10 @@ pub struct Outbound {
 
 struct Shared {
     capacity: usize,
+    /// Why the connection closes: the first close asked for wins, whichever way it goes out.
+    cause: OnceLock<CloseCause>,
     /// Set once to close without waiting for queued frames (the queue may be full).
-    close_now: watch::Sender<Option<CloseReason>>,
+    close_now: watch::Sender<Option<CloseCause>>,
     /// Cancelled when the connection has ended, whichever side ended it.
     done: CancellationToken,
 }
@@ -87,7 +215,7 @@ impl std::fmt::Debug for Outbound {
 /// The receiving side of a queue, consumed by the writer task.
 pub struct OutboundQueue {
     rx: mpsc::Receiver<Item>,
-    close_now: watch::Receiver<Option<CloseReason>>,
+    close_now: watch::Receiver<Option<CloseCause>>,
 }
 
 impl Outbound {
@@ -100,6 +228,7 @@ impl Outbound {
             tx,
             shared: Arc::new(Shared {
                 capacity,
+                cause: OnceLock::new(),
                 close_now,
                 done: CancellationToken::new(),
             }),
@@ -136,10 +265,7 @@ impl Outbound {
         match self.tx.try_send(Item::Text(text)) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
-                self.close_now(
-                    close_code::TRY_AGAIN_LATER,
-                    "client is not reading fast enough; reconnect and sync",
-                );
+                self.close_now(CloseCause::SlowConsumer);
                 false
             }
             Err(mpsc::error::TrySendError::Closed(_)) => false,
@@ -152,30 +278,30 @@ impl Outbound {
 
     /// Queues an `error` frame.
     pub fn error(&self, error: &ProtocolError) -> bool {
+        metrics().error(error.code);
         self.send(&error.to_frame())
     }
 
-    /// Closes after the frames already queued have been written.
-    pub fn close_after_pending(&self, code: u16, reason: &str) {
-        let close = CloseReason {
-            code,
-            reason: reason.to_owned(),
-        };
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(Item::Close(close)) {
-            self.close_now(code, reason);
+    /// Closes after the frames already queued have been written. When a close was asked for
+    /// already, that one stands.
+    pub fn close_after_pending(&self, cause: CloseCause) {
+        if self.shared.cause.set(cause).is_err() {
+            return;
+        }
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(Item::Close(cause)) {
+            self.close_now(cause);
         }
     }
 
-    /// Closes at once; frames still queued are discarded.
-    pub fn close_now(&self, code: u16, reason: &str) {
+    /// Closes at once; frames still queued are discarded. When a close was asked for already,
+    /// it goes out now with its own cause.
+    pub fn close_now(&self, cause: CloseCause) {
+        let cause = *self.shared.cause.get_or_init(|| cause);
         self.shared.close_now.send_if_modified(|current| {
             if current.is_some() {
                 return false;
             }
-            *current = Some(CloseReason {
-                code,
-                reason: reason.to_owned(),
-            });
+            *current = Some(cause);
             true
         });
     }
@@ -231,33 +357,87 @@ impl LastHeard {
     }
 }
 
-/// Splits `socket` and starts its writer and reader tasks. The reader hands frames to the
-/// session actor currently published in `session`.
-pub fn spawn_socket_tasks(
-    socket: WebSocket,
-    outbound: &Outbound,
-    queue: OutboundQueue,
-    session: watch::Receiver<Option<ActorRef<SessionMsg>>>,
-    limits: DecodeLimits,
-    heartbeat: Heartbeat,
-) {
+/// Everything the socket tasks of one connection need besides the socket.
+pub struct SocketTasks {
+    pub outbound: Outbound,
+    pub queue: OutboundQueue,
+    /// The session actor currently serving the connection, published by SessionSupervisor.
+    pub session: watch::Receiver<Option<ActorRef<SessionMsg>>>,
+    pub limits: DecodeLimits,
+    pub heartbeat: Heartbeat,
+    pub record: Arc<ConnectionRecord>,
+}
+
+/// Splits `socket` and starts its writer and reader tasks.
+pub fn spawn_socket_tasks(socket: WebSocket, tasks: SocketTasks) {
     let (sink, stream) = socket.split();
     let last_heard = Arc::new(LastHeard::new());
     tokio::spawn(run_writer(
         sink,
-        queue,
-        outbound.done(),
-        heartbeat,
+        tasks.queue,
+        tasks.outbound.done(),
+        tasks.heartbeat,
         Arc::clone(&last_heard),
+        Arc::clone(&tasks.record),
     ));
     tokio::spawn(run_reader(
         stream,
-        session,
-        limits,
-        outbound.clone(),
+        tasks.session,
+        tasks.limits,
+        tasks.outbound,
         last_heard,
+        tasks.record,
     ));
 }
+
+/// What the heartbeat decides when its timer fires.
+enum Pulse {
+    /// The client has been silent too long: close.
+    Close,
+    /// The client has been silent a while and not been pinged since: ping it.
+    Ping,
+    /// Nothing to do until the next check.
+    Wait,
+}
+
+/// The writer's view of the heartbeat: when the client was last pinged.
+struct Pacemaker {
+    heartbeat: Heartbeat,
+    last_heard: Arc<LastHeard>,
+    pinged_at: Option<Instant>,
+}
+
+impl Pacemaker {
+    fn pulse(&self) -> Pulse {
+        let heard = self.last_heard.at();
+        let now = Instant::now();
+        if now >= heard + self.heartbeat.idle_timeout {
+            Pulse::Close
+        } else if !self.awaiting_answer() && now >= heard + self.heartbeat.ping_interval {
+            Pulse::Ping
+        } else {
+            Pulse::Wait
+        }
+    }
+
+    /// One ping per silence: after it, wait for an answer until the idle timeout.
+    fn awaiting_answer(&self) -> bool {
+        self.pinged_at.is_some_and(|at| at >= self.last_heard.at())
+    }
+
+    fn next_check(&self) -> Instant {
+        let heard = self.last_heard.at();
+        if self.awaiting_answer() {
+            heard + self.heartbeat.idle_timeout
+        } else {
+            heard + self.heartbeat.ping_interval
+        }
+    }
+}
+
+/// How long the writer waits for the client's answer to its close frame before it drops the
+/// connection.
+const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 async fn run_writer(
     mut sink: SplitSink<WebSocket, Message>,
@@ -265,79 +445,89 @@ async fn run_writer(
     done: CancellationToken,
     heartbeat: Heartbeat,
     last_heard: Arc<LastHeard>,
+    record: Arc<ConnectionRecord>,
 ) {
+    let mut pacemaker = Pacemaker {
+        heartbeat,
+        last_heard,
+        pinged_at: None,
+    };
     // One timer per connection, set to the next moment the heartbeat has something to do.
     let check = tokio::time::sleep(heartbeat.ping_interval);
     tokio::pin!(check);
-    let mut pinged_at: Option<Instant> = None;
-    let close = loop {
+    let close = 'serve: loop {
         tokio::select! {
             biased;
             // A close the server asked for goes out even if the connection is ending anyway.
-            changed = queue.close_now.changed() => match changed {
-                Ok(()) => break queue.close_now.borrow().clone(),
-                Err(_) => break None,
-            },
+            changed = queue.close_now.changed() => break changed.ok().and(*queue.close_now.borrow()),
             _ = done.cancelled() => break None,
-            item = queue.rx.recv() => match item {
-                // A client that stops reading blocks the write; a close request (the queue
-                // overflowed) or the end of the connection must still get through.
-                Some(Item::Text(text)) => tokio::select! {
-                    biased;
-                    _ = done.cancelled() => break None,
-                    changed = queue.close_now.changed() => match changed {
-                        Ok(()) => break queue.close_now.borrow().clone(),
-                        Err(_) => break None,
-                    },
-                    written = write_batch(&mut sink, &mut queue.rx, text) => match written {
-                        Ok(None) => {}
-                        Ok(Some(close)) => break Some(close),
-                        Err(_) => break None,
-                    },
-                },
-                Some(Item::Close(close)) => break Some(close),
-                None => break None,
-            },
-            () = &mut check => {
-                let heard = last_heard.at();
-                let now = Instant::now();
-                if now >= heard + heartbeat.idle_timeout {
-                    break Some(CloseReason {
-                        code: close_code::GOING_AWAY,
-                        reason: "idle timeout".to_owned(),
-                    });
-                }
-                // One ping per silence: after it, wait for an answer until the idle timeout.
-                let unanswered = pinged_at.is_some_and(|at| at >= heard);
-                if !unanswered && now >= heard + heartbeat.ping_interval {
-                    pinged_at = Some(now);
-                    let ping = sink.send(Message::Ping(Default::default()));
-                    if !matches!(tokio::time::timeout(heartbeat.idle_timeout, ping).await, Ok(Ok(()))) {
-                        break None;
+            item = queue.rx.recv() => {
+                let text = match item {
+                    Some(Item::Text(text)) => text,
+                    Some(Item::Close(cause)) => break Some(cause),
+                    None => break None,
+                };
+                // A client that stops reading blocks the write: a close request, the end of
+                // the connection or the idle timeout must still get through.
+                let write = write_batch(&mut sink, &mut queue.rx, text);
+                tokio::pin!(write);
+                loop {
+                    tokio::select! {
+                        biased;
+                        changed = queue.close_now.changed() => {
+                            break 'serve changed.ok().and(*queue.close_now.borrow());
+                        }
+                        _ = done.cancelled() => break 'serve None,
+                        () = &mut check => {
+                            if let Pulse::Close = pacemaker.pulse() {
+                                break 'serve Some(CloseCause::IdleTimeout);
+                            }
+                            // No ping while a write is stuck: the socket is busy.
+                            check.as_mut().reset(pacemaker.next_check());
+                        }
+                        written = &mut write => match written {
+                            Ok(None) => break,
+                            Ok(Some(cause)) => break 'serve Some(cause),
+                            Err(_) => break 'serve None,
+                        },
                     }
                 }
-                let next = if pinged_at.is_some_and(|at| at >= heard) {
-                    heard + heartbeat.idle_timeout
-                } else {
-                    heard + heartbeat.ping_interval
-                };
-                check.as_mut().reset(next);
+            }
+            () = &mut check => {
+                match pacemaker.pulse() {
+                    Pulse::Close => break Some(CloseCause::IdleTimeout),
+                    Pulse::Ping => {
+                        pacemaker.pinged_at = Some(Instant::now());
+                        let ping = sink.send(Message::Ping(Default::default()));
+                        match tokio::time::timeout(heartbeat.idle_timeout, ping).await {
+                            Ok(Ok(())) => {}
+                            _ => break None,
+                        }
+                    }
+                    Pulse::Wait => {}
+                }
+                check.as_mut().reset(pacemaker.next_check());
             }
         }
     };
-    if let Some(close) = close {
+    if let Some(cause) = close {
+        record.ended(cause.code(), cause.label());
         let frame = CloseFrame {
-            code: close.code,
-            reason: Utf8Bytes::from(close.reason),
+            code: cause.code(),
+            reason: Utf8Bytes::from_static(cause.text()),
         };
         // A client that does not read gets as long as an idle one before it is dropped.
-        let _ = tokio::time::timeout(
+        let sent = tokio::time::timeout(
             heartbeat.idle_timeout,
             sink.send(Message::Close(Some(frame))),
         )
         .await;
+        if matches!(sent, Ok(Ok(()))) {
+            // The reader sees the client's answer (or the end of the stream) and ends the
+            // connection; a client that never answers is dropped after a while.
+            let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, done.cancelled()).await;
+        }
     }
-    let _ = tokio::time::timeout(heartbeat.idle_timeout, sink.close()).await;
     done.cancel();
 }
 
@@ -347,14 +537,14 @@ async fn write_batch(
     sink: &mut SplitSink<WebSocket, Message>,
     rx: &mut mpsc::Receiver<Item>,
     first: Utf8Bytes,
-) -> Result<Option<CloseReason>, axum::Error> {
+) -> Result<Option<CloseCause>, axum::Error> {
     sink.feed(Message::Text(first)).await?;
     let mut close = None;
     while let Ok(item) = rx.try_recv() {
         match item {
             Item::Text(text) => sink.feed(Message::Text(text)).await?,
-            Item::Close(reason) => {
-                close = Some(reason);
+            Item::Close(cause) => {
+                close = Some(cause);
                 break;
             }
         }
@@ -369,6 +559,7 @@ async fn run_reader(
     limits: DecodeLimits,
     outbound: Outbound,
     last_heard: Arc<LastHeard>,
+    record: Arc<ConnectionRecord>,
 ) {
     let done = outbound.done();
     loop {
@@ -383,11 +574,20 @@ async fn run_reader(
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
             Some(Err(error)) => {
                 if is_too_large(error) {
-                    outbound.close_now(close_code::MESSAGE_TOO_BIG, "message too large");
+                    outbound.close_now(CloseCause::TooLarge);
+                } else {
+                    record.ended(1006, CONNECTION_LOST);
                 }
                 break;
             }
-            Some(Ok(Message::Close(_))) | None => break,
+            Some(Ok(Message::Close(frame))) => {
+                record.ended(frame.map_or(1005, |f| f.code), CLIENT_CLOSED);
+                break;
+            }
+            None => {
+                record.ended(1006, CONNECTION_LOST);
+                break;
+            }
         };
         if !hand_to_session(&mut session, input, &done).await {
             // No session will take input any more: the writer closes the connection.

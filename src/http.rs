@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::extract::ws::{WebSocket, WebSocketUpgrade};
@@ -21,10 +22,12 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::actors::ActorSlot;
+use crate::actors::session::GatewayContext;
 use crate::actors::session_supervisor::SessionSupervisorMsg;
 use crate::admission::{Admission, Refusal};
 use crate::config::LimitsConfig;
 use crate::identity::Authenticator;
+use crate::telemetry::metrics;
 
 /// Bytes read from a socket at a time. Small, so idle connections stay cheap.
 const WS_READ_BUFFER_BYTES: usize = 4_096;
@@ -36,6 +39,8 @@ pub struct HttpState {
     pub sessions: ActorSlot<SessionSupervisorMsg>,
     pub auth: Arc<Authenticator>,
     pub admission: Arc<Admission>,
+    /// The node's state, for `/readyz` and `/metrics`.
+    pub gateway: Arc<GatewayContext>,
     pub limits: LimitsConfig,
     /// When not empty, the only `Origin`s allowed to open WebSockets.
     pub allowed_origins: Arc<[String]>,
@@ -47,6 +52,8 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/info", get(info))
         .route("/ws", get(upgrade))
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(prometheus))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -139,7 +146,9 @@ async fn upgrade(
         Ok(identity) => identity,
         Err(error) => {
             let mut response = error_response(error.status(), error.code(), error.to_string());
-            if error.status() == StatusCode::UNAUTHORIZED {
+            if error.status() == StatusCode::UNAUTHORIZED
+                && matches!(state.auth.as_ref(), Authenticator::Jwt(_))
+            {
                 response.headers_mut().insert(
                     header::WWW_AUTHENTICATE,
                     header::HeaderValue::from_static("Bearer"),
@@ -216,13 +225,64 @@ async fn info(State(state): State<HttpState>) -> Response {
         "version": env!("CARGO_PKG_VERSION"),
         "protocol": crate::protocol::PROTOCOL_VERSION,
         "auth_mode": auth_mode,
-        "max_text_bytes": state.limits.max_text_bytes,
+        "limits": {
+            "max_text_bytes": state.limits.max_text_bytes,
+            "max_message_bytes": state.limits.max_message_bytes,
+            "rate_per_sec": state.limits.rate_per_sec,
+            "rate_burst": state.limits.rate_burst,
+            "max_watched_users": state.limits.max_watched_users,
+            "max_history_limit": crate::protocol::MAX_HISTORY_LIMIT,
+            "max_sync_limit": crate::protocol::MAX_SYNC_LIMIT,
+            "max_online_users_limit": crate::protocol::MAX_ONLINE_USERS_LIMIT,
+        },
     }))
     .into_response()
 }
 
 async fn healthz() -> Response {
     Json(serde_json::json!({ "status": "ok" })).into_response()
+}
+
+/// 200 while the node can serve: storage reachable and not shutting down; otherwise 503
+/// naming what is degraded.
+async fn readyz(State(state): State<HttpState>) -> Response {
+    let storage_up = state.gateway.storage.is_up();
+    let draining = state.gateway.draining.load(Ordering::Relaxed);
+    let body = serde_json::json!({
+        "status": if storage_up && !draining { "ready" } else { "degraded" },
+        "storage": if storage_up { "reachable" } else { "unreachable" },
+        "accepting_connections": !draining,
+    });
+    let status = if storage_up && !draining {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+/// Prometheus text exposition of the node's metrics.
+async fn prometheus(State(state): State<HttpState>) -> Response {
+    let metrics = metrics();
+    metrics
+        .connections
+        .set(state.admission.connections() as f64);
+    metrics
+        .outbox_pending
+        .set(state.gateway.outbox.pending() as f64);
+    metrics.storage_up.set(if state.gateway.storage.is_up() {
+        1.0
+    } else {
+        0.0
+    });
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        metrics.render(),
+    )
+        .into_response()
 }
 
 async fn not_found() -> Response {

@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use axum::http::{HeaderMap, StatusCode, header};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::config::{AuthConfig, AuthMode, ConfigError, JwtAlgorithm};
 use crate::domain::{DEFAULT_TENANT, UserKey, validate_id};
@@ -55,21 +55,16 @@ pub struct Identity {
     pub expires_at: Option<u64>,
 }
 
-/// The claims PerOXO reads from a token.
-#[derive(Debug, Serialize, Deserialize)]
+/// The claims PerOXO reads from a token. Times are JWT NumericDates (seconds, possibly
+/// fractional). `nbf`, `aud` and `iss` are checked by the verifier itself.
+#[derive(Debug, Deserialize)]
 struct Claims {
     sub: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     tenant: Option<String>,
-    exp: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    iat: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    nbf: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    aud: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    iss: Option<String>,
+    exp: f64,
+    #[serde(default)]
+    iat: Option<f64>,
 }
 
 /// Decides the identity of a connecting client.
@@ -255,7 +250,7 @@ impl JwtVerifier {
             .claims;
         if claims
             .iat
-            .is_some_and(|iat| iat > now_secs() + self.leeway_secs)
+            .is_some_and(|iat| iat > (now_secs() + self.leeway_secs) as f64)
         {
             return Err(AuthError::Unauthenticated(
                 "token issued in the future (iat)".to_owned(),
@@ -268,7 +263,8 @@ impl JwtVerifier {
             .map_err(|e| AuthError::Unauthenticated(format!("token tenant {e}")))?;
         Ok(Identity {
             key: UserKey::new(tenant, claims.sub),
-            expires_at: Some(claims.exp),
+            // Whole seconds suffice to schedule the expiry.
+            expires_at: Some(claims.exp.max(0.0) as u64),
         })
     }
 }
@@ -314,15 +310,18 @@ pub fn sign_token(
         ));
     }
     let now = now_secs();
-    let claims = Claims {
-        sub: key.user.clone(),
-        tenant: Some(key.tenant.clone()),
-        exp: now + ttl.as_secs(),
-        iat: Some(now),
-        nbf: None,
-        aud: config.audience.clone(),
-        iss: config.issuer.clone(),
-    };
+    let mut claims = serde_json::json!({
+        "sub": key.user,
+        "tenant": key.tenant,
+        "exp": now + ttl.as_secs(),
+        "iat": now,
+    });
+    if let Some(audience) = &config.audience {
+        claims["aud"] = audience.as_str().into();
+    }
+    if let Some(issuer) = &config.issuer {
+        claims["iss"] = issuer.as_str().into();
+    }
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
         &claims,

@@ -20,6 +20,7 @@
 //! - [`storage`]: the storage service: backend contract, SQLite backend, gRPC server and
 //!   client; the only module that knows protobuf.
 //! - [`domain`]: the plain types everything else speaks.
+//! - [`telemetry`]: the Prometheus metrics served at `/metrics`.
 
 pub mod actors;
 pub mod admission;
@@ -32,6 +33,7 @@ pub mod protocol;
 pub mod rate_limit;
 pub mod server;
 pub mod storage;
+pub mod telemetry;
 
 pub use config::Config;
 pub use server::{Gateway, StoreServer};

@@ -40,6 +40,12 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Validate a configuration and print the effective values (secrets redacted).
+    CheckConfig {
+        /// The configuration file [default: config.toml, if present].
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Print a token signed with the configured HS256 secret, for trying PerOXO out and tests.
     Token {
         /// The configuration file [default: config.toml, if present].
@@ -71,7 +77,9 @@ fn main() -> ExitCode {
     };
     let (path, dev) = match &cli.command {
         Command::Serve { config, dev } => (config, *dev),
-        Command::Store { config } | Command::Token { config, .. } => (config, false),
+        Command::Store { config }
+        | Command::CheckConfig { config }
+        | Command::Token { config, .. } => (config, false),
     };
     // The default file may be absent (all defaults apply); a file named explicitly must exist.
     let default_path = PathBuf::from(DEFAULT_CONFIG);
@@ -88,6 +96,17 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    // Only `peroxo store` serves no clients and needs no `[auth]`.
+    if !matches!(cli.command, Command::Store { .. })
+        && let Err(error) = config.validate_auth()
+    {
+        eprintln!("peroxo: configuration error: {error}");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    if let Command::CheckConfig { .. } = &cli.command {
+        print!("{}", config.to_redacted_toml());
+        return ExitCode::SUCCESS;
+    }
     if let Command::Token {
         user, tenant, ttl, ..
     } = &cli.command
@@ -106,7 +125,9 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve { .. } => serve(config).await,
             Command::Store { .. } => store(config).await,
-            Command::Token { .. } => unreachable!("answered before the runtime starts"),
+            Command::Token { .. } | Command::CheckConfig { .. } => {
+                unreachable!("answered before the runtime starts")
+            }
         }
     });
     match result {

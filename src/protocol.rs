@@ -93,6 +93,27 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    pub const ALL: [ErrorCode; 6] = [
+        ErrorCode::BadRequest,
+        ErrorCode::TooLarge,
+        ErrorCode::RateLimited,
+        ErrorCode::Unavailable,
+        ErrorCode::Forbidden,
+        ErrorCode::Internal,
+    ];
+
+    /// The code as it appears on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::Internal => "internal",
+        }
+    }
+
     /// Whether sending the same command again later may succeed.
     pub fn retryable(self) -> bool {
         matches!(
@@ -367,6 +388,10 @@ pub struct MessageView<'a> {
     pub text: &'a str,
     pub ts: i64,
     pub seq: u64,
+    /// The sender's own id for the message, shown to the sender only (so a device can match
+    /// a synced copy with a send it is still waiting to see acked).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_msg_id: Option<&'a str>,
 }
 
 impl<'a> MessageView<'a> {
@@ -380,6 +405,7 @@ impl<'a> MessageView<'a> {
             text: &message.text,
             ts: message.ts,
             seq: message.seq_for(viewer),
+            client_msg_id: (viewer == message.sender).then_some(message.client_msg_id.as_str()),
         }
     }
 }

@@ -6,6 +6,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -22,13 +23,10 @@ use crate::actors::session_supervisor::SessionSupervisorMsg;
 use crate::actors::{ActorKind, ActorSlot, RestartCounts};
 use crate::admission::Admission;
 use crate::config::{Config, StorageBackend, StorageConfig};
-use crate::connection::close_code;
+use crate::connection::CloseCause;
 use crate::http::{self, HttpState};
 use crate::identity::Authenticator;
 use crate::storage::{SqliteStore, grpc};
-
-/// How long shutdown waits for accepted messages to be committed.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A running storage service.
 pub struct StoreServer {
@@ -87,6 +85,8 @@ pub struct Gateway {
     root: ActorRef<RootMsg>,
     sessions: ActorSlot<SessionSupervisorMsg>,
     gateway: Arc<GatewayContext>,
+    admission: Arc<Admission>,
+    grace_period: Duration,
     stop_http: CancellationToken,
     http_task: JoinHandle<()>,
 }
@@ -115,6 +115,7 @@ impl Gateway {
             storage_wait: config.storage.rpc_timeout(),
             restarts: Arc::new(RestartCounts::default()),
             auth: Arc::clone(&auth),
+            draining: AtomicBool::new(false),
         });
         let sessions = ActorSlot::default();
         let root = RootSupervisor::spawn(RootArgs {
@@ -131,13 +132,15 @@ impl Gateway {
             .await
             .with_context(|| format!("cannot listen on http.listen = {}", config.http.listen))?;
         let http_addr = listener.local_addr()?;
+        let admission = Arc::new(Admission::new(
+            config.http.max_connections,
+            config.limits.max_sessions_per_user,
+        ));
         let app = http::router(HttpState {
             sessions: sessions.clone(),
             auth,
-            admission: Arc::new(Admission::new(
-                config.http.max_connections,
-                config.limits.max_sessions_per_user,
-            )),
+            admission: Arc::clone(&admission),
+            gateway: Arc::clone(&gateway),
             limits: config.limits.clone(),
             allowed_origins: config.http.allowed_origins.clone().into(),
         });
@@ -155,6 +158,8 @@ impl Gateway {
             root,
             sessions,
             gateway,
+            admission,
+            grace_period: config.shutdown.grace_period,
             stop_http,
             http_task,
         })
@@ -175,26 +180,38 @@ impl Gateway {
         self.gateway.outbox.pending()
     }
 
-    /// Stops the node: no new connections, every session closed with 1001, accepted
-    /// messages committed (up to a deadline), then the actors and the storage service stop.
+    /// Stops the node gracefully, within `shutdown.grace_period`:
+    /// 1. `/readyz` answers 503 and no new connection is accepted;
+    /// 2. accepted messages are committed and acked on the still-open sockets, while new sends
+    ///    are answered `unavailable`;
+    /// 3. every session is closed with 1001 and the node waits for the sockets to close;
+    /// 4. the actor tree stops, then the embedded storage service.
     pub async fn shutdown(self) {
+        let deadline = tokio::time::Instant::now() + self.grace_period;
+        let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
+        self.gateway.draining.store(true, Ordering::Relaxed);
         self.stop_http.cancel();
-        if let Some(sessions) = self.sessions.get() {
-            let _ = ractor::call_t!(
-                sessions,
-                |reply| SessionSupervisorMsg::CloseAll {
-                    code: close_code::GOING_AWAY,
-                    reason: "server shutting down".to_owned(),
-                    reply,
-                },
-                5_000
-            );
-        }
-        if !self.gateway.outbox.close_and_drain(DRAIN_TIMEOUT).await {
+        tracing::info!(grace_period = ?self.grace_period, "shutdown: draining");
+        if !self.gateway.outbox.close_and_drain(left()).await {
             tracing::error!(
                 pending = self.pending_writes(),
-                "shutdown: accepted messages not committed in time"
+                "shutdown: accepted messages not committed within the grace period; \
+                 their senders will resend them"
             );
+        }
+        if let Some(sessions) = self.sessions.get() {
+            let closing = ractor::call_t!(
+                sessions,
+                |reply| SessionSupervisorMsg::CloseAll {
+                    cause: CloseCause::Shutdown,
+                    reply,
+                },
+                u64::try_from(left().as_millis()).unwrap_or(u64::MAX).max(1)
+            )
+            .unwrap_or(0);
+            if !self.admission.wait_until_empty(left()).await {
+                tracing::warn!(closing, "shutdown: some connections did not close in time");
+            }
         }
         self.root.stop(Some("shutdown".to_owned()));
         let _ = self.http_task.await;

@@ -120,8 +120,13 @@ async fn bad_tokens_get_401_with_a_reason_and_no_upgrade() {
             "{message:?} should mention {reason:?}"
         );
     }
-    // The good one passes.
-    Client::connect(&server.ws_url_with_token(&hs256(good))).await;
+    // The good one passes, and so do its standard variants: a list of audiences and
+    // fractional times.
+    Client::connect(&server.ws_url_with_token(&hs256(good.clone()))).await;
+    let variant = with(
+        json!({"aud": ["other", "peroxo"], "exp": now() as f64 + 600.5, "iat": now() as f64 - 0.25}),
+    );
+    Client::connect(&server.ws_url_with_token(&variant)).await;
 }
 
 #[tokio::test]

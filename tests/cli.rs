@@ -108,6 +108,72 @@ fn token_prints_a_token_for_the_configured_secret_and_refuses_without_one() {
 const SECRET: &str = "a-test-secret-that-is-long-enough-for-hs256";
 
 #[test]
+fn a_public_key_file_that_is_not_a_key_exits_64_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("not-a-key.pem");
+    std::fs::write(&key, "hello").unwrap();
+    let (code, stderr) = serve_with(
+        &format!(
+            "[auth]\nalgorithm = \"RS256\"\npublic_key_file = \"{}\"\n",
+            key.display()
+        ),
+        &[],
+    );
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("auth.public_key_file"), "{stderr}");
+}
+
+#[test]
+fn check_config_prints_the_effective_values_with_secrets_redacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = config_file(&dir, "[storage]\nmax_pending = 1234\n");
+    let output = peroxo()
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .env("PEROXO_AUTH__JWT_SECRET", SECRET)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let printed = String::from_utf8(output.stdout).unwrap();
+    assert!(printed.contains("max_pending = 1234"), "{printed}");
+    assert!(printed.contains("jwt_secret = \"<redacted>\""), "{printed}");
+    assert!(!printed.contains(SECRET));
+    // The printout is itself a valid configuration.
+    let again = config_file(&dir, &printed.replace("<redacted>", SECRET));
+    let output = peroxo()
+        .args(["check-config", "--config"])
+        .arg(&again)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+
+    let bad = config_file(&dir, "[limits]\nrate_burst = 0\n");
+    let output = peroxo()
+        .args(["check-config", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("limits.rate_burst"));
+}
+
+#[test]
+fn store_runs_without_any_auth_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = config_file(
+        &dir,
+        &format!(
+            "[auth]\nmode = \"jwt\"\n[storage]\nlisten = \"127.0.0.1:0\"\nsqlite_path = \"{}\"\n[log]\nformat = \"json\"\n",
+            dir.path().join("store.db").display()
+        ),
+    );
+    let mut node = Node::spawn(peroxo().args(["store", "--config"]).arg(&path), dir);
+    let listening = node.wait_for_log("storage service listening");
+    assert!(listening["addr"].as_str().is_some());
+    node.terminate();
+}
+
+#[test]
 fn a_config_file_given_explicitly_must_exist() {
     let output = peroxo()
         .args(["serve", "--config", "/nonexistent/peroxo.toml"])
@@ -139,12 +205,18 @@ impl Node {
             dir.path().join("data/peroxo.db").display()
         );
         let path = config_file(&dir, &config);
-        let mut child = peroxo()
+        let mut command = peroxo();
+        command
             .arg("serve")
             .args(args)
             .arg("--config")
             .arg(&path)
-            .envs(env.iter().copied())
+            .envs(env.iter().copied());
+        Self::spawn(&mut command, dir)
+    }
+
+    fn spawn(command: &mut Command, dir: tempfile::TempDir) -> Self {
+        let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -243,7 +315,28 @@ async fn serve_runs_a_working_node_and_stops_on_sigterm() {
     assert!(kill.success());
     let close = alice.expect_close().await.expect("a close frame");
     assert_eq!(u16::from(close.code), 1001);
-    node.terminate();
+    drop(bob);
+    let logs = node.terminate();
+    // One line per session open and close, with who, how long and how it ended.
+    let closed: Vec<serde_json::Value> = logs
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["fields"]["message"] == "session closed")
+        .map(|e| e["fields"].clone())
+        .collect();
+    let alice_closed = closed
+        .iter()
+        .find(|f| f["user"] == "alice")
+        .expect("alice's session close is logged");
+    assert_eq!(alice_closed["tenant"], "default");
+    assert_eq!(alice_closed["close_code"], 1001);
+    assert_eq!(alice_closed["reason"], "shutdown");
+    assert!(alice_closed["duration_ms"].as_u64().is_some());
+    let opened = logs
+        .iter()
+        .filter(|l| l.contains("\"session opened\""))
+        .count();
+    assert_eq!(opened, 2);
 }
 
 #[tokio::test]

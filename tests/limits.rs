@@ -210,16 +210,16 @@ async fn a_silent_connection_is_pinged_then_closed_but_a_live_one_stays() {
     .await;
     let silent = silent_client(&server, "ghost").await;
     let mut live = server.connect("alive").await;
-    // The live client reads, so its library answers the pings; it sees several of them.
-    let stays_alive = async {
-        let mut pings = 0;
-        while pings < 3 {
-            if live.next_raw_is_ping().await {
-                pings += 1;
-            }
+    // The live client keeps reading, so it answers the pings, while the silent one is
+    // dropped; it sees several pings and outlives the silent one.
+    let mut silent_closed = tokio::spawn(close_code_of(silent));
+    let mut pings = 0;
+    let code = loop {
+        tokio::select! {
+            code = &mut silent_closed, if pings >= 3 => break code.unwrap(),
+            is_ping = live.next_raw_is_ping() => pings += usize::from(is_ping),
         }
     };
-    let (code, ()) = tokio::join!(close_code_of(silent), stays_alive);
     assert_eq!(code, Some(1001));
     assert!(live.frames_until_pong().await.is_empty());
 }

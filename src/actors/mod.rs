@@ -72,6 +72,25 @@ pub enum ActorKind {
     Session,
 }
 
+impl ActorKind {
+    pub const ALL: [ActorKind; 4] = [
+        ActorKind::Router,
+        ActorKind::Persistence,
+        ActorKind::SessionSupervisor,
+        ActorKind::Session,
+    ];
+
+    /// The kind as a metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActorKind::Router => "router",
+            ActorKind::Persistence => "persistence",
+            ActorKind::SessionSupervisor => "session_supervisor",
+            ActorKind::Session => "session",
+        }
+    }
+}
+
 /// How many times each kind of actor has been restarted since the node started.
 #[derive(Debug, Default)]
 pub struct RestartCounts {
@@ -93,6 +112,7 @@ impl RestartCounts {
 
     pub fn record(&self, kind: ActorKind) {
         self.counter(kind).fetch_add(1, Ordering::Relaxed);
+        crate::telemetry::metrics().restart(kind);
     }
 
     pub fn get(&self, kind: ActorKind) -> u64 {

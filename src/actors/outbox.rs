@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 
 use crate::connection::Outbound;
 use crate::domain::NewMessage;
@@ -26,6 +27,8 @@ pub struct PendingWrite {
     /// Set when an append call carrying it failed without an answer: it may have been
     /// committed, so a `duplicate` outcome is its own first commit.
     pub retried: bool,
+    /// When the session accepted it.
+    pub accepted_at: Instant,
     /// Its place in the outbox, released when the write is answered (dropped).
     _permit: OwnedSemaphorePermit,
 }
@@ -96,6 +99,7 @@ impl Outbox {
             origin,
             req_id,
             retried: false,
+            accepted_at: Instant::now(),
             _permit: permit,
         });
         Ok(!self.wake_pending.swap(true, Ordering::AcqRel))

@@ -14,11 +14,12 @@
 //! flushed in order.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use super::ActorSlot;
 use super::outbox::{Outbox, PendingWrite};
@@ -27,6 +28,7 @@ use crate::config::StorageConfig;
 use crate::domain::{AppendOutcome, NewMessage, StoredMessage};
 use crate::protocol::{ErrorCode, ProtocolError, ReqId, ServerFrame};
 use crate::storage::grpc::{CallError, StorageClient};
+use crate::telemetry::{metrics, seconds};
 
 pub enum PersistenceMsg {
     /// New writes are in the outbox.
@@ -105,6 +107,8 @@ pub struct PersistenceState {
     in_flight: Option<u64>,
     generation: u64,
     down_since: Option<Instant>,
+    /// Whether this incarnation has connected before (the next connection is a reconnect).
+    ever_connected: bool,
 }
 
 pub struct Persistence;
@@ -152,6 +156,7 @@ impl Actor for Persistence {
             in_flight: None,
             generation: 0,
             down_since: Some(Instant::now()),
+            ever_connected: false,
         })
     }
 
@@ -213,6 +218,10 @@ fn connected(
     state.connecting = false;
     match result {
         Ok(client) => {
+            if state.ever_connected {
+                metrics().storage_reconnects.increment(1);
+            }
+            state.ever_connected = true;
             state.args.link.set(Some(client));
             state.backoff = backoff(&state.args.config);
             let down_for = state.down_since.take().map(|t| t.elapsed());
@@ -265,9 +274,12 @@ fn start_batch(myself: &ActorRef<PersistenceMsg>, state: &mut PersistenceState) 
     state.generation += 1;
     let generation = state.generation;
     state.in_flight = Some(generation);
+    metrics().persist_batch_size.record(batch.len() as f64);
     let myself = myself.clone();
     tokio::spawn(async move {
+        let started = Instant::now();
         let result = client.append(batch).await;
+        metrics().persist_rpc.record(seconds(started.elapsed()));
         let _ = myself.cast(PersistenceMsg::BatchDone { generation, result });
     });
 }
@@ -330,6 +342,11 @@ fn answer(write: PendingWrite, outcome: AppendOutcome) -> Option<Delivery> {
         AppendOutcome::Stored { message, duplicate } => {
             // A retried write found stored was stored by its own earlier, unanswered call.
             let duplicate = duplicate && !write.retried;
+            let metrics = metrics();
+            metrics.ack(duplicate);
+            metrics
+                .send_to_ack
+                .record(seconds(write.accepted_at.elapsed()));
             write
                 .origin
                 .send(&ack_frame(&message, write.req_id.as_ref(), duplicate));

@@ -21,6 +21,7 @@ use super::session_supervisor::SessionSupervisorMsg;
 use crate::connection::Outbound;
 use crate::domain::{SessionId, StoredMessage, UserKey};
 use crate::protocol::{MessageView, PresenceStatus, ReqId, ServerFrame, now_ms};
+use crate::telemetry::metrics;
 
 pub enum RouterMsg {
     /// A session is live (or registers again after its actor restarted); `registered` is
@@ -368,8 +369,10 @@ impl RouterState {
         let text =
             Utf8Bytes::from(ServerFrame::Message(MessageView::of(message, &viewer.user)).encode());
         for session in sessions.iter().filter(|s| Some(**s) != skip) {
-            if let Some(entry) = self.sessions.get(session) {
-                entry.outbound.send_text(text.clone(), false);
+            if let Some(entry) = self.sessions.get(session)
+                && entry.outbound.send_text(text.clone(), false)
+            {
+                metrics().messages_delivered.increment(1);
             }
         }
     }

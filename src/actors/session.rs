@@ -9,7 +9,7 @@
 //! SessionSupervisor: the queue, the identity and the presence watch list.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -24,7 +24,7 @@ use super::router::{Registration, RouterMsg, WelcomeSlot};
 use super::{ActorSlot, RestartCounts};
 use crate::admission::Ticket;
 use crate::config::LimitsConfig;
-use crate::connection::{Outbound, close_code};
+use crate::connection::{CloseCause, Outbound};
 use crate::domain::{NewMessage, UserKey};
 use crate::identity::Authenticator;
 use crate::protocol::{
@@ -34,6 +34,7 @@ use crate::protocol::{
 use crate::rate_limit::{RateLimiter, Verdict};
 use crate::storage::grpc::CallError;
 use crate::storage::{HistoryQuery, SyncQuery};
+use crate::telemetry::metrics;
 
 /// How long a new session waits for the Router to register it.
 const ROUTER_CALL_TIMEOUT_MS: u64 = 5_000;
@@ -76,6 +77,8 @@ pub struct GatewayContext {
     pub restarts: Arc<RestartCounts>,
     /// Verifies tokens presented with `refresh`.
     pub auth: Arc<Authenticator>,
+    /// Set once shutdown begins: `/readyz` answers 503 from then on.
+    pub draining: AtomicBool,
 }
 
 /// One connection, as it outlives the session actors that serve it.
@@ -245,10 +248,9 @@ async fn welcome(myself: &ActorRef<SessionMsg>, state: &SessionState) {
         None => None,
     };
     let (Some(client), Some(last_seq)) = (client, last_seq) else {
-        connection.outbound.close_after_pending(
-            close_code::TRY_AGAIN_LATER,
-            "storage unavailable; reconnect later",
-        );
+        connection
+            .outbound
+            .close_after_pending(CloseCause::StorageUnavailable);
         myself.stop(Some("storage unavailable".to_owned()));
         return;
     };
@@ -314,10 +316,7 @@ impl SessionState {
         let outbound = &self.connection.outbound;
         if verdict == Verdict::Disconnect {
             tracing::warn!(user = %self.connection.key, "closing a session that keeps exceeding its rate");
-            outbound.close_now(
-                close_code::POLICY_VIOLATION,
-                "command rate exceeded persistently",
-            );
+            outbound.close_now(CloseCause::RateAbuse);
             myself.stop(Some("rate abuse".to_owned()));
             return false;
         }
@@ -368,7 +367,7 @@ impl SessionState {
         if SystemTime::now() >= deadline {
             self.connection
                 .outbound
-                .close_after_pending(close_code::TOKEN_EXPIRED, "token expired");
+                .close_after_pending(CloseCause::TokenExpired);
             myself.stop(Some("token expired".to_owned()));
         } else {
             self.schedule_expiry_check(myself);
@@ -470,11 +469,14 @@ impl SessionState {
             text,
         };
         let client_msg_id = message.client_msg_id.clone();
-        match self
+        let pushed = self
             .gateway
             .outbox
-            .push(message, outbound.clone(), req_id.clone())
-        {
+            .push(message, outbound.clone(), req_id.clone());
+        if pushed.is_ok() {
+            metrics().messages_received.increment(1);
+        }
+        match pushed {
             Ok(true) => {
                 if self.gateway.persistence.cast(PersistenceMsg::Wake).is_err() {
                     // Persistence is restarting: its successor flushes the outbox once it

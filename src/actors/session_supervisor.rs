@@ -24,7 +24,9 @@ use super::router::{Registration, RouterMsg};
 use super::session::{ConnectionContext, GatewayContext, Session, SessionArgs, SessionMsg};
 use crate::admission::Ticket;
 use crate::config::SessionConfig;
-use crate::connection::{Heartbeat, Outbound, close_code, spawn_socket_tasks};
+use crate::connection::{
+    CloseCause, ConnectionRecord, Heartbeat, Outbound, SocketTasks, spawn_socket_tasks,
+};
 use crate::domain::SessionId;
 #[cfg(feature = "test-hooks")]
 use crate::domain::UserKey;
@@ -40,10 +42,9 @@ pub enum SessionSupervisorMsg {
     },
     /// Every live connection, for a Router that just restarted.
     Registrations(ractor::RpcReplyPort<Vec<Registration>>),
-    /// Closes every connection with `code`; answers how many there were.
+    /// Closes every connection for `cause`; answers how many there were.
     CloseAll {
-        code: u16,
-        reason: String,
+        cause: CloseCause,
         reply: ractor::RpcReplyPort<usize>,
     },
     /// Crashes the session actors of `key`; answers how many.
@@ -120,16 +121,9 @@ impl Actor for SessionSupervisor {
                     .collect();
                 let _ = reply.send(registrations);
             }
-            SessionSupervisorMsg::CloseAll {
-                code,
-                reason,
-                reply,
-            } => {
+            SessionSupervisorMsg::CloseAll { cause, reply } => {
                 for connection in state.connections.values() {
-                    connection
-                        .context
-                        .outbound
-                        .close_after_pending(code, &reason);
+                    connection.context.outbound.close_after_pending(cause);
                 }
                 let _ = reply.send(state.connections.len());
             }
@@ -160,7 +154,7 @@ impl Actor for SessionSupervisor {
         match event {
             SupervisionEvent::ActorTerminated(cell, _, _) => {
                 if let Some(connection) = state.connections.remove(&cell.get_id()) {
-                    state.close(&connection, 1000, "session ended");
+                    state.close(&connection, CloseCause::SessionEnded);
                 }
             }
             SupervisionEvent::ActorFailed(cell, error) => {
@@ -181,7 +175,7 @@ impl Drop for Connection {
     fn drop(&mut self) {
         self.context
             .outbound
-            .close_after_pending(close_code::INTERNAL_ERROR, "session supervisor failed");
+            .close_after_pending(CloseCause::SupervisorFailed);
     }
 }
 
@@ -217,23 +211,21 @@ impl SessionSupervisorState {
             }
         };
         let (current, reader_view) = watch::channel(Some(actor.clone()));
-        let decode_limits = DecodeLimits {
-            max_text_bytes: limits.max_text_bytes,
-            max_watched_users: limits.max_watched_users,
-        };
-        let heartbeat = Heartbeat {
-            ping_interval: limits.ping_interval(),
-            idle_timeout: limits.idle_timeout(),
-        };
-        spawn_socket_tasks(
-            socket,
-            &outbound,
+        let tasks = SocketTasks {
+            outbound: outbound.clone(),
             queue,
-            reader_view,
-            decode_limits,
-            heartbeat,
-        );
-        tracing::debug!(session = %outbound.session_id(), user = %context.key, "session opened");
+            session: reader_view,
+            limits: DecodeLimits {
+                max_text_bytes: limits.max_text_bytes,
+                max_watched_users: limits.max_watched_users,
+            },
+            heartbeat: Heartbeat {
+                ping_interval: limits.ping_interval(),
+                idle_timeout: limits.idle_timeout(),
+            },
+            record: ConnectionRecord::opened(context.key.clone(), outbound.session_id()),
+        };
+        spawn_socket_tasks(socket, tasks);
         self.connections.insert(
             actor.get_id(),
             Connection {
@@ -245,20 +237,11 @@ impl SessionSupervisorState {
     }
 
     /// Ends a connection for good: the Router forgets it and the socket is closed.
-    fn close(&self, connection: &Connection, code: u16, reason: &str) {
+    fn close(&self, connection: &Connection, cause: CloseCause) {
         let _ = self.gateway.router.cast(RouterMsg::Unregister(
             connection.context.outbound.session_id(),
         ));
-        connection
-            .context
-            .outbound
-            .close_after_pending(code, reason);
-        tracing::debug!(
-            session = %connection.context.outbound.session_id(),
-            user = %connection.context.key,
-            code,
-            "session closed"
-        );
+        connection.context.outbound.close_after_pending(cause);
     }
 
     /// A session actor failed: start another on the same connection, unless it failed too
@@ -282,11 +265,7 @@ impl SessionSupervisorState {
         if connection.restarts.len() >= self.config.max_restarts {
             tracing::error!(%session, user = %connection.context.key, %error,
                 "session failed too often; closing the connection");
-            self.close(
-                &connection,
-                close_code::INTERNAL_ERROR,
-                "session failed repeatedly",
-            );
+            self.close(&connection, CloseCause::SessionFailed);
             return;
         }
         connection.restarts.push_back(now);
@@ -308,11 +287,7 @@ impl SessionSupervisorState {
             }
             Err(spawn_error) => {
                 tracing::error!(%session, error = %spawn_error, "cannot restart a session");
-                self.close(
-                    &connection,
-                    close_code::INTERNAL_ERROR,
-                    "session could not restart",
-                );
+                self.close(&connection, CloseCause::SessionFailed);
             }
         }
     }

@@ -21,6 +21,10 @@ use crate::domain::{
 #[allow(unreachable_pub, clippy::all, missing_docs)]
 pub mod pb {
     tonic::include_proto!("peroxo.storage.v1");
+
+    /// The encoded descriptors of the storage protocol, for gRPC reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("storage_descriptor");
 }
 
 use pb::storage_client::StorageClient as PbClient;
@@ -39,7 +43,8 @@ impl From<StoreError> for Status {
     }
 }
 
-/// Serves `store` on `listener` (with `grpc.health.v1`) until `shutdown` completes.
+/// Serves `store` on `listener`, with `grpc.health.v1` and gRPC reflection, until `shutdown`
+/// completes.
 pub async fn serve<S: MessageStore>(
     store: S,
     listener: TcpListener,
@@ -52,9 +57,15 @@ pub async fn serve<S: MessageStore>(
     let storage = StorageServer::new(StorageService { store })
         .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .expect("the built-in descriptor sets are valid");
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(health_service)
+        .add_service(reflection)
         .add_service(storage)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await

@@ -236,7 +236,10 @@ impl Client {
                 Some(Ok(Message::Text(text))) => {
                     return Ok(serde_json::from_str(&text).expect("JSON frame"));
                 }
-                Some(Ok(Message::Close(close))) => return Err(close.map(|c| u16::from(c.code))),
+                Some(Ok(Message::Close(close))) => {
+                    self.finish_closing().await;
+                    return Err(close.map(|c| u16::from(c.code)));
+                }
                 Some(Ok(_)) => {}
                 Some(Err(_)) | None => return Err(None),
             }
@@ -277,6 +280,15 @@ impl Client {
         None
     }
 
+    /// Answers the server's close frame and waits for the connection to end, as a
+    /// well-behaved client does.
+    async fn finish_closing(&mut self) {
+        let _ = tokio::time::timeout(DEADLINE, async {
+            while let Some(Ok(_)) = self.ws.next().await {}
+        })
+        .await;
+    }
+
     /// Waits for the close frame and returns it.
     pub async fn expect_close(&mut self) -> Option<CloseFrame> {
         loop {
@@ -284,7 +296,10 @@ impl Client {
                 .await
                 .expect("a close within the deadline");
             match frame {
-                Some(Ok(Message::Close(close))) => return close,
+                Some(Ok(Message::Close(close))) => {
+                    self.finish_closing().await;
+                    return close;
+                }
                 Some(Ok(Message::Text(text))) => {
                     let _ = text;
                 }
