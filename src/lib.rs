@@ -21,9 +21,11 @@
 //!   client; the only module that knows protobuf.
 //! - [`domain`]: the plain types everything else speaks.
 //! - [`telemetry`]: the Prometheus metrics served at `/metrics`.
+//! - [`bench`]: `peroxo bench`, the load generator that measures a running node.
 
 pub mod actors;
 pub mod admission;
+pub mod bench;
 pub mod config;
 pub mod connection;
 pub mod domain;

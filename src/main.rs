@@ -46,6 +46,8 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Measure a running node: idle sessions, DM throughput and latency, connect rate.
+    Bench(peroxo::bench::BenchArgs),
     /// Print a token signed with the configured HS256 secret, for trying PerOXO out and tests.
     Token {
         /// The configuration file [default: config.toml, if present].
@@ -76,6 +78,8 @@ fn main() -> ExitCode {
         }
     };
     let (path, dev) = match &cli.command {
+        // The load generator reads no configuration: it is pointed at a node.
+        Command::Bench(_) => return bench(cli.command),
         Command::Serve { config, dev } => (config, *dev),
         Command::Store { config }
         | Command::CheckConfig { config }
@@ -125,7 +129,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve { .. } => serve(config).await,
             Command::Store { .. } => store(config).await,
-            Command::Token { .. } | Command::CheckConfig { .. } => {
+            Command::Token { .. } | Command::CheckConfig { .. } | Command::Bench(_) => {
                 unreachable!("answered before the runtime starts")
             }
         }
@@ -135,6 +139,26 @@ fn main() -> ExitCode {
         Err(error) => {
             tracing::error!("{error:#}");
             eprintln!("peroxo: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn bench(command: Command) -> ExitCode {
+    let Command::Bench(args) = command else {
+        unreachable!("called for `peroxo bench` only")
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("peroxo: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(peroxo::bench::run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("peroxo bench: {error:#}");
             ExitCode::FAILURE
         }
     }
