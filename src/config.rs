@@ -245,6 +245,25 @@ impl AuthConfig {
 pub enum StorageBackend {
     #[default]
     Sqlite,
+    Postgres,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PostgresConfig {
+    /// The database, as a libpq-style URL or key=value string.
+    pub url: Secret,
+    /// Connections each storage instance keeps open.
+    pub pool_size: usize,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        Self {
+            url: Secret::new("postgres://postgres@127.0.0.1:5432/peroxo"),
+            pool_size: 16,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -259,6 +278,8 @@ pub struct StorageConfig {
     pub backend: StorageBackend,
     /// The SQLite database file of the `sqlite` backend.
     pub sqlite_path: PathBuf,
+    /// The `postgres` backend.
+    pub postgres: PostgresConfig,
     /// Accepted messages not yet committed, across the node. When full, sends are answered
     /// `unavailable` (retryable).
     pub max_pending: usize,
@@ -281,6 +302,7 @@ impl Default for StorageConfig {
             endpoint: "http://127.0.0.1:50051".to_owned(),
             backend: StorageBackend::Sqlite,
             sqlite_path: PathBuf::from("data/peroxo.db"),
+            postgres: PostgresConfig::default(),
             max_pending: 10_000,
             max_batch: 256,
             rpc_timeout_ms: 5_000,
@@ -494,12 +516,25 @@ impl Config {
             s.reconnect_max_ms,
             s.reconnect_initial_ms,
         )?;
-        let endpoint_is_url =
-            s.endpoint.starts_with("http://") || s.endpoint.starts_with("https://");
+        // Plain HTTP/2 only: the storage link carries no TLS (run it on a private network).
+        let endpoint_is_url = s.endpoint.starts_with("http://");
         if !s.embedded && !endpoint_is_url {
             return Err(ConfigError::new(
                 "storage.endpoint",
-                format!("must be an http:// or https:// URL, got {:?}", s.endpoint),
+                format!("must be an http:// URL, got {:?}", s.endpoint),
+            ));
+        }
+        within("storage.postgres.pool_size", s.postgres.pool_size, 1, 1_000)?;
+        if s.backend == StorageBackend::Postgres
+            && s.postgres
+                .url
+                .expose()
+                .parse::<tokio_postgres::Config>()
+                .is_err()
+        {
+            return Err(ConfigError::new(
+                "storage.postgres.url",
+                "not a PostgreSQL connection URL like \"postgres://user@host:5432/db\"",
             ));
         }
         if s.sqlite_path.as_os_str().is_empty() {

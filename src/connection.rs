@@ -216,6 +216,14 @@ impl std::fmt::Debug for Outbound {
 pub struct OutboundQueue {
     rx: mpsc::Receiver<Item>,
     close_now: watch::Receiver<Option<CloseCause>>,
+    shared: Arc<Shared>,
+}
+
+impl Shared {
+    /// The writer's own reason to close (the idle timeout) yields to one asked for earlier.
+    fn first_cause(&self, cause: CloseCause) -> CloseCause {
+        *self.cause.get_or_init(|| cause)
+    }
 }
 
 impl Outbound {
@@ -223,21 +231,23 @@ impl Outbound {
     pub fn new(session_id: SessionId, capacity: usize) -> (Self, OutboundQueue) {
         let (tx, rx) = mpsc::channel(capacity);
         let (close_now, close_rx) = watch::channel(None);
+        let shared = Arc::new(Shared {
+            capacity,
+            cause: OnceLock::new(),
+            close_now,
+            done: CancellationToken::new(),
+        });
         let outbound = Self {
             session_id,
             tx,
-            shared: Arc::new(Shared {
-                capacity,
-                cause: OnceLock::new(),
-                close_now,
-                done: CancellationToken::new(),
-            }),
+            shared: Arc::clone(&shared),
         };
         (
             outbound,
             OutboundQueue {
                 rx,
                 close_now: close_rx,
+                shared,
             },
         )
     }
@@ -480,7 +490,7 @@ async fn run_writer(
                         _ = done.cancelled() => break 'serve None,
                         () = &mut check => {
                             if let Pulse::Close = pacemaker.pulse() {
-                                break 'serve Some(CloseCause::IdleTimeout);
+                                break 'serve Some(queue.shared.first_cause(CloseCause::IdleTimeout));
                             }
                             // No ping while a write is stuck: the socket is busy.
                             check.as_mut().reset(pacemaker.next_check());
@@ -495,7 +505,7 @@ async fn run_writer(
             }
             () = &mut check => {
                 match pacemaker.pulse() {
-                    Pulse::Close => break Some(CloseCause::IdleTimeout),
+                    Pulse::Close => break Some(queue.shared.first_cause(CloseCause::IdleTimeout)),
                     Pulse::Ping => {
                         pacemaker.pinged_at = Some(Instant::now());
                         let ping = sink.send(Message::Ping(Default::default()));

@@ -174,6 +174,13 @@ async fn upgrade(
             );
         }
     };
+    if state.gateway.draining.load(Ordering::Relaxed) {
+        return error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "this node is shutting down; connect to another",
+        );
+    }
     let Some(sessions) = state.sessions.get() else {
         return error_response(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -263,8 +263,8 @@ impl JwtVerifier {
             .map_err(|e| AuthError::Unauthenticated(format!("token tenant {e}")))?;
         Ok(Identity {
             key: UserKey::new(tenant, claims.sub),
-            // Whole seconds suffice to schedule the expiry.
-            expires_at: Some(claims.exp.max(0.0) as u64),
+            // Whole seconds, rounded as the verifier rounds them.
+            expires_at: Some(claims.exp.max(0.0).round() as u64),
         })
     }
 }

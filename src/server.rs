@@ -26,7 +26,7 @@ use crate::config::{Config, StorageBackend, StorageConfig};
 use crate::connection::CloseCause;
 use crate::http::{self, HttpState};
 use crate::identity::Authenticator;
-use crate::storage::{SqliteStore, grpc};
+use crate::storage::{PostgresStore, SqliteStore, grpc};
 
 /// A running storage service.
 pub struct StoreServer {
@@ -39,22 +39,30 @@ pub struct StoreServer {
 impl StoreServer {
     /// Opens the configured backend and serves it on `storage.listen`.
     pub async fn start(config: &StorageConfig) -> anyhow::Result<Self> {
-        let store = match config.backend {
-            StorageBackend::Sqlite => {
-                SqliteStore::open(&config.sqlite_path).with_context(|| {
-                    format!(
-                        "cannot open the SQLite database {}",
-                        config.sqlite_path.display()
-                    )
-                })?
-            }
-        };
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on storage.listen = {}", config.listen))?;
         let addr = listener.local_addr()?;
         let stop = CancellationToken::new();
-        let task = tokio::spawn(grpc::serve(store, listener, stop.clone().cancelled_owned()));
+        let shutdown = stop.clone().cancelled_owned();
+        let task = match config.backend {
+            StorageBackend::Sqlite => {
+                let store = SqliteStore::open(&config.sqlite_path).with_context(|| {
+                    format!(
+                        "cannot open the SQLite database {}",
+                        config.sqlite_path.display()
+                    )
+                })?;
+                tokio::spawn(grpc::serve(store, listener, shutdown))
+            }
+            StorageBackend::Postgres => {
+                let store =
+                    PostgresStore::open(config.postgres.url.expose(), config.postgres.pool_size)
+                        .await
+                        .context("cannot open the PostgreSQL database (storage.postgres.url)")?;
+                tokio::spawn(grpc::serve(store, listener, shutdown))
+            }
+        };
         tracing::info!(%addr, backend = ?config.backend, "storage service listening (gRPC)");
         Ok(Self { addr, stop, task })
     }
@@ -206,7 +214,10 @@ impl Gateway {
                     cause: CloseCause::Shutdown,
                     reply,
                 },
-                u64::try_from(left().as_millis()).unwrap_or(u64::MAX).max(1)
+                // Even past the deadline, the close frames are worth a moment.
+                u64::try_from(left().as_millis())
+                    .unwrap_or(u64::MAX)
+                    .max(1_000)
             )
             .unwrap_or(0);
             if !self.admission.wait_until_empty(left()).await {

@@ -135,7 +135,11 @@ async fn every_device_of_the_recipient_gets_it_and_the_senders_other_devices_get
     assert_eq!(copy["seq"], ack["seq"], "the copy carries the sender's seq");
     // Only the sender sees its own client_msg_id, live and through sync.
     assert_eq!(copy["client_msg_id"], "m1");
-    assert!(bob_laptop.sync_all(0).await[0].get("client_msg_id").is_none());
+    assert!(
+        bob_laptop.sync_all(0).await[0]
+            .get("client_msg_id")
+            .is_none()
+    );
     assert_eq!(alice_laptop.sync_all(0).await[0]["client_msg_id"], "m1");
     // The sending device got the ack, not a copy.
     assert!(alice_phone.frames_until_pong().await.is_empty());

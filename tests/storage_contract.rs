@@ -1,37 +1,165 @@
 //! The storage service's contract, checked through its gRPC client against a real server.
-//! Every backend must pass the same cases; each case gets a fresh database.
+//! Every backend passes the same cases; each case gets a fresh database.
+//!
+//! PostgreSQL cases use the server at `PEROXO_TEST_POSTGRES_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/postgres`, trust auth): each creates its own database
+//! there and drops it afterwards. Point the variable at any PostgreSQL 13+ server where that
+//! user may create databases.
 
 mod common;
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use peroxo::config::{Secret, StorageBackend};
 use peroxo::domain::{AppendOutcome, NewMessage, StoredMessage, UserKey};
 use peroxo::storage::grpc::{CallError, StorageClient};
 use peroxo::storage::{HistoryQuery, SyncQuery};
 
-/// A storage service over a fresh SQLite database, and a client of it.
+/// A storage service over a fresh database, and a client of it.
 struct Fixture {
     client: StorageClient,
     store: peroxo::StoreServer,
+    config: peroxo::config::StorageConfig,
+    /// The PostgreSQL database to drop when done.
+    database: Option<String>,
     _dir: tempfile::TempDir,
 }
 
-async fn sqlite() -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let store = common::start_store(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
-    let client = StorageClient::connect(
-        &format!("http://{}", store.addr),
-        Duration::from_secs(5),
-        Duration::from_secs(5),
+fn admin_url() -> String {
+    std::env::var("PEROXO_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+async fn admin() -> tokio_postgres::Client {
+    let url = admin_url();
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot reach PostgreSQL at {url} ({e}); set PEROXO_TEST_POSTGRES_URL to a \
+                 server where this user may create databases"
+            )
+        });
+    tokio::spawn(connection);
+    client
+}
+
+/// A database name no other run uses.
+fn fresh_database_name() -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "peroxo_test_{}_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed),
+        nanos % 1_000_000_000
     )
-    .await
-    .unwrap();
-    Fixture {
-        client,
-        store,
-        _dir: dir,
+}
+
+/// The URL of `database` on the admin server.
+fn url_of(database: &str) -> String {
+    let admin = admin_url();
+    match admin.rsplit_once('/') {
+        Some((server, _)) if admin.starts_with("postgres") => format!("{server}/{database}"),
+        _ => format!("{admin} dbname={database}"),
     }
 }
+
+impl Fixture {
+    async fn new(backend: StorageBackend) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = common::test_config(dir.path()).storage;
+        config.backend = backend;
+        let database = match backend {
+            StorageBackend::Sqlite => None,
+            StorageBackend::Postgres => {
+                let name = fresh_database_name();
+                admin()
+                    .await
+                    .batch_execute(&format!("CREATE DATABASE {name}"))
+                    .await
+                    .unwrap();
+                config.postgres.url = Secret::new(url_of(&name));
+                Some(name)
+            }
+        };
+        let store = peroxo::StoreServer::start(&config)
+            .await
+            .expect("store starts");
+        let client = connect(store.addr).await;
+        Self {
+            client,
+            store,
+            config,
+            database,
+            _dir: dir,
+        }
+    }
+
+    /// Stops the service and drops its database.
+    async fn finish(self) {
+        self.store.stop().await;
+        if let Some(name) = self.database {
+            admin()
+                .await
+                .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
+                .await
+                .unwrap();
+        }
+    }
+}
+
+async fn connect(addr: std::net::SocketAddr) -> StorageClient {
+    StorageClient::connect(
+        &format!("http://{addr}"),
+        Duration::from_secs(5),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap()
+}
+
+/// Runs each named case once per backend, as its own test.
+macro_rules! contract {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let f = super::Fixture::new(peroxo::config::StorageBackend::Sqlite).await;
+                    super::$case(&f).await;
+                    f.finish().await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let f = super::Fixture::new(peroxo::config::StorageBackend::Postgres).await;
+                    super::$case(&f).await;
+                    f.finish().await;
+                }
+            )*
+        }
+    };
+}
+
+contract!(
+    append_assigns_each_participant_its_next_seq,
+    append_is_idempotent_per_tenant_sender_and_client_msg_id,
+    invalid_messages_are_rejected_alone,
+    history_pages_are_stable_and_scoped_to_the_conversation,
+    sync_returns_a_users_stream_after_a_seq_in_pages,
+    concurrent_appends_keep_every_users_seq_gapless_and_unique,
+    malformed_requests_are_refused_as_such,
+    committed_messages_survive_a_restart_of_the_service,
+    several_service_instances_share_one_database_safely,
+);
 
 fn msg(tenant: &str, from: &str, to: &str, id: &str) -> NewMessage {
     NewMessage {
@@ -54,9 +182,7 @@ fn key(tenant: &str, user: &str) -> UserKey {
     UserKey::new(tenant, user)
 }
 
-#[tokio::test]
-async fn append_assigns_each_participant_its_next_seq() {
-    let f = sqlite().await;
+async fn append_assigns_each_participant_its_next_seq(f: &Fixture) {
     let out = f
         .client
         .append(vec![
@@ -80,12 +206,9 @@ async fn append_assigns_each_participant_its_next_seq() {
     assert_eq!(f.client.last_seq(key("t", "bob")).await.unwrap(), 3);
     assert_eq!(f.client.last_seq(key("t", "alice")).await.unwrap(), 3);
     assert_eq!(f.client.last_seq(key("t", "nobody")).await.unwrap(), 0);
-    f.store.stop().await;
 }
 
-#[tokio::test]
-async fn append_is_idempotent_per_tenant_sender_and_client_msg_id() {
-    let f = sqlite().await;
+async fn append_is_idempotent_per_tenant_sender_and_client_msg_id(f: &Fixture) {
     let first = f
         .client
         .append(vec![msg("t", "alice", "bob", "same")])
@@ -113,12 +236,9 @@ async fn append_is_idempotent_per_tenant_sender_and_client_msg_id() {
     assert!(!stored(&again[3]).1);
     assert_eq!(f.client.last_seq(key("t", "bob")).await.unwrap(), 2);
     assert_eq!(f.client.last_seq(key("u", "bob")).await.unwrap(), 1);
-    f.store.stop().await;
 }
 
-#[tokio::test]
-async fn invalid_messages_are_rejected_alone() {
-    let f = sqlite().await;
+async fn invalid_messages_are_rejected_alone(f: &Fixture) {
     let mut empty = msg("t", "alice", "bob", "2");
     empty.text.clear();
     let out = f
@@ -138,12 +258,9 @@ async fn invalid_messages_are_rejected_alone() {
         2,
         "no seq is burnt by a rejection"
     );
-    f.store.stop().await;
 }
 
-#[tokio::test]
-async fn history_pages_are_stable_and_scoped_to_the_conversation() {
-    let f = sqlite().await;
+async fn history_pages_are_stable_and_scoped_to_the_conversation(f: &Fixture) {
     let mut batch = Vec::new();
     for i in 0..5 {
         batch.push(msg("t", "alice", "bob", &format!("ab{i}")));
@@ -176,12 +293,9 @@ async fn history_pages_are_stable_and_scoped_to_the_conversation() {
         before = Some(page.messages[0].message_id);
     }
     assert_eq!(seen, ["ab0", "ab1", "ab2", "ab3", "ab4"]);
-    f.store.stop().await;
 }
 
-#[tokio::test]
-async fn sync_returns_a_users_stream_after_a_seq_in_pages() {
-    let f = sqlite().await;
+async fn sync_returns_a_users_stream_after_a_seq_in_pages(f: &Fixture) {
     let batch = (0..7)
         .map(|i| msg("t", &format!("s{}", i % 3), "dana", &format!("m{i}")))
         .collect();
@@ -210,12 +324,9 @@ async fn sync_returns_a_users_stream_after_a_seq_in_pages() {
         .unwrap();
     assert_eq!(rest.messages.len(), 2);
     assert!(!rest.has_more);
-    f.store.stop().await;
 }
 
-#[tokio::test]
-async fn concurrent_appends_keep_every_users_seq_gapless_and_unique() {
-    let f = sqlite().await;
+async fn concurrent_appends_keep_every_users_seq_gapless_and_unique(f: &Fixture) {
     let mut tasks = Vec::new();
     for writer in 0..8 {
         let client = f.client.clone();
@@ -260,12 +371,9 @@ async fn concurrent_appends_keep_every_users_seq_gapless_and_unique() {
         let expected: Vec<u64> = (1..=seqs.len() as u64).collect();
         assert_eq!(seqs, expected, "{user}'s seqs are 1..n");
     }
-    f.store.stop().await;
 }
 
-#[tokio::test]
-async fn malformed_requests_are_refused_as_such() {
-    let f = sqlite().await;
+async fn malformed_requests_are_refused_as_such(f: &Fixture) {
     let err = f
         .client
         .history(HistoryQuery {
@@ -289,34 +397,123 @@ async fn malformed_requests_are_refused_as_such() {
         matches!(err, CallError::Rejected(ref m) if m.contains("tenant")),
         "{err}"
     );
-    f.store.stop().await;
+}
+
+async fn committed_messages_survive_a_restart_of_the_service(f: &Fixture) {
+    f.client
+        .append(vec![msg("t", "alice", "bob", "1")])
+        .await
+        .unwrap();
+    // A second service over the same database, as after a restart.
+    let mut config = f.config.clone();
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    let again = peroxo::StoreServer::start(&config).await.unwrap();
+    let client = connect(again.addr).await;
+    assert_eq!(client.last_seq(key("t", "bob")).await.unwrap(), 1);
+    let repeat = client
+        .append(vec![msg("t", "alice", "bob", "1")])
+        .await
+        .unwrap();
+    assert!(stored(&repeat[0]).1, "idempotency survives the restart");
+    again.stop().await;
+}
+
+async fn several_service_instances_share_one_database_safely(f: &Fixture) {
+    let mut config = f.config.clone();
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    let second = peroxo::StoreServer::start(&config).await.unwrap();
+    let clients = [f.client.clone(), connect(second.addr).await];
+    // Writers on both instances, overlapping users, and resends of the same ids.
+    let mut tasks = Vec::new();
+    for writer in 0..6 {
+        let client = clients[writer % 2].clone();
+        tasks.push(tokio::spawn(async move {
+            for round in 0..8 {
+                let batch = (0..6)
+                    .map(|i| {
+                        let to = ["x", "y", "z"][(i + writer) % 3];
+                        msg(
+                            "t",
+                            &format!("w{}", writer % 3),
+                            to,
+                            &format!("{round}-{i}"),
+                        )
+                    })
+                    .collect();
+                client.append(batch).await.unwrap();
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    // Each (sender, client_msg_id) stored once: writers w and w+3 share a sender.
+    for user in ["x", "y", "z", "w0", "w1", "w2"] {
+        let page = f
+            .client
+            .sync(SyncQuery {
+                user: key("t", user),
+                after_seq: 0,
+                limit: 500,
+            })
+            .await
+            .unwrap();
+        let seqs: Vec<u64> = page.messages.iter().map(|m| m.seq_for(user)).collect();
+        assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "{user}");
+        assert_eq!(page.last_seq, seqs.len() as u64);
+    }
+    let sent = f
+        .client
+        .sync(SyncQuery {
+            user: key("t", "w0"),
+            after_seq: 0,
+            limit: 500,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        sent.messages.len(),
+        8 * 6,
+        "resent ids were not stored twice"
+    );
+    second.stop().await;
 }
 
 #[tokio::test]
-async fn committed_messages_survive_a_restart_of_the_service() {
+async fn postgres_instances_starting_together_apply_each_migration_once() {
+    let name = fresh_database_name();
+    admin()
+        .await
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let addr = common::free_addr();
-    let store = common::start_store(dir.path(), addr).await;
-    let url = format!("http://{addr}");
-    let timeout = Duration::from_secs(5);
-    let client = StorageClient::connect(&url, timeout, timeout)
+    let mut config = common::test_config(dir.path()).storage;
+    config.backend = StorageBackend::Postgres;
+    config.postgres.url = Secret::new(url_of(&name));
+    let starts = (0..4).map(|_| peroxo::StoreServer::start(&config));
+    let stores: Vec<_> = futures_util::future::join_all(starts)
+        .await
+        .into_iter()
+        .map(|s| s.expect("every instance starts"))
+        .collect();
+    let (db, connection) = tokio_postgres::connect(&url_of(&name), tokio_postgres::NoTls)
         .await
         .unwrap();
-    client
-        .append(vec![msg("t", "alice", "bob", "1")])
+    tokio::spawn(connection);
+    let applied: i64 = db
+        .query_one("SELECT count(*) FROM peroxo_schema_migrations", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(applied, 1);
+    drop(db);
+    for store in stores {
+        store.stop().await;
+    }
+    admin()
+        .await
+        .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
         .await
         .unwrap();
-    store.stop().await;
-
-    let store = common::start_store(dir.path(), addr).await;
-    let client = StorageClient::connect(&url, timeout, timeout)
-        .await
-        .unwrap();
-    assert_eq!(client.last_seq(key("t", "bob")).await.unwrap(), 1);
-    let again = client
-        .append(vec![msg("t", "alice", "bob", "1")])
-        .await
-        .unwrap();
-    assert!(stored(&again[0]).1, "idempotency survives the restart");
-    store.stop().await;
 }

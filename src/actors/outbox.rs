@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tokio::time::Instant;
 
 use crate::connection::Outbound;
@@ -33,10 +33,14 @@ pub struct PendingWrite {
     _permit: OwnedSemaphorePermit,
 }
 
-/// The outbox is full; the write was not accepted.
+/// Why a write was not accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("the outbox is full")]
-pub struct OutboxFull;
+pub enum Refused {
+    #[error("too many messages are waiting for storage; retry later")]
+    Full,
+    #[error("the server is shutting down; reconnect and retry")]
+    ShuttingDown,
+}
 
 pub struct Outbox {
     queues: Mutex<Queues>,
@@ -90,10 +94,13 @@ impl Outbox {
         message: NewMessage,
         origin: Outbound,
         req_id: Option<ReqId>,
-    ) -> Result<bool, OutboxFull> {
+    ) -> Result<bool, Refused> {
         let permit = Arc::clone(&self.permits)
             .try_acquire_owned()
-            .map_err(|_| OutboxFull)?;
+            .map_err(|e| match e {
+                TryAcquireError::NoPermits => Refused::Full,
+                TryAcquireError::Closed => Refused::ShuttingDown,
+            })?;
         self.lock().waiting.push_back(PendingWrite {
             message,
             origin,
@@ -121,15 +128,13 @@ impl Outbox {
     }
 
     /// Refuses new writes and waits until every accepted one has been answered, for at
-    /// most `timeout`. Returns whether the outbox drained.
+    /// most `timeout`. Returns whether the outbox drained. New writes stay refused after.
     pub async fn close_and_drain(&self, timeout: Duration) -> bool {
         let all = u32::try_from(self.capacity).unwrap_or(u32::MAX);
-        match tokio::time::timeout(timeout, self.permits.acquire_many(all)).await {
-            Ok(Ok(permits)) => {
-                permits.forget();
-                true
-            }
-            _ => false,
-        }
+        // Queued first in line, the drain takes every permit as it is released: sessions
+        // find none from now on.
+        let drained = tokio::time::timeout(timeout, self.permits.acquire_many(all)).await;
+        self.permits.close();
+        matches!(drained, Ok(Ok(_)))
     }
 }

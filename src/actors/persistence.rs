@@ -25,7 +25,7 @@ use super::ActorSlot;
 use super::outbox::{Outbox, PendingWrite};
 use super::router::{Delivery, RouterMsg};
 use crate::config::StorageConfig;
-use crate::domain::{AppendOutcome, NewMessage, StoredMessage};
+use crate::domain::{AppendOutcome, NewMessage, StoredMessage, UserKey};
 use crate::protocol::{ErrorCode, ProtocolError, ReqId, ServerFrame};
 use crate::storage::grpc::{CallError, StorageClient};
 use crate::telemetry::{metrics, seconds};
@@ -42,10 +42,18 @@ pub enum PersistenceMsg {
         generation: u64,
         result: Result<Vec<AppendOutcome>, CallError>,
     },
+    /// Time to check that storage still answers (self-scheduled while connected).
+    Probe,
+    /// The outcome of a probe.
+    Probed(Result<(), CallError>),
     /// Panics inside `handle`, to exercise supervision.
     #[cfg(feature = "test-hooks")]
     Crash,
 }
+
+/// How often an idle Persistence checks that storage still answers, so readiness and the
+/// reads of sessions learn of an outage even when nobody sends.
+const PROBE_INTERVAL: Duration = Duration::from_secs(2);
 
 /// The current connection to the storage service, shared with sessions for their reads.
 /// Persistence sets it when it connects and clears it when a call finds storage unreachable.
@@ -109,6 +117,8 @@ pub struct PersistenceState {
     down_since: Option<Instant>,
     /// Whether this incarnation has connected before (the next connection is a reconnect).
     ever_connected: bool,
+    /// Whether the periodic probe is scheduled.
+    probing: bool,
 }
 
 pub struct Persistence;
@@ -157,6 +167,7 @@ impl Actor for Persistence {
             generation: 0,
             down_since: Some(Instant::now()),
             ever_connected: false,
+            probing: false,
         })
     }
 
@@ -182,6 +193,16 @@ impl Actor for Persistence {
             }
             PersistenceMsg::Connect => connect(&myself, state),
             PersistenceMsg::Connected(result) => connected(&myself, state, result),
+            PersistenceMsg::Probe => probe(&myself, state),
+            PersistenceMsg::Probed(Ok(())) => {}
+            PersistenceMsg::Probed(Err(error)) => {
+                // A batch in flight would have found out too; only an idle link is cleared here.
+                if state.in_flight.is_none() && state.args.link.is_up() {
+                    state.args.link.set(None);
+                    state.down_since.get_or_insert_with(Instant::now);
+                    schedule_reconnect(&myself, state, &error);
+                }
+            }
             PersistenceMsg::BatchDone { generation, result } => {
                 if state.in_flight == Some(generation) {
                     state.in_flight = None;
@@ -210,6 +231,23 @@ fn connect(myself: &ActorRef<PersistenceMsg>, state: &mut PersistenceState) {
     });
 }
 
+/// Checks, while idle and connected, that storage still answers; reschedules itself.
+fn probe(myself: &ActorRef<PersistenceMsg>, state: &mut PersistenceState) {
+    myself.send_after(PROBE_INTERVAL, || PersistenceMsg::Probe);
+    let Some(client) = state.args.link.client() else {
+        return;
+    };
+    if state.in_flight.is_some() {
+        return;
+    }
+    let myself = myself.clone();
+    tokio::spawn(async move {
+        let probe = UserKey::new("peroxo", "storage-probe");
+        let result = client.last_seq(probe).await.map(drop);
+        let _ = myself.cast(PersistenceMsg::Probed(result));
+    });
+}
+
 fn connected(
     myself: &ActorRef<PersistenceMsg>,
     state: &mut PersistenceState,
@@ -223,6 +261,10 @@ fn connected(
             }
             state.ever_connected = true;
             state.args.link.set(Some(client));
+            if !state.probing {
+                state.probing = true;
+                myself.send_after(PROBE_INTERVAL, || PersistenceMsg::Probe);
+            }
             state.backoff = backoff(&state.args.config);
             let down_for = state.down_since.take().map(|t| t.elapsed());
             tracing::info!(endpoint = %state.args.endpoint, ?down_for, "storage reachable");

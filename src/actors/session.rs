@@ -18,7 +18,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::{Semaphore, oneshot};
 use tokio::time::Instant;
 
-use super::outbox::{Outbox, OutboxFull};
+use super::outbox::Outbox;
 use super::persistence::{PersistenceMsg, StorageLink};
 use super::router::{Registration, RouterMsg, WelcomeSlot};
 use super::{ActorSlot, RestartCounts};
@@ -485,13 +485,10 @@ impl SessionState {
                 }
             }
             Ok(false) => {}
-            Err(OutboxFull) => {
+            Err(refused) => {
                 outbound.error(
-                    &unavailable(
-                        "too many messages are waiting for storage; retry later",
-                        req_id,
-                    )
-                    .with_client_msg_id(Some(client_msg_id)),
+                    &unavailable(&refused.to_string(), req_id)
+                        .with_client_msg_id(Some(client_msg_id)),
                 );
             }
         }

@@ -1,7 +1,8 @@
 //! The storage service: where direct messages become durable.
 //!
 //! - [`MessageStore`] is the backend contract (idempotent batch append, history, sync, last
-//!   seq). [`SqliteStore`] is the embedded backend.
+//!   seq). [`SqliteStore`] is the embedded backend; [`PostgresStore`] serves several storage
+//!   instances over one PostgreSQL database.
 //! - [`grpc`] serves any backend over gRPC and holds the gateway's client. It is the only module
 //!   that knows the protobuf types.
 //!
@@ -9,10 +10,12 @@
 //! service runs in the same process, so a split deployment behaves exactly like the default one.
 
 pub mod grpc;
+mod postgres;
 mod sqlite;
 
 use std::future::Future;
 
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 use crate::domain::{AppendOutcome, HistoryPage, NewMessage, SyncPage, UserKey};
