@@ -43,6 +43,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub session: SessionConfig,
     pub shutdown: ShutdownConfig,
+    pub cluster: ClusterConfig,
     pub log: LogConfig,
 }
 
@@ -378,6 +379,42 @@ impl LimitsConfig {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ClusterMode {
+    /// One gateway node.
+    #[default]
+    None,
+    /// Several gateway nodes, joined through NATS.
+    Nats,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    pub mode: ClusterMode,
+    /// The NATS server(s), comma-separated.
+    pub nats_url: String,
+    /// This node's name in the cluster; generated at start when empty.
+    pub node_id: String,
+    /// The first token of every subject PerOXO uses, so several clusters can share NATS.
+    pub subject_prefix: String,
+    /// A node not heard from for this long no longer counts its users as online.
+    pub presence_ttl_secs: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            mode: ClusterMode::None,
+            nats_url: "nats://127.0.0.1:4222".to_owned(),
+            node_id: String::new(),
+            subject_prefix: "peroxo".to_owned(),
+            presence_ttl_secs: 10,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ShutdownConfig {
@@ -597,6 +634,43 @@ impl Config {
             self.session.restart_window_secs,
             1,
         )?;
+        let c = &self.cluster;
+        if c.mode == ClusterMode::Nats {
+            if self.storage.embedded {
+                return Err(ConfigError::new(
+                    "storage.embedded",
+                    "cluster.mode = \"nats\" needs one storage shared by every node: set \
+                     storage.embedded = false and storage.endpoint to a `peroxo store`",
+                ));
+            }
+            if !c
+                .nats_url
+                .split(',')
+                .all(|u| u.trim().starts_with("nats://"))
+            {
+                return Err(ConfigError::new(
+                    "cluster.nats_url",
+                    format!("must be nats:// URLs, got {:?}", c.nats_url),
+                ));
+            }
+        }
+        if !c.node_id.is_empty() {
+            crate::domain::validate_id(&c.node_id)
+                .map_err(|e| ConfigError::new("cluster.node_id", e))?;
+        }
+        let prefix_ok = !c.subject_prefix.is_empty()
+            && c.subject_prefix.split('.').all(|t| {
+                !t.is_empty()
+                    && t.chars()
+                        .all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == '-')
+            });
+        if !prefix_ok {
+            return Err(ConfigError::new(
+                "cluster.subject_prefix",
+                "must be dot-separated tokens of letters, digits, _ and -",
+            ));
+        }
+        within("cluster.presence_ttl_secs", c.presence_ttl_secs, 3, 3_600)?;
         if self.shutdown.grace_period.is_zero() {
             return Err(ConfigError::new(
                 "shutdown.grace_period",

@@ -15,18 +15,56 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::actors::cluster::{self, ClusterMsg};
 use crate::actors::outbox::Outbox;
 use crate::actors::persistence::StorageLink;
-use crate::actors::root::{RootArgs, RootMsg, RootSupervisor};
+use crate::actors::root::{ClusterSetup, RootArgs, RootMsg, RootSupervisor};
 use crate::actors::session::GatewayContext;
 use crate::actors::session_supervisor::SessionSupervisorMsg;
 use crate::actors::{ActorKind, ActorSlot, RestartCounts};
 use crate::admission::Admission;
-use crate::config::{Config, StorageBackend, StorageConfig};
+use crate::config::{ClusterConfig, ClusterMode, Config, StorageBackend, StorageConfig};
 use crate::connection::CloseCause;
 use crate::http::{self, HttpState};
 use crate::identity::Authenticator;
 use crate::storage::{PostgresStore, SqliteStore, grpc};
+
+/// Connects this node to the cluster's NATS; after every reconnect the Cluster actor in
+/// `slot` resynchronises.
+async fn connect_cluster(
+    config: &ClusterConfig,
+    slot: ActorSlot<ClusterMsg>,
+) -> anyhow::Result<ClusterSetup> {
+    let node = if config.node_id.is_empty() {
+        generated_node_id()
+    } else {
+        config.node_id.clone()
+    };
+    let client = cluster::connect(config, &node, move || {
+        let _ = slot.cast(ClusterMsg::Reconnected);
+    })
+    .await
+    .with_context(|| {
+        format!(
+            "cannot set up NATS at cluster.nats_url = {}",
+            config.nats_url
+        )
+    })?;
+    tracing::info!(%node, nats = %config.nats_url, "cluster node (NATS)");
+    Ok(ClusterSetup {
+        config: config.clone(),
+        node,
+        client,
+    })
+}
+
+/// A node name unlikely to repeat: the process id and the clock.
+fn generated_node_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("node-{:x}-{:x}", std::process::id(), nanos % 0xffff_ffff)
+}
 
 /// A running storage service.
 pub struct StoreServer {
@@ -114,6 +152,11 @@ impl Gateway {
             (None, config.storage.endpoint.clone())
         };
 
+        let cluster_slot = (config.cluster.mode == ClusterMode::Nats).then(ActorSlot::default);
+        let cluster = match &cluster_slot {
+            Some(slot) => Some(connect_cluster(&config.cluster, slot.clone()).await?),
+            None => None,
+        };
         let gateway = Arc::new(GatewayContext {
             router: ActorSlot::default(),
             persistence: ActorSlot::default(),
@@ -124,9 +167,11 @@ impl Gateway {
             restarts: Arc::new(RestartCounts::default()),
             auth: Arc::clone(&auth),
             draining: AtomicBool::new(false),
+            cluster: cluster_slot,
         });
         let sessions = ActorSlot::default();
         let root = RootSupervisor::spawn(RootArgs {
+            cluster,
             gateway: Arc::clone(&gateway),
             sessions: sessions.clone(),
             storage: config.storage.clone(),
@@ -223,6 +268,9 @@ impl Gateway {
             if !self.admission.wait_until_empty(left()).await {
                 tracing::warn!(closing, "shutdown: some connections did not close in time");
             }
+        }
+        if let Some(cluster) = self.gateway.cluster.as_ref().and_then(ActorSlot::get) {
+            let _ = ractor::call_t!(cluster, ClusterMsg::Leave, 1_000);
         }
         self.root.stop(Some("shutdown".to_owned()));
         let _ = self.http_task.await;

@@ -8,7 +8,8 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use common::postgres::{admin, fresh_database_name, url_of};
+
 use std::time::Duration;
 
 use peroxo::config::{Secret, StorageBackend};
@@ -24,49 +25,6 @@ struct Fixture {
     /// The PostgreSQL database to drop when done.
     database: Option<String>,
     _dir: tempfile::TempDir,
-}
-
-fn admin_url() -> String {
-    std::env::var("PEROXO_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
-}
-
-async fn admin() -> tokio_postgres::Client {
-    let url = admin_url();
-    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot reach PostgreSQL at {url} ({e}); set PEROXO_TEST_POSTGRES_URL to a \
-                 server where this user may create databases"
-            )
-        });
-    tokio::spawn(connection);
-    client
-}
-
-/// A database name no other run uses.
-fn fresh_database_name() -> String {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!(
-        "peroxo_test_{}_{}_{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed),
-        nanos % 1_000_000_000
-    )
-}
-
-/// The URL of `database` on the admin server.
-fn url_of(database: &str) -> String {
-    let admin = admin_url();
-    match admin.rsplit_once('/') {
-        Some((server, _)) if admin.starts_with("postgres") => format!("{server}/{database}"),
-        _ => format!("{admin} dbname={database}"),
-    }
 }
 
 impl Fixture {

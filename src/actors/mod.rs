@@ -11,6 +11,7 @@
 //! Actors that get restarted are reached through an [`ActorSlot`], which always holds the
 //! current incarnation, so nobody keeps sending to a dead one.
 
+pub mod cluster;
 pub mod outbox;
 pub mod persistence;
 pub mod root;

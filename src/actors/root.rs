@@ -13,12 +13,13 @@ use std::sync::Arc;
 
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 
+use super::cluster::{Cluster, ClusterArgs};
 use super::persistence::{Persistence, PersistenceArgs};
 use super::router::{Router, RouterMsg};
 use super::session::GatewayContext;
 use super::session_supervisor::{SessionSupervisor, SessionSupervisorArgs, SessionSupervisorMsg};
 use super::{ActorKind, ActorSlot};
-use crate::config::{SessionConfig, StorageConfig};
+use crate::config::{ClusterConfig, SessionConfig, StorageConfig};
 
 pub enum RootMsg {
     /// Makes the Router panic, to exercise its recovery.
@@ -29,7 +30,15 @@ pub enum RootMsg {
     CrashPersistence,
 }
 
+/// What the Cluster actor needs, when the node is part of a cluster.
+pub struct ClusterSetup {
+    pub config: ClusterConfig,
+    pub node: String,
+    pub client: async_nats::Client,
+}
+
 pub struct RootArgs {
+    pub cluster: Option<ClusterSetup>,
     pub gateway: Arc<GatewayContext>,
     pub sessions: ActorSlot<SessionSupervisorMsg>,
     pub storage: StorageConfig,
@@ -40,6 +49,7 @@ pub struct RootArgs {
 
 pub struct RootState {
     args: RootArgs,
+    cluster: Option<ActorCell>,
     router: ActorCell,
     persistence: ActorCell,
     sessions: ActorCell,
@@ -64,11 +74,16 @@ impl Actor for RootSupervisor {
         myself: ActorRef<Self::Msg>,
         args: RootArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
+        let cluster = match &args.cluster {
+            Some(_) => Some(spawn_cluster(&args, myself.get_cell()).await?),
+            None => None,
+        };
         let persistence = spawn_persistence(&args, myself.get_cell()).await?;
         let router = spawn_router(&args, myself.get_cell()).await?;
         let sessions = spawn_sessions(&args, myself.get_cell()).await?;
         Ok(RootState {
             args,
+            cluster,
             router,
             persistence,
             sessions,
@@ -119,6 +134,9 @@ impl Actor for RootSupervisor {
             tracing::error!(error = %why, "router ended; restarting it");
             state.args.gateway.restarts.record(ActorKind::Router);
             state.router = spawn_router(&state.args, myself.get_cell()).await?;
+        } else if state.cluster.as_ref().is_some_and(|c| c.get_id() == id) {
+            tracing::error!(error = %why, "cluster link ended; restarting it");
+            state.cluster = Some(spawn_cluster(&state.args, myself.get_cell()).await?);
         } else if id == state.persistence.get_id() {
             tracing::error!(error = %why, "persistence ended; restarting it");
             state.args.gateway.restarts.record(ActorKind::Persistence);
@@ -138,11 +156,39 @@ impl Actor for RootSupervisor {
     }
 }
 
+async fn spawn_cluster(
+    args: &RootArgs,
+    supervisor: ActorCell,
+) -> Result<ActorCell, ActorProcessingErr> {
+    let (Some(setup), Some(slot)) = (&args.cluster, &args.gateway.cluster) else {
+        return Err("spawn_cluster called for a node without a cluster".into());
+    };
+    let cluster = Cluster::spawn(
+        ClusterArgs {
+            config: setup.config.clone(),
+            node: setup.node.clone(),
+            client: setup.client.clone(),
+            router: args.gateway.router.clone(),
+            sessions: args.sessions.clone(),
+        },
+        supervisor,
+    )
+    .await?;
+    slot.set(cluster.clone());
+    Ok(cluster.get_cell())
+}
+
 async fn spawn_router(
     args: &RootArgs,
     supervisor: ActorCell,
 ) -> Result<ActorCell, ActorProcessingErr> {
-    let router = Router::spawn(args.sessions.clone(), supervisor).await?;
+    let router = Router {
+        sessions: args.sessions.clone(),
+        cluster: args.gateway.cluster.clone(),
+        storage: args.gateway.storage.clone(),
+    }
+    .spawn(supervisor)
+    .await?;
     args.gateway.router.set(router.clone());
     Ok(router.get_cell())
 }

@@ -17,6 +17,8 @@ use axum::extract::ws::Utf8Bytes;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use super::ActorSlot;
+use super::cluster::ClusterMsg;
+use super::persistence::StorageLink;
 use super::session_supervisor::SessionSupervisorMsg;
 use crate::connection::Outbound;
 use crate::domain::{SessionId, StoredMessage, UserKey};
@@ -55,6 +57,18 @@ pub enum RouterMsg {
     },
     /// Relays a typing indicator to the live sessions of `to`.
     Typing { from: UserKey, to: String },
+    /// A message committed elsewhere, for `user`'s sessions here.
+    RemoteDeliver {
+        user: UserKey,
+        message: StoredMessage,
+    },
+    /// A typing indicator from another node, for `to`'s sessions here.
+    RemoteTyping { from: UserKey, to: String },
+    /// `user` came online on some other node, or is no longer online on any.
+    RemotePresence { user: UserKey, online: bool },
+    /// Deliveries may have been missed (the cluster link came back): every local session is
+    /// told to `sync`.
+    SyncHintAll,
     /// Panics inside `handle`, to exercise supervision.
     #[cfg(feature = "test-hooks")]
     Crash,
@@ -125,6 +139,10 @@ pub struct Delivery {
 
 #[derive(Default)]
 pub struct RouterState {
+    cluster: Option<ActorSlot<ClusterMsg>>,
+    storage: StorageLink,
+    /// tenant → users online on other nodes.
+    remote: HashMap<String, HashSet<String>>,
     sessions: HashMap<SessionId, Entry>,
     /// tenant → user → live sessions.
     online: HashMap<String, HashMap<String, Vec<SessionId>>>,
@@ -143,16 +161,20 @@ const RECOVERY_TIMEOUT_MS: u64 = 10_000;
 
 pub struct Router {
     /// Where the live sessions are listed, for recovery after a restart.
-    sessions: ActorSlot<SessionSupervisorMsg>,
+    pub sessions: ActorSlot<SessionSupervisorMsg>,
+    /// The other gateway nodes, when this node is part of a cluster.
+    pub cluster: Option<ActorSlot<ClusterMsg>>,
+    /// For the `last_seq` of a `sync_hint`.
+    pub storage: StorageLink,
 }
 
 impl Router {
     /// Spawns a Router linked to `supervisor`.
     pub async fn spawn(
-        sessions: ActorSlot<SessionSupervisorMsg>,
+        self,
         supervisor: ractor::ActorCell,
     ) -> Result<ActorRef<RouterMsg>, ractor::SpawnErr> {
-        let (actor, _) = Actor::spawn_linked(None, Router { sessions }, (), supervisor).await?;
+        let (actor, _) = Actor::spawn_linked(None, self, (), supervisor).await?;
         Ok(actor)
     }
 }
@@ -167,7 +189,11 @@ impl Actor for Router {
         _myself: ActorRef<Self::Msg>,
         _args: (),
     ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(RouterState::default())
+        Ok(RouterState {
+            cluster: self.cluster.clone(),
+            storage: self.storage.clone(),
+            ..RouterState::default()
+        })
     }
 
     /// After a restart, registers every live session before handling any message, so no
@@ -177,6 +203,18 @@ impl Actor for Router {
         _myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        if let Some(cluster) = self.cluster.as_ref().and_then(ActorSlot::get)
+            && let Ok(users) =
+                ractor::call_t!(cluster, ClusterMsg::RemoteUsers, RECOVERY_TIMEOUT_MS)
+        {
+            for user in users {
+                state
+                    .remote
+                    .entry(user.tenant)
+                    .or_default()
+                    .insert(user.user);
+            }
+        }
         let Some(sessions) = self.sessions.get() else {
             return Ok(());
         };
@@ -216,7 +254,11 @@ impl Actor for Router {
                 }
             }
             RouterMsg::Unregister(session) => state.unregister(session),
-            RouterMsg::ForgetAll => *state = RouterState::default(),
+            RouterMsg::ForgetAll => {
+                state.sessions.clear();
+                state.online.clear();
+                state.watchers.clear();
+            }
             RouterMsg::Deliver(deliveries) => state.deliver(&deliveries),
             RouterMsg::Subscribe {
                 session,
@@ -229,7 +271,16 @@ impl Actor for Router {
                 limit,
                 req_id,
             } => state.online_users(session, limit, req_id.as_ref()),
-            RouterMsg::Typing { from, to } => state.typing(&from, &to),
+            RouterMsg::Typing { from, to } => {
+                state.typing(&from, &to);
+                if let Some(cluster) = &state.cluster {
+                    let _ = cluster.cast(ClusterMsg::PublishTyping { from, to });
+                }
+            }
+            RouterMsg::RemoteDeliver { user, message } => state.send_message(&user, &message, None),
+            RouterMsg::RemoteTyping { from, to } => state.typing(&from, &to),
+            RouterMsg::RemotePresence { user, online } => state.remote_presence(user, online),
+            RouterMsg::SyncHintAll => state.sync_hint_all(),
             #[cfg(feature = "test-hooks")]
             RouterMsg::Crash => panic!("router crash requested by a test hook"),
         }
@@ -268,7 +319,7 @@ impl RouterState {
                 },
             );
             if came_online {
-                self.announce(&key, PresenceStatus::Online);
+                self.local_presence(&key, true);
             }
         }
         self.watch(session, &key.tenant, watching);
@@ -279,13 +330,7 @@ impl RouterState {
             return;
         };
         for user in &entry.watching {
-            let watched = entry.key.peer(user.clone());
-            if let Some(watchers) = self.watchers.get_mut(&watched) {
-                watchers.remove(&session);
-                if watchers.is_empty() {
-                    self.watchers.remove(&watched);
-                }
-            }
+            self.unwatch(session, &entry.key.peer(user.clone()));
         }
         let mut went_offline = false;
         if let Some(users) = self.online.get_mut(&entry.key.tenant) {
@@ -301,8 +346,76 @@ impl RouterState {
             }
         }
         if went_offline {
-            self.announce(&entry.key, PresenceStatus::Offline);
+            self.local_presence(&entry.key, false);
         }
+    }
+
+    /// A user's first local session opened (or last one closed): tell the cluster, and the
+    /// watchers when that changes whether the user is online anywhere.
+    fn local_presence(&self, key: &UserKey, online: bool) {
+        if let Some(cluster) = &self.cluster {
+            let _ = cluster.cast(ClusterMsg::LocalPresence {
+                user: key.clone(),
+                online,
+            });
+        }
+        if !self.is_remote(key) {
+            self.announce(key, status(online));
+        }
+    }
+
+    fn remote_presence(&mut self, key: UserKey, online: bool) {
+        let changed = if online {
+            self.remote
+                .entry(key.tenant.clone())
+                .or_default()
+                .insert(key.user.clone())
+        } else {
+            let users = self.remote.get_mut(&key.tenant);
+            let removed = users.is_some_and(|u| u.remove(&key.user));
+            if self.remote.get(&key.tenant).is_some_and(HashSet::is_empty) {
+                self.remote.remove(&key.tenant);
+            }
+            removed
+        };
+        if changed && !self.is_local(&key) {
+            self.announce(&key, status(online));
+        }
+    }
+
+    fn unwatch(&mut self, session: SessionId, watched: &UserKey) {
+        if let Some(watchers) = self.watchers.get_mut(watched) {
+            watchers.remove(&session);
+            if watchers.is_empty() {
+                self.watchers.remove(watched);
+            }
+        }
+    }
+
+    /// Tells every local session to `sync`, with its user's current seq.
+    fn sync_hint_all(&self) {
+        let targets: Vec<(UserKey, Outbound)> = self
+            .sessions
+            .values()
+            .map(|e| (e.key.clone(), e.outbound.clone()))
+            .collect();
+        let storage = self.storage.clone();
+        tokio::spawn(async move {
+            let Some(client) = storage.client() else {
+                return;
+            };
+            let mut last_seqs: HashMap<UserKey, u64> = HashMap::new();
+            for (key, outbound) in targets {
+                let last_seq = match last_seqs.get(&key) {
+                    Some(seq) => *seq,
+                    None => match client.last_seq(key.clone()).await {
+                        Ok(seq) => *last_seqs.entry(key).or_insert(seq),
+                        Err(_) => continue,
+                    },
+                };
+                outbound.send(&ServerFrame::SyncHint { last_seq });
+            }
+        });
     }
 
     fn live_sessions(&self, key: &UserKey) -> &[SessionId] {
@@ -312,8 +425,19 @@ impl RouterState {
             .map_or(&[], Vec::as_slice)
     }
 
-    fn is_online(&self, key: &UserKey) -> bool {
+    fn is_local(&self, key: &UserKey) -> bool {
         !self.live_sessions(key).is_empty()
+    }
+
+    fn is_remote(&self, key: &UserKey) -> bool {
+        self.remote
+            .get(&key.tenant)
+            .is_some_and(|users| users.contains(&key.user))
+    }
+
+    /// Online on this node or any other.
+    fn is_online(&self, key: &UserKey) -> bool {
+        self.is_local(key) || self.is_remote(key)
     }
 
     /// Sends a `presence` event about `key` to every session watching it.
@@ -357,6 +481,10 @@ impl RouterState {
                 // The sender's other devices get a copy with the sender's seq.
                 self.send_message(&message.sender_key(), message, *origin);
             }
+        }
+        if let Some(cluster) = &self.cluster {
+            let messages = deliveries.iter().map(|d| d.message.clone()).collect();
+            let _ = cluster.cast(ClusterMsg::PublishMessages(messages));
         }
     }
 
@@ -405,16 +533,14 @@ impl RouterState {
         let Some(entry) = self.sessions.get_mut(&session) else {
             return;
         };
-        for user in users {
-            if entry.watching.remove(user) {
-                let watched = entry.key.peer(user.clone());
-                if let Some(watchers) = self.watchers.get_mut(&watched) {
-                    watchers.remove(&session);
-                    if watchers.is_empty() {
-                        self.watchers.remove(&watched);
-                    }
-                }
-            }
+        let key = entry.key.clone();
+        let removed: Vec<String> = users
+            .iter()
+            .filter(|user| entry.watching.remove(*user))
+            .cloned()
+            .collect();
+        for user in removed {
+            self.unwatch(session, &key.peer(user));
         }
     }
 
@@ -422,12 +548,15 @@ impl RouterState {
         let Some(entry) = self.sessions.get(&session) else {
             return;
         };
-        let mut users: Vec<&str> = self
+        let local = self
             .online
             .get(&entry.key.tenant)
-            .map(|users| users.keys().map(String::as_str).collect())
-            .unwrap_or_default();
+            .into_iter()
+            .flat_map(|u| u.keys());
+        let remote = self.remote.get(&entry.key.tenant).into_iter().flatten();
+        let mut users: Vec<&str> = local.chain(remote).map(String::as_str).collect();
         users.sort_unstable();
+        users.dedup();
         let truncated = users.len() > limit as usize;
         users.truncate(limit as usize);
         entry.outbound.send(&ServerFrame::OnlineUsers {
@@ -445,5 +574,13 @@ impl RouterState {
                 entry.outbound.send_text(text.clone(), true);
             }
         }
+    }
+}
+
+fn status(online: bool) -> PresenceStatus {
+    if online {
+        PresenceStatus::Online
+    } else {
+        PresenceStatus::Offline
     }
 }

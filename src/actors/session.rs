@@ -18,6 +18,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::{Semaphore, oneshot};
 use tokio::time::Instant;
 
+use super::cluster::ClusterMsg;
 use super::outbox::Outbox;
 use super::persistence::{PersistenceMsg, StorageLink};
 use super::router::{Registration, RouterMsg, WelcomeSlot};
@@ -79,6 +80,8 @@ pub struct GatewayContext {
     pub auth: Arc<Authenticator>,
     /// Set once shutdown begins: `/readyz` answers 503 from then on.
     pub draining: AtomicBool,
+    /// The link to the other gateway nodes, when this node is part of a cluster.
+    pub cluster: Option<ActorSlot<ClusterMsg>>,
 }
 
 /// One connection, as it outlives the session actors that serve it.
@@ -93,6 +96,9 @@ pub struct ConnectionContext {
     pub expires_at: AtomicU64,
     /// This connection's place in the node's admission counts.
     pub ticket: Ticket,
+    /// Whether the cluster counts this connection in its user's interest (to be withdrawn
+    /// when it closes).
+    pub cluster_interest: AtomicBool,
     pub welcome: Arc<WelcomeSlot>,
 }
 
@@ -238,6 +244,19 @@ fn register(state: &SessionState) {
 /// while storage is unreachable is closed with 1013 and reconnects later.
 async fn welcome(myself: &ActorRef<SessionMsg>, state: &SessionState) {
     let connection = &state.connection;
+    // Other nodes' deliveries for this user must reach this node before `last_seq` is read:
+    // then nothing committed after it can miss the session.
+    if let Some(cluster) = state.gateway.cluster.as_ref().and_then(ActorSlot::get) {
+        let counted = ractor::call_t!(
+            cluster,
+            |reply| ClusterMsg::Interest(connection.key.clone(), reply),
+            ROUTER_CALL_TIMEOUT_MS
+        )
+        .unwrap_or(false);
+        connection
+            .cluster_interest
+            .store(counted, Ordering::Relaxed);
+    }
     let client = state
         .gateway
         .storage

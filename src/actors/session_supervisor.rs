@@ -10,7 +10,7 @@
 //! one of them.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,6 +20,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
 
 use super::ActorKind;
+use super::cluster::ClusterMsg;
 use super::router::{Registration, RouterMsg};
 use super::session::{ConnectionContext, GatewayContext, Session, SessionArgs, SessionMsg};
 use crate::admission::Ticket;
@@ -194,6 +195,7 @@ impl SessionSupervisorState {
             expires_at: AtomicU64::new(identity.expires_at.unwrap_or(0)),
             ticket,
             welcome: Arc::default(),
+            cluster_interest: AtomicBool::new(false),
             outbound: outbound.clone(),
             watching: Mutex::new(BTreeSet::new()),
             reads: Arc::new(Semaphore::new(limits.max_reads_in_flight)),
@@ -238,6 +240,14 @@ impl SessionSupervisorState {
 
     /// Ends a connection for good: the Router forgets it and the socket is closed.
     fn close(&self, connection: &Connection, cause: CloseCause) {
+        if connection
+            .context
+            .cluster_interest
+            .swap(false, Ordering::Relaxed)
+            && let Some(cluster) = &self.gateway.cluster
+        {
+            let _ = cluster.cast(ClusterMsg::Disinterest(connection.context.key.clone()));
+        }
         let _ = self.gateway.router.cast(RouterMsg::Unregister(
             connection.context.outbound.session_id(),
         ));

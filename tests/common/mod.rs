@@ -373,3 +373,165 @@ impl Client {
         while let Ok(Some(Ok(_))) = tokio::time::timeout(DEADLINE, self.ws.next()).await {}
     }
 }
+
+/// A child process of the test (a `peroxo` node, or NATS), killed when dropped.
+pub struct Process {
+    pub child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Process {
+    /// Starts `command` with its stdout captured line by line.
+    pub fn spawn(command: &mut std::process::Command) -> Self {
+        use std::io::BufRead;
+        let mut child = command
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("the process starts");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { child, lines }
+    }
+
+    /// Reads JSON log lines until one whose message starts with `prefix`; returns its fields.
+    pub fn wait_for_log(&mut self, prefix: &str) -> Value {
+        let deadline = std::time::Instant::now() + DEADLINE;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = self
+                .lines
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no log {prefix:?} in time"));
+            let Ok(entry) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
+            if entry["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with(prefix))
+            {
+                return entry["fields"].clone();
+            }
+        }
+    }
+
+    /// SIGKILL: no goodbye, no drain.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Starts `nats-server` with JetStream on `addr`, storing in `dir`, and waits until it
+/// accepts connections. Needs the Debian package `nats-server` (or `NATS_SERVER` naming the
+/// binary).
+pub fn start_nats(addr: std::net::SocketAddr, dir: &std::path::Path) -> Process {
+    let binary = std::env::var("NATS_SERVER").unwrap_or_else(|_| "nats-server".to_owned());
+    let process = Process::spawn(
+        std::process::Command::new(&binary)
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &addr.port().to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(dir),
+    );
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{binary} did not start (install the Debian package nats-server)"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    process
+}
+
+/// A PostgreSQL server for tests: `PEROXO_TEST_POSTGRES_URL` (default
+/// `postgres://postgres@127.0.0.1:5432/postgres`), where tests create and drop their own
+/// databases.
+pub mod postgres {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    pub fn admin_url() -> String {
+        std::env::var("PEROXO_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+    }
+
+    pub async fn admin() -> tokio_postgres::Client {
+        let url = admin_url();
+        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot reach PostgreSQL at {url} ({e}); set PEROXO_TEST_POSTGRES_URL to a \
+                     server where this user may create databases"
+                )
+            });
+        tokio::spawn(connection);
+        client
+    }
+
+    /// A database name no other run uses.
+    pub fn fresh_database_name() -> String {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        format!(
+            "peroxo_test_{}_{}_{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed),
+            nanos % 1_000_000_000
+        )
+    }
+
+    /// The URL of `database` on the admin server.
+    pub fn url_of(database: &str) -> String {
+        let admin = admin_url();
+        match admin.rsplit_once('/') {
+            Some((server, _)) if admin.starts_with("postgres") => format!("{server}/{database}"),
+            _ => format!("{admin} dbname={database}"),
+        }
+    }
+
+    /// Creates a fresh database and returns its name and URL.
+    pub async fn create_database() -> (String, String) {
+        let name = fresh_database_name();
+        admin()
+            .await
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap();
+        let url = url_of(&name);
+        (name, url)
+    }
+
+    pub async fn drop_database(name: &str) {
+        admin()
+            .await
+            .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
+            .await
+            .unwrap();
+    }
+}

@@ -1,0 +1,709 @@
+//! Cluster: this node's link to the other gateway nodes, through NATS.
+//!
+//! The only module that knows NATS and the format nodes exchange (JSON envelopes).
+//!
+//! - **Delivery.** Every user with a session on this node has an *interest subject*,
+//!   `<prefix>.user.<tenant>.<user>`, which this node subscribes to while it holds one of
+//!   that user's sessions. After a commit, the Router delivers locally and publishes the
+//!   message on the recipient's and the sender's subjects; NATS hands it to exactly the
+//!   nodes that hold those users. A session's subscription is confirmed by the NATS server
+//!   (flush) before its `welcome` is built, so no message committed after `welcome` can miss
+//!   the node.
+//! - **Presence.** Each node publishes on `<prefix>.presence` when a user's first local
+//!   session opens or last one closes (numbered per node), a heartbeat every third of
+//!   `cluster.presence_ttl_secs`, and its full list of online users when asked (`hello`). A
+//!   node not heard from for the TTL stops counting. A gap in a node's numbering, a new node
+//!   or a reconnect triggers a `hello`, and every node answers with its list.
+//! - **Outages.** async-nats reconnects with exponential backoff; subscriptions come back
+//!   by themselves. After a reconnect this node asks for everyone's presence again and the
+//!   Router tells every local session to `sync` (it may have missed deliveries).
+//!
+//! The Router hears about remote users going online and offline, and about deliveries and
+//! typing for its users, through [`RouterMsg`]s.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::ActorSlot;
+use super::router::RouterMsg;
+use super::session_supervisor::SessionSupervisorMsg;
+use crate::config::ClusterConfig;
+use crate::domain::{StoredMessage, UserKey};
+
+/// Users per presence snapshot envelope (a snapshot may span several).
+const SNAPSHOT_CHUNK: usize = 2_000;
+/// The least time between two `hello`s from this node.
+const HELLO_SPACING: Duration = Duration::from_secs(1);
+
+pub enum ClusterMsg {
+    /// A session of `user` is about to open here: make sure this node receives the user's
+    /// deliveries; answered once the NATS server has the subscription (false if NATS is
+    /// unreachable).
+    Interest(UserKey, RpcReplyPort<bool>),
+    /// A session of `user` has closed here.
+    Disinterest(UserKey),
+    /// Committed messages to hand to the other nodes holding their participants.
+    PublishMessages(Vec<StoredMessage>),
+    /// A typing indicator for `to`'s sessions on other nodes.
+    PublishTyping { from: UserKey, to: String },
+    /// A user's first local session opened, or last one closed.
+    LocalPresence { user: UserKey, online: bool },
+    /// Every user online on other nodes (for a Router that restarted).
+    RemoteUsers(RpcReplyPort<Vec<UserKey>>),
+    /// A presence envelope from the presence subject.
+    Presence(Envelope),
+    /// Time to send a heartbeat and forget silent nodes.
+    Tick,
+    /// The NATS connection came back after a loss.
+    Reconnected,
+    /// Tell the other nodes this one is leaving (graceful shutdown).
+    Leave(RpcReplyPort<()>),
+}
+
+/// What nodes say to each other.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Envelope {
+    /// A committed message, for its participants' sessions.
+    Message {
+        origin: String,
+        message: WireMessage,
+    },
+    Typing {
+        origin: String,
+        tenant: String,
+        from: String,
+        to: String,
+    },
+    /// A user's first session opened (or last closed) on `node`; `version` numbers `node`'s
+    /// presence changes.
+    Presence {
+        node: String,
+        version: u64,
+        tenant: String,
+        user: String,
+        online: bool,
+    },
+    Heartbeat {
+        node: String,
+        version: u64,
+    },
+    /// Part of `node`'s list of online users; `first` starts a new list.
+    Snapshot {
+        node: String,
+        version: u64,
+        first: bool,
+        users: Vec<(String, String)>,
+    },
+    /// `node` asks every node for its list.
+    Hello {
+        node: String,
+    },
+    /// `node` is leaving.
+    Bye {
+        node: String,
+    },
+}
+
+/// A committed message as nodes exchange it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WireMessage {
+    id: u64,
+    tenant: String,
+    sender: String,
+    recipient: String,
+    client_msg_id: String,
+    text: String,
+    ts: i64,
+    sender_seq: u64,
+    recipient_seq: u64,
+}
+
+impl From<&StoredMessage> for WireMessage {
+    fn from(m: &StoredMessage) -> Self {
+        Self {
+            id: m.message_id,
+            tenant: m.tenant.clone(),
+            sender: m.sender.clone(),
+            recipient: m.recipient.clone(),
+            client_msg_id: m.client_msg_id.clone(),
+            text: m.text.clone(),
+            ts: m.ts,
+            sender_seq: m.sender_seq,
+            recipient_seq: m.recipient_seq,
+        }
+    }
+}
+
+impl From<WireMessage> for StoredMessage {
+    fn from(m: WireMessage) -> Self {
+        Self {
+            message_id: m.id,
+            tenant: m.tenant,
+            sender: m.sender,
+            recipient: m.recipient,
+            client_msg_id: m.client_msg_id,
+            text: m.text,
+            ts: m.ts,
+            sender_seq: m.sender_seq,
+            recipient_seq: m.recipient_seq,
+        }
+    }
+}
+
+/// A NATS subject token for an id: ids may hold `.`, which separates tokens, so it is
+/// written as `~` (a character ids cannot hold).
+fn token(id: &str) -> String {
+    id.replace('.', "~")
+}
+
+pub struct ClusterArgs {
+    pub config: ClusterConfig,
+    /// This node's name.
+    pub node: String,
+    pub client: async_nats::Client,
+    pub router: ActorSlot<RouterMsg>,
+    /// Where live connections are listed, to restore interests after a restart.
+    pub sessions: ActorSlot<SessionSupervisorMsg>,
+}
+
+pub struct ClusterState {
+    args: ClusterArgs,
+    /// Local sessions per interested user, and the task forwarding the user's subject.
+    interests: HashMap<UserKey, (usize, JoinHandle<()>)>,
+    /// Users online on this node, as announced.
+    local: HashSet<UserKey>,
+    /// This node's presence numbering.
+    version: u64,
+    peers: HashMap<String, Peer>,
+    /// How many other nodes list each remote user.
+    remote: HashMap<UserKey, usize>,
+    presence_task: Option<JoinHandle<()>>,
+    last_hello: Option<Instant>,
+}
+
+struct Peer {
+    version: u64,
+    last_seen: Instant,
+    users: HashSet<UserKey>,
+}
+
+impl Drop for ClusterState {
+    /// A failed Cluster leaves no forwarding task behind (its successor subscribes again).
+    fn drop(&mut self) {
+        for (_, (_, task)) in self.interests.drain() {
+            task.abort();
+        }
+        if let Some(task) = self.presence_task.take() {
+            task.abort();
+        }
+    }
+}
+
+pub struct Cluster;
+
+impl Cluster {
+    pub async fn spawn(
+        args: ClusterArgs,
+        supervisor: ractor::ActorCell,
+    ) -> Result<ActorRef<ClusterMsg>, ractor::SpawnErr> {
+        let (actor, _) = Actor::spawn_linked(None, Cluster, args, supervisor).await?;
+        Ok(actor)
+    }
+}
+
+impl Actor for Cluster {
+    type Msg = ClusterMsg;
+    type State = ClusterState;
+    type Arguments = ClusterArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: ClusterArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(ClusterState {
+            args,
+            interests: HashMap::new(),
+            local: HashSet::new(),
+            version: 0,
+            peers: HashMap::new(),
+            remote: HashMap::new(),
+            presence_task: None,
+            last_hello: None,
+        })
+    }
+
+    async fn post_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let subject = format!("{}.presence", state.args.config.subject_prefix);
+        match state.args.client.subscribe(subject).await {
+            Ok(mut subscriber) => {
+                let myself = myself.clone();
+                state.presence_task = Some(tokio::spawn(async move {
+                    while let Some(message) = subscriber.next().await {
+                        if let Ok(envelope) = serde_json::from_slice(&message.payload) {
+                            let _ = myself.cast(ClusterMsg::Presence(envelope));
+                        }
+                    }
+                }));
+            }
+            Err(error) => tracing::error!(%error, "cannot subscribe to cluster presence"),
+        }
+        // After a restart: the live connections' interests and presence, again.
+        if let Some(sessions) = state.args.sessions.get()
+            && let Ok(registrations) =
+                ractor::call_t!(sessions, SessionSupervisorMsg::Registrations, 10_000)
+        {
+            for registration in registrations {
+                state.add_interest(&myself, registration.key.clone()).await;
+                state.local.insert(registration.key);
+            }
+        }
+        state.announce(true).await;
+        myself.send_after(state.heartbeat_interval(), || ClusterMsg::Tick);
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            ClusterMsg::Interest(user, reply) => {
+                let ok = state.add_interest(&myself, user).await;
+                let _ = reply.send(ok);
+            }
+            ClusterMsg::Disinterest(user) => state.remove_interest(&user),
+            ClusterMsg::PublishMessages(messages) => state.publish_messages(&messages).await,
+            ClusterMsg::PublishTyping { from, to } => state.publish_typing(from, to).await,
+            ClusterMsg::LocalPresence { user, online } => state.local_presence(user, online).await,
+            ClusterMsg::RemoteUsers(reply) => {
+                let _ = reply.send(state.remote.keys().cloned().collect());
+            }
+            ClusterMsg::Presence(envelope) => state.presence(envelope).await,
+            ClusterMsg::Tick => {
+                state.tick().await;
+                myself.send_after(state.heartbeat_interval(), || ClusterMsg::Tick);
+            }
+            ClusterMsg::Reconnected => {
+                tracing::info!(node = %state.args.node, "NATS reconnected; resynchronising presence and sessions");
+                state.last_hello = None;
+                state.announce(true).await;
+                let _ = state.args.router.cast(RouterMsg::SyncHintAll);
+            }
+            ClusterMsg::Leave(reply) => {
+                let node = state.args.node.clone();
+                state.publish_presence(&Envelope::Bye { node }).await;
+                let _ = state.args.client.flush().await;
+                let _ = reply.send(());
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ClusterState {
+    fn heartbeat_interval(&self) -> Duration {
+        Duration::from_secs(self.args.config.presence_ttl_secs) / 3
+    }
+
+    fn ttl(&self) -> Duration {
+        Duration::from_secs(self.args.config.presence_ttl_secs)
+    }
+
+    fn user_subject(&self, user: &UserKey) -> String {
+        format!(
+            "{}.user.{}.{}",
+            self.args.config.subject_prefix,
+            token(&user.tenant),
+            token(&user.user)
+        )
+    }
+
+    async fn add_interest(&mut self, myself: &ActorRef<ClusterMsg>, user: UserKey) -> bool {
+        if let Some((count, _)) = self.interests.get_mut(&user) {
+            *count += 1;
+            return true;
+        }
+        let subject = self.user_subject(&user);
+        let mut subscriber = match self.args.client.subscribe(subject).await {
+            Ok(subscriber) => subscriber,
+            Err(error) => {
+                tracing::warn!(%error, "cannot subscribe a user's subject");
+                return false;
+            }
+        };
+        let router = self.args.router.clone();
+        let node = self.args.node.clone();
+        let key = user.clone();
+        let task = tokio::spawn(async move {
+            while let Some(message) = subscriber.next().await {
+                let Ok(envelope) = serde_json::from_slice::<Envelope>(&message.payload) else {
+                    continue;
+                };
+                forward(&router, &node, &key, envelope);
+            }
+        });
+        self.interests.insert(user, (1, task));
+        let _ = myself;
+        // The NATS server knows the subscription once it answers the flush.
+        self.args.client.flush().await.is_ok()
+    }
+
+    fn remove_interest(&mut self, user: &UserKey) {
+        if let Some((count, _)) = self.interests.get_mut(user) {
+            *count -= 1;
+            if *count == 0
+                && let Some((_, task)) = self.interests.remove(user)
+            {
+                // Dropping the subscriber unsubscribes.
+                task.abort();
+            }
+        }
+    }
+
+    async fn publish(&self, subject: String, envelope: &Envelope) {
+        let payload = serde_json::to_vec(envelope).expect("envelopes always serialize");
+        if let Err(error) = self.args.client.publish(subject, payload.into()).await {
+            tracing::debug!(%error, "cluster publish failed");
+        }
+    }
+
+    async fn publish_messages(&self, messages: &[StoredMessage]) {
+        for message in messages {
+            let envelope = Envelope::Message {
+                origin: self.args.node.clone(),
+                message: WireMessage::from(message),
+            };
+            self.publish(self.user_subject(&message.recipient_key()), &envelope)
+                .await;
+            if message.sender != message.recipient {
+                self.publish(self.user_subject(&message.sender_key()), &envelope)
+                    .await;
+            }
+        }
+    }
+
+    async fn publish_typing(&self, from: UserKey, to: String) {
+        let subject = self.user_subject(&from.peer(to.clone()));
+        let envelope = Envelope::Typing {
+            origin: self.args.node.clone(),
+            tenant: from.tenant,
+            from: from.user,
+            to,
+        };
+        self.publish(subject, &envelope).await;
+    }
+
+    async fn publish_presence(&self, envelope: &Envelope) {
+        let subject = format!("{}.presence", self.args.config.subject_prefix);
+        self.publish(subject, envelope).await;
+    }
+
+    async fn local_presence(&mut self, user: UserKey, online: bool) {
+        let changed = if online {
+            self.local.insert(user.clone())
+        } else {
+            self.local.remove(&user)
+        };
+        if !changed {
+            return;
+        }
+        self.version += 1;
+        let envelope = Envelope::Presence {
+            node: self.args.node.clone(),
+            version: self.version,
+            tenant: user.tenant,
+            user: user.user,
+            online,
+        };
+        self.publish_presence(&envelope).await;
+    }
+
+    /// Publishes this node's full list (in chunks), and asks for everyone's when `hello`.
+    async fn announce(&mut self, hello: bool) {
+        if hello {
+            self.last_hello = Some(Instant::now());
+            let node = self.args.node.clone();
+            self.publish_presence(&Envelope::Hello { node }).await;
+        }
+        self.publish_snapshot().await;
+    }
+
+    async fn publish_snapshot(&self) {
+        let users: Vec<(String, String)> = self
+            .local
+            .iter()
+            .map(|k| (k.tenant.clone(), k.user.clone()))
+            .collect();
+        let mut chunks: Vec<&[(String, String)]> = users.chunks(SNAPSHOT_CHUNK).collect();
+        if chunks.is_empty() {
+            chunks.push(&[]);
+        }
+        for (i, chunk) in chunks.into_iter().enumerate() {
+            let envelope = Envelope::Snapshot {
+                node: self.args.node.clone(),
+                version: self.version,
+                first: i == 0,
+                users: chunk.to_vec(),
+            };
+            self.publish_presence(&envelope).await;
+        }
+    }
+
+    /// Asks every node for its list, at most once per [`HELLO_SPACING`].
+    async fn hello(&mut self) {
+        if self
+            .last_hello
+            .is_some_and(|at| at.elapsed() < HELLO_SPACING)
+        {
+            return;
+        }
+        self.announce(true).await;
+    }
+
+    async fn presence(&mut self, envelope: Envelope) {
+        match envelope {
+            Envelope::Presence {
+                node,
+                version,
+                tenant,
+                user,
+                online,
+            } if node != self.args.node => {
+                let missed = self.heard(&node, version, false);
+                let key = UserKey::new(tenant, user);
+                if online {
+                    self.peer_adds(&node, key);
+                } else {
+                    self.peer_removes(&node, &key);
+                }
+                if missed {
+                    self.hello().await;
+                }
+            }
+            Envelope::Heartbeat { node, version } if node != self.args.node => {
+                let missed = self.heard(&node, version, true);
+                if missed {
+                    self.hello().await;
+                }
+            }
+            Envelope::Snapshot {
+                node,
+                version,
+                first,
+                users,
+            } if node != self.args.node => {
+                self.heard(&node, version, true);
+                if first {
+                    let old: Vec<UserKey> = self
+                        .peers
+                        .get(&node)
+                        .map(|p| p.users.iter().cloned().collect())
+                        .unwrap_or_default();
+                    for key in &old {
+                        self.peer_removes(&node, key);
+                    }
+                }
+                for (tenant, user) in users {
+                    self.peer_adds(&node, UserKey::new(tenant, user));
+                }
+                if let Some(peer) = self.peers.get_mut(&node) {
+                    peer.version = peer.version.max(version);
+                }
+            }
+            Envelope::Hello { node } if node != self.args.node => {
+                // A newcomer (or a node that lost track) needs our list; we may need theirs.
+                let known = self.peers.contains_key(&node);
+                self.publish_snapshot().await;
+                if !known {
+                    self.peers.entry(node).or_insert_with(|| Peer {
+                        version: 0,
+                        last_seen: Instant::now(),
+                        users: HashSet::new(),
+                    });
+                }
+            }
+            Envelope::Bye { node } if node != self.args.node => self.forget(&node),
+            _ => {}
+        }
+    }
+
+    /// Records that `node` spoke with `version`; returns whether changes were missed.
+    fn heard(&mut self, node: &str, version: u64, complete: bool) -> bool {
+        let peer = self.peers.entry(node.to_owned()).or_insert_with(|| Peer {
+            version: 0,
+            last_seen: Instant::now(),
+            users: HashSet::new(),
+        });
+        peer.last_seen = Instant::now();
+        // A delta must be the next number; a heartbeat or snapshot states the current one.
+        let expected = if complete {
+            peer.version
+        } else {
+            peer.version + 1
+        };
+        let missed = version > expected;
+        if !complete || version >= peer.version {
+            peer.version = peer.version.max(version);
+        }
+        missed
+    }
+
+    fn peer_adds(&mut self, node: &str, key: UserKey) {
+        let Some(peer) = self.peers.get_mut(node) else {
+            return;
+        };
+        if peer.users.insert(key.clone()) {
+            let count = self.remote.entry(key.clone()).or_insert(0);
+            *count += 1;
+            if *count == 1 {
+                let _ = self.args.router.cast(RouterMsg::RemotePresence {
+                    user: key,
+                    online: true,
+                });
+            }
+        }
+    }
+
+    fn peer_removes(&mut self, node: &str, key: &UserKey) {
+        let Some(peer) = self.peers.get_mut(node) else {
+            return;
+        };
+        if peer.users.remove(key)
+            && let Some(count) = self.remote.get_mut(key)
+        {
+            *count -= 1;
+            if *count == 0 {
+                self.remote.remove(key);
+                let _ = self.args.router.cast(RouterMsg::RemotePresence {
+                    user: key.clone(),
+                    online: false,
+                });
+            }
+        }
+    }
+
+    /// A node left or went silent: its users no longer count.
+    fn forget(&mut self, node: &str) {
+        let users: Vec<UserKey> = self
+            .peers
+            .get(node)
+            .map(|p| p.users.iter().cloned().collect())
+            .unwrap_or_default();
+        for key in &users {
+            self.peer_removes(node, key);
+        }
+        self.peers.remove(node);
+        tracing::info!(%node, users = users.len(), "cluster node gone");
+    }
+
+    async fn tick(&mut self) {
+        let heartbeat = Envelope::Heartbeat {
+            node: self.args.node.clone(),
+            version: self.version,
+        };
+        self.publish_presence(&heartbeat).await;
+        let ttl = self.ttl();
+        let silent: Vec<String> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.last_seen.elapsed() > ttl)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for node in silent {
+            self.forget(&node);
+        }
+    }
+}
+
+/// Hands an envelope from `user`'s subject to the Router, unless this node sent it.
+fn forward(router: &ActorSlot<RouterMsg>, node: &str, user: &UserKey, envelope: Envelope) {
+    match envelope {
+        Envelope::Message { origin, message } if origin != node => {
+            let _ = router.cast(RouterMsg::RemoteDeliver {
+                user: user.clone(),
+                message: message.into(),
+            });
+        }
+        Envelope::Typing {
+            origin,
+            tenant,
+            from,
+            to,
+        } if origin != node => {
+            let _ = router.cast(RouterMsg::RemoteTyping {
+                from: UserKey::new(tenant, from),
+                to,
+            });
+        }
+        _ => {}
+    }
+}
+
+/// Connects to NATS with exponential backoff and jitter on reconnects; `on_reconnect` runs
+/// after every reconnect.
+pub async fn connect(
+    config: &ClusterConfig,
+    node: &str,
+    on_reconnect: impl Fn() + Send + Sync + 'static,
+) -> Result<async_nats::Client, async_nats::ConnectError> {
+    let on_reconnect = std::sync::Arc::new(on_reconnect);
+    let servers: Vec<async_nats::ServerAddr> = config
+        .nats_url
+        .split(',')
+        .filter_map(|u| u.trim().parse().ok())
+        .collect();
+    let was_connected = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    async_nats::ConnectOptions::new()
+        .name(format!("peroxo-{node}"))
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .reconnect_delay_callback(|attempts| {
+            let base = Duration::from_millis(50).saturating_mul(1 << attempts.min(7) as u32);
+            let capped = base.min(Duration::from_secs(5));
+            // Jitter: up to a quarter less, so nodes do not reconnect in lockstep.
+            let jitter = (nuid_jitter() % 250) as u32;
+            capped.mul_f64(1.0 - f64::from(jitter) / 1000.0)
+        })
+        .event_callback(move |event| {
+            let on_reconnect = std::sync::Arc::clone(&on_reconnect);
+            let was_connected = std::sync::Arc::clone(&was_connected);
+            async move {
+                match event {
+                    async_nats::Event::Connected => {
+                        if was_connected.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                            on_reconnect();
+                        }
+                    }
+                    async_nats::Event::Disconnected => {
+                        tracing::warn!("NATS connection lost; reconnecting");
+                    }
+                    other => tracing::debug!(event = %other, "NATS event"),
+                }
+            }
+        })
+        .connect(servers)
+        .await
+}
+
+/// A cheap pseudo-random number for jitter (the low bits of the clock).
+fn nuid_jitter() -> u64 {
+    u64::from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos()),
+    )
+}
