@@ -98,6 +98,13 @@ pub fn conversation_id(a: &str, b: &str) -> String {
     format!("{first}:{second}")
 }
 
+/// Milliseconds since the Unix epoch: message commit times and `ts` fields.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 /// A direct message as a client submits it, before it is committed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewMessage {

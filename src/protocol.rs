@@ -507,12 +507,7 @@ impl ServerFrame<'_> {
     }
 }
 
-/// Milliseconds since the Unix epoch, for `ts` fields.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
+pub use crate::domain::now_ms;
 
 #[cfg(test)]
 mod tests {

@@ -200,7 +200,7 @@ async fn bad_upgrade_requests_get_a_status_and_a_json_body() {
     }
 }
 
-/// A minimal HTTP/1.1 client over a raw socket, enough to read a status and a JSON body.
+/// Requests to the node under test, with JSON bodies.
 struct HttpClient;
 
 impl HttpClient {
@@ -209,34 +209,24 @@ impl HttpClient {
     }
 
     async fn get(&self, url: &str) -> (u16, Value) {
-        self.request(url, "").await
+        self.request("GET", url, "").await
     }
 
     async fn upgrade(&self, url: &str) -> (u16, Value) {
         self.request(
+            "GET",
             url,
             "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
         )
         .await
     }
 
-    async fn request(&self, url: &str, headers: &str) -> (u16, Value) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    async fn request(&self, method: &str, url: &str, headers: &str) -> (u16, Value) {
         let rest = url.strip_prefix("http://").unwrap();
         let (host, path) = rest.split_at(rest.find('/').unwrap());
-        let mut stream = tokio::net::TcpStream::connect(host).await.unwrap();
-        let request =
-            format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{headers}Connection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut response = Vec::new();
-        tokio::time::timeout(common::DEADLINE, stream.read_to_end(&mut response))
-            .await
-            .expect("response in time")
-            .unwrap();
-        let response = String::from_utf8(response).unwrap();
-        let status: u16 = response[9..12].parse().unwrap();
-        let body = response.split("\r\n\r\n").nth(1).unwrap_or("");
-        (status, serde_json::from_str(body).unwrap_or(Value::Null))
+        let (status, body) =
+            common::http_request(host.parse().unwrap(), method, path, headers).await;
+        (status, serde_json::from_str(&body).unwrap_or(Value::Null))
     }
 }
 
@@ -257,21 +247,13 @@ async fn a_message_over_the_size_limit_closes_with_1009_and_others_are_unaffecte
 #[tokio::test]
 async fn a_wrong_method_gets_405_with_a_json_body() {
     let server = TestServer::start().await;
-    let url = server.http_url("/healthz");
-    let rest = url.strip_prefix("http://").unwrap();
-    let (host, path) = rest.split_at(rest.find('/').unwrap());
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(host).await.unwrap();
-    let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    tokio::time::timeout(common::DEADLINE, stream.read_to_string(&mut response))
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(response.starts_with("HTTP/1.1 405"), "{response}");
-    let body: Value = serde_json::from_str(response.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    let (status, body) = HttpClient::new()
+        .request(
+            "POST",
+            &server.http_url("/healthz"),
+            "Content-Length: 0\r\n",
+        )
+        .await;
+    assert_eq!(status, 405);
     assert_eq!(body["error"], "method_not_allowed");
 }

@@ -13,7 +13,6 @@
 //! instances starting together apply each migration exactly once.
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::{NoTls, Row};
@@ -21,6 +20,7 @@ use tokio_postgres::{NoTls, Row};
 use super::{HistoryQuery, MAX_STORED_TEXT_BYTES, MessageStore, StoreError, SyncQuery};
 use crate::domain::{
     AppendOutcome, HistoryPage, NewMessage, StoredMessage, SyncPage, UserKey, conversation_id,
+    now_ms,
 };
 
 /// The advisory lock key that serializes migrations across instances ("PEROXO" in ASCII).
@@ -160,12 +160,6 @@ fn row_to_message(row: &Row) -> StoredMessage {
         sender_seq: row.get::<_, i64>(7) as u64,
         recipient_seq: row.get::<_, i64>(8) as u64,
     }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// The identity of a send for idempotency.

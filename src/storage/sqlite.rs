@@ -13,7 +13,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
 use tokio::sync::oneshot;
@@ -21,6 +20,7 @@ use tokio::sync::oneshot;
 use super::{HistoryQuery, MAX_STORED_TEXT_BYTES, MessageStore, StoreError, SyncQuery};
 use crate::domain::{
     AppendOutcome, HistoryPage, NewMessage, StoredMessage, SyncPage, UserKey, conversation_id,
+    now_ms,
 };
 
 /// Read connections kept open for reuse.
@@ -436,10 +436,4 @@ fn append_one(
         },
         duplicate: false,
     })
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
