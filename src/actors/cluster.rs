@@ -38,13 +38,15 @@ use crate::domain::{StoredMessage, UserKey};
 
 /// Users per presence snapshot envelope (a snapshot may span several).
 const SNAPSHOT_CHUNK: usize = 2_000;
+/// The longest a new interest waits for the NATS server to confirm its subscription.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
 /// The least time between two `hello`s from this node.
 const HELLO_SPACING: Duration = Duration::from_secs(1);
 
 pub enum ClusterMsg {
     /// A session of `user` is about to open here: make sure this node receives the user's
-    /// deliveries; answered once the NATS server has the subscription (false if NATS is
-    /// unreachable).
+    /// deliveries; answered once the NATS server has the subscription (or NATS is away).
+    /// Answers whether the interest was counted (to be withdrawn with `Disinterest`).
     Interest(UserKey, RpcReplyPort<bool>),
     /// A session of `user` has closed here.
     Disinterest(UserKey),
@@ -358,8 +360,20 @@ impl ClusterState {
         });
         self.interests.insert(user, (1, task));
         let _ = myself;
-        // The NATS server knows the subscription once it answers the flush.
-        self.args.client.flush().await.is_ok()
+        // The NATS server knows the subscription once it answers the flush. While NATS is
+        // away there is nothing to wait for: the subscription returns with the connection,
+        // and the sync_hint sent then covers what was missed.
+        if self.connected() {
+            let flushed = tokio::time::timeout(FLUSH_TIMEOUT, self.args.client.flush()).await;
+            if !matches!(flushed, Ok(Ok(()))) {
+                tracing::debug!("NATS flush for a new interest did not complete");
+            }
+        }
+        true
+    }
+
+    fn connected(&self) -> bool {
+        self.args.client.connection_state() == async_nats::connection::State::Connected
     }
 
     fn remove_interest(&mut self, user: &UserKey) {
@@ -374,7 +388,13 @@ impl ClusterState {
         }
     }
 
+    /// Publishes `envelope`, unless NATS is away: then it is dropped (every message is in
+    /// storage, and the sync_hint after the reconnect covers it) rather than queued until
+    /// the client's buffer fills and blocks this actor.
     async fn publish(&self, subject: String, envelope: &Envelope) {
+        if !self.connected() {
+            return;
+        }
         let payload = serde_json::to_vec(envelope).expect("envelopes always serialize");
         if let Err(error) = self.args.client.publish(subject, payload.into()).await {
             tracing::debug!(%error, "cluster publish failed");
