@@ -47,7 +47,17 @@ pub struct HttpState {
 }
 
 pub fn router(state: HttpState) -> Router {
-    Router::new()
+    let routes = Router::new();
+    // Fault injection for the test suites; absent from every normal build.
+    #[cfg(feature = "test-hooks")]
+    let routes = routes
+        .route("/debug/crash/router", axum::routing::post(crash_router))
+        .route(
+            "/debug/crash/persistence",
+            axum::routing::post(crash_persistence),
+        )
+        .route("/debug/crash/sessions", axum::routing::post(crash_sessions));
+    routes
         .route("/", get(chat_page))
         .route("/api/info", get(info))
         .route("/ws", get(upgrade))
@@ -306,4 +316,46 @@ async fn method_not_allowed() -> Response {
         "method_not_allowed",
         "only GET is served here",
     )
+}
+
+#[cfg(feature = "test-hooks")]
+async fn crash_router(State(state): State<HttpState>) -> Response {
+    let sent = state
+        .gateway
+        .router
+        .cast(crate::actors::router::RouterMsg::Crash)
+        .is_ok();
+    Json(serde_json::json!({ "crashed": u32::from(sent) })).into_response()
+}
+
+#[cfg(feature = "test-hooks")]
+async fn crash_persistence(State(state): State<HttpState>) -> Response {
+    let sent = state
+        .gateway
+        .persistence
+        .cast(crate::actors::persistence::PersistenceMsg::Crash)
+        .is_ok();
+    Json(serde_json::json!({ "crashed": u32::from(sent) })).into_response()
+}
+
+/// Crashes the session actors of `?tenant=&user=`.
+#[cfg(feature = "test-hooks")]
+async fn crash_sessions(
+    State(state): State<HttpState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let (Some(user), Some(sessions)) = (query.get("user"), state.sessions.get()) else {
+        return error_response(StatusCode::BAD_REQUEST, "bad_request", "?user= is required");
+    };
+    let tenant = query
+        .get("tenant")
+        .map_or(crate::domain::DEFAULT_TENANT, String::as_str);
+    let key = crate::domain::UserKey::new(tenant, user.as_str());
+    let crashed = ractor::call_t!(
+        sessions,
+        |reply| SessionSupervisorMsg::CrashSessionsOf(key, reply),
+        5_000
+    )
+    .unwrap_or(0);
+    Json(serde_json::json!({ "crashed": crashed })).into_response()
 }
