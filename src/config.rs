@@ -643,11 +643,11 @@ impl Config {
                      storage.embedded = false and storage.endpoint to a `peroxo store`",
                 ));
             }
-            if !c
-                .nats_url
-                .split(',')
-                .all(|u| u.trim().starts_with("nats://"))
-            {
+            let valid = |u: &str| {
+                let u = u.trim();
+                u.starts_with("nats://") && u.parse::<async_nats::ServerAddr>().is_ok()
+            };
+            if !c.nats_url.split(',').all(valid) {
                 return Err(ConfigError::new(
                     "cluster.nats_url",
                     format!("must be nats:// URLs, got {:?}", c.nats_url),

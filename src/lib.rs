@@ -14,11 +14,11 @@
 //! - [`admission`]: how many connections the node, and each user, may hold.
 //! - [`rate_limit`]: the per-session command budget.
 //! - [`connection`]: one client's WebSocket: the bounded outbound queue, reader and writer.
-//! - [`actors`]: the supervised actor tree (RootSupervisor, Persistence, Router,
+//! - [`actors`]: the supervised actor tree (RootSupervisor, Cluster, Persistence, Router,
 //!   SessionSupervisor, Session).
 //! - [`protocol`]: wire protocol v1, the only module that knows JSON.
-//! - [`storage`]: the storage service: backend contract, SQLite backend, gRPC server and
-//!   client; the only module that knows protobuf.
+//! - [`storage`]: the storage service: backend contract, SQLite and PostgreSQL backends, gRPC
+//!   server and client; the only module that knows protobuf.
 //! - [`domain`]: the plain types everything else speaks.
 //! - [`telemetry`]: the Prometheus metrics served at `/metrics`.
 //! - [`bench`]: `peroxo bench`, the load generator that measures a running node.

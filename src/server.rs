@@ -50,6 +50,17 @@ async fn connect_cluster(
             config.nats_url
         )
     })?;
+    // Give the first connection a moment, so the first sessions find the cluster linked;
+    // without NATS the node starts anyway (same-node delivery needs none).
+    let deadline = tokio::time::Instant::now() + NATS_START_WAIT;
+    while client.connection_state() != async_nats::connection::State::Connected
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if client.connection_state() != async_nats::connection::State::Connected {
+        tracing::warn!(nats = %config.nats_url, "NATS unreachable at start; retrying in the background");
+    }
     tracing::info!(%node, nats = %config.nats_url, "cluster node (NATS)");
     Ok(ClusterSetup {
         config: config.clone(),
@@ -57,6 +68,9 @@ async fn connect_cluster(
         client,
     })
 }
+
+/// How long start-up waits for the first NATS connection.
+const NATS_START_WAIT: Duration = Duration::from_secs(5);
 
 /// A node name unlikely to repeat: the process id and the clock.
 fn generated_node_id() -> String {

@@ -39,7 +39,7 @@ use crate::domain::{StoredMessage, UserKey};
 /// Users per presence snapshot envelope (a snapshot may span several).
 const SNAPSHOT_CHUNK: usize = 2_000;
 /// The longest a new interest waits for the NATS server to confirm its subscription.
-const FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(1);
 /// The least time between two `hello`s from this node.
 const HELLO_SPACING: Duration = Duration::from_secs(1);
 
@@ -66,6 +66,9 @@ pub enum ClusterMsg {
     Reconnected,
     /// Tell the other nodes this one is leaving (graceful shutdown).
     Leave(RpcReplyPort<()>),
+    /// Every local connection is gone (SessionSupervisor failed): drop every interest and
+    /// tell the other nodes these users are no longer here.
+    ForgetLocal,
 }
 
 /// What nodes say to each other.
@@ -87,6 +90,7 @@ pub enum Envelope {
     /// presence changes.
     Presence {
         node: String,
+        incarnation: u64,
         version: u64,
         tenant: String,
         user: String,
@@ -94,23 +98,23 @@ pub enum Envelope {
     },
     Heartbeat {
         node: String,
+        incarnation: u64,
         version: u64,
     },
     /// Part of `node`'s list of online users; `first` starts a new list.
     Snapshot {
         node: String,
+        incarnation: u64,
         version: u64,
         first: bool,
         users: Vec<(String, String)>,
     },
     /// `node` asks every node for its list.
-    Hello {
-        node: String,
-    },
+    Hello { node: String },
+    /// Deliveries to the user of this subject may have been lost: its sessions should sync.
+    Resync { origin: String },
     /// `node` is leaving.
-    Bye {
-        node: String,
-    },
+    Bye { node: String },
 }
 
 /// A committed message as nodes exchange it.
@@ -177,6 +181,11 @@ pub struct ClusterArgs {
 
 pub struct ClusterState {
     args: ClusterArgs,
+    /// Tells this incarnation's presence numbering from a predecessor's (a restart starts
+    /// again from 0).
+    incarnation: u64,
+    /// The subject this node answers on, so it can check the server has a subscription.
+    echo_subject: String,
     /// Local sessions per interested user, and the task forwarding the user's subject.
     interests: HashMap<UserKey, (usize, JoinHandle<()>)>,
     /// Users online on this node, as announced.
@@ -187,10 +196,14 @@ pub struct ClusterState {
     /// How many other nodes list each remote user.
     remote: HashMap<UserKey, usize>,
     presence_task: Option<JoinHandle<()>>,
+    echo_task: Option<JoinHandle<()>>,
+    /// Users this node published deliveries for lately, and when.
+    recent: HashMap<UserKey, Instant>,
     last_hello: Option<Instant>,
 }
 
 struct Peer {
+    incarnation: u64,
     version: u64,
     last_seen: Instant,
     users: HashSet<UserKey>,
@@ -202,7 +215,10 @@ impl Drop for ClusterState {
         for (_, (_, task)) in self.interests.drain() {
             task.abort();
         }
-        if let Some(task) = self.presence_task.take() {
+        for task in [self.presence_task.take(), self.echo_task.take()]
+            .into_iter()
+            .flatten()
+        {
             task.abort();
         }
     }
@@ -230,7 +246,14 @@ impl Actor for Cluster {
         _myself: ActorRef<Self::Msg>,
         args: ClusterArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
+        let echo_subject = format!(
+            "{}.node.{}.echo",
+            args.config.subject_prefix,
+            token(&args.node)
+        );
         Ok(ClusterState {
+            incarnation: incarnation(),
+            echo_subject,
             args,
             interests: HashMap::new(),
             local: HashSet::new(),
@@ -238,6 +261,8 @@ impl Actor for Cluster {
             peers: HashMap::new(),
             remote: HashMap::new(),
             presence_task: None,
+            echo_task: None,
+            recent: HashMap::new(),
             last_hello: None,
         })
     }
@@ -261,6 +286,27 @@ impl Actor for Cluster {
             }
             Err(error) => tracing::error!(%error, "cannot subscribe to cluster presence"),
         }
+        // The echo answers this node's own checks that the server holds a subscription.
+        match state
+            .args
+            .client
+            .subscribe(state.echo_subject.clone())
+            .await
+        {
+            Ok(mut subscriber) => {
+                let client = state.args.client.clone();
+                state.echo_task = Some(tokio::spawn(async move {
+                    while let Some(message) = subscriber.next().await {
+                        if let Some(reply) = message.reply {
+                            let _ = client.publish(reply, bytes::Bytes::new()).await;
+                        }
+                    }
+                }));
+            }
+            Err(error) => tracing::error!(%error, "cannot subscribe the cluster echo"),
+        }
+        // A predecessor's view of the other nodes is stale: start from none.
+        let _ = state.args.router.cast(RouterMsg::RemoteReset);
         // After a restart: the live connections' interests and presence, again.
         if let Some(sessions) = state.args.sessions.get()
             && let Ok(registrations) =
@@ -303,8 +349,10 @@ impl Actor for Cluster {
                 tracing::info!(node = %state.args.node, "NATS reconnected; resynchronising presence and sessions");
                 state.last_hello = None;
                 state.announce(true).await;
+                state.resync_recent().await;
                 let _ = state.args.router.cast(RouterMsg::SyncHintAll);
             }
+            ClusterMsg::ForgetLocal => state.forget_local().await,
             ClusterMsg::Leave(reply) => {
                 let node = state.args.node.clone();
                 state.publish_presence(&Envelope::Bye { node }).await;
@@ -360,20 +408,40 @@ impl ClusterState {
         });
         self.interests.insert(user, (1, task));
         let _ = myself;
-        // The NATS server knows the subscription once it answers the flush. While NATS is
-        // away there is nothing to wait for: the subscription returns with the connection,
-        // and the sync_hint sent then covers what was missed.
+        // The server handles a connection's commands in order: once it answers a request
+        // sent after the subscription, it holds the subscription. While NATS is away there
+        // is nothing to wait for: the subscription returns with the connection, and the
+        // sync_hint sent then covers what was missed.
         if self.connected() {
-            let flushed = tokio::time::timeout(FLUSH_TIMEOUT, self.args.client.flush()).await;
-            if !matches!(flushed, Ok(Ok(()))) {
-                tracing::debug!("NATS flush for a new interest did not complete");
+            let echo = self
+                .args
+                .client
+                .request(self.echo_subject.clone(), bytes::Bytes::new());
+            if !matches!(tokio::time::timeout(CONFIRM_TIMEOUT, echo).await, Ok(Ok(_))) {
+                tracing::debug!("the NATS server did not confirm a new interest in time");
             }
         }
         true
     }
 
+    /// Drops every local interest and tells the other nodes none of these users is here.
+    async fn forget_local(&mut self) {
+        for (_, (_, task)) in self.interests.drain() {
+            task.abort();
+        }
+        self.local.clear();
+        self.version += 1;
+        self.publish_snapshot().await;
+    }
+
     fn connected(&self) -> bool {
         self.args.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// Whether a link that was up is down now (before the first connection, publishes
+    /// wait in the client and go out once it connects).
+    fn link_lost(&self) -> bool {
+        self.args.client.connection_state() == async_nats::connection::State::Disconnected
     }
 
     fn remove_interest(&mut self, user: &UserKey) {
@@ -392,7 +460,7 @@ impl ClusterState {
     /// storage, and the sync_hint after the reconnect covers it) rather than queued until
     /// the client's buffer fills and blocks this actor.
     async fn publish(&self, subject: String, envelope: &Envelope) {
-        if !self.connected() {
+        if self.link_lost() {
             return;
         }
         let payload = serde_json::to_vec(envelope).expect("envelopes always serialize");
@@ -401,18 +469,42 @@ impl ClusterState {
         }
     }
 
-    async fn publish_messages(&self, messages: &[StoredMessage]) {
+    async fn publish_messages(&mut self, messages: &[StoredMessage]) {
+        let now = Instant::now();
         for message in messages {
             let envelope = Envelope::Message {
                 origin: self.args.node.clone(),
                 message: WireMessage::from(message),
             };
-            self.publish(self.user_subject(&message.recipient_key()), &envelope)
-                .await;
+            let mut participants = vec![message.recipient_key()];
             if message.sender != message.recipient {
-                self.publish(self.user_subject(&message.sender_key()), &envelope)
-                    .await;
+                participants.push(message.sender_key());
             }
+            for user in participants {
+                self.publish(self.user_subject(&user), &envelope).await;
+                // Remembered for a while: if the link turns out to have been down, these
+                // users' nodes are told to sync once it is back.
+                self.recent.insert(user, now);
+            }
+        }
+    }
+
+    /// After a reconnect, and whenever another node (re)joins: every user this node
+    /// published for lately (perhaps into a dead link, or while that node was away) is told,
+    /// on whatever node holds them, to sync.
+    async fn resync_recent(&mut self) {
+        let users: Vec<UserKey> = self.recent.keys().cloned().collect();
+        let envelope = Envelope::Resync {
+            origin: self.args.node.clone(),
+        };
+        for user in &users {
+            self.publish(self.user_subject(user), &envelope).await;
+        }
+        if !users.is_empty() {
+            tracing::info!(
+                users = users.len(),
+                "asked the nodes of recently messaged users to resync"
+            );
         }
     }
 
@@ -444,6 +536,7 @@ impl ClusterState {
         self.version += 1;
         let envelope = Envelope::Presence {
             node: self.args.node.clone(),
+            incarnation: self.incarnation,
             version: self.version,
             tenant: user.tenant,
             user: user.user,
@@ -475,6 +568,7 @@ impl ClusterState {
         for (i, chunk) in chunks.into_iter().enumerate() {
             let envelope = Envelope::Snapshot {
                 node: self.args.node.clone(),
+                incarnation: self.incarnation,
                 version: self.version,
                 first: i == 0,
                 users: chunk.to_vec(),
@@ -498,12 +592,13 @@ impl ClusterState {
         match envelope {
             Envelope::Presence {
                 node,
+                incarnation,
                 version,
                 tenant,
                 user,
                 online,
             } if node != self.args.node => {
-                let missed = self.heard(&node, version, false);
+                let missed = self.heard(&node, incarnation, version, false);
                 let key = UserKey::new(tenant, user);
                 if online {
                     self.peer_adds(&node, key);
@@ -514,19 +609,24 @@ impl ClusterState {
                     self.hello().await;
                 }
             }
-            Envelope::Heartbeat { node, version } if node != self.args.node => {
-                let missed = self.heard(&node, version, true);
+            Envelope::Heartbeat {
+                node,
+                incarnation,
+                version,
+            } if node != self.args.node => {
+                let missed = self.heard(&node, incarnation, version, true);
                 if missed {
                     self.hello().await;
                 }
             }
             Envelope::Snapshot {
                 node,
+                incarnation,
                 version,
                 first,
                 users,
             } if node != self.args.node => {
-                self.heard(&node, version, true);
+                self.heard(&node, incarnation, version, true);
                 if first {
                     let old: Vec<UserKey> = self
                         .peers
@@ -545,11 +645,14 @@ impl ClusterState {
                 }
             }
             Envelope::Hello { node } if node != self.args.node => {
-                // A newcomer (or a node that lost track) needs our list; we may need theirs.
+                // A newcomer (or a node that lost track) needs our list; we may need theirs;
+                // and it may have missed what we published lately.
                 let known = self.peers.contains_key(&node);
                 self.publish_snapshot().await;
+                self.resync_recent().await;
                 if !known {
                     self.peers.entry(node).or_insert_with(|| Peer {
+                        incarnation: 0,
                         version: 0,
                         last_seen: Instant::now(),
                         users: HashSet::new(),
@@ -562,12 +665,25 @@ impl ClusterState {
     }
 
     /// Records that `node` spoke with `version`; returns whether changes were missed.
-    fn heard(&mut self, node: &str, version: u64, complete: bool) -> bool {
+    fn heard(&mut self, node: &str, incarnation: u64, version: u64, complete: bool) -> bool {
+        if self
+            .peers
+            .get(node)
+            .is_some_and(|p| p.incarnation != incarnation && p.incarnation != 0)
+        {
+            // The node's link restarted and numbers from 0 again: what it said before
+            // no longer stands.
+            self.forget(node);
+        }
         let peer = self.peers.entry(node.to_owned()).or_insert_with(|| Peer {
+            incarnation,
             version: 0,
             last_seen: Instant::now(),
             users: HashSet::new(),
         });
+        if peer.incarnation == 0 {
+            peer.incarnation = incarnation;
+        }
         peer.last_seen = Instant::now();
         // A delta must be the next number; a heartbeat or snapshot states the current one.
         let expected = if complete {
@@ -631,8 +747,13 @@ impl ClusterState {
     }
 
     async fn tick(&mut self) {
+        // A link that stayed up this long (NATS pings every third of the TTL, so a dead link
+        // shows within two pings) delivered what was published before.
+        let window = self.ttl() * 3;
+        self.recent.retain(|_, at| at.elapsed() < window);
         let heartbeat = Envelope::Heartbeat {
             node: self.args.node.clone(),
+            incarnation: self.incarnation,
             version: self.version,
         };
         self.publish_presence(&heartbeat).await;
@@ -669,6 +790,9 @@ fn forward(router: &ActorSlot<RouterMsg>, node: &str, user: &UserKey, envelope: 
                 to,
             });
         }
+        Envelope::Resync { origin } if origin != node => {
+            let _ = router.cast(RouterMsg::SyncHint(vec![user.clone()]));
+        }
         _ => {}
     }
 }
@@ -690,6 +814,8 @@ pub async fn connect(
     async_nats::ConnectOptions::new()
         .name(format!("peroxo-{node}"))
         .retry_on_initial_connect()
+        // A dead link shows within two pings; `recent` deliveries cover that window.
+        .ping_interval(Duration::from_secs(config.presence_ttl_secs) / 3)
         .max_reconnects(None)
         .reconnect_delay_callback(|attempts| {
             let base = Duration::from_millis(50).saturating_mul(1 << attempts.min(7) as u32);
@@ -717,6 +843,16 @@ pub async fn connect(
         })
         .connect(servers)
         .await
+}
+
+/// A number telling this Cluster incarnation from earlier ones of the same node.
+fn incarnation() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos());
+    u64::try_from(nanos % u128::from(u64::MAX))
+        .unwrap_or(1)
+        .max(1)
 }
 
 /// A cheap pseudo-random number for jitter (the low bits of the clock).

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! RootSupervisor
+//! ├── Cluster           (clustered nodes only) the NATS link to the other gateway nodes
 //! ├── Persistence       gRPC client of the storage service: batching, outbox, reconnect
 //! ├── Router            (tenant, user) → live sessions, presence, typing
 //! └── SessionSupervisor
@@ -67,6 +68,7 @@ impl<M: Message> ActorSlot<M> {
 /// Which kind of actor was restarted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ActorKind {
+    Cluster,
     Router,
     Persistence,
     SessionSupervisor,
@@ -74,7 +76,8 @@ pub enum ActorKind {
 }
 
 impl ActorKind {
-    pub const ALL: [ActorKind; 4] = [
+    pub const ALL: [ActorKind; 5] = [
+        ActorKind::Cluster,
         ActorKind::Router,
         ActorKind::Persistence,
         ActorKind::SessionSupervisor,
@@ -84,6 +87,7 @@ impl ActorKind {
     /// The kind as a metric label.
     pub fn as_str(self) -> &'static str {
         match self {
+            ActorKind::Cluster => "cluster",
             ActorKind::Router => "router",
             ActorKind::Persistence => "persistence",
             ActorKind::SessionSupervisor => "session_supervisor",
@@ -95,6 +99,7 @@ impl ActorKind {
 /// How many times each kind of actor has been restarted since the node started.
 #[derive(Debug, Default)]
 pub struct RestartCounts {
+    cluster: AtomicU64,
     router: AtomicU64,
     persistence: AtomicU64,
     session_supervisor: AtomicU64,
@@ -104,6 +109,7 @@ pub struct RestartCounts {
 impl RestartCounts {
     fn counter(&self, kind: ActorKind) -> &AtomicU64 {
         match kind {
+            ActorKind::Cluster => &self.cluster,
             ActorKind::Router => &self.router,
             ActorKind::Persistence => &self.persistence,
             ActorKind::SessionSupervisor => &self.session_supervisor,

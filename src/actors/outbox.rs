@@ -48,6 +48,8 @@ pub struct Outbox {
     capacity: usize,
     /// True while a wake-up is on its way to Persistence, so a burst of writes sends one.
     wake_pending: AtomicBool,
+    /// Set when shutdown starts draining: no write is accepted any more.
+    closing: AtomicBool,
 }
 
 #[derive(Default)]
@@ -84,6 +86,7 @@ impl Outbox {
             permits: Arc::new(Semaphore::new(capacity)),
             capacity,
             wake_pending: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
         }
     }
 
@@ -95,6 +98,9 @@ impl Outbox {
         origin: Outbound,
         req_id: Option<ReqId>,
     ) -> Result<bool, Refused> {
+        if self.closing.load(Ordering::Acquire) {
+            return Err(Refused::ShuttingDown);
+        }
         let permit = Arc::clone(&self.permits)
             .try_acquire_owned()
             .map_err(|e| match e {
@@ -130,6 +136,7 @@ impl Outbox {
     /// Refuses new writes and waits until every accepted one has been answered, for at
     /// most `timeout`. Returns whether the outbox drained. New writes stay refused after.
     pub async fn close_and_drain(&self, timeout: Duration) -> bool {
+        self.closing.store(true, Ordering::Release);
         let all = u32::try_from(self.capacity).unwrap_or(u32::MAX);
         // Queued first in line, the drain takes every permit as it is released: sessions
         // find none from now on.

@@ -226,9 +226,18 @@ fn connect(myself: &ActorRef<PersistenceMsg>, state: &mut PersistenceState) {
     let rpc_timeout = state.args.config.rpc_timeout();
     let myself = myself.clone();
     tokio::spawn(async move {
-        let result = StorageClient::connect(&endpoint, connect_timeout, rpc_timeout).await;
+        let result = match StorageClient::connect(&endpoint, connect_timeout, rpc_timeout).await {
+            // Reachable is not enough: the service must answer (its database may be down).
+            Ok(client) => client.last_seq(probe_user()).await.map(|_| client),
+            Err(error) => Err(error),
+        };
         let _ = myself.cast(PersistenceMsg::Connected(result));
     });
+}
+
+/// The user whose seq a probe reads (no client can be it: probes are not sessions).
+fn probe_user() -> UserKey {
+    UserKey::new("peroxo", "storage-probe")
 }
 
 /// Checks, while idle and connected, that storage still answers; reschedules itself.
@@ -242,8 +251,7 @@ fn probe(myself: &ActorRef<PersistenceMsg>, state: &mut PersistenceState) {
     }
     let myself = myself.clone();
     tokio::spawn(async move {
-        let probe = UserKey::new("peroxo", "storage-probe");
-        let result = client.last_seq(probe).await.map(drop);
+        let result = client.last_seq(probe_user()).await.map(drop);
         let _ = myself.cast(PersistenceMsg::Probed(result));
     });
 }

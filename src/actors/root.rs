@@ -136,6 +136,7 @@ impl Actor for RootSupervisor {
             state.router = spawn_router(&state.args, myself.get_cell()).await?;
         } else if state.cluster.as_ref().is_some_and(|c| c.get_id() == id) {
             tracing::error!(error = %why, "cluster link ended; restarting it");
+            state.args.gateway.restarts.record(ActorKind::Cluster);
             state.cluster = Some(spawn_cluster(&state.args, myself.get_cell()).await?);
         } else if id == state.persistence.get_id() {
             tracing::error!(error = %why, "persistence ended; restarting it");
@@ -148,8 +149,11 @@ impl Actor for RootSupervisor {
                 .gateway
                 .restarts
                 .record(ActorKind::SessionSupervisor);
-            // Its connections are closing; the Router must not count them as online.
+            // Its connections are closing; neither the Router nor the cluster may count them.
             let _ = state.args.gateway.router.cast(RouterMsg::ForgetAll);
+            if let Some(cluster) = &state.args.gateway.cluster {
+                let _ = cluster.cast(super::cluster::ClusterMsg::ForgetLocal);
+            }
             state.sessions = spawn_sessions(&state.args, myself.get_cell()).await?;
         }
         Ok(())

@@ -69,6 +69,10 @@ pub enum RouterMsg {
     /// Deliveries may have been missed (the cluster link came back): every local session is
     /// told to `sync`.
     SyncHintAll,
+    /// The cluster link restarted: forget what it said of other nodes (it will say it again).
+    RemoteReset,
+    /// These users' sessions here may have missed deliveries: tell them to `sync`.
+    SyncHint(Vec<UserKey>),
     /// Panics inside `handle`, to exercise supervision.
     #[cfg(feature = "test-hooks")]
     Crash,
@@ -156,6 +160,8 @@ struct Entry {
     watching: HashSet<String>,
 }
 
+/// How long hints after a cluster reconnect wait for storage to answer.
+const SYNC_HINT_STORAGE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 /// How long a restarted Router waits for SessionSupervisor's list of live sessions.
 const RECOVERY_TIMEOUT_MS: u64 = 10_000;
 
@@ -280,7 +286,21 @@ impl Actor for Router {
             RouterMsg::RemoteDeliver { user, message } => state.send_message(&user, &message, None),
             RouterMsg::RemoteTyping { from, to } => state.typing(&from, &to),
             RouterMsg::RemotePresence { user, online } => state.remote_presence(user, online),
-            RouterMsg::SyncHintAll => state.sync_hint_all(),
+            RouterMsg::SyncHintAll => {
+                let users = state.sessions.values().map(|e| e.key.clone()).collect();
+                state.sync_hint(users);
+            }
+            RouterMsg::SyncHint(users) => state.sync_hint(users),
+            RouterMsg::RemoteReset => {
+                let remote: Vec<UserKey> = state
+                    .remote
+                    .iter()
+                    .flat_map(|(t, users)| users.iter().map(|u| UserKey::new(t.clone(), u.clone())))
+                    .collect();
+                for user in remote {
+                    state.remote_presence(user, false);
+                }
+            }
             #[cfg(feature = "test-hooks")]
             RouterMsg::Crash => panic!("router crash requested by a test hook"),
         }
@@ -392,16 +412,30 @@ impl RouterState {
         }
     }
 
-    /// Tells every local session to `sync`, with its user's current seq.
-    fn sync_hint_all(&self) {
-        let targets: Vec<(UserKey, Outbound)> = self
-            .sessions
-            .values()
-            .map(|e| (e.key.clone(), e.outbound.clone()))
+    /// Tells every local session of `users` to `sync`, with its user's current seq.
+    fn sync_hint(&self, users: Vec<UserKey>) {
+        let targets: Vec<(UserKey, Outbound)> = users
+            .into_iter()
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .flat_map(|key| {
+                self.live_sessions(&key)
+                    .iter()
+                    .filter_map(|s| self.sessions.get(s))
+                    .map(|e| (key.clone(), e.outbound.clone()))
+                    .collect::<Vec<_>>()
+            })
             .collect();
+        if targets.is_empty() {
+            return;
+        }
         let storage = self.storage.clone();
         tokio::spawn(async move {
-            let Some(client) = storage.client() else {
+            // Storage may be coming back too; the hints are worth a wait.
+            let Some(client) = storage.wait_for_client(SYNC_HINT_STORAGE_WAIT).await else {
+                tracing::warn!(
+                    "storage unreachable; no sync_hint sent after the cluster link came back"
+                );
                 return;
             };
             let mut last_seqs: HashMap<UserKey, u64> = HashMap::new();

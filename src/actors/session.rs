@@ -246,16 +246,16 @@ async fn welcome(myself: &ActorRef<SessionMsg>, state: &SessionState) {
     let connection = &state.connection;
     // Other nodes' deliveries for this user must reach this node before `last_seq` is read:
     // then nothing committed after it can miss the session.
-    if let Some(cluster) = state.gateway.cluster.as_ref().and_then(ActorSlot::get) {
-        let counted = ractor::call_t!(
+    // Once per connection, even if this session restarts: the Cluster counts every
+    // Interest it handles, also one whose answer comes too late.
+    if let Some(cluster) = state.gateway.cluster.as_ref().and_then(ActorSlot::get)
+        && !connection.cluster_interest.swap(true, Ordering::Relaxed)
+    {
+        let _ = ractor::call_t!(
             cluster,
             |reply| ClusterMsg::Interest(connection.key.clone(), reply),
             ROUTER_CALL_TIMEOUT_MS
-        )
-        .unwrap_or(false);
-        connection
-            .cluster_interest
-            .store(counted, Ordering::Relaxed);
+        );
     }
     let client = state
         .gateway
