@@ -249,6 +249,17 @@ pub enum StorageBackend {
     Postgres,
 }
 
+/// What an acknowledged message survives with the SQLite backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SqliteSync {
+    /// fsync at every commit: an ack survives a power loss.
+    #[default]
+    Full,
+    /// fsync at checkpoints: an ack survives a process crash, not a power loss.
+    Normal,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PostgresConfig {
@@ -279,6 +290,8 @@ pub struct StorageConfig {
     pub backend: StorageBackend,
     /// The SQLite database file of the `sqlite` backend.
     pub sqlite_path: PathBuf,
+    /// What an ack survives with the `sqlite` backend.
+    pub sqlite_synchronous: SqliteSync,
     /// The `postgres` backend.
     pub postgres: PostgresConfig,
     /// Accepted messages not yet committed, across the node. When full, sends are answered
@@ -303,6 +316,7 @@ impl Default for StorageConfig {
             endpoint: "http://127.0.0.1:50051".to_owned(),
             backend: StorageBackend::Sqlite,
             sqlite_path: PathBuf::from("data/peroxo.db"),
+            sqlite_synchronous: SqliteSync::Full,
             postgres: PostgresConfig::default(),
             max_pending: 10_000,
             max_batch: 256,

@@ -99,12 +99,13 @@ impl StoreServer {
         let shutdown = stop.clone().cancelled_owned();
         let task = match config.backend {
             StorageBackend::Sqlite => {
-                let store = SqliteStore::open(&config.sqlite_path).with_context(|| {
-                    format!(
-                        "cannot open the SQLite database {}",
-                        config.sqlite_path.display()
-                    )
-                })?;
+                let store = SqliteStore::open(&config.sqlite_path, config.sqlite_synchronous)
+                    .with_context(|| {
+                        format!(
+                            "cannot open the SQLite database {}",
+                            config.sqlite_path.display()
+                        )
+                    })?;
                 tokio::spawn(grpc::serve(store, listener, shutdown))
             }
             StorageBackend::Postgres => {

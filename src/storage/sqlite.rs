@@ -18,6 +18,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
 use tokio::sync::oneshot;
 
 use super::{HistoryQuery, MAX_STORED_TEXT_BYTES, MessageStore, StoreError, SyncQuery};
+use crate::config::SqliteSync;
 use crate::domain::{
     AppendOutcome, HistoryPage, NewMessage, StoredMessage, SyncPage, UserKey, conversation_id,
     now_ms,
@@ -83,8 +84,9 @@ impl std::fmt::Debug for SqliteStore {
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database at `path`, migrates it, and starts the writer.
-    pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+    /// Opens (creating if needed) the database at `path` with the durability of
+    /// `synchronous`, migrates it, and starts the writer.
+    pub fn open(path: impl AsRef<Path>, synchronous: SqliteSync) -> Result<Self, StoreError> {
         let path = path.as_ref().to_path_buf();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| {
@@ -92,7 +94,7 @@ impl SqliteStore {
             })?;
         }
         let conn = Connection::open(&path).map_err(backend)?;
-        configure_writer(&conn)?;
+        configure_writer(&conn, synchronous)?;
         migrate(&conn)?;
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()
@@ -231,15 +233,20 @@ fn seq_to_sql(seq: u64) -> i64 {
     i64::try_from(seq).unwrap_or(i64::MAX)
 }
 
-fn configure_writer(conn: &Connection) -> Result<(), StoreError> {
-    // WAL lets readers run beside the writer. synchronous=FULL fsyncs the WAL at every commit:
-    // an acknowledged message survives a power loss, not only a process crash.
-    conn.execute_batch(
+fn configure_writer(conn: &Connection, synchronous: SqliteSync) -> Result<(), StoreError> {
+    // WAL lets readers run beside the writer. FULL fsyncs the WAL at every commit: an
+    // acknowledged message survives a power loss. NORMAL fsyncs at checkpoints only: an
+    // acknowledged message survives a crash of the process, not of the machine.
+    let synchronous = match synchronous {
+        SqliteSync::Full => "FULL",
+        SqliteSync::Normal => "NORMAL",
+    };
+    conn.execute_batch(&format!(
         "PRAGMA journal_mode = WAL;
-         PRAGMA synchronous = FULL;
+         PRAGMA synchronous = {synchronous};
          PRAGMA foreign_keys = ON;
-         PRAGMA busy_timeout = 5000;",
-    )
+         PRAGMA busy_timeout = 5000;"
+    ))
     .map_err(backend)
 }
 
