@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# A short `peroxo bench dm` run for CI: a few seconds at a small rate against a fresh node.
+# It checks the delivery contract only (every acked message delivered exactly once, in order,
+# gapless seqs) and never fails on timings: the machine running CI is shared and noisy.
+#
+#   bench/ci.sh [path/to/peroxo]     (default: target/debug/peroxo)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bin=${1:-target/debug/peroxo}
+work=$(mktemp -d "${TMPDIR:-/tmp}/peroxo-ci-bench.XXXXXX")
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+PEROXO_HTTP__LISTEN="127.0.0.1:$port" \
+PEROXO_STORAGE__LISTEN="127.0.0.1:0" \
+PEROXO_STORAGE__SQLITE_PATH="$work/ci.db" \
+  "$bin" serve --config bench/config.toml >"$work/server.log" 2>&1 &
+server=$!
+trap 'kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; rm -rf "$work"' EXIT
+for _ in $(seq 1 200); do
+  if curl -fsS "http://127.0.0.1:$port/healthz" >/dev/null 2>&1; then break; fi
+  sleep 0.05
+done
+curl -fsS "http://127.0.0.1:$port/healthz" >/dev/null
+"$bin" bench dm --url "ws://127.0.0.1:$port/ws" --users 40 --rate 400 \
+  --duration 4s --warmup 1s --drain 10s --text-bytes 64

@@ -1,0 +1,408 @@
+//! Opening and closing benchmark sessions: where to connect, from which source address, with
+//! which identity, and the steps every scenario shares (TCP connect, WebSocket handshake,
+//! waiting for `welcome`, closing with a close handshake).
+//!
+//! Source addresses: one loopback address has about 28,000 ephemeral ports (32768–60999).
+//! With `--source-ips K` client sockets are bound to 127.0.0.2 … 127.0.0.(1+K) in turn, which
+//! multiplies the ports available (and spreads connections in TIME_WAIT).
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use futures_util::StreamExt;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{self, Message};
+
+use super::report::Tally;
+use super::wire::{self, Frame};
+
+/// A benchmark client's WebSocket.
+pub(super) type Ws = WebSocketStream<TcpStream>;
+
+/// How long a session may take from TCP connect to `welcome` (the server's own handshake
+/// timeout is 10 s by default).
+pub(super) const OPEN_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a client waits for the server's answer to its close frame.
+pub(super) const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a minted token is valid: longer than any benchmark run.
+const TOKEN_TTL: Duration = Duration::from_secs(6 * 3_600);
+/// The first loopback source address used with `--source-ips` (127.0.0.1 is left alone).
+const FIRST_SOURCE: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
+
+/// How benchmark clients prove who they are.
+enum Credentials {
+    /// Dev mode: `?user=<id>&tenant=<t>`.
+    Dev,
+    /// JWT mode: `?token=` with an HS256 token minted for each connection.
+    Jwt(EncodingKey),
+}
+
+/// How large the client's WebSocket buffers are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Buffers {
+    /// Small buffers, for many mostly idle connections.
+    Lean,
+    /// The library's defaults: writes gather until a flush.
+    Default,
+}
+
+/// Where and as whom benchmark clients connect.
+pub(super) struct Endpoint {
+    /// The WebSocket URL without query string.
+    url: String,
+    /// The server's resolved address.
+    server: SocketAddr,
+    tenant: String,
+    credentials: Credentials,
+    /// Local addresses to bind to in turn; empty to let the kernel choose.
+    sources: Vec<IpAddr>,
+    config: WebSocketConfig,
+}
+
+impl Endpoint {
+    /// Resolves `url` and checks the options against it.
+    pub(super) async fn resolve(
+        url: &str,
+        tenant: String,
+        jwt_secret: Option<&str>,
+        source_ips: u8,
+        buffers: Buffers,
+    ) -> anyhow::Result<Self> {
+        let authority = authority_of(url)?;
+        let server = tokio::net::lookup_host(authority)
+            .await
+            .with_context(|| format!("cannot resolve {authority}"))?
+            .next()
+            .with_context(|| format!("{authority} resolves to no address"))?;
+        let sources = source_addresses(source_ips, server)?;
+        super::check_id("--tenant", &tenant)?;
+        let credentials = match jwt_secret {
+            Some(secret) => Credentials::Jwt(EncodingKey::from_secret(secret.as_bytes())),
+            None => Credentials::Dev,
+        };
+        let config = match buffers {
+            Buffers::Lean => WebSocketConfig::default()
+                .read_buffer_size(4_096)
+                .write_buffer_size(0),
+            Buffers::Default => WebSocketConfig::default(),
+        };
+        Ok(Self {
+            url: url.split('?').next().unwrap_or(url).to_owned(),
+            server,
+            tenant,
+            credentials,
+            sources,
+            config,
+        })
+    }
+
+    /// The tenant every session of this run belongs to.
+    pub(super) fn tenant(&self) -> &str {
+        &self.tenant
+    }
+
+    /// Opens connection number `n` as `user` and waits for `welcome`.
+    pub(super) async fn open_session(&self, user: &str, n: usize) -> Result<Session, OpenError> {
+        let request = self.request_url(user)?;
+        self.open_session_at(request, n).await
+    }
+
+    /// Opens connection number `n` with the upgrade URL `request` (from
+    /// [`Endpoint::request_url`]) and waits for `welcome`, within `OPEN_TIMEOUT`.
+    pub(super) async fn open_session_at(
+        &self,
+        request: String,
+        n: usize,
+    ) -> Result<Session, OpenError> {
+        let open = async {
+            let mut ws = self.open(request, n).await?;
+            let last_seq = wait_for_welcome(&mut ws).await?;
+            Ok(Session { ws, last_seq })
+        };
+        tokio::time::timeout(OPEN_TIMEOUT, open)
+            .await
+            .unwrap_or(Err(OpenError::Timeout))
+    }
+
+    /// TCP connect and WebSocket handshake for connection number `n`.
+    async fn open(&self, request: String, n: usize) -> Result<Ws, OpenError> {
+        let stream = self.connect_tcp(n).await.map_err(OpenError::Tcp)?;
+        let (ws, _response) =
+            tokio_tungstenite::client_async_with_config(request, stream, Some(self.config))
+                .await
+                .map_err(OpenError::from_handshake)?;
+        Ok(ws)
+    }
+
+    /// Connects a TCP socket, bound to the `n`th source address in turn when there are some.
+    async fn connect_tcp(&self, n: usize) -> std::io::Result<TcpStream> {
+        let socket = TcpSocket::new_v4()?;
+        if !self.sources.is_empty() {
+            let source = self.sources[n % self.sources.len()];
+            socket.bind(SocketAddr::new(source, 0))?;
+        }
+        let stream = socket.connect(self.server).await?;
+        // Without it small frames wait for delayed ACKs (Nagle's algorithm).
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    }
+
+    /// The upgrade URL that identifies `user` of this run's tenant (in jwt mode it carries a
+    /// freshly minted token).
+    pub(super) fn request_url(&self, user: &str) -> Result<String, OpenError> {
+        match &self.credentials {
+            Credentials::Dev => Ok(format!("{}?user={user}&tenant={}", self.url, self.tenant)),
+            Credentials::Jwt(key) => {
+                let token = mint_token(key, user, &self.tenant).map_err(OpenError::Token)?;
+                Ok(format!("{}?token={token}", self.url))
+            }
+        }
+    }
+}
+
+/// The `host:port` of a `ws://` URL.
+fn authority_of(url: &str) -> anyhow::Result<&str> {
+    let rest = url
+        .strip_prefix("ws://")
+        .with_context(|| format!("--url {url:?}: only ws:// URLs are supported"))?;
+    let authority = rest.split(['/', '?']).next().unwrap_or(rest);
+    anyhow::ensure!(!authority.is_empty(), "--url {url:?} names no host");
+    Ok(authority)
+}
+
+/// The source addresses for `--source-ips count`: none for 0, else 127.0.0.2 onwards, which
+/// only reach a server on IPv4 loopback.
+fn source_addresses(count: u8, server: SocketAddr) -> anyhow::Result<Vec<IpAddr>> {
+    if count == 0 {
+        return Ok(Vec::new());
+    }
+    anyhow::ensure!(
+        server.ip().is_loopback() && server.is_ipv4(),
+        "--source-ips binds to 127.0.0.x and needs a server on IPv4 loopback, not {server}"
+    );
+    anyhow::ensure!(count <= 250, "--source-ips takes at most 250 addresses");
+    let first = u32::from(FIRST_SOURCE);
+    Ok((0..u32::from(count))
+        .map(|i| IpAddr::V4(Ipv4Addr::from(first + i)))
+        .collect())
+}
+
+/// An HS256 token for `user` of `tenant` (claims `sub`, `tenant`, `exp`, `iat`).
+fn mint_token(
+    key: &EncodingKey,
+    user: &str,
+    tenant: &str,
+) -> Result<String, jsonwebtoken::errors::Error> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let claims = serde_json::json!({
+        "sub": user,
+        "tenant": tenant,
+        "iat": now,
+        "exp": now + TOKEN_TTL.as_secs(),
+    });
+    jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, key)
+}
+
+/// An open session that has received `welcome`.
+pub(super) struct Session {
+    pub(super) ws: Ws,
+    /// The user's seq announced in `welcome`.
+    pub(super) last_seq: u64,
+}
+
+/// Why a session could not be opened, in categories worth counting.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum OpenError {
+    #[error("tcp connect: {0}")]
+    Tcp(std::io::Error),
+    #[error("token: {0}")]
+    Token(jsonwebtoken::errors::Error),
+    #[error("upgrade refused with HTTP {0}")]
+    Refused(u16),
+    #[error("websocket handshake: {0}")]
+    Handshake(tungstenite::Error),
+    #[error("closed before welcome{}", .0.map(|c| format!(" (code {c})")).unwrap_or_default())]
+    ClosedBeforeWelcome(Option<u16>),
+    #[error("first frame is not welcome: {0}")]
+    NoWelcome(String),
+    #[error("no welcome within {OPEN_TIMEOUT:?}")]
+    Timeout,
+}
+
+impl OpenError {
+    fn from_handshake(error: tungstenite::Error) -> Self {
+        match error {
+            tungstenite::Error::Http(response) => OpenError::Refused(response.status().as_u16()),
+            tungstenite::Error::Io(io) => OpenError::Tcp(io),
+            other => OpenError::Handshake(other),
+        }
+    }
+
+    /// A short label for counting failures of the same kind together.
+    pub(super) fn label(&self) -> String {
+        match self {
+            OpenError::Tcp(e) => format!("tcp {:?}", e.kind()),
+            OpenError::Token(_) => "token".to_owned(),
+            OpenError::Refused(status) => format!("http {status}"),
+            OpenError::Handshake(_) => "handshake".to_owned(),
+            OpenError::ClosedBeforeWelcome(Some(code)) => format!("closed {code}"),
+            OpenError::ClosedBeforeWelcome(None) => "closed".to_owned(),
+            OpenError::NoWelcome(_) => "no welcome".to_owned(),
+            OpenError::Timeout => "timeout".to_owned(),
+        }
+    }
+}
+
+/// Reads until the first text frame, which must be `welcome`; returns its `last_seq`.
+async fn wait_for_welcome(ws: &mut Ws) -> Result<u64, OpenError> {
+    loop {
+        let message = match ws.next().await {
+            None => return Err(OpenError::ClosedBeforeWelcome(None)),
+            Some(Err(error)) => return Err(OpenError::from_handshake(error)),
+            Some(Ok(message)) => message,
+        };
+        match message {
+            Message::Text(text) => {
+                return match wire::decode(text.as_str()) {
+                    Ok(Frame::Welcome { last_seq }) => Ok(last_seq),
+                    Ok(other) => Err(OpenError::NoWelcome(format!("{other:?}"))),
+                    Err(error) => Err(OpenError::NoWelcome(error.to_string())),
+                };
+            }
+            Message::Close(frame) => {
+                return Err(OpenError::ClosedBeforeWelcome(
+                    frame.map(|f| u16::from(f.code)),
+                ));
+            }
+            // Pings are answered by the library; nothing else comes before welcome.
+            _ => {}
+        }
+    }
+}
+
+/// Closes `ws` with a close handshake: sends a close frame and reads until the server's
+/// answer ends the stream. Returns whether the server answered within `CLOSE_TIMEOUT`.
+pub(super) async fn close(mut ws: Ws) -> bool {
+    let handshake = async {
+        if ws.close(None).await.is_err() {
+            return false;
+        }
+        while let Some(frame) = ws.next().await {
+            if frame.is_err() {
+                return false;
+            }
+        }
+        true
+    };
+    tokio::time::timeout(CLOSE_TIMEOUT, handshake)
+        .await
+        .unwrap_or(false)
+}
+
+/// Live counts while many sessions open, for the progress line.
+#[derive(Debug, Default)]
+pub(super) struct OpenCounts {
+    pub(super) opened: AtomicU64,
+    pub(super) failed: AtomicU64,
+}
+
+/// Opens a session for each of `users` (connection `n` is `users[n]`), `concurrency` at a
+/// time. Returns the sessions by connection number (`None` where it failed) and the
+/// failures by cause.
+pub(super) async fn open_many(
+    endpoint: &Arc<Endpoint>,
+    users: Arc<[String]>,
+    concurrency: usize,
+    counts: &Arc<OpenCounts>,
+) -> (Vec<Option<Session>>, Tally) {
+    let next = Arc::new(AtomicUsize::new(0));
+    let (results_tx, mut results) = tokio::sync::mpsc::unbounded_channel();
+    for _ in 0..concurrency.clamp(1, users.len().max(1)) {
+        let (endpoint, users, next, counts) = (
+            Arc::clone(endpoint),
+            Arc::clone(&users),
+            Arc::clone(&next),
+            Arc::clone(counts),
+        );
+        let results_tx = results_tx.clone();
+        tokio::spawn(async move {
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                let Some(user) = users.get(n) else { break };
+                let result = endpoint.open_session(user, n).await;
+                let counter = if result.is_ok() {
+                    &counts.opened
+                } else {
+                    &counts.failed
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                if results_tx.send((n, result)).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    drop(results_tx);
+    let mut sessions: Vec<Option<Session>> = (0..users.len()).map(|_| None).collect();
+    let mut failures = Tally::default();
+    while let Some((n, result)) = results.recv().await {
+        match result {
+            Ok(session) => sessions[n] = Some(session),
+            Err(error) => failures.add(error.label(), 1),
+        }
+    }
+    (sessions, failures)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_authority_comes_from_a_ws_url() {
+        assert_eq!(
+            authority_of("ws://127.0.0.1:8080/ws").unwrap(),
+            "127.0.0.1:8080"
+        );
+        assert_eq!(
+            authority_of("ws://localhost:80?x=1").unwrap(),
+            "localhost:80"
+        );
+        assert!(authority_of("wss://example.com/ws").is_err());
+        assert!(authority_of("ws:///ws").is_err());
+    }
+
+    #[test]
+    fn source_addresses_start_at_127_0_0_2_and_need_loopback() {
+        let local: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        assert!(source_addresses(0, local).unwrap().is_empty());
+        let sources = source_addresses(3, local).unwrap();
+        assert_eq!(sources.len(), 3);
+        assert_eq!(sources[0].to_string(), "127.0.0.2");
+        assert_eq!(sources[2].to_string(), "127.0.0.4");
+        assert!(source_addresses(1, "10.0.0.1:80".parse().unwrap()).is_err());
+    }
+
+    #[test]
+    fn a_minted_token_carries_the_claims_the_server_reads() {
+        let key = EncodingKey::from_secret(b"0123456789abcdef0123456789abcdef");
+        let token = mint_token(&key, "u1", "bench-1").unwrap();
+        let secret = jsonwebtoken::DecodingKey::from_secret(b"0123456789abcdef0123456789abcdef");
+        let mut validation = jsonwebtoken::Validation::new(Algorithm::HS256);
+        validation.validate_aud = false;
+        let claims = jsonwebtoken::decode::<serde_json::Value>(&token, &secret, &validation)
+            .unwrap()
+            .claims;
+        assert_eq!(claims["sub"], "u1");
+        assert_eq!(claims["tenant"], "bench-1");
+        assert!(claims["exp"].as_u64().unwrap() > claims["iat"].as_u64().unwrap());
+    }
+}
