@@ -37,10 +37,11 @@ struct Slot {
 /// Totals kept up to date while the run goes on.
 #[derive(Debug, Default)]
 pub(super) struct Live {
-    /// Messages queued to their sender's writer.
+    /// Messages the pacer has handed on (whether their writer took them or not).
     pub(super) dispatched: AtomicU64,
     /// Messages that could not be queued or written because the connection had failed.
     pub(super) abandoned: AtomicU64,
+    /// Messages written to their sender's socket.
     pub(super) sent: AtomicU64,
     /// Messages with an ack or an error.
     pub(super) answered: AtomicU64,
@@ -48,18 +49,22 @@ pub(super) struct Live {
     pub(super) acked: AtomicU64,
     /// Messages received at least once.
     pub(super) delivered: AtomicU64,
+    /// `error` frames that named a message of this run.
     pub(super) errors: AtomicU64,
 }
 
 /// What happened to one message, as read at the end of the run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Outcome {
+    /// Whether it was written to its sender's socket.
     pub(super) sent: bool,
     pub(super) acks: u8,
     pub(super) deliveries: u8,
     /// The error code that answered it, if any (`None` inside for an unknown code).
     pub(super) error: Option<Option<ErrorCode>>,
+    /// From its due time to its first ack.
     pub(super) ack_latency: Option<Duration>,
+    /// From its due time to its first arrival at the recipient.
     pub(super) delivery_latency: Option<Duration>,
 }
 
