@@ -15,13 +15,13 @@
 //!
 //! # Layout
 //!
-//! - [`client`]: endpoint, identities, source addresses; opening and closing sessions.
-//! - [`wire`]: the client side of the protocol frames the benchmark uses.
-//! - [`histogram`]: latency histograms and their percentile summary.
-//! - [`report`]: tallies, the progress line, JSON or text output.
-//! - [`scrape`]: reading one value from `/metrics`.
-//! - [`rng`]: small seeded pseudo-random numbers.
-//! - [`idle`], [`dm`], [`connect`]: one module per scenario.
+//! - `client`: endpoint, identities, source addresses; opening and closing sessions.
+//! - `wire`: the client side of the protocol frames the benchmark uses.
+//! - `histogram`: latency histograms and their percentile summary.
+//! - `report`: tallies, the progress line, JSON or text output.
+//! - `scrape`: reading one value from `/metrics`.
+//! - `rng`: small seeded pseudo-random numbers.
+//! - `idle`, `dm`, `connect`: one module per scenario.
 
 mod client;
 mod connect;
@@ -66,7 +66,8 @@ pub struct TargetArgs {
         hide_env_values = true
     )]
     pub jwt_secret: Option<String>,
-    /// The tenant of every benchmark user [default: a fresh one per run, bench-<unix-ms>].
+    /// The tenant of every benchmark user [default: a fresh one per run, named bench- and the
+    /// Unix time in milliseconds].
     #[arg(long, global = true)]
     pub tenant: Option<String>,
     /// Print the report as one JSON object (the only output on stdout).
