@@ -14,7 +14,7 @@
 //! session, the new actor takes over the same queue and the reader follows it through a
 //! `watch` channel. The connection ends when either task ends (`done` is cancelled).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -347,6 +347,10 @@ struct LastHeard {
     start: Instant,
     /// Nanoseconds after `start` (exact, so a pong is never taken for older than its ping).
     at_ns: AtomicU64,
+    /// Set while the reader waits for its session to take a frame. The reader does not read
+    /// meanwhile, so whatever the client sends waits in the socket: a busy server must not
+    /// take that silence for the client's.
+    handing_over: AtomicBool,
 }
 
 impl LastHeard {
@@ -354,6 +358,7 @@ impl LastHeard {
         Self {
             start: Instant::now(),
             at_ns: AtomicU64::new(0),
+            handing_over: AtomicBool::new(false),
         }
     }
 
@@ -362,7 +367,19 @@ impl LastHeard {
         self.at_ns.store(ns, Ordering::Relaxed);
     }
 
+    /// Marks the start or the end of a hand-over; its end counts as hearing from the client.
+    fn handing_over(&self, busy: bool) {
+        self.handing_over.store(busy, Ordering::Relaxed);
+        if !busy {
+            self.record();
+        }
+    }
+
+    /// When the client was last heard from; now, while the reader is handing over a frame.
     fn at(&self) -> Instant {
+        if self.handing_over.load(Ordering::Relaxed) {
+            return Instant::now();
+        }
         self.start + Duration::from_nanos(self.at_ns.load(Ordering::Relaxed))
     }
 }
@@ -520,6 +537,7 @@ async fn run_writer(
             }
         }
     };
+    let mut answer_pending = true;
     if let Some(cause) = close {
         record.ended(cause.code(), cause.label());
         let frame = CloseFrame {
@@ -532,11 +550,23 @@ async fn run_writer(
             sink.send(Message::Close(Some(frame))),
         )
         .await;
-        if matches!(sent, Ok(Ok(()))) {
-            // The reader sees the client's answer (or the end of the stream) and ends the
-            // connection; a client that never answers is dropped after a while.
-            let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, done.cancelled()).await;
+        match sent {
+            Ok(Ok(())) => {
+                // The reader sees the client's answer (or the end of the stream) and ends the
+                // connection; a client that never answers is dropped after a while.
+                let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, done.cancelled()).await;
+                answer_pending = false;
+            }
+            // The client closed first (the WebSocket refuses a second close frame): answer it.
+            Ok(Err(_)) => {}
+            // The client does not read: an answer would not get through either.
+            Err(_) => answer_pending = false,
         }
+    }
+    if answer_pending {
+        // The client may have closed first. The WebSocket queued the answer to its close frame
+        // when the reader read it; closing the sink writes that answer out.
+        let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, sink.close()).await;
     }
     done.cancel();
 }
@@ -599,7 +629,10 @@ async fn run_reader(
                 break;
             }
         };
-        if !hand_to_session(&mut session, input, &done).await {
+        last_heard.handing_over(true);
+        let taken = hand_to_session(&mut session, input, &done).await;
+        last_heard.handing_over(false);
+        if !taken {
             // No session will take input any more: the writer closes the connection.
             return;
         }
@@ -654,5 +687,45 @@ async fn wait_for_next_session(
     tokio::select! {
         _ = done.cancelled() => false,
         changed = session.changed() => changed.is_ok(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pacemaker() -> Pacemaker {
+        Pacemaker {
+            heartbeat: Heartbeat {
+                ping_interval: Duration::from_secs(25),
+                idle_timeout: Duration::from_secs(60),
+            },
+            last_heard: Arc::new(LastHeard::new()),
+            pinged_at: None,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_client_is_pinged_then_closed() {
+        let pacemaker = pacemaker();
+        assert!(matches!(pacemaker.pulse(), Pulse::Wait));
+        tokio::time::advance(Duration::from_secs(26)).await;
+        assert!(matches!(pacemaker.pulse(), Pulse::Ping));
+        tokio::time::advance(Duration::from_secs(35)).await;
+        assert!(matches!(pacemaker.pulse(), Pulse::Close));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_whose_frame_waits_for_its_busy_session_is_not_idle() {
+        let pacemaker = pacemaker();
+        pacemaker.last_heard.handing_over(true);
+        tokio::time::advance(Duration::from_secs(120)).await;
+        assert!(matches!(pacemaker.pulse(), Pulse::Wait));
+        // The hand-over's end counts as hearing from the client.
+        pacemaker.last_heard.handing_over(false);
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert!(!matches!(pacemaker.pulse(), Pulse::Close));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(matches!(pacemaker.pulse(), Pulse::Close));
     }
 }

@@ -246,3 +246,13 @@ async fn tenants_with_the_same_user_ids_do_not_see_each_other() {
     assert!(bob_b.sync_all(0).await.is_empty());
     let _ = Client::connect; // the harness is shared across test files
 }
+
+#[tokio::test]
+async fn a_client_that_closes_gets_its_close_frame_answered() {
+    let server = TestServer::start().await;
+    for i in 0..20 {
+        let client = server.connect(&format!("leaver-{i}")).await;
+        let answer = client.close_expecting_answer().await;
+        assert_eq!(answer.map(|f| u16::from(f.code)), Some(1000));
+    }
+}

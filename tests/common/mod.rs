@@ -367,6 +367,28 @@ impl Client {
         }
     }
 
+    /// Closes with 1000 and returns the server's answer to the close frame; fails when the
+    /// connection ends without one.
+    pub async fn close_expecting_answer(mut self) -> Option<CloseFrame> {
+        use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+        let frame = CloseFrame {
+            code: CloseCode::Normal,
+            reason: "bye".into(),
+        };
+        self.ws.close(Some(frame)).await.expect("close frame sent");
+        loop {
+            let frame = tokio::time::timeout(DEADLINE, self.ws.next())
+                .await
+                .expect("an answer within the deadline");
+            match frame {
+                Some(Ok(Message::Close(answer))) => return answer,
+                Some(Ok(_)) => {}
+                Some(Err(e)) => panic!("connection failed instead of answering the close: {e}"),
+                None => panic!("connection ended without answering the close"),
+            }
+        }
+    }
+
     pub async fn close(mut self) {
         let _ = self.ws.close(None).await;
         // Wait for the server's side of the closing handshake.
