@@ -287,6 +287,9 @@ async fn prometheus(State(state): State<HttpState>) -> Response {
     metrics
         .outbox_pending
         .set(state.gateway.outbox.pending() as f64);
+    metrics
+        .outbox_pending_peak
+        .set(state.gateway.outbox.peak() as f64);
     metrics.storage_up.set(if state.gateway.storage.is_up() {
         1.0
     } else {

@@ -42,6 +42,7 @@ pub struct Metrics {
     pub persist_batch_size: Histogram,
     pub persist_rpc: Histogram,
     pub outbox_pending: Gauge,
+    pub outbox_pending_peak: Gauge,
     pub storage_up: Gauge,
     pub storage_reconnects: Counter,
     restarts: Vec<(ActorKind, Counter)>,
@@ -120,6 +121,7 @@ impl Metrics {
             persist_batch_size: histogram!("peroxo_persist_batch_size"),
             persist_rpc: histogram!("peroxo_persist_rpc_seconds"),
             outbox_pending: gauge!("peroxo_outbox_pending"),
+            outbox_pending_peak: gauge!("peroxo_outbox_pending_peak"),
             storage_up: gauge!("peroxo_storage_up"),
             storage_reconnects: counter!("peroxo_storage_reconnects_total"),
             restarts: ActorKind::ALL
@@ -218,6 +220,11 @@ fn describe() {
     describe_gauge!(
         "peroxo_outbox_pending",
         "Accepted sends not yet answered by storage."
+    );
+    describe_gauge!(
+        "peroxo_outbox_pending_peak",
+        "The most accepted sends ever waiting for storage at once since the node started; \
+         never above storage.max_pending."
     );
     describe_gauge!(
         "peroxo_storage_up",

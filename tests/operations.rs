@@ -5,24 +5,13 @@ mod common;
 
 use std::collections::{HashMap, HashSet};
 
+use common::metric_sample as sample;
 use common::{TestServer, eventually, free_addr, start_store};
 use serde_json::{Value, json};
 
 /// GET `path` on the node; returns the status and the body.
 async fn get(server: &TestServer, path: &str) -> (u16, String) {
     common::http_request(server.gateway.http_addr, "GET", path, "").await
-}
-
-/// The value of the first sample of `name` whose labels contain `labels`.
-fn sample(metrics: &str, name: &str, labels: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .find(|l| {
-            let (series, _) = l.rsplit_once(' ').unwrap();
-            (series == name || series.starts_with(&format!("{name}{{"))) && series.contains(labels)
-        })
-        .and_then(|l| l.rsplit_once(' ').unwrap().1.parse().ok())
 }
 
 #[tokio::test]
@@ -47,6 +36,7 @@ async fn metrics_cover_connections_messages_storage_and_the_process() {
         "peroxo_persist_batch_size_bucket",
         "peroxo_persist_rpc_seconds_bucket",
         "peroxo_outbox_pending",
+        "peroxo_outbox_pending_peak",
         "peroxo_storage_up",
         "peroxo_process_resident_memory_bytes",
         "peroxo_process_cpu_seconds_total",
@@ -56,6 +46,7 @@ async fn metrics_cover_connections_messages_storage_and_the_process() {
     }
     assert!(sample(&text, "peroxo_connections", "").unwrap() >= 2.0);
     assert_eq!(sample(&text, "peroxo_storage_up", ""), Some(1.0));
+    assert!(sample(&text, "peroxo_outbox_pending_peak", "").unwrap() >= 1.0);
     assert!(sample(&text, "peroxo_acks_total", "duplicate=\"true\"").unwrap() >= 1.0);
     assert!(sample(&text, "peroxo_acks_total", "duplicate=\"false\"").unwrap() >= 1.0);
     assert!(sample(&text, "peroxo_errors_total", "code=\"bad_request\"").unwrap() >= 1.0);

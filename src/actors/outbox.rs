@@ -7,7 +7,7 @@
 //! answers `unavailable` at once.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -50,6 +50,9 @@ pub struct Outbox {
     wake_pending: AtomicBool,
     /// Set when shutdown starts draining: no write is accepted any more.
     closing: AtomicBool,
+    /// The most writes ever pending at once, so operators (and the fault suite) can see how
+    /// close the node came to `storage.max_pending`.
+    peak: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -87,6 +90,7 @@ impl Outbox {
             capacity,
             wake_pending: AtomicBool::new(false),
             closing: AtomicBool::new(false),
+            peak: AtomicUsize::new(0),
         }
     }
 
@@ -107,6 +111,7 @@ impl Outbox {
                 TryAcquireError::NoPermits => Refused::Full,
                 TryAcquireError::Closed => Refused::ShuttingDown,
             })?;
+        self.peak.fetch_max(self.pending(), Ordering::Relaxed);
         self.lock().waiting.push_back(PendingWrite {
             message,
             origin,
@@ -131,6 +136,11 @@ impl Outbox {
     /// Writes accepted and not yet answered.
     pub fn pending(&self) -> usize {
         self.capacity - self.permits.available_permits()
+    }
+
+    /// The most writes that were ever pending at once since the node started.
+    pub fn peak(&self) -> usize {
+        self.peak.load(Ordering::Relaxed)
     }
 
     /// Refuses new writes and waits until every accepted one has been answered, for at

@@ -566,18 +566,39 @@ pub async fn http_request(
     path: &str,
     headers: &str,
 ) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    let request =
-        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Connection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = Vec::new();
-    tokio::time::timeout(DEADLINE, stream.read_to_end(&mut response))
+    try_http_request(addr, method, path, headers)
         .await
-        .expect("a response in time")
-        .unwrap();
-    let response = String::from_utf8(response).unwrap();
-    let status = response[9..12].parse().unwrap();
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+}
+
+/// [`http_request`] that reports a failure (no connection, no answer in time, not HTTP)
+/// instead of failing the test.
+pub async fn try_http_request(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
+) -> Result<(u16, String), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut stream = TcpStream::connect(addr).await?;
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Connection: close\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await?;
+        Ok::<_, std::io::Error>(response)
+    };
+    let response = tokio::time::timeout(DEADLINE, exchange)
+        .await
+        .map_err(|_| "no response in time".to_owned())?
+        .map_err(|e| e.to_string())?;
+    let response = String::from_utf8(response).map_err(|e| e.to_string())?;
+    let status = response
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("not an HTTP response: {response:?}"))?;
     let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
     let body = if head
         .to_ascii_lowercase()
@@ -587,7 +608,22 @@ pub async fn http_request(
     } else {
         body.to_owned()
     };
-    (status, body)
+    Ok((status, body))
+}
+
+/// The value of the first sample of metric `name` whose labels contain `labels`, in a
+/// Prometheus text exposition.
+pub fn metric_sample(metrics: &str, name: &str, labels: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .find(|l| {
+            l.rsplit_once(' ').is_some_and(|(series, _)| {
+                (series == name || series.starts_with(&format!("{name}{{")))
+                    && series.contains(labels)
+            })
+        })
+        .and_then(|l| l.rsplit_once(' ')?.1.parse().ok())
 }
 
 fn dechunk(mut body: &str) -> String {

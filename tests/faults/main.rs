@@ -1,0 +1,399 @@
+//! The fault-injection suite: kills, freezes and cuts PerOXO's own parts under traffic, then
+//! checks that nothing acknowledged was lost, nothing was stored twice or without a sender,
+//! every user ends with every message exactly once and in order, memory stayed bounded, and
+//! only the process a case killed ever died.
+//!
+//! Every part is a real OS process (`peroxo serve`, `peroxo store`, `nats-server`), so a kill
+//! is a real kill. One line per case: the faults injected, messages sent, acked and delivered,
+//! and each invariant's result; the details of any failure follow it.
+//!
+//! ```text
+//! cargo test --test faults                          # every case, short (the CI run)
+//! cargo test --test faults -- storage               # the cases whose name contains "storage"
+//! PEROXO_FAULTS=long cargo test --release --test faults
+//! ```
+//!
+//! Needs PostgreSQL (`PEROXO_TEST_POSTGRES_URL`, default 127.0.0.1:5432, user postgres) and
+//! the `nats-server` binary (Debian package `nats-server`, or `NATS_SERVER` naming it); see
+//! docs/RELIABILITY.md.
+
+#[path = "../common/mod.rs"]
+mod common;
+mod proxy;
+mod rig;
+mod verdict;
+mod workload;
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use rig::{Backend, Layout, Rig};
+use tokio::time::Instant;
+use verdict::Evidence;
+use workload::{Traffic, Workload};
+
+/// The fault a case injects.
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    /// SIGKILL the storage service, start it again after the outage.
+    StorageKill,
+    /// SIGSTOP the storage service, SIGCONT after the outage.
+    StorageFreeze,
+    /// SIGKILL the (only) gateway, with its embedded storage, and start it again.
+    GatewayKill,
+    /// Crash random users' session actors through the test hook, every few hundred ms.
+    SessionPanics,
+    /// Crash the Router through the test hook.
+    RouterPanic,
+    /// SIGKILL one gateway node of a cluster for good; its users move to the others.
+    NodeKill,
+    /// SIGKILL NATS, start it again after the outage.
+    NatsKill,
+    /// Cut the link between the gateway and storage, restore it after the outage.
+    LinkCut,
+}
+
+struct Case {
+    name: &'static str,
+    layout: Layout,
+    fault: Fault,
+}
+
+const fn layout(backend: Backend, embedded: bool, nodes: usize, proxy: bool) -> Layout {
+    Layout {
+        backend,
+        embedded,
+        nodes,
+        proxy,
+        max_pending: 10_000,
+    }
+}
+
+fn cases() -> Vec<Case> {
+    use Backend::{Postgres, Sqlite};
+    vec![
+        Case {
+            name: "storage-kill/sqlite",
+            layout: layout(Sqlite, false, 1, false),
+            fault: Fault::StorageKill,
+        },
+        Case {
+            name: "storage-kill/postgres",
+            layout: layout(Postgres, false, 1, false),
+            fault: Fault::StorageKill,
+        },
+        Case {
+            name: "storage-freeze/sqlite",
+            // A small outbox, so that the freeze fills it and senders are refused.
+            layout: Layout {
+                max_pending: 64,
+                ..layout(Sqlite, false, 1, false)
+            },
+            fault: Fault::StorageFreeze,
+        },
+        Case {
+            name: "gateway-kill/sqlite",
+            layout: layout(Sqlite, true, 1, false),
+            fault: Fault::GatewayKill,
+        },
+        Case {
+            name: "session-panics/sqlite",
+            layout: layout(Sqlite, true, 1, false),
+            fault: Fault::SessionPanics,
+        },
+        Case {
+            name: "router-panic/sqlite",
+            layout: layout(Sqlite, true, 1, false),
+            fault: Fault::RouterPanic,
+        },
+        Case {
+            name: "node-kill/postgres",
+            layout: layout(Postgres, false, 3, false),
+            fault: Fault::NodeKill,
+        },
+        Case {
+            name: "nats-kill/postgres",
+            layout: layout(Postgres, false, 2, false),
+            fault: Fault::NatsKill,
+        },
+        Case {
+            name: "link-cut/sqlite",
+            layout: layout(Sqlite, false, 1, true),
+            fault: Fault::LinkCut,
+        },
+    ]
+}
+
+/// How hard the suite pushes: the short run for CI, the long one for a release.
+#[derive(Debug, Clone, Copy)]
+struct Scale {
+    traffic: Traffic,
+    /// When the first fault strikes, and between the starts of two faults.
+    first_fault: Duration,
+    fault_every: Duration,
+    faults: u32,
+    /// How long each kill, freeze or cut lasts.
+    outage: Duration,
+}
+
+impl Scale {
+    fn from_env() -> Self {
+        let long = std::env::var("PEROXO_FAULTS").is_ok_and(|v| v == "long");
+        if long {
+            Self {
+                traffic: Traffic {
+                    users: 200,
+                    rate: 1_000.0,
+                    duration: Duration::from_secs(60),
+                    seed: 7,
+                },
+                first_fault: Duration::from_secs(5),
+                fault_every: Duration::from_secs(12),
+                faults: 4,
+                outage: Duration::from_secs(4),
+            }
+        } else {
+            Self {
+                traffic: Traffic {
+                    users: 16,
+                    rate: 150.0,
+                    duration: Duration::from_secs(9),
+                    seed: 7,
+                },
+                first_fault: Duration::from_secs(2),
+                fault_every: Duration::from_secs(5),
+                faults: 1,
+                outage: Duration::from_secs(3),
+            }
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    if std::env::args().any(|a| a == "--list") {
+        for case in cases() {
+            println!("{}: test", case.name);
+        }
+        return ExitCode::SUCCESS;
+    }
+    let scale = Scale::from_env();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let selected: Vec<Case> = cases()
+        .into_iter()
+        .filter(|c| filters.is_empty() || filters.iter().any(|f| c.name.contains(f.as_str())))
+        .collect();
+    println!(
+        "\nfault injection: {} cases, {} users, {} sends/s for {:?}, {} fault(s) of {:?} each",
+        selected.len(),
+        scale.traffic.users,
+        scale.traffic.rate,
+        scale.traffic.duration,
+        scale.faults,
+        scale.outage
+    );
+    let mut failed = Vec::new();
+    for case in selected {
+        let passed = runtime.block_on(run_case(&case, scale));
+        if !passed {
+            failed.push(case.name);
+        }
+    }
+    if failed.is_empty() {
+        println!("fault injection: every invariant held\n");
+        ExitCode::SUCCESS
+    } else {
+        println!("fault injection: FAILED {failed:?}\n");
+        ExitCode::FAILURE
+    }
+}
+
+/// What the injected faults did, for the verdict.
+#[derive(Debug, Default)]
+struct Injected {
+    faults: u64,
+    session_crashes: u64,
+    router_crashes: u64,
+}
+
+async fn run_case(case: &Case, scale: Scale) -> bool {
+    let started = Instant::now();
+    let mut rig = Rig::start(case.layout).await;
+    let tenant = format!("faults{}", std::process::id());
+    let workload = Workload::start(rig.urls(), &tenant, scale.traffic);
+    let traffic_start = Instant::now();
+    let mut injected = Injected::default();
+    for n in 0..scale.faults {
+        let at = traffic_start + scale.first_fault + scale.fault_every * n;
+        tokio::time::sleep_until(at).await;
+        inject(case.fault, &mut rig, scale, &tenant, &mut injected).await;
+    }
+    let reports = workload.finish(Duration::from_secs(90)).await;
+    let texts = rig.scrape().await;
+    let mut restarts: BTreeMap<String, f64> = BTreeMap::new();
+    let mut sessions_failed = 0.0;
+    let mut storage_reconnects = 0.0;
+    for text in texts.iter().flatten() {
+        for kind in [
+            "cluster",
+            "router",
+            "persistence",
+            "session_supervisor",
+            "session",
+        ] {
+            let value = common::metric_sample(
+                text,
+                "peroxo_actor_restarts_total",
+                &format!("actor=\"{kind}\""),
+            )
+            .unwrap_or(0.0);
+            *restarts.entry(kind.to_owned()).or_default() += value;
+        }
+        sessions_failed += common::metric_sample(
+            text,
+            "peroxo_sessions_closed_total",
+            "reason=\"session_failed\"",
+        )
+        .unwrap_or(0.0);
+        storage_reconnects +=
+            common::metric_sample(text, "peroxo_storage_reconnects_total", "").unwrap_or(0.0);
+    }
+    let stored = rig.stored(&tenant).await;
+    let unexpected_deaths = rig
+        .services()
+        .into_iter()
+        .filter_map(|s| (!s.alive() && !s.killed).then(|| s.name.clone()))
+        .collect();
+    let outbox_peaks = rig.nodes.iter().map(|n| n.outbox_peak).collect();
+    let reconnects: u64 = reports.iter().map(|r| r.reconnects).sum();
+    let sync_hints: u64 = reports.iter().map(|r| r.sync_hints).sum();
+    let mut errors: BTreeMap<&str, u64> = BTreeMap::new();
+    for report in &reports {
+        for (code, n) in &report.errors {
+            *errors.entry(code).or_default() += n;
+        }
+    }
+    let refused = errors.get("unavailable").copied().unwrap_or(0);
+    let (effect, effect_seen) = match case.fault {
+        Fault::StorageKill | Fault::LinkCut => (
+            format!("storage reconnects {storage_reconnects}"),
+            storage_reconnects >= 1.0,
+        ),
+        // The freeze must fill the outbox: senders are told to retry.
+        Fault::StorageFreeze => (format!("sends refused {refused}"), refused >= 1),
+        Fault::GatewayKill | Fault::NodeKill => {
+            (format!("client reconnects {reconnects}"), reconnects >= 1)
+        }
+        Fault::SessionPanics => (
+            format!("sessions crashed {}", injected.session_crashes),
+            injected.session_crashes >= 1,
+        ),
+        Fault::RouterPanic => (
+            format!("router crashed {}", injected.router_crashes),
+            injected.router_crashes >= 1,
+        ),
+        Fault::NatsKill => (format!("sync hints {sync_hints}"), sync_hints >= 1),
+    };
+    let evidence = Evidence {
+        reports: &reports,
+        stored: &stored,
+        max_pending: case.layout.max_pending,
+        outbox_peaks,
+        restarts,
+        sessions_failed,
+        session_crashes: injected.session_crashes,
+        router_crashes: injected.router_crashes,
+        unexpected_deaths,
+        effect,
+        effect_seen,
+    };
+    let verdict = verdict::judge(&evidence);
+    let sent: usize = reports.iter().map(|r| r.sends.len()).sum();
+    let acked: usize = reports
+        .iter()
+        .map(|r| r.sends.iter().filter(|s| s.ack.is_some()).count())
+        .sum();
+    let live: u64 = reports.iter().map(|r| r.received_live).sum();
+    let by_sync: u64 = reports.iter().map(|r| r.received_by_sync).sum();
+    let passed = verdict.passed();
+    println!(
+        "{:<22} {} | faults {} | sent {sent} acked {acked} received live {live} by sync {by_sync} \
+         | reconnects {reconnects} errors {errors:?}{} | {:.1}s",
+        case.name,
+        if passed { "PASS" } else { "FAIL" },
+        injected.faults,
+        verdict.summary(),
+        started.elapsed().as_secs_f64()
+    );
+    if !passed {
+        print!("{}", verdict.details());
+        println!();
+    }
+    rig.finish().await;
+    passed
+}
+
+/// Injects one fault and repairs it after the outage.
+async fn inject(fault: Fault, rig: &mut Rig, scale: Scale, tenant: &str, injected: &mut Injected) {
+    injected.faults += 1;
+    match fault {
+        Fault::StorageKill => {
+            let store = rig.store.as_mut().unwrap();
+            store.kill();
+            tokio::time::sleep(scale.outage).await;
+            store.start();
+        }
+        Fault::StorageFreeze => {
+            rig.store.as_ref().unwrap().freeze(true);
+            tokio::time::sleep(scale.outage).await;
+            rig.store.as_ref().unwrap().freeze(false);
+        }
+        Fault::GatewayKill => {
+            // The outbox peak of the incarnation about to die.
+            rig.scrape().await;
+            rig.nodes[0].service.kill();
+            tokio::time::sleep(scale.outage).await;
+            rig.nodes[0].service.start();
+        }
+        Fault::SessionPanics => {
+            let until = Instant::now() + scale.outage;
+            let mut user = 0;
+            while Instant::now() < until {
+                user = (user + 5) % scale.traffic.users;
+                let path = format!("/debug/crash/sessions?tenant={tenant}&user=u{user}");
+                injected.session_crashes += crash(rig, &path).await;
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+        Fault::RouterPanic => {
+            injected.router_crashes += crash(rig, "/debug/crash/router").await;
+        }
+        Fault::NodeKill => {
+            rig.scrape().await;
+            rig.nodes[1].service.kill();
+        }
+        Fault::NatsKill => {
+            let nats = rig.nats.as_mut().unwrap();
+            nats.kill();
+            tokio::time::sleep(scale.outage).await;
+            nats.start();
+        }
+        Fault::LinkCut => {
+            rig.proxy.as_ref().unwrap().cut();
+            tokio::time::sleep(scale.outage).await;
+            rig.proxy.as_ref().unwrap().restore();
+        }
+    }
+}
+
+/// Calls a crash hook on the first node; returns how many actors it crashed.
+async fn crash(rig: &Rig, path: &str) -> u64 {
+    let (status, body) = common::http_request(rig.nodes[0].http, "POST", path, "").await;
+    assert_eq!(status, 200, "{path}: {body}");
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    body["crashed"].as_u64().unwrap()
+}

@@ -1,0 +1,374 @@
+//! The processes of one case, each a real OS process that the case can kill, freeze and
+//! restart: NATS, the storage service and the gateway nodes. Every one keeps its address and
+//! its data across a restart, as it would under a process supervisor.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::common::{self, Process, free_addr, metric_sample, start_nats};
+use crate::proxy::Proxy;
+
+/// Where messages are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
+/// What a case runs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Layout {
+    pub(crate) backend: Backend,
+    /// SQLite inside the gateway process (`storage.embedded = true`, the default deployment)
+    /// instead of a `peroxo store` process of its own.
+    pub(crate) embedded: bool,
+    /// Gateway nodes; more than one joins them through NATS.
+    pub(crate) nodes: usize,
+    /// The gateways reach storage through a [`Proxy`] that can cut the link.
+    pub(crate) proxy: bool,
+    pub(crate) max_pending: usize,
+}
+
+/// One OS process the case controls.
+pub(crate) struct Service {
+    pub(crate) name: String,
+    command: Vec<String>,
+    ready: Ready,
+    process: Option<Process>,
+    /// Set when the case killed it (it may have been restarted since).
+    pub(crate) killed: bool,
+}
+
+/// How to tell that a (re)started service is ready.
+enum Ready {
+    /// It logged a line starting with this.
+    Log(&'static str),
+    /// It is NATS, listening on this address with this store directory.
+    Nats(SocketAddr, PathBuf),
+}
+
+impl Service {
+    fn new(name: &str, command: Vec<String>, ready: Ready) -> Self {
+        let mut service = Self {
+            name: name.to_owned(),
+            command,
+            ready,
+            process: None,
+            killed: false,
+        };
+        service.start();
+        service
+    }
+
+    /// Starts the process and waits until it is ready.
+    pub(crate) fn start(&mut self) {
+        let process = match &self.ready {
+            Ready::Nats(addr, dir) => start_nats(*addr, dir),
+            Ready::Log(line) => {
+                let mut command = Command::new(&self.command[0]);
+                command.args(&self.command[1..]);
+                for (name, _) in std::env::vars() {
+                    if name.starts_with("PEROXO_") || name == "RUST_LOG" {
+                        command.env_remove(name);
+                    }
+                }
+                let mut process = Process::spawn(&mut command);
+                process.wait_for_log(line);
+                process
+            }
+        };
+        self.process = Some(process);
+    }
+
+    /// SIGKILL: no goodbye, no flush.
+    pub(crate) fn kill(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            process.kill();
+        }
+        self.killed = true;
+    }
+
+    /// SIGSTOP (`freeze = true`) or SIGCONT.
+    pub(crate) fn freeze(&self, freeze: bool) {
+        let pid = self.process.as_ref().expect("running").child.id();
+        let signal = if freeze { "-STOP" } else { "-CONT" };
+        let status = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {signal} {pid}");
+    }
+
+    /// Whether the process is running: false once it has exited, whoever ended it.
+    pub(crate) fn alive(&mut self) -> bool {
+        self.process
+            .as_mut()
+            .is_some_and(|p| matches!(p.child.try_wait(), Ok(None)))
+    }
+}
+
+/// A gateway node.
+pub(crate) struct Node {
+    pub(crate) service: Service,
+    pub(crate) http: SocketAddr,
+    /// The highest `peroxo_outbox_pending_peak` seen on any incarnation of this node.
+    pub(crate) outbox_peak: f64,
+}
+
+impl Node {
+    pub(crate) fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.http)
+    }
+}
+
+/// Every process of a case, and where its messages are stored.
+pub(crate) struct Rig {
+    pub(crate) layout: Layout,
+    pub(crate) nats: Option<Service>,
+    pub(crate) store: Option<Service>,
+    pub(crate) proxy: Option<Proxy>,
+    pub(crate) nodes: Vec<Node>,
+    database: Option<String>,
+    database_url: Option<String>,
+    sqlite_path: PathBuf,
+    /// Config files and data; removed when the rig is dropped.
+    _dir: tempfile::TempDir,
+}
+
+fn peroxo(args: &[&str], config: &Path) -> Vec<String> {
+    let mut command = vec![env!("CARGO_BIN_EXE_peroxo").to_owned()];
+    command.extend(args.iter().map(|a| (*a).to_owned()));
+    command.push("--config".to_owned());
+    command.push(config.display().to_string());
+    command
+}
+
+impl Rig {
+    pub(crate) async fn start(layout: Layout) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let sqlite_path = dir.path().join("peroxo.db");
+        let (database, database_url) = match layout.backend {
+            Backend::Sqlite => (None, None),
+            Backend::Postgres => {
+                let (name, url) = common::postgres::create_database().await;
+                (Some(name), Some(url))
+            }
+        };
+        let storage_addr = free_addr();
+        let store = (!layout.embedded).then(|| {
+            let config = dir.path().join("store.toml");
+            std::fs::write(
+                &config,
+                format!(
+                    "[storage]\nlisten = \"{storage_addr}\"\nbackend = \"{}\"\n\
+                     sqlite_path = \"{}\"\n[storage.postgres]\nurl = \"{}\"\npool_size = 8\n\
+                     [log]\nformat = \"json\"\nlevel = \"info\"\n",
+                    layout.backend.name(),
+                    sqlite_path.display(),
+                    database_url
+                        .as_deref()
+                        .unwrap_or("postgres://unused@127.0.0.1/unused"),
+                ),
+            )
+            .unwrap();
+            Service::new(
+                "store",
+                peroxo(&["store"], &config),
+                Ready::Log("storage service listening"),
+            )
+        });
+        let proxy = if layout.proxy {
+            Some(Proxy::start(storage_addr).await)
+        } else {
+            None
+        };
+        let endpoint = proxy.as_ref().map_or(storage_addr, |p| p.addr);
+        let nats = (layout.nodes > 1).then(|| {
+            let store_dir = dir.path().join("nats");
+            std::fs::create_dir_all(&store_dir).unwrap();
+            Service::new("nats", Vec::new(), Ready::Nats(free_addr(), store_dir))
+        });
+        let cluster = match &nats {
+            Some(Service {
+                ready: Ready::Nats(addr, _),
+                ..
+            }) => format!(
+                "[cluster]\nmode = \"nats\"\nnats_url = \"nats://{addr}\"\n\
+                 subject_prefix = \"faults{}x{}\"\npresence_ttl_secs = 3\n",
+                std::process::id(),
+                addr.port()
+            ),
+            _ => String::new(),
+        };
+        let nodes = (0..layout.nodes)
+            .map(|n| {
+                let http = free_addr();
+                let config = dir.path().join(format!("node{n}.toml"));
+                std::fs::write(
+                    &config,
+                    format!(
+                        "[http]\nlisten = \"{http}\"\n[auth]\nmode = \"dev\"\n\
+                         [storage]\nembedded = {}\nlisten = \"{storage_addr}\"\n\
+                         endpoint = \"http://{endpoint}\"\nsqlite_path = \"{}\"\n\
+                         max_pending = {}\nrpc_timeout_ms = 2000\nconnect_timeout_ms = 1000\n\
+                         reconnect_initial_ms = 20\nreconnect_max_ms = 300\n\
+                         [limits]\nrate_per_sec = 10000\nrate_burst = 10000\n\
+                         {cluster}{}[log]\nformat = \"json\"\nlevel = \"info\"\n",
+                        layout.embedded,
+                        sqlite_path.display(),
+                        layout.max_pending,
+                        if cluster.is_empty() {
+                            String::new()
+                        } else {
+                            format!("node_id = \"n{n}\"\n")
+                        },
+                    ),
+                )
+                .unwrap();
+                Node {
+                    service: Service::new(
+                        &format!("gateway n{n}"),
+                        peroxo(&["serve"], &config),
+                        Ready::Log("gateway listening"),
+                    ),
+                    http,
+                    outbox_peak: 0.0,
+                }
+            })
+            .collect();
+        Self {
+            layout,
+            nats,
+            store,
+            proxy,
+            nodes,
+            database,
+            database_url,
+            sqlite_path,
+            _dir: dir,
+        }
+    }
+
+    pub(crate) fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(Node::ws_url).collect()
+    }
+
+    /// Every process of the rig, for the liveness check.
+    pub(crate) fn services(&mut self) -> Vec<&mut Service> {
+        let mut services: Vec<&mut Service> =
+            self.nodes.iter_mut().map(|n| &mut n.service).collect();
+        services.extend(self.store.as_mut());
+        services.extend(self.nats.as_mut());
+        services
+    }
+
+    /// Reads every live node's metrics: keeps the outbox peaks and returns each node's text
+    /// (`None` for a node that does not answer).
+    pub(crate) async fn scrape(&mut self) -> Vec<Option<String>> {
+        let mut texts = Vec::new();
+        for node in &mut self.nodes {
+            let text = common::try_http_request(node.http, "GET", "/metrics", "")
+                .await
+                .ok()
+                .filter(|(status, _)| *status == 200)
+                .map(|(_, body)| body);
+            if let Some(peak) = text
+                .as_deref()
+                .and_then(|t| metric_sample(t, "peroxo_outbox_pending_peak", ""))
+            {
+                node.outbox_peak = node.outbox_peak.max(peak);
+            }
+            texts.push(text);
+        }
+        texts
+    }
+
+    /// Every message stored for `tenant`, in commit (id) order, read from the database itself.
+    pub(crate) async fn stored(&self, tenant: &str) -> Vec<StoredRow> {
+        match self.layout.backend {
+            Backend::Sqlite => {
+                let db = rusqlite::Connection::open(&self.sqlite_path).unwrap();
+                let mut statement = db
+                    .prepare(
+                        "SELECT id, sender, recipient, client_msg_id, text, sender_seq, \
+                         recipient_seq FROM messages WHERE tenant = ?1 ORDER BY id",
+                    )
+                    .unwrap();
+                statement
+                    .query_map([tenant], |row| {
+                        Ok(StoredRow {
+                            id: row.get(0)?,
+                            sender: row.get(1)?,
+                            recipient: row.get(2)?,
+                            client_msg_id: row.get(3)?,
+                            text: row.get(4)?,
+                            sender_seq: row.get(5)?,
+                            recipient_seq: row.get(6)?,
+                        })
+                    })
+                    .unwrap()
+                    .map(Result::unwrap)
+                    .collect()
+            }
+            Backend::Postgres => {
+                let url = self.database_url.as_deref().unwrap();
+                let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+                    .await
+                    .unwrap();
+                tokio::spawn(connection);
+                client
+                    .query(
+                        "SELECT id, sender, recipient, client_msg_id, text, sender_seq, \
+                         recipient_seq FROM messages WHERE tenant = $1 ORDER BY id",
+                        &[&tenant],
+                    )
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|row| StoredRow {
+                        id: row.get(0),
+                        sender: row.get(1),
+                        recipient: row.get(2),
+                        client_msg_id: row.get(3),
+                        text: row.get(4),
+                        sender_seq: row.get(5),
+                        recipient_seq: row.get(6),
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// Stops every process and drops the case's database.
+    pub(crate) async fn finish(mut self) {
+        for service in self.services() {
+            // SIGKILL reaches a frozen process too.
+            service.process.take();
+        }
+        if let Some(database) = self.database.take() {
+            common::postgres::drop_database(&database).await;
+        }
+    }
+}
+
+/// One row of the `messages` table.
+#[derive(Debug, Clone)]
+pub(crate) struct StoredRow {
+    pub(crate) id: i64,
+    pub(crate) sender: String,
+    pub(crate) recipient: String,
+    pub(crate) client_msg_id: String,
+    pub(crate) text: String,
+    pub(crate) sender_seq: i64,
+    pub(crate) recipient_seq: i64,
+}

@@ -1,0 +1,384 @@
+//! The invariants checked after each case, once traffic has stopped and every client has
+//! synced: what clients were told against what the database holds, what every client ended
+//! with, and what the processes and their metrics show.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+
+use crate::rig::StoredRow;
+use crate::workload::UserReport;
+
+/// Everything a verdict is drawn from.
+pub(crate) struct Evidence<'a> {
+    pub(crate) reports: &'a [UserReport],
+    pub(crate) stored: &'a [StoredRow],
+    pub(crate) max_pending: usize,
+    /// `peroxo_outbox_pending_peak` of every node, the highest seen on any of its incarnations.
+    pub(crate) outbox_peaks: Vec<f64>,
+    /// `peroxo_actor_restarts_total` by actor kind, summed over the live nodes.
+    pub(crate) restarts: BTreeMap<String, f64>,
+    /// `peroxo_sessions_closed_total{reason="session_failed"}`, summed over the live nodes.
+    pub(crate) sessions_failed: f64,
+    /// Crashes the case caused through the test hooks.
+    pub(crate) session_crashes: u64,
+    pub(crate) router_crashes: u64,
+    /// Processes that were not running at the end although the case never killed them.
+    pub(crate) unexpected_deaths: Vec<String>,
+    /// What shows that the fault struck (reconnects, refusals, restarts), and whether it did.
+    pub(crate) effect: String,
+    pub(crate) effect_seen: bool,
+}
+
+/// One invariant's result: what broke it, if anything, and a short remark for the line.
+struct Check {
+    name: &'static str,
+    failures: Vec<String>,
+    remark: String,
+}
+
+/// Every invariant's result for one case.
+pub(crate) struct Verdict {
+    checks: Vec<Check>,
+}
+
+impl Verdict {
+    pub(crate) fn passed(&self) -> bool {
+        self.checks.iter().all(|c| c.failures.is_empty())
+    }
+
+    /// `name ok` or `name FAIL(n)` for every invariant.
+    pub(crate) fn summary(&self) -> String {
+        let mut line = String::new();
+        for check in &self.checks {
+            let result = if check.failures.is_empty() {
+                "ok".to_owned()
+            } else {
+                format!("FAIL({})", check.failures.len())
+            };
+            let _ = write!(line, " | {} {result}{}", check.name, check.remark);
+        }
+        line
+    }
+
+    /// The first few failures of every failed invariant.
+    pub(crate) fn details(&self) -> String {
+        let mut text = String::new();
+        for check in self.checks.iter().filter(|c| !c.failures.is_empty()) {
+            let _ = writeln!(text, "  {}:", check.name);
+            for failure in check.failures.iter().take(8) {
+                let _ = writeln!(text, "    {failure}");
+            }
+            if check.failures.len() > 8 {
+                let _ = writeln!(text, "    … and {} more", check.failures.len() - 8);
+            }
+        }
+        text
+    }
+}
+
+/// A user's stream as the database defines it: seq → message id.
+fn streams_in_storage(stored: &[StoredRow]) -> HashMap<&str, BTreeMap<u64, i64>> {
+    let mut streams: HashMap<&str, BTreeMap<u64, i64>> = HashMap::new();
+    for row in stored {
+        streams
+            .entry(row.sender.as_str())
+            .or_default()
+            .insert(row.sender_seq as u64, row.id);
+        if row.recipient != row.sender {
+            streams
+                .entry(row.recipient.as_str())
+                .or_default()
+                .insert(row.recipient_seq as u64, row.id);
+        }
+    }
+    streams
+}
+
+pub(crate) fn judge(evidence: &Evidence<'_>) -> Verdict {
+    let by_sender_and_id: HashMap<(&str, &str), Vec<&StoredRow>> =
+        evidence.stored.iter().fold(HashMap::new(), |mut map, row| {
+            map.entry((row.sender.as_str(), row.client_msg_id.as_str()))
+                .or_default()
+                .push(row);
+            map
+        });
+    let checks = vec![
+        Check {
+            name: "fault-struck",
+            failures: if evidence.effect_seen {
+                Vec::new()
+            } else {
+                vec![format!("the fault left no trace: {}", evidence.effect)]
+            },
+            remark: format!(" ({})", evidence.effect),
+        },
+        every_send_acked(evidence),
+        acked_stored_once(evidence, &by_sender_and_id),
+        nothing_unsent_stored(evidence, &by_sender_and_id),
+        every_user_has_everything_once_in_order(evidence),
+        gapless(evidence),
+        outbox_bounded(evidence),
+        only_victims_died(evidence),
+        restarts_visible(evidence),
+        clients_saw_nothing_wrong(evidence),
+    ];
+    Verdict { checks }
+}
+
+fn every_send_acked(evidence: &Evidence<'_>) -> Check {
+    let failures = evidence
+        .reports
+        .iter()
+        .flat_map(|r| r.sends.iter())
+        .filter(|s| s.ack.is_none())
+        .map(|s| format!("{} was never acked", s.client_msg_id))
+        .collect();
+    Check {
+        name: "all-acked",
+        failures,
+        remark: String::new(),
+    }
+}
+
+fn acked_stored_once(
+    evidence: &Evidence<'_>,
+    by_sender_and_id: &HashMap<(&str, &str), Vec<&StoredRow>>,
+) -> Check {
+    let mut failures = Vec::new();
+    for report in evidence.reports {
+        for send in &report.sends {
+            let Some((message_id, seq)) = &send.ack else {
+                continue;
+            };
+            let rows = by_sender_and_id
+                .get(&(report.user.as_str(), send.client_msg_id.as_str()))
+                .map_or(&[][..], Vec::as_slice);
+            match rows {
+                [row] => {
+                    if row.id.to_string() != *message_id
+                        || row.sender_seq as u64 != *seq
+                        || row.text != send.text
+                        || row.recipient != send.to
+                    {
+                        failures.push(format!(
+                            "{} acked as message {message_id} seq {seq}, stored as {row:?}",
+                            send.client_msg_id
+                        ));
+                    }
+                }
+                rows => failures.push(format!(
+                    "{} acked, stored {} times",
+                    send.client_msg_id,
+                    rows.len()
+                )),
+            }
+        }
+    }
+    Check {
+        name: "acked-stored-once",
+        failures,
+        remark: String::new(),
+    }
+}
+
+fn nothing_unsent_stored(
+    evidence: &Evidence<'_>,
+    by_sender_and_id: &HashMap<(&str, &str), Vec<&StoredRow>>,
+) -> Check {
+    let sent: HashMap<(&str, &str), (&str, &str)> = evidence
+        .reports
+        .iter()
+        .flat_map(|r| {
+            r.sends.iter().map(|s| {
+                (
+                    (r.user.as_str(), s.client_msg_id.as_str()),
+                    (s.to.as_str(), s.text.as_str()),
+                )
+            })
+        })
+        .collect();
+    let mut failures = Vec::new();
+    for ((sender, client_msg_id), rows) in by_sender_and_id {
+        if rows.len() > 1 {
+            failures.push(format!(
+                "{sender}/{client_msg_id} stored {} times",
+                rows.len()
+            ));
+        }
+        for row in rows {
+            match sent.get(&(*sender, *client_msg_id)) {
+                Some((to, text)) if *to == row.recipient && *text == row.text => {}
+                Some(_) => failures.push(format!("{row:?} differs from what was sent")),
+                None => failures.push(format!("{row:?} was never sent")),
+            }
+        }
+    }
+    Check {
+        name: "nothing-unsent-stored",
+        failures,
+        remark: String::new(),
+    }
+}
+
+fn every_user_has_everything_once_in_order(evidence: &Evidence<'_>) -> Check {
+    let expected = streams_in_storage(evidence.stored);
+    let empty = BTreeMap::new();
+    let mut failures = Vec::new();
+    for report in evidence.reports {
+        let expected = expected.get(report.user.as_str()).unwrap_or(&empty);
+        let held: BTreeMap<u64, i64> = report
+            .stream
+            .iter()
+            .map(|(seq, e)| (*seq, e.message_id.parse().unwrap_or(-1)))
+            .collect();
+        for (seq, id) in expected {
+            match held.get(seq) {
+                Some(held_id) if held_id == id => {}
+                Some(held_id) => failures.push(format!(
+                    "{} holds message {held_id} at seq {seq}, storage has {id}",
+                    report.user
+                )),
+                None => failures.push(format!(
+                    "{} never got message {id} (seq {seq})",
+                    report.user
+                )),
+            }
+        }
+        for (seq, id) in &held {
+            if !expected.contains_key(seq) {
+                failures.push(format!(
+                    "{} holds message {id} at seq {seq}, which storage does not have",
+                    report.user
+                ));
+            }
+        }
+        // Within each conversation, the user's seqs follow commit order (message ids).
+        let mut last_by_peer: HashMap<&str, i64> = HashMap::new();
+        for (seq, entry) in &report.stream {
+            let peer = if entry.from == report.user {
+                entry.to.as_str()
+            } else {
+                entry.from.as_str()
+            };
+            let id = entry.message_id.parse().unwrap_or(-1);
+            if let Some(last) = last_by_peer.insert(peer, id)
+                && last >= id
+            {
+                failures.push(format!(
+                    "{}: message {id} (seq {seq}) with {peer} comes after message {last}",
+                    report.user
+                ));
+            }
+        }
+    }
+    let delivered: usize = evidence
+        .reports
+        .iter()
+        .map(|r| r.stream.values().filter(|e| e.from != r.user).count())
+        .sum();
+    Check {
+        name: "complete-once-in-order",
+        failures,
+        remark: format!(" ({delivered} deliveries)"),
+    }
+}
+
+fn gapless(evidence: &Evidence<'_>) -> Check {
+    let mut failures = Vec::new();
+    for report in evidence.reports {
+        let n = report.stream.len() as u64;
+        let gapless = report.stream.keys().copied().eq(1..=n);
+        if !gapless || report.last_seq != n {
+            let missing: Vec<u64> = (1..=report.last_seq.max(n))
+                .filter(|s| !report.stream.contains_key(s))
+                .take(10)
+                .collect();
+            failures.push(format!(
+                "{}: {n} messages, last_seq {}, missing seqs {missing:?}",
+                report.user, report.last_seq
+            ));
+        }
+    }
+    Check {
+        name: "gapless",
+        failures,
+        remark: String::new(),
+    }
+}
+
+fn outbox_bounded(evidence: &Evidence<'_>) -> Check {
+    let peak = evidence.outbox_peaks.iter().copied().fold(0.0, f64::max);
+    let failures = evidence
+        .outbox_peaks
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| **p > evidence.max_pending as f64 || **p < 1.0)
+        .map(|(n, p)| {
+            format!(
+                "node {n}: outbox peak {p} (max_pending {}; 0 means it was never read)",
+                evidence.max_pending
+            )
+        })
+        .collect();
+    Check {
+        name: "outbox-bounded",
+        failures,
+        remark: format!(" (peak {peak}/{})", evidence.max_pending),
+    }
+}
+
+fn only_victims_died(evidence: &Evidence<'_>) -> Check {
+    Check {
+        name: "only-victim-died",
+        failures: evidence
+            .unexpected_deaths
+            .iter()
+            .map(|s| format!("{s} died"))
+            .collect(),
+        remark: String::new(),
+    }
+}
+
+fn restarts_visible(evidence: &Evidence<'_>) -> Check {
+    let mut failures = Vec::new();
+    let count = |kind: &str| evidence.restarts.get(kind).copied().unwrap_or(0.0);
+    let sessions = count("session") + evidence.sessions_failed;
+    if sessions != evidence.session_crashes as f64 {
+        failures.push(format!(
+            "{} session crashes, {} session restarts + {} closed as failed",
+            evidence.session_crashes,
+            count("session"),
+            evidence.sessions_failed
+        ));
+    }
+    if count("router") != evidence.router_crashes as f64 {
+        failures.push(format!(
+            "{} router crashes, {} router restarts",
+            evidence.router_crashes,
+            count("router")
+        ));
+    }
+    for (kind, restarts) in &evidence.restarts {
+        if kind != "session" && kind != "router" && *restarts != 0.0 {
+            failures.push(format!("{restarts} unexpected {kind} restarts"));
+        }
+    }
+    let total: f64 = evidence.restarts.values().sum();
+    Check {
+        name: "restarts-visible",
+        failures,
+        remark: format!(" ({total} restarts)"),
+    }
+}
+
+fn clients_saw_nothing_wrong(evidence: &Evidence<'_>) -> Check {
+    Check {
+        name: "clients-consistent",
+        failures: evidence
+            .reports
+            .iter()
+            .flat_map(|r| r.violations.iter().map(move |v| format!("{}: {v}", r.user)))
+            .collect(),
+        remark: String::new(),
+    }
+}
