@@ -28,7 +28,7 @@ use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use rig::{Backend, Layout, Rig};
+use rig::{Backend, Counters, Layout, Rig};
 use tokio::time::Instant;
 use verdict::Evidence;
 use workload::{Traffic, Workload};
@@ -233,42 +233,23 @@ async fn run_case(case: &Case, scale: Scale) -> bool {
         inject(case.fault, &mut rig, scale, &tenant, &mut injected).await;
     }
     let reports = workload.finish(Duration::from_secs(90)).await;
-    let texts = rig.scrape().await;
-    let mut restarts: BTreeMap<String, f64> = BTreeMap::new();
-    let mut sessions_failed = 0.0;
-    let mut storage_reconnects = 0.0;
-    for text in texts.iter().flatten() {
-        for kind in [
-            "cluster",
-            "router",
-            "persistence",
-            "session_supervisor",
-            "session",
-        ] {
-            let value = common::metric_sample(
-                text,
-                "peroxo_actor_restarts_total",
-                &format!("actor=\"{kind}\""),
-            )
-            .unwrap_or(0.0);
-            *restarts.entry(kind.to_owned()).or_default() += value;
-        }
-        sessions_failed += common::metric_sample(
-            text,
-            "peroxo_sessions_closed_total",
-            "reason=\"session_failed\"",
-        )
-        .unwrap_or(0.0);
-        storage_reconnects +=
-            common::metric_sample(text, "peroxo_storage_reconnects_total", "").unwrap_or(0.0);
+    rig.scrape().await;
+    let mut totals = Counters::default();
+    for node in &rig.nodes {
+        totals.merge(&node.counters());
     }
+    let storage_reconnects = totals.storage_reconnects;
     let stored = rig.stored(&tenant).await;
     let unexpected_deaths = rig
         .services()
         .into_iter()
         .filter_map(|s| (!s.alive() && !s.killed).then(|| s.name.clone()))
         .collect();
-    let outbox_peaks = rig.nodes.iter().map(|n| n.outbox_peak).collect();
+    let nodes = rig
+        .nodes
+        .iter()
+        .map(|n| n.was_read().then(|| n.counters()))
+        .collect();
     let reconnects: u64 = reports.iter().map(|r| r.reconnects).sum();
     let sync_hints: u64 = reports.iter().map(|r| r.sync_hints).sum();
     let mut errors: BTreeMap<&str, u64> = BTreeMap::new();
@@ -302,9 +283,8 @@ async fn run_case(case: &Case, scale: Scale) -> bool {
         reports: &reports,
         stored: &stored,
         max_pending: case.layout.max_pending,
-        outbox_peaks,
-        restarts,
-        sessions_failed,
+        nodes,
+        totals,
         session_crashes: injected.session_crashes,
         router_crashes: injected.router_crashes,
         unexpected_deaths,
@@ -353,9 +333,7 @@ async fn inject(fault: Fault, rig: &mut Rig, scale: Scale, tenant: &str, injecte
             rig.store.as_ref().unwrap().freeze(false);
         }
         Fault::GatewayKill => {
-            // The outbox peak of the incarnation about to die.
-            rig.scrape().await;
-            rig.nodes[0].service.kill();
+            rig.nodes[0].kill().await;
             tokio::time::sleep(scale.outage).await;
             rig.nodes[0].service.start();
         }
@@ -373,8 +351,12 @@ async fn inject(fault: Fault, rig: &mut Rig, scale: Scale, tenant: &str, injecte
             injected.router_crashes += crash(rig, "/debug/crash/router").await;
         }
         Fault::NodeKill => {
-            rig.scrape().await;
-            rig.nodes[1].service.kill();
+            // Each fault takes another node than the first (which stays up throughout); the
+            // victim comes back after the outage, so that every fault finds a full cluster.
+            let victim = 1 + (injected.faults as usize - 1) % (rig.nodes.len() - 1);
+            rig.nodes[victim].kill().await;
+            tokio::time::sleep(scale.outage).await;
+            rig.nodes[victim].service.start();
         }
         Fault::NatsKill => {
             let nats = rig.nats.as_mut().unwrap();

@@ -2,6 +2,7 @@
 //! restart: NATS, the storage service and the gateway nodes. Every one keeps its address and
 //! its data across a restart, as it would under a process supervisor.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -45,7 +46,7 @@ pub(crate) struct Service {
     command: Vec<String>,
     ready: Ready,
     process: Option<Process>,
-    /// Set when the case killed it (it may have been restarted since).
+    /// Set when the case killed it, until it is started again.
     pub(crate) killed: bool,
 }
 
@@ -88,6 +89,8 @@ impl Service {
             }
         };
         self.process = Some(process);
+        // A new process: should it die now, that is not the case's doing.
+        self.killed = false;
     }
 
     /// SIGKILL: no goodbye, no flush.
@@ -121,13 +124,102 @@ impl Service {
 pub(crate) struct Node {
     pub(crate) service: Service,
     pub(crate) http: SocketAddr,
-    /// The highest `peroxo_outbox_pending_peak` seen on any incarnation of this node.
+    /// The counters of the incarnations that were killed, as last read before each kill.
+    earlier: Counters,
+    /// The counters of the running incarnation, as last read.
+    current: Counters,
+}
+
+/// What the verdict needs from a node's metrics.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Counters {
+    /// `peroxo_outbox_pending_peak` (the highest, across incarnations, once merged).
     pub(crate) outbox_peak: f64,
+    /// `peroxo_actor_restarts_total` by actor kind.
+    pub(crate) restarts: BTreeMap<String, f64>,
+    /// `peroxo_sessions_closed_total{reason="session_failed"}`.
+    pub(crate) sessions_failed: f64,
+    /// `peroxo_storage_reconnects_total`.
+    pub(crate) storage_reconnects: f64,
+}
+
+/// Every actor kind of `peroxo_actor_restarts_total`.
+const ACTOR_KINDS: [&str; 5] = [
+    "cluster",
+    "router",
+    "persistence",
+    "session_supervisor",
+    "session",
+];
+
+impl Counters {
+    fn read(text: &str) -> Self {
+        let value = |name: &str, labels: &str| metric_sample(text, name, labels).unwrap_or(0.0);
+        Self {
+            outbox_peak: value("peroxo_outbox_pending_peak", ""),
+            restarts: ACTOR_KINDS
+                .iter()
+                .map(|kind| {
+                    let labels = format!("actor=\"{kind}\"");
+                    (
+                        (*kind).to_owned(),
+                        value("peroxo_actor_restarts_total", &labels),
+                    )
+                })
+                .collect(),
+            sessions_failed: value("peroxo_sessions_closed_total", "reason=\"session_failed\""),
+            storage_reconnects: value("peroxo_storage_reconnects_total", ""),
+        }
+    }
+
+    /// Adds `other`'s counts to these; keeps the higher peak.
+    pub(crate) fn merge(&mut self, other: &Counters) {
+        self.outbox_peak = self.outbox_peak.max(other.outbox_peak);
+        for (kind, n) in &other.restarts {
+            *self.restarts.entry(kind.clone()).or_default() += n;
+        }
+        self.sessions_failed += other.sessions_failed;
+        self.storage_reconnects += other.storage_reconnects;
+    }
 }
 
 impl Node {
     pub(crate) fn ws_url(&self) -> String {
         format!("ws://{}/ws", self.http)
+    }
+
+    /// Reads the node's metrics; false when it does not answer.
+    async fn scrape(&mut self) -> bool {
+        let text = common::try_http_request(self.http, "GET", "/metrics", "")
+            .await
+            .ok()
+            .filter(|(status, _)| *status == 200);
+        match text {
+            Some((_, text)) => {
+                self.current = Counters::read(&text);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Reads the node's metrics one last time, then SIGKILLs it.
+    pub(crate) async fn kill(&mut self) {
+        self.scrape().await;
+        self.earlier.merge(&std::mem::take(&mut self.current));
+        self.service.kill();
+    }
+
+    /// Every incarnation's counters together: the peak is the highest, the rest are summed.
+    pub(crate) fn counters(&self) -> Counters {
+        let mut all = self.earlier.clone();
+        all.merge(&self.current);
+        all
+    }
+
+    /// Whether the node's metrics were ever read.
+    pub(crate) fn was_read(&self) -> bool {
+        self.counters().restarts.len() == ACTOR_KINDS.len()
     }
 }
 
@@ -242,7 +334,8 @@ impl Rig {
                         Ready::Log("gateway listening"),
                     ),
                     http,
-                    outbox_peak: 0.0,
+                    earlier: Counters::default(),
+                    current: Counters::default(),
                 }
             })
             .collect();
@@ -272,25 +365,11 @@ impl Rig {
         services
     }
 
-    /// Reads every live node's metrics: keeps the outbox peaks and returns each node's text
-    /// (`None` for a node that does not answer).
-    pub(crate) async fn scrape(&mut self) -> Vec<Option<String>> {
-        let mut texts = Vec::new();
+    /// Reads the metrics of every node that answers.
+    pub(crate) async fn scrape(&mut self) {
         for node in &mut self.nodes {
-            let text = common::try_http_request(node.http, "GET", "/metrics", "")
-                .await
-                .ok()
-                .filter(|(status, _)| *status == 200)
-                .map(|(_, body)| body);
-            if let Some(peak) = text
-                .as_deref()
-                .and_then(|t| metric_sample(t, "peroxo_outbox_pending_peak", ""))
-            {
-                node.outbox_peak = node.outbox_peak.max(peak);
-            }
-            texts.push(text);
+            node.scrape().await;
         }
-        texts
     }
 
     /// Every message stored for `tenant`, in commit (id) order, read from the database itself.

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 
-use crate::rig::StoredRow;
+use crate::rig::{Counters, StoredRow};
 use crate::workload::UserReport;
 
 /// Everything a verdict is drawn from.
@@ -13,12 +13,10 @@ pub(crate) struct Evidence<'a> {
     pub(crate) reports: &'a [UserReport],
     pub(crate) stored: &'a [StoredRow],
     pub(crate) max_pending: usize,
-    /// `peroxo_outbox_pending_peak` of every node, the highest seen on any of its incarnations.
-    pub(crate) outbox_peaks: Vec<f64>,
-    /// `peroxo_actor_restarts_total` by actor kind, summed over the live nodes.
-    pub(crate) restarts: BTreeMap<String, f64>,
-    /// `peroxo_sessions_closed_total{reason="session_failed"}`, summed over the live nodes.
-    pub(crate) sessions_failed: f64,
+    /// Every node's counters over all its incarnations (`None`: its metrics were never read).
+    pub(crate) nodes: Vec<Option<Counters>>,
+    /// All nodes' counters together.
+    pub(crate) totals: Counters,
     /// Crashes the case caused through the test hooks.
     pub(crate) session_crashes: u64,
     pub(crate) router_crashes: u64,
@@ -307,23 +305,24 @@ fn gapless(evidence: &Evidence<'_>) -> Check {
 }
 
 fn outbox_bounded(evidence: &Evidence<'_>) -> Check {
-    let peak = evidence.outbox_peaks.iter().copied().fold(0.0, f64::max);
-    let failures = evidence
-        .outbox_peaks
-        .iter()
-        .enumerate()
-        .filter(|(_, p)| **p > evidence.max_pending as f64 || **p < 1.0)
-        .map(|(n, p)| {
-            format!(
-                "node {n}: outbox peak {p} (max_pending {}; 0 means it was never read)",
-                evidence.max_pending
-            )
-        })
-        .collect();
+    let mut failures = Vec::new();
+    for (n, node) in evidence.nodes.iter().enumerate() {
+        match node {
+            Some(c) if c.outbox_peak > evidence.max_pending as f64 => failures.push(format!(
+                "node {n}: outbox peak {} over max_pending {}",
+                c.outbox_peak, evidence.max_pending
+            )),
+            Some(_) => {}
+            None => failures.push(format!("node {n}: metrics never read")),
+        }
+    }
     Check {
         name: "outbox-bounded",
         failures,
-        remark: format!(" (peak {peak}/{})", evidence.max_pending),
+        remark: format!(
+            " (peak {}/{})",
+            evidence.totals.outbox_peak, evidence.max_pending
+        ),
     }
 }
 
@@ -341,14 +340,15 @@ fn only_victims_died(evidence: &Evidence<'_>) -> Check {
 
 fn restarts_visible(evidence: &Evidence<'_>) -> Check {
     let mut failures = Vec::new();
-    let count = |kind: &str| evidence.restarts.get(kind).copied().unwrap_or(0.0);
-    let sessions = count("session") + evidence.sessions_failed;
+    let restarts = &evidence.totals.restarts;
+    let count = |kind: &str| restarts.get(kind).copied().unwrap_or(0.0);
+    let sessions = count("session") + evidence.totals.sessions_failed;
     if sessions != evidence.session_crashes as f64 {
         failures.push(format!(
             "{} session crashes, {} session restarts + {} closed as failed",
             evidence.session_crashes,
             count("session"),
-            evidence.sessions_failed
+            evidence.totals.sessions_failed
         ));
     }
     if count("router") != evidence.router_crashes as f64 {
@@ -358,12 +358,12 @@ fn restarts_visible(evidence: &Evidence<'_>) -> Check {
             count("router")
         ));
     }
-    for (kind, restarts) in &evidence.restarts {
-        if kind != "session" && kind != "router" && *restarts != 0.0 {
-            failures.push(format!("{restarts} unexpected {kind} restarts"));
+    for (kind, n) in restarts {
+        if kind != "session" && kind != "router" && *n != 0.0 {
+            failures.push(format!("{n} unexpected {kind} restarts"));
         }
     }
-    let total: f64 = evidence.restarts.values().sum();
+    let total: f64 = restarts.values().sum();
     Check {
         name: "restarts-visible",
         failures,
