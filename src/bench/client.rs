@@ -2,6 +2,9 @@
 //! which identity, and the steps every scenario shares (TCP connect, WebSocket handshake,
 //! waiting for `welcome`, closing with a close handshake).
 //!
+//! Nodes: with several `--url`s, connection `n` goes to the node of URL `n mod` their number,
+//! so consecutive connections (in `dm`, consecutive users) alternate between the nodes.
+//!
 //! Source addresses: one loopback address has about 28,000 ephemeral ports (32768–60999).
 //! With `--source-ips K` client sockets are bound to 127.0.0.2 … 127.0.0.(1+K) in turn, which
 //! multiplies the ports available (and spreads connections in TIME_WAIT).
@@ -52,12 +55,18 @@ pub(super) enum Buffers {
     Default,
 }
 
-/// Where and as whom benchmark clients connect.
-pub(super) struct Endpoint {
+/// One node benchmark clients connect to.
+struct Node {
     /// The WebSocket URL without query string.
     url: String,
-    /// The server's resolved address.
-    server: SocketAddr,
+    /// The node's resolved address.
+    address: SocketAddr,
+}
+
+/// Where and as whom benchmark clients connect.
+pub(super) struct Endpoint {
+    /// The nodes, in the order of `--url`; connection `n` goes to `nodes[n % nodes.len()]`.
+    nodes: Vec<Node>,
     tenant: String,
     credentials: Credentials,
     /// Local addresses to bind to in turn; empty to let the kernel choose.
@@ -66,21 +75,21 @@ pub(super) struct Endpoint {
 }
 
 impl Endpoint {
-    /// Resolves `url` and checks the options against it.
+    /// Resolves every one of `urls` and checks the options against them.
     pub(super) async fn resolve(
-        url: &str,
+        urls: &[String],
         tenant: String,
         jwt_secret: Option<&str>,
         source_ips: u8,
         buffers: Buffers,
     ) -> anyhow::Result<Self> {
-        let authority = authority_of(url)?;
-        let server = tokio::net::lookup_host(authority)
-            .await
-            .with_context(|| format!("cannot resolve {authority}"))?
-            .next()
-            .with_context(|| format!("{authority} resolves to no address"))?;
-        let sources = source_addresses(source_ips, server)?;
+        anyhow::ensure!(!urls.is_empty(), "no --url to connect to");
+        let mut nodes = Vec::with_capacity(urls.len());
+        for url in urls {
+            nodes.push(Node::resolve(url).await?);
+        }
+        let addresses: Vec<SocketAddr> = nodes.iter().map(|node| node.address).collect();
+        let sources = source_addresses(source_ips, &addresses)?;
         super::check_id("--tenant", &tenant)?;
         let credentials = match jwt_secret {
             Some(secret) => Credentials::Jwt(EncodingKey::from_secret(secret.as_bytes())),
@@ -93,8 +102,7 @@ impl Endpoint {
             Buffers::Default => WebSocketConfig::default(),
         };
         Ok(Self {
-            url: url.split('?').next().unwrap_or(url).to_owned(),
-            server,
+            nodes,
             tenant,
             credentials,
             sources,
@@ -107,14 +115,20 @@ impl Endpoint {
         &self.tenant
     }
 
+    /// The node connection number `n` goes to.
+    fn node(&self, n: usize) -> &Node {
+        &self.nodes[n % self.nodes.len()]
+    }
+
     /// Opens connection number `n` as `user` and waits for `welcome`.
     pub(super) async fn open_session(&self, user: &str, n: usize) -> Result<Session, OpenError> {
-        let request = self.request_url(user)?;
+        let request = self.request_url(user, n)?;
         self.open_session_at(request, n).await
     }
 
     /// Opens connection number `n` with the upgrade URL `request` (from
-    /// [`Endpoint::request_url`]) and waits for `welcome`, within `OPEN_TIMEOUT`.
+    /// [`Endpoint::request_url`] for the same `n`) and waits for `welcome`, within
+    /// `OPEN_TIMEOUT`.
     pub(super) async fn open_session_at(
         &self,
         request: String,
@@ -147,22 +161,39 @@ impl Endpoint {
             let source = self.sources[n % self.sources.len()];
             socket.bind(SocketAddr::new(source, 0))?;
         }
-        let stream = socket.connect(self.server).await?;
+        let stream = socket.connect(self.node(n).address).await?;
         // Without it small frames wait for delayed ACKs (Nagle's algorithm).
         stream.set_nodelay(true)?;
         Ok(stream)
     }
 
-    /// The upgrade URL that identifies `user` of this run's tenant (in jwt mode it carries a
-    /// freshly minted token).
-    pub(super) fn request_url(&self, user: &str) -> Result<String, OpenError> {
+    /// The upgrade URL of connection number `n` that identifies `user` of this run's tenant
+    /// (in jwt mode it carries a freshly minted token).
+    pub(super) fn request_url(&self, user: &str, n: usize) -> Result<String, OpenError> {
+        let url = &self.node(n).url;
         match &self.credentials {
-            Credentials::Dev => Ok(format!("{}?user={user}&tenant={}", self.url, self.tenant)),
+            Credentials::Dev => Ok(format!("{url}?user={user}&tenant={}", self.tenant)),
             Credentials::Jwt(key) => {
                 let token = mint_token(key, user, &self.tenant).map_err(OpenError::Token)?;
-                Ok(format!("{}?token={token}", self.url))
+                Ok(format!("{url}?token={token}"))
             }
         }
+    }
+}
+
+impl Node {
+    /// Resolves the host of `url`.
+    async fn resolve(url: &str) -> anyhow::Result<Self> {
+        let authority = authority_of(url)?;
+        let address = tokio::net::lookup_host(authority)
+            .await
+            .with_context(|| format!("cannot resolve {authority}"))?
+            .next()
+            .with_context(|| format!("{authority} resolves to no address"))?;
+        Ok(Self {
+            url: url.split('?').next().unwrap_or(url).to_owned(),
+            address,
+        })
     }
 }
 
@@ -177,15 +208,19 @@ fn authority_of(url: &str) -> anyhow::Result<&str> {
 }
 
 /// The source addresses for `--source-ips count`: none for 0, else 127.0.0.2 onwards, which
-/// only reach a server on IPv4 loopback.
-fn source_addresses(count: u8, server: SocketAddr) -> anyhow::Result<Vec<IpAddr>> {
+/// only reach servers on IPv4 loopback.
+fn source_addresses(count: u8, servers: &[SocketAddr]) -> anyhow::Result<Vec<IpAddr>> {
     if count == 0 {
         return Ok(Vec::new());
     }
-    anyhow::ensure!(
-        server.ip().is_loopback() && server.is_ipv4(),
-        "--source-ips binds to 127.0.0.x and needs a server on IPv4 loopback, not {server}"
-    );
+    if let Some(server) = servers
+        .iter()
+        .find(|server| !(server.ip().is_loopback() && server.is_ipv4()))
+    {
+        anyhow::bail!(
+            "--source-ips binds to 127.0.0.x and needs servers on IPv4 loopback, not {server}"
+        );
+    }
     anyhow::ensure!(count <= 250, "--source-ips takes at most 250 addresses");
     let first = u32::from(FIRST_SOURCE);
     Ok((0..u32::from(count))
@@ -383,12 +418,32 @@ mod tests {
     #[test]
     fn source_addresses_start_at_127_0_0_2_and_need_loopback() {
         let local: SocketAddr = "127.0.0.1:8080".parse().unwrap();
-        assert!(source_addresses(0, local).unwrap().is_empty());
-        let sources = source_addresses(3, local).unwrap();
+        let remote: SocketAddr = "10.0.0.1:80".parse().unwrap();
+        assert!(source_addresses(0, &[local]).unwrap().is_empty());
+        let sources = source_addresses(3, &[local]).unwrap();
         assert_eq!(sources.len(), 3);
         assert_eq!(sources[0].to_string(), "127.0.0.2");
         assert_eq!(sources[2].to_string(), "127.0.0.4");
-        assert!(source_addresses(1, "10.0.0.1:80".parse().unwrap()).is_err());
+        assert!(source_addresses(1, &[remote]).is_err());
+        assert!(source_addresses(1, &[local, remote]).is_err());
+    }
+
+    #[tokio::test]
+    async fn connections_take_the_nodes_in_turn() {
+        let urls = ["ws://127.0.0.1:8080/ws", "ws://127.0.0.1:8081/ws?x=1"].map(String::from);
+        let endpoint = Endpoint::resolve(&urls, "t".to_owned(), None, 0, Buffers::Lean)
+            .await
+            .unwrap();
+        let request = |n| endpoint.request_url("u", n).unwrap();
+        assert_eq!(request(0), "ws://127.0.0.1:8080/ws?user=u&tenant=t");
+        assert_eq!(request(1), "ws://127.0.0.1:8081/ws?user=u&tenant=t");
+        assert_eq!(request(2), request(0));
+        assert_eq!(endpoint.node(3).address.port(), 8081);
+        assert!(
+            Endpoint::resolve(&[], "t".to_owned(), None, 0, Buffers::Lean)
+                .await
+                .is_err()
+        );
     }
 
     #[test]

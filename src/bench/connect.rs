@@ -37,7 +37,8 @@ pub struct ConnectArgs {
 #[derive(Debug, Serialize)]
 struct ConnectReport {
     scenario: &'static str,
-    url: String,
+    /// The nodes' WebSocket URLs, in the order sessions were spread over them.
+    urls: Vec<String>,
     tenant: String,
     auth: &'static str,
     total: usize,
@@ -71,7 +72,7 @@ pub(super) async fn run(
     anyhow::ensure!(args.concurrency > 0, "--concurrency must be at least 1");
     let endpoint = Arc::new(
         Endpoint::resolve(
-            &target.url,
+            &target.urls,
             tenant,
             target.jwt_secret.as_deref(),
             args.source_ips,
@@ -106,7 +107,7 @@ pub(super) async fn run(
     let opened = counts.opened.load(Ordering::Relaxed);
     let report = ConnectReport {
         scenario: "connect",
-        url: target.url.clone(),
+        urls: target.urls.clone(),
         tenant: endpoint.tenant().to_owned(),
         auth: if target.jwt_secret.is_some() {
             "jwt"
@@ -144,7 +145,7 @@ async fn worker(
         if n >= total {
             return result;
         }
-        let request = match endpoint.request_url(&format!("c{n}")) {
+        let request = match endpoint.request_url(&format!("c{n}"), n) {
             Ok(request) => request,
             Err(error) => {
                 result.failures.add(error.label(), 1);
@@ -189,7 +190,9 @@ impl std::fmt::Display for ConnectReport {
         writeln!(
             f,
             "connect against {} (tenant {}, {} identities)",
-            self.url, self.tenant, self.auth
+            self.urls.join(", "),
+            self.tenant,
+            self.auth
         )?;
         writeln!(
             f,

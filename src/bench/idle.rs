@@ -51,7 +51,8 @@ pub struct IdleArgs {
 #[derive(Debug, Serialize)]
 struct IdleReport {
     scenario: &'static str,
-    url: String,
+    /// The nodes' WebSocket URLs, in the order sessions were spread over them.
+    urls: Vec<String>,
     tenant: String,
     requested: usize,
     /// Sessions that received `welcome`.
@@ -75,9 +76,13 @@ struct IdleReport {
 /// Runs the idle benchmark.
 pub(super) async fn run(target: &TargetArgs, tenant: String, args: IdleArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.connections > 0, "--connections must be at least 1");
+    anyhow::ensure!(
+        target.urls.len() == 1,
+        "idle reads one node's memory (--metrics-url): give a single --url"
+    );
     let endpoint = Arc::new(
         Endpoint::resolve(
-            &target.url,
+            &target.urls,
             tenant,
             target.jwt_secret.as_deref(),
             args.source_ips,
@@ -110,7 +115,7 @@ pub(super) async fn run(target: &TargetArgs, tenant: String, args: IdleArgs) -> 
     let (closed_by_server, unclean_closes) = collect_holders(holders).await;
     let report = IdleReport {
         scenario: "idle",
-        url: target.url.clone(),
+        urls: target.urls.clone(),
         tenant: endpoint.tenant().to_owned(),
         requested: args.connections,
         opened,
@@ -217,7 +222,8 @@ impl std::fmt::Display for IdleReport {
         writeln!(
             f,
             "idle sessions against {} (tenant {})",
-            self.url, self.tenant
+            self.urls.join(", "),
+            self.tenant
         )?;
         writeln!(
             f,

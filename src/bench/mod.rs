@@ -10,6 +10,10 @@
 //! - `connect`: opens and closes sessions as fast as a given concurrency allows; reports
 //!   handshakes per second and handshake latency.
 //!
+//! `--url` may be repeated to spread the sessions over several nodes of a cluster: connection
+//! `n` goes to the node of URL `n mod` their number (`dm` and `connect`; `idle` reads one
+//! node's memory and takes one URL).
+//!
 //! Every run uses a fresh tenant (`bench-<unix-ms>`) unless `--tenant` names one, so runs never
 //! see each other's messages and every user starts at seq 0.
 //!
@@ -33,7 +37,7 @@ mod rng;
 mod scrape;
 mod wire;
 
-use clap::{Args, Subcommand};
+use clap::{ArgAction, Args, Subcommand};
 
 pub use connect::ConnectArgs;
 pub use dm::DmArgs;
@@ -51,12 +55,20 @@ pub struct BenchArgs {
     pub scenario: Scenario,
 }
 
-/// The options every scenario takes: which node, as whom, and how to report.
+/// The options every scenario takes: which nodes, as whom, and how to report.
 #[derive(Debug, Clone, Args)]
 pub struct TargetArgs {
-    /// The node's WebSocket URL.
-    #[arg(long, global = true, default_value = DEFAULT_URL)]
-    pub url: String,
+    /// A node's WebSocket URL. Repeat it (`--url A --url B`) to spread sessions over several
+    /// nodes: connection n goes to the URL n mod their number, so in `dm` user i connects to
+    /// URL i mod N. `idle` takes a single URL.
+    #[arg(
+        long = "url",
+        value_name = "URL",
+        global = true,
+        action = ArgAction::Append,
+        default_value = DEFAULT_URL
+    )]
+    pub urls: Vec<String>,
     /// Mint HS256 tokens signed with this secret (for a node in jwt mode) instead of naming
     /// users in the query string (dev mode).
     #[arg(
@@ -111,4 +123,44 @@ fn fresh_tenant() -> String {
 /// Checks a tenant or user id given on the command line, naming the option.
 fn check_id(option: &str, id: &str) -> anyhow::Result<()> {
     crate::domain::validate_id(id).map_err(|e| anyhow::anyhow!("{option} {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    /// `peroxo bench` as the binary wires it.
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+
+    fn urls_of(args: &[&str]) -> Vec<String> {
+        let args = std::iter::once("bench").chain(args.iter().copied());
+        Cli::try_parse_from(args).unwrap().bench.target.urls
+    }
+
+    #[test]
+    fn url_may_be_repeated_and_defaults_to_one_local_node() {
+        assert_eq!(urls_of(&["dm"]), [DEFAULT_URL]);
+        assert_eq!(
+            urls_of(&["dm", "--url", "ws://a:1/ws", "--url", "ws://b:2/ws"]),
+            ["ws://a:1/ws", "ws://b:2/ws"]
+        );
+        assert_eq!(
+            urls_of(&[
+                "--url",
+                "ws://a:1/ws",
+                "--url",
+                "ws://b:2/ws",
+                "connect",
+                "--total",
+                "1"
+            ]),
+            ["ws://a:1/ws", "ws://b:2/ws"]
+        );
+    }
 }

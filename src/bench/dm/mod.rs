@@ -81,7 +81,8 @@ pub struct DmArgs {
 #[derive(Debug, Serialize)]
 struct DmReport {
     scenario: &'static str,
-    url: String,
+    /// The nodes' WebSocket URLs, in the order sessions were spread over them.
+    urls: Vec<String>,
     tenant: String,
     auth: &'static str,
     users: u32,
@@ -112,7 +113,7 @@ pub(super) async fn run(target: &TargetArgs, tenant: String, args: DmArgs) -> an
     let plan = Plan::new(args.users, args.rate, args.warmup, args.duration, seed)?;
     let endpoint = Arc::new(
         Endpoint::resolve(
-            &target.url,
+            &target.urls,
             tenant,
             target.jwt_secret.as_deref(),
             args.source_ips,
@@ -158,7 +159,7 @@ pub(super) async fn run(target: &TargetArgs, tenant: String, args: DmArgs) -> an
     }
     let report = DmReport {
         scenario: "dm",
-        url: target.url.clone(),
+        urls: target.urls.clone(),
         tenant: endpoint.tenant().to_owned(),
         auth: if target.jwt_secret.is_some() {
             "jwt"
@@ -342,7 +343,10 @@ impl std::fmt::Display for DmReport {
         writeln!(
             f,
             "dm against {} (tenant {}, {} identities, seed {})",
-            self.url, self.tenant, self.auth, self.seed
+            self.urls.join(", "),
+            self.tenant,
+            self.auth,
+            self.seed
         )?;
         writeln!(
             f,
