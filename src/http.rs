@@ -31,6 +31,10 @@ use crate::telemetry::metrics;
 
 /// Bytes read from a socket at a time. Small, so idle connections stay cheap.
 const WS_READ_BUFFER_BYTES: usize = 4_096;
+/// Frames written to a WebSocket gather in its write buffer until this many bytes wait or
+/// the writer flushes, so that a batch of frames leaves in one system call. The buffer grows
+/// only as far as it is used: an idle connection holds a few hundred bytes of it.
+const WS_WRITE_BUFFER_BYTES: usize = 16 * 1_024;
 /// How long the accept loop pauses after an accept error (such as running out of files).
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
@@ -201,7 +205,7 @@ async fn upgrade(
     let max_message = state.limits.max_message_bytes;
     upgrade
         .read_buffer_size(WS_READ_BUFFER_BYTES)
-        .write_buffer_size(0)
+        .write_buffer_size(WS_WRITE_BUFFER_BYTES)
         .max_message_size(max_message)
         .max_frame_size(max_message)
         .on_failed_upgrade(|error| tracing::debug!(%error, "websocket upgrade failed"))
