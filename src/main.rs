@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use peroxo::config::{Config, LogFormat};
 use peroxo::domain::{DEFAULT_TENANT, UserKey, validate_id};
@@ -194,17 +195,19 @@ fn init_logging(config: &Config) {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
+    let shutdown = shutdown_signal()?;
     let gateway = Gateway::start(config).await?;
-    shutdown_signal().await;
+    shutdown.await;
     tracing::info!("shutting down");
     gateway.shutdown().await;
     Ok(())
 }
 
 async fn store(config: Config) -> anyhow::Result<()> {
+    let shutdown = shutdown_signal()?;
     let mut store = StoreServer::start(&config.storage).await?;
     tokio::select! {
-        () = shutdown_signal() => {
+        () = shutdown => {
             tracing::info!("shutting down");
             store.stop().await;
             Ok(())
@@ -213,24 +216,28 @@ async fn store(config: Config) -> anyhow::Result<()> {
     }
 }
 
-/// Completes on SIGINT (Ctrl-C) or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Completes on SIGINT (Ctrl-C) or SIGTERM. The handlers are installed at once, before any
+/// port is bound: a signal that arrives while the process starts still shuts it down
+/// gracefully instead of killing it.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut terminate =
+            signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+        let mut interrupt =
+            signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+        Ok(async move {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = interrupt.recv() => {}
             }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
+        })
+    }
     #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
+    {
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
     }
 }
