@@ -70,16 +70,9 @@ pub(super) async fn run(
 ) -> anyhow::Result<()> {
     anyhow::ensure!(args.total > 0, "--total must be at least 1");
     anyhow::ensure!(args.concurrency > 0, "--concurrency must be at least 1");
-    let endpoint = Arc::new(
-        Endpoint::resolve(
-            &target.urls,
-            tenant,
-            target.jwt_secret.as_deref(),
-            args.source_ips,
-            Buffers::Lean,
-        )
-        .await?,
-    );
+    let endpoint = target
+        .endpoint(tenant, args.source_ips, Buffers::Lean)
+        .await?;
     let counts = Arc::new(OpenCounts::default());
     let progress = progress(&counts, args.total);
     let next = Arc::new(AtomicUsize::new(0));
@@ -109,11 +102,7 @@ pub(super) async fn run(
         scenario: "connect",
         urls: target.urls.clone(),
         tenant: endpoint.tenant().to_owned(),
-        auth: if target.jwt_secret.is_some() {
-            "jwt"
-        } else {
-            "dev"
-        },
+        auth: target.auth_label(),
         total: args.total,
         concurrency: args.concurrency,
         source_ips: args.source_ips,

@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 use super::TargetArgs;
-use super::client::{self, Buffers, Endpoint, OpenCounts, Ws};
+use super::client::{self, Buffers, OpenCounts, Ws};
 use super::report::{self, Progress, Tally};
 use super::scrape;
 
@@ -80,16 +80,9 @@ pub(super) async fn run(target: &TargetArgs, tenant: String, args: IdleArgs) -> 
         target.urls.len() == 1,
         "idle reads one node's memory (--metrics-url): give a single --url"
     );
-    let endpoint = Arc::new(
-        Endpoint::resolve(
-            &target.urls,
-            tenant,
-            target.jwt_secret.as_deref(),
-            args.source_ips,
-            Buffers::Lean,
-        )
-        .await?,
-    );
+    let endpoint = target
+        .endpoint(tenant, args.source_ips, Buffers::Lean)
+        .await?;
     let (rss_before, _) = settled_memory(&args.metrics_url, args.settle_timeout).await?;
 
     let started = Instant::now();

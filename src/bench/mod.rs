@@ -87,6 +87,35 @@ pub struct TargetArgs {
     pub json: bool,
 }
 
+impl TargetArgs {
+    /// The endpoint every session of a scenario opens against: these URLs and identities.
+    async fn endpoint(
+        &self,
+        tenant: String,
+        source_ips: u8,
+        buffers: client::Buffers,
+    ) -> anyhow::Result<std::sync::Arc<client::Endpoint>> {
+        let endpoint = client::Endpoint::resolve(
+            &self.urls,
+            tenant,
+            self.jwt_secret.as_deref(),
+            source_ips,
+            buffers,
+        )
+        .await?;
+        Ok(std::sync::Arc::new(endpoint))
+    }
+
+    /// How the load generator names its users, for the report.
+    fn auth_label(&self) -> &'static str {
+        if self.jwt_secret.is_some() {
+            "jwt"
+        } else {
+            "dev"
+        }
+    }
+}
+
 /// The benchmark to run.
 #[derive(Debug, Subcommand)]
 pub enum Scenario {

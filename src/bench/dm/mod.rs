@@ -111,16 +111,9 @@ struct DmReport {
 pub(super) async fn run(target: &TargetArgs, tenant: String, args: DmArgs) -> anyhow::Result<()> {
     let seed = args.seed.unwrap_or_else(rng::fresh_seed);
     let plan = Plan::new(args.users, args.rate, args.warmup, args.duration, seed)?;
-    let endpoint = Arc::new(
-        Endpoint::resolve(
-            &target.urls,
-            tenant,
-            target.jwt_secret.as_deref(),
-            args.source_ips,
-            Buffers::Default,
-        )
-        .await?,
-    );
+    let endpoint = target
+        .endpoint(tenant, args.source_ips, Buffers::Default)
+        .await?;
     let sessions = connect_users(&endpoint, &plan, args.concurrency).await?;
     eprintln!(
         "dm: {} users connected; sending {} messages over {:?}",
@@ -161,11 +154,7 @@ pub(super) async fn run(target: &TargetArgs, tenant: String, args: DmArgs) -> an
         scenario: "dm",
         urls: target.urls.clone(),
         tenant: endpoint.tenant().to_owned(),
-        auth: if target.jwt_secret.is_some() {
-            "jwt"
-        } else {
-            "dev"
-        },
+        auth: target.auth_label(),
         users: args.users,
         rate: args.rate,
         warmup_secs: args.warmup.as_secs_f64(),
