@@ -11,21 +11,22 @@
 //! `limits.ping_interval_secs` and closes one silent for `limits.idle_timeout_secs`.
 //!
 //! Both tasks outlive any one session actor: when SessionSupervisor restarts a crashed
-//! session, the new actor takes over the same queue and the reader follows it through a
-//! `watch` channel. The connection ends when either task ends (`done` is cancelled).
+//! session, the new actor takes over the same queue and the reader follows it through
+//! [`CurrentSession`]. The connection ends when either task ends.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use ractor::ActorRef;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
+use crate::actors::router::WelcomeSlot;
 use crate::actors::session::{Inbound, SessionMsg};
 use crate::domain::{SessionId, UserKey};
 use crate::protocol::{self, DecodeLimits, ProtocolError, ServerFrame};
@@ -179,81 +180,212 @@ impl Drop for ConnectionRecord {
     }
 }
 
+/// What the writer takes from the queue.
 enum Item {
     Text(Utf8Bytes),
+    /// Close once the frames queued before this have been written.
     Close(CloseCause),
 }
 
 /// The sending side of one client's queue. Cheap to clone: the Router, Persistence and the
 /// session all hold one.
-#[derive(Clone)]
 pub struct Outbound {
     session_id: SessionId,
-    tx: mpsc::Sender<Item>,
     shared: Arc<Shared>,
 }
 
+/// One connection's queue, shared by its senders and its writer.
+///
+/// A deque behind a mutex rather than a channel: an idle connection holds no buffer at all
+/// (a channel allocates its first block of slots up front), and the writer gives the buffer
+/// back whenever it has written everything.
 struct Shared {
     capacity: usize,
     /// Why the connection closes: the first close asked for wins, whichever way it goes out.
     cause: OnceLock<CloseCause>,
+    queue: Mutex<Queue>,
+    /// Wakes the writer: a frame was queued, a close was asked for, or the last sender left.
+    wake: Notify,
+    /// `Outbound` handles alive; when the last one goes, nothing more can be queued.
+    senders: AtomicUsize,
+    /// Set when the connection has ended, whichever side ended it.
+    ended: AtomicBool,
+    /// Wakes everyone waiting for the end (the reader, the writer, a session's reads).
+    end_wake: Notify,
+    /// When the client was last heard from: the reader records it, the writer's heartbeat
+    /// reads it.
+    last_heard: LastHeard,
+    /// The connection's first frame, queued exactly once.
+    welcome: WelcomeSlot,
+}
+
+#[derive(Default)]
+struct Queue {
+    items: VecDeque<Item>,
     /// Set once to close without waiting for queued frames (the queue may be full).
-    close_now: watch::Sender<Option<CloseCause>>,
-    /// Cancelled when the connection has ended, whichever side ended it.
-    done: CancellationToken,
+    close_now: Option<CloseCause>,
+    /// The writer has stopped: nothing queued would be written.
+    writer_gone: bool,
+}
+
+/// What the writer finds when it looks at its queue.
+enum Next {
+    Item(Item),
+    /// A close that goes out at once, before whatever is still queued.
+    CloseNow(CloseCause),
+    /// The connection has ended, or nothing is queued and every sender is gone: nothing more
+    /// will be written.
+    Finished,
+    Empty,
 }
 
 impl std::fmt::Debug for Outbound {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Outbound")
             .field("session_id", &self.session_id)
-            .field("queued", &(self.shared.capacity - self.tx.capacity()))
+            .field("queued", &self.shared.lock().items.len())
             .finish()
+    }
+}
+
+impl Clone for Outbound {
+    fn clone(&self) -> Self {
+        self.shared.senders.fetch_add(1, Ordering::Relaxed);
+        Self {
+            session_id: self.session_id,
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl Drop for Outbound {
+    fn drop(&mut self) {
+        if self.shared.senders.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.shared.wake.notify_one();
+        }
     }
 }
 
 /// The receiving side of a queue, consumed by the writer task.
 pub struct OutboundQueue {
-    rx: mpsc::Receiver<Item>,
-    close_now: watch::Receiver<Option<CloseCause>>,
     shared: Arc<Shared>,
 }
 
+impl Drop for OutboundQueue {
+    fn drop(&mut self) {
+        let mut queue = self.shared.lock();
+        queue.writer_gone = true;
+        queue.items = VecDeque::new();
+    }
+}
+
 impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        // The queue holds no invariant a panicking holder could break: keep using it.
+        self.queue
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// The writer's own reason to close (the idle timeout) yields to one asked for earlier.
     fn first_cause(&self, cause: CloseCause) -> CloseCause {
         *self.cause.get_or_init(|| cause)
+    }
+
+    /// Marks the connection ended and wakes everyone waiting for it.
+    fn end(&self) {
+        self.ended.store(true, Ordering::Release);
+        self.end_wake.notify_waiters();
+        self.wake.notify_one();
+    }
+
+    fn has_ended(&self) -> bool {
+        self.ended.load(Ordering::Acquire)
+    }
+
+    /// Completes when the connection has ended.
+    async fn ended(&self) {
+        loop {
+            let notified = self.end_wake.notified();
+            tokio::pin!(notified);
+            // Registered before looking, so an end that comes meanwhile still wakes this wait.
+            notified.as_mut().enable();
+            if self.has_ended() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl OutboundQueue {
+    /// Takes the next thing to do: a close asked for at once comes before any queued frame.
+    fn next(&self) -> Next {
+        let mut queue = self.shared.lock();
+        if let Some(cause) = queue.close_now {
+            return Next::CloseNow(cause);
+        }
+        if self.shared.has_ended() {
+            return Next::Finished;
+        }
+        match queue.items.pop_front() {
+            Some(item) => Next::Item(item),
+            None => {
+                // Written everything: give the buffer back until the next frame.
+                queue.items = VecDeque::new();
+                if self.shared.senders.load(Ordering::Acquire) == 0 {
+                    Next::Finished
+                } else {
+                    Next::Empty
+                }
+            }
+        }
+    }
+
+    /// The close asked for at once, if any.
+    fn close_now(&self) -> Option<CloseCause> {
+        self.shared.lock().close_now
+    }
+
+    /// Completes when there may be something new to look at (see [`OutboundQueue::next`]).
+    async fn woken(&self) {
+        self.shared.wake.notified().await;
     }
 }
 
 impl Outbound {
     /// A queue of `capacity` frames for `session_id`.
     pub fn new(session_id: SessionId, capacity: usize) -> (Self, OutboundQueue) {
-        let (tx, rx) = mpsc::channel(capacity);
-        let (close_now, close_rx) = watch::channel(None);
         let shared = Arc::new(Shared {
             capacity,
             cause: OnceLock::new(),
-            close_now,
-            done: CancellationToken::new(),
+            queue: Mutex::new(Queue::default()),
+            wake: Notify::new(),
+            senders: AtomicUsize::new(1),
+            ended: AtomicBool::new(false),
+            end_wake: Notify::new(),
+            last_heard: LastHeard::new(),
+            welcome: WelcomeSlot::default(),
         });
         let outbound = Self {
             session_id,
-            tx,
             shared: Arc::clone(&shared),
         };
-        (
-            outbound,
-            OutboundQueue {
-                rx,
-                close_now: close_rx,
-                shared,
-            },
-        )
+        (outbound, OutboundQueue { shared })
     }
 
     pub fn session_id(&self) -> SessionId {
         self.session_id
+    }
+
+    /// The connection's `welcome`, queued by whoever registers the connection first.
+    pub fn welcome(&self) -> &WelcomeSlot {
+        &self.shared.welcome
+    }
+
+    /// Queues the `welcome` unless it was queued already (or is not built yet).
+    pub fn send_welcome_once(&self) {
+        self.shared.welcome.send_once(self);
     }
 
     /// Encodes and queues `frame`. Presence and typing events are dropped when the queue is
@@ -269,21 +401,27 @@ impl Outbound {
     /// Queues an already encoded frame (one encoding shared by several recipients). A
     /// `droppable` frame is dropped when the queue is more than half full.
     pub fn send_text(&self, text: Utf8Bytes, droppable: bool) -> bool {
-        if droppable && self.is_past_half_full() {
+        let mut queue = self.shared.lock();
+        if queue.writer_gone {
             return false;
         }
-        match self.tx.try_send(Item::Text(text)) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.close_now(CloseCause::SlowConsumer);
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        let queued = queue.items.len();
+        if droppable && queued > self.shared.capacity / 2 {
+            return false;
         }
+        if queued >= self.shared.capacity {
+            drop(queue);
+            self.close_now(CloseCause::SlowConsumer);
+            return false;
+        }
+        queue.items.push_back(Item::Text(text));
+        drop(queue);
+        self.shared.wake.notify_one();
+        true
     }
 
     fn is_past_half_full(&self) -> bool {
-        self.tx.capacity() < self.shared.capacity / 2
+        self.shared.lock().items.len() > self.shared.capacity / 2
     }
 
     /// Queues an `error` frame.
@@ -298,36 +436,41 @@ impl Outbound {
         if self.shared.cause.set(cause).is_err() {
             return;
         }
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(Item::Close(cause)) {
-            self.close_now(cause);
+        let mut queue = self.shared.lock();
+        if queue.writer_gone {
+            return;
         }
+        if queue.items.len() >= self.shared.capacity {
+            drop(queue);
+            self.close_now(cause);
+            return;
+        }
+        queue.items.push_back(Item::Close(cause));
+        drop(queue);
+        self.shared.wake.notify_one();
     }
 
     /// Closes at once; frames still queued are discarded. When a close was asked for already,
     /// it goes out now with its own cause.
     pub fn close_now(&self, cause: CloseCause) {
-        let cause = *self.shared.cause.get_or_init(|| cause);
-        self.shared.close_now.send_if_modified(|current| {
-            if current.is_some() {
-                return false;
-            }
-            *current = Some(cause);
-            true
-        });
+        let cause = self.shared.first_cause(cause);
+        let mut queue = self.shared.lock();
+        if queue.close_now.is_some() {
+            return;
+        }
+        queue.close_now = Some(cause);
+        drop(queue);
+        self.shared.wake.notify_one();
     }
 
     /// Whether the connection has ended.
     pub fn is_closed(&self) -> bool {
-        self.shared.done.is_cancelled()
+        self.shared.has_ended()
     }
 
     /// Completes when the connection has ended.
     pub async fn closed(&self) {
-        self.shared.done.cancelled().await;
-    }
-
-    fn done(&self) -> CancellationToken {
-        self.shared.done.clone()
+        self.shared.ended().await;
     }
 }
 
@@ -384,12 +527,90 @@ impl LastHeard {
     }
 }
 
+/// The session actor currently serving a connection: SessionSupervisor publishes each
+/// incarnation, and the reader hands frames to whichever is current.
+pub struct CurrentSession {
+    current: Mutex<Current>,
+    /// Wakes the reader when an incarnation replaces the last one, or when none ever will.
+    changed: Notify,
+}
+
+struct Current {
+    actor: Option<ActorRef<SessionMsg>>,
+    /// Counts replacements, so the reader can tell a new incarnation from the one it saw.
+    version: u64,
+    /// No incarnation will follow: the connection is over.
+    retired: bool,
+}
+
+impl CurrentSession {
+    pub fn new(actor: ActorRef<SessionMsg>) -> Arc<Self> {
+        Arc::new(Self {
+            current: Mutex::new(Current {
+                actor: Some(actor),
+                version: 0,
+                retired: false,
+            }),
+            changed: Notify::new(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Current> {
+        // A plain value swapped whole: a panicking holder cannot leave it half-written.
+        self.current
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The current incarnation and its version.
+    pub fn get(&self) -> (Option<ActorRef<SessionMsg>>, u64) {
+        let current = self.lock();
+        (current.actor.clone(), current.version)
+    }
+
+    /// Publishes the incarnation that replaces a failed one.
+    pub fn replace(&self, actor: ActorRef<SessionMsg>) {
+        let mut current = self.lock();
+        current.actor = Some(actor);
+        current.version += 1;
+        drop(current);
+        self.changed.notify_waiters();
+    }
+
+    /// No incarnation will follow: a reader waiting for one gives up.
+    pub fn retire(&self) {
+        self.lock().retired = true;
+        self.changed.notify_waiters();
+    }
+
+    /// Waits until an incarnation newer than `seen` is published (true) or the session is
+    /// retired (false).
+    async fn replaced_since(&self, seen: u64) -> bool {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            // Registered before looking, so a change made meanwhile still wakes this wait.
+            notified.as_mut().enable();
+            {
+                let current = self.lock();
+                if current.version != seen {
+                    return true;
+                }
+                if current.retired {
+                    return false;
+                }
+            }
+            notified.await;
+        }
+    }
+}
+
 /// Everything the socket tasks of one connection need besides the socket.
 pub struct SocketTasks {
     pub outbound: Outbound,
     pub queue: OutboundQueue,
     /// The session actor currently serving the connection, published by SessionSupervisor.
-    pub session: watch::Receiver<Option<ActorRef<SessionMsg>>>,
+    pub session: Arc<CurrentSession>,
     pub limits: DecodeLimits,
     pub heartbeat: Heartbeat,
     pub record: Arc<ConnectionRecord>,
@@ -398,13 +619,10 @@ pub struct SocketTasks {
 /// Splits `socket` and starts its writer and reader tasks.
 pub fn spawn_socket_tasks(socket: WebSocket, tasks: SocketTasks) {
     let (sink, stream) = socket.split();
-    let last_heard = Arc::new(LastHeard::new());
     tokio::spawn(run_writer(
         sink,
         tasks.queue,
-        tasks.outbound.done(),
         tasks.heartbeat,
-        Arc::clone(&last_heard),
         Arc::clone(&tasks.record),
     ));
     tokio::spawn(run_reader(
@@ -412,7 +630,6 @@ pub fn spawn_socket_tasks(socket: WebSocket, tasks: SocketTasks) {
         tasks.session,
         tasks.limits,
         tasks.outbound,
-        last_heard,
         tasks.record,
     ));
 }
@@ -428,13 +645,13 @@ enum Pulse {
 }
 
 /// The writer's view of the heartbeat: when the client was last pinged.
-struct Pacemaker {
+struct Pacemaker<'a> {
     heartbeat: Heartbeat,
-    last_heard: Arc<LastHeard>,
+    last_heard: &'a LastHeard,
     pinged_at: Option<Instant>,
 }
 
-impl Pacemaker {
+impl Pacemaker<'_> {
     fn pulse(&self) -> Pulse {
         let heard = self.last_heard.at();
         let now = Instant::now();
@@ -466,148 +683,166 @@ impl Pacemaker {
 /// connection.
 const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
-async fn run_writer(
+/// The writer task. Written as an `async` block rather than an `async fn`: the task keeps
+/// its arguments once instead of twice, and every idle connection carries the task.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn would store its arguments twice"
+)]
+fn run_writer(
     mut sink: SplitSink<WebSocket, Message>,
-    mut queue: OutboundQueue,
-    done: CancellationToken,
+    queue: OutboundQueue,
     heartbeat: Heartbeat,
-    last_heard: Arc<LastHeard>,
     record: Arc<ConnectionRecord>,
-) {
-    let mut pacemaker = Pacemaker {
-        heartbeat,
-        last_heard,
-        pinged_at: None,
-    };
-    // One timer per connection, set to the next moment the heartbeat has something to do.
-    let check = tokio::time::sleep(heartbeat.ping_interval);
-    tokio::pin!(check);
-    let close = 'serve: loop {
-        tokio::select! {
-            biased;
-            // A close the server asked for goes out even if the connection is ending anyway.
-            changed = queue.close_now.changed() => break changed.ok().and(*queue.close_now.borrow()),
-            _ = done.cancelled() => break None,
-            item = queue.rx.recv() => {
-                let text = match item {
-                    Some(Item::Text(text)) => text,
-                    Some(Item::Close(cause)) => break Some(cause),
-                    None => break None,
-                };
-                // A client that stops reading blocks the write: a close request, the end of
-                // the connection or the idle timeout must still get through.
-                let write = write_batch(&mut sink, &mut queue.rx, text);
-                tokio::pin!(write);
-                loop {
-                    tokio::select! {
-                        biased;
-                        changed = queue.close_now.changed() => {
-                            break 'serve changed.ok().and(*queue.close_now.borrow());
-                        }
-                        _ = done.cancelled() => break 'serve None,
-                        () = &mut check => {
-                            if let Pulse::Close = pacemaker.pulse() {
-                                break 'serve Some(queue.shared.first_cause(CloseCause::IdleTimeout));
-                            }
-                            // No ping while a write is stuck: the socket is busy.
-                            check.as_mut().reset(pacemaker.next_check());
-                        }
-                        written = &mut write => match written {
-                            Ok(None) => break,
-                            Ok(Some(cause)) => break 'serve Some(cause),
-                            Err(_) => break 'serve None,
-                        },
-                    }
-                }
-            }
-            () = &mut check => {
-                match pacemaker.pulse() {
-                    Pulse::Close => break Some(queue.shared.first_cause(CloseCause::IdleTimeout)),
-                    Pulse::Ping => {
-                        pacemaker.pinged_at = Some(Instant::now());
-                        let ping = sink.send(Message::Ping(Default::default()));
-                        match tokio::time::timeout(heartbeat.idle_timeout, ping).await {
-                            Ok(Ok(())) => {}
-                            _ => break None,
-                        }
-                    }
-                    Pulse::Wait => {}
-                }
-                check.as_mut().reset(pacemaker.next_check());
-            }
-        }
-    };
-    let mut answer_pending = true;
-    if let Some(cause) = close {
-        record.ended(cause.code(), cause.label());
-        let frame = CloseFrame {
-            code: cause.code(),
-            reason: Utf8Bytes::from_static(cause.text()),
+) -> impl Future<Output = ()> + Send + 'static {
+    async move {
+        let mut pacemaker = Pacemaker {
+            heartbeat,
+            last_heard: &queue.shared.last_heard,
+            pinged_at: None,
         };
-        // A client that does not read gets as long as an idle one before it is dropped.
-        let sent = tokio::time::timeout(
-            heartbeat.idle_timeout,
-            sink.send(Message::Close(Some(frame))),
-        )
-        .await;
-        match sent {
-            Ok(Ok(())) => {
-                // The reader sees the client's answer (or the end of the stream) and ends the
-                // connection; a client that never answers is dropped after a while.
-                let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, done.cancelled()).await;
-                answer_pending = false;
+        // One timer per connection, set to the next moment the heartbeat has something to do.
+        let check = tokio::time::sleep(heartbeat.ping_interval);
+        tokio::pin!(check);
+        let close = 'serve: loop {
+            // Wait until there is something to write (or a reason to stop).
+            let first = loop {
+                match queue.next() {
+                    Next::CloseNow(cause) | Next::Item(Item::Close(cause)) => {
+                        break 'serve Some(cause);
+                    }
+                    Next::Item(Item::Text(text)) => break text,
+                    Next::Finished => break 'serve None,
+                    Next::Empty => {}
+                }
+                tokio::select! {
+                    biased;
+                    () = queue.woken() => {}
+                    () = &mut check => {
+                        match pacemaker.pulse() {
+                            Pulse::Close => break 'serve Some(queue.shared.first_cause(CloseCause::IdleTimeout)),
+                            Pulse::Ping => {
+                                pacemaker.pinged_at = Some(Instant::now());
+                                if !ping(&mut sink, heartbeat.idle_timeout).await {
+                                    break 'serve None;
+                                }
+                            }
+                            Pulse::Wait => {}
+                        }
+                        check.as_mut().reset(pacemaker.next_check());
+                    }
+                }
+            };
+            // A client that stops reading blocks the write: a close request, the end of the
+            // connection or the idle timeout must still get through. Boxed: an idle connection
+            // does not carry the write's state.
+            let mut write = Box::pin(write_batch(&mut sink, &queue, first));
+            loop {
+                tokio::select! {
+                    biased;
+                    () = queue.woken() => {
+                        if let Some(cause) = queue.close_now() {
+                            break 'serve Some(cause);
+                        }
+                        if queue.shared.has_ended() {
+                            break 'serve None;
+                        }
+                    }
+                    () = &mut check => {
+                        if let Pulse::Close = pacemaker.pulse() {
+                            break 'serve Some(queue.shared.first_cause(CloseCause::IdleTimeout));
+                        }
+                        // No ping while a write is stuck: the socket is busy.
+                        check.as_mut().reset(pacemaker.next_check());
+                    }
+                    written = &mut write => match written {
+                        Ok(None) => break,
+                        Ok(Some(cause)) => break 'serve Some(cause),
+                        Err(_) => break 'serve None,
+                    },
+                }
             }
-            // The client closed first (the WebSocket refuses a second close frame): answer it.
-            Ok(Err(_)) => {}
-            // The client does not read: an answer would not get through either.
-            Err(_) => answer_pending = false,
+        };
+        let mut answer_pending = true;
+        if let Some(cause) = close {
+            record.ended(cause.code(), cause.label());
+            let frame = CloseFrame {
+                code: cause.code(),
+                reason: Utf8Bytes::from_static(cause.text()),
+            };
+            // A client that does not read gets as long as an idle one before it is dropped.
+            let sent = tokio::time::timeout(
+                heartbeat.idle_timeout,
+                sink.send(Message::Close(Some(frame))),
+            )
+            .await;
+            match sent {
+                Ok(Ok(())) => {
+                    // The reader sees the client's answer (or the end of the stream) and ends the
+                    // connection; a client that never answers is dropped after a while.
+                    let _ =
+                        tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, queue.shared.ended()).await;
+                    answer_pending = false;
+                }
+                // The client closed first (the WebSocket refuses a second close frame): answer it.
+                Ok(Err(_)) => {}
+                // The client does not read: an answer would not get through either.
+                Err(_) => answer_pending = false,
+            }
         }
+        if answer_pending {
+            // The client may have closed first. The WebSocket queued the answer to its close frame
+            // when the reader read it; closing the sink writes that answer out.
+            let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, sink.close()).await;
+        }
+        queue.shared.end();
     }
-    if answer_pending {
-        // The client may have closed first. The WebSocket queued the answer to its close frame
-        // when the reader read it; closing the sink writes that answer out.
-        let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, sink.close()).await;
-    }
-    done.cancel();
 }
 
 /// Writes `first` and every frame already waiting, then flushes once. Returns the close
 /// request found among the waiting frames, if any.
 async fn write_batch(
     sink: &mut SplitSink<WebSocket, Message>,
-    rx: &mut mpsc::Receiver<Item>,
+    queue: &OutboundQueue,
     first: Utf8Bytes,
 ) -> Result<Option<CloseCause>, axum::Error> {
     sink.feed(Message::Text(first)).await?;
     let mut close = None;
-    while let Ok(item) = rx.try_recv() {
-        match item {
-            Item::Text(text) => sink.feed(Message::Text(text)).await?,
-            Item::Close(cause) => {
+    loop {
+        match queue.next() {
+            Next::Item(Item::Text(text)) => sink.feed(Message::Text(text)).await?,
+            Next::Item(Item::Close(cause)) | Next::CloseNow(cause) => {
                 close = Some(cause);
                 break;
             }
+            Next::Empty | Next::Finished => break,
         }
     }
     sink.flush().await?;
     Ok(close)
 }
 
+/// Pings the client; false when the ping cannot be written within `timeout`. Boxed: an idle
+/// connection does not carry the ping's state.
+async fn ping(sink: &mut SplitSink<WebSocket, Message>, timeout: Duration) -> bool {
+    let send = Box::pin(sink.send(Message::Ping(Default::default())));
+    matches!(tokio::time::timeout(timeout, send).await, Ok(Ok(())))
+}
+
 async fn run_reader(
     mut stream: SplitStream<WebSocket>,
-    mut session: watch::Receiver<Option<ActorRef<SessionMsg>>>,
+    session: Arc<CurrentSession>,
     limits: DecodeLimits,
     outbound: Outbound,
-    last_heard: Arc<LastHeard>,
     record: Arc<ConnectionRecord>,
 ) {
-    let done = outbound.done();
+    let connection = &*outbound.shared;
     loop {
         let next = tokio::select! {
-            _ = done.cancelled() => break,
+            () = connection.ended() => break,
             next = stream.next() => next,
         };
-        last_heard.record();
+        connection.last_heard.record();
         let input = match next {
             Some(Ok(Message::Text(text))) => Inbound::Command(protocol::decode(&text, &limits)),
             Some(Ok(Message::Binary(_))) => Inbound::Binary,
@@ -629,17 +864,18 @@ async fn run_reader(
                 break;
             }
         };
-        last_heard.handing_over(true);
-        let taken = hand_to_session(&mut session, input, &done).await;
-        last_heard.handing_over(false);
+        connection.last_heard.handing_over(true);
+        // Boxed: an idle connection's reader does not carry the hand-over's state.
+        let taken = Box::pin(hand_to_session(&session, input, connection)).await;
+        connection.last_heard.handing_over(false);
         if !taken {
             // No session will take input any more: the writer closes the connection.
             return;
         }
     }
     // The session learns that its socket is gone and stops; the writer stops too.
-    hand_to_session(&mut session, Inbound::SocketClosed, &done).await;
-    done.cancel();
+    Box::pin(hand_to_session(&session, Inbound::SocketClosed, connection)).await;
+    connection.end();
 }
 
 /// Whether a read failed because the client sent more than `limits.max_message_bytes`.
@@ -653,19 +889,20 @@ fn is_too_large(error: axum::Error) -> bool {
 /// Hands `input` to the current session actor and waits until it has taken it. Returns false
 /// when no session actor will ever take it (the connection is over).
 async fn hand_to_session(
-    session: &mut watch::Receiver<Option<ActorRef<SessionMsg>>>,
+    session: &CurrentSession,
     mut input: Inbound,
-    done: &CancellationToken,
+    connection: &Shared,
 ) -> bool {
     loop {
-        let actor = session.borrow_and_update().clone();
+        let (actor, seen) = session.get();
         if let Some(actor) = actor {
             let (accepted, taken) = oneshot::channel();
             match actor.cast(SessionMsg::Inbound { input, accepted }) {
                 Ok(()) => {
                     // A session that dies while handling this frame drops `accepted`; the
                     // frame is answered by the restart's `internal` error, not retried.
-                    return taken.await.is_ok() || wait_for_next_session(session, done).await;
+                    return taken.await.is_ok()
+                        || wait_for_next_session(session, seen, connection).await;
                 }
                 Err(ractor::MessagingErr::SendErr(SessionMsg::Inbound { input: back, .. })) => {
                     input = back;
@@ -673,20 +910,18 @@ async fn hand_to_session(
                 Err(_) => return false,
             }
         }
-        if !wait_for_next_session(session, done).await {
+        if !wait_for_next_session(session, seen, connection).await {
             return false;
         }
     }
 }
 
-/// Waits until SessionSupervisor publishes another session actor; false when it never will.
-async fn wait_for_next_session(
-    session: &mut watch::Receiver<Option<ActorRef<SessionMsg>>>,
-    done: &CancellationToken,
-) -> bool {
+/// Waits until SessionSupervisor publishes an incarnation newer than `seen`; false when it
+/// never will.
+async fn wait_for_next_session(session: &CurrentSession, seen: u64, connection: &Shared) -> bool {
     tokio::select! {
-        _ = done.cancelled() => false,
-        changed = session.changed() => changed.is_ok(),
+        () = connection.ended() => false,
+        replaced = session.replaced_since(seen) => replaced,
     }
 }
 
@@ -694,20 +929,21 @@ async fn wait_for_next_session(
 mod tests {
     use super::*;
 
-    fn pacemaker() -> Pacemaker {
+    fn pacemaker(last_heard: &LastHeard) -> Pacemaker<'_> {
         Pacemaker {
             heartbeat: Heartbeat {
                 ping_interval: Duration::from_secs(25),
                 idle_timeout: Duration::from_secs(60),
             },
-            last_heard: Arc::new(LastHeard::new()),
+            last_heard,
             pinged_at: None,
         }
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_silent_client_is_pinged_then_closed() {
-        let pacemaker = pacemaker();
+        let last_heard = LastHeard::new();
+        let pacemaker = pacemaker(&last_heard);
         assert!(matches!(pacemaker.pulse(), Pulse::Wait));
         tokio::time::advance(Duration::from_secs(26)).await;
         assert!(matches!(pacemaker.pulse(), Pulse::Ping));
@@ -717,7 +953,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_client_whose_frame_waits_for_its_busy_session_is_not_idle() {
-        let pacemaker = pacemaker();
+        let last_heard = LastHeard::new();
+        let pacemaker = pacemaker(&last_heard);
         pacemaker.last_heard.handing_over(true);
         tokio::time::advance(Duration::from_secs(120)).await;
         assert!(matches!(pacemaker.pulse(), Pulse::Wait));

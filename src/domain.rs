@@ -4,6 +4,7 @@
 //! storage format (protobuf, SQL) in `storage`; neither leaks past its module.
 
 use std::fmt;
+use std::sync::Arc;
 
 /// The longest tenant or user id, in bytes (ids are ASCII, so also in characters).
 pub const MAX_ID_LEN: usize = 64;
@@ -65,23 +66,39 @@ impl fmt::Display for SessionId {
 }
 
 /// One user of one tenant: the unit of routing, presence and sequence numbers.
+///
+/// Cheap to clone: every clone shares one allocation. A connection's key is held by its
+/// session, its admission, its Router entries and its log record, so that matters for the
+/// memory an idle connection costs.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct UserKey {
+pub struct UserKey(Arc<UserKeyParts>);
+
+/// What a [`UserKey`] names (its fields read through the key: `key.tenant`, `key.user`).
+#[derive(Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UserKeyParts {
     pub tenant: String,
     pub user: String,
 }
 
 impl UserKey {
     pub fn new(tenant: impl Into<String>, user: impl Into<String>) -> Self {
-        Self {
+        Self(Arc::new(UserKeyParts {
             tenant: tenant.into(),
             user: user.into(),
-        }
+        }))
     }
 
     /// The same tenant, another user.
     pub fn peer(&self, user: impl Into<String>) -> Self {
         Self::new(self.tenant.clone(), user)
+    }
+}
+
+impl std::ops::Deref for UserKey {
+    type Target = UserKeyParts;
+
+    fn deref(&self) -> &UserKeyParts {
+        &self.0
     }
 }
 

@@ -512,8 +512,8 @@ impl ClusterState {
         let subject = self.user_subject(&from.peer(to.clone()));
         let envelope = Envelope::Typing {
             origin: self.args.node.clone(),
-            tenant: from.tenant,
-            from: from.user,
+            tenant: from.tenant.clone(),
+            from: from.user.clone(),
             to,
         };
         self.publish(subject, &envelope).await;
@@ -538,8 +538,8 @@ impl ClusterState {
             node: self.args.node.clone(),
             incarnation: self.incarnation,
             version: self.version,
-            tenant: user.tenant,
-            user: user.user,
+            tenant: user.tenant.clone(),
+            user: user.user.clone(),
             online,
         };
         self.publish_presence(&envelope).await;

@@ -11,7 +11,7 @@
 //! (they are in storage; clients get them with `sync`).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use axum::extract::ws::Utf8Bytes;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -85,15 +85,14 @@ pub struct Registration {
     pub outbound: Outbound,
     /// Users of the same tenant this session watches for presence.
     pub watching: Vec<String>,
-    /// The connection's `welcome`, queued by whoever registers it first.
-    pub welcome: Arc<WelcomeSlot>,
 }
 
 /// A connection's `welcome` frame, from the moment it is ready until it is queued.
 ///
 /// Whoever registers the connection with a Router first queues it: the Router, right before
 /// it makes the session reachable (so no delivery can overtake it), or the session itself
-/// when no Router answers. Either way it is queued exactly once.
+/// when no Router answers. Either way it is queued exactly once. It lives with the
+/// connection's queue ([`Outbound::welcome`]).
 #[derive(Debug, Default)]
 pub struct WelcomeSlot(Mutex<Welcome>);
 
@@ -216,9 +215,9 @@ impl Actor for Router {
             for user in users {
                 state
                     .remote
-                    .entry(user.tenant)
+                    .entry(user.tenant.clone())
                     .or_default()
-                    .insert(user.user);
+                    .insert(user.user.clone());
             }
         }
         let Some(sessions) = self.sessions.get() else {
@@ -315,9 +314,8 @@ impl RouterState {
             key,
             outbound,
             watching,
-            welcome,
         } = registration;
-        welcome.send_once(&outbound);
+        outbound.send_welcome_once();
         if let Some(entry) = self.sessions.get_mut(&session) {
             // The session's actor restarted: same connection, same queue.
             entry.outbound = outbound;

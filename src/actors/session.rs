@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use super::cluster::ClusterMsg;
 use super::outbox::Outbox;
 use super::persistence::{PersistenceMsg, StorageLink};
-use super::router::{Registration, RouterMsg, WelcomeSlot};
+use super::router::{Registration, RouterMsg};
 use super::{ActorSlot, RestartCounts};
 use crate::admission::Ticket;
 use crate::config::LimitsConfig;
@@ -99,14 +99,13 @@ pub struct ConnectionContext {
     /// Whether the cluster counts this connection in its user's interest (to be withdrawn
     /// when it closes).
     pub cluster_interest: AtomicBool,
-    pub welcome: Arc<WelcomeSlot>,
 }
 
 impl ConnectionContext {
     /// What the Router must know of this connection; `None` until its welcome is built (the
     /// session registers itself then).
     pub fn registration(&self) -> Option<Registration> {
-        self.welcome.is_ready().then(|| Registration {
+        self.outbound.welcome().is_ready().then(|| Registration {
             key: self.key.clone(),
             outbound: self.outbound.clone(),
             watching: self
@@ -116,7 +115,6 @@ impl ConnectionContext {
                 .iter()
                 .cloned()
                 .collect(),
-            welcome: Arc::clone(&self.welcome),
         })
     }
 }
@@ -180,7 +178,7 @@ impl Actor for Session {
         myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        if state.restarted && state.connection.welcome.is_ready() {
+        if state.restarted && state.connection.outbound.welcome().is_ready() {
             // Same connection, same queue: the Router entry only needs the new registration.
             register(state);
         } else {
@@ -202,7 +200,11 @@ impl Actor for Session {
                     myself.stop(Some("socket closed".to_owned()));
                 } else if state.within_rate(&myself, &input) {
                     match input {
-                        Inbound::Command(Ok(command)) => state.command(&myself, command).await,
+                        // Boxed: ractor keeps `handle`'s future inside every actor's
+                        // state, so an idle session would carry the largest command's.
+                        Inbound::Command(Ok(command)) => {
+                            Box::pin(state.command(&myself, command)).await;
+                        }
                         Inbound::Command(Err(error)) => {
                             state.connection.outbound.error(&error);
                         }
@@ -273,7 +275,7 @@ async fn welcome(myself: &ActorRef<SessionMsg>, state: &SessionState) {
         myself.stop(Some("storage unavailable".to_owned()));
         return;
     };
-    connection.welcome.ready(Utf8Bytes::from(
+    connection.outbound.welcome().ready(Utf8Bytes::from(
         ServerFrame::Welcome {
             session_id: connection.outbound.session_id().to_string(),
             user: &connection.key.user,
@@ -299,7 +301,7 @@ async fn welcome(myself: &ActorRef<SessionMsg>, state: &SessionState) {
     }
     // No Router answered (it is restarting; its successor takes this connection from
     // SessionSupervisor): queue the welcome here unless a Router already did.
-    connection.welcome.send_once(&connection.outbound);
+    connection.outbound.send_welcome_once();
     // A message committed between reading `last_seq` and registering was not delivered
     // live: tell the client to sync.
     if let Ok(now) = client.last_seq(connection.key.clone()).await

@@ -16,17 +16,20 @@ use std::time::Duration;
 
 use axum::extract::ws::WebSocket;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use super::ActorKind;
 use super::cluster::ClusterMsg;
 use super::router::{Registration, RouterMsg};
-use super::session::{ConnectionContext, GatewayContext, Session, SessionArgs, SessionMsg};
+#[cfg(feature = "test-hooks")]
+use super::session::SessionMsg;
+use super::session::{ConnectionContext, GatewayContext, Session, SessionArgs};
 use crate::admission::Ticket;
 use crate::config::SessionConfig;
 use crate::connection::{
-    CloseCause, ConnectionRecord, Heartbeat, Outbound, SocketTasks, spawn_socket_tasks,
+    CloseCause, ConnectionRecord, CurrentSession, Heartbeat, Outbound, SocketTasks,
+    spawn_socket_tasks,
 };
 use crate::domain::SessionId;
 #[cfg(feature = "test-hooks")]
@@ -68,7 +71,7 @@ pub struct SessionSupervisorState {
 struct Connection {
     context: Arc<ConnectionContext>,
     /// Publishes the current session actor to the connection's reader task.
-    current: watch::Sender<Option<ActorRef<SessionMsg>>>,
+    current: Arc<CurrentSession>,
     /// When recent restarts happened, oldest first.
     restarts: VecDeque<Instant>,
 }
@@ -133,7 +136,7 @@ impl Actor for SessionSupervisor {
                 let mut crashed = 0;
                 for connection in state.connections.values() {
                     if connection.context.key == key
-                        && let Some(actor) = connection.current.borrow().clone()
+                        && let (Some(actor), _) = connection.current.get()
                         && actor.cast(SessionMsg::Crash).is_ok()
                     {
                         crashed += 1;
@@ -172,11 +175,13 @@ impl Actor for SessionSupervisor {
 impl Drop for Connection {
     /// A connection dropped without being closed (this supervisor failed, and ractor killed
     /// its sessions) still gets its socket closed. After a normal close this changes nothing:
-    /// the first close wins.
+    /// the first close wins. Either way no session will serve it again: the reader stops
+    /// waiting for one.
     fn drop(&mut self) {
         self.context
             .outbound
             .close_after_pending(CloseCause::SupervisorFailed);
+        self.current.retire();
     }
 }
 
@@ -194,7 +199,6 @@ impl SessionSupervisorState {
             key: identity.key,
             expires_at: AtomicU64::new(identity.expires_at.unwrap_or(0)),
             ticket,
-            welcome: Arc::default(),
             cluster_interest: AtomicBool::new(false),
             outbound: outbound.clone(),
             watching: Mutex::new(BTreeSet::new()),
@@ -212,11 +216,11 @@ impl SessionSupervisorState {
                 return;
             }
         };
-        let (current, reader_view) = watch::channel(Some(actor.clone()));
+        let current = CurrentSession::new(actor.clone());
         let tasks = SocketTasks {
             outbound: outbound.clone(),
             queue,
-            session: reader_view,
+            session: Arc::clone(&current),
             limits: DecodeLimits {
                 max_text_bytes: limits.max_text_bytes,
                 max_watched_users: limits.max_watched_users,
@@ -292,7 +296,7 @@ impl SessionSupervisorState {
         };
         match Session::spawn(args, myself.get_cell()).await {
             Ok(actor) => {
-                connection.current.send_replace(Some(actor.clone()));
+                connection.current.replace(actor.clone());
                 self.connections.insert(actor.get_id(), connection);
             }
             Err(spawn_error) => {

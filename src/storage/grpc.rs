@@ -163,7 +163,7 @@ impl<S: MessageStore> Storage for StorageService<S> {
 fn user_key(tenant: String, user: String) -> Result<UserKey, Status> {
     domain::validate_id(&tenant).map_err(|e| Status::invalid_argument(format!("tenant {e}")))?;
     domain::validate_id(&user).map_err(|e| Status::invalid_argument(format!("user {e}")))?;
-    Ok(UserKey { tenant, user })
+    Ok(UserKey::new(tenant, user))
 }
 
 fn check_limit(limit: u32, max: u32) -> Result<u32, Status> {
@@ -322,8 +322,8 @@ impl StorageClient {
 
     pub async fn history(&self, query: HistoryQuery) -> Result<HistoryPage, CallError> {
         let request = pb::HistoryRequest {
-            tenant: query.user.tenant,
-            user: query.user.user,
+            tenant: query.user.tenant.clone(),
+            user: query.user.user.clone(),
             peer: query.peer,
             before: query.before.unwrap_or(0),
             limit: query.limit,
@@ -337,8 +337,8 @@ impl StorageClient {
 
     pub async fn sync(&self, query: SyncQuery) -> Result<SyncPage, CallError> {
         let request = pb::SyncRequest {
-            tenant: query.user.tenant,
-            user: query.user.user,
+            tenant: query.user.tenant.clone(),
+            user: query.user.user.clone(),
             after_seq: query.after_seq,
             limit: query.limit,
         };
@@ -352,8 +352,8 @@ impl StorageClient {
 
     pub async fn last_seq(&self, user: UserKey) -> Result<u64, CallError> {
         let request = pb::LastSeqRequest {
-            tenant: user.tenant,
-            user: user.user,
+            tenant: user.tenant.clone(),
+            user: user.user.clone(),
         };
         Ok(self
             .inner
