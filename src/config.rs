@@ -319,7 +319,7 @@ impl Default for StorageConfig {
             sqlite_synchronous: SqliteSync::Full,
             postgres: PostgresConfig::default(),
             max_pending: 10_000,
-            max_batch: 256,
+            max_batch: 8_192,
             rpc_timeout_ms: 5_000,
             connect_timeout_ms: 2_000,
             reconnect_initial_ms: 50,

@@ -133,6 +133,15 @@ pub struct NewMessage {
 }
 
 impl NewMessage {
+    /// The bytes of its text and identifiers: what it adds to an append call.
+    pub fn content_bytes(&self) -> usize {
+        self.tenant.len()
+            + self.sender.len()
+            + self.recipient.len()
+            + self.client_msg_id.len()
+            + self.text.len()
+    }
+
     /// Checks everything the storage relies on; the gateway checks the same before sending.
     pub fn validate(&self, max_text_bytes: usize) -> Result<(), String> {
         validate_id(&self.tenant).map_err(|e| format!("tenant {e}"))?;

@@ -3,7 +3,8 @@
 //! Sessions put accepted `send`s into the [`Outbox`] and wake it; it commits them in batches
 //! over gRPC, acks each sender and hands the committed messages to the Router for delivery.
 //! While one append call is in flight, new writes queue, and the next call takes all of them
-//! up to `storage.max_batch`: batching comes from load, never from a timer.
+//! up to `storage.max_batch` (and [`MAX_BATCH_BYTES`]): batching comes from load, never from a
+//! timer.
 //!
 //! The outbox lives outside the actor's state, so a restarted Persistence finds every write
 //! its predecessor had accepted and sends the interrupted batch again (appends are
@@ -29,6 +30,11 @@ use crate::domain::{AppendOutcome, NewMessage, StoredMessage, UserKey};
 use crate::protocol::{ErrorCode, ProtocolError, ReqId, ServerFrame};
 use crate::storage::grpc::{CallError, StorageClient};
 use crate::telemetry::{metrics, seconds};
+
+/// The most bytes of message content one append call carries, whatever `storage.max_batch`
+/// allows: a batch stays well inside the storage service's 64 MiB gRPC message limit even when
+/// every text is as long as `limits.max_text_bytes` permits.
+pub const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
 
 pub enum PersistenceMsg {
     /// New writes are in the outbox.
@@ -312,7 +318,10 @@ fn start_batch(myself: &ActorRef<PersistenceMsg>, state: &mut PersistenceState) 
     };
     let batch: Vec<NewMessage> = {
         let mut outbox = state.args.outbox.lock();
-        let take = outbox.waiting.len().min(state.args.config.max_batch);
+        let take = batch_len(
+            outbox.waiting.iter().map(|w| &w.message),
+            state.args.config.max_batch,
+        );
         if take == 0 {
             return;
         }
@@ -332,6 +341,21 @@ fn start_batch(myself: &ActorRef<PersistenceMsg>, state: &mut PersistenceState) 
         metrics().persist_rpc.record(seconds(started.elapsed()));
         let _ = myself.cast(PersistenceMsg::BatchDone { generation, result });
     });
+}
+
+/// How many of `waiting` the next append call takes: at most `max_batch`, and no more than
+/// [`MAX_BATCH_BYTES`] of content (but always the first, which storage accepts on its own).
+fn batch_len<'a>(waiting: impl Iterator<Item = &'a NewMessage>, max_batch: usize) -> usize {
+    let mut bytes = 0;
+    let mut take = 0;
+    for message in waiting.take(max_batch) {
+        bytes += message.content_bytes();
+        if take > 0 && bytes > MAX_BATCH_BYTES {
+            break;
+        }
+        take += 1;
+    }
+    take
 }
 
 fn batch_done(
@@ -429,5 +453,38 @@ fn ack_frame<'a>(
         seq: message.sender_seq,
         ts: message.ts,
         duplicate,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(text_bytes: usize) -> NewMessage {
+        NewMessage {
+            tenant: "t".to_owned(),
+            sender: "a".to_owned(),
+            recipient: "b".to_owned(),
+            client_msg_id: "c".to_owned(),
+            text: "x".repeat(text_bytes),
+        }
+    }
+
+    #[test]
+    fn a_batch_takes_at_most_max_batch_messages() {
+        let waiting: Vec<NewMessage> = (0..10).map(|_| message(10)).collect();
+        assert_eq!(batch_len(waiting.iter(), 4), 4);
+        assert_eq!(batch_len(waiting.iter(), 100), 10);
+        assert_eq!(batch_len(std::iter::empty(), 4), 0);
+    }
+
+    #[test]
+    fn a_batch_stops_before_max_batch_bytes_but_always_takes_the_first() {
+        let big = MAX_BATCH_BYTES / 3;
+        let waiting: Vec<NewMessage> = (0..5).map(|_| message(big)).collect();
+        // Three such messages (with their identifiers) are just over the limit.
+        assert_eq!(batch_len(waiting.iter(), 100), 2);
+        let huge = vec![message(MAX_BATCH_BYTES * 2), message(1)];
+        assert_eq!(batch_len(huge.iter(), 100), 1);
     }
 }
