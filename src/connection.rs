@@ -210,7 +210,7 @@ struct Shared {
     senders: AtomicUsize,
     /// Set when the connection has ended, whichever side ended it.
     ended: AtomicBool,
-    /// Wakes everyone waiting for the end (the reader, the writer, a session's reads).
+    /// Wakes everyone waiting for the end (the reader and the writer).
     end_wake: Notify,
     /// When the client was last heard from: the reader records it, the writer's heartbeat
     /// reads it.
@@ -272,10 +272,16 @@ pub struct OutboundQueue {
 }
 
 impl Drop for OutboundQueue {
+    /// The writer is gone (also when it panicked): nothing more will be written, and the
+    /// connection has ended.
     fn drop(&mut self) {
-        let mut queue = self.shared.lock();
-        queue.writer_gone = true;
-        queue.items = VecDeque::new();
+        let dropped = {
+            let mut queue = self.shared.lock();
+            queue.writer_gone = true;
+            std::mem::take(&mut queue.items)
+        };
+        drop(dropped);
+        self.shared.end();
     }
 }
 
@@ -461,16 +467,6 @@ impl Outbound {
         queue.close_now = Some(cause);
         drop(queue);
         self.shared.wake.notify_one();
-    }
-
-    /// Whether the connection has ended.
-    pub fn is_closed(&self) -> bool {
-        self.shared.has_ended()
-    }
-
-    /// Completes when the connection has ended.
-    pub async fn closed(&self) {
-        self.shared.ended().await;
     }
 }
 
@@ -670,12 +666,16 @@ impl Pacemaker<'_> {
     }
 
     fn next_check(&self) -> Instant {
-        let heard = self.last_heard.at();
         if self.awaiting_answer() {
-            heard + self.heartbeat.idle_timeout
+            self.idle_deadline()
         } else {
-            heard + self.heartbeat.ping_interval
+            self.last_heard.at() + self.heartbeat.ping_interval
         }
+    }
+
+    /// When the client will have been silent too long, unless it is heard from before.
+    fn idle_deadline(&self) -> Instant {
+        self.last_heard.at() + self.heartbeat.idle_timeout
     }
 }
 
@@ -737,6 +737,8 @@ fn run_writer(
             // connection or the idle timeout must still get through. Boxed: an idle connection
             // does not carry the write's state.
             let mut write = Box::pin(write_batch(&mut sink, &queue, first));
+            // Whether the heartbeat skipped a ping while this write was stuck.
+            let mut ping_deferred = false;
             loop {
                 tokio::select! {
                     biased;
@@ -752,11 +754,19 @@ fn run_writer(
                         if let Pulse::Close = pacemaker.pulse() {
                             break 'serve Some(queue.shared.first_cause(CloseCause::IdleTimeout));
                         }
-                        // No ping while a write is stuck: the socket is busy.
-                        check.as_mut().reset(pacemaker.next_check());
+                        // No ping while a write is stuck (the socket is busy), so the next
+                        // thing to check is the idle timeout: the time to ping has passed
+                        // and would fire again at once.
+                        check.as_mut().reset(pacemaker.idle_deadline());
+                        ping_deferred = true;
                     }
                     written = &mut write => match written {
-                        Ok(None) => break,
+                        Ok(None) => {
+                            if ping_deferred {
+                                check.as_mut().reset(pacemaker.next_check());
+                            }
+                            break;
+                        }
                         Ok(Some(cause)) => break 'serve Some(cause),
                         Err(_) => break 'serve None,
                     },
@@ -964,5 +974,130 @@ mod tests {
         assert!(!matches!(pacemaker.pulse(), Pulse::Close));
         tokio::time::advance(Duration::from_secs(2)).await;
         assert!(matches!(pacemaker.pulse(), Pulse::Close));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_stuck_past_the_ping_time_waits_for_the_idle_timeout() {
+        let last_heard = LastHeard::new();
+        let pacemaker = pacemaker(&last_heard);
+        tokio::time::advance(Duration::from_secs(26)).await;
+        assert!(matches!(pacemaker.pulse(), Pulse::Ping));
+        // The time to ping has passed; a writer that cannot ping waits for the idle deadline.
+        assert!(pacemaker.next_check() <= Instant::now());
+        assert_eq!(
+            pacemaker.idle_deadline(),
+            Instant::now() + Duration::from_secs(34)
+        );
+    }
+
+    fn text(s: &'static str) -> Utf8Bytes {
+        Utf8Bytes::from_static(s)
+    }
+
+    /// What the writer would write next, as a string, for assertions.
+    fn next_of(queue: &OutboundQueue) -> String {
+        match queue.next() {
+            Next::Item(Item::Text(t)) => format!("text {}", t.as_str()),
+            Next::Item(Item::Close(cause)) => format!("close {}", cause.label()),
+            Next::CloseNow(cause) => format!("close now {}", cause.label()),
+            Next::Finished => "finished".to_owned(),
+            Next::Empty => "empty".to_owned(),
+        }
+    }
+
+    #[test]
+    fn frames_go_out_in_order_and_a_full_queue_closes_the_connection() {
+        let (outbound, queue) = Outbound::new(SessionId::next(), 2);
+        assert!(outbound.send_text(text("a"), false));
+        assert!(outbound.send_text(text("b"), false));
+        assert!(!outbound.send_text(text("c"), false));
+        // The close goes out before what is still queued.
+        assert_eq!(next_of(&queue), "close now slow_consumer");
+        let (outbound, queue) = Outbound::new(SessionId::next(), 2);
+        assert!(outbound.send_text(text("a"), false));
+        assert!(outbound.send_text(text("b"), false));
+        assert_eq!(next_of(&queue), "text a");
+        assert_eq!(next_of(&queue), "text b");
+        assert_eq!(next_of(&queue), "empty");
+    }
+
+    #[test]
+    fn droppable_frames_are_dropped_past_half_full() {
+        let (outbound, queue) = Outbound::new(SessionId::next(), 4);
+        assert!(outbound.send_text(text("a"), true));
+        assert!(outbound.send_text(text("b"), true));
+        // Half full is not more than half full.
+        assert!(outbound.send_text(text("c"), true));
+        assert!(!outbound.send_text(text("d"), true));
+        assert!(outbound.send_text(text("e"), false));
+        for expected in ["text a", "text b", "text c", "text e", "empty"] {
+            assert_eq!(next_of(&queue), expected);
+        }
+    }
+
+    #[test]
+    fn the_first_close_wins_and_close_now_skips_what_is_queued() {
+        let (outbound, queue) = Outbound::new(SessionId::next(), 8);
+        outbound.send_text(text("a"), false);
+        outbound.close_after_pending(CloseCause::Shutdown);
+        // A later close only hurries the first cause out.
+        outbound.close_after_pending(CloseCause::RateAbuse);
+        assert_eq!(next_of(&queue), "text a");
+        assert_eq!(next_of(&queue), "close shutdown");
+        let (outbound, queue) = Outbound::new(SessionId::next(), 8);
+        outbound.send_text(text("a"), false);
+        outbound.close_after_pending(CloseCause::Shutdown);
+        outbound.close_now(CloseCause::RateAbuse);
+        assert_eq!(next_of(&queue), "close now shutdown");
+    }
+
+    #[test]
+    fn the_writer_finishes_when_every_sender_is_gone_or_the_connection_ended() {
+        let (outbound, queue) = Outbound::new(SessionId::next(), 8);
+        let clone = outbound.clone();
+        outbound.send_text(text("a"), false);
+        drop(outbound);
+        assert_eq!(next_of(&queue), "text a");
+        assert_eq!(next_of(&queue), "empty");
+        drop(clone);
+        assert_eq!(next_of(&queue), "finished");
+        let (outbound, queue) = Outbound::new(SessionId::next(), 8);
+        outbound.send_text(text("a"), false);
+        outbound.shared.end();
+        assert_eq!(next_of(&queue), "finished");
+    }
+
+    #[test]
+    fn nothing_is_queued_once_the_writer_is_gone() {
+        let (outbound, queue) = Outbound::new(SessionId::next(), 8);
+        drop(queue);
+        assert!(!outbound.send_text(text("a"), false));
+        // Its end is the connection's end.
+        assert!(outbound.shared.has_ended());
+    }
+
+    #[tokio::test]
+    async fn a_waiting_writer_is_woken_by_a_frame_and_waiters_by_the_end() {
+        let (outbound, queue) = Outbound::new(SessionId::next(), 8);
+        let writer = tokio::spawn(async move {
+            loop {
+                if let Next::Item(Item::Text(t)) = queue.next() {
+                    return t.as_str().to_owned();
+                }
+                queue.woken().await;
+            }
+        });
+        let shared = Arc::clone(&outbound.shared);
+        let waiter = tokio::spawn(async move { shared.ended().await });
+        tokio::task::yield_now().await;
+        outbound.send_text(text("a"), false);
+        let deadline = Duration::from_secs(10);
+        let written = tokio::time::timeout(deadline, writer).await;
+        assert_eq!(written.expect("writer woken").expect("writer task"), "a");
+        outbound.shared.end();
+        tokio::time::timeout(deadline, waiter)
+            .await
+            .expect("end waiter woken")
+            .expect("waiter task");
     }
 }

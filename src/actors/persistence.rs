@@ -484,7 +484,7 @@ mod tests {
         let waiting: Vec<NewMessage> = (0..5).map(|_| message(big)).collect();
         // Three such messages (with their identifiers) are just over the limit.
         assert_eq!(batch_len(waiting.iter(), 100), 2);
-        let huge = vec![message(MAX_BATCH_BYTES * 2), message(1)];
+        let huge = [message(MAX_BATCH_BYTES * 2), message(1)];
         assert_eq!(batch_len(huge.iter(), 100), 1);
     }
 }
