@@ -16,7 +16,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
@@ -286,11 +286,8 @@ impl Drop for OutboundQueue {
 }
 
 impl Shared {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
-        // The queue holds no invariant a panicking holder could break: keep using it.
-        self.queue
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        lock(&self.queue)
     }
 
     /// The writer's own reason to close (the idle timeout) yields to one asked for earlier.
@@ -311,16 +308,30 @@ impl Shared {
 
     /// Completes when the connection has ended.
     async fn ended(&self) {
-        loop {
-            let notified = self.end_wake.notified();
-            tokio::pin!(notified);
-            // Registered before looking, so an end that comes meanwhile still wakes this wait.
-            notified.as_mut().enable();
-            if self.has_ended() {
-                return;
-            }
-            notified.await;
+        wait_for(&self.end_wake, || self.has_ended().then_some(())).await;
+    }
+}
+
+/// Locks `mutex`, also after a holder panicked: the values this module keeps behind a mutex
+/// are changed whole under the lock, so a panic cannot leave one half-written.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Waits until `answer` has one, re-checking each time `notify` wakes its waiters
+/// (`notify_waiters`). The wait registers before it looks, so a change made between the look
+/// and the wait still wakes it.
+async fn wait_for<T>(notify: &Notify, mut answer: impl FnMut() -> Option<T>) -> T {
+    loop {
+        let notified = notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if let Some(answer) = answer() {
+            return answer;
         }
+        notified.await;
     }
 }
 
@@ -551,11 +562,8 @@ impl CurrentSession {
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Current> {
-        // A plain value swapped whole: a panicking holder cannot leave it half-written.
-        self.current
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Current> {
+        lock(&self.current)
     }
 
     /// The current incarnation and its version.
@@ -582,22 +590,17 @@ impl CurrentSession {
     /// Waits until an incarnation newer than `seen` is published (true) or the session is
     /// retired (false).
     async fn replaced_since(&self, seen: u64) -> bool {
-        loop {
-            let notified = self.changed.notified();
-            tokio::pin!(notified);
-            // Registered before looking, so a change made meanwhile still wakes this wait.
-            notified.as_mut().enable();
-            {
-                let current = self.lock();
-                if current.version != seen {
-                    return true;
-                }
-                if current.retired {
-                    return false;
-                }
+        wait_for(&self.changed, || {
+            let current = self.lock();
+            if current.version != seen {
+                Some(true)
+            } else if current.retired {
+                Some(false)
+            } else {
+                None
             }
-            notified.await;
-        }
+        })
+        .await
     }
 }
 
