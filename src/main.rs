@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use peroxo::config::{Config, LogFormat};
-use peroxo::domain::{DEFAULT_TENANT, UserKey, validate_id};
-use peroxo::identity::sign_token;
-use peroxo::{Gateway, StoreServer};
+use peroxo_config::{Config, ConfigError, LogFormat};
+use peroxo_gateway::Gateway;
+use peroxo_gateway::identity::{Authenticator, sign_token};
+use peroxo_protocol::domain::{DEFAULT_TENANT, UserKey, validate_id};
+use peroxo_storage::StoreServer;
 use tracing_subscriber::EnvFilter;
 
 /// Exit status for a bad configuration or command line (EX_USAGE).
@@ -48,7 +49,7 @@ enum Command {
         config: Option<PathBuf>,
     },
     /// Measure a running node: idle sessions, DM throughput and latency, connect rate.
-    Bench(peroxo::bench::BenchArgs),
+    Bench(peroxo_bench::BenchArgs),
     /// Print a token signed with the configured HS256 secret, for trying PerOXO out and tests.
     Token {
         /// The configuration file [default: config.toml, if present].
@@ -94,20 +95,28 @@ fn main() -> ExitCode {
     };
     // `--dev` weighs like an environment override, so validation already knows the mode.
     let dev_override = dev.then(|| ("PEROXO_AUTH__MODE".to_owned(), "dev".to_owned()));
-    let config = match Config::load(path, required, std::env::vars().chain(dev_override)) {
+    let config = match load_config(path, required, dev_override) {
         Ok(config) => config,
         Err(error) => {
             eprintln!("peroxo: configuration error: {error}");
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    // Only `peroxo store` serves no clients and needs no `[auth]`.
-    if !matches!(cli.command, Command::Store { .. })
-        && let Err(error) = config.validate_auth()
-    {
-        eprintln!("peroxo: configuration error: {error}");
-        return ExitCode::from(EXIT_USAGE);
-    }
+    // Only `peroxo store` serves no clients and needs no `[auth]`; the others read its keys
+    // now, once, so a bad key stops them before anything starts.
+    let auth = match &cli.command {
+        Command::Store { .. } => None,
+        _ => match config
+            .validate_auth()
+            .and_then(|()| Authenticator::from_config(&config.auth))
+        {
+            Ok(auth) => Some(auth),
+            Err(error) => {
+                eprintln!("peroxo: configuration error: {error}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        },
+    };
     if let Command::CheckConfig { .. } = &cli.command {
         print!("{}", config.to_redacted_toml());
         return ExitCode::SUCCESS;
@@ -128,7 +137,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve { .. } => serve(config).await,
+            Command::Serve { .. } => serve(config, auth.expect("read for serve")).await,
             Command::Store { .. } => store(config).await,
             Command::Token { .. } | Command::CheckConfig { .. } | Command::Bench(_) => {
                 unreachable!("answered before the runtime starts")
@@ -145,6 +154,21 @@ fn main() -> ExitCode {
     }
 }
 
+/// Loads and validates the configuration: the file and environment (`peroxo-config`), then
+/// what only the storage service, the cluster and logging know how to check.
+fn load_config(
+    path: &std::path::Path,
+    required: bool,
+    dev_override: Option<(String, String)>,
+) -> Result<Config, ConfigError> {
+    let config = Config::load(path, required, std::env::vars().chain(dev_override))?;
+    peroxo_storage::check_config(&config.storage)?;
+    peroxo_gateway::actors::cluster::check_config(&config.cluster)?;
+    EnvFilter::try_new(&config.log.level)
+        .map_err(|e| ConfigError::new("log.level", format!("not a valid filter: {e}")))?;
+    Ok(config)
+}
+
 fn bench(command: Command) -> ExitCode {
     let Command::Bench(args) = command else {
         unreachable!("called for `peroxo bench` only")
@@ -156,7 +180,7 @@ fn bench(command: Command) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(peroxo::bench::run(args)) {
+    match runtime.block_on(peroxo_bench::run(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("peroxo bench: {error:#}");
@@ -194,9 +218,9 @@ fn init_logging(config: &Config) {
     }
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(config: Config, auth: Authenticator) -> anyhow::Result<()> {
     let shutdown = shutdown_signal()?;
-    let gateway = Gateway::start(config).await?;
+    let gateway = Gateway::start_with(config, auth).await?;
     shutdown.await;
     tracing::info!("shutting down");
     gateway.shutdown().await;

@@ -17,7 +17,7 @@
 //! the `nats-server` binary (Debian package `nats-server`, or `NATS_SERVER` naming it); see
 //! docs/RELIABILITY.md.
 
-#[path = "../common/mod.rs"]
+#[path = "../system/common.rs"]
 mod common;
 mod proxy;
 mod rig;

@@ -1,0 +1,195 @@
+//! `peroxo bench`: a load generator that measures a running node over its public WebSocket
+//! interface, exactly as clients see it.
+//!
+//! # Scenarios
+//!
+//! - `idle`: holds many sessions open and reports the server's resident memory per session.
+//! - `dm`: users send direct messages to each other at a fixed rate (open loop); reports
+//!   send→ack and send→delivery latency, throughput, and verifies the delivery contract
+//!   (exactly once, in order per pair, gapless seqs). Exits non-zero when that check fails.
+//! - `connect`: opens and closes sessions as fast as a given concurrency allows; reports
+//!   handshakes per second and handshake latency.
+//!
+//! `--url` may be repeated to spread the sessions over several nodes of a cluster: connection
+//! `n` goes to the node of URL `n mod` their number (`dm` and `connect`; `idle` reads one
+//! node's memory and takes one URL).
+//!
+//! Every run uses a fresh tenant (`bench-<unix-ms>`) unless `--tenant` names one, so runs never
+//! see each other's messages and every user starts at seq 0.
+//!
+//! # Layout
+//!
+//! - `client`: endpoint, identities, source addresses; opening and closing sessions.
+//! - `wire`: the client side of the protocol frames the benchmark uses.
+//! - `histogram`: latency histograms and their percentile summary.
+//! - `report`: tallies, the progress line, JSON or text output.
+//! - `scrape`: reading one value from `/metrics`.
+//! - `rng`: small seeded pseudo-random numbers.
+//! - `idle`, `dm`, `connect`: one module per scenario.
+
+mod client;
+mod connect;
+mod dm;
+mod histogram;
+mod idle;
+mod report;
+mod rng;
+mod scrape;
+mod wire;
+
+use clap::{ArgAction, Args, Subcommand};
+
+pub use connect::ConnectArgs;
+pub use dm::DmArgs;
+pub use idle::IdleArgs;
+
+/// The URL benchmarks connect to unless `--url` says otherwise.
+const DEFAULT_URL: &str = "ws://127.0.0.1:8080/ws";
+
+/// The arguments of `peroxo bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    #[command(subcommand)]
+    pub scenario: Scenario,
+}
+
+/// The options every scenario takes: which nodes, as whom, and how to report.
+#[derive(Debug, Clone, Args)]
+pub struct TargetArgs {
+    /// A node's WebSocket URL. Repeat it (`--url A --url B`) to spread sessions over several
+    /// nodes: connection n goes to the URL n mod their number, so in `dm` user i connects to
+    /// URL i mod N. `idle` takes a single URL.
+    #[arg(
+        long = "url",
+        value_name = "URL",
+        global = true,
+        action = ArgAction::Append,
+        default_value = DEFAULT_URL
+    )]
+    pub urls: Vec<String>,
+    /// Mint HS256 tokens signed with this secret (for a node in jwt mode) instead of naming
+    /// users in the query string (dev mode).
+    #[arg(
+        long,
+        global = true,
+        env = "PEROXO_BENCH_JWT_SECRET",
+        hide_env_values = true
+    )]
+    pub jwt_secret: Option<String>,
+    /// The tenant of every benchmark user [default: a fresh one per run, named bench- and the
+    /// Unix time in milliseconds].
+    #[arg(long, global = true)]
+    pub tenant: Option<String>,
+    /// Print the report as one JSON object (the only output on stdout).
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+impl TargetArgs {
+    /// The endpoint every session of a scenario opens against: these URLs and identities.
+    async fn endpoint(
+        &self,
+        tenant: String,
+        source_ips: u8,
+        buffers: client::Buffers,
+    ) -> anyhow::Result<std::sync::Arc<client::Endpoint>> {
+        let endpoint = client::Endpoint::resolve(
+            &self.urls,
+            tenant,
+            self.jwt_secret.as_deref(),
+            source_ips,
+            buffers,
+        )
+        .await?;
+        Ok(std::sync::Arc::new(endpoint))
+    }
+
+    /// How the load generator names its users, for the report.
+    fn auth_label(&self) -> &'static str {
+        if self.jwt_secret.is_some() {
+            "jwt"
+        } else {
+            "dev"
+        }
+    }
+}
+
+/// The benchmark to run.
+#[derive(Debug, Subcommand)]
+pub enum Scenario {
+    /// Hold many idle sessions and measure the server's memory per session.
+    Idle(IdleArgs),
+    /// Send direct messages at a fixed rate; measure latency and verify delivery.
+    Dm(DmArgs),
+    /// Open and close sessions; measure handshakes per second and their latency.
+    Connect(ConnectArgs),
+}
+
+/// Runs the benchmark described by `args` and prints its report. Fails when the benchmark
+/// could not run, or when `dm` found the delivery contract broken.
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let tenant = match &args.target.tenant {
+        Some(tenant) => tenant.clone(),
+        None => fresh_tenant(),
+    };
+    match args.scenario {
+        Scenario::Idle(scenario) => idle::run(&args.target, tenant, scenario).await,
+        Scenario::Dm(scenario) => dm::run(&args.target, tenant, scenario).await,
+        Scenario::Connect(scenario) => connect::run(&args.target, tenant, scenario).await,
+    }
+}
+
+/// A tenant no earlier run used: `bench-<unix-ms>`.
+fn fresh_tenant() -> String {
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    format!("bench-{millis}")
+}
+
+/// Checks a tenant or user id given on the command line, naming the option.
+fn check_id(option: &str, id: &str) -> anyhow::Result<()> {
+    peroxo_protocol::domain::validate_id(id).map_err(|e| anyhow::anyhow!("{option} {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    /// `peroxo bench` as the binary wires it.
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+
+    fn urls_of(args: &[&str]) -> Vec<String> {
+        let args = std::iter::once("bench").chain(args.iter().copied());
+        Cli::try_parse_from(args).unwrap().bench.target.urls
+    }
+
+    #[test]
+    fn url_may_be_repeated_and_defaults_to_one_local_node() {
+        assert_eq!(urls_of(&["dm"]), [DEFAULT_URL]);
+        assert_eq!(
+            urls_of(&["dm", "--url", "ws://a:1/ws", "--url", "ws://b:2/ws"]),
+            ["ws://a:1/ws", "ws://b:2/ws"]
+        );
+        assert_eq!(
+            urls_of(&[
+                "--url",
+                "ws://a:1/ws",
+                "--url",
+                "ws://b:2/ws",
+                "connect",
+                "--total",
+                "1"
+            ]),
+            ["ws://a:1/ws", "ws://b:2/ws"]
+        );
+    }
+}

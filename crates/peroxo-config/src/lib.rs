@@ -1,0 +1,910 @@
+//! The one typed configuration, loaded from `config.toml` and `PEROXO_<SECTION>__<KEY>`
+//! environment overrides, and validated before any port is bound.
+//!
+//! Every error names the offending key (`storage.max_pending: ...`). `config.toml` at the top
+//! of the repository documents every key; keep the two in step.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use peroxo_protocol::domain::validate_id;
+use peroxo_protocol::limits::{MAX_APPEND_BATCH, MAX_STORED_TEXT_BYTES};
+
+/// The prefix of environment overrides: `PEROXO_STORAGE__MAX_PENDING=500` sets
+/// `storage.max_pending`.
+pub const ENV_PREFIX: &str = "PEROXO_";
+
+/// A configuration problem, naming the key it is about.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct ConfigError {
+    /// The dotted key (`storage.max_pending`), or the file for problems reading it.
+    pub key: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub http: HttpConfig,
+    pub auth: AuthConfig,
+    pub storage: StorageConfig,
+    pub limits: LimitsConfig,
+    pub session: SessionConfig,
+    pub shutdown: ShutdownConfig,
+    pub cluster: ClusterConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Where the gateway accepts HTTP and WebSocket connections.
+    pub listen: SocketAddr,
+    /// When not empty, WebSocket upgrades whose `Origin` is not listed get 403.
+    pub allowed_origins: Vec<String>,
+    /// A connection that has not sent a complete request within this time is closed.
+    pub handshake_timeout_secs: u64,
+    /// WebSocket connections this node holds at most; more get 503.
+    pub max_connections: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            allowed_origins: Vec::new(),
+            handshake_timeout_secs: 10,
+            max_connections: 19_000,
+        }
+    }
+}
+
+impl HttpConfig {
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_secs(self.handshake_timeout_secs)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMode {
+    /// Clients present a signed JWT.
+    #[default]
+    Jwt,
+    /// The client names itself in the query string. For trying PerOXO out only.
+    Dev,
+}
+
+/// The JWT signature algorithms PerOXO verifies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum JwtAlgorithm {
+    /// HMAC with a shared secret.
+    #[default]
+    HS256,
+    /// RSA, verified with a public key.
+    RS256,
+    /// ECDSA P-256, verified with a public key.
+    ES256,
+}
+
+/// A secret: never printed, never logged, and serialized as `"<redacted>"`.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(if self.0.is_empty() { "" } else { "<redacted>" })
+    }
+}
+
+impl Secret {
+    pub fn new(secret: impl Into<String>) -> Self {
+        Self(secret.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "\"\""
+        } else {
+            "\"<redacted>\""
+        })
+    }
+}
+
+/// The shortest HS256 secret accepted, in bytes.
+pub const MIN_JWT_SECRET_BYTES: usize = 32;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    pub mode: AuthMode,
+    pub algorithm: JwtAlgorithm,
+    /// The HS256 shared secret.
+    pub jwt_secret: Secret,
+    /// A file holding the HS256 shared secret (instead of `jwt_secret`).
+    pub jwt_secret_file: Option<PathBuf>,
+    /// The PEM public key that verifies RS256 or ES256 tokens.
+    pub public_key_file: Option<PathBuf>,
+    /// When set, tokens must carry this `aud`.
+    pub audience: Option<String>,
+    /// When set, tokens must carry this `iss`.
+    pub issuer: Option<String>,
+    /// Clock skew tolerated on `exp`, `nbf` and `iat`, in seconds.
+    pub leeway_secs: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            mode: AuthMode::Jwt,
+            algorithm: JwtAlgorithm::HS256,
+            jwt_secret: Secret::default(),
+            jwt_secret_file: None,
+            public_key_file: None,
+            audience: None,
+            issuer: None,
+            leeway_secs: 30,
+        }
+    }
+}
+
+impl AuthConfig {
+    /// The HS256 secret, from `jwt_secret` or `jwt_secret_file`.
+    pub fn hs256_secret(&self) -> Result<Secret, ConfigError> {
+        if let Some(path) = &self.jwt_secret_file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ConfigError::new(
+                    "auth.jwt_secret_file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            return Ok(Secret::new(text.trim_end_matches(['\r', '\n'])));
+        }
+        Ok(self.jwt_secret.clone())
+    }
+
+    /// The PEM public key for RS256/ES256.
+    pub fn public_key_pem(&self) -> Result<Vec<u8>, ConfigError> {
+        let path = self.public_key_file.as_ref().ok_or_else(|| {
+            ConfigError::new(
+                "auth.public_key_file",
+                format!(
+                    "{:?} needs the PEM public key that verifies tokens: set auth.public_key_file",
+                    self.algorithm
+                ),
+            )
+        })?;
+        std::fs::read(path).map_err(|e| {
+            ConfigError::new(
+                "auth.public_key_file",
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.mode != AuthMode::Jwt {
+            return Ok(());
+        }
+        match self.algorithm {
+            JwtAlgorithm::HS256 => {
+                if self.jwt_secret_file.is_some() && !self.jwt_secret.is_empty() {
+                    return Err(ConfigError::new(
+                        "auth.jwt_secret",
+                        "set either auth.jwt_secret or auth.jwt_secret_file, not both",
+                    ));
+                }
+                let secret = self.hs256_secret()?;
+                if secret.is_empty() {
+                    return Err(ConfigError::new(
+                        "auth.jwt_secret",
+                        "auth.mode = \"jwt\" needs a secret: set auth.jwt_secret (or the \
+                         environment variable PEROXO_AUTH__JWT_SECRET), or auth.jwt_secret_file; \
+                         use --dev only to try PerOXO out",
+                    ));
+                }
+                if secret.expose().len() < MIN_JWT_SECRET_BYTES {
+                    return Err(ConfigError::new(
+                        "auth.jwt_secret",
+                        format!("must be at least {MIN_JWT_SECRET_BYTES} bytes"),
+                    ));
+                }
+            }
+            JwtAlgorithm::RS256 | JwtAlgorithm::ES256 => {
+                self.public_key_pem()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum StorageBackend {
+    #[default]
+    Sqlite,
+    Postgres,
+}
+
+/// What an acknowledged message survives with the SQLite backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SqliteSync {
+    /// fsync at every commit: an ack survives a power loss.
+    #[default]
+    Full,
+    /// fsync at checkpoints: an ack survives a process crash, not a power loss.
+    Normal,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PostgresConfig {
+    /// The database, as a libpq-style URL or key=value string.
+    pub url: Secret,
+    /// Connections each storage instance keeps open.
+    pub pool_size: usize,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        Self {
+            url: Secret::new("postgres://postgres@127.0.0.1:5432/peroxo"),
+            pool_size: 16,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Run the storage service inside the gateway process (and connect to it over gRPC).
+    pub embedded: bool,
+    /// Where the storage service listens: the embedded one, or `peroxo store`.
+    pub listen: SocketAddr,
+    /// Where the gateway finds the storage service when `embedded = false`.
+    pub endpoint: String,
+    pub backend: StorageBackend,
+    /// The SQLite database file of the `sqlite` backend.
+    pub sqlite_path: PathBuf,
+    /// What an ack survives with the `sqlite` backend.
+    pub sqlite_synchronous: SqliteSync,
+    /// The `postgres` backend.
+    pub postgres: PostgresConfig,
+    /// Accepted messages not yet committed, across the node. When full, sends are answered
+    /// `unavailable` (retryable).
+    pub max_pending: usize,
+    /// The most messages one append call carries.
+    pub max_batch: usize,
+    /// How long one storage call may take before it counts as failed.
+    pub rpc_timeout_ms: u64,
+    /// How long connecting to the storage service may take.
+    pub connect_timeout_ms: u64,
+    /// The first reconnect delay; it doubles (with jitter) up to `reconnect_max_ms`.
+    pub reconnect_initial_ms: u64,
+    pub reconnect_max_ms: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            embedded: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            endpoint: "http://127.0.0.1:50051".to_owned(),
+            backend: StorageBackend::Sqlite,
+            sqlite_path: PathBuf::from("data/peroxo.db"),
+            sqlite_synchronous: SqliteSync::Full,
+            postgres: PostgresConfig::default(),
+            max_pending: 10_000,
+            max_batch: 8_192,
+            rpc_timeout_ms: 5_000,
+            connect_timeout_ms: 2_000,
+            reconnect_initial_ms: 50,
+            reconnect_max_ms: 5_000,
+        }
+    }
+}
+
+impl StorageConfig {
+    pub fn rpc_timeout(&self) -> Duration {
+        Duration::from_millis(self.rpc_timeout_ms)
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// The largest WebSocket message (and frame) a client may send, in bytes.
+    pub max_message_bytes: usize,
+    /// The largest DM text, in bytes of UTF-8.
+    pub max_text_bytes: usize,
+    /// Frames queued towards one client. When full the session is closed (1013).
+    pub outbound_queue: usize,
+    /// Users one session may watch for presence.
+    pub max_watched_users: usize,
+    /// Storage reads (history, sync) one session may have in flight; further reads wait.
+    pub max_reads_in_flight: usize,
+    /// WebSocket sessions one user may hold on this node; more get 429.
+    pub max_sessions_per_user: usize,
+    /// Commands per second one session may send on average (token bucket refill rate).
+    pub rate_per_sec: u32,
+    /// Commands one session may send in a burst (token bucket size).
+    pub rate_burst: u32,
+    /// A session that stays over its rate this long is closed with 1008.
+    pub abuse_close_secs: u64,
+    /// A connection idle this long is pinged.
+    pub ping_interval_secs: u64,
+    /// A connection silent this long (no frame, not even a pong) is closed.
+    pub idle_timeout_secs: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 65_536,
+            max_text_bytes: 4_096,
+            outbound_queue: 1_024,
+            max_watched_users: 1_000,
+            max_reads_in_flight: 4,
+            max_sessions_per_user: 10,
+            rate_per_sec: 20,
+            rate_burst: 40,
+            abuse_close_secs: 5,
+            ping_interval_secs: 25,
+            idle_timeout_secs: 60,
+        }
+    }
+}
+
+impl LimitsConfig {
+    pub fn ping_interval(&self) -> Duration {
+        Duration::from_secs(self.ping_interval_secs)
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ClusterMode {
+    /// One gateway node.
+    #[default]
+    None,
+    /// Several gateway nodes, joined through NATS.
+    Nats,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    pub mode: ClusterMode,
+    /// The NATS server(s), comma-separated.
+    pub nats_url: String,
+    /// This node's name in the cluster; generated at start when empty.
+    pub node_id: String,
+    /// The first token of every subject PerOXO uses, so several clusters can share NATS.
+    pub subject_prefix: String,
+    /// A node not heard from for this long no longer counts its users as online.
+    pub presence_ttl_secs: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            mode: ClusterMode::None,
+            nats_url: "nats://127.0.0.1:4222".to_owned(),
+            node_id: String::new(),
+            subject_prefix: "peroxo".to_owned(),
+            presence_ttl_secs: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// The longest a graceful shutdown may take (e.g. "30s", "2m").
+    #[serde(with = "human_duration")]
+    pub grace_period: Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            grace_period: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A duration written as humans do: "30s", "1m 30s", "500ms".
+mod human_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(
+        value: &Duration,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&humantime::format_duration(*value).to_string())
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Duration, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        humantime::parse_duration(&text).map_err(|e| {
+            serde::de::Error::custom(format!("{text:?} is not a duration like \"30s\": {e}"))
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionConfig {
+    /// Session actor restarts allowed per connection within `restart_window_secs`; one more
+    /// failure closes the connection with 1011.
+    pub max_restarts: usize,
+    pub restart_window_secs: u64,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            max_restarts: 3,
+            restart_window_secs: 60,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing filter (`info`, `peroxo=debug,info`); `RUST_LOG` overrides it.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".to_owned(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+impl Config {
+    /// The effective configuration as TOML, secrets redacted (for `peroxo check-config`).
+    pub fn to_redacted_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("the configuration always serializes")
+    }
+
+    /// Loads `path` (which must exist when `required`), applies environment overrides from
+    /// `env`, and validates the result (all but `[auth]`: see [`Config::validate_auth`]).
+    pub fn load(
+        path: &Path,
+        required: bool,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let file_key = path.display().to_string();
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => String::new(),
+            Err(e) => return Err(ConfigError::new(file_key, format!("cannot read: {e}"))),
+        };
+        let mut table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::new(file_key, e.to_string()))?;
+        let overrides = apply_env_overrides(&mut table, env)?;
+        let config = deserialize_with_overrides(table, &overrides)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Builds a config from a TOML document and validates all of it.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::new("config", e.to_string()))?;
+        Self::from_table(table)
+    }
+
+    fn from_table(table: toml::Table) -> Result<Self, ConfigError> {
+        let config = deserialize(table)?;
+        config.validate()?;
+        config.validate_auth()?;
+        Ok(config)
+    }
+
+    /// Checks what types alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let s = &self.storage;
+        at_least("storage.max_pending", s.max_pending, 1)?;
+        within("storage.max_batch", s.max_batch, 1, MAX_APPEND_BATCH)?;
+        at_least("storage.rpc_timeout_ms", s.rpc_timeout_ms, 1)?;
+        at_least("storage.connect_timeout_ms", s.connect_timeout_ms, 1)?;
+        at_least("storage.reconnect_initial_ms", s.reconnect_initial_ms, 1)?;
+        at_least(
+            "storage.reconnect_max_ms",
+            s.reconnect_max_ms,
+            s.reconnect_initial_ms,
+        )?;
+        // Plain HTTP/2 only: the storage link carries no TLS (run it on a private network).
+        let endpoint_is_url = s.endpoint.starts_with("http://");
+        if !s.embedded && !endpoint_is_url {
+            return Err(ConfigError::new(
+                "storage.endpoint",
+                format!("must be an http:// URL, got {:?}", s.endpoint),
+            ));
+        }
+        within("storage.postgres.pool_size", s.postgres.pool_size, 1, 1_000)?;
+        if s.sqlite_path.as_os_str().is_empty() {
+            return Err(ConfigError::new("storage.sqlite_path", "must not be empty"));
+        }
+        let l = &self.limits;
+        within(
+            "limits.max_message_bytes",
+            l.max_message_bytes,
+            1_024,
+            16 * 1024 * 1024,
+        )?;
+        within(
+            "limits.max_text_bytes",
+            l.max_text_bytes,
+            1,
+            MAX_STORED_TEXT_BYTES.min(l.max_message_bytes / 2),
+        )?;
+        within("limits.outbound_queue", l.outbound_queue, 16, 1_000_000)?;
+        within("limits.max_watched_users", l.max_watched_users, 1, 100_000)?;
+        within(
+            "limits.max_reads_in_flight",
+            l.max_reads_in_flight,
+            1,
+            1_024,
+        )?;
+        within(
+            "limits.max_sessions_per_user",
+            l.max_sessions_per_user,
+            1,
+            100_000,
+        )?;
+        within("limits.rate_per_sec", l.rate_per_sec, 1, 1_000_000)?;
+        within("limits.rate_burst", l.rate_burst, 1, 1_000_000)?;
+        at_least("limits.abuse_close_secs", l.abuse_close_secs, 1)?;
+        at_least("limits.ping_interval_secs", l.ping_interval_secs, 1)?;
+        at_least(
+            "limits.idle_timeout_secs",
+            l.idle_timeout_secs,
+            l.ping_interval_secs + 1,
+        )?;
+        at_least(
+            "http.handshake_timeout_secs",
+            self.http.handshake_timeout_secs,
+            1,
+        )?;
+        at_least("http.max_connections", self.http.max_connections, 1)?;
+        for (i, origin) in self.http.allowed_origins.iter().enumerate() {
+            let is_origin = (origin.starts_with("http://") || origin.starts_with("https://"))
+                && !origin.ends_with('/');
+            if !is_origin {
+                return Err(ConfigError::new(
+                    format!("http.allowed_origins[{i}]"),
+                    format!("{origin:?} is not an origin like \"https://chat.example.com\""),
+                ));
+            }
+        }
+        at_least(
+            "session.restart_window_secs",
+            self.session.restart_window_secs,
+            1,
+        )?;
+        let c = &self.cluster;
+        if c.mode == ClusterMode::Nats && self.storage.embedded {
+            return Err(ConfigError::new(
+                "storage.embedded",
+                "cluster.mode = \"nats\" needs one storage shared by every node: set \
+                 storage.embedded = false and storage.endpoint to a `peroxo store`",
+            ));
+        }
+        if !c.node_id.is_empty() {
+            validate_id(&c.node_id).map_err(|e| ConfigError::new("cluster.node_id", e))?;
+        }
+        let prefix_ok = !c.subject_prefix.is_empty()
+            && c.subject_prefix.split('.').all(|t| {
+                !t.is_empty()
+                    && t.chars()
+                        .all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == '-')
+            });
+        if !prefix_ok {
+            return Err(ConfigError::new(
+                "cluster.subject_prefix",
+                "must be dot-separated tokens of letters, digits, _ and -",
+            ));
+        }
+        within("cluster.presence_ttl_secs", c.presence_ttl_secs, 3, 3_600)?;
+        if self.shutdown.grace_period.is_zero() {
+            return Err(ConfigError::new(
+                "shutdown.grace_period",
+                "must be longer than zero",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks `[auth]` as far as it can without reading keys: the gateway reads and parses
+    /// them when it builds its authenticator. Only roles that authenticate clients need it
+    /// (`peroxo store` does not).
+    pub fn validate_auth(&self) -> Result<(), ConfigError> {
+        self.auth.validate()
+    }
+}
+
+fn at_least<T: PartialOrd + std::fmt::Display>(
+    key: &str,
+    value: T,
+    min: T,
+) -> Result<(), ConfigError> {
+    if value < min {
+        return Err(ConfigError::new(
+            key,
+            format!("must be at least {min}, got {value}"),
+        ));
+    }
+    Ok(())
+}
+
+fn within<T: PartialOrd + std::fmt::Display>(
+    key: &str,
+    value: T,
+    min: T,
+    max: T,
+) -> Result<(), ConfigError> {
+    if value < min || value > max {
+        return Err(ConfigError::new(
+            key,
+            format!("must be between {min} and {max}, got {value}"),
+        ));
+    }
+    Ok(())
+}
+
+fn deserialize(table: toml::Table) -> Result<Config, ConfigError> {
+    serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+        let key = e.path().to_string();
+        // The TOML deserializer appends "in `section`"; the key already says it.
+        let message = e.into_inner().to_string();
+        let message = message.lines().next().unwrap_or_default().to_owned();
+        ConfigError::new(if key == "." { "config".to_owned() } else { key }, message)
+    })
+}
+
+/// One `PEROXO_...` variable applied to the config table.
+struct EnvOverride {
+    /// The key's path (`["auth", "jwt_secret"]`).
+    path: Vec<String>,
+    raw: String,
+}
+
+/// Deserializes `table`; an override read as a number or boolean (`12345`, `true`) where the
+/// key wants a string is taken as the string it was.
+fn deserialize_with_overrides(
+    mut table: toml::Table,
+    overrides: &[EnvOverride],
+) -> Result<Config, ConfigError> {
+    let mut as_strings = vec![false; overrides.len()];
+    loop {
+        let error = match deserialize(table.clone()) {
+            Ok(config) => return Ok(config),
+            Err(error) => error,
+        };
+        let retry = overrides
+            .iter()
+            .enumerate()
+            .find(|(i, o)| !as_strings[*i] && o.path.join(".") == error.key);
+        let Some((i, o)) = retry else {
+            return Err(error);
+        };
+        as_strings[i] = true;
+        set(&mut table, &o.path, toml::Value::String(o.raw.clone()))?;
+    }
+}
+
+/// Sets `path` in `table`, creating sections on the way.
+fn set(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), ConfigError> {
+    let key = path.join(".");
+    let (last, sections) = path.split_last().expect("a key has at least one part");
+    let mut current = table;
+    for section in sections {
+        let entry = current
+            .entry(section.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        current = entry
+            .as_table_mut()
+            .ok_or_else(|| ConfigError::new(&key, format!("`{section}` is not a section")))?;
+    }
+    current.insert(last.clone(), value);
+    Ok(())
+}
+
+/// Applies `PEROXO_<SECTION>__<KEY>` variables. The value is read as a TOML value when it is
+/// one (`500`, `true`, `"text"`), and as a plain string otherwise (`127.0.0.1:8080`).
+fn apply_env_overrides(
+    table: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Vec<EnvOverride>, ConfigError> {
+    let mut applied = Vec::new();
+    for (name, raw) in env {
+        let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
+        let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+        if path.len() < 2 || path.iter().any(String::is_empty) {
+            // PEROXO_FOO without a section is not ours to judge (e.g. PEROXO_TEST_*).
+            continue;
+        }
+        set(table, &path, parse_env_value(&raw))?;
+        applied.push(EnvOverride { path, raw });
+    }
+    Ok(applied)
+}
+
+fn parse_env_value(raw: &str) -> toml::Value {
+    format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_with_env(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let mut table: toml::Table = text.parse().unwrap();
+        let overrides = apply_env_overrides(
+            &mut table,
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )?;
+        let config = deserialize_with_overrides(table, &overrides)?;
+        config.validate()?;
+        config.validate_auth()?;
+        Ok(config)
+    }
+
+    fn shipped_config() -> String {
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../config.toml"))
+            .expect("config.toml ships with the repository")
+    }
+
+    #[test]
+    fn the_shipped_config_is_valid_once_a_secret_is_given() {
+        let config = load_with_env(
+            &shipped_config(),
+            &[("PEROXO_AUTH__JWT_SECRET", &"s".repeat(32))],
+        )
+        .expect("the shipped config validates");
+        assert_eq!(config.auth.mode, AuthMode::Jwt);
+        load_with_env(&shipped_config(), &[("PEROXO_AUTH__MODE", "dev")])
+            .expect("the shipped config validates in dev mode");
+    }
+
+    #[test]
+    fn jwt_mode_without_a_secret_says_how_to_set_one() {
+        let err = Config::from_toml(&shipped_config()).unwrap_err();
+        assert_eq!(err.key, "auth.jwt_secret");
+        assert!(err.message.contains("PEROXO_AUTH__JWT_SECRET"), "{err}");
+        assert!(err.message.contains("auth.jwt_secret_file"), "{err}");
+        let err = Config::from_toml("[auth]\njwt_secret = \"short\"\n").unwrap_err();
+        assert!(err.message.contains("at least 32 bytes"), "{err}");
+        let err = Config::from_toml("[auth]\nalgorithm = \"RS256\"\n").unwrap_err();
+        assert_eq!(err.key, "auth.public_key_file");
+    }
+
+    #[test]
+    fn the_printed_config_hides_secrets_and_reads_back() {
+        let secret = "s".repeat(40);
+        let config = load_with_env("", &[("PEROXO_AUTH__JWT_SECRET", &secret)]).unwrap();
+        let printed = config.to_redacted_toml();
+        assert!(!printed.contains(&secret));
+        assert!(printed.contains("<redacted>"));
+        assert!(printed.contains("grace_period = \"30s\""), "{printed}");
+        // Everything but the secret reads back as it was.
+        let again: toml::Table = printed.parse().unwrap();
+        assert_eq!(again["storage"]["max_pending"].as_integer(), Some(10_000));
+    }
+
+    #[test]
+    fn a_numeric_looking_override_of_a_string_key_stays_a_string() {
+        let secret = "1".repeat(40);
+        let config = load_with_env("", &[("PEROXO_AUTH__JWT_SECRET", &secret)]).unwrap();
+        assert_eq!(config.auth.jwt_secret.expose(), secret);
+        assert!(
+            !format!("{config:?}").contains(&secret),
+            "secrets never print"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_by_name() {
+        let err = Config::from_toml("[storage]\nmax_pendin = 5\n").unwrap_err();
+        assert!(err.to_string().contains("max_pendin"), "{err}");
+        let err = Config::from_toml("[storag]\n").unwrap_err();
+        assert!(err.to_string().contains("storag"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_name_their_key() {
+        let err = Config::from_toml("[storage]\nmax_pending = 0\n").unwrap_err();
+        assert_eq!(err.key, "storage.max_pending");
+        let err = Config::from_toml("[storage]\nmax_pending = \"lots\"\n").unwrap_err();
+        assert_eq!(err.key, "storage.max_pending");
+        let err = Config::from_toml("[auth]\nmode = \"open\"\n").unwrap_err();
+        assert_eq!(err.key, "auth.mode");
+    }
+
+    #[test]
+    fn environment_overrides_win_over_the_file() {
+        let config = load_with_env(
+            "[storage]\nmax_pending = 5\n",
+            &[
+                ("PEROXO_STORAGE__MAX_PENDING", "7"),
+                ("PEROXO_HTTP__LISTEN", "127.0.0.1:9999"),
+                ("PEROXO_LOG__FORMAT", "json"),
+                ("PEROXO_AUTH__MODE", "dev"),
+                ("HOME", "/root"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.storage.max_pending, 7);
+        assert_eq!(config.http.listen.port(), 9999);
+        assert_eq!(config.log.format, LogFormat::Json);
+    }
+
+    #[test]
+    fn bad_environment_overrides_name_their_key() {
+        let err = load_with_env("", &[("PEROXO_STORAGE__MAX_BATCH", "0")]).unwrap_err();
+        assert_eq!(err.key, "storage.max_batch");
+        let err = load_with_env("", &[("PEROXO_STORAGE__NOPE", "1")]).unwrap_err();
+        assert!(err.to_string().contains("nope"), "{err}");
+    }
+}

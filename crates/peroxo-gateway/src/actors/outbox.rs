@@ -1,0 +1,157 @@
+//! The outbox: every `send` accepted for storage and not yet answered, in order.
+//!
+//! Sessions push into it; Persistence drains it in batches. It lives outside Persistence's
+//! state, so a restarted Persistence finds every write its predecessor had accepted, including
+//! the batch that was in flight. It is bounded by `storage.max_pending`: each write holds one
+//! permit of a semaphore, returned when the write is answered; a session that finds no permit
+//! answers `unavailable` at once.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
+use tokio::time::Instant;
+
+use crate::connection::Outbound;
+use peroxo_protocol::ReqId;
+use peroxo_protocol::domain::NewMessage;
+
+/// An accepted `send`, waiting to be committed.
+pub struct PendingWrite {
+    pub message: NewMessage,
+    /// Where the `ack` goes: the sender's connection, which outlives any session actor.
+    pub origin: Outbound,
+    pub req_id: Option<ReqId>,
+    /// Set when an append call carrying it failed without an answer: it may have been
+    /// committed, so a `duplicate` outcome is its own first commit.
+    pub retried: bool,
+    /// When the session accepted it.
+    pub accepted_at: Instant,
+    /// Its place in the outbox, released when the write is answered (dropped).
+    _permit: OwnedSemaphorePermit,
+}
+
+/// Why a write was not accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error("too many messages are waiting for storage; retry later")]
+    Full,
+    #[error("the server is shutting down; reconnect and retry")]
+    ShuttingDown,
+}
+
+pub struct Outbox {
+    queues: Mutex<Queues>,
+    permits: Arc<Semaphore>,
+    capacity: usize,
+    /// True while a wake-up is on its way to Persistence, so a burst of writes sends one.
+    wake_pending: AtomicBool,
+    /// Set when shutdown starts draining: no write is accepted any more.
+    closing: AtomicBool,
+    /// The most writes ever pending at once, so operators (and the fault suite) can see how
+    /// close the node came to `storage.max_pending`.
+    peak: AtomicUsize,
+}
+
+#[derive(Default)]
+pub struct Queues {
+    /// Writes waiting for an append call.
+    pub waiting: VecDeque<PendingWrite>,
+    /// The batch whose append call is under way.
+    pub in_flight: Vec<PendingWrite>,
+}
+
+impl Queues {
+    /// Puts the in-flight batch back at the front of the queue, in order.
+    pub fn requeue_in_flight(&mut self) {
+        for mut write in self.in_flight.drain(..).rev() {
+            write.retried = true;
+            self.waiting.push_front(write);
+        }
+    }
+}
+
+impl std::fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbox")
+            .field("pending", &self.pending())
+            .field("capacity", &self.capacity)
+            .finish()
+    }
+}
+
+impl Outbox {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            queues: Mutex::new(Queues::default()),
+            permits: Arc::new(Semaphore::new(capacity)),
+            capacity,
+            wake_pending: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
+            peak: AtomicUsize::new(0),
+        }
+    }
+
+    /// Accepts a write unless the outbox is full. Returns whether Persistence must be woken
+    /// (no wake-up is on its way yet).
+    pub fn push(
+        &self,
+        message: NewMessage,
+        origin: Outbound,
+        req_id: Option<ReqId>,
+    ) -> Result<bool, Refused> {
+        if self.closing.load(Ordering::Acquire) {
+            return Err(Refused::ShuttingDown);
+        }
+        let permit = Arc::clone(&self.permits)
+            .try_acquire_owned()
+            .map_err(|e| match e {
+                TryAcquireError::NoPermits => Refused::Full,
+                TryAcquireError::Closed => Refused::ShuttingDown,
+            })?;
+        self.peak.fetch_max(self.pending(), Ordering::Relaxed);
+        self.lock().waiting.push_back(PendingWrite {
+            message,
+            origin,
+            req_id,
+            retried: false,
+            accepted_at: Instant::now(),
+            _permit: permit,
+        });
+        Ok(!self.wake_pending.swap(true, Ordering::AcqRel))
+    }
+
+    /// Called by Persistence when a wake-up arrives, before it looks at the queue.
+    pub fn woken(&self) {
+        self.wake_pending.store(false, Ordering::Release);
+    }
+
+    /// The queues, for Persistence.
+    pub fn lock(&self) -> MutexGuard<'_, Queues> {
+        self.queues.lock().expect("outbox poisoned")
+    }
+
+    /// Writes accepted and not yet answered.
+    pub fn pending(&self) -> usize {
+        self.capacity - self.permits.available_permits()
+    }
+
+    /// The most writes that were ever pending at once since the node started.
+    pub fn peak(&self) -> usize {
+        self.peak.load(Ordering::Relaxed)
+    }
+
+    /// Refuses new writes and waits until every accepted one has been answered, for at
+    /// most `timeout`. Returns whether the outbox drained. New writes stay refused after.
+    pub async fn close_and_drain(&self, timeout: Duration) -> bool {
+        self.closing.store(true, Ordering::Release);
+        let all = u32::try_from(self.capacity).unwrap_or(u32::MAX);
+        // Queued first in line, the drain takes every permit as it is released: sessions
+        // find none from now on.
+        let drained = tokio::time::timeout(timeout, self.permits.acquire_many(all)).await;
+        self.permits.close();
+        matches!(drained, Ok(Ok(_)))
+    }
+}

@@ -1,0 +1,490 @@
+//! Persistence: the gateway's only writer to the storage service.
+//!
+//! Sessions put accepted `send`s into the [`Outbox`] and wake it; it commits them in batches
+//! over gRPC, acks each sender and hands the committed messages to the Router for delivery.
+//! While one append call is in flight, new writes queue, and the next call takes all of them
+//! up to `storage.max_batch` (and [`MAX_BATCH_BYTES`]): batching comes from load, never from a
+//! timer.
+//!
+//! The outbox lives outside the actor's state, so a restarted Persistence finds every write
+//! its predecessor had accepted and sends the interrupted batch again (appends are
+//! idempotent, so that stores nothing twice).
+//!
+//! When the storage service is unreachable, Persistence keeps accepting writes into the
+//! outbox and reconnects with exponential backoff and jitter; once connected, the outbox is
+//! flushed in order.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::ActorSlot;
+use super::outbox::{Outbox, PendingWrite};
+use super::router::{Delivery, RouterMsg};
+use crate::telemetry::{metrics, seconds};
+use peroxo_config::StorageConfig;
+use peroxo_protocol::domain::{AppendOutcome, NewMessage, StoredMessage, UserKey};
+use peroxo_protocol::{ErrorCode, ProtocolError, ReqId, ServerFrame};
+use peroxo_storage::grpc::{CallError, StorageClient};
+
+/// The most bytes of message content one append call carries, whatever `storage.max_batch`
+/// allows: a batch stays well inside the storage service's 64 MiB gRPC message limit even when
+/// every text is as long as `limits.max_text_bytes` permits.
+pub const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
+
+pub enum PersistenceMsg {
+    /// New writes are in the outbox.
+    Wake,
+    /// Try to connect to the storage service (self-scheduled with backoff).
+    Connect,
+    /// The outcome of a connection attempt.
+    Connected(Result<StorageClient, CallError>),
+    /// The outcome of the append call of batch `generation`.
+    BatchDone {
+        generation: u64,
+        result: Result<Vec<AppendOutcome>, CallError>,
+    },
+    /// Time to check that storage still answers (self-scheduled while connected).
+    Probe,
+    /// The outcome of a probe.
+    Probed(Result<(), CallError>),
+    /// Panics inside `handle`, to exercise supervision.
+    #[cfg(feature = "test-hooks")]
+    Crash,
+}
+
+/// How often an idle Persistence checks that storage still answers, so readiness and the
+/// reads of sessions learn of an outage even when nobody sends.
+const PROBE_INTERVAL: Duration = Duration::from_secs(2);
+
+/// The current connection to the storage service, shared with sessions for their reads.
+/// Persistence sets it when it connects and clears it when a call finds storage unreachable.
+#[derive(Debug, Clone)]
+pub struct StorageLink {
+    client: Arc<watch::Sender<Option<StorageClient>>>,
+}
+
+impl Default for StorageLink {
+    fn default() -> Self {
+        Self {
+            client: Arc::new(watch::Sender::new(None)),
+        }
+    }
+}
+
+impl StorageLink {
+    /// The connected client, or `None` while the storage service is unreachable.
+    pub fn client(&self) -> Option<StorageClient> {
+        self.client.borrow().clone()
+    }
+
+    /// The connected client, waiting up to `timeout` for storage to become reachable.
+    pub async fn wait_for_client(&self, timeout: Duration) -> Option<StorageClient> {
+        let mut updates = self.client.subscribe();
+        let reachable = updates.wait_for(Option::is_some);
+        match tokio::time::timeout(timeout, reachable).await {
+            Ok(Ok(client)) => client.clone(),
+            _ => None,
+        }
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.client.borrow().is_some()
+    }
+
+    fn set(&self, client: Option<StorageClient>) {
+        self.client.send_replace(client);
+    }
+}
+
+pub struct PersistenceArgs {
+    pub config: StorageConfig,
+    /// The storage service's URL.
+    pub endpoint: String,
+    pub outbox: Arc<Outbox>,
+    pub link: StorageLink,
+    /// Where sessions find Persistence; set in `pre_start`, so no wake-up goes to a
+    /// predecessor once this incarnation can take it.
+    pub myself_slot: ActorSlot<PersistenceMsg>,
+    pub router: ActorSlot<RouterMsg>,
+}
+
+pub struct PersistenceState {
+    args: PersistenceArgs,
+    backoff: ExponentialBackoff,
+    connecting: bool,
+    /// The generation of the batch in flight, if any; answers of older ones are ignored.
+    in_flight: Option<u64>,
+    generation: u64,
+    down_since: Option<Instant>,
+    /// Whether this incarnation has connected before (the next connection is a reconnect).
+    ever_connected: bool,
+    /// Whether the periodic probe is scheduled.
+    probing: bool,
+}
+
+pub struct Persistence;
+
+impl Persistence {
+    pub async fn spawn(
+        args: PersistenceArgs,
+        supervisor: ractor::ActorCell,
+    ) -> Result<ActorRef<PersistenceMsg>, ractor::SpawnErr> {
+        let (actor, _) = Actor::spawn_linked(None, Persistence, args, supervisor).await?;
+        Ok(actor)
+    }
+}
+
+fn backoff(config: &StorageConfig) -> ExponentialBackoff {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(config.reconnect_initial_ms))
+        .with_max_delay(Duration::from_millis(config.reconnect_max_ms))
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+impl Actor for Persistence {
+    type Msg = PersistenceMsg;
+    type State = PersistenceState;
+    type Arguments = PersistenceArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: PersistenceArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        // After a restart, the batch the previous incarnation had in flight goes again.
+        // A wake-up lost with the predecessor must not keep sessions from waking this one.
+        args.outbox.lock().requeue_in_flight();
+        args.outbox.woken();
+        args.link.set(None);
+        args.myself_slot.set(myself);
+        Ok(PersistenceState {
+            backoff: backoff(&args.config),
+            args,
+            connecting: false,
+            in_flight: None,
+            generation: 0,
+            down_since: Some(Instant::now()),
+            ever_connected: false,
+            probing: false,
+        })
+    }
+
+    async fn post_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        connect(&myself, state);
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            PersistenceMsg::Wake => {
+                state.args.outbox.woken();
+                start_batch(&myself, state);
+            }
+            PersistenceMsg::Connect => connect(&myself, state),
+            PersistenceMsg::Connected(result) => connected(&myself, state, result),
+            PersistenceMsg::Probe => probe(&myself, state),
+            PersistenceMsg::Probed(Ok(())) => {}
+            PersistenceMsg::Probed(Err(error)) => {
+                // A batch in flight would have found out too; only an idle link is cleared here.
+                if state.in_flight.is_none() && state.args.link.is_up() {
+                    state.args.link.set(None);
+                    state.down_since.get_or_insert_with(Instant::now);
+                    schedule_reconnect(&myself, state, &error);
+                }
+            }
+            PersistenceMsg::BatchDone { generation, result } => {
+                if state.in_flight == Some(generation) {
+                    state.in_flight = None;
+                    batch_done(&myself, state, result);
+                }
+            }
+            #[cfg(feature = "test-hooks")]
+            PersistenceMsg::Crash => panic!("persistence crash requested by a test hook"),
+        }
+        Ok(())
+    }
+}
+
+fn connect(myself: &ActorRef<PersistenceMsg>, state: &mut PersistenceState) {
+    if state.connecting || state.args.link.is_up() {
+        return;
+    }
+    state.connecting = true;
+    let endpoint = state.args.endpoint.clone();
+    let connect_timeout = state.args.config.connect_timeout();
+    let rpc_timeout = state.args.config.rpc_timeout();
+    let myself = myself.clone();
+    tokio::spawn(async move {
+        let result = match StorageClient::connect(&endpoint, connect_timeout, rpc_timeout).await {
+            // Reachable is not enough: the service must answer (its database may be down).
+            Ok(client) => client.last_seq(probe_user()).await.map(|_| client),
+            Err(error) => Err(error),
+        };
+        let _ = myself.cast(PersistenceMsg::Connected(result));
+    });
+}
+
+/// The user whose seq a probe reads (no client can be it: probes are not sessions).
+fn probe_user() -> UserKey {
+    UserKey::new("peroxo", "storage-probe")
+}
+
+/// Checks, while idle and connected, that storage still answers; reschedules itself.
+fn probe(myself: &ActorRef<PersistenceMsg>, state: &mut PersistenceState) {
+    myself.send_after(PROBE_INTERVAL, || PersistenceMsg::Probe);
+    let Some(client) = state.args.link.client() else {
+        return;
+    };
+    if state.in_flight.is_some() {
+        return;
+    }
+    let myself = myself.clone();
+    tokio::spawn(async move {
+        let result = client.last_seq(probe_user()).await.map(drop);
+        let _ = myself.cast(PersistenceMsg::Probed(result));
+    });
+}
+
+fn connected(
+    myself: &ActorRef<PersistenceMsg>,
+    state: &mut PersistenceState,
+    result: Result<StorageClient, CallError>,
+) {
+    state.connecting = false;
+    match result {
+        Ok(client) => {
+            if state.ever_connected {
+                metrics().storage_reconnects.increment(1);
+            }
+            state.ever_connected = true;
+            state.args.link.set(Some(client));
+            if !state.probing {
+                state.probing = true;
+                myself.send_after(PROBE_INTERVAL, || PersistenceMsg::Probe);
+            }
+            state.backoff = backoff(&state.args.config);
+            let down_for = state.down_since.take().map(|t| t.elapsed());
+            tracing::info!(endpoint = %state.args.endpoint, ?down_for, "storage reachable");
+            start_batch(myself, state);
+        }
+        Err(error) => schedule_reconnect(myself, state, &error),
+    }
+}
+
+fn schedule_reconnect(
+    myself: &ActorRef<PersistenceMsg>,
+    state: &mut PersistenceState,
+    error: &CallError,
+) {
+    let delay = state
+        .backoff
+        .next()
+        .unwrap_or(Duration::from_millis(state.args.config.reconnect_max_ms));
+    let pending = state.args.outbox.pending();
+    tracing::warn!(
+        endpoint = %state.args.endpoint,
+        %error,
+        retry_in = ?delay,
+        pending,
+        "storage unreachable"
+    );
+    myself.send_after(delay, || PersistenceMsg::Connect);
+}
+
+/// Sends the next batch if storage is connected and no batch is in flight.
+fn start_batch(myself: &ActorRef<PersistenceMsg>, state: &mut PersistenceState) {
+    if state.in_flight.is_some() {
+        return;
+    }
+    let Some(client) = state.args.link.client() else {
+        return;
+    };
+    let batch: Vec<NewMessage> = {
+        let mut outbox = state.args.outbox.lock();
+        let take = batch_len(
+            outbox.waiting.iter().map(|w| &w.message),
+            state.args.config.max_batch,
+        );
+        if take == 0 {
+            return;
+        }
+        let writes: Vec<PendingWrite> = outbox.waiting.drain(..take).collect();
+        let batch = writes.iter().map(|w| w.message.clone()).collect();
+        outbox.in_flight = writes;
+        batch
+    };
+    state.generation += 1;
+    let generation = state.generation;
+    state.in_flight = Some(generation);
+    metrics().persist_batch_size.record(batch.len() as f64);
+    let myself = myself.clone();
+    tokio::spawn(async move {
+        let started = Instant::now();
+        let result = client.append(batch).await;
+        metrics().persist_rpc.record(seconds(started.elapsed()));
+        let _ = myself.cast(PersistenceMsg::BatchDone { generation, result });
+    });
+}
+
+/// How many of `waiting` the next append call takes: at most `max_batch`, and no more than
+/// [`MAX_BATCH_BYTES`] of content (but always the first, which storage accepts on its own).
+fn batch_len<'a>(waiting: impl Iterator<Item = &'a NewMessage>, max_batch: usize) -> usize {
+    let mut bytes = 0;
+    let mut take = 0;
+    for message in waiting.take(max_batch) {
+        bytes += message.content_bytes();
+        if take > 0 && bytes > MAX_BATCH_BYTES {
+            break;
+        }
+        take += 1;
+    }
+    take
+}
+
+fn batch_done(
+    myself: &ActorRef<PersistenceMsg>,
+    state: &mut PersistenceState,
+    result: Result<Vec<AppendOutcome>, CallError>,
+) {
+    match result {
+        Ok(outcomes) => {
+            let writes = std::mem::take(&mut state.args.outbox.lock().in_flight);
+            let mut deliveries = Vec::with_capacity(writes.len());
+            for (write, outcome) in writes.into_iter().zip(outcomes) {
+                if let Some(delivery) = answer(write, outcome) {
+                    deliveries.push(delivery);
+                }
+            }
+            if !deliveries.is_empty()
+                && state
+                    .args
+                    .router
+                    .cast(RouterMsg::Deliver(deliveries))
+                    .is_err()
+            {
+                tracing::warn!(
+                    "router unavailable; committed messages will reach recipients through sync"
+                );
+            }
+            start_batch(myself, state);
+        }
+        Err(CallError::Rejected(reason)) => {
+            // The service refused the batch as a whole: retrying cannot help.
+            tracing::error!(%reason, "storage refused an append batch");
+            let writes = std::mem::take(&mut state.args.outbox.lock().in_flight);
+            for write in writes {
+                write.origin.error(
+                    &ProtocolError::new(
+                        ErrorCode::Internal,
+                        "the storage service refused the message",
+                    )
+                    .with_req_id(write.req_id.clone())
+                    .with_client_msg_id(Some(write.message.client_msg_id.clone())),
+                );
+            }
+            start_batch(myself, state);
+        }
+        Err(error) => {
+            state.args.outbox.lock().requeue_in_flight();
+            state.args.link.set(None);
+            state.down_since.get_or_insert_with(Instant::now);
+            schedule_reconnect(myself, state, &error);
+        }
+    }
+}
+
+/// Acks one committed write to its sender; returns what the Router must deliver.
+fn answer(write: PendingWrite, outcome: AppendOutcome) -> Option<Delivery> {
+    match outcome {
+        AppendOutcome::Stored { message, duplicate } => {
+            // A retried write found stored was stored by its own earlier, unanswered call.
+            let duplicate = duplicate && !write.retried;
+            let metrics = metrics();
+            metrics.ack(duplicate);
+            metrics
+                .send_to_ack
+                .record(seconds(write.accepted_at.elapsed()));
+            write
+                .origin
+                .send(&ack_frame(&message, write.req_id.as_ref(), duplicate));
+            (!duplicate).then(|| Delivery {
+                message,
+                origin: Some(write.origin.session_id()),
+            })
+        }
+        AppendOutcome::Rejected(reason) => {
+            write.origin.error(
+                &ProtocolError::new(ErrorCode::BadRequest, reason)
+                    .with_req_id(write.req_id)
+                    .with_client_msg_id(Some(write.message.client_msg_id)),
+            );
+            None
+        }
+    }
+}
+
+fn ack_frame<'a>(
+    message: &'a StoredMessage,
+    req_id: Option<&'a ReqId>,
+    duplicate: bool,
+) -> ServerFrame<'a> {
+    ServerFrame::Ack {
+        req_id,
+        client_msg_id: &message.client_msg_id,
+        message_id: message.message_id.to_string(),
+        conversation_id: message.conversation_id(),
+        seq: message.sender_seq,
+        ts: message.ts,
+        duplicate,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(text_bytes: usize) -> NewMessage {
+        NewMessage {
+            tenant: "t".to_owned(),
+            sender: "a".to_owned(),
+            recipient: "b".to_owned(),
+            client_msg_id: "c".to_owned(),
+            text: "x".repeat(text_bytes),
+        }
+    }
+
+    #[test]
+    fn a_batch_takes_at_most_max_batch_messages() {
+        let waiting: Vec<NewMessage> = (0..10).map(|_| message(10)).collect();
+        assert_eq!(batch_len(waiting.iter(), 4), 4);
+        assert_eq!(batch_len(waiting.iter(), 100), 10);
+        assert_eq!(batch_len(std::iter::empty(), 4), 0);
+    }
+
+    #[test]
+    fn a_batch_stops_before_max_batch_bytes_but_always_takes_the_first() {
+        let big = MAX_BATCH_BYTES / 3;
+        let waiting: Vec<NewMessage> = (0..5).map(|_| message(big)).collect();
+        // Three such messages (with their identifiers) are just over the limit.
+        assert_eq!(batch_len(waiting.iter(), 100), 2);
+        let huge = [message(MAX_BATCH_BYTES * 2), message(1)];
+        assert_eq!(batch_len(huge.iter(), 100), 1);
+    }
+}

@@ -1,0 +1,618 @@
+//! The Router: which sessions are live for each (tenant, user), and who watches whom.
+//!
+//! Persistence hands it committed messages to deliver; sessions hand it presence queries and
+//! typing events. It writes straight into each session's bounded [`Outbound`] queue, so it
+//! never waits on a client and a slow client never slows it down. Replies that must stay in
+//! order with events (a `presence_snapshot` before the `presence` events after it) are written
+//! here for that reason.
+//!
+//! Its state is derived: after a restart it asks SessionSupervisor for every live session
+//! before it handles anything else, and nothing is lost but deliveries in flight at the crash
+//! (they are in storage; clients get them with `sync`).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+
+use axum::extract::ws::Utf8Bytes;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+
+use super::ActorSlot;
+use super::cluster::ClusterMsg;
+use super::persistence::StorageLink;
+use super::session_supervisor::SessionSupervisorMsg;
+use crate::connection::Outbound;
+use crate::telemetry::metrics;
+use peroxo_protocol::domain::{SessionId, StoredMessage, UserKey};
+use peroxo_protocol::{MessageView, PresenceStatus, ReqId, ServerFrame, now_ms};
+
+pub enum RouterMsg {
+    /// A session is live (or registers again after its actor restarted); `registered` is
+    /// answered once the session receives deliveries.
+    Register {
+        registration: Registration,
+        registered: Option<RpcReplyPort<()>>,
+    },
+    /// Every connection is gone (SessionSupervisor failed): forget them all.
+    ForgetAll,
+    /// A connection has ended.
+    Unregister(SessionId),
+    /// Committed messages to hand to the live sessions of their participants.
+    Deliver(Vec<Delivery>),
+    /// Start watching `users` (of the session's tenant); answers `presence_snapshot`.
+    Subscribe {
+        session: SessionId,
+        users: Vec<String>,
+        req_id: Option<ReqId>,
+    },
+    /// Stop watching `users`.
+    Unsubscribe {
+        session: SessionId,
+        users: Vec<String>,
+    },
+    /// Answers `online_users` for the session's tenant.
+    OnlineUsers {
+        session: SessionId,
+        limit: u32,
+        req_id: Option<ReqId>,
+    },
+    /// Relays a typing indicator to the live sessions of `to`.
+    Typing { from: UserKey, to: String },
+    /// A message committed elsewhere, for `user`'s sessions here.
+    RemoteDeliver {
+        user: UserKey,
+        message: StoredMessage,
+    },
+    /// A typing indicator from another node, for `to`'s sessions here.
+    RemoteTyping { from: UserKey, to: String },
+    /// `user` came online on some other node, or is no longer online on any.
+    RemotePresence { user: UserKey, online: bool },
+    /// Deliveries may have been missed (the cluster link came back): every local session is
+    /// told to `sync`.
+    SyncHintAll,
+    /// The cluster link restarted: forget what it said of other nodes (it will say it again).
+    RemoteReset,
+    /// These users' sessions here may have missed deliveries: tell them to `sync`.
+    SyncHint(Vec<UserKey>),
+    /// Panics inside `handle`, to exercise supervision.
+    #[cfg(feature = "test-hooks")]
+    Crash,
+}
+
+/// What the Router needs to know of a live session.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    pub key: UserKey,
+    pub outbound: Outbound,
+    /// Users of the same tenant this session watches for presence.
+    pub watching: Vec<String>,
+}
+
+/// A connection's `welcome` frame, from the moment it is ready until it is queued.
+///
+/// Whoever registers the connection with a Router first queues it: the Router, right before
+/// it makes the session reachable (so no delivery can overtake it), or the session itself
+/// when no Router answers. Either way it is queued exactly once. It lives with the
+/// connection's queue ([`Outbound::welcome`]).
+#[derive(Debug, Default)]
+pub struct WelcomeSlot(Mutex<Welcome>);
+
+#[derive(Debug, Default)]
+enum Welcome {
+    /// The session is still reading the user's seq; it registers itself once it is ready.
+    #[default]
+    NotReady,
+    Ready(Utf8Bytes),
+    Sent,
+}
+
+impl WelcomeSlot {
+    /// The frame is built; the connection may be registered from now on.
+    pub fn ready(&self, frame: Utf8Bytes) {
+        *self.0.lock().expect("welcome slot poisoned") = Welcome::Ready(frame);
+    }
+
+    /// Whether the connection may be registered (its welcome is built or already sent).
+    pub fn is_ready(&self) -> bool {
+        !matches!(
+            *self.0.lock().expect("welcome slot poisoned"),
+            Welcome::NotReady
+        )
+    }
+
+    /// Queues the welcome on `outbound` unless it was queued already.
+    pub fn send_once(&self, outbound: &Outbound) {
+        let mut welcome = self.0.lock().expect("welcome slot poisoned");
+        match std::mem::replace(&mut *welcome, Welcome::Sent) {
+            Welcome::Ready(frame) => {
+                outbound.send_text(frame, false);
+            }
+            Welcome::Sent => {}
+            // Not built yet: nothing to send, and the session still has to.
+            Welcome::NotReady => *welcome = Welcome::NotReady,
+        }
+    }
+}
+
+/// A committed message and the session that sent it (which gets an `ack`, not a copy).
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub message: StoredMessage,
+    pub origin: Option<SessionId>,
+}
+
+#[derive(Default)]
+pub struct RouterState {
+    cluster: Option<ActorSlot<ClusterMsg>>,
+    storage: StorageLink,
+    /// tenant → users online on other nodes.
+    remote: HashMap<String, HashSet<String>>,
+    sessions: HashMap<SessionId, Entry>,
+    /// tenant → user → live sessions.
+    online: HashMap<String, HashMap<String, Vec<SessionId>>>,
+    /// watched user → watching sessions.
+    watchers: HashMap<UserKey, HashSet<SessionId>>,
+}
+
+struct Entry {
+    key: UserKey,
+    outbound: Outbound,
+    watching: HashSet<String>,
+}
+
+/// How long hints after a cluster reconnect wait for storage to answer.
+const SYNC_HINT_STORAGE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+/// How long a restarted Router waits for SessionSupervisor's list of live sessions.
+const RECOVERY_TIMEOUT_MS: u64 = 10_000;
+
+pub struct Router {
+    /// Where the live sessions are listed, for recovery after a restart.
+    pub sessions: ActorSlot<SessionSupervisorMsg>,
+    /// The other gateway nodes, when this node is part of a cluster.
+    pub cluster: Option<ActorSlot<ClusterMsg>>,
+    /// For the `last_seq` of a `sync_hint`.
+    pub storage: StorageLink,
+}
+
+impl Router {
+    /// Spawns a Router linked to `supervisor`.
+    pub async fn spawn(
+        self,
+        supervisor: ractor::ActorCell,
+    ) -> Result<ActorRef<RouterMsg>, ractor::SpawnErr> {
+        let (actor, _) = Actor::spawn_linked(None, self, (), supervisor).await?;
+        Ok(actor)
+    }
+}
+
+impl Actor for Router {
+    type Msg = RouterMsg;
+    type State = RouterState;
+    type Arguments = ();
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        _args: (),
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(RouterState {
+            cluster: self.cluster.clone(),
+            storage: self.storage.clone(),
+            ..RouterState::default()
+        })
+    }
+
+    /// After a restart, registers every live session before handling any message, so no
+    /// request finds its session unknown. (At first start there is no SessionSupervisor yet.)
+    async fn post_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(cluster) = self.cluster.as_ref().and_then(ActorSlot::get)
+            && let Ok(users) =
+                ractor::call_t!(cluster, ClusterMsg::RemoteUsers, RECOVERY_TIMEOUT_MS)
+        {
+            for user in users {
+                state
+                    .remote
+                    .entry(user.tenant.clone())
+                    .or_default()
+                    .insert(user.user.clone());
+            }
+        }
+        let Some(sessions) = self.sessions.get() else {
+            return Ok(());
+        };
+        match ractor::call_t!(
+            sessions,
+            SessionSupervisorMsg::Registrations,
+            RECOVERY_TIMEOUT_MS
+        ) {
+            Ok(registrations) => {
+                tracing::info!(
+                    sessions = registrations.len(),
+                    "router recovered live sessions"
+                );
+                for registration in registrations {
+                    state.register(registration);
+                }
+            }
+            Err(error) => tracing::error!(%error, "router could not recover live sessions"),
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            RouterMsg::Register {
+                registration,
+                registered,
+            } => {
+                state.register(registration);
+                if let Some(registered) = registered {
+                    let _ = registered.send(());
+                }
+            }
+            RouterMsg::Unregister(session) => state.unregister(session),
+            RouterMsg::ForgetAll => {
+                state.sessions.clear();
+                state.online.clear();
+                state.watchers.clear();
+            }
+            RouterMsg::Deliver(deliveries) => state.deliver(&deliveries),
+            RouterMsg::Subscribe {
+                session,
+                users,
+                req_id,
+            } => state.subscribe(session, users, req_id.as_ref()),
+            RouterMsg::Unsubscribe { session, users } => state.unsubscribe(session, &users),
+            RouterMsg::OnlineUsers {
+                session,
+                limit,
+                req_id,
+            } => state.online_users(session, limit, req_id.as_ref()),
+            RouterMsg::Typing { from, to } => {
+                state.typing(&from, &to);
+                if let Some(cluster) = &state.cluster {
+                    let _ = cluster.cast(ClusterMsg::PublishTyping { from, to });
+                }
+            }
+            RouterMsg::RemoteDeliver { user, message } => state.send_message(&user, &message, None),
+            RouterMsg::RemoteTyping { from, to } => state.typing(&from, &to),
+            RouterMsg::RemotePresence { user, online } => state.remote_presence(user, online),
+            RouterMsg::SyncHintAll => {
+                let users = state.sessions.values().map(|e| e.key.clone()).collect();
+                state.sync_hint(users);
+            }
+            RouterMsg::SyncHint(users) => state.sync_hint(users),
+            RouterMsg::RemoteReset => {
+                let remote: Vec<UserKey> = state
+                    .remote
+                    .iter()
+                    .flat_map(|(t, users)| users.iter().map(|u| UserKey::new(t.clone(), u.clone())))
+                    .collect();
+                for user in remote {
+                    state.remote_presence(user, false);
+                }
+            }
+            #[cfg(feature = "test-hooks")]
+            RouterMsg::Crash => panic!("router crash requested by a test hook"),
+        }
+        Ok(())
+    }
+}
+
+impl RouterState {
+    fn register(&mut self, registration: Registration) {
+        let session = registration.outbound.session_id();
+        let Registration {
+            key,
+            outbound,
+            watching,
+        } = registration;
+        outbound.send_welcome_once();
+        if let Some(entry) = self.sessions.get_mut(&session) {
+            // The session's actor restarted: same connection, same queue.
+            entry.outbound = outbound;
+        } else {
+            let sessions = self
+                .online
+                .entry(key.tenant.clone())
+                .or_default()
+                .entry(key.user.clone())
+                .or_default();
+            sessions.push(session);
+            let came_online = sessions.len() == 1;
+            self.sessions.insert(
+                session,
+                Entry {
+                    key: key.clone(),
+                    outbound,
+                    watching: HashSet::new(),
+                },
+            );
+            if came_online {
+                self.local_presence(&key, true);
+            }
+        }
+        self.watch(session, &key.tenant, watching);
+    }
+
+    fn unregister(&mut self, session: SessionId) {
+        let Some(entry) = self.sessions.remove(&session) else {
+            return;
+        };
+        for user in &entry.watching {
+            self.unwatch(session, &entry.key.peer(user.clone()));
+        }
+        let mut went_offline = false;
+        if let Some(users) = self.online.get_mut(&entry.key.tenant) {
+            if let Some(sessions) = users.get_mut(&entry.key.user) {
+                sessions.retain(|s| *s != session);
+                if sessions.is_empty() {
+                    users.remove(&entry.key.user);
+                    went_offline = true;
+                }
+            }
+            if users.is_empty() {
+                self.online.remove(&entry.key.tenant);
+            }
+        }
+        if went_offline {
+            self.local_presence(&entry.key, false);
+        }
+    }
+
+    /// A user's first local session opened (or last one closed): tell the cluster, and the
+    /// watchers when that changes whether the user is online anywhere.
+    fn local_presence(&self, key: &UserKey, online: bool) {
+        if let Some(cluster) = &self.cluster {
+            let _ = cluster.cast(ClusterMsg::LocalPresence {
+                user: key.clone(),
+                online,
+            });
+        }
+        if !self.is_remote(key) {
+            self.announce(key, status(online));
+        }
+    }
+
+    fn remote_presence(&mut self, key: UserKey, online: bool) {
+        let changed = if online {
+            self.remote
+                .entry(key.tenant.clone())
+                .or_default()
+                .insert(key.user.clone())
+        } else {
+            let users = self.remote.get_mut(&key.tenant);
+            let removed = users.is_some_and(|u| u.remove(&key.user));
+            if self.remote.get(&key.tenant).is_some_and(HashSet::is_empty) {
+                self.remote.remove(&key.tenant);
+            }
+            removed
+        };
+        if changed && !self.is_local(&key) {
+            self.announce(&key, status(online));
+        }
+    }
+
+    fn unwatch(&mut self, session: SessionId, watched: &UserKey) {
+        if let Some(watchers) = self.watchers.get_mut(watched) {
+            watchers.remove(&session);
+            if watchers.is_empty() {
+                self.watchers.remove(watched);
+            }
+        }
+    }
+
+    /// Tells every local session of `users` to `sync`, with its user's current seq.
+    fn sync_hint(&self, users: Vec<UserKey>) {
+        let targets: Vec<(UserKey, Outbound)> = users
+            .into_iter()
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .flat_map(|key| {
+                self.live_sessions(&key)
+                    .iter()
+                    .filter_map(|s| self.sessions.get(s))
+                    .map(|e| (key.clone(), e.outbound.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        if targets.is_empty() {
+            return;
+        }
+        let storage = self.storage.clone();
+        tokio::spawn(async move {
+            // Storage may be coming back too; the hints are worth a wait.
+            let Some(client) = storage.wait_for_client(SYNC_HINT_STORAGE_WAIT).await else {
+                tracing::warn!(
+                    "storage unreachable; no sync_hint sent after the cluster link came back"
+                );
+                return;
+            };
+            let mut last_seqs: HashMap<UserKey, u64> = HashMap::new();
+            for (key, outbound) in targets {
+                let last_seq = match last_seqs.get(&key) {
+                    Some(seq) => *seq,
+                    None => match client.last_seq(key.clone()).await {
+                        Ok(seq) => *last_seqs.entry(key).or_insert(seq),
+                        Err(_) => continue,
+                    },
+                };
+                outbound.send(&ServerFrame::SyncHint { last_seq });
+            }
+        });
+    }
+
+    fn live_sessions(&self, key: &UserKey) -> &[SessionId] {
+        self.online
+            .get(&key.tenant)
+            .and_then(|users| users.get(&key.user))
+            .map_or(&[], Vec::as_slice)
+    }
+
+    fn is_local(&self, key: &UserKey) -> bool {
+        !self.live_sessions(key).is_empty()
+    }
+
+    fn is_remote(&self, key: &UserKey) -> bool {
+        self.remote
+            .get(&key.tenant)
+            .is_some_and(|users| users.contains(&key.user))
+    }
+
+    /// Online on this node or any other.
+    fn is_online(&self, key: &UserKey) -> bool {
+        self.is_local(key) || self.is_remote(key)
+    }
+
+    /// Sends a `presence` event about `key` to every session watching it.
+    fn announce(&self, key: &UserKey, status: PresenceStatus) {
+        let Some(watchers) = self.watchers.get(key) else {
+            return;
+        };
+        let text = Utf8Bytes::from(
+            ServerFrame::Presence {
+                user: &key.user,
+                status,
+                ts: now_ms(),
+            }
+            .encode(),
+        );
+        for session in watchers {
+            if let Some(entry) = self.sessions.get(session) {
+                entry.outbound.send_text(text.clone(), true);
+            }
+        }
+    }
+
+    fn watch(&mut self, session: SessionId, tenant: &str, users: Vec<String>) {
+        let Some(entry) = self.sessions.get_mut(&session) else {
+            return;
+        };
+        for user in users {
+            self.watchers
+                .entry(UserKey::new(tenant, user.clone()))
+                .or_default()
+                .insert(session);
+            entry.watching.insert(user);
+        }
+    }
+
+    fn deliver(&self, deliveries: &[Delivery]) {
+        for Delivery { message, origin } in deliveries {
+            let recipient = message.recipient_key();
+            self.send_message(&recipient, message, *origin);
+            if message.recipient != message.sender {
+                // The sender's other devices get a copy with the sender's seq.
+                self.send_message(&message.sender_key(), message, *origin);
+            }
+        }
+        if let Some(cluster) = &self.cluster {
+            let messages = deliveries.iter().map(|d| d.message.clone()).collect();
+            let _ = cluster.cast(ClusterMsg::PublishMessages(messages));
+        }
+    }
+
+    /// Sends `message` as `viewer` sees it to every live session of `viewer` but `skip`.
+    fn send_message(&self, viewer: &UserKey, message: &StoredMessage, skip: Option<SessionId>) {
+        let sessions = self.live_sessions(viewer);
+        if sessions.iter().all(|s| Some(*s) == skip) {
+            return;
+        }
+        let text =
+            Utf8Bytes::from(ServerFrame::Message(MessageView::of(message, &viewer.user)).encode());
+        for session in sessions.iter().filter(|s| Some(**s) != skip) {
+            if let Some(entry) = self.sessions.get(session)
+                && entry.outbound.send_text(text.clone(), false)
+            {
+                metrics().messages_delivered.increment(1);
+            }
+        }
+    }
+
+    fn subscribe(&mut self, session: SessionId, users: Vec<String>, req_id: Option<&ReqId>) {
+        let Some(tenant) = self.sessions.get(&session).map(|e| e.key.tenant.clone()) else {
+            return;
+        };
+        self.watch(session, &tenant, users.clone());
+        let statuses = users
+            .iter()
+            .map(|user| {
+                let status = if self.is_online(&UserKey::new(tenant.clone(), user.clone())) {
+                    PresenceStatus::Online
+                } else {
+                    PresenceStatus::Offline
+                };
+                (user.as_str(), status)
+            })
+            .collect();
+        if let Some(entry) = self.sessions.get(&session) {
+            entry.outbound.send(&ServerFrame::PresenceSnapshot {
+                req_id,
+                users: statuses,
+            });
+        }
+    }
+
+    fn unsubscribe(&mut self, session: SessionId, users: &[String]) {
+        let Some(entry) = self.sessions.get_mut(&session) else {
+            return;
+        };
+        let key = entry.key.clone();
+        let removed: Vec<String> = users
+            .iter()
+            .filter(|user| entry.watching.remove(*user))
+            .cloned()
+            .collect();
+        for user in removed {
+            self.unwatch(session, &key.peer(user));
+        }
+    }
+
+    fn online_users(&self, session: SessionId, limit: u32, req_id: Option<&ReqId>) {
+        let Some(entry) = self.sessions.get(&session) else {
+            return;
+        };
+        let local = self
+            .online
+            .get(&entry.key.tenant)
+            .into_iter()
+            .flat_map(|u| u.keys());
+        let remote = self.remote.get(&entry.key.tenant).into_iter().flatten();
+        let mut users: Vec<&str> = local.chain(remote).map(String::as_str).collect();
+        users.sort_unstable();
+        users.dedup();
+        let truncated = users.len() > limit as usize;
+        users.truncate(limit as usize);
+        entry.outbound.send(&ServerFrame::OnlineUsers {
+            req_id,
+            users,
+            truncated,
+        });
+    }
+
+    fn typing(&self, from: &UserKey, to: &str) {
+        let recipient = from.peer(to);
+        let text = Utf8Bytes::from(ServerFrame::Typing { from: &from.user }.encode());
+        for session in self.live_sessions(&recipient) {
+            if let Some(entry) = self.sessions.get(session) {
+                entry.outbound.send_text(text.clone(), true);
+            }
+        }
+    }
+}
+
+fn status(online: bool) -> PresenceStatus {
+    if online {
+        PresenceStatus::Online
+    } else {
+        PresenceStatus::Offline
+    }
+}

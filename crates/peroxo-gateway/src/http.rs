@@ -1,0 +1,370 @@
+//! The HTTP face of a gateway node: the accept loop, the WebSocket upgrade and health probes.
+//!
+//! Handlers stay tiny. The upgrade handler checks the request (origin, identity, admission)
+//! and hands the socket to SessionSupervisor; everything a session does happens in actors.
+//! Every refusal is an HTTP status with a JSON body `{"error": ..., "message": ...}`. Query
+//! strings (which may carry tokens) are never logged.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::extract::ws::{WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::actors::ActorSlot;
+use crate::actors::session::GatewayContext;
+use crate::actors::session_supervisor::SessionSupervisorMsg;
+use crate::admission::{Admission, Refusal};
+use crate::identity::Authenticator;
+use crate::telemetry::metrics;
+use peroxo_config::LimitsConfig;
+
+/// Bytes read from a socket at a time. Every connection holds this much from the start, so it
+/// stays small: a client's frame is a few hundred bytes and fits in one read (a larger one
+/// takes several). 512 bytes instead of 4 KiB saves about 3.5 KiB per idle session.
+const WS_READ_BUFFER_BYTES: usize = 512;
+/// Frames written to a WebSocket gather in its write buffer until this many bytes wait or
+/// the writer flushes, so that a batch of frames leaves in one system call. The buffer grows
+/// only as far as it is used: an idle connection holds a few hundred bytes of it.
+const WS_WRITE_BUFFER_BYTES: usize = 16 * 1_024;
+/// How long the accept loop pauses after an accept error (such as running out of files).
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+
+#[derive(Clone)]
+pub struct HttpState {
+    pub sessions: ActorSlot<SessionSupervisorMsg>,
+    pub auth: Arc<Authenticator>,
+    pub admission: Arc<Admission>,
+    /// The node's state, for `/readyz` and `/metrics`.
+    pub gateway: Arc<GatewayContext>,
+    pub limits: LimitsConfig,
+    /// When not empty, the only `Origin`s allowed to open WebSockets.
+    pub allowed_origins: Arc<[String]>,
+}
+
+pub fn router(state: HttpState) -> Router {
+    let routes = Router::new();
+    // Fault injection for the test suites; absent from every normal build.
+    #[cfg(feature = "test-hooks")]
+    let routes = routes
+        .route("/debug/crash/router", axum::routing::post(crash_router))
+        .route(
+            "/debug/crash/persistence",
+            axum::routing::post(crash_persistence),
+        )
+        .route("/debug/crash/sessions", axum::routing::post(crash_sessions));
+    routes
+        .route("/", get(chat_page))
+        .route("/api/info", get(info))
+        .route("/ws", get(upgrade))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(prometheus))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+/// Serves `app` on `listener` until `stop` is cancelled. A connection that does not send a
+/// complete request within `handshake_timeout` is closed.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    stop: CancellationToken,
+    handshake_timeout: Duration,
+) {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(handshake_timeout);
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                // Usually out of file descriptors: pause instead of spinning.
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                continue;
+            }
+        };
+        // Without it, Nagle's algorithm meets delayed ACKs and small frames wait ~40 ms.
+        let _ = stream.set_nodelay(true);
+        let connection = http
+            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()))
+            .with_upgrades();
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "http connection ended with an error");
+            }
+        });
+    }
+}
+
+/// A JSON error response.
+pub fn error_response(status: StatusCode, error: &str, message: impl Into<String>) -> Response {
+    let body = serde_json::json!({ "error": error, "message": message.into() });
+    (status, Json(body)).into_response()
+}
+
+async fn upgrade(
+    State(state): State<HttpState>,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+    query: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+) -> Response {
+    let upgrade = match upgrade {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => {
+            return error_response(
+                rejection.status(),
+                "websocket_required",
+                format!(
+                    "/ws takes WebSocket upgrades only: {}",
+                    rejection.body_text()
+                ),
+            );
+        }
+    };
+    if let Some(origin) = headers.get(header::ORIGIN)
+        && !state.allowed_origins.is_empty()
+        && !state
+            .allowed_origins
+            .iter()
+            .any(|allowed| allowed.as_bytes() == origin.as_bytes())
+    {
+        return error_response(
+            StatusCode::FORBIDDEN,
+            "forbidden_origin",
+            "this origin may not open WebSockets here (http.allowed_origins)",
+        );
+    }
+    let Ok(Query(query)) = query else {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "malformed query string",
+        );
+    };
+    let identity = match state.auth.authenticate(&query, &headers) {
+        Ok(identity) => identity,
+        Err(error) => {
+            let mut response = error_response(error.status(), error.code(), error.to_string());
+            if error.status() == StatusCode::UNAUTHORIZED
+                && matches!(state.auth.as_ref(), Authenticator::Jwt(_))
+            {
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    header::HeaderValue::from_static("Bearer"),
+                );
+            }
+            return response;
+        }
+    };
+    let ticket = match state.admission.admit(&identity.key) {
+        Ok(ticket) => ticket,
+        Err(refusal @ Refusal::UserFull(_)) => {
+            return error_response(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_sessions",
+                refusal.to_string(),
+            );
+        }
+        Err(refusal @ Refusal::NodeFull(_)) => {
+            return error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "node_full",
+                refusal.to_string(),
+            );
+        }
+    };
+    if state.gateway.draining.load(Ordering::Relaxed) {
+        return error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "this node is shutting down; connect to another",
+        );
+    }
+    let Some(sessions) = state.sessions.get() else {
+        return error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the node is starting",
+        );
+    };
+    let max_message = state.limits.max_message_bytes;
+    upgrade
+        .read_buffer_size(WS_READ_BUFFER_BYTES)
+        .write_buffer_size(WS_WRITE_BUFFER_BYTES)
+        .max_message_size(max_message)
+        .max_frame_size(max_message)
+        .on_failed_upgrade(|error| tracing::debug!(%error, "websocket upgrade failed"))
+        .on_upgrade(move |socket: WebSocket| async move {
+            let open = SessionSupervisorMsg::Open {
+                socket: Box::new(socket),
+                identity,
+                ticket,
+            };
+            if sessions.cast(open).is_err() {
+                tracing::warn!("session supervisor unavailable; dropping a new connection");
+            }
+        })
+}
+
+/// The self-contained web chat page (HTML, CSS and JS in one file, built into the binary).
+const CHAT_PAGE: &str = include_str!("../../../web/chat.html");
+
+async fn chat_page() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        CHAT_PAGE,
+    )
+        .into_response()
+}
+
+/// What a client needs to know before it connects.
+async fn info(State(state): State<HttpState>) -> Response {
+    let auth_mode = match state.auth.as_ref() {
+        Authenticator::Dev => "dev",
+        Authenticator::Jwt(_) => "jwt",
+    };
+    Json(serde_json::json!({
+        "name": "peroxo",
+        "version": env!("CARGO_PKG_VERSION"),
+        "protocol": peroxo_protocol::PROTOCOL_VERSION,
+        "auth_mode": auth_mode,
+        "limits": {
+            "max_text_bytes": state.limits.max_text_bytes,
+            "max_message_bytes": state.limits.max_message_bytes,
+            "rate_per_sec": state.limits.rate_per_sec,
+            "rate_burst": state.limits.rate_burst,
+            "max_watched_users": state.limits.max_watched_users,
+            "max_history_limit": peroxo_protocol::MAX_HISTORY_LIMIT,
+            "max_sync_limit": peroxo_protocol::MAX_SYNC_LIMIT,
+            "max_online_users_limit": peroxo_protocol::MAX_ONLINE_USERS_LIMIT,
+        },
+    }))
+    .into_response()
+}
+
+async fn healthz() -> Response {
+    Json(serde_json::json!({ "status": "ok" })).into_response()
+}
+
+/// 200 while the node can serve: storage reachable and not shutting down; otherwise 503
+/// naming what is degraded.
+async fn readyz(State(state): State<HttpState>) -> Response {
+    let storage_up = state.gateway.storage.is_up();
+    let draining = state.gateway.draining.load(Ordering::Relaxed);
+    let body = serde_json::json!({
+        "status": if storage_up && !draining { "ready" } else { "degraded" },
+        "storage": if storage_up { "reachable" } else { "unreachable" },
+        "accepting_connections": !draining,
+    });
+    let status = if storage_up && !draining {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+/// Prometheus text exposition of the node's metrics.
+async fn prometheus(State(state): State<HttpState>) -> Response {
+    let metrics = metrics();
+    metrics
+        .connections
+        .set(state.admission.connections() as f64);
+    metrics
+        .outbox_pending
+        .set(state.gateway.outbox.pending() as f64);
+    metrics
+        .outbox_pending_peak
+        .set(state.gateway.outbox.peak() as f64);
+    metrics.storage_up.set(if state.gateway.storage.is_up() {
+        1.0
+    } else {
+        0.0
+    });
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        metrics.render(),
+    )
+        .into_response()
+}
+
+async fn not_found() -> Response {
+    error_response(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such endpoint; try /ws or /healthz",
+    )
+}
+
+async fn method_not_allowed() -> Response {
+    error_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "only GET is served here",
+    )
+}
+
+#[cfg(feature = "test-hooks")]
+async fn crash_router(State(state): State<HttpState>) -> Response {
+    let sent = state
+        .gateway
+        .router
+        .cast(crate::actors::router::RouterMsg::Crash)
+        .is_ok();
+    Json(serde_json::json!({ "crashed": u32::from(sent) })).into_response()
+}
+
+#[cfg(feature = "test-hooks")]
+async fn crash_persistence(State(state): State<HttpState>) -> Response {
+    let sent = state
+        .gateway
+        .persistence
+        .cast(crate::actors::persistence::PersistenceMsg::Crash)
+        .is_ok();
+    Json(serde_json::json!({ "crashed": u32::from(sent) })).into_response()
+}
+
+/// Crashes the session actors of `?tenant=&user=`.
+#[cfg(feature = "test-hooks")]
+async fn crash_sessions(
+    State(state): State<HttpState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let (Some(user), Some(sessions)) = (query.get("user"), state.sessions.get()) else {
+        return error_response(StatusCode::BAD_REQUEST, "bad_request", "?user= is required");
+    };
+    let tenant = query
+        .get("tenant")
+        .map_or(peroxo_protocol::domain::DEFAULT_TENANT, String::as_str);
+    let key = peroxo_protocol::domain::UserKey::new(tenant, user.as_str());
+    let crashed = ractor::call_t!(
+        sessions,
+        |reply| SessionSupervisorMsg::CrashSessionsOf(key, reply),
+        5_000
+    )
+    .unwrap_or(0);
+    Json(serde_json::json!({ "crashed": crashed })).into_response()
+}

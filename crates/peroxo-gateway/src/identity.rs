@@ -1,0 +1,331 @@
+//! Who a connecting client is, decided once on the upgrade request (and again on `refresh`).
+//!
+//! [`Authenticator`] is the one interface the rest of the node calls.
+//! - **jwt**: the client presents a signed token (`Authorization: Bearer …`, or `?token=…` for
+//!   browsers). `sub` is the user, `tenant` (optional) the tenant, `exp` is required; `nbf` and
+//!   `iat` are honoured, and `aud`/`iss` are checked when configured.
+//! - **dev**: the client names itself (`?user=alice&tenant=acme`); for trying PerOXO out.
+//!
+//! Tokens and query strings never reach the logs.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::http::{HeaderMap, StatusCode, header};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::Deserialize;
+
+use peroxo_config::{AuthConfig, AuthMode, ConfigError, JwtAlgorithm};
+use peroxo_protocol::domain::{DEFAULT_TENANT, UserKey, validate_id};
+
+/// Why an upgrade request (or a refresh) was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// No usable identity was presented, or the token is not valid.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The identity presented is malformed.
+    #[error("{0}")]
+    BadRequest(String),
+}
+
+impl AuthError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            AuthError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            AuthError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// The `error` field of the JSON body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            AuthError::Unauthenticated(_) => "unauthorized",
+            AuthError::BadRequest(_) => "bad_request",
+        }
+    }
+}
+
+/// An authenticated client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub key: UserKey,
+    /// When the credential expires (Unix seconds); `None` in dev mode.
+    pub expires_at: Option<u64>,
+}
+
+/// The claims PerOXO reads from a token. Times are JWT NumericDates (seconds, possibly
+/// fractional). `nbf`, `aud` and `iss` are checked by the verifier itself.
+#[derive(Debug, Deserialize)]
+struct Claims {
+    sub: String,
+    #[serde(default)]
+    tenant: Option<String>,
+    exp: f64,
+    #[serde(default)]
+    iat: Option<f64>,
+}
+
+/// Decides the identity of a connecting client.
+pub enum Authenticator {
+    /// Any client may claim any id.
+    Dev,
+    Jwt(Box<JwtVerifier>),
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Authenticator::Dev => f.write_str("Authenticator::Dev"),
+            Authenticator::Jwt(_) => f.write_str("Authenticator::Jwt"),
+        }
+    }
+}
+
+/// Verifies tokens with the configured key and rules.
+pub struct JwtVerifier {
+    key: DecodingKey,
+    validation: Validation,
+    leeway_secs: u64,
+}
+
+fn algorithm(algorithm: JwtAlgorithm) -> Algorithm {
+    match algorithm {
+        JwtAlgorithm::HS256 => Algorithm::HS256,
+        JwtAlgorithm::RS256 => Algorithm::RS256,
+        JwtAlgorithm::ES256 => Algorithm::ES256,
+    }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Authenticator {
+    /// Builds the configured authenticator; key problems name their config key.
+    pub fn from_config(config: &AuthConfig) -> Result<Self, ConfigError> {
+        Ok(match config.mode {
+            AuthMode::Dev => Authenticator::Dev,
+            AuthMode::Jwt => Authenticator::Jwt(Box::new(JwtVerifier::from_config(config)?)),
+        })
+    }
+
+    /// Logs what an operator must know about this mode at start-up.
+    pub fn announce(&self) {
+        match self {
+            Authenticator::Dev => tracing::warn!(
+                "auth.mode = \"dev\": any client can claim any user id; never expose this node"
+            ),
+            Authenticator::Jwt(verifier) => tracing::info!(
+                algorithm = ?verifier.validation.algorithms[0],
+                "auth.mode = \"jwt\": clients present signed tokens"
+            ),
+        }
+    }
+
+    /// The identity of the client making this upgrade request.
+    pub fn authenticate(
+        &self,
+        query: &HashMap<String, String>,
+        headers: &HeaderMap,
+    ) -> Result<Identity, AuthError> {
+        match self {
+            Authenticator::Dev => {
+                let user = query.get("user").ok_or_else(|| {
+                    AuthError::Unauthenticated(
+                        "dev mode: name yourself with ?user=<id>[&tenant=<id>]".to_owned(),
+                    )
+                })?;
+                validate_id(user).map_err(|e| AuthError::BadRequest(format!("user {e}")))?;
+                let tenant = query.get("tenant").map_or(DEFAULT_TENANT, String::as_str);
+                validate_id(tenant).map_err(|e| AuthError::BadRequest(format!("tenant {e}")))?;
+                Ok(Identity {
+                    key: UserKey::new(tenant, user.as_str()),
+                    expires_at: None,
+                })
+            }
+            Authenticator::Jwt(verifier) => {
+                let token = bearer_token(headers)?
+                    .or_else(|| query.get("token").map(String::as_str))
+                    .ok_or_else(|| {
+                        AuthError::Unauthenticated(
+                            "missing token: send `Authorization: Bearer <jwt>` or ?token=<jwt>"
+                                .to_owned(),
+                        )
+                    })?;
+                verifier.verify(token)
+            }
+        }
+    }
+
+    /// Verifies a token presented on an open session (`refresh`).
+    pub fn verify_token(&self, token: &str) -> Result<Identity, AuthError> {
+        match self {
+            Authenticator::Dev => Err(AuthError::BadRequest(
+                "refresh needs auth.mode = \"jwt\"; this node runs in dev mode".to_owned(),
+            )),
+            Authenticator::Jwt(verifier) => verifier.verify(token),
+        }
+    }
+
+    /// How long past `exp` a session may stay open.
+    pub fn leeway(&self) -> Duration {
+        match self {
+            Authenticator::Dev => Duration::ZERO,
+            Authenticator::Jwt(verifier) => Duration::from_secs(verifier.leeway_secs),
+        }
+    }
+}
+
+/// The token of an `Authorization: Bearer` header, if there is one.
+fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, AuthError> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let value = value
+        .to_str()
+        .map_err(|_| AuthError::Unauthenticated("malformed Authorization header".to_owned()))?;
+    match value.split_once(' ') {
+        Some((scheme, token))
+            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
+        {
+            Ok(Some(token.trim()))
+        }
+        _ => Err(AuthError::Unauthenticated(
+            "the Authorization header must be `Bearer <jwt>`".to_owned(),
+        )),
+    }
+}
+
+impl JwtVerifier {
+    fn from_config(config: &AuthConfig) -> Result<Self, ConfigError> {
+        let key =
+            match config.algorithm {
+                JwtAlgorithm::HS256 => {
+                    DecodingKey::from_secret(config.hs256_secret()?.expose().as_bytes())
+                }
+                JwtAlgorithm::RS256 => DecodingKey::from_rsa_pem(&config.public_key_pem()?)
+                    .map_err(|e| {
+                        ConfigError::new(
+                            "auth.public_key_file",
+                            format!("not an RSA public key in PEM: {e}"),
+                        )
+                    })?,
+                JwtAlgorithm::ES256 => DecodingKey::from_ec_pem(&config.public_key_pem()?)
+                    .map_err(|e| {
+                        ConfigError::new(
+                            "auth.public_key_file",
+                            format!("not an EC public key in PEM: {e}"),
+                        )
+                    })?,
+            };
+        let mut validation = Validation::new(algorithm(config.algorithm));
+        validation.leeway = config.leeway_secs;
+        validation.validate_nbf = true;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        match &config.audience {
+            Some(audience) => {
+                validation.set_audience(&[audience]);
+                validation.required_spec_claims.insert("aud".to_owned());
+            }
+            None => validation.validate_aud = false,
+        }
+        if let Some(issuer) = &config.issuer {
+            validation.set_issuer(&[issuer]);
+            validation.required_spec_claims.insert("iss".to_owned());
+        }
+        Ok(Self {
+            key,
+            validation,
+            leeway_secs: config.leeway_secs,
+        })
+    }
+
+    fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        let claims = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
+            .map_err(|e| AuthError::Unauthenticated(describe(e.kind())))?
+            .claims;
+        if claims
+            .iat
+            .is_some_and(|iat| iat > (now_secs() + self.leeway_secs) as f64)
+        {
+            return Err(AuthError::Unauthenticated(
+                "token issued in the future (iat)".to_owned(),
+            ));
+        }
+        validate_id(&claims.sub)
+            .map_err(|e| AuthError::Unauthenticated(format!("token subject (sub) {e}")))?;
+        let tenant = claims.tenant.unwrap_or_else(|| DEFAULT_TENANT.to_owned());
+        validate_id(&tenant)
+            .map_err(|e| AuthError::Unauthenticated(format!("token tenant {e}")))?;
+        Ok(Identity {
+            key: UserKey::new(tenant, claims.sub),
+            // Whole seconds, rounded as the verifier rounds them.
+            expires_at: Some(claims.exp.max(0.0).round() as u64),
+        })
+    }
+}
+
+/// A short, safe description of why a token was refused (never the token itself).
+fn describe(kind: &ErrorKind) -> String {
+    match kind {
+        ErrorKind::ExpiredSignature => "token expired".to_owned(),
+        ErrorKind::ImmatureSignature => "token not valid yet (nbf)".to_owned(),
+        ErrorKind::InvalidSignature => "invalid token signature".to_owned(),
+        ErrorKind::InvalidAudience => "token audience (aud) not accepted".to_owned(),
+        ErrorKind::InvalidIssuer => "token issuer (iss) not accepted".to_owned(),
+        ErrorKind::InvalidAlgorithm => {
+            "token signed with an algorithm this node does not accept".to_owned()
+        }
+        ErrorKind::MissingRequiredClaim(claim) => format!("token lacks the `{claim}` claim"),
+        ErrorKind::InvalidClaimFormat(claim) => format!("token claim `{claim}` is malformed"),
+        ErrorKind::Json(_) => {
+            "token claims are malformed (`sub` and `exp` are required)".to_owned()
+        }
+        _ => "malformed token".to_owned(),
+    }
+}
+
+/// Signs a token for `key`, valid for `ttl`, that this node's configuration accepts (for
+/// `peroxo token`). Only HS256 can sign: the node holds no private key for RS256/ES256.
+pub fn sign_token(
+    config: &AuthConfig,
+    key: &UserKey,
+    ttl: Duration,
+) -> Result<String, ConfigError> {
+    if config.algorithm != JwtAlgorithm::HS256 {
+        return Err(ConfigError::new(
+            "auth.algorithm",
+            "tokens can only be signed with HS256 here; sign RS256/ES256 tokens with your issuer's private key",
+        ));
+    }
+    let secret = config.hs256_secret()?;
+    if secret.is_empty() {
+        return Err(ConfigError::new(
+            "auth.jwt_secret",
+            "no secret to sign with: set auth.jwt_secret (or PEROXO_AUTH__JWT_SECRET), or auth.jwt_secret_file",
+        ));
+    }
+    let now = now_secs();
+    let mut claims = serde_json::json!({
+        "sub": key.user,
+        "tenant": key.tenant,
+        "exp": now + ttl.as_secs(),
+        "iat": now,
+    });
+    if let Some(audience) = &config.audience {
+        claims["aud"] = audience.as_str().into();
+    }
+    if let Some(issuer) = &config.issuer {
+        claims["iss"] = issuer.as_str().into();
+    }
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret.expose().as_bytes()),
+    )
+    .map_err(|e| ConfigError::new("auth.jwt_secret", format!("cannot sign: {e}")))
+}

@@ -1,0 +1,32 @@
+//! # PerOXO's gateway node
+//!
+//! Clients connect over WebSocket; the gateway authenticates them, routes messages between
+//! them, tracks presence, and commits every message through the storage service (gRPC)
+//! before anyone sees it. Several nodes serve as one when joined through NATS.
+//!
+//! # Layout
+//!
+//! - [`server`]: starts and stops a node ([`Gateway`]).
+//! - [`http`]: the axum router; it authenticates upgrades and hands sockets over, nothing else.
+//! - [`identity`]: who a connecting client is (JWT, or dev mode).
+//! - [`admission`]: how many connections the node, and each user, may hold.
+//! - [`rate_limit`]: the per-session command budget.
+//! - [`connection`]: one client's WebSocket: the bounded outbound queue, reader and writer.
+//! - [`actors`]: the supervised actor tree (RootSupervisor, Cluster, Persistence, Router,
+//!   SessionSupervisor, Session).
+//! - [`telemetry`]: the Prometheus metrics served at `/metrics`.
+//!
+//! The protocol's JSON lives in `peroxo-protocol`, the configuration in `peroxo-config`, and
+//! the storage service (and its gRPC client) in `peroxo-storage`. This is the only crate that
+//! knows NATS.
+
+pub mod actors;
+pub mod admission;
+pub mod connection;
+pub mod http;
+pub mod identity;
+pub mod rate_limit;
+pub mod server;
+pub mod telemetry;
+
+pub use server::Gateway;

@@ -1,0 +1,273 @@
+//! Starting and stopping a gateway node (`peroxo serve`), with the storage service embedded
+//! when configured.
+//!
+//! The node binds its listeners here, so tests run it on port 0 exactly as `main` runs it on
+//! the configured ports.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use ractor::ActorRef;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::actors::cluster::{self, ClusterMsg};
+use crate::actors::outbox::Outbox;
+use crate::actors::persistence::StorageLink;
+use crate::actors::root::{ClusterSetup, RootArgs, RootMsg, RootSupervisor};
+use crate::actors::session::GatewayContext;
+use crate::actors::session_supervisor::SessionSupervisorMsg;
+use crate::actors::{ActorKind, ActorSlot, RestartCounts};
+use crate::admission::Admission;
+use crate::connection::CloseCause;
+use crate::http::{self, HttpState};
+use crate::identity::Authenticator;
+use peroxo_config::{ClusterConfig, ClusterMode, Config};
+use peroxo_storage::StoreServer;
+
+/// Connects this node to the cluster's NATS; after every reconnect the Cluster actor in
+/// `slot` resynchronises.
+async fn connect_cluster(
+    config: &ClusterConfig,
+    slot: ActorSlot<ClusterMsg>,
+) -> anyhow::Result<ClusterSetup> {
+    let node = if config.node_id.is_empty() {
+        generated_node_id()
+    } else {
+        config.node_id.clone()
+    };
+    let client = cluster::connect(config, &node, move || {
+        let _ = slot.cast(ClusterMsg::Reconnected);
+    })
+    .await
+    .with_context(|| {
+        format!(
+            "cannot set up NATS at cluster.nats_url = {}",
+            config.nats_url
+        )
+    })?;
+    // Give the first connection a moment, so the first sessions find the cluster linked;
+    // without NATS the node starts anyway (same-node delivery needs none).
+    let deadline = tokio::time::Instant::now() + NATS_START_WAIT;
+    while client.connection_state() != async_nats::connection::State::Connected
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if client.connection_state() != async_nats::connection::State::Connected {
+        tracing::warn!(nats = %config.nats_url, "NATS unreachable at start; retrying in the background");
+    }
+    tracing::info!(%node, nats = %config.nats_url, "cluster node (NATS)");
+    Ok(ClusterSetup {
+        config: config.clone(),
+        node,
+        client,
+    })
+}
+
+/// How long start-up waits for the first NATS connection.
+const NATS_START_WAIT: Duration = Duration::from_secs(5);
+
+/// A node name unlikely to repeat: the process id and the clock.
+fn generated_node_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("node-{:x}-{:x}", std::process::id(), nanos % 0xffff_ffff)
+}
+
+/// A running gateway node.
+pub struct Gateway {
+    /// Where clients connect (HTTP and WebSocket).
+    pub http_addr: SocketAddr,
+    /// The embedded storage service, when this node runs one.
+    pub store: Option<StoreServer>,
+    root: ActorRef<RootMsg>,
+    sessions: ActorSlot<SessionSupervisorMsg>,
+    gateway: Arc<GatewayContext>,
+    admission: Arc<Admission>,
+    grace_period: Duration,
+    stop_http: CancellationToken,
+    http_task: JoinHandle<()>,
+}
+
+impl Gateway {
+    /// Starts the node, reading the keys of `[auth]` first so a bad key stops it at once.
+    pub async fn start(config: Config) -> anyhow::Result<Self> {
+        let auth = Authenticator::from_config(&config.auth)?;
+        Self::start_with(config, auth).await
+    }
+
+    /// Starts the node with an authenticator already built from `config.auth` (`main` builds
+    /// it while it validates the configuration): the embedded storage service when
+    /// configured, the actor tree, then the HTTP listener.
+    pub async fn start_with(config: Config, auth: Authenticator) -> anyhow::Result<Self> {
+        let auth = Arc::new(auth);
+        auth.announce();
+        let (store, endpoint) = if config.storage.embedded {
+            let store = StoreServer::start(&config.storage).await?;
+            let endpoint = format!("http://{}", store.addr);
+            (Some(store), endpoint)
+        } else {
+            (None, config.storage.endpoint.clone())
+        };
+
+        let cluster_slot = (config.cluster.mode == ClusterMode::Nats).then(ActorSlot::default);
+        let cluster = match &cluster_slot {
+            Some(slot) => Some(connect_cluster(&config.cluster, slot.clone()).await?),
+            None => None,
+        };
+        let gateway = Arc::new(GatewayContext {
+            router: ActorSlot::default(),
+            persistence: ActorSlot::default(),
+            storage: StorageLink::default(),
+            outbox: Arc::new(Outbox::new(config.storage.max_pending)),
+            limits: config.limits.clone(),
+            storage_wait: config.storage.rpc_timeout(),
+            restarts: Arc::new(RestartCounts::default()),
+            auth: Arc::clone(&auth),
+            draining: AtomicBool::new(false),
+            cluster: cluster_slot,
+        });
+        let sessions = ActorSlot::default();
+        let root = RootSupervisor::spawn(RootArgs {
+            cluster,
+            gateway: Arc::clone(&gateway),
+            sessions: sessions.clone(),
+            storage: config.storage.clone(),
+            endpoint: endpoint.clone(),
+            session: config.session.clone(),
+        })
+        .await
+        .context("cannot start the actor tree")?;
+
+        let listener = TcpListener::bind(config.http.listen)
+            .await
+            .with_context(|| format!("cannot listen on http.listen = {}", config.http.listen))?;
+        let http_addr = listener.local_addr()?;
+        let admission = Arc::new(Admission::new(
+            config.http.max_connections,
+            config.limits.max_sessions_per_user,
+        ));
+        let app = http::router(HttpState {
+            sessions: sessions.clone(),
+            auth,
+            admission: Arc::clone(&admission),
+            gateway: Arc::clone(&gateway),
+            limits: config.limits.clone(),
+            allowed_origins: config.http.allowed_origins.clone().into(),
+        });
+        let stop_http = CancellationToken::new();
+        let http_task = tokio::spawn(http::serve(
+            listener,
+            app,
+            stop_http.clone(),
+            config.http.handshake_timeout(),
+        ));
+        tracing::info!(addr = %http_addr, storage = %endpoint, "gateway listening (HTTP, WebSocket at /ws)");
+        Ok(Self {
+            http_addr,
+            store,
+            root,
+            sessions,
+            gateway,
+            admission,
+            grace_period: config.shutdown.grace_period,
+            stop_http,
+            http_task,
+        })
+    }
+
+    /// Whether the node is connected to the storage service.
+    pub fn storage_up(&self) -> bool {
+        self.gateway.storage.is_up()
+    }
+
+    /// How many times actors of `kind` have been restarted.
+    pub fn restarts(&self, kind: ActorKind) -> u64 {
+        self.gateway.restarts.get(kind)
+    }
+
+    /// Accepted messages not yet answered by storage.
+    pub fn pending_writes(&self) -> usize {
+        self.gateway.outbox.pending()
+    }
+
+    /// Stops the node gracefully, within `shutdown.grace_period`:
+    /// 1. `/readyz` answers 503 and no new connection is accepted;
+    /// 2. accepted messages are committed and acked on the still-open sockets, while new sends
+    ///    are answered `unavailable`;
+    /// 3. every session is closed with 1001 and the node waits for the sockets to close;
+    /// 4. the actor tree stops, then the embedded storage service.
+    pub async fn shutdown(self) {
+        let deadline = tokio::time::Instant::now() + self.grace_period;
+        let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
+        self.gateway.draining.store(true, Ordering::Relaxed);
+        self.stop_http.cancel();
+        tracing::info!(grace_period = ?self.grace_period, "shutdown: draining");
+        if !self.gateway.outbox.close_and_drain(left()).await {
+            tracing::error!(
+                pending = self.pending_writes(),
+                "shutdown: accepted messages not committed within the grace period; \
+                 their senders will resend them"
+            );
+        }
+        if let Some(sessions) = self.sessions.get() {
+            let closing = ractor::call_t!(
+                sessions,
+                |reply| SessionSupervisorMsg::CloseAll {
+                    cause: CloseCause::Shutdown,
+                    reply,
+                },
+                // Even past the deadline, the close frames are worth a moment.
+                u64::try_from(left().as_millis())
+                    .unwrap_or(u64::MAX)
+                    .max(1_000)
+            )
+            .unwrap_or(0);
+            if !self.admission.wait_until_empty(left()).await {
+                tracing::warn!(closing, "shutdown: some connections did not close in time");
+            }
+        }
+        if let Some(cluster) = self.gateway.cluster.as_ref().and_then(ActorSlot::get) {
+            let _ = ractor::call_t!(cluster, ClusterMsg::Leave, 1_000);
+        }
+        self.root.stop(Some("shutdown".to_owned()));
+        let _ = self.http_task.await;
+        if let Some(store) = self.store {
+            store.stop().await;
+        }
+        tracing::info!("gateway stopped");
+    }
+
+    /// Makes the Router panic (test hook).
+    #[cfg(feature = "test-hooks")]
+    pub fn crash_router(&self) {
+        let _ = self.root.cast(RootMsg::CrashRouter);
+    }
+
+    /// Makes Persistence panic (test hook).
+    #[cfg(feature = "test-hooks")]
+    pub fn crash_persistence(&self) {
+        let _ = self.root.cast(RootMsg::CrashPersistence);
+    }
+
+    /// Makes the session actors of `tenant`/`user` panic; returns how many (test hook).
+    #[cfg(feature = "test-hooks")]
+    pub async fn crash_sessions_of(&self, tenant: &str, user: &str) -> usize {
+        let Some(sessions) = self.sessions.get() else {
+            return 0;
+        };
+        let key = peroxo_protocol::domain::UserKey::new(tenant, user);
+        ractor::call_t!(
+            sessions,
+            |reply| SessionSupervisorMsg::CrashSessionsOf(key, reply),
+            5_000
+        )
+        .unwrap_or(0)
+    }
+}

@@ -1,0 +1,14 @@
+//! # PerOXO's client protocol
+//!
+//! What a client and a gateway agree on, with no I/O: the ids and plain message types every
+//! other crate speaks ([`domain`]), the JSON frames of wire protocol v1 ([`decode`] for client
+//! frames, [`ServerFrame`] for server frames) and the limits that are part of the protocol
+//! ([`limits`]). `docs/PROTOCOL.md` is the normative description; keep the two in step.
+//!
+//! This is the only crate that knows the protocol's JSON.
+
+pub mod domain;
+pub mod limits;
+mod wire;
+
+pub use wire::*;

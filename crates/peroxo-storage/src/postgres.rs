@@ -1,0 +1,477 @@
+//! The PostgreSQL backend, for storage services that run as several instances.
+//!
+//! Several instances may append at once. A batch locks the seq counter row of every user it
+//! touches, in a fixed order (tenant, user), before it assigns anything: transactions that
+//! share a user run one after the other, so per-user seqs stay gapless and unique, message
+//! ids grow in commit order within a conversation, and no two batches can deadlock. The
+//! unique key (tenant, sender, client_msg_id) makes appends idempotent; under the sender's
+//! lock a duplicate is always seen before it could be inserted.
+//!
+//! Each batch is a handful of statements whatever its size (arrays bound with `unnest`).
+//!
+//! Schema migrations are embedded and applied at start-up under an advisory lock, so
+//! instances starting together apply each migration exactly once.
+
+use std::collections::{BTreeMap, HashMap};
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::{NoTls, Row};
+
+use super::{HistoryQuery, MAX_STORED_TEXT_BYTES, MessageStore, StoreError, SyncQuery};
+use peroxo_protocol::domain::{
+    AppendOutcome, HistoryPage, NewMessage, StoredMessage, SyncPage, UserKey, conversation_id,
+    now_ms,
+};
+
+/// The advisory lock key that serializes migrations across instances ("PEROXO" in ASCII).
+const MIGRATION_LOCK: i64 = 0x5045_524f_584f;
+
+/// Versioned migrations, applied in order, each once.
+const MIGRATIONS: &[(i32, &str)] = &[(
+    1,
+    "CREATE TABLE messages (
+        id BIGINT PRIMARY KEY,
+        tenant TEXT NOT NULL,
+        sender TEXT NOT NULL,
+        recipient TEXT NOT NULL,
+        conversation TEXT NOT NULL,
+        client_msg_id TEXT NOT NULL,
+        text TEXT NOT NULL,
+        ts BIGINT NOT NULL,
+        sender_seq BIGINT NOT NULL,
+        recipient_seq BIGINT NOT NULL,
+        UNIQUE (tenant, sender, client_msg_id)
+    );
+    CREATE SEQUENCE messages_id_seq OWNED BY messages.id;
+    CREATE INDEX messages_by_conversation ON messages (tenant, conversation, id);
+    CREATE TABLE user_seqs (
+        tenant TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        last_seq BIGINT NOT NULL,
+        PRIMARY KEY (tenant, owner)
+    );
+    CREATE TABLE inbox (
+        tenant TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        message_id BIGINT NOT NULL REFERENCES messages (id),
+        PRIMARY KEY (tenant, owner, seq)
+    );",
+)];
+
+const MESSAGE_COLUMNS: &str = "m.id, m.tenant, m.sender, m.recipient, m.client_msg_id, m.text, m.ts, m.sender_seq, m.recipient_seq";
+
+/// A PostgreSQL-backed [`MessageStore`]. Cheap to clone.
+#[derive(Clone)]
+pub struct PostgresStore {
+    pool: Pool,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore").finish_non_exhaustive()
+    }
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(format!("postgres: {e}"))
+}
+
+fn seq(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+impl PostgresStore {
+    /// Connects a pool of `pool_size` to `url` and applies pending migrations.
+    pub async fn open(url: &str, pool_size: usize) -> Result<Self, StoreError> {
+        let config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| StoreError::InvalidRequest(format!("invalid postgres url: {e}")))?;
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(pool_size)
+            .build()
+            .map_err(backend)?;
+        let store = Self { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let mut client = self.pool.get().await.map_err(backend)?;
+        client
+            .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+            .await
+            .map_err(backend)?;
+        let result = async {
+            client
+                .batch_execute(
+                    "CREATE TABLE IF NOT EXISTS peroxo_schema_migrations (
+                        version INT PRIMARY KEY,
+                        applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+                    )",
+                )
+                .await?;
+            let current: i32 = client
+                .query_one(
+                    "SELECT COALESCE(MAX(version), 0) FROM peroxo_schema_migrations",
+                    &[],
+                )
+                .await?
+                .get(0);
+            for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+                let tx = client.transaction().await?;
+                tx.batch_execute(sql).await?;
+                tx.execute(
+                    "INSERT INTO peroxo_schema_migrations (version) VALUES ($1)",
+                    &[version],
+                )
+                .await?;
+                tx.commit().await?;
+                tracing::info!(version, "postgres schema migrated");
+            }
+            Ok::<_, tokio_postgres::Error>(())
+        }
+        .await;
+        let unlocked = client
+            .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+            .await;
+        result.map_err(backend)?;
+        unlocked.map_err(backend)?;
+        Ok(())
+    }
+}
+
+fn row_to_message(row: &Row) -> StoredMessage {
+    StoredMessage {
+        message_id: row.get::<_, i64>(0) as u64,
+        tenant: row.get(1),
+        sender: row.get(2),
+        recipient: row.get(3),
+        client_msg_id: row.get(4),
+        text: row.get(5),
+        ts: row.get(6),
+        sender_seq: row.get::<_, i64>(7) as u64,
+        recipient_seq: row.get::<_, i64>(8) as u64,
+    }
+}
+
+/// The identity of a send for idempotency.
+type SendKey = (String, String, String);
+
+impl MessageStore for PostgresStore {
+    async fn append(&self, batch: Vec<NewMessage>) -> Result<Vec<AppendOutcome>, StoreError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut client = self.pool.get().await.map_err(backend)?;
+        let tx = client.transaction().await.map_err(backend)?;
+
+        let valid: Vec<bool> = batch
+            .iter()
+            .map(|m| m.validate(MAX_STORED_TEXT_BYTES).is_ok())
+            .collect();
+        // Every participant's counter, locked in (tenant, user) order.
+        let mut participants: BTreeMap<(String, String), i64> = BTreeMap::new();
+        for message in batch
+            .iter()
+            .zip(&valid)
+            .filter(|(_, ok)| **ok)
+            .map(|(m, _)| m)
+        {
+            participants.insert((message.tenant.clone(), message.sender.clone()), 0);
+            participants.insert((message.tenant.clone(), message.recipient.clone()), 0);
+        }
+        let (tenants, owners): (Vec<&str>, Vec<&str>) = participants
+            .keys()
+            .map(|(t, o)| (t.as_str(), o.as_str()))
+            .unzip();
+        tx.execute(
+            "INSERT INTO user_seqs (tenant, owner, last_seq)
+             SELECT t, o, 0 FROM unnest($1::text[], $2::text[]) AS k(t, o)
+             ORDER BY t, o
+             ON CONFLICT DO NOTHING",
+            &[&tenants, &owners],
+        )
+        .await
+        .map_err(backend)?;
+        let locked = tx
+            .query(
+                "SELECT tenant, owner, last_seq FROM user_seqs
+                 WHERE (tenant, owner) IN (SELECT * FROM unnest($1::text[], $2::text[]))
+                 ORDER BY tenant, owner
+                 FOR UPDATE",
+                &[&tenants, &owners],
+            )
+            .await
+            .map_err(backend)?;
+        for row in &locked {
+            participants.insert((row.get(0), row.get(1)), row.get(2));
+        }
+
+        // Sends seen before this batch.
+        let keys: Vec<&NewMessage> = batch
+            .iter()
+            .zip(&valid)
+            .filter(|(_, ok)| **ok)
+            .map(|(m, _)| m)
+            .collect();
+        let key_tenants: Vec<&str> = keys.iter().map(|m| m.tenant.as_str()).collect();
+        let key_senders: Vec<&str> = keys.iter().map(|m| m.sender.as_str()).collect();
+        let key_ids: Vec<&str> = keys.iter().map(|m| m.client_msg_id.as_str()).collect();
+        let mut seen: HashMap<SendKey, StoredMessage> = tx
+            .query(
+                &format!(
+                    "SELECT {MESSAGE_COLUMNS} FROM messages m
+                     JOIN unnest($1::text[], $2::text[], $3::text[]) AS k(t, s, c)
+                       ON m.tenant = k.t AND m.sender = k.s AND m.client_msg_id = k.c"
+                ),
+                &[&key_tenants, &key_senders, &key_ids],
+            )
+            .await
+            .map_err(backend)?
+            .iter()
+            .map(|row| {
+                let m = row_to_message(row);
+                (
+                    (m.tenant.clone(), m.sender.clone(), m.client_msg_id.clone()),
+                    m,
+                )
+            })
+            .collect();
+
+        // Ids in ascending order, handed out in batch order.
+        let fresh = keys.len() as i64;
+        let ids: Vec<i64> = tx
+            .query(
+                "SELECT nextval('messages_id_seq') AS id FROM generate_series(1, $1::bigint) ORDER BY id",
+                &[&fresh],
+            )
+            .await
+            .map_err(backend)?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        let mut ids = ids.into_iter();
+
+        let ts = now_ms();
+        let mut outcomes = Vec::with_capacity(batch.len());
+        let mut inserts: Vec<StoredMessage> = Vec::new();
+        for (message, ok) in batch.iter().zip(&valid) {
+            if !ok {
+                let reason = message
+                    .validate(MAX_STORED_TEXT_BYTES)
+                    .err()
+                    .unwrap_or_default();
+                outcomes.push(AppendOutcome::Rejected(reason));
+                continue;
+            }
+            let key = (
+                message.tenant.clone(),
+                message.sender.clone(),
+                message.client_msg_id.clone(),
+            );
+            if let Some(original) = seen.get(&key) {
+                outcomes.push(AppendOutcome::Stored {
+                    message: original.clone(),
+                    duplicate: true,
+                });
+                continue;
+            }
+            let next = |participants: &mut BTreeMap<(String, String), i64>, user: &str| {
+                let counter = participants
+                    .get_mut(&(message.tenant.clone(), user.to_owned()))
+                    .expect("every participant's counter is locked");
+                *counter += 1;
+                *counter as u64
+            };
+            let sender_seq = next(&mut participants, &message.sender);
+            let recipient_seq = if message.recipient == message.sender {
+                sender_seq
+            } else {
+                next(&mut participants, &message.recipient)
+            };
+            let stored = StoredMessage {
+                message_id: ids.next().expect("one id per fresh message") as u64,
+                tenant: message.tenant.clone(),
+                sender: message.sender.clone(),
+                recipient: message.recipient.clone(),
+                client_msg_id: message.client_msg_id.clone(),
+                text: message.text.clone(),
+                ts,
+                sender_seq,
+                recipient_seq,
+            };
+            seen.insert(key, stored.clone());
+            inserts.push(stored.clone());
+            outcomes.push(AppendOutcome::Stored {
+                message: stored,
+                duplicate: false,
+            });
+        }
+
+        if !inserts.is_empty() {
+            insert_messages(&tx, &inserts).await?;
+            let counters: Vec<(&str, &str, i64)> = participants
+                .iter()
+                .map(|((t, o), last)| (t.as_str(), o.as_str(), *last))
+                .collect();
+            let tenants: Vec<&str> = counters.iter().map(|c| c.0).collect();
+            let owners: Vec<&str> = counters.iter().map(|c| c.1).collect();
+            let lasts: Vec<i64> = counters.iter().map(|c| c.2).collect();
+            tx.execute(
+                "UPDATE user_seqs u SET last_seq = v.l
+                 FROM unnest($1::text[], $2::text[], $3::bigint[]) AS v(t, o, l)
+                 WHERE u.tenant = v.t AND u.owner = v.o AND u.last_seq <> v.l",
+                &[&tenants, &owners, &lasts],
+            )
+            .await
+            .map_err(backend)?;
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(outcomes)
+    }
+
+    async fn history(&self, query: HistoryQuery) -> Result<HistoryPage, StoreError> {
+        let client = self.pool.get().await.map_err(backend)?;
+        let conversation = conversation_id(&query.user.user, &query.peer);
+        let before = query.before.map_or(i64::MAX, seq);
+        let limit = i64::from(query.limit);
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT {MESSAGE_COLUMNS} FROM messages m
+                     WHERE m.tenant = $1 AND m.conversation = $2 AND m.id < $3
+                     ORDER BY m.id DESC LIMIT $4"
+                ),
+                &[&query.user.tenant, &conversation, &before, &(limit + 1)],
+            )
+            .await
+            .map_err(backend)?;
+        let mut messages: Vec<StoredMessage> = rows.iter().map(row_to_message).collect();
+        let has_more = messages.len() as i64 > limit;
+        messages.truncate(query.limit as usize);
+        messages.reverse();
+        Ok(HistoryPage { messages, has_more })
+    }
+
+    async fn sync(&self, query: SyncQuery) -> Result<SyncPage, StoreError> {
+        let mut client = self.pool.get().await.map_err(backend)?;
+        // One snapshot for the page and `last_seq`.
+        let tx = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(backend)?;
+        let last_seq = last_seq_in(&tx, &query.user).await?;
+        let limit = i64::from(query.limit);
+        let rows = tx
+            .query(
+                &format!(
+                    "SELECT {MESSAGE_COLUMNS} FROM inbox i JOIN messages m ON m.id = i.message_id
+                     WHERE i.tenant = $1 AND i.owner = $2 AND i.seq > $3
+                     ORDER BY i.seq LIMIT $4"
+                ),
+                &[
+                    &query.user.tenant,
+                    &query.user.user,
+                    &seq(query.after_seq),
+                    &(limit + 1),
+                ],
+            )
+            .await
+            .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        let mut messages: Vec<StoredMessage> = rows.iter().map(row_to_message).collect();
+        let has_more = messages.len() as i64 > limit;
+        messages.truncate(query.limit as usize);
+        Ok(SyncPage {
+            messages,
+            last_seq,
+            has_more,
+        })
+    }
+
+    async fn last_seq(&self, user: UserKey) -> Result<u64, StoreError> {
+        let client = self.pool.get().await.map_err(backend)?;
+        last_seq_in(&client, &user).await
+    }
+}
+
+async fn last_seq_in(
+    client: &impl deadpool_postgres::GenericClient,
+    user: &UserKey,
+) -> Result<u64, StoreError> {
+    let row = client
+        .query_opt(
+            "SELECT last_seq FROM user_seqs WHERE tenant = $1 AND owner = $2",
+            &[&user.tenant, &user.user],
+        )
+        .await
+        .map_err(backend)?;
+    Ok(row.map_or(0, |r| r.get::<_, i64>(0) as u64))
+}
+
+async fn insert_messages(
+    tx: &deadpool_postgres::Transaction<'_>,
+    messages: &[StoredMessage],
+) -> Result<(), StoreError> {
+    let ids: Vec<i64> = messages.iter().map(|m| m.message_id as i64).collect();
+    let tenants: Vec<&str> = messages.iter().map(|m| m.tenant.as_str()).collect();
+    let senders: Vec<&str> = messages.iter().map(|m| m.sender.as_str()).collect();
+    let recipients: Vec<&str> = messages.iter().map(|m| m.recipient.as_str()).collect();
+    let conversations: Vec<String> = messages
+        .iter()
+        .map(StoredMessage::conversation_id)
+        .collect();
+    let client_ids: Vec<&str> = messages.iter().map(|m| m.client_msg_id.as_str()).collect();
+    let texts: Vec<&str> = messages.iter().map(|m| m.text.as_str()).collect();
+    let ts: Vec<i64> = messages.iter().map(|m| m.ts).collect();
+    let sender_seqs: Vec<i64> = messages.iter().map(|m| seq(m.sender_seq)).collect();
+    let recipient_seqs: Vec<i64> = messages.iter().map(|m| seq(m.recipient_seq)).collect();
+    tx.execute(
+        "INSERT INTO messages
+            (id, tenant, sender, recipient, conversation, client_msg_id, text, ts, sender_seq, recipient_seq)
+         SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[],
+                              $6::text[], $7::text[], $8::bigint[], $9::bigint[], $10::bigint[])",
+        &[
+            &ids, &tenants, &senders, &recipients, &conversations, &client_ids, &texts, &ts,
+            &sender_seqs, &recipient_seqs,
+        ],
+    )
+    .await
+    .map_err(backend)?;
+    // One inbox row per participant (one for a message to oneself).
+    let mut owners_tenant = Vec::with_capacity(messages.len() * 2);
+    let mut owners = Vec::with_capacity(messages.len() * 2);
+    let mut seqs = Vec::with_capacity(messages.len() * 2);
+    let mut message_ids = Vec::with_capacity(messages.len() * 2);
+    for m in messages {
+        owners_tenant.push(m.tenant.as_str());
+        owners.push(m.sender.as_str());
+        seqs.push(seq(m.sender_seq));
+        message_ids.push(m.message_id as i64);
+        if m.recipient != m.sender {
+            owners_tenant.push(m.tenant.as_str());
+            owners.push(m.recipient.as_str());
+            seqs.push(seq(m.recipient_seq));
+            message_ids.push(m.message_id as i64);
+        }
+    }
+    tx.execute(
+        "INSERT INTO inbox (tenant, owner, seq, message_id)
+         SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[])",
+        &[&owners_tenant, &owners, &seqs, &message_ids],
+    )
+    .await
+    .map_err(backend)?;
+    Ok(())
+}

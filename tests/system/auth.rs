@@ -1,0 +1,217 @@
+//! JWT authentication: where the token may come from, which claims are checked, refresh and
+//! expiry on an open session.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::common::{Client, TestServer};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use peroxo_config::{AuthMode, JwtAlgorithm, Secret};
+use serde_json::{Value, json};
+
+const SECRET: &str = "a-test-secret-that-is-long-enough-for-hs256";
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn hs256(claims: Value) -> String {
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+fn token_for(user: &str, tenant: Option<&str>, ttl_secs: u64) -> String {
+    let mut claims = json!({"sub": user, "exp": now() + ttl_secs, "iat": now()});
+    if let Some(tenant) = tenant {
+        claims["tenant"] = json!(tenant);
+    }
+    hs256(claims)
+}
+
+async fn jwt_server(adjust: impl FnOnce(&mut peroxo_config::Config)) -> TestServer {
+    TestServer::start_with(|c| {
+        c.auth.mode = AuthMode::Jwt;
+        c.auth.jwt_secret = Secret::new(SECRET);
+        c.auth.leeway_secs = 0;
+        adjust(c);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_token_is_accepted_from_the_authorization_header_or_the_query_string() {
+    let server = jwt_server(|_| {}).await;
+    let token = token_for("alice", Some("acme"), 3600);
+    let header = format!("Bearer {token}");
+    let alice = Client::connect_with_headers(
+        &format!("ws://{}/ws", server.gateway.http_addr),
+        &[("authorization", &header)],
+    )
+    .await;
+    assert_eq!(alice.welcome["user"], "alice");
+    assert_eq!(alice.welcome["tenant"], "acme");
+
+    let bob = Client::connect(&server.ws_url_with_token(&token_for("bob", None, 3600))).await;
+    assert_eq!(bob.welcome["user"], "bob");
+    assert_eq!(bob.welcome["tenant"], "default");
+}
+
+#[tokio::test]
+async fn bad_tokens_get_401_with_a_reason_and_no_upgrade() {
+    let server = jwt_server(|c| {
+        c.auth.audience = Some("peroxo".into());
+        c.auth.issuer = Some("https://auth.test".into());
+    })
+    .await;
+    let good =
+        json!({"sub": "alice", "exp": now() + 600, "aud": "peroxo", "iss": "https://auth.test"});
+    let with = |patch: Value| {
+        let mut claims = good.clone();
+        for (k, v) in patch.as_object().unwrap() {
+            if v.is_null() {
+                claims.as_object_mut().unwrap().remove(k);
+            } else {
+                claims[k] = v.clone();
+            }
+        }
+        hs256(claims)
+    };
+    let wrong_key = jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &good,
+        &EncodingKey::from_secret(b"another-secret-another-secret-another"),
+    )
+    .unwrap();
+    let cases = [
+        (String::new(), "missing token"),
+        ("not.a.jwt".to_owned(), "malformed"),
+        (wrong_key, "signature"),
+        (with(json!({"exp": now() - 10})), "expired"),
+        (with(json!({"exp": null})), "exp"),
+        (with(json!({"sub": null})), "sub"),
+        (with(json!({"nbf": now() + 600})), "nbf"),
+        (with(json!({"iat": now() + 600})), "iat"),
+        (with(json!({"aud": "someone-else"})), "aud"),
+        (with(json!({"iss": "https://evil.test"})), "iss"),
+        (with(json!({"sub": "no spaces allowed"})), "sub"),
+    ];
+    for (token, reason) in cases {
+        let url = if token.is_empty() {
+            format!("ws://{}/ws", server.gateway.http_addr)
+        } else {
+            server.ws_url_with_token(&token)
+        };
+        let Err((status, body)) = Client::try_connect(&url).await else {
+            panic!("a token that should fail for {reason:?} was accepted");
+        };
+        assert_eq!(status, 401, "{reason}: {body}");
+        assert_eq!(body["error"], "unauthorized", "{reason}");
+        let message = body["message"].as_str().unwrap();
+        assert!(
+            message.contains(reason),
+            "{message:?} should mention {reason:?}"
+        );
+    }
+    // The good one passes, and so do its standard variants: a list of audiences and
+    // fractional times.
+    Client::connect(&server.ws_url_with_token(&hs256(good.clone()))).await;
+    let variant = with(
+        json!({"aud": ["other", "peroxo"], "exp": now() as f64 + 600.5, "iat": now() as f64 - 0.25}),
+    );
+    Client::connect(&server.ws_url_with_token(&variant)).await;
+}
+
+#[tokio::test]
+async fn rs256_and_es256_tokens_verify_with_the_configured_public_key() {
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+    for (algorithm, jwt_alg, name) in [
+        (JwtAlgorithm::RS256, Algorithm::RS256, "rs256"),
+        (JwtAlgorithm::ES256, Algorithm::ES256, "es256"),
+    ] {
+        let server = jwt_server(|c| {
+            c.auth.algorithm = algorithm;
+            c.auth.jwt_secret = Secret::default();
+            c.auth.public_key_file = Some(format!("{fixtures}/{name}-public.pem").into());
+        })
+        .await;
+        let private = std::fs::read(format!("{fixtures}/{name}-private.pem")).unwrap();
+        let key = match jwt_alg {
+            Algorithm::RS256 => EncodingKey::from_rsa_pem(&private).unwrap(),
+            _ => EncodingKey::from_ec_pem(&private).unwrap(),
+        };
+        let claims = json!({"sub": "alice", "exp": now() + 600});
+        let token = jsonwebtoken::encode(&Header::new(jwt_alg), &claims, &key).unwrap();
+        let alice = Client::connect(&server.ws_url_with_token(&token)).await;
+        assert_eq!(alice.welcome["user"], "alice", "{name}");
+        // An HS256 token, even one signed with the public key as secret, is refused.
+        let forged = hs256(claims.clone());
+        let Err((status, _)) = Client::try_connect(&server.ws_url_with_token(&forged)).await else {
+            panic!("{name}: an HS256 token was accepted");
+        };
+        assert_eq!(status, 401);
+    }
+}
+
+#[tokio::test]
+async fn refresh_takes_a_token_for_the_same_identity_only() {
+    let server = jwt_server(|_| {}).await;
+    let mut alice =
+        Client::connect(&server.ws_url_with_token(&token_for("alice", Some("acme"), 600))).await;
+
+    let fresh = token_for("alice", Some("acme"), 7200);
+    alice
+        .send_json(json!({"type": "refresh", "token": fresh, "req_id": 1}))
+        .await;
+    let refreshed = alice.expect("refreshed").await;
+    assert_eq!(refreshed["req_id"], 1);
+    let exp = refreshed["exp"].as_u64().unwrap();
+    assert!(exp >= now() + 7000, "{refreshed}");
+
+    for (token, code) in [
+        (token_for("mallory", Some("acme"), 600), "forbidden"),
+        (token_for("alice", Some("other"), 600), "forbidden"),
+        (token_for("alice", None, 600), "forbidden"),
+        ("garbage".to_owned(), "bad_request"),
+        (
+            token_for("alice", Some("acme"), 0).replace('.', "x"),
+            "bad_request",
+        ),
+    ] {
+        alice
+            .send_json(json!({"type": "refresh", "token": token, "req_id": "r"}))
+            .await;
+        let error = alice.expect("error").await;
+        assert_eq!(error["code"], code, "{error}");
+        assert_eq!(error["req_id"], "r");
+    }
+    // Still alice of acme, still working.
+    alice.dm("bob", "still me", "m1").await;
+}
+
+#[tokio::test]
+async fn an_expired_token_closes_the_session_with_4001_unless_refreshed() {
+    let server = jwt_server(|_| {}).await;
+    let minted = now();
+    let mut lapsing =
+        Client::connect(&server.ws_url_with_token(&token_for("alice", None, 2))).await;
+    let mut refreshing =
+        Client::connect(&server.ws_url_with_token(&token_for("bob", None, 2))).await;
+    refreshing
+        .send_json(json!({"type": "refresh", "token": token_for("bob", None, 3600)}))
+        .await;
+    refreshing.expect("refreshed").await;
+
+    let close = lapsing.expect_close().await.expect("a close frame");
+    assert_eq!(u16::from(close.code), 4001);
+    assert_eq!(close.reason.as_str(), "token expired");
+
+    // By now bob's first token has expired too; the refreshed session is still open.
+    assert!(now() >= minted + 2);
+    assert!(refreshing.frames_until_pong().await.is_empty());
+}

@@ -1,0 +1,239 @@
+//! Several gateway nodes over NATS, storage on PostgreSQL: every single-node guarantee
+//! holds across nodes, a killed node's users move elsewhere and lose nothing, and NATS
+//! restarting mid-traffic costs no message.
+//!
+//! Needs PostgreSQL (see `common::postgres`) and the `nats-server` binary (Debian package
+//! `nats-server`; or `NATS_SERVER` naming it). The test starts NATS itself, on a free port,
+//! with its own subjects.
+
+use crate::common;
+
+use std::collections::{BTreeMap, HashSet};
+
+use crate::common::{Client, Process, free_addr, start_nats};
+use peroxo_config::{Secret, StorageBackend};
+use serde_json::{Value, json};
+
+/// A gateway node run as its own process, so it can be killed for real.
+struct Node {
+    process: Process,
+    addr: String,
+}
+
+impl Node {
+    fn start(
+        name: &str,
+        store: std::net::SocketAddr,
+        nats: std::net::SocketAddr,
+        prefix: &str,
+    ) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config = format!(
+            "[http]\nlisten = \"127.0.0.1:0\"\n\
+             [auth]\nmode = \"dev\"\n\
+             [storage]\nembedded = false\nendpoint = \"http://{store}\"\nreconnect_max_ms = 200\n\
+             [limits]\nrate_per_sec = 1000\nrate_burst = 1000\n\
+             [cluster]\nmode = \"nats\"\nnats_url = \"nats://{nats}\"\nnode_id = \"{name}\"\n\
+             subject_prefix = \"{prefix}\"\npresence_ttl_secs = 3\n\
+             [log]\nformat = \"json\"\nlevel = \"info\"\n"
+        );
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, config).unwrap();
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_peroxo"));
+        command.args(["serve", "--config"]).arg(&path);
+        for (name, _) in std::env::vars() {
+            if name.starts_with("PEROXO_") || name == "RUST_LOG" {
+                command.env_remove(name);
+            }
+        }
+        let mut process = Process::spawn(&mut command);
+        let addr = process.wait_for_log("gateway listening")["addr"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        // The config file may go: it has been read.
+        drop(dir);
+        Self { process, addr }
+    }
+
+    async fn connect(&self, user: &str) -> Client {
+        Client::connect(&format!("ws://{}/ws?user={user}", self.addr)).await
+    }
+}
+
+/// Everything `user` has, through sync, as (seq, text).
+async fn stored_for(client: &mut Client) -> Vec<(u64, String)> {
+    client
+        .sync_all(0)
+        .await
+        .iter()
+        .map(|m| {
+            (
+                m["seq"].as_u64().unwrap(),
+                m["text"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn assert_gapless(stream: &[(u64, String)]) {
+    let seqs: Vec<u64> = stream.iter().map(|(s, _)| *s).collect();
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as u64).collect::<Vec<_>>(),
+        "gapless from 1"
+    );
+}
+
+/// Waits until `client` receives a `presence` event for `user` with `status`.
+async fn presence_of(client: &mut Client, user: &str, status: &str) {
+    loop {
+        let frame = client.wait_for("presence").await;
+        if frame["user"] == user && frame["status"] == status {
+            return;
+        }
+    }
+}
+
+#[tokio::test]
+async fn nodes_share_delivery_presence_and_survive_a_node_kill_and_a_nats_restart() {
+    let nats_dir = tempfile::tempdir().unwrap();
+    let nats_addr = free_addr();
+    let mut nats = start_nats(nats_addr, nats_dir.path());
+    let (database, url) = common::postgres::create_database().await;
+    let store_dir = tempfile::tempdir().unwrap();
+    let mut stores = Vec::new();
+    for _ in 0..2 {
+        let mut config = common::test_config(store_dir.path()).storage;
+        config.backend = StorageBackend::Postgres;
+        config.postgres.url = Secret::new(url.clone());
+        stores.push(peroxo_storage::StoreServer::start(&config).await.unwrap());
+    }
+    let prefix = format!("t{}x{}", std::process::id(), free_addr().port());
+    let n1 = Node::start("n1", stores[0].addr, nats_addr, &prefix);
+    let mut n2 = Node::start("n2", stores[0].addr, nats_addr, &prefix);
+    let n3 = Node::start("n3", stores[1].addr, nats_addr, &prefix);
+
+    // Users on different nodes exchange DMs, live.
+    let mut alice = n1.connect("alice").await;
+    let mut bob = n2.connect("bob").await;
+    let ack = alice.dm("bob", "hello from n1", "a1").await;
+    // (A `sync_hint` may come first: nodes that just met ask each other to resync.)
+    let message = bob.wait_for("message").await;
+    assert_eq!(message["message_id"], ack["message_id"]);
+    bob.dm("alice", "hello from n2", "b1").await;
+    assert_eq!(alice.wait_for("message").await["text"], "hello from n2");
+
+    // Multi-device across nodes: the recipient's and the sender's other devices.
+    let mut alice_2 = n3.connect("alice").await;
+    let mut bob_2 = n3.connect("bob").await;
+    let ack = alice.dm("bob", "to every device", "a2").await;
+    assert_eq!(
+        bob.wait_for("message").await["message_id"],
+        ack["message_id"]
+    );
+    assert_eq!(
+        bob_2.wait_for("message").await["message_id"],
+        ack["message_id"]
+    );
+    let copy = alice_2.wait_for("message").await;
+    assert_eq!(copy["message_id"], ack["message_id"]);
+    assert_eq!(copy["seq"], ack["seq"]);
+
+    // Presence is cluster-wide.
+    let mut carol = n1.connect("carol").await;
+    carol
+        .send_json(json!({"type": "presence_subscribe", "users": ["dave", "bob"]}))
+        .await;
+    let snapshot = carol.wait_for("presence_snapshot").await;
+    assert_eq!(
+        snapshot["users"],
+        json!({"bob": "online", "dave": "offline"})
+    );
+    let dave = n2.connect("dave").await;
+    presence_of(&mut carol, "dave", "online").await;
+    let mut erin = n3.connect("erin").await;
+    erin.send_json(json!({"type": "online_users"})).await;
+    let online = erin.wait_for("online_users").await;
+    for user in ["alice", "bob", "carol", "dave", "erin"] {
+        assert!(
+            online["users"].as_array().unwrap().contains(&json!(user)),
+            "{online}"
+        );
+    }
+
+    // n2 dies: dave goes offline for watchers within the TTL (bob has another device).
+    n2.process.kill();
+    drop(dave);
+    presence_of(&mut carol, "dave", "offline").await;
+    // bob's n2 device reconnects to n3 and finds everything, exactly once.
+    let mut bob_again = n3.connect("bob").await;
+    let stream = stored_for(&mut bob_again).await;
+    assert_gapless(&stream);
+    let texts: Vec<&str> = stream.iter().map(|(_, t)| t.as_str()).collect();
+    assert_eq!(texts, ["hello from n1", "hello from n2", "to every device"]);
+
+    // NATS dies mid-traffic and comes back: every message still reaches bob exactly once.
+    let mut sent = Vec::new();
+    let mut last_seen: u64 = stream.last().unwrap().0;
+    let mut received: BTreeMap<u64, String> = BTreeMap::new();
+    for i in 0..10 {
+        if i == 4 {
+            nats.kill();
+        }
+        if i == 7 {
+            nats = start_nats(nats_addr, nats_dir.path());
+        }
+        let text = format!("through the outage {i}");
+        alice.dm("bob", &text, &format!("o{i}")).await;
+        sent.push(text);
+    }
+    // A correct client: take live messages, and sync on `sync_hint` or a gap.
+    let deadline = tokio::time::Instant::now() + common::DEADLINE * 3;
+    while received.len() < sent.len() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still missing {:?}",
+            received
+        );
+        let frame = bob_again.next().await;
+        let synced: Vec<Value> = match frame["type"].as_str() {
+            Some("message") => {
+                let seq = frame["seq"].as_u64().unwrap();
+                if seq == last_seen + 1 {
+                    vec![frame]
+                } else {
+                    bob_again.sync_all(last_seen).await
+                }
+            }
+            Some("sync_hint") => bob_again.sync_all(last_seen).await,
+            _ => Vec::new(),
+        };
+        for m in synced {
+            let seq = m["seq"].as_u64().unwrap();
+            if seq > last_seen {
+                last_seen = seq;
+                assert!(
+                    received
+                        .insert(seq, m["text"].as_str().unwrap().to_owned())
+                        .is_none(),
+                    "seq {seq} twice"
+                );
+            }
+        }
+    }
+    let got: HashSet<&String> = received.values().collect();
+    assert_eq!(got.len(), sent.len());
+    for text in &sent {
+        assert!(got.contains(text), "{text} missing");
+    }
+    let stream = stored_for(&mut bob_again).await;
+    assert_gapless(&stream);
+    assert_eq!(stream.len(), 3 + sent.len(), "nothing stored twice");
+
+    drop((n1, n3, alice, alice_2, bob, bob_2, carol, erin, bob_again));
+    for store in stores {
+        store.stop().await;
+    }
+    common::postgres::drop_database(&database).await;
+}
