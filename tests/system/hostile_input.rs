@@ -160,7 +160,7 @@ async fn a_session_survives_a_stream_of_garbage_and_others_keep_talking() {
     assert_eq!(
         server
             .gateway
-            .restarts(peroxo_gateway::actors::ActorKind::Session),
+            .restarts(peroxo_gateway::telemetry::ActorKind::Session),
         0
     );
 }

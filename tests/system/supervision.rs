@@ -4,7 +4,7 @@
 use crate::common;
 
 use crate::common::{TestServer, eventually};
-use peroxo_gateway::actors::ActorKind;
+use peroxo_gateway::telemetry::ActorKind;
 use serde_json::json;
 
 #[tokio::test]

@@ -18,14 +18,15 @@ use axum::routing::get;
 use axum::{Json, Router};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use ractor::ActorRef;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::actors::ActorSlot;
-use crate::actors::session::GatewayContext;
+use crate::actors::context::GatewayContext;
 use crate::actors::session_supervisor::SessionSupervisorMsg;
-use crate::admission::{Admission, Refusal};
-use crate::identity::Authenticator;
+use crate::admission::{Admission, Refusal, Ticket};
+use crate::identity::{Authenticator, Identity};
 use crate::telemetry::metrics;
 use peroxo_config::LimitsConfig;
 
@@ -138,71 +139,9 @@ async fn upgrade(
             );
         }
     };
-    if let Some(origin) = headers.get(header::ORIGIN)
-        && !state.allowed_origins.is_empty()
-        && !state
-            .allowed_origins
-            .iter()
-            .any(|allowed| allowed.as_bytes() == origin.as_bytes())
-    {
-        return error_response(
-            StatusCode::FORBIDDEN,
-            "forbidden_origin",
-            "this origin may not open WebSockets here (http.allowed_origins)",
-        );
-    }
-    let Ok(Query(query)) = query else {
-        return error_response(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "malformed query string",
-        );
-    };
-    let identity = match state.auth.authenticate(&query, &headers) {
-        Ok(identity) => identity,
-        Err(error) => {
-            let mut response = error_response(error.status(), error.code(), error.to_string());
-            if error.status() == StatusCode::UNAUTHORIZED
-                && matches!(state.auth.as_ref(), Authenticator::Jwt(_))
-            {
-                response.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    header::HeaderValue::from_static("Bearer"),
-                );
-            }
-            return response;
-        }
-    };
-    let ticket = match state.admission.admit(&identity.key) {
-        Ok(ticket) => ticket,
-        Err(refusal @ Refusal::UserFull(_)) => {
-            return error_response(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too_many_sessions",
-                refusal.to_string(),
-            );
-        }
-        Err(refusal @ Refusal::NodeFull(_)) => {
-            return error_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "node_full",
-                refusal.to_string(),
-            );
-        }
-    };
-    if state.gateway.draining.load(Ordering::Relaxed) {
-        return error_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "draining",
-            "this node is shutting down; connect to another",
-        );
-    }
-    let Some(sessions) = state.sessions.get() else {
-        return error_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "the node is starting",
-        );
+    let (sessions, identity, ticket) = match accept(&state, query, &headers) {
+        Ok(accepted) => accepted,
+        Err(refused) => return refused.into_response(),
     };
     let max_message = state.limits.max_message_bytes;
     upgrade
@@ -221,6 +160,126 @@ async fn upgrade(
                 tracing::warn!("session supervisor unavailable; dropping a new connection");
             }
         })
+}
+
+/// Why an upgrade request is refused: an HTTP status with a JSON body.
+struct UpgradeRefused {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    /// Ask for a bearer token (`WWW-Authenticate`), on 401 in JWT mode.
+    bearer_challenge: bool,
+}
+
+impl UpgradeRefused {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            bearer_challenge: false,
+        }
+    }
+}
+
+impl IntoResponse for UpgradeRefused {
+    fn into_response(self) -> Response {
+        let mut response = error_response(self.status, self.code, self.message);
+        if self.bearer_challenge {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
+    }
+}
+
+/// Decides an upgrade request: the cheap refusals first (origin, a draining or starting
+/// node), so nothing is verified or counted for a request refused anyway; then who the
+/// client is; then its place in the node's connection counts.
+fn accept(
+    state: &HttpState,
+    query: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
+    headers: &HeaderMap,
+) -> Result<(ActorRef<SessionSupervisorMsg>, Identity, Ticket), UpgradeRefused> {
+    check_origin(state, headers)?;
+    let sessions = open_node(state)?;
+    let Ok(Query(query)) = query else {
+        return Err(UpgradeRefused::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "malformed query string",
+        ));
+    };
+    let identity = authenticate(state, &query, headers)?;
+    let ticket = admit(state, &identity)?;
+    Ok((sessions, identity, ticket))
+}
+
+/// Refuses an `Origin` not in `http.allowed_origins` (when the list is not empty) with 403.
+fn check_origin(state: &HttpState, headers: &HeaderMap) -> Result<(), UpgradeRefused> {
+    if let Some(origin) = headers.get(header::ORIGIN)
+        && !state.allowed_origins.is_empty()
+        && !state
+            .allowed_origins
+            .iter()
+            .any(|allowed| allowed.as_bytes() == origin.as_bytes())
+    {
+        return Err(UpgradeRefused::new(
+            StatusCode::FORBIDDEN,
+            "forbidden_origin",
+            "this origin may not open WebSockets here (http.allowed_origins)",
+        ));
+    }
+    Ok(())
+}
+
+/// The node's SessionSupervisor, or 503 while the node drains or is still starting.
+fn open_node(state: &HttpState) -> Result<ActorRef<SessionSupervisorMsg>, UpgradeRefused> {
+    if state.gateway.draining.load(Ordering::Relaxed) {
+        return Err(UpgradeRefused::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "this node is shutting down; connect to another",
+        ));
+    }
+    state.sessions.get().ok_or_else(|| {
+        UpgradeRefused::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the node is starting",
+        )
+    })
+}
+
+/// Who the client is, or 401/403 with the reason.
+fn authenticate(
+    state: &HttpState,
+    query: &HashMap<String, String>,
+    headers: &HeaderMap,
+) -> Result<Identity, UpgradeRefused> {
+    state
+        .auth
+        .authenticate(query, headers)
+        .map_err(|error| UpgradeRefused {
+            status: error.status(),
+            code: error.code(),
+            message: error.to_string(),
+            bearer_challenge: error.status() == StatusCode::UNAUTHORIZED
+                && matches!(state.auth.as_ref(), Authenticator::Jwt(_)),
+        })
+}
+
+/// A place in the node's connection counts, or 429 (this user) / 503 (this node) when full.
+fn admit(state: &HttpState, identity: &Identity) -> Result<Ticket, UpgradeRefused> {
+    state.admission.admit(&identity.key).map_err(|refusal| {
+        let (status, code) = match refusal {
+            Refusal::UserFull(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_sessions"),
+            Refusal::NodeFull(_) => (StatusCode::SERVICE_UNAVAILABLE, "node_full"),
+        };
+        UpgradeRefused::new(status, code, refusal.to_string())
+    })
 }
 
 /// The self-contained web chat page (HTML, CSS and JS in one file, built into the binary).

@@ -15,18 +15,19 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::actors::ActorSlot;
 use crate::actors::cluster::{self, ClusterMsg};
+use crate::actors::context::GatewayContext;
+use crate::actors::context::StorageLink;
 use crate::actors::outbox::Outbox;
-use crate::actors::persistence::StorageLink;
 use crate::actors::root::{ClusterSetup, RootArgs, RootMsg, RootSupervisor};
-use crate::actors::session::GatewayContext;
 use crate::actors::session_supervisor::SessionSupervisorMsg;
-use crate::actors::{ActorKind, ActorSlot, RestartCounts};
 use crate::admission::Admission;
-use crate::connection::CloseCause;
 use crate::http::{self, HttpState};
 use crate::identity::Authenticator;
+use crate::telemetry::{ActorKind, RestartCounts};
 use peroxo_config::{ClusterConfig, ClusterMode, Config};
+use peroxo_protocol::CloseCause;
 use peroxo_storage::StoreServer;
 
 /// Connects this node to the cluster's NATS; after every reconnect the Cluster actor in

@@ -7,6 +7,7 @@
 //! storage) are read when `/metrics` is scraped rather than kept up to date on every change.
 
 use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use metrics::{
@@ -15,9 +16,7 @@ use metrics::{
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::actors::ActorKind;
-use crate::connection::CloseCause;
-use peroxo_protocol::ErrorCode;
+use peroxo_protocol::{CloseCause, ErrorCode};
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -238,4 +237,66 @@ fn describe() {
         "peroxo_actor_restarts_total",
         "Actors restarted after a failure, by kind."
     );
+}
+
+/// Which kind of actor was restarted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActorKind {
+    Cluster,
+    Router,
+    Persistence,
+    SessionSupervisor,
+    Session,
+}
+
+impl ActorKind {
+    pub const ALL: [ActorKind; 5] = [
+        ActorKind::Cluster,
+        ActorKind::Router,
+        ActorKind::Persistence,
+        ActorKind::SessionSupervisor,
+        ActorKind::Session,
+    ];
+
+    /// The kind as a metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActorKind::Cluster => "cluster",
+            ActorKind::Router => "router",
+            ActorKind::Persistence => "persistence",
+            ActorKind::SessionSupervisor => "session_supervisor",
+            ActorKind::Session => "session",
+        }
+    }
+}
+
+/// How many times each kind of actor has been restarted since the node started.
+#[derive(Debug, Default)]
+pub struct RestartCounts {
+    cluster: AtomicU64,
+    router: AtomicU64,
+    persistence: AtomicU64,
+    session_supervisor: AtomicU64,
+    session: AtomicU64,
+}
+
+impl RestartCounts {
+    fn counter(&self, kind: ActorKind) -> &AtomicU64 {
+        match kind {
+            ActorKind::Cluster => &self.cluster,
+            ActorKind::Router => &self.router,
+            ActorKind::Persistence => &self.persistence,
+            ActorKind::SessionSupervisor => &self.session_supervisor,
+            ActorKind::Session => &self.session,
+        }
+    }
+
+    pub fn record(&self, kind: ActorKind) {
+        self.counter(kind).fetch_add(1, Ordering::Relaxed);
+        metrics().restart(kind);
+    }
+
+    pub fn get(&self, kind: ActorKind) -> u64 {
+        self.counter(kind).load(Ordering::Relaxed)
+    }
 }

@@ -7,8 +7,10 @@
 //!
 //! This is the only crate that knows the protocol's JSON.
 
+mod close;
 pub mod domain;
 pub mod limits;
 mod wire;
 
+pub use close::CloseCause;
 pub use wire::*;

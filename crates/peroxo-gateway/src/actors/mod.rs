@@ -13,6 +13,7 @@
 //! current incarnation, so nobody keeps sending to a dead one.
 
 pub mod cluster;
+pub mod context;
 pub mod outbox;
 pub mod persistence;
 pub mod root;
@@ -20,7 +21,6 @@ pub mod router;
 pub mod session;
 pub mod session_supervisor;
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use ractor::{ActorRef, Message, MessagingErr};
@@ -62,67 +62,5 @@ impl<M: Message> ActorSlot<M> {
             Some(actor) => actor.cast(message),
             None => Err(MessagingErr::SendErr(message)),
         }
-    }
-}
-
-/// Which kind of actor was restarted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ActorKind {
-    Cluster,
-    Router,
-    Persistence,
-    SessionSupervisor,
-    Session,
-}
-
-impl ActorKind {
-    pub const ALL: [ActorKind; 5] = [
-        ActorKind::Cluster,
-        ActorKind::Router,
-        ActorKind::Persistence,
-        ActorKind::SessionSupervisor,
-        ActorKind::Session,
-    ];
-
-    /// The kind as a metric label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ActorKind::Cluster => "cluster",
-            ActorKind::Router => "router",
-            ActorKind::Persistence => "persistence",
-            ActorKind::SessionSupervisor => "session_supervisor",
-            ActorKind::Session => "session",
-        }
-    }
-}
-
-/// How many times each kind of actor has been restarted since the node started.
-#[derive(Debug, Default)]
-pub struct RestartCounts {
-    cluster: AtomicU64,
-    router: AtomicU64,
-    persistence: AtomicU64,
-    session_supervisor: AtomicU64,
-    session: AtomicU64,
-}
-
-impl RestartCounts {
-    fn counter(&self, kind: ActorKind) -> &AtomicU64 {
-        match kind {
-            ActorKind::Cluster => &self.cluster,
-            ActorKind::Router => &self.router,
-            ActorKind::Persistence => &self.persistence,
-            ActorKind::SessionSupervisor => &self.session_supervisor,
-            ActorKind::Session => &self.session,
-        }
-    }
-
-    pub fn record(&self, kind: ActorKind) {
-        self.counter(kind).fetch_add(1, Ordering::Relaxed);
-        crate::telemetry::metrics().restart(kind);
-    }
-
-    pub fn get(&self, kind: ActorKind) -> u64 {
-        self.counter(kind).load(Ordering::Relaxed)
     }
 }

@@ -19,10 +19,10 @@ use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::ActorSlot;
+use super::context::StorageLink;
 use super::outbox::{Outbox, PendingWrite};
 use super::router::{Delivery, RouterMsg};
 use crate::telemetry::{metrics, seconds};
@@ -60,46 +60,6 @@ pub enum PersistenceMsg {
 /// How often an idle Persistence checks that storage still answers, so readiness and the
 /// reads of sessions learn of an outage even when nobody sends.
 const PROBE_INTERVAL: Duration = Duration::from_secs(2);
-
-/// The current connection to the storage service, shared with sessions for their reads.
-/// Persistence sets it when it connects and clears it when a call finds storage unreachable.
-#[derive(Debug, Clone)]
-pub struct StorageLink {
-    client: Arc<watch::Sender<Option<StorageClient>>>,
-}
-
-impl Default for StorageLink {
-    fn default() -> Self {
-        Self {
-            client: Arc::new(watch::Sender::new(None)),
-        }
-    }
-}
-
-impl StorageLink {
-    /// The connected client, or `None` while the storage service is unreachable.
-    pub fn client(&self) -> Option<StorageClient> {
-        self.client.borrow().clone()
-    }
-
-    /// The connected client, waiting up to `timeout` for storage to become reachable.
-    pub async fn wait_for_client(&self, timeout: Duration) -> Option<StorageClient> {
-        let mut updates = self.client.subscribe();
-        let reachable = updates.wait_for(Option::is_some);
-        match tokio::time::timeout(timeout, reachable).await {
-            Ok(Ok(client)) => client.clone(),
-            _ => None,
-        }
-    }
-
-    pub fn is_up(&self) -> bool {
-        self.client.borrow().is_some()
-    }
-
-    fn set(&self, client: Option<StorageClient>) {
-        self.client.send_replace(client);
-    }
-}
 
 pub struct PersistenceArgs {
     pub config: StorageConfig,

@@ -13,12 +13,13 @@ use std::sync::Arc;
 
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 
+use super::ActorSlot;
 use super::cluster::{Cluster, ClusterArgs};
+use super::context::GatewayContext;
 use super::persistence::{Persistence, PersistenceArgs};
 use super::router::{Router, RouterMsg};
-use super::session::GatewayContext;
 use super::session_supervisor::{SessionSupervisor, SessionSupervisorArgs, SessionSupervisorMsg};
-use super::{ActorKind, ActorSlot};
+use crate::telemetry::ActorKind;
 use peroxo_config::{ClusterConfig, SessionConfig, StorageConfig};
 
 pub enum RootMsg {

@@ -11,16 +11,15 @@
 //! (they are in storage; clients get them with `sync`).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
 
 use axum::extract::ws::Utf8Bytes;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use super::ActorSlot;
 use super::cluster::ClusterMsg;
-use super::persistence::StorageLink;
+use super::context::StorageLink;
 use super::session_supervisor::SessionSupervisorMsg;
-use crate::connection::Outbound;
+use crate::connection::{Droppable, Outbound};
 use crate::telemetry::metrics;
 use peroxo_protocol::domain::{SessionId, StoredMessage, UserKey};
 use peroxo_protocol::{MessageView, PresenceStatus, ReqId, ServerFrame, now_ms};
@@ -85,52 +84,6 @@ pub struct Registration {
     pub outbound: Outbound,
     /// Users of the same tenant this session watches for presence.
     pub watching: Vec<String>,
-}
-
-/// A connection's `welcome` frame, from the moment it is ready until it is queued.
-///
-/// Whoever registers the connection with a Router first queues it: the Router, right before
-/// it makes the session reachable (so no delivery can overtake it), or the session itself
-/// when no Router answers. Either way it is queued exactly once. It lives with the
-/// connection's queue ([`Outbound::welcome`]).
-#[derive(Debug, Default)]
-pub struct WelcomeSlot(Mutex<Welcome>);
-
-#[derive(Debug, Default)]
-enum Welcome {
-    /// The session is still reading the user's seq; it registers itself once it is ready.
-    #[default]
-    NotReady,
-    Ready(Utf8Bytes),
-    Sent,
-}
-
-impl WelcomeSlot {
-    /// The frame is built; the connection may be registered from now on.
-    pub fn ready(&self, frame: Utf8Bytes) {
-        *self.0.lock().expect("welcome slot poisoned") = Welcome::Ready(frame);
-    }
-
-    /// Whether the connection may be registered (its welcome is built or already sent).
-    pub fn is_ready(&self) -> bool {
-        !matches!(
-            *self.0.lock().expect("welcome slot poisoned"),
-            Welcome::NotReady
-        )
-    }
-
-    /// Queues the welcome on `outbound` unless it was queued already.
-    pub fn send_once(&self, outbound: &Outbound) {
-        let mut welcome = self.0.lock().expect("welcome slot poisoned");
-        match std::mem::replace(&mut *welcome, Welcome::Sent) {
-            Welcome::Ready(frame) => {
-                outbound.send_text(frame, false);
-            }
-            Welcome::Sent => {}
-            // Not built yet: nothing to send, and the session still has to.
-            Welcome::NotReady => *welcome = Welcome::NotReady,
-        }
-    }
 }
 
 /// A committed message and the session that sent it (which gets an `ack`, not a copy).
@@ -487,7 +440,7 @@ impl RouterState {
         );
         for session in watchers {
             if let Some(entry) = self.sessions.get(session) {
-                entry.outbound.send_text(text.clone(), true);
+                entry.outbound.send_text(text.clone(), Droppable::Yes);
             }
         }
     }
@@ -530,7 +483,7 @@ impl RouterState {
             Utf8Bytes::from(ServerFrame::Message(MessageView::of(message, &viewer.user)).encode());
         for session in sessions.iter().filter(|s| Some(**s) != skip) {
             if let Some(entry) = self.sessions.get(session)
-                && entry.outbound.send_text(text.clone(), false)
+                && entry.outbound.send_text(text.clone(), Droppable::No)
             {
                 metrics().messages_delivered.increment(1);
             }
@@ -603,7 +556,7 @@ impl RouterState {
         let text = Utf8Bytes::from(ServerFrame::Typing { from: &from.user }.encode());
         for session in self.live_sessions(&recipient) {
             if let Some(entry) = self.sessions.get(session) {
-                entry.outbound.send_text(text.clone(), true);
+                entry.outbound.send_text(text.clone(), Droppable::Yes);
             }
         }
     }
@@ -614,5 +567,175 @@ fn status(online: bool) -> PresenceStatus {
         PresenceStatus::Online
     } else {
         PresenceStatus::Offline
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use peroxo_protocol::domain::conversation_id;
+    use serde_json::Value;
+
+    use super::*;
+    use crate::connection::OutboundQueue;
+
+    /// A connection of `user` (tenant `t`) watching `watching`.
+    fn connect(user: &str, watching: &[&str]) -> (Registration, OutboundQueue) {
+        let (outbound, queue) = Outbound::new(SessionId::next(), 64);
+        outbound.welcome().ready(Utf8Bytes::from_static("welcome"));
+        let registration = Registration {
+            key: UserKey::new("t", user),
+            outbound,
+            watching: watching.iter().map(|u| (*u).to_owned()).collect(),
+        };
+        (registration, queue)
+    }
+
+    /// The frames queued on `queue`, as JSON, without the welcome.
+    fn frames(queue: &OutboundQueue) -> Vec<Value> {
+        queue
+            .take_texts()
+            .into_iter()
+            .filter(|t| t != "welcome")
+            .map(|t| serde_json::from_str(&t).unwrap())
+            .collect()
+    }
+
+    fn presence_of(frames: &[Value]) -> Vec<(String, String)> {
+        frames
+            .iter()
+            .filter(|f| f["type"] == "presence")
+            .map(|f| {
+                let field = |k: &str| f[k].as_str().unwrap().to_owned();
+                (field("user"), field("status"))
+            })
+            .collect()
+    }
+
+    fn message(
+        sender: &str,
+        recipient: &str,
+        sender_seq: u64,
+        recipient_seq: u64,
+    ) -> StoredMessage {
+        StoredMessage {
+            message_id: 1,
+            tenant: "t".to_owned(),
+            sender: sender.to_owned(),
+            recipient: recipient.to_owned(),
+            client_msg_id: "c1".to_owned(),
+            text: "hi".to_owned(),
+            ts: 0,
+            sender_seq,
+            recipient_seq,
+        }
+    }
+
+    #[test]
+    fn the_welcome_goes_out_once_when_a_connection_registers() {
+        let mut state = RouterState::default();
+        let (alice, queue) = connect("alice", &[]);
+        let again = alice.clone();
+        state.register(alice);
+        state.register(again);
+        assert_eq!(queue.take_texts(), ["welcome"]);
+    }
+
+    #[test]
+    fn watchers_hear_when_a_user_comes_online_and_when_the_last_session_goes() {
+        let mut state = RouterState::default();
+        let (alice, alice_queue) = connect("alice", &["bob"]);
+        state.register(alice);
+        let (bob_phone, bob_phone_queue) = connect("bob", &[]);
+        let phone = bob_phone.outbound.session_id();
+        state.register(bob_phone);
+        let (bob_laptop, _bob_laptop_queue) = connect("bob", &[]);
+        let laptop = bob_laptop.outbound.session_id();
+        state.register(bob_laptop);
+        assert_eq!(
+            presence_of(&frames(&alice_queue)),
+            [("bob".into(), "online".into())]
+        );
+        state.unregister(phone);
+        assert!(
+            presence_of(&frames(&alice_queue)).is_empty(),
+            "bob is still online"
+        );
+        state.unregister(laptop);
+        assert_eq!(
+            presence_of(&frames(&alice_queue)),
+            [("bob".into(), "offline".into())]
+        );
+        assert!(frames(&bob_phone_queue).is_empty());
+    }
+
+    #[test]
+    fn a_user_online_on_another_node_stays_online_when_the_local_session_goes() {
+        let mut state = RouterState::default();
+        let (alice, alice_queue) = connect("alice", &["bob"]);
+        state.register(alice);
+        state.remote_presence(UserKey::new("t", "bob"), true);
+        assert_eq!(
+            presence_of(&frames(&alice_queue)),
+            [("bob".into(), "online".into())]
+        );
+        let (bob, _bob_queue) = connect("bob", &[]);
+        let session = bob.outbound.session_id();
+        state.register(bob);
+        state.unregister(session);
+        assert!(presence_of(&frames(&alice_queue)).is_empty());
+        state.remote_presence(UserKey::new("t", "bob"), false);
+        assert_eq!(
+            presence_of(&frames(&alice_queue)),
+            [("bob".into(), "offline".into())]
+        );
+    }
+
+    #[test]
+    fn a_message_reaches_the_recipient_and_the_senders_other_devices_only() {
+        let mut state = RouterState::default();
+        let (alice_phone, alice_phone_queue) = connect("alice", &[]);
+        let origin = alice_phone.outbound.session_id();
+        state.register(alice_phone);
+        let (alice_laptop, alice_laptop_queue) = connect("alice", &[]);
+        state.register(alice_laptop);
+        let (bob, bob_queue) = connect("bob", &[]);
+        state.register(bob);
+        let (carol, carol_queue) = connect("carol", &[]);
+        state.register(carol);
+        state.deliver(&[Delivery {
+            message: message("alice", "bob", 7, 3),
+            origin: Some(origin),
+        }]);
+        let to_bob = frames(&bob_queue);
+        assert_eq!(to_bob.len(), 1);
+        assert_eq!(to_bob[0]["type"], "message");
+        assert_eq!(to_bob[0]["seq"], 3, "the recipient's own seq");
+        assert_eq!(
+            to_bob[0]["conversation_id"],
+            conversation_id("alice", "bob")
+        );
+        let copy = frames(&alice_laptop_queue);
+        assert_eq!(copy.len(), 1);
+        assert_eq!(copy[0]["seq"], 7, "the sender's own seq");
+        assert!(
+            frames(&alice_phone_queue).is_empty(),
+            "the origin gets an ack instead"
+        );
+        assert!(frames(&carol_queue).is_empty());
+    }
+
+    #[test]
+    fn presence_does_not_cross_tenants() {
+        let mut state = RouterState::default();
+        let (alice, alice_queue) = connect("alice", &["bob"]);
+        state.register(alice);
+        let (outbound, _queue) = Outbound::new(SessionId::next(), 64);
+        outbound.welcome().ready(Utf8Bytes::from_static("welcome"));
+        state.register(Registration {
+            key: UserKey::new("other", "bob"),
+            outbound,
+            watching: Vec::new(),
+        });
+        assert!(presence_of(&frames(&alice_queue)).is_empty());
     }
 }

@@ -8,28 +8,25 @@
 //! What must survive a restart of this actor lives in [`ConnectionContext`], owned by
 //! SessionSupervisor: the queue, the identity and the presence watch list.
 
-use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::ws::Utf8Bytes;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use super::ActorSlot;
 use super::cluster::ClusterMsg;
-use super::outbox::Outbox;
-use super::persistence::{PersistenceMsg, StorageLink};
-use super::router::{Registration, RouterMsg};
-use super::{ActorSlot, RestartCounts};
-use crate::admission::Ticket;
-use crate::connection::{CloseCause, Outbound};
-use crate::identity::Authenticator;
+use super::context::{ConnectionContext, GatewayContext};
+use super::persistence::PersistenceMsg;
+use super::router::RouterMsg;
+use crate::connection::{Inbound, Refused, SessionInbox};
 use crate::rate_limit::{RateLimiter, Verdict};
 use crate::telemetry::metrics;
-use peroxo_config::LimitsConfig;
-use peroxo_protocol::domain::{NewMessage, UserKey};
+use peroxo_protocol::CloseCause;
+use peroxo_protocol::domain::NewMessage;
 use peroxo_protocol::{
     Command, CommandKind, ErrorCode, MessageView, PROTOCOL_VERSION, ProtocolError, ReqId,
     ServerFrame, now_ms,
@@ -39,17 +36,6 @@ use peroxo_storage::{HistoryQuery, SyncQuery};
 
 /// How long a new session waits for the Router to register it.
 const ROUTER_CALL_TIMEOUT_MS: u64 = 5_000;
-
-/// What the reader task hands over.
-#[derive(Debug)]
-pub enum Inbound {
-    /// A text frame, decoded (or the reason it could not be).
-    Command(Result<Command, ProtocolError>),
-    /// A binary frame; the protocol has none.
-    Binary,
-    /// The socket has closed.
-    SocketClosed,
-}
 
 pub enum SessionMsg {
     /// A frame from the client; `accepted` is answered once the session has taken it, which
@@ -63,60 +49,6 @@ pub enum SessionMsg {
     /// Panics inside `handle`, to exercise supervision.
     #[cfg(feature = "test-hooks")]
     Crash,
-}
-
-/// What a session needs from the rest of the node. One per node, shared by every session.
-pub struct GatewayContext {
-    pub router: ActorSlot<RouterMsg>,
-    pub persistence: ActorSlot<PersistenceMsg>,
-    pub storage: StorageLink,
-    /// Accepted sends on their way to storage (bounded by `storage.max_pending`).
-    pub outbox: Arc<Outbox>,
-    pub limits: LimitsConfig,
-    /// How long a session waits for storage when the client connects.
-    pub storage_wait: Duration,
-    pub restarts: Arc<RestartCounts>,
-    /// Verifies tokens presented with `refresh`.
-    pub auth: Arc<Authenticator>,
-    /// Set once shutdown begins: `/readyz` answers 503 from then on.
-    pub draining: AtomicBool,
-    /// The link to the other gateway nodes, when this node is part of a cluster.
-    pub cluster: Option<ActorSlot<ClusterMsg>>,
-}
-
-/// One connection, as it outlives the session actors that serve it.
-pub struct ConnectionContext {
-    pub key: UserKey,
-    pub outbound: Outbound,
-    /// Users (of the same tenant) this connection watches for presence.
-    pub watching: Mutex<BTreeSet<String>>,
-    /// Storage reads this connection may have in flight.
-    pub reads: Arc<Semaphore>,
-    /// When the client's credential expires (Unix seconds); 0 for never.
-    pub expires_at: AtomicU64,
-    /// This connection's place in the node's admission counts.
-    pub ticket: Ticket,
-    /// Whether the cluster counts this connection in its user's interest (to be withdrawn
-    /// when it closes).
-    pub cluster_interest: AtomicBool,
-}
-
-impl ConnectionContext {
-    /// What the Router must know of this connection; `None` until its welcome is built (the
-    /// session registers itself then).
-    pub fn registration(&self) -> Option<Registration> {
-        self.outbound.welcome().is_ready().then(|| Registration {
-            key: self.key.clone(),
-            outbound: self.outbound.clone(),
-            watching: self
-                .watching
-                .lock()
-                .expect("watch list poisoned")
-                .iter()
-                .cloned()
-                .collect(),
-        })
-    }
 }
 
 pub struct SessionArgs {
@@ -144,6 +76,19 @@ impl Session {
     ) -> Result<ActorRef<SessionMsg>, ractor::SpawnErr> {
         let (actor, _) = Actor::spawn_linked(None, Session, args, supervisor).await?;
         Ok(actor)
+    }
+}
+
+/// The reader hands each frame to the current Session actor as a message.
+impl SessionInbox for ActorRef<SessionMsg> {
+    fn offer(&self, input: Inbound, accepted: oneshot::Sender<()>) -> Result<(), Refused> {
+        match self.cast(SessionMsg::Inbound { input, accepted }) {
+            Ok(()) => Ok(()),
+            Err(ractor::MessagingErr::SendErr(SessionMsg::Inbound { input, .. })) => {
+                Err(Refused::Stopped(input))
+            }
+            Err(_) => Err(Refused::Gone),
+        }
     }
 }
 

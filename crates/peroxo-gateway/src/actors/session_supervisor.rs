@@ -19,19 +19,18 @@ use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use super::ActorKind;
 use super::cluster::ClusterMsg;
+use super::context::{ConnectionContext, GatewayContext};
 use super::router::{Registration, RouterMsg};
-#[cfg(feature = "test-hooks")]
-use super::session::SessionMsg;
-use super::session::{ConnectionContext, GatewayContext, Session, SessionArgs};
+use super::session::{Session, SessionArgs, SessionMsg};
 use crate::admission::Ticket;
 use crate::connection::{
-    CloseCause, ConnectionRecord, CurrentSession, Heartbeat, Outbound, SocketTasks,
-    spawn_socket_tasks,
+    ConnectionRecord, CurrentSession, Heartbeat, Outbound, SocketTasks, spawn_socket_tasks,
 };
 use crate::identity::Identity;
+use crate::telemetry::ActorKind;
 use peroxo_config::SessionConfig;
+use peroxo_protocol::CloseCause;
 use peroxo_protocol::domain::SessionId;
 #[cfg(feature = "test-hooks")]
 use peroxo_protocol::domain::UserKey;
@@ -71,7 +70,7 @@ pub struct SessionSupervisorState {
 struct Connection {
     context: Arc<ConnectionContext>,
     /// Publishes the current session actor to the connection's reader task.
-    current: Arc<CurrentSession>,
+    current: Arc<CurrentSession<ActorRef<SessionMsg>>>,
     /// When recent restarts happened, oldest first.
     restarts: VecDeque<Instant>,
 }

@@ -1,0 +1,118 @@
+//! What outlives any one actor: the node's shared handles ([`GatewayContext`]), one
+//! connection's state ([`ConnectionContext`]), and the current link to the storage service
+//! ([`StorageLink`]). They live beside the tree, never inside an actor that may be
+//! restarted: a restarted actor finds them as its predecessor left them.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use peroxo_config::LimitsConfig;
+use peroxo_protocol::domain::UserKey;
+use peroxo_storage::grpc::StorageClient;
+use tokio::sync::{Semaphore, watch};
+
+use super::ActorSlot;
+use super::cluster::ClusterMsg;
+use super::outbox::Outbox;
+use super::persistence::PersistenceMsg;
+use super::router::{Registration, RouterMsg};
+use crate::admission::Ticket;
+use crate::connection::Outbound;
+use crate::identity::Authenticator;
+use crate::telemetry::RestartCounts;
+
+/// What a session needs from the rest of the node. One per node, shared by every session.
+pub struct GatewayContext {
+    pub router: ActorSlot<RouterMsg>,
+    pub persistence: ActorSlot<PersistenceMsg>,
+    pub storage: StorageLink,
+    /// Accepted sends on their way to storage (bounded by `storage.max_pending`).
+    pub outbox: Arc<Outbox>,
+    pub limits: LimitsConfig,
+    /// How long a session waits for storage when the client connects.
+    pub storage_wait: Duration,
+    pub restarts: Arc<RestartCounts>,
+    /// Verifies tokens presented with `refresh`.
+    pub auth: Arc<Authenticator>,
+    /// Set once shutdown begins: `/readyz` answers 503 from then on.
+    pub draining: AtomicBool,
+    /// The link to the other gateway nodes, when this node is part of a cluster.
+    pub cluster: Option<ActorSlot<ClusterMsg>>,
+}
+
+/// One connection, as it outlives the session actors that serve it.
+pub struct ConnectionContext {
+    pub key: UserKey,
+    pub outbound: Outbound,
+    /// Users (of the same tenant) this connection watches for presence.
+    pub watching: Mutex<BTreeSet<String>>,
+    /// Storage reads this connection may have in flight.
+    pub reads: Arc<Semaphore>,
+    /// When the client's credential expires (Unix seconds); 0 for never.
+    pub expires_at: AtomicU64,
+    /// This connection's place in the node's admission counts.
+    pub ticket: Ticket,
+    /// Whether the cluster counts this connection in its user's interest (to be withdrawn
+    /// when it closes).
+    pub cluster_interest: AtomicBool,
+}
+
+impl ConnectionContext {
+    /// What the Router must know of this connection; `None` until its welcome is built (the
+    /// session registers itself then).
+    pub fn registration(&self) -> Option<Registration> {
+        self.outbound.welcome().is_ready().then(|| Registration {
+            key: self.key.clone(),
+            outbound: self.outbound.clone(),
+            watching: self
+                .watching
+                .lock()
+                .expect("watch list poisoned")
+                .iter()
+                .cloned()
+                .collect(),
+        })
+    }
+}
+
+/// The current connection to the storage service, shared with sessions for their reads.
+/// Persistence sets it when it connects and clears it when a call finds storage unreachable.
+#[derive(Debug, Clone)]
+pub struct StorageLink {
+    client: Arc<watch::Sender<Option<StorageClient>>>,
+}
+
+impl Default for StorageLink {
+    fn default() -> Self {
+        Self {
+            client: Arc::new(watch::Sender::new(None)),
+        }
+    }
+}
+
+impl StorageLink {
+    /// The connected client, or `None` while the storage service is unreachable.
+    pub fn client(&self) -> Option<StorageClient> {
+        self.client.borrow().clone()
+    }
+
+    /// The connected client, waiting up to `timeout` for storage to become reachable.
+    pub async fn wait_for_client(&self, timeout: Duration) -> Option<StorageClient> {
+        let mut updates = self.client.subscribe();
+        let reachable = updates.wait_for(Option::is_some);
+        match tokio::time::timeout(timeout, reachable).await {
+            Ok(Ok(client)) => client.clone(),
+            _ => None,
+        }
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.client.borrow().is_some()
+    }
+
+    pub(super) fn set(&self, client: Option<StorageClient>) {
+        self.client.send_replace(client);
+    }
+}
