@@ -155,3 +155,114 @@ impl Outbox {
         matches!(drained, Ok(Ok(_)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use peroxo_protocol::domain::SessionId;
+
+    use super::*;
+
+    fn message(client_msg_id: &str) -> NewMessage {
+        NewMessage {
+            tenant: "t".to_owned(),
+            sender: "alice".to_owned(),
+            recipient: "bob".to_owned(),
+            client_msg_id: client_msg_id.to_owned(),
+            text: "hi".to_owned(),
+        }
+    }
+
+    fn push(outbox: &Outbox, outbound: &Outbound, id: &str) -> Result<bool, Refused> {
+        outbox.push(message(id), outbound.clone(), None)
+    }
+
+    fn waiting_ids(outbox: &Outbox) -> Vec<String> {
+        let queues = outbox.lock();
+        queues
+            .waiting
+            .iter()
+            .map(|w| w.message.client_msg_id.clone())
+            .collect()
+    }
+
+    #[test]
+    fn a_burst_of_writes_wakes_persistence_once_until_it_looks() {
+        let outbox = Outbox::new(8);
+        let (outbound, _queue) = Outbound::new(SessionId::next(), 8);
+        assert_eq!(push(&outbox, &outbound, "1"), Ok(true));
+        assert_eq!(push(&outbox, &outbound, "2"), Ok(false));
+        outbox.woken();
+        assert_eq!(push(&outbox, &outbound, "3"), Ok(true));
+        assert_eq!(waiting_ids(&outbox), ["1", "2", "3"]);
+    }
+
+    #[test]
+    fn a_full_outbox_refuses_until_a_write_is_answered() {
+        let outbox = Outbox::new(2);
+        let (outbound, _queue) = Outbound::new(SessionId::next(), 8);
+        push(&outbox, &outbound, "1").unwrap();
+        push(&outbox, &outbound, "2").unwrap();
+        assert_eq!(push(&outbox, &outbound, "3"), Err(Refused::Full));
+        assert_eq!((outbox.pending(), outbox.peak()), (2, 2));
+        // Answering a write drops it, and its place is free again.
+        let answered = outbox.lock().waiting.pop_front();
+        drop(answered);
+        assert_eq!(outbox.pending(), 1);
+        assert!(push(&outbox, &outbound, "3").is_ok());
+        assert_eq!(outbox.peak(), 2);
+    }
+
+    #[test]
+    fn a_failed_batch_goes_back_first_in_order_and_marked_retried() {
+        let outbox = Outbox::new(8);
+        let (outbound, _queue) = Outbound::new(SessionId::next(), 8);
+        for id in ["1", "2", "3"] {
+            push(&outbox, &outbound, id).unwrap();
+        }
+        let mut queues = outbox.lock();
+        let batch: Vec<_> = queues.waiting.drain(..2).collect();
+        queues.in_flight = batch;
+        queues.requeue_in_flight();
+        let order: Vec<_> = queues
+            .waiting
+            .iter()
+            .map(|w| (w.message.client_msg_id.as_str(), w.retried))
+            .collect();
+        assert_eq!(order, [("1", true), ("2", true), ("3", false)]);
+        assert!(queues.in_flight.is_empty());
+    }
+
+    #[tokio::test]
+    async fn draining_refuses_new_writes_and_waits_for_the_accepted_ones() {
+        let outbox = Arc::new(Outbox::new(4));
+        let (outbound, _queue) = Outbound::new(SessionId::next(), 8);
+        push(&outbox, &outbound, "1").unwrap();
+        let drain = tokio::spawn({
+            let outbox = Arc::clone(&outbox);
+            async move { outbox.close_and_drain(Duration::from_secs(10)).await }
+        });
+        // Once draining has begun, a send is told the server is shutting down.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match push(&outbox, &outbound, "2") {
+                Err(Refused::ShuttingDown) => break,
+                // Not draining yet: take the write back out and look again.
+                Ok(_) => drop(outbox.lock().waiting.pop_back()),
+                Err(Refused::Full) => panic!("four places, one taken"),
+            }
+            assert!(Instant::now() < deadline, "draining never refused a write");
+            tokio::task::yield_now().await;
+        }
+        drop(outbox.lock().waiting.pop_front());
+        assert!(drain.await.unwrap(), "the outbox drained");
+        assert_eq!(push(&outbox, &outbound, "3"), Err(Refused::ShuttingDown));
+    }
+
+    #[tokio::test]
+    async fn a_drain_that_outlasts_its_timeout_says_so() {
+        let outbox = Outbox::new(4);
+        let (outbound, _queue) = Outbound::new(SessionId::next(), 8);
+        push(&outbox, &outbound, "1").unwrap();
+        assert!(!outbox.close_and_drain(Duration::from_millis(1)).await);
+    }
+}
