@@ -34,8 +34,9 @@ use peroxo_protocol::{
 use peroxo_storage::grpc::CallError;
 use peroxo_storage::{HistoryQuery, SyncQuery};
 
-/// How long a new session waits for the Router to register it.
-const ROUTER_CALL_TIMEOUT_MS: u64 = 5_000;
+/// How long a new session waits for each call that registers it: its interest with the
+/// Cluster actor (clustered nodes) and its registration with the Router.
+const REGISTRATION_CALL_TIMEOUT_MS: u64 = 5_000;
 
 pub enum SessionMsg {
     /// A frame from the client; `accepted` is answered once the session has taken it, which
@@ -201,7 +202,7 @@ async fn welcome(myself: &ActorRef<SessionMsg>, state: &SessionState) {
         let _ = ractor::call_t!(
             cluster,
             |reply| ClusterMsg::Interest(connection.key.clone(), reply),
-            ROUTER_CALL_TIMEOUT_MS
+            REGISTRATION_CALL_TIMEOUT_MS
         );
     }
     let client = state
@@ -241,7 +242,7 @@ async fn welcome(myself: &ActorRef<SessionMsg>, state: &SessionState) {
                 registration,
                 registered: Some(registered),
             },
-            ROUTER_CALL_TIMEOUT_MS
+            REGISTRATION_CALL_TIMEOUT_MS
         );
     }
     // No Router answered (it is restarting; its successor takes this connection from
