@@ -19,27 +19,45 @@
 //!   Router tells every local session to `sync` (it may have missed deliveries).
 //!
 //! The Router hears about remote users going online and offline, and about deliveries and
-//! typing for its users, through [`RouterMsg`]s.
+//! typing for its users, through [`RouterMsg`]s. The Session asks for interest when it opens,
+//! SessionSupervisor withdraws it when the connection closes, RootSupervisor tells it to
+//! forget every local user when SessionSupervisor fails, and the server's shutdown asks it to
+//! `Leave`.
+//!
+//! # Layout
+//!
+//! - this file: the Cluster actor, which owns the state below and does every publish;
+//! - `envelope`: the JSON envelopes nodes exchange (the wire format);
+//! - `link`: the NATS connection, the subject names, the reconnect delay and the echo;
+//! - `presence`: presence bookkeeping (this node's users, the other nodes' users) as plain
+//!   state, with its unit tests;
+//! - `interest`: the per-user subscriptions and the tasks that forward them to the Router.
 
-use std::collections::{HashMap, HashSet};
+mod envelope;
+mod interest;
+mod link;
+mod presence;
+
+use std::collections::HashMap;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::ActorSlot;
 use super::router::RouterMsg;
 use super::session_supervisor::SessionSupervisorMsg;
+use interest::Interests;
+use link::Subjects;
 use peroxo_config::ClusterConfig;
 use peroxo_protocol::domain::{StoredMessage, UserKey};
+use presence::{Heard, LocalUsers, Peers, RemoteChange, Stamp};
 
-/// Users per presence snapshot envelope (a snapshot may span several).
-const SNAPSHOT_CHUNK: usize = 2_000;
-/// The longest a new interest waits for the NATS server to confirm its subscription.
-const CONFIRM_TIMEOUT: Duration = Duration::from_secs(1);
+pub use envelope::{Envelope, WireMessage};
+pub use link::{check_config, connect};
+
 /// The least time between two `hello`s from this node.
 const HELLO_SPACING: Duration = Duration::from_secs(1);
 
@@ -71,104 +89,6 @@ pub enum ClusterMsg {
     ForgetLocal,
 }
 
-/// What nodes say to each other.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Envelope {
-    /// A committed message, for its participants' sessions.
-    Message {
-        origin: String,
-        message: WireMessage,
-    },
-    Typing {
-        origin: String,
-        tenant: String,
-        from: String,
-        to: String,
-    },
-    /// A user's first session opened (or last closed) on `node`; `version` numbers `node`'s
-    /// presence changes.
-    Presence {
-        node: String,
-        incarnation: u64,
-        version: u64,
-        tenant: String,
-        user: String,
-        online: bool,
-    },
-    Heartbeat {
-        node: String,
-        incarnation: u64,
-        version: u64,
-    },
-    /// Part of `node`'s list of online users; `first` starts a new list.
-    Snapshot {
-        node: String,
-        incarnation: u64,
-        version: u64,
-        first: bool,
-        users: Vec<(String, String)>,
-    },
-    /// `node` asks every node for its list.
-    Hello { node: String },
-    /// Deliveries to the user of this subject may have been lost: its sessions should sync.
-    Resync { origin: String },
-    /// `node` is leaving.
-    Bye { node: String },
-}
-
-/// A committed message as nodes exchange it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct WireMessage {
-    id: u64,
-    tenant: String,
-    sender: String,
-    recipient: String,
-    client_msg_id: String,
-    text: String,
-    ts: i64,
-    sender_seq: u64,
-    recipient_seq: u64,
-}
-
-impl From<&StoredMessage> for WireMessage {
-    fn from(m: &StoredMessage) -> Self {
-        Self {
-            id: m.message_id,
-            tenant: m.tenant.clone(),
-            sender: m.sender.clone(),
-            recipient: m.recipient.clone(),
-            client_msg_id: m.client_msg_id.clone(),
-            text: m.text.clone(),
-            ts: m.ts,
-            sender_seq: m.sender_seq,
-            recipient_seq: m.recipient_seq,
-        }
-    }
-}
-
-impl From<WireMessage> for StoredMessage {
-    fn from(m: WireMessage) -> Self {
-        Self {
-            message_id: m.id,
-            tenant: m.tenant,
-            sender: m.sender,
-            recipient: m.recipient,
-            client_msg_id: m.client_msg_id,
-            text: m.text,
-            ts: m.ts,
-            sender_seq: m.sender_seq,
-            recipient_seq: m.recipient_seq,
-        }
-    }
-}
-
-/// A NATS subject token for an id: ids may hold `.`, which separates tokens, so it is
-/// written as `~` (a character ids cannot hold).
-fn token(id: &str) -> String {
-    id.replace('.', "~")
-}
-
 pub struct ClusterArgs {
     pub config: ClusterConfig,
     /// This node's name.
@@ -181,20 +101,16 @@ pub struct ClusterArgs {
 
 pub struct ClusterState {
     args: ClusterArgs,
-    /// Tells this incarnation's presence numbering from a predecessor's (a restart starts
-    /// again from 0).
-    incarnation: u64,
+    subjects: Subjects,
     /// The subject this node answers on, so it can check the server has a subscription.
     echo_subject: String,
     /// Local sessions per interested user, and the task forwarding the user's subject.
-    interests: HashMap<UserKey, (usize, JoinHandle<()>)>,
-    /// Users online on this node, as announced.
-    local: HashSet<UserKey>,
-    /// This node's presence numbering.
-    version: u64,
-    peers: HashMap<String, Peer>,
-    /// How many other nodes list each remote user.
-    remote: HashMap<UserKey, usize>,
+    interests: Interests,
+    /// Users online on this node, as announced, with this incarnation's numbering (a
+    /// restart starts again from 0 under a new incarnation).
+    local: LocalUsers,
+    /// What this node knows of the other nodes and their users.
+    peers: Peers,
     presence_task: Option<JoinHandle<()>>,
     echo_task: Option<JoinHandle<()>>,
     /// Users this node published deliveries for lately, and when.
@@ -202,19 +118,10 @@ pub struct ClusterState {
     last_hello: Option<Instant>,
 }
 
-struct Peer {
-    incarnation: u64,
-    version: u64,
-    last_seen: Instant,
-    users: HashSet<UserKey>,
-}
-
 impl Drop for ClusterState {
-    /// A failed Cluster leaves no forwarding task behind (its successor subscribes again).
+    /// A failed Cluster leaves no task behind (its successor subscribes again); the
+    /// interests' forwarding tasks go with `interests`.
     fn drop(&mut self) {
-        for (_, (_, task)) in self.interests.drain() {
-            task.abort();
-        }
         for task in [self.presence_task.take(), self.echo_task.take()]
             .into_iter()
             .flatten()
@@ -246,20 +153,14 @@ impl Actor for Cluster {
         _myself: ActorRef<Self::Msg>,
         args: ClusterArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let echo_subject = format!(
-            "{}.node.{}.echo",
-            args.config.subject_prefix,
-            token(&args.node)
-        );
+        let subjects = Subjects::new(&args.config.subject_prefix);
         Ok(ClusterState {
-            incarnation: incarnation(),
-            echo_subject,
+            echo_subject: subjects.echo(&args.node),
+            subjects,
             args,
-            interests: HashMap::new(),
-            local: HashSet::new(),
-            version: 0,
-            peers: HashMap::new(),
-            remote: HashMap::new(),
+            interests: Interests::default(),
+            local: LocalUsers::new(presence::new_incarnation()),
+            peers: Peers::default(),
             presence_task: None,
             echo_task: None,
             recent: HashMap::new(),
@@ -267,57 +168,18 @@ impl Actor for Cluster {
         })
     }
 
+    /// Subscribing is I/O that may fail, so it happens here rather than in `pre_start`.
     async fn post_start(
         &self,
         myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let subject = format!("{}.presence", state.args.config.subject_prefix);
-        match state.args.client.subscribe(subject).await {
-            Ok(mut subscriber) => {
-                let myself = myself.clone();
-                state.presence_task = Some(tokio::spawn(async move {
-                    while let Some(message) = subscriber.next().await {
-                        if let Ok(envelope) = serde_json::from_slice(&message.payload) {
-                            let _ = myself.cast(ClusterMsg::Presence(envelope));
-                        }
-                    }
-                }));
-            }
-            Err(error) => tracing::error!(%error, "cannot subscribe to cluster presence"),
-        }
-        // The echo answers this node's own checks that the server holds a subscription.
-        match state
-            .args
-            .client
-            .subscribe(state.echo_subject.clone())
-            .await
-        {
-            Ok(mut subscriber) => {
-                let client = state.args.client.clone();
-                state.echo_task = Some(tokio::spawn(async move {
-                    while let Some(message) = subscriber.next().await {
-                        if let Some(reply) = message.reply {
-                            let _ = client.publish(reply, bytes::Bytes::new()).await;
-                        }
-                    }
-                }));
-            }
-            Err(error) => tracing::error!(%error, "cannot subscribe the cluster echo"),
-        }
+        state.subscribe_presence(&myself).await;
+        state.subscribe_echo().await;
         // A predecessor's view of the other nodes is stale: start from none.
         let _ = state.args.router.cast(RouterMsg::RemoteReset);
-        // After a restart: the live connections' interests and presence, again.
-        if let Some(sessions) = state.args.sessions.get()
-            && let Ok(registrations) =
-                ractor::call_t!(sessions, SessionSupervisorMsg::Registrations, 10_000)
-        {
-            for registration in registrations {
-                state.add_interest(&myself, registration.key.clone()).await;
-                state.local.insert(registration.key);
-            }
-        }
-        state.announce(true).await;
+        state.restore_live_sessions().await;
+        state.send_hello().await;
         myself.send_after(state.heartbeat_interval(), || ClusterMsg::Tick);
         Ok(())
     }
@@ -329,144 +191,104 @@ impl Actor for Cluster {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            ClusterMsg::Interest(user, reply) => {
-                let ok = state.add_interest(&myself, user).await;
-                let _ = reply.send(ok);
-            }
-            ClusterMsg::Disinterest(user) => state.remove_interest(&user),
+            ClusterMsg::Interest(user, reply) => state.interest(user, reply).await,
+            ClusterMsg::Disinterest(user) => state.disinterest(&user),
             ClusterMsg::PublishMessages(messages) => state.publish_messages(&messages).await,
             ClusterMsg::PublishTyping { from, to } => state.publish_typing(from, to).await,
             ClusterMsg::LocalPresence { user, online } => state.local_presence(user, online).await,
-            ClusterMsg::RemoteUsers(reply) => {
-                let _ = reply.send(state.remote.keys().cloned().collect());
-            }
+            ClusterMsg::RemoteUsers(reply) => state.remote_users(reply),
             ClusterMsg::Presence(envelope) => state.presence(envelope).await,
-            ClusterMsg::Tick => {
-                state.tick().await;
-                myself.send_after(state.heartbeat_interval(), || ClusterMsg::Tick);
-            }
-            ClusterMsg::Reconnected => {
-                tracing::info!(node = %state.args.node, "NATS reconnected; resynchronising presence and sessions");
-                state.last_hello = None;
-                state.announce(true).await;
-                state.resync_recent().await;
-                let _ = state.args.router.cast(RouterMsg::SyncHintAll);
-            }
+            ClusterMsg::Tick => state.tick(&myself).await,
+            ClusterMsg::Reconnected => state.reconnected().await,
             ClusterMsg::ForgetLocal => state.forget_local().await,
-            ClusterMsg::Leave(reply) => {
-                let node = state.args.node.clone();
-                state.publish_presence(&Envelope::Bye { node }).await;
-                let _ = state.args.client.flush().await;
-                let _ = reply.send(());
-            }
+            ClusterMsg::Leave(reply) => state.leave(reply).await,
         }
         Ok(())
     }
+
+    // No `post_stop`: the state's `Drop` ends every task, and it runs after a failure too,
+    // when `post_stop` would not.
 }
 
+/// Start-up: the subscriptions every Cluster holds, and what a predecessor left.
 impl ClusterState {
-    fn heartbeat_interval(&self) -> Duration {
-        Duration::from_secs(self.args.config.presence_ttl_secs) / 3
+    /// Forwards every envelope on the presence subject to this actor.
+    async fn subscribe_presence(&mut self, myself: &ActorRef<ClusterMsg>) {
+        match self.args.client.subscribe(self.subjects.presence()).await {
+            Ok(mut subscriber) => {
+                let myself = myself.clone();
+                self.presence_task = Some(tokio::spawn(async move {
+                    while let Some(message) = subscriber.next().await {
+                        if let Some(envelope) = Envelope::decode(&message.payload) {
+                            let _ = myself.cast(ClusterMsg::Presence(envelope));
+                        }
+                    }
+                }));
+            }
+            Err(error) => tracing::error!(%error, "cannot subscribe to cluster presence"),
+        }
     }
 
-    fn ttl(&self) -> Duration {
-        Duration::from_secs(self.args.config.presence_ttl_secs)
+    /// The echo answers this node's own checks that the server holds a subscription.
+    async fn subscribe_echo(&mut self) {
+        match self.args.client.subscribe(self.echo_subject.clone()).await {
+            Ok(subscriber) => {
+                self.echo_task = Some(link::serve_echo(self.args.client.clone(), subscriber));
+            }
+            Err(error) => tracing::error!(%error, "cannot subscribe the cluster echo"),
+        }
     }
 
-    fn user_subject(&self, user: &UserKey) -> String {
-        format!(
-            "{}.user.{}.{}",
-            self.args.config.subject_prefix,
-            token(&user.tenant),
-            token(&user.user)
-        )
+    /// After a restart: the live connections' interests and presence, again.
+    async fn restore_live_sessions(&mut self) {
+        let Some(sessions) = self.args.sessions.get() else {
+            return;
+        };
+        let Ok(registrations) =
+            ractor::call_t!(sessions, SessionSupervisorMsg::Registrations, 10_000)
+        else {
+            return;
+        };
+        for registration in registrations {
+            self.add_interest(registration.key.clone()).await;
+            self.local.restore(registration.key);
+        }
+    }
+}
+
+/// Delivery: interests and what is published on users' subjects.
+impl ClusterState {
+    async fn interest(&mut self, user: UserKey, reply: RpcReplyPort<bool>) {
+        let counted = self.add_interest(user).await;
+        let _ = reply.send(counted);
     }
 
-    async fn add_interest(&mut self, myself: &ActorRef<ClusterMsg>, user: UserKey) -> bool {
-        if let Some((count, _)) = self.interests.get_mut(&user) {
-            *count += 1;
+    fn disinterest(&mut self, user: &UserKey) {
+        self.interests.remove_session(user);
+    }
+
+    /// Counts a session of `user`, subscribing to the user's subject with the first one;
+    /// returns whether it was counted.
+    async fn add_interest(&mut self, user: UserKey) -> bool {
+        if self.interests.add_session(&user) {
             return true;
         }
-        let subject = self.user_subject(&user);
-        let mut subscriber = match self.args.client.subscribe(subject).await {
+        let subscriber = match self.args.client.subscribe(self.subjects.user(&user)).await {
             Ok(subscriber) => subscriber,
             Err(error) => {
                 tracing::warn!(%error, "cannot subscribe a user's subject");
                 return false;
             }
         };
-        let router = self.args.router.clone();
-        let node = self.args.node.clone();
-        let key = user.clone();
-        let task = tokio::spawn(async move {
-            while let Some(message) = subscriber.next().await {
-                let Ok(envelope) = serde_json::from_slice::<Envelope>(&message.payload) else {
-                    continue;
-                };
-                forward(&router, &node, &key, envelope);
-            }
-        });
-        self.interests.insert(user, (1, task));
-        let _ = myself;
-        // The server handles a connection's commands in order: once it answers a request
-        // sent after the subscription, it holds the subscription. While NATS is away there
-        // is nothing to wait for: the subscription returns with the connection, and the
-        // sync_hint sent then covers what was missed.
-        if self.connected() {
-            let echo = self
-                .args
-                .client
-                .request(self.echo_subject.clone(), bytes::Bytes::new());
-            if !matches!(tokio::time::timeout(CONFIRM_TIMEOUT, echo).await, Ok(Ok(_))) {
-                tracing::debug!("the NATS server did not confirm a new interest in time");
-            }
-        }
+        let task = interest::spawn_forwarder(
+            subscriber,
+            self.args.router.clone(),
+            self.args.node.clone(),
+            user.clone(),
+        );
+        self.interests.subscribed(user, task);
+        link::confirm_subscriptions(&self.args.client, &self.echo_subject).await;
         true
-    }
-
-    /// Drops every local interest and tells the other nodes none of these users is here.
-    async fn forget_local(&mut self) {
-        for (_, (_, task)) in self.interests.drain() {
-            task.abort();
-        }
-        self.local.clear();
-        self.version += 1;
-        self.publish_snapshot().await;
-    }
-
-    fn connected(&self) -> bool {
-        self.args.client.connection_state() == async_nats::connection::State::Connected
-    }
-
-    /// Whether a link that was up is down now (before the first connection, publishes
-    /// wait in the client and go out once it connects).
-    fn link_lost(&self) -> bool {
-        self.args.client.connection_state() == async_nats::connection::State::Disconnected
-    }
-
-    fn remove_interest(&mut self, user: &UserKey) {
-        if let Some((count, _)) = self.interests.get_mut(user) {
-            *count -= 1;
-            if *count == 0
-                && let Some((_, task)) = self.interests.remove(user)
-            {
-                // Dropping the subscriber unsubscribes.
-                task.abort();
-            }
-        }
-    }
-
-    /// Publishes `envelope`, unless NATS is away: then it is dropped (every message is in
-    /// storage, and the sync_hint after the reconnect covers it) rather than queued until
-    /// the client's buffer fills and blocks this actor.
-    async fn publish(&self, subject: String, envelope: &Envelope) {
-        if self.link_lost() {
-            return;
-        }
-        let payload = serde_json::to_vec(envelope).expect("envelopes always serialize");
-        if let Err(error) = self.args.client.publish(subject, payload.into()).await {
-            tracing::debug!(%error, "cluster publish failed");
-        }
     }
 
     async fn publish_messages(&mut self, messages: &[StoredMessage]) {
@@ -481,7 +303,7 @@ impl ClusterState {
                 participants.push(message.sender_key());
             }
             for user in participants {
-                self.publish(self.user_subject(&user), &envelope).await;
+                self.publish(self.subjects.user(&user), &envelope).await;
                 // Remembered for a while: if the link turns out to have been down, these
                 // users' nodes are told to sync once it is back.
                 self.recent.insert(user, now);
@@ -498,7 +320,7 @@ impl ClusterState {
             origin: self.args.node.clone(),
         };
         for user in &users {
-            self.publish(self.user_subject(user), &envelope).await;
+            self.publish(self.subjects.user(user), &envelope).await;
         }
         if !users.is_empty() {
             tracing::info!(
@@ -509,7 +331,7 @@ impl ClusterState {
     }
 
     async fn publish_typing(&self, from: UserKey, to: String) {
-        let subject = self.user_subject(&from.peer(to.clone()));
+        let subject = self.subjects.user(&from.peer(to.clone()));
         let envelope = Envelope::Typing {
             origin: self.args.node.clone(),
             tenant: from.tenant.clone(),
@@ -519,25 +341,34 @@ impl ClusterState {
         self.publish(subject, &envelope).await;
     }
 
-    async fn publish_presence(&self, envelope: &Envelope) {
-        let subject = format!("{}.presence", self.args.config.subject_prefix);
-        self.publish(subject, envelope).await;
-    }
-
-    async fn local_presence(&mut self, user: UserKey, online: bool) {
-        let changed = if online {
-            self.local.insert(user.clone())
-        } else {
-            self.local.remove(&user)
-        };
-        if !changed {
+    /// Publishes `envelope`, unless NATS is away: then it is dropped (every message is in
+    /// storage, and the sync_hint after the reconnect covers it) rather than queued until
+    /// the client's buffer fills and blocks this actor.
+    async fn publish(&self, subject: String, envelope: &Envelope) {
+        if link::is_lost(&self.args.client) {
             return;
         }
-        self.version += 1;
+        if let Err(error) = self
+            .args
+            .client
+            .publish(subject, envelope.encode().into())
+            .await
+        {
+            tracing::debug!(%error, "cluster publish failed");
+        }
+    }
+}
+
+/// This node's presence, as the other nodes hear it.
+impl ClusterState {
+    async fn local_presence(&mut self, user: UserKey, online: bool) {
+        let Some(stamp) = self.local.set(user.clone(), online) else {
+            return;
+        };
         let envelope = Envelope::Presence {
             node: self.args.node.clone(),
-            incarnation: self.incarnation,
-            version: self.version,
+            incarnation: stamp.incarnation,
+            version: stamp.version,
             tenant: user.tenant.clone(),
             user: user.user.clone(),
             online,
@@ -545,50 +376,104 @@ impl ClusterState {
         self.publish_presence(&envelope).await;
     }
 
-    /// Publishes this node's full list (in chunks), and asks for everyone's when `hello`.
-    async fn announce(&mut self, hello: bool) {
-        if hello {
-            self.last_hello = Some(Instant::now());
-            let node = self.args.node.clone();
-            self.publish_presence(&Envelope::Hello { node }).await;
-        }
+    /// Drops every local interest and tells the other nodes none of these users is here.
+    async fn forget_local(&mut self) {
+        self.interests.clear();
+        self.local.clear();
         self.publish_snapshot().await;
     }
 
-    async fn publish_snapshot(&self) {
-        let users: Vec<(String, String)> = self
-            .local
-            .iter()
-            .map(|k| (k.tenant.clone(), k.user.clone()))
-            .collect();
-        let mut chunks: Vec<&[(String, String)]> = users.chunks(SNAPSHOT_CHUNK).collect();
-        if chunks.is_empty() {
-            chunks.push(&[]);
-        }
-        for (i, chunk) in chunks.into_iter().enumerate() {
-            let envelope = Envelope::Snapshot {
-                node: self.args.node.clone(),
-                incarnation: self.incarnation,
-                version: self.version,
-                first: i == 0,
-                users: chunk.to_vec(),
-            };
-            self.publish_presence(&envelope).await;
-        }
+    /// Asks every node for its list (`hello`), and publishes this node's.
+    async fn send_hello(&mut self) {
+        self.last_hello = Some(Instant::now());
+        let node = self.args.node.clone();
+        self.publish_presence(&Envelope::Hello { node }).await;
+        self.publish_snapshot().await;
     }
 
-    /// Asks every node for its list, at most once per [`HELLO_SPACING`].
-    async fn hello(&mut self) {
+    /// [`Self::send_hello`], unless this node sent one less than [`HELLO_SPACING`] ago.
+    async fn send_hello_unless_recent(&mut self) {
         if self
             .last_hello
             .is_some_and(|at| at.elapsed() < HELLO_SPACING)
         {
             return;
         }
-        self.announce(true).await;
+        self.send_hello().await;
     }
 
+    /// Publishes this node's full list of online users (in chunks).
+    async fn publish_snapshot(&self) {
+        let Stamp {
+            incarnation,
+            version,
+        } = self.local.stamp();
+        let users = self.local.pairs();
+        for envelope in Envelope::snapshots(&self.args.node, incarnation, version, &users) {
+            self.publish_presence(&envelope).await;
+        }
+    }
+
+    async fn publish_presence(&self, envelope: &Envelope) {
+        self.publish(self.subjects.presence(), envelope).await;
+    }
+
+    /// Sends a heartbeat, forgets nodes silent for the TTL and recent deliveries old enough
+    /// to have surely arrived, and schedules the next tick.
+    async fn tick(&mut self, myself: &ActorRef<ClusterMsg>) {
+        // A link that stayed up this long (NATS pings every third of the TTL, so a dead link
+        // shows within two pings) delivered what was published before.
+        let window = self.ttl() * 3;
+        self.recent.retain(|_, at| at.elapsed() < window);
+        let Stamp {
+            incarnation,
+            version,
+        } = self.local.stamp();
+        let heartbeat = Envelope::Heartbeat {
+            node: self.args.node.clone(),
+            incarnation,
+            version,
+        };
+        self.publish_presence(&heartbeat).await;
+        let changes = self.peers.expire(Instant::now(), self.ttl());
+        self.tell_router(changes);
+        myself.send_after(self.heartbeat_interval(), || ClusterMsg::Tick);
+    }
+
+    async fn reconnected(&mut self) {
+        tracing::info!(node = %self.args.node, "NATS reconnected; resynchronising presence and sessions");
+        self.last_hello = None;
+        self.send_hello().await;
+        self.resync_recent().await;
+        let _ = self.args.router.cast(RouterMsg::SyncHintAll);
+    }
+
+    /// Tells the other nodes this one is leaving, and makes sure the server has it.
+    async fn leave(&mut self, reply: RpcReplyPort<()>) {
+        let node = self.args.node.clone();
+        self.publish_presence(&Envelope::Bye { node }).await;
+        let _ = self.args.client.flush().await;
+        let _ = reply.send(());
+    }
+
+    fn heartbeat_interval(&self) -> Duration {
+        Duration::from_secs(self.args.config.presence_ttl_secs) / 3
+    }
+
+    fn ttl(&self) -> Duration {
+        Duration::from_secs(self.args.config.presence_ttl_secs)
+    }
+}
+
+/// The other nodes' presence, as this node hears it.
+impl ClusterState {
+    fn remote_users(&self, reply: RpcReplyPort<Vec<UserKey>>) {
+        let _ = reply.send(self.peers.remote_users());
+    }
+
+    /// An envelope from the presence subject; this node's own are ignored.
     async fn presence(&mut self, envelope: Envelope) {
+        let now = Instant::now();
         match envelope {
             Envelope::Presence {
                 node,
@@ -598,26 +483,25 @@ impl ClusterState {
                 user,
                 online,
             } if node != self.args.node => {
-                let missed = self.heard(&node, incarnation, version, false);
-                let key = UserKey::new(tenant, user);
-                if online {
-                    self.peer_adds(&node, key);
-                } else {
-                    self.peer_removes(&node, &key);
-                }
-                if missed {
-                    self.hello().await;
-                }
+                let stamp = Stamp {
+                    incarnation,
+                    version,
+                };
+                let user = UserKey::new(tenant, user);
+                let heard = self.peers.change(&node, stamp, user, online, now);
+                self.act_on(heard).await;
             }
             Envelope::Heartbeat {
                 node,
                 incarnation,
                 version,
             } if node != self.args.node => {
-                let missed = self.heard(&node, incarnation, version, true);
-                if missed {
-                    self.hello().await;
-                }
+                let stamp = Stamp {
+                    incarnation,
+                    version,
+                };
+                let heard = self.peers.heartbeat(&node, stamp, now);
+                self.act_on(heard).await;
             }
             Envelope::Snapshot {
                 node,
@@ -626,256 +510,45 @@ impl ClusterState {
                 first,
                 users,
             } if node != self.args.node => {
-                self.heard(&node, incarnation, version, true);
-                if first {
-                    let old: Vec<UserKey> = self
-                        .peers
-                        .get(&node)
-                        .map(|p| p.users.iter().cloned().collect())
-                        .unwrap_or_default();
-                    for key in &old {
-                        self.peer_removes(&node, key);
-                    }
-                }
-                for (tenant, user) in users {
-                    self.peer_adds(&node, UserKey::new(tenant, user));
-                }
-                if let Some(peer) = self.peers.get_mut(&node) {
-                    peer.version = peer.version.max(version);
-                }
+                let stamp = Stamp {
+                    incarnation,
+                    version,
+                };
+                let users = users.into_iter().map(|(t, u)| UserKey::new(t, u));
+                let changes = self.peers.snapshot(&node, stamp, first, users, now);
+                self.tell_router(changes);
             }
-            Envelope::Hello { node } if node != self.args.node => {
-                // A newcomer (or a node that lost track) needs our list; we may need theirs;
-                // and it may have missed what we published lately.
-                let known = self.peers.contains_key(&node);
-                self.publish_snapshot().await;
-                self.resync_recent().await;
-                if !known {
-                    self.peers.entry(node).or_insert_with(|| Peer {
-                        incarnation: 0,
-                        version: 0,
-                        last_seen: Instant::now(),
-                        users: HashSet::new(),
-                    });
-                }
+            Envelope::Hello { node } if node != self.args.node => self.answer_hello(&node).await,
+            Envelope::Bye { node } if node != self.args.node => {
+                let changes = self.peers.forget(&node);
+                self.tell_router(changes);
             }
-            Envelope::Bye { node } if node != self.args.node => self.forget(&node),
             _ => {}
         }
     }
 
-    /// Records that `node` spoke with `version`; returns whether changes were missed.
-    fn heard(&mut self, node: &str, incarnation: u64, version: u64, complete: bool) -> bool {
-        if self
-            .peers
-            .get(node)
-            .is_some_and(|p| p.incarnation != incarnation && p.incarnation != 0)
-        {
-            // The node's link restarted and numbers from 0 again: what it said before
-            // no longer stands.
-            self.forget(node);
-        }
-        let peer = self.peers.entry(node.to_owned()).or_insert_with(|| Peer {
-            incarnation,
-            version: 0,
-            last_seen: Instant::now(),
-            users: HashSet::new(),
-        });
-        if peer.incarnation == 0 {
-            peer.incarnation = incarnation;
-        }
-        peer.last_seen = Instant::now();
-        // A delta must be the next number; a heartbeat or snapshot states the current one.
-        let expected = if complete {
-            peer.version
-        } else {
-            peer.version + 1
-        };
-        let missed = version > expected;
-        if !complete || version >= peer.version {
-            peer.version = peer.version.max(version);
-        }
-        missed
+    /// A newcomer (or a node that lost track) needs our list; we may need theirs; and it
+    /// may have missed what we published lately.
+    async fn answer_hello(&mut self, node: &str) {
+        self.publish_snapshot().await;
+        self.resync_recent().await;
+        self.peers.hello(node, Instant::now());
     }
 
-    fn peer_adds(&mut self, node: &str, key: UserKey) {
-        let Some(peer) = self.peers.get_mut(node) else {
-            return;
-        };
-        if peer.users.insert(key.clone()) {
-            let count = self.remote.entry(key.clone()).or_insert(0);
-            *count += 1;
-            if *count == 1 {
-                let _ = self.args.router.cast(RouterMsg::RemotePresence {
-                    user: key,
-                    online: true,
-                });
-            }
+    /// Passes on presence changes, and asks for everyone's list after a gap.
+    async fn act_on(&mut self, heard: Heard) {
+        self.tell_router(heard.changes);
+        if heard.missed {
+            self.send_hello_unless_recent().await;
         }
     }
 
-    fn peer_removes(&mut self, node: &str, key: &UserKey) {
-        let Some(peer) = self.peers.get_mut(node) else {
-            return;
-        };
-        if peer.users.remove(key)
-            && let Some(count) = self.remote.get_mut(key)
-        {
-            *count -= 1;
-            if *count == 0 {
-                self.remote.remove(key);
-                let _ = self.args.router.cast(RouterMsg::RemotePresence {
-                    user: key.clone(),
-                    online: false,
-                });
-            }
+    fn tell_router(&self, changes: Vec<RemoteChange>) {
+        for RemoteChange { user, online } in changes {
+            let _ = self
+                .args
+                .router
+                .cast(RouterMsg::RemotePresence { user, online });
         }
     }
-
-    /// A node left or went silent: its users no longer count.
-    fn forget(&mut self, node: &str) {
-        let users: Vec<UserKey> = self
-            .peers
-            .get(node)
-            .map(|p| p.users.iter().cloned().collect())
-            .unwrap_or_default();
-        for key in &users {
-            self.peer_removes(node, key);
-        }
-        self.peers.remove(node);
-        tracing::info!(%node, users = users.len(), "cluster node gone");
-    }
-
-    async fn tick(&mut self) {
-        // A link that stayed up this long (NATS pings every third of the TTL, so a dead link
-        // shows within two pings) delivered what was published before.
-        let window = self.ttl() * 3;
-        self.recent.retain(|_, at| at.elapsed() < window);
-        let heartbeat = Envelope::Heartbeat {
-            node: self.args.node.clone(),
-            incarnation: self.incarnation,
-            version: self.version,
-        };
-        self.publish_presence(&heartbeat).await;
-        let ttl = self.ttl();
-        let silent: Vec<String> = self
-            .peers
-            .iter()
-            .filter(|(_, p)| p.last_seen.elapsed() > ttl)
-            .map(|(n, _)| n.clone())
-            .collect();
-        for node in silent {
-            self.forget(&node);
-        }
-    }
-}
-
-/// Hands an envelope from `user`'s subject to the Router, unless this node sent it.
-fn forward(router: &ActorSlot<RouterMsg>, node: &str, user: &UserKey, envelope: Envelope) {
-    match envelope {
-        Envelope::Message { origin, message } if origin != node => {
-            let _ = router.cast(RouterMsg::RemoteDeliver {
-                user: user.clone(),
-                message: message.into(),
-            });
-        }
-        Envelope::Typing {
-            origin,
-            tenant,
-            from,
-            to,
-        } if origin != node => {
-            let _ = router.cast(RouterMsg::RemoteTyping {
-                from: UserKey::new(tenant, from),
-                to,
-            });
-        }
-        Envelope::Resync { origin } if origin != node => {
-            let _ = router.cast(RouterMsg::SyncHint(vec![user.clone()]));
-        }
-        _ => {}
-    }
-}
-
-/// Checks what only the cluster knows of `[cluster]` (the NATS URLs' syntax), before
-/// anything starts; [`peroxo_config::Config::validate`] checks the rest.
-pub fn check_config(config: &ClusterConfig) -> Result<(), peroxo_config::ConfigError> {
-    let valid = |u: &str| {
-        let u = u.trim();
-        u.starts_with("nats://") && u.parse::<async_nats::ServerAddr>().is_ok()
-    };
-    if config.mode == peroxo_config::ClusterMode::Nats && !config.nats_url.split(',').all(valid) {
-        return Err(peroxo_config::ConfigError::new(
-            "cluster.nats_url",
-            format!("must be nats:// URLs, got {:?}", config.nats_url),
-        ));
-    }
-    Ok(())
-}
-
-/// Connects to NATS with exponential backoff and jitter on reconnects; `on_reconnect` runs
-/// after every reconnect.
-pub async fn connect(
-    config: &ClusterConfig,
-    node: &str,
-    on_reconnect: impl Fn() + Send + Sync + 'static,
-) -> Result<async_nats::Client, async_nats::ConnectError> {
-    let on_reconnect = std::sync::Arc::new(on_reconnect);
-    let servers: Vec<async_nats::ServerAddr> = config
-        .nats_url
-        .split(',')
-        .filter_map(|u| u.trim().parse().ok())
-        .collect();
-    let was_connected = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    async_nats::ConnectOptions::new()
-        .name(format!("peroxo-{node}"))
-        .retry_on_initial_connect()
-        // A dead link shows within two pings; `recent` deliveries cover that window.
-        .ping_interval(Duration::from_secs(config.presence_ttl_secs) / 3)
-        .max_reconnects(None)
-        .reconnect_delay_callback(|attempts| {
-            let base = Duration::from_millis(50).saturating_mul(1 << attempts.min(7) as u32);
-            let capped = base.min(Duration::from_secs(5));
-            // Jitter: up to a quarter less, so nodes do not reconnect in lockstep.
-            let jitter = (nuid_jitter() % 250) as u32;
-            capped.mul_f64(1.0 - f64::from(jitter) / 1000.0)
-        })
-        .event_callback(move |event| {
-            let on_reconnect = std::sync::Arc::clone(&on_reconnect);
-            let was_connected = std::sync::Arc::clone(&was_connected);
-            async move {
-                match event {
-                    async_nats::Event::Connected => {
-                        if was_connected.swap(true, std::sync::atomic::Ordering::Relaxed) {
-                            on_reconnect();
-                        }
-                    }
-                    async_nats::Event::Disconnected => {
-                        tracing::warn!("NATS connection lost; reconnecting");
-                    }
-                    other => tracing::debug!(event = %other, "NATS event"),
-                }
-            }
-        })
-        .connect(servers)
-        .await
-}
-
-/// A number telling this Cluster incarnation from earlier ones of the same node.
-fn incarnation() -> u64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(1, |d| d.as_nanos());
-    u64::try_from(nanos % u128::from(u64::MAX))
-        .unwrap_or(1)
-        .max(1)
-}
-
-/// A cheap pseudo-random number for jitter (the low bits of the clock).
-fn nuid_jitter() -> u64 {
-    u64::from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos()),
-    )
 }
