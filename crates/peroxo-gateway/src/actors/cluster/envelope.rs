@@ -140,3 +140,74 @@ impl From<WireMessage> for StoredMessage {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelopes_are_json_objects_tagged_by_kind() {
+        let hello = Envelope::Hello {
+            node: "gw-1".into(),
+        };
+        assert_eq!(hello.encode(), br#"{"kind":"hello","node":"gw-1"}"#);
+        let bye = Envelope::decode(br#"{"kind":"bye","node":"gw-2"}"#);
+        assert!(matches!(bye, Some(Envelope::Bye { node }) if node == "gw-2"));
+    }
+
+    #[test]
+    fn a_payload_that_is_not_an_envelope_decodes_to_none() {
+        assert!(Envelope::decode(b"not json").is_none());
+        assert!(Envelope::decode(br#"{"kind":"unknown"}"#).is_none());
+    }
+
+    #[test]
+    fn an_empty_list_is_one_first_snapshot() {
+        let snapshots = Envelope::snapshots("gw-1", 7, 3, &[]);
+        assert_eq!(snapshots.len(), 1);
+        assert!(matches!(
+            &snapshots[0],
+            Envelope::Snapshot { node, incarnation: 7, version: 3, first: true, users }
+                if node == "gw-1" && users.is_empty()
+        ));
+    }
+
+    #[test]
+    fn a_long_list_is_split_into_chunks_and_only_the_first_starts_the_list() {
+        let users: Vec<(String, String)> = (0..SNAPSHOT_CHUNK + 1)
+            .map(|i| ("t".to_owned(), format!("u{i}")))
+            .collect();
+        let snapshots = Envelope::snapshots("gw-1", 1, 1, &users);
+        let shape: Vec<(bool, usize)> = snapshots
+            .iter()
+            .map(|s| match s {
+                Envelope::Snapshot { first, users, .. } => (*first, users.len()),
+                _ => unreachable!("snapshots makes only snapshot envelopes"),
+            })
+            .collect();
+        assert_eq!(shape, vec![(true, SNAPSHOT_CHUNK), (false, 1)]);
+    }
+
+    #[test]
+    fn a_message_survives_the_trip_through_the_wire_form() {
+        let stored = StoredMessage {
+            message_id: 42,
+            tenant: "acme".into(),
+            sender: "alice".into(),
+            recipient: "bob".into(),
+            client_msg_id: "c-1".into(),
+            text: "hi".into(),
+            ts: 1_700_000_000_000,
+            sender_seq: 5,
+            recipient_seq: 9,
+        };
+        let envelope = Envelope::Message {
+            origin: "gw-1".into(),
+            message: WireMessage::from(&stored),
+        };
+        let Some(Envelope::Message { message, .. }) = Envelope::decode(&envelope.encode()) else {
+            panic!("a message envelope decodes as one");
+        };
+        assert_eq!(StoredMessage::from(message), stored);
+    }
+}

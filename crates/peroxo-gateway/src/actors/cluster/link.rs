@@ -186,3 +186,37 @@ pub(super) async fn confirm_subscriptions(client: &async_nats::Client, echo_subj
         tracing::debug!("the NATS server did not confirm a new interest in time");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dot_in_an_id_becomes_a_tilde_so_each_id_is_one_token() {
+        let subjects = Subjects::new("peroxo");
+        let user = UserKey::new("acme.eu", "bob.smith");
+        assert_eq!(subjects.user(&user), "peroxo.user.acme~eu.bob~smith");
+        assert_eq!(subjects.echo("gw.1"), "peroxo.node.gw~1.echo");
+        assert_eq!(subjects.presence(), "peroxo.presence");
+    }
+
+    #[test]
+    fn the_backoff_doubles_from_50_ms_up_to_5_s() {
+        let waits: Vec<Duration> = (0..9).map(|attempt| backoff(attempt, 0)).collect();
+        let millis: Vec<u128> = waits.iter().map(Duration::as_millis).collect();
+        assert_eq!(millis, [50, 100, 200, 400, 800, 1600, 3200, 5000, 5000]);
+        assert_eq!(backoff(usize::MAX, 0), RECONNECT_CAP);
+    }
+
+    #[test]
+    fn jitter_takes_off_at_most_a_quarter() {
+        assert_eq!(backoff(1, 249), Duration::from_millis(100).mul_f64(0.751));
+        for _ in 0..100 {
+            let wait = reconnect_delay(20);
+            assert!(
+                wait <= RECONNECT_CAP && wait > RECONNECT_CAP * 3 / 4,
+                "{wait:?}"
+            );
+        }
+    }
+}

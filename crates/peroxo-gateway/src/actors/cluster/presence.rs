@@ -326,3 +326,345 @@ impl Peers {
         tracing::info!(%node, users = users.len(), "cluster node gone");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TTL: Duration = Duration::from_secs(10);
+
+    fn user(name: &str) -> UserKey {
+        UserKey::new("acme", name)
+    }
+
+    fn stamp(incarnation: u64, version: u64) -> Stamp {
+        Stamp {
+            incarnation,
+            version,
+        }
+    }
+
+    fn online(name: &str) -> RemoteChange {
+        RemoteChange {
+            user: user(name),
+            online: true,
+        }
+    }
+
+    fn offline(name: &str) -> RemoteChange {
+        RemoteChange {
+            user: user(name),
+            online: false,
+        }
+    }
+
+    fn sorted(mut users: Vec<UserKey>) -> Vec<UserKey> {
+        users.sort();
+        users
+    }
+
+    /// Peers where `node` (incarnation 1) has announced `names` as changes 1, 2, ...
+    fn peers_with(node: &str, names: &[&str], now: Instant) -> Peers {
+        let mut peers = Peers::default();
+        for (i, name) in names.iter().enumerate() {
+            peers.change(node, stamp(1, i as u64 + 1), user(name), true, now);
+        }
+        peers
+    }
+
+    #[test]
+    fn a_user_a_peer_announces_comes_online_once() {
+        let now = Instant::now();
+        let mut peers = Peers::default();
+        let heard = peers.change("gw-2", stamp(1, 1), user("bob"), true, now);
+        assert_eq!(
+            heard,
+            Heard {
+                missed: false,
+                changes: vec![online("bob")]
+            }
+        );
+        assert_eq!(peers.remote_users(), vec![user("bob")]);
+        // Said again (a repeated or reordered change), it is no news.
+        let again = peers.change("gw-2", stamp(1, 2), user("bob"), true, now);
+        assert!(again.changes.is_empty());
+    }
+
+    #[test]
+    fn a_user_on_two_peers_stays_online_until_neither_lists_it() {
+        let now = Instant::now();
+        let mut peers = peers_with("gw-2", &["bob"], now);
+        let second = peers.change("gw-3", stamp(1, 1), user("bob"), true, now);
+        assert!(second.changes.is_empty());
+
+        let first_gone = peers.change("gw-2", stamp(1, 2), user("bob"), false, now);
+        assert!(first_gone.changes.is_empty());
+        assert_eq!(peers.remote_users(), vec![user("bob")]);
+
+        let both_gone = peers.change("gw-3", stamp(1, 2), user("bob"), false, now);
+        assert_eq!(both_gone.changes, vec![offline("bob")]);
+        assert!(peers.remote_users().is_empty());
+    }
+
+    #[test]
+    fn removing_a_user_the_peer_never_listed_changes_nothing() {
+        let now = Instant::now();
+        let mut peers = peers_with("gw-2", &["bob"], now);
+        let heard = peers.change("gw-2", stamp(1, 2), user("carol"), false, now);
+        assert!(heard.changes.is_empty());
+        assert_eq!(peers.remote_users(), vec![user("bob")]);
+    }
+
+    #[test]
+    fn a_peers_users_stay_online_until_the_ttl_passes_without_word_from_it() {
+        let start = Instant::now();
+        let mut peers = peers_with("gw-2", &["bob"], start);
+        assert!(peers.expire(start + TTL, TTL).is_empty());
+        assert_eq!(peers.remote_users(), vec![user("bob")]);
+
+        let changes = peers.expire(start + TTL + Duration::from_millis(1), TTL);
+        assert_eq!(changes, vec![offline("bob")]);
+        assert!(peers.remote_users().is_empty());
+    }
+
+    #[test]
+    fn a_heartbeat_keeps_a_peer_from_expiring() {
+        let start = Instant::now();
+        let mut peers = peers_with("gw-2", &["bob"], start);
+        peers.heartbeat("gw-2", stamp(1, 1), start + TTL);
+        assert!(peers.expire(start + TTL * 3 / 2, TTL).is_empty());
+        assert_eq!(peers.remote_users(), vec![user("bob")]);
+    }
+
+    #[test]
+    fn a_forgotten_peer_takes_only_the_users_no_other_peer_lists() {
+        let now = Instant::now();
+        let mut peers = peers_with("gw-2", &["bob", "carol"], now);
+        peers.change("gw-3", stamp(1, 1), user("carol"), true, now);
+        assert_eq!(peers.forget("gw-2"), vec![offline("bob")]);
+        assert_eq!(peers.remote_users(), vec![user("carol")]);
+    }
+
+    #[test]
+    fn a_forgotten_peer_starts_afresh_when_heard_again() {
+        let now = Instant::now();
+        let mut peers = peers_with("gw-2", &["bob", "carol"], now);
+        peers.forget("gw-2");
+        // Its numbering is forgotten too: version 1 is the next change again.
+        let heard = peers.change("gw-2", stamp(1, 1), user("dave"), true, now);
+        assert_eq!(
+            heard,
+            Heard {
+                missed: false,
+                changes: vec![online("dave")]
+            }
+        );
+        assert_eq!(peers.remote_users(), vec![user("dave")]);
+    }
+
+    #[test]
+    fn the_next_change_is_no_gap_and_a_skipped_number_is() {
+        let now = Instant::now();
+        let mut peers = peers_with("gw-2", &["bob"], now);
+        let next = peers.change("gw-2", stamp(1, 2), user("carol"), true, now);
+        assert!(!next.missed);
+        let skipped = peers.change("gw-2", stamp(1, 4), user("dave"), true, now);
+        assert!(skipped.missed);
+        // The change that revealed the gap is applied all the same.
+        assert_eq!(skipped.changes, vec![online("dave")]);
+    }
+
+    #[test]
+    fn a_peer_first_heard_of_mid_way_is_a_gap() {
+        let now = Instant::now();
+        let mut peers = Peers::default();
+        let change = peers.change("gw-2", stamp(1, 5), user("bob"), true, now);
+        assert!(change.missed);
+        let heartbeat = peers.heartbeat("gw-3", stamp(1, 5), now);
+        assert!(heartbeat.missed);
+        let fresh = peers.heartbeat("gw-4", stamp(1, 0), now);
+        assert!(!fresh.missed);
+    }
+
+    #[test]
+    fn a_heartbeat_ahead_of_the_known_number_is_a_gap_and_one_level_with_it_is_not() {
+        let now = Instant::now();
+        let mut peers = peers_with("gw-2", &["bob", "carol"], now);
+        assert!(!peers.heartbeat("gw-2", stamp(1, 2), now).missed);
+        assert!(peers.heartbeat("gw-2", stamp(1, 3), now).missed);
+        // The heartbeat moved the number on: the change after it is no gap.
+        let next = peers.change("gw-2", stamp(1, 4), user("dave"), true, now);
+        assert!(!next.missed);
+    }
+
+    #[test]
+    fn an_older_change_is_still_applied_but_does_not_move_the_number_back() {
+        let now = Instant::now();
+        let mut peers = peers_with("gw-2", &["bob", "carol", "dave"], now);
+        // Numbered 2 while 3 is known: late, and applied anyway.
+        let late = peers.change("gw-2", stamp(1, 2), user("bob"), false, now);
+        assert_eq!(
+            late,
+            Heard {
+                missed: false,
+                changes: vec![offline("bob")]
+            }
+        );
+        // The number stayed at 3, so 4 is the next change.
+        assert!(
+            !peers
+                .change("gw-2", stamp(1, 4), user("erin"), true, now)
+                .missed
+        );
+    }
+
+    #[test]
+    fn a_new_incarnation_drops_everything_the_previous_one_said() {
+        let now = Instant::now();
+        let mut peers = peers_with("gw-2", &["bob", "carol"], now);
+        let heard = peers.change("gw-2", stamp(2, 1), user("carol"), true, now);
+        // Numbering starts again: version 1 of the new incarnation is no gap.
+        assert!(!heard.missed);
+        let mut changes = heard.changes;
+        changes.sort_by(|a, b| (&a.user, a.online).cmp(&(&b.user, b.online)));
+        assert_eq!(
+            changes,
+            vec![offline("bob"), offline("carol"), online("carol")]
+        );
+        assert_eq!(peers.remote_users(), vec![user("carol")]);
+    }
+
+    #[test]
+    fn an_older_incarnation_also_replaces_the_peers_view() {
+        // Incarnations are compared for equality only: any other one is taken as a restart.
+        let now = Instant::now();
+        let mut peers = Peers::default();
+        peers.change("gw-2", stamp(9, 1), user("bob"), true, now);
+        let heard = peers.heartbeat("gw-2", stamp(3, 0), now);
+        assert_eq!(heard.changes, vec![offline("bob")]);
+        assert!(peers.remote_users().is_empty());
+    }
+
+    #[test]
+    fn a_first_snapshot_chunk_replaces_what_was_known_of_the_peer() {
+        let now = Instant::now();
+        let mut peers = peers_with("gw-2", &["bob", "carol"], now);
+        let changes = peers.snapshot(
+            "gw-2",
+            stamp(1, 2),
+            true,
+            [user("carol"), user("dave")],
+            now,
+        );
+        assert_eq!(
+            sorted(peers.remote_users()),
+            vec![user("carol"), user("dave")]
+        );
+        assert!(changes.contains(&offline("bob")));
+        assert!(changes.contains(&online("dave")));
+        // A user in both lists is dropped and listed again, and the changes say so in order.
+        let carol: Vec<&RemoteChange> =
+            changes.iter().filter(|c| c.user == user("carol")).collect();
+        assert_eq!(carol, vec![&offline("carol"), &online("carol")]);
+    }
+
+    #[test]
+    fn a_later_snapshot_chunk_adds_to_the_list() {
+        let now = Instant::now();
+        let mut peers = Peers::default();
+        peers.snapshot("gw-2", stamp(1, 2), true, [user("bob")], now);
+        let changes = peers.snapshot("gw-2", stamp(1, 2), false, [user("carol")], now);
+        assert_eq!(changes, vec![online("carol")]);
+        assert_eq!(
+            sorted(peers.remote_users()),
+            vec![user("bob"), user("carol")]
+        );
+    }
+
+    #[test]
+    fn an_empty_first_snapshot_chunk_takes_every_user_of_the_peer_offline() {
+        let now = Instant::now();
+        let mut peers = peers_with("gw-2", &["bob"], now);
+        let changes = peers.snapshot("gw-2", stamp(1, 2), true, [], now);
+        assert_eq!(changes, vec![offline("bob")]);
+        assert!(peers.remote_users().is_empty());
+    }
+
+    #[test]
+    fn a_snapshot_sets_the_peers_number() {
+        let now = Instant::now();
+        let mut peers = Peers::default();
+        peers.snapshot("gw-2", stamp(1, 7), true, [user("bob")], now);
+        assert!(
+            !peers
+                .change("gw-2", stamp(1, 8), user("carol"), true, now)
+                .missed
+        );
+    }
+
+    #[test]
+    fn a_node_known_only_from_its_hello_takes_the_incarnation_it_numbers_with() {
+        let now = Instant::now();
+        let mut peers = Peers::default();
+        peers.hello("gw-2", now);
+        let heard = peers.change("gw-2", stamp(5, 1), user("bob"), true, now);
+        assert_eq!(
+            heard,
+            Heard {
+                missed: false,
+                changes: vec![online("bob")]
+            }
+        );
+        // Incarnation 5 is now the known one: the same again is no restart.
+        let same = peers.heartbeat("gw-2", stamp(5, 1), now);
+        assert!(same.changes.is_empty());
+        assert_eq!(peers.remote_users(), vec![user("bob")]);
+    }
+
+    #[test]
+    fn a_hello_from_a_known_node_keeps_its_users() {
+        let now = Instant::now();
+        let mut peers = peers_with("gw-2", &["bob"], now);
+        peers.hello("gw-2", now);
+        assert_eq!(peers.remote_users(), vec![user("bob")]);
+        assert!(
+            !peers
+                .change("gw-2", stamp(1, 2), user("carol"), true, now)
+                .missed
+        );
+    }
+
+    #[test]
+    fn a_local_change_is_numbered_once_and_a_repeat_is_not_a_change() {
+        let mut local = LocalUsers::new(7);
+        assert_eq!(local.stamp(), stamp(7, 0));
+        assert_eq!(local.set(user("bob"), true), Some(stamp(7, 1)));
+        assert_eq!(local.set(user("bob"), true), None);
+        assert_eq!(local.set(user("bob"), false), Some(stamp(7, 2)));
+        assert_eq!(local.set(user("bob"), false), None);
+        assert!(local.pairs().is_empty());
+    }
+
+    #[test]
+    fn restoring_a_local_user_lists_it_without_numbering_a_change() {
+        let mut local = LocalUsers::new(7);
+        local.restore(user("bob"));
+        assert_eq!(local.stamp(), stamp(7, 0));
+        assert_eq!(local.pairs(), vec![("acme".to_owned(), "bob".to_owned())]);
+        assert_eq!(local.set(user("bob"), true), None);
+    }
+
+    #[test]
+    fn clearing_local_users_is_one_numbered_change() {
+        let mut local = LocalUsers::new(7);
+        local.set(user("bob"), true);
+        local.set(user("carol"), true);
+        assert_eq!(local.clear(), stamp(7, 3));
+        assert!(local.pairs().is_empty());
+    }
+
+    #[test]
+    fn an_incarnation_is_never_zero() {
+        assert_ne!(new_incarnation(), 0);
+    }
+}
