@@ -61,6 +61,7 @@ pub use link::{check_config, connect};
 /// The least time between two `hello`s from this node.
 const HELLO_SPACING: Duration = Duration::from_secs(1);
 
+/// What the Cluster is asked to do, by the other actors and by its own tasks.
 pub enum ClusterMsg {
     /// A session of `user` is about to open here: make sure this node receives the user's
     /// deliveries; answered once the NATS server has the subscription (or NATS is away).
@@ -89,6 +90,7 @@ pub enum ClusterMsg {
     ForgetLocal,
 }
 
+/// What a Cluster starts from; RootSupervisor builds it again for each successor.
 pub struct ClusterArgs {
     pub config: ClusterConfig,
     /// This node's name.
@@ -99,6 +101,7 @@ pub struct ClusterArgs {
     pub sessions: ActorSlot<SessionSupervisorMsg>,
 }
 
+/// What a Cluster changes as it runs; all of it can be rebuilt by a successor.
 pub struct ClusterState {
     args: ClusterArgs,
     subjects: Subjects,
@@ -131,6 +134,7 @@ impl Drop for ClusterState {
     }
 }
 
+/// The Cluster actor; everything it holds is in [`ClusterState`].
 pub struct Cluster;
 
 impl Cluster {
