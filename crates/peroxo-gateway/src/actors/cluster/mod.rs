@@ -7,8 +7,8 @@
 //!   that user's sessions. After a commit, the Router delivers locally and publishes the
 //!   message on the recipient's and the sender's subjects; NATS hands it to exactly the
 //!   nodes that hold those users. A session's subscription is confirmed by the NATS server
-//!   (flush) before its `welcome` is built, so no message committed after `welcome` can miss
-//!   the node.
+//!   (a round trip on this node's echo subject) before its `welcome` is built, so no
+//!   message committed after `welcome` can miss the node.
 //! - **Presence.** Each node publishes on `<prefix>.presence` when a user's first local
 //!   session opens or last one closes (numbered per node), a heartbeat every third of
 //!   `cluster.presence_ttl_secs`, and its full list of online users when asked (`hello`). A
