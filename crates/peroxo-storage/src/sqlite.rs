@@ -22,6 +22,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, Transaction, params};
 use tokio::sync::oneshot;
 
+use super::seq_assignment::{MessageSeqs, inbox_entries, next_seqs, stream_entries};
 use super::{HistoryQuery, MAX_STORED_TEXT_BYTES, MessageStore, StoreError, SyncQuery};
 use peroxo_config::SqliteSync;
 use peroxo_protocol::domain::{
@@ -432,6 +433,9 @@ fn current_seq(
     }
 }
 
+/// Stores `message` inside the writer's transaction: rejects it when invalid, answers it with
+/// the original when it was sent before, and otherwise inserts it with the next seqs of its
+/// participants, which `seqs` then remembers.
 fn append_one(
     tx: &Transaction<'_>,
     seqs: &mut HashMap<UserKey, u64>,
@@ -443,14 +447,34 @@ fn append_one(
     }
     let sender = UserKey::new(message.tenant.clone(), message.sender.clone());
     let recipient = sender.peer(message.recipient.clone());
-    let sender_seq = current_seq(tx, seqs, &sender)? + 1;
-    let recipient_seq = if message.recipient == message.sender {
-        sender_seq
-    } else {
-        current_seq(tx, seqs, &recipient)? + 1
+    let assigned = next_seqs(&sender, &recipient, |user| current_seq(tx, seqs, user))?;
+    let Some(message_id) = insert_message(tx, message, ts, assigned)? else {
+        return Ok(AppendOutcome::Stored {
+            message: find_original(tx, message)?,
+            duplicate: true,
+        });
     };
-    // The unique (tenant, sender, client_msg_id) decides idempotency: a resend inserts nothing
-    // and gets the original back.
+    let stored = assigned.stored(message, message_id as u64, ts);
+    insert_inbox(tx, &stored)?;
+    // Remembered only now: a duplicate takes no seq.
+    for (user, seq) in stream_entries(&sender, &recipient, assigned) {
+        seqs.insert(user.clone(), seq);
+    }
+    Ok(AppendOutcome::Stored {
+        message: stored,
+        duplicate: false,
+    })
+}
+
+/// Inserts `message` with `assigned` seqs and returns its message id, or `None` when it was
+/// sent before: the unique (tenant, sender, client_msg_id) decides idempotency, so a resend
+/// inserts nothing.
+fn insert_message(
+    tx: &Transaction<'_>,
+    message: &NewMessage,
+    ts: i64,
+    assigned: MessageSeqs,
+) -> Result<Option<i64>, StoreError> {
     let inserted = tx
         .prepare_cached(
             "INSERT INTO messages
@@ -467,71 +491,48 @@ fn append_one(
                 message.client_msg_id,
                 message.text,
                 ts,
-                seq_to_sql(sender_seq),
-                seq_to_sql(recipient_seq),
+                seq_to_sql(assigned.sender),
+                seq_to_sql(assigned.recipient),
             ])
         })
         .map_err(backend)?;
-    if inserted == 0 {
-        let original = tx
-            .prepare_cached(&format!(
-                "SELECT {MESSAGE_COLUMNS} FROM messages m
-                 WHERE m.tenant = ?1 AND m.sender = ?2 AND m.client_msg_id = ?3"
-            ))
-            .and_then(|mut stmt| {
-                stmt.query_row(
-                    params![message.tenant, message.sender, message.client_msg_id],
-                    row_to_message,
-                )
-            })
-            .map_err(backend)?;
-        return Ok(AppendOutcome::Stored {
-            message: original,
-            duplicate: true,
-        });
-    }
-    let message_id = tx.last_insert_rowid();
-    let mut insert_inbox = tx
+    Ok((inserted != 0).then(|| tx.last_insert_rowid()))
+}
+
+/// The stored original of a resent `message`.
+fn find_original(tx: &Transaction<'_>, message: &NewMessage) -> Result<StoredMessage, StoreError> {
+    tx.prepare_cached(&format!(
+        "SELECT {MESSAGE_COLUMNS} FROM messages m
+         WHERE m.tenant = ?1 AND m.sender = ?2 AND m.client_msg_id = ?3"
+    ))
+    .and_then(|mut stmt| {
+        stmt.query_row(
+            params![message.tenant, message.sender, message.client_msg_id],
+            row_to_message,
+        )
+    })
+    .map_err(backend)
+}
+
+/// Adds `stored` to its participants' streams: one inbox row each, one for a message to
+/// oneself.
+fn insert_inbox(tx: &Transaction<'_>, stored: &StoredMessage) -> Result<(), StoreError> {
+    let mut insert = tx
         .prepare_cached(
             "INSERT INTO inbox (tenant, owner, seq, message_id) VALUES (?1, ?2, ?3, ?4)",
         )
         .map_err(backend)?;
-    insert_inbox
-        .execute(params![
-            message.tenant,
-            message.sender,
-            seq_to_sql(sender_seq),
-            message_id
-        ])
-        .map_err(backend)?;
-    if message.recipient != message.sender {
-        insert_inbox
+    for (owner, seq) in inbox_entries(stored) {
+        insert
             .execute(params![
-                message.tenant,
-                message.recipient,
-                seq_to_sql(recipient_seq),
-                message_id
+                stored.tenant,
+                owner,
+                seq_to_sql(seq),
+                stored.message_id as i64
             ])
             .map_err(backend)?;
     }
-    seqs.insert(sender, sender_seq);
-    if message.recipient != message.sender {
-        seqs.insert(recipient, recipient_seq);
-    }
-    Ok(AppendOutcome::Stored {
-        message: StoredMessage {
-            message_id: message_id as u64,
-            tenant: message.tenant.clone(),
-            sender: message.sender.clone(),
-            recipient: message.recipient.clone(),
-            client_msg_id: message.client_msg_id.clone(),
-            text: message.text.clone(),
-            ts,
-            sender_seq,
-            recipient_seq,
-        },
-        duplicate: false,
-    })
+    Ok(())
 }
 
 #[cfg(test)]
