@@ -3,6 +3,9 @@
 //!
 //! Every error names the offending key (`storage.max_pending: ...`). `config.toml` at the top
 //! of the repository documents every key; keep the two in step.
+//!
+//! Each section struct checks its own keys; [`Config::validate`] runs those checks, and the
+//! few that span sections, in one fixed order.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -75,6 +78,28 @@ impl Default for HttpConfig {
 impl HttpConfig {
     pub fn handshake_timeout(&self) -> Duration {
         Duration::from_secs(self.handshake_timeout_secs)
+    }
+
+    /// The checks of `[http]`: origins are compared as browsers send them, so a listed
+    /// origin has a scheme and no trailing slash.
+    fn validate(&self) -> Result<(), ConfigError> {
+        at_least(
+            "http.handshake_timeout_secs",
+            self.handshake_timeout_secs,
+            1,
+        )?;
+        at_least("http.max_connections", self.max_connections, 1)?;
+        for (i, origin) in self.allowed_origins.iter().enumerate() {
+            let is_origin = (origin.starts_with("http://") || origin.starts_with("https://"))
+                && !origin.ends_with('/');
+            if !is_origin {
+                return Err(ConfigError::new(
+                    format!("http.allowed_origins[{i}]"),
+                    format!("{origin:?} is not an origin like \"https://chat.example.com\""),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -337,6 +362,38 @@ impl StorageConfig {
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.connect_timeout_ms)
     }
+
+    /// The checks of `[storage]` that need no other section.
+    fn validate(&self) -> Result<(), ConfigError> {
+        at_least("storage.max_pending", self.max_pending, 1)?;
+        within("storage.max_batch", self.max_batch, 1, MAX_APPEND_BATCH)?;
+        at_least("storage.rpc_timeout_ms", self.rpc_timeout_ms, 1)?;
+        at_least("storage.connect_timeout_ms", self.connect_timeout_ms, 1)?;
+        at_least("storage.reconnect_initial_ms", self.reconnect_initial_ms, 1)?;
+        at_least(
+            "storage.reconnect_max_ms",
+            self.reconnect_max_ms,
+            self.reconnect_initial_ms,
+        )?;
+        // Plain HTTP/2 only: the storage link carries no TLS (run it on a private network).
+        let endpoint_is_url = self.endpoint.starts_with("http://");
+        if !self.embedded && !endpoint_is_url {
+            return Err(ConfigError::new(
+                "storage.endpoint",
+                format!("must be an http:// URL, got {:?}", self.endpoint),
+            ));
+        }
+        within(
+            "storage.postgres.pool_size",
+            self.postgres.pool_size,
+            1,
+            1_000,
+        )?;
+        if self.sqlite_path.as_os_str().is_empty() {
+            return Err(ConfigError::new("storage.sqlite_path", "must not be empty"));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -392,6 +449,50 @@ impl LimitsConfig {
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_secs(self.idle_timeout_secs)
     }
+
+    /// The checks of `[limits]`; the largest text must fit twice in the largest frame.
+    fn validate(&self) -> Result<(), ConfigError> {
+        within(
+            "limits.max_message_bytes",
+            self.max_message_bytes,
+            1_024,
+            16 * 1024 * 1024,
+        )?;
+        within(
+            "limits.max_text_bytes",
+            self.max_text_bytes,
+            1,
+            MAX_STORED_TEXT_BYTES.min(self.max_message_bytes / 2),
+        )?;
+        within("limits.outbound_queue", self.outbound_queue, 16, 1_000_000)?;
+        within(
+            "limits.max_watched_users",
+            self.max_watched_users,
+            1,
+            100_000,
+        )?;
+        within(
+            "limits.max_reads_in_flight",
+            self.max_reads_in_flight,
+            1,
+            1_024,
+        )?;
+        within(
+            "limits.max_sessions_per_user",
+            self.max_sessions_per_user,
+            1,
+            100_000,
+        )?;
+        within("limits.rate_per_sec", self.rate_per_sec, 1, 1_000_000)?;
+        within("limits.rate_burst", self.rate_burst, 1, 1_000_000)?;
+        at_least("limits.abuse_close_secs", self.abuse_close_secs, 1)?;
+        at_least("limits.ping_interval_secs", self.ping_interval_secs, 1)?;
+        at_least(
+            "limits.idle_timeout_secs",
+            self.idle_timeout_secs,
+            self.ping_interval_secs + 1,
+        )
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -430,6 +531,34 @@ impl Default for ClusterConfig {
     }
 }
 
+impl ClusterConfig {
+    /// The checks of `[cluster]` that need no other section: subjects are built from the
+    /// prefix and node id, so both must be valid NATS tokens.
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !self.node_id.is_empty() {
+            validate_id(&self.node_id).map_err(|e| ConfigError::new("cluster.node_id", e))?;
+        }
+        let prefix_ok = !self.subject_prefix.is_empty()
+            && self.subject_prefix.split('.').all(|t| {
+                !t.is_empty()
+                    && t.chars()
+                        .all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == '-')
+            });
+        if !prefix_ok {
+            return Err(ConfigError::new(
+                "cluster.subject_prefix",
+                "must be dot-separated tokens of letters, digits, _ and -",
+            ));
+        }
+        within(
+            "cluster.presence_ttl_secs",
+            self.presence_ttl_secs,
+            3,
+            3_600,
+        )
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ShutdownConfig {
@@ -443,6 +572,19 @@ impl Default for ShutdownConfig {
         Self {
             grace_period: Duration::from_secs(30),
         }
+    }
+}
+
+impl ShutdownConfig {
+    /// The checks of `[shutdown]`.
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.grace_period.is_zero() {
+            return Err(ConfigError::new(
+                "shutdown.grace_period",
+                "must be longer than zero",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -484,6 +626,13 @@ impl Default for SessionConfig {
             max_restarts: 3,
             restart_window_secs: 60,
         }
+    }
+}
+
+impl SessionConfig {
+    /// The checks of `[session]`.
+    fn validate(&self) -> Result<(), ConfigError> {
+        at_least("session.restart_window_secs", self.restart_window_secs, 1)
     }
 }
 
@@ -555,116 +704,27 @@ impl Config {
         Ok(config)
     }
 
-    /// Checks what types alone cannot.
+    /// Checks what types alone cannot: each section by itself, and what several sections must
+    /// agree on. The first problem found is the one reported, so the order is part of the
+    /// behaviour: a cluster that needs shared storage is reported before `[cluster]`'s own keys.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let s = &self.storage;
-        at_least("storage.max_pending", s.max_pending, 1)?;
-        within("storage.max_batch", s.max_batch, 1, MAX_APPEND_BATCH)?;
-        at_least("storage.rpc_timeout_ms", s.rpc_timeout_ms, 1)?;
-        at_least("storage.connect_timeout_ms", s.connect_timeout_ms, 1)?;
-        at_least("storage.reconnect_initial_ms", s.reconnect_initial_ms, 1)?;
-        at_least(
-            "storage.reconnect_max_ms",
-            s.reconnect_max_ms,
-            s.reconnect_initial_ms,
-        )?;
-        // Plain HTTP/2 only: the storage link carries no TLS (run it on a private network).
-        let endpoint_is_url = s.endpoint.starts_with("http://");
-        if !s.embedded && !endpoint_is_url {
-            return Err(ConfigError::new(
-                "storage.endpoint",
-                format!("must be an http:// URL, got {:?}", s.endpoint),
-            ));
-        }
-        within("storage.postgres.pool_size", s.postgres.pool_size, 1, 1_000)?;
-        if s.sqlite_path.as_os_str().is_empty() {
-            return Err(ConfigError::new("storage.sqlite_path", "must not be empty"));
-        }
-        let l = &self.limits;
-        within(
-            "limits.max_message_bytes",
-            l.max_message_bytes,
-            1_024,
-            16 * 1024 * 1024,
-        )?;
-        within(
-            "limits.max_text_bytes",
-            l.max_text_bytes,
-            1,
-            MAX_STORED_TEXT_BYTES.min(l.max_message_bytes / 2),
-        )?;
-        within("limits.outbound_queue", l.outbound_queue, 16, 1_000_000)?;
-        within("limits.max_watched_users", l.max_watched_users, 1, 100_000)?;
-        within(
-            "limits.max_reads_in_flight",
-            l.max_reads_in_flight,
-            1,
-            1_024,
-        )?;
-        within(
-            "limits.max_sessions_per_user",
-            l.max_sessions_per_user,
-            1,
-            100_000,
-        )?;
-        within("limits.rate_per_sec", l.rate_per_sec, 1, 1_000_000)?;
-        within("limits.rate_burst", l.rate_burst, 1, 1_000_000)?;
-        at_least("limits.abuse_close_secs", l.abuse_close_secs, 1)?;
-        at_least("limits.ping_interval_secs", l.ping_interval_secs, 1)?;
-        at_least(
-            "limits.idle_timeout_secs",
-            l.idle_timeout_secs,
-            l.ping_interval_secs + 1,
-        )?;
-        at_least(
-            "http.handshake_timeout_secs",
-            self.http.handshake_timeout_secs,
-            1,
-        )?;
-        at_least("http.max_connections", self.http.max_connections, 1)?;
-        for (i, origin) in self.http.allowed_origins.iter().enumerate() {
-            let is_origin = (origin.starts_with("http://") || origin.starts_with("https://"))
-                && !origin.ends_with('/');
-            if !is_origin {
-                return Err(ConfigError::new(
-                    format!("http.allowed_origins[{i}]"),
-                    format!("{origin:?} is not an origin like \"https://chat.example.com\""),
-                ));
-            }
-        }
-        at_least(
-            "session.restart_window_secs",
-            self.session.restart_window_secs,
-            1,
-        )?;
-        let c = &self.cluster;
-        if c.mode == ClusterMode::Nats && self.storage.embedded {
+        self.storage.validate()?;
+        self.limits.validate()?;
+        self.http.validate()?;
+        self.session.validate()?;
+        self.validate_cluster_storage()?;
+        self.cluster.validate()?;
+        self.shutdown.validate()
+    }
+
+    /// A cluster of gateways must share one storage service: an embedded one would give
+    /// each node its own.
+    fn validate_cluster_storage(&self) -> Result<(), ConfigError> {
+        if self.cluster.mode == ClusterMode::Nats && self.storage.embedded {
             return Err(ConfigError::new(
                 "storage.embedded",
                 "cluster.mode = \"nats\" needs one storage shared by every node: set \
                  storage.embedded = false and storage.endpoint to a `peroxo store`",
-            ));
-        }
-        if !c.node_id.is_empty() {
-            validate_id(&c.node_id).map_err(|e| ConfigError::new("cluster.node_id", e))?;
-        }
-        let prefix_ok = !c.subject_prefix.is_empty()
-            && c.subject_prefix.split('.').all(|t| {
-                !t.is_empty()
-                    && t.chars()
-                        .all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == '-')
-            });
-        if !prefix_ok {
-            return Err(ConfigError::new(
-                "cluster.subject_prefix",
-                "must be dot-separated tokens of letters, digits, _ and -",
-            ));
-        }
-        within("cluster.presence_ttl_secs", c.presence_ttl_secs, 3, 3_600)?;
-        if self.shutdown.grace_period.is_zero() {
-            return Err(ConfigError::new(
-                "shutdown.grace_period",
-                "must be longer than zero",
             ));
         }
         Ok(())
@@ -880,6 +940,46 @@ mod tests {
         assert_eq!(err.key, "storage.max_pending");
         let err = Config::from_toml("[auth]\nmode = \"open\"\n").unwrap_err();
         assert_eq!(err.key, "auth.mode");
+    }
+
+    #[test]
+    fn a_nats_cluster_needs_a_shared_storage_before_its_own_keys_are_checked() {
+        let dev = "[auth]\nmode = \"dev\"\n";
+        let err = Config::from_toml(&format!(
+            "{dev}[cluster]\nmode = \"nats\"\nsubject_prefix = \"bad prefix\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(err.key, "storage.embedded");
+        assert!(err.message.contains("peroxo store"), "{err}");
+        let err = Config::from_toml(&format!(
+            "{dev}[storage]\nembedded = false\n[cluster]\nmode = \"nats\"\n\
+             subject_prefix = \"bad prefix\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(err.key, "cluster.subject_prefix");
+    }
+
+    #[test]
+    fn the_first_section_in_error_is_the_one_reported() {
+        let err = Config::from_toml(
+            "[shutdown]\ngrace_period = \"0s\"\n[http]\nallowed_origins = [\"x\"]\n\
+             [limits]\nrate_burst = 0\n[storage]\nmax_pending = 0\n",
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "storage.max_pending");
+        let err = Config::from_toml(
+            "[shutdown]\ngrace_period = \"0s\"\n[http]\nallowed_origins = [\"x\"]\n\
+             [limits]\nrate_burst = 0\n",
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "limits.rate_burst");
+        let err = Config::from_toml(
+            "[shutdown]\ngrace_period = \"0s\"\n[http]\nallowed_origins = [\"x\"]\n",
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "http.allowed_origins[0]");
+        let err = Config::from_toml("[shutdown]\ngrace_period = \"0s\"\n").unwrap_err();
+        assert_eq!(err.key, "shutdown.grace_period");
     }
 
     #[test]
