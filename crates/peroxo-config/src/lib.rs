@@ -5,7 +5,8 @@
 //! of the repository documents every key; keep the two in step.
 //!
 //! Each section struct checks its own keys; [`Config::validate`] runs those checks, and the
-//! few that span sections, in one fixed order.
+//! few that span sections, in one fixed order. `env` applies the environment overrides and
+//! `human_duration` reads and prints durations such as `shutdown.grace_period`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -16,9 +17,11 @@ use serde::{Deserialize, Serialize};
 use peroxo_protocol::domain::validate_id;
 use peroxo_protocol::limits::{MAX_APPEND_BATCH, MAX_STORED_TEXT_BYTES};
 
-/// The prefix of environment overrides: `PEROXO_STORAGE__MAX_PENDING=500` sets
-/// `storage.max_pending`.
-pub const ENV_PREFIX: &str = "PEROXO_";
+mod env;
+mod human_duration;
+
+pub use env::ENV_PREFIX;
+use env::{apply_env_overrides, deserialize_with_overrides};
 
 /// A configuration problem, naming the key it is about.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -588,29 +591,6 @@ impl ShutdownConfig {
     }
 }
 
-/// A duration written as humans do: "30s", "1m 30s", "500ms".
-mod human_duration {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub(super) fn serialize<S: Serializer>(
-        value: &Duration,
-        serializer: S,
-    ) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&humantime::format_duration(*value).to_string())
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
-        deserializer: D,
-    ) -> Result<Duration, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        humantime::parse_duration(&text).map_err(|e| {
-            serde::de::Error::custom(format!("{text:?} is not a duration like \"30s\": {e}"))
-        })
-    }
-}
-
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SessionConfig {
@@ -775,84 +755,6 @@ fn deserialize(table: toml::Table) -> Result<Config, ConfigError> {
         let message = message.lines().next().unwrap_or_default().to_owned();
         ConfigError::new(if key == "." { "config".to_owned() } else { key }, message)
     })
-}
-
-/// One `PEROXO_...` variable applied to the config table.
-struct EnvOverride {
-    /// The key's path (`["auth", "jwt_secret"]`).
-    path: Vec<String>,
-    raw: String,
-}
-
-/// Deserializes `table`; an override read as a number or boolean (`12345`, `true`) where the
-/// key wants a string is taken as the string it was.
-fn deserialize_with_overrides(
-    mut table: toml::Table,
-    overrides: &[EnvOverride],
-) -> Result<Config, ConfigError> {
-    let mut as_strings = vec![false; overrides.len()];
-    loop {
-        let error = match deserialize(table.clone()) {
-            Ok(config) => return Ok(config),
-            Err(error) => error,
-        };
-        let retry = overrides
-            .iter()
-            .enumerate()
-            .find(|(i, o)| !as_strings[*i] && o.path.join(".") == error.key);
-        let Some((i, o)) = retry else {
-            return Err(error);
-        };
-        as_strings[i] = true;
-        set(&mut table, &o.path, toml::Value::String(o.raw.clone()))?;
-    }
-}
-
-/// Sets `path` in `table`, creating sections on the way.
-fn set(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), ConfigError> {
-    let key = path.join(".");
-    let (last, sections) = path.split_last().expect("a key has at least one part");
-    let mut current = table;
-    for section in sections {
-        let entry = current
-            .entry(section.clone())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        current = entry
-            .as_table_mut()
-            .ok_or_else(|| ConfigError::new(&key, format!("`{section}` is not a section")))?;
-    }
-    current.insert(last.clone(), value);
-    Ok(())
-}
-
-/// Applies `PEROXO_<SECTION>__<KEY>` variables. The value is read as a TOML value when it is
-/// one (`500`, `true`, `"text"`), and as a plain string otherwise (`127.0.0.1:8080`).
-fn apply_env_overrides(
-    table: &mut toml::Table,
-    env: impl IntoIterator<Item = (String, String)>,
-) -> Result<Vec<EnvOverride>, ConfigError> {
-    let mut applied = Vec::new();
-    for (name, raw) in env {
-        let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
-            continue;
-        };
-        let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
-        if path.len() < 2 || path.iter().any(String::is_empty) {
-            // PEROXO_FOO without a section is not ours to judge (e.g. PEROXO_TEST_*).
-            continue;
-        }
-        set(table, &path, parse_env_value(&raw))?;
-        applied.push(EnvOverride { path, raw });
-    }
-    Ok(applied)
-}
-
-fn parse_env_value(raw: &str) -> toml::Value {
-    format!("v = {raw}")
-        .parse::<toml::Table>()
-        .ok()
-        .and_then(|mut t| t.remove("v"))
-        .unwrap_or_else(|| toml::Value::String(raw.to_owned()))
 }
 
 #[cfg(test)]
