@@ -4,9 +4,15 @@
 //! Every error names the offending key (`storage.max_pending: ...`). `config.toml` at the top
 //! of the repository documents every key; keep the two in step.
 //!
-//! Each section struct checks its own keys; [`Config::validate`] runs those checks, and the
-//! few that span sections, in one fixed order. `env` applies the environment overrides and
-//! `human_duration` reads and prints durations such as `shutdown.grace_period`.
+//!
+//! # Layout
+//! - This file: [`Config`] and its sections. Each section checks its own keys;
+//!   [`Config::validate`] runs those checks, and the few that span sections, in one fixed order.
+//! - `auth`: the `[auth]` section, checked apart by [`Config::validate_auth`] because only the
+//!   roles that authenticate clients need its keys.
+//! - `secret`: [`Secret`], which keeps secrets out of logs and printed configs.
+//! - `env`: the `PEROXO_<SECTION>__<KEY>` overrides.
+//! - `human_duration`: durations written as "30s".
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -17,11 +23,15 @@ use serde::{Deserialize, Serialize};
 use peroxo_protocol::domain::validate_id;
 use peroxo_protocol::limits::{MAX_APPEND_BATCH, MAX_STORED_TEXT_BYTES};
 
+mod auth;
 mod env;
 mod human_duration;
+mod secret;
 
+pub use auth::{AuthConfig, AuthMode, JwtAlgorithm, MIN_JWT_SECRET_BYTES};
 pub use env::ENV_PREFIX;
 use env::{apply_env_overrides, deserialize_with_overrides};
+pub use secret::Secret;
 
 /// A configuration problem, naming the key it is about.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -100,170 +110,6 @@ impl HttpConfig {
                     format!("http.allowed_origins[{i}]"),
                     format!("{origin:?} is not an origin like \"https://chat.example.com\""),
                 ));
-            }
-        }
-        Ok(())
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum AuthMode {
-    /// Clients present a signed JWT.
-    #[default]
-    Jwt,
-    /// The client names itself in the query string. For trying PerOXO out only.
-    Dev,
-}
-
-/// The JWT signature algorithms PerOXO verifies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-pub enum JwtAlgorithm {
-    /// HMAC with a shared secret.
-    #[default]
-    HS256,
-    /// RSA, verified with a public key.
-    RS256,
-    /// ECDSA P-256, verified with a public key.
-    ES256,
-}
-
-/// A secret: never printed, never logged, and serialized as `"<redacted>"`.
-#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Serialize for Secret {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(if self.0.is_empty() { "" } else { "<redacted>" })
-    }
-}
-
-impl Secret {
-    pub fn new(secret: impl Into<String>) -> Self {
-        Self(secret.into())
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_empty() {
-            "\"\""
-        } else {
-            "\"<redacted>\""
-        })
-    }
-}
-
-/// The shortest HS256 secret accepted, in bytes.
-pub const MIN_JWT_SECRET_BYTES: usize = 32;
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AuthConfig {
-    pub mode: AuthMode,
-    pub algorithm: JwtAlgorithm,
-    /// The HS256 shared secret.
-    pub jwt_secret: Secret,
-    /// A file holding the HS256 shared secret (instead of `jwt_secret`).
-    pub jwt_secret_file: Option<PathBuf>,
-    /// The PEM public key that verifies RS256 or ES256 tokens.
-    pub public_key_file: Option<PathBuf>,
-    /// When set, tokens must carry this `aud`.
-    pub audience: Option<String>,
-    /// When set, tokens must carry this `iss`.
-    pub issuer: Option<String>,
-    /// Clock skew tolerated on `exp`, `nbf` and `iat`, in seconds.
-    pub leeway_secs: u64,
-}
-
-impl Default for AuthConfig {
-    fn default() -> Self {
-        Self {
-            mode: AuthMode::Jwt,
-            algorithm: JwtAlgorithm::HS256,
-            jwt_secret: Secret::default(),
-            jwt_secret_file: None,
-            public_key_file: None,
-            audience: None,
-            issuer: None,
-            leeway_secs: 30,
-        }
-    }
-}
-
-impl AuthConfig {
-    /// The HS256 secret, from `jwt_secret` or `jwt_secret_file`.
-    pub fn hs256_secret(&self) -> Result<Secret, ConfigError> {
-        if let Some(path) = &self.jwt_secret_file {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                ConfigError::new(
-                    "auth.jwt_secret_file",
-                    format!("cannot read {}: {e}", path.display()),
-                )
-            })?;
-            return Ok(Secret::new(text.trim_end_matches(['\r', '\n'])));
-        }
-        Ok(self.jwt_secret.clone())
-    }
-
-    /// The PEM public key for RS256/ES256.
-    pub fn public_key_pem(&self) -> Result<Vec<u8>, ConfigError> {
-        let path = self.public_key_file.as_ref().ok_or_else(|| {
-            ConfigError::new(
-                "auth.public_key_file",
-                format!(
-                    "{:?} needs the PEM public key that verifies tokens: set auth.public_key_file",
-                    self.algorithm
-                ),
-            )
-        })?;
-        std::fs::read(path).map_err(|e| {
-            ConfigError::new(
-                "auth.public_key_file",
-                format!("cannot read {}: {e}", path.display()),
-            )
-        })
-    }
-
-    fn validate(&self) -> Result<(), ConfigError> {
-        if self.mode != AuthMode::Jwt {
-            return Ok(());
-        }
-        match self.algorithm {
-            JwtAlgorithm::HS256 => {
-                if self.jwt_secret_file.is_some() && !self.jwt_secret.is_empty() {
-                    return Err(ConfigError::new(
-                        "auth.jwt_secret",
-                        "set either auth.jwt_secret or auth.jwt_secret_file, not both",
-                    ));
-                }
-                let secret = self.hs256_secret()?;
-                if secret.is_empty() {
-                    return Err(ConfigError::new(
-                        "auth.jwt_secret",
-                        "auth.mode = \"jwt\" needs a secret: set auth.jwt_secret (or the \
-                         environment variable PEROXO_AUTH__JWT_SECRET), or auth.jwt_secret_file; \
-                         use --dev only to try PerOXO out",
-                    ));
-                }
-                if secret.expose().len() < MIN_JWT_SECRET_BYTES {
-                    return Err(ConfigError::new(
-                        "auth.jwt_secret",
-                        format!("must be at least {MIN_JWT_SECRET_BYTES} bytes"),
-                    ));
-                }
-            }
-            JwtAlgorithm::RS256 | JwtAlgorithm::ES256 => {
-                self.public_key_pem()?;
             }
         }
         Ok(())
