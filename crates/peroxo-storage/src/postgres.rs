@@ -19,6 +19,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::{NoTls, Row};
 
 use super::seq_assignment::{inbox_entries, next_seqs, stream_entries};
+use super::sql::{MESSAGE_COLUMNS, history_page, rows_for_page, sql_int, sync_page};
 use super::{HistoryQuery, MAX_STORED_TEXT_BYTES, MessageStore, StoreError, SyncQuery};
 use peroxo_protocol::domain::{
     AppendOutcome, HistoryPage, NewMessage, StoredMessage, SyncPage, UserKey, conversation_id,
@@ -61,8 +62,6 @@ const MIGRATIONS: &[(i32, &str)] = &[(
     );",
 )];
 
-const MESSAGE_COLUMNS: &str = "m.id, m.tenant, m.sender, m.recipient, m.client_msg_id, m.text, m.ts, m.sender_seq, m.recipient_seq";
-
 /// A PostgreSQL-backed [`MessageStore`]. Cheap to clone.
 #[derive(Clone)]
 pub struct PostgresStore {
@@ -77,10 +76,6 @@ impl std::fmt::Debug for PostgresStore {
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(format!("postgres: {e}"))
-}
-
-fn seq(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
 }
 
 impl PostgresStore {
@@ -211,8 +206,7 @@ impl MessageStore for PostgresStore {
     async fn history(&self, query: HistoryQuery) -> Result<HistoryPage, StoreError> {
         let client = self.pool.get().await.map_err(backend)?;
         let conversation = conversation_id(&query.user.user, &query.peer);
-        let before = query.before.map_or(i64::MAX, seq);
-        let limit = i64::from(query.limit);
+        let before = query.before.map_or(i64::MAX, sql_int);
         let rows = client
             .query(
                 &format!(
@@ -220,15 +214,17 @@ impl MessageStore for PostgresStore {
                      WHERE m.tenant = $1 AND m.conversation = $2 AND m.id < $3
                      ORDER BY m.id DESC LIMIT $4"
                 ),
-                &[&query.user.tenant, &conversation, &before, &(limit + 1)],
+                &[
+                    &query.user.tenant,
+                    &conversation,
+                    &before,
+                    &rows_for_page(query.limit),
+                ],
             )
             .await
             .map_err(backend)?;
-        let mut messages: Vec<StoredMessage> = rows.iter().map(row_to_message).collect();
-        let has_more = messages.len() as i64 > limit;
-        messages.truncate(query.limit as usize);
-        messages.reverse();
-        Ok(HistoryPage { messages, has_more })
+        let newest_first = rows.iter().map(row_to_message).collect();
+        Ok(history_page(newest_first, query.limit))
     }
 
     async fn sync(&self, query: SyncQuery) -> Result<SyncPage, StoreError> {
@@ -242,7 +238,6 @@ impl MessageStore for PostgresStore {
             .await
             .map_err(backend)?;
         let last_seq = last_seq_in(&tx, &query.user).await?;
-        let limit = i64::from(query.limit);
         let rows = tx
             .query(
                 &format!(
@@ -253,21 +248,15 @@ impl MessageStore for PostgresStore {
                 &[
                     &query.user.tenant,
                     &query.user.user,
-                    &seq(query.after_seq),
-                    &(limit + 1),
+                    &sql_int(query.after_seq),
+                    &rows_for_page(query.limit),
                 ],
             )
             .await
             .map_err(backend)?;
         tx.commit().await.map_err(backend)?;
-        let mut messages: Vec<StoredMessage> = rows.iter().map(row_to_message).collect();
-        let has_more = messages.len() as i64 > limit;
-        messages.truncate(query.limit as usize);
-        Ok(SyncPage {
-            messages,
-            last_seq,
-            has_more,
-        })
+        let rows = rows.iter().map(row_to_message).collect();
+        Ok(sync_page(rows, query.limit, last_seq))
     }
 
     async fn last_seq(&self, user: UserKey) -> Result<u64, StoreError> {
@@ -438,7 +427,7 @@ async fn store_counters(
 ) -> Result<(), StoreError> {
     let tenants: Vec<&str> = counters.keys().map(|u| u.tenant.as_str()).collect();
     let owners: Vec<&str> = counters.keys().map(|u| u.user.as_str()).collect();
-    let lasts: Vec<i64> = counters.values().map(|last| seq(*last)).collect();
+    let lasts: Vec<i64> = counters.values().map(|last| sql_int(*last)).collect();
     tx.execute(
         "UPDATE user_seqs u SET last_seq = v.l
          FROM unnest($1::text[], $2::text[], $3::bigint[]) AS v(t, o, l)
@@ -465,8 +454,8 @@ async fn insert_messages(
     let client_ids: Vec<&str> = messages.iter().map(|m| m.client_msg_id.as_str()).collect();
     let texts: Vec<&str> = messages.iter().map(|m| m.text.as_str()).collect();
     let ts: Vec<i64> = messages.iter().map(|m| m.ts).collect();
-    let sender_seqs: Vec<i64> = messages.iter().map(|m| seq(m.sender_seq)).collect();
-    let recipient_seqs: Vec<i64> = messages.iter().map(|m| seq(m.recipient_seq)).collect();
+    let sender_seqs: Vec<i64> = messages.iter().map(|m| sql_int(m.sender_seq)).collect();
+    let recipient_seqs: Vec<i64> = messages.iter().map(|m| sql_int(m.recipient_seq)).collect();
     tx.execute(
         "INSERT INTO messages
             (id, tenant, sender, recipient, conversation, client_msg_id, text, ts, sender_seq, recipient_seq)
@@ -488,7 +477,7 @@ async fn insert_messages(
         for (owner, owner_seq) in inbox_entries(m) {
             owners_tenant.push(m.tenant.as_str());
             owners.push(owner);
-            seqs_col.push(seq(owner_seq));
+            seqs_col.push(sql_int(owner_seq));
             message_ids.push(m.message_id as i64);
         }
     }

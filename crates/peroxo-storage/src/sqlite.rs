@@ -23,6 +23,7 @@ use rusqlite::{Connection, OpenFlags, Transaction, params};
 use tokio::sync::oneshot;
 
 use super::seq_assignment::{MessageSeqs, inbox_entries, next_seqs, stream_entries};
+use super::sql::{MESSAGE_COLUMNS, history_page, rows_for_page, sql_int, sync_page};
 use super::{HistoryQuery, MAX_STORED_TEXT_BYTES, MessageStore, StoreError, SyncQuery};
 use peroxo_config::SqliteSync;
 use peroxo_protocol::domain::{
@@ -70,8 +71,6 @@ CREATE TABLE IF NOT EXISTS inbox (
     PRIMARY KEY (tenant, owner, seq)
 ) WITHOUT ROWID;
 ";
-
-const MESSAGE_COLUMNS: &str = "m.id, m.tenant, m.sender, m.recipient, m.client_msg_id, m.text, m.ts, m.sender_seq, m.recipient_seq";
 
 /// A SQLite-backed [`MessageStore`]. Cheap to clone.
 #[derive(Clone)]
@@ -186,10 +185,7 @@ impl MessageStore for SqliteStore {
     async fn history(&self, query: HistoryQuery) -> Result<HistoryPage, StoreError> {
         self.read(move |conn| {
             let conversation = conversation_id(&query.user.user, &query.peer);
-            let before = query
-                .before
-                .map_or(i64::MAX, |b| b.min(i64::MAX as u64) as i64);
-            let limit = i64::from(query.limit);
+            let before = query.before.map_or(i64::MAX, sql_int);
             let mut stmt = conn
                 .prepare_cached(&format!(
                     "SELECT {MESSAGE_COLUMNS} FROM messages m
@@ -197,18 +193,20 @@ impl MessageStore for SqliteStore {
                      ORDER BY m.id DESC LIMIT ?4"
                 ))
                 .map_err(backend)?;
-            let mut messages = stmt
+            let newest_first = stmt
                 .query_map(
-                    params![query.user.tenant, conversation, before, limit + 1],
+                    params![
+                        query.user.tenant,
+                        conversation,
+                        before,
+                        rows_for_page(query.limit)
+                    ],
                     row_to_message,
                 )
                 .map_err(backend)?
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(backend)?;
-            let has_more = messages.len() as i64 > limit;
-            messages.truncate(query.limit as usize);
-            messages.reverse();
-            Ok(HistoryPage { messages, has_more })
+            Ok(history_page(newest_first, query.limit))
         })
         .await
     }
@@ -218,8 +216,7 @@ impl MessageStore for SqliteStore {
             // One read transaction, so `last_seq` and the page come from one snapshot.
             let tx = conn.transaction().map_err(backend)?;
             let last_seq = last_seq_in(&tx, &query.user)?;
-            let limit = i64::from(query.limit);
-            let mut messages = {
+            let rows = {
                 let mut stmt = tx
                     .prepare_cached(&format!(
                         "SELECT {MESSAGE_COLUMNS} FROM inbox i JOIN messages m ON m.id = i.message_id
@@ -231,8 +228,8 @@ impl MessageStore for SqliteStore {
                     params![
                         query.user.tenant,
                         query.user.user,
-                        seq_to_sql(query.after_seq),
-                        limit + 1
+                        sql_int(query.after_seq),
+                        rows_for_page(query.limit)
                     ],
                     row_to_message,
                 )
@@ -240,13 +237,7 @@ impl MessageStore for SqliteStore {
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(backend)?
             };
-            let has_more = messages.len() as i64 > limit;
-            messages.truncate(query.limit as usize);
-            Ok(SyncPage {
-                messages,
-                last_seq,
-                has_more,
-            })
+            Ok(sync_page(rows, query.limit, last_seq))
         })
         .await
     }
@@ -258,10 +249,6 @@ impl MessageStore for SqliteStore {
 
 fn backend(e: rusqlite::Error) -> StoreError {
     StoreError::Backend(format!("sqlite: {e}"))
-}
-
-fn seq_to_sql(seq: u64) -> i64 {
-    i64::try_from(seq).unwrap_or(i64::MAX)
 }
 
 fn configure_writer(conn: &Connection, synchronous: SqliteSync) -> Result<(), StoreError> {
@@ -491,8 +478,8 @@ fn insert_message(
                 message.client_msg_id,
                 message.text,
                 ts,
-                seq_to_sql(assigned.sender),
-                seq_to_sql(assigned.recipient),
+                sql_int(assigned.sender),
+                sql_int(assigned.recipient),
             ])
         })
         .map_err(backend)?;
@@ -527,7 +514,7 @@ fn insert_inbox(tx: &Transaction<'_>, stored: &StoredMessage) -> Result<(), Stor
             .execute(params![
                 stored.tenant,
                 owner,
-                seq_to_sql(seq),
+                sql_int(seq),
                 stored.message_id as i64
             ])
             .map_err(backend)?;
