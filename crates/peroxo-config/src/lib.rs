@@ -3,6 +3,16 @@
 //!
 //! Every error names the offending key (`storage.max_pending: ...`). `config.toml` at the top
 //! of the repository documents every key; keep the two in step.
+//!
+//!
+//! # Layout
+//! - This file: [`Config`] and its sections. Each section checks its own keys;
+//!   [`Config::validate`] runs those checks, and the few that span sections, in one fixed order.
+//! - `auth`: the `[auth]` section, checked apart by [`Config::validate_auth`] because only the
+//!   roles that authenticate clients need its keys.
+//! - `secret`: [`Secret`], which keeps secrets out of logs and printed configs.
+//! - `env`: the `PEROXO_<SECTION>__<KEY>` overrides.
+//! - `human_duration`: durations written as "30s".
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -13,9 +23,15 @@ use serde::{Deserialize, Serialize};
 use peroxo_protocol::domain::validate_id;
 use peroxo_protocol::limits::{MAX_APPEND_BATCH, MAX_STORED_TEXT_BYTES};
 
-/// The prefix of environment overrides: `PEROXO_STORAGE__MAX_PENDING=500` sets
-/// `storage.max_pending`.
-pub const ENV_PREFIX: &str = "PEROXO_";
+mod auth;
+mod env;
+mod human_duration;
+mod secret;
+
+pub use auth::{AuthConfig, AuthMode, JwtAlgorithm, MIN_JWT_SECRET_BYTES};
+pub use env::ENV_PREFIX;
+use env::{apply_env_overrides, deserialize_with_overrides};
+pub use secret::Secret;
 
 /// A configuration problem, naming the key it is about.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -76,166 +92,24 @@ impl HttpConfig {
     pub fn handshake_timeout(&self) -> Duration {
         Duration::from_secs(self.handshake_timeout_secs)
     }
-}
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum AuthMode {
-    /// Clients present a signed JWT.
-    #[default]
-    Jwt,
-    /// The client names itself in the query string. For trying PerOXO out only.
-    Dev,
-}
-
-/// The JWT signature algorithms PerOXO verifies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-pub enum JwtAlgorithm {
-    /// HMAC with a shared secret.
-    #[default]
-    HS256,
-    /// RSA, verified with a public key.
-    RS256,
-    /// ECDSA P-256, verified with a public key.
-    ES256,
-}
-
-/// A secret: never printed, never logged, and serialized as `"<redacted>"`.
-#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Serialize for Secret {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(if self.0.is_empty() { "" } else { "<redacted>" })
-    }
-}
-
-impl Secret {
-    pub fn new(secret: impl Into<String>) -> Self {
-        Self(secret.into())
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_empty() {
-            "\"\""
-        } else {
-            "\"<redacted>\""
-        })
-    }
-}
-
-/// The shortest HS256 secret accepted, in bytes.
-pub const MIN_JWT_SECRET_BYTES: usize = 32;
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AuthConfig {
-    pub mode: AuthMode,
-    pub algorithm: JwtAlgorithm,
-    /// The HS256 shared secret.
-    pub jwt_secret: Secret,
-    /// A file holding the HS256 shared secret (instead of `jwt_secret`).
-    pub jwt_secret_file: Option<PathBuf>,
-    /// The PEM public key that verifies RS256 or ES256 tokens.
-    pub public_key_file: Option<PathBuf>,
-    /// When set, tokens must carry this `aud`.
-    pub audience: Option<String>,
-    /// When set, tokens must carry this `iss`.
-    pub issuer: Option<String>,
-    /// Clock skew tolerated on `exp`, `nbf` and `iat`, in seconds.
-    pub leeway_secs: u64,
-}
-
-impl Default for AuthConfig {
-    fn default() -> Self {
-        Self {
-            mode: AuthMode::Jwt,
-            algorithm: JwtAlgorithm::HS256,
-            jwt_secret: Secret::default(),
-            jwt_secret_file: None,
-            public_key_file: None,
-            audience: None,
-            issuer: None,
-            leeway_secs: 30,
-        }
-    }
-}
-
-impl AuthConfig {
-    /// The HS256 secret, from `jwt_secret` or `jwt_secret_file`.
-    pub fn hs256_secret(&self) -> Result<Secret, ConfigError> {
-        if let Some(path) = &self.jwt_secret_file {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                ConfigError::new(
-                    "auth.jwt_secret_file",
-                    format!("cannot read {}: {e}", path.display()),
-                )
-            })?;
-            return Ok(Secret::new(text.trim_end_matches(['\r', '\n'])));
-        }
-        Ok(self.jwt_secret.clone())
-    }
-
-    /// The PEM public key for RS256/ES256.
-    pub fn public_key_pem(&self) -> Result<Vec<u8>, ConfigError> {
-        let path = self.public_key_file.as_ref().ok_or_else(|| {
-            ConfigError::new(
-                "auth.public_key_file",
-                format!(
-                    "{:?} needs the PEM public key that verifies tokens: set auth.public_key_file",
-                    self.algorithm
-                ),
-            )
-        })?;
-        std::fs::read(path).map_err(|e| {
-            ConfigError::new(
-                "auth.public_key_file",
-                format!("cannot read {}: {e}", path.display()),
-            )
-        })
-    }
-
+    /// The checks of `[http]`: origins are compared as browsers send them, so a listed
+    /// origin has a scheme and no trailing slash.
     fn validate(&self) -> Result<(), ConfigError> {
-        if self.mode != AuthMode::Jwt {
-            return Ok(());
-        }
-        match self.algorithm {
-            JwtAlgorithm::HS256 => {
-                if self.jwt_secret_file.is_some() && !self.jwt_secret.is_empty() {
-                    return Err(ConfigError::new(
-                        "auth.jwt_secret",
-                        "set either auth.jwt_secret or auth.jwt_secret_file, not both",
-                    ));
-                }
-                let secret = self.hs256_secret()?;
-                if secret.is_empty() {
-                    return Err(ConfigError::new(
-                        "auth.jwt_secret",
-                        "auth.mode = \"jwt\" needs a secret: set auth.jwt_secret (or the \
-                         environment variable PEROXO_AUTH__JWT_SECRET), or auth.jwt_secret_file; \
-                         use --dev only to try PerOXO out",
-                    ));
-                }
-                if secret.expose().len() < MIN_JWT_SECRET_BYTES {
-                    return Err(ConfigError::new(
-                        "auth.jwt_secret",
-                        format!("must be at least {MIN_JWT_SECRET_BYTES} bytes"),
-                    ));
-                }
-            }
-            JwtAlgorithm::RS256 | JwtAlgorithm::ES256 => {
-                self.public_key_pem()?;
+        at_least(
+            "http.handshake_timeout_secs",
+            self.handshake_timeout_secs,
+            1,
+        )?;
+        at_least("http.max_connections", self.max_connections, 1)?;
+        for (i, origin) in self.allowed_origins.iter().enumerate() {
+            let is_origin = (origin.starts_with("http://") || origin.starts_with("https://"))
+                && !origin.ends_with('/');
+            if !is_origin {
+                return Err(ConfigError::new(
+                    format!("http.allowed_origins[{i}]"),
+                    format!("{origin:?} is not an origin like \"https://chat.example.com\""),
+                ));
             }
         }
         Ok(())
@@ -337,6 +211,38 @@ impl StorageConfig {
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.connect_timeout_ms)
     }
+
+    /// The checks of `[storage]` that need no other section.
+    fn validate(&self) -> Result<(), ConfigError> {
+        at_least("storage.max_pending", self.max_pending, 1)?;
+        within("storage.max_batch", self.max_batch, 1, MAX_APPEND_BATCH)?;
+        at_least("storage.rpc_timeout_ms", self.rpc_timeout_ms, 1)?;
+        at_least("storage.connect_timeout_ms", self.connect_timeout_ms, 1)?;
+        at_least("storage.reconnect_initial_ms", self.reconnect_initial_ms, 1)?;
+        at_least(
+            "storage.reconnect_max_ms",
+            self.reconnect_max_ms,
+            self.reconnect_initial_ms,
+        )?;
+        // Plain HTTP/2 only: the storage link carries no TLS (run it on a private network).
+        let endpoint_is_url = self.endpoint.starts_with("http://");
+        if !self.embedded && !endpoint_is_url {
+            return Err(ConfigError::new(
+                "storage.endpoint",
+                format!("must be an http:// URL, got {:?}", self.endpoint),
+            ));
+        }
+        within(
+            "storage.postgres.pool_size",
+            self.postgres.pool_size,
+            1,
+            1_000,
+        )?;
+        if self.sqlite_path.as_os_str().is_empty() {
+            return Err(ConfigError::new("storage.sqlite_path", "must not be empty"));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -392,6 +298,50 @@ impl LimitsConfig {
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_secs(self.idle_timeout_secs)
     }
+
+    /// The checks of `[limits]`; the largest text must fit twice in the largest frame.
+    fn validate(&self) -> Result<(), ConfigError> {
+        within(
+            "limits.max_message_bytes",
+            self.max_message_bytes,
+            1_024,
+            16 * 1024 * 1024,
+        )?;
+        within(
+            "limits.max_text_bytes",
+            self.max_text_bytes,
+            1,
+            MAX_STORED_TEXT_BYTES.min(self.max_message_bytes / 2),
+        )?;
+        within("limits.outbound_queue", self.outbound_queue, 16, 1_000_000)?;
+        within(
+            "limits.max_watched_users",
+            self.max_watched_users,
+            1,
+            100_000,
+        )?;
+        within(
+            "limits.max_reads_in_flight",
+            self.max_reads_in_flight,
+            1,
+            1_024,
+        )?;
+        within(
+            "limits.max_sessions_per_user",
+            self.max_sessions_per_user,
+            1,
+            100_000,
+        )?;
+        within("limits.rate_per_sec", self.rate_per_sec, 1, 1_000_000)?;
+        within("limits.rate_burst", self.rate_burst, 1, 1_000_000)?;
+        at_least("limits.abuse_close_secs", self.abuse_close_secs, 1)?;
+        at_least("limits.ping_interval_secs", self.ping_interval_secs, 1)?;
+        at_least(
+            "limits.idle_timeout_secs",
+            self.idle_timeout_secs,
+            self.ping_interval_secs + 1,
+        )
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -430,6 +380,34 @@ impl Default for ClusterConfig {
     }
 }
 
+impl ClusterConfig {
+    /// The checks of `[cluster]` that need no other section: subjects are built from the
+    /// prefix and node id, so both must be valid NATS tokens.
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !self.node_id.is_empty() {
+            validate_id(&self.node_id).map_err(|e| ConfigError::new("cluster.node_id", e))?;
+        }
+        let prefix_ok = !self.subject_prefix.is_empty()
+            && self.subject_prefix.split('.').all(|t| {
+                !t.is_empty()
+                    && t.chars()
+                        .all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == '-')
+            });
+        if !prefix_ok {
+            return Err(ConfigError::new(
+                "cluster.subject_prefix",
+                "must be dot-separated tokens of letters, digits, _ and -",
+            ));
+        }
+        within(
+            "cluster.presence_ttl_secs",
+            self.presence_ttl_secs,
+            3,
+            3_600,
+        )
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ShutdownConfig {
@@ -446,26 +424,16 @@ impl Default for ShutdownConfig {
     }
 }
 
-/// A duration written as humans do: "30s", "1m 30s", "500ms".
-mod human_duration {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub(super) fn serialize<S: Serializer>(
-        value: &Duration,
-        serializer: S,
-    ) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&humantime::format_duration(*value).to_string())
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
-        deserializer: D,
-    ) -> Result<Duration, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        humantime::parse_duration(&text).map_err(|e| {
-            serde::de::Error::custom(format!("{text:?} is not a duration like \"30s\": {e}"))
-        })
+impl ShutdownConfig {
+    /// The checks of `[shutdown]`.
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.grace_period.is_zero() {
+            return Err(ConfigError::new(
+                "shutdown.grace_period",
+                "must be longer than zero",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -484,6 +452,13 @@ impl Default for SessionConfig {
             max_restarts: 3,
             restart_window_secs: 60,
         }
+    }
+}
+
+impl SessionConfig {
+    /// The checks of `[session]`.
+    fn validate(&self) -> Result<(), ConfigError> {
+        at_least("session.restart_window_secs", self.restart_window_secs, 1)
     }
 }
 
@@ -555,116 +530,27 @@ impl Config {
         Ok(config)
     }
 
-    /// Checks what types alone cannot.
+    /// Checks what types alone cannot: each section by itself, and what several sections must
+    /// agree on. The first problem found is the one reported, so the order is part of the
+    /// behaviour: a cluster that needs shared storage is reported before `[cluster]`'s own keys.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let s = &self.storage;
-        at_least("storage.max_pending", s.max_pending, 1)?;
-        within("storage.max_batch", s.max_batch, 1, MAX_APPEND_BATCH)?;
-        at_least("storage.rpc_timeout_ms", s.rpc_timeout_ms, 1)?;
-        at_least("storage.connect_timeout_ms", s.connect_timeout_ms, 1)?;
-        at_least("storage.reconnect_initial_ms", s.reconnect_initial_ms, 1)?;
-        at_least(
-            "storage.reconnect_max_ms",
-            s.reconnect_max_ms,
-            s.reconnect_initial_ms,
-        )?;
-        // Plain HTTP/2 only: the storage link carries no TLS (run it on a private network).
-        let endpoint_is_url = s.endpoint.starts_with("http://");
-        if !s.embedded && !endpoint_is_url {
-            return Err(ConfigError::new(
-                "storage.endpoint",
-                format!("must be an http:// URL, got {:?}", s.endpoint),
-            ));
-        }
-        within("storage.postgres.pool_size", s.postgres.pool_size, 1, 1_000)?;
-        if s.sqlite_path.as_os_str().is_empty() {
-            return Err(ConfigError::new("storage.sqlite_path", "must not be empty"));
-        }
-        let l = &self.limits;
-        within(
-            "limits.max_message_bytes",
-            l.max_message_bytes,
-            1_024,
-            16 * 1024 * 1024,
-        )?;
-        within(
-            "limits.max_text_bytes",
-            l.max_text_bytes,
-            1,
-            MAX_STORED_TEXT_BYTES.min(l.max_message_bytes / 2),
-        )?;
-        within("limits.outbound_queue", l.outbound_queue, 16, 1_000_000)?;
-        within("limits.max_watched_users", l.max_watched_users, 1, 100_000)?;
-        within(
-            "limits.max_reads_in_flight",
-            l.max_reads_in_flight,
-            1,
-            1_024,
-        )?;
-        within(
-            "limits.max_sessions_per_user",
-            l.max_sessions_per_user,
-            1,
-            100_000,
-        )?;
-        within("limits.rate_per_sec", l.rate_per_sec, 1, 1_000_000)?;
-        within("limits.rate_burst", l.rate_burst, 1, 1_000_000)?;
-        at_least("limits.abuse_close_secs", l.abuse_close_secs, 1)?;
-        at_least("limits.ping_interval_secs", l.ping_interval_secs, 1)?;
-        at_least(
-            "limits.idle_timeout_secs",
-            l.idle_timeout_secs,
-            l.ping_interval_secs + 1,
-        )?;
-        at_least(
-            "http.handshake_timeout_secs",
-            self.http.handshake_timeout_secs,
-            1,
-        )?;
-        at_least("http.max_connections", self.http.max_connections, 1)?;
-        for (i, origin) in self.http.allowed_origins.iter().enumerate() {
-            let is_origin = (origin.starts_with("http://") || origin.starts_with("https://"))
-                && !origin.ends_with('/');
-            if !is_origin {
-                return Err(ConfigError::new(
-                    format!("http.allowed_origins[{i}]"),
-                    format!("{origin:?} is not an origin like \"https://chat.example.com\""),
-                ));
-            }
-        }
-        at_least(
-            "session.restart_window_secs",
-            self.session.restart_window_secs,
-            1,
-        )?;
-        let c = &self.cluster;
-        if c.mode == ClusterMode::Nats && self.storage.embedded {
+        self.storage.validate()?;
+        self.limits.validate()?;
+        self.http.validate()?;
+        self.session.validate()?;
+        self.validate_cluster_storage()?;
+        self.cluster.validate()?;
+        self.shutdown.validate()
+    }
+
+    /// A cluster of gateways must share one storage service: an embedded one would give
+    /// each node its own.
+    fn validate_cluster_storage(&self) -> Result<(), ConfigError> {
+        if self.cluster.mode == ClusterMode::Nats && self.storage.embedded {
             return Err(ConfigError::new(
                 "storage.embedded",
                 "cluster.mode = \"nats\" needs one storage shared by every node: set \
                  storage.embedded = false and storage.endpoint to a `peroxo store`",
-            ));
-        }
-        if !c.node_id.is_empty() {
-            validate_id(&c.node_id).map_err(|e| ConfigError::new("cluster.node_id", e))?;
-        }
-        let prefix_ok = !c.subject_prefix.is_empty()
-            && c.subject_prefix.split('.').all(|t| {
-                !t.is_empty()
-                    && t.chars()
-                        .all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == '-')
-            });
-        if !prefix_ok {
-            return Err(ConfigError::new(
-                "cluster.subject_prefix",
-                "must be dot-separated tokens of letters, digits, _ and -",
-            ));
-        }
-        within("cluster.presence_ttl_secs", c.presence_ttl_secs, 3, 3_600)?;
-        if self.shutdown.grace_period.is_zero() {
-            return Err(ConfigError::new(
-                "shutdown.grace_period",
-                "must be longer than zero",
             ));
         }
         Ok(())
@@ -715,84 +601,6 @@ fn deserialize(table: toml::Table) -> Result<Config, ConfigError> {
         let message = message.lines().next().unwrap_or_default().to_owned();
         ConfigError::new(if key == "." { "config".to_owned() } else { key }, message)
     })
-}
-
-/// One `PEROXO_...` variable applied to the config table.
-struct EnvOverride {
-    /// The key's path (`["auth", "jwt_secret"]`).
-    path: Vec<String>,
-    raw: String,
-}
-
-/// Deserializes `table`; an override read as a number or boolean (`12345`, `true`) where the
-/// key wants a string is taken as the string it was.
-fn deserialize_with_overrides(
-    mut table: toml::Table,
-    overrides: &[EnvOverride],
-) -> Result<Config, ConfigError> {
-    let mut as_strings = vec![false; overrides.len()];
-    loop {
-        let error = match deserialize(table.clone()) {
-            Ok(config) => return Ok(config),
-            Err(error) => error,
-        };
-        let retry = overrides
-            .iter()
-            .enumerate()
-            .find(|(i, o)| !as_strings[*i] && o.path.join(".") == error.key);
-        let Some((i, o)) = retry else {
-            return Err(error);
-        };
-        as_strings[i] = true;
-        set(&mut table, &o.path, toml::Value::String(o.raw.clone()))?;
-    }
-}
-
-/// Sets `path` in `table`, creating sections on the way.
-fn set(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), ConfigError> {
-    let key = path.join(".");
-    let (last, sections) = path.split_last().expect("a key has at least one part");
-    let mut current = table;
-    for section in sections {
-        let entry = current
-            .entry(section.clone())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        current = entry
-            .as_table_mut()
-            .ok_or_else(|| ConfigError::new(&key, format!("`{section}` is not a section")))?;
-    }
-    current.insert(last.clone(), value);
-    Ok(())
-}
-
-/// Applies `PEROXO_<SECTION>__<KEY>` variables. The value is read as a TOML value when it is
-/// one (`500`, `true`, `"text"`), and as a plain string otherwise (`127.0.0.1:8080`).
-fn apply_env_overrides(
-    table: &mut toml::Table,
-    env: impl IntoIterator<Item = (String, String)>,
-) -> Result<Vec<EnvOverride>, ConfigError> {
-    let mut applied = Vec::new();
-    for (name, raw) in env {
-        let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
-            continue;
-        };
-        let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
-        if path.len() < 2 || path.iter().any(String::is_empty) {
-            // PEROXO_FOO without a section is not ours to judge (e.g. PEROXO_TEST_*).
-            continue;
-        }
-        set(table, &path, parse_env_value(&raw))?;
-        applied.push(EnvOverride { path, raw });
-    }
-    Ok(applied)
-}
-
-fn parse_env_value(raw: &str) -> toml::Value {
-    format!("v = {raw}")
-        .parse::<toml::Table>()
-        .ok()
-        .and_then(|mut t| t.remove("v"))
-        .unwrap_or_else(|| toml::Value::String(raw.to_owned()))
 }
 
 #[cfg(test)]
@@ -880,6 +688,46 @@ mod tests {
         assert_eq!(err.key, "storage.max_pending");
         let err = Config::from_toml("[auth]\nmode = \"open\"\n").unwrap_err();
         assert_eq!(err.key, "auth.mode");
+    }
+
+    #[test]
+    fn a_nats_cluster_needs_a_shared_storage_before_its_own_keys_are_checked() {
+        let dev = "[auth]\nmode = \"dev\"\n";
+        let err = Config::from_toml(&format!(
+            "{dev}[cluster]\nmode = \"nats\"\nsubject_prefix = \"bad prefix\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(err.key, "storage.embedded");
+        assert!(err.message.contains("peroxo store"), "{err}");
+        let err = Config::from_toml(&format!(
+            "{dev}[storage]\nembedded = false\n[cluster]\nmode = \"nats\"\n\
+             subject_prefix = \"bad prefix\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(err.key, "cluster.subject_prefix");
+    }
+
+    #[test]
+    fn the_first_section_in_error_is_the_one_reported() {
+        let err = Config::from_toml(
+            "[shutdown]\ngrace_period = \"0s\"\n[http]\nallowed_origins = [\"x\"]\n\
+             [limits]\nrate_burst = 0\n[storage]\nmax_pending = 0\n",
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "storage.max_pending");
+        let err = Config::from_toml(
+            "[shutdown]\ngrace_period = \"0s\"\n[http]\nallowed_origins = [\"x\"]\n\
+             [limits]\nrate_burst = 0\n",
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "limits.rate_burst");
+        let err = Config::from_toml(
+            "[shutdown]\ngrace_period = \"0s\"\n[http]\nallowed_origins = [\"x\"]\n",
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "http.allowed_origins[0]");
+        let err = Config::from_toml("[shutdown]\ngrace_period = \"0s\"\n").unwrap_err();
+        assert_eq!(err.key, "shutdown.grace_period");
     }
 
     #[test]

@@ -3,6 +3,9 @@
 //! - [`MessageStore`] is the backend contract (idempotent batch append, history, sync, last
 //!   seq). [`SqliteStore`] is the embedded backend; [`PostgresStore`] serves several storage
 //!   instances over one PostgreSQL database.
+//! - `seq_assignment` decides which seq each participant of a message takes; both backends
+//!   use it, so they number users' streams alike. `sql` holds what else the two SQL backends
+//!   share: the message columns, integer conversion and how a page is cut.
 //! - [`grpc`] serves any backend over gRPC and holds the gateway's client. It is the only module
 //!   that knows the protobuf types.
 //!
@@ -11,7 +14,9 @@
 
 pub mod grpc;
 mod postgres;
+mod seq_assignment;
 mod service;
+mod sql;
 mod sqlite;
 
 use std::future::Future;

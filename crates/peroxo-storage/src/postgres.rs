@@ -13,10 +13,13 @@
 //! instances starting together apply each migration exactly once.
 
 use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::{NoTls, Row};
 
+use super::seq_assignment::{inbox_entries, next_seqs, stream_entries};
+use super::sql::{MESSAGE_COLUMNS, history_page, rows_for_page, sql_int, sync_page};
 use super::{HistoryQuery, MAX_STORED_TEXT_BYTES, MessageStore, StoreError, SyncQuery};
 use peroxo_protocol::domain::{
     AppendOutcome, HistoryPage, NewMessage, StoredMessage, SyncPage, UserKey, conversation_id,
@@ -59,8 +62,6 @@ const MIGRATIONS: &[(i32, &str)] = &[(
     );",
 )];
 
-const MESSAGE_COLUMNS: &str = "m.id, m.tenant, m.sender, m.recipient, m.client_msg_id, m.text, m.ts, m.sender_seq, m.recipient_seq";
-
 /// A PostgreSQL-backed [`MessageStore`]. Cheap to clone.
 #[derive(Clone)]
 pub struct PostgresStore {
@@ -75,10 +76,6 @@ impl std::fmt::Debug for PostgresStore {
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(format!("postgres: {e}"))
-}
-
-fn seq(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
 }
 
 impl PostgresStore {
@@ -165,6 +162,17 @@ fn row_to_message(row: &Row) -> StoredMessage {
 /// The identity of a send for idempotency.
 type SendKey = (String, String, String);
 
+fn send_key(tenant: &str, sender: &str, client_msg_id: &str) -> SendKey {
+    (
+        tenant.to_owned(),
+        sender.to_owned(),
+        client_msg_id.to_owned(),
+    )
+}
+
+/// The last seq of every user a batch touches, locked until the batch commits.
+type Counters = BTreeMap<UserKey, u64>;
+
 impl MessageStore for PostgresStore {
     async fn append(&self, batch: Vec<NewMessage>) -> Result<Vec<AppendOutcome>, StoreError> {
         if batch.is_empty() {
@@ -173,166 +181,23 @@ impl MessageStore for PostgresStore {
         let mut client = self.pool.get().await.map_err(backend)?;
         let tx = client.transaction().await.map_err(backend)?;
 
-        let valid: Vec<bool> = batch
+        let checks: Vec<Result<(), String>> = batch
             .iter()
-            .map(|m| m.validate(MAX_STORED_TEXT_BYTES).is_ok())
+            .map(|m| m.validate(MAX_STORED_TEXT_BYTES))
             .collect();
-        // Every participant's counter, locked in (tenant, user) order.
-        let mut participants: BTreeMap<(String, String), i64> = BTreeMap::new();
-        for message in batch
+        let valid: Vec<&NewMessage> = batch
             .iter()
-            .zip(&valid)
-            .filter(|(_, ok)| **ok)
-            .map(|(m, _)| m)
-        {
-            participants.insert((message.tenant.clone(), message.sender.clone()), 0);
-            participants.insert((message.tenant.clone(), message.recipient.clone()), 0);
-        }
-        let (tenants, owners): (Vec<&str>, Vec<&str>) = participants
-            .keys()
-            .map(|(t, o)| (t.as_str(), o.as_str()))
-            .unzip();
-        tx.execute(
-            "INSERT INTO user_seqs (tenant, owner, last_seq)
-             SELECT t, o, 0 FROM unnest($1::text[], $2::text[]) AS k(t, o)
-             ORDER BY t, o
-             ON CONFLICT DO NOTHING",
-            &[&tenants, &owners],
-        )
-        .await
-        .map_err(backend)?;
-        let locked = tx
-            .query(
-                "SELECT tenant, owner, last_seq FROM user_seqs
-                 WHERE (tenant, owner) IN (SELECT * FROM unnest($1::text[], $2::text[]))
-                 ORDER BY tenant, owner
-                 FOR UPDATE",
-                &[&tenants, &owners],
-            )
-            .await
-            .map_err(backend)?;
-        for row in &locked {
-            participants.insert((row.get(0), row.get(1)), row.get(2));
-        }
-
-        // Sends seen before this batch.
-        let keys: Vec<&NewMessage> = batch
-            .iter()
-            .zip(&valid)
-            .filter(|(_, ok)| **ok)
+            .zip(&checks)
+            .filter(|(_, check)| check.is_ok())
             .map(|(m, _)| m)
             .collect();
-        let key_tenants: Vec<&str> = keys.iter().map(|m| m.tenant.as_str()).collect();
-        let key_senders: Vec<&str> = keys.iter().map(|m| m.sender.as_str()).collect();
-        let key_ids: Vec<&str> = keys.iter().map(|m| m.client_msg_id.as_str()).collect();
-        let mut seen: HashMap<SendKey, StoredMessage> = tx
-            .query(
-                &format!(
-                    "SELECT {MESSAGE_COLUMNS} FROM messages m
-                     JOIN unnest($1::text[], $2::text[], $3::text[]) AS k(t, s, c)
-                       ON m.tenant = k.t AND m.sender = k.s AND m.client_msg_id = k.c"
-                ),
-                &[&key_tenants, &key_senders, &key_ids],
-            )
-            .await
-            .map_err(backend)?
-            .iter()
-            .map(|row| {
-                let m = row_to_message(row);
-                (
-                    (m.tenant.clone(), m.sender.clone(), m.client_msg_id.clone()),
-                    m,
-                )
-            })
-            .collect();
-
-        // Ids in ascending order, handed out in batch order.
-        let fresh = keys.len() as i64;
-        let ids: Vec<i64> = tx
-            .query(
-                "SELECT nextval('messages_id_seq') AS id FROM generate_series(1, $1::bigint) ORDER BY id",
-                &[&fresh],
-            )
-            .await
-            .map_err(backend)?
-            .iter()
-            .map(|row| row.get(0))
-            .collect();
-        let mut ids = ids.into_iter();
-
-        let ts = now_ms();
-        let mut outcomes = Vec::with_capacity(batch.len());
-        let mut inserts: Vec<StoredMessage> = Vec::new();
-        for (message, ok) in batch.iter().zip(&valid) {
-            if !ok {
-                let reason = message
-                    .validate(MAX_STORED_TEXT_BYTES)
-                    .err()
-                    .unwrap_or_default();
-                outcomes.push(AppendOutcome::Rejected(reason));
-                continue;
-            }
-            let key = (
-                message.tenant.clone(),
-                message.sender.clone(),
-                message.client_msg_id.clone(),
-            );
-            if let Some(original) = seen.get(&key) {
-                outcomes.push(AppendOutcome::Stored {
-                    message: original.clone(),
-                    duplicate: true,
-                });
-                continue;
-            }
-            let next = |participants: &mut BTreeMap<(String, String), i64>, user: &str| {
-                let counter = participants
-                    .get_mut(&(message.tenant.clone(), user.to_owned()))
-                    .expect("every participant's counter is locked");
-                *counter += 1;
-                *counter as u64
-            };
-            let sender_seq = next(&mut participants, &message.sender);
-            let recipient_seq = if message.recipient == message.sender {
-                sender_seq
-            } else {
-                next(&mut participants, &message.recipient)
-            };
-            let stored = StoredMessage {
-                message_id: ids.next().expect("one id per fresh message") as u64,
-                tenant: message.tenant.clone(),
-                sender: message.sender.clone(),
-                recipient: message.recipient.clone(),
-                client_msg_id: message.client_msg_id.clone(),
-                text: message.text.clone(),
-                ts,
-                sender_seq,
-                recipient_seq,
-            };
-            seen.insert(key, stored.clone());
-            inserts.push(stored.clone());
-            outcomes.push(AppendOutcome::Stored {
-                message: stored,
-                duplicate: false,
-            });
-        }
-
-        if !inserts.is_empty() {
-            insert_messages(&tx, &inserts).await?;
-            let counters: Vec<(&str, &str, i64)> = participants
-                .iter()
-                .map(|((t, o), last)| (t.as_str(), o.as_str(), *last))
-                .collect();
-            let tenants: Vec<&str> = counters.iter().map(|c| c.0).collect();
-            let owners: Vec<&str> = counters.iter().map(|c| c.1).collect();
-            let lasts: Vec<i64> = counters.iter().map(|c| c.2).collect();
-            tx.execute(
-                "UPDATE user_seqs u SET last_seq = v.l
-                 FROM unnest($1::text[], $2::text[], $3::bigint[]) AS v(t, o, l)
-                 WHERE u.tenant = v.t AND u.owner = v.o AND u.last_seq <> v.l",
-                &[&tenants, &owners, &lasts],
-            )
-            .await
-            .map_err(backend)?;
+        let mut counters = lock_counters(&tx, &valid).await?;
+        let mut sent = find_sent(&tx, &valid).await?;
+        let ids = take_message_ids(&tx, valid.len()).await?;
+        let (outcomes, fresh) = assign(&batch, checks, &mut counters, &mut sent, ids, now_ms());
+        if !fresh.is_empty() {
+            insert_messages(&tx, &fresh).await?;
+            store_counters(&tx, &counters).await?;
         }
         tx.commit().await.map_err(backend)?;
         Ok(outcomes)
@@ -341,8 +206,7 @@ impl MessageStore for PostgresStore {
     async fn history(&self, query: HistoryQuery) -> Result<HistoryPage, StoreError> {
         let client = self.pool.get().await.map_err(backend)?;
         let conversation = conversation_id(&query.user.user, &query.peer);
-        let before = query.before.map_or(i64::MAX, seq);
-        let limit = i64::from(query.limit);
+        let before = query.before.map_or(i64::MAX, sql_int);
         let rows = client
             .query(
                 &format!(
@@ -350,15 +214,17 @@ impl MessageStore for PostgresStore {
                      WHERE m.tenant = $1 AND m.conversation = $2 AND m.id < $3
                      ORDER BY m.id DESC LIMIT $4"
                 ),
-                &[&query.user.tenant, &conversation, &before, &(limit + 1)],
+                &[
+                    &query.user.tenant,
+                    &conversation,
+                    &before,
+                    &rows_for_page(query.limit),
+                ],
             )
             .await
             .map_err(backend)?;
-        let mut messages: Vec<StoredMessage> = rows.iter().map(row_to_message).collect();
-        let has_more = messages.len() as i64 > limit;
-        messages.truncate(query.limit as usize);
-        messages.reverse();
-        Ok(HistoryPage { messages, has_more })
+        let newest_first = rows.iter().map(row_to_message).collect();
+        Ok(history_page(newest_first, query.limit))
     }
 
     async fn sync(&self, query: SyncQuery) -> Result<SyncPage, StoreError> {
@@ -372,7 +238,6 @@ impl MessageStore for PostgresStore {
             .await
             .map_err(backend)?;
         let last_seq = last_seq_in(&tx, &query.user).await?;
-        let limit = i64::from(query.limit);
         let rows = tx
             .query(
                 &format!(
@@ -383,21 +248,15 @@ impl MessageStore for PostgresStore {
                 &[
                     &query.user.tenant,
                     &query.user.user,
-                    &seq(query.after_seq),
-                    &(limit + 1),
+                    &sql_int(query.after_seq),
+                    &rows_for_page(query.limit),
                 ],
             )
             .await
             .map_err(backend)?;
         tx.commit().await.map_err(backend)?;
-        let mut messages: Vec<StoredMessage> = rows.iter().map(row_to_message).collect();
-        let has_more = messages.len() as i64 > limit;
-        messages.truncate(query.limit as usize);
-        Ok(SyncPage {
-            messages,
-            last_seq,
-            has_more,
-        })
+        let rows = rows.iter().map(row_to_message).collect();
+        Ok(sync_page(rows, query.limit, last_seq))
     }
 
     async fn last_seq(&self, user: UserKey) -> Result<u64, StoreError> {
@@ -420,6 +279,166 @@ async fn last_seq_in(
     Ok(row.map_or(0, |r| r.get::<_, i64>(0) as u64))
 }
 
+/// Locks the seq counter of every participant of `valid`, in (tenant, user) order so that no
+/// two batches can deadlock, creating the counters of users never seen, and returns their last
+/// seqs.
+async fn lock_counters(
+    tx: &deadpool_postgres::Transaction<'_>,
+    valid: &[&NewMessage],
+) -> Result<Counters, StoreError> {
+    let mut counters = Counters::new();
+    for message in valid {
+        let sender = UserKey::new(message.tenant.clone(), message.sender.clone());
+        counters.insert(sender.peer(message.recipient.clone()), 0);
+        counters.insert(sender, 0);
+    }
+    let (tenants, owners): (Vec<&str>, Vec<&str>) = counters
+        .keys()
+        .map(|user| (user.tenant.as_str(), user.user.as_str()))
+        .unzip();
+    tx.execute(
+        "INSERT INTO user_seqs (tenant, owner, last_seq)
+         SELECT t, o, 0 FROM unnest($1::text[], $2::text[]) AS k(t, o)
+         ORDER BY t, o
+         ON CONFLICT DO NOTHING",
+        &[&tenants, &owners],
+    )
+    .await
+    .map_err(backend)?;
+    let locked = tx
+        .query(
+            "SELECT tenant, owner, last_seq FROM user_seqs
+             WHERE (tenant, owner) IN (SELECT * FROM unnest($1::text[], $2::text[]))
+             ORDER BY tenant, owner
+             FOR UPDATE",
+            &[&tenants, &owners],
+        )
+        .await
+        .map_err(backend)?;
+    for row in &locked {
+        let user = UserKey::new(row.get::<_, String>(0), row.get::<_, String>(1));
+        counters.insert(user, row.get::<_, i64>(2) as u64);
+    }
+    Ok(counters)
+}
+
+/// The sends of `valid` stored before this batch. Under the senders' locks no other batch
+/// can store one of them meanwhile.
+async fn find_sent(
+    tx: &deadpool_postgres::Transaction<'_>,
+    valid: &[&NewMessage],
+) -> Result<HashMap<SendKey, StoredMessage>, StoreError> {
+    let tenants: Vec<&str> = valid.iter().map(|m| m.tenant.as_str()).collect();
+    let senders: Vec<&str> = valid.iter().map(|m| m.sender.as_str()).collect();
+    let client_ids: Vec<&str> = valid.iter().map(|m| m.client_msg_id.as_str()).collect();
+    let rows = tx
+        .query(
+            &format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages m
+                 JOIN unnest($1::text[], $2::text[], $3::text[]) AS k(t, s, c)
+                   ON m.tenant = k.t AND m.sender = k.s AND m.client_msg_id = k.c"
+            ),
+            &[&tenants, &senders, &client_ids],
+        )
+        .await
+        .map_err(backend)?;
+    Ok(rows
+        .iter()
+        .map(|row| {
+            let m = row_to_message(row);
+            (send_key(&m.tenant, &m.sender, &m.client_msg_id), m)
+        })
+        .collect())
+}
+
+/// `count` fresh message ids in ascending order, to be handed out in batch order. One is taken
+/// for every valid message, duplicates included: ids need only be unique and increasing.
+async fn take_message_ids(
+    tx: &deadpool_postgres::Transaction<'_>,
+    count: usize,
+) -> Result<std::vec::IntoIter<i64>, StoreError> {
+    let ids: Vec<i64> = tx
+        .query(
+            "SELECT nextval('messages_id_seq') AS id FROM generate_series(1, $1::bigint) ORDER BY id",
+            &[&(count as i64)],
+        )
+        .await
+        .map_err(backend)?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    Ok(ids.into_iter())
+}
+
+/// Decides every message's outcome in batch order: rejected by `checks`, a duplicate of a
+/// send in `sent` (earlier in the batch included), or fresh with the next seqs from `counters`
+/// and the next of `ids`. Returns the outcomes and the fresh messages to insert.
+fn assign(
+    batch: &[NewMessage],
+    checks: Vec<Result<(), String>>,
+    counters: &mut Counters,
+    sent: &mut HashMap<SendKey, StoredMessage>,
+    mut ids: std::vec::IntoIter<i64>,
+    ts: i64,
+) -> (Vec<AppendOutcome>, Vec<StoredMessage>) {
+    let mut outcomes = Vec::with_capacity(batch.len());
+    let mut fresh: Vec<StoredMessage> = Vec::new();
+    for (message, check) in batch.iter().zip(checks) {
+        if let Err(reason) = check {
+            outcomes.push(AppendOutcome::Rejected(reason));
+            continue;
+        }
+        let key = send_key(&message.tenant, &message.sender, &message.client_msg_id);
+        if let Some(original) = sent.get(&key) {
+            outcomes.push(AppendOutcome::Stored {
+                message: original.clone(),
+                duplicate: true,
+            });
+            continue;
+        }
+        let sender = UserKey::new(message.tenant.clone(), message.sender.clone());
+        let recipient = sender.peer(message.recipient.clone());
+        let Ok(seqs) = next_seqs(&sender, &recipient, |user| {
+            Ok::<_, Infallible>(
+                *counters
+                    .get(user)
+                    .expect("every participant's counter is locked"),
+            )
+        });
+        for (user, seq) in stream_entries(&sender, &recipient, seqs) {
+            counters.insert(user.clone(), seq);
+        }
+        let id = ids.next().expect("one id per valid message");
+        let stored = seqs.stored(message, id as u64, ts);
+        sent.insert(key, stored.clone());
+        fresh.push(stored.clone());
+        outcomes.push(AppendOutcome::Stored {
+            message: stored,
+            duplicate: false,
+        });
+    }
+    (outcomes, fresh)
+}
+
+/// Writes back the last seq of every counter the batch changed.
+async fn store_counters(
+    tx: &deadpool_postgres::Transaction<'_>,
+    counters: &Counters,
+) -> Result<(), StoreError> {
+    let tenants: Vec<&str> = counters.keys().map(|u| u.tenant.as_str()).collect();
+    let owners: Vec<&str> = counters.keys().map(|u| u.user.as_str()).collect();
+    let lasts: Vec<i64> = counters.values().map(|last| sql_int(*last)).collect();
+    tx.execute(
+        "UPDATE user_seqs u SET last_seq = v.l
+         FROM unnest($1::text[], $2::text[], $3::bigint[]) AS v(t, o, l)
+         WHERE u.tenant = v.t AND u.owner = v.o AND u.last_seq <> v.l",
+        &[&tenants, &owners, &lasts],
+    )
+    .await
+    .map_err(backend)?;
+    Ok(())
+}
+
 async fn insert_messages(
     tx: &deadpool_postgres::Transaction<'_>,
     messages: &[StoredMessage],
@@ -435,8 +454,8 @@ async fn insert_messages(
     let client_ids: Vec<&str> = messages.iter().map(|m| m.client_msg_id.as_str()).collect();
     let texts: Vec<&str> = messages.iter().map(|m| m.text.as_str()).collect();
     let ts: Vec<i64> = messages.iter().map(|m| m.ts).collect();
-    let sender_seqs: Vec<i64> = messages.iter().map(|m| seq(m.sender_seq)).collect();
-    let recipient_seqs: Vec<i64> = messages.iter().map(|m| seq(m.recipient_seq)).collect();
+    let sender_seqs: Vec<i64> = messages.iter().map(|m| sql_int(m.sender_seq)).collect();
+    let recipient_seqs: Vec<i64> = messages.iter().map(|m| sql_int(m.recipient_seq)).collect();
     tx.execute(
         "INSERT INTO messages
             (id, tenant, sender, recipient, conversation, client_msg_id, text, ts, sender_seq, recipient_seq)
@@ -452,24 +471,20 @@ async fn insert_messages(
     // One inbox row per participant (one for a message to oneself).
     let mut owners_tenant = Vec::with_capacity(messages.len() * 2);
     let mut owners = Vec::with_capacity(messages.len() * 2);
-    let mut seqs = Vec::with_capacity(messages.len() * 2);
+    let mut seqs_col = Vec::with_capacity(messages.len() * 2);
     let mut message_ids = Vec::with_capacity(messages.len() * 2);
     for m in messages {
-        owners_tenant.push(m.tenant.as_str());
-        owners.push(m.sender.as_str());
-        seqs.push(seq(m.sender_seq));
-        message_ids.push(m.message_id as i64);
-        if m.recipient != m.sender {
+        for (owner, owner_seq) in inbox_entries(m) {
             owners_tenant.push(m.tenant.as_str());
-            owners.push(m.recipient.as_str());
-            seqs.push(seq(m.recipient_seq));
+            owners.push(owner);
+            seqs_col.push(sql_int(owner_seq));
             message_ids.push(m.message_id as i64);
         }
     }
     tx.execute(
         "INSERT INTO inbox (tenant, owner, seq, message_id)
          SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[])",
-        &[&owners_tenant, &owners, &seqs, &message_ids],
+        &[&owners_tenant, &owners, &seqs_col, &message_ids],
     )
     .await
     .map_err(backend)?;

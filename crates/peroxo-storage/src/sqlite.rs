@@ -22,6 +22,8 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, Transaction, params};
 use tokio::sync::oneshot;
 
+use super::seq_assignment::{MessageSeqs, inbox_entries, next_seqs, stream_entries};
+use super::sql::{MESSAGE_COLUMNS, history_page, rows_for_page, sql_int, sync_page};
 use super::{HistoryQuery, MAX_STORED_TEXT_BYTES, MessageStore, StoreError, SyncQuery};
 use peroxo_config::SqliteSync;
 use peroxo_protocol::domain::{
@@ -69,8 +71,6 @@ CREATE TABLE IF NOT EXISTS inbox (
     PRIMARY KEY (tenant, owner, seq)
 ) WITHOUT ROWID;
 ";
-
-const MESSAGE_COLUMNS: &str = "m.id, m.tenant, m.sender, m.recipient, m.client_msg_id, m.text, m.ts, m.sender_seq, m.recipient_seq";
 
 /// A SQLite-backed [`MessageStore`]. Cheap to clone.
 #[derive(Clone)]
@@ -185,10 +185,7 @@ impl MessageStore for SqliteStore {
     async fn history(&self, query: HistoryQuery) -> Result<HistoryPage, StoreError> {
         self.read(move |conn| {
             let conversation = conversation_id(&query.user.user, &query.peer);
-            let before = query
-                .before
-                .map_or(i64::MAX, |b| b.min(i64::MAX as u64) as i64);
-            let limit = i64::from(query.limit);
+            let before = query.before.map_or(i64::MAX, sql_int);
             let mut stmt = conn
                 .prepare_cached(&format!(
                     "SELECT {MESSAGE_COLUMNS} FROM messages m
@@ -196,18 +193,20 @@ impl MessageStore for SqliteStore {
                      ORDER BY m.id DESC LIMIT ?4"
                 ))
                 .map_err(backend)?;
-            let mut messages = stmt
+            let newest_first = stmt
                 .query_map(
-                    params![query.user.tenant, conversation, before, limit + 1],
+                    params![
+                        query.user.tenant,
+                        conversation,
+                        before,
+                        rows_for_page(query.limit)
+                    ],
                     row_to_message,
                 )
                 .map_err(backend)?
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(backend)?;
-            let has_more = messages.len() as i64 > limit;
-            messages.truncate(query.limit as usize);
-            messages.reverse();
-            Ok(HistoryPage { messages, has_more })
+            Ok(history_page(newest_first, query.limit))
         })
         .await
     }
@@ -217,8 +216,7 @@ impl MessageStore for SqliteStore {
             // One read transaction, so `last_seq` and the page come from one snapshot.
             let tx = conn.transaction().map_err(backend)?;
             let last_seq = last_seq_in(&tx, &query.user)?;
-            let limit = i64::from(query.limit);
-            let mut messages = {
+            let rows = {
                 let mut stmt = tx
                     .prepare_cached(&format!(
                         "SELECT {MESSAGE_COLUMNS} FROM inbox i JOIN messages m ON m.id = i.message_id
@@ -230,8 +228,8 @@ impl MessageStore for SqliteStore {
                     params![
                         query.user.tenant,
                         query.user.user,
-                        seq_to_sql(query.after_seq),
-                        limit + 1
+                        sql_int(query.after_seq),
+                        rows_for_page(query.limit)
                     ],
                     row_to_message,
                 )
@@ -239,13 +237,7 @@ impl MessageStore for SqliteStore {
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(backend)?
             };
-            let has_more = messages.len() as i64 > limit;
-            messages.truncate(query.limit as usize);
-            Ok(SyncPage {
-                messages,
-                last_seq,
-                has_more,
-            })
+            Ok(sync_page(rows, query.limit, last_seq))
         })
         .await
     }
@@ -257,10 +249,6 @@ impl MessageStore for SqliteStore {
 
 fn backend(e: rusqlite::Error) -> StoreError {
     StoreError::Backend(format!("sqlite: {e}"))
-}
-
-fn seq_to_sql(seq: u64) -> i64 {
-    i64::try_from(seq).unwrap_or(i64::MAX)
 }
 
 fn configure_writer(conn: &Connection, synchronous: SqliteSync) -> Result<(), StoreError> {
@@ -432,6 +420,9 @@ fn current_seq(
     }
 }
 
+/// Stores `message` inside the writer's transaction: rejects it when invalid, answers it with
+/// the original when it was sent before, and otherwise inserts it with the next seqs of its
+/// participants, which `seqs` then remembers.
 fn append_one(
     tx: &Transaction<'_>,
     seqs: &mut HashMap<UserKey, u64>,
@@ -443,14 +434,34 @@ fn append_one(
     }
     let sender = UserKey::new(message.tenant.clone(), message.sender.clone());
     let recipient = sender.peer(message.recipient.clone());
-    let sender_seq = current_seq(tx, seqs, &sender)? + 1;
-    let recipient_seq = if message.recipient == message.sender {
-        sender_seq
-    } else {
-        current_seq(tx, seqs, &recipient)? + 1
+    let assigned = next_seqs(&sender, &recipient, |user| current_seq(tx, seqs, user))?;
+    let Some(message_id) = insert_message(tx, message, ts, assigned)? else {
+        return Ok(AppendOutcome::Stored {
+            message: find_original(tx, message)?,
+            duplicate: true,
+        });
     };
-    // The unique (tenant, sender, client_msg_id) decides idempotency: a resend inserts nothing
-    // and gets the original back.
+    let stored = assigned.stored(message, message_id as u64, ts);
+    insert_inbox(tx, &stored)?;
+    // Remembered only now: a duplicate takes no seq.
+    for (user, seq) in stream_entries(&sender, &recipient, assigned) {
+        seqs.insert(user.clone(), seq);
+    }
+    Ok(AppendOutcome::Stored {
+        message: stored,
+        duplicate: false,
+    })
+}
+
+/// Inserts `message` with `assigned` seqs and returns its message id, or `None` when it was
+/// sent before: the unique (tenant, sender, client_msg_id) decides idempotency, so a resend
+/// inserts nothing.
+fn insert_message(
+    tx: &Transaction<'_>,
+    message: &NewMessage,
+    ts: i64,
+    assigned: MessageSeqs,
+) -> Result<Option<i64>, StoreError> {
     let inserted = tx
         .prepare_cached(
             "INSERT INTO messages
@@ -467,71 +478,48 @@ fn append_one(
                 message.client_msg_id,
                 message.text,
                 ts,
-                seq_to_sql(sender_seq),
-                seq_to_sql(recipient_seq),
+                sql_int(assigned.sender),
+                sql_int(assigned.recipient),
             ])
         })
         .map_err(backend)?;
-    if inserted == 0 {
-        let original = tx
-            .prepare_cached(&format!(
-                "SELECT {MESSAGE_COLUMNS} FROM messages m
-                 WHERE m.tenant = ?1 AND m.sender = ?2 AND m.client_msg_id = ?3"
-            ))
-            .and_then(|mut stmt| {
-                stmt.query_row(
-                    params![message.tenant, message.sender, message.client_msg_id],
-                    row_to_message,
-                )
-            })
-            .map_err(backend)?;
-        return Ok(AppendOutcome::Stored {
-            message: original,
-            duplicate: true,
-        });
-    }
-    let message_id = tx.last_insert_rowid();
-    let mut insert_inbox = tx
+    Ok((inserted != 0).then(|| tx.last_insert_rowid()))
+}
+
+/// The stored original of a resent `message`.
+fn find_original(tx: &Transaction<'_>, message: &NewMessage) -> Result<StoredMessage, StoreError> {
+    tx.prepare_cached(&format!(
+        "SELECT {MESSAGE_COLUMNS} FROM messages m
+         WHERE m.tenant = ?1 AND m.sender = ?2 AND m.client_msg_id = ?3"
+    ))
+    .and_then(|mut stmt| {
+        stmt.query_row(
+            params![message.tenant, message.sender, message.client_msg_id],
+            row_to_message,
+        )
+    })
+    .map_err(backend)
+}
+
+/// Adds `stored` to its participants' streams: one inbox row each, one for a message to
+/// oneself.
+fn insert_inbox(tx: &Transaction<'_>, stored: &StoredMessage) -> Result<(), StoreError> {
+    let mut insert = tx
         .prepare_cached(
             "INSERT INTO inbox (tenant, owner, seq, message_id) VALUES (?1, ?2, ?3, ?4)",
         )
         .map_err(backend)?;
-    insert_inbox
-        .execute(params![
-            message.tenant,
-            message.sender,
-            seq_to_sql(sender_seq),
-            message_id
-        ])
-        .map_err(backend)?;
-    if message.recipient != message.sender {
-        insert_inbox
+    for (owner, seq) in inbox_entries(stored) {
+        insert
             .execute(params![
-                message.tenant,
-                message.recipient,
-                seq_to_sql(recipient_seq),
-                message_id
+                stored.tenant,
+                owner,
+                sql_int(seq),
+                stored.message_id as i64
             ])
             .map_err(backend)?;
     }
-    seqs.insert(sender, sender_seq);
-    if message.recipient != message.sender {
-        seqs.insert(recipient, recipient_seq);
-    }
-    Ok(AppendOutcome::Stored {
-        message: StoredMessage {
-            message_id: message_id as u64,
-            tenant: message.tenant.clone(),
-            sender: message.sender.clone(),
-            recipient: message.recipient.clone(),
-            client_msg_id: message.client_msg_id.clone(),
-            text: message.text.clone(),
-            ts,
-            sender_seq,
-            recipient_seq,
-        },
-        duplicate: false,
-    })
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,0 +1,141 @@
+//! The `[auth]` section: how the gateway authenticates clients, and the checks of it that
+//! need the key material (reading `jwt_secret_file` or `public_key_file`). Only roles that
+//! authenticate clients run them, through [`crate::Config::validate_auth`].
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ConfigError;
+use crate::secret::Secret;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMode {
+    /// Clients present a signed JWT.
+    #[default]
+    Jwt,
+    /// The client names itself in the query string. For trying PerOXO out only.
+    Dev,
+}
+
+/// The JWT signature algorithms PerOXO verifies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum JwtAlgorithm {
+    /// HMAC with a shared secret.
+    #[default]
+    HS256,
+    /// RSA, verified with a public key.
+    RS256,
+    /// ECDSA P-256, verified with a public key.
+    ES256,
+}
+
+/// The shortest HS256 secret accepted, in bytes.
+pub const MIN_JWT_SECRET_BYTES: usize = 32;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    pub mode: AuthMode,
+    pub algorithm: JwtAlgorithm,
+    /// The HS256 shared secret.
+    pub jwt_secret: Secret,
+    /// A file holding the HS256 shared secret (instead of `jwt_secret`).
+    pub jwt_secret_file: Option<PathBuf>,
+    /// The PEM public key that verifies RS256 or ES256 tokens.
+    pub public_key_file: Option<PathBuf>,
+    /// When set, tokens must carry this `aud`.
+    pub audience: Option<String>,
+    /// When set, tokens must carry this `iss`.
+    pub issuer: Option<String>,
+    /// Clock skew tolerated on `exp`, `nbf` and `iat`, in seconds.
+    pub leeway_secs: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            mode: AuthMode::Jwt,
+            algorithm: JwtAlgorithm::HS256,
+            jwt_secret: Secret::default(),
+            jwt_secret_file: None,
+            public_key_file: None,
+            audience: None,
+            issuer: None,
+            leeway_secs: 30,
+        }
+    }
+}
+
+impl AuthConfig {
+    /// The HS256 secret, from `jwt_secret` or `jwt_secret_file`.
+    pub fn hs256_secret(&self) -> Result<Secret, ConfigError> {
+        if let Some(path) = &self.jwt_secret_file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ConfigError::new(
+                    "auth.jwt_secret_file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            return Ok(Secret::new(text.trim_end_matches(['\r', '\n'])));
+        }
+        Ok(self.jwt_secret.clone())
+    }
+
+    /// The PEM public key for RS256/ES256.
+    pub fn public_key_pem(&self) -> Result<Vec<u8>, ConfigError> {
+        let path = self.public_key_file.as_ref().ok_or_else(|| {
+            ConfigError::new(
+                "auth.public_key_file",
+                format!(
+                    "{:?} needs the PEM public key that verifies tokens: set auth.public_key_file",
+                    self.algorithm
+                ),
+            )
+        })?;
+        std::fs::read(path).map_err(|e| {
+            ConfigError::new(
+                "auth.public_key_file",
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })
+    }
+
+    /// Checks `[auth]` in `jwt` mode: exactly one source of an HS256 secret, long enough, or
+    /// a readable public key for RS256 and ES256.
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        if self.mode != AuthMode::Jwt {
+            return Ok(());
+        }
+        match self.algorithm {
+            JwtAlgorithm::HS256 => {
+                if self.jwt_secret_file.is_some() && !self.jwt_secret.is_empty() {
+                    return Err(ConfigError::new(
+                        "auth.jwt_secret",
+                        "set either auth.jwt_secret or auth.jwt_secret_file, not both",
+                    ));
+                }
+                let secret = self.hs256_secret()?;
+                if secret.is_empty() {
+                    return Err(ConfigError::new(
+                        "auth.jwt_secret",
+                        "auth.mode = \"jwt\" needs a secret: set auth.jwt_secret (or the \
+                         environment variable PEROXO_AUTH__JWT_SECRET), or auth.jwt_secret_file; \
+                         use --dev only to try PerOXO out",
+                    ));
+                }
+                if secret.expose().len() < MIN_JWT_SECRET_BYTES {
+                    return Err(ConfigError::new(
+                        "auth.jwt_secret",
+                        format!("must be at least {MIN_JWT_SECRET_BYTES} bytes"),
+                    ));
+                }
+            }
+            JwtAlgorithm::RS256 | JwtAlgorithm::ES256 => {
+                self.public_key_pem()?;
+            }
+        }
+        Ok(())
+    }
+}
