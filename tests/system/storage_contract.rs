@@ -299,8 +299,18 @@ async fn concurrent_appends_keep_every_users_seq_gapless_and_unique(f: &Fixture)
                             &format!("{round}-{i}"),
                         )
                     })
-                    .collect();
-                client.append(batch).await.unwrap();
+                    .collect::<Vec<_>>();
+                // A SQLite instance whose remembered seqs the other instance overtook fails the
+                // call as `Unavailable` and reads them again; like the gateway, the writer
+                // resends the whole batch, which idempotency makes safe.
+                let mut attempts = 0;
+                while let Err(error) = client.append(batch.clone()).await {
+                    attempts += 1;
+                    assert!(
+                        matches!(error, CallError::Unavailable(_)) && attempts < 10,
+                        "append failed for good: {error}"
+                    );
+                }
             }
         }));
     }
@@ -397,8 +407,18 @@ async fn several_service_instances_share_one_database_safely(f: &Fixture) {
                             &format!("{round}-{i}"),
                         )
                     })
-                    .collect();
-                client.append(batch).await.unwrap();
+                    .collect::<Vec<_>>();
+                // A SQLite instance whose remembered seqs the other instance overtook fails the
+                // call as `Unavailable` and reads them again; like the gateway, the writer
+                // resends the whole batch, which idempotency makes safe.
+                let mut attempts = 0;
+                while let Err(error) = client.append(batch.clone()).await {
+                    attempts += 1;
+                    assert!(
+                        matches!(error, CallError::Unavailable(_)) && attempts < 10,
+                        "append failed for good: {error}"
+                    );
+                }
             }
         }));
     }
