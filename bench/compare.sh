@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Runs one `peroxo bench` scenario against two server builds side by side: the runs alternate
+# (A, B, A, B, ...) so that a machine that slows down or speeds up during the session weighs on
+# both alike, each run against a freshly started server on an empty database, and the load
+# generator is the same binary for both (B's). Prints the medians of each build.
+#
+#   BASE_BIN=/path/to/old/peroxo bench/compare.sh dm --users 1000 --rate 5000 --duration 20s
+#   BASE_BIN=/path/to/old/peroxo bench/compare.sh idle --connections 19000 --source-ips 4
+#
+# Environment:
+#   BASE_BIN=path    the build to compare against (required)
+#   PEROXO_BIN=path  the build under test and the load generator [default: builds
+#                    target/release/peroxo]
+#   RUNS=3           runs of each build
+#   KEEP=1           keep the temporary directory (server logs, each run's JSON report)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+health=http://127.0.0.1:8080/healthz
+
+# shellcheck source=bench/processes.sh
+. bench/processes.sh
+: "${BASE_BIN:?BASE_BIN names the build to compare against}"
+
+status=0
+for run in $(seq 1 "$runs"); do
+  for side in base new; do
+    server=$PEROXO_BIN
+    [ "$side" = base ] && server=$BASE_BIN
+    if curl -fsS "$health" >/dev/null 2>&1; then
+      echo "something already answers $health; stop it first" >&2
+      exit 1
+    fi
+    start "server-$side" env PEROXO_STORAGE__SQLITE_PATH="$work/bench-$side-$run.db" \
+      "$server" serve --config bench/config.toml
+    wait_for "server-$side" curl -fsS "$health"
+    echo "== run $run of $runs, $side ($server): peroxo bench $*" >&2
+    if ! "$PEROXO_BIN" bench "$@" --json >"$work/$side-$run.json"; then
+      echo "   run $run ($side) failed" >&2
+      status=1
+    fi
+    stop_processes
+  done
+done
+
+bench/medians.sh "base ($BASE_BIN): peroxo bench $*" "$work"/base-*.json
+bench/medians.sh "new ($PEROXO_BIN): peroxo bench $*" "$work"/new-*.json
+exit "$status"
