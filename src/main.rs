@@ -68,8 +68,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    let command = match Cli::try_parse() {
+        Ok(cli) => cli.command,
         Err(error) => {
             let _ = error.print();
             return if error.use_stderr() {
@@ -79,13 +79,48 @@ fn main() -> ExitCode {
             };
         }
     };
-    let (path, dev) = match &cli.command {
-        // The load generator reads no configuration: it is pointed at a node.
-        Command::Bench(_) => return bench(cli.command),
+    // The load generator reads no configuration: it is pointed at a node.
+    if let Command::Bench(args) = command {
+        return bench(args);
+    }
+    let config = match load_config_for(&command) {
+        Ok(config) => config,
+        Err(error) => return configuration_error(&error),
+    };
+    // Only `peroxo store` serves no clients and needs no `[auth]`.
+    if let Command::Store { .. } = command {
+        return run_until_stopped(&config, store(config.clone()));
+    }
+    // The others read its keys now, once, so a bad key stops them before anything starts.
+    let auth = match config
+        .validate_auth()
+        .and_then(|()| Authenticator::from_config(&config.auth))
+    {
+        Ok(auth) => auth,
+        Err(error) => return configuration_error(&error),
+    };
+    match command {
+        Command::CheckConfig { .. } => {
+            print!("{}", config.to_redacted_toml());
+            ExitCode::SUCCESS
+        }
+        Command::Token {
+            user, tenant, ttl, ..
+        } => print_token(&config, &user, &tenant, ttl),
+        Command::Serve { .. } => run_until_stopped(&config, serve(config.clone(), auth)),
+        Command::Store { .. } | Command::Bench(_) => unreachable!("answered above"),
+    }
+}
+
+/// The configuration a command runs with: the file it names (or `config.toml` when present),
+/// the environment, and `--dev`.
+fn load_config_for(command: &Command) -> Result<Config, ConfigError> {
+    let (path, dev) = match command {
         Command::Serve { config, dev } => (config, *dev),
         Command::Store { config }
         | Command::CheckConfig { config }
         | Command::Token { config, .. } => (config, false),
+        Command::Bench(_) => unreachable!("the load generator reads no configuration"),
     };
     // The default file may be absent (all defaults apply); a file named explicitly must exist.
     let default_path = PathBuf::from(DEFAULT_CONFIG);
@@ -95,39 +130,21 @@ fn main() -> ExitCode {
     };
     // `--dev` weighs like an environment override, so validation already knows the mode.
     let dev_override = dev.then(|| ("PEROXO_AUTH__MODE".to_owned(), "dev".to_owned()));
-    let config = match load_config(path, required, dev_override) {
-        Ok(config) => config,
-        Err(error) => {
-            eprintln!("peroxo: configuration error: {error}");
-            return ExitCode::from(EXIT_USAGE);
-        }
-    };
-    // Only `peroxo store` serves no clients and needs no `[auth]`; the others read its keys
-    // now, once, so a bad key stops them before anything starts.
-    let auth = match &cli.command {
-        Command::Store { .. } => None,
-        _ => match config
-            .validate_auth()
-            .and_then(|()| Authenticator::from_config(&config.auth))
-        {
-            Ok(auth) => Some(auth),
-            Err(error) => {
-                eprintln!("peroxo: configuration error: {error}");
-                return ExitCode::from(EXIT_USAGE);
-            }
-        },
-    };
-    if let Command::CheckConfig { .. } = &cli.command {
-        print!("{}", config.to_redacted_toml());
-        return ExitCode::SUCCESS;
-    }
-    if let Command::Token {
-        user, tenant, ttl, ..
-    } = &cli.command
-    {
-        return print_token(&config, user, tenant, *ttl);
-    }
-    init_logging(&config);
+    load_config(path, required, dev_override)
+}
+
+fn configuration_error(error: &ConfigError) -> ExitCode {
+    eprintln!("peroxo: configuration error: {error}");
+    ExitCode::from(EXIT_USAGE)
+}
+
+/// Sets up logging, then runs `role` (a gateway node or a storage service) on a new runtime
+/// until it stops.
+fn run_until_stopped(
+    config: &Config,
+    role: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> ExitCode {
+    init_logging(config);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -135,16 +152,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(async {
-        match cli.command {
-            Command::Serve { .. } => serve(config, auth.expect("read for serve")).await,
-            Command::Store { .. } => store(config).await,
-            Command::Token { .. } | Command::CheckConfig { .. } | Command::Bench(_) => {
-                unreachable!("answered before the runtime starts")
-            }
-        }
-    });
-    match result {
+    match runtime.block_on(role) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("{error:#}");
@@ -169,10 +177,7 @@ fn load_config(
     Ok(config)
 }
 
-fn bench(command: Command) -> ExitCode {
-    let Command::Bench(args) = command else {
-        unreachable!("called for `peroxo bench` only")
-    };
+fn bench(args: peroxo_bench::BenchArgs) -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
