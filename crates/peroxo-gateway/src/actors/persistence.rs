@@ -25,7 +25,7 @@ use super::ActorSlot;
 use super::context::StorageLink;
 use super::outbox::{Outbox, PendingWrite};
 use super::router::{Delivery, RouterMsg};
-use crate::telemetry::{metrics, seconds};
+use crate::telemetry::{Metrics, seconds};
 use peroxo_config::StorageConfig;
 use peroxo_protocol::domain::{AppendOutcome, NewMessage, StoredMessage, UserKey};
 use peroxo_protocol::{ErrorCode, ProtocolError, ReqId, ServerFrame};
@@ -71,6 +71,8 @@ pub struct PersistenceArgs {
     /// predecessor once this incarnation can take it.
     pub myself_slot: ActorSlot<PersistenceMsg>,
     pub router: ActorSlot<RouterMsg>,
+    /// The node's metrics (batches, acks, reconnects).
+    pub metrics: Arc<Metrics>,
 }
 
 pub struct PersistenceState {
@@ -231,7 +233,7 @@ fn connected(
     match result {
         Ok(client) => {
             if state.ever_connected {
-                metrics().storage_reconnects.increment(1);
+                state.args.metrics.storage_reconnects.increment(1);
             }
             state.ever_connected = true;
             state.args.link.set(Some(client));
@@ -293,12 +295,17 @@ fn start_batch(myself: &ActorRef<PersistenceMsg>, state: &mut PersistenceState) 
     state.generation += 1;
     let generation = state.generation;
     state.in_flight = Some(generation);
-    metrics().persist_batch_size.record(batch.len() as f64);
+    state
+        .args
+        .metrics
+        .persist_batch_size
+        .record(batch.len() as f64);
+    let rpc_seconds = state.args.metrics.persist_rpc.clone();
     let myself = myself.clone();
     tokio::spawn(async move {
         let started = Instant::now();
         let result = client.append(batch).await;
-        metrics().persist_rpc.record(seconds(started.elapsed()));
+        rpc_seconds.record(seconds(started.elapsed()));
         let _ = myself.cast(PersistenceMsg::BatchDone { generation, result });
     });
 }
@@ -328,7 +335,7 @@ fn batch_done(
             let writes = std::mem::take(&mut state.args.outbox.lock().in_flight);
             let mut deliveries = Vec::with_capacity(writes.len());
             for (write, outcome) in writes.into_iter().zip(outcomes) {
-                if let Some(delivery) = answer(write, outcome) {
+                if let Some(delivery) = answer(&state.args.metrics, write, outcome) {
                     deliveries.push(delivery);
                 }
             }
@@ -371,12 +378,11 @@ fn batch_done(
 }
 
 /// Acks one committed write to its sender; returns what the Router must deliver.
-fn answer(write: PendingWrite, outcome: AppendOutcome) -> Option<Delivery> {
+fn answer(metrics: &Metrics, write: PendingWrite, outcome: AppendOutcome) -> Option<Delivery> {
     match outcome {
         AppendOutcome::Stored { message, duplicate } => {
             // A retried write found stored was stored by its own earlier, unanswered call.
             let duplicate = duplicate && !write.retried;
-            let metrics = metrics();
             metrics.ack(duplicate);
             metrics
                 .send_to_ack

@@ -191,6 +191,7 @@ async fn spawn_router(
         sessions: args.sessions.clone(),
         cluster: args.gateway.cluster.clone(),
         storage: args.gateway.storage.clone(),
+        metrics: Arc::clone(&args.gateway.metrics),
     }
     .spawn(supervisor)
     .await?;
@@ -210,6 +211,7 @@ async fn spawn_persistence(
             link: args.gateway.storage.clone(),
             myself_slot: args.gateway.persistence.clone(),
             router: args.gateway.router.clone(),
+            metrics: Arc::clone(&args.gateway.metrics),
         },
         supervisor,
     )

@@ -11,6 +11,7 @@
 //! (they are in storage; clients get them with `sync`).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use axum::extract::ws::Utf8Bytes;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -20,7 +21,7 @@ use super::cluster::ClusterMsg;
 use super::context::StorageLink;
 use super::session_supervisor::SessionSupervisorMsg;
 use crate::connection::{Droppable, Outbound};
-use crate::telemetry::metrics;
+use crate::telemetry::Metrics;
 use peroxo_protocol::domain::{SessionId, StoredMessage, UserKey};
 use peroxo_protocol::{MessageView, PresenceStatus, ReqId, ServerFrame, now_ms};
 
@@ -97,6 +98,7 @@ pub struct Delivery {
 pub struct RouterState {
     cluster: Option<ActorSlot<ClusterMsg>>,
     storage: StorageLink,
+    metrics: Arc<Metrics>,
     /// tenant → users online on other nodes.
     remote: HashMap<String, HashSet<String>>,
     sessions: HashMap<SessionId, Entry>,
@@ -124,6 +126,8 @@ pub struct Router {
     pub cluster: Option<ActorSlot<ClusterMsg>>,
     /// For the `last_seq` of a `sync_hint`.
     pub storage: StorageLink,
+    /// The node's metrics (deliveries).
+    pub metrics: Arc<Metrics>,
 }
 
 impl Router {
@@ -150,6 +154,7 @@ impl Actor for Router {
         Ok(RouterState {
             cluster: self.cluster.clone(),
             storage: self.storage.clone(),
+            metrics: Arc::clone(&self.metrics),
             ..RouterState::default()
         })
     }
@@ -485,7 +490,7 @@ impl RouterState {
             if let Some(entry) = self.sessions.get(session)
                 && entry.outbound.send_text(text.clone(), Droppable::No)
             {
-                metrics().messages_delivered.increment(1);
+                self.metrics.messages_delivered.increment(1);
             }
         }
     }
@@ -580,7 +585,7 @@ mod tests {
 
     /// A connection of `user` (tenant `t`) watching `watching`.
     fn connect(user: &str, watching: &[&str]) -> (Registration, OutboundQueue) {
-        let (outbound, queue) = Outbound::new(SessionId::next(), 64);
+        let (outbound, queue) = Outbound::new(SessionId::next(), 64, Arc::default());
         outbound.welcome().ready(Utf8Bytes::from_static("welcome"));
         let registration = Registration {
             key: UserKey::new("t", user),
@@ -729,7 +734,7 @@ mod tests {
         let mut state = RouterState::default();
         let (alice, alice_queue) = connect("alice", &["bob"]);
         state.register(alice);
-        let (outbound, _queue) = Outbound::new(SessionId::next(), 64);
+        let (outbound, _queue) = Outbound::new(SessionId::next(), 64, Arc::default());
         outbound.welcome().ready(Utf8Bytes::from_static("welcome"));
         state.register(Registration {
             key: UserKey::new("other", "bob"),
