@@ -14,6 +14,32 @@ async fn get(server: &TestServer, path: &str) -> (u16, String) {
     common::http_request(server.gateway.http_addr, "GET", path, "").await
 }
 
+/// Scrapes `/metrics` until the series `name{labels}` reaches `expected`, then asserts it is
+/// exactly that: a count the scenario determines may still be on its way when the client has
+/// seen its effect, but it must never overshoot.
+async fn assert_count(server: &TestServer, name: &str, labels: &str, expected: f64) {
+    let deadline = tokio::time::Instant::now() + common::DEADLINE;
+    loop {
+        let (_, text) = get(server, "/metrics").await;
+        let value = sample(&text, name, labels);
+        if value.is_some_and(|v| v >= expected) || tokio::time::Instant::now() >= deadline {
+            assert_eq!(value, Some(expected), "{name}{{{labels}}}:\n{text}");
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Every sample of `name`, with its series (name and labels).
+fn series<'a>(text: &'a str, name: &str) -> Vec<(&'a str, f64)> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter(|(series, _)| *series == name || series.starts_with(&format!("{name}{{")))
+        .map(|(series, value)| (series, value.parse().unwrap()))
+        .collect()
+}
+
 #[tokio::test]
 async fn metrics_cover_connections_messages_storage_and_the_process() {
     let server = TestServer::start().await;
@@ -44,12 +70,50 @@ async fn metrics_cover_connections_messages_storage_and_the_process() {
     ] {
         assert!(sample(&text, name, "").is_some(), "{name} missing:\n{text}");
     }
-    assert!(sample(&text, "peroxo_connections", "").unwrap() >= 2.0);
-    assert_eq!(sample(&text, "peroxo_storage_up", ""), Some(1.0));
-    assert!(sample(&text, "peroxo_outbox_pending_peak", "").unwrap() >= 1.0);
-    assert!(sample(&text, "peroxo_acks_total", "duplicate=\"true\"").unwrap() >= 1.0);
-    assert!(sample(&text, "peroxo_acks_total", "duplicate=\"false\"").unwrap() >= 1.0);
-    assert!(sample(&text, "peroxo_errors_total", "code=\"bad_request\"").unwrap() >= 1.0);
+    // This node's own counts: two connections, two sends of one message (the second a
+    // duplicate, so acked but not delivered again), one bad frame.
+    for (name, labels, expected) in [
+        ("peroxo_connections", "", 2.0),
+        ("peroxo_sessions_opened_total", "", 2.0),
+        ("peroxo_messages_received_total", "", 2.0),
+        ("peroxo_messages_delivered_total", "", 1.0),
+        ("peroxo_acks_total", "duplicate=\"false\"", 1.0),
+        ("peroxo_acks_total", "duplicate=\"true\"", 1.0),
+        ("peroxo_errors_total", "code=\"bad_request\"", 1.0),
+        ("peroxo_send_to_ack_seconds_count", "", 2.0),
+        ("peroxo_persist_batch_size_count", "", 2.0),
+        ("peroxo_persist_batch_size_sum", "", 2.0),
+        ("peroxo_persist_rpc_seconds_count", "", 2.0),
+        ("peroxo_outbox_pending", "", 0.0),
+        ("peroxo_outbox_pending_peak", "", 1.0),
+        ("peroxo_storage_up", "", 1.0),
+        ("peroxo_storage_reconnects_total", "", 0.0),
+    ] {
+        assert_count(&server, name, labels, expected).await;
+    }
+    let (_, text) = get(&server, "/metrics").await;
+    let errors = series(&text, "peroxo_errors_total");
+    assert_eq!(
+        errors.len(),
+        peroxo_protocol::ErrorCode::ALL.len(),
+        "{text}"
+    );
+    assert_eq!(
+        errors.iter().map(|(_, v)| v).sum::<f64>(),
+        1.0,
+        "{errors:?}"
+    );
+    let restarts = series(&text, "peroxo_actor_restarts_total");
+    assert_eq!(restarts.len(), 5, "one series per kind of actor:\n{text}");
+    assert!(restarts.iter().all(|(_, v)| *v == 0.0), "{restarts:?}");
+    let closed = series(&text, "peroxo_sessions_closed_total");
+    // Every close cause, and the client's close and a lost connection.
+    assert_eq!(
+        closed.len(),
+        peroxo_protocol::CloseCause::ALL.len() + 2,
+        "{text}"
+    );
+    assert!(closed.iter().all(|(_, v)| *v == 0.0), "{closed:?}");
     for label in ["reason=\"client_closed\"", "actor=\"router\""] {
         assert!(text.contains(label), "{label} is pre-registered:\n{text}");
     }
@@ -57,24 +121,22 @@ async fn metrics_cover_connections_messages_storage_and_the_process() {
     assert!(!text.contains("alice") && !text.contains("/ws"));
 
     bob.close().await;
-    let deadline = tokio::time::Instant::now() + common::DEADLINE;
-    loop {
-        let (_, text) = get(&server, "/metrics").await;
-        if sample(
-            &text,
-            "peroxo_sessions_closed_total",
-            "reason=\"client_closed\"",
-        )
-        .is_some_and(|v| v >= 1.0)
-        {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "close never counted"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    assert_count(
+        &server,
+        "peroxo_sessions_closed_total",
+        "reason=\"client_closed\"",
+        1.0,
+    )
+    .await;
+    assert_count(&server, "peroxo_connections", "", 1.0).await;
+    let (_, text) = get(&server, "/metrics").await;
+    let closed = series(&text, "peroxo_sessions_closed_total");
+    assert_eq!(
+        closed.iter().map(|(_, v)| v).sum::<f64>(),
+        1.0,
+        "{closed:?}"
+    );
+    assert_count(&server, "peroxo_sessions_opened_total", "", 2.0).await;
 }
 
 #[tokio::test]

@@ -25,6 +25,13 @@ async fn a_crashed_session_is_restarted_on_the_same_socket_with_an_internal_erro
     assert_eq!(error["code"], "internal");
     assert_eq!(error["retryable"], true);
     assert_eq!(server.gateway.restarts(ActorKind::Session), 1);
+    let (_, metrics) = common::http_request(server.gateway.http_addr, "GET", "/metrics", "").await;
+    let count = |name, labels| common::metric_sample(&metrics, name, labels);
+    assert_eq!(
+        count("peroxo_actor_restarts_total", "actor=\"session\""),
+        Some(1.0)
+    );
+    assert_eq!(count("peroxo_errors_total", "code=\"internal\""), Some(1.0));
 
     // The same socket keeps working in both directions.
     let ack = alice.dm("bob", "after the crash", "m1").await;

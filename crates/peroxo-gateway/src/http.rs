@@ -27,7 +27,6 @@ use crate::actors::context::GatewayContext;
 use crate::actors::session_supervisor::SessionSupervisorMsg;
 use crate::admission::{Admission, Refusal, Ticket};
 use crate::identity::{Authenticator, Identity};
-use crate::telemetry::metrics;
 use peroxo_config::LimitsConfig;
 
 /// Bytes read from a socket at a time. Every connection holds this much from the start, so it
@@ -345,7 +344,7 @@ async fn readyz(State(state): State<HttpState>) -> Response {
 
 /// Prometheus text exposition of the node's metrics.
 async fn prometheus(State(state): State<HttpState>) -> Response {
-    let metrics = metrics();
+    let metrics = &state.gateway.metrics;
     metrics
         .connections
         .set(state.admission.connections() as f64);

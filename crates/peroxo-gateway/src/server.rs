@@ -25,7 +25,7 @@ use crate::actors::session_supervisor::SessionSupervisorMsg;
 use crate::admission::Admission;
 use crate::http::{self, HttpState};
 use crate::identity::Authenticator;
-use crate::telemetry::{ActorKind, RestartCounts};
+use crate::telemetry::{ActorKind, Metrics, RestartCounts};
 use peroxo_config::{ClusterConfig, ClusterMode, Config};
 use peroxo_protocol::CloseCause;
 use peroxo_storage::StoreServer;
@@ -122,6 +122,7 @@ impl Gateway {
             Some(slot) => Some(connect_cluster(&config.cluster, slot.clone()).await?),
             None => None,
         };
+        let metrics = Arc::new(Metrics::new());
         let gateway = Arc::new(GatewayContext {
             router: ActorSlot::default(),
             persistence: ActorSlot::default(),
@@ -129,7 +130,8 @@ impl Gateway {
             outbox: Arc::new(Outbox::new(config.storage.max_pending)),
             limits: config.limits.clone(),
             storage_wait: config.storage.rpc_timeout(),
-            restarts: Arc::new(RestartCounts::default()),
+            restarts: Arc::new(RestartCounts::new(Arc::clone(&metrics))),
+            metrics,
             auth: Arc::clone(&auth),
             draining: AtomicBool::new(false),
             cluster: cluster_slot,

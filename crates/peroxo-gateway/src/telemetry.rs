@@ -1,20 +1,22 @@
-//! Metrics: one process-wide Prometheus recorder, the node's metric handles, and the text
-//! served at `/metrics`.
+//! Metrics: each gateway's own Prometheus recorder, its metric handles, and the text served
+//! at `/metrics`.
 //!
-//! Handles are registered once ([`metrics()`]), so the hot path increments an atomic instead
-//! of looking a name up. Label values come from closed sets (error codes, close causes, actor
-//! kinds): never a user id or a raw path. Gauges that mirror live state (connections, outbox,
-//! storage) are read when `/metrics` is scraped rather than kept up to date on every change.
+//! A [`Metrics`] belongs to one gateway node (`GatewayContext::metrics`): its recorder is
+//! never installed as the process's global one, so several nodes in one process (the test
+//! suites run many) count apart. Handles are registered on it once, when the node starts, so
+//! the hot path increments an atomic instead of looking a name up. Label values come from
+//! closed sets (error codes, close causes, actor kinds): never a user id or a raw path.
+//! Gauges that mirror live state (connections, outbox, storage) are read when `/metrics` is
+//! scraped rather than kept up to date on every change.
 
-use std::sync::LazyLock;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use metrics::{
-    Counter, Gauge, Histogram, counter, describe_counter, describe_gauge, describe_histogram,
-    gauge, histogram,
+    Counter, Gauge, Histogram, Key, KeyName, Label, Level, Metadata, Recorder, SharedString, Unit,
 };
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusRecorder};
 
 use peroxo_protocol::{CloseCause, ErrorCode};
 
@@ -25,9 +27,12 @@ const BATCH_BUCKETS: &[f64] = &[
     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
 ];
 
-/// Every metric the node records, registered once.
+/// Every metric one node records, registered once on the node's own recorder.
 pub struct Metrics {
-    handle: Option<PrometheusHandle>,
+    /// The node's recorder; `/metrics` renders it.
+    recorder: PrometheusRecorder,
+    /// The process's own figures (memory, CPU, descriptors). They describe the process, not
+    /// the node: every node in one process reports the same values.
     process: metrics_process::Collector,
     pub connections: Gauge,
     pub sessions_opened: Counter,
@@ -53,20 +58,24 @@ impl std::fmt::Debug for Metrics {
     }
 }
 
-static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::install);
-
-/// The node's metrics (the recorder is installed on first use).
-pub fn metrics() -> &'static Metrics {
-    &METRICS
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// The labels of `peroxo_sessions_closed_total{reason}` besides the server's close causes.
 pub const CLIENT_CLOSED: &str = "client_closed";
 pub const CONNECTION_LOST: &str = "connection_lost";
 
+/// What registering a handle tells the recorder besides its key (Prometheus ignores it).
+const METADATA: Metadata<'static> =
+    Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
+
 impl Metrics {
-    fn install() -> Self {
-        let handle = PrometheusBuilder::new()
+    /// A fresh set of metrics, all at zero, on a recorder of its own.
+    pub fn new() -> Self {
+        let recorder = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), LATENCY_BUCKETS)
             .and_then(|b| {
                 b.set_buckets_for_metric(
@@ -74,64 +83,59 @@ impl Metrics {
                     BATCH_BUCKETS,
                 )
             })
-            .and_then(PrometheusBuilder::install_recorder);
-        let handle = match handle {
-            Ok(handle) => Some(handle),
-            Err(error) => {
-                // Another recorder owns the process (an embedding application's): record there.
-                tracing::warn!(%error, "metrics recorder not installed; /metrics will be empty");
-                None
-            }
-        };
-        describe();
+            .expect("the bucket lists are not empty")
+            .build_recorder();
+        describe(&recorder);
         let process = metrics_process::Collector::new("peroxo_");
-        process.describe();
+        // The collector speaks only through the `metrics` macros: point them at this recorder.
+        metrics::with_local_recorder(&recorder, || process.describe());
+        let r = &recorder;
         let mut close_labels: Vec<&'static str> =
             CloseCause::ALL.iter().map(|c| c.label()).collect();
         close_labels.extend([CLIENT_CLOSED, CONNECTION_LOST]);
         Self {
-            handle,
-            process,
-            connections: gauge!("peroxo_connections"),
-            sessions_opened: counter!("peroxo_sessions_opened_total"),
+            connections: gauge(r, "peroxo_connections"),
+            sessions_opened: counter(r, "peroxo_sessions_opened_total", None),
             sessions_closed: close_labels
                 .into_iter()
                 .map(|reason| {
+                    let label = ("reason", reason);
                     (
                         reason,
-                        counter!("peroxo_sessions_closed_total", "reason" => reason),
+                        counter(r, "peroxo_sessions_closed_total", Some(label)),
                     )
                 })
                 .collect(),
-            messages_received: counter!("peroxo_messages_received_total"),
-            messages_delivered: counter!("peroxo_messages_delivered_total"),
-            acks_fresh: counter!("peroxo_acks_total", "duplicate" => "false"),
-            acks_duplicate: counter!("peroxo_acks_total", "duplicate" => "true"),
+            messages_received: counter(r, "peroxo_messages_received_total", None),
+            messages_delivered: counter(r, "peroxo_messages_delivered_total", None),
+            acks_fresh: counter(r, "peroxo_acks_total", Some(("duplicate", "false"))),
+            acks_duplicate: counter(r, "peroxo_acks_total", Some(("duplicate", "true"))),
             errors: ErrorCode::ALL
                 .iter()
                 .map(|code| {
-                    (
-                        *code,
-                        counter!("peroxo_errors_total", "code" => code.as_str()),
-                    )
+                    let label = ("code", code.as_str());
+                    (*code, counter(r, "peroxo_errors_total", Some(label)))
                 })
                 .collect(),
-            send_to_ack: histogram!("peroxo_send_to_ack_seconds"),
-            persist_batch_size: histogram!("peroxo_persist_batch_size"),
-            persist_rpc: histogram!("peroxo_persist_rpc_seconds"),
-            outbox_pending: gauge!("peroxo_outbox_pending"),
-            outbox_pending_peak: gauge!("peroxo_outbox_pending_peak"),
-            storage_up: gauge!("peroxo_storage_up"),
-            storage_reconnects: counter!("peroxo_storage_reconnects_total"),
+            send_to_ack: histogram(r, "peroxo_send_to_ack_seconds"),
+            persist_batch_size: histogram(r, "peroxo_persist_batch_size"),
+            persist_rpc: histogram(r, "peroxo_persist_rpc_seconds"),
+            outbox_pending: gauge(r, "peroxo_outbox_pending"),
+            outbox_pending_peak: gauge(r, "peroxo_outbox_pending_peak"),
+            storage_up: gauge(r, "peroxo_storage_up"),
+            storage_reconnects: counter(r, "peroxo_storage_reconnects_total", None),
             restarts: ActorKind::ALL
                 .iter()
                 .map(|kind| {
+                    let label = ("actor", kind.as_str());
                     (
                         *kind,
-                        counter!("peroxo_actor_restarts_total", "actor" => kind.as_str()),
+                        counter(r, "peroxo_actor_restarts_total", Some(label)),
                     )
                 })
                 .collect(),
+            recorder,
+            process,
         }
     }
 
@@ -163,15 +167,34 @@ impl Metrics {
 
     /// The Prometheus text exposition, after refreshing the process gauges.
     pub fn render(&self) -> String {
-        self.process.collect();
-        match &self.handle {
-            Some(handle) => {
-                handle.run_upkeep();
-                handle.render()
-            }
-            None => String::new(),
-        }
+        metrics::with_local_recorder(&self.recorder, || self.process.collect());
+        let handle = self.recorder.handle();
+        handle.run_upkeep();
+        handle.render()
     }
+}
+
+fn key(name: &'static str, label: Option<(&'static str, &'static str)>) -> Key {
+    match label {
+        Some((label, value)) => Key::from_parts(name, vec![Label::new(label, value)]),
+        None => Key::from_static_name(name),
+    }
+}
+
+fn counter(
+    recorder: &PrometheusRecorder,
+    name: &'static str,
+    label: Option<(&'static str, &'static str)>,
+) -> Counter {
+    recorder.register_counter(&key(name, label), &METADATA)
+}
+
+fn gauge(recorder: &PrometheusRecorder, name: &'static str) -> Gauge {
+    recorder.register_gauge(&key(name, None), &METADATA)
+}
+
+fn histogram(recorder: &PrometheusRecorder, name: &'static str) -> Histogram {
+    recorder.register_histogram(&key(name, None), &METADATA)
 }
 
 /// Seconds as a histogram sample.
@@ -179,64 +202,77 @@ pub fn seconds(duration: Duration) -> f64 {
     duration.as_secs_f64()
 }
 
-fn describe() {
-    describe_gauge!(
+/// Gives every metric of the node its help text (and unit) on `recorder`.
+fn describe(recorder: &PrometheusRecorder) {
+    let gauge =
+        |name, help| recorder.describe_gauge(KeyName::from_const_str(name), None, text(help));
+    let counter =
+        |name, help| recorder.describe_counter(KeyName::from_const_str(name), None, text(help));
+    let histogram = |name, unit, help| {
+        recorder.describe_histogram(KeyName::from_const_str(name), unit, text(help));
+    };
+    gauge(
         "peroxo_connections",
-        "WebSocket connections held by this node."
+        "WebSocket connections held by this node.",
     );
-    describe_counter!("peroxo_sessions_opened_total", "WebSocket sessions opened.");
-    describe_counter!(
+    counter("peroxo_sessions_opened_total", "WebSocket sessions opened.");
+    counter(
         "peroxo_sessions_closed_total",
-        "WebSocket sessions closed, by reason."
+        "WebSocket sessions closed, by reason.",
     );
-    describe_counter!(
+    counter(
         "peroxo_messages_received_total",
-        "DMs accepted from clients for storage."
+        "DMs accepted from clients for storage.",
     );
-    describe_counter!(
+    counter(
         "peroxo_messages_delivered_total",
-        "DM frames queued to live sessions."
+        "DM frames queued to live sessions.",
     );
-    describe_counter!(
+    counter(
         "peroxo_acks_total",
-        "Acks sent, by whether the send was a duplicate."
+        "Acks sent, by whether the send was a duplicate.",
     );
-    describe_counter!("peroxo_errors_total", "Error frames sent, by code.");
-    describe_histogram!(
+    counter("peroxo_errors_total", "Error frames sent, by code.");
+    histogram(
         "peroxo_send_to_ack_seconds",
-        metrics::Unit::Seconds,
-        "From accepting a send to acking it."
+        Some(Unit::Seconds),
+        "From accepting a send to acking it.",
     );
-    describe_histogram!(
+    histogram(
         "peroxo_persist_batch_size",
-        "Messages per append call to storage."
+        None,
+        "Messages per append call to storage.",
     );
-    describe_histogram!(
+    histogram(
         "peroxo_persist_rpc_seconds",
-        metrics::Unit::Seconds,
-        "Duration of append calls to storage."
+        Some(Unit::Seconds),
+        "Duration of append calls to storage.",
     );
-    describe_gauge!(
+    gauge(
         "peroxo_outbox_pending",
-        "Accepted sends not yet answered by storage."
+        "Accepted sends not yet answered by storage.",
     );
-    describe_gauge!(
+    gauge(
         "peroxo_outbox_pending_peak",
         "The most accepted sends ever waiting for storage at once since the node started; \
-         never above storage.max_pending."
+         never above storage.max_pending.",
     );
-    describe_gauge!(
+    gauge(
         "peroxo_storage_up",
-        "1 while the storage service is reachable, else 0."
+        "1 while the storage service is reachable, else 0.",
     );
-    describe_counter!(
+    counter(
         "peroxo_storage_reconnects_total",
-        "Connections to storage re-established after a loss."
+        "Connections to storage re-established after a loss.",
     );
-    describe_counter!(
+    counter(
         "peroxo_actor_restarts_total",
-        "Actors restarted after a failure, by kind."
+        "Actors restarted after a failure, by kind.",
     );
+}
+
+fn text(help: &'static str) -> SharedString {
+    SharedString::const_str(help)
 }
 
 /// Which kind of actor was restarted.
@@ -271,16 +307,29 @@ impl ActorKind {
 }
 
 /// How many times each kind of actor has been restarted since the node started.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RestartCounts {
     cluster: AtomicU64,
     router: AtomicU64,
     persistence: AtomicU64,
     session_supervisor: AtomicU64,
     session: AtomicU64,
+    /// Where each restart is counted for `/metrics` too.
+    metrics: Arc<Metrics>,
 }
 
 impl RestartCounts {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            cluster: AtomicU64::new(0),
+            router: AtomicU64::new(0),
+            persistence: AtomicU64::new(0),
+            session_supervisor: AtomicU64::new(0),
+            session: AtomicU64::new(0),
+            metrics,
+        }
+    }
+
     fn counter(&self, kind: ActorKind) -> &AtomicU64 {
         match kind {
             ActorKind::Cluster => &self.cluster,
@@ -293,7 +342,7 @@ impl RestartCounts {
 
     pub fn record(&self, kind: ActorKind) {
         self.counter(kind).fetch_add(1, Ordering::Relaxed);
-        metrics().restart(kind);
+        self.metrics.restart(kind);
     }
 
     pub fn get(&self, kind: ActorKind) -> u64 {

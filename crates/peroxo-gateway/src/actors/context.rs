@@ -21,7 +21,7 @@ use super::router::{Registration, RouterMsg};
 use crate::admission::Ticket;
 use crate::connection::Outbound;
 use crate::identity::Authenticator;
-use crate::telemetry::RestartCounts;
+use crate::telemetry::{Metrics, RestartCounts};
 
 /// What a session needs from the rest of the node. One per node, shared by every session.
 pub struct GatewayContext {
@@ -34,6 +34,8 @@ pub struct GatewayContext {
     /// How long a session waits for storage when the client connects.
     pub storage_wait: Duration,
     pub restarts: Arc<RestartCounts>,
+    /// This node's metrics; each connection's queue holds them too.
+    pub metrics: Arc<Metrics>,
     /// Verifies tokens presented with `refresh`.
     pub auth: Arc<Authenticator>,
     /// Set once shutdown begins: `/readyz` answers 503 from then on.

@@ -188,7 +188,7 @@ mod tests {
     #[test]
     fn a_burst_of_writes_wakes_persistence_once_until_it_looks() {
         let outbox = Outbox::new(8);
-        let (outbound, _queue) = Outbound::new(SessionId::next(), 8);
+        let (outbound, _queue) = Outbound::new(SessionId::next(), 8, Arc::default());
         assert_eq!(push(&outbox, &outbound, "1"), Ok(true));
         assert_eq!(push(&outbox, &outbound, "2"), Ok(false));
         outbox.woken();
@@ -199,7 +199,7 @@ mod tests {
     #[test]
     fn a_full_outbox_refuses_until_a_write_is_answered() {
         let outbox = Outbox::new(2);
-        let (outbound, _queue) = Outbound::new(SessionId::next(), 8);
+        let (outbound, _queue) = Outbound::new(SessionId::next(), 8, Arc::default());
         push(&outbox, &outbound, "1").unwrap();
         push(&outbox, &outbound, "2").unwrap();
         assert_eq!(push(&outbox, &outbound, "3"), Err(Refused::Full));
@@ -215,7 +215,7 @@ mod tests {
     #[test]
     fn a_failed_batch_goes_back_first_in_order_and_marked_retried() {
         let outbox = Outbox::new(8);
-        let (outbound, _queue) = Outbound::new(SessionId::next(), 8);
+        let (outbound, _queue) = Outbound::new(SessionId::next(), 8, Arc::default());
         for id in ["1", "2", "3"] {
             push(&outbox, &outbound, id).unwrap();
         }
@@ -235,7 +235,7 @@ mod tests {
     #[tokio::test]
     async fn draining_refuses_new_writes_and_waits_for_the_accepted_ones() {
         let outbox = Arc::new(Outbox::new(4));
-        let (outbound, _queue) = Outbound::new(SessionId::next(), 8);
+        let (outbound, _queue) = Outbound::new(SessionId::next(), 8, Arc::default());
         push(&outbox, &outbound, "1").unwrap();
         let drain = tokio::spawn({
             let outbox = Arc::clone(&outbox);
@@ -261,7 +261,7 @@ mod tests {
     #[tokio::test]
     async fn a_drain_that_outlasts_its_timeout_says_so() {
         let outbox = Outbox::new(4);
-        let (outbound, _queue) = Outbound::new(SessionId::next(), 8);
+        let (outbound, _queue) = Outbound::new(SessionId::next(), 8, Arc::default());
         push(&outbox, &outbound, "1").unwrap();
         assert!(!outbox.close_and_drain(Duration::from_millis(1)).await);
     }

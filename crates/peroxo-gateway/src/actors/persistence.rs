@@ -25,7 +25,7 @@ use super::ActorSlot;
 use super::context::StorageLink;
 use super::outbox::{Outbox, PendingWrite};
 use super::router::{Delivery, RouterMsg};
-use crate::telemetry::{metrics, seconds};
+use crate::telemetry::{Metrics, seconds};
 use peroxo_config::StorageConfig;
 use peroxo_protocol::domain::{AppendOutcome, NewMessage, StoredMessage, UserKey};
 use peroxo_protocol::{ErrorCode, ProtocolError, ReqId, ServerFrame};
@@ -71,6 +71,8 @@ pub struct PersistenceArgs {
     /// predecessor once this incarnation can take it.
     pub myself_slot: ActorSlot<PersistenceMsg>,
     pub router: ActorSlot<RouterMsg>,
+    /// The node's metrics (batches, acks, reconnects).
+    pub metrics: Arc<Metrics>,
 }
 
 pub struct PersistenceState {
@@ -97,16 +99,6 @@ impl Persistence {
         let (actor, _) = Actor::spawn_linked(None, Persistence, args, supervisor).await?;
         Ok(actor)
     }
-}
-
-fn backoff(config: &StorageConfig) -> ExponentialBackoff {
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(config.reconnect_initial_ms))
-        .with_max_delay(Duration::from_millis(config.reconnect_max_ms))
-        .with_factor(2.0)
-        .with_jitter()
-        .without_max_times()
-        .build()
 }
 
 impl Actor for Persistence {
@@ -142,7 +134,7 @@ impl Actor for Persistence {
         myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        connect(&myself, state);
+        state.connect(&myself);
         Ok(())
     }
 
@@ -153,27 +145,13 @@ impl Actor for Persistence {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            PersistenceMsg::Wake => {
-                state.args.outbox.woken();
-                start_batch(&myself, state);
-            }
-            PersistenceMsg::Connect => connect(&myself, state),
-            PersistenceMsg::Connected(result) => connected(&myself, state, result),
-            PersistenceMsg::Probe => probe(&myself, state),
-            PersistenceMsg::Probed(Ok(())) => {}
-            PersistenceMsg::Probed(Err(error)) => {
-                // A batch in flight would have found out too; only an idle link is cleared here.
-                if state.in_flight.is_none() && state.args.link.is_up() {
-                    state.args.link.set(None);
-                    state.down_since.get_or_insert_with(Instant::now);
-                    schedule_reconnect(&myself, state, &error);
-                }
-            }
+            PersistenceMsg::Wake => state.wake(&myself),
+            PersistenceMsg::Connect => state.connect(&myself),
+            PersistenceMsg::Connected(result) => state.connected(&myself, result),
+            PersistenceMsg::Probe => state.probe(&myself),
+            PersistenceMsg::Probed(result) => state.probed(&myself, result),
             PersistenceMsg::BatchDone { generation, result } => {
-                if state.in_flight == Some(generation) {
-                    state.in_flight = None;
-                    batch_done(&myself, state, result);
-                }
+                state.batch_done(&myself, generation, result);
             }
             #[cfg(feature = "test-hooks")]
             PersistenceMsg::Crash => panic!("persistence crash requested by a test hook"),
@@ -182,23 +160,15 @@ impl Actor for Persistence {
     }
 }
 
-fn connect(myself: &ActorRef<PersistenceMsg>, state: &mut PersistenceState) {
-    if state.connecting || state.args.link.is_up() {
-        return;
-    }
-    state.connecting = true;
-    let endpoint = state.args.endpoint.clone();
-    let connect_timeout = state.args.config.connect_timeout();
-    let rpc_timeout = state.args.config.rpc_timeout();
-    let myself = myself.clone();
-    tokio::spawn(async move {
-        let result = match StorageClient::connect(&endpoint, connect_timeout, rpc_timeout).await {
-            // Reachable is not enough: the service must answer (its database may be down).
-            Ok(client) => client.last_seq(probe_user()).await.map(|_| client),
-            Err(error) => Err(error),
-        };
-        let _ = myself.cast(PersistenceMsg::Connected(result));
-    });
+/// A fresh reconnect schedule: exponential, with jitter, without end.
+fn backoff(config: &StorageConfig) -> ExponentialBackoff {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(config.reconnect_initial_ms))
+        .with_max_delay(Duration::from_millis(config.reconnect_max_ms))
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+        .build()
 }
 
 /// The user whose seq a probe reads (no client can be it: probes are not sessions).
@@ -206,101 +176,247 @@ fn probe_user() -> UserKey {
     UserKey::new("peroxo", "storage-probe")
 }
 
-/// Checks, while idle and connected, that storage still answers; reschedules itself.
-fn probe(myself: &ActorRef<PersistenceMsg>, state: &mut PersistenceState) {
-    myself.send_after(PROBE_INTERVAL, || PersistenceMsg::Probe);
-    let Some(client) = state.args.link.client() else {
-        return;
-    };
-    if state.in_flight.is_some() {
-        return;
+impl PersistenceState {
+    /// Sessions put new writes in the outbox.
+    fn wake(&mut self, myself: &ActorRef<PersistenceMsg>) {
+        self.args.outbox.woken();
+        self.start_batch(myself);
     }
-    let myself = myself.clone();
-    tokio::spawn(async move {
-        let result = client.last_seq(probe_user()).await.map(drop);
-        let _ = myself.cast(PersistenceMsg::Probed(result));
-    });
-}
 
-fn connected(
-    myself: &ActorRef<PersistenceMsg>,
-    state: &mut PersistenceState,
-    result: Result<StorageClient, CallError>,
-) {
-    state.connecting = false;
-    match result {
-        Ok(client) => {
-            if state.ever_connected {
-                metrics().storage_reconnects.increment(1);
-            }
-            state.ever_connected = true;
-            state.args.link.set(Some(client));
-            if !state.probing {
-                state.probing = true;
-                myself.send_after(PROBE_INTERVAL, || PersistenceMsg::Probe);
-            }
-            state.backoff = backoff(&state.args.config);
-            let down_for = state.down_since.take().map(|t| t.elapsed());
-            tracing::info!(endpoint = %state.args.endpoint, ?down_for, "storage reachable");
-            start_batch(myself, state);
+    /// Starts a connection attempt, unless one is under way or storage is connected.
+    fn connect(&mut self, myself: &ActorRef<PersistenceMsg>) {
+        if self.connecting || self.args.link.is_up() {
+            return;
         }
-        Err(error) => schedule_reconnect(myself, state, &error),
+        self.connecting = true;
+        let endpoint = self.args.endpoint.clone();
+        let connect_timeout = self.args.config.connect_timeout();
+        let rpc_timeout = self.args.config.rpc_timeout();
+        let myself = myself.clone();
+        tokio::spawn(async move {
+            let result = match StorageClient::connect(&endpoint, connect_timeout, rpc_timeout).await
+            {
+                // Reachable is not enough: the service must answer (its database may be down).
+                Ok(client) => client.last_seq(probe_user()).await.map(|_| client),
+                Err(error) => Err(error),
+            };
+            let _ = myself.cast(PersistenceMsg::Connected(result));
+        });
     }
-}
 
-fn schedule_reconnect(
-    myself: &ActorRef<PersistenceMsg>,
-    state: &mut PersistenceState,
-    error: &CallError,
-) {
-    let delay = state
-        .backoff
-        .next()
-        .unwrap_or(Duration::from_millis(state.args.config.reconnect_max_ms));
-    let pending = state.args.outbox.pending();
-    tracing::warn!(
-        endpoint = %state.args.endpoint,
-        %error,
-        retry_in = ?delay,
-        pending,
-        "storage unreachable"
-    );
-    myself.send_after(delay, || PersistenceMsg::Connect);
-}
-
-/// Sends the next batch if storage is connected and no batch is in flight.
-fn start_batch(myself: &ActorRef<PersistenceMsg>, state: &mut PersistenceState) {
-    if state.in_flight.is_some() {
-        return;
+    /// Checks, while idle and connected, that storage still answers; reschedules itself.
+    fn probe(&mut self, myself: &ActorRef<PersistenceMsg>) {
+        myself.send_after(PROBE_INTERVAL, || PersistenceMsg::Probe);
+        let Some(client) = self.args.link.client() else {
+            return;
+        };
+        if self.in_flight.is_some() {
+            return;
+        }
+        let myself = myself.clone();
+        tokio::spawn(async move {
+            let result = client.last_seq(probe_user()).await.map(drop);
+            let _ = myself.cast(PersistenceMsg::Probed(result));
+        });
     }
-    let Some(client) = state.args.link.client() else {
-        return;
-    };
-    let batch: Vec<NewMessage> = {
-        let mut outbox = state.args.outbox.lock();
+
+    /// A probe's answer: storage gone while idle clears the link and reconnects.
+    fn probed(&mut self, myself: &ActorRef<PersistenceMsg>, result: Result<(), CallError>) {
+        let Err(error) = result else {
+            return;
+        };
+        // A batch in flight would have found out too; only an idle link is cleared here.
+        if self.in_flight.is_none() && self.args.link.is_up() {
+            self.args.link.set(None);
+            self.down_since.get_or_insert_with(Instant::now);
+            self.schedule_reconnect(myself, &error);
+        }
+    }
+
+    fn connected(
+        &mut self,
+        myself: &ActorRef<PersistenceMsg>,
+        result: Result<StorageClient, CallError>,
+    ) {
+        self.connecting = false;
+        match result {
+            Ok(client) => {
+                if self.ever_connected {
+                    self.args.metrics.storage_reconnects.increment(1);
+                }
+                self.ever_connected = true;
+                self.args.link.set(Some(client));
+                if !self.probing {
+                    self.probing = true;
+                    myself.send_after(PROBE_INTERVAL, || PersistenceMsg::Probe);
+                }
+                self.backoff = backoff(&self.args.config);
+                let down_for = self.down_since.take().map(|t| t.elapsed());
+                tracing::info!(endpoint = %self.args.endpoint, ?down_for, "storage reachable");
+                self.start_batch(myself);
+            }
+            Err(error) => self.schedule_reconnect(myself, &error),
+        }
+    }
+
+    fn schedule_reconnect(&mut self, myself: &ActorRef<PersistenceMsg>, error: &CallError) {
+        let delay = self
+            .backoff
+            .next()
+            .unwrap_or(Duration::from_millis(self.args.config.reconnect_max_ms));
+        let pending = self.args.outbox.pending();
+        tracing::warn!(
+            endpoint = %self.args.endpoint,
+            %error,
+            retry_in = ?delay,
+            pending,
+            "storage unreachable"
+        );
+        myself.send_after(delay, || PersistenceMsg::Connect);
+    }
+
+    /// Sends the next batch if storage is connected and no batch is in flight.
+    fn start_batch(&mut self, myself: &ActorRef<PersistenceMsg>) {
+        if self.in_flight.is_some() {
+            return;
+        }
+        let Some(client) = self.args.link.client() else {
+            return;
+        };
+        let Some(batch) = self.take_batch() else {
+            return;
+        };
+        self.generation += 1;
+        let generation = self.generation;
+        self.in_flight = Some(generation);
+        self.args
+            .metrics
+            .persist_batch_size
+            .record(batch.len() as f64);
+        let rpc_seconds = self.args.metrics.persist_rpc.clone();
+        let myself = myself.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let result = client.append(batch).await;
+            rpc_seconds.record(seconds(started.elapsed()));
+            let _ = myself.cast(PersistenceMsg::BatchDone { generation, result });
+        });
+    }
+
+    /// Moves the next batch from the outbox's waiting writes to its in-flight ones, and
+    /// returns its messages; `None` when nothing waits.
+    fn take_batch(&self) -> Option<Vec<NewMessage>> {
+        let mut outbox = self.args.outbox.lock();
         let take = batch_len(
             outbox.waiting.iter().map(|w| &w.message),
-            state.args.config.max_batch,
+            self.args.config.max_batch,
         );
         if take == 0 {
-            return;
+            return None;
         }
         let writes: Vec<PendingWrite> = outbox.waiting.drain(..take).collect();
         let batch = writes.iter().map(|w| w.message.clone()).collect();
         outbox.in_flight = writes;
-        batch
-    };
-    state.generation += 1;
-    let generation = state.generation;
-    state.in_flight = Some(generation);
-    metrics().persist_batch_size.record(batch.len() as f64);
-    let myself = myself.clone();
-    tokio::spawn(async move {
-        let started = Instant::now();
-        let result = client.append(batch).await;
-        metrics().persist_rpc.record(seconds(started.elapsed()));
-        let _ = myself.cast(PersistenceMsg::BatchDone { generation, result });
-    });
+        Some(batch)
+    }
+
+    /// The answer to batch `generation`; answers to batches given up on are ignored.
+    fn batch_done(
+        &mut self,
+        myself: &ActorRef<PersistenceMsg>,
+        generation: u64,
+        result: Result<Vec<AppendOutcome>, CallError>,
+    ) {
+        if self.in_flight != Some(generation) {
+            return;
+        }
+        self.in_flight = None;
+        match result {
+            Ok(outcomes) => {
+                self.committed(outcomes);
+                self.start_batch(myself);
+            }
+            Err(CallError::Rejected(reason)) => {
+                self.refused(&reason);
+                self.start_batch(myself);
+            }
+            Err(error) => {
+                self.args.outbox.lock().requeue_in_flight();
+                self.args.link.set(None);
+                self.down_since.get_or_insert_with(Instant::now);
+                self.schedule_reconnect(myself, &error);
+            }
+        }
+    }
+
+    /// Storage answered the batch in flight: each sender gets its answer, and the Router
+    /// what was newly committed.
+    fn committed(&self, outcomes: Vec<AppendOutcome>) {
+        let writes = std::mem::take(&mut self.args.outbox.lock().in_flight);
+        let mut deliveries = Vec::with_capacity(writes.len());
+        for (write, outcome) in writes.into_iter().zip(outcomes) {
+            if let Some(delivery) = self.answer(write, outcome) {
+                deliveries.push(delivery);
+            }
+        }
+        if !deliveries.is_empty()
+            && self
+                .args
+                .router
+                .cast(RouterMsg::Deliver(deliveries))
+                .is_err()
+        {
+            tracing::warn!(
+                "router unavailable; committed messages will reach recipients through sync"
+            );
+        }
+    }
+
+    /// The service refused the batch as a whole: retrying cannot help.
+    fn refused(&self, reason: &str) {
+        tracing::error!(%reason, "storage refused an append batch");
+        let writes = std::mem::take(&mut self.args.outbox.lock().in_flight);
+        for write in writes {
+            write.origin.error(
+                &ProtocolError::new(
+                    ErrorCode::Internal,
+                    "the storage service refused the message",
+                )
+                .with_req_id(write.req_id.clone())
+                .with_client_msg_id(Some(write.message.client_msg_id.clone())),
+            );
+        }
+    }
+
+    /// Acks one committed write to its sender; returns what the Router must deliver.
+    fn answer(&self, write: PendingWrite, outcome: AppendOutcome) -> Option<Delivery> {
+        let metrics = &self.args.metrics;
+        match outcome {
+            AppendOutcome::Stored { message, duplicate } => {
+                // A retried write found stored was stored by its own earlier, unanswered call.
+                let duplicate = duplicate && !write.retried;
+                metrics.ack(duplicate);
+                metrics
+                    .send_to_ack
+                    .record(seconds(write.accepted_at.elapsed()));
+                write
+                    .origin
+                    .send(&ack_frame(&message, write.req_id.as_ref(), duplicate));
+                (!duplicate).then(|| Delivery {
+                    message,
+                    origin: Some(write.origin.session_id()),
+                })
+            }
+            AppendOutcome::Rejected(reason) => {
+                write.origin.error(
+                    &ProtocolError::new(ErrorCode::BadRequest, reason)
+                        .with_req_id(write.req_id)
+                        .with_client_msg_id(Some(write.message.client_msg_id)),
+                );
+                None
+            }
+        }
+    }
 }
 
 /// How many of `waiting` the next append call takes: at most `max_batch`, and no more than
@@ -316,88 +432,6 @@ fn batch_len<'a>(waiting: impl Iterator<Item = &'a NewMessage>, max_batch: usize
         take += 1;
     }
     take
-}
-
-fn batch_done(
-    myself: &ActorRef<PersistenceMsg>,
-    state: &mut PersistenceState,
-    result: Result<Vec<AppendOutcome>, CallError>,
-) {
-    match result {
-        Ok(outcomes) => {
-            let writes = std::mem::take(&mut state.args.outbox.lock().in_flight);
-            let mut deliveries = Vec::with_capacity(writes.len());
-            for (write, outcome) in writes.into_iter().zip(outcomes) {
-                if let Some(delivery) = answer(write, outcome) {
-                    deliveries.push(delivery);
-                }
-            }
-            if !deliveries.is_empty()
-                && state
-                    .args
-                    .router
-                    .cast(RouterMsg::Deliver(deliveries))
-                    .is_err()
-            {
-                tracing::warn!(
-                    "router unavailable; committed messages will reach recipients through sync"
-                );
-            }
-            start_batch(myself, state);
-        }
-        Err(CallError::Rejected(reason)) => {
-            // The service refused the batch as a whole: retrying cannot help.
-            tracing::error!(%reason, "storage refused an append batch");
-            let writes = std::mem::take(&mut state.args.outbox.lock().in_flight);
-            for write in writes {
-                write.origin.error(
-                    &ProtocolError::new(
-                        ErrorCode::Internal,
-                        "the storage service refused the message",
-                    )
-                    .with_req_id(write.req_id.clone())
-                    .with_client_msg_id(Some(write.message.client_msg_id.clone())),
-                );
-            }
-            start_batch(myself, state);
-        }
-        Err(error) => {
-            state.args.outbox.lock().requeue_in_flight();
-            state.args.link.set(None);
-            state.down_since.get_or_insert_with(Instant::now);
-            schedule_reconnect(myself, state, &error);
-        }
-    }
-}
-
-/// Acks one committed write to its sender; returns what the Router must deliver.
-fn answer(write: PendingWrite, outcome: AppendOutcome) -> Option<Delivery> {
-    match outcome {
-        AppendOutcome::Stored { message, duplicate } => {
-            // A retried write found stored was stored by its own earlier, unanswered call.
-            let duplicate = duplicate && !write.retried;
-            let metrics = metrics();
-            metrics.ack(duplicate);
-            metrics
-                .send_to_ack
-                .record(seconds(write.accepted_at.elapsed()));
-            write
-                .origin
-                .send(&ack_frame(&message, write.req_id.as_ref(), duplicate));
-            (!duplicate).then(|| Delivery {
-                message,
-                origin: Some(write.origin.session_id()),
-            })
-        }
-        AppendOutcome::Rejected(reason) => {
-            write.origin.error(
-                &ProtocolError::new(ErrorCode::BadRequest, reason)
-                    .with_req_id(write.req_id)
-                    .with_client_msg_id(Some(write.message.client_msg_id)),
-            );
-            None
-        }
-    }
 }
 
 fn ack_frame<'a>(

@@ -17,7 +17,7 @@ use super::ActorSlot;
 use super::cluster::{Cluster, ClusterArgs};
 use super::context::GatewayContext;
 use super::persistence::{Persistence, PersistenceArgs};
-use super::router::{Router, RouterMsg};
+use super::router::{Router, RouterArgs, RouterMsg};
 use super::session_supervisor::{SessionSupervisor, SessionSupervisorArgs, SessionSupervisorMsg};
 use crate::telemetry::ActorKind;
 use peroxo_config::{ClusterConfig, SessionConfig, StorageConfig};
@@ -187,12 +187,15 @@ async fn spawn_router(
     args: &RootArgs,
     supervisor: ActorCell,
 ) -> Result<ActorCell, ActorProcessingErr> {
-    let router = Router {
-        sessions: args.sessions.clone(),
-        cluster: args.gateway.cluster.clone(),
-        storage: args.gateway.storage.clone(),
-    }
-    .spawn(supervisor)
+    let router = Router::spawn(
+        RouterArgs {
+            sessions: args.sessions.clone(),
+            cluster: args.gateway.cluster.clone(),
+            storage: args.gateway.storage.clone(),
+            metrics: Arc::clone(&args.gateway.metrics),
+        },
+        supervisor,
+    )
     .await?;
     args.gateway.router.set(router.clone());
     Ok(router.get_cell())
@@ -210,6 +213,7 @@ async fn spawn_persistence(
             link: args.gateway.storage.clone(),
             myself_slot: args.gateway.persistence.clone(),
             router: args.gateway.router.clone(),
+            metrics: Arc::clone(&args.gateway.metrics),
         },
         supervisor,
     )

@@ -11,6 +11,7 @@
 //! (they are in storage; clients get them with `sync`).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use axum::extract::ws::Utf8Bytes;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -20,7 +21,7 @@ use super::cluster::ClusterMsg;
 use super::context::StorageLink;
 use super::session_supervisor::SessionSupervisorMsg;
 use crate::connection::{Droppable, Outbound};
-use crate::telemetry::metrics;
+use crate::telemetry::Metrics;
 use peroxo_protocol::domain::{SessionId, StoredMessage, UserKey};
 use peroxo_protocol::{MessageView, PresenceStatus, ReqId, ServerFrame, now_ms};
 
@@ -93,10 +94,25 @@ pub struct Delivery {
     pub origin: Option<SessionId>,
 }
 
-#[derive(Default)]
+/// What a Router is given when it starts; it never changes.
+pub struct RouterArgs {
+    /// Where the live sessions are listed, for recovery after a restart.
+    pub sessions: ActorSlot<SessionSupervisorMsg>,
+    /// The other gateway nodes, when this node is part of a cluster.
+    pub cluster: Option<ActorSlot<ClusterMsg>>,
+    /// For the `last_seq` of a `sync_hint`.
+    pub storage: StorageLink,
+    /// The node's metrics (deliveries).
+    pub metrics: Arc<Metrics>,
+}
+
+#[cfg_attr(test, derive(Default))]
 pub struct RouterState {
+    /// SessionSupervisor, asked for every live session after a restart.
+    supervisor: ActorSlot<SessionSupervisorMsg>,
     cluster: Option<ActorSlot<ClusterMsg>>,
     storage: StorageLink,
+    metrics: Arc<Metrics>,
     /// tenant → users online on other nodes.
     remote: HashMap<String, HashSet<String>>,
     sessions: HashMap<SessionId, Entry>,
@@ -117,22 +133,15 @@ const SYNC_HINT_STORAGE_WAIT: std::time::Duration = std::time::Duration::from_se
 /// How long a restarted Router waits for SessionSupervisor's list of live sessions.
 const RECOVERY_TIMEOUT_MS: u64 = 10_000;
 
-pub struct Router {
-    /// Where the live sessions are listed, for recovery after a restart.
-    pub sessions: ActorSlot<SessionSupervisorMsg>,
-    /// The other gateway nodes, when this node is part of a cluster.
-    pub cluster: Option<ActorSlot<ClusterMsg>>,
-    /// For the `last_seq` of a `sync_hint`.
-    pub storage: StorageLink,
-}
+pub struct Router;
 
 impl Router {
     /// Spawns a Router linked to `supervisor`.
     pub async fn spawn(
-        self,
+        args: RouterArgs,
         supervisor: ractor::ActorCell,
     ) -> Result<ActorRef<RouterMsg>, ractor::SpawnErr> {
-        let (actor, _) = Actor::spawn_linked(None, self, (), supervisor).await?;
+        let (actor, _) = Actor::spawn_linked(None, Router, args, supervisor).await?;
         Ok(actor)
     }
 }
@@ -140,17 +149,22 @@ impl Router {
 impl Actor for Router {
     type Msg = RouterMsg;
     type State = RouterState;
-    type Arguments = ();
+    type Arguments = RouterArgs;
 
     async fn pre_start(
         &self,
         _myself: ActorRef<Self::Msg>,
-        _args: (),
+        args: RouterArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
         Ok(RouterState {
-            cluster: self.cluster.clone(),
-            storage: self.storage.clone(),
-            ..RouterState::default()
+            supervisor: args.sessions,
+            cluster: args.cluster,
+            storage: args.storage,
+            metrics: args.metrics,
+            remote: HashMap::new(),
+            sessions: HashMap::new(),
+            online: HashMap::new(),
+            watchers: HashMap::new(),
         })
     }
 
@@ -161,37 +175,8 @@ impl Actor for Router {
         _myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        if let Some(cluster) = self.cluster.as_ref().and_then(ActorSlot::get)
-            && let Ok(users) =
-                ractor::call_t!(cluster, ClusterMsg::RemoteUsers, RECOVERY_TIMEOUT_MS)
-        {
-            for user in users {
-                state
-                    .remote
-                    .entry(user.tenant.clone())
-                    .or_default()
-                    .insert(user.user.clone());
-            }
-        }
-        let Some(sessions) = self.sessions.get() else {
-            return Ok(());
-        };
-        match ractor::call_t!(
-            sessions,
-            SessionSupervisorMsg::Registrations,
-            RECOVERY_TIMEOUT_MS
-        ) {
-            Ok(registrations) => {
-                tracing::info!(
-                    sessions = registrations.len(),
-                    "router recovered live sessions"
-                );
-                for registration in registrations {
-                    state.register(registration);
-                }
-            }
-            Err(error) => tracing::error!(%error, "router could not recover live sessions"),
-        }
+        state.recover_remote_users().await;
+        state.recover_sessions().await;
         Ok(())
     }
 
@@ -205,18 +190,9 @@ impl Actor for Router {
             RouterMsg::Register {
                 registration,
                 registered,
-            } => {
-                state.register(registration);
-                if let Some(registered) = registered {
-                    let _ = registered.send(());
-                }
-            }
+            } => state.register_and_confirm(registration, registered),
             RouterMsg::Unregister(session) => state.unregister(session),
-            RouterMsg::ForgetAll => {
-                state.sessions.clear();
-                state.online.clear();
-                state.watchers.clear();
-            }
+            RouterMsg::ForgetAll => state.forget_all(),
             RouterMsg::Deliver(deliveries) => state.deliver(&deliveries),
             RouterMsg::Subscribe {
                 session,
@@ -229,30 +205,13 @@ impl Actor for Router {
                 limit,
                 req_id,
             } => state.online_users(session, limit, req_id.as_ref()),
-            RouterMsg::Typing { from, to } => {
-                state.typing(&from, &to);
-                if let Some(cluster) = &state.cluster {
-                    let _ = cluster.cast(ClusterMsg::PublishTyping { from, to });
-                }
-            }
+            RouterMsg::Typing { from, to } => state.local_typing(from, to),
             RouterMsg::RemoteDeliver { user, message } => state.send_message(&user, &message, None),
             RouterMsg::RemoteTyping { from, to } => state.typing(&from, &to),
             RouterMsg::RemotePresence { user, online } => state.remote_presence(user, online),
-            RouterMsg::SyncHintAll => {
-                let users = state.sessions.values().map(|e| e.key.clone()).collect();
-                state.sync_hint(users);
-            }
+            RouterMsg::SyncHintAll => state.sync_hint_all(),
             RouterMsg::SyncHint(users) => state.sync_hint(users),
-            RouterMsg::RemoteReset => {
-                let remote: Vec<UserKey> = state
-                    .remote
-                    .iter()
-                    .flat_map(|(t, users)| users.iter().map(|u| UserKey::new(t.clone(), u.clone())))
-                    .collect();
-                for user in remote {
-                    state.remote_presence(user, false);
-                }
-            }
+            RouterMsg::RemoteReset => state.remote_reset(),
             #[cfg(feature = "test-hooks")]
             RouterMsg::Crash => panic!("router crash requested by a test hook"),
         }
@@ -261,6 +220,90 @@ impl Actor for Router {
 }
 
 impl RouterState {
+    /// Learns from the Cluster which users are online on other nodes (after a restart).
+    async fn recover_remote_users(&mut self) {
+        let Some(cluster) = self.cluster.as_ref().and_then(ActorSlot::get) else {
+            return;
+        };
+        if let Ok(users) = ractor::call_t!(cluster, ClusterMsg::RemoteUsers, RECOVERY_TIMEOUT_MS) {
+            for user in users {
+                self.remote
+                    .entry(user.tenant.clone())
+                    .or_default()
+                    .insert(user.user.clone());
+            }
+        }
+    }
+
+    /// Registers every live session SessionSupervisor lists (after a restart).
+    async fn recover_sessions(&mut self) {
+        let Some(sessions) = self.supervisor.get() else {
+            return;
+        };
+        match ractor::call_t!(
+            sessions,
+            SessionSupervisorMsg::Registrations,
+            RECOVERY_TIMEOUT_MS
+        ) {
+            Ok(registrations) => {
+                tracing::info!(
+                    sessions = registrations.len(),
+                    "router recovered live sessions"
+                );
+                for registration in registrations {
+                    self.register(registration);
+                }
+            }
+            Err(error) => tracing::error!(%error, "router could not recover live sessions"),
+        }
+    }
+
+    /// Registers a session, then answers `registered` (the session is reachable from now on).
+    fn register_and_confirm(
+        &mut self,
+        registration: Registration,
+        registered: Option<RpcReplyPort<()>>,
+    ) {
+        self.register(registration);
+        if let Some(registered) = registered {
+            let _ = registered.send(());
+        }
+    }
+
+    /// Every connection is gone: forget them all (what other nodes said stays).
+    fn forget_all(&mut self) {
+        self.sessions.clear();
+        self.online.clear();
+        self.watchers.clear();
+    }
+
+    /// A typing indicator from a local session: relayed here, and to the other nodes.
+    fn local_typing(&self, from: UserKey, to: String) {
+        self.typing(&from, &to);
+        if let Some(cluster) = &self.cluster {
+            let _ = cluster.cast(ClusterMsg::PublishTyping { from, to });
+        }
+    }
+
+    /// Tells every local session to `sync`.
+    fn sync_hint_all(&self) {
+        let users = self.sessions.values().map(|e| e.key.clone()).collect();
+        self.sync_hint(users);
+    }
+
+    /// The cluster link restarted: every user it said was online elsewhere goes offline
+    /// until it says so again.
+    fn remote_reset(&mut self) {
+        let remote: Vec<UserKey> = self
+            .remote
+            .iter()
+            .flat_map(|(t, users)| users.iter().map(|u| UserKey::new(t.clone(), u.clone())))
+            .collect();
+        for user in remote {
+            self.remote_presence(user, false);
+        }
+    }
+
     fn register(&mut self, registration: Registration) {
         let session = registration.outbound.session_id();
         let Registration {
@@ -485,7 +528,7 @@ impl RouterState {
             if let Some(entry) = self.sessions.get(session)
                 && entry.outbound.send_text(text.clone(), Droppable::No)
             {
-                metrics().messages_delivered.increment(1);
+                self.metrics.messages_delivered.increment(1);
             }
         }
     }
@@ -580,7 +623,7 @@ mod tests {
 
     /// A connection of `user` (tenant `t`) watching `watching`.
     fn connect(user: &str, watching: &[&str]) -> (Registration, OutboundQueue) {
-        let (outbound, queue) = Outbound::new(SessionId::next(), 64);
+        let (outbound, queue) = Outbound::new(SessionId::next(), 64, Arc::default());
         outbound.welcome().ready(Utf8Bytes::from_static("welcome"));
         let registration = Registration {
             key: UserKey::new("t", user),
@@ -729,7 +772,7 @@ mod tests {
         let mut state = RouterState::default();
         let (alice, alice_queue) = connect("alice", &["bob"]);
         state.register(alice);
-        let (outbound, _queue) = Outbound::new(SessionId::next(), 64);
+        let (outbound, _queue) = Outbound::new(SessionId::next(), 64, Arc::default());
         outbound.welcome().ready(Utf8Bytes::from_static("welcome"));
         state.register(Registration {
             key: UserKey::new("other", "bob"),

@@ -24,7 +24,6 @@ use super::persistence::PersistenceMsg;
 use super::router::RouterMsg;
 use crate::connection::{Inbound, Refused, SessionInbox};
 use crate::rate_limit::{RateLimiter, Verdict};
-use crate::telemetry::metrics;
 use peroxo_protocol::CloseCause;
 use peroxo_protocol::domain::NewMessage;
 use peroxo_protocol::{
@@ -441,7 +440,7 @@ impl SessionState {
             .outbox
             .push(message, outbound.clone(), req_id.clone());
         if pushed.is_ok() {
-            metrics().messages_received.increment(1);
+            self.gateway.metrics.messages_received.increment(1);
         }
         match pushed {
             Ok(true) => {

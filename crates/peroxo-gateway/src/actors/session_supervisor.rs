@@ -193,7 +193,11 @@ impl SessionSupervisorState {
         ticket: Ticket,
     ) {
         let limits = &self.gateway.limits;
-        let (outbound, queue) = Outbound::new(SessionId::next(), limits.outbound_queue);
+        let (outbound, queue) = Outbound::new(
+            SessionId::next(),
+            limits.outbound_queue,
+            Arc::clone(&self.gateway.metrics),
+        );
         let context = Arc::new(ConnectionContext {
             key: identity.key,
             expires_at: AtomicU64::new(identity.expires_at.unwrap_or(0)),
@@ -228,7 +232,7 @@ impl SessionSupervisorState {
                 ping_interval: limits.ping_interval(),
                 idle_timeout: limits.idle_timeout(),
             },
-            record: ConnectionRecord::opened(context.key.clone(), outbound.session_id()),
+            record: ConnectionRecord::opened(context.key.clone(), &outbound),
         };
         spawn_socket_tasks(socket, tasks);
         self.connections.insert(

@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 
 use super::heartbeat::LastHeard;
 use super::wait::{lock, wait_for};
-use crate::telemetry::metrics;
+use crate::telemetry::Metrics;
 
 /// Whether a frame may be dropped to spare a queue that is more than half full (presence and
 /// typing events may: a client recovers them from the next event).
@@ -46,6 +46,8 @@ pub struct Outbound {
 /// back whenever it has written everything.
 pub(super) struct Shared {
     capacity: usize,
+    /// The node's metrics, for the error frames queued here and the connection's record.
+    pub(super) metrics: Arc<Metrics>,
     /// Why the connection closes: the first close asked for wins, whichever way it goes out.
     cause: OnceLock<CloseCause>,
     queue: Mutex<Queue>,
@@ -204,10 +206,15 @@ impl OutboundQueue {
 }
 
 impl Outbound {
-    /// A queue of `capacity` frames for `session_id`.
-    pub fn new(session_id: SessionId, capacity: usize) -> (Self, OutboundQueue) {
+    /// A queue of `capacity` frames for `session_id`, counted in `metrics`.
+    pub fn new(
+        session_id: SessionId,
+        capacity: usize,
+        metrics: Arc<Metrics>,
+    ) -> (Self, OutboundQueue) {
         let shared = Arc::new(Shared {
             capacity,
+            metrics,
             cause: OnceLock::new(),
             queue: Mutex::new(Queue::default()),
             wake: Notify::new(),
@@ -276,7 +283,7 @@ impl Outbound {
 
     /// Queues an `error` frame.
     pub fn error(&self, error: &ProtocolError) -> bool {
-        metrics().error(error.code);
+        self.shared.metrics.error(error.code);
         self.send(&error.to_frame())
     }
 
@@ -380,13 +387,13 @@ mod tests {
 
     #[test]
     fn frames_go_out_in_order_and_a_full_queue_closes_the_connection() {
-        let (outbound, queue) = Outbound::new(SessionId::next(), 2);
+        let (outbound, queue) = Outbound::new(SessionId::next(), 2, Arc::default());
         assert!(outbound.send_text(text("a"), Droppable::No));
         assert!(outbound.send_text(text("b"), Droppable::No));
         assert!(!outbound.send_text(text("c"), Droppable::No));
         // The close goes out before what is still queued.
         assert_eq!(next_of(&queue), "close now slow_consumer");
-        let (outbound, queue) = Outbound::new(SessionId::next(), 2);
+        let (outbound, queue) = Outbound::new(SessionId::next(), 2, Arc::default());
         assert!(outbound.send_text(text("a"), Droppable::No));
         assert!(outbound.send_text(text("b"), Droppable::No));
         assert_eq!(next_of(&queue), "text a");
@@ -396,7 +403,7 @@ mod tests {
 
     #[test]
     fn droppable_frames_are_dropped_past_half_full() {
-        let (outbound, queue) = Outbound::new(SessionId::next(), 4);
+        let (outbound, queue) = Outbound::new(SessionId::next(), 4, Arc::default());
         assert!(outbound.send_text(text("a"), Droppable::Yes));
         assert!(outbound.send_text(text("b"), Droppable::Yes));
         // Half full is not more than half full.
@@ -410,14 +417,14 @@ mod tests {
 
     #[test]
     fn the_first_close_wins_and_close_now_skips_what_is_queued() {
-        let (outbound, queue) = Outbound::new(SessionId::next(), 8);
+        let (outbound, queue) = Outbound::new(SessionId::next(), 8, Arc::default());
         outbound.send_text(text("a"), Droppable::No);
         outbound.close_after_pending(CloseCause::Shutdown);
         // A later close only hurries the first cause out.
         outbound.close_after_pending(CloseCause::RateAbuse);
         assert_eq!(next_of(&queue), "text a");
         assert_eq!(next_of(&queue), "close shutdown");
-        let (outbound, queue) = Outbound::new(SessionId::next(), 8);
+        let (outbound, queue) = Outbound::new(SessionId::next(), 8, Arc::default());
         outbound.send_text(text("a"), Droppable::No);
         outbound.close_after_pending(CloseCause::Shutdown);
         outbound.close_now(CloseCause::RateAbuse);
@@ -426,7 +433,7 @@ mod tests {
 
     #[test]
     fn the_writer_finishes_when_every_sender_is_gone_or_the_connection_ended() {
-        let (outbound, queue) = Outbound::new(SessionId::next(), 8);
+        let (outbound, queue) = Outbound::new(SessionId::next(), 8, Arc::default());
         let clone = outbound.clone();
         outbound.send_text(text("a"), Droppable::No);
         drop(outbound);
@@ -434,7 +441,7 @@ mod tests {
         assert_eq!(next_of(&queue), "empty");
         drop(clone);
         assert_eq!(next_of(&queue), "finished");
-        let (outbound, queue) = Outbound::new(SessionId::next(), 8);
+        let (outbound, queue) = Outbound::new(SessionId::next(), 8, Arc::default());
         outbound.send_text(text("a"), Droppable::No);
         outbound.shared.end();
         assert_eq!(next_of(&queue), "finished");
@@ -442,7 +449,7 @@ mod tests {
 
     #[test]
     fn nothing_is_queued_once_the_writer_is_gone() {
-        let (outbound, queue) = Outbound::new(SessionId::next(), 8);
+        let (outbound, queue) = Outbound::new(SessionId::next(), 8, Arc::default());
         drop(queue);
         assert!(!outbound.send_text(text("a"), Droppable::No));
         // Its end is the connection's end.
@@ -451,7 +458,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_waiting_writer_is_woken_by_a_frame_and_waiters_by_the_end() {
-        let (outbound, queue) = Outbound::new(SessionId::next(), 8);
+        let (outbound, queue) = Outbound::new(SessionId::next(), 8, Arc::default());
         let writer = tokio::spawn(async move {
             loop {
                 if let Next::Item(Item::Text(t)) = queue.next() {

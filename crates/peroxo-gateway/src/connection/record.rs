@@ -5,7 +5,8 @@ use std::sync::Arc;
 use peroxo_protocol::domain::{SessionId, UserKey};
 use tokio::time::Instant;
 
-use crate::telemetry::{CONNECTION_LOST, metrics};
+use super::Outbound;
+use crate::telemetry::{CONNECTION_LOST, Metrics};
 
 /// How a connection ended, for its log line and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,19 +21,24 @@ pub struct ConnectionRecord {
     pub key: UserKey,
     pub session_id: SessionId,
     opened: Instant,
+    /// The node's metrics, where the end is counted.
+    metrics: Arc<Metrics>,
     /// The first side to know how the connection ends writes it here.
     ending: std::sync::Mutex<Option<Ending>>,
 }
 
 impl ConnectionRecord {
-    /// Logs the opening and counts it.
-    pub fn opened(key: UserKey, session_id: SessionId) -> Arc<Self> {
+    /// Logs the opening of the connection queued through `outbound` and counts it.
+    pub fn opened(key: UserKey, outbound: &Outbound) -> Arc<Self> {
+        let session_id = outbound.session_id();
         tracing::info!(tenant = %key.tenant, user = %key.user, session = %session_id, "session opened");
-        metrics().sessions_opened.increment(1);
+        let metrics = Arc::clone(&outbound.shared.metrics);
+        metrics.sessions_opened.increment(1);
         Arc::new(Self {
             key,
             session_id,
             opened: Instant::now(),
+            metrics,
             ending: std::sync::Mutex::new(None),
         })
     }
@@ -57,7 +63,7 @@ impl Drop for ConnectionRecord {
                 code: 1006,
                 label: CONNECTION_LOST,
             });
-        metrics().session_closed(ending.label);
+        self.metrics.session_closed(ending.label);
         tracing::info!(
             tenant = %self.key.tenant,
             user = %self.key.user,
