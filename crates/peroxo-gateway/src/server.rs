@@ -81,6 +81,58 @@ fn generated_node_id() -> String {
     format!("node-{:x}-{:x}", std::process::id(), nanos % 0xffff_ffff)
 }
 
+/// Starts the embedded storage service when configured; returns it and the URL the node's
+/// Persistence connects to.
+async fn start_storage(config: &Config) -> anyhow::Result<(Option<StoreServer>, String)> {
+    if !config.storage.embedded {
+        return Ok((None, config.storage.endpoint.clone()));
+    }
+    let store = StoreServer::start(&config.storage).await?;
+    let endpoint = format!("http://{}", store.addr);
+    Ok((Some(store), endpoint))
+}
+
+/// The node's shared handles, each actor slot empty until the tree starts its actor.
+fn gateway_context(
+    config: &Config,
+    auth: Arc<Authenticator>,
+    cluster: Option<ActorSlot<ClusterMsg>>,
+) -> GatewayContext {
+    let metrics = Arc::new(Metrics::new());
+    GatewayContext {
+        router: ActorSlot::default(),
+        persistence: ActorSlot::default(),
+        storage: StorageLink::default(),
+        outbox: Arc::new(Outbox::new(config.storage.max_pending)),
+        limits: config.limits.clone(),
+        storage_wait: config.storage.rpc_timeout(),
+        restarts: Arc::new(RestartCounts::new(Arc::clone(&metrics))),
+        metrics,
+        auth,
+        draining: AtomicBool::new(false),
+        cluster,
+    }
+}
+
+/// Binds `http.listen` and serves the node's routes until `stop_http` is cancelled.
+async fn start_http(
+    config: &Config,
+    state: HttpState,
+) -> anyhow::Result<(SocketAddr, CancellationToken, JoinHandle<()>)> {
+    let listener = TcpListener::bind(config.http.listen)
+        .await
+        .with_context(|| format!("cannot listen on http.listen = {}", config.http.listen))?;
+    let http_addr = listener.local_addr()?;
+    let stop_http = CancellationToken::new();
+    let http_task = tokio::spawn(http::serve(
+        listener,
+        http::router(state),
+        stop_http.clone(),
+        config.http.handshake_timeout(),
+    ));
+    Ok((http_addr, stop_http, http_task))
+}
+
 /// A running gateway node.
 pub struct Gateway {
     /// Where clients connect (HTTP and WebSocket).
@@ -109,33 +161,13 @@ impl Gateway {
     pub async fn start_with(config: Config, auth: Authenticator) -> anyhow::Result<Self> {
         let auth = Arc::new(auth);
         auth.announce();
-        let (store, endpoint) = if config.storage.embedded {
-            let store = StoreServer::start(&config.storage).await?;
-            let endpoint = format!("http://{}", store.addr);
-            (Some(store), endpoint)
-        } else {
-            (None, config.storage.endpoint.clone())
-        };
-
+        let (store, endpoint) = start_storage(&config).await?;
         let cluster_slot = (config.cluster.mode == ClusterMode::Nats).then(ActorSlot::default);
         let cluster = match &cluster_slot {
             Some(slot) => Some(connect_cluster(&config.cluster, slot.clone()).await?),
             None => None,
         };
-        let metrics = Arc::new(Metrics::new());
-        let gateway = Arc::new(GatewayContext {
-            router: ActorSlot::default(),
-            persistence: ActorSlot::default(),
-            storage: StorageLink::default(),
-            outbox: Arc::new(Outbox::new(config.storage.max_pending)),
-            limits: config.limits.clone(),
-            storage_wait: config.storage.rpc_timeout(),
-            restarts: Arc::new(RestartCounts::new(Arc::clone(&metrics))),
-            metrics,
-            auth: Arc::clone(&auth),
-            draining: AtomicBool::new(false),
-            cluster: cluster_slot,
-        });
+        let gateway = Arc::new(gateway_context(&config, Arc::clone(&auth), cluster_slot));
         let sessions = ActorSlot::default();
         let root = RootSupervisor::spawn(RootArgs {
             cluster,
@@ -147,30 +179,19 @@ impl Gateway {
         })
         .await
         .context("cannot start the actor tree")?;
-
-        let listener = TcpListener::bind(config.http.listen)
-            .await
-            .with_context(|| format!("cannot listen on http.listen = {}", config.http.listen))?;
-        let http_addr = listener.local_addr()?;
         let admission = Arc::new(Admission::new(
             config.http.max_connections,
             config.limits.max_sessions_per_user,
         ));
-        let app = http::router(HttpState {
+        let state = HttpState {
             sessions: sessions.clone(),
             auth,
             admission: Arc::clone(&admission),
             gateway: Arc::clone(&gateway),
             limits: config.limits.clone(),
             allowed_origins: config.http.allowed_origins.clone().into(),
-        });
-        let stop_http = CancellationToken::new();
-        let http_task = tokio::spawn(http::serve(
-            listener,
-            app,
-            stop_http.clone(),
-            config.http.handshake_timeout(),
-        ));
+        };
+        let (http_addr, stop_http, http_task) = start_http(&config, state).await?;
         tracing::info!(addr = %http_addr, storage = %endpoint, "gateway listening (HTTP, WebSocket at /ws)");
         Ok(Self {
             http_addr,
