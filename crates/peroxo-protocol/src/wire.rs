@@ -727,9 +727,7 @@ mod tests {
                 users: vec!["alice".into(), "bob".into()],
                 truncated: true,
             },
-            ServerFrame::Typing {
-                from: "bob".into(),
-            },
+            ServerFrame::Typing { from: "bob".into() },
             ServerFrame::Pong {
                 req_id: Some(text.clone()),
                 ts: 2,

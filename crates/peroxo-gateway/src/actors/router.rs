@@ -557,9 +557,12 @@ impl RouterState {
 
     fn typing(&self, from: &UserKey, to: &str) {
         let recipient = from.peer(to);
-        let text = Utf8Bytes::from(ServerFrame::Typing {
+        let text = Utf8Bytes::from(
+            ServerFrame::Typing {
                 from: Cow::Borrowed(&from.user),
-            }.encode());
+            }
+            .encode(),
+        );
         for session in self.live_sessions(&recipient) {
             if let Some(entry) = self.sessions.get(session) {
                 entry.outbound.send_text(text.clone(), Droppable::Yes);
