@@ -654,6 +654,7 @@ impl Driver {
             // An application that dropped its events still gets its sends acked.
             let _ = self.events.send(event).await;
         }
+        self.state.answer_sync_waiters();
     }
 
     async fn emit(&mut self, event: Event) {

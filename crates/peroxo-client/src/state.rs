@@ -69,6 +69,8 @@ pub(crate) struct ClientState {
     connected: bool,
     /// Events for the application, in order.
     events: Vec<Event>,
+    /// Sync waiters to answer once the events before their answer are handed on.
+    answers: Vec<(SyncWaiter, u64)>,
 }
 
 impl ClientState {
@@ -84,6 +86,7 @@ impl ClientState {
             jitter,
             connected: false,
             events: Vec::new(),
+            answers: Vec::new(),
         }
     }
 
@@ -94,6 +97,15 @@ impl ClientState {
 
     pub(crate) fn take_events(&mut self) -> Vec<Event> {
         std::mem::take(&mut self.events)
+    }
+
+    /// Answers the sync waiters whose cycle completed. Called after the events taken with
+    /// [`ClientState::take_events`] were handed on, so that a waiter that hears its answer
+    /// finds every message of the cycle among the events already.
+    pub(crate) fn answer_sync_waiters(&mut self) {
+        for (waiter, last_seq) in self.answers.drain(..) {
+            let _ = waiter.send(Ok(last_seq));
+        }
     }
 
     /// A new send; answered through `waiter` once acked or refused for good.
@@ -373,9 +385,8 @@ impl ClientState {
         if !self.sync.waiters.is_empty() {
             self.sync.wanted = true;
         }
-        for (_, waiter) in done {
-            let _ = waiter.send(Ok(last_seq));
-        }
+        self.answers
+            .extend(done.into_iter().map(|(_, waiter)| (waiter, last_seq)));
         self.events.push(Event::Synced {
             delivered: self.stream.delivered(),
             last_seq,
@@ -612,6 +623,12 @@ mod tests {
         let (after, second) = sync_of(&state.outgoing(now)).expect("a new cycle for the waiter");
         assert_eq!(after, 2);
         state.on_frame(sync_page(&second, 3..=3, 3, false), now);
+        assert!(
+            rx.try_recv().is_err(),
+            "answered only after the events are handed on"
+        );
+        state.take_events();
+        state.answer_sync_waiters();
         assert_eq!(rx.try_recv().unwrap(), Ok(3));
     }
 
