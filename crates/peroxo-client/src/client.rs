@@ -496,10 +496,11 @@ impl Driver {
             let retry_in = match step {
                 NextStep::Stop => None,
                 NextStep::ReconnectWithFreshToken => {
-                    self.token = self.config.fresh_token.as_ref().and_then(|source| source());
-                    self.token
-                        .is_some()
-                        .then(|| self.config.backoff.delay(failures, &mut self.jitter))
+                    // Never again with the token that was refused or expired.
+                    let fresh = self.config.fresh_token.as_ref().and_then(|source| source());
+                    let usable = fresh.is_some() && fresh != self.token;
+                    self.token = fresh;
+                    usable.then(|| self.config.backoff.delay(failures, &mut self.jitter))
                 }
                 NextStep::Reconnect { rotate } => {
                     if rotate {
@@ -570,7 +571,6 @@ impl Driver {
             last_seq: welcome.last_seq,
         })
         .await;
-        let mut last_heard = Instant::now();
         let mut extra = Vec::new();
         loop {
             let now = Instant::now();
@@ -595,12 +595,11 @@ impl Driver {
                 .state
                 .next_wakeup()
                 .unwrap_or(now + Duration::from_secs(3600));
-            let silent_until = last_heard + self.config.idle_timeout;
+            let silent_until = connection.last_received() + self.config.idle_timeout;
             tokio::select! {
                 incoming = connection.recv() => {
-                    last_heard = Instant::now();
                     match incoming {
-                        Ok(Incoming::Frame(frame)) => self.state.on_frame(frame, last_heard),
+                        Ok(Incoming::Frame(frame)) => self.state.on_frame(frame, Instant::now()),
                         Ok(Incoming::Undecodable { text, error }) => {
                             self.state.on_undecodable(&text, &error);
                         }
@@ -612,10 +611,13 @@ impl Driver {
                 }
                 () = tokio::time::sleep_until(wake) => {}
                 () = tokio::time::sleep_until(silent_until) => {
-                    return Served::Ended(Disconnect::Lost(format!(
-                        "nothing heard for {:?}",
-                        self.config.idle_timeout
-                    )));
+                    // A ping may have come meanwhile (pings do not end `recv`).
+                    if connection.last_received() + self.config.idle_timeout <= Instant::now() {
+                        return Served::Ended(Disconnect::Lost(format!(
+                            "nothing heard for {:?}",
+                            self.config.idle_timeout
+                        )));
+                    }
                 }
             }
         }

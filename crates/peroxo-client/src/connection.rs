@@ -79,6 +79,8 @@ pub enum Incoming {
 pub struct Connection {
     ws: Ws,
     welcome: Welcome,
+    /// When anything (a frame, a ping, a pong) last came from the server.
+    last_received: tokio::time::Instant,
 }
 
 impl std::fmt::Debug for Connection {
@@ -117,6 +119,7 @@ impl Connection {
             .map_err(refusal)?;
         let mut connection = Self {
             ws,
+            last_received: tokio::time::Instant::now(),
             welcome: Welcome {
                 session_id: String::new(),
                 user: String::new(),
@@ -153,6 +156,12 @@ impl Connection {
         &self.welcome
     }
 
+    /// When anything last came from the server, pings included: a connection silent for
+    /// longer than the server's ping interval is dead.
+    pub fn last_received(&self) -> tokio::time::Instant {
+        self.last_received
+    }
+
     /// Sends one command.
     pub async fn send(&mut self, command: &Command) -> Result<(), Disconnect> {
         self.send_text(command.encode()).await
@@ -181,7 +190,9 @@ impl Connection {
     /// [`Disconnect`] when it drops.
     pub async fn recv(&mut self) -> Result<Incoming, Disconnect> {
         loop {
-            match self.ws.next().await {
+            let message = self.ws.next().await;
+            self.last_received = tokio::time::Instant::now();
+            match message {
                 Some(Ok(Message::Text(text))) => {
                     return Ok(match ServerFrame::decode(&text) {
                         Ok(frame) => Incoming::Frame(frame),
