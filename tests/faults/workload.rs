@@ -1,6 +1,6 @@
 //! The simulated clients. Users send direct messages to random peers at a steady total rate
-//! (scheduled by the clock, whatever the server answers), and each behaves as
-//! docs/PROTOCOL.md's "What a correct client does" asks:
+//! (scheduled by the clock, whatever the server answers). Each user is a `peroxo-client`
+//! [`Client`], which behaves as docs/PROTOCOL.md's "What a correct client does" asks:
 //!
 //! - it keeps every send until it is acked, resends all of them with the same `client_msg_id`
 //!   after reconnecting, retries `unavailable`, `rate_limited` and `internal` with backoff, and
@@ -10,24 +10,21 @@
 //!   higher, on a seq that skips ahead, and on `sync_hint`;
 //! - it reconnects with backoff, to the next node when the one it used does not answer.
 //!
+//! This module only drives the clients and records, from their events, what each user saw:
+//! every send and its ack, the stream by seq, and anything a correct server never does.
+//!
 //! A run has three phases: traffic (the pacer generates sends), drain (no new sends; clients
 //! finish theirs), final sync (every client syncs once more and reports what it holds).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
-use serde_json::{Value, json};
-use tokio::net::TcpStream;
+use peroxo_client::{Backoff, Client, ClientConfig, ErrorAbout, Event, Via};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// How much traffic a case offers.
 #[derive(Debug, Clone, Copy)]
@@ -108,23 +105,13 @@ impl Workload {
     pub(crate) fn start(urls: Vec<String>, tenant: &str, traffic: Traffic) -> Self {
         let (phase, phase_rx) = watch::channel(Phase::Traffic);
         let live = Arc::new(Live::default());
-        let urls: Arc<[String]> = urls.into();
         let mut senders = Vec::new();
         let mut clients = Vec::new();
         for i in 0..traffic.users {
             let (tx, rx) = mpsc::unbounded_channel();
             senders.push(tx);
-            let client = Client::new(
-                format!("u{i}"),
-                tenant,
-                Arc::clone(&urls),
-                i,
-                rx,
-                phase_rx.clone(),
-                Arc::clone(&live),
-                traffic.seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
-            );
-            clients.push(tokio::spawn(client.run()));
+            let user = SimulatedUser::new(format!("u{i}"), rx, phase_rx.clone(), Arc::clone(&live));
+            clients.push(tokio::spawn(user.run(client_config(&urls, tenant, i))));
         }
         let pacer = tokio::spawn(pace(senders, traffic));
         Self {
@@ -178,6 +165,28 @@ async fn pace(senders: Vec<mpsc::UnboundedSender<String>>, traffic: Traffic) {
     }
 }
 
+/// User `i`'s client: first to node `i mod n`, with the suite's quick timeouts.
+fn client_config(urls: &[String], tenant: &str, i: usize) -> ClientConfig {
+    let user = format!("u{i}");
+    let mut config = ClientConfig::with_urls(
+        urls.iter()
+            .map(|url| format!("{url}?user={user}&tenant={tenant}"))
+            .collect(),
+    );
+    config.first_node = i;
+    // 20 ms doubling to 640 ms between connection attempts; 25 ms doubling per send retry.
+    config.backoff = Backoff {
+        initial: Duration::from_millis(20),
+        max: Duration::from_millis(640),
+    };
+    config.retry_base = Duration::from_millis(25);
+    config.connect_timeout = Duration::from_secs(3);
+    config.idle_timeout = Duration::from_secs(15);
+    // Ids `u<i>-<n>`: unique per user for the run, and readable in a failure.
+    config.client_msg_id_prefix = Some(user);
+    config
+}
+
 /// A small xorshift generator: the same seed gives the same traffic.
 struct Rng(u64);
 
@@ -190,41 +199,21 @@ impl Rng {
     }
 }
 
-/// How a connection ended, for the client's loop.
-enum Ended {
-    /// The connection dropped or closed: reconnect.
-    Lost,
-    /// The final sync is done.
-    Finished,
-}
-
-/// One simulated user.
-struct Client {
+/// One simulated user: its client, and what it saw.
+struct SimulatedUser {
     user: String,
-    tenant: String,
-    urls: Arc<[String]>,
-    /// The node to try next.
-    node: usize,
     intents: mpsc::UnboundedReceiver<String>,
     /// The pacer has finished and every intent has been taken.
     intents_done: bool,
     phase: watch::Receiver<Phase>,
     live: Arc<Live>,
-    rng: Rng,
     sends: Vec<SendRecord>,
-    /// Sends not acked yet, by index into `sends`.
-    pending: BTreeSet<usize>,
-    /// Sends written on the current connection and not answered there.
-    unanswered: BTreeSet<usize>,
-    /// Sends refused with a retryable error, and when to send them again.
-    retry_at: BTreeMap<usize, Instant>,
-    /// Retries so far per send, for the backoff.
-    attempts: BTreeMap<usize, u32>,
+    /// Index into `sends` by `client_msg_id`.
+    index: HashMap<String, usize>,
+    /// Sends not acked yet.
+    unacked: usize,
     stream: BTreeMap<u64, Entry>,
-    /// Every seq up to this one is in `stream`.
-    contiguous: u64,
     last_seq: u64,
-    sync: SyncState,
     drained: bool,
     received_live: u64,
     received_by_sync: u64,
@@ -234,52 +223,24 @@ struct Client {
     violations: Vec<String>,
 }
 
-/// The client's `sync` requests: one at a time.
-#[derive(Debug, Default)]
-struct SyncState {
-    in_flight: bool,
-    /// Another reason to sync came while one was in flight.
-    again: bool,
-    /// Where the next sync starts when not after the client's contiguous seq (paging).
-    next_after: Option<u64>,
-    /// A sync failed (storage unavailable); try again at this time.
-    retry_at: Option<Instant>,
-    /// The final sync has been asked for, and whether it completed.
-    final_started: bool,
-    final_done: bool,
-}
-
-impl Client {
-    #[allow(clippy::too_many_arguments)]
+impl SimulatedUser {
     fn new(
         user: String,
-        tenant: &str,
-        urls: Arc<[String]>,
-        node: usize,
         intents: mpsc::UnboundedReceiver<String>,
         phase: watch::Receiver<Phase>,
         live: Arc<Live>,
-        seed: u64,
     ) -> Self {
         Self {
             user,
-            tenant: tenant.to_owned(),
-            urls,
-            node,
             intents,
             intents_done: false,
             phase,
             live,
-            rng: Rng(seed | 1),
             sends: Vec::new(),
-            pending: BTreeSet::new(),
-            unanswered: BTreeSet::new(),
-            retry_at: BTreeMap::new(),
-            attempts: BTreeMap::new(),
+            index: HashMap::new(),
+            unacked: 0,
             stream: BTreeMap::new(),
-            contiguous: 0,
             last_seq: 0,
-            sync: SyncState::default(),
             drained: false,
             received_live: 0,
             received_by_sync: 0,
@@ -290,36 +251,48 @@ impl Client {
         }
     }
 
-    async fn run(mut self) -> UserReport {
-        let mut failures = 0u32;
+    async fn run(mut self, config: ClientConfig) -> UserReport {
+        let (client, mut events) = Client::start(config);
+        let mut final_sync: Option<JoinHandle<_>> = None;
+        let mut tick = tokio::time::interval(Duration::from_millis(25));
         loop {
-            let url = format!(
-                "{}?user={}&tenant={}",
-                self.urls[self.node % self.urls.len()],
-                self.user,
-                self.tenant
-            );
-            let connected = tokio::time::timeout(
-                Duration::from_secs(3),
-                tokio_tungstenite::connect_async(url),
-            )
-            .await;
-            match connected {
-                Ok(Ok((ws, _))) => {
-                    failures = 0;
-                    if let Ended::Finished = self.serve(ws).await {
-                        break;
+            tokio::select! {
+                event = events.next() => match event {
+                    Some(event) => self.on_event(event),
+                    None => break,
+                },
+                intent = self.intents.recv(), if !self.intents_done => match intent {
+                    Some(to) => self.new_send(&client, to),
+                    None => self.intents_done = true,
+                },
+                synced = async { final_sync.as_mut().unwrap().await }, if final_sync.is_some() => {
+                    match synced.unwrap() {
+                        Ok(last_seq) => self.last_seq = self.last_seq.max(last_seq),
+                        Err(error) => self.violations.push(format!("final sync failed: {error}")),
                     }
-                    self.reconnects += 1;
+                    // Every event of the final sync was handed on before its answer.
+                    while let Some(event) = events.try_next() {
+                        self.on_event(event);
+                    }
+                    break;
                 }
-                _ => {
-                    // This node does not answer (or refuses): try the next one after a while.
-                    failures += 1;
-                    self.node += 1;
-                }
+                _ = tick.tick() => {}
             }
-            self.pause(failures).await;
+            let phase = *self.phase.borrow();
+            if phase != Phase::Traffic && self.intents_done && self.unacked == 0 && !self.drained {
+                self.drained = true;
+                self.live.drained.fetch_add(1, Ordering::Relaxed);
+            }
+            if phase == Phase::FinalSync && final_sync.is_none() {
+                let client = client.clone();
+                final_sync = Some(tokio::spawn(async move { client.sync().await }));
+            }
         }
+        client.close().await;
+        self.report()
+    }
+
+    fn report(self) -> UserReport {
         UserReport {
             user: self.user,
             sends: self.sends,
@@ -334,197 +307,89 @@ impl Client {
         }
     }
 
-    /// Exponential backoff with jitter between connection attempts: 20 ms doubling to 640 ms.
-    async fn pause(&mut self, failures: u32) {
-        let base = 20u64 << failures.min(5);
-        let jitter = self.rng.below(base);
-        tokio::time::sleep(Duration::from_millis(base / 2 + jitter)).await;
-    }
-
-    /// Serves one connection until it ends or the final sync is done.
-    async fn serve(&mut self, mut ws: Ws) -> Ended {
-        self.unanswered.clear();
-        self.sync.in_flight = false;
-        self.sync.next_after = None;
-        // Every send not acked yet goes again, in order, with its client_msg_id.
-        self.retry_at.clear();
-        let now = Instant::now();
-        for &i in &self.pending {
-            self.retry_at.insert(i, now);
-        }
-        let mut tick = tokio::time::interval(Duration::from_millis(25));
-        loop {
-            tokio::select! {
-                frame = tokio::time::timeout(Duration::from_secs(15), ws.next()) => {
-                    let text = match frame {
-                        Ok(Some(Ok(Message::Text(text)))) => text,
-                        Ok(Some(Ok(Message::Close(_))) | Some(Err(_)) | None) | Err(_) => {
-                            return Ended::Lost;
-                        }
-                        Ok(Some(Ok(_))) => continue,
-                    };
-                    match serde_json::from_str::<Value>(&text) {
-                        Ok(frame) => self.on_frame(&frame),
-                        Err(_) => self.violations.push(format!("undecodable frame {text}")),
-                    }
-                }
-                intent = self.intents.recv(), if !self.intents_done => match intent {
-                    Some(to) => self.new_send(to),
-                    None => self.intents_done = true,
-                },
-                _ = tick.tick() => {}
-            }
-            if self.flush(&mut ws).await.is_err() {
-                return Ended::Lost;
-            }
-            if self.sync.final_done {
-                let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
-                return Ended::Finished;
-            }
-        }
-    }
-
-    fn new_send(&mut self, to: String) {
+    fn new_send(&mut self, client: &Client, to: String) {
         let n = self.sends.len();
+        let text = format!("{} to {to}, #{n}", self.user);
+        let submitted = match client.submit(to.clone(), text.clone()) {
+            Ok(submitted) => submitted,
+            Err(error) => {
+                self.violations.push(format!("could not submit: {error}"));
+                return;
+            }
+        };
+        // The outcome arrives as an event; the receiver is not needed.
+        let client_msg_id = submitted.client_msg_id;
+        self.index.insert(client_msg_id.clone(), n);
         self.sends.push(SendRecord {
-            client_msg_id: format!("{}-{n}", self.user),
-            text: format!("{} to {to}, #{n}", self.user),
+            client_msg_id,
             to,
+            text,
             ack: None,
         });
-        self.pending.insert(n);
-        self.retry_at.insert(n, Instant::now());
+        self.unacked += 1;
         self.live.sent.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Writes whatever is due: sends and resends, and a sync when one is wanted.
-    async fn flush(&mut self, ws: &mut Ws) -> Result<(), ()> {
-        let now = Instant::now();
-        let due: Vec<usize> = self
-            .retry_at
-            .iter()
-            .filter(|(_, at)| **at <= now)
-            .map(|(i, _)| *i)
-            .collect();
-        for i in due {
-            self.retry_at.remove(&i);
-            if !self.pending.contains(&i) {
-                continue;
-            }
-            let send = &self.sends[i];
-            let frame = json!({"type": "send", "to": send.to, "text": send.text,
-                               "client_msg_id": send.client_msg_id});
-            ws.feed(Message::Text(frame.to_string().into()))
-                .await
-                .map_err(drop)?;
-            self.unanswered.insert(i);
-        }
-        let phase = *self.phase.borrow();
-        if phase != Phase::Traffic && self.intents_done && self.pending.is_empty() && !self.drained
-        {
-            self.drained = true;
-            self.live.drained.fetch_add(1, Ordering::Relaxed);
-        }
-        if phase == Phase::FinalSync && !self.sync.final_started {
-            self.sync.final_started = true;
-            self.sync.again = true;
-        }
-        let retry_due = self.sync.retry_at.is_some_and(|at| at <= now);
-        if !self.sync.in_flight && (self.sync.again || retry_due) {
-            self.sync.again = false;
-            self.sync.retry_at = None;
-            self.sync.in_flight = true;
-            let after = self.sync.next_after.take().unwrap_or(self.contiguous);
-            let frame = json!({"type": "sync", "after_seq": after, "limit": 500,
-                               "req_id": "sync"});
-            ws.feed(Message::Text(frame.to_string().into()))
-                .await
-                .map_err(drop)?;
-        }
-        ws.flush().await.map_err(drop)
-    }
-
-    fn want_sync(&mut self) {
-        self.sync.again = true;
-    }
-
-    fn on_frame(&mut self, frame: &Value) {
-        match frame["type"].as_str().unwrap_or_default() {
-            "welcome" => {
-                let last_seq = frame["last_seq"].as_u64().unwrap_or(0);
+    fn on_event(&mut self, event: Event) {
+        match event {
+            Event::Connected { last_seq, .. } | Event::SyncHint { last_seq } => {
                 self.last_seq = self.last_seq.max(last_seq);
-                if last_seq > self.contiguous {
-                    self.want_sync();
+                if matches!(event, Event::SyncHint { .. }) {
+                    self.sync_hints += 1;
                 }
             }
-            "ack" => self.on_ack(frame),
-            "error" => self.on_error(frame),
-            "message" => {
-                let seq = frame["seq"].as_u64().unwrap_or(0);
-                let skipped = seq > self.contiguous + 1;
-                let fresh = self.take(frame, seq);
-                if fresh && frame["from"] != self.user.as_str() {
-                    self.received_live += 1;
-                }
-                if skipped {
-                    self.want_sync();
-                }
-            }
-            "sync" => {
-                self.sync.in_flight = false;
-                let before = self.contiguous;
-                let mut page_end = None;
-                for message in frame["messages"].as_array().into_iter().flatten() {
-                    let seq = message["seq"].as_u64().unwrap_or(0);
-                    page_end = Some(seq);
-                    if self.take(message, seq) && message["from"] != self.user.as_str() {
-                        self.received_by_sync += 1;
-                    }
-                }
-                let last_seq = frame["last_seq"].as_u64().unwrap_or(0);
-                self.last_seq = self.last_seq.max(last_seq);
-                if frame["has_more"].as_bool().unwrap_or(false) {
-                    // The next page starts after the last message of this one.
-                    self.sync.next_after = page_end;
-                    self.want_sync();
-                } else if self.contiguous < last_seq && self.contiguous > before {
-                    // The page filled a hole, and there was another past it.
-                    self.want_sync();
-                } else {
-                    if self.contiguous < last_seq {
-                        self.violations.push(format!(
-                            "sync after seq {} returns nothing, but last_seq is {last_seq}",
-                            self.contiguous
-                        ));
-                    }
-                    if self.sync.final_started && !self.sync.again {
-                        self.sync.final_done = true;
+            Event::Synced { last_seq, .. } => self.last_seq = self.last_seq.max(last_seq),
+            Event::Disconnected { .. } => self.reconnects += 1,
+            Event::Message(message) => {
+                let entry = Entry {
+                    message_id: message.message_id,
+                    from: message.from,
+                    to: message.to,
+                };
+                let from_other = entry.from != self.user;
+                if self.put(message.seq, entry) && from_other {
+                    match message.via {
+                        Via::Live => self.received_live += 1,
+                        Via::Sync => self.received_by_sync += 1,
+                        Via::Ack => {}
                     }
                 }
             }
-            "sync_hint" => {
-                self.sync_hints += 1;
-                let last_seq = frame["last_seq"].as_u64().unwrap_or(0);
-                self.last_seq = self.last_seq.max(last_seq);
-                self.want_sync();
+            Event::Acked { ack, .. } => self.on_ack(ack),
+            Event::Error { error, about } => {
+                *self
+                    .errors
+                    .entry(error.code.as_str().to_owned())
+                    .or_default() += 1;
+                match about {
+                    ErrorAbout::Sync if !error.retryable => {
+                        self.violations.push(format!("sync refused: {error}"));
+                    }
+                    ErrorAbout::Send(_) if !error.retryable => {
+                        self.violations.push(format!("send refused: {error}"));
+                    }
+                    ErrorAbout::Other | ErrorAbout::Request => {
+                        self.violations.push(format!("unexpected error: {error}"));
+                    }
+                    _ => {}
+                }
             }
+            Event::Repeat { seq, message_id } => {
+                if let Some(known) = self.stream.get(&seq)
+                    && known.message_id != message_id
+                {
+                    self.violations.push(format!(
+                        "seq {seq} is {known:?} and also message {message_id}"
+                    ));
+                }
+            }
+            Event::Anomaly(what) => self.violations.push(what),
+            Event::Stopped(error) => self.violations.push(format!("client stopped: {error}")),
             _ => {}
         }
     }
 
     /// Adds a message of the user's stream; returns whether it was new to the client.
-    fn take(&mut self, message: &Value, seq: u64) -> bool {
-        let entry = Entry {
-            message_id: message["message_id"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned(),
-            from: message["from"].as_str().unwrap_or_default().to_owned(),
-            to: message["to"].as_str().unwrap_or_default().to_owned(),
-        };
-        self.put(seq, entry)
-    }
-
     fn put(&mut self, seq: u64, entry: Entry) -> bool {
         if seq == 0 {
             self.violations.push(format!("seq 0 for {entry:?}"));
@@ -538,97 +403,30 @@ impl Client {
             return false;
         }
         self.stream.insert(seq, entry);
-        while self.stream.contains_key(&(self.contiguous + 1)) {
-            self.contiguous += 1;
-        }
         true
     }
 
-    /// The send a frame's `client_msg_id` names, when it is one of this client's.
-    fn send_of(&self, frame: &Value) -> Option<usize> {
-        let id = frame["client_msg_id"].as_str()?;
-        let n: usize = id.strip_prefix(&format!("{}-", self.user))?.parse().ok()?;
-        (n < self.sends.len()).then_some(n)
-    }
-
-    fn on_ack(&mut self, frame: &Value) {
-        let Some(i) = self.send_of(frame) else {
+    fn on_ack(&mut self, ack: peroxo_client::Ack) {
+        let Some(&i) = self.index.get(&ack.client_msg_id) else {
             self.violations
-                .push(format!("ack for no send of mine: {frame}"));
+                .push(format!("ack for no send of mine: {ack:?}"));
             return;
         };
-        self.unanswered.remove(&i);
-        let message_id = frame["message_id"].as_str().unwrap_or_default().to_owned();
-        let seq = frame["seq"].as_u64().unwrap_or(0);
         let send = &mut self.sends[i];
+        let this = (ack.message_id, ack.seq);
         match &send.ack {
-            Some(first) if *first != (message_id.clone(), seq) => {
+            Some(first) if *first != this => {
                 self.violations.push(format!(
-                    "{} acked as {first:?} and later as {:?}",
-                    send.client_msg_id,
-                    (&message_id, seq)
+                    "{} acked as {first:?} and later as {this:?}",
+                    send.client_msg_id
                 ));
             }
             Some(_) => {}
             None => {
-                send.ack = Some((message_id.clone(), seq));
+                send.ack = Some(this);
+                self.unacked -= 1;
                 self.live.acked.fetch_add(1, Ordering::Relaxed);
             }
         }
-        let entry = Entry {
-            message_id,
-            from: self.user.clone(),
-            to: self.sends[i].to.clone(),
-        };
-        self.pending.remove(&i);
-        self.retry_at.remove(&i);
-        self.put(seq, entry);
-    }
-
-    fn on_error(&mut self, frame: &Value) {
-        let code = frame["code"].as_str().unwrap_or_default().to_owned();
-        *self.errors.entry(code.clone()).or_default() += 1;
-        let retryable = frame["retryable"].as_bool().unwrap_or(false);
-        if frame["req_id"] == "sync" {
-            // A read that found storage unreachable: try again shortly.
-            self.sync.in_flight = false;
-            self.sync.retry_at = Some(Instant::now() + Duration::from_millis(200));
-            if !retryable {
-                self.violations.push(format!("sync refused: {frame}"));
-            }
-            return;
-        }
-        if let Some(i) = self.send_of(frame) {
-            self.unanswered.remove(&i);
-            if !retryable {
-                self.violations.push(format!("send refused: {frame}"));
-                return;
-            }
-            let attempts = self.attempts.entry(i).or_default();
-            *attempts += 1;
-            let base = 25u64 << (*attempts).min(5);
-            let delay = base / 2 + self.rng.below(base);
-            if self.pending.contains(&i) {
-                self.retry_at
-                    .insert(i, Instant::now() + Duration::from_millis(delay));
-            }
-            return;
-        }
-        if code == "internal" {
-            // The session restarted: what it was working on may not have been done. Sends
-            // are safe to repeat.
-            let now = Instant::now();
-            for i in std::mem::take(&mut self.unanswered) {
-                if self.pending.contains(&i) {
-                    self.retry_at.insert(i, now);
-                }
-            }
-            if self.sync.in_flight {
-                self.sync.in_flight = false;
-                self.want_sync();
-            }
-            return;
-        }
-        self.violations.push(format!("unexpected error: {frame}"));
     }
 }

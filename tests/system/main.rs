@@ -8,6 +8,7 @@ mod common;
 mod auth;
 mod bad_input;
 mod cli;
+mod client;
 mod cluster;
 mod hostile_input;
 mod limits;

@@ -1,9 +1,11 @@
 //! # PerOXO's client protocol
 //!
 //! What a client and a gateway agree on, with no I/O: the ids and plain message types every
-//! other crate speaks ([`domain`]), the JSON frames of wire protocol v1 ([`decode`] for client
-//! frames, [`ServerFrame`] for server frames) and the limits that are part of the protocol
-//! ([`limits`]). `docs/PROTOCOL.md` is the normative description; keep the two in step.
+//! other crate speaks ([`domain`]), the JSON frames of wire protocol v1 in both directions
+//! ([`Command`] with the server's [`decode`] and a client's [`Command::encode`];
+//! [`ServerFrame`] with the server's [`ServerFrame::encode`] and a client's
+//! [`ServerFrame::decode`]) and the limits that are part of the protocol ([`limits`]).
+//! `docs/PROTOCOL.md` is the normative description; keep the two in step.
 //!
 //! This is the only crate that knows the protocol's JSON.
 

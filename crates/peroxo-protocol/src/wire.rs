@@ -1,13 +1,23 @@
 //! Wire protocol v1: JSON text frames with a `type` discriminator.
 //!
-//! This is the only module that knows JSON. [`decode`] turns a client frame into a
-//! [`Command`] or a [`ProtocolError`] that names the problem; [`ServerFrame::encode`] turns a
-//! server frame into text. `docs/PROTOCOL.md` is the normative description; keep the two in
+//! This is the only module that knows JSON. Each direction has one definition that both ends
+//! use, so a client and the server cannot drift apart:
+//!
+//! - client frames: the server turns text into a [`Command`] with [`decode`] (hand-written, so
+//!   that a [`ProtocolError`] names the exact problem); a client turns a [`Command`] into text
+//!   with [`Command::encode`] (derived from the same types);
+//! - server frames: the server turns a [`ServerFrame`] into text with [`ServerFrame::encode`]; a
+//!   client turns text back into an owned `ServerFrame<'static>` with [`ServerFrame::decode`].
+//!
+//! String fields of server frames are `Cow<'a, str>`: the server builds them borrowed from its
+//! own data (serializing a borrowed `Cow` costs what a `&str` costs: no allocation), and a
+//! client decodes them owned. `docs/PROTOCOL.md` is the normative description; keep the two in
 //! step.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Map, Number, Value};
 
 use crate::domain::{self, StoredMessage};
@@ -24,21 +34,34 @@ pub const DEFAULT_ONLINE_USERS_LIMIT: u32 = 100;
 pub const MAX_ONLINE_USERS_LIMIT: u32 = 1_000;
 
 /// The client's correlation id, echoed verbatim in the direct reply.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum ReqId {
     Text(String),
     Number(Number),
 }
 
-/// A decoded client command.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A client command: what the server's [`decode`] produces and a client's
+/// [`Command::encode`] writes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Command {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub req_id: Option<ReqId>,
+    #[serde(flatten)]
     pub kind: CommandKind,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+impl Command {
+    /// The command as the JSON text frame a client sends; [`decode`] reads it back as the same
+    /// command.
+    pub fn encode(&self) -> String {
+        serde_json::to_string(self).expect("commands contain only serializable data")
+    }
+}
+
+/// What a command asks for. Serializes with its `type`, as [`decode`] expects it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum CommandKind {
     Send {
         to: String,
@@ -47,6 +70,11 @@ pub enum CommandKind {
     },
     History {
         with: String,
+        /// On the wire an opaque string cursor (a previous `next_before`), or absent.
+        #[serde(
+            skip_serializing_if = "Option::is_none",
+            serialize_with = "cursor_as_string"
+        )]
         before: Option<u64>,
         limit: u32,
     },
@@ -73,6 +101,14 @@ pub enum CommandKind {
     },
 }
 
+/// Writes a history cursor as the string `next_before` gave it.
+fn cursor_as_string<S: Serializer>(cursor: &Option<u64>, serializer: S) -> Result<S::Ok, S::Error> {
+    match cursor {
+        Some(cursor) => serializer.collect_str(cursor),
+        None => serializer.serialize_none(),
+    }
+}
+
 /// The limits decoding enforces (from `[limits]` in the config).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DecodeLimits {
@@ -81,7 +117,7 @@ pub struct DecodeLimits {
 }
 
 /// The `code` of an `error` frame.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     BadRequest,
@@ -157,10 +193,10 @@ impl ProtocolError {
     pub fn to_frame(&self) -> ServerFrame<'_> {
         ServerFrame::Error {
             code: self.code,
-            message: &self.message,
+            message: Cow::Borrowed(&self.message),
             retryable: self.code.retryable(),
-            req_id: self.req_id.as_ref(),
-            client_msg_id: self.client_msg_id.as_deref(),
+            req_id: self.req_id.as_ref().map(Cow::Borrowed),
+            client_msg_id: self.client_msg_id.as_deref().map(Cow::Borrowed),
         }
     }
 }
@@ -371,7 +407,7 @@ impl Fields<'_> {
 }
 
 /// A user's presence as the protocol names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PresenceStatus {
     Online,
@@ -379,19 +415,19 @@ pub enum PresenceStatus {
 }
 
 /// A message as a given user sees it (with that user's seq).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MessageView<'a> {
     pub message_id: String,
     pub conversation_id: String,
-    pub from: &'a str,
-    pub to: &'a str,
-    pub text: &'a str,
+    pub from: Cow<'a, str>,
+    pub to: Cow<'a, str>,
+    pub text: Cow<'a, str>,
     pub ts: i64,
     pub seq: u64,
     /// The sender's own id for the message, shown to the sender only (so a device can match
     /// a synced copy with a send it is still waiting to see acked).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub client_msg_id: Option<&'a str>,
+    pub client_msg_id: Option<Cow<'a, str>>,
 }
 
 impl<'a> MessageView<'a> {
@@ -400,31 +436,47 @@ impl<'a> MessageView<'a> {
         Self {
             message_id: message.message_id.to_string(),
             conversation_id: message.conversation_id(),
-            from: &message.sender,
-            to: &message.recipient,
-            text: &message.text,
+            from: Cow::Borrowed(&message.sender),
+            to: Cow::Borrowed(&message.recipient),
+            text: Cow::Borrowed(&message.text),
             ts: message.ts,
             seq: message.seq_for(viewer),
-            client_msg_id: (viewer == message.sender).then_some(message.client_msg_id.as_str()),
+            client_msg_id: (viewer == message.sender)
+                .then_some(Cow::Borrowed(message.client_msg_id.as_str())),
+        }
+    }
+
+    /// The same message, owning its strings.
+    pub fn into_owned(self) -> MessageView<'static> {
+        MessageView {
+            message_id: self.message_id,
+            conversation_id: self.conversation_id,
+            from: Cow::Owned(self.from.into_owned()),
+            to: Cow::Owned(self.to.into_owned()),
+            text: Cow::Owned(self.text.into_owned()),
+            ts: self.ts,
+            seq: self.seq,
+            client_msg_id: self.client_msg_id.map(|id| Cow::Owned(id.into_owned())),
         }
     }
 }
 
-/// Every frame the server sends.
-#[derive(Debug, Serialize)]
+/// Every frame the server sends. The server encodes it from borrowed data; a client decodes
+/// it into an owned `ServerFrame<'static>` with [`ServerFrame::decode`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerFrame<'a> {
     Welcome {
         session_id: String,
-        user: &'a str,
-        tenant: &'a str,
+        user: Cow<'a, str>,
+        tenant: Cow<'a, str>,
         last_seq: u64,
         protocol: u32,
     },
     Ack {
         #[serde(skip_serializing_if = "Option::is_none")]
-        req_id: Option<&'a ReqId>,
-        client_msg_id: &'a str,
+        req_id: Option<Cow<'a, ReqId>>,
+        client_msg_id: Cow<'a, str>,
         message_id: String,
         conversation_id: String,
         seq: u64,
@@ -434,15 +486,15 @@ pub enum ServerFrame<'a> {
     Message(MessageView<'a>),
     History {
         #[serde(skip_serializing_if = "Option::is_none")]
-        req_id: Option<&'a ReqId>,
-        with: &'a str,
+        req_id: Option<Cow<'a, ReqId>>,
+        with: Cow<'a, str>,
         conversation_id: String,
         messages: Vec<MessageView<'a>>,
         next_before: Option<String>,
     },
     Sync {
         #[serde(skip_serializing_if = "Option::is_none")]
-        req_id: Option<&'a ReqId>,
+        req_id: Option<Cow<'a, ReqId>>,
         messages: Vec<MessageView<'a>>,
         last_seq: u64,
         has_more: bool,
@@ -452,42 +504,42 @@ pub enum ServerFrame<'a> {
     },
     PresenceSnapshot {
         #[serde(skip_serializing_if = "Option::is_none")]
-        req_id: Option<&'a ReqId>,
-        users: BTreeMap<&'a str, PresenceStatus>,
+        req_id: Option<Cow<'a, ReqId>>,
+        users: BTreeMap<Cow<'a, str>, PresenceStatus>,
     },
     Presence {
-        user: &'a str,
+        user: Cow<'a, str>,
         status: PresenceStatus,
         ts: i64,
     },
     OnlineUsers {
         #[serde(skip_serializing_if = "Option::is_none")]
-        req_id: Option<&'a ReqId>,
-        users: Vec<&'a str>,
+        req_id: Option<Cow<'a, ReqId>>,
+        users: Vec<Cow<'a, str>>,
         truncated: bool,
     },
     Typing {
-        from: &'a str,
+        from: Cow<'a, str>,
     },
     Pong {
         #[serde(skip_serializing_if = "Option::is_none")]
-        req_id: Option<&'a ReqId>,
+        req_id: Option<Cow<'a, ReqId>>,
         ts: i64,
     },
     Refreshed {
         #[serde(skip_serializing_if = "Option::is_none")]
-        req_id: Option<&'a ReqId>,
+        req_id: Option<Cow<'a, ReqId>>,
         /// The new token's expiry, in Unix seconds.
         exp: u64,
     },
     Error {
         code: ErrorCode,
-        message: &'a str,
+        message: Cow<'a, str>,
         retryable: bool,
         #[serde(skip_serializing_if = "Option::is_none")]
-        req_id: Option<&'a ReqId>,
+        req_id: Option<Cow<'a, ReqId>>,
         #[serde(skip_serializing_if = "Option::is_none")]
-        client_msg_id: Option<&'a str>,
+        client_msg_id: Option<Cow<'a, str>>,
     },
 }
 
@@ -495,6 +547,12 @@ impl ServerFrame<'_> {
     /// The frame as JSON text.
     pub fn encode(&self) -> String {
         serde_json::to_string(self).expect("server frames contain only serializable data")
+    }
+
+    /// Reads a server frame, as a client receives it, into an owned frame. Fails on text that
+    /// is not one of the frames above (a client should treat that as a protocol violation).
+    pub fn decode(text: &str) -> Result<ServerFrame<'static>, serde_json::Error> {
+        serde_json::from_str(text)
     }
 
     /// Whether the frame may be dropped for a client that falls behind (presence and typing
@@ -583,6 +641,238 @@ mod tests {
                 .message
                 .contains("limit")
         );
+    }
+
+    fn view(seq: u64, client_msg_id: Option<&'static str>) -> MessageView<'static> {
+        MessageView {
+            message_id: seq.to_string(),
+            conversation_id: "alice:bob".into(),
+            from: "alice".into(),
+            to: "bob".into(),
+            text: "h\u{e9}llo \"quoted\"\n\u{1F600}".into(),
+            ts: 1_764_115_200_123,
+            seq,
+            client_msg_id: client_msg_id.map(Cow::Borrowed),
+        }
+    }
+
+    /// One frame of every kind the server sends, with optional fields both set and absent.
+    fn every_server_frame() -> Vec<ServerFrame<'static>> {
+        let text: Cow<'_, ReqId> = Cow::Owned(ReqId::Text("r1".into()));
+        let number: Cow<'_, ReqId> = Cow::Owned(ReqId::Number(7.into()));
+        vec![
+            ServerFrame::Welcome {
+                session_id: "s1".into(),
+                user: "alice".into(),
+                tenant: "default".into(),
+                last_seq: 3,
+                protocol: PROTOCOL_VERSION,
+            },
+            ServerFrame::Ack {
+                req_id: Some(number.clone()),
+                client_msg_id: "c1".into(),
+                message_id: "9".into(),
+                conversation_id: "alice:bob".into(),
+                seq: 4,
+                ts: 5,
+                duplicate: true,
+            },
+            ServerFrame::Ack {
+                req_id: None,
+                client_msg_id: "c2".into(),
+                message_id: "10".into(),
+                conversation_id: "alice:alice".into(),
+                seq: 5,
+                ts: 6,
+                duplicate: false,
+            },
+            ServerFrame::Message(view(1, None)),
+            ServerFrame::Message(view(2, Some("c9"))),
+            ServerFrame::History {
+                req_id: Some(text.clone()),
+                with: "bob".into(),
+                conversation_id: "alice:bob".into(),
+                messages: vec![view(1, None), view(2, Some("c9"))],
+                next_before: Some("1".into()),
+            },
+            ServerFrame::History {
+                req_id: None,
+                with: "bob".into(),
+                conversation_id: "alice:bob".into(),
+                messages: vec![],
+                next_before: None,
+            },
+            ServerFrame::Sync {
+                req_id: Some(text.clone()),
+                messages: vec![view(1, None)],
+                last_seq: 1,
+                has_more: true,
+            },
+            ServerFrame::SyncHint { last_seq: 8 },
+            ServerFrame::PresenceSnapshot {
+                req_id: Some(number.clone()),
+                users: [
+                    ("bob".into(), PresenceStatus::Online),
+                    ("carol".into(), PresenceStatus::Offline),
+                ]
+                .into(),
+            },
+            ServerFrame::Presence {
+                user: "bob".into(),
+                status: PresenceStatus::Offline,
+                ts: 1,
+            },
+            ServerFrame::OnlineUsers {
+                req_id: None,
+                users: vec!["alice".into(), "bob".into()],
+                truncated: true,
+            },
+            ServerFrame::Typing { from: "bob".into() },
+            ServerFrame::Pong {
+                req_id: Some(text.clone()),
+                ts: 2,
+            },
+            ServerFrame::Refreshed {
+                req_id: Some(number),
+                exp: 1_764_115_200,
+            },
+            ServerFrame::Error {
+                code: ErrorCode::RateLimited,
+                message: "slow down".into(),
+                retryable: true,
+                req_id: Some(text),
+                client_msg_id: Some("c1".into()),
+            },
+            ServerFrame::Error {
+                code: ErrorCode::Forbidden,
+                message: "no".into(),
+                retryable: false,
+                req_id: None,
+                client_msg_id: None,
+            },
+        ]
+    }
+
+    #[test]
+    fn every_server_frame_decodes_to_what_was_encoded() {
+        for frame in every_server_frame() {
+            let text = frame.encode();
+            let decoded = ServerFrame::decode(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(decoded, frame, "{text}");
+            assert_eq!(decoded.encode(), text);
+        }
+    }
+
+    #[test]
+    fn the_documented_example_frames_decode() {
+        for text in [
+            r#"{"type":"welcome","session_id":"s2","user":"alice","tenant":"default","last_seq":0,"protocol":1}"#,
+            r#"{"type":"ack","req_id":2,"client_msg_id":"1","message_id":"1","conversation_id":"alice:bob","seq":1,"ts":1764115200123,"duplicate":false}"#,
+            r#"{"type":"history","req_id":"h1","with":"alice","conversation_id":"alice:bob","messages":[{"message_id":"1","conversation_id":"alice:bob","from":"alice","to":"bob","text":"hi","ts":1764115200123,"seq":1}],"next_before":null}"#,
+            r#"{"type":"sync","req_id":"s1","messages":[],"last_seq":1,"has_more":false}"#,
+            r#"{"type":"error","code":"bad_request","message":"`text` must not be empty","retryable":false,"req_id":4,"client_msg_id":"2"}"#,
+            r#"{"type":"presence_snapshot","req_id":1,"users":{"bob":"online"}}"#,
+        ] {
+            let frame = ServerFrame::decode(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(frame.encode(), text);
+        }
+        assert!(ServerFrame::decode(r#"{"type":"teleport"}"#).is_err());
+    }
+
+    /// One command of every kind a client sends, with optional fields both set and absent.
+    fn every_command() -> Vec<Command> {
+        let kinds = vec![
+            CommandKind::Send {
+                to: "bob".into(),
+                text: "h\u{e9}llo \"quoted\"".into(),
+                client_msg_id: "c1".into(),
+            },
+            CommandKind::History {
+                with: "bob".into(),
+                before: Some(42),
+                limit: 10,
+            },
+            CommandKind::History {
+                with: "bob".into(),
+                before: None,
+                limit: DEFAULT_HISTORY_LIMIT,
+            },
+            CommandKind::Sync {
+                after_seq: 0,
+                limit: MAX_SYNC_LIMIT,
+            },
+            CommandKind::PresenceSubscribe {
+                users: vec!["bob".into(), "carol".into()],
+            },
+            CommandKind::PresenceUnsubscribe {
+                users: vec!["bob".into()],
+            },
+            CommandKind::OnlineUsers { limit: 5 },
+            CommandKind::Typing { to: "bob".into() },
+            CommandKind::Ping,
+            CommandKind::Refresh {
+                token: "a.b.c".into(),
+            },
+        ];
+        let req_ids = [
+            None,
+            Some(ReqId::Text("r1".into())),
+            Some(ReqId::Number(3.into())),
+        ];
+        kinds
+            .into_iter()
+            .enumerate()
+            .map(|(i, kind)| Command {
+                req_id: req_ids[i % req_ids.len()].clone(),
+                kind,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_command_a_client_encodes_is_decoded_by_the_server_as_itself() {
+        let limits = DecodeLimits {
+            max_text_bytes: 4096,
+            max_watched_users: 10,
+        };
+        for command in every_command() {
+            let text = command.encode();
+            let decoded = decode(&text, &limits).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(decoded, command, "{text}");
+        }
+    }
+
+    #[test]
+    fn commands_encode_as_the_protocol_documents_them() {
+        let send = Command {
+            req_id: Some(ReqId::Number(2.into())),
+            kind: CommandKind::Send {
+                to: "bob".into(),
+                text: "hi".into(),
+                client_msg_id: "1".into(),
+            },
+        };
+        assert_eq!(
+            send.encode(),
+            r#"{"req_id":2,"type":"send","to":"bob","text":"hi","client_msg_id":"1"}"#
+        );
+        let history = Command {
+            req_id: None,
+            kind: CommandKind::History {
+                with: "bob".into(),
+                before: Some(17),
+                limit: 50,
+            },
+        };
+        assert_eq!(
+            history.encode(),
+            r#"{"type":"history","with":"bob","before":"17","limit":50}"#
+        );
+        let ping = Command {
+            req_id: None,
+            kind: CommandKind::Ping,
+        };
+        assert_eq!(ping.encode(), r#"{"type":"ping"}"#);
     }
 
     #[test]

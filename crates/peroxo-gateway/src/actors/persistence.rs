@@ -14,6 +14,7 @@
 //! outbox and reconnects with exponential backoff and jitter; once connected, the outbox is
 //! flushed in order.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -440,8 +441,8 @@ fn ack_frame<'a>(
     duplicate: bool,
 ) -> ServerFrame<'a> {
     ServerFrame::Ack {
-        req_id,
-        client_msg_id: &message.client_msg_id,
+        req_id: req_id.map(Cow::Borrowed),
+        client_msg_id: Cow::Borrowed(&message.client_msg_id),
         message_id: message.message_id.to_string(),
         conversation_id: message.conversation_id(),
         seq: message.sender_seq,

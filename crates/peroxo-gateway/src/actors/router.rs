@@ -10,6 +10,7 @@
 //! before it handles anything else, and nothing is lost but deliveries in flight at the crash
 //! (they are in storage; clients get them with `sync`).
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -475,7 +476,7 @@ impl RouterState {
         };
         let text = Utf8Bytes::from(
             ServerFrame::Presence {
-                user: &key.user,
+                user: Cow::Borrowed(&key.user),
                 status,
                 ts: now_ms(),
             }
@@ -546,12 +547,12 @@ impl RouterState {
                 } else {
                     PresenceStatus::Offline
                 };
-                (user.as_str(), status)
+                (Cow::Borrowed(user.as_str()), status)
             })
             .collect();
         if let Some(entry) = self.sessions.get(&session) {
             entry.outbound.send(&ServerFrame::PresenceSnapshot {
-                req_id,
+                req_id: req_id.map(Cow::Borrowed),
                 users: statuses,
             });
         }
@@ -582,13 +583,16 @@ impl RouterState {
             .into_iter()
             .flat_map(|u| u.keys());
         let remote = self.remote.get(&entry.key.tenant).into_iter().flatten();
-        let mut users: Vec<&str> = local.chain(remote).map(String::as_str).collect();
+        let mut users: Vec<Cow<'_, str>> = local
+            .chain(remote)
+            .map(|user| Cow::Borrowed(user.as_str()))
+            .collect();
         users.sort_unstable();
         users.dedup();
         let truncated = users.len() > limit as usize;
         users.truncate(limit as usize);
         entry.outbound.send(&ServerFrame::OnlineUsers {
-            req_id,
+            req_id: req_id.map(Cow::Borrowed),
             users,
             truncated,
         });
@@ -596,7 +600,12 @@ impl RouterState {
 
     fn typing(&self, from: &UserKey, to: &str) {
         let recipient = from.peer(to);
-        let text = Utf8Bytes::from(ServerFrame::Typing { from: &from.user }.encode());
+        let text = Utf8Bytes::from(
+            ServerFrame::Typing {
+                from: Cow::Borrowed(&from.user),
+            }
+            .encode(),
+        );
         for session in self.live_sessions(&recipient) {
             if let Some(entry) = self.sessions.get(session) {
                 entry.outbound.send_text(text.clone(), Droppable::Yes);

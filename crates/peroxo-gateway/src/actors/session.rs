@@ -8,6 +8,7 @@
 //! What must survive a restart of this actor lives in [`ConnectionContext`], owned by
 //! SessionSupervisor: the queue, the identity and the presence watch list.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -223,8 +224,8 @@ async fn welcome(myself: &ActorRef<SessionMsg>, state: &SessionState) {
     connection.outbound.welcome().ready(Utf8Bytes::from(
         ServerFrame::Welcome {
             session_id: connection.outbound.session_id().to_string(),
-            user: &connection.key.user,
-            tenant: &connection.key.tenant,
+            user: Cow::Borrowed(&connection.key.user),
+            tenant: Cow::Borrowed(&connection.key.tenant),
             last_seq,
             protocol: PROTOCOL_VERSION,
         }
@@ -367,7 +368,7 @@ impl SessionState {
         self.connection.expires_at.store(exp, Ordering::Relaxed);
         self.schedule_expiry_check(myself);
         outbound.send(&ServerFrame::Refreshed {
-            req_id: req_id.as_ref(),
+            req_id: req_id.as_ref().map(Cow::Borrowed),
             exp,
         });
     }
@@ -409,7 +410,7 @@ impl SessionState {
             }
             CommandKind::Ping => {
                 self.connection.outbound.send(&ServerFrame::Pong {
-                    req_id: req_id.as_ref(),
+                    req_id: req_id.as_ref().map(Cow::Borrowed),
                     ts: now_ms(),
                 });
             }
@@ -494,8 +495,8 @@ impl SessionState {
                         .filter(|_| page.has_more)
                         .map(|m| m.message_id.to_string());
                     outbound.send(&ServerFrame::History {
-                        req_id: req_id.as_ref(),
-                        with: &with,
+                        req_id: req_id.as_ref().map(Cow::Borrowed),
+                        with: Cow::Borrowed(&with),
                         conversation_id: peroxo_protocol::domain::conversation_id(
                             &user.user, &with,
                         ),
@@ -534,7 +535,7 @@ impl SessionState {
             match client.sync(query).await {
                 Ok(page) => {
                     outbound.send(&ServerFrame::Sync {
-                        req_id: req_id.as_ref(),
+                        req_id: req_id.as_ref().map(Cow::Borrowed),
                         messages: page
                             .messages
                             .iter()

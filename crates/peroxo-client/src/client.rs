@@ -1,0 +1,683 @@
+//! The correct client: a [`Client`] handle that the application clones freely, an [`Events`]
+//! receiver, and one task that owns the connection and the [`ClientState`].
+//!
+//! The task connects (rotating over the configured nodes), serves the connection until it
+//! ends (writing what the state asks for, feeding it every frame, handing its events to the
+//! application), then chooses by how it ended whether and when to reconnect
+//! ([`crate::reconnect`]). The application's requests reach it through an unbounded channel
+//! (each holds one send or one request, which the outbox would hold anyway); its events leave
+//! through a bounded one, so an application that stops reading stops the task from reading
+//! the socket: the server then closes the connection as a slow consumer (1013), and the client
+//! reconnects and catches up with `sync` once the application reads again.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use peroxo_protocol::{CommandKind, ErrorCode, ReqId, ServerFrame};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+use crate::connection::{ConnectOptions, Connection, Disconnect, Incoming};
+use crate::reconnect::{Backoff, Jitter, NextStep, next_step};
+use crate::state::{ClientState, RequestWaiter, SendWaiter, SyncWaiter};
+use crate::stream::Delivered;
+
+/// A callback that returns a fresh token (JWT mode), or `None` when there is none.
+pub type TokenSource = Arc<dyn Fn() -> Option<String> + Send + Sync>;
+
+/// How a [`Client`] connects and behaves.
+#[derive(Clone)]
+pub struct ClientConfig {
+    /// The gateway nodes' WebSocket URLs (`ws://host:port/ws`, with `?user=` in dev mode).
+    /// With several, the client moves to the next one when a node is unreachable, refuses
+    /// (503, 429) or shuts down (1001).
+    pub urls: Vec<String>,
+    /// The node to try first (an index into `urls`; spreads clients over nodes).
+    pub first_node: usize,
+    /// The token sent as `Authorization: Bearer` (JWT mode).
+    pub token: Option<String>,
+    /// Asked for a fresh token after close 4001 or a 401; without it those stop the client.
+    pub fresh_token: Option<TokenSource>,
+    /// Extra headers on every upgrade request.
+    pub headers: Vec<(String, String)>,
+    /// The pause between connection attempts.
+    pub backoff: Backoff,
+    /// The first pause before a send refused with a retryable error goes again; it doubles
+    /// with each retry of that send (up to 32 times this).
+    pub retry_base: Duration,
+    /// The longest time from the TCP connect to `welcome`.
+    pub connect_timeout: Duration,
+    /// A connection silent this long (not even a ping) is taken for dead. The server pings a
+    /// connection silent for 25 s by default.
+    pub idle_timeout: Duration,
+    /// The seq the application processed before (durably, in an earlier run): delivery
+    /// starts after it. 0 for a fresh client.
+    pub last_seq: u64,
+    /// The start of every `client_msg_id` this client generates (at most 40 bytes); a prefix
+    /// unique to this client instance by default. Ids are `<prefix>-<n>`.
+    pub client_msg_id_prefix: Option<String>,
+    /// How many events may wait for the application before the client stops reading.
+    pub events_capacity: usize,
+}
+
+impl std::fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("urls", &self.urls)
+            .field("first_node", &self.first_node)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("fresh_token", &self.fresh_token.is_some())
+            .field("backoff", &self.backoff)
+            .field("last_seq", &self.last_seq)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientConfig {
+    /// A client of one node.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self::with_urls(vec![url.into()])
+    }
+
+    /// A client of several nodes (of one cluster).
+    pub fn with_urls(urls: Vec<String>) -> Self {
+        Self {
+            urls,
+            first_node: 0,
+            token: None,
+            fresh_token: None,
+            headers: Vec::new(),
+            backoff: Backoff::default(),
+            retry_base: Duration::from_millis(25),
+            connect_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            last_seq: 0,
+            client_msg_id_prefix: None,
+            events_capacity: 1024,
+        }
+    }
+}
+
+/// The server's acknowledgement of a send: the message is committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ack {
+    pub client_msg_id: String,
+    pub message_id: String,
+    pub conversation_id: String,
+    /// The sender's seq for the message.
+    pub seq: u64,
+    pub ts: i64,
+    /// An earlier attempt had been committed; this is the original message.
+    pub duplicate: bool,
+}
+
+/// An `error` frame.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code:?}: {message}")]
+pub struct ServerError {
+    pub code: ErrorCode,
+    pub message: String,
+    pub retryable: bool,
+    pub req_id: Option<ReqId>,
+    pub client_msg_id: Option<String>,
+}
+
+/// What an `error` frame was about, as the client matched it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ErrorAbout {
+    /// A send (retried when retryable, failed otherwise).
+    Send(String),
+    /// A sync page (asked for again shortly).
+    Sync,
+    /// A request made with [`Client::request`].
+    Request,
+    /// `internal` without ids: the server's session restarted; unanswered sends went again.
+    SessionRestart,
+    /// Nothing the client knows of.
+    Other,
+}
+
+/// Why the client, or one of its operations, failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    /// The client stopped for good after this disconnect (see [`crate::reconnect`]).
+    #[error("stopped: {0}")]
+    Stopped(Disconnect),
+    /// The client was closed, or every [`Client`] handle dropped.
+    #[error("the client is closed")]
+    Closed,
+    /// The connection ended before the reply came (the request was not repeated).
+    #[error("disconnected before the reply")]
+    Disconnected,
+    /// The server answered with an error.
+    #[error("server error: {0}")]
+    Server(ServerError),
+}
+
+/// Why a send failed. Retryable errors and disconnects never fail a send: it is resent with
+/// its `client_msg_id` until acked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// Refused for good (`bad_request`, `too_large`, `forbidden`).
+    #[error("refused: {0}")]
+    Refused(ServerError),
+    /// Its frame is over the protocol's 64 KiB.
+    #[error("the message is over the protocol's frame size")]
+    TooLarge,
+    /// The client stopped before it was acked.
+    #[error("{0}")]
+    Stopped(ClientError),
+}
+
+/// What the client reports to the application, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A connection is open (`welcome` received).
+    Connected {
+        url: String,
+        session_id: String,
+        last_seq: u64,
+    },
+    /// An open connection ended; the client reconnects after `retry_in` (`None`: it stops).
+    Disconnected {
+        cause: Disconnect,
+        retry_in: Option<Duration>,
+    },
+    /// An attempt to connect failed; the client tries again after `retry_in` (`None`: it
+    /// stops).
+    ConnectFailed {
+        url: String,
+        cause: Disconnect,
+        retry_in: Option<Duration>,
+    },
+    /// The next message of the user's stream: every seq once, in seq order (the user's own
+    /// sends included, from their ack).
+    Message(Delivered),
+    /// An `ack`; `late` when its send had been acked already (a resend's duplicate ack).
+    Acked { ack: Ack, late: bool },
+    /// An `error` frame.
+    Error {
+        error: ServerError,
+        about: ErrorAbout,
+    },
+    /// A `sync_hint`: a sync follows.
+    SyncHint { last_seq: u64 },
+    /// A sync cycle completed: the stream is delivered up to `delivered`, and the server
+    /// reported `last_seq`.
+    Synced { delivered: u64, last_seq: u64 },
+    /// A message seen again (ignored): live delivery is at-least-once in rare cases.
+    Repeat { seq: u64, message_id: String },
+    /// Something a correct server never does (a seq naming two messages, a frame that does
+    /// not decode, a sync that cannot reach `last_seq`).
+    Anomaly(String),
+    /// Any other frame: `presence`, `typing`, and replies nobody waits for.
+    Frame(ServerFrame<'static>),
+    /// The client stopped for good.
+    Stopped(ClientError),
+}
+
+/// Where the client stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Status {
+    Connecting,
+    Connected { url: String },
+    Stopped(ClientError),
+}
+
+enum Request {
+    Send {
+        client_msg_id: String,
+        to: String,
+        text: String,
+        waiter: SendWaiter,
+    },
+    Sync(SyncWaiter),
+    Command(CommandKind, RequestWaiter),
+    Close(oneshot::Sender<()>),
+}
+
+/// The application's handle on a running client. Cheap to clone; the client stops when every
+/// handle is dropped or [`Client::close`] is called.
+#[derive(Clone)]
+pub struct Client {
+    requests: mpsc::UnboundedSender<Request>,
+    status: watch::Receiver<Status>,
+    delivered: Arc<AtomicU64>,
+    ids: Arc<IdSource>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("status", &*self.status.borrow())
+            .field("last_seq", &self.last_seq())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The events of a client, in order.
+#[derive(Debug)]
+pub struct Events(mpsc::Receiver<Event>);
+
+impl Events {
+    /// The next event; `None` once the client has stopped and every event was read.
+    pub async fn next(&mut self) -> Option<Event> {
+        self.0.recv().await
+    }
+
+    /// The next event if one is waiting.
+    pub fn try_next(&mut self) -> Option<Event> {
+        self.0.try_recv().ok()
+    }
+}
+
+/// Generates `client_msg_id`s: `<prefix>-<n>`.
+#[derive(Debug)]
+struct IdSource {
+    prefix: String,
+    next: AtomicU64,
+}
+
+impl Client {
+    /// Starts a client (it connects in the background) and returns its handle and events.
+    /// Must be called within a tokio runtime.
+    pub fn start(config: ClientConfig) -> (Client, Events) {
+        let (requests, requests_rx) = mpsc::unbounded_channel();
+        let (events_tx, events) = mpsc::channel(config.events_capacity.max(1));
+        let (status_tx, status) = watch::channel(Status::Connecting);
+        let delivered = Arc::new(AtomicU64::new(config.last_seq));
+        let mut jitter = Jitter::from_clock();
+        let prefix = config.client_msg_id_prefix.clone().unwrap_or_else(|| {
+            let stamp = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            format!("{stamp:x}{:08x}", jitter.next() as u32)
+        });
+        let ids = Arc::new(IdSource {
+            prefix,
+            next: AtomicU64::new(1),
+        });
+        let driver = Driver {
+            state: ClientState::new(config.last_seq, config.retry_base, jitter.clone()),
+            node: config.first_node,
+            token: config.token.clone(),
+            config,
+            requests: requests_rx,
+            events: events_tx,
+            status: status_tx,
+            delivered: Arc::clone(&delivered),
+            jitter,
+            closing: None,
+        };
+        tokio::spawn(driver.run());
+        let client = Client {
+            requests,
+            status,
+            delivered,
+            ids,
+        };
+        (client, Events(events))
+    }
+
+    /// Starts a client and waits for its first connection.
+    pub async fn connect(config: ClientConfig) -> Result<(Client, Events), ClientError> {
+        let (client, events) = Self::start(config);
+        client.wait_connected().await?;
+        Ok((client, events))
+    }
+
+    /// Waits until a connection is open; fails when the client has stopped.
+    pub async fn wait_connected(&self) -> Result<(), ClientError> {
+        let mut status = self.status.clone();
+        let result = status
+            .wait_for(|s| !matches!(s, Status::Connecting))
+            .await
+            .map(|s| s.clone());
+        match result {
+            Ok(Status::Stopped(error)) => Err(error),
+            Ok(_) => Ok(()),
+            Err(_) => Err(ClientError::Closed),
+        }
+    }
+
+    /// Where the client stands.
+    pub fn status(&self) -> Status {
+        self.status.borrow().clone()
+    }
+
+    /// Every seq of the user's stream up to this one has been delivered as an
+    /// [`Event::Message`]: the position to persist, and to start from next time
+    /// ([`ClientConfig::last_seq`]).
+    pub fn last_seq(&self) -> u64 {
+        self.delivered.load(Ordering::Acquire)
+    }
+
+    /// Submits a direct message and returns its `client_msg_id` and a receiver of its outcome
+    /// at once; [`Client::send`] waits for the outcome. The send is resent with the same id
+    /// across reconnects and retryable errors until it is acked.
+    pub fn submit(
+        &self,
+        to: impl Into<String>,
+        text: impl Into<String>,
+    ) -> Result<Submitted, ClientError> {
+        let client_msg_id = format!(
+            "{}-{}",
+            self.ids.prefix,
+            self.ids.next.fetch_add(1, Ordering::Relaxed)
+        );
+        let (tx, rx) = oneshot::channel();
+        self.requests
+            .send(Request::Send {
+                client_msg_id: client_msg_id.clone(),
+                to: to.into(),
+                text: text.into(),
+                waiter: Some(tx),
+            })
+            .map_err(|_| ClientError::Closed)?;
+        Ok(Submitted {
+            client_msg_id,
+            outcome: rx,
+        })
+    }
+
+    /// Sends a direct message and waits until it is acked (committed) or refused for good.
+    pub async fn send(
+        &self,
+        to: impl Into<String>,
+        text: impl Into<String>,
+    ) -> Result<Ack, SendError> {
+        self.submit(to, text)
+            .map_err(SendError::Stopped)?
+            .acked()
+            .await
+    }
+
+    /// Asks for a sync and waits until a sync cycle that started after this call completed.
+    /// Returns the user's last seq as the server reported it.
+    pub async fn sync(&self) -> Result<u64, ClientError> {
+        let (tx, rx) = oneshot::channel();
+        self.requests
+            .send(Request::Sync(tx))
+            .map_err(|_| ClientError::Closed)?;
+        rx.await.map_err(|_| ClientError::Closed)?
+    }
+
+    /// Sends another command (`history`, `presence_subscribe`, `online_users`, `ping`,
+    /// `refresh`, `typing`…) with a fresh `req_id` and waits for the reply that carries it.
+    /// Fails with [`ClientError::Disconnected`] when the connection ends first (it is not
+    /// repeated). `typing` has no reply: do not wait for it.
+    pub async fn request(&self, kind: CommandKind) -> Result<ServerFrame<'static>, ClientError> {
+        let (tx, rx) = oneshot::channel();
+        self.requests
+            .send(Request::Command(kind, tx))
+            .map_err(|_| ClientError::Closed)?;
+        rx.await.map_err(|_| ClientError::Closed)?
+    }
+
+    /// Closes the connection and stops the client. Sends not acked yet fail with
+    /// [`ClientError::Closed`].
+    pub async fn close(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.requests.send(Request::Close(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+/// A submitted send.
+#[derive(Debug)]
+pub struct Submitted {
+    pub client_msg_id: String,
+    outcome: oneshot::Receiver<Result<Ack, SendError>>,
+}
+
+impl Submitted {
+    /// Waits until the send is acked or refused for good.
+    pub async fn acked(self) -> Result<Ack, SendError> {
+        self.outcome
+            .await
+            .unwrap_or(Err(SendError::Stopped(ClientError::Closed)))
+    }
+}
+
+/// How serving a connection ended.
+enum Served {
+    Ended(Disconnect),
+    Closed,
+}
+
+/// The task behind a [`Client`].
+struct Driver {
+    config: ClientConfig,
+    state: ClientState,
+    /// The node to connect to next (an index into `config.urls`, modulo their number).
+    node: usize,
+    token: Option<String>,
+    requests: mpsc::UnboundedReceiver<Request>,
+    events: mpsc::Sender<Event>,
+    status: watch::Sender<Status>,
+    delivered: Arc<AtomicU64>,
+    jitter: Jitter,
+    /// Answered once the client has closed.
+    closing: Option<oneshot::Sender<()>>,
+}
+
+impl Driver {
+    async fn run(mut self) {
+        if self.config.urls.is_empty() {
+            let error = ClientError::Stopped(Disconnect::Unreachable("no URL".to_owned()));
+            return self.stop(error).await;
+        }
+        let mut failures = 0u32;
+        loop {
+            let url = self.config.urls[self.node % self.config.urls.len()].clone();
+            let options = ConnectOptions {
+                headers: self.headers(),
+                timeout: self.config.connect_timeout,
+            };
+            let attempt = Connection::connect(&url, &options).await;
+            let (cause, was_open) = match attempt {
+                Ok(connection) => {
+                    failures = 0;
+                    match self.serve(connection, &url).await {
+                        Served::Closed => return self.finish_close().await,
+                        Served::Ended(cause) => (cause, true),
+                    }
+                }
+                Err(cause) => {
+                    failures += 1;
+                    (cause, false)
+                }
+            };
+            self.state.on_disconnected();
+            self.status.send_replace(Status::Connecting);
+            let step = next_step(&cause);
+            let retry_in = match step {
+                NextStep::Stop => None,
+                NextStep::ReconnectWithFreshToken => {
+                    // Never again with the token that was refused or expired.
+                    let fresh = self.config.fresh_token.as_ref().and_then(|source| source());
+                    let usable = fresh.is_some() && fresh != self.token;
+                    self.token = fresh;
+                    usable.then(|| self.config.backoff.delay(failures, &mut self.jitter))
+                }
+                NextStep::Reconnect { rotate } => {
+                    if rotate {
+                        self.node += 1;
+                    }
+                    Some(self.config.backoff.delay(failures, &mut self.jitter))
+                }
+            };
+            self.emit(if was_open {
+                Event::Disconnected {
+                    cause: cause.clone(),
+                    retry_in,
+                }
+            } else {
+                Event::ConnectFailed {
+                    url,
+                    cause: cause.clone(),
+                    retry_in,
+                }
+            })
+            .await;
+            let Some(delay) = retry_in else {
+                return self.stop(ClientError::Stopped(cause)).await;
+            };
+            if !self.pause(delay).await {
+                return self.finish_close().await;
+            }
+        }
+    }
+
+    fn headers(&self) -> Vec<(String, String)> {
+        let mut headers = self.config.headers.clone();
+        if let Some(token) = &self.token {
+            headers.push(("Authorization".to_owned(), format!("Bearer {token}")));
+        }
+        headers
+    }
+
+    /// Waits between connection attempts, taking the application's requests meanwhile.
+    /// Returns false when the client is to close.
+    async fn pause(&mut self, delay: Duration) -> bool {
+        let until = Instant::now() + delay;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep_until(until) => return true,
+                request = self.requests.recv() => {
+                    if let Some(command) = self.on_request(request) {
+                        drop(command);
+                    }
+                    if self.closing.is_some() || self.requests.is_closed() {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Serves one connection until it ends or the client closes.
+    async fn serve(&mut self, mut connection: Connection, url: &str) -> Served {
+        let welcome = connection.welcome().clone();
+        self.state.on_connected(&welcome, Instant::now());
+        self.status.send_replace(Status::Connected {
+            url: url.to_owned(),
+        });
+        self.emit(Event::Connected {
+            url: url.to_owned(),
+            session_id: welcome.session_id.clone(),
+            last_seq: welcome.last_seq,
+        })
+        .await;
+        let mut extra = Vec::new();
+        loop {
+            let now = Instant::now();
+            let mut commands = std::mem::take(&mut extra);
+            commands.extend(self.state.outgoing(now));
+            if !commands.is_empty() {
+                for command in &commands {
+                    if let Err(cause) = connection.feed(command).await {
+                        return Served::Ended(cause);
+                    }
+                }
+                if let Err(cause) = connection.flush().await {
+                    return Served::Ended(cause);
+                }
+            }
+            self.publish().await;
+            if self.closing.is_some() || self.requests.is_closed() {
+                connection.close(Duration::from_secs(2)).await;
+                return Served::Closed;
+            }
+            let wake = self
+                .state
+                .next_wakeup()
+                .unwrap_or(now + Duration::from_secs(3600));
+            let silent_until = connection.last_received() + self.config.idle_timeout;
+            tokio::select! {
+                incoming = connection.recv() => {
+                    match incoming {
+                        Ok(Incoming::Frame(frame)) => self.state.on_frame(frame, Instant::now()),
+                        Ok(Incoming::Undecodable { text, error }) => {
+                            self.state.on_undecodable(&text, &error);
+                        }
+                        Err(cause) => return Served::Ended(cause),
+                    }
+                }
+                request = self.requests.recv() => {
+                    extra.extend(self.on_request(request));
+                }
+                () = tokio::time::sleep_until(wake) => {}
+                () = tokio::time::sleep_until(silent_until) => {
+                    // A ping may have come meanwhile (pings do not end `recv`).
+                    if connection.last_received() + self.config.idle_timeout <= Instant::now() {
+                        return Served::Ended(Disconnect::Lost(format!(
+                            "nothing heard for {:?}",
+                            self.config.idle_timeout
+                        )));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes one request of the application; returns a command to write now, if any.
+    fn on_request(&mut self, request: Option<Request>) -> Option<peroxo_protocol::Command> {
+        match request? {
+            Request::Send {
+                client_msg_id,
+                to,
+                text,
+                waiter,
+            } => {
+                self.state
+                    .submit(client_msg_id, to, text, waiter, Instant::now());
+                None
+            }
+            Request::Sync(waiter) => {
+                self.state.want_sync(Some(waiter));
+                None
+            }
+            Request::Command(kind, waiter) => self.state.request(kind, waiter),
+            Request::Close(done) => {
+                self.closing = Some(done);
+                None
+            }
+        }
+    }
+
+    /// Hands the state's events to the application.
+    async fn publish(&mut self) {
+        self.delivered
+            .store(self.state.delivered(), Ordering::Release);
+        for event in self.state.take_events() {
+            // An application that dropped its events still gets its sends acked.
+            let _ = self.events.send(event).await;
+        }
+        self.state.answer_sync_waiters();
+    }
+
+    async fn emit(&mut self, event: Event) {
+        self.publish().await;
+        let _ = self.events.send(event).await;
+    }
+
+    async fn stop(mut self, error: ClientError) {
+        self.state.on_stopped(&error);
+        self.status.send_replace(Status::Stopped(error.clone()));
+        self.emit(Event::Stopped(error)).await;
+    }
+
+    async fn finish_close(mut self) {
+        let closing = self.closing.take();
+        self.state.on_stopped(&ClientError::Closed);
+        self.status
+            .send_replace(Status::Stopped(ClientError::Closed));
+        self.publish().await;
+        if let Some(done) = closing {
+            let _ = done.send(());
+        }
+    }
+}

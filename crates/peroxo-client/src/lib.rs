@@ -1,0 +1,64 @@
+//! # A client of PerOXO's public protocol
+//!
+//! Two levels:
+//!
+//! - [`Connection`]: one WebSocket to one gateway node, typed both ways with the frame types
+//!   of `peroxo-protocol` (the very types the server encodes and decodes), and no policy.
+//! - [`Client`]: the *correct client* of docs/PROTOCOL.md. It keeps every send until it is
+//!   acked and resends it with the same `client_msg_id` after reconnects and retryable errors
+//!   (a `duplicate: true` ack is a success); it keeps the user's position in their stream
+//!   (`last_seq`), notices gaps, syncs on a gap, on `sync_hint` and after reconnecting (paging
+//!   while `has_more`), ignores repeats, and delivers every message of the stream exactly
+//!   once, in seq order; it reconnects with exponential backoff and jitter chosen by the close
+//!   code, over several nodes when given several.
+//!
+//! ## Quick start
+//!
+//! ```no_run
+//! use peroxo_client::{Client, ClientConfig, Event};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! // A node started with `peroxo serve --dev` takes the user from the query string.
+//! let config = ClientConfig::new("ws://127.0.0.1:8080/ws?user=alice");
+//! let (client, mut events) = Client::connect(config).await?;
+//! let ack = client.send("bob", "hi").await?;
+//! println!("committed as message {} (seq {})", ack.message_id, ack.seq);
+//! while let Some(event) = events.next().await {
+//!     if let Event::Message(message) = event {
+//!         println!("#{} {} → {}: {}", message.seq, message.from, message.to, message.text);
+//!     }
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! `cargo run -p peroxo-client --example chat -- --url ws://127.0.0.1:8080/ws --user alice
+//! --to bob` is the same as a program.
+//!
+//! ## Layout
+//!
+//! - [`connection`]: open, send, receive, close; how a connection ended ([`Disconnect`]).
+//! - [`reconnect`]: what to do after each way a connection ends, and the backoff.
+//! - `stream`: the user's stream by seq: gaps, repeats, delivery in order.
+//! - `outbox`: the sends not acked yet, and when each goes again.
+//! - `state`: the correct client's decisions, with no I/O (unit-tested without a server).
+//! - `client`: the [`Client`] handle, its [`Event`]s and the task that runs the connection.
+//!
+//! The application reads [`Events`]: the client does not read the socket further while the
+//! events wait unread (see [`ClientConfig::events_capacity`]).
+
+mod client;
+pub mod connection;
+mod outbox;
+pub mod reconnect;
+mod state;
+mod stream;
+
+pub use client::{
+    Ack, Client, ClientConfig, ClientError, ErrorAbout, Event, Events, SendError, ServerError,
+    Status, Submitted, TokenSource,
+};
+pub use connection::{ConnectOptions, Connection, Disconnect, Incoming, Welcome};
+pub use peroxo_protocol::{Command, CommandKind, ErrorCode, ReqId, ServerFrame};
+pub use reconnect::{Backoff, NextStep};
+pub use stream::{Delivered, Via};

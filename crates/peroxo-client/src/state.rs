@@ -1,0 +1,751 @@
+//! What the correct client knows and decides, with no I/O: the outbox of unacked sends, the
+//! user's stream by seq, the `sync` loop, and the requests waiting for their reply. The
+//! [`Client`](crate::Client)'s task feeds it connections and frames and writes the commands it
+//! asks for; everything it decides is unit-tested here without a server.
+//!
+//! Sync, as docs/PROTOCOL.md asks: after a (re)connect whose `welcome.last_seq` is past what
+//! the client delivered, on a `message` whose seq skips ahead, and on `sync_hint`. One page is
+//! in flight at a time; a cycle goes on while `has_more` is true (from the last seq of the
+//! page) and while a page filled a hole but another remains. [`ClientState::want_sync`] with a
+//! waiter is answered when a cycle that starts after it completes.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use peroxo_protocol::{Command, CommandKind, ErrorCode, MAX_SYNC_LIMIT, ReqId, ServerFrame};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use crate::connection::Welcome;
+use crate::outbox::{ErrorOutcome, Outbox};
+use crate::reconnect::Jitter;
+use crate::stream::{Delivered, SeqStream, Taken, Via};
+use crate::{Ack, ClientError, ErrorAbout, Event, SendError, ServerError};
+
+/// How long a sync that failed (storage unreachable) waits before it goes again.
+const SYNC_RETRY: Duration = Duration::from_millis(200);
+/// The largest text frame the protocol accepts (`limits.max_message_bytes` may not be higher).
+pub(crate) const MAX_FRAME_BYTES: usize = 65_536;
+
+pub(crate) type SendWaiter = Option<oneshot::Sender<Result<Ack, SendError>>>;
+pub(crate) type SyncWaiter = oneshot::Sender<Result<u64, ClientError>>;
+pub(crate) type RequestWaiter = oneshot::Sender<Result<ServerFrame<'static>, ClientError>>;
+
+/// The `sync` loop.
+#[derive(Debug, Default)]
+struct SyncLoop {
+    /// The `req_id` of the page in flight.
+    in_flight: Option<String>,
+    /// A reason to sync came (or the cycle goes on with its next page).
+    wanted: bool,
+    /// A cycle has started and not completed.
+    active: bool,
+    /// The number of cycles started so far.
+    cycle: u64,
+    /// Where the next page starts, when not after the delivered position (paging).
+    next_after: Option<u64>,
+    /// A page failed: the next goes at this time.
+    retry_at: Option<Instant>,
+    /// Who waits for a cycle, and the number of the cycle that answers it.
+    waiters: Vec<(u64, SyncWaiter)>,
+    /// Numbers the `req_id`s of pages.
+    pages: u64,
+}
+
+/// The client's state across connections.
+#[derive(Debug)]
+pub(crate) struct ClientState {
+    /// The user, from `welcome`.
+    me: String,
+    stream: SeqStream,
+    outbox: Outbox<SendWaiter>,
+    sync: SyncLoop,
+    /// The user's highest seq as the server last reported it.
+    server_last_seq: u64,
+    /// Requests waiting for the reply that carries their `req_id`.
+    requests: HashMap<String, RequestWaiter>,
+    next_request: u64,
+    jitter: Jitter,
+    connected: bool,
+    /// Events for the application, in order.
+    events: Vec<Event>,
+    /// Sync waiters to answer once the events before their answer are handed on.
+    answers: Vec<(SyncWaiter, u64)>,
+}
+
+impl ClientState {
+    pub(crate) fn new(last_seq: u64, retry_base: Duration, jitter: Jitter) -> Self {
+        Self {
+            me: String::new(),
+            stream: SeqStream::after(last_seq),
+            outbox: Outbox::new(retry_base),
+            sync: SyncLoop::default(),
+            server_last_seq: last_seq,
+            requests: HashMap::new(),
+            next_request: 0,
+            jitter,
+            connected: false,
+            events: Vec::new(),
+            answers: Vec::new(),
+        }
+    }
+
+    /// Every seq up to this one has been delivered to the application.
+    pub(crate) fn delivered(&self) -> u64 {
+        self.stream.delivered()
+    }
+
+    pub(crate) fn take_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// Answers the sync waiters whose cycle completed. Called after the events taken with
+    /// [`ClientState::take_events`] were handed on, so that a waiter that hears its answer
+    /// finds every message of the cycle among the events already.
+    pub(crate) fn answer_sync_waiters(&mut self) {
+        for (waiter, last_seq) in self.answers.drain(..) {
+            let _ = waiter.send(Ok(last_seq));
+        }
+    }
+
+    /// A new send; answered through `waiter` once acked or refused for good.
+    pub(crate) fn submit(
+        &mut self,
+        client_msg_id: String,
+        to: String,
+        text: String,
+        waiter: SendWaiter,
+        now: Instant,
+    ) {
+        // A frame over the protocol's size would close the connection with 1009 at every
+        // attempt: refuse it here. Escaping makes a byte of text at most 6 bytes of JSON, so
+        // only a long text needs encoding to tell.
+        let bound = 128 + client_msg_id.len() + to.len() + 6 * text.len();
+        if bound > MAX_FRAME_BYTES && too_large(&to, &text, &client_msg_id) {
+            if let Some(waiter) = waiter {
+                let _ = waiter.send(Err(SendError::TooLarge));
+            }
+            return;
+        }
+        self.outbox.push(client_msg_id, to, text, waiter, now);
+    }
+
+    /// A request other than a send or a sync; answered with the reply that carries its id.
+    pub(crate) fn request(&mut self, kind: CommandKind, waiter: RequestWaiter) -> Option<Command> {
+        if !self.connected {
+            let _ = waiter.send(Err(ClientError::Disconnected));
+            return None;
+        }
+        self.next_request += 1;
+        let req_id = format!("r{}", self.next_request);
+        self.requests.insert(req_id.clone(), waiter);
+        Some(Command {
+            req_id: Some(ReqId::Text(req_id)),
+            kind,
+        })
+    }
+
+    /// Asks for a sync cycle; `waiter`, if any, is answered with the server's last seq when a
+    /// cycle that starts from now completes.
+    pub(crate) fn want_sync(&mut self, waiter: Option<SyncWaiter>) {
+        self.sync.wanted = true;
+        if let Some(waiter) = waiter {
+            self.sync.waiters.push((self.sync.cycle + 1, waiter));
+        }
+    }
+
+    pub(crate) fn on_connected(&mut self, welcome: &Welcome, now: Instant) {
+        self.connected = true;
+        self.me.clone_from(&welcome.user);
+        self.server_last_seq = self.server_last_seq.max(welcome.last_seq);
+        self.outbox.on_connected(now);
+        self.sync.in_flight = None;
+        self.sync.next_after = None;
+        self.sync.retry_at = None;
+        if welcome.last_seq > self.stream.delivered() || self.stream.has_gap() {
+            self.sync.wanted = true;
+        }
+    }
+
+    pub(crate) fn on_disconnected(&mut self) {
+        self.connected = false;
+        self.outbox.on_disconnected();
+        self.sync.in_flight = None;
+        for (_, waiter) in self.requests.drain() {
+            let _ = waiter.send(Err(ClientError::Disconnected));
+        }
+    }
+
+    /// The client stops for good: every waiter learns why.
+    pub(crate) fn on_stopped(&mut self, error: &ClientError) {
+        self.on_disconnected();
+        for send in self.outbox.drain() {
+            if let Some(waiter) = send.waiter {
+                let _ = waiter.send(Err(SendError::Stopped(error.clone())));
+            }
+        }
+        for (_, waiter) in self.sync.waiters.drain(..) {
+            let _ = waiter.send(Err(error.clone()));
+        }
+    }
+
+    /// The commands to write now: due sends (and resends), then a sync page when one is wanted.
+    pub(crate) fn outgoing(&mut self, now: Instant) -> Vec<Command> {
+        if !self.connected {
+            return Vec::new();
+        }
+        let mut commands = self.outbox.take_due(now);
+        let retry_due = self.sync.retry_at.is_some_and(|at| at <= now);
+        if self.sync.in_flight.is_none() && (self.sync.wanted || retry_due) {
+            self.sync.wanted = false;
+            self.sync.retry_at = None;
+            if !self.sync.active {
+                self.sync.active = true;
+                self.sync.cycle += 1;
+            }
+            self.sync.pages += 1;
+            let req_id = format!("sync-{}", self.sync.pages);
+            self.sync.in_flight = Some(req_id.clone());
+            let after_seq = self
+                .sync
+                .next_after
+                .take()
+                .unwrap_or(self.stream.delivered());
+            commands.push(Command {
+                req_id: Some(ReqId::Text(req_id)),
+                kind: CommandKind::Sync {
+                    after_seq,
+                    limit: MAX_SYNC_LIMIT,
+                },
+            });
+        }
+        commands
+    }
+
+    /// When something is next due (a resend after its backoff, a sync retry).
+    pub(crate) fn next_wakeup(&self) -> Option<Instant> {
+        [self.outbox.next_due(), self.sync.retry_at]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// A text frame that is not a server frame.
+    pub(crate) fn on_undecodable(&mut self, text: &str, error: &str) {
+        self.events.push(Event::Anomaly(format!(
+            "undecodable frame ({error}): {text}"
+        )));
+    }
+
+    pub(crate) fn on_frame(&mut self, frame: ServerFrame<'static>, now: Instant) {
+        match frame {
+            ServerFrame::Message(view) => {
+                let seq = view.seq;
+                if self.stream.skips_ahead(seq) {
+                    self.sync.wanted = true;
+                }
+                self.offer(delivered(view, Via::Live));
+            }
+            ServerFrame::Ack {
+                client_msg_id,
+                message_id,
+                conversation_id,
+                seq,
+                ts,
+                duplicate,
+                ..
+            } => self.on_ack(Ack {
+                client_msg_id: client_msg_id.into_owned(),
+                message_id,
+                conversation_id,
+                seq,
+                ts,
+                duplicate,
+            }),
+            ServerFrame::Sync {
+                req_id,
+                messages,
+                last_seq,
+                has_more,
+            } if self.is_sync_reply(req_id.as_deref()) => {
+                self.on_sync_page(messages, last_seq, has_more);
+            }
+            ServerFrame::SyncHint { last_seq } => {
+                self.server_last_seq = self.server_last_seq.max(last_seq);
+                self.sync.wanted = true;
+                self.events.push(Event::SyncHint { last_seq });
+            }
+            ServerFrame::Error {
+                code,
+                message,
+                retryable,
+                req_id,
+                client_msg_id,
+            } => self.on_error(
+                ServerError {
+                    code,
+                    message: message.into_owned(),
+                    retryable,
+                    req_id: req_id.map(|id| id.into_owned()),
+                    client_msg_id: client_msg_id.map(|id| id.into_owned()),
+                },
+                now,
+            ),
+            other => self.on_reply(other),
+        }
+    }
+
+    fn is_sync_reply(&self, req_id: Option<&ReqId>) -> bool {
+        match (req_id, &self.sync.in_flight) {
+            (Some(ReqId::Text(id)), Some(in_flight)) => id == in_flight,
+            _ => false,
+        }
+    }
+
+    /// Offers a message to the stream and hands on what became deliverable.
+    fn offer(&mut self, message: Delivered) {
+        let (seq, message_id) = (message.seq, message.message_id.clone());
+        match self.stream.take(message) {
+            Taken::Fresh => {}
+            Taken::Repeat => self.events.push(Event::Repeat { seq, message_id }),
+            Taken::Conflict {
+                seq,
+                known,
+                offered,
+            } => self.events.push(Event::Anomaly(format!(
+                "seq {seq} names message {known} and also {offered}"
+            ))),
+        }
+        for message in self.stream.take_ready() {
+            self.events.push(Event::Message(message));
+        }
+    }
+
+    fn on_ack(&mut self, ack: Ack) {
+        let Some(send) = self.outbox.on_ack(&ack.client_msg_id) else {
+            self.events.push(Event::Acked { ack, late: true });
+            return;
+        };
+        if let Some(waiter) = send.waiter {
+            let _ = waiter.send(Ok(ack.clone()));
+        }
+        let own = Delivered {
+            seq: ack.seq,
+            message_id: ack.message_id.clone(),
+            conversation_id: ack.conversation_id.clone(),
+            from: self.me.clone(),
+            to: send.to,
+            text: send.text,
+            ts: ack.ts,
+            client_msg_id: Some(ack.client_msg_id.clone()),
+            via: Via::Ack,
+        };
+        self.events.push(Event::Acked { ack, late: false });
+        self.offer(own);
+    }
+
+    fn on_sync_page(
+        &mut self,
+        messages: Vec<peroxo_protocol::MessageView<'static>>,
+        last_seq: u64,
+        has_more: bool,
+    ) {
+        self.sync.in_flight = None;
+        let before = self.stream.delivered();
+        let page_end = messages.last().map(|m| m.seq);
+        for message in messages {
+            self.offer(delivered(message, Via::Sync));
+        }
+        self.server_last_seq = self.server_last_seq.max(last_seq);
+        let delivered = self.stream.delivered();
+        if has_more && page_end.is_some() {
+            // The next page starts after the last message of this one.
+            self.sync.next_after = page_end;
+            self.sync.wanted = true;
+        } else if delivered < last_seq && delivered > before {
+            // The page filled a hole, and there is another past it.
+            self.sync.wanted = true;
+        } else {
+            if delivered < last_seq {
+                self.events.push(Event::Anomaly(format!(
+                    "sync after seq {delivered} returns nothing, but last_seq is {last_seq}"
+                )));
+            }
+            self.complete_sync_cycle(last_seq);
+        }
+    }
+
+    fn complete_sync_cycle(&mut self, last_seq: u64) {
+        self.sync.active = false;
+        let cycle = self.sync.cycle;
+        let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.sync.waiters)
+            .into_iter()
+            .partition(|(needed, _)| *needed <= cycle);
+        self.sync.waiters = waiting;
+        if !self.sync.waiters.is_empty() {
+            self.sync.wanted = true;
+        }
+        self.answers
+            .extend(done.into_iter().map(|(_, waiter)| (waiter, last_seq)));
+        self.events.push(Event::Synced {
+            delivered: self.stream.delivered(),
+            last_seq,
+        });
+    }
+
+    fn on_error(&mut self, error: ServerError, now: Instant) {
+        let about = if let Some(id) = error.client_msg_id.clone() {
+            match self
+                .outbox
+                .on_error(&id, error.retryable, now, &mut self.jitter)
+            {
+                ErrorOutcome::Failed(send) => {
+                    if let Some(waiter) = send.waiter {
+                        let _ = waiter.send(Err(SendError::Refused(error.clone())));
+                    }
+                }
+                ErrorOutcome::Retry | ErrorOutcome::Unknown => {}
+            }
+            ErrorAbout::Send(id)
+        } else if self.is_sync_reply(error.req_id.as_ref()) {
+            // A read that found storage unreachable: the page goes again shortly.
+            self.sync.in_flight = None;
+            self.sync.retry_at = Some(now + SYNC_RETRY);
+            ErrorAbout::Sync
+        } else if let Some(waiter) =
+            request_id(error.req_id.as_ref()).and_then(|id| self.requests.remove(id))
+        {
+            let _ = waiter.send(Err(ClientError::Server(error.clone())));
+            ErrorAbout::Request
+        } else if error.req_id.is_none() && error.code == ErrorCode::Internal {
+            // The server's session restarted: what it was working on may not have been done.
+            // Sends are safe to repeat; a sync page is asked for again.
+            self.outbox.on_session_restart(now);
+            if self.sync.in_flight.take().is_some() {
+                self.sync.wanted = true;
+            }
+            ErrorAbout::SessionRestart
+        } else {
+            ErrorAbout::Other
+        };
+        self.events.push(Event::Error { error, about });
+    }
+
+    /// A reply to a request, or an event nobody asked for (presence, typing, …).
+    fn on_reply(&mut self, frame: ServerFrame<'static>) {
+        let req_id = match &frame {
+            ServerFrame::History { req_id, .. }
+            | ServerFrame::PresenceSnapshot { req_id, .. }
+            | ServerFrame::OnlineUsers { req_id, .. }
+            | ServerFrame::Pong { req_id, .. }
+            | ServerFrame::Refreshed { req_id, .. }
+            | ServerFrame::Sync { req_id, .. } => req_id.as_deref(),
+            _ => None,
+        };
+        if let Some(waiter) = request_id(req_id).and_then(|id| self.requests.remove(id)) {
+            let _ = waiter.send(Ok(frame));
+        } else {
+            self.events.push(Event::Frame(frame));
+        }
+    }
+}
+
+fn request_id(req_id: Option<&ReqId>) -> Option<&str> {
+    match req_id {
+        Some(ReqId::Text(id)) => Some(id),
+        _ => None,
+    }
+}
+
+/// Whether a send's frame is over the protocol's size.
+fn too_large(to: &str, text: &str, client_msg_id: &str) -> bool {
+    let frame = Command {
+        req_id: None,
+        kind: CommandKind::Send {
+            to: to.to_owned(),
+            text: text.to_owned(),
+            client_msg_id: client_msg_id.to_owned(),
+        },
+    };
+    frame.encode().len() > MAX_FRAME_BYTES
+}
+
+fn delivered(view: peroxo_protocol::MessageView<'static>, via: Via) -> Delivered {
+    Delivered {
+        seq: view.seq,
+        message_id: view.message_id,
+        conversation_id: view.conversation_id,
+        from: view.from.into_owned(),
+        to: view.to.into_owned(),
+        text: view.text.into_owned(),
+        ts: view.ts,
+        client_msg_id: view.client_msg_id.map(|id| id.into_owned()),
+        via,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+
+    use peroxo_protocol::MessageView;
+
+    use super::*;
+
+    fn welcome(last_seq: u64) -> Welcome {
+        Welcome {
+            session_id: "s1".into(),
+            user: "alice".into(),
+            tenant: "default".into(),
+            last_seq,
+            protocol: 1,
+        }
+    }
+
+    fn connected(last_seq: u64) -> (ClientState, Instant) {
+        let mut state = ClientState::new(0, Duration::from_millis(10), Jitter::seeded(3));
+        let now = Instant::now();
+        state.on_connected(&welcome(last_seq), now);
+        (state, now)
+    }
+
+    fn view(seq: u64) -> MessageView<'static> {
+        MessageView {
+            message_id: format!("m{seq}"),
+            conversation_id: "alice:bob".into(),
+            from: "bob".into(),
+            to: "alice".into(),
+            text: format!("text {seq}").into(),
+            ts: 0,
+            seq,
+            client_msg_id: None,
+        }
+    }
+
+    fn sync_page(
+        req: &str,
+        seqs: std::ops::RangeInclusive<u64>,
+        last: u64,
+        more: bool,
+    ) -> ServerFrame<'static> {
+        ServerFrame::Sync {
+            req_id: Some(Cow::Owned(ReqId::Text(req.into()))),
+            messages: seqs.map(view).collect(),
+            last_seq: last,
+            has_more: more,
+        }
+    }
+
+    /// The `after_seq` and `req_id` of the sync page among `commands`, if one is there.
+    fn sync_of(commands: &[Command]) -> Option<(u64, String)> {
+        commands.iter().find_map(|c| match (&c.kind, &c.req_id) {
+            (CommandKind::Sync { after_seq, .. }, Some(ReqId::Text(id))) => {
+                Some((*after_seq, id.clone()))
+            }
+            _ => None,
+        })
+    }
+
+    fn delivered_seqs(state: &mut ClientState) -> Vec<u64> {
+        state
+            .take_events()
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Message(m) => Some(m.seq),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_reconnect_behind_the_server_syncs_and_one_that_is_not_does_not() {
+        let (mut state, now) = connected(0);
+        assert_eq!(sync_of(&state.outgoing(now)), None);
+        let (mut state, now) = connected(4);
+        assert_eq!(sync_of(&state.outgoing(now)).unwrap().0, 0);
+    }
+
+    #[test]
+    fn a_gap_in_live_messages_syncs_and_delivers_in_order_once() {
+        let (mut state, now) = connected(0);
+        state.on_frame(ServerFrame::Message(view(1)), now);
+        assert_eq!(sync_of(&state.outgoing(now)), None);
+        state.on_frame(ServerFrame::Message(view(3)), now);
+        let (after, req) = sync_of(&state.outgoing(now)).expect("a gap asks for a sync");
+        assert_eq!(after, 1);
+        assert_eq!(delivered_seqs(&mut state), [1], "3 waits for 2");
+        state.on_frame(sync_page(&req, 2..=3, 3, false), now);
+        assert_eq!(delivered_seqs(&mut state), [2, 3]);
+        // A late repeat of 2 is ignored.
+        state.on_frame(ServerFrame::Message(view(2)), now);
+        let events = state.take_events();
+        assert!(
+            matches!(&events[..], [Event::Repeat { seq: 2, .. }]),
+            "{events:?}"
+        );
+        assert_eq!(state.delivered(), 3);
+    }
+
+    #[test]
+    fn a_sync_hint_syncs_and_has_more_pages_until_done() {
+        let (mut state, now) = connected(0);
+        state.on_frame(ServerFrame::SyncHint { last_seq: 5 }, now);
+        let (after, req) = sync_of(&state.outgoing(now)).expect("a hint asks for a sync");
+        assert_eq!(after, 0);
+        assert_eq!(sync_of(&state.outgoing(now)), None, "one page at a time");
+        state.on_frame(sync_page(&req, 1..=2, 5, true), now);
+        let (after, req) = sync_of(&state.outgoing(now)).expect("has_more asks for the next page");
+        assert_eq!(after, 2);
+        state.on_frame(sync_page(&req, 3..=5, 5, false), now);
+        assert_eq!(sync_of(&state.outgoing(now)), None);
+        let events = state.take_events();
+        assert!(
+            events.contains(&Event::Synced {
+                delivered: 5,
+                last_seq: 5
+            }),
+            "{events:?}"
+        );
+        assert_eq!(state.delivered(), 5);
+    }
+
+    #[test]
+    fn a_sync_waiter_is_answered_by_a_cycle_that_starts_after_it() {
+        let (mut state, now) = connected(2);
+        let (_, first) = sync_of(&state.outgoing(now)).unwrap();
+        let (tx, mut rx) = oneshot::channel();
+        state.want_sync(Some(tx));
+        state.on_frame(sync_page(&first, 1..=2, 2, false), now);
+        assert!(
+            rx.try_recv().is_err(),
+            "the cycle in flight started before the waiter"
+        );
+        let (after, second) = sync_of(&state.outgoing(now)).expect("a new cycle for the waiter");
+        assert_eq!(after, 2);
+        state.on_frame(sync_page(&second, 3..=3, 3, false), now);
+        assert!(
+            rx.try_recv().is_err(),
+            "answered only after the events are handed on"
+        );
+        state.take_events();
+        state.answer_sync_waiters();
+        assert_eq!(rx.try_recv().unwrap(), Ok(3));
+    }
+
+    #[test]
+    fn a_failed_sync_page_goes_again_after_a_pause() {
+        let (mut state, now) = connected(1);
+        let (_, req) = sync_of(&state.outgoing(now)).unwrap();
+        state.on_frame(
+            ServerFrame::Error {
+                code: ErrorCode::Unavailable,
+                message: "storage unavailable".into(),
+                retryable: true,
+                req_id: Some(Cow::Owned(ReqId::Text(req))),
+                client_msg_id: None,
+            },
+            now,
+        );
+        assert_eq!(sync_of(&state.outgoing(now)), None);
+        assert_eq!(state.next_wakeup(), Some(now + SYNC_RETRY));
+        assert!(sync_of(&state.outgoing(now + SYNC_RETRY)).is_some());
+    }
+
+    fn ack(client_msg_id: &str, seq: u64, duplicate: bool) -> ServerFrame<'static> {
+        ServerFrame::Ack {
+            req_id: None,
+            client_msg_id: client_msg_id.to_owned().into(),
+            message_id: format!("m{seq}"),
+            conversation_id: "alice:bob".into(),
+            seq,
+            ts: 0,
+            duplicate,
+        }
+    }
+
+    #[test]
+    fn a_duplicate_ack_is_a_success_and_fills_the_stream_with_the_own_message() {
+        let (mut state, now) = connected(0);
+        let (tx, mut rx) = oneshot::channel();
+        state.submit("c1".into(), "bob".into(), "hi".into(), Some(tx), now);
+        assert_eq!(state.outgoing(now).len(), 1);
+        state.on_disconnected();
+        state.on_connected(&welcome(1), now);
+        let resent = state.outgoing(now);
+        assert!(resent.iter().any(|c| matches!(&c.kind,
+            CommandKind::Send { client_msg_id, .. } if client_msg_id == "c1")));
+        state.on_frame(ack("c1", 1, true), now);
+        let acked = rx.try_recv().unwrap().unwrap();
+        assert!(acked.duplicate);
+        let events = state.take_events();
+        assert!(events.iter().any(|e| matches!(e, Event::Message(m)
+            if m.seq == 1 && m.from == "alice" && m.to == "bob" && m.text == "hi" && m.via == Via::Ack)));
+        // A second ack for the same send is reported as late and changes nothing.
+        state.on_frame(ack("c1", 1, true), now);
+        assert!(matches!(
+            &state.take_events()[..],
+            [Event::Acked { late: true, .. }, Event::Repeat { .. }]
+                | [Event::Acked { late: true, .. }]
+        ));
+    }
+
+    #[test]
+    fn retryable_errors_resend_and_final_errors_fail_the_send() {
+        let (mut state, now) = connected(0);
+        let (tx1, mut rx1) = oneshot::channel();
+        let (tx2, mut rx2) = oneshot::channel();
+        state.submit("c1".into(), "bob".into(), "a".into(), Some(tx1), now);
+        state.submit("c2".into(), "bob".into(), "b".into(), Some(tx2), now);
+        state.outgoing(now);
+        let error = |code: ErrorCode, id: &str| ServerFrame::Error {
+            code,
+            message: "x".into(),
+            retryable: code.retryable(),
+            req_id: None,
+            client_msg_id: Some(id.to_owned().into()),
+        };
+        state.on_frame(error(ErrorCode::RateLimited, "c1"), now);
+        state.on_frame(error(ErrorCode::BadRequest, "c2"), now);
+        assert!(
+            rx1.try_recv().is_err(),
+            "a retryable error does not fail the send"
+        );
+        assert!(matches!(rx2.try_recv(), Ok(Err(SendError::Refused(_)))));
+        let later = state.next_wakeup().expect("the retry is scheduled");
+        assert!(state.outgoing(now).is_empty());
+        assert_eq!(state.outgoing(later).len(), 1);
+    }
+
+    #[test]
+    fn an_internal_error_without_ids_resends_what_was_unanswered() {
+        let (mut state, now) = connected(0);
+        state.submit("c1".into(), "bob".into(), "a".into(), None, now);
+        state.outgoing(now);
+        state.on_frame(
+            ServerFrame::Error {
+                code: ErrorCode::Internal,
+                message: "session restarted".into(),
+                retryable: true,
+                req_id: None,
+                client_msg_id: None,
+            },
+            now,
+        );
+        assert_eq!(state.outgoing(now).len(), 1);
+    }
+
+    #[test]
+    fn an_over_size_send_fails_at_once() {
+        let (mut state, now) = connected(0);
+        let (tx, mut rx) = oneshot::channel();
+        state.submit(
+            "c1".into(),
+            "bob".into(),
+            "x".repeat(MAX_FRAME_BYTES),
+            Some(tx),
+            now,
+        );
+        assert_eq!(rx.try_recv().unwrap(), Err(SendError::TooLarge));
+        assert!(state.outgoing(now).is_empty());
+    }
+}
