@@ -53,6 +53,9 @@ pub enum SessionSupervisorMsg {
     /// Crashes the session actors of `key`; answers how many.
     #[cfg(feature = "test-hooks")]
     CrashSessionsOf(UserKey, ractor::RpcReplyPort<usize>),
+    /// Makes this supervisor panic, taking every session with it.
+    #[cfg(feature = "test-hooks")]
+    Crash,
 }
 
 pub struct SessionSupervisorArgs {
@@ -142,6 +145,10 @@ impl Actor for SessionSupervisor {
                     }
                 }
                 let _ = reply.send(crashed);
+            }
+            #[cfg(feature = "test-hooks")]
+            SessionSupervisorMsg::Crash => {
+                panic!("session supervisor crash requested by a test hook")
             }
         }
         Ok(())
