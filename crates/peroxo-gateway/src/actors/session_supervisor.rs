@@ -12,7 +12,6 @@
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use axum::extract::ws::WebSocket;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
@@ -274,7 +273,7 @@ impl SessionSupervisorState {
     ) {
         let session = connection.context.outbound.session_id();
         let now = Instant::now();
-        let window = Duration::from_secs(self.config.restart_window_secs);
+        let window = self.config.restart_window_secs;
         while connection
             .restarts
             .front()

@@ -466,11 +466,11 @@ impl ClusterState {
     }
 
     fn heartbeat_interval(&self) -> Duration {
-        Duration::from_secs(self.args.config.presence_ttl_secs) / 3
+        self.args.config.presence_ttl_secs / 3
     }
 
     fn ttl(&self) -> Duration {
-        Duration::from_secs(self.args.config.presence_ttl_secs)
+        self.args.config.presence_ttl_secs
     }
 }
 
