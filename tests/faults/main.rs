@@ -19,6 +19,7 @@
 
 #[path = "../system/common.rs"]
 mod common;
+mod probe;
 mod proxy;
 mod rig;
 mod verdict;
@@ -46,6 +47,11 @@ enum Fault {
     SessionPanics,
     /// Crash the Router through the test hook.
     RouterPanic,
+    /// Crash SessionSupervisor through the test hook: every connection closes with 1011 and
+    /// its client reconnects.
+    SupervisorPanic,
+    /// Crash the Cluster actor of the first node of a cluster through the test hook.
+    ClusterPanic,
     /// SIGKILL one gateway node of a cluster for good; its users move to the others.
     NodeKill,
     /// SIGKILL NATS, start it again after the outage.
@@ -106,6 +112,16 @@ fn cases() -> Vec<Case> {
             name: "router-panic/sqlite",
             layout: layout(Sqlite, true, 1, false),
             fault: Fault::RouterPanic,
+        },
+        Case {
+            name: "supervisor-panic/sqlite",
+            layout: layout(Sqlite, true, 1, false),
+            fault: Fault::SupervisorPanic,
+        },
+        Case {
+            name: "cluster-panic/postgres",
+            layout: layout(Postgres, false, 2, false),
+            fault: Fault::ClusterPanic,
         },
         Case {
             name: "node-kill/postgres",
@@ -216,8 +232,14 @@ fn main() -> ExitCode {
 #[derive(Debug, Default)]
 struct Injected {
     faults: u64,
-    session_crashes: u64,
-    router_crashes: u64,
+    /// Actors crashed through the test hooks, by the actor label of their restart metric.
+    crashes: BTreeMap<&'static str, u64>,
+}
+
+impl Injected {
+    fn crashed(&self, kind: &str) -> u64 {
+        self.crashes.get(kind).copied().unwrap_or(0)
+    }
 }
 
 async fn run_case(case: &Case, scale: Scale) -> bool {
@@ -232,7 +254,24 @@ async fn run_case(case: &Case, scale: Scale) -> bool {
         tokio::time::sleep_until(at).await;
         inject(case.fault, &mut rig, scale, &tenant, &mut injected).await;
     }
-    let reports = workload.finish(Duration::from_secs(90)).await;
+    // Clients that can never reconnect would wait for their final sync forever: a case that
+    // cannot end fails instead of hanging the suite.
+    let finished = tokio::time::timeout(
+        Duration::from_secs(150),
+        workload.finish(Duration::from_secs(90)),
+    )
+    .await;
+    let Ok(reports) = finished else {
+        println!(
+            "{:<23} FAIL | faults {} | the clients did not finish within 150s: some never \
+             reconnected or synced | {:.1}s",
+            case.name,
+            injected.faults,
+            started.elapsed().as_secs_f64()
+        );
+        rig.finish().await;
+        return false;
+    };
     rig.scrape().await;
     let mut totals = Counters::default();
     for node in &rig.nodes {
@@ -240,6 +279,11 @@ async fn run_case(case: &Case, scale: Scale) -> bool {
     }
     let storage_reconnects = totals.storage_reconnects;
     let stored = rig.stored(&tenant).await;
+    let cross_node = if rig.nodes.len() > 1 {
+        Some(probe::cross_node_live(&rig.urls(), &format!("{tenant}-probe")).await)
+    } else {
+        None
+    };
     let unexpected_deaths = rig
         .services()
         .into_iter()
@@ -270,12 +314,28 @@ async fn run_case(case: &Case, scale: Scale) -> bool {
             (format!("client reconnects {reconnects}"), reconnects >= 1)
         }
         Fault::SessionPanics => (
-            format!("sessions crashed {}", injected.session_crashes),
-            injected.session_crashes >= 1,
+            format!("sessions crashed {}", injected.crashed("session")),
+            injected.crashed("session") >= 1,
         ),
         Fault::RouterPanic => (
-            format!("router crashed {}", injected.router_crashes),
-            injected.router_crashes >= 1,
+            format!("router crashed {}", injected.crashed("router")),
+            injected.crashed("router") >= 1,
+        ),
+        // Every connection of the node was closed as `supervisor_failed` (1011), and every
+        // client came back.
+        Fault::SupervisorPanic => {
+            let crashed = injected.crashed("session_supervisor");
+            let closed = totals.supervisor_closed;
+            (
+                format!(
+                    "supervisor crashed {crashed}, closed 1011 {closed}, client reconnects {reconnects}"
+                ),
+                crashed >= 1 && closed >= 1.0 && reconnects >= crashed * scale.traffic.users as u64,
+            )
+        }
+        Fault::ClusterPanic => (
+            format!("cluster crashed {}", injected.crashed("cluster")),
+            injected.crashed("cluster") >= 1,
         ),
         Fault::NatsKill => (format!("sync hints {sync_hints}"), sync_hints >= 1),
     };
@@ -285,8 +345,8 @@ async fn run_case(case: &Case, scale: Scale) -> bool {
         max_pending: case.layout.max_pending,
         nodes,
         totals,
-        session_crashes: injected.session_crashes,
-        router_crashes: injected.router_crashes,
+        crashes: injected.crashes.clone(),
+        cross_node,
         unexpected_deaths,
         effect,
         effect_seen,
@@ -301,7 +361,7 @@ async fn run_case(case: &Case, scale: Scale) -> bool {
     let by_sync: u64 = reports.iter().map(|r| r.received_by_sync).sum();
     let passed = verdict.passed();
     println!(
-        "{:<22} {} | faults {} | sent {sent} acked {acked} received live {live} by sync {by_sync} \
+        "{:<23} {} | faults {} | sent {sent} acked {acked} received live {live} by sync {by_sync} \
          | reconnects {reconnects} errors {errors:?}{} | {:.1}s",
         case.name,
         if passed { "PASS" } else { "FAIL" },
@@ -343,12 +403,21 @@ async fn inject(fault: Fault, rig: &mut Rig, scale: Scale, tenant: &str, injecte
             while Instant::now() < until {
                 user = (user + 5) % scale.traffic.users;
                 let path = format!("/debug/crash/sessions?tenant={tenant}&user=u{user}");
-                injected.session_crashes += crash(rig, &path).await;
+                *injected.crashes.entry("session").or_default() += crash(rig, &path).await;
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
         }
         Fault::RouterPanic => {
-            injected.router_crashes += crash(rig, "/debug/crash/router").await;
+            *injected.crashes.entry("router").or_default() +=
+                crash(rig, "/debug/crash/router").await;
+        }
+        Fault::SupervisorPanic => {
+            *injected.crashes.entry("session_supervisor").or_default() +=
+                crash(rig, "/debug/crash/session_supervisor").await;
+        }
+        Fault::ClusterPanic => {
+            *injected.crashes.entry("cluster").or_default() +=
+                crash(rig, "/debug/crash/cluster").await;
         }
         Fault::NodeKill => {
             // Each fault takes another node than the first (which stays up throughout); the

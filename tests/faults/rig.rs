@@ -139,6 +139,9 @@ pub(crate) struct Counters {
     pub(crate) restarts: BTreeMap<String, f64>,
     /// `peroxo_sessions_closed_total{reason="session_failed"}`.
     pub(crate) sessions_failed: f64,
+    /// `peroxo_sessions_closed_total{reason="supervisor_failed"}`: connections closed (1011)
+    /// because SessionSupervisor failed.
+    pub(crate) supervisor_closed: f64,
     /// `peroxo_storage_reconnects_total`.
     pub(crate) storage_reconnects: f64,
 }
@@ -168,6 +171,10 @@ impl Counters {
                 })
                 .collect(),
             sessions_failed: value("peroxo_sessions_closed_total", "reason=\"session_failed\""),
+            supervisor_closed: value(
+                "peroxo_sessions_closed_total",
+                "reason=\"supervisor_failed\"",
+            ),
             storage_reconnects: value("peroxo_storage_reconnects_total", ""),
         }
     }
@@ -179,6 +186,7 @@ impl Counters {
             *self.restarts.entry(kind.clone()).or_default() += n;
         }
         self.sessions_failed += other.sessions_failed;
+        self.supervisor_closed += other.supervisor_closed;
         self.storage_reconnects += other.storage_reconnects;
     }
 }

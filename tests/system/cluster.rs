@@ -34,7 +34,7 @@ impl Node {
              [storage]\nembedded = false\nendpoint = \"http://{store}\"\nreconnect_max_ms = 200\n\
              [limits]\nrate_per_sec = 1000\nrate_burst = 1000\n\
              [cluster]\nmode = \"nats\"\nnats_url = \"nats://{nats}\"\nnode_id = \"{name}\"\n\
-             subject_prefix = \"{prefix}\"\npresence_ttl_secs = 3\n\
+             subject_prefix = \"{prefix}\"\npresence_ttl_secs = \"2s\"\n\
              [log]\nformat = \"json\"\nlevel = \"info\"\n"
         );
         let path = dir.path().join("config.toml");

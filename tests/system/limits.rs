@@ -126,7 +126,7 @@ async fn a_client_that_keeps_flooding_is_closed_with_1008_while_others_talk() {
     let server = TestServer::start_with(|c| {
         c.limits.rate_per_sec = 5;
         c.limits.rate_burst = 5;
-        c.limits.abuse_close_secs = 1;
+        c.limits.abuse_close_secs = Duration::from_millis(500);
     })
     .await;
     let mut flooder = server.connect("flooder").await;
@@ -173,10 +173,26 @@ async fn silent_client(server: &TestServer, user: &str) -> TcpStream {
     stream
 }
 
-/// Reads raw bytes until the connection ends; returns the close code of the close frame seen.
+/// Reads raw bytes until a close frame arrives or the connection ends; returns the close
+/// code of the close frame seen. It does not wait for the server to give up on a close
+/// handshake this client never answers.
 async fn close_code_of(mut stream: TcpStream) -> Option<u16> {
     let mut bytes = Vec::new();
-    let _ = tokio::time::timeout(common::DEADLINE, stream.read_to_end(&mut bytes)).await;
+    let deadline = tokio::time::Instant::now() + common::DEADLINE;
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(code) = close_code_in(&bytes) {
+            return Some(code);
+        }
+        match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => bytes.extend_from_slice(&chunk[..n]),
+            _ => return None,
+        }
+    }
+}
+
+/// The close code of the first close frame in what the server sent, if one is complete.
+fn close_code_in(bytes: &[u8]) -> Option<u16> {
     // Skip the HTTP response, then walk the (unmasked) server frames.
     let start = bytes.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
     let mut i = start;
@@ -185,12 +201,15 @@ async fn close_code_of(mut stream: TcpStream) -> Option<u16> {
         let mut len = usize::from(bytes[i + 1] & 0x7f);
         let mut header = 2;
         if len == 126 {
+            if i + 4 > bytes.len() {
+                return None;
+            }
             len = usize::from(u16::from_be_bytes([bytes[i + 2], bytes[i + 3]]));
             header = 4;
         } else if len == 127 {
             return None;
         }
-        if opcode == 0x8 && len >= 2 {
+        if opcode == 0x8 && len >= 2 && i + header + 2 <= bytes.len() {
             return Some(u16::from_be_bytes([
                 bytes[i + header],
                 bytes[i + header + 1],
@@ -204,8 +223,10 @@ async fn close_code_of(mut stream: TcpStream) -> Option<u16> {
 #[tokio::test]
 async fn a_silent_connection_is_pinged_then_closed_but_a_live_one_stays() {
     let server = TestServer::start_with(|c| {
-        c.limits.ping_interval_secs = 1;
-        c.limits.idle_timeout_secs = 2;
+        // Short enough that the test takes about a second, long enough that the live client,
+        // which reads all along, always answers a ping well before it would count as idle.
+        c.limits.ping_interval_secs = Duration::from_millis(250);
+        c.limits.idle_timeout_secs = Duration::from_secs(1);
     })
     .await;
     let silent = silent_client(&server, "ghost").await;
@@ -226,7 +247,9 @@ async fn a_silent_connection_is_pinged_then_closed_but_a_live_one_stays() {
 
 #[tokio::test]
 async fn a_connection_that_never_completes_its_request_is_closed() {
-    let server = TestServer::start_with(|c| c.http.handshake_timeout_secs = 1).await;
+    let server =
+        TestServer::start_with(|c| c.http.handshake_timeout_secs = Duration::from_millis(500))
+            .await;
     let mut stream = TcpStream::connect(server.gateway.http_addr).await.unwrap();
     stream
         .write_all(b"GET /ws?user=slow HTTP/1.1\r\nHost: x\r\n")

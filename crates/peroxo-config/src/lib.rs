@@ -13,6 +13,7 @@
 //! - `secret`: [`Secret`], which keeps secrets out of logs and printed configs.
 //! - `env`: the `PEROXO_<SECTION>__<KEY>` overrides.
 //! - `human_duration`: durations written as "30s".
+//! - `seconds_or_duration`: the `*_secs` keys, a whole number of seconds or a duration.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -26,6 +27,7 @@ use peroxo_protocol::limits::{MAX_APPEND_BATCH, MAX_STORED_TEXT_BYTES};
 mod auth;
 mod env;
 mod human_duration;
+mod seconds_or_duration;
 mod secret;
 
 pub use auth::{AuthConfig, AuthMode, JwtAlgorithm, MIN_JWT_SECRET_BYTES};
@@ -72,7 +74,8 @@ pub struct HttpConfig {
     /// When not empty, WebSocket upgrades whose `Origin` is not listed get 403.
     pub allowed_origins: Vec<String>,
     /// A connection that has not sent a complete request within this time is closed.
-    pub handshake_timeout_secs: u64,
+    #[serde(with = "seconds_or_duration")]
+    pub handshake_timeout_secs: Duration,
     /// WebSocket connections this node holds at most; more get 503.
     pub max_connections: usize,
 }
@@ -82,7 +85,7 @@ impl Default for HttpConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             allowed_origins: Vec::new(),
-            handshake_timeout_secs: 10,
+            handshake_timeout_secs: Duration::from_secs(10),
             max_connections: 19_000,
         }
     }
@@ -90,16 +93,16 @@ impl Default for HttpConfig {
 
 impl HttpConfig {
     pub fn handshake_timeout(&self) -> Duration {
-        Duration::from_secs(self.handshake_timeout_secs)
+        self.handshake_timeout_secs
     }
 
     /// The checks of `[http]`: origins are compared as browsers send them, so a listed
     /// origin has a scheme and no trailing slash.
     fn validate(&self) -> Result<(), ConfigError> {
-        at_least(
+        duration_at_least(
             "http.handshake_timeout_secs",
             self.handshake_timeout_secs,
-            1,
+            MIN_SUBSECOND,
         )?;
         at_least("http.max_connections", self.max_connections, 1)?;
         for (i, origin) in self.allowed_origins.iter().enumerate() {
@@ -265,11 +268,14 @@ pub struct LimitsConfig {
     /// Commands one session may send in a burst (token bucket size).
     pub rate_burst: u32,
     /// A session that stays over its rate this long is closed with 1008.
-    pub abuse_close_secs: u64,
+    #[serde(with = "seconds_or_duration")]
+    pub abuse_close_secs: Duration,
     /// A connection idle this long is pinged.
-    pub ping_interval_secs: u64,
+    #[serde(with = "seconds_or_duration")]
+    pub ping_interval_secs: Duration,
     /// A connection silent this long (no frame, not even a pong) is closed.
-    pub idle_timeout_secs: u64,
+    #[serde(with = "seconds_or_duration")]
+    pub idle_timeout_secs: Duration,
 }
 
 impl Default for LimitsConfig {
@@ -283,20 +289,20 @@ impl Default for LimitsConfig {
             max_sessions_per_user: 10,
             rate_per_sec: 20,
             rate_burst: 40,
-            abuse_close_secs: 5,
-            ping_interval_secs: 25,
-            idle_timeout_secs: 60,
+            abuse_close_secs: Duration::from_secs(5),
+            ping_interval_secs: Duration::from_secs(25),
+            idle_timeout_secs: Duration::from_secs(60),
         }
     }
 }
 
 impl LimitsConfig {
     pub fn ping_interval(&self) -> Duration {
-        Duration::from_secs(self.ping_interval_secs)
+        self.ping_interval_secs
     }
 
     pub fn idle_timeout(&self) -> Duration {
-        Duration::from_secs(self.idle_timeout_secs)
+        self.idle_timeout_secs
     }
 
     /// The checks of `[limits]`; the largest text must fit twice in the largest frame.
@@ -334,12 +340,23 @@ impl LimitsConfig {
         )?;
         within("limits.rate_per_sec", self.rate_per_sec, 1, 1_000_000)?;
         within("limits.rate_burst", self.rate_burst, 1, 1_000_000)?;
-        at_least("limits.abuse_close_secs", self.abuse_close_secs, 1)?;
-        at_least("limits.ping_interval_secs", self.ping_interval_secs, 1)?;
-        at_least(
+        duration_at_least(
+            "limits.abuse_close_secs",
+            self.abuse_close_secs,
+            MIN_SUBSECOND,
+        )?;
+        duration_at_least(
+            "limits.ping_interval_secs",
+            self.ping_interval_secs,
+            MIN_SUBSECOND,
+        )?;
+        // After a ping the client gets one more second to answer, or one more ping interval
+        // when that is shorter (whole seconds: at least `ping_interval_secs + 1`, as always).
+        let answer = self.ping_interval_secs.min(Duration::from_secs(1));
+        duration_at_least(
             "limits.idle_timeout_secs",
             self.idle_timeout_secs,
-            self.ping_interval_secs + 1,
+            self.ping_interval_secs + answer,
         )
     }
 }
@@ -365,7 +382,8 @@ pub struct ClusterConfig {
     /// The first token of every subject PerOXO uses, so several clusters can share NATS.
     pub subject_prefix: String,
     /// A node not heard from for this long no longer counts its users as online.
-    pub presence_ttl_secs: u64,
+    #[serde(with = "seconds_or_duration")]
+    pub presence_ttl_secs: Duration,
 }
 
 impl Default for ClusterConfig {
@@ -375,7 +393,7 @@ impl Default for ClusterConfig {
             nats_url: "nats://127.0.0.1:4222".to_owned(),
             node_id: String::new(),
             subject_prefix: "peroxo".to_owned(),
-            presence_ttl_secs: 10,
+            presence_ttl_secs: Duration::from_secs(10),
         }
     }
 }
@@ -399,11 +417,13 @@ impl ClusterConfig {
                 "must be dot-separated tokens of letters, digits, _ and -",
             ));
         }
-        within(
+        // Heartbeats and NATS pings go out every third of the TTL; below a second and a half
+        // a busy machine's pauses could expire a live node.
+        duration_within(
             "cluster.presence_ttl_secs",
             self.presence_ttl_secs,
-            3,
-            3_600,
+            Duration::from_millis(1_500),
+            Duration::from_secs(3_600),
         )
     }
 }
@@ -443,14 +463,15 @@ pub struct SessionConfig {
     /// Session actor restarts allowed per connection within `restart_window_secs`; one more
     /// failure closes the connection with 1011.
     pub max_restarts: usize,
-    pub restart_window_secs: u64,
+    #[serde(with = "seconds_or_duration")]
+    pub restart_window_secs: Duration,
 }
 
 impl Default for SessionConfig {
     fn default() -> Self {
         Self {
             max_restarts: 3,
-            restart_window_secs: 60,
+            restart_window_secs: Duration::from_secs(60),
         }
     }
 }
@@ -458,7 +479,11 @@ impl Default for SessionConfig {
 impl SessionConfig {
     /// The checks of `[session]`.
     fn validate(&self) -> Result<(), ConfigError> {
-        at_least("session.restart_window_secs", self.restart_window_secs, 1)
+        duration_at_least(
+            "session.restart_window_secs",
+            self.restart_window_secs,
+            MIN_SUBSECOND,
+        )
     }
 }
 
@@ -573,6 +598,44 @@ fn at_least<T: PartialOrd + std::fmt::Display>(
         return Err(ConfigError::new(
             key,
             format!("must be at least {min}, got {value}"),
+        ));
+    }
+    Ok(())
+}
+
+/// The shortest value of the `*_secs` keys that may go below a second: shorter is surely a
+/// typo (and `0` was never allowed).
+const MIN_SUBSECOND: Duration = Duration::from_millis(100);
+
+fn duration_at_least(key: &str, value: Duration, min: Duration) -> Result<(), ConfigError> {
+    if value < min {
+        return Err(ConfigError::new(
+            key,
+            format!(
+                "must be at least {}, got {}",
+                humantime::format_duration(min),
+                humantime::format_duration(value)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn duration_within(
+    key: &str,
+    value: Duration,
+    min: Duration,
+    max: Duration,
+) -> Result<(), ConfigError> {
+    if value < min || value > max {
+        return Err(ConfigError::new(
+            key,
+            format!(
+                "must be between {} and {}, got {}",
+                humantime::format_duration(min),
+                humantime::format_duration(max),
+                humantime::format_duration(value)
+            ),
         ));
     }
     Ok(())
@@ -754,5 +817,115 @@ mod tests {
         assert_eq!(err.key, "storage.max_batch");
         let err = load_with_env("", &[("PEROXO_STORAGE__NOPE", "1")]).unwrap_err();
         assert!(err.to_string().contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn secs_keys_take_whole_seconds_as_before_or_a_duration() {
+        let config = Config::from_toml(
+            "[auth]\nmode = \"dev\"\n[limits]\nping_interval_secs = 25\nidle_timeout_secs = 26\nabuse_close_secs = 1\n\
+             [http]\nhandshake_timeout_secs = 10\n[session]\nrestart_window_secs = 60\n",
+        )
+        .unwrap();
+        assert_eq!(config.limits.ping_interval(), Duration::from_secs(25));
+        assert_eq!(config.limits.idle_timeout(), Duration::from_secs(26));
+        assert_eq!(config.limits.abuse_close_secs, Duration::from_secs(1));
+        let config = Config::from_toml(
+            "[auth]\nmode = \"dev\"\n[limits]\nping_interval_secs = \"250ms\"\nidle_timeout_secs = \"1.5s\"\n\
+             abuse_close_secs = \"100ms\"\n[http]\nhandshake_timeout_secs = \"500ms\"\n\
+             [session]\nrestart_window_secs = \"2m\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.limits.ping_interval(), Duration::from_millis(250));
+        assert_eq!(config.limits.idle_timeout(), Duration::from_millis(1_500));
+        assert_eq!(config.limits.abuse_close_secs, Duration::from_millis(100));
+        assert_eq!(config.http.handshake_timeout(), Duration::from_millis(500));
+        assert_eq!(config.session.restart_window_secs, Duration::from_secs(120));
+        let config = load_with_env(
+            "[auth]\nmode = \"dev\"\n",
+            &[("PEROXO_LIMITS__PING_INTERVAL_SECS", "300ms")],
+        )
+        .unwrap();
+        assert_eq!(config.limits.ping_interval(), Duration::from_millis(300));
+    }
+
+    #[test]
+    fn secs_keys_print_whole_seconds_as_integers_and_the_rest_as_durations() {
+        let mut config = Config::default();
+        config.auth.mode = AuthMode::Dev;
+        config.limits.ping_interval_secs = Duration::from_millis(1_500);
+        let printed = toml::to_string(&config).unwrap();
+        assert!(printed.contains("idle_timeout_secs = 60\n"), "{printed}");
+        assert!(
+            printed.contains("ping_interval_secs = \"1s 500ms\""),
+            "{printed}"
+        );
+        let again = Config::from_toml(&printed).unwrap();
+        assert_eq!(again.limits.ping_interval(), Duration::from_millis(1_500));
+    }
+
+    #[test]
+    fn secs_keys_keep_their_bounds_and_name_their_key() {
+        let cases = [
+            (
+                "[limits]\nping_interval_secs = 0\n",
+                "limits.ping_interval_secs",
+            ),
+            (
+                "[limits]\nping_interval_secs = \"50ms\"\n",
+                "limits.ping_interval_secs",
+            ),
+            (
+                "[limits]\nabuse_close_secs = \"10ms\"\n",
+                "limits.abuse_close_secs",
+            ),
+            (
+                "[http]\nhandshake_timeout_secs = 0\n",
+                "http.handshake_timeout_secs",
+            ),
+            (
+                "[session]\nrestart_window_secs = \"0s\"\n",
+                "session.restart_window_secs",
+            ),
+            (
+                "[cluster]\npresence_ttl_secs = 1\n",
+                "cluster.presence_ttl_secs",
+            ),
+            (
+                "[cluster]\npresence_ttl_secs = 3601\n",
+                "cluster.presence_ttl_secs",
+            ),
+            (
+                "[limits]\nping_interval_secs = -1\n",
+                "limits.ping_interval_secs",
+            ),
+            (
+                "[limits]\nping_interval_secs = 1.5\n",
+                "limits.ping_interval_secs",
+            ),
+            (
+                "[limits]\nping_interval_secs = \"soon\"\n",
+                "limits.ping_interval_secs",
+            ),
+            // Whole seconds: the idle timeout exceeds the ping interval by a second, as always.
+            (
+                "[limits]\nping_interval_secs = 25\nidle_timeout_secs = 25\n",
+                "limits.idle_timeout_secs",
+            ),
+            // Below a second: by the ping interval itself.
+            (
+                "[limits]\nping_interval_secs = \"200ms\"\nidle_timeout_secs = \"399ms\"\n",
+                "limits.idle_timeout_secs",
+            ),
+        ];
+        for (text, key) in cases {
+            let err = Config::from_toml(text).unwrap_err();
+            assert_eq!(err.key, key, "{text}: {err}");
+        }
+        let dev = "[auth]\nmode = \"dev\"\n";
+        Config::from_toml(&format!(
+            "{dev}[limits]\nping_interval_secs = \"200ms\"\nidle_timeout_secs = \"400ms\"\n"
+        ))
+        .unwrap();
+        Config::from_toml(&format!("{dev}[cluster]\npresence_ttl_secs = \"1.5s\"\n")).unwrap();
     }
 }

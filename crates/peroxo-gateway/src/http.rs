@@ -62,7 +62,12 @@ pub fn router(state: HttpState) -> Router {
             "/debug/crash/persistence",
             axum::routing::post(crash_persistence),
         )
-        .route("/debug/crash/sessions", axum::routing::post(crash_sessions));
+        .route("/debug/crash/sessions", axum::routing::post(crash_sessions))
+        .route(
+            "/debug/crash/session_supervisor",
+            axum::routing::post(crash_session_supervisor),
+        )
+        .route("/debug/crash/cluster", axum::routing::post(crash_cluster));
     routes
         .route("/", get(chat_page))
         .route("/api/info", get(info))
@@ -402,6 +407,23 @@ async fn crash_persistence(State(state): State<HttpState>) -> Response {
         .persistence
         .cast(crate::actors::persistence::PersistenceMsg::Crash)
         .is_ok();
+    Json(serde_json::json!({ "crashed": u32::from(sent) })).into_response()
+}
+
+#[cfg(feature = "test-hooks")]
+async fn crash_session_supervisor(State(state): State<HttpState>) -> Response {
+    let sent = state.sessions.cast(SessionSupervisorMsg::Crash).is_ok();
+    Json(serde_json::json!({ "crashed": u32::from(sent) })).into_response()
+}
+
+/// Crashes the Cluster actor; `"crashed": 0` on a node without a cluster.
+#[cfg(feature = "test-hooks")]
+async fn crash_cluster(State(state): State<HttpState>) -> Response {
+    let sent = state
+        .gateway
+        .cluster
+        .as_ref()
+        .is_some_and(|c| c.cast(crate::actors::cluster::ClusterMsg::Crash).is_ok());
     Json(serde_json::json!({ "crashed": u32::from(sent) })).into_response()
 }
 

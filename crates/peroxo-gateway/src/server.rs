@@ -280,6 +280,19 @@ impl Gateway {
         let _ = self.root.cast(RootMsg::CrashPersistence);
     }
 
+    /// Makes SessionSupervisor panic (test hook): every connection of the node closes with
+    /// 1011 and a new SessionSupervisor accepts the clients' reconnections.
+    #[cfg(feature = "test-hooks")]
+    pub fn crash_session_supervisor(&self) {
+        let _ = self.root.cast(RootMsg::CrashSessionSupervisor);
+    }
+
+    /// Makes the Cluster actor panic (test hook); nothing on a node without a cluster.
+    #[cfg(feature = "test-hooks")]
+    pub fn crash_cluster(&self) {
+        let _ = self.root.cast(RootMsg::CrashCluster);
+    }
+
     /// Makes the session actors of `tenant`/`user` panic; returns how many (test hook).
     #[cfg(feature = "test-hooks")]
     pub async fn crash_sessions_of(&self, tenant: &str, user: &str) -> usize {

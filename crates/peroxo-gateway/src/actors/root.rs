@@ -8,6 +8,8 @@
 //! - **SessionSupervisor** failed: its sessions died with it (ractor kills the children of a
 //!   dead supervisor); their sockets close and clients reconnect. A new one accepts new
 //!   connections.
+//! - **Cluster** failed: a new one subscribes again, resets the Router's view of the other
+//!   nodes and announces this node's live users.
 
 use std::sync::Arc;
 
@@ -29,6 +31,12 @@ pub enum RootMsg {
     /// Makes Persistence panic, to exercise its recovery.
     #[cfg(feature = "test-hooks")]
     CrashPersistence,
+    /// Makes SessionSupervisor panic (its sessions die with it), to exercise its recovery.
+    #[cfg(feature = "test-hooks")]
+    CrashSessionSupervisor,
+    /// Makes the Cluster actor panic, to exercise its recovery; nothing on a single node.
+    #[cfg(feature = "test-hooks")]
+    CrashCluster,
 }
 
 /// What the Cluster actor needs, when the node is part of a cluster.
@@ -111,6 +119,16 @@ impl Actor for RootSupervisor {
                     .gateway
                     .persistence
                     .cast(super::persistence::PersistenceMsg::Crash);
+            }
+            #[cfg(feature = "test-hooks")]
+            RootMsg::CrashSessionSupervisor => {
+                let _ = state.args.sessions.cast(SessionSupervisorMsg::Crash);
+            }
+            #[cfg(feature = "test-hooks")]
+            RootMsg::CrashCluster => {
+                if let Some(cluster) = &state.args.gateway.cluster {
+                    let _ = cluster.cast(super::cluster::ClusterMsg::Crash);
+                }
             }
         }
         Ok(())

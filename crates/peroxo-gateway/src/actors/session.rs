@@ -107,7 +107,7 @@ impl Actor for Session {
         let rate = RateLimiter::new(
             limits.rate_per_sec,
             limits.rate_burst,
-            Duration::from_secs(limits.abuse_close_secs),
+            limits.abuse_close_secs,
             Instant::now(),
         );
         Ok(SessionState {

@@ -12,7 +12,6 @@
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use axum::extract::ws::WebSocket;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
@@ -53,6 +52,9 @@ pub enum SessionSupervisorMsg {
     /// Crashes the session actors of `key`; answers how many.
     #[cfg(feature = "test-hooks")]
     CrashSessionsOf(UserKey, ractor::RpcReplyPort<usize>),
+    /// Makes this supervisor panic, taking every session with it.
+    #[cfg(feature = "test-hooks")]
+    Crash,
 }
 
 pub struct SessionSupervisorArgs {
@@ -142,6 +144,10 @@ impl Actor for SessionSupervisor {
                     }
                 }
                 let _ = reply.send(crashed);
+            }
+            #[cfg(feature = "test-hooks")]
+            SessionSupervisorMsg::Crash => {
+                panic!("session supervisor crash requested by a test hook")
             }
         }
         Ok(())
@@ -271,7 +277,7 @@ impl SessionSupervisorState {
     ) {
         let session = connection.context.outbound.session_id();
         let now = Instant::now();
-        let window = Duration::from_secs(self.config.restart_window_secs);
+        let window = self.config.restart_window_secs;
         while connection
             .restarts
             .front()

@@ -97,7 +97,7 @@ pub async fn connect(
         .name(format!("peroxo-{node}"))
         .retry_on_initial_connect()
         // A dead link shows within two pings; `recent` deliveries cover that window.
-        .ping_interval(Duration::from_secs(config.presence_ttl_secs) / 3)
+        .ping_interval(config.presence_ttl_secs / 3)
         .max_reconnects(None)
         .reconnect_delay_callback(reconnect_delay)
         .event_callback(move |event| {

@@ -88,6 +88,9 @@ pub enum ClusterMsg {
     /// Every local connection is gone (SessionSupervisor failed): drop every interest and
     /// tell the other nodes these users are no longer here.
     ForgetLocal,
+    /// Makes this actor panic, to exercise its recovery.
+    #[cfg(feature = "test-hooks")]
+    Crash,
 }
 
 /// What a Cluster starts from; RootSupervisor builds it again for each successor.
@@ -206,6 +209,8 @@ impl Actor for Cluster {
             ClusterMsg::Reconnected => state.reconnected().await,
             ClusterMsg::ForgetLocal => state.forget_local().await,
             ClusterMsg::Leave(reply) => state.leave(reply).await,
+            #[cfg(feature = "test-hooks")]
+            ClusterMsg::Crash => panic!("cluster crash requested by a test hook"),
         }
         Ok(())
     }
@@ -461,11 +466,11 @@ impl ClusterState {
     }
 
     fn heartbeat_interval(&self) -> Duration {
-        Duration::from_secs(self.args.config.presence_ttl_secs) / 3
+        self.args.config.presence_ttl_secs / 3
     }
 
     fn ttl(&self) -> Duration {
-        Duration::from_secs(self.args.config.presence_ttl_secs)
+        self.args.config.presence_ttl_secs
     }
 }
 
