@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use peroxo_config::{Config, ConfigError, LogFormat};
+use peroxo_config::{Config, ConfigError, ConfigFile, LogFormat};
 use peroxo_gateway::Gateway;
 use peroxo_gateway::identity::{Authenticator, sign_token};
 use peroxo_protocol::domain::{DEFAULT_TENANT, UserKey, validate_id};
@@ -124,13 +124,13 @@ fn load_config_for(command: &Command) -> Result<Config, ConfigError> {
     };
     // The default file may be absent (all defaults apply); a file named explicitly must exist.
     let default_path = PathBuf::from(DEFAULT_CONFIG);
-    let (path, required) = match path {
-        Some(path) => (path, true),
-        None => (&default_path, false),
+    let (path, file) = match path {
+        Some(path) => (path, ConfigFile::Required),
+        None => (&default_path, ConfigFile::Optional),
     };
     // `--dev` weighs like an environment override, so validation already knows the mode.
     let dev_override = dev.then(|| ("PEROXO_AUTH__MODE".to_owned(), "dev".to_owned()));
-    load_config(path, required, dev_override)
+    load_config(path, file, dev_override)
 }
 
 fn configuration_error(error: &ConfigError) -> ExitCode {
@@ -166,10 +166,10 @@ fn run_until_stopped(
 /// what only the storage service, the cluster and logging know how to check.
 fn load_config(
     path: &std::path::Path,
-    required: bool,
+    file: ConfigFile,
     dev_override: Option<(String, String)>,
 ) -> Result<Config, ConfigError> {
-    let config = Config::load(path, required, std::env::vars().chain(dev_override))?;
+    let config = Config::load(path, file, std::env::vars().chain(dev_override))?;
     peroxo_storage::check_config(&config.storage)?;
     peroxo_gateway::actors::cluster::check_config(&config.cluster)?;
     EnvFilter::try_new(&config.log.level)

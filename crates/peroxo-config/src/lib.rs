@@ -512,23 +512,34 @@ impl Default for LogConfig {
     }
 }
 
+/// Whether the configuration file must exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigFile {
+    /// Named by the operator: a missing file is an error.
+    Required,
+    /// The default `config.toml`: when absent, every default applies.
+    Optional,
+}
+
 impl Config {
     /// The effective configuration as TOML, secrets redacted (for `peroxo check-config`).
     pub fn to_redacted_toml(&self) -> String {
         toml::to_string_pretty(self).expect("the configuration always serializes")
     }
 
-    /// Loads `path` (which must exist when `required`), applies environment overrides from
-    /// `env`, and validates the result (all but `[auth]`: see [`Config::validate_auth`]).
+    /// Loads `path`, applies environment overrides from `env`, and validates the result (all
+    /// but `[auth]`: see [`Config::validate_auth`]).
     pub fn load(
         path: &Path,
-        required: bool,
+        file: ConfigFile,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
         let file_key = path.display().to_string();
         let text = match std::fs::read_to_string(path) {
             Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => String::new(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && file == ConfigFile::Optional => {
+                String::new()
+            }
             Err(e) => return Err(ConfigError::new(file_key, format!("cannot read: {e}"))),
         };
         let mut table: toml::Table = text
