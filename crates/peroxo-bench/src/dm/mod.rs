@@ -121,29 +121,13 @@ pub(super) async fn run(target: &TargetArgs, tenant: String, args: DmArgs) -> an
         plan.len(),
         args.warmup + args.duration
     );
-    let shared = Arc::new(Shared {
-        ledger: Ledger::new(plan.len()),
-        plan,
-        start: Instant::now() + LEAD,
-        text_bytes: args.text_bytes,
-    });
-    let stop = Stop {
-        close: CancellationToken::new(),
-        abandon: CancellationToken::new(),
-    };
-    let (outboxes, writers, readers) = spawn_peers(sessions, &shared, &stop);
-    let progress = progress(&shared);
-    let pacer = {
-        let shared = Arc::clone(&shared);
-        tokio::task::spawn_blocking(move || pacer::pace(&shared, &outboxes))
-    };
-    pacer.await?;
-    let send_end = Instant::now();
-    let drained = drain(&shared.ledger, args.drain).await;
-    let drain_secs = send_end.elapsed().as_secs_f64();
-    drop(progress);
-    let (write_failures, mut peers) = finish(writers, readers, &stop).await;
-
+    let Traffic {
+        shared,
+        drained,
+        drain_secs,
+        write_failures,
+        mut peers,
+    } = send_traffic(sessions, plan, &args).await?;
     let window = (args.warmup, args.warmup + args.duration);
     let analysis = analysis::analyse(&shared.plan, &shared.ledger, window, &mut peers);
     let mut closed_by_server = Tally::default();
@@ -179,6 +163,50 @@ pub(super) async fn run(target: &TargetArgs, tenant: String, args: DmArgs) -> an
         report.check.problems()
     );
     Ok(())
+}
+
+/// What the traffic phase leaves for the analysis.
+struct Traffic {
+    shared: Arc<Shared>,
+    /// Whether every sent message was answered and delivered within `--drain`.
+    drained: bool,
+    drain_secs: f64,
+    write_failures: Tally,
+    peers: Vec<PeerReport>,
+}
+
+/// Paces the plan's messages out over the open sessions, waits for them to drain, and
+/// closes every session.
+async fn send_traffic(sessions: Vec<Ws>, plan: Plan, args: &DmArgs) -> anyhow::Result<Traffic> {
+    let shared = Arc::new(Shared {
+        ledger: Ledger::new(plan.len()),
+        plan,
+        start: Instant::now() + LEAD,
+        text_bytes: args.text_bytes,
+    });
+    let stop = Stop {
+        close: CancellationToken::new(),
+        abandon: CancellationToken::new(),
+    };
+    let (outboxes, writers, readers) = spawn_peers(sessions, &shared, &stop);
+    let progress = progress(&shared);
+    let pacer = {
+        let shared = Arc::clone(&shared);
+        tokio::task::spawn_blocking(move || pacer::pace(&shared, &outboxes))
+    };
+    pacer.await?;
+    let send_end = Instant::now();
+    let drained = drain(&shared.ledger, args.drain).await;
+    let drain_secs = send_end.elapsed().as_secs_f64();
+    drop(progress);
+    let (write_failures, peers) = finish(writers, readers, &stop).await;
+    Ok(Traffic {
+        shared,
+        drained,
+        drain_secs,
+        write_failures,
+        peers,
+    })
 }
 
 /// Opens every user's session; all must open, and every user must start at seq 0.
