@@ -32,7 +32,7 @@ use std::time::Duration;
 use rig::{Backend, Counters, Layout, Rig};
 use tokio::time::Instant;
 use verdict::Evidence;
-use workload::{Traffic, Workload};
+use workload::{Traffic, UserReport, Workload};
 
 /// The fault a case injects.
 #[derive(Debug, Clone, Copy)]
@@ -277,7 +277,6 @@ async fn run_case(case: &Case, scale: Scale) -> bool {
     for node in &rig.nodes {
         totals.merge(&node.counters());
     }
-    let storage_reconnects = totals.storage_reconnects;
     let stored = rig.stored(&tenant).await;
     let cross_node = if rig.nodes.len() > 1 {
         Some(probe::cross_node_live(&rig.urls(), &format!("{tenant}-probe")).await)
@@ -294,51 +293,8 @@ async fn run_case(case: &Case, scale: Scale) -> bool {
         .iter()
         .map(|n| n.was_read().then(|| n.counters()))
         .collect();
-    let reconnects: u64 = reports.iter().map(|r| r.reconnects).sum();
-    let sync_hints: u64 = reports.iter().map(|r| r.sync_hints).sum();
-    let mut errors: BTreeMap<&str, u64> = BTreeMap::new();
-    for report in &reports {
-        for (code, n) in &report.errors {
-            *errors.entry(code).or_default() += n;
-        }
-    }
-    let refused = errors.get("unavailable").copied().unwrap_or(0);
-    let (effect, effect_seen) = match case.fault {
-        Fault::StorageKill | Fault::LinkCut => (
-            format!("storage reconnects {storage_reconnects}"),
-            storage_reconnects >= 1.0,
-        ),
-        // The freeze must fill the outbox: senders are told to retry.
-        Fault::StorageFreeze => (format!("sends refused {refused}"), refused >= 1),
-        Fault::GatewayKill | Fault::NodeKill => {
-            (format!("client reconnects {reconnects}"), reconnects >= 1)
-        }
-        Fault::SessionPanics => (
-            format!("sessions crashed {}", injected.crashed("session")),
-            injected.crashed("session") >= 1,
-        ),
-        Fault::RouterPanic => (
-            format!("router crashed {}", injected.crashed("router")),
-            injected.crashed("router") >= 1,
-        ),
-        // Every connection of the node was closed as `supervisor_failed` (1011), and every
-        // client came back.
-        Fault::SupervisorPanic => {
-            let crashed = injected.crashed("session_supervisor");
-            let closed = totals.supervisor_closed;
-            (
-                format!(
-                    "supervisor crashed {crashed}, closed 1011 {closed}, client reconnects {reconnects}"
-                ),
-                crashed >= 1 && closed >= 1.0 && reconnects >= crashed * scale.traffic.users as u64,
-            )
-        }
-        Fault::ClusterPanic => (
-            format!("cluster crashed {}", injected.crashed("cluster")),
-            injected.crashed("cluster") >= 1,
-        ),
-        Fault::NatsKill => (format!("sync hints {sync_hints}"), sync_hints >= 1),
-    };
+    let clients = ClientTotals::of(&reports);
+    let (effect, effect_seen) = fault_effect(case, scale, &injected, &totals, &clients);
     let evidence = Evidence {
         reports: &reports,
         stored: &stored,
@@ -362,10 +318,12 @@ async fn run_case(case: &Case, scale: Scale) -> bool {
     let passed = verdict.passed();
     println!(
         "{:<23} {} | faults {} | sent {sent} acked {acked} received live {live} by sync {by_sync} \
-         | reconnects {reconnects} errors {errors:?}{} | {:.1}s",
+         | reconnects {} errors {:?}{} | {:.1}s",
         case.name,
         if passed { "PASS" } else { "FAIL" },
         injected.faults,
+        clients.reconnects,
+        clients.errors,
         verdict.summary(),
         started.elapsed().as_secs_f64()
     );
@@ -447,4 +405,79 @@ async fn crash(rig: &Rig, path: &str) -> u64 {
     assert_eq!(status, 200, "{path}: {body}");
     let body: serde_json::Value = serde_json::from_str(&body).unwrap();
     body["crashed"].as_u64().unwrap()
+}
+
+/// What shows that the case's fault struck, and whether it did: each fault leaves its own
+/// trace (reconnects, refusals, restarts, closes).
+fn fault_effect(
+    case: &Case,
+    scale: Scale,
+    injected: &Injected,
+    totals: &Counters,
+    clients: &ClientTotals<'_>,
+) -> (String, bool) {
+    let storage_reconnects = totals.storage_reconnects;
+    let reconnects = clients.reconnects;
+    let sync_hints = clients.sync_hints;
+    let refused = clients.errors.get("unavailable").copied().unwrap_or(0);
+    match case.fault {
+        Fault::StorageKill | Fault::LinkCut => (
+            format!("storage reconnects {storage_reconnects}"),
+            storage_reconnects >= 1.0,
+        ),
+        // The freeze must fill the outbox: senders are told to retry.
+        Fault::StorageFreeze => (format!("sends refused {refused}"), refused >= 1),
+        Fault::GatewayKill | Fault::NodeKill => {
+            (format!("client reconnects {reconnects}"), reconnects >= 1)
+        }
+        Fault::SessionPanics => (
+            format!("sessions crashed {}", injected.crashed("session")),
+            injected.crashed("session") >= 1,
+        ),
+        Fault::RouterPanic => (
+            format!("router crashed {}", injected.crashed("router")),
+            injected.crashed("router") >= 1,
+        ),
+        // Every connection of the node was closed as `supervisor_failed` (1011), and every
+        // client came back.
+        Fault::SupervisorPanic => {
+            let crashed = injected.crashed("session_supervisor");
+            let closed = totals.supervisor_closed;
+            (
+                format!(
+                    "supervisor crashed {crashed}, closed 1011 {closed}, client reconnects {reconnects}"
+                ),
+                crashed >= 1 && closed >= 1.0 && reconnects >= crashed * scale.traffic.users as u64,
+            )
+        }
+        Fault::ClusterPanic => (
+            format!("cluster crashed {}", injected.crashed("cluster")),
+            injected.crashed("cluster") >= 1,
+        ),
+        Fault::NatsKill => (format!("sync hints {sync_hints}"), sync_hints >= 1),
+    }
+}
+
+/// What the clients of a case went through, summed over all of them.
+struct ClientTotals<'a> {
+    reconnects: u64,
+    sync_hints: u64,
+    /// `error` frames by code.
+    errors: BTreeMap<&'a str, u64>,
+}
+
+impl<'a> ClientTotals<'a> {
+    fn of(reports: &'a [UserReport]) -> Self {
+        let mut errors: BTreeMap<&str, u64> = BTreeMap::new();
+        for report in reports {
+            for (code, n) in &report.errors {
+                *errors.entry(code).or_default() += n;
+            }
+        }
+        Self {
+            reconnects: reports.iter().map(|r| r.reconnects).sum(),
+            sync_hints: reports.iter().map(|r| r.sync_hints).sum(),
+            errors,
+        }
+    }
 }

@@ -266,25 +266,12 @@ impl Rig {
         };
         let storage_addr = free_addr();
         let store = (!layout.embedded).then(|| {
-            let config = dir.path().join("store.toml");
-            std::fs::write(
-                &config,
-                format!(
-                    "[storage]\nlisten = \"{storage_addr}\"\nbackend = \"{}\"\n\
-                     sqlite_path = \"{}\"\n[storage.postgres]\nurl = \"{}\"\npool_size = 8\n\
-                     [log]\nformat = \"json\"\nlevel = \"info\"\n",
-                    layout.backend.name(),
-                    sqlite_path.display(),
-                    database_url
-                        .as_deref()
-                        .unwrap_or("postgres://unused@127.0.0.1/unused"),
-                ),
-            )
-            .unwrap();
-            Service::new(
-                "store",
-                peroxo(&["store"], &config),
-                Ready::Log("storage service listening"),
+            store_service(
+                dir.path(),
+                &layout,
+                storage_addr,
+                &sqlite_path,
+                database_url.as_deref(),
             )
         });
         let proxy = if layout.proxy {
@@ -292,60 +279,19 @@ impl Rig {
         } else {
             None
         };
-        let endpoint = proxy.as_ref().map_or(storage_addr, |p| p.addr);
         let nats = (layout.nodes > 1).then(|| {
             let store_dir = dir.path().join("nats");
             std::fs::create_dir_all(&store_dir).unwrap();
             Service::new("nats", Vec::new(), Ready::Nats(free_addr(), store_dir))
         });
-        let cluster = match &nats {
-            Some(Service {
-                ready: Ready::Nats(addr, _),
-                ..
-            }) => format!(
-                "[cluster]\nmode = \"nats\"\nnats_url = \"nats://{addr}\"\n\
-                 subject_prefix = \"faults{}x{}\"\npresence_ttl_secs = 3\n",
-                std::process::id(),
-                addr.port()
-            ),
-            _ => String::new(),
+        let storage = NodeStorage {
+            listen: storage_addr,
+            endpoint: proxy.as_ref().map_or(storage_addr, |p| p.addr),
+            sqlite_path: &sqlite_path,
         };
+        let cluster = cluster_section(nats.as_ref());
         let nodes = (0..layout.nodes)
-            .map(|n| {
-                let http = free_addr();
-                let config = dir.path().join(format!("node{n}.toml"));
-                std::fs::write(
-                    &config,
-                    format!(
-                        "[http]\nlisten = \"{http}\"\n[auth]\nmode = \"dev\"\n\
-                         [storage]\nembedded = {}\nlisten = \"{storage_addr}\"\n\
-                         endpoint = \"http://{endpoint}\"\nsqlite_path = \"{}\"\n\
-                         max_pending = {}\nrpc_timeout_ms = 2000\nconnect_timeout_ms = 1000\n\
-                         reconnect_initial_ms = 20\nreconnect_max_ms = 300\n\
-                         [limits]\nrate_per_sec = 10000\nrate_burst = 10000\n\
-                         {cluster}{}[log]\nformat = \"json\"\nlevel = \"info\"\n",
-                        layout.embedded,
-                        sqlite_path.display(),
-                        layout.max_pending,
-                        if cluster.is_empty() {
-                            String::new()
-                        } else {
-                            format!("node_id = \"n{n}\"\n")
-                        },
-                    ),
-                )
-                .unwrap();
-                Node {
-                    service: Service::new(
-                        &format!("gateway n{n}"),
-                        peroxo(&["serve"], &config),
-                        Ready::Log("gateway listening"),
-                    ),
-                    http,
-                    earlier: Counters::default(),
-                    current: Counters::default(),
-                }
-            })
+            .map(|n| gateway_node(n, dir.path(), &layout, &storage, &cluster))
             .collect();
         Self {
             layout,
@@ -458,4 +404,102 @@ pub(crate) struct StoredRow {
     pub(crate) text: String,
     pub(crate) sender_seq: i64,
     pub(crate) recipient_seq: i64,
+}
+
+/// Where a gateway node finds its storage.
+struct NodeStorage<'a> {
+    /// Where the embedded or standalone storage service listens.
+    listen: SocketAddr,
+    /// Where gateways connect: the service, or the proxy in front of it.
+    endpoint: SocketAddr,
+    sqlite_path: &'a Path,
+}
+
+/// The standalone storage service (`peroxo store`) of a layout without embedded storage.
+fn store_service(
+    dir: &Path,
+    layout: &Layout,
+    listen: SocketAddr,
+    sqlite_path: &Path,
+    database_url: Option<&str>,
+) -> Service {
+    let config = dir.join("store.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[storage]\nlisten = \"{listen}\"\nbackend = \"{}\"\n\
+             sqlite_path = \"{}\"\n[storage.postgres]\nurl = \"{}\"\npool_size = 8\n\
+             [log]\nformat = \"json\"\nlevel = \"info\"\n",
+            layout.backend.name(),
+            sqlite_path.display(),
+            database_url.unwrap_or("postgres://unused@127.0.0.1/unused"),
+        ),
+    )
+    .unwrap();
+    Service::new(
+        "store",
+        peroxo(&["store"], &config),
+        Ready::Log("storage service listening"),
+    )
+}
+
+/// The `[cluster]` section of every node's config when the layout has NATS; empty otherwise.
+fn cluster_section(nats: Option<&Service>) -> String {
+    match nats {
+        Some(Service {
+            ready: Ready::Nats(addr, _),
+            ..
+        }) => format!(
+            "[cluster]\nmode = \"nats\"\nnats_url = \"nats://{addr}\"\n\
+             subject_prefix = \"faults{}x{}\"\npresence_ttl_secs = 3\n",
+            std::process::id(),
+            addr.port()
+        ),
+        _ => String::new(),
+    }
+}
+
+/// Gateway node `n`: its config file and its (not yet started) process.
+fn gateway_node(
+    n: usize,
+    dir: &Path,
+    layout: &Layout,
+    storage: &NodeStorage<'_>,
+    cluster: &str,
+) -> Node {
+    let http = free_addr();
+    let config = dir.join(format!("node{n}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "[http]\nlisten = \"{http}\"\n[auth]\nmode = \"dev\"\n\
+             [storage]\nembedded = {}\nlisten = \"{}\"\n\
+             endpoint = \"http://{}\"\nsqlite_path = \"{}\"\n\
+             max_pending = {}\nrpc_timeout_ms = 2000\nconnect_timeout_ms = 1000\n\
+             reconnect_initial_ms = 20\nreconnect_max_ms = 300\n\
+             [limits]\nrate_per_sec = 10000\nrate_burst = 10000\n\
+             {cluster}{}[log]\nformat = \"json\"\nlevel = \"info\"\n",
+            layout.embedded,
+            storage.listen,
+            storage.endpoint,
+            storage.sqlite_path.display(),
+            layout.max_pending,
+            if cluster.is_empty() {
+                String::new()
+            } else {
+                format!("node_id = \"n{n}\"\n")
+            },
+        ),
+    )
+    .unwrap();
+    Node {
+        service: Service::new(
+            &format!("gateway n{n}"),
+            peroxo(&["serve"], &config),
+            Ready::Log("gateway listening"),
+        ),
+        http,
+        earlier: Counters::default(),
+        current: Counters::default(),
+    }
 }
