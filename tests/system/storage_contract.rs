@@ -136,6 +136,20 @@ fn stored(outcome: &AppendOutcome) -> (&StoredMessage, bool) {
     }
 }
 
+/// Appends `batch`, resending it while the service answers `Unavailable`, as the gateway does
+/// (idempotency makes a resend safe). With SQLite, an instance whose remembered seqs another
+/// writer of the same file overtook fails that commit as `Unavailable` and reads them again.
+async fn append_until_answered(client: &StorageClient, batch: Vec<NewMessage>) {
+    let mut attempts = 0;
+    while let Err(error) = client.append(batch.clone()).await {
+        attempts += 1;
+        assert!(
+            matches!(error, CallError::Unavailable(_)) && attempts < 10,
+            "append failed for good: {error}"
+        );
+    }
+}
+
 fn key(tenant: &str, user: &str) -> UserKey {
     UserKey::new(tenant, user)
 }
@@ -300,17 +314,7 @@ async fn concurrent_appends_keep_every_users_seq_gapless_and_unique(f: &Fixture)
                         )
                     })
                     .collect::<Vec<_>>();
-                // A SQLite instance whose remembered seqs the other instance overtook fails the
-                // call as `Unavailable` and reads them again; like the gateway, the writer
-                // resends the whole batch, which idempotency makes safe.
-                let mut attempts = 0;
-                while let Err(error) = client.append(batch.clone()).await {
-                    attempts += 1;
-                    assert!(
-                        matches!(error, CallError::Unavailable(_)) && attempts < 10,
-                        "append failed for good: {error}"
-                    );
-                }
+                append_until_answered(&client, batch).await;
             }
         }));
     }
@@ -408,17 +412,7 @@ async fn several_service_instances_share_one_database_safely(f: &Fixture) {
                         )
                     })
                     .collect::<Vec<_>>();
-                // A SQLite instance whose remembered seqs the other instance overtook fails the
-                // call as `Unavailable` and reads them again; like the gateway, the writer
-                // resends the whole batch, which idempotency makes safe.
-                let mut attempts = 0;
-                while let Err(error) = client.append(batch.clone()).await {
-                    attempts += 1;
-                    assert!(
-                        matches!(error, CallError::Unavailable(_)) && attempts < 10,
-                        "append failed for good: {error}"
-                    );
-                }
+                append_until_answered(&client, batch).await;
             }
         }));
     }
