@@ -1,9 +1,15 @@
 //! The invariants checked after each case, once traffic has stopped and every client has
 //! synced: what clients were told against what the database holds, what every client ended
 //! with, and what the processes and their metrics show.
+//!
+//! The rules a user's stream and each acked message obey are `peroxo_bench::contract`'s, the
+//! same the load generator judges by; what only this suite can check (the database's rows,
+//! the processes and their metrics) is here.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
+
+use peroxo_bench::contract::{MessageFate, SeqAudit};
 
 use crate::rig::{Counters, StoredRow};
 use crate::workload::UserReport;
@@ -279,6 +285,7 @@ fn every_user_has_everything_once_in_order(evidence: &Evidence<'_>) -> Check {
             }
         }
     }
+    failures.extend(acked_reached_recipient_once(evidence.reports));
     let delivered: usize = evidence
         .reports
         .iter()
@@ -291,19 +298,61 @@ fn every_user_has_everything_once_in_order(evidence: &Evidence<'_>) -> Check {
     }
 }
 
+/// Every acked message is in its recipient's stream exactly once, by the clients' own
+/// reports (the comparison with storage above holds them to the database's seqs too).
+fn acked_reached_recipient_once(reports: &[UserReport]) -> Vec<String> {
+    let mut held: HashMap<(&str, &str), u32> = HashMap::new();
+    for report in reports {
+        for entry in report.stream.values() {
+            *held
+                .entry((report.user.as_str(), entry.message_id.as_str()))
+                .or_default() += 1;
+        }
+    }
+    let mut failures = Vec::new();
+    for report in reports {
+        for send in &report.sends {
+            let Some((message_id, _)) = &send.ack else {
+                continue;
+            };
+            let deliveries = held
+                .get(&(send.to.as_str(), message_id.as_str()))
+                .copied()
+                .unwrap_or(0);
+            let fate = MessageFate {
+                sent: true,
+                acks: 1,
+                deliveries,
+                refused: false,
+            };
+            let breaches = fate.breaches();
+            if breaches.lost {
+                failures.push(format!(
+                    "{}/{} acked as message {message_id}, never reached {}",
+                    report.user, send.client_msg_id, send.to
+                ));
+            }
+            if breaches.duplicated {
+                failures.push(format!(
+                    "{} holds message {message_id} ({}/{}) {deliveries} times",
+                    send.to, report.user, send.client_msg_id
+                ));
+            }
+        }
+    }
+    failures
+}
+
 fn gapless(evidence: &Evidence<'_>) -> Check {
     let mut failures = Vec::new();
     for report in evidence.reports {
         let n = report.stream.len() as u64;
-        let gapless = report.stream.keys().copied().eq(1..=n);
-        if !gapless || report.last_seq != n {
-            let missing: Vec<u64> = (1..=report.last_seq.max(n))
-                .filter(|s| !report.stream.contains_key(s))
-                .take(10)
-                .collect();
+        let seqs = SeqAudit::of_sorted(report.stream.keys().copied(), report.last_seq);
+        // The stream must also end where the server says the user's seqs end.
+        if !seqs.is_gapless() || seqs.highest_seen != report.last_seq {
             failures.push(format!(
-                "{}: {n} messages, last_seq {}, missing seqs {missing:?}",
-                report.user, report.last_seq
+                "{}: {n} messages, last_seq {}, missing seqs {:?}",
+                report.user, report.last_seq, seqs.first_missing
             ));
         }
     }

@@ -26,9 +26,12 @@
 //! - `scrape`: reading one value from `/metrics`.
 //! - `rng`: small seeded pseudo-random numbers.
 //! - `idle`, `dm`, `connect`: one module per scenario.
+//! - `contract`: the delivery contract's rules, public: `dm` and the fault-injection suite
+//!   both judge by them.
 
 mod client;
 mod connect;
+pub mod contract;
 mod dm;
 mod histogram;
 mod idle;

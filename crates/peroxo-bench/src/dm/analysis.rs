@@ -4,7 +4,8 @@
 //! The delivery contract checked: every acked message reaches its recipient exactly once; the
 //! messages of one sender to one recipient arrive in the order they were sent; each user's
 //! seqs (its acks plus the messages it received) are exactly 1, 2, …, n. Every send gets an
-//! answer. A refused message is never delivered.
+//! answer. A refused message is never delivered. The per-message and per-user rules are
+//! [`crate::contract`]'s; the ledger's slots are turned into its counts one message at a time.
 
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use serde::Serialize;
 use super::ledger::{Ledger, Outcome};
 use super::peer::PeerReport;
 use super::plan::Plan;
+use crate::contract::{MessageFate, SeqAudit};
 use crate::histogram::{Latency, LatencySummary};
 use crate::report::{self, Tally};
 
@@ -151,12 +153,12 @@ pub(super) fn analyse(
     let mut check = pass.check;
     let mut messages = pass.messages;
     for peer in peers.iter_mut() {
-        let (gaps, duplicates) = seq_problems(&mut peer.seqs);
-        check.seq_gaps += gaps;
+        let seqs = SeqAudit::of_unsorted(&mut peer.seqs, 0);
+        check.seq_gaps += seqs.gaps;
         if peer.closed_by_server.is_some() {
-            check.seq_gaps_on_closed_sessions += gaps;
+            check.seq_gaps_on_closed_sessions += seqs.gaps;
         }
-        check.seq_duplicates += duplicates;
+        check.seq_duplicates += seqs.duplicates;
         check.out_of_order += peer.out_of_order;
         check.misrouted += peer.misrouted;
         check.duplicate_acks += peer.duplicate_acks;
@@ -244,57 +246,32 @@ impl<'a> LedgerPass<'a> {
     }
 
     fn verify(&mut self, i: u32, o: &Outcome) {
+        let breaches = MessageFate {
+            sent: o.sent,
+            acks: o.acks.into(),
+            deliveries: o.deliveries.into(),
+            refused: o.error.is_some(),
+        }
+        .breaches();
+        let closed = |user: u32| u64::from(self.closed.get(user as usize) == Some(&true));
         let c = &mut self.check;
-        if o.sent && o.acks == 0 && o.error.is_none() {
+        if breaches.unanswered {
             c.unanswered += 1;
-            let sender = self.plan.sender(i) as usize;
-            c.unanswered_on_closed_sessions += u64::from(self.closed.get(sender) == Some(&true));
+            c.unanswered_on_closed_sessions += closed(self.plan.sender(i));
         }
-        if o.acks > 0 && o.deliveries == 0 {
+        if breaches.lost {
             c.lost += 1;
-            let recipient = self.plan.recipient(i) as usize;
-            c.lost_to_closed_sessions += u64::from(self.closed.get(recipient) == Some(&true));
+            c.lost_to_closed_sessions += closed(self.plan.recipient(i));
         }
-        c.duplicated += u64::from(o.deliveries > 1);
-        c.duplicate_acks += u64::from(o.acks > 1);
-        c.delivered_after_error += u64::from(o.error.is_some() && o.deliveries > 0);
+        c.duplicated += u64::from(breaches.duplicated);
+        c.duplicate_acks += u64::from(breaches.duplicate_ack);
+        c.delivered_after_error += u64::from(breaches.delivered_after_error);
     }
-}
-
-/// Sorts one user's seqs and counts the values missing from 1..=max (gaps) and the values
-/// seen more than once or out of range (duplicates).
-fn seq_problems(seqs: &mut [u64]) -> (u64, u64) {
-    seqs.sort_unstable();
-    let (mut gaps, mut duplicates) = (0, 0);
-    let mut expected = 1;
-    for &seq in seqs.iter() {
-        if seq < expected {
-            duplicates += 1;
-        } else {
-            gaps += seq - expected;
-            expected = seq + 1;
-        }
-    }
-    (gaps, duplicates)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_gapless_stream_has_no_problems_in_any_arrival_order() {
-        assert_eq!(seq_problems(&mut [3, 1, 2, 5, 4]), (0, 0));
-        assert_eq!(seq_problems(&mut []), (0, 0));
-    }
-
-    #[test]
-    fn gaps_and_duplicates_are_counted() {
-        assert_eq!(seq_problems(&mut [1, 2, 5]), (2, 0));
-        assert_eq!(seq_problems(&mut [1, 2, 2, 3]), (0, 1));
-        assert_eq!(seq_problems(&mut [0, 1]), (0, 1));
-        assert_eq!(seq_problems(&mut [2]), (1, 0));
-    }
 
     #[test]
     fn the_ledger_pass_finds_lost_duplicated_and_unanswered_messages() {
@@ -327,5 +304,33 @@ mod tests {
         assert_eq!(analysis.messages.errors.total(), 1);
         assert_eq!(analysis.measured.send_to_ack.count, 7);
         assert_eq!(analysis.measured.acked_per_sec, 7.0);
+    }
+
+    #[test]
+    fn the_ledger_pass_finds_repeated_acks_and_deliveries_after_errors() {
+        let plan = Plan::new(2, 4, Duration::ZERO, Duration::from_secs(1), 1).unwrap();
+        let ledger = Ledger::new(plan.len());
+        let ms = Duration::from_millis(1);
+        for i in 0..plan.len() {
+            ledger.mark_sent(i);
+        }
+        ledger.record_ack(0, ms);
+        ledger.record_ack(0, ms);
+        ledger.record_delivery(0, ms);
+        ledger.record_error(1, "rate_limited");
+        ledger.record_delivery(1, ms);
+        for i in 2..4 {
+            ledger.record_ack(i, ms);
+            ledger.record_delivery(i, ms);
+        }
+        let window = (Duration::ZERO, Duration::from_secs(1));
+        let check = analyse(&plan, &ledger, window, &mut []).check;
+        assert_eq!(check.duplicate_acks, 1, "message 0 is acked twice");
+        assert_eq!(
+            check.delivered_after_error, 1,
+            "message 1 is refused, then delivered"
+        );
+        assert_eq!((check.lost, check.duplicated, check.unanswered), (0, 0, 0));
+        assert_eq!(check.problems(), 2);
     }
 }
