@@ -475,6 +475,7 @@ impl Driver {
             let options = ConnectOptions {
                 headers: self.headers(),
                 timeout: self.config.connect_timeout,
+                ..ConnectOptions::default()
             };
             let attempt = Connection::connect(&url, &options).await;
             let (cause, was_open) = match attempt {

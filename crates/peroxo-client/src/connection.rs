@@ -1,23 +1,29 @@
 //! One WebSocket connection to a gateway, with no policy: open it (TCP_NODELAY, optional extra
-//! headers such as `Authorization: Bearer`), wait for `welcome`, send typed commands or raw
-//! text, receive typed server frames or the server's close, close it.
+//! headers such as `Authorization: Bearer`, an optional local source address, WebSocket buffer
+//! settings), wait for `welcome`, send typed commands or raw text, receive typed server frames
+//! or the server's close, close it. A caller that runs its own reader and writer tasks (the
+//! load generator) takes the socket with [`Connection::into_parts`] once `welcome` has come.
 //!
 //! What to do when a connection ends is the [`Client`](crate::Client)'s business; this module
 //! only reports how it ended ([`Disconnect`]).
 
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use peroxo_protocol::{Command, ServerFrame};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
+use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue, Uri};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+/// The WebSocket of an open connection, as [`Connection::into_parts`] hands it over.
+pub type WebSocket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// What the server said in `welcome`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +61,13 @@ pub struct ConnectOptions {
     pub headers: Vec<(String, String)>,
     /// The longest time from the TCP connect to `welcome`.
     pub timeout: Duration,
+    /// The local address to bind the socket to before connecting; `None` lets the kernel
+    /// choose. One source address has about 28,000 ephemeral ports, so a load generator that
+    /// opens more connections to one server spreads them over several (127.0.0.x on loopback).
+    pub local_address: Option<IpAddr>,
+    /// The WebSocket's buffer sizes and limits: small buffers suit many mostly idle
+    /// connections, the defaults suit a busy one.
+    pub websocket: WebSocketConfig,
 }
 
 impl Default for ConnectOptions {
@@ -62,6 +75,8 @@ impl Default for ConnectOptions {
         Self {
             headers: Vec::new(),
             timeout: Duration::from_secs(10),
+            local_address: None,
+            websocket: WebSocketConfig::default(),
         }
     }
 }
@@ -77,7 +92,7 @@ pub enum Incoming {
 
 /// An open WebSocket connection that has received its `welcome`.
 pub struct Connection {
-    ws: Ws,
+    ws: WebSocket,
     welcome: Welcome,
     /// When anything (a frame, a ping, a pong) last came from the server.
     last_received: tokio::time::Instant,
@@ -114,9 +129,14 @@ impl Connection {
                 .map_err(|e| Disconnect::Unreachable(format!("bad header value: {e}")))?;
             request.headers_mut().insert(name, value);
         }
-        let (ws, _) = tokio_tungstenite::connect_async_with_config(request, None, true)
-            .await
-            .map_err(refusal)?;
+        let stream = connect_tcp(request.uri(), options.local_address).await?;
+        let (ws, _) = tokio_tungstenite::client_async_with_config(
+            request,
+            MaybeTlsStream::Plain(stream),
+            Some(options.websocket),
+        )
+        .await
+        .map_err(refusal)?;
         let mut connection = Self {
             ws,
             last_received: tokio::time::Instant::now(),
@@ -154,6 +174,13 @@ impl Connection {
     /// What the server said in `welcome`.
     pub fn welcome(&self) -> &Welcome {
         &self.welcome
+    }
+
+    /// The WebSocket and the `welcome` it began with, for a caller that splits the socket
+    /// into a sink and a stream owned by its own writer and reader tasks (and so decodes and
+    /// encodes frames itself).
+    pub fn into_parts(self) -> (WebSocket, Welcome) {
+        (self.ws, self.welcome)
     }
 
     /// When anything last came from the server, pings included: a connection silent for
@@ -221,6 +248,39 @@ impl Connection {
     }
 }
 
+/// Connects a TCP socket (TCP_NODELAY) to the host of a `ws://` URL, bound to `local_address`
+/// when there is one.
+async fn connect_tcp(uri: &Uri, local_address: Option<IpAddr>) -> Result<TcpStream, Disconnect> {
+    if uri.scheme_str() != Some("ws") {
+        return Err(Disconnect::Unreachable(format!(
+            "{uri}: only ws:// URLs are supported"
+        )));
+    }
+    let host = uri
+        .host()
+        .ok_or_else(|| Disconnect::Unreachable(format!("{uri} names no host")))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port = uri.port_u16().unwrap_or(80);
+    let server = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|e| Disconnect::Unreachable(format!("cannot resolve {host}: {e}")))?
+        .next()
+        .ok_or_else(|| Disconnect::Unreachable(format!("{host} resolves to no address")))?;
+    let tcp = |e: std::io::Error| Disconnect::Unreachable(format!("tcp connect to {server}: {e}"));
+    let socket = match server {
+        SocketAddr::V4(_) => TcpSocket::new_v4(),
+        SocketAddr::V6(_) => TcpSocket::new_v6(),
+    }
+    .map_err(tcp)?;
+    if let Some(local) = local_address {
+        socket.bind(SocketAddr::new(local, 0)).map_err(tcp)?;
+    }
+    let stream = socket.connect(server).await.map_err(tcp)?;
+    // Without it small frames wait for delayed ACKs (Nagle's algorithm).
+    stream.set_nodelay(true).map_err(tcp)?;
+    Ok(stream)
+}
+
 fn closed(frame: Option<CloseFrame>) -> Disconnect {
     match frame {
         Some(frame) => Disconnect::Closed {
@@ -277,5 +337,52 @@ mod tests {
             Some("unauthorized")
         );
         assert_eq!(error_code_of("not json"), None);
+    }
+
+    /// Accepts one WebSocket on `listener`, sends `welcome`, and returns the client's address.
+    async fn serve_welcome(listener: tokio::net::TcpListener) -> SocketAddr {
+        let (stream, peer) = listener.accept().await.unwrap();
+        let mut ws = tokio_tungstenite::accept_async(stream).await.unwrap();
+        let welcome = ServerFrame::Welcome {
+            session_id: "s1".into(),
+            user: "alice".into(),
+            tenant: "t".into(),
+            last_seq: 7,
+            protocol: peroxo_protocol::PROTOCOL_VERSION,
+        };
+        ws.send(Message::text(welcome.encode())).await.unwrap();
+        // Keep the socket open until the client has read the welcome and gone.
+        while let Some(Ok(_)) = ws.next().await {}
+        peer
+    }
+
+    #[tokio::test]
+    async fn a_connection_binds_the_local_address_it_is_given_and_hands_over_its_socket() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("ws://{}/ws?user=alice", listener.local_addr().unwrap());
+        let server = tokio::spawn(serve_welcome(listener));
+        let options = ConnectOptions {
+            local_address: Some("127.0.0.3".parse().unwrap()),
+            websocket: WebSocketConfig::default()
+                .read_buffer_size(4_096)
+                .write_buffer_size(0),
+            ..ConnectOptions::default()
+        };
+        let connection = Connection::connect(&url, &options).await.unwrap();
+        let (mut ws, welcome) = connection.into_parts();
+        assert_eq!(welcome.last_seq, 7);
+        ws.close(None).await.unwrap();
+        while let Some(Ok(_)) = ws.next().await {}
+        let peer = server.await.unwrap();
+        assert_eq!(peer.ip().to_string(), "127.0.0.3");
+    }
+
+    #[tokio::test]
+    async fn only_ws_urls_are_opened() {
+        let options = ConnectOptions::default();
+        let error = Connection::connect("wss://127.0.0.1:1/ws", &options)
+            .await
+            .unwrap_err();
+        assert!(matches!(error, Disconnect::Unreachable(ref what) if what.contains("ws://")));
     }
 }

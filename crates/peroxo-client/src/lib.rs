@@ -58,7 +58,9 @@ pub use client::{
     Ack, Client, ClientConfig, ClientError, ErrorAbout, Event, Events, SendError, ServerError,
     Status, Submitted, TokenSource,
 };
-pub use connection::{ConnectOptions, Connection, Disconnect, Incoming, Welcome};
+pub use connection::{
+    ConnectOptions, Connection, Disconnect, Incoming, WebSocket, WebSocketConfig, Welcome,
+};
 pub use peroxo_protocol::{Command, CommandKind, ErrorCode, ReqId, ServerFrame};
 pub use reconnect::{Backoff, NextStep};
 pub use stream::{Delivered, Via};
