@@ -15,7 +15,7 @@ use std::time::Duration;
 use peroxo_config::{Secret, StorageBackend};
 use peroxo_protocol::domain::{AppendOutcome, NewMessage, StoredMessage, UserKey};
 use peroxo_storage::grpc::{CallError, StorageClient};
-use peroxo_storage::{HistoryQuery, SyncQuery};
+use peroxo_storage::{HistoryQuery, SyncQuery, SyncScope};
 
 /// A storage service over a fresh database, and a client of it.
 struct Fixture {
@@ -131,7 +131,9 @@ fn msg(tenant: &str, from: &str, to: &str, id: &str) -> NewMessage {
 
 fn stored(outcome: &AppendOutcome) -> (&StoredMessage, bool) {
     match outcome {
-        AppendOutcome::Stored { message, duplicate } => (message, *duplicate),
+        AppendOutcome::Stored {
+            message, duplicate, ..
+        } => (message, *duplicate),
         AppendOutcome::Rejected(reason) => panic!("unexpectedly rejected: {reason}"),
     }
 }
@@ -223,8 +225,8 @@ async fn invalid_messages_are_rejected_alone(f: &Fixture) {
         ])
         .await
         .unwrap();
-    assert!(matches!(out[1], AppendOutcome::Rejected(ref r) if r.contains("sender")));
-    assert!(matches!(out[2], AppendOutcome::Rejected(ref r) if r.contains("text")));
+    assert!(matches!(out[1], AppendOutcome::Rejected(ref r) if r.message.contains("sender")));
+    assert!(matches!(out[2], AppendOutcome::Rejected(ref r) if r.message.contains("text")));
     assert_eq!(
         stored(&out[3]).0.sender_seq,
         2,
@@ -243,7 +245,7 @@ async fn history_pages_are_stable_and_scoped_to_the_conversation(f: &Fixture) {
 
     let query = |before| HistoryQuery {
         user: key("t", "bob"),
-        peer: "alice".into(),
+        conversation_id: "alice:bob".into(),
         before,
         limit: 2,
     };
@@ -278,6 +280,7 @@ async fn sync_returns_a_users_stream_after_a_seq_in_pages(f: &Fixture) {
             user: key("t", "dana"),
             after_seq: 2,
             limit: 3,
+            scope: SyncScope::Everything,
         })
         .await
         .unwrap();
@@ -291,6 +294,7 @@ async fn sync_returns_a_users_stream_after_a_seq_in_pages(f: &Fixture) {
             user: key("t", "dana"),
             after_seq: 5,
             limit: 3,
+            scope: SyncScope::Everything,
         })
         .await
         .unwrap();
@@ -331,6 +335,7 @@ async fn concurrent_appends_keep_every_users_seq_gapless_and_unique(f: &Fixture)
                     user: key("t", user),
                     after_seq: after,
                     limit: 500,
+                    scope: SyncScope::Everything,
                 })
                 .await
                 .unwrap();
@@ -350,7 +355,7 @@ async fn malformed_requests_are_refused_as_such(f: &Fixture) {
         .client
         .history(HistoryQuery {
             user: key("t", "bob"),
-            peer: "alice".into(),
+            conversation_id: "alice:bob".into(),
             before: None,
             limit: 0,
         })
@@ -427,6 +432,7 @@ async fn several_service_instances_share_one_database_safely(f: &Fixture) {
                 user: key("t", user),
                 after_seq: 0,
                 limit: 500,
+                scope: SyncScope::Everything,
             })
             .await
             .unwrap();
@@ -440,6 +446,7 @@ async fn several_service_instances_share_one_database_safely(f: &Fixture) {
             user: key("t", "w0"),
             after_seq: 0,
             limit: 500,
+            scope: SyncScope::Everything,
         })
         .await
         .unwrap();

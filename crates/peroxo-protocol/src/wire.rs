@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Map, Number, Value};
 
 use crate::domain::{self, StoredMessage};
+use crate::event::{Refusal, RefusalCode};
 
 /// The protocol version announced in `welcome`.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -126,16 +127,34 @@ pub enum ErrorCode {
     Unavailable,
     Forbidden,
     Internal,
+    /// Protocol 2: the user is not a member of the conversation.
+    NotAMember,
+    /// Protocol 2: the user's role in the group does not allow the change.
+    NotAllowed,
+    /// Protocol 2: the group is at `groups.max_members`.
+    GroupFull,
+    /// Protocol 2: no such conversation.
+    UnknownConversation,
+    /// Protocol 2: a user would be in more than `groups.max_groups_per_user` groups.
+    TooManyGroups,
+    /// Protocol 2: no such message in the conversation.
+    UnknownMessage,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 6] = [
+    pub const ALL: [ErrorCode; 12] = [
         ErrorCode::BadRequest,
         ErrorCode::TooLarge,
         ErrorCode::RateLimited,
         ErrorCode::Unavailable,
         ErrorCode::Forbidden,
         ErrorCode::Internal,
+        ErrorCode::NotAMember,
+        ErrorCode::NotAllowed,
+        ErrorCode::GroupFull,
+        ErrorCode::UnknownConversation,
+        ErrorCode::TooManyGroups,
+        ErrorCode::UnknownMessage,
     ];
 
     /// The code as it appears on the wire.
@@ -147,6 +166,12 @@ impl ErrorCode {
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::Internal => "internal",
+            ErrorCode::NotAMember => "not_a_member",
+            ErrorCode::NotAllowed => "not_allowed",
+            ErrorCode::GroupFull => "group_full",
+            ErrorCode::UnknownConversation => "unknown_conversation",
+            ErrorCode::TooManyGroups => "too_many_groups",
+            ErrorCode::UnknownMessage => "unknown_message",
         }
     }
 
@@ -156,6 +181,26 @@ impl ErrorCode {
             self,
             ErrorCode::RateLimited | ErrorCode::Unavailable | ErrorCode::Internal
         )
+    }
+}
+
+impl From<RefusalCode> for ErrorCode {
+    fn from(code: RefusalCode) -> Self {
+        match code {
+            RefusalCode::BadRequest => ErrorCode::BadRequest,
+            RefusalCode::NotAMember => ErrorCode::NotAMember,
+            RefusalCode::NotAllowed => ErrorCode::NotAllowed,
+            RefusalCode::GroupFull => ErrorCode::GroupFull,
+            RefusalCode::UnknownConversation => ErrorCode::UnknownConversation,
+            RefusalCode::TooManyGroups => ErrorCode::TooManyGroups,
+            RefusalCode::UnknownMessage => ErrorCode::UnknownMessage,
+        }
+    }
+}
+
+impl From<Refusal> for ProtocolError {
+    fn from(refusal: Refusal) -> Self {
+        ProtocolError::new(refusal.code.into(), refusal.message)
     }
 }
 

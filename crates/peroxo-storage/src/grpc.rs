@@ -12,11 +12,13 @@ use tonic::{Request, Response, Status};
 
 use super::{
     HistoryQuery, MAX_APPEND_BATCH, MAX_HISTORY_LIMIT, MAX_SYNC_LIMIT, MessageStore, StoreError,
-    SyncQuery,
+    SyncQuery, SyncScope,
 };
+use peroxo_protocol::conversation::ConversationRef;
 use peroxo_protocol::domain::{
     self, AppendOutcome, HistoryPage, NewMessage, StoredMessage, SyncPage, UserKey,
 };
+use peroxo_protocol::event::{Refusal, RefusalCode, StreamSeq};
 
 /// The generated protobuf and gRPC code.
 #[allow(unreachable_pub, clippy::all, missing_docs)]
@@ -110,13 +112,21 @@ impl<S: MessageStore> Storage for StorageService<S> {
     ) -> Result<Response<pb::HistoryResponse>, Status> {
         let r = request.into_inner();
         let user = user_key(r.tenant, r.user)?;
-        domain::validate_id(&r.peer).map_err(|e| Status::invalid_argument(format!("peer {e}")))?;
+        let conversation_id = if r.conversation_id.is_empty() {
+            domain::validate_id(&r.peer)
+                .map_err(|e| Status::invalid_argument(format!("peer {e}")))?;
+            domain::conversation_id(&user.user, &r.peer)
+        } else {
+            ConversationRef::parse(&r.conversation_id)
+                .map_err(|e| Status::invalid_argument(format!("conversation_id {e}")))?;
+            r.conversation_id
+        };
         let limit = check_limit(r.limit, MAX_HISTORY_LIMIT)?;
         let page = self
             .store
             .history(HistoryQuery {
                 user,
-                peer: r.peer,
+                conversation_id,
                 before: (r.before != 0).then_some(r.before),
                 limit,
             })
@@ -140,6 +150,11 @@ impl<S: MessageStore> Storage for StorageService<S> {
                 user,
                 after_seq: r.after_seq,
                 limit,
+                scope: if r.everything {
+                    SyncScope::Everything
+                } else {
+                    SyncScope::DirectMessages
+                },
             })
             .await?;
         Ok(Response::new(pb::SyncResponse {
@@ -226,13 +241,21 @@ fn message_from_pb(m: pb::StoredMessage) -> StoredMessage {
 
 fn outcome_to_pb(outcome: AppendOutcome) -> pb::AppendResult {
     match outcome {
-        AppendOutcome::Stored { message, duplicate } => pb::AppendResult {
+        AppendOutcome::Stored {
+            message,
+            duplicate,
+            members,
+        } => pb::AppendResult {
             outcome: Some(pb::append_result::Outcome::Stored(message_to_pb(message))),
             duplicate,
+            refusal_code: String::new(),
+            members: members.into_iter().map(stream_seq_to_pb).collect(),
         },
-        AppendOutcome::Rejected(reason) => pb::AppendResult {
-            outcome: Some(pb::append_result::Outcome::Rejected(reason)),
+        AppendOutcome::Rejected(refusal) => pb::AppendResult {
+            outcome: Some(pb::append_result::Outcome::Rejected(refusal.message)),
             duplicate: false,
+            refusal_code: refusal.code.as_str().to_owned(),
+            members: Vec::new(),
         },
     }
 }
@@ -242,10 +265,36 @@ fn outcome_from_pb(result: pb::AppendResult) -> AppendOutcome {
         Some(pb::append_result::Outcome::Stored(message)) => AppendOutcome::Stored {
             message: message_from_pb(message),
             duplicate: result.duplicate,
+            members: result.members.into_iter().map(stream_seq_from_pb).collect(),
         },
-        Some(pb::append_result::Outcome::Rejected(reason)) => AppendOutcome::Rejected(reason),
-        None => AppendOutcome::Rejected("the storage service sent an empty result".to_owned()),
+        Some(pb::append_result::Outcome::Rejected(reason)) => AppendOutcome::Rejected(
+            Refusal::new(refusal_code_from_pb(&result.refusal_code), reason),
+        ),
+        None => AppendOutcome::Rejected(Refusal::new(
+            RefusalCode::BadRequest,
+            "the storage service sent an empty result",
+        )),
     }
+}
+
+fn stream_seq_to_pb(s: StreamSeq) -> pb::StreamSeq {
+    pb::StreamSeq {
+        user: s.user,
+        seq: s.seq,
+    }
+}
+
+fn stream_seq_from_pb(s: pb::StreamSeq) -> StreamSeq {
+    StreamSeq {
+        user: s.user,
+        seq: s.seq,
+    }
+}
+
+/// A refusal code as the service sent it; an empty or unknown one (from a newer service)
+/// counts as `bad_request`, which no client retries.
+fn refusal_code_from_pb(code: &str) -> RefusalCode {
+    RefusalCode::parse(code).unwrap_or(RefusalCode::BadRequest)
 }
 
 /// Why a call to the storage service failed.
@@ -324,9 +373,10 @@ impl StorageClient {
         let request = pb::HistoryRequest {
             tenant: query.user.tenant.clone(),
             user: query.user.user.clone(),
-            peer: query.peer,
+            peer: String::new(),
             before: query.before.unwrap_or(0),
             limit: query.limit,
+            conversation_id: query.conversation_id,
         };
         let r = self.inner.clone().history(request).await?.into_inner();
         Ok(HistoryPage {
@@ -341,10 +391,12 @@ impl StorageClient {
             user: query.user.user.clone(),
             after_seq: query.after_seq,
             limit: query.limit,
+            everything: query.scope == SyncScope::Everything,
         };
         let r = self.inner.clone().sync(request).await?.into_inner();
         Ok(SyncPage {
             messages: r.messages.into_iter().map(message_from_pb).collect(),
+            events: Vec::new(),
             last_seq: r.last_seq,
             has_more: r.has_more,
         })

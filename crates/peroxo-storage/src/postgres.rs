@@ -21,10 +21,14 @@ use tokio_postgres::{NoTls, Row};
 use super::seq_assignment::{inbox_entries, next_seqs, stream_entries};
 use super::sql::{MESSAGE_COLUMNS, history_page, rows_for_page, sql_int, sync_page};
 use super::{HistoryQuery, MAX_STORED_TEXT_BYTES, MessageStore, StoreError, SyncQuery};
-use peroxo_protocol::domain::{
-    AppendOutcome, HistoryPage, NewMessage, StoredMessage, SyncPage, UserKey, conversation_id,
-    now_ms,
+use peroxo_protocol::conversation::{
+    ConversationPage, ConversationsQuery, CreateGroup, GroupChange, GroupOutcome, ReadMark,
+    ReadOutcome, Receipt,
 };
+use peroxo_protocol::domain::{
+    AppendOutcome, HistoryPage, NewMessage, StoredMessage, SyncPage, UserKey, now_ms,
+};
+use peroxo_protocol::event::{Member, Refusal, RefusalCode};
 
 /// The advisory lock key that serializes migrations across instances ("PEROXO" in ASCII).
 const MIGRATION_LOCK: i64 = 0x5045_524f_584f;
@@ -205,7 +209,7 @@ impl MessageStore for PostgresStore {
 
     async fn history(&self, query: HistoryQuery) -> Result<HistoryPage, StoreError> {
         let client = self.pool.get().await.map_err(backend)?;
-        let conversation = conversation_id(&query.user.user, &query.peer);
+        let conversation = query.conversation_id.clone();
         let before = query.before.map_or(i64::MAX, sql_int);
         let rows = client
             .query(
@@ -263,6 +267,46 @@ impl MessageStore for PostgresStore {
         let client = self.pool.get().await.map_err(backend)?;
         last_seq_in(&client, &user).await
     }
+
+    async fn create_group(&self, _request: CreateGroup) -> Result<GroupOutcome, StoreError> {
+        Err(unsupported())
+    }
+
+    async fn change_group(&self, _request: GroupChange) -> Result<GroupOutcome, StoreError> {
+        Err(unsupported())
+    }
+
+    async fn members(
+        &self,
+        _user: UserKey,
+        _conversation_id: String,
+    ) -> Result<Result<Vec<Member>, Refusal>, StoreError> {
+        Err(unsupported())
+    }
+
+    async fn conversations(
+        &self,
+        _query: ConversationsQuery,
+    ) -> Result<ConversationPage, StoreError> {
+        Err(unsupported())
+    }
+
+    async fn mark_read(&self, _request: ReadMark) -> Result<ReadOutcome, StoreError> {
+        Err(unsupported())
+    }
+
+    async fn read_receipts(
+        &self,
+        _user: UserKey,
+        _conversation_id: String,
+        _message_id: u64,
+    ) -> Result<Result<Vec<Receipt>, Refusal>, StoreError> {
+        Err(unsupported())
+    }
+}
+
+fn unsupported() -> StoreError {
+    StoreError::Backend("not supported by this backend yet".to_owned())
 }
 
 async fn last_seq_in(
@@ -385,7 +429,10 @@ fn assign(
     let mut fresh: Vec<StoredMessage> = Vec::new();
     for (message, check) in batch.iter().zip(checks) {
         if let Err(reason) = check {
-            outcomes.push(AppendOutcome::Rejected(reason));
+            outcomes.push(AppendOutcome::Rejected(Refusal::new(
+                RefusalCode::BadRequest,
+                reason,
+            )));
             continue;
         }
         let key = send_key(&message.tenant, &message.sender, &message.client_msg_id);
@@ -393,6 +440,7 @@ fn assign(
             outcomes.push(AppendOutcome::Stored {
                 message: original.clone(),
                 duplicate: true,
+                members: Vec::new(),
             });
             continue;
         }
@@ -415,6 +463,7 @@ fn assign(
         outcomes.push(AppendOutcome::Stored {
             message: stored,
             duplicate: false,
+            members: Vec::new(),
         });
     }
     (outcomes, fresh)

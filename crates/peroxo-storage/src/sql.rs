@@ -33,6 +33,7 @@ pub(crate) fn history_page(newest_first: Vec<StoredMessage>, limit: u32) -> Hist
 pub(crate) fn sync_page(rows: Vec<StoredMessage>, limit: u32, last_seq: u64) -> SyncPage {
     let (messages, has_more) = cut_page(rows, limit);
     SyncPage {
+        events: Vec::new(),
         messages,
         last_seq,
         has_more,

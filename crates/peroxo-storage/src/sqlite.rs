@@ -26,10 +26,15 @@ use super::seq_assignment::{MessageSeqs, inbox_entries, next_seqs, stream_entrie
 use super::sql::{MESSAGE_COLUMNS, history_page, rows_for_page, sql_int, sync_page};
 use super::{HistoryQuery, MAX_STORED_TEXT_BYTES, MessageStore, StoreError, SyncQuery};
 use peroxo_config::SqliteSync;
+use peroxo_protocol::conversation::{
+    ConversationPage, ConversationsQuery, CreateGroup, GroupChange, GroupOutcome, ReadMark,
+    ReadOutcome, Receipt,
+};
 use peroxo_protocol::domain::{
     AppendOutcome, HistoryPage, NewMessage, StoredMessage, SyncPage, UserKey, conversation_id,
     now_ms,
 };
+use peroxo_protocol::event::{Member, Refusal, RefusalCode};
 
 /// Read connections kept open for reuse.
 const READ_POOL_SIZE: usize = 8;
@@ -184,7 +189,7 @@ impl MessageStore for SqliteStore {
 
     async fn history(&self, query: HistoryQuery) -> Result<HistoryPage, StoreError> {
         self.read(move |conn| {
-            let conversation = conversation_id(&query.user.user, &query.peer);
+            let conversation = query.conversation_id.clone();
             let before = query.before.map_or(i64::MAX, sql_int);
             let mut stmt = conn
                 .prepare_cached(&format!(
@@ -245,6 +250,46 @@ impl MessageStore for SqliteStore {
     async fn last_seq(&self, user: UserKey) -> Result<u64, StoreError> {
         self.read(move |conn| last_seq_in(conn, &user)).await
     }
+
+    async fn create_group(&self, _request: CreateGroup) -> Result<GroupOutcome, StoreError> {
+        Err(unsupported())
+    }
+
+    async fn change_group(&self, _request: GroupChange) -> Result<GroupOutcome, StoreError> {
+        Err(unsupported())
+    }
+
+    async fn members(
+        &self,
+        _user: UserKey,
+        _conversation_id: String,
+    ) -> Result<Result<Vec<Member>, Refusal>, StoreError> {
+        Err(unsupported())
+    }
+
+    async fn conversations(
+        &self,
+        _query: ConversationsQuery,
+    ) -> Result<ConversationPage, StoreError> {
+        Err(unsupported())
+    }
+
+    async fn mark_read(&self, _request: ReadMark) -> Result<ReadOutcome, StoreError> {
+        Err(unsupported())
+    }
+
+    async fn read_receipts(
+        &self,
+        _user: UserKey,
+        _conversation_id: String,
+        _message_id: u64,
+    ) -> Result<Result<Vec<Receipt>, Refusal>, StoreError> {
+        Err(unsupported())
+    }
+}
+
+fn unsupported() -> StoreError {
+    StoreError::Backend("not supported by this backend yet".to_owned())
 }
 
 fn backend(e: rusqlite::Error) -> StoreError {
@@ -430,7 +475,10 @@ fn append_one(
     ts: i64,
 ) -> Result<AppendOutcome, StoreError> {
     if let Err(reason) = message.validate(MAX_STORED_TEXT_BYTES) {
-        return Ok(AppendOutcome::Rejected(reason));
+        return Ok(AppendOutcome::Rejected(Refusal::new(
+            RefusalCode::BadRequest,
+            reason,
+        )));
     }
     let sender = UserKey::new(message.tenant.clone(), message.sender.clone());
     let recipient = sender.peer(message.recipient.clone());
@@ -439,6 +487,7 @@ fn append_one(
         return Ok(AppendOutcome::Stored {
             message: find_original(tx, message)?,
             duplicate: true,
+            members: Vec::new(),
         });
     };
     let stored = assigned.stored(message, message_id as u64, ts);
@@ -450,6 +499,7 @@ fn append_one(
     Ok(AppendOutcome::Stored {
         message: stored,
         duplicate: false,
+        members: Vec::new(),
     })
 }
 
@@ -543,7 +593,9 @@ mod tests {
                 AppendOutcome::Stored { message, .. } => {
                     (message.sender_seq, message.recipient_seq)
                 }
-                AppendOutcome::Rejected(reason) => panic!("rejected: {reason}"),
+                AppendOutcome::Rejected(reason) => {
+                    panic!("rejected: {reason}")
+                }
             })
             .collect()
     }

@@ -393,7 +393,11 @@ impl PersistenceState {
     fn answer(&self, write: PendingWrite, outcome: AppendOutcome) -> Option<Delivery> {
         let metrics = &self.args.metrics;
         match outcome {
-            AppendOutcome::Stored { message, duplicate } => {
+            AppendOutcome::Stored {
+                message,
+                duplicate,
+                members: _,
+            } => {
                 // A retried write found stored was stored by its own earlier, unanswered call.
                 let duplicate = duplicate && !write.retried;
                 metrics.ack(duplicate);
@@ -408,9 +412,9 @@ impl PersistenceState {
                     origin: Some(write.origin.session_id()),
                 })
             }
-            AppendOutcome::Rejected(reason) => {
+            AppendOutcome::Rejected(refusal) => {
                 write.origin.error(
-                    &ProtocolError::new(ErrorCode::BadRequest, reason)
+                    &ProtocolError::from(refusal)
                         .with_req_id(write.req_id)
                         .with_client_msg_id(Some(write.message.client_msg_id)),
                 );

@@ -32,7 +32,7 @@ use peroxo_protocol::{
     ServerFrame, now_ms,
 };
 use peroxo_storage::grpc::CallError;
-use peroxo_storage::{HistoryQuery, SyncQuery};
+use peroxo_storage::{HistoryQuery, SyncQuery, SyncScope};
 
 /// How long a new session waits for each call that registers it: its interest with the
 /// Cluster actor (clustered nodes) and its registration with the Router.
@@ -483,7 +483,7 @@ impl SessionState {
             let _permit = permit;
             let query = HistoryQuery {
                 user: user.clone(),
-                peer: with.clone(),
+                conversation_id: peroxo_protocol::domain::conversation_id(&user.user, &with),
                 before,
                 limit,
             };
@@ -531,6 +531,7 @@ impl SessionState {
                 user: user.clone(),
                 after_seq,
                 limit,
+                scope: SyncScope::DirectMessages,
             };
             match client.sync(query).await {
                 Ok(page) => {
