@@ -4,7 +4,7 @@
 use std::fmt;
 
 use crate::domain::{StoredMessage, UserKey, validate_id};
-use crate::event::{Fanout, GROUP_ID_PREFIX, GROUP_ID_RANDOM_LEN, Refusal, Role, is_group_id};
+use crate::event::{Fanout, GROUP_ID_PREFIX, GROUP_ID_RANDOM_LEN, Role, is_group_id};
 
 /// A conversation id, checked and taken apart.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -112,19 +112,15 @@ pub enum GroupOp {
     SetRole { user: String, role: Role },
 }
 
-/// What became of a group creation or change.
+/// A committed group creation or change. `events` are the events it made, in commit order
+/// (none when the change changed nothing, for example adding a user who is already a member,
+/// or when `duplicate`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum GroupOutcome {
-    /// Committed. `events` are the events it made, in commit order (none when the change
-    /// changed nothing, for example adding a user who is already a member, or when
-    /// `duplicate`).
-    Done {
-        conversation_id: String,
-        events: Vec<Fanout>,
-        /// A `create_group` whose `client_msg_id` was seen before: the group is the original.
-        duplicate: bool,
-    },
-    Refused(Refusal),
+pub struct GroupOutcome {
+    pub conversation_id: String,
+    pub events: Vec<Fanout>,
+    /// A `create_group` whose `client_msg_id` was seen before: the group is the original.
+    pub duplicate: bool,
 }
 
 /// Moves a user's read marker of a conversation.
@@ -146,20 +142,16 @@ pub enum ReadMarkKind {
     Unread { message_id: Option<u64> },
 }
 
-/// What became of a [`ReadMark`].
+/// A committed [`ReadMark`]: the marker and unread count after it. `marker` is `None` when
+/// the marker did not move (no event was made); otherwise the `ReadMarker` event in the user's
+/// stream, and, in a direct conversation with another user whose marker moved forward, the
+/// `ReadReceipt` in the peer's stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ReadOutcome {
-    /// The marker after the request. `marker` is `None` when it did not move (no event was
-    /// made); otherwise the `ReadMarker` event in the user's stream, and in a direct
-    /// conversation with another user whose marker moved forward, the `ReadReceipt` in the
-    /// peer's stream.
-    Done {
-        message_id: u64,
-        unread_count: u64,
-        marker: Option<Fanout>,
-        receipt: Option<Fanout>,
-    },
-    Refused(Refusal),
+pub struct ReadOutcome {
+    pub message_id: u64,
+    pub unread_count: u64,
+    pub marker: Option<Fanout>,
+    pub receipt: Option<Fanout>,
 }
 
 /// A page request for a user's conversation list, most recent activity first.

@@ -42,9 +42,20 @@ impl From<StoreError> for Status {
         match e {
             StoreError::InvalidRequest(m) => Status::invalid_argument(m),
             StoreError::Backend(m) => Status::unavailable(m),
+            StoreError::Refused(refusal) => {
+                let mut status = Status::failed_precondition(refusal.message);
+                status.metadata_mut().insert(
+                    REFUSAL_CODE_KEY,
+                    tonic::metadata::MetadataValue::from_static(refusal.code.as_str()),
+                );
+                status
+            }
         }
     }
 }
+
+/// The response metadata key that carries a refusal's code (with `FAILED_PRECONDITION`).
+const REFUSAL_CODE_KEY: &str = "peroxo-refusal";
 
 /// Serves `store` on `listener`, with `grpc.health.v1` and gRPC reflection, until `shutdown`
 /// completes.
@@ -306,11 +317,22 @@ pub enum CallError {
     /// The service could not be reached or could not do the work; retrying may help.
     #[error("storage unavailable: {0}")]
     Unavailable(String),
+    /// The service refused the request for a rule of conversations, with an exact code.
+    #[error("storage refused the request: {0}")]
+    Refused(Refusal),
 }
 
 impl From<Status> for CallError {
     fn from(status: Status) -> Self {
         match status.code() {
+            tonic::Code::FailedPrecondition => {
+                let code = status
+                    .metadata()
+                    .get(REFUSAL_CODE_KEY)
+                    .and_then(|code| code.to_str().ok())
+                    .map_or(RefusalCode::BadRequest, refusal_code_from_pb);
+                CallError::Refused(Refusal::new(code, status.message()))
+            }
             tonic::Code::InvalidArgument | tonic::Code::OutOfRange => {
                 CallError::Rejected(status.message().to_owned())
             }

@@ -47,6 +47,10 @@ pub enum StoreError {
     /// The backend could not do its work (I/O, database error, shutting down).
     #[error("storage backend failed: {0}")]
     Backend(String),
+    /// The request is refused for a reason the client is told with an exact code (not a
+    /// member, unknown conversation, ...); nothing was stored.
+    #[error("refused: {0}")]
+    Refused(Refusal),
 }
 
 /// A page request for one conversation, as `user` sees it.
@@ -80,7 +84,8 @@ pub enum SyncScope {
     DirectMessages,
 }
 
-/// What every storage backend provides. All of it is scoped by tenant.
+/// What every storage backend provides. All of it is scoped by tenant. A request that breaks
+/// a rule of conversations fails with [`StoreError::Refused`] and changes nothing.
 pub trait MessageStore: Send + Sync + 'static {
     /// Commits `batch` in one transaction, in order, and returns one outcome per message.
     ///
@@ -92,7 +97,8 @@ pub trait MessageStore: Send + Sync + 'static {
         batch: Vec<NewMessage>,
     ) -> impl Future<Output = Result<Vec<AppendOutcome>, StoreError>> + Send;
 
-    /// One page of a conversation, oldest to newest.
+    /// One page of a conversation, oldest to newest. Refused when the user is not in the
+    /// conversation.
     fn history(
         &self,
         query: HistoryQuery,
@@ -124,7 +130,7 @@ pub trait MessageStore: Send + Sync + 'static {
         &self,
         user: UserKey,
         conversation_id: String,
-    ) -> impl Future<Output = Result<Result<Vec<Member>, Refusal>, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Vec<Member>, StoreError>> + Send;
 
     /// One page of `user`'s conversation list, most recent activity first.
     fn conversations(
@@ -145,5 +151,5 @@ pub trait MessageStore: Send + Sync + 'static {
         user: UserKey,
         conversation_id: String,
         message_id: u64,
-    ) -> impl Future<Output = Result<Result<Vec<Receipt>, Refusal>, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Vec<Receipt>, StoreError>> + Send;
 }

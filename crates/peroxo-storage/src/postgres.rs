@@ -280,7 +280,7 @@ impl MessageStore for PostgresStore {
         &self,
         _user: UserKey,
         _conversation_id: String,
-    ) -> Result<Result<Vec<Member>, Refusal>, StoreError> {
+    ) -> Result<Vec<Member>, StoreError> {
         Err(unsupported())
     }
 
@@ -300,7 +300,7 @@ impl MessageStore for PostgresStore {
         _user: UserKey,
         _conversation_id: String,
         _message_id: u64,
-    ) -> Result<Result<Vec<Receipt>, Refusal>, StoreError> {
+    ) -> Result<Vec<Receipt>, StoreError> {
         Err(unsupported())
     }
 }

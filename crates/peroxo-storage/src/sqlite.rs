@@ -263,7 +263,7 @@ impl MessageStore for SqliteStore {
         &self,
         _user: UserKey,
         _conversation_id: String,
-    ) -> Result<Result<Vec<Member>, Refusal>, StoreError> {
+    ) -> Result<Vec<Member>, StoreError> {
         Err(unsupported())
     }
 
@@ -283,7 +283,7 @@ impl MessageStore for SqliteStore {
         _user: UserKey,
         _conversation_id: String,
         _message_id: u64,
-    ) -> Result<Result<Vec<Receipt>, Refusal>, StoreError> {
+    ) -> Result<Vec<Receipt>, StoreError> {
         Err(unsupported())
     }
 }

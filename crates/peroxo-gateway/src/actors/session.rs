@@ -269,6 +269,7 @@ fn storage_error(error: CallError, req_id: Option<ReqId>) -> ProtocolError {
             ProtocolError::new(ErrorCode::BadRequest, reason).with_req_id(req_id)
         }
         CallError::Unavailable(_) => unavailable("storage unavailable; retry later", req_id),
+        CallError::Refused(refusal) => ProtocolError::from(refusal).with_req_id(req_id),
     }
 }
 
