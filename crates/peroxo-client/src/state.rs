@@ -267,6 +267,7 @@ impl ClientState {
                 messages,
                 last_seq,
                 has_more,
+                ..
             } if self.is_sync_reply(req_id.as_deref()) => {
                 self.on_sync_page(messages, last_seq, has_more);
             }

@@ -341,6 +341,10 @@ impl PersistenceState {
                 self.refused(&reason);
                 self.start_batch(myself);
             }
+            Err(CallError::Refused(refusal)) => {
+                self.refused(&refusal.message);
+                self.start_batch(myself);
+            }
             Err(error) => {
                 self.args.outbox.lock().requeue_in_flight();
                 self.args.link.set(None);
@@ -396,7 +400,7 @@ impl PersistenceState {
             AppendOutcome::Stored {
                 message,
                 duplicate,
-                members: _,
+                members,
             } => {
                 // A retried write found stored was stored by its own earlier, unanswered call.
                 let duplicate = duplicate && !write.retried;
@@ -409,6 +413,7 @@ impl PersistenceState {
                     .send(&ack_frame(&message, write.req_id.as_ref(), duplicate));
                 (!duplicate).then(|| Delivery {
                     message,
+                    members,
                     origin: Some(write.origin.session_id()),
                 })
             }
