@@ -175,10 +175,10 @@ pub struct StorageConfig {
     pub sqlite_synchronous: SqliteSync,
     /// The `postgres` backend.
     pub postgres: PostgresConfig,
-    /// Accepted messages not yet committed, across the node. When full, sends are answered
-    /// `unavailable` (retryable).
+    /// Accepted messages not yet committed, across the node, in stored rows (a group message
+    /// counts its members). When full, sends are answered `unavailable` (retryable).
     pub max_pending: usize,
-    /// The most messages one append call carries.
+    /// The most messages one append call carries, in stored rows like `max_pending`.
     pub max_batch: usize,
     /// How long one storage call may take before it counts as failed.
     pub rpc_timeout_ms: u64,

@@ -19,7 +19,6 @@ use crate::actors::ActorSlot;
 use crate::actors::cluster::{self, ClusterMsg};
 use crate::actors::context::GatewayContext;
 use crate::actors::context::StorageLink;
-use crate::actors::conversation_commands::MemberCache;
 use crate::actors::outbox::Outbox;
 use crate::actors::root::{ClusterSetup, RootArgs, RootMsg, RootSupervisor};
 use crate::actors::session_supervisor::SessionSupervisorMsg;
@@ -107,7 +106,7 @@ fn gateway_context(
         outbox: Arc::new(Outbox::new(config.storage.max_pending)),
         limits: config.limits.clone(),
         groups: config.groups.clone(),
-        member_cache: MemberCache::default(),
+        member_cache: Arc::default(),
         storage_wait: config.storage.rpc_timeout(),
         restarts: Arc::new(RestartCounts::new(Arc::clone(&metrics))),
         metrics,

@@ -35,7 +35,7 @@ pub struct GatewayContext {
     /// The limits of group conversations.
     pub groups: GroupsConfig,
     /// Recently read member lists of groups (typing, live receipts).
-    pub member_cache: MemberCache,
+    pub member_cache: Arc<MemberCache>,
     /// How long a session waits for storage when the client connects.
     pub storage_wait: Duration,
     pub restarts: Arc<RestartCounts>,

@@ -44,9 +44,31 @@ const MEMBERS_CACHE_GROUPS: usize = 10_000;
 #[derive(Default)]
 pub struct MemberCache {
     groups: Mutex<HashMap<(String, String), (Instant, Arc<Vec<String>>)>>,
+    /// The member count each group had at its last commit seen here: what a send to it is
+    /// charged (rate and outbox places) before storage says how many it reached.
+    sizes: Mutex<HashMap<(String, String), u32>>,
 }
 
 impl MemberCache {
+    /// The member count of `group` as last seen here (1 when never seen).
+    pub fn size(&self, tenant: &str, group: &str) -> u32 {
+        self.sizes
+            .lock()
+            .expect("member cache poisoned")
+            .get(&(tenant.to_owned(), group.to_owned()))
+            .copied()
+            .unwrap_or(1)
+    }
+
+    /// Remembers that `group` has `members` members.
+    pub fn set_size(&self, tenant: &str, group: &str, members: u32) {
+        let mut sizes = self.sizes.lock().expect("member cache poisoned");
+        if sizes.len() >= MEMBERS_CACHE_GROUPS {
+            sizes.clear();
+        }
+        sizes.insert((tenant.to_owned(), group.to_owned()), members);
+    }
+
     fn get(&self, tenant: &str, group: &str) -> Option<Arc<Vec<String>>> {
         let groups = self.groups.lock().expect("member cache poisoned");
         groups
@@ -56,6 +78,7 @@ impl MemberCache {
     }
 
     fn put(&self, tenant: &str, group: &str, members: Arc<Vec<String>>) {
+        self.set_size(tenant, group, u32::try_from(members.len()).unwrap_or(u32::MAX));
         let mut groups = self.groups.lock().expect("member cache poisoned");
         if groups.len() >= MEMBERS_CACHE_GROUPS {
             groups.clear();

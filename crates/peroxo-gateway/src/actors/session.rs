@@ -29,6 +29,7 @@ use peroxo_protocol::CloseCause;
 use peroxo_protocol::domain::NewMessage;
 use super::conversation_commands::CommandContext;
 use peroxo_protocol::conversation::ConversationRef;
+use peroxo_protocol::event::is_group_id;
 use peroxo_protocol::domain::conversation_id;
 use peroxo_protocol::{
     Command, CommandKind, ErrorCode, EventView, LATEST_PROTOCOL_VERSION, MessageView,
@@ -468,7 +469,7 @@ impl SessionState {
     /// `send` with a conversation id: a direct conversation is a send to its other user; a
     /// group id is a message to every member (storage checks membership).
     fn send_to_conversation(
-        &self,
+        &mut self,
         conversation_id: String,
         text: String,
         client_msg_id: String,
@@ -534,8 +535,21 @@ impl SessionState {
         }
     }
 
-    fn send(&self, to: String, text: String, client_msg_id: String, req_id: Option<ReqId>) {
+    /// Accepts a send into the outbox. A group message holds as many outbox places as the
+    /// group had members when last seen here, and costs the sender's rate in proportion.
+    fn send(&mut self, to: String, text: String, client_msg_id: String, req_id: Option<ReqId>) {
         let outbound = &self.connection.outbound;
+        let rows = if is_group_id(&to) {
+            let members = self
+                .gateway
+                .member_cache
+                .size(&self.connection.key.tenant, &to);
+            let per_token = self.gateway.groups.members_per_rate_token.max(1);
+            self.rate.charge(f64::from(members / per_token));
+            members
+        } else {
+            1
+        };
         let message = NewMessage {
             tenant: self.connection.key.tenant.clone(),
             sender: self.connection.key.user.clone(),
@@ -547,7 +561,7 @@ impl SessionState {
         let pushed = self
             .gateway
             .outbox
-            .push(message, outbound.clone(), req_id.clone());
+            .push(message, outbound.clone(), req_id.clone(), rows);
         if pushed.is_ok() {
             self.gateway.metrics.messages_received.increment(1);
         }
