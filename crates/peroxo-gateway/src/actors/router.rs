@@ -870,6 +870,55 @@ mod tests {
     }
 
     #[test]
+    fn a_group_message_reaches_each_members_protocol_2_sessions_with_their_seq() {
+        let mut state = RouterState::default();
+        let (alice_phone, alice_phone_queue) = connect("alice", &[]);
+        let origin = alice_phone.outbound.session_id();
+        state.register(Registration {
+            protocol: 2,
+            ..alice_phone
+        });
+        let (alice_laptop, alice_laptop_queue) = connect("alice", &[]);
+        state.register(Registration {
+            protocol: 2,
+            ..alice_laptop
+        });
+        let (bob_v1, bob_v1_queue) = connect("bob", &[]);
+        state.register(bob_v1);
+        let (bob_v2, bob_v2_queue) = connect("bob", &[]);
+        state.register(Registration {
+            protocol: 2,
+            ..bob_v2
+        });
+        let group = "g~0123456789abcdef01234567";
+        state.deliver(&[Delivery {
+            message: message("alice", group, 7, 0),
+            members: vec![
+                StreamSeq {
+                    user: "bob".to_owned(),
+                    seq: 4,
+                },
+                StreamSeq {
+                    user: "carol".to_owned(),
+                    seq: 9,
+                },
+            ],
+            origin: Some(origin),
+        }]);
+        let to_bob = frames(&bob_v2_queue);
+        assert_eq!(to_bob.len(), 1);
+        assert_eq!(to_bob[0]["conversation_id"], group);
+        assert_eq!(to_bob[0]["seq"], 4, "bob's own seq");
+        assert!(to_bob[0].get("client_msg_id").is_none());
+        assert!(frames(&bob_v1_queue).is_empty(), "protocol 1 never sees groups");
+        let copy = frames(&alice_laptop_queue);
+        assert_eq!(copy.len(), 1);
+        assert_eq!(copy[0]["seq"], 7, "the sender's own seq");
+        assert_eq!(copy[0]["client_msg_id"], "c1");
+        assert!(frames(&alice_phone_queue).is_empty(), "the origin gets an ack");
+    }
+
+    #[test]
     fn presence_does_not_cross_tenants() {
         let mut state = RouterState::default();
         let (alice, alice_queue) = connect("alice", &["bob"]);
