@@ -198,10 +198,20 @@ async fn a_protocol_1_connection_keeps_its_direct_messages_and_sees_no_group_tra
     alice.dm("bob", "direct hello", "m2").await;
 
     let direct = bob_v1.wait_for("message").await;
-    assert_eq!(direct["text"], "direct hello", "the group message never reaches v1");
-    assert_eq!(direct["seq"], 3, "bob's stream: group_created, group message, this");
+    assert_eq!(
+        direct["text"], "direct hello",
+        "the group message never reaches v1"
+    );
+    assert_eq!(
+        direct["seq"], 3,
+        "bob's stream: group_created, group message, this"
+    );
     let synced = bob_v1.sync_all(0).await;
-    assert_eq!(synced.len(), 1, "v1 sync holds direct messages only: {synced:?}");
+    assert_eq!(
+        synced.len(),
+        1,
+        "v1 sync holds direct messages only: {synced:?}"
+    );
     assert_eq!(synced[0]["text"], "direct hello");
 
     // The same user on protocol 2 sees the whole stream, gapless.
@@ -490,7 +500,10 @@ async fn a_client_subscribes_to_the_presence_of_a_groups_members() {
     )
     .await;
     assert_eq!(snapshot["type"], "presence_snapshot", "{snapshot}");
-    assert_eq!(snapshot["users"], json!({"bob": "online", "carol": "offline"}));
+    assert_eq!(
+        snapshot["users"],
+        json!({"bob": "online", "carol": "offline"})
+    );
 }
 
 #[tokio::test]

@@ -543,7 +543,11 @@ impl GroupsConfig {
         };
         in_range("max_members", self.max_members, MAX_GROUP_MEMBERS)?;
         in_range("max_groups_per_user", self.max_groups_per_user, u32::MAX)?;
-        in_range("max_title_bytes", self.max_title_bytes, MAX_TITLE_BYTES as u32)?;
+        in_range(
+            "max_title_bytes",
+            self.max_title_bytes,
+            MAX_TITLE_BYTES as u32,
+        )?;
         in_range(
             "live_receipts_max_members",
             self.live_receipts_max_members,

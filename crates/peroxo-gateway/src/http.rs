@@ -27,8 +27,8 @@ use crate::actors::context::GatewayContext;
 use crate::actors::session_supervisor::SessionSupervisorMsg;
 use crate::admission::{Admission, Refusal, Ticket};
 use crate::identity::{Authenticator, Identity};
-use peroxo_protocol::{LATEST_PROTOCOL_VERSION, PROTOCOL_VERSION};
 use peroxo_config::LimitsConfig;
+use peroxo_protocol::{LATEST_PROTOCOL_VERSION, PROTOCOL_VERSION};
 
 /// Bytes read from a socket at a time. Every connection holds this much from the start, so it
 /// stays small: a client's frame is a few hundred bytes and fits in one read (a larger one

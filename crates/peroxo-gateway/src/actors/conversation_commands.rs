@@ -22,14 +22,14 @@ use super::context::{ConnectionContext, GatewayContext};
 use super::router::{RouterMsg, UserFrame};
 use crate::connection::{Droppable, Outbound};
 use peroxo_protocol::conversation::{
-    ConversationRef, ConversationsQuery, CreateGroup, GroupChange, GroupOp, GroupOutcome,
-    ReadMark, ReadMarkKind, ReadOutcome,
+    ConversationRef, ConversationsQuery, CreateGroup, GroupChange, GroupOp, GroupOutcome, ReadMark,
+    ReadMarkKind, ReadOutcome,
 };
 use peroxo_protocol::domain::{SessionId, StoredMessage, UserKey};
 use peroxo_protocol::event::{Fanout, Role, StreamSeq};
 use peroxo_protocol::{
-    CommandKind, ConversationView, ErrorCode, EventView, MemberView, MessageView,
-    ProtocolError, ReaderView, ReqId, ServerFrame,
+    CommandKind, ConversationView, ErrorCode, EventView, MemberView, MessageView, ProtocolError,
+    ReaderView, ReqId, ServerFrame,
 };
 use peroxo_storage::grpc::{CallError, StorageClient};
 
@@ -78,7 +78,11 @@ impl MemberCache {
     }
 
     fn put(&self, tenant: &str, group: &str, members: Arc<Vec<String>>) {
-        self.set_size(tenant, group, u32::try_from(members.len()).unwrap_or(u32::MAX));
+        self.set_size(
+            tenant,
+            group,
+            u32::try_from(members.len()).unwrap_or(u32::MAX),
+        );
         let mut groups = self.groups.lock().expect("member cache poisoned");
         if groups.len() >= MEMBERS_CACHE_GROUPS {
             groups.clear();
@@ -108,7 +112,11 @@ impl CommandContext {
     /// Carries out one protocol-2 command that needs storage, in a task bounded by the
     /// connection's read permits. Commands of protocol 1 are not handled here.
     pub async fn run(&self, kind: CommandKind, req_id: Option<ReqId>) {
-        let Some(permit) = Arc::clone(&self.connection.reads).acquire_owned().await.ok() else {
+        let Some(permit) = Arc::clone(&self.connection.reads)
+            .acquire_owned()
+            .await
+            .ok()
+        else {
             return;
         };
         let outbound = self.connection.outbound.clone();
@@ -178,7 +186,10 @@ impl Task {
             CommandKind::RenameGroup {
                 conversation_id,
                 title,
-            } => self.change(conversation_id, GroupOp::Rename { title }, req_id).await?,
+            } => {
+                self.change(conversation_id, GroupOp::Rename { title }, req_id)
+                    .await?
+            }
             CommandKind::AddMembers {
                 conversation_id,
                 users,
@@ -336,7 +347,12 @@ impl Task {
         let moved_forward = matches!(kind, ReadMarkKind::Read { .. }) && marker.is_some();
         let events: Vec<Fanout> = marker.into_iter().chain(receipt).collect();
         self.deliver_events(&events);
-        if moved_forward && matches!(ConversationRef::parse(&conversation_id), Ok(ConversationRef::Group(_))) {
+        if moved_forward
+            && matches!(
+                ConversationRef::parse(&conversation_id),
+                Ok(ConversationRef::Group(_))
+            )
+        {
             let receipt = ServerFrame::Receipt {
                 conversation_id: Cow::Borrowed(&conversation_id),
                 user: Cow::Borrowed(&self.user.user),
@@ -374,11 +390,7 @@ impl Task {
 
     /// Sends a droppable `frame` to the other members of a group small enough for live
     /// receipts. Refused when the user is not a member.
-    async fn to_live_members(
-        &self,
-        group: &str,
-        frame: &ServerFrame<'_>,
-    ) -> Result<(), CallError> {
+    async fn to_live_members(&self, group: &str, frame: &ServerFrame<'_>) -> Result<(), CallError> {
         let members = self.members(group).await?;
         if !members.contains(&self.user.user) {
             return Err(not_in_conversation());
@@ -428,13 +440,19 @@ impl Task {
 
 /// The `event` frame of a committed event for every stream it entered, each with that
 /// stream's seq.
-pub fn stream_frames<'a>(tenant: &'a str, fanout: &'a Fanout) -> impl Iterator<Item = UserFrame> + 'a {
-    fanout.seqs.iter().map(move |StreamSeq { user, seq }| UserFrame {
-        user: UserKey::new(tenant, user.clone()),
-        text: Utf8Bytes::from(ServerFrame::Event(EventView::of(&fanout.event, *seq)).encode()),
-        droppable: Droppable::No,
-        skip: None,
-    })
+pub fn stream_frames<'a>(
+    tenant: &'a str,
+    fanout: &'a Fanout,
+) -> impl Iterator<Item = UserFrame> + 'a {
+    fanout
+        .seqs
+        .iter()
+        .map(move |StreamSeq { user, seq }| UserFrame {
+            user: UserKey::new(tenant, user.clone()),
+            text: Utf8Bytes::from(ServerFrame::Event(EventView::of(&fanout.event, *seq)).encode()),
+            droppable: Droppable::No,
+            skip: None,
+        })
 }
 
 /// The `message` frames of a committed group message: one for every member with its seq,
@@ -468,7 +486,8 @@ pub fn message_frames(
 }
 
 fn unavailable(req_id: Option<ReqId>) -> ProtocolError {
-    ProtocolError::new(ErrorCode::Unavailable, "storage unavailable; retry later").with_req_id(req_id)
+    ProtocolError::new(ErrorCode::Unavailable, "storage unavailable; retry later")
+        .with_req_id(req_id)
 }
 
 fn not_in_conversation() -> CallError {

@@ -502,7 +502,11 @@ mod tests {
         let rows = [30, 30, 50, 1];
         let batch = || waiting.iter().zip(rows);
         assert_eq!(batch_len(batch(), 100), 2, "30 + 30 + 50 is over 100 rows");
-        assert_eq!(batch_len(batch(), 10), 1, "the first goes alone, whatever its rows");
+        assert_eq!(
+            batch_len(batch(), 10),
+            1,
+            "the first goes alone, whatever its rows"
+        );
     }
 
     #[test]

@@ -19,8 +19,8 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use super::ActorSlot;
 use super::cluster::ClusterMsg;
-use super::conversation_commands::message_frames;
 use super::context::StorageLink;
+use super::conversation_commands::message_frames;
 use super::session_supervisor::SessionSupervisorMsg;
 use crate::connection::{Droppable, Outbound};
 use crate::telemetry::Metrics;
@@ -910,12 +910,18 @@ mod tests {
         assert_eq!(to_bob[0]["conversation_id"], group);
         assert_eq!(to_bob[0]["seq"], 4, "bob's own seq");
         assert!(to_bob[0].get("client_msg_id").is_none());
-        assert!(frames(&bob_v1_queue).is_empty(), "protocol 1 never sees groups");
+        assert!(
+            frames(&bob_v1_queue).is_empty(),
+            "protocol 1 never sees groups"
+        );
         let copy = frames(&alice_laptop_queue);
         assert_eq!(copy.len(), 1);
         assert_eq!(copy[0]["seq"], 7, "the sender's own seq");
         assert_eq!(copy[0]["client_msg_id"], "c1");
-        assert!(frames(&alice_phone_queue).is_empty(), "the origin gets an ack");
+        assert!(
+            frames(&alice_phone_queue).is_empty(),
+            "the origin gets an ack"
+        );
     }
 
     #[test]

@@ -21,16 +21,16 @@ use tokio::time::Instant;
 use super::ActorSlot;
 use super::cluster::ClusterMsg;
 use super::context::{ConnectionContext, GatewayContext};
+use super::conversation_commands::CommandContext;
 use super::persistence::PersistenceMsg;
 use super::router::RouterMsg;
 use crate::connection::{Inbound, Refused, SessionInbox};
 use crate::rate_limit::{RateLimiter, Verdict};
 use peroxo_protocol::CloseCause;
-use peroxo_protocol::domain::NewMessage;
-use super::conversation_commands::CommandContext;
 use peroxo_protocol::conversation::ConversationRef;
-use peroxo_protocol::event::is_group_id;
+use peroxo_protocol::domain::NewMessage;
 use peroxo_protocol::domain::conversation_id;
+use peroxo_protocol::event::is_group_id;
 use peroxo_protocol::{
     Command, CommandKind, ErrorCode, EventView, LATEST_PROTOCOL_VERSION, MessageView,
     ProtocolError, ReqId, ServerFrame, now_ms,
@@ -515,15 +515,20 @@ impl SessionState {
                     .filter(|u| *u != self.connection.key.user)
                     .collect::<Vec<_>>();
                 if users.is_empty() {
-                    self.connection.outbound.send(&ServerFrame::PresenceSnapshot {
-                        req_id: req_id.as_ref().map(Cow::Borrowed),
-                        users: Default::default(),
-                    });
+                    self.connection
+                        .outbound
+                        .send(&ServerFrame::PresenceSnapshot {
+                            req_id: req_id.as_ref().map(Cow::Borrowed),
+                            users: Default::default(),
+                        });
                 } else {
                     self.subscribe(users, req_id);
                 }
             }
-            Err(error) => self.connection.outbound.error(&storage_error(error, req_id)),
+            Err(error) => self
+                .connection
+                .outbound
+                .error(&storage_error(error, req_id)),
         }
     }
 

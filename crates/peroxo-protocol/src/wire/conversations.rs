@@ -13,7 +13,7 @@ use super::{
 };
 use crate::conversation::{ConversationKind, ConversationRef, ConversationSummary, Receipt};
 use crate::domain::validate_client_msg_id;
-use crate::event::{Event, EventKind, MAX_USERS_PER_CHANGE, Member, MAX_CONVERSATIONS_LIMIT, Role};
+use crate::event::{Event, EventKind, MAX_CONVERSATIONS_LIMIT, MAX_USERS_PER_CHANGE, Member, Role};
 use crate::wire::MessageView;
 
 /// The default page size of `conversations`.
@@ -46,7 +46,9 @@ pub(super) fn decode(kind: &str, f: &mut Fields<'_>) -> Option<Result<CommandKin
                 user: f.id("user")?,
             })
         })(),
-        "leave_group" => group_id(f).map(|conversation_id| CommandKind::LeaveGroup { conversation_id }),
+        "leave_group" => {
+            group_id(f).map(|conversation_id| CommandKind::LeaveGroup { conversation_id })
+        }
         "set_role" => (|| {
             let conversation_id = group_id(f)?;
             let user = f.id("user")?;
@@ -63,7 +65,11 @@ pub(super) fn decode(kind: &str, f: &mut Fields<'_>) -> Option<Result<CommandKin
         "conversations" => (|| {
             Ok(CommandKind::Conversations {
                 before: f.cursor("before")?,
-                limit: f.limit("limit", DEFAULT_CONVERSATIONS_LIMIT, MAX_CONVERSATIONS_LIMIT)?,
+                limit: f.limit(
+                    "limit",
+                    DEFAULT_CONVERSATIONS_LIMIT,
+                    MAX_CONVERSATIONS_LIMIT,
+                )?,
             })
         })(),
         "mark_read" => (|| {
@@ -114,7 +120,9 @@ pub(super) fn send_to_conversation(
     client_msg_id: String,
 ) -> Result<CommandKind, ProtocolError> {
     if f.has("to") {
-        return Err(bad_request("give either `to` or `conversation_id`, not both"));
+        return Err(bad_request(
+            "give either `to` or `conversation_id`, not both",
+        ));
     }
     Ok(CommandKind::SendToConversation {
         conversation_id: conversation_id(f)?,
@@ -126,7 +134,9 @@ pub(super) fn send_to_conversation(
 /// `history` with a `conversation_id` instead of `with`.
 pub(super) fn history_of_conversation(f: &mut Fields<'_>) -> Result<CommandKind, ProtocolError> {
     if f.has("with") {
-        return Err(bad_request("give either `with` or `conversation_id`, not both"));
+        return Err(bad_request(
+            "give either `with` or `conversation_id`, not both",
+        ));
     }
     Ok(CommandKind::ConversationHistory {
         conversation_id: conversation_id(f)?,
@@ -138,7 +148,9 @@ pub(super) fn history_of_conversation(f: &mut Fields<'_>) -> Result<CommandKind,
 /// `typing` with a `conversation_id` instead of `to`.
 pub(super) fn typing_in_conversation(f: &mut Fields<'_>) -> Result<CommandKind, ProtocolError> {
     if f.has("to") {
-        return Err(bad_request("give either `to` or `conversation_id`, not both"));
+        return Err(bad_request(
+            "give either `to` or `conversation_id`, not both",
+        ));
     }
     Ok(CommandKind::TypingInConversation {
         conversation_id: conversation_id(f)?,
@@ -148,7 +160,9 @@ pub(super) fn typing_in_conversation(f: &mut Fields<'_>) -> Result<CommandKind, 
 /// `presence_subscribe` with a `conversation_id` (a group's members) instead of `users`.
 pub(super) fn subscribe_to_group(f: &mut Fields<'_>) -> Result<CommandKind, ProtocolError> {
     if f.has("users") {
-        return Err(bad_request("give either `users` or `conversation_id`, not both"));
+        return Err(bad_request(
+            "give either `users` or `conversation_id`, not both",
+        ));
     }
     Ok(CommandKind::PresenceSubscribeGroup {
         conversation_id: group_id(f)?,
@@ -173,7 +187,11 @@ fn group_id(f: &mut Fields<'_>) -> Result<String, ProtocolError> {
 
 /// A message id as the server writes it: a string of digits.
 fn message_id(f: &mut Fields<'_>, name: &str) -> Result<Option<u64>, ProtocolError> {
-    let invalid = || bad_request(format!("`{name}` must be a message id (a string of digits)"));
+    let invalid = || {
+        bad_request(format!(
+            "`{name}` must be a message id (a string of digits)"
+        ))
+    };
     match f.take(name) {
         None | Some(serde_json::Value::Null) => Ok(None),
         Some(serde_json::Value::String(s)) => s
@@ -371,6 +389,174 @@ impl<'a> ConversationView<'a> {
             unread_count: summary.unread_count,
             read_marker: summary.read_marker.to_string(),
             activity_seq: summary.activity_seq,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::wire::{CommandKind, DecodeLimits, ErrorCode, decode};
+
+    const LIMITS: DecodeLimits = DecodeLimits {
+        max_text_bytes: 16,
+        max_watched_users: 3,
+    };
+    const GROUP: &str = "g~0123456789abcdef01234567";
+
+    fn kind(text: &str) -> CommandKind {
+        decode(text, &LIMITS).unwrap().kind
+    }
+
+    fn error(text: &str) -> String {
+        let e = decode(text, &LIMITS).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        e.message
+    }
+
+    #[test]
+    fn send_history_and_typing_take_a_conversation_id_instead_of_a_user() {
+        assert_eq!(
+            kind(&format!(
+                r#"{{"type":"send","conversation_id":"{GROUP}","text":"hi","client_msg_id":"c1"}}"#
+            )),
+            CommandKind::SendToConversation {
+                conversation_id: GROUP.into(),
+                text: "hi".into(),
+                client_msg_id: "c1".into()
+            }
+        );
+        assert_eq!(
+            kind(r#"{"type":"history","conversation_id":"alice:bob","limit":5}"#),
+            CommandKind::ConversationHistory {
+                conversation_id: "alice:bob".into(),
+                before: None,
+                limit: 5
+            }
+        );
+        assert_eq!(
+            kind(&format!(
+                r#"{{"type":"typing","conversation_id":"{GROUP}"}}"#
+            )),
+            CommandKind::TypingInConversation {
+                conversation_id: GROUP.into()
+            }
+        );
+        assert!(
+            error(r#"{"type":"send","to":"bob","conversation_id":"alice:bob","text":"x","client_msg_id":"c"}"#)
+                .contains("not both")
+        );
+        assert!(
+            error(r#"{"type":"history","conversation_id":"bob:alice"}"#)
+                .contains("conversation_id")
+        );
+    }
+
+    #[test]
+    fn group_commands_decode_and_name_their_bad_fields() {
+        assert_eq!(
+            kind(
+                r#"{"type":"create_group","title":"Team","members":["bob","bob"],"client_msg_id":"g1"}"#
+            ),
+            CommandKind::CreateGroup {
+                title: "Team".into(),
+                members: vec!["bob".into()],
+                client_msg_id: "g1".into()
+            }
+        );
+        assert_eq!(
+            kind(r#"{"type":"create_group","title":"Solo","members":[],"client_msg_id":"g1"}"#),
+            CommandKind::CreateGroup {
+                title: "Solo".into(),
+                members: vec![],
+                client_msg_id: "g1".into()
+            }
+        );
+        assert_eq!(
+            kind(&format!(
+                r#"{{"type":"set_role","conversation_id":"{GROUP}","user":"bob","role":"admin"}}"#
+            )),
+            CommandKind::SetRole {
+                conversation_id: GROUP.into(),
+                user: "bob".into(),
+                role: "admin".into()
+            }
+        );
+        assert!(
+            error(&format!(
+                r#"{{"type":"set_role","conversation_id":"{GROUP}","user":"bob","role":"king"}}"#
+            ))
+            .contains("`role`")
+        );
+        assert!(
+            error(r#"{"type":"add_members","conversation_id":"alice:bob","users":["c"]}"#)
+                .contains("group id")
+        );
+        assert!(error(r#"{"type":"create_group","title":"T"}"#).contains("client_msg_id"));
+    }
+
+    #[test]
+    fn read_marks_take_message_ids_as_the_server_writes_them() {
+        assert_eq!(
+            kind(r#"{"type":"mark_read","conversation_id":"alice:bob","message_id":"42"}"#),
+            CommandKind::MarkRead {
+                conversation_id: "alice:bob".into(),
+                message_id: 42
+            }
+        );
+        assert_eq!(
+            kind(r#"{"type":"mark_unread","conversation_id":"alice:bob"}"#),
+            CommandKind::MarkUnread {
+                conversation_id: "alice:bob".into(),
+                message_id: None
+            }
+        );
+        assert!(
+            error(r#"{"type":"mark_read","conversation_id":"alice:bob","message_id":42}"#)
+                .contains("`message_id`")
+        );
+        assert!(
+            error(r#"{"type":"mark_read","conversation_id":"alice:bob"}"#).contains("message_id")
+        );
+        assert_eq!(
+            kind(r#"{"type":"conversations","before":"17","limit":10}"#),
+            CommandKind::Conversations {
+                before: Some(17),
+                limit: 10
+            }
+        );
+        assert!(error(r#"{"type":"conversations","limit":201}"#).contains("200"));
+    }
+
+    #[test]
+    fn commands_encode_to_what_decoding_reads_back() {
+        let commands = [
+            CommandKind::CreateGroup {
+                title: "Team".into(),
+                members: vec!["bob".into()],
+                client_msg_id: "g1".into(),
+            },
+            CommandKind::MarkRead {
+                conversation_id: "alice:bob".into(),
+                message_id: 42,
+            },
+            CommandKind::MarkUnread {
+                conversation_id: GROUP.into(),
+                message_id: Some(7),
+            },
+            CommandKind::Conversations {
+                before: Some(3),
+                limit: 20,
+            },
+            CommandKind::SendToConversation {
+                conversation_id: GROUP.into(),
+                text: "hi".into(),
+                client_msg_id: "c1".into(),
+            },
+        ];
+        for kind in commands {
+            let command = crate::wire::Command { req_id: None, kind };
+            let text = command.encode();
+            assert_eq!(decode(&text, &LIMITS).unwrap(), command, "{text}");
         }
     }
 }

@@ -48,8 +48,8 @@ use tokio::time::Instant;
 
 use super::ActorSlot;
 use super::router::{RouterMsg, UserFrame};
-use crate::connection::Droppable;
 use super::session_supervisor::SessionSupervisorMsg;
+use crate::connection::Droppable;
 use interest::Interests;
 use link::Subjects;
 use peroxo_config::ClusterConfig;
