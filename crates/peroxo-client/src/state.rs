@@ -532,6 +532,7 @@ mod tests {
         ServerFrame::Sync {
             req_id: Some(Cow::Owned(ReqId::Text(req.into()))),
             messages: seqs.map(view).collect(),
+            events: None,
             last_seq: last,
             has_more: more,
         }

@@ -740,7 +740,7 @@ pub enum ServerFrame<'a> {
         client_msg_id: Option<Cow<'a, str>>,
     },
     /// Protocol 2: a committed stream event other than a message.
-    Event(EventView<'a>),
+    Event(Box<EventView<'a>>),
     /// Protocol 2: the answer to `create_group`.
     GroupCreated {
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -983,8 +983,8 @@ mod tests {
                 last_seq: 2,
                 has_more: false,
             },
-            ServerFrame::Event(EventView::of(renamed, 3)),
-            ServerFrame::Event(EventView::of(added, 4)),
+            ServerFrame::Event(Box::new(EventView::of(renamed, 3))),
+            ServerFrame::Event(Box::new(EventView::of(added, 4))),
             ServerFrame::GroupCreated {
                 req_id: None,
                 client_msg_id: "g1".into(),

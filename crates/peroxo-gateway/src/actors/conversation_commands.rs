@@ -41,12 +41,18 @@ const MEMBERS_CACHE_GROUPS: usize = 10_000;
 
 /// Recently read member lists of groups, for the best-effort frames (typing, live receipts)
 /// that should not cost a storage read each.
+/// A group of a tenant: `(tenant, group id)`.
+type GroupKey = (String, String);
+/// A group's member list and when it was read.
+type ReadMembers = (Instant, Arc<Vec<String>>);
+
 #[derive(Default)]
 pub struct MemberCache {
-    groups: Mutex<HashMap<(String, String), (Instant, Arc<Vec<String>>)>>,
+    /// When each group's member list was read, and the list.
+    groups: Mutex<HashMap<GroupKey, ReadMembers>>,
     /// The member count each group had at its last commit seen here: what a send to it is
     /// charged (rate and outbox places) before storage says how many it reached.
-    sizes: Mutex<HashMap<(String, String), u32>>,
+    sizes: Mutex<HashMap<GroupKey, u32>>,
 }
 
 impl MemberCache {
@@ -449,7 +455,9 @@ pub fn stream_frames<'a>(
         .iter()
         .map(move |StreamSeq { user, seq }| UserFrame {
             user: UserKey::new(tenant, user.clone()),
-            text: Utf8Bytes::from(ServerFrame::Event(EventView::of(&fanout.event, *seq)).encode()),
+            text: Utf8Bytes::from(
+                ServerFrame::Event(Box::new(EventView::of(&fanout.event, *seq))).encode(),
+            ),
             droppable: Droppable::No,
             skip: None,
         })

@@ -525,10 +525,11 @@ impl SessionState {
                     self.subscribe(users, req_id);
                 }
             }
-            Err(error) => self
-                .connection
-                .outbound
-                .error(&storage_error(error, req_id)),
+            Err(error) => {
+                self.connection
+                    .outbound
+                    .error(&storage_error(error, req_id));
+            }
         }
     }
 
