@@ -89,12 +89,17 @@ async fn postgres_instances_starting_together_apply_each_migration_once() {
         .await
         .unwrap();
     tokio::spawn(connection);
-    let applied: i64 = db
-        .query_one("SELECT count(*) FROM peroxo_schema_migrations", &[])
+    let applied: Vec<i32> = db
+        .query(
+            "SELECT version FROM peroxo_schema_migrations ORDER BY version",
+            &[],
+        )
         .await
         .unwrap()
-        .get(0);
-    assert_eq!(applied, 1);
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(applied, [1, 2], "every migration, each once");
     drop(db);
     for store in stores {
         store.stop().await;
