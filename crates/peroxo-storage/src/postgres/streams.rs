@@ -29,8 +29,7 @@ impl Counters {
     /// seen, and reads their last seqs.
     ///
     /// `ON CONFLICT DO UPDATE ... WHERE false` locks an existing row without changing it, so
-    /// creating and locking are one pass in one order: a transaction never waits for a row
-    /// another created while holding a row it wants.
+    /// creating a counter and locking it happen in the same pass, in the same order.
     pub(super) async fn lock(
         tx: &Transaction<'_>,
         users: BTreeSet<UserKey>,
