@@ -222,7 +222,7 @@ impl Connection {
             match message {
                 Some(Ok(Message::Text(text))) => {
                     return Ok(match ServerFrame::decode(&text) {
-                        Ok(frame) => Incoming::Frame(frame),
+                        Ok(frame) => Incoming::Frame(frame.into_owned()),
                         Err(error) => Incoming::Undecodable {
                             text: text.to_string(),
                             error: error.to_string(),
