@@ -11,6 +11,7 @@
 //! - `instances`: several service instances over one database, and concurrent writers.
 //! - `stream_model`: what a user's conversation list must say, worked out from that user's
 //!   stream; most cases end by checking it.
+//! - `upgrade`: databases written before conversations existed.
 //!
 //! PostgreSQL cases use the server at `PEROXO_TEST_POSTGRES_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/postgres`, trust auth): each creates its own database
@@ -129,6 +130,7 @@ mod groups;
 mod instances;
 mod reads;
 mod stream_model;
+mod upgrade;
 
 fn msg(tenant: &str, from: &str, to: &str, id: &str) -> NewMessage {
     NewMessage {
