@@ -8,9 +8,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use deadpool_postgres::{GenericClient, Pool, Transaction};
 
 use super::backend;
-use super::streams::{Counters, InboxRows, fan_out, insert_event, role_from_sql};
+use super::reads::current_members;
+use super::streams::{Counters, InboxRows, fan_out, insert_event};
 use crate::StoreError;
-use crate::rules::{self, Effect, GroupState, MemberRow, Step};
+use crate::rules::{self, Effect, GroupState, Step};
 use crate::sql::sql_int;
 use peroxo_protocol::conversation::{CreateGroup, GroupChange, GroupLimits, GroupOutcome};
 use peroxo_protocol::domain::{UserKey, now_ms};
@@ -209,6 +210,7 @@ pub(super) async fn change_group(
         .map_err(backend)?
         .ok_or_else(|| StoreError::Refused(rules::unknown_conversation(&group)))?
         .get(0);
+    // The group row is locked: these stay the members until the change commits.
     let members = current_members(&tx, &actor.tenant, &group).await?;
     let state = GroupState {
         id: &group,
@@ -243,31 +245,6 @@ pub(super) async fn change_group(
         events,
         duplicate: false,
     })
-}
-
-/// The current members of a group whose row this transaction has locked.
-async fn current_members(
-    tx: &Transaction<'_>,
-    tenant: &str,
-    group: &str,
-) -> Result<Vec<MemberRow>, StoreError> {
-    let rows = tx
-        .query(
-            "SELECT owner, role, joined_event FROM conversation_states
-             WHERE tenant = $1 AND conversation = $2 AND active AND role IS NOT NULL",
-            &[&tenant, &group],
-        )
-        .await
-        .map_err(backend)?;
-    rows.iter()
-        .map(|row| {
-            Ok(MemberRow {
-                user: row.get(0),
-                role: role_from_sql(row.get(1))?,
-                joined: row.get::<_, i64>(2) as u64,
-            })
-        })
-        .collect()
 }
 
 /// What a change writes besides its effects: events in streams, and the counters they take.
