@@ -7,6 +7,7 @@ use peroxo_protocol::domain::conversation_id;
 contract!(
     several_service_instances_share_one_database_safely,
     concurrent_sends_and_marks_lose_no_update,
+    group_changes_racing_sends_and_marks_lose_nothing,
 );
 
 async fn several_service_instances_share_one_database_safely(f: &Fixture) {
@@ -89,12 +90,17 @@ async fn postgres_instances_starting_together_apply_each_migration_once() {
         .await
         .unwrap();
     tokio::spawn(connection);
-    let applied: i64 = db
-        .query_one("SELECT count(*) FROM peroxo_schema_migrations", &[])
+    let applied: Vec<i32> = db
+        .query(
+            "SELECT version FROM peroxo_schema_migrations ORDER BY version",
+            &[],
+        )
         .await
         .unwrap()
-        .get(0);
-    assert_eq!(applied, 1);
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(applied, [1, 2], "every migration, each once");
     drop(db);
     for store in stores {
         store.stop().await;
@@ -198,9 +204,96 @@ async fn concurrent_sends_and_marks_lose_no_update(f: &Fixture) {
     assert_lists_match_streams(&f.client, &CROWD).await;
 }
 
-#[tokio::test]
-async fn postgres_instances_sending_and_marking_at_once_lose_no_update() {
-    let f = Fixture::new(StorageBackend::Postgres).await;
+/// The owner of the [`crowd_group`] removes and adds back its last member, renames it and
+/// changes a role, while every member sends to it and marks it read and unread; the last
+/// member's requests are refused while it is out.
+async fn race_with_changes(clients: &[StorageClient], group: &str) {
+    let mut tasks = Vec::new();
+    for (i, user) in CROWD.iter().enumerate() {
+        let client = clients[i % clients.len()].clone();
+        let group = group.to_owned();
+        tasks.push(tokio::spawn(async move {
+            for round in 0..15 {
+                if i == 0 {
+                    change_crowd(&client, &group, round).await;
+                } else {
+                    use_crowd(&client, user, &group, round).await;
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+}
+
+/// The owner's change of `round`.
+async fn change_crowd(client: &StorageClient, group: &str, round: usize) {
+    let last = CROWD[CROWD.len() - 1].to_owned();
+    let op = match round % 5 {
+        0 => GroupOp::RemoveMember { user: last },
+        1 => GroupOp::AddMembers { users: vec![last] },
+        2 => GroupOp::Rename {
+            title: format!("Team {round}"),
+        },
+        3 => GroupOp::SetRole {
+            user: CROWD[1].to_owned(),
+            role: Role::Admin,
+        },
+        _ => GroupOp::SetRole {
+            user: CROWD[1].to_owned(),
+            role: Role::Member,
+        },
+    };
+    let change = GroupChange {
+        actor: key(T, CROWD[0]),
+        conversation_id: group.to_owned(),
+        op,
+        limits: limits(),
+    };
+    client.change_group(change).await.unwrap();
+}
+
+/// A member's request of `round`: a message to the group, or a read or unread mark of it.
+/// Only the member who comes and goes may be refused.
+async fn use_crowd(client: &StorageClient, user: &str, group: &str, round: usize) {
+    let may_be_out = user == CROWD[CROWD.len() - 1];
+    let kind = match round % 3 {
+        0 => {
+            let outcomes = client
+                .append(vec![msg(T, user, group, &format!("r{round}"))])
+                .await
+                .unwrap();
+            assert!(
+                may_be_out || matches!(outcomes[0], AppendOutcome::Stored { .. }),
+                "{user}: {outcomes:?}"
+            );
+            return;
+        }
+        1 => read_up_to(u64::MAX),
+        _ => ReadMarkKind::Unread { message_id: None },
+    };
+    let request = ReadMark {
+        user: key(T, user),
+        conversation_id: group.to_owned(),
+        kind,
+    };
+    match client.mark_read(request).await {
+        Ok(_) => {}
+        Err(CallError::Refused(_)) if may_be_out => {}
+        Err(error) => panic!("{user}'s mark failed: {error}"),
+    }
+}
+
+async fn group_changes_racing_sends_and_marks_lose_nothing(f: &Fixture) {
+    let group = crowd_group(f).await;
+    let clients = [f.client.clone(), connect(f.store.addr).await];
+    race_with_changes(&clients, &group).await;
+    assert_lists_match_streams(&f.client, &CROWD).await;
+}
+
+/// Two more service instances over `f`'s database, and a client of each of the three.
+async fn two_more_instances(f: &Fixture) -> (Vec<peroxo_storage::StoreServer>, Vec<StorageClient>) {
     let mut config = f.config.clone();
     config.listen = "127.0.0.1:0".parse().unwrap();
     let mut others = Vec::new();
@@ -210,6 +303,27 @@ async fn postgres_instances_sending_and_marking_at_once_lose_no_update() {
         clients.push(connect(instance.addr).await);
         others.push(instance);
     }
+    (others, clients)
+}
+
+#[tokio::test]
+async fn postgres_instances_changing_a_group_while_its_members_write_lose_nothing() {
+    let f = Fixture::new(StorageBackend::Postgres).await;
+    let (others, clients) = two_more_instances(&f).await;
+    let group = crowd_group(&f).await;
+    race_with_changes(&clients, &group).await;
+    race(&clients, &group).await;
+    assert_lists_match_streams(&f.client, &CROWD).await;
+    for instance in others {
+        instance.stop().await;
+    }
+    f.finish().await;
+}
+
+#[tokio::test]
+async fn postgres_instances_sending_and_marking_at_once_lose_no_update() {
+    let f = Fixture::new(StorageBackend::Postgres).await;
+    let (others, clients) = two_more_instances(&f).await;
     let group = crowd_group(&f).await;
     race(&clients, &group).await;
     assert_lists_match_streams(&f.client, &CROWD).await;
