@@ -19,8 +19,8 @@
 //!
 //! # Layout
 //!
-//! - `client`: endpoint, identities, source addresses; opening and closing sessions.
-//! - `wire`: the client side of the protocol frames the benchmark uses.
+//! - `client`: endpoint, identities, source addresses; opening sessions as `peroxo-client`
+//!   connections, and counting why some could not be opened.
 //! - `histogram`: latency histograms and their percentile summary.
 //! - `report`: tallies, the progress line, JSON or text output.
 //! - `scrape`: reading one value from `/metrics`.
@@ -38,7 +38,6 @@ mod idle;
 mod report;
 mod rng;
 mod scrape;
-mod wire;
 
 use clap::{ArgAction, Args, Subcommand};
 

@@ -241,7 +241,7 @@ impl<'a> LedgerPass<'a> {
         m.acked += u64::from(o.acks > 0);
         m.delivered += u64::from(o.deliveries > 0);
         if let Some(code) = o.error {
-            m.errors.add(code.map_or("other", |c| c.as_str()), 1);
+            m.errors.add(code.as_str(), 1);
         }
     }
 
@@ -271,6 +271,8 @@ impl<'a> LedgerPass<'a> {
 
 #[cfg(test)]
 mod tests {
+    use peroxo_protocol::ErrorCode;
+
     use super::*;
 
     #[test]
@@ -288,7 +290,7 @@ mod tests {
             ledger.record_delivery(i, 2 * ms);
         }
         ledger.record_delivery(0, 3 * ms); // duplicated
-        ledger.record_error(7, "unavailable");
+        ledger.record_error(7, ErrorCode::Unavailable);
         let analysis = analyse(
             &plan,
             &ledger,
@@ -317,7 +319,7 @@ mod tests {
         ledger.record_ack(0, ms);
         ledger.record_ack(0, ms);
         ledger.record_delivery(0, ms);
-        ledger.record_error(1, "rate_limited");
+        ledger.record_error(1, ErrorCode::RateLimited);
         ledger.record_delivery(1, ms);
         for i in 2..4 {
             ledger.record_ack(i, ms);

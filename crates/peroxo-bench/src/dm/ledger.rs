@@ -14,8 +14,6 @@ use peroxo_protocol::ErrorCode;
 const SENT: u8 = 1;
 /// Slot flag: the message got its first answer (an ack or an error).
 const ANSWERED: u8 = 2;
-/// The error number of an `error` code this benchmark does not know.
-const OTHER_ERROR: u8 = ErrorCode::ALL.len() as u8 + 1;
 
 /// The state of one message.
 #[derive(Default)]
@@ -60,8 +58,8 @@ pub(super) struct Outcome {
     pub(super) sent: bool,
     pub(super) acks: u8,
     pub(super) deliveries: u8,
-    /// The error code that answered it, if any (`None` inside for an unknown code).
-    pub(super) error: Option<Option<ErrorCode>>,
+    /// The error code that answered it, if any.
+    pub(super) error: Option<ErrorCode>,
     /// From its due time to its first ack.
     pub(super) ack_latency: Option<Duration>,
     /// From its due time to its first arrival at the recipient.
@@ -127,7 +125,7 @@ impl Ledger {
     }
 
     /// Message `i` was refused with error `code`.
-    pub(super) fn record_error(&self, i: u32, code: &str) {
+    pub(super) fn record_error(&self, i: u32, code: ErrorCode) {
         let Some(slot) = self.slot(i) else { return };
         slot.error.store(error_number(code), Ordering::Relaxed);
         self.live.errors.fetch_add(1, Ordering::Relaxed);
@@ -176,19 +174,16 @@ fn micros(latency: Duration) -> u32 {
 }
 
 /// The slot number of an error code.
-fn error_number(code: &str) -> u8 {
-    ErrorCode::ALL
-        .iter()
-        .position(|known| known.as_str() == code)
-        .map_or(OTHER_ERROR, |index| index as u8 + 1)
+fn error_number(code: ErrorCode) -> u8 {
+    let index = ErrorCode::ALL.iter().position(|known| *known == code);
+    index.expect("ErrorCode::ALL holds every code") as u8 + 1
 }
 
-/// The error code of a slot number: `None` for no error, `Some(None)` for an unknown code.
-fn error_code(number: u8) -> Option<Option<ErrorCode>> {
-    match number {
-        0 => None,
-        n => Some(ErrorCode::ALL.get(usize::from(n) - 1).copied()),
-    }
+/// The error code of a slot number: `None` for no error.
+fn error_code(number: u8) -> Option<ErrorCode> {
+    number
+        .checked_sub(1)
+        .and_then(|index| ErrorCode::ALL.get(usize::from(index)).copied())
 }
 
 #[cfg(test)]
@@ -209,17 +204,15 @@ mod tests {
         assert_eq!(ledger.record_delivery(0, Duration::ZERO), 0);
         assert_eq!(ledger.record_delivery(0, Duration::ZERO), 1);
         ledger.mark_sent(1);
-        ledger.record_error(1, "rate_limited");
+        ledger.record_error(1, ErrorCode::RateLimited);
         let zero = ledger.outcome(0);
         assert_eq!((zero.acks, zero.deliveries), (1, 2));
         assert_eq!(zero.ack_latency, Some(Duration::from_micros(1_500)));
         assert_eq!(zero.delivery_latency, Some(Duration::from_micros(1)));
-        assert_eq!(ledger.outcome(1).error, Some(Some(ErrorCode::RateLimited)));
+        assert_eq!(ledger.outcome(1).error, Some(ErrorCode::RateLimited));
         assert_eq!(ledger.outcome(2).error, None);
         assert!(!ledger.outcome(2).sent);
         assert!(ledger.is_drained());
-        ledger.record_error(2, "brand_new");
-        assert_eq!(ledger.outcome(2).error, Some(None));
         // Out-of-range indexes from a confused server are ignored.
         ledger.record_ack(99, Duration::ZERO);
         assert!(!ledger.contains(99));

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use futures_util::StreamExt;
+use peroxo_client::WebSocket;
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -35,7 +36,7 @@ use self::ledger::Ledger;
 use self::peer::{PeerReport, Shared, Stop};
 use self::plan::Plan;
 use super::TargetArgs;
-use super::client::{self, Buffers, CLOSE_TIMEOUT, Endpoint, OpenCounts, Ws};
+use super::client::{self, Buffers, CLOSE_TIMEOUT, Endpoint, OpenCounts};
 use super::report::{self, Progress, Tally};
 use super::rng;
 
@@ -177,7 +178,11 @@ struct Traffic {
 
 /// Paces the plan's messages out over the open sessions, waits for them to drain, and
 /// closes every session.
-async fn send_traffic(sessions: Vec<Ws>, plan: Plan, args: &DmArgs) -> anyhow::Result<Traffic> {
+async fn send_traffic(
+    sessions: Vec<WebSocket>,
+    plan: Plan,
+    args: &DmArgs,
+) -> anyhow::Result<Traffic> {
     let shared = Arc::new(Shared {
         ledger: Ledger::new(plan.len()),
         plan,
@@ -214,7 +219,7 @@ async fn connect_users(
     endpoint: &Arc<Endpoint>,
     plan: &Plan,
     concurrency: usize,
-) -> anyhow::Result<Vec<Ws>> {
+) -> anyhow::Result<Vec<WebSocket>> {
     let users: Arc<[String]> = (0..plan.users()).map(plan::user_name).collect();
     let counts = Arc::new(OpenCounts::default());
     let (sessions, failures) = client::open_many(endpoint, users, concurrency, &counts).await;
@@ -227,14 +232,15 @@ async fn connect_users(
     let mut sockets = Vec::with_capacity(sessions.len());
     for (n, session) in sessions.into_iter().enumerate() {
         let session = session.ok_or_else(|| anyhow::anyhow!("session {n} did not open"))?;
+        let (socket, welcome) = session.into_parts();
         anyhow::ensure!(
-            session.last_seq == 0,
+            welcome.last_seq == 0,
             "user {} of tenant {} starts at seq {}, not 0: use a fresh --tenant",
             plan::user_name(n as u32),
             endpoint.tenant(),
-            session.last_seq
+            welcome.last_seq
         );
-        sockets.push(session.ws);
+        sockets.push(socket);
     }
     Ok(sockets)
 }
@@ -247,7 +253,7 @@ type Peers = (
 );
 
 /// Starts a writer and a reader for every user's session (user `n` is `sessions[n]`).
-fn spawn_peers(sessions: Vec<Ws>, shared: &Arc<Shared>, stop: &Stop) -> Peers {
+fn spawn_peers(sessions: Vec<WebSocket>, shared: &Arc<Shared>, stop: &Stop) -> Peers {
     let mut outboxes = Vec::with_capacity(sessions.len());
     let mut writers = JoinSet::new();
     let mut readers = JoinSet::new();

@@ -13,15 +13,16 @@ use std::time::Instant;
 
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
+use peroxo_client::WebSocket;
+use peroxo_protocol::{ErrorCode, MessageView, ServerFrame};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 use super::ledger::Ledger;
 use super::plan::{self, Plan};
-use crate::client::{CLOSE_TIMEOUT, Ws};
+use crate::client::CLOSE_TIMEOUT;
 use crate::report::Tally;
-use crate::wire::{self, Frame};
 
 /// The most frames written before one flush.
 const MAX_BATCH: usize = 64;
@@ -54,7 +55,7 @@ pub(super) struct Stop {
 /// Sends the messages queued in `outbox` until `stop.close`, then closes the connection.
 /// Returns why writing failed, if it did.
 pub(super) async fn write(
-    mut sink: SplitSink<Ws, Message>,
+    mut sink: SplitSink<WebSocket, Message>,
     mut outbox: mpsc::UnboundedReceiver<u32>,
     shared: Arc<Shared>,
     stop: Stop,
@@ -94,15 +95,14 @@ pub(super) async fn write(
 
 /// Writes the `send` frames of `batch` and flushes them once.
 async fn send_batch(
-    sink: &mut SplitSink<Ws, Message>,
+    sink: &mut SplitSink<WebSocket, Message>,
     batch: &[u32],
     shared: &Shared,
 ) -> Result<(), tokio_tungstenite::tungstenite::Error> {
     for &i in batch {
-        let to = plan::user_name(shared.plan.recipient(i));
-        let frame = wire::send_frame(i, &to, shared.text_bytes);
+        let send = shared.plan.send(i, shared.text_bytes);
         shared.ledger.mark_sent(i);
-        sink.feed(Message::Text(frame.into())).await?;
+        sink.feed(Message::text(send.encode())).await?;
     }
     sink.flush().await
 }
@@ -148,7 +148,7 @@ pub(super) struct PeerReport {
 
 /// Reads `me`'s frames until the connection ends (or `stop.abandon`).
 pub(super) async fn read(
-    mut stream: SplitStream<Ws>,
+    mut stream: SplitStream<WebSocket>,
     me: u32,
     shared: Arc<Shared>,
     stop: Stop,
@@ -205,25 +205,22 @@ struct Reader {
 
 impl Reader {
     fn on_text(&mut self, text: &str) {
-        match wire::decode(text) {
-            Ok(Frame::Ack {
+        match ServerFrame::decode(text) {
+            Ok(ServerFrame::Ack {
                 client_msg_id,
                 seq,
                 duplicate,
-            }) => self.on_ack(&client_msg_id, seq, duplicate),
-            Ok(Frame::Message {
-                from,
-                to,
-                text,
-                seq,
                 ..
-            }) => self.on_message(&from, &to, &text, seq),
-            Ok(Frame::Error {
+            }) => self.on_ack(&client_msg_id, seq, duplicate),
+            Ok(ServerFrame::Message(message)) => self.on_message(&message),
+            Ok(ServerFrame::Error {
                 code,
                 client_msg_id,
-            }) => self.on_error(&code, client_msg_id.as_deref()),
-            Ok(Frame::SyncHint { .. }) => self.report.sync_hints += 1,
-            Ok(Frame::Welcome { .. } | Frame::Other(_)) => {}
+                ..
+            }) => self.on_error(code, client_msg_id.as_deref()),
+            Ok(ServerFrame::SyncHint { .. }) => self.report.sync_hints += 1,
+            // Frames of features this run does not use (presence, pong, ...).
+            Ok(_) => {}
             Err(_) => self.report.undecodable += 1,
         }
     }
@@ -234,7 +231,7 @@ impl Reader {
         if duplicate {
             self.report.duplicate_acks += 1;
         }
-        match wire::index_of_client_msg_id(client_msg_id) {
+        match plan::index_of_client_msg_id(client_msg_id) {
             Some(i) if self.shared.ledger.contains(i) && self.shared.plan.sender(i) == self.me => {
                 self.shared.ledger.record_ack(i, self.shared.latency(i));
             }
@@ -244,17 +241,18 @@ impl Reader {
 
     /// A message delivered to us: its seq is ours; it must come from its planned sender, and
     /// after that sender's earlier messages.
-    fn on_message(&mut self, from: &str, to: &str, text: &str, seq: u64) {
-        self.report.seqs.push(seq);
+    fn on_message(&mut self, message: &MessageView<'_>) {
+        self.report.seqs.push(message.seq);
         let plan = &self.shared.plan;
-        let Some(i) = wire::index_of_text(text).filter(|i| self.shared.ledger.contains(*i)) else {
+        let index = plan::index_of_text(&message.text);
+        let Some(i) = index.filter(|i| self.shared.ledger.contains(*i)) else {
             self.report.misrouted += 1;
             return;
         };
         let sender = plan.sender(i);
         if plan.recipient(i) != self.me
-            || to != self.me_name
-            || plan::user_number(from) != Some(sender)
+            || message.to != self.me_name
+            || plan::user_number(&message.from) != Some(sender)
         {
             self.report.misrouted += 1;
             return;
@@ -271,10 +269,10 @@ impl Reader {
     }
 
     /// A refused command: counted against its message when it names one.
-    fn on_error(&mut self, code: &str, client_msg_id: Option<&str>) {
-        match client_msg_id.and_then(wire::index_of_client_msg_id) {
+    fn on_error(&mut self, code: ErrorCode, client_msg_id: Option<&str>) {
+        match client_msg_id.and_then(plan::index_of_client_msg_id) {
             Some(i) if self.shared.ledger.contains(i) => self.shared.ledger.record_error(i, code),
-            _ => self.report.errors_without_id.add(code, 1),
+            _ => self.report.errors_without_id.add(code.as_str(), 1),
         }
     }
 }

@@ -1,12 +1,18 @@
 //! The schedule of a `dm` run, fixed before it starts: which user sends message `i`, to whom,
-//! and when.
+//! when, and what it says.
 //!
 //! Nothing is stored per message. Message `i` is due `i / rate` seconds after the start (open
 //! loop: the clock decides, not the replies), is sent by user `i mod users` (so every user
 //! sends at the same steady pace), and goes to a peer other than the sender chosen by a seeded
 //! hash of `i`, so the same seed gives the same run.
+//!
+//! Every frame about a message names it by its index: the `client_msg_id` of its send is the
+//! index in decimal, and its text starts with `m<index>`, so that the recipient (which does
+//! not see `client_msg_id`) can match what it receives.
 
 use std::time::Duration;
+
+use peroxo_protocol::{Command, CommandKind};
 
 use crate::rng;
 
@@ -91,6 +97,43 @@ impl Plan {
     pub(super) fn is_measured(&self, i: u32) -> bool {
         i >= self.measured_from
     }
+
+    /// The `send` of message `i`, with a text of at least `text_bytes` bytes (more only when
+    /// `m<index>` alone is longer).
+    pub(super) fn send(&self, i: u32, text_bytes: usize) -> Command {
+        Command {
+            req_id: None,
+            kind: CommandKind::Send {
+                to: user_name(self.recipient(i)),
+                text: message_text(i, text_bytes),
+                client_msg_id: i.to_string(),
+            },
+        }
+    }
+}
+
+/// The text of message `i`: `m<i>`, then a space and filler up to `text_bytes`.
+fn message_text(i: u32, text_bytes: usize) -> String {
+    let mut text = format!("m{i}");
+    if text.len() < text_bytes {
+        text.push(' ');
+    }
+    while text.len() < text_bytes {
+        text.push('x');
+    }
+    text
+}
+
+/// The message index a `client_msg_id` carries, if it is one of ours.
+pub(super) fn index_of_client_msg_id(client_msg_id: &str) -> Option<u32> {
+    client_msg_id.parse().ok()
+}
+
+/// The message index a received text carries, if it is one of ours.
+pub(super) fn index_of_text(text: &str) -> Option<u32> {
+    let rest = text.strip_prefix('m')?;
+    let digits = rest.split(' ').next()?;
+    digits.parse().ok()
 }
 
 /// The id of user number `n`.
@@ -139,6 +182,34 @@ mod tests {
     fn the_same_seed_gives_the_same_peers() {
         let (a, b) = (plan(), plan());
         assert!((0..100).all(|i| a.recipient(i) == b.recipient(i)));
+    }
+
+    #[test]
+    fn a_send_carries_its_index_in_the_id_and_the_text() {
+        let plan = plan();
+        let Command {
+            req_id: None,
+            kind:
+                CommandKind::Send {
+                    to,
+                    text,
+                    client_msg_id,
+                },
+        } = plan.send(1234, 32)
+        else {
+            panic!("not a send");
+        };
+        assert_eq!(to, user_name(plan.recipient(1234)));
+        assert_eq!(text.len(), 32);
+        assert_eq!(index_of_text(&text), Some(1234));
+        assert_eq!(index_of_client_msg_id(&client_msg_id), Some(1234));
+    }
+
+    #[test]
+    fn a_text_shorter_than_its_index_keeps_the_index() {
+        assert_eq!(message_text(98765, 1), "m98765");
+        assert_eq!(index_of_text("m98765"), Some(98765));
+        assert_eq!(index_of_text("hello"), None);
     }
 
     #[test]
