@@ -7,8 +7,10 @@
 // its own, has alice, bob and carol in three contexts and alice again in a fourth (a second
 // device): a group with sender names, previews and unread badges, who is typing, members added,
 // removed, promoted and leaving, read ticks in a direct conversation, read state moving on the
-// other device, "mark unread", and a reload that keeps the list. A third, shorter scenario runs a
-// server in JWT mode: sign in with a token, and be sent back to sign-in when it expires.
+// other device, "mark unread", a reload that keeps the list while the server is out of reach
+// (and a sync that brings what happened meanwhile), and a new browser that reads the list from
+// the server. A third, shorter scenario runs a server in JWT mode: sign in with a token, and be
+// sent back to sign-in when it expires.
 //
 // Run: ./run.sh (or `node --test chat.test.mjs` once `npm ci` has run and the server is built).
 // Env: PEROXO_BIN (server binary; default ../../target/debug/peroxo, relative paths are taken
@@ -496,6 +498,8 @@ const BOB_TO_THE_TEAM = 'Hi all, bob here';
 const ARE_YOU_THERE = 'Are you there, Bob?';
 const PING = 'Ping from bob';
 const AFTER_RELOAD = 'Sent after the reload';
+const TEAM_RENAMED = 'Team B';
+const FROM_THE_PHONE = 'Hello from my phone';
 
 describe('PerOXO chat page: groups, the conversation list and read state', () => {
   const { step, isBroken } = scenario();
@@ -675,7 +679,7 @@ describe('PerOXO chat page: groups, the conversation list and read state', () =>
   });
 
   step('a reload keeps the list, its unread counts and the stream position', async () => {
-    const { bob, phone } = pages;
+    const { alice, bob, phone } = pages;
     const stateKey = 'peroxo:v1:user:default:alice';
     const savedSeq = async () => (await phone.evaluate((key) => JSON.parse(localStorage.getItem(key)), stateKey)).lastSeq;
     const before = await savedSeq();
@@ -691,18 +695,50 @@ describe('PerOXO chat page: groups, the conversation list and read state', () =>
     assert.equal(await savedSeq(), before);
     await screenshot(phone, '19-reloaded-offline');
 
-    // The page's next attempt (its backoff is a few seconds at most by now) gets through.
+    // Meanwhile a message and a group event enter alice's stream.
+    await typeAndSend(bob, AFTER_RELOAD);
+    await openGroup(alice, TEAM);
+    await alice.locator('[data-testid="toggle-members"]').click();
+    await alice.locator('#rename-input').fill(TEAM_RENAMED);
+    await alice.locator('#rename-submit').click();
+    await expectVisible(alice, '[data-testid="peer-name"]', { text: TEAM_RENAMED });
+    await expectVisible(bob, sel.group(TEAM_RENAMED));
+
+    // The page's next attempt (its backoff is a few seconds at most by now) gets through, and
+    // its sync brings both.
     phoneGate.open = true;
     await expectVisible(phone, sel.conn('online'), { timeout: RECONNECT_WAIT_MS });
-    await typeAndSend(bob, AFTER_RELOAD);
     await expectVisible(phone, `${sel.contact('bob')}[data-unread="2"]`);
     await expectVisible(phone, `${sel.contact('bob')} [data-testid="preview"]`, { text: AFTER_RELOAD });
+    await expectVisible(phone, sel.group(TEAM_RENAMED));
     assert.ok(await savedSeq() > before);
 
-    await openGroup(phone, TEAM);
+    await openGroup(phone, TEAM_RENAMED);
     await expectVisible(phone, sel.message('received'), { text: BOB_TO_THE_TEAM });
     assert.deepEqual(await shownTexts(phone), [TO_THE_TEAM, BOB_TO_THE_TEAM]);
     await expectVisible(phone, `${sel.message()}[data-from="bob"] [data-testid="sender"]`, { text: 'bob' });
+  });
+
+  step('a new browser reads the list, with its unread counts and previews, from the server', async () => {
+    const { alice, bob, phone } = pages;
+    // bob is in his conversation with alice; alice writes to the group from her phone.
+    await typeAndSend(phone, FROM_THE_PHONE);
+    await expectStored(phone, FROM_THE_PHONE);
+    await expectVisible(bob, `${sel.group(TEAM_RENAMED)}[data-unread="1"]`);
+    // Her other device shows the message as her own.
+    await expectVisible(alice, `${sel.message('stored')}[data-from="alice"]`, { text: FROM_THE_PHONE });
+    await expectVisible(alice, `${sel.group(TEAM_RENAMED)} [data-testid="preview"]`, { text: `You: ${FROM_THE_PHONE}` });
+
+    const fresh = await openPage(browser, 'groups-bob-new-browser', pageErrors);
+    pages.bobNew = fresh;
+    await signIn(fresh, baseUrl, 'bob');
+    await expectVisible(fresh, `${sel.group(TEAM_RENAMED)}[data-unread="1"]`);
+    await expectVisible(fresh, `${sel.group(TEAM_RENAMED)} [data-testid="preview"]`, { text: `alice: ${FROM_THE_PHONE}` });
+    await expectVisible(fresh, `${sel.contact('alice')}[data-unread="0"]`);
+    await expectVisible(fresh, `${sel.contact('alice')} [data-testid="preview"]`, { text: `You: ${AFTER_RELOAD}` });
+    assert.deepEqual(await listOrder(fresh), [await groupId(bob, TEAM_RENAMED), 'alice:bob']);
+    assert.equal(await fresh.title(), '(1) PerOXO');
+    await screenshot(fresh, '20-new-browser-list');
   });
 
   step('no page threw an uncaught error', async () => {
