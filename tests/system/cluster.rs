@@ -237,3 +237,115 @@ async fn nodes_share_delivery_presence_and_survive_a_node_kill_and_a_nats_restar
     }
     common::postgres::drop_database(&database).await;
 }
+
+impl Node {
+    async fn connect_v2(&self, user: &str) -> Client {
+        Client::connect(&format!("ws://{}/ws?user={user}&protocol=2", self.addr)).await
+    }
+}
+
+/// Sends `command` with `req_id` and returns the frame answering it.
+async fn request(client: &mut Client, mut command: Value, req_id: &str) -> Value {
+    command["req_id"] = json!(req_id);
+    client.send_json(command).await;
+    loop {
+        let frame = client.next().await;
+        if frame["req_id"] == req_id {
+            return frame;
+        }
+    }
+}
+
+/// Skips frames until a frame of `kind` (and, for events, of `event`) arrives.
+async fn wait_for_event(client: &mut Client, event: &str) -> Value {
+    loop {
+        let frame = client.wait_for("event").await;
+        if frame["event"] == event {
+            return frame;
+        }
+    }
+}
+
+#[tokio::test]
+async fn group_messages_events_and_receipts_reach_members_on_every_node() {
+    let nats_dir = tempfile::tempdir().unwrap();
+    let nats_addr = free_addr();
+    let _nats = start_nats(nats_addr, nats_dir.path());
+    let (database, url) = common::postgres::create_database().await;
+    let store_dir = tempfile::tempdir().unwrap();
+    let mut config = common::test_config(store_dir.path()).storage;
+    config.backend = StorageBackend::Postgres;
+    config.postgres.url = Secret::new(url.clone());
+    let store = peroxo_storage::StoreServer::start(&config).await.unwrap();
+    let prefix = format!("t{}g{}", std::process::id(), free_addr().port());
+    let n1 = Node::start("n1", store.addr, nats_addr, &prefix);
+    let n2 = Node::start("n2", store.addr, nats_addr, &prefix);
+
+    let mut alice = n1.connect_v2("alice").await;
+    let mut carol = n1.connect_v2("carol").await;
+    let mut bob = n2.connect_v2("bob").await;
+    let mut bob_v1 = n2.connect("bob").await;
+
+    let created = request(
+        &mut alice,
+        json!({"type": "create_group", "title": "Across", "members": ["bob", "carol"], "client_msg_id": "g1"}),
+        "r1",
+    )
+    .await;
+    assert_eq!(created["type"], "group_created", "{created}");
+    let group = created["conversation_id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        wait_for_event(&mut bob, "group_created").await["conversation_id"],
+        group.as_str()
+    );
+
+    let ack = request(
+        &mut alice,
+        json!({"type": "send", "conversation_id": group, "text": "to both nodes", "client_msg_id": "m1"}),
+        "r2",
+    )
+    .await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    let message_id = ack["message_id"].as_str().unwrap().to_owned();
+    let on_n2 = bob.wait_for("message").await;
+    assert_eq!(on_n2["message_id"], message_id.as_str());
+    assert_eq!(on_n2["seq"], 2, "bob's own seq: group_created, then this");
+    assert_eq!(
+        carol.wait_for("message").await["message_id"],
+        message_id.as_str()
+    );
+
+    // Typing and live receipts cross nodes too.
+    bob.send_json(json!({"type": "typing", "conversation_id": group}))
+        .await;
+    assert_eq!(alice.wait_for("typing").await["from"], "bob");
+    let read = request(
+        &mut bob,
+        json!({"type": "mark_read", "conversation_id": group, "message_id": message_id}),
+        "r3",
+    )
+    .await;
+    assert_eq!(read["type"], "read_state", "{read}");
+    let receipt = alice.wait_for("receipt").await;
+    assert_eq!(receipt["user"], "bob");
+
+    // A direct read receipt is durable and crosses nodes as a stream event.
+    let dm = alice.dm("bob", "direct", "d1").await;
+    bob.wait_for("message").await;
+    request(
+        &mut bob,
+        json!({"type": "mark_read", "conversation_id": "alice:bob", "message_id": dm["message_id"]}),
+        "r4",
+    )
+    .await;
+    let receipt = wait_for_event(&mut alice, "read_receipt").await;
+    assert_eq!(receipt["message_id"], dm["message_id"]);
+
+    // Bob's protocol-1 connection got the direct message only.
+    let first = bob_v1.wait_for("message").await;
+    assert_eq!(first["text"], "direct");
+    let synced = bob_v1.sync_all(0).await;
+    assert_eq!(synced.len(), 1, "{synced:?}");
+
+    common::postgres::drop_database(&database).await;
+}

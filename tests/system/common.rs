@@ -66,6 +66,11 @@ impl TestServer {
         Client::connect(&self.ws_url(tenant, user)).await
     }
 
+    /// A connection of `user` (tenant `default`) speaking protocol 2.
+    pub async fn connect_v2(&self, user: &str) -> Client {
+        Client::connect(&format!("{}&protocol=2", self.ws_url("default", user))).await
+    }
+
     /// The WebSocket URL with a token in the query string.
     pub fn ws_url_with_token(&self, token: &str) -> String {
         format!("ws://{}/ws?token={token}", self.gateway.http_addr)

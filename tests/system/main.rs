@@ -10,6 +10,7 @@ mod bad_input;
 mod cli;
 mod client;
 mod cluster;
+mod conversations;
 mod hostile_input;
 mod limits;
 mod messaging;

@@ -267,6 +267,7 @@ impl ClientState {
                 messages,
                 last_seq,
                 has_more,
+                ..
             } if self.is_sync_reply(req_id.as_deref()) => {
                 self.on_sync_page(messages, last_seq, has_more);
             }
@@ -531,6 +532,7 @@ mod tests {
         ServerFrame::Sync {
             req_id: Some(Cow::Owned(ReqId::Text(req.into()))),
             messages: seqs.map(view).collect(),
+            events: None,
             last_seq: last,
             has_more: more,
         }

@@ -15,6 +15,8 @@
 //! - `human_duration`: durations written as "30s".
 //! - `seconds_or_duration`: the `*_secs` keys, a whole number of seconds or a duration.
 
+use peroxo_protocol::conversation::GroupLimits;
+use peroxo_protocol::event::{MAX_GROUP_MEMBERS, MAX_TITLE_BYTES};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -61,6 +63,7 @@ pub struct Config {
     pub storage: StorageConfig,
     pub limits: LimitsConfig,
     pub session: SessionConfig,
+    pub groups: GroupsConfig,
     pub shutdown: ShutdownConfig,
     pub cluster: ClusterConfig,
     pub log: LogConfig,
@@ -172,10 +175,10 @@ pub struct StorageConfig {
     pub sqlite_synchronous: SqliteSync,
     /// The `postgres` backend.
     pub postgres: PostgresConfig,
-    /// Accepted messages not yet committed, across the node. When full, sends are answered
-    /// `unavailable` (retryable).
+    /// Accepted messages not yet committed, across the node, in stored rows (a group message
+    /// counts its members). When full, sends are answered `unavailable` (retryable).
     pub max_pending: usize,
-    /// The most messages one append call carries.
+    /// The most messages one append call carries, in stored rows like `max_pending`.
     pub max_batch: usize,
     /// How long one storage call may take before it counts as failed.
     pub rpc_timeout_ms: u64,
@@ -487,6 +490,77 @@ impl SessionConfig {
     }
 }
 
+/// `[groups]`: the limits of group conversations (protocol 2).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GroupsConfig {
+    /// The most members a group may have.
+    pub max_members: u32,
+    /// The most groups one user may be a member of.
+    pub max_groups_per_user: u32,
+    /// The longest group title, in bytes.
+    pub max_title_bytes: u32,
+    /// Groups up to this many members get live read receipts and typing indicators.
+    pub live_receipts_max_members: u32,
+    /// A send to a group costs one command of the sender's rate, plus one per this many
+    /// members it reaches.
+    pub members_per_rate_token: u32,
+}
+
+impl Default for GroupsConfig {
+    fn default() -> Self {
+        Self {
+            max_members: 1_000,
+            max_groups_per_user: 500,
+            max_title_bytes: 128,
+            live_receipts_max_members: 100,
+            members_per_rate_token: 50,
+        }
+    }
+}
+
+impl GroupsConfig {
+    /// The limits storage checks group changes against.
+    pub fn limits(&self) -> GroupLimits {
+        GroupLimits {
+            max_members: self.max_members,
+            max_groups_per_user: self.max_groups_per_user,
+            max_title_bytes: self.max_title_bytes,
+        }
+    }
+
+    /// The checks of `[groups]`.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let in_range = |key: &str, value: u32, max: u32| {
+            if (1..=max).contains(&value) {
+                Ok(())
+            } else {
+                Err(ConfigError::new(
+                    format!("groups.{key}"),
+                    format!("must be between 1 and {max}"),
+                ))
+            }
+        };
+        in_range("max_members", self.max_members, MAX_GROUP_MEMBERS)?;
+        in_range("max_groups_per_user", self.max_groups_per_user, u32::MAX)?;
+        in_range(
+            "max_title_bytes",
+            self.max_title_bytes,
+            MAX_TITLE_BYTES as u32,
+        )?;
+        in_range(
+            "live_receipts_max_members",
+            self.live_receipts_max_members,
+            MAX_GROUP_MEMBERS,
+        )?;
+        in_range(
+            "members_per_rate_token",
+            self.members_per_rate_token,
+            MAX_GROUP_MEMBERS,
+        )
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
@@ -574,6 +648,7 @@ impl Config {
         self.limits.validate()?;
         self.http.validate()?;
         self.session.validate()?;
+        self.groups.validate()?;
         self.validate_cluster_storage()?;
         self.cluster.validate()?;
         self.shutdown.validate()

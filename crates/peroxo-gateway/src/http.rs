@@ -28,6 +28,7 @@ use crate::actors::session_supervisor::SessionSupervisorMsg;
 use crate::admission::{Admission, Refusal, Ticket};
 use crate::identity::{Authenticator, Identity};
 use peroxo_config::LimitsConfig;
+use peroxo_protocol::{LATEST_PROTOCOL_VERSION, PROTOCOL_VERSION};
 
 /// Bytes read from a socket at a time. Every connection holds this much from the start, so it
 /// stays small: a client's frame is a few hundred bytes and fits in one read (a larger one
@@ -143,7 +144,7 @@ async fn upgrade(
             );
         }
     };
-    let (sessions, identity, ticket) = match accept(&state, query, &headers) {
+    let (sessions, identity, ticket, protocol) = match accept(&state, query, &headers) {
         Ok(accepted) => accepted,
         Err(refused) => return refused.into_response(),
     };
@@ -159,6 +160,7 @@ async fn upgrade(
                 socket: Box::new(socket),
                 identity,
                 ticket,
+                protocol,
             };
             if sessions.cast(open).is_err() {
                 tracing::warn!("session supervisor unavailable; dropping a new connection");
@@ -206,7 +208,7 @@ fn accept(
     state: &HttpState,
     query: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
     headers: &HeaderMap,
-) -> Result<(ActorRef<SessionSupervisorMsg>, Identity, Ticket), UpgradeRefused> {
+) -> Result<(ActorRef<SessionSupervisorMsg>, Identity, Ticket, u32), UpgradeRefused> {
     check_origin(state, headers)?;
     let sessions = open_node(state)?;
     let Ok(Query(query)) = query else {
@@ -216,9 +218,32 @@ fn accept(
             "malformed query string",
         ));
     };
+    let protocol = protocol_version(&query)?;
     let identity = authenticate(state, &query, headers)?;
     let ticket = admit(state, &identity)?;
-    Ok((sessions, identity, ticket))
+    Ok((sessions, identity, ticket, protocol))
+}
+
+/// The protocol version the client asks for with `?protocol=` (1 when it names none), or
+/// 400 for one this node does not speak.
+fn protocol_version(query: &HashMap<String, String>) -> Result<u32, UpgradeRefused> {
+    let Some(asked) = query.get("protocol") else {
+        return Ok(PROTOCOL_VERSION);
+    };
+    asked
+        .parse::<u32>()
+        .ok()
+        .filter(|v| (PROTOCOL_VERSION..=LATEST_PROTOCOL_VERSION).contains(v))
+        .ok_or_else(|| {
+            UpgradeRefused::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!(
+                    "unsupported protocol version; this node speaks {PROTOCOL_VERSION} to \
+                     {LATEST_PROTOCOL_VERSION} (?protocol=)"
+                ),
+            )
+        })
 }
 
 /// Refuses an `Origin` not in `http.allowed_origins` (when the list is not empty) with 403.
@@ -309,7 +334,8 @@ async fn info(State(state): State<HttpState>) -> Response {
     Json(serde_json::json!({
         "name": "peroxo",
         "version": env!("CARGO_PKG_VERSION"),
-        "protocol": peroxo_protocol::PROTOCOL_VERSION,
+        "protocol": PROTOCOL_VERSION,
+        "protocols": (PROTOCOL_VERSION..=LATEST_PROTOCOL_VERSION).collect::<Vec<_>>(),
         "auth_mode": auth_mode,
         "limits": {
             "max_text_bytes": state.limits.max_text_bytes,
@@ -320,6 +346,12 @@ async fn info(State(state): State<HttpState>) -> Response {
             "max_history_limit": peroxo_protocol::MAX_HISTORY_LIMIT,
             "max_sync_limit": peroxo_protocol::MAX_SYNC_LIMIT,
             "max_online_users_limit": peroxo_protocol::MAX_ONLINE_USERS_LIMIT,
+        },
+        "groups": {
+            "max_members": state.gateway.groups.max_members,
+            "max_groups_per_user": state.gateway.groups.max_groups_per_user,
+            "max_title_bytes": state.gateway.groups.max_title_bytes,
+            "live_receipts_max_members": state.gateway.groups.live_receipts_max_members,
         },
     }))
     .into_response()

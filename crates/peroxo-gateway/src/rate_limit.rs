@@ -45,6 +45,13 @@ impl RateLimiter {
         }
     }
 
+    /// Takes `tokens` more for a command already allowed (a group send, in proportion to its
+    /// fan-out). The bucket may go into debt, down to minus one burst: the commands that
+    /// follow are refused until it has refilled.
+    pub fn charge(&mut self, tokens: f64) {
+        self.tokens = (self.tokens - tokens).max(-self.burst);
+    }
+
     /// Judges one command arriving at `now`.
     pub fn check(&mut self, now: Instant) -> Verdict {
         let elapsed = now
@@ -88,6 +95,18 @@ mod tests {
         // 50 ms refill one token at 20/s.
         assert_eq!(rl.check(t0 + Duration::from_millis(50)), Verdict::Allow);
         assert_eq!(rl.check(t0 + Duration::from_millis(50)), Verdict::Limit);
+    }
+
+    #[test]
+    fn a_charge_takes_tokens_and_may_leave_a_debt_of_one_burst() {
+        let t0 = Instant::now();
+        let mut rl = limiter(t0);
+        assert_eq!(rl.check(t0), Verdict::Allow);
+        rl.charge(100.0);
+        assert_eq!(rl.check(t0), Verdict::Limit);
+        // The debt is one burst (40 tokens) plus the token needed: 41 / 20 per second.
+        assert_eq!(rl.check(t0 + Duration::from_millis(2_000)), Verdict::Limit);
+        assert_eq!(rl.check(t0 + Duration::from_millis(2_060)), Verdict::Allow);
     }
 
     #[test]

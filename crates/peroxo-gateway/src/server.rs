@@ -105,6 +105,8 @@ fn gateway_context(
         storage: StorageLink::default(),
         outbox: Arc::new(Outbox::new(config.storage.max_pending)),
         limits: config.limits.clone(),
+        groups: config.groups.clone(),
+        member_cache: Arc::default(),
         storage_wait: config.storage.rpc_timeout(),
         restarts: Arc::new(RestartCounts::new(Arc::clone(&metrics))),
         metrics,

@@ -1,10 +1,13 @@
-//! Plain Rust types for what PerOXO is about: tenants, users and direct messages.
+//! Plain Rust types for what PerOXO is about: tenants, users and messages (direct, or to a
+//! group: see `event` and `conversation`).
 //!
 //! Every other module speaks these types. The wire format (JSON) lives in `protocol`, the
 //! storage format (protobuf, SQL) in `storage`; neither leaks past its module.
 
 use std::fmt;
 use std::sync::Arc;
+
+use crate::event::{Refusal, StreamEvent, StreamSeq, is_group_id};
 
 /// The longest tenant or user id, in bytes (ids are ASCII, so also in characters).
 pub const MAX_ID_LEN: usize = 64;
@@ -122,11 +125,12 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-/// A direct message as a client submits it, before it is committed.
+/// A message as a client submits it, before it is committed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewMessage {
     pub tenant: String,
     pub sender: String,
+    /// A user id (a direct message) or a group id (a message to every member of the group).
     pub recipient: String,
     pub client_msg_id: String,
     pub text: String,
@@ -146,7 +150,9 @@ impl NewMessage {
     pub fn validate(&self, max_text_bytes: usize) -> Result<(), String> {
         validate_id(&self.tenant).map_err(|e| format!("tenant {e}"))?;
         validate_id(&self.sender).map_err(|e| format!("sender {e}"))?;
-        validate_id(&self.recipient).map_err(|e| format!("recipient {e}"))?;
+        if !is_group_id(&self.recipient) {
+            validate_id(&self.recipient).map_err(|e| format!("recipient {e}"))?;
+        }
         validate_client_msg_id(&self.client_msg_id).map_err(|e| format!("client_msg_id {e}"))?;
         if self.text.is_empty() {
             return Err("text must not be empty".to_owned());
@@ -158,7 +164,7 @@ impl NewMessage {
     }
 }
 
-/// A committed direct message.
+/// A committed message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredMessage {
     /// Unique, and increasing in commit order within a conversation: it orders history and is
@@ -166,6 +172,7 @@ pub struct StoredMessage {
     pub message_id: u64,
     pub tenant: String,
     pub sender: String,
+    /// The recipient user, or the group id of a group message.
     pub recipient: String,
     pub client_msg_id: String,
     pub text: String,
@@ -174,12 +181,24 @@ pub struct StoredMessage {
     /// The sender's seq for this message.
     pub sender_seq: u64,
     /// The recipient's seq for this message (equal to `sender_seq` for a message to oneself).
+    /// For a group message, the seq of the member whose stream or history this copy was read
+    /// from (0 when it was read for no one, as in an append outcome: the members' seqs are
+    /// in [`AppendOutcome::Stored::members`]).
     pub recipient_seq: u64,
 }
 
 impl StoredMessage {
     pub fn conversation_id(&self) -> String {
-        conversation_id(&self.sender, &self.recipient)
+        if self.is_group() {
+            self.recipient.clone()
+        } else {
+            conversation_id(&self.sender, &self.recipient)
+        }
+    }
+
+    /// Whether this is a message to a group.
+    pub fn is_group(&self) -> bool {
+        is_group_id(&self.recipient)
     }
 
     /// The seq this message has in `user`'s stream.
@@ -207,9 +226,13 @@ pub enum AppendOutcome {
     Stored {
         message: StoredMessage,
         duplicate: bool,
+        /// For a group message stored now: the seq it took in every member's stream but the
+        /// sender's, in the order of the members' user ids. Empty otherwise.
+        members: Vec<StreamSeq>,
     },
-    /// Refused by validation; nothing was stored.
-    Rejected(String),
+    /// Refused (an invalid message, a group the sender is not a member of, ...); nothing was
+    /// stored.
+    Rejected(Refusal),
 }
 
 /// A page of one conversation, oldest to newest.
@@ -220,10 +243,12 @@ pub struct HistoryPage {
     pub has_more: bool,
 }
 
-/// The messages of one user after a given seq, ascending.
+/// The stream of one user after a given seq, ascending: its messages and its other events,
+/// two lists whose seqs together are gapless (when the page was asked for everything).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct SyncPage {
     pub messages: Vec<StoredMessage>,
+    pub events: Vec<StreamEvent>,
     /// The user's current seq.
     pub last_seq: u64,
     pub has_more: bool,

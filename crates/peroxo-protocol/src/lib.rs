@@ -10,7 +10,9 @@
 //! This is the only crate that knows the protocol's JSON.
 
 mod close;
+pub mod conversation;
 pub mod domain;
+pub mod event;
 pub mod limits;
 mod wire;
 

@@ -23,11 +23,20 @@ use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Map, Number, Value};
 
 use crate::domain::{self, StoredMessage};
+use crate::event::{Refusal, RefusalCode};
 
+mod conversations;
 mod server_frame_decode;
 
-/// The protocol version announced in `welcome`.
+pub use conversations::{
+    ConversationView, DEFAULT_CONVERSATIONS_LIMIT, EventView, MemberView, ReaderView,
+};
+
+/// The protocol version a client gets when it asks for none: direct messages only.
 pub const PROTOCOL_VERSION: u32 = 1;
+/// The newest protocol version: conversations (groups, the conversation list, read state).
+/// A client asks for it when it connects (`?protocol=2`); `welcome` says which it got.
+pub const LATEST_PROTOCOL_VERSION: u32 = 2;
 /// The longest string `req_id`, in bytes.
 pub const MAX_REQ_ID_LEN: usize = 64;
 pub const DEFAULT_HISTORY_LIMIT: u32 = 50;
@@ -103,6 +112,113 @@ pub enum CommandKind {
     Refresh {
         token: String,
     },
+    /// Protocol 2: `send` to a conversation (a group, or a direct conversation by its id).
+    #[serde(rename = "send")]
+    SendToConversation {
+        conversation_id: String,
+        text: String,
+        client_msg_id: String,
+    },
+    /// Protocol 2: `history` of a conversation by its id.
+    #[serde(rename = "history")]
+    ConversationHistory {
+        conversation_id: String,
+        #[serde(
+            skip_serializing_if = "Option::is_none",
+            serialize_with = "cursor_as_string"
+        )]
+        before: Option<u64>,
+        limit: u32,
+    },
+    /// Protocol 2: `typing` in a conversation.
+    #[serde(rename = "typing")]
+    TypingInConversation {
+        conversation_id: String,
+    },
+    /// Protocol 2: `presence_subscribe` to the members of a group.
+    #[serde(rename = "presence_subscribe")]
+    PresenceSubscribeGroup {
+        conversation_id: String,
+    },
+    /// Protocol 2: a new group, its creator as owner.
+    CreateGroup {
+        title: String,
+        members: Vec<String>,
+        client_msg_id: String,
+    },
+    RenameGroup {
+        conversation_id: String,
+        title: String,
+    },
+    AddMembers {
+        conversation_id: String,
+        users: Vec<String>,
+    },
+    RemoveMember {
+        conversation_id: String,
+        user: String,
+    },
+    LeaveGroup {
+        conversation_id: String,
+    },
+    SetRole {
+        conversation_id: String,
+        user: String,
+        role: String,
+    },
+    Members {
+        conversation_id: String,
+    },
+    /// Protocol 2: a page of the conversation list, most recent first.
+    Conversations {
+        #[serde(
+            skip_serializing_if = "Option::is_none",
+            serialize_with = "cursor_as_string"
+        )]
+        before: Option<u64>,
+        limit: u32,
+    },
+    MarkRead {
+        conversation_id: String,
+        #[serde(serialize_with = "id_as_string")]
+        message_id: u64,
+    },
+    MarkUnread {
+        conversation_id: String,
+        #[serde(
+            skip_serializing_if = "Option::is_none",
+            serialize_with = "cursor_as_string"
+        )]
+        message_id: Option<u64>,
+    },
+    ReadReceipts {
+        conversation_id: String,
+        #[serde(serialize_with = "id_as_string")]
+        message_id: u64,
+    },
+}
+
+impl CommandKind {
+    /// Whether only a protocol-2 session may send this command.
+    pub fn needs_protocol_2(&self) -> bool {
+        !matches!(
+            self,
+            CommandKind::Send { .. }
+                | CommandKind::History { .. }
+                | CommandKind::Sync { .. }
+                | CommandKind::PresenceSubscribe { .. }
+                | CommandKind::PresenceUnsubscribe { .. }
+                | CommandKind::OnlineUsers { .. }
+                | CommandKind::Typing { .. }
+                | CommandKind::Ping
+                | CommandKind::Refresh { .. }
+        )
+    }
+}
+
+/// Writes a message id as the string the server gave it.
+fn id_as_string<S: Serializer>(id: &u64, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(id)
 }
 
 /// Writes a history cursor as the string `next_before` gave it.
@@ -130,16 +246,34 @@ pub enum ErrorCode {
     Unavailable,
     Forbidden,
     Internal,
+    /// Protocol 2: the user is not a member of the conversation.
+    NotAMember,
+    /// Protocol 2: the user's role in the group does not allow the change.
+    NotAllowed,
+    /// Protocol 2: the group is at `groups.max_members`.
+    GroupFull,
+    /// Protocol 2: no such conversation.
+    UnknownConversation,
+    /// Protocol 2: a user would be in more than `groups.max_groups_per_user` groups.
+    TooManyGroups,
+    /// Protocol 2: no such message in the conversation.
+    UnknownMessage,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 6] = [
+    pub const ALL: [ErrorCode; 12] = [
         ErrorCode::BadRequest,
         ErrorCode::TooLarge,
         ErrorCode::RateLimited,
         ErrorCode::Unavailable,
         ErrorCode::Forbidden,
         ErrorCode::Internal,
+        ErrorCode::NotAMember,
+        ErrorCode::NotAllowed,
+        ErrorCode::GroupFull,
+        ErrorCode::UnknownConversation,
+        ErrorCode::TooManyGroups,
+        ErrorCode::UnknownMessage,
     ];
 
     /// The code as it appears on the wire.
@@ -151,6 +285,12 @@ impl ErrorCode {
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::Internal => "internal",
+            ErrorCode::NotAMember => "not_a_member",
+            ErrorCode::NotAllowed => "not_allowed",
+            ErrorCode::GroupFull => "group_full",
+            ErrorCode::UnknownConversation => "unknown_conversation",
+            ErrorCode::TooManyGroups => "too_many_groups",
+            ErrorCode::UnknownMessage => "unknown_message",
         }
     }
 
@@ -160,6 +300,26 @@ impl ErrorCode {
             self,
             ErrorCode::RateLimited | ErrorCode::Unavailable | ErrorCode::Internal
         )
+    }
+}
+
+impl From<RefusalCode> for ErrorCode {
+    fn from(code: RefusalCode) -> Self {
+        match code {
+            RefusalCode::BadRequest => ErrorCode::BadRequest,
+            RefusalCode::NotAMember => ErrorCode::NotAMember,
+            RefusalCode::NotAllowed => ErrorCode::NotAllowed,
+            RefusalCode::GroupFull => ErrorCode::GroupFull,
+            RefusalCode::UnknownConversation => ErrorCode::UnknownConversation,
+            RefusalCode::TooManyGroups => ErrorCode::TooManyGroups,
+            RefusalCode::UnknownMessage => ErrorCode::UnknownMessage,
+        }
+    }
+}
+
+impl From<Refusal> for ProtocolError {
+    fn from(refusal: Refusal) -> Self {
+        ProtocolError::new(refusal.code.into(), refusal.message)
     }
 }
 
@@ -259,7 +419,6 @@ fn decode_kind(
     let mut f = Fields(fields);
     Ok(match kind.as_str() {
         "send" => {
-            let to = f.id("to")?;
             let client_msg_id = f.required_string("client_msg_id")?;
             domain::validate_client_msg_id(&client_msg_id)
                 .map_err(|e| bad_request(format!("`client_msg_id` {e}")))?;
@@ -277,11 +436,19 @@ fn decode_kind(
                     ),
                 ));
             }
+            if f.has("conversation_id") {
+                return conversations::send_to_conversation(&mut f, text, client_msg_id);
+            }
             CommandKind::Send {
-                to,
+                to: f.id("to")?,
                 text,
                 client_msg_id,
             }
+        }
+        "history" if f.has("conversation_id") => conversations::history_of_conversation(&mut f)?,
+        "typing" if f.has("conversation_id") => conversations::typing_in_conversation(&mut f)?,
+        "presence_subscribe" if f.has("conversation_id") => {
+            conversations::subscribe_to_group(&mut f)?
         }
         "history" => CommandKind::History {
             with: f.id("with")?,
@@ -306,12 +473,17 @@ fn decode_kind(
         "refresh" => CommandKind::Refresh {
             token: f.required_string("token")?,
         },
-        other => {
-            let shown: String = other.chars().take(64).collect();
-            return Err(bad_request(format!(
-                "unknown type {shown:?}; expected one of {COMMAND_TYPES}"
-            )));
-        }
+        other => match conversations::decode(other, &mut f) {
+            Some(command) => command?,
+            None => {
+                let shown: String = other.chars().take(64).collect();
+                return Err(bad_request(format!(
+                    "unknown type {shown:?}; expected one of {COMMAND_TYPES}, and with \
+                     protocol 2 {}",
+                    conversations::CONVERSATION_COMMAND_TYPES
+                )));
+            }
+        },
     })
 }
 
@@ -319,6 +491,23 @@ fn decode_kind(
 struct Fields<'a>(&'a mut Map<String, Value>);
 
 impl Fields<'_> {
+    fn has(&self, name: &str) -> bool {
+        self.0.get(name).is_some_and(|v| !v.is_null())
+    }
+
+    fn take(&mut self, name: &str) -> Option<Value> {
+        self.0.remove(name)
+    }
+
+    /// Like [`Fields::id_list`], but an empty array is allowed.
+    fn id_list_or_empty(&mut self, name: &str, max: usize) -> Result<Vec<String>, ProtocolError> {
+        if matches!(self.0.get(name), Some(Value::Array(items)) if items.is_empty()) {
+            self.0.remove(name);
+            return Ok(Vec::new());
+        }
+        self.id_list(name, max)
+    }
+
     fn required_string(&mut self, name: &str) -> Result<String, ProtocolError> {
         match self.0.remove(name) {
             Some(Value::String(s)) => Ok(s),
@@ -491,7 +680,9 @@ pub enum ServerFrame<'a> {
     History {
         #[serde(skip_serializing_if = "Option::is_none")]
         req_id: Option<Cow<'a, ReqId>>,
-        with: Cow<'a, str>,
+        /// The other user, when the request named one (`with`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        with: Option<Cow<'a, str>>,
         conversation_id: String,
         messages: Vec<MessageView<'a>>,
         next_before: Option<String>,
@@ -500,6 +691,9 @@ pub enum ServerFrame<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         req_id: Option<Cow<'a, ReqId>>,
         messages: Vec<MessageView<'a>>,
+        /// Protocol 2: the stream's other events in the page (absent for protocol 1).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        events: Option<Vec<EventView<'a>>>,
         last_seq: u64,
         has_more: bool,
     },
@@ -524,6 +718,9 @@ pub enum ServerFrame<'a> {
     },
     Typing {
         from: Cow<'a, str>,
+        /// Protocol 2: the group the typing is in (absent for a direct conversation).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        conversation_id: Option<Cow<'a, str>>,
     },
     Pong {
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -544,6 +741,59 @@ pub enum ServerFrame<'a> {
         req_id: Option<Cow<'a, ReqId>>,
         #[serde(skip_serializing_if = "Option::is_none")]
         client_msg_id: Option<Cow<'a, str>>,
+    },
+    /// Protocol 2: a committed stream event other than a message.
+    Event(Box<EventView<'a>>),
+    /// Protocol 2: the answer to `create_group`.
+    GroupCreated {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        req_id: Option<Cow<'a, ReqId>>,
+        client_msg_id: Cow<'a, str>,
+        conversation_id: Cow<'a, str>,
+        duplicate: bool,
+    },
+    /// Protocol 2: a group change was committed (its events follow in the stream).
+    Done {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        req_id: Option<Cow<'a, ReqId>>,
+        conversation_id: Cow<'a, str>,
+    },
+    /// Protocol 2: the answer to `members`.
+    Members {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        req_id: Option<Cow<'a, ReqId>>,
+        conversation_id: Cow<'a, str>,
+        members: Vec<MemberView<'a>>,
+    },
+    /// Protocol 2: the answer to `conversations`.
+    Conversations {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        req_id: Option<Cow<'a, ReqId>>,
+        conversations: Vec<ConversationView<'a>>,
+        next_before: Option<String>,
+        total_unread: u64,
+    },
+    /// Protocol 2: the answer to `mark_read` and `mark_unread`: the marker after it.
+    ReadState {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        req_id: Option<Cow<'a, ReqId>>,
+        conversation_id: Cow<'a, str>,
+        read_marker: String,
+        unread_count: u64,
+    },
+    /// Protocol 2: the answer to `read_receipts`.
+    ReadReceipts {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        req_id: Option<Cow<'a, ReqId>>,
+        conversation_id: Cow<'a, str>,
+        message_id: String,
+        readers: Vec<ReaderView<'a>>,
+    },
+    /// Protocol 2: a live (not durable) read receipt of a group member.
+    Receipt {
+        conversation_id: Cow<'a, str>,
+        user: Cow<'a, str>,
+        message_id: String,
     },
 }
 
@@ -569,7 +819,7 @@ impl ServerFrame<'_> {
     pub fn is_droppable(&self) -> bool {
         matches!(
             self,
-            ServerFrame::Presence { .. } | ServerFrame::Typing { .. }
+            ServerFrame::Presence { .. } | ServerFrame::Typing { .. } | ServerFrame::Receipt { .. }
         )
     }
 }
@@ -669,6 +919,22 @@ mod tests {
     fn every_server_frame() -> Vec<ServerFrame<'static>> {
         let text: Cow<'_, ReqId> = Cow::Owned(ReqId::Text("r1".into()));
         let number: Cow<'_, ReqId> = Cow::Owned(ReqId::Number(7.into()));
+        let event = |kind| -> &'static crate::event::Event {
+            Box::leak(Box::new(crate::event::Event {
+                event_id: 5,
+                tenant: "default".into(),
+                conversation_id: "g~0123456789abcdef01234567".into(),
+                actor: "alice".into(),
+                ts: 9,
+                kind,
+            }))
+        };
+        let renamed = event(crate::event::EventKind::GroupRenamed {
+            title: "Team".into(),
+        });
+        let added = event(crate::event::EventKind::MembersAdded {
+            users: vec!["bob".into(), "carol".into()],
+        });
         vec![
             ServerFrame::Welcome {
                 session_id: "s1".into(),
@@ -699,23 +965,72 @@ mod tests {
             ServerFrame::Message(view(2, Some("c9"))),
             ServerFrame::History {
                 req_id: Some(text.clone()),
-                with: "bob".into(),
+                with: Some("bob".into()),
                 conversation_id: "alice:bob".into(),
                 messages: vec![view(1, None), view(2, Some("c9"))],
                 next_before: Some("1".into()),
             },
             ServerFrame::History {
                 req_id: None,
-                with: "bob".into(),
-                conversation_id: "alice:bob".into(),
+                with: None,
+                conversation_id: "g~0123456789abcdef01234567".into(),
                 messages: vec![],
                 next_before: None,
             },
             ServerFrame::Sync {
                 req_id: Some(text.clone()),
                 messages: vec![view(1, None)],
+                events: None,
                 last_seq: 1,
                 has_more: true,
+            },
+            ServerFrame::Sync {
+                req_id: None,
+                messages: vec![view(1, None)],
+                events: Some(vec![EventView::of(renamed, 2)]),
+                last_seq: 2,
+                has_more: false,
+            },
+            ServerFrame::Event(Box::new(EventView::of(renamed, 3))),
+            ServerFrame::Event(Box::new(EventView::of(added, 4))),
+            ServerFrame::GroupCreated {
+                req_id: None,
+                client_msg_id: "g1".into(),
+                conversation_id: "g~0123456789abcdef01234567".into(),
+                duplicate: false,
+            },
+            ServerFrame::Done {
+                req_id: Some(text.clone()),
+                conversation_id: "g~0123456789abcdef01234567".into(),
+            },
+            ServerFrame::Members {
+                req_id: None,
+                conversation_id: "g~0123456789abcdef01234567".into(),
+                members: vec![MemberView {
+                    user: "alice".into(),
+                    role: "owner".into(),
+                    joined_ts: 3,
+                }],
+            },
+            ServerFrame::ReadState {
+                req_id: None,
+                conversation_id: "alice:bob".into(),
+                read_marker: "7".into(),
+                unread_count: 2,
+            },
+            ServerFrame::ReadReceipts {
+                req_id: None,
+                conversation_id: "alice:bob".into(),
+                message_id: "7".into(),
+                readers: vec![ReaderView {
+                    user: "bob".into(),
+                    read_marker: "9".into(),
+                }],
+            },
+            ServerFrame::Receipt {
+                conversation_id: "g~0123456789abcdef01234567".into(),
+                user: "bob".into(),
+                message_id: "7".into(),
             },
             ServerFrame::SyncHint { last_seq: 8 },
             ServerFrame::PresenceSnapshot {
@@ -736,7 +1051,14 @@ mod tests {
                 users: vec!["alice".into(), "bob".into()],
                 truncated: true,
             },
-            ServerFrame::Typing { from: "bob".into() },
+            ServerFrame::Typing {
+                from: "bob".into(),
+                conversation_id: None,
+            },
+            ServerFrame::Typing {
+                from: "bob".into(),
+                conversation_id: Some("g~0123456789abcdef01234567".into()),
+            },
             ServerFrame::Pong {
                 req_id: Some(text.clone()),
                 ts: 2,

@@ -1,11 +1,14 @@
-//! The storage service: where direct messages become durable.
+//! The storage service: where messages, groups and read state become durable.
 //!
 //! - [`MessageStore`] is the backend contract (idempotent batch append, history, sync, last
-//!   seq). [`SqliteStore`] is the embedded backend; [`PostgresStore`] serves several storage
-//!   instances over one PostgreSQL database.
+//!   seq, and the conversation methods). [`SqliteStore`] is the embedded backend;
+//!   [`PostgresStore`] serves several storage instances over one PostgreSQL database.
 //! - `seq_assignment` decides which seq each participant of a message takes; both backends
 //!   use it, so they number users' streams alike. `sql` holds what else the two SQL backends
 //!   share: the message columns, integer conversion and how a page is cut.
+//! - `rules` holds the rules of conversations both backends apply alike, as pure functions:
+//!   which conversation a request names, who may change a group and which events a change
+//!   makes for whom, who inherits a group, where a read mark moves a marker.
 //! - [`grpc`] serves any backend over gRPC and holds the gateway's client. It is the only module
 //!   that knows the protobuf types.
 //!
@@ -14,6 +17,7 @@
 
 pub mod grpc;
 mod postgres;
+mod rules;
 mod seq_assignment;
 mod service;
 mod sql;
@@ -25,7 +29,12 @@ pub use postgres::PostgresStore;
 pub use service::{StoreServer, check_config};
 pub use sqlite::SqliteStore;
 
+use peroxo_protocol::conversation::{
+    ConversationPage, ConversationsQuery, CreateGroup, GroupChange, GroupOutcome, ReadMark,
+    ReadOutcome, Receipt,
+};
 use peroxo_protocol::domain::{AppendOutcome, HistoryPage, NewMessage, SyncPage, UserKey};
+use peroxo_protocol::event::{Member, Refusal};
 
 /// The most messages one history page may hold.
 pub const MAX_HISTORY_LIMIT: u32 = 100;
@@ -42,13 +51,19 @@ pub enum StoreError {
     /// The backend could not do its work (I/O, database error, shutting down).
     #[error("storage backend failed: {0}")]
     Backend(String),
+    /// The request is refused for a reason the client is told with an exact code (not a
+    /// member, unknown conversation, ...); nothing was stored.
+    #[error("refused: {0}")]
+    Refused(Refusal),
 }
 
-/// A page request for the conversation between `user` and `peer`.
+/// A page request for one conversation, as `user` sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HistoryQuery {
     pub user: UserKey,
-    pub peer: String,
+    /// A direct conversation id (which must name `user`) or a group id (`user` must be a
+    /// member; the page holds only messages committed after the user joined).
+    pub conversation_id: String,
     /// Only messages with a smaller message id; `None` starts from the newest.
     pub before: Option<u64>,
     pub limit: u32,
@@ -60,9 +75,21 @@ pub struct SyncQuery {
     pub user: UserKey,
     pub after_seq: u64,
     pub limit: u32,
+    pub scope: SyncScope,
 }
 
-/// What every storage backend provides. All of it is scoped by tenant.
+/// Which entries of a stream a sync reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncScope {
+    /// Every entry: messages and events (protocol 2).
+    Everything,
+    /// Direct messages only (protocol 1 clients, which know nothing else); seqs of the
+    /// entries left out are skipped. `limit` and `has_more` count the entries returned.
+    DirectMessages,
+}
+
+/// What every storage backend provides. All of it is scoped by tenant. A request that breaks
+/// a rule of conversations fails with [`StoreError::Refused`] and changes nothing.
 pub trait MessageStore: Send + Sync + 'static {
     /// Commits `batch` in one transaction, in order, and returns one outcome per message.
     ///
@@ -74,7 +101,8 @@ pub trait MessageStore: Send + Sync + 'static {
         batch: Vec<NewMessage>,
     ) -> impl Future<Output = Result<Vec<AppendOutcome>, StoreError>> + Send;
 
-    /// One page of a conversation, oldest to newest.
+    /// One page of a conversation, oldest to newest. Refused when the user is not in the
+    /// conversation.
     fn history(
         &self,
         query: HistoryQuery,
@@ -85,4 +113,47 @@ pub trait MessageStore: Send + Sync + 'static {
 
     /// The user's current seq (0 when the user has none).
     fn last_seq(&self, user: UserKey) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Creates a group with its creator as owner and `members` as members, in one
+    /// transaction: a `GroupCreated` event in every member's stream.
+    fn create_group(
+        &self,
+        request: CreateGroup,
+    ) -> impl Future<Output = Result<GroupOutcome, StoreError>> + Send;
+
+    /// Renames a group, adds or removes members, leaves, or changes a role (see
+    /// [`GroupOp`](peroxo_protocol::conversation::GroupOp) for who may do what), with its
+    /// events in the same transaction.
+    fn change_group(
+        &self,
+        request: GroupChange,
+    ) -> impl Future<Output = Result<GroupOutcome, StoreError>> + Send;
+
+    /// The members of a group, by user id, for one of its members.
+    fn members(
+        &self,
+        user: UserKey,
+        conversation_id: String,
+    ) -> impl Future<Output = Result<Vec<Member>, StoreError>> + Send;
+
+    /// One page of `user`'s conversation list, most recent activity first.
+    fn conversations(
+        &self,
+        query: ConversationsQuery,
+    ) -> impl Future<Output = Result<ConversationPage, StoreError>> + Send;
+
+    /// Moves `user`'s read marker of a conversation, with its events in the same transaction.
+    fn mark_read(
+        &self,
+        request: ReadMark,
+    ) -> impl Future<Output = Result<ReadOutcome, StoreError>> + Send;
+
+    /// Who of the conversation's members (the author of the message aside) has read up to
+    /// `message_id` or past it, by user id.
+    fn read_receipts(
+        &self,
+        user: UserKey,
+        conversation_id: String,
+        message_id: u64,
+    ) -> impl Future<Output = Result<Vec<Receipt>, StoreError>> + Send;
 }

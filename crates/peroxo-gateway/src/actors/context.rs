@@ -8,13 +8,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use peroxo_config::LimitsConfig;
+use peroxo_config::{GroupsConfig, LimitsConfig};
 use peroxo_protocol::domain::UserKey;
 use peroxo_storage::grpc::StorageClient;
 use tokio::sync::{Semaphore, watch};
 
 use super::ActorSlot;
 use super::cluster::ClusterMsg;
+use super::conversation_commands::MemberCache;
 use super::outbox::Outbox;
 use super::persistence::PersistenceMsg;
 use super::router::{Registration, RouterMsg};
@@ -31,6 +32,10 @@ pub struct GatewayContext {
     /// Accepted sends on their way to storage (bounded by `storage.max_pending`).
     pub outbox: Arc<Outbox>,
     pub limits: LimitsConfig,
+    /// The limits of group conversations.
+    pub groups: GroupsConfig,
+    /// Recently read member lists of groups (typing, live receipts).
+    pub member_cache: Arc<MemberCache>,
     /// How long a session waits for storage when the client connects.
     pub storage_wait: Duration,
     pub restarts: Arc<RestartCounts>,
@@ -47,6 +52,8 @@ pub struct GatewayContext {
 /// One connection, as it outlives the session actors that serve it.
 pub struct ConnectionContext {
     pub key: UserKey,
+    /// The protocol version of the connection: 1 (direct messages only) or 2.
+    pub protocol: u32,
     pub outbound: Outbound,
     /// Users (of the same tenant) this connection watches for presence.
     pub watching: Mutex<BTreeSet<String>>,
@@ -67,6 +74,7 @@ impl ConnectionContext {
     pub fn registration(&self) -> Option<Registration> {
         self.outbound.welcome().is_ready().then(|| Registration {
             key: self.key.clone(),
+            protocol: self.protocol,
             outbound: self.outbound.clone(),
             watching: self
                 .watching

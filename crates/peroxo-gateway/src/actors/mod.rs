@@ -14,6 +14,7 @@
 
 pub mod cluster;
 pub mod context;
+pub mod conversation_commands;
 pub mod outbox;
 pub mod persistence;
 pub mod root;

@@ -24,6 +24,9 @@ pub struct PendingWrite {
     /// Where the `ack` goes: the sender's connection, which outlives any session actor.
     pub origin: Outbound,
     pub req_id: Option<ReqId>,
+    /// The outbox places it holds: 1 for a direct message, the group's member count (as
+    /// last seen) for a group message, so the bound counts stored rows.
+    pub rows: u32,
     /// Set when an append call carrying it failed without an answer: it may have been
     /// committed, so a `duplicate` outcome is its own first commit.
     pub retried: bool,
@@ -94,19 +97,22 @@ impl Outbox {
         }
     }
 
-    /// Accepts a write unless the outbox is full. Returns whether Persistence must be woken
-    /// (no wake-up is on its way yet).
+    /// Accepts a write of `rows` places unless the outbox lacks them. Returns whether
+    /// Persistence must be woken (no wake-up is on its way yet).
     pub fn push(
         &self,
         message: NewMessage,
         origin: Outbound,
         req_id: Option<ReqId>,
+        rows: u32,
     ) -> Result<bool, Refused> {
         if self.closing.load(Ordering::Acquire) {
             return Err(Refused::ShuttingDown);
         }
+        // A group larger than the whole outbox still fits when the outbox is empty.
+        let rows = rows.clamp(1, u32::try_from(self.capacity).unwrap_or(u32::MAX));
         let permit = Arc::clone(&self.permits)
-            .try_acquire_owned()
+            .try_acquire_many_owned(rows)
             .map_err(|e| match e {
                 TryAcquireError::NoPermits => Refused::Full,
                 TryAcquireError::Closed => Refused::ShuttingDown,
@@ -116,6 +122,7 @@ impl Outbox {
             message,
             origin,
             req_id,
+            rows,
             retried: false,
             accepted_at: Instant::now(),
             _permit: permit,
@@ -173,7 +180,7 @@ mod tests {
     }
 
     fn push(outbox: &Outbox, outbound: &Outbound, id: &str) -> Result<bool, Refused> {
-        outbox.push(message(id), outbound.clone(), None)
+        outbox.push(message(id), outbound.clone(), None, 1)
     }
 
     fn waiting_ids(outbox: &Outbox) -> Vec<String> {

@@ -24,6 +24,7 @@ use tokio::time::Instant;
 
 use super::ActorSlot;
 use super::context::StorageLink;
+use super::conversation_commands::MemberCache;
 use super::outbox::{Outbox, PendingWrite};
 use super::router::{Delivery, RouterMsg};
 use crate::telemetry::{Metrics, seconds};
@@ -74,6 +75,9 @@ pub struct PersistenceArgs {
     pub router: ActorSlot<RouterMsg>,
     /// The node's metrics (batches, acks, reconnects).
     pub metrics: Arc<Metrics>,
+    /// Where the member counts of committed group messages are remembered (what the next
+    /// send to the group is charged).
+    pub member_cache: Arc<MemberCache>,
 }
 
 pub struct PersistenceState {
@@ -309,7 +313,7 @@ impl PersistenceState {
     fn take_batch(&self) -> Option<Vec<NewMessage>> {
         let mut outbox = self.args.outbox.lock();
         let take = batch_len(
-            outbox.waiting.iter().map(|w| &w.message),
+            outbox.waiting.iter().map(|w| (&w.message, w.rows)),
             self.args.config.max_batch,
         );
         if take == 0 {
@@ -339,6 +343,10 @@ impl PersistenceState {
             }
             Err(CallError::Rejected(reason)) => {
                 self.refused(&reason);
+                self.start_batch(myself);
+            }
+            Err(CallError::Refused(refusal)) => {
+                self.refused(&refusal.message);
                 self.start_batch(myself);
             }
             Err(error) => {
@@ -393,7 +401,11 @@ impl PersistenceState {
     fn answer(&self, write: PendingWrite, outcome: AppendOutcome) -> Option<Delivery> {
         let metrics = &self.args.metrics;
         match outcome {
-            AppendOutcome::Stored { message, duplicate } => {
+            AppendOutcome::Stored {
+                message,
+                duplicate,
+                members,
+            } => {
                 // A retried write found stored was stored by its own earlier, unanswered call.
                 let duplicate = duplicate && !write.retried;
                 metrics.ack(duplicate);
@@ -403,14 +415,21 @@ impl PersistenceState {
                 write
                     .origin
                     .send(&ack_frame(&message, write.req_id.as_ref(), duplicate));
+                if message.is_group() && !duplicate {
+                    let members = u32::try_from(members.len() + 1).unwrap_or(u32::MAX);
+                    self.args
+                        .member_cache
+                        .set_size(&message.tenant, &message.recipient, members);
+                }
                 (!duplicate).then(|| Delivery {
                     message,
+                    members,
                     origin: Some(write.origin.session_id()),
                 })
             }
-            AppendOutcome::Rejected(reason) => {
+            AppendOutcome::Rejected(refusal) => {
                 write.origin.error(
-                    &ProtocolError::new(ErrorCode::BadRequest, reason)
+                    &ProtocolError::from(refusal)
                         .with_req_id(write.req_id)
                         .with_client_msg_id(Some(write.message.client_msg_id)),
                 );
@@ -420,14 +439,17 @@ impl PersistenceState {
     }
 }
 
-/// How many of `waiting` the next append call takes: at most `max_batch`, and no more than
-/// [`MAX_BATCH_BYTES`] of content (but always the first, which storage accepts on its own).
-fn batch_len<'a>(waiting: impl Iterator<Item = &'a NewMessage>, max_batch: usize) -> usize {
+/// How many of `waiting` (each with the stored rows it counts for) the next append call
+/// takes: at most `max_batch` rows, and no more than [`MAX_BATCH_BYTES`] of content (but
+/// always the first, which storage accepts on its own).
+fn batch_len<'a>(waiting: impl Iterator<Item = (&'a NewMessage, u32)>, max_batch: usize) -> usize {
     let mut bytes = 0;
+    let mut rows = 0;
     let mut take = 0;
-    for message in waiting.take(max_batch) {
+    for (message, message_rows) in waiting {
         bytes += message.content_bytes();
-        if take > 0 && bytes > MAX_BATCH_BYTES {
+        rows += message_rows as usize;
+        if take > 0 && (bytes > MAX_BATCH_BYTES || rows > max_batch) {
             break;
         }
         take += 1;
@@ -468,9 +490,23 @@ mod tests {
     #[test]
     fn a_batch_takes_at_most_max_batch_messages() {
         let waiting: Vec<NewMessage> = (0..10).map(|_| message(10)).collect();
-        assert_eq!(batch_len(waiting.iter(), 4), 4);
-        assert_eq!(batch_len(waiting.iter(), 100), 10);
+        let one_row_each = || waiting.iter().map(|m| (m, 1));
+        assert_eq!(batch_len(one_row_each(), 4), 4);
+        assert_eq!(batch_len(one_row_each(), 100), 10);
         assert_eq!(batch_len(std::iter::empty(), 4), 0);
+    }
+
+    #[test]
+    fn a_batch_counts_the_rows_of_group_messages_but_always_takes_the_first() {
+        let waiting: Vec<NewMessage> = (0..4).map(|_| message(10)).collect();
+        let rows = [30, 30, 50, 1];
+        let batch = || waiting.iter().zip(rows);
+        assert_eq!(batch_len(batch(), 100), 2, "30 + 30 + 50 is over 100 rows");
+        assert_eq!(
+            batch_len(batch(), 10),
+            1,
+            "the first goes alone, whatever its rows"
+        );
     }
 
     #[test]
@@ -478,8 +514,8 @@ mod tests {
         let big = MAX_BATCH_BYTES / 3;
         let waiting: Vec<NewMessage> = (0..5).map(|_| message(big)).collect();
         // Three such messages (with their identifiers) are just over the limit.
-        assert_eq!(batch_len(waiting.iter(), 100), 2);
+        assert_eq!(batch_len(waiting.iter().map(|m| (m, 1)), 100), 2);
         let huge = [message(MAX_BATCH_BYTES * 2), message(1)];
-        assert_eq!(batch_len(huge.iter(), 100), 1);
+        assert_eq!(batch_len(huge.iter().map(|m| (m, 1)), 100), 1);
     }
 }

@@ -232,6 +232,7 @@ async fn spawn_persistence(
             myself_slot: args.gateway.persistence.clone(),
             router: args.gateway.router.clone(),
             metrics: Arc::clone(&args.gateway.metrics),
+            member_cache: Arc::clone(&args.gateway.member_cache),
         },
         supervisor,
     )

@@ -20,11 +20,15 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use super::ActorSlot;
 use super::cluster::ClusterMsg;
 use super::context::StorageLink;
+use super::conversation_commands::message_frames;
 use super::session_supervisor::SessionSupervisorMsg;
 use crate::connection::{Droppable, Outbound};
 use crate::telemetry::Metrics;
 use peroxo_protocol::domain::{SessionId, StoredMessage, UserKey};
-use peroxo_protocol::{MessageView, PresenceStatus, ReqId, ServerFrame, now_ms};
+use peroxo_protocol::event::StreamSeq;
+use peroxo_protocol::{
+    LATEST_PROTOCOL_VERSION, MessageView, PresenceStatus, ReqId, ServerFrame, now_ms,
+};
 
 pub enum RouterMsg {
     /// A session is live (or registers again after its actor restarted); `registered` is
@@ -39,6 +43,16 @@ pub enum RouterMsg {
     Unregister(SessionId),
     /// Committed messages to hand to the live sessions of their participants.
     Deliver(Vec<Delivery>),
+    /// Frames of protocol 2 (group messages, stream events, live receipts, group typing),
+    /// each already encoded for its user: for the user's protocol-2 sessions here and on
+    /// other nodes.
+    DeliverFrames(Vec<UserFrame>),
+    /// A protocol-2 frame from another node, for `user`'s protocol-2 sessions here.
+    RemoteFrame {
+        user: UserKey,
+        text: Utf8Bytes,
+        droppable: Droppable,
+    },
     /// Start watching `users` (of the session's tenant); answers `presence_snapshot`.
     Subscribe {
         session: SessionId,
@@ -83,15 +97,30 @@ pub enum RouterMsg {
 #[derive(Debug, Clone)]
 pub struct Registration {
     pub key: UserKey,
+    /// The connection's protocol version: protocol-2 frames go to version 2 only.
+    pub protocol: u32,
     pub outbound: Outbound,
     /// Users of the same tenant this session watches for presence.
     pub watching: Vec<String>,
+}
+
+/// One protocol-2 frame for one user, encoded for that user (with its seq).
+#[derive(Debug, Clone)]
+pub struct UserFrame {
+    pub user: UserKey,
+    pub text: Utf8Bytes,
+    /// Durable frames (a stream entry) are never dropped; live receipts and typing may be.
+    pub droppable: Droppable,
+    /// The session that caused it and got an answer instead (a sender's own connection).
+    pub skip: Option<SessionId>,
 }
 
 /// A committed message and the session that sent it (which gets an `ack`, not a copy).
 #[derive(Debug, Clone)]
 pub struct Delivery {
     pub message: StoredMessage,
+    /// For a group message: every member's seq but the sender's.
+    pub members: Vec<StreamSeq>,
     pub origin: Option<SessionId>,
 }
 
@@ -125,6 +154,7 @@ pub struct RouterState {
 
 struct Entry {
     key: UserKey,
+    protocol: u32,
     outbound: Outbound,
     watching: HashSet<String>,
 }
@@ -195,6 +225,12 @@ impl Actor for Router {
             RouterMsg::Unregister(session) => state.unregister(session),
             RouterMsg::ForgetAll => state.forget_all(),
             RouterMsg::Deliver(deliveries) => state.deliver(&deliveries),
+            RouterMsg::DeliverFrames(frames) => state.deliver_frames(frames),
+            RouterMsg::RemoteFrame {
+                user,
+                text,
+                droppable,
+            } => state.send_frame(&user, &text, droppable, None),
             RouterMsg::Subscribe {
                 session,
                 users,
@@ -309,6 +345,7 @@ impl RouterState {
         let session = registration.outbound.session_id();
         let Registration {
             key,
+            protocol,
             outbound,
             watching,
         } = registration;
@@ -329,6 +366,7 @@ impl RouterState {
                 session,
                 Entry {
                     key: key.clone(),
+                    protocol,
                     outbound,
                     watching: HashSet::new(),
                 },
@@ -503,7 +541,17 @@ impl RouterState {
     }
 
     fn deliver(&self, deliveries: &[Delivery]) {
-        for Delivery { message, origin } in deliveries {
+        let mut group_frames = Vec::new();
+        for Delivery {
+            message,
+            members,
+            origin,
+        } in deliveries
+        {
+            if message.is_group() {
+                group_frames.extend(message_frames(message, members, *origin));
+                continue;
+            }
             let recipient = message.recipient_key();
             self.send_message(&recipient, message, *origin);
             if message.recipient != message.sender {
@@ -512,8 +560,50 @@ impl RouterState {
             }
         }
         if let Some(cluster) = &self.cluster {
-            let messages = deliveries.iter().map(|d| d.message.clone()).collect();
-            let _ = cluster.cast(ClusterMsg::PublishMessages(messages));
+            let messages: Vec<StoredMessage> = deliveries
+                .iter()
+                .filter(|d| !d.message.is_group())
+                .map(|d| d.message.clone())
+                .collect();
+            if !messages.is_empty() {
+                let _ = cluster.cast(ClusterMsg::PublishMessages(messages));
+            }
+        }
+        if !group_frames.is_empty() {
+            self.deliver_frames(group_frames);
+        }
+    }
+
+    /// Writes each frame to its user's protocol-2 sessions here, and hands the frames to the
+    /// cluster for the user's sessions on other nodes.
+    fn deliver_frames(&self, frames: Vec<UserFrame>) {
+        for frame in &frames {
+            self.send_frame(&frame.user, &frame.text, frame.droppable, frame.skip);
+        }
+        if let Some(cluster) = &self.cluster {
+            let _ = cluster.cast(ClusterMsg::PublishFrames(frames));
+        }
+    }
+
+    /// Writes `text` to every live protocol-2 session of `user` but `skip`.
+    fn send_frame(
+        &self,
+        user: &UserKey,
+        text: &Utf8Bytes,
+        droppable: Droppable,
+        skip: Option<SessionId>,
+    ) {
+        for session in self.live_sessions(user) {
+            if Some(*session) == skip {
+                continue;
+            }
+            if let Some(entry) = self.sessions.get(session)
+                && entry.protocol >= LATEST_PROTOCOL_VERSION
+                && entry.outbound.send_text(text.clone(), droppable)
+                && droppable == Droppable::No
+            {
+                self.metrics.messages_delivered.increment(1);
+            }
         }
     }
 
@@ -603,6 +693,7 @@ impl RouterState {
         let text = Utf8Bytes::from(
             ServerFrame::Typing {
                 from: Cow::Borrowed(&from.user),
+                conversation_id: None,
             }
             .encode(),
         );
@@ -636,6 +727,7 @@ mod tests {
         outbound.welcome().ready(Utf8Bytes::from_static("welcome"));
         let registration = Registration {
             key: UserKey::new("t", user),
+            protocol: 1,
             outbound,
             watching: watching.iter().map(|u| (*u).to_owned()).collect(),
         };
@@ -756,6 +848,7 @@ mod tests {
         state.register(carol);
         state.deliver(&[Delivery {
             message: message("alice", "bob", 7, 3),
+            members: Vec::new(),
             origin: Some(origin),
         }]);
         let to_bob = frames(&bob_queue);
@@ -777,6 +870,61 @@ mod tests {
     }
 
     #[test]
+    fn a_group_message_reaches_each_members_protocol_2_sessions_with_their_seq() {
+        let mut state = RouterState::default();
+        let (alice_phone, alice_phone_queue) = connect("alice", &[]);
+        let origin = alice_phone.outbound.session_id();
+        state.register(Registration {
+            protocol: 2,
+            ..alice_phone
+        });
+        let (alice_laptop, alice_laptop_queue) = connect("alice", &[]);
+        state.register(Registration {
+            protocol: 2,
+            ..alice_laptop
+        });
+        let (bob_v1, bob_v1_queue) = connect("bob", &[]);
+        state.register(bob_v1);
+        let (bob_v2, bob_v2_queue) = connect("bob", &[]);
+        state.register(Registration {
+            protocol: 2,
+            ..bob_v2
+        });
+        let group = "g~0123456789abcdef01234567";
+        state.deliver(&[Delivery {
+            message: message("alice", group, 7, 0),
+            members: vec![
+                StreamSeq {
+                    user: "bob".to_owned(),
+                    seq: 4,
+                },
+                StreamSeq {
+                    user: "carol".to_owned(),
+                    seq: 9,
+                },
+            ],
+            origin: Some(origin),
+        }]);
+        let to_bob = frames(&bob_v2_queue);
+        assert_eq!(to_bob.len(), 1);
+        assert_eq!(to_bob[0]["conversation_id"], group);
+        assert_eq!(to_bob[0]["seq"], 4, "bob's own seq");
+        assert!(to_bob[0].get("client_msg_id").is_none());
+        assert!(
+            frames(&bob_v1_queue).is_empty(),
+            "protocol 1 never sees groups"
+        );
+        let copy = frames(&alice_laptop_queue);
+        assert_eq!(copy.len(), 1);
+        assert_eq!(copy[0]["seq"], 7, "the sender's own seq");
+        assert_eq!(copy[0]["client_msg_id"], "c1");
+        assert!(
+            frames(&alice_phone_queue).is_empty(),
+            "the origin gets an ack"
+        );
+    }
+
+    #[test]
     fn presence_does_not_cross_tenants() {
         let mut state = RouterState::default();
         let (alice, alice_queue) = connect("alice", &["bob"]);
@@ -785,6 +933,7 @@ mod tests {
         outbound.welcome().ready(Utf8Bytes::from_static("welcome"));
         state.register(Registration {
             key: UserKey::new("other", "bob"),
+            protocol: 1,
             outbound,
             watching: Vec::new(),
         });

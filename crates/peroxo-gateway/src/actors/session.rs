@@ -21,18 +21,22 @@ use tokio::time::Instant;
 use super::ActorSlot;
 use super::cluster::ClusterMsg;
 use super::context::{ConnectionContext, GatewayContext};
+use super::conversation_commands::CommandContext;
 use super::persistence::PersistenceMsg;
 use super::router::RouterMsg;
 use crate::connection::{Inbound, Refused, SessionInbox};
 use crate::rate_limit::{RateLimiter, Verdict};
 use peroxo_protocol::CloseCause;
+use peroxo_protocol::conversation::ConversationRef;
 use peroxo_protocol::domain::NewMessage;
+use peroxo_protocol::domain::conversation_id;
+use peroxo_protocol::event::is_group_id;
 use peroxo_protocol::{
-    Command, CommandKind, ErrorCode, MessageView, PROTOCOL_VERSION, ProtocolError, ReqId,
-    ServerFrame, now_ms,
+    Command, CommandKind, ErrorCode, EventView, LATEST_PROTOCOL_VERSION, MessageView,
+    ProtocolError, ReqId, ServerFrame, now_ms,
 };
 use peroxo_storage::grpc::CallError;
-use peroxo_storage::{HistoryQuery, SyncQuery};
+use peroxo_storage::{HistoryQuery, SyncQuery, SyncScope};
 
 /// How long a new session waits for each call that registers it: its interest with the
 /// Cluster actor (clustered nodes) and its registration with the Router.
@@ -227,7 +231,7 @@ async fn welcome(myself: &ActorRef<SessionMsg>, state: &SessionState) {
             user: Cow::Borrowed(&connection.key.user),
             tenant: Cow::Borrowed(&connection.key.tenant),
             last_seq,
-            protocol: PROTOCOL_VERSION,
+            protocol: connection.protocol,
         }
         .encode(),
     ));
@@ -269,6 +273,7 @@ fn storage_error(error: CallError, req_id: Option<ReqId>) -> ProtocolError {
             ProtocolError::new(ErrorCode::BadRequest, reason).with_req_id(req_id)
         }
         CallError::Unavailable(_) => unavailable("storage unavailable; retry later", req_id),
+        CallError::Refused(refusal) => ProtocolError::from(refusal).with_req_id(req_id),
     }
 }
 
@@ -375,17 +380,53 @@ impl SessionState {
 
     async fn command(&mut self, myself: &ActorRef<SessionMsg>, command: Command) {
         let Command { req_id, kind } = command;
+        if kind.needs_protocol_2() && self.connection.protocol < LATEST_PROTOCOL_VERSION {
+            let client_msg_id = match &kind {
+                CommandKind::SendToConversation { client_msg_id, .. }
+                | CommandKind::CreateGroup { client_msg_id, .. } => Some(client_msg_id.clone()),
+                _ => None,
+            };
+            self.connection.outbound.error(
+                &ProtocolError::new(
+                    ErrorCode::BadRequest,
+                    "this command needs protocol 2: connect with ?protocol=2",
+                )
+                .with_req_id(req_id)
+                .with_client_msg_id(client_msg_id),
+            );
+            return;
+        }
         match kind {
             CommandKind::Send {
                 to,
                 text,
                 client_msg_id,
             } => self.send(to, text, client_msg_id, req_id),
+            CommandKind::SendToConversation {
+                conversation_id,
+                text,
+                client_msg_id,
+            } => self.send_to_conversation(conversation_id, text, client_msg_id, req_id),
             CommandKind::History {
                 with,
                 before,
                 limit,
-            } => self.history(with, before, limit, req_id).await,
+            } => {
+                let conversation_id = conversation_id(&self.connection.key.user, &with);
+                self.history(conversation_id, Some(with), before, limit, req_id)
+                    .await;
+            }
+            CommandKind::ConversationHistory {
+                conversation_id,
+                before,
+                limit,
+            } => {
+                self.history(conversation_id, None, before, limit, req_id)
+                    .await;
+            }
+            CommandKind::PresenceSubscribeGroup { conversation_id } => {
+                self.subscribe_to_group(conversation_id, req_id).await;
+            }
             CommandKind::Sync { after_seq, limit } => self.sync(after_seq, limit, req_id).await,
             CommandKind::PresenceSubscribe { users } => self.subscribe(users, req_id),
             CommandKind::PresenceUnsubscribe { users } => self.unsubscribe(users),
@@ -415,6 +456,80 @@ impl SessionState {
                 });
             }
             CommandKind::Refresh { token } => self.refresh(myself, &token, req_id),
+            other => {
+                let commands = CommandContext {
+                    connection: Arc::clone(&self.connection),
+                    gateway: Arc::clone(&self.gateway),
+                };
+                commands.run(other, req_id).await;
+            }
+        }
+    }
+
+    /// `send` with a conversation id: a direct conversation is a send to its other user; a
+    /// group id is a message to every member (storage checks membership).
+    fn send_to_conversation(
+        &mut self,
+        conversation_id: String,
+        text: String,
+        client_msg_id: String,
+        req_id: Option<ReqId>,
+    ) {
+        let recipient = match ConversationRef::parse(&conversation_id) {
+            Ok(ConversationRef::Group(id)) => id,
+            Ok(direct) => match direct.peer_of(&self.connection.key.user) {
+                Some(peer) => peer.to_owned(),
+                None => {
+                    self.connection.outbound.error(
+                        &ProtocolError::new(
+                            ErrorCode::NotAMember,
+                            "you are not in this direct conversation",
+                        )
+                        .with_req_id(req_id)
+                        .with_client_msg_id(Some(client_msg_id)),
+                    );
+                    return;
+                }
+            },
+            Err(_) => return,
+        };
+        self.send(recipient, text, client_msg_id, req_id);
+    }
+
+    /// `presence_subscribe` to a group: its members (the user aside) join the watch list.
+    async fn subscribe_to_group(&self, conversation_id: String, req_id: Option<ReqId>) {
+        let Some(client) = self.gateway.storage.client() else {
+            self.connection
+                .outbound
+                .error(&unavailable("storage unavailable; retry later", req_id));
+            return;
+        };
+        match client
+            .members(self.connection.key.clone(), conversation_id)
+            .await
+        {
+            Ok(members) => {
+                let users = members
+                    .into_iter()
+                    .map(|m| m.user)
+                    .filter(|u| *u != self.connection.key.user)
+                    .collect::<Vec<_>>();
+                if users.is_empty() {
+                    self.connection
+                        .outbound
+                        .send(&ServerFrame::PresenceSnapshot {
+                            req_id: req_id.as_ref().map(Cow::Borrowed),
+                            users: Default::default(),
+                        });
+                } else {
+                    self.subscribe(users, req_id);
+                }
+            }
+            Err(error) => {
+                self.connection
+                    .outbound
+                    .error(&storage_error(error, req_id));
+            }
         }
     }
 
@@ -426,8 +541,21 @@ impl SessionState {
         }
     }
 
-    fn send(&self, to: String, text: String, client_msg_id: String, req_id: Option<ReqId>) {
+    /// Accepts a send into the outbox. A group message holds as many outbox places as the
+    /// group had members when last seen here, and costs the sender's rate in proportion.
+    fn send(&mut self, to: String, text: String, client_msg_id: String, req_id: Option<ReqId>) {
         let outbound = &self.connection.outbound;
+        let rows = if is_group_id(&to) {
+            let members = self
+                .gateway
+                .member_cache
+                .size(&self.connection.key.tenant, &to);
+            let per_token = self.gateway.groups.members_per_rate_token.max(1);
+            self.rate.charge(f64::from(members / per_token));
+            members
+        } else {
+            1
+        };
         let message = NewMessage {
             tenant: self.connection.key.tenant.clone(),
             sender: self.connection.key.user.clone(),
@@ -439,7 +567,7 @@ impl SessionState {
         let pushed = self
             .gateway
             .outbox
-            .push(message, outbound.clone(), req_id.clone());
+            .push(message, outbound.clone(), req_id.clone(), rows);
         if pushed.is_ok() {
             self.gateway.metrics.messages_received.increment(1);
         }
@@ -469,7 +597,14 @@ impl SessionState {
             .ok()
     }
 
-    async fn history(&self, with: String, before: Option<u64>, limit: u32, req_id: Option<ReqId>) {
+    async fn history(
+        &self,
+        conversation_id: String,
+        with: Option<String>,
+        before: Option<u64>,
+        limit: u32,
+        req_id: Option<ReqId>,
+    ) {
         let Some(permit) = self.read_permit().await else {
             return;
         };
@@ -483,7 +618,7 @@ impl SessionState {
             let _permit = permit;
             let query = HistoryQuery {
                 user: user.clone(),
-                peer: with.clone(),
+                conversation_id: conversation_id.clone(),
                 before,
                 limit,
             };
@@ -496,10 +631,8 @@ impl SessionState {
                         .map(|m| m.message_id.to_string());
                     outbound.send(&ServerFrame::History {
                         req_id: req_id.as_ref().map(Cow::Borrowed),
-                        with: Cow::Borrowed(&with),
-                        conversation_id: peroxo_protocol::domain::conversation_id(
-                            &user.user, &with,
-                        ),
+                        with: with.as_deref().map(Cow::Borrowed),
+                        conversation_id,
                         messages: page
                             .messages
                             .iter()
@@ -525,12 +658,18 @@ impl SessionState {
             return;
         };
         let user = self.connection.key.clone();
+        let everything = self.connection.protocol >= LATEST_PROTOCOL_VERSION;
         tokio::spawn(async move {
             let _permit = permit;
             let query = SyncQuery {
                 user: user.clone(),
                 after_seq,
                 limit,
+                scope: if everything {
+                    SyncScope::Everything
+                } else {
+                    SyncScope::DirectMessages
+                },
             };
             match client.sync(query).await {
                 Ok(page) => {
@@ -541,6 +680,12 @@ impl SessionState {
                             .iter()
                             .map(|m| MessageView::of(m, &user.user))
                             .collect(),
+                        events: everything.then(|| {
+                            page.events
+                                .iter()
+                                .map(|e| EventView::of(&e.event, e.seq))
+                                .collect()
+                        }),
                         last_seq: page.last_seq,
                         has_more: page.has_more,
                     });

@@ -41,6 +41,8 @@ pub enum SessionSupervisorMsg {
         socket: Box<WebSocket>,
         identity: Identity,
         ticket: Ticket,
+        /// The protocol version the client asked for (1 or 2).
+        protocol: u32,
     },
     /// Every live connection, for a Router that just restarted.
     Registrations(ractor::RpcReplyPort<Vec<Registration>>),
@@ -117,7 +119,12 @@ impl Actor for SessionSupervisor {
                 socket,
                 identity,
                 ticket,
-            } => state.open(&myself, *socket, identity, ticket).await,
+                protocol,
+            } => {
+                state
+                    .open(&myself, *socket, identity, ticket, protocol)
+                    .await;
+            }
             SessionSupervisorMsg::Registrations(reply) => {
                 let registrations = state
                     .connections
@@ -197,6 +204,7 @@ impl SessionSupervisorState {
         socket: WebSocket,
         identity: Identity,
         ticket: Ticket,
+        protocol: u32,
     ) {
         let limits = &self.gateway.limits;
         let (outbound, queue) = Outbound::new(
@@ -206,6 +214,7 @@ impl SessionSupervisorState {
         );
         let context = Arc::new(ConnectionContext {
             key: identity.key,
+            protocol,
             expires_at: AtomicU64::new(identity.expires_at.unwrap_or(0)),
             ticket,
             cluster_interest: AtomicBool::new(false),

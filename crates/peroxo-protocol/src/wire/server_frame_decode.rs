@@ -27,7 +27,10 @@ use serde::de::{self, DeserializeSeed, Deserializer, EnumAccess, IgnoredAny, Map
 use serde::de::{Unexpected, VariantAccess, Visitor};
 use serde::{Deserialize, forward_to_deserialize_any};
 
-use super::{ErrorCode, MessageView, PresenceStatus, ReqId, ServerFrame};
+use super::{
+    ConversationView, ErrorCode, EventView, MemberView, MessageView, PresenceStatus, ReaderView,
+    ReqId, ServerFrame,
+};
 
 /// Reads `text` as a server frame whose first field is `type`. Fails on any other text,
 /// including a frame with `type` elsewhere.
@@ -147,8 +150,8 @@ enum ServerFrameFields<'a> {
     Message(#[serde(borrow, with = "MessageViewFields")] MessageView<'a>),
     History {
         req_id: Option<Cow<'a, ReqId>>,
-        #[serde(borrow)]
-        with: Cow<'a, str>,
+        #[serde(borrow, default, deserialize_with = "optional")]
+        with: Option<Cow<'a, str>>,
         conversation_id: String,
         #[serde(borrow, deserialize_with = "views")]
         messages: Vec<MessageView<'a>>,
@@ -158,6 +161,8 @@ enum ServerFrameFields<'a> {
         req_id: Option<Cow<'a, ReqId>>,
         #[serde(borrow, deserialize_with = "views")]
         messages: Vec<MessageView<'a>>,
+        #[serde(default)]
+        events: Option<Vec<EventView<'a>>>,
         last_seq: u64,
         has_more: bool,
     },
@@ -182,6 +187,8 @@ enum ServerFrameFields<'a> {
     Typing {
         #[serde(borrow)]
         from: Cow<'a, str>,
+        #[serde(borrow, default, deserialize_with = "optional")]
+        conversation_id: Option<Cow<'a, str>>,
     },
     Pong {
         req_id: Option<Cow<'a, ReqId>>,
@@ -199,6 +206,46 @@ enum ServerFrameFields<'a> {
         req_id: Option<Cow<'a, ReqId>>,
         #[serde(borrow, default, deserialize_with = "optional")]
         client_msg_id: Option<Cow<'a, str>>,
+    },
+    // Protocol 2's frames other than `message` are read owned: they are rare.
+    Event(Box<EventView<'a>>),
+    GroupCreated {
+        req_id: Option<Cow<'a, ReqId>>,
+        client_msg_id: Cow<'a, str>,
+        conversation_id: Cow<'a, str>,
+        duplicate: bool,
+    },
+    Done {
+        req_id: Option<Cow<'a, ReqId>>,
+        conversation_id: Cow<'a, str>,
+    },
+    Members {
+        req_id: Option<Cow<'a, ReqId>>,
+        conversation_id: Cow<'a, str>,
+        members: Vec<MemberView<'a>>,
+    },
+    Conversations {
+        req_id: Option<Cow<'a, ReqId>>,
+        conversations: Vec<ConversationView<'a>>,
+        next_before: Option<String>,
+        total_unread: u64,
+    },
+    ReadState {
+        req_id: Option<Cow<'a, ReqId>>,
+        conversation_id: Cow<'a, str>,
+        read_marker: String,
+        unread_count: u64,
+    },
+    ReadReceipts {
+        req_id: Option<Cow<'a, ReqId>>,
+        conversation_id: Cow<'a, str>,
+        message_id: String,
+        readers: Vec<ReaderView<'a>>,
+    },
+    Receipt {
+        conversation_id: Cow<'a, str>,
+        user: Cow<'a, str>,
+        message_id: String,
     },
 }
 
@@ -286,7 +333,7 @@ impl ServerFrame<'_> {
                 next_before,
             } => ServerFrame::History {
                 req_id: owned_req_id(req_id),
-                with: owned(with),
+                with: with.map(owned),
                 conversation_id,
                 messages: owned_views(messages),
                 next_before,
@@ -294,11 +341,13 @@ impl ServerFrame<'_> {
             ServerFrame::Sync {
                 req_id,
                 messages,
+                events: None,
                 last_seq,
                 has_more,
             } => ServerFrame::Sync {
                 req_id: owned_req_id(req_id),
                 messages: owned_views(messages),
+                events: None,
                 last_seq,
                 has_more,
             },
@@ -324,7 +373,13 @@ impl ServerFrame<'_> {
                 users: users.into_iter().map(owned).collect(),
                 truncated,
             },
-            ServerFrame::Typing { from } => ServerFrame::Typing { from: owned(from) },
+            ServerFrame::Typing {
+                from,
+                conversation_id,
+            } => ServerFrame::Typing {
+                from: owned(from),
+                conversation_id: conversation_id.map(owned),
+            },
             ServerFrame::Pong { req_id, ts } => ServerFrame::Pong {
                 req_id: owned_req_id(req_id),
                 ts,
@@ -346,6 +401,9 @@ impl ServerFrame<'_> {
                 req_id: owned_req_id(req_id),
                 client_msg_id: client_msg_id.map(owned),
             },
+            // Protocol 2's rarer frames (and a sync page with events): read again, owned.
+            other => serde_json::from_str(&other.encode())
+                .expect("a frame reads back from its own encoding"),
         }
     }
 }

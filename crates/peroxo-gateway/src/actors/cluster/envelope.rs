@@ -1,7 +1,7 @@
 //! The envelopes gateway nodes exchange over NATS, and their JSON form.
 //!
 //! This is the only file of the cluster that knows the wire format: every envelope is a JSON
-//! object tagged by `kind` (`message`, `typing`, `presence`, `heartbeat`, `snapshot`, `hello`,
+//! object tagged by `kind` (`message`, `frame`, `typing`, `presence`, `heartbeat`, `snapshot`, `hello`,
 //! `resync`, `bye`). A committed message travels as a [`WireMessage`], which converts to and
 //! from the [`StoredMessage`] the rest of the gateway speaks.
 
@@ -19,6 +19,13 @@ pub enum Envelope {
     Message {
         origin: String,
         message: WireMessage,
+    },
+    /// A protocol-2 frame, encoded for the user of the subject (a group message or stream
+    /// event when `durable`; otherwise a live receipt or typing indicator).
+    Frame {
+        origin: String,
+        text: String,
+        durable: bool,
     },
     Typing {
         origin: String,

@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 use super::envelope::Envelope;
 use crate::actors::ActorSlot;
 use crate::actors::router::RouterMsg;
+use crate::connection::Droppable;
 
 /// Local sessions per interested user, and the task forwarding the user's subject.
 #[derive(Debug, Default)]
@@ -104,6 +105,21 @@ fn forward(router: &ActorSlot<RouterMsg>, node: &str, user: &UserKey, envelope: 
             let _ = router.cast(RouterMsg::RemoteTyping {
                 from: UserKey::new(tenant, from),
                 to,
+            });
+        }
+        Envelope::Frame {
+            origin,
+            text,
+            durable,
+        } if origin != node => {
+            let _ = router.cast(RouterMsg::RemoteFrame {
+                user: user.clone(),
+                text: text.into(),
+                droppable: if durable {
+                    Droppable::No
+                } else {
+                    Droppable::Yes
+                },
             });
         }
         Envelope::Resync { origin } if origin != node => {

@@ -47,8 +47,9 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::ActorSlot;
-use super::router::RouterMsg;
+use super::router::{RouterMsg, UserFrame};
 use super::session_supervisor::SessionSupervisorMsg;
+use crate::connection::Droppable;
 use interest::Interests;
 use link::Subjects;
 use peroxo_config::ClusterConfig;
@@ -71,6 +72,8 @@ pub enum ClusterMsg {
     Disinterest(UserKey),
     /// Committed messages to hand to the other nodes holding their participants.
     PublishMessages(Vec<StoredMessage>),
+    /// Protocol-2 frames, each for its user's sessions on other nodes.
+    PublishFrames(Vec<UserFrame>),
     /// A typing indicator for `to`'s sessions on other nodes.
     PublishTyping { from: UserKey, to: String },
     /// A user's first local session opened, or last one closed.
@@ -201,6 +204,7 @@ impl Actor for Cluster {
             ClusterMsg::Interest(user, reply) => state.interest(user, reply).await,
             ClusterMsg::Disinterest(user) => state.disinterest(&user),
             ClusterMsg::PublishMessages(messages) => state.publish_messages(&messages).await,
+            ClusterMsg::PublishFrames(frames) => state.publish_frames(frames).await,
             ClusterMsg::PublishTyping { from, to } => state.publish_typing(from, to).await,
             ClusterMsg::LocalPresence { user, online } => state.local_presence(user, online).await,
             ClusterMsg::RemoteUsers(reply) => state.remote_users(reply),
@@ -316,6 +320,23 @@ impl ClusterState {
                 // Remembered for a while: if the link turns out to have been down, these
                 // users' nodes are told to sync once it is back.
                 self.recent.insert(user, now);
+            }
+        }
+    }
+
+    async fn publish_frames(&mut self, frames: Vec<UserFrame>) {
+        let now = Instant::now();
+        for frame in frames {
+            let durable = frame.droppable == Droppable::No;
+            let envelope = Envelope::Frame {
+                origin: self.args.node.clone(),
+                text: frame.text.as_str().to_owned(),
+                durable,
+            };
+            self.publish(self.subjects.user(&frame.user), &envelope)
+                .await;
+            if durable {
+                self.recent.insert(frame.user, now);
             }
         }
     }

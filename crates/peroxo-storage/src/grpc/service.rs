@@ -1,0 +1,243 @@
+//! [`StorageService`]: the gRPC face of a [`MessageStore`]. Each rpc checks what the backend
+//! relies on (ids, limits, conversation ids) and answers a bad request with
+//! `INVALID_ARGUMENT` before the backend sees it; the rules of conversations (membership,
+//! roles, titles, ...) are the backend's, which refuses with an exact code.
+
+use tonic::{Request, Response, Status};
+
+use super::convert;
+use super::pb;
+use super::pb::storage_server::Storage;
+use crate::{
+    HistoryQuery, MAX_APPEND_BATCH, MAX_HISTORY_LIMIT, MAX_SYNC_LIMIT, MessageStore, SyncQuery,
+    SyncScope,
+};
+use peroxo_protocol::conversation::{ConversationRef, ConversationsQuery};
+use peroxo_protocol::domain::{self, UserKey};
+use peroxo_protocol::event::MAX_CONVERSATIONS_LIMIT;
+
+/// The gRPC face of a [`MessageStore`].
+#[derive(Debug)]
+pub struct StorageService<S> {
+    store: S,
+}
+
+impl<S> StorageService<S> {
+    pub(super) fn new(store: S) -> Self {
+        Self { store }
+    }
+}
+
+#[tonic::async_trait]
+impl<S: MessageStore> Storage for StorageService<S> {
+    async fn append(
+        &self,
+        request: Request<pb::AppendRequest>,
+    ) -> Result<Response<pb::AppendResponse>, Status> {
+        let messages = request.into_inner().messages;
+        if messages.len() > MAX_APPEND_BATCH {
+            return Err(Status::invalid_argument(format!(
+                "a batch holds at most {MAX_APPEND_BATCH} messages"
+            )));
+        }
+        let batch = messages
+            .into_iter()
+            .map(convert::new_message_from_pb)
+            .collect();
+        let outcomes = self.store.append(batch).await?;
+        Ok(Response::new(pb::AppendResponse {
+            results: outcomes.into_iter().map(convert::outcome_to_pb).collect(),
+        }))
+    }
+
+    async fn history(
+        &self,
+        request: Request<pb::HistoryRequest>,
+    ) -> Result<Response<pb::HistoryResponse>, Status> {
+        let r = request.into_inner();
+        let user = user_key(r.tenant, r.user)?;
+        let conversation_id = if r.conversation_id.is_empty() {
+            domain::validate_id(&r.peer)
+                .map_err(|e| Status::invalid_argument(format!("peer {e}")))?;
+            domain::conversation_id(&user.user, &r.peer)
+        } else {
+            check_conversation_id(&r.conversation_id)?;
+            r.conversation_id
+        };
+        let limit = check_limit(r.limit, MAX_HISTORY_LIMIT)?;
+        let page = self
+            .store
+            .history(HistoryQuery {
+                user,
+                conversation_id,
+                before: (r.before != 0).then_some(r.before),
+                limit,
+            })
+            .await?;
+        Ok(Response::new(pb::HistoryResponse {
+            messages: page
+                .messages
+                .into_iter()
+                .map(convert::message_to_pb)
+                .collect(),
+            has_more: page.has_more,
+        }))
+    }
+
+    async fn sync(
+        &self,
+        request: Request<pb::SyncRequest>,
+    ) -> Result<Response<pb::SyncResponse>, Status> {
+        let r = request.into_inner();
+        let user = user_key(r.tenant, r.user)?;
+        let limit = check_limit(r.limit, MAX_SYNC_LIMIT)?;
+        let page = self
+            .store
+            .sync(SyncQuery {
+                user,
+                after_seq: r.after_seq,
+                limit,
+                scope: if r.everything {
+                    SyncScope::Everything
+                } else {
+                    SyncScope::DirectMessages
+                },
+            })
+            .await?;
+        Ok(Response::new(pb::SyncResponse {
+            messages: page
+                .messages
+                .into_iter()
+                .map(convert::message_to_pb)
+                .collect(),
+            last_seq: page.last_seq,
+            has_more: page.has_more,
+            events: page
+                .events
+                .into_iter()
+                .map(convert::stream_event_to_pb)
+                .collect(),
+        }))
+    }
+
+    async fn last_seq(
+        &self,
+        request: Request<pb::LastSeqRequest>,
+    ) -> Result<Response<pb::LastSeqResponse>, Status> {
+        let r = request.into_inner();
+        let user = user_key(r.tenant, r.user)?;
+        let last_seq = self.store.last_seq(user).await?;
+        Ok(Response::new(pb::LastSeqResponse { last_seq }))
+    }
+
+    async fn create_group(
+        &self,
+        request: Request<pb::CreateGroupRequest>,
+    ) -> Result<Response<pb::GroupResponse>, Status> {
+        let request = convert::create_group_from_pb(request.into_inner())?;
+        check_user(&request.creator)?;
+        domain::validate_client_msg_id(&request.client_msg_id)
+            .map_err(|e| Status::invalid_argument(format!("client_msg_id {e}")))?;
+        let outcome = self.store.create_group(request).await?;
+        Ok(Response::new(convert::group_outcome_to_pb(outcome)))
+    }
+
+    async fn change_group(
+        &self,
+        request: Request<pb::ChangeGroupRequest>,
+    ) -> Result<Response<pb::GroupResponse>, Status> {
+        let request = convert::group_change_from_pb(request.into_inner())?;
+        check_user(&request.actor)?;
+        check_conversation_id(&request.conversation_id)?;
+        let outcome = self.store.change_group(request).await?;
+        Ok(Response::new(convert::group_outcome_to_pb(outcome)))
+    }
+
+    async fn members(
+        &self,
+        request: Request<pb::MembersRequest>,
+    ) -> Result<Response<pb::MembersResponse>, Status> {
+        let r = request.into_inner();
+        let user = user_key(r.tenant, r.user)?;
+        check_conversation_id(&r.conversation_id)?;
+        let members = self.store.members(user, r.conversation_id).await?;
+        Ok(Response::new(pb::MembersResponse {
+            members: members.into_iter().map(convert::member_to_pb).collect(),
+        }))
+    }
+
+    async fn conversations(
+        &self,
+        request: Request<pb::ConversationsRequest>,
+    ) -> Result<Response<pb::ConversationsResponse>, Status> {
+        let r = request.into_inner();
+        let user = user_key(r.tenant, r.user)?;
+        let limit = check_limit(r.limit, MAX_CONVERSATIONS_LIMIT)?;
+        let page = self
+            .store
+            .conversations(ConversationsQuery {
+                user,
+                before: (r.before != 0).then_some(r.before),
+                limit,
+            })
+            .await?;
+        Ok(Response::new(convert::conversation_page_to_pb(page)))
+    }
+
+    async fn mark_read(
+        &self,
+        request: Request<pb::MarkReadRequest>,
+    ) -> Result<Response<pb::MarkReadResponse>, Status> {
+        let request = convert::read_mark_from_pb(request.into_inner())?;
+        check_user(&request.user)?;
+        check_conversation_id(&request.conversation_id)?;
+        let outcome = self.store.mark_read(request).await?;
+        Ok(Response::new(convert::read_outcome_to_pb(outcome)))
+    }
+
+    async fn read_receipts(
+        &self,
+        request: Request<pb::ReadReceiptsRequest>,
+    ) -> Result<Response<pb::ReadReceiptsResponse>, Status> {
+        let r = request.into_inner();
+        let user = user_key(r.tenant, r.user)?;
+        check_conversation_id(&r.conversation_id)?;
+        let receipts = self
+            .store
+            .read_receipts(user, r.conversation_id, r.message_id)
+            .await?;
+        Ok(Response::new(pb::ReadReceiptsResponse {
+            receipts: receipts.into_iter().map(convert::receipt_to_pb).collect(),
+        }))
+    }
+}
+
+fn user_key(tenant: String, user: String) -> Result<UserKey, Status> {
+    let key = UserKey::new(tenant, user);
+    check_user(&key)?;
+    Ok(key)
+}
+
+fn check_user(key: &UserKey) -> Result<(), Status> {
+    domain::validate_id(&key.tenant)
+        .map_err(|e| Status::invalid_argument(format!("tenant {e}")))?;
+    domain::validate_id(&key.user).map_err(|e| Status::invalid_argument(format!("user {e}")))
+}
+
+/// A direct or group conversation id as [`ConversationRef::parse`] accepts it. Whether the
+/// user takes part in it is the backend's to say.
+fn check_conversation_id(id: &str) -> Result<(), Status> {
+    ConversationRef::parse(id)
+        .map(drop)
+        .map_err(|e| Status::invalid_argument(format!("conversation_id {e}")))
+}
+
+fn check_limit(limit: u32, max: u32) -> Result<u32, Status> {
+    if (1..=max).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(Status::invalid_argument(format!(
+            "limit must be between 1 and {max}"
+        )))
+    }
+}

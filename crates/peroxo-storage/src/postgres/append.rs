@@ -1,0 +1,472 @@
+//! Appending a batch of direct and group messages in one transaction of a handful of
+//! statements, whatever its size (arrays bound with `unnest`).
+//!
+//! Order of work: lock the rows of the groups the batch writes to (`FOR SHARE`, sorted) and
+//! read their members, then lock the counter of every user the batch may add to (sorted, see
+//! `streams`), then find the sends stored before (under the senders' locks none can be
+//! stored meanwhile), then decide every message in batch order and write messages, stream
+//! entries, conversation states and counters. A group change locks its group row
+//! `FOR UPDATE`, so the members read here stay the members until the batch commits, and
+//! message ids of a group grow in commit order.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::convert::Infallible;
+
+use deadpool_postgres::{Pool, Transaction};
+
+use super::streams::{Counters, InboxRows};
+use super::{backend, message_from_row};
+use crate::seq_assignment::{next_seqs, stream_entries};
+use crate::sql::{MESSAGE_COLUMNS, sql_int};
+use crate::{MAX_STORED_TEXT_BYTES, StoreError, rules};
+use peroxo_protocol::domain::{AppendOutcome, NewMessage, StoredMessage, UserKey, now_ms};
+use peroxo_protocol::event::{StreamSeq, is_group_id};
+
+/// The identity of a send for idempotency.
+type SendKey = (String, String, String);
+
+fn send_key(tenant: &str, sender: &str, client_msg_id: &str) -> SendKey {
+    (
+        tenant.to_owned(),
+        sender.to_owned(),
+        client_msg_id.to_owned(),
+    )
+}
+
+/// A group as (tenant, group id).
+type GroupKey = (String, String);
+
+/// The current members of each group a batch writes to, sorted by user id. A group that does
+/// not exist has no entry.
+type GroupMembers = HashMap<GroupKey, Vec<String>>;
+
+pub(super) async fn append(
+    pool: &Pool,
+    batch: Vec<NewMessage>,
+) -> Result<Vec<AppendOutcome>, StoreError> {
+    if batch.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut client = pool.get().await.map_err(backend)?;
+    let tx = client.transaction().await.map_err(backend)?;
+
+    let checks: Vec<Result<(), String>> = batch
+        .iter()
+        .map(|m| m.validate(MAX_STORED_TEXT_BYTES))
+        .collect();
+    let valid: Vec<&NewMessage> = batch
+        .iter()
+        .zip(&checks)
+        .filter(|(_, check)| check.is_ok())
+        .map(|(m, _)| m)
+        .collect();
+    let groups = lock_groups(&tx, &valid).await?;
+    let counters = Counters::lock(&tx, participants(&valid, &groups)).await?;
+    let sent = find_sent(&tx, &valid).await?;
+    let ids = take_message_ids(&tx, valid.len()).await?;
+    let mut batch_writes = BatchWrites {
+        counters,
+        sent,
+        ids,
+        fresh: Vec::new(),
+        inbox: InboxRows::default(),
+        states: StateChanges::default(),
+        ts: now_ms(),
+    };
+    let outcomes = batch
+        .iter()
+        .zip(checks)
+        .map(|(message, check)| batch_writes.decide(message, check, &groups))
+        .collect();
+    if !batch_writes.fresh.is_empty() {
+        insert_messages(&tx, &batch_writes.fresh).await?;
+        batch_writes.inbox.insert(&tx).await?;
+        batch_writes.states.store(&tx).await?;
+        batch_writes.counters.store(&tx).await?;
+    }
+    tx.commit().await.map_err(backend)?;
+    Ok(outcomes)
+}
+
+/// Locks the rows of the groups `valid` writes to, sorted, and reads their members. Two
+/// statements: the members are read after the locks are held, so no change is half seen.
+async fn lock_groups(
+    tx: &Transaction<'_>,
+    valid: &[&NewMessage],
+) -> Result<GroupMembers, StoreError> {
+    let wanted: BTreeSet<(&str, &str)> = valid
+        .iter()
+        .filter(|m| is_group_id(&m.recipient))
+        .map(|m| (m.tenant.as_str(), m.recipient.as_str()))
+        .collect();
+    let mut groups = GroupMembers::new();
+    if wanted.is_empty() {
+        return Ok(groups);
+    }
+    let (tenants, ids): (Vec<&str>, Vec<&str>) = wanted.into_iter().unzip();
+    let locked = tx
+        .query(
+            "SELECT tenant, id FROM groups
+             WHERE (tenant, id) IN (SELECT * FROM unnest($1::text[], $2::text[]))
+             ORDER BY tenant, id
+             FOR SHARE",
+            &[&tenants, &ids],
+        )
+        .await
+        .map_err(backend)?;
+    for row in &locked {
+        groups.insert((row.get(0), row.get(1)), Vec::new());
+    }
+    let members = tx
+        .query(
+            "SELECT tenant, conversation, owner FROM conversation_states
+             WHERE (tenant, conversation) IN (SELECT * FROM unnest($1::text[], $2::text[]))
+               AND active AND role IS NOT NULL",
+            &[&tenants, &ids],
+        )
+        .await
+        .map_err(backend)?;
+    for row in &members {
+        if let Some(list) = groups.get_mut(&(row.get(0), row.get(1))) {
+            list.push(row.get(2));
+        }
+    }
+    for list in groups.values_mut() {
+        list.sort_unstable();
+    }
+    Ok(groups)
+}
+
+/// Every user whose stream `valid` may add to: each sender, each direct recipient, and every
+/// member of each group written to.
+fn participants(valid: &[&NewMessage], groups: &GroupMembers) -> BTreeSet<UserKey> {
+    let mut users = BTreeSet::new();
+    for message in valid {
+        let sender = UserKey::new(message.tenant.clone(), message.sender.clone());
+        if is_group_id(&message.recipient) {
+            let group = (message.tenant.clone(), message.recipient.clone());
+            for member in groups.get(&group).into_iter().flatten() {
+                users.insert(sender.peer(member.clone()));
+            }
+        } else {
+            users.insert(sender.peer(message.recipient.clone()));
+        }
+        users.insert(sender);
+    }
+    users
+}
+
+/// The sends of `valid` stored before this batch. Under the senders' locks no other batch
+/// can store one of them meanwhile.
+async fn find_sent(
+    tx: &Transaction<'_>,
+    valid: &[&NewMessage],
+) -> Result<HashMap<SendKey, StoredMessage>, StoreError> {
+    let tenants: Vec<&str> = valid.iter().map(|m| m.tenant.as_str()).collect();
+    let senders: Vec<&str> = valid.iter().map(|m| m.sender.as_str()).collect();
+    let client_ids: Vec<&str> = valid.iter().map(|m| m.client_msg_id.as_str()).collect();
+    let rows = tx
+        .query(
+            &format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages m
+                 JOIN unnest($1::text[], $2::text[], $3::text[]) AS k(t, s, c)
+                   ON m.tenant = k.t AND m.sender = k.s AND m.client_msg_id = k.c"
+            ),
+            &[&tenants, &senders, &client_ids],
+        )
+        .await
+        .map_err(backend)?;
+    Ok(rows
+        .iter()
+        .map(|row| {
+            let m = message_from_row(row, 0);
+            (send_key(&m.tenant, &m.sender, &m.client_msg_id), m)
+        })
+        .collect())
+}
+
+/// `count` fresh message ids in ascending order, to be handed out in batch order. One is taken
+/// for every valid message, duplicates and refusals included: ids need only be unique and
+/// increasing.
+async fn take_message_ids(
+    tx: &Transaction<'_>,
+    count: usize,
+) -> Result<std::vec::IntoIter<i64>, StoreError> {
+    let ids: Vec<i64> = tx
+        .query(
+            "SELECT nextval('messages_id_seq') AS id FROM generate_series(1, $1::bigint) ORDER BY id",
+            &[&(count as i64)],
+        )
+        .await
+        .map_err(backend)?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    Ok(ids.into_iter())
+}
+
+/// What a batch writes, gathered while its messages are decided in order.
+struct BatchWrites {
+    counters: Counters,
+    /// Every send stored so far, earlier in this batch included.
+    sent: HashMap<SendKey, StoredMessage>,
+    ids: std::vec::IntoIter<i64>,
+    fresh: Vec<StoredMessage>,
+    inbox: InboxRows,
+    states: StateChanges,
+    ts: i64,
+}
+
+impl BatchWrites {
+    /// The outcome of one message: refused by `check` or by its group, a duplicate of a send
+    /// stored before, or fresh with the next seqs of everyone it reaches.
+    fn decide(
+        &mut self,
+        message: &NewMessage,
+        check: Result<(), String>,
+        groups: &GroupMembers,
+    ) -> AppendOutcome {
+        if let Err(reason) = check {
+            return AppendOutcome::Rejected(rules::bad_request(reason));
+        }
+        let key = send_key(&message.tenant, &message.sender, &message.client_msg_id);
+        if let Some(original) = self.sent.get(&key) {
+            return AppendOutcome::Stored {
+                message: original.clone(),
+                duplicate: true,
+                members: Vec::new(),
+            };
+        }
+        let id = self.ids.next().expect("one id per valid message") as u64;
+        let (stored, members) = if is_group_id(&message.recipient) {
+            let group = (message.tenant.clone(), message.recipient.clone());
+            let Some(members) = groups.get(&group) else {
+                return AppendOutcome::Rejected(rules::unknown_conversation(&message.recipient));
+            };
+            if members.binary_search(&message.sender).is_err() {
+                return AppendOutcome::Rejected(rules::not_a_member(
+                    &message.sender,
+                    &message.recipient,
+                ));
+            }
+            self.group(message, id, members)
+        } else {
+            (self.direct(message, id), Vec::new())
+        };
+        self.sent.insert(key, stored.clone());
+        self.fresh.push(stored.clone());
+        AppendOutcome::Stored {
+            message: stored,
+            duplicate: false,
+            members,
+        }
+    }
+
+    /// A direct message: the next seq of its sender and of its recipient (one seq for a
+    /// message to oneself), numbered as every backend numbers them.
+    fn direct(&mut self, message: &NewMessage, id: u64) -> StoredMessage {
+        let sender = UserKey::new(message.tenant.clone(), message.sender.clone());
+        let recipient = sender.peer(message.recipient.clone());
+        let counters = &self.counters;
+        let Ok(seqs) = next_seqs(&sender, &recipient, |user| {
+            Ok::<_, Infallible>(counters.last(user))
+        });
+        let stored = seqs.stored(message, id, self.ts);
+        let conversation = stored.conversation_id();
+        for (owner, seq) in stream_entries(&sender, &recipient, seqs) {
+            self.counters.set(owner, seq);
+            self.inbox.message(&owner.tenant, &owner.user, seq, id);
+            let peer = if owner == &sender {
+                &recipient
+            } else {
+                &sender
+            };
+            self.states.message(
+                owner,
+                &conversation,
+                Some(&peer.user),
+                &stored.sender,
+                id,
+                seq,
+            );
+        }
+        stored
+    }
+
+    /// A group message: the next seq of every member, the sender's as `sender_seq` and the
+    /// others' as the outcome's members (by user id).
+    fn group(
+        &mut self,
+        message: &NewMessage,
+        id: u64,
+        members: &[String],
+    ) -> (StoredMessage, Vec<StreamSeq>) {
+        let sender = UserKey::new(message.tenant.clone(), message.sender.clone());
+        let mut sender_seq = 0;
+        let mut others = Vec::with_capacity(members.len().saturating_sub(1));
+        for member in members {
+            let owner = sender.peer(member.clone());
+            let seq = self.counters.next(&owner);
+            self.inbox.message(&owner.tenant, member, seq, id);
+            self.states
+                .message(&owner, &message.recipient, None, &message.sender, id, seq);
+            if owner == sender {
+                sender_seq = seq;
+            } else {
+                others.push(StreamSeq {
+                    user: member.clone(),
+                    seq,
+                });
+            }
+        }
+        let stored = StoredMessage {
+            message_id: id,
+            tenant: message.tenant.clone(),
+            sender: message.sender.clone(),
+            recipient: message.recipient.clone(),
+            client_msg_id: message.client_msg_id.clone(),
+            text: message.text.clone(),
+            ts: self.ts,
+            sender_seq,
+            recipient_seq: 0,
+        };
+        (stored, others)
+    }
+}
+
+/// How a batch changes one user's state of one conversation.
+#[derive(Debug)]
+struct StateChange {
+    /// The other participant of a direct conversation; `None` for a group.
+    peer: Option<String>,
+    /// The user's own newest message of the batch (0: none): sending reads everything up
+    /// to it.
+    read_marker: u64,
+    /// Messages from others after `read_marker` (after the stored marker when it is 0).
+    unread: u64,
+    last_message_id: u64,
+    activity_seq: u64,
+}
+
+/// The conversation states a batch changes, by (tenant, owner, conversation).
+#[derive(Debug, Default)]
+struct StateChanges(BTreeMap<(String, String, String), StateChange>);
+
+impl StateChanges {
+    /// `owner` took `seq` for message `id` of `conversation` from `sender`.
+    fn message(
+        &mut self,
+        owner: &UserKey,
+        conversation: &str,
+        peer: Option<&str>,
+        sender: &str,
+        id: u64,
+        seq: u64,
+    ) {
+        let key = (
+            owner.tenant.clone(),
+            owner.user.clone(),
+            conversation.to_owned(),
+        );
+        let change = self.0.entry(key).or_insert_with(|| StateChange {
+            peer: peer.map(str::to_owned),
+            read_marker: 0,
+            unread: 0,
+            last_message_id: 0,
+            activity_seq: 0,
+        });
+        if sender == owner.user {
+            change.read_marker = id;
+            change.unread = 0;
+        } else {
+            change.unread += 1;
+        }
+        change.last_message_id = id;
+        change.activity_seq = seq;
+    }
+
+    /// Creates the states of direct conversations seen for the first time and moves the
+    /// others, in one statement. A marker moved by sending is always past the stored one
+    /// (message ids of a conversation grow in commit order), so the batch's count replaces
+    /// the stored one; otherwise it adds to it.
+    async fn store(&self, tx: &Transaction<'_>) -> Result<(), StoreError> {
+        let mut tenants = Vec::with_capacity(self.0.len());
+        let mut owners = Vec::with_capacity(self.0.len());
+        let mut conversations = Vec::with_capacity(self.0.len());
+        let mut peers = Vec::with_capacity(self.0.len());
+        let mut markers = Vec::with_capacity(self.0.len());
+        let mut unread = Vec::with_capacity(self.0.len());
+        let mut last = Vec::with_capacity(self.0.len());
+        let mut activity = Vec::with_capacity(self.0.len());
+        for ((tenant, owner, conversation), change) in &self.0 {
+            tenants.push(tenant.as_str());
+            owners.push(owner.as_str());
+            conversations.push(conversation.as_str());
+            peers.push(change.peer.as_deref());
+            markers.push(sql_int(change.read_marker));
+            unread.push(sql_int(change.unread));
+            last.push(sql_int(change.last_message_id));
+            activity.push(sql_int(change.activity_seq));
+        }
+        tx.execute(
+            "INSERT INTO conversation_states AS s
+                (tenant, owner, conversation, peer, read_marker, unread_count, last_message_id,
+                 activity_seq)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],
+                                  $5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[])
+             ON CONFLICT (tenant, owner, conversation) DO UPDATE SET
+                read_marker = CASE WHEN EXCLUDED.read_marker > 0
+                                   THEN EXCLUDED.read_marker ELSE s.read_marker END,
+                unread_count = CASE WHEN EXCLUDED.read_marker > 0
+                                    THEN EXCLUDED.unread_count
+                                    ELSE s.unread_count + EXCLUDED.unread_count END,
+                last_message_id = EXCLUDED.last_message_id,
+                activity_seq = EXCLUDED.activity_seq",
+            &[
+                &tenants,
+                &owners,
+                &conversations,
+                &peers,
+                &markers,
+                &unread,
+                &last,
+                &activity,
+            ],
+        )
+        .await
+        .map_err(backend)?;
+        Ok(())
+    }
+}
+
+async fn insert_messages(
+    tx: &Transaction<'_>,
+    messages: &[StoredMessage],
+) -> Result<(), StoreError> {
+    let ids: Vec<i64> = messages.iter().map(|m| sql_int(m.message_id)).collect();
+    let tenants: Vec<&str> = messages.iter().map(|m| m.tenant.as_str()).collect();
+    let senders: Vec<&str> = messages.iter().map(|m| m.sender.as_str()).collect();
+    let recipients: Vec<&str> = messages.iter().map(|m| m.recipient.as_str()).collect();
+    let conversations: Vec<String> = messages
+        .iter()
+        .map(StoredMessage::conversation_id)
+        .collect();
+    let client_ids: Vec<&str> = messages.iter().map(|m| m.client_msg_id.as_str()).collect();
+    let texts: Vec<&str> = messages.iter().map(|m| m.text.as_str()).collect();
+    let ts: Vec<i64> = messages.iter().map(|m| m.ts).collect();
+    let sender_seqs: Vec<i64> = messages.iter().map(|m| sql_int(m.sender_seq)).collect();
+    let recipient_seqs: Vec<i64> = messages.iter().map(|m| sql_int(m.recipient_seq)).collect();
+    tx.execute(
+        "INSERT INTO messages
+            (id, tenant, sender, recipient, conversation, client_msg_id, text, ts, sender_seq, recipient_seq)
+         SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[],
+                              $6::text[], $7::text[], $8::bigint[], $9::bigint[], $10::bigint[])",
+        &[
+            &ids, &tenants, &senders, &recipients, &conversations, &client_ids, &texts, &ts,
+            &sender_seqs, &recipient_seqs,
+        ],
+    )
+    .await
+    .map_err(backend)?;
+    Ok(())
+}

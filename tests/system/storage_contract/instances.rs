@@ -1,0 +1,334 @@
+//! Several service instances over one database, and writers racing each other.
+
+use super::*;
+
+use peroxo_protocol::domain::conversation_id;
+
+contract!(
+    several_service_instances_share_one_database_safely,
+    concurrent_sends_and_marks_lose_no_update,
+    group_changes_racing_sends_and_marks_lose_nothing,
+);
+
+async fn several_service_instances_share_one_database_safely(f: &Fixture) {
+    let mut config = f.config.clone();
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    let second = peroxo_storage::StoreServer::start(&config).await.unwrap();
+    let clients = [f.client.clone(), connect(second.addr).await];
+    // Writers on both instances, overlapping users, and resends of the same ids.
+    let mut tasks = Vec::new();
+    for writer in 0..6 {
+        let client = clients[writer % 2].clone();
+        tasks.push(tokio::spawn(async move {
+            for round in 0..8 {
+                let batch = (0..6)
+                    .map(|i| {
+                        let to = ["x", "y", "z"][(i + writer) % 3];
+                        msg(
+                            "t",
+                            &format!("w{}", writer % 3),
+                            to,
+                            &format!("{round}-{i}"),
+                        )
+                    })
+                    .collect::<Vec<_>>();
+                append_until_answered(&client, batch).await;
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    // Each (sender, client_msg_id) stored once: writers w and w+3 share a sender.
+    for user in ["x", "y", "z", "w0", "w1", "w2"] {
+        let page = f
+            .client
+            .sync(SyncQuery {
+                user: key("t", user),
+                after_seq: 0,
+                limit: 500,
+                scope: SyncScope::Everything,
+            })
+            .await
+            .unwrap();
+        let seqs: Vec<u64> = page.messages.iter().map(|m| m.seq_for(user)).collect();
+        assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "{user}");
+        assert_eq!(page.last_seq, seqs.len() as u64);
+    }
+    let sent = f
+        .client
+        .sync(SyncQuery {
+            user: key("t", "w0"),
+            after_seq: 0,
+            limit: 500,
+            scope: SyncScope::Everything,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        sent.messages.len(),
+        8 * 6,
+        "resent ids were not stored twice"
+    );
+    second.stop().await;
+}
+
+#[tokio::test]
+async fn postgres_instances_starting_together_apply_each_migration_once() {
+    let (name, url) = create_database().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::test_config(dir.path()).storage;
+    config.backend = StorageBackend::Postgres;
+    config.postgres.url = Secret::new(url.clone());
+    let starts = (0..4).map(|_| peroxo_storage::StoreServer::start(&config));
+    let stores: Vec<_> = futures_util::future::join_all(starts)
+        .await
+        .into_iter()
+        .map(|s| s.expect("every instance starts"))
+        .collect();
+    let (db, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let applied: Vec<i32> = db
+        .query(
+            "SELECT version FROM peroxo_schema_migrations ORDER BY version",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(applied, [1, 2], "every migration, each once");
+    drop(db);
+    for store in stores {
+        store.stop().await;
+    }
+    drop_database(&name).await;
+}
+
+/// The users of the racing workload, all members of one group.
+const CROWD: [&str; 5] = ["u0", "u1", "u2", "u3", "u4"];
+
+/// Makes the group of [`CROWD`], and gives everyone a direct message from the previous user
+/// and a group message from everyone, so every mark of the workload has something to mark.
+async fn crowd_group(f: &Fixture) -> String {
+    let group = new_group(f, CROWD[0], &CROWD[1..]).await;
+    for (i, user) in CROWD.iter().enumerate() {
+        let next = CROWD[(i + 1) % CROWD.len()];
+        f.client
+            .append(vec![
+                msg(T, user, next, "hello"),
+                msg(T, user, &group, "hello"),
+            ])
+            .await
+            .unwrap();
+    }
+    group
+}
+
+/// Moves a read marker, asking again while the service answers `Unavailable` (a mark is
+/// idempotent: asking again moves the marker to the same place).
+async fn mark_until_answered(
+    client: &StorageClient,
+    user: &str,
+    conversation: &str,
+    kind: ReadMarkKind,
+) {
+    let mut attempts = 0;
+    loop {
+        let request = ReadMark {
+            user: key(T, user),
+            conversation_id: conversation.to_owned(),
+            kind,
+        };
+        match client.mark_read(request).await {
+            Ok(_) => return,
+            Err(error) => {
+                attempts += 1;
+                assert!(
+                    matches!(error, CallError::Unavailable(_)) && attempts < 10,
+                    "{user}'s mark of {conversation} failed for good: {error}"
+                );
+            }
+        }
+    }
+}
+
+/// Every user of [`CROWD`], each on the next of `clients`, at once: direct messages to the
+/// next user, messages to the group, and read marks of both back and forth.
+async fn race(clients: &[StorageClient], group: &str) {
+    let mut tasks = Vec::new();
+    for (i, user) in CROWD.iter().enumerate() {
+        let client = clients[i % clients.len()].clone();
+        let group = group.to_owned();
+        let next = CROWD[(i + 1) % CROWD.len()];
+        let with_previous = conversation_id(user, CROWD[(i + CROWD.len() - 1) % CROWD.len()]);
+        tasks.push(tokio::spawn(async move {
+            for round in 0..18 {
+                let id = |what: &str| format!("{what}{round}");
+                match round % 6 {
+                    0 => {
+                        let batch =
+                            vec![msg(T, user, next, &id("a")), msg(T, user, next, &id("b"))];
+                        append_until_answered(&client, batch).await;
+                    }
+                    1 => append_until_answered(&client, vec![msg(T, user, &group, &id("g"))]).await,
+                    2 => mark_until_answered(&client, user, &group, read_up_to(u64::MAX)).await,
+                    3 => {
+                        let kind = ReadMarkKind::Unread { message_id: None };
+                        mark_until_answered(&client, user, &with_previous, kind).await;
+                    }
+                    4 => {
+                        mark_until_answered(&client, user, &with_previous, read_up_to(u64::MAX))
+                            .await
+                    }
+                    _ => {
+                        let kind = ReadMarkKind::Unread { message_id: None };
+                        mark_until_answered(&client, user, &group, kind).await;
+                    }
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+}
+
+async fn concurrent_sends_and_marks_lose_no_update(f: &Fixture) {
+    let group = crowd_group(f).await;
+    let clients = [f.client.clone(), connect(f.store.addr).await];
+    race(&clients, &group).await;
+    assert_lists_match_streams(&f.client, &CROWD).await;
+}
+
+/// The owner of the [`crowd_group`] removes and adds back its last member, renames it and
+/// changes a role, while every member sends to it and marks it read and unread; the last
+/// member's requests are refused while it is out.
+async fn race_with_changes(clients: &[StorageClient], group: &str) {
+    let mut tasks = Vec::new();
+    for (i, user) in CROWD.iter().enumerate() {
+        let client = clients[i % clients.len()].clone();
+        let group = group.to_owned();
+        tasks.push(tokio::spawn(async move {
+            for round in 0..15 {
+                if i == 0 {
+                    change_crowd(&client, &group, round).await;
+                } else {
+                    use_crowd(&client, user, &group, round).await;
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+}
+
+/// The owner's change of `round`.
+async fn change_crowd(client: &StorageClient, group: &str, round: usize) {
+    let last = CROWD[CROWD.len() - 1].to_owned();
+    let op = match round % 5 {
+        0 => GroupOp::RemoveMember { user: last },
+        1 => GroupOp::AddMembers { users: vec![last] },
+        2 => GroupOp::Rename {
+            title: format!("Team {round}"),
+        },
+        3 => GroupOp::SetRole {
+            user: CROWD[1].to_owned(),
+            role: Role::Admin,
+        },
+        _ => GroupOp::SetRole {
+            user: CROWD[1].to_owned(),
+            role: Role::Member,
+        },
+    };
+    let change = GroupChange {
+        actor: key(T, CROWD[0]),
+        conversation_id: group.to_owned(),
+        op,
+        limits: limits(),
+    };
+    client.change_group(change).await.unwrap();
+}
+
+/// A member's request of `round`: a message to the group, or a read or unread mark of it.
+/// Only the member who comes and goes may be refused.
+async fn use_crowd(client: &StorageClient, user: &str, group: &str, round: usize) {
+    let may_be_out = user == CROWD[CROWD.len() - 1];
+    let kind = match round % 3 {
+        0 => {
+            let outcomes = client
+                .append(vec![msg(T, user, group, &format!("r{round}"))])
+                .await
+                .unwrap();
+            assert!(
+                may_be_out || matches!(outcomes[0], AppendOutcome::Stored { .. }),
+                "{user}: {outcomes:?}"
+            );
+            return;
+        }
+        1 => read_up_to(u64::MAX),
+        _ => ReadMarkKind::Unread { message_id: None },
+    };
+    let request = ReadMark {
+        user: key(T, user),
+        conversation_id: group.to_owned(),
+        kind,
+    };
+    match client.mark_read(request).await {
+        Ok(_) => {}
+        Err(CallError::Refused(_)) if may_be_out => {}
+        Err(error) => panic!("{user}'s mark failed: {error}"),
+    }
+}
+
+async fn group_changes_racing_sends_and_marks_lose_nothing(f: &Fixture) {
+    let group = crowd_group(f).await;
+    let clients = [f.client.clone(), connect(f.store.addr).await];
+    race_with_changes(&clients, &group).await;
+    assert_lists_match_streams(&f.client, &CROWD).await;
+}
+
+/// Two more service instances over `f`'s database, and a client of each of the three.
+async fn two_more_instances(f: &Fixture) -> (Vec<peroxo_storage::StoreServer>, Vec<StorageClient>) {
+    let mut config = f.config.clone();
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    let mut others = Vec::new();
+    let mut clients = vec![f.client.clone()];
+    for _ in 0..2 {
+        let instance = peroxo_storage::StoreServer::start(&config).await.unwrap();
+        clients.push(connect(instance.addr).await);
+        others.push(instance);
+    }
+    (others, clients)
+}
+
+#[tokio::test]
+async fn postgres_instances_changing_a_group_while_its_members_write_lose_nothing() {
+    let f = Fixture::new(StorageBackend::Postgres).await;
+    let (others, clients) = two_more_instances(&f).await;
+    let group = crowd_group(&f).await;
+    race_with_changes(&clients, &group).await;
+    race(&clients, &group).await;
+    assert_lists_match_streams(&f.client, &CROWD).await;
+    for instance in others {
+        instance.stop().await;
+    }
+    f.finish().await;
+}
+
+#[tokio::test]
+async fn postgres_instances_sending_and_marking_at_once_lose_no_update() {
+    let f = Fixture::new(StorageBackend::Postgres).await;
+    let (others, clients) = two_more_instances(&f).await;
+    let group = crowd_group(&f).await;
+    race(&clients, &group).await;
+    assert_lists_match_streams(&f.client, &CROWD).await;
+    for instance in others {
+        instance.stop().await;
+    }
+    f.finish().await;
+}
