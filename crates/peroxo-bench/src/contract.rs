@@ -340,10 +340,14 @@ mod tests {
     #[test]
     fn a_group_is_listed_from_the_join_and_leaves_the_list_with_the_member() {
         let mut ledger = ConversationLedger::default();
-        ledger.apply(StreamItem::Joined { conversation: "g~1" });
+        ledger.apply(StreamItem::Joined {
+            conversation: "g~1",
+        });
         assert_eq!(ledger.states()["g~1"], ConversationState::default());
         ledger.apply(message("g~1", 7, false));
-        ledger.apply(StreamItem::Left { conversation: "g~1" });
+        ledger.apply(StreamItem::Left {
+            conversation: "g~1",
+        });
         assert!(ledger.states().is_empty());
         assert_eq!(ledger.total_unread(), 0);
     }
