@@ -17,8 +17,6 @@
 
 pub mod grpc;
 mod postgres;
-// Until both backends apply them, some rules have no caller outside their tests.
-#[allow(dead_code)]
 mod rules;
 mod seq_assignment;
 mod service;

@@ -177,6 +177,8 @@ pub(crate) struct MemberRow {
     /// When the member joined, as an order: earlier joins are smaller (members who joined
     /// together have the same value).
     pub(crate) joined: u64,
+    /// When the member joined, in milliseconds since the Unix epoch.
+    pub(crate) joined_ts: i64,
 }
 
 /// A group as a change reads it.
@@ -485,6 +487,7 @@ mod tests {
             user: user.to_owned(),
             role,
             joined,
+            joined_ts: 0,
         }
     }
 

@@ -30,7 +30,7 @@ use peroxo_bench::contract::SeqAudit;
 use peroxo_config::{Secret, StorageBackend};
 use peroxo_protocol::conversation::{
     ConversationKind, ConversationPage, ConversationSummary, ConversationsQuery, CreateGroup,
-    GroupChange, GroupLimits, GroupOp, GroupOutcome, ReadMark, ReadMarkKind, ReadOutcome, Receipt,
+    GroupChange, GroupLimits, GroupOp, GroupOutcome, ReadMark, ReadMarkKind, ReadOutcome,
 };
 use peroxo_protocol::domain::{AppendOutcome, NewMessage, StoredMessage, UserKey};
 use peroxo_protocol::event::{
@@ -417,61 +417,5 @@ fn assert_bad_request<T: Debug>(result: Result<T, CallError>, names: &str) {
             assert!(message.contains(names), "{message:?} names {names:?}")
         }
         other => assert_refused(other, RefusalCode::BadRequest, names),
-    }
-}
-
-/// The conversation rpcs of the storage client, for as long as it has not got them: each
-/// answers `Unavailable`, so the cases that need them fail rather than the suite not
-/// compiling. The client's own methods (same names and types) take precedence over these as
-/// soon as it has them; then this goes.
-#[allow(dead_code)]
-trait ConversationRpcs {
-    async fn create_group(&self, request: CreateGroup) -> Result<GroupOutcome, CallError>;
-    async fn change_group(&self, request: GroupChange) -> Result<GroupOutcome, CallError>;
-    async fn members(
-        &self,
-        user: UserKey,
-        conversation_id: String,
-    ) -> Result<Vec<Member>, CallError>;
-    async fn conversations(&self, query: ConversationsQuery)
-    -> Result<ConversationPage, CallError>;
-    async fn mark_read(&self, request: ReadMark) -> Result<ReadOutcome, CallError>;
-    async fn read_receipts(
-        &self,
-        user: UserKey,
-        conversation_id: String,
-        message_id: u64,
-    ) -> Result<Vec<Receipt>, CallError>;
-}
-
-fn no_such_rpc<T>() -> Result<T, CallError> {
-    Err(CallError::Unavailable(
-        "the storage client has no conversation rpcs yet".to_owned(),
-    ))
-}
-
-impl ConversationRpcs for StorageClient {
-    async fn create_group(&self, _: CreateGroup) -> Result<GroupOutcome, CallError> {
-        no_such_rpc()
-    }
-    async fn change_group(&self, _: GroupChange) -> Result<GroupOutcome, CallError> {
-        no_such_rpc()
-    }
-    async fn members(&self, _: UserKey, _: String) -> Result<Vec<Member>, CallError> {
-        no_such_rpc()
-    }
-    async fn conversations(&self, _: ConversationsQuery) -> Result<ConversationPage, CallError> {
-        no_such_rpc()
-    }
-    async fn mark_read(&self, _: ReadMark) -> Result<ReadOutcome, CallError> {
-        no_such_rpc()
-    }
-    async fn read_receipts(
-        &self,
-        _: UserKey,
-        _: String,
-        _: u64,
-    ) -> Result<Vec<Receipt>, CallError> {
-        no_such_rpc()
     }
 }

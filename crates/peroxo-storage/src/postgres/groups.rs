@@ -140,9 +140,10 @@ async fn check_group_counts(
     Ok(())
 }
 
-/// Makes `users` members of the fanout's group, with `role_of` each, as of its event: history
-/// from now on (the group row is locked, so no message of it is being written), nothing read,
-/// and the event as their latest activity. A former member comes back the same way.
+/// Makes `users` (sorted) members of the fanout's group, with `role_of` each, as of its event:
+/// history from now on (the group row is locked, so no message of it is being written),
+/// nothing read, and the event as their latest activity. A former member comes back the same
+/// way.
 async fn join(
     tx: &Transaction<'_>,
     fanout: &Fanout,
@@ -153,7 +154,11 @@ async fn join(
     let mut owners = Vec::with_capacity(users.len());
     let mut roles = Vec::with_capacity(users.len());
     let mut activity = Vec::with_capacity(users.len());
-    for seq in fanout.seqs.iter().filter(|s| users.contains(&s.user)) {
+    for seq in fanout
+        .seqs
+        .iter()
+        .filter(|s| users.binary_search(&s.user).is_ok())
+    {
         owners.push(seq.user.as_str());
         roles.push(role_of(&seq.user).as_str());
         activity.push(sql_int(seq.seq));
@@ -248,7 +253,7 @@ async fn current_members(
 ) -> Result<Vec<MemberRow>, StoreError> {
     let rows = tx
         .query(
-            "SELECT owner, role, joined_event FROM conversation_states
+            "SELECT owner, role, joined_event, joined_ts FROM conversation_states
              WHERE tenant = $1 AND conversation = $2 AND active AND role IS NOT NULL",
             &[&tenant, &group],
         )
@@ -260,6 +265,7 @@ async fn current_members(
                 user: row.get(0),
                 role: role_from_sql(row.get(1))?,
                 joined: row.get::<_, i64>(2) as u64,
+                joined_ts: row.get(3),
             })
         })
         .collect()

@@ -96,17 +96,18 @@ pub(super) async fn history(pool: &Pool, query: HistoryQuery) -> Result<HistoryP
     let target =
         rules::target_of(&query.user.user, &query.conversation_id).map_err(StoreError::Refused)?;
     let mut client = pool.get().await.map_err(backend)?;
-    let tx = snapshot(&mut client).await?;
     let before = query.before.map_or(i64::MAX, sql_int);
+    let rows = rows_for_page(query.limit);
     let newest_first = match &target {
-        Target::Direct { id, .. } => tx
+        // Anyone named by a direct conversation id may read it: one statement, as ever.
+        Target::Direct { id, .. } => client
             .query(
                 &format!(
                     "SELECT {MESSAGE_COLUMNS} FROM messages m
                      WHERE m.tenant = $1 AND m.conversation = $2 AND m.id < $3
                      ORDER BY m.id DESC LIMIT $4"
                 ),
-                &[&query.user.tenant, id, &before, &rows_for_page(query.limit)],
+                &[&query.user.tenant, id, &before, &rows],
             )
             .await
             .map_err(backend)?
@@ -114,33 +115,37 @@ pub(super) async fn history(pool: &Pool, query: HistoryQuery) -> Result<HistoryP
             .map(|row| message_from_row(row, 0))
             .collect(),
         Target::Group(id) => {
+            // The membership and the page from one snapshot.
+            let tx = snapshot(&mut client).await?;
             let standing = known_standing(&tx, &query.user, &target).await?;
             // Each member's copy of a group message carries that member's seq.
-            tx.query(
-                &format!(
-                    "SELECT {MESSAGE_COLUMNS}, i.seq FROM messages m
-                     JOIN inbox i
-                       ON i.tenant = m.tenant AND i.owner = $3 AND i.message_id = m.id
-                     WHERE m.tenant = $1 AND m.conversation = $2 AND m.id > $4 AND m.id < $5
-                     ORDER BY m.id DESC LIMIT $6"
-                ),
-                &[
-                    &query.user.tenant,
-                    id,
-                    &query.user.user,
-                    &sql_int(standing.boundary),
-                    &before,
-                    &rows_for_page(query.limit),
-                ],
-            )
-            .await
-            .map_err(backend)?
-            .iter()
-            .map(|row| seen_by(message_from_row(row, 0), row.get(9)))
-            .collect()
+            let page = tx
+                .query(
+                    &format!(
+                        "SELECT {MESSAGE_COLUMNS}, i.seq FROM messages m
+                         JOIN inbox i
+                           ON i.tenant = m.tenant AND i.owner = $3 AND i.message_id = m.id
+                         WHERE m.tenant = $1 AND m.conversation = $2 AND m.id > $4 AND m.id < $5
+                         ORDER BY m.id DESC LIMIT $6"
+                    ),
+                    &[
+                        &query.user.tenant,
+                        id,
+                        &query.user.user,
+                        &sql_int(standing.boundary),
+                        &before,
+                        &rows,
+                    ],
+                )
+                .await
+                .map_err(backend)?
+                .iter()
+                .map(|row| seen_by(message_from_row(row, 0), row.get(9)))
+                .collect();
+            tx.commit().await.map_err(backend)?;
+            page
         }
     };
-    tx.commit().await.map_err(backend)?;
     Ok(history_page(newest_first, query.limit))
 }
 

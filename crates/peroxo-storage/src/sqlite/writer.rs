@@ -1,0 +1,338 @@
+//! The writer thread: the only connection that writes, and the jobs it commits together.
+//!
+//! It takes a job, opens a transaction, does the job, and while the transaction holds fewer
+//! than [`MAX_GROUP_COMMIT`] stream rows takes the next waiting job into the same transaction
+//! (group commit). Each job answers once the transaction commits. A job refused by a rule of
+//! conversations is answered with its refusal and wrote nothing (every rule is checked before
+//! the first write); any other error fails the whole transaction, and every job in it.
+//!
+//! [`WriteTx`] is what a job writes through: it takes the seqs (remembered across
+//! transactions, so a direct message need not read them) and fans events out.
+
+use std::collections::HashMap;
+use std::sync::mpsc;
+
+use rusqlite::{Connection, TransactionBehavior, params};
+use tokio::sync::oneshot;
+
+use super::schema::{EVENT, GROUP_MESSAGE};
+use super::{append, backend, groups, reads, state};
+use crate::StoreError;
+use crate::sql::{EventColumns, sql_int};
+use peroxo_protocol::conversation::{
+    CreateGroup, GroupChange, GroupOutcome, ReadMark, ReadOutcome,
+};
+use peroxo_protocol::domain::{AppendOutcome, NewMessage, UserKey, now_ms};
+use peroxo_protocol::event::{Event, EventKind, Fanout, StreamSeq};
+
+/// The most stream rows the writer commits in one transaction (a direct message counts as
+/// one, a group message as one per member, an event as one per stream it enters). A single
+/// job is never split.
+const MAX_GROUP_COMMIT: usize = 8_192;
+/// Users whose current seq the writer remembers; past this, it forgets them all and reads
+/// each again from the database when next needed.
+const SEQ_CACHE_USERS: usize = 200_000;
+
+/// Where a job's answer goes.
+pub(super) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+/// A write for the writer thread.
+pub(super) enum Job {
+    Append(Vec<NewMessage>, Reply<Vec<AppendOutcome>>),
+    CreateGroup(CreateGroup, Reply<GroupOutcome>),
+    ChangeGroup(GroupChange, Reply<GroupOutcome>),
+    MarkRead(ReadMark, Reply<ReadOutcome>),
+}
+
+/// What a job did in its transaction, to answer once it commits.
+enum Done {
+    Appended(Vec<AppendOutcome>),
+    Group(Result<GroupOutcome, StoreError>),
+    /// Boxed: an outcome with its two events is large beside the others.
+    Read(Box<Result<ReadOutcome, StoreError>>),
+}
+
+impl Job {
+    /// Does the job inside `w`, and says how many stream rows it wrote.
+    fn run(&self, w: &mut WriteTx<'_>) -> Result<(Done, usize), StoreError> {
+        match self {
+            Job::Append(batch, _) => {
+                let mut outcomes = Vec::with_capacity(batch.len());
+                let mut rows = 0;
+                for message in batch {
+                    let (outcome, written) = append::append_one(w, message)?;
+                    outcomes.push(outcome);
+                    rows += written.max(1);
+                }
+                Ok((Done::Appended(outcomes), rows))
+            }
+            Job::CreateGroup(request, _) => {
+                group_done(refusal_answers(groups::create_group(w, request))?)
+            }
+            Job::ChangeGroup(request, _) => {
+                group_done(refusal_answers(groups::change_group(w, request))?)
+            }
+            Job::MarkRead(request, _) => {
+                let done = refusal_answers(reads::mark_read(w, request))?;
+                Ok((Done::Read(Box::new(done)), 1))
+            }
+        }
+    }
+
+    /// Answers the job with what it did, now committed. (A caller that stopped waiting has
+    /// no use for the answer.)
+    fn answer(self, done: Done) {
+        match (self, done) {
+            (Job::Append(_, reply), Done::Appended(outcomes)) => {
+                let _ = reply.send(Ok(outcomes));
+            }
+            (Job::CreateGroup(_, reply) | Job::ChangeGroup(_, reply), Done::Group(result)) => {
+                let _ = reply.send(result);
+            }
+            (Job::MarkRead(_, reply), Done::Read(result)) => {
+                let _ = reply.send(*result);
+            }
+            (job, _) => job.fail("the writer mixed up the answers of its jobs"),
+        }
+    }
+
+    /// Answers the job with the error that failed its transaction.
+    fn fail(self, error: &str) {
+        let error = StoreError::Backend(error.to_owned());
+        match self {
+            Job::Append(_, reply) => {
+                let _ = reply.send(Err(error));
+            }
+            Job::CreateGroup(_, reply) | Job::ChangeGroup(_, reply) => {
+                let _ = reply.send(Err(error));
+            }
+            Job::MarkRead(_, reply) => {
+                let _ = reply.send(Err(error));
+            }
+        }
+    }
+}
+
+/// A job's own refusal is its answer (it wrote nothing); any other error fails the whole
+/// transaction.
+fn refusal_answers<T>(result: Result<T, StoreError>) -> Result<Result<T, StoreError>, StoreError> {
+    match result {
+        Err(StoreError::Refused(refusal)) => Ok(Err(StoreError::Refused(refusal))),
+        Err(error) => Err(error),
+        Ok(done) => Ok(Ok(done)),
+    }
+}
+
+/// A group job's answer and the stream rows it wrote (a refused one wrote none).
+fn group_done(
+    done: Result<(GroupOutcome, usize), StoreError>,
+) -> Result<(Done, usize), StoreError> {
+    Ok(match done {
+        Ok((outcome, rows)) => (Done::Group(Ok(outcome)), rows.max(1)),
+        Err(refusal) => (Done::Group(Err(refusal)), 1),
+    })
+}
+
+/// The writer thread's state.
+pub(super) struct Writer {
+    pub(super) conn: Connection,
+    /// The current seq of recently seen users, as committed (or being committed by the open
+    /// transaction). Cleared when a transaction fails, since it may then be ahead.
+    pub(super) seqs: HashMap<UserKey, u64>,
+    /// Wakes the checkpointer after a commit.
+    pub(super) checkpoint: mpsc::SyncSender<()>,
+}
+
+impl Writer {
+    /// Takes every waiting job, commits them together, answers each.
+    pub(super) fn run(mut self, jobs: mpsc::Receiver<Job>) {
+        while let Ok(first) = jobs.recv() {
+            if self.seqs.len() > SEQ_CACHE_USERS {
+                self.seqs.clear();
+            }
+            let mut group = vec![first];
+            match self.commit_group(&mut group, &jobs) {
+                Ok(done) => {
+                    let _ = self.checkpoint.try_send(());
+                    for (job, done) in group.into_iter().zip(done) {
+                        job.answer(done);
+                    }
+                }
+                Err(e) => {
+                    self.seqs.clear();
+                    tracing::error!(error = %e, "sqlite write transaction failed");
+                    let error = e.to_string();
+                    for job in group {
+                        job.fail(&error);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Does `group`'s first job, and more waiting jobs (added to `group`) while the
+    /// transaction has room, then commits.
+    fn commit_group(
+        &mut self,
+        group: &mut Vec<Job>,
+        jobs: &mpsc::Receiver<Job>,
+    ) -> Result<Vec<Done>, StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(backend)?;
+        let mut w = WriteTx {
+            conn: &tx,
+            seqs: &mut self.seqs,
+            ts: now_ms(),
+        };
+        let mut done = Vec::with_capacity(group.len());
+        let mut rows = 0;
+        loop {
+            let job = group.last().expect("a group holds a job");
+            let (answer, written) = job.run(&mut w)?;
+            done.push(answer);
+            rows += written;
+            if rows >= MAX_GROUP_COMMIT {
+                break;
+            }
+            match jobs.try_recv() {
+                Ok(job) => group.push(job),
+                Err(_) => break,
+            }
+        }
+        tx.commit().map_err(backend)?;
+        Ok(done)
+    }
+}
+
+/// What an entry of a stream points at, besides direct messages (which the append path writes
+/// itself).
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Entry {
+    GroupMessage(u64),
+    Event(u64),
+}
+
+/// The open transaction of the writer, as its jobs write through it.
+pub(super) struct WriteTx<'t> {
+    pub(super) conn: &'t Connection,
+    seqs: &'t mut HashMap<UserKey, u64>,
+    /// The commit time of everything in the transaction.
+    pub(super) ts: i64,
+}
+
+impl WriteTx<'_> {
+    /// The current seq of `user`: remembered, or read inside the transaction.
+    pub(super) fn current_seq(&self, user: &UserKey) -> Result<u64, StoreError> {
+        match self.seqs.get(user) {
+            Some(seq) => Ok(*seq),
+            None => state::last_seq(self.conn, user),
+        }
+    }
+
+    /// Remembers that `user` took `seq` (only once its stream row is written: a refused or
+    /// duplicate message takes none).
+    pub(super) fn took(&mut self, user: UserKey, seq: u64) {
+        self.seqs.insert(user, seq);
+    }
+
+    /// Adds `entry` to `owner`'s stream at its next seq, and returns that seq.
+    pub(super) fn enter(
+        &mut self,
+        tenant: &str,
+        owner: &str,
+        entry: Entry,
+    ) -> Result<u64, StoreError> {
+        let key = UserKey::new(tenant, owner);
+        let seq = self.current_seq(&key)? + 1;
+        self.enter_at(&key, seq, entry)?;
+        Ok(seq)
+    }
+
+    /// Adds `entry` to `owner`'s stream at `seq`, which must be its next.
+    pub(super) fn enter_at(
+        &mut self,
+        owner: &UserKey,
+        seq: u64,
+        entry: Entry,
+    ) -> Result<(), StoreError> {
+        let (message_id, event_id, kind) = match entry {
+            Entry::GroupMessage(id) => (Some(sql_int(id)), None, GROUP_MESSAGE),
+            Entry::Event(id) => (None, Some(sql_int(id)), EVENT),
+        };
+        self.conn
+            .prepare_cached(
+                "INSERT INTO inbox (tenant, owner, seq, message_id, event_id, kind)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .and_then(|mut stmt| {
+                stmt.execute(params![
+                    owner.tenant,
+                    owner.user,
+                    sql_int(seq),
+                    message_id,
+                    event_id,
+                    kind
+                ])
+            })
+            .map_err(backend)?;
+        self.took(owner.clone(), seq);
+        Ok(())
+    }
+
+    /// Commits an event of `conversation` by `actor` and enters it in the stream of each of
+    /// `audience` (sorted by user id).
+    pub(super) fn fan_out(
+        &mut self,
+        tenant: &str,
+        conversation: &str,
+        actor: &str,
+        kind: EventKind,
+        audience: &[String],
+    ) -> Result<Fanout, StoreError> {
+        let (name, columns) = EventColumns::of(&kind);
+        self.conn
+            .prepare_cached(
+                "INSERT INTO events (tenant, conversation, actor, ts, kind, users, user, role,
+                     title, message_id, count)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            )
+            .and_then(|mut stmt| {
+                stmt.execute(params![
+                    tenant,
+                    conversation,
+                    actor,
+                    self.ts,
+                    name,
+                    columns.users,
+                    columns.user,
+                    columns.role,
+                    columns.title,
+                    columns.message_id,
+                    columns.count
+                ])
+            })
+            .map_err(backend)?;
+        let event_id = self.conn.last_insert_rowid() as u64;
+        let mut seqs = Vec::with_capacity(audience.len());
+        for user in audience {
+            let seq = self.enter(tenant, user, Entry::Event(event_id))?;
+            seqs.push(StreamSeq {
+                user: user.clone(),
+                seq,
+            });
+        }
+        Ok(Fanout {
+            event: Event {
+                event_id,
+                tenant: tenant.to_owned(),
+                conversation_id: conversation.to_owned(),
+                actor: actor.to_owned(),
+                ts: self.ts,
+                kind,
+            },
+            seqs,
+        })
+    }
+}
