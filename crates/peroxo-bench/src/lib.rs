@@ -25,6 +25,8 @@
 //! - `report`: tallies, the progress line, JSON or text output.
 //! - `scrape`: reading one value from `/metrics`.
 //! - `rng`: small seeded pseudo-random numbers.
+//! - `traffic`: open-loop traffic at a fixed rate (pacing, the ledger of every command and
+//!   delivery, the delivery check), shared by `dm`, `group` and `conversations`.
 //! - `idle`, `dm`, `connect`: one module per scenario.
 //! - `contract`: the delivery contract's rules, public: `dm` and the fault-injection suite
 //!   both judge by them.
@@ -38,6 +40,7 @@ mod idle;
 mod report;
 mod rng;
 mod scrape;
+mod traffic;
 
 use clap::{ArgAction, Args, Subcommand};
 
@@ -90,12 +93,14 @@ pub struct TargetArgs {
 }
 
 impl TargetArgs {
-    /// The endpoint every session of a scenario opens against: these URLs and identities.
+    /// The endpoint every session of a scenario opens against: these URLs and identities,
+    /// speaking `protocol`.
     async fn endpoint(
         &self,
         tenant: String,
         source_ips: u8,
         buffers: client::Buffers,
+        protocol: client::Protocol,
     ) -> anyhow::Result<std::sync::Arc<client::Endpoint>> {
         let endpoint = client::Endpoint::resolve(
             &self.urls,
@@ -105,7 +110,7 @@ impl TargetArgs {
             buffers,
         )
         .await?;
-        Ok(std::sync::Arc::new(endpoint))
+        Ok(std::sync::Arc::new(endpoint.speaking(protocol)))
     }
 
     /// How the load generator names its users, for the report.

@@ -1,50 +1,27 @@
 //! `peroxo bench dm`: direct messages at a fixed rate, measured open loop and verified.
 //!
-//! U users connect (one session each). A pacer thread hands message `i` to its sender's
-//! writer at `start + i / rate`, whatever the replies do; latency is measured from that due
-//! time, so a backed-up server or socket shows up as latency instead of a slower pace (no
-//! coordinated omission). Readers match every ack, error and delivery to its message. After
-//! the send phase the run waits (up to `--drain`) for every answer and delivery, closes all
-//! sessions, and checks the delivery contract; it exits non-zero when that check fails.
+//! U users connect (one session each, protocol 1). Message `i` is due at `start + i / rate`
+//! and goes from user `i mod U` to a seeded random other user; the open-loop machinery of
+//! [`crate::traffic`] paces, matches and checks it. The run exits non-zero when the delivery
+//! check fails.
 //!
 //! - [`plan`]: who sends what to whom, and when.
-//! - [`ledger`]: the compact per-message state.
-//! - [`pacer`]: the thread that keeps the pace.
-//! - [`peer`]: one user's writer and reader tasks.
-//! - [`analysis`]: latencies, throughput and the delivery check.
 
-mod analysis;
-mod ledger;
-mod pacer;
-mod peer;
 mod plan;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::Args;
-use futures_util::StreamExt;
-use peroxo_client::WebSocket;
 use serde::Serialize;
-use tokio::sync::mpsc;
-use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
 
-use self::analysis::{DeliveryCheck, Measured, MessageCounts};
-use self::ledger::Ledger;
-use self::peer::{PeerReport, Shared, Stop};
 use self::plan::Plan;
 use super::TargetArgs;
-use super::client::{self, Buffers, CLOSE_TIMEOUT, Endpoint, OpenCounts};
-use super::report::{self, Progress, Tally};
+use super::client::{self, Buffers, Protocol};
+use super::report::{self, Tally};
 use super::rng;
-
-/// Time between the last session opening and the first message being due, so that every
-/// connection task is running when the clock starts.
-const LEAD: Duration = Duration::from_millis(200);
-/// How often the drain phase checks whether everything has arrived.
-const DRAIN_POLL: Duration = Duration::from_millis(20);
+use super::traffic::analysis::{self, DeliveryCheck, Measured, MessageCounts};
+use super::traffic::{self, Session, names};
 
 /// The arguments of `peroxo bench dm`.
 #[derive(Debug, Args)]
@@ -113,28 +90,32 @@ pub(super) async fn run(target: &TargetArgs, tenant: String, args: DmArgs) -> an
     let seed = args.seed.unwrap_or_else(rng::fresh_seed);
     let plan = Plan::new(args.users, args.rate, args.warmup, args.duration, seed)?;
     let endpoint = target
-        .endpoint(tenant, args.source_ips, Buffers::Default)
+        .endpoint(tenant, args.source_ips, Buffers::Default, Protocol::V1)
         .await?;
-    let sessions = connect_users(&endpoint, &plan, args.concurrency).await?;
+    let users: Arc<[String]> = (0..args.users).map(names::user_name).collect();
+    let sessions = client::open_fresh(&endpoint, users, args.concurrency)
+        .await?
+        .into_iter()
+        .map(|connection| Session {
+            socket: connection.into_parts().0,
+            seen: Vec::new(),
+        })
+        .collect();
     eprintln!(
         "dm: {} users connected; sending {} messages over {:?}",
-        plan.users(),
+        args.users,
         plan.len(),
         args.warmup + args.duration
     );
-    let Traffic {
-        shared,
-        drained,
-        drain_secs,
-        write_failures,
-        mut peers,
-    } = send_traffic(sessions, plan, &args).await?;
+    let options = traffic::Options {
+        name: "dm",
+        text_bytes: args.text_bytes,
+        drain: args.drain,
+    };
+    let mut traffic = traffic::run(sessions, plan, options).await?;
     let window = (args.warmup, args.warmup + args.duration);
-    let analysis = analysis::analyse(&shared.plan, &shared.ledger, window, &mut peers);
-    let mut closed_by_server = Tally::default();
-    for code in peers.iter().filter_map(|p| p.closed_by_server.clone()) {
-        closed_by_server.add(code, 1);
-    }
+    let shared = &traffic.shared;
+    let analysis = analysis::analyse(&shared.plan, &shared.ledger, window, &mut traffic.peers);
     let report = DmReport {
         scenario: "dm",
         urls: target.urls.clone(),
@@ -150,12 +131,12 @@ pub(super) async fn run(target: &TargetArgs, tenant: String, args: DmArgs) -> an
         messages: analysis.messages,
         measured: analysis.measured,
         check: analysis.check,
-        drained,
-        drain_secs,
-        closed_by_server,
-        write_failures,
-        unclean_closes: peers.iter().filter(|p| !p.close_answered).count() as u64,
-        sync_hints: peers.iter().map(|p| p.sync_hints).sum(),
+        drained: traffic.drained,
+        drain_secs: traffic.drain_secs,
+        closed_by_server: traffic.closed_by_server(),
+        unclean_closes: traffic.unclean_closes(),
+        sync_hints: traffic.sync_hints(),
+        write_failures: traffic.write_failures,
     };
     report::print(&report, target.json)?;
     anyhow::ensure!(
@@ -164,200 +145,6 @@ pub(super) async fn run(target: &TargetArgs, tenant: String, args: DmArgs) -> an
         report.check.problems()
     );
     Ok(())
-}
-
-/// What the traffic phase leaves for the analysis.
-struct Traffic {
-    shared: Arc<Shared>,
-    /// Whether every sent message was answered and delivered within `--drain`.
-    drained: bool,
-    drain_secs: f64,
-    write_failures: Tally,
-    peers: Vec<PeerReport>,
-}
-
-/// Paces the plan's messages out over the open sessions, waits for them to drain, and
-/// closes every session.
-async fn send_traffic(
-    sessions: Vec<WebSocket>,
-    plan: Plan,
-    args: &DmArgs,
-) -> anyhow::Result<Traffic> {
-    let shared = Arc::new(Shared {
-        ledger: Ledger::new(plan.len()),
-        plan,
-        start: Instant::now() + LEAD,
-        text_bytes: args.text_bytes,
-    });
-    let stop = Stop {
-        close: CancellationToken::new(),
-        abandon: CancellationToken::new(),
-    };
-    let (outboxes, writers, readers) = spawn_peers(sessions, &shared, &stop);
-    let progress = progress(&shared);
-    let pacer = {
-        let shared = Arc::clone(&shared);
-        tokio::task::spawn_blocking(move || pacer::pace(&shared, &outboxes))
-    };
-    pacer.await?;
-    let send_end = Instant::now();
-    let drained = drain(&shared.ledger, args.drain).await;
-    let drain_secs = send_end.elapsed().as_secs_f64();
-    drop(progress);
-    let (write_failures, peers) = finish(writers, readers, &stop).await;
-    Ok(Traffic {
-        shared,
-        drained,
-        drain_secs,
-        write_failures,
-        peers,
-    })
-}
-
-/// Opens every user's session; all must open, and every user must start at seq 0.
-async fn connect_users(
-    endpoint: &Arc<Endpoint>,
-    plan: &Plan,
-    concurrency: usize,
-) -> anyhow::Result<Vec<WebSocket>> {
-    let users: Arc<[String]> = (0..plan.users()).map(plan::user_name).collect();
-    let counts = Arc::new(OpenCounts::default());
-    let (sessions, failures) = client::open_many(endpoint, users, concurrency, &counts).await;
-    anyhow::ensure!(
-        failures.total() == 0,
-        "{} of {} sessions failed to open: {failures}",
-        failures.total(),
-        plan.users()
-    );
-    let mut sockets = Vec::with_capacity(sessions.len());
-    for (n, session) in sessions.into_iter().enumerate() {
-        let session = session.ok_or_else(|| anyhow::anyhow!("session {n} did not open"))?;
-        let (socket, welcome) = session.into_parts();
-        anyhow::ensure!(
-            welcome.last_seq == 0,
-            "user {} of tenant {} starts at seq {}, not 0: use a fresh --tenant",
-            plan::user_name(n as u32),
-            endpoint.tenant(),
-            welcome.last_seq
-        );
-        sockets.push(socket);
-    }
-    Ok(sockets)
-}
-
-/// The connection tasks of a run: each user's outbox, the writers and the readers.
-type Peers = (
-    Vec<mpsc::UnboundedSender<u32>>,
-    JoinSet<Option<String>>,
-    JoinSet<PeerReport>,
-);
-
-/// Starts a writer and a reader for every user's session (user `n` is `sessions[n]`).
-fn spawn_peers(sessions: Vec<WebSocket>, shared: &Arc<Shared>, stop: &Stop) -> Peers {
-    let mut outboxes = Vec::with_capacity(sessions.len());
-    let mut writers = JoinSet::new();
-    let mut readers = JoinSet::new();
-    for (n, ws) in sessions.into_iter().enumerate() {
-        let (sink, stream) = ws.split();
-        let (outbox, queued) = mpsc::unbounded_channel();
-        outboxes.push(outbox);
-        writers.spawn(peer::write(sink, queued, Arc::clone(shared), stop.clone()));
-        readers.spawn(peer::read(
-            stream,
-            n as u32,
-            Arc::clone(shared),
-            stop.clone(),
-        ));
-    }
-    (outboxes, writers, readers)
-}
-
-/// The progress line: totals so far and acks over the last second.
-fn progress(shared: &Arc<Shared>) -> Progress {
-    let shared = Arc::clone(shared);
-    let last_acked = AtomicU64::new(0);
-    Progress::start(move |elapsed| {
-        let live = &shared.ledger.live;
-        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        let acked = load(&live.acked);
-        let rate = acked.saturating_sub(last_acked.swap(acked, Ordering::Relaxed));
-        format!(
-            "dm {:>4}s  sent {}  acked {acked}  delivered {}  errors {}  in flight {}  acked/s {rate}",
-            elapsed.as_secs(),
-            load(&live.sent),
-            load(&live.delivered),
-            load(&live.errors),
-            load(&live.sent).saturating_sub(load(&live.answered)),
-        )
-    })
-}
-
-/// Waits until everything sent is answered and everything acked is delivered, or `limit`
-/// passes. Returns whether it all arrived.
-async fn drain(ledger: &Ledger, limit: Duration) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if ledger.is_drained() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(DRAIN_POLL).await;
-    }
-}
-
-/// Closes every session and collects the writers' failures and the readers' reports.
-async fn finish(
-    writers: JoinSet<Option<String>>,
-    readers: JoinSet<PeerReport>,
-    stop: &Stop,
-) -> (Tally, Vec<PeerReport>) {
-    stop.close.cancel();
-    let write_failures = join_writers(writers).await;
-    let peers = join_readers(readers, stop).await;
-    (write_failures, peers)
-}
-
-/// Waits for the writers to send their close frames. Writers still blocked on a full socket
-/// after `CLOSE_TIMEOUT` are aborted.
-async fn join_writers(mut writers: JoinSet<Option<String>>) -> Tally {
-    let deadline = tokio::time::Instant::now() + CLOSE_TIMEOUT;
-    let mut failures = Tally::default();
-    loop {
-        match tokio::time::timeout_at(deadline, writers.join_next()).await {
-            Ok(Some(Ok(None))) => {}
-            Ok(Some(Ok(Some(failure)))) => failures.add(failure, 1),
-            Ok(Some(Err(error))) => failures.add(format!("task: {error}"), 1),
-            Ok(None) => return failures,
-            Err(_) => {
-                failures.add("close: socket still blocked", writers.len() as u64);
-                writers.shutdown().await;
-                return failures;
-            }
-        }
-    }
-}
-
-/// Collects every reader's report. Readers still waiting for the server's close after
-/// `CLOSE_TIMEOUT` are told to give up, and report what they have.
-async fn join_readers(mut readers: JoinSet<PeerReport>, stop: &Stop) -> Vec<PeerReport> {
-    let deadline = tokio::time::Instant::now() + CLOSE_TIMEOUT;
-    let mut peers = Vec::with_capacity(readers.len());
-    loop {
-        let next = if stop.abandon.is_cancelled() {
-            Ok(readers.join_next().await)
-        } else {
-            tokio::time::timeout_at(deadline, readers.join_next()).await
-        };
-        match next {
-            Ok(Some(Ok(report))) => peers.push(report),
-            // A reader that panicked has no report; its user's checks are skipped.
-            Ok(Some(Err(_))) => {}
-            Ok(None) => return peers,
-            Err(_) => stop.abandon.cancel(),
-        }
-    }
 }
 
 impl std::fmt::Display for DmReport {
