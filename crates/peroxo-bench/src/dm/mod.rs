@@ -18,10 +18,10 @@ use serde::Serialize;
 use self::plan::Plan;
 use super::TargetArgs;
 use super::client::{self, Buffers, Protocol};
-use super::report::{self, Tally};
+use super::report;
 use super::rng;
 use super::traffic::analysis::{self, DeliveryCheck, Measured, MessageCounts};
-use super::traffic::{self, Session, names};
+use super::traffic::{self, Session, SessionsReport, names};
 
 /// The arguments of `peroxo bench dm`.
 #[derive(Debug, Args)]
@@ -74,15 +74,8 @@ struct DmReport {
     measured: Measured,
     check: DeliveryCheck,
     passed: bool,
-    /// Whether every answer and delivery arrived before `--drain` ran out.
-    drained: bool,
-    drain_secs: f64,
-    /// Sessions the server closed during the run, by close code.
-    closed_by_server: Tally,
-    write_failures: Tally,
-    /// Sessions whose close handshake the server did not complete.
-    unclean_closes: u64,
-    sync_hints: u64,
+    #[serde(flatten)]
+    sessions: SessionsReport,
 }
 
 /// Runs the dm benchmark.
@@ -131,12 +124,7 @@ pub(super) async fn run(target: &TargetArgs, tenant: String, args: DmArgs) -> an
         messages: analysis.messages,
         measured: analysis.measured,
         check: analysis.check,
-        drained: traffic.drained,
-        drain_secs: traffic.drain_secs,
-        closed_by_server: traffic.closed_by_server(),
-        unclean_closes: traffic.unclean_closes(),
-        sync_hints: traffic.sync_hints(),
-        write_failures: traffic.write_failures,
+        sessions: traffic.sessions(),
     };
     report::print(&report, target.json)?;
     anyhow::ensure!(
@@ -149,7 +137,6 @@ pub(super) async fn run(target: &TargetArgs, tenant: String, args: DmArgs) -> an
 
 impl std::fmt::Display for DmReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let (m, w, c) = (&self.messages, &self.measured, &self.check);
         writeln!(
             f,
             "dm against {} (tenant {}, {} identities, seed {})",
@@ -163,33 +150,8 @@ impl std::fmt::Display for DmReport {
             "  load            {} users, {} msg/s, {} B texts, {:.0} s warm-up + {:.0} s measured",
             self.users, self.rate, self.text_bytes, self.warmup_secs, self.duration_secs
         )?;
-        writeln!(
-            f,
-            "  messages        {} planned, {} sent, {} acked, {} delivered, {} not sent",
-            m.planned, m.sent, m.acked, m.delivered, m.not_sent
-        )?;
-        writeln!(f, "  errors          {}", m.errors)?;
-        writeln!(
-            f,
-            "  throughput      offered {:.0}/s, acked {:.0}/s, delivered {:.0}/s",
-            w.offered_per_sec, w.acked_per_sec, w.delivered_per_sec
-        )?;
-        writeln!(f, "  send→ack        {}", w.send_to_ack)?;
-        writeln!(f, "  send→delivery   {}", w.send_to_delivery)?;
-        let drain = if self.drained {
-            "complete"
-        } else {
-            "INCOMPLETE"
-        };
-        writeln!(f, "  drain           {drain} in {:.2} s", self.drain_secs)?;
-        writeln!(f, "  server closes   {}", self.closed_by_server)?;
-        writeln!(f, "  write failures  {}", self.write_failures)?;
-        writeln!(f, "  unclean closes  {}", self.unclean_closes)?;
-        write!(f, "{c}")?;
-        writeln!(
-            f,
-            "  verdict         {}",
-            if self.passed { "PASS" } else { "FAIL" }
-        )
+        write!(f, "{}{}{}", self.messages, self.measured, self.sessions)?;
+        write!(f, "{}", self.check)?;
+        writeln!(f, "  verdict         {}", traffic::verdict(self.passed))
     }
 }

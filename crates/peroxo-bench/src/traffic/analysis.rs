@@ -103,6 +103,29 @@ impl DeliveryCheck {
     }
 }
 
+impl std::fmt::Display for MessageCounts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "  messages        {} planned, {} sent, {} acked, {} delivered, {} not sent",
+            self.planned, self.sent, self.acked, self.delivered, self.not_sent
+        )?;
+        writeln!(f, "  errors          {}", self.errors)
+    }
+}
+
+impl std::fmt::Display for Measured {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "  throughput      offered {:.0}/s, acked {:.0}/s, delivered {:.0}/s",
+            self.offered_per_sec, self.acked_per_sec, self.delivered_per_sec
+        )?;
+        writeln!(f, "  send→ack        {}", self.send_to_ack)?;
+        writeln!(f, "  send→delivery   {}", self.send_to_delivery)
+    }
+}
+
 impl std::fmt::Display for DeliveryCheck {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(

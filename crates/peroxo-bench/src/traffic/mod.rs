@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use peroxo_client::WebSocket;
 use peroxo_protocol::{Command, MessageView, ServerFrame};
+use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -153,23 +154,54 @@ pub(crate) struct Traffic<P> {
 }
 
 impl<P> Traffic<P> {
-    /// Sessions the server closed during the run, by close code.
-    pub(crate) fn closed_by_server(&self) -> Tally {
-        let mut closed = Tally::default();
+    /// How the sessions fared, for the report.
+    pub(crate) fn sessions(&self) -> SessionsReport {
+        let mut closed_by_server = Tally::default();
         for code in self.peers.iter().filter_map(|p| p.closed_by_server.clone()) {
-            closed.add(code, 1);
+            closed_by_server.add(code, 1);
         }
-        closed
+        SessionsReport {
+            drained: self.drained,
+            drain_secs: self.drain_secs,
+            closed_by_server,
+            write_failures: self.write_failures.clone(),
+            unclean_closes: self.peers.iter().filter(|p| !p.close_answered).count() as u64,
+            sync_hints: self.peers.iter().map(|p| p.sync_hints).sum(),
+        }
     }
+}
 
+/// How the sessions of a traffic phase fared, as every open-loop report shows it.
+#[derive(Debug, Serialize)]
+pub(crate) struct SessionsReport {
+    /// Whether every answer and delivery arrived before `--drain` ran out.
+    drained: bool,
+    drain_secs: f64,
+    /// Sessions the server closed during the run, by close code.
+    closed_by_server: Tally,
+    write_failures: Tally,
     /// Sessions whose close handshake the server did not complete.
-    pub(crate) fn unclean_closes(&self) -> u64 {
-        self.peers.iter().filter(|p| !p.close_answered).count() as u64
-    }
+    unclean_closes: u64,
+    sync_hints: u64,
+}
 
-    pub(crate) fn sync_hints(&self) -> u64 {
-        self.peers.iter().map(|p| p.sync_hints).sum()
+impl std::fmt::Display for SessionsReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let drain = if self.drained {
+            "complete"
+        } else {
+            "INCOMPLETE"
+        };
+        writeln!(f, "  drain           {drain} in {:.2} s", self.drain_secs)?;
+        writeln!(f, "  server closes   {}", self.closed_by_server)?;
+        writeln!(f, "  write failures  {}", self.write_failures)?;
+        writeln!(f, "  unclean closes  {}", self.unclean_closes)
     }
+}
+
+/// The verdict line of a report.
+pub(crate) fn verdict(passed: bool) -> &'static str {
+    if passed { "PASS" } else { "FAIL" }
 }
 
 /// Paces the plan's commands out over `sessions` (user `n`'s is `sessions[n]`), waits for
