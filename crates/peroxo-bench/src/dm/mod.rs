@@ -10,18 +10,17 @@
 mod plan;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use clap::Args;
 use serde::Serialize;
 
 use self::plan::Plan;
-use super::TargetArgs;
 use super::client::{self, Buffers, Protocol};
-use super::report;
+use super::report::{self, RunIdentity};
 use super::rng;
 use super::traffic::analysis::{self, DeliveryCheck, Measured, MessageCounts};
 use super::traffic::{self, Session, SessionsReport, names};
+use super::{TargetArgs, WindowArgs};
 
 /// The arguments of `peroxo bench dm`.
 #[derive(Debug, Args)]
@@ -32,18 +31,11 @@ pub struct DmArgs {
     /// Messages per second, over all users.
     #[arg(long, default_value_t = 5_000)]
     pub rate: u32,
-    /// How long the measured window lasts.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
-    pub duration: Duration,
+    #[command(flatten)]
+    pub window: WindowArgs,
     /// The size of each message's text, in bytes.
     #[arg(long, default_value_t = 100)]
     pub text_bytes: usize,
-    /// Sending before the measured window, not counted in latency or throughput.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
-    pub warmup: Duration,
-    /// The longest wait after the send phase for answers and deliveries still due.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-    pub drain: Duration,
     /// Seed for the choice of peers [default: from the clock].
     #[arg(long)]
     pub seed: Option<u64>,
@@ -58,18 +50,13 @@ pub struct DmArgs {
 /// What the dm benchmark measured and found.
 #[derive(Debug, Serialize)]
 struct DmReport {
-    scenario: &'static str,
-    /// The nodes' WebSocket URLs, in the order sessions were spread over them.
-    urls: Vec<String>,
-    tenant: String,
-    auth: &'static str,
+    #[serde(flatten)]
+    run: RunIdentity,
     users: u32,
     rate: u32,
     warmup_secs: f64,
     duration_secs: f64,
     text_bytes: usize,
-    /// The seed that chose the peers, as a string: JSON numbers lose precision past 2^53.
-    seed: String,
     messages: MessageCounts,
     measured: Measured,
     check: DeliveryCheck,
@@ -81,7 +68,7 @@ struct DmReport {
 /// Runs the dm benchmark.
 pub(super) async fn run(target: &TargetArgs, tenant: String, args: DmArgs) -> anyhow::Result<()> {
     let seed = args.seed.unwrap_or_else(rng::fresh_seed);
-    let plan = Plan::new(args.users, args.rate, args.warmup, args.duration, seed)?;
+    let plan = Plan::new(args.users, args.window.timeline(args.rate)?, seed)?;
     let endpoint = target
         .endpoint(tenant, args.source_ips, Buffers::Default, Protocol::V1)
         .await?;
@@ -98,28 +85,24 @@ pub(super) async fn run(target: &TargetArgs, tenant: String, args: DmArgs) -> an
         "dm: {} users connected; sending {} messages over {:?}",
         args.users,
         plan.len(),
-        args.warmup + args.duration
+        args.window.total()
     );
     let options = traffic::Options {
         name: "dm",
         text_bytes: args.text_bytes,
-        drain: args.drain,
+        drain: args.window.drain,
     };
     let mut traffic = traffic::run(sessions, plan, options).await?;
-    let window = (args.warmup, args.warmup + args.duration);
+    let window = args.window.measured();
     let shared = &traffic.shared;
     let analysis = analysis::analyse(&shared.plan, &shared.ledger, window, &mut traffic.peers);
     let report = DmReport {
-        scenario: "dm",
-        urls: target.urls.clone(),
-        tenant: endpoint.tenant().to_owned(),
-        auth: target.auth_label(),
+        run: target.identity("dm", endpoint.tenant(), Some(seed)),
         users: args.users,
         rate: args.rate,
-        warmup_secs: args.warmup.as_secs_f64(),
-        duration_secs: args.duration.as_secs_f64(),
+        warmup_secs: args.window.warmup.as_secs_f64(),
+        duration_secs: args.window.duration.as_secs_f64(),
         text_bytes: args.text_bytes,
-        seed: seed.to_string(),
         passed: analysis.check.passed(),
         messages: analysis.messages,
         measured: analysis.measured,
@@ -137,14 +120,7 @@ pub(super) async fn run(target: &TargetArgs, tenant: String, args: DmArgs) -> an
 
 impl std::fmt::Display for DmReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(
-            f,
-            "dm against {} (tenant {}, {} identities, seed {})",
-            self.urls.join(", "),
-            self.tenant,
-            self.auth,
-            self.seed
-        )?;
+        write!(f, "{}", self.run)?;
         writeln!(
             f,
             "  load            {} users, {} msg/s, {} B texts, {:.0} s warm-up + {:.0} s measured",

@@ -7,8 +7,6 @@
 //! hash of `i`, so the same seed gives the same run. Every frame about a message names it by
 //! its index (see [`names`]).
 
-use std::time::Duration;
-
 use peroxo_protocol::{Command, CommandKind, MessageView};
 
 use crate::rng;
@@ -23,22 +21,15 @@ pub(super) struct Plan {
 }
 
 impl Plan {
-    /// A plan for `users` users sending `rate` messages per second for `warmup` and then
-    /// `duration`.
-    pub(super) fn new(
-        users: u32,
-        rate: u32,
-        warmup: Duration,
-        duration: Duration,
-        seed: u64,
-    ) -> anyhow::Result<Self> {
+    /// A plan for `users` users sending messages at `timeline`'s pace.
+    pub(super) fn new(users: u32, timeline: Timeline, seed: u64) -> anyhow::Result<Self> {
         anyhow::ensure!(
             users >= 2,
             "--users must be at least 2 (users send to peers)"
         );
         Ok(Self {
             users,
-            timeline: Timeline::new(rate, warmup, duration)?,
+            timeline,
             seed,
         })
     }
@@ -112,12 +103,14 @@ impl traffic::Plan for Plan {
 #[cfg(test)]
 mod tests {
     use std::borrow::Cow;
+    use std::time::Duration;
 
     use super::*;
     use crate::traffic::Plan as _;
 
     fn plan() -> Plan {
-        Plan::new(10, 1_000, Duration::from_secs(1), Duration::from_secs(2), 7).unwrap()
+        let timeline = Timeline::new(1_000, Duration::from_secs(1), Duration::from_secs(2));
+        Plan::new(10, timeline.unwrap(), 7).unwrap()
     }
 
     #[test]

@@ -180,7 +180,7 @@ pub(crate) fn analyse<P: Plan>(
     let mut check = pass.check;
     let mut messages = pass.messages;
     for peer in peers.iter_mut() {
-        let seqs = SeqAudit::of_unsorted(&mut peer.seqs, 0);
+        let seqs = SeqAudit::of_unsorted(&mut peer.seqs, peer.announced);
         check.seq_gaps += seqs.gaps;
         if peer.closed_by_server.is_some() {
             check.seq_gaps_on_closed_sessions += seqs.gaps;

@@ -100,6 +100,9 @@ pub(crate) struct PeerReport {
     /// The seqs of the user's acks and of the messages and events it received (those seen
     /// before the traffic first), in arrival order.
     pub(crate) seqs: Vec<u64>,
+    /// The user's last seq as storage stated it after the run (0 when unknown): the seqs
+    /// received live must reach it.
+    pub(crate) announced: u64,
     /// Messages that arrived after a later message of the same sequence (sender, group).
     pub(crate) out_of_order: u64,
     /// Acks for another user's commands, messages for someone else or from an unexpected
