@@ -13,6 +13,9 @@
 //!   reports send→ack and send→delivery to a message's last member, messages and stream rows
 //!   per second, and verifies the delivery contract live and in every user's stream read back
 //!   afterwards. Exits non-zero when that check fails.
+//! - `conversations` (protocol 2): one user with many conversations requests the first page
+//!   of its conversation list at a fixed rate (open loop); reports request→reply latency.
+//!   Exits non-zero when a reply is missing or wrong.
 //!
 //! `--url` may be repeated to spread the sessions over several nodes of a cluster: connection
 //! `n` goes to the node of URL `n mod` their number (`idle` reads one node's memory and takes
@@ -31,13 +34,14 @@
 //! - `rng`: small seeded pseudo-random numbers.
 //! - `traffic`: open-loop traffic at a fixed rate (pacing, the ledger of every command and
 //!   delivery, the delivery check), shared by `dm`, `group` and `conversations`.
-//! - `idle`, `dm`, `connect`, `group`: one module per scenario.
+//! - `idle`, `dm`, `connect`, `group`, `conversations`: one module per scenario.
 //! - `contract`: the delivery contract's rules, public: `dm` and the fault-injection suite
 //!   both judge by them.
 
 mod client;
 mod connect;
 pub mod contract;
+mod conversations;
 mod dm;
 mod group;
 mod histogram;
@@ -50,6 +54,7 @@ mod traffic;
 use clap::{ArgAction, Args, Subcommand};
 
 pub use connect::ConnectArgs;
+pub use conversations::ConversationsArgs;
 pub use dm::DmArgs;
 pub use group::GroupArgs;
 pub use idle::IdleArgs;
@@ -189,10 +194,13 @@ pub enum Scenario {
     /// Send group messages at a fixed rate (protocol 2); measure latency to every member and
     /// verify delivery.
     Group(GroupArgs),
+    /// Request a user's conversation list at a fixed rate (protocol 2); measure its latency.
+    Conversations(ConversationsArgs),
 }
 
 /// Runs the benchmark described by `args` and prints its report. Fails when the benchmark
-/// could not run, or when `dm` or `group` found the delivery contract broken.
+/// could not run, when `dm` or `group` found the delivery contract broken, or when
+/// `conversations` found a reply missing or wrong.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let tenant = match &args.target.tenant {
         Some(tenant) => tenant.clone(),
@@ -203,6 +211,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Scenario::Dm(scenario) => dm::run(&args.target, tenant, scenario).await,
         Scenario::Connect(scenario) => connect::run(&args.target, tenant, scenario).await,
         Scenario::Group(scenario) => group::run(&args.target, tenant, scenario).await,
+        Scenario::Conversations(scenario) => {
+            conversations::run(&args.target, tenant, scenario).await
+        }
     }
 }
 

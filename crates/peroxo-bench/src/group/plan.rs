@@ -40,7 +40,7 @@ impl Layout {
         );
         let users = users.min(groups.saturating_mul(members));
         anyhow::ensure!(
-            users >= members && users % members == 0,
+            users >= members && users.is_multiple_of(members),
             "--users ({users}) must be a multiple of --members ({members})"
         );
         let per_round = users / members;

@@ -270,7 +270,8 @@ fn spawn_peers<P: Plan>(sessions: Vec<Session>, shared: &Arc<Shared<P>>, stop: &
     (outboxes, writers, readers)
 }
 
-/// The progress line: totals so far and acks over the last second.
+/// The progress line: totals so far and acks (replies) over the last second, and deliveries
+/// when the commands deliver anything.
 fn progress<P: Plan>(shared: &Arc<Shared<P>>, name: &'static str) -> Progress {
     let shared = Arc::clone(shared);
     let last_acked = AtomicU64::new(0);
@@ -279,11 +280,15 @@ fn progress<P: Plan>(shared: &Arc<Shared<P>>, name: &'static str) -> Progress {
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         let acked = load(&live.acked);
         let rate = acked.saturating_sub(last_acked.swap(acked, Ordering::Relaxed));
+        let delivered = if shared.plan.fanout() > 0 {
+            format!("  delivered {}", load(&live.delivered))
+        } else {
+            String::new()
+        };
         format!(
-            "{name} {:>4}s  sent {}  acked {acked}  delivered {}  errors {}  in flight {}  acked/s {rate}",
+            "{name} {:>4}s  sent {}  acked {acked}{delivered}  errors {}  in flight {}  acked/s {rate}",
             elapsed.as_secs(),
             load(&live.sent),
-            load(&live.delivered),
             load(&live.errors),
             load(&live.sent).saturating_sub(load(&live.answered)),
         )
