@@ -1,11 +1,14 @@
-//! The fault-injection suite: kills, freezes and cuts PerOXO's own parts under traffic, then
-//! checks that nothing acknowledged was lost, nothing was stored twice or without a sender,
-//! every user ends with every message exactly once and in order, memory stayed bounded, and
-//! only the process a case killed ever died.
+//! The fault-injection suite: kills, freezes and cuts PerOXO's own parts under traffic (direct
+//! messages, group messages and read marks, over protocol 2), then checks that nothing
+//! acknowledged was lost, nothing was stored twice or without a sender, every user ends with
+//! its whole stream (messages and events) exactly once, gapless and in order, every member of
+//! a group with every group message in the same order, every conversation list agrees with
+//! its user's stream, memory stayed bounded, and only the process a case killed ever died.
 //!
 //! Every part is a real OS process (`peroxo serve`, `peroxo store`, `nats-server`), so a kill
-//! is a real kill. One line per case: the faults injected, messages sent, acked and delivered,
-//! and each invariant's result; the details of any failure follow it.
+//! is a real kill. One line per case: the faults injected, direct and group messages sent,
+//! acked and delivered, marks made, and each invariant's result; the details of any failure
+//! follow it.
 //!
 //! ```text
 //! cargo test --test faults                          # every case, short (the CI run)
@@ -22,6 +25,7 @@ mod common;
 mod probe;
 mod proxy;
 mod rig;
+mod user;
 mod verdict;
 mod workload;
 
@@ -29,10 +33,12 @@ use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use peroxo_protocol::event::is_group_id;
 use rig::{Backend, Counters, Layout, Rig};
 use tokio::time::Instant;
+use user::{Entry, UserReport};
 use verdict::Evidence;
-use workload::{Traffic, UserReport, Workload};
+use workload::{Traffic, Workload};
 
 /// The fault a case injects.
 #[derive(Debug, Clone, Copy)]
@@ -161,6 +167,10 @@ impl Scale {
                 traffic: Traffic {
                     users: 200,
                     rate: 1_000.0,
+                    groups: 20,
+                    group_size: 10,
+                    group_rate: 100.0,
+                    mark_rate: 50.0,
                     duration: Duration::from_secs(60),
                     seed: 7,
                 },
@@ -174,6 +184,10 @@ impl Scale {
                 traffic: Traffic {
                     users: 16,
                     rate: 150.0,
+                    groups: 4,
+                    group_size: 6,
+                    group_rate: 30.0,
+                    mark_rate: 20.0,
                     duration: Duration::from_secs(9),
                     seed: 7,
                 },
@@ -203,12 +217,18 @@ fn main() -> ExitCode {
         .into_iter()
         .filter(|c| filters.is_empty() || filters.iter().any(|f| c.name.contains(f.as_str())))
         .collect();
+    let traffic = scale.traffic;
     println!(
-        "\nfault injection: {} cases, {} users, {} sends/s for {:?}, {} fault(s) of {:?} each",
+        "\nfault injection: {} cases, {} users, {} direct messages/s, {} groups of {} with {} \
+         messages/s, {} read marks/s, for {:?}; {} fault(s) of {:?} each",
         selected.len(),
-        scale.traffic.users,
-        scale.traffic.rate,
-        scale.traffic.duration,
+        traffic.users,
+        traffic.rate,
+        traffic.groups,
+        traffic.group_size,
+        traffic.group_rate,
+        traffic.mark_rate,
+        traffic.duration,
         scale.faults,
         scale.outage
     );
@@ -246,7 +266,19 @@ async fn run_case(case: &Case, scale: Scale) -> bool {
     let started = Instant::now();
     let mut rig = Rig::start(case.layout).await;
     let tenant = format!("faults{}", std::process::id());
-    let workload = Workload::start(rig.urls(), &tenant, scale.traffic);
+    let workload = match Workload::start(rig.urls(), &tenant, scale.traffic).await {
+        Ok(workload) => workload,
+        Err(error) => {
+            println!(
+                "{:<23} FAIL | setup: {error} | {:.1}s",
+                case.name,
+                started.elapsed().as_secs_f64()
+            );
+            rig.finish().await;
+            return false;
+        }
+    };
+    let groups = workload.groups.clone();
     let traffic_start = Instant::now();
     let mut injected = Injected::default();
     for n in 0..scale.faults {
@@ -298,6 +330,7 @@ async fn run_case(case: &Case, scale: Scale) -> bool {
     let evidence = Evidence {
         reports: &reports,
         stored: &stored,
+        groups: &groups,
         max_pending: case.layout.max_pending,
         nodes,
         totals,
@@ -308,20 +341,13 @@ async fn run_case(case: &Case, scale: Scale) -> bool {
         effect_seen,
     };
     let verdict = verdict::judge(&evidence);
-    let sent: usize = reports.iter().map(|r| r.sends.len()).sum();
-    let acked: usize = reports
-        .iter()
-        .map(|r| r.sends.iter().filter(|s| s.ack.is_some()).count())
-        .sum();
-    let live: u64 = reports.iter().map(|r| r.received_live).sum();
-    let by_sync: u64 = reports.iter().map(|r| r.received_by_sync).sum();
     let passed = verdict.passed();
     println!(
-        "{:<23} {} | faults {} | sent {sent} acked {acked} received live {live} by sync {by_sync} \
-         | reconnects {} errors {:?}{} | {:.1}s",
+        "{:<23} {} | faults {} | {} | reconnects {} errors {:?}{} | {:.1}s",
         case.name,
         if passed { "PASS" } else { "FAIL" },
         injected.faults,
+        TrafficTotals::of(&reports),
         clients.reconnects,
         clients.errors,
         verdict.summary(),
@@ -455,6 +481,83 @@ fn fault_effect(
             injected.crashed("cluster") >= 1,
         ),
         Fault::NatsKill => (format!("sync hints {sync_hints}"), sync_hints >= 1),
+    }
+}
+
+/// What the clients of a case sent and got, summed over all of them, for the verdict line.
+#[derive(Debug, Default)]
+struct TrafficTotals {
+    /// Direct messages sent and acked.
+    sent: usize,
+    acked: usize,
+    /// Group messages sent and acked, and copies of them in other members' streams.
+    group_sent: usize,
+    group_acked: usize,
+    group_delivered: usize,
+    /// Messages from others (direct and group) first seen live, and through `sync`.
+    live: u64,
+    by_sync: u64,
+    /// Read marks asked for and answered, and the `read_marker` and `read_receipt` events
+    /// they put in streams.
+    marks: u64,
+    marks_answered: u64,
+    marker_events: usize,
+    receipt_events: usize,
+}
+
+impl TrafficTotals {
+    fn of(reports: &[UserReport]) -> Self {
+        let mut totals = Self::default();
+        for report in reports {
+            for send in &report.sends {
+                let acked = usize::from(send.ack.is_some());
+                if is_group_id(&send.to) {
+                    totals.group_sent += 1;
+                    totals.group_acked += acked;
+                } else {
+                    totals.sent += 1;
+                    totals.acked += acked;
+                }
+            }
+            totals.live += report.received_live;
+            totals.by_sync += report.received_by_sync;
+            totals.marks += report.marks_requested;
+            totals.marks_answered += report.marks_answered;
+            for entry in report.stream.values() {
+                match entry {
+                    Entry::Message { to, from, .. } if is_group_id(to) && *from != report.user => {
+                        totals.group_delivered += 1;
+                    }
+                    Entry::Event { kind, .. } if kind == "read_marker" => totals.marker_events += 1,
+                    Entry::Event { kind, .. } if kind == "read_receipt" => {
+                        totals.receipt_events += 1;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        totals
+    }
+}
+
+impl std::fmt::Display for TrafficTotals {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "sent {} acked {} | group sent {} acked {} delivered {} | received live {} by sync {} \
+             | marks {} answered {} events {} receipts {}",
+            self.sent,
+            self.acked,
+            self.group_sent,
+            self.group_acked,
+            self.group_delivered,
+            self.live,
+            self.by_sync,
+            self.marks,
+            self.marks_answered,
+            self.marker_events,
+            self.receipt_events
+        )
     }
 }
 

@@ -326,18 +326,16 @@ impl Rig {
         }
     }
 
-    /// Every message stored for `tenant`, in commit (id) order, read from the database itself.
-    pub(crate) async fn stored(&self, tenant: &str) -> Vec<StoredRow> {
+    /// Every message stored for `tenant`, in commit (id) order, and every user's stream,
+    /// read from the database itself.
+    pub(crate) async fn stored(&self, tenant: &str) -> Stored {
         match self.layout.backend {
             Backend::Sqlite => {
                 let db = rusqlite::Connection::open(&self.sqlite_path).unwrap();
                 let mut statement = db
-                    .prepare(
-                        "SELECT id, sender, recipient, client_msg_id, text, sender_seq, \
-                         recipient_seq FROM messages WHERE tenant = ?1 ORDER BY id",
-                    )
+                    .prepare(MESSAGES_SQL.replace("$1", "?1").as_str())
                     .unwrap();
-                statement
+                let messages = statement
                     .query_map([tenant], |row| {
                         Ok(StoredRow {
                             id: row.get(0)?,
@@ -351,7 +349,23 @@ impl Rig {
                     })
                     .unwrap()
                     .map(Result::unwrap)
-                    .collect()
+                    .collect();
+                let mut statement = db
+                    .prepare(STREAMS_SQL.replace("$1", "?1").as_str())
+                    .unwrap();
+                let streams = statement
+                    .query_map([tenant], |row| {
+                        Ok(StreamRow {
+                            owner: row.get(0)?,
+                            seq: row.get(1)?,
+                            message_id: row.get(2)?,
+                            event_id: row.get(3)?,
+                        })
+                    })
+                    .unwrap()
+                    .map(Result::unwrap)
+                    .collect();
+                Stored { messages, streams }
             }
             Backend::Postgres => {
                 let url = self.database_url.as_deref().unwrap();
@@ -359,12 +373,8 @@ impl Rig {
                     .await
                     .unwrap();
                 tokio::spawn(connection);
-                client
-                    .query(
-                        "SELECT id, sender, recipient, client_msg_id, text, sender_seq, \
-                         recipient_seq FROM messages WHERE tenant = $1 ORDER BY id",
-                        &[&tenant],
-                    )
+                let messages = client
+                    .query(MESSAGES_SQL, &[&tenant])
                     .await
                     .unwrap()
                     .iter()
@@ -377,7 +387,20 @@ impl Rig {
                         sender_seq: row.get(5),
                         recipient_seq: row.get(6),
                     })
-                    .collect()
+                    .collect();
+                let streams = client
+                    .query(STREAMS_SQL, &[&tenant])
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|row| StreamRow {
+                        owner: row.get(0),
+                        seq: row.get(1),
+                        message_id: row.get(2),
+                        event_id: row.get(3),
+                    })
+                    .collect();
+                Stored { messages, streams }
             }
         }
     }
@@ -392,6 +415,30 @@ impl Rig {
             common::postgres::drop_database(&database).await;
         }
     }
+}
+
+/// Every message of a tenant, in id order.
+const MESSAGES_SQL: &str = "SELECT id, sender, recipient, client_msg_id, text, sender_seq, \
+     recipient_seq FROM messages WHERE tenant = $1 ORDER BY id";
+/// Every entry of every stream of a tenant. Both backends keep a user's stream in `inbox`,
+/// one row per seq pointing at a message or at an event.
+const STREAMS_SQL: &str = "SELECT owner, seq, message_id, event_id FROM inbox \
+     WHERE tenant = $1 ORDER BY owner, seq";
+
+/// What the database holds for a case's tenant.
+#[derive(Debug, Default)]
+pub(crate) struct Stored {
+    pub(crate) messages: Vec<StoredRow>,
+    pub(crate) streams: Vec<StreamRow>,
+}
+
+/// One row of the `inbox` table: an entry of a user's stream.
+#[derive(Debug, Clone)]
+pub(crate) struct StreamRow {
+    pub(crate) owner: String,
+    pub(crate) seq: i64,
+    pub(crate) message_id: Option<i64>,
+    pub(crate) event_id: Option<i64>,
 }
 
 /// One row of the `messages` table.

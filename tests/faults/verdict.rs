@@ -1,23 +1,30 @@
 //! The invariants checked after each case, once traffic has stopped and every client has
 //! synced: what clients were told against what the database holds, what every client ended
-//! with, and what the processes and their metrics show.
+//! with, and what the processes and their metrics show. [`conversations`] holds the checks of
+//! groups and of the conversation list.
 //!
 //! The rules a user's stream and each acked message obey are `peroxo_bench::contract`'s, the
 //! same the load generator judges by; what only this suite can check (the database's rows,
 //! the processes and their metrics) is here.
 
+mod conversations;
+
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 
 use peroxo_bench::contract::{MessageFate, SeqAudit};
+use peroxo_protocol::event::is_group_id;
 
-use crate::rig::{Counters, StoredRow};
-use crate::workload::UserReport;
+use crate::rig::{Counters, Stored, StoredRow};
+use crate::user::{Entry, UserReport};
+use crate::workload::Group;
 
 /// Everything a verdict is drawn from.
 pub(crate) struct Evidence<'a> {
     pub(crate) reports: &'a [UserReport],
-    pub(crate) stored: &'a [StoredRow],
+    pub(crate) stored: &'a Stored,
+    /// The groups the workload created, with their members.
+    pub(crate) groups: &'a [Group],
     pub(crate) max_pending: usize,
     /// Every node's counters over all its incarnations (`None`: its metrics were never read).
     pub(crate) nodes: Vec<Option<Counters>>,
@@ -83,27 +90,86 @@ impl Verdict {
     }
 }
 
-/// A user's stream as the database defines it: seq → message id.
-fn streams_in_storage(stored: &[StoredRow]) -> HashMap<&str, BTreeMap<u64, i64>> {
-    let mut streams: HashMap<&str, BTreeMap<u64, i64>> = HashMap::new();
-    for row in stored {
-        streams
-            .entry(row.sender.as_str())
-            .or_default()
-            .insert(row.sender_seq as u64, row.id);
-        if row.recipient != row.sender {
-            streams
-                .entry(row.recipient.as_str())
-                .or_default()
-                .insert(row.recipient_seq as u64, row.id);
+/// An entry of a stream, by what it points at, as the database and the clients both name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EntryRef {
+    Message(i64),
+    Event(i64),
+}
+
+impl EntryRef {
+    fn of(entry: &Entry) -> Self {
+        match entry {
+            Entry::Message { message_id, .. } => Self::Message(message_id.parse().unwrap_or(-1)),
+            Entry::Event { event_id, .. } => Self::Event(event_id.parse().unwrap_or(-1)),
         }
     }
-    streams
+}
+
+impl std::fmt::Display for EntryRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EntryRef::Message(id) => write!(f, "message {id}"),
+            EntryRef::Event(id) => write!(f, "event {id}"),
+        }
+    }
+}
+
+/// Every user's stream as the database holds it: seq → what the entry points at. A row that
+/// points at neither or both is named in the second list.
+fn streams_in_storage(stored: &Stored) -> (HashMap<&str, BTreeMap<u64, EntryRef>>, Vec<String>) {
+    let mut streams: HashMap<&str, BTreeMap<u64, EntryRef>> = HashMap::new();
+    let mut malformed = Vec::new();
+    for row in &stored.streams {
+        let entry = match (row.message_id, row.event_id) {
+            (Some(id), None) => EntryRef::Message(id),
+            (None, Some(id)) => EntryRef::Event(id),
+            _ => {
+                malformed.push(format!("stream row {row:?} points at no single entry"));
+                continue;
+            }
+        };
+        streams
+            .entry(row.owner.as_str())
+            .or_default()
+            .insert(row.seq as u64, entry);
+    }
+    (streams, malformed)
+}
+
+/// The seq columns of every message agree with the streams: the sender's seq names it in the
+/// sender's stream; a direct message's recipient seq names it in the recipient's, and a group
+/// message has none (each member's seq of it is in that member's stream alone).
+fn columns_agree_with_streams(
+    stored: &Stored,
+    streams: &HashMap<&str, BTreeMap<u64, EntryRef>>,
+) -> Vec<String> {
+    let points_at = |owner: &str, seq: i64, id: i64| {
+        streams
+            .get(owner)
+            .and_then(|s| s.get(&(seq as u64)))
+            .is_some_and(|e| *e == EntryRef::Message(id))
+    };
+    let mut failures = Vec::new();
+    for row in &stored.messages {
+        let recipient_agrees = if is_group_id(&row.recipient) {
+            row.recipient_seq == 0
+        } else {
+            points_at(&row.recipient, row.recipient_seq, row.id)
+        };
+        if !points_at(&row.sender, row.sender_seq, row.id) || !recipient_agrees {
+            failures.push(format!("{row:?} disagrees with the streams"));
+        }
+    }
+    failures
 }
 
 pub(crate) fn judge(evidence: &Evidence<'_>) -> Verdict {
-    let by_sender_and_id: HashMap<(&str, &str), Vec<&StoredRow>> =
-        evidence.stored.iter().fold(HashMap::new(), |mut map, row| {
+    let by_sender_and_id: HashMap<(&str, &str), Vec<&StoredRow>> = evidence
+        .stored
+        .messages
+        .iter()
+        .fold(HashMap::new(), |mut map, row| {
             map.entry((row.sender.as_str(), row.client_msg_id.as_str()))
                 .or_default()
                 .push(row);
@@ -123,7 +189,10 @@ pub(crate) fn judge(evidence: &Evidence<'_>) -> Verdict {
         acked_stored_once(evidence, &by_sender_and_id),
         nothing_unsent_stored(evidence, &by_sender_and_id),
         every_user_has_everything_once_in_order(evidence),
+        conversations::groups_complete(evidence),
+        conversations::groups_agree(evidence),
         gapless(evidence),
+        conversations::lists_match_streams(evidence),
         outbox_bounded(evidence),
         only_victims_died(evidence),
         restarts_visible(evidence),
@@ -139,14 +208,24 @@ pub(crate) fn judge(evidence: &Evidence<'_>) -> Verdict {
     Verdict { checks }
 }
 
+/// Every send was acked and every mark answered.
 fn every_send_acked(evidence: &Evidence<'_>) -> Check {
-    let failures = evidence
+    let mut failures: Vec<String> = evidence
         .reports
         .iter()
         .flat_map(|r| r.sends.iter())
         .filter(|s| s.ack.is_none())
         .map(|s| format!("{} was never acked", s.client_msg_id))
         .collect();
+    for report in evidence.reports {
+        let unanswered = report.marks_requested - report.marks_answered;
+        if unanswered > 0 {
+            failures.push(format!(
+                "{}: {unanswered} of {} marks never answered",
+                report.user, report.marks_requested
+            ));
+        }
+    }
     Check {
         name: "all-acked",
         failures,
@@ -234,52 +313,54 @@ fn nothing_unsent_stored(
     }
 }
 
+/// Every user holds exactly its stream as the database has it (messages and events), and
+/// each conversation's messages in commit order.
 fn every_user_has_everything_once_in_order(evidence: &Evidence<'_>) -> Check {
-    let expected = streams_in_storage(evidence.stored);
+    let (expected, mut failures) = streams_in_storage(evidence.stored);
+    failures.extend(columns_agree_with_streams(evidence.stored, &expected));
     let empty = BTreeMap::new();
-    let mut failures = Vec::new();
     for report in evidence.reports {
         let expected = expected.get(report.user.as_str()).unwrap_or(&empty);
-        let held: BTreeMap<u64, i64> = report
+        let held: BTreeMap<u64, EntryRef> = report
             .stream
             .iter()
-            .map(|(seq, e)| (*seq, e.message_id.parse().unwrap_or(-1)))
+            .map(|(seq, e)| (*seq, EntryRef::of(e)))
             .collect();
-        for (seq, id) in expected {
+        for (seq, entry) in expected {
             match held.get(seq) {
-                Some(held_id) if held_id == id => {}
-                Some(held_id) => failures.push(format!(
-                    "{} holds message {held_id} at seq {seq}, storage has {id}",
+                Some(held_entry) if held_entry == entry => {}
+                Some(held_entry) => failures.push(format!(
+                    "{} holds {held_entry} at seq {seq}, storage has {entry}",
                     report.user
                 )),
-                None => failures.push(format!(
-                    "{} never got message {id} (seq {seq})",
-                    report.user
-                )),
+                None => failures.push(format!("{} never got {entry} (seq {seq})", report.user)),
             }
         }
-        for (seq, id) in &held {
+        for (seq, entry) in &held {
             if !expected.contains_key(seq) {
                 failures.push(format!(
-                    "{} holds message {id} at seq {seq}, which storage does not have",
+                    "{} holds {entry} at seq {seq}, which storage does not have",
                     report.user
                 ));
             }
         }
         // Within each conversation, the user's seqs follow commit order (message ids).
-        let mut last_by_peer: HashMap<&str, i64> = HashMap::new();
+        let mut last_in: HashMap<&str, i64> = HashMap::new();
         for (seq, entry) in &report.stream {
-            let peer = if entry.from == report.user {
-                entry.to.as_str()
-            } else {
-                entry.from.as_str()
+            let Entry::Message {
+                message_id,
+                conversation_id,
+                ..
+            } = entry
+            else {
+                continue;
             };
-            let id = entry.message_id.parse().unwrap_or(-1);
-            if let Some(last) = last_by_peer.insert(peer, id)
+            let id = message_id.parse().unwrap_or(-1);
+            if let Some(last) = last_in.insert(conversation_id, id)
                 && last >= id
             {
                 failures.push(format!(
-                    "{}: message {id} (seq {seq}) with {peer} comes after message {last}",
+                    "{}: message {id} (seq {seq}) of {conversation_id} comes after message {last}",
                     report.user
                 ));
             }
@@ -289,7 +370,12 @@ fn every_user_has_everything_once_in_order(evidence: &Evidence<'_>) -> Check {
     let delivered: usize = evidence
         .reports
         .iter()
-        .map(|r| r.stream.values().filter(|e| e.from != r.user).count())
+        .map(|r| {
+            r.stream
+                .values()
+                .filter(|e| matches!(e, Entry::Message { from, .. } if *from != r.user))
+                .count()
+        })
         .sum();
     Check {
         name: "complete-once-in-order",
@@ -298,23 +384,35 @@ fn every_user_has_everything_once_in_order(evidence: &Evidence<'_>) -> Check {
     }
 }
 
-/// Every acked message is in its recipient's stream exactly once, by the clients' own
-/// reports (the comparison with storage above holds them to the database's seqs too).
-fn acked_reached_recipient_once(reports: &[UserReport]) -> Vec<String> {
+/// How often each user holds each message: (user, message id) → count.
+fn holdings(reports: &[UserReport]) -> HashMap<(&str, &str), u32> {
     let mut held: HashMap<(&str, &str), u32> = HashMap::new();
     for report in reports {
         for entry in report.stream.values() {
-            *held
-                .entry((report.user.as_str(), entry.message_id.as_str()))
-                .or_default() += 1;
+            if let Entry::Message { message_id, .. } = entry {
+                *held
+                    .entry((report.user.as_str(), message_id.as_str()))
+                    .or_default() += 1;
+            }
         }
     }
+    held
+}
+
+/// Every acked direct message is in its recipient's stream exactly once, by the clients' own
+/// reports (the comparison with storage above holds them to the database's seqs too). Group
+/// messages are [`conversations::groups_complete`]'s.
+fn acked_reached_recipient_once(reports: &[UserReport]) -> Vec<String> {
+    let held = holdings(reports);
     let mut failures = Vec::new();
     for report in reports {
         for send in &report.sends {
             let Some((message_id, _)) = &send.ack else {
                 continue;
             };
+            if is_group_id(&send.to) {
+                continue;
+            }
             let deliveries = held
                 .get(&(send.to.as_str(), message_id.as_str()))
                 .copied()
@@ -351,7 +449,7 @@ fn gapless(evidence: &Evidence<'_>) -> Check {
         // The stream must also end where the server says the user's seqs end.
         if !seqs.is_gapless() || seqs.highest_seen != report.last_seq {
             failures.push(format!(
-                "{}: {n} messages, last_seq {}, missing seqs {:?}",
+                "{}: {n} entries, last_seq {}, missing seqs {:?}",
                 report.user, report.last_seq, seqs.first_missing
             ));
         }

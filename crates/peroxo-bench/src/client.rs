@@ -39,6 +39,33 @@ enum Credentials {
     Jwt(EncodingKey),
 }
 
+/// The protocol version sessions ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Protocol {
+    /// Protocol 1: direct messages (no `protocol` parameter).
+    V1,
+    /// Protocol 2: conversations (`?protocol=2`).
+    V2,
+}
+
+impl Protocol {
+    /// The query parameter that asks for this version, with its leading `&`.
+    fn query(self) -> &'static str {
+        match self {
+            Protocol::V1 => "",
+            Protocol::V2 => "&protocol=2",
+        }
+    }
+
+    /// The version `welcome.protocol` names.
+    pub(super) fn number(self) -> u32 {
+        match self {
+            Protocol::V1 => 1,
+            Protocol::V2 => 2,
+        }
+    }
+}
+
 /// How large the client's WebSocket buffers are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Buffers {
@@ -66,6 +93,7 @@ pub(super) struct Endpoint {
     sources: Vec<IpAddr>,
     /// The WebSocket's buffer sizes (see [`Buffers`]).
     websocket: WebSocketConfig,
+    protocol: Protocol,
 }
 
 impl Endpoint {
@@ -101,7 +129,13 @@ impl Endpoint {
             credentials,
             sources,
             websocket,
+            protocol: Protocol::V1,
         })
+    }
+
+    /// The same endpoint, with sessions asking for `protocol`.
+    pub(super) fn speaking(self, protocol: Protocol) -> Self {
+        Self { protocol, ..self }
     }
 
     /// The tenant every session of this run belongs to.
@@ -142,11 +176,15 @@ impl Endpoint {
     /// (in jwt mode it carries a freshly minted token).
     pub(super) fn request_url(&self, user: &str, n: usize) -> Result<String, OpenError> {
         let url = &self.node(n).url;
+        let protocol = self.protocol.query();
         match &self.credentials {
-            Credentials::Dev => Ok(format!("{url}?user={user}&tenant={}", self.tenant)),
+            Credentials::Dev => Ok(format!(
+                "{url}?user={user}&tenant={}{protocol}",
+                self.tenant
+            )),
             Credentials::Jwt(key) => {
                 let token = mint_token(key, user, &self.tenant).map_err(OpenError::Token)?;
-                Ok(format!("{url}?token={token}"))
+                Ok(format!("{url}?token={token}{protocol}"))
             }
         }
     }
@@ -301,6 +339,42 @@ pub(super) async fn open_many(
     (sessions, failures)
 }
 
+/// Opens a session for each of `users` (connection `n` is `users[n]`), `concurrency` at a
+/// time; all must open, speak the endpoint's protocol, and start at seq 0 (a fresh tenant).
+pub(super) async fn open_fresh(
+    endpoint: &Arc<Endpoint>,
+    users: Arc<[String]>,
+    concurrency: usize,
+) -> anyhow::Result<Vec<Connection>> {
+    let counts = Arc::new(OpenCounts::default());
+    let (sessions, failures) = open_many(endpoint, Arc::clone(&users), concurrency, &counts).await;
+    anyhow::ensure!(
+        failures.total() == 0,
+        "{} of {} sessions failed to open: {failures}",
+        failures.total(),
+        users.len()
+    );
+    let mut connections = Vec::with_capacity(sessions.len());
+    for (session, user) in sessions.into_iter().zip(users.iter()) {
+        let session = session.ok_or_else(|| anyhow::anyhow!("{user}'s session did not open"))?;
+        let welcome = session.welcome();
+        anyhow::ensure!(
+            welcome.protocol == endpoint.protocol.number(),
+            "the node answered protocol {} to a request for protocol {}",
+            welcome.protocol,
+            endpoint.protocol.number()
+        );
+        anyhow::ensure!(
+            welcome.last_seq == 0,
+            "user {user} of tenant {} starts at seq {}, not 0: use a fresh --tenant",
+            endpoint.tenant(),
+            welcome.last_seq
+        );
+        connections.push(session);
+    }
+    Ok(connections)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -343,6 +417,11 @@ mod tests {
         assert_eq!(request(1), "ws://127.0.0.1:8081/ws?user=u&tenant=t");
         assert_eq!(request(2), request(0));
         assert_eq!(endpoint.node(3).address.port(), 8081);
+        let endpoint = endpoint.speaking(Protocol::V2);
+        assert_eq!(
+            endpoint.request_url("u", 0).unwrap(),
+            "ws://127.0.0.1:8080/ws?user=u&tenant=t&protocol=2"
+        );
         assert!(
             Endpoint::resolve(&[], "t".to_owned(), None, 0, Buffers::Lean)
                 .await

@@ -15,7 +15,7 @@ use serde::Serialize;
 use tokio::task::JoinSet;
 
 use super::TargetArgs;
-use super::client::{Buffers, CLOSE_TIMEOUT, Endpoint, OpenCounts};
+use super::client::{Buffers, CLOSE_TIMEOUT, Endpoint, OpenCounts, Protocol};
 use super::histogram::{Latency, LatencySummary};
 use super::report::{self, Progress, Tally};
 
@@ -71,7 +71,7 @@ pub(super) async fn run(
     anyhow::ensure!(args.total > 0, "--total must be at least 1");
     anyhow::ensure!(args.concurrency > 0, "--concurrency must be at least 1");
     let endpoint = target
-        .endpoint(tenant, args.source_ips, Buffers::Lean)
+        .endpoint(tenant, args.source_ips, Buffers::Lean, Protocol::V1)
         .await?;
     let counts = Arc::new(OpenCounts::default());
     let progress = progress(&counts, args.total);

@@ -2,12 +2,15 @@
 //! (over its compact ledger) and the fault-injection suite's verdict (over its clients'
 //! reports).
 //!
-//! Two rules live here, because both checkers apply them the same way:
+//! The rules live here, because every checker applies them the same way:
 //!
-//! - [`SeqAudit`]: a user's seqs (its acks plus the messages it received) are exactly
-//!   1, 2, …, n: none missing, none seen twice, never 0.
+//! - [`SeqAudit`]: a user's seqs (its acks plus the messages it received, and in protocol 2
+//!   the events of its stream) are exactly 1, 2, …, n: none missing, none seen twice, never 0.
 //! - [`MessageFate::breaches`]: every sent message is answered; an acked message reaches its
-//!   recipient exactly once and is acked once; a refused message never reaches anyone.
+//!   recipient (each member of its group) exactly once and is acked once; a refused message
+//!   never reaches anyone.
+//! - [`ConversationLedger`] (protocol 2): what a user's conversation list must show (read
+//!   marker, unread count, newest message, total unread) follows from the user's stream alone.
 //!
 //! What each checker adds stays with it: the bench's latencies, misrouted and undecodable
 //! frames; the suite's comparison with the database's rows and the processes' metrics. The
@@ -15,6 +18,7 @@
 //! bench's planned message index, the suite's committed message id) and, in the bench, while
 //! frames arrive; it stays with each.
 
+use std::collections::BTreeMap;
 use std::ops::Range;
 
 /// How many missing seqs a [`SeqAudit`] names (it counts all of them).
@@ -118,9 +122,235 @@ impl Breaches {
     }
 }
 
+/// One entry of a user's stream, as [`ConversationLedger`] reads it. Entries that change no
+/// conversation state (a peer's read receipt, a rename) need not be given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamItem<'a> {
+    /// A message of `conversation`; `own` when the user sent it (which marks the
+    /// conversation read up to it).
+    Message {
+        conversation: &'a str,
+        message_id: u64,
+        own: bool,
+    },
+    /// A `read_marker` event: the user's marker moved to `message_id`, leaving
+    /// `unread_count` unread, as the event states.
+    ReadMarker {
+        conversation: &'a str,
+        message_id: u64,
+        unread_count: u64,
+    },
+    /// The user became a member of a group (`group_created`, or `members_added` naming the
+    /// user): the conversation is in the list from then on, even before its first message.
+    Joined { conversation: &'a str },
+    /// The user left or was removed (`member_left` naming the user): the conversation leaves
+    /// the list; a later [`StreamItem::Joined`] starts it afresh.
+    Left { conversation: &'a str },
+}
+
+/// What a user's conversation list must show for one conversation.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ConversationState {
+    /// The id of the last message read (0: none).
+    pub read_marker: u64,
+    /// Messages from others after the read marker.
+    pub unread_count: u64,
+    /// The newest message (the preview), if any.
+    pub last_message: Option<u64>,
+}
+
+/// A user's conversations as the user's stream implies them, entry by entry, in seq order.
+///
+/// The rule: a conversation is listed from its first message or from the user joining it.
+/// Its read marker is the message id of the latest `read_marker` event, or the user's own
+/// latest message if that is later in the stream (sending marks read). Its unread count is the
+/// number of messages from others with an id past the marker, never negative; its preview is
+/// its newest message; the total unread count is the sum over the list. A `read_marker`
+/// event states the unread count after it, which must be that same count over the stream
+/// before it.
+#[derive(Debug, Default)]
+pub struct ConversationLedger {
+    conversations: BTreeMap<String, Tally>,
+    /// `read_marker` events whose `unread_count` is not what the stream before them implies.
+    marker_mismatches: Vec<String>,
+}
+
+/// One conversation of a [`ConversationLedger`].
+#[derive(Debug, Default)]
+struct Tally {
+    read_marker: u64,
+    /// The ids of the messages from others.
+    from_others: Vec<u64>,
+    newest: Option<u64>,
+}
+
+impl Tally {
+    fn unread(&self) -> u64 {
+        self.from_others
+            .iter()
+            .filter(|id| **id > self.read_marker)
+            .count() as u64
+    }
+}
+
+impl ConversationLedger {
+    /// Takes the next entry of the stream (entries must come in seq order).
+    pub fn apply(&mut self, item: StreamItem<'_>) {
+        match item {
+            StreamItem::Message {
+                conversation,
+                message_id,
+                own,
+            } => {
+                let tally = self.tally(conversation);
+                tally.newest = tally.newest.max(Some(message_id));
+                if own {
+                    tally.read_marker = message_id;
+                } else {
+                    tally.from_others.push(message_id);
+                }
+            }
+            StreamItem::ReadMarker {
+                conversation,
+                message_id,
+                unread_count,
+            } => {
+                let tally = self.tally(conversation);
+                tally.read_marker = message_id;
+                let implied = tally.unread();
+                if implied != unread_count {
+                    self.marker_mismatches.push(format!(
+                        "{conversation}: read marker {message_id} states {unread_count} unread,                          the stream before it has {implied}"
+                    ));
+                }
+            }
+            StreamItem::Joined { conversation } => {
+                self.tally(conversation);
+            }
+            StreamItem::Left { conversation } => {
+                self.conversations.remove(conversation);
+            }
+        }
+    }
+
+    fn tally(&mut self, conversation: &str) -> &mut Tally {
+        self.conversations
+            .entry(conversation.to_owned())
+            .or_default()
+    }
+
+    /// Every listed conversation's state, by conversation id.
+    pub fn states(&self) -> BTreeMap<&str, ConversationState> {
+        self.conversations
+            .iter()
+            .map(|(id, tally)| {
+                let state = ConversationState {
+                    read_marker: tally.read_marker,
+                    unread_count: tally.unread(),
+                    last_message: tally.newest,
+                };
+                (id.as_str(), state)
+            })
+            .collect()
+    }
+
+    /// The unread count over every listed conversation.
+    pub fn total_unread(&self) -> u64 {
+        self.conversations.values().map(Tally::unread).sum()
+    }
+
+    /// The `read_marker` events whose stated unread count the stream contradicts, described.
+    pub fn marker_mismatches(&self) -> &[String] {
+        &self.marker_mismatches
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn message(conversation: &str, message_id: u64, own: bool) -> StreamItem<'_> {
+        StreamItem::Message {
+            conversation,
+            message_id,
+            own,
+        }
+    }
+
+    fn marker(conversation: &str, message_id: u64, unread_count: u64) -> StreamItem<'_> {
+        StreamItem::ReadMarker {
+            conversation,
+            message_id,
+            unread_count,
+        }
+    }
+
+    fn state(read_marker: u64, unread_count: u64, last: u64) -> ConversationState {
+        ConversationState {
+            read_marker,
+            unread_count,
+            last_message: Some(last),
+        }
+    }
+
+    #[test]
+    fn messages_from_others_after_the_marker_are_unread_and_sending_reads() {
+        let mut ledger = ConversationLedger::default();
+        ledger.apply(message("a:b", 1, false));
+        ledger.apply(message("a:b", 2, false));
+        assert_eq!(ledger.states()["a:b"], state(0, 2, 2));
+        ledger.apply(message("a:b", 3, true));
+        ledger.apply(message("a:b", 4, false));
+        assert_eq!(ledger.states()["a:b"], state(3, 1, 4));
+        ledger.apply(message("a:a", 5, true));
+        assert_eq!(ledger.states()["a:a"], state(5, 0, 5));
+        assert_eq!(ledger.total_unread(), 1);
+    }
+
+    #[test]
+    fn the_latest_of_a_read_marker_and_an_own_message_is_the_marker() {
+        let mut ledger = ConversationLedger::default();
+        for id in 1..=4 {
+            ledger.apply(message("g~1", id, false));
+        }
+        ledger.apply(marker("g~1", 3, 1));
+        assert_eq!(ledger.states()["g~1"], state(3, 1, 4));
+        ledger.apply(message("g~1", 5, true));
+        assert_eq!(ledger.states()["g~1"], state(5, 0, 5));
+        // `mark_unread` moves the marker back, past the user's own message.
+        ledger.apply(marker("g~1", 1, 3));
+        assert_eq!(ledger.states()["g~1"], state(1, 3, 5));
+        assert!(ledger.marker_mismatches().is_empty());
+    }
+
+    #[test]
+    fn a_read_marker_stating_another_count_than_its_stream_is_named() {
+        let mut ledger = ConversationLedger::default();
+        ledger.apply(message("a:b", 1, false));
+        ledger.apply(message("a:b", 2, false));
+        ledger.apply(marker("a:b", 1, 0));
+        assert_eq!(ledger.marker_mismatches().len(), 1);
+        assert!(
+            ledger.marker_mismatches()[0].contains("the stream before it has 1"),
+            "{:?}",
+            ledger.marker_mismatches()
+        );
+    }
+
+    #[test]
+    fn a_group_is_listed_from_the_join_and_leaves_the_list_with_the_member() {
+        let mut ledger = ConversationLedger::default();
+        ledger.apply(StreamItem::Joined {
+            conversation: "g~1",
+        });
+        assert_eq!(ledger.states()["g~1"], ConversationState::default());
+        ledger.apply(message("g~1", 7, false));
+        ledger.apply(StreamItem::Left {
+            conversation: "g~1",
+        });
+        assert!(ledger.states().is_empty());
+        assert_eq!(ledger.total_unread(), 0);
+    }
 
     #[test]
     fn a_gapless_stream_passes_in_any_arrival_order() {

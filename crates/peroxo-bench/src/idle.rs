@@ -17,7 +17,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::TargetArgs;
-use super::client::{self, Buffers, CLOSE_TIMEOUT, OpenCounts};
+use super::client::{self, Buffers, CLOSE_TIMEOUT, OpenCounts, Protocol};
 use super::report::{self, Progress, Tally};
 use super::scrape;
 
@@ -80,7 +80,7 @@ pub(super) async fn run(target: &TargetArgs, tenant: String, args: IdleArgs) -> 
         "idle reads one node's memory (--metrics-url): give a single --url"
     );
     let endpoint = target
-        .endpoint(tenant, args.source_ips, Buffers::Lean)
+        .endpoint(tenant, args.source_ips, Buffers::Lean, Protocol::V1)
         .await?;
     let (rss_before, _) = settled_memory(&args.metrics_url, args.settle_timeout).await?;
 

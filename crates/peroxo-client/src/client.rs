@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use crate::connection::{ConnectOptions, Connection, Disconnect, Incoming};
 use crate::reconnect::{Backoff, Jitter, NextStep, next_step};
 use crate::state::{ClientState, RequestWaiter, SendWaiter, SyncWaiter};
-use crate::stream::Delivered;
+use crate::stream::{Delivered, DeliveredEvent, EntryId};
 
 /// A callback that returns a fresh token (JWT mode), or `None` when there is none.
 pub type TokenSource = Arc<dyn Fn() -> Option<String> + Send + Sync>;
@@ -150,6 +150,10 @@ pub enum ClientError {
     /// The connection ended before the reply came (the request was not repeated).
     #[error("disconnected before the reply")]
     Disconnected,
+    /// The server's session restarted (an `internal` error without ids) before the reply
+    /// came: the request may or may not have been carried out, and was not repeated.
+    #[error("the server's session restarted before the reply")]
+    Interrupted,
     /// The server answered with an error.
     #[error("server error: {0}")]
     Server(ServerError),
@@ -194,6 +198,9 @@ pub enum Event {
     /// The next message of the user's stream: every seq once, in seq order (the user's own
     /// sends included, from their ack).
     Message(Delivered),
+    /// The next event of the user's stream (protocol 2: a group change, a read marker, a read
+    /// receipt), in the same seq order as the messages.
+    StreamEvent(DeliveredEvent),
     /// An `ack`; `late` when its send had been acked already (a resend's duplicate ack).
     Acked { ack: Ack, late: bool },
     /// An `error` frame.
@@ -206,8 +213,9 @@ pub enum Event {
     /// A sync cycle completed: the stream is delivered up to `delivered`, and the server
     /// reported `last_seq`.
     Synced { delivered: u64, last_seq: u64 },
-    /// A message seen again (ignored): live delivery is at-least-once in rare cases.
-    Repeat { seq: u64, message_id: String },
+    /// An entry of the stream seen again (ignored): live delivery is at-least-once in rare
+    /// cases.
+    Repeat { seq: u64, id: EntryId },
     /// Something a correct server never does (a seq naming two messages, a frame that does
     /// not decode, a sync that cannot reach `last_seq`).
     Anomaly(String),
@@ -353,9 +361,10 @@ impl Client {
         self.delivered.load(Ordering::Acquire)
     }
 
-    /// Submits a direct message and returns its `client_msg_id` and a receiver of its outcome
-    /// at once; [`Client::send`] waits for the outcome. The send is resent with the same id
-    /// across reconnects and retryable errors until it is acked.
+    /// Submits a message and returns its `client_msg_id` and a receiver of its outcome at
+    /// once; [`Client::send`] waits for the outcome. `to` is a user (a direct message) or, on
+    /// a protocol-2 connection (`?protocol=2` in the URL), a group id. The send is resent with
+    /// the same id across reconnects and retryable errors until it is acked.
     pub fn submit(
         &self,
         to: impl Into<String>,
@@ -381,7 +390,8 @@ impl Client {
         })
     }
 
-    /// Sends a direct message and waits until it is acked (committed) or refused for good.
+    /// Sends a message (see [`Client::submit`]) and waits until it is acked (committed) or
+    /// refused for good.
     pub async fn send(
         &self,
         to: impl Into<String>,
@@ -404,9 +414,11 @@ impl Client {
     }
 
     /// Sends another command (`history`, `presence_subscribe`, `online_users`, `ping`,
-    /// `refresh`, `typing`…) with a fresh `req_id` and waits for the reply that carries it.
-    /// Fails with [`ClientError::Disconnected`] when the connection ends first (it is not
-    /// repeated). `typing` has no reply: do not wait for it.
+    /// `refresh`, `typing`, and protocol 2's `create_group`, `mark_read`, `conversations`…)
+    /// with a fresh `req_id` and waits for the reply that carries it, or the `error` that
+    /// does. Fails with [`ClientError::Disconnected`] when the connection ends first, and
+    /// with [`ClientError::Interrupted`] when the server's session restarts first (it is not
+    /// repeated either way). `typing` has no reply: do not wait for it.
     pub async fn request(&self, kind: CommandKind) -> Result<ServerFrame<'static>, ClientError> {
         let (tx, rx) = oneshot::channel();
         self.requests

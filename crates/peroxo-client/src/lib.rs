@@ -12,6 +12,11 @@
 //!   once, in seq order; it reconnects with exponential backoff and jitter chosen by the close
 //!   code, over several nodes when given several.
 //!
+//! A connection asks for protocol 2 with `protocol=2` in its URL's query string. The client
+//! then also sends to groups (a group id as `to`), delivers the stream's events
+//! ([`Event::StreamEvent`]) in seq order among its messages, and answers protocol 2's
+//! commands sent with [`Client::request`].
+//!
 //! ## Quick start
 //!
 //! ```no_run
@@ -40,7 +45,8 @@
 //! - [`connection`]: open, send, receive, close; why a connection could not be opened
 //!   ([`ConnectError`]) and how one ended ([`Disconnect`]).
 //! - [`reconnect`]: what to do after each way a connection ends, and the backoff.
-//! - `stream`: the user's stream by seq: gaps, repeats, delivery in order.
+//! - `stream`: the user's stream by seq (messages and events): gaps, repeats, delivery in
+//!   order.
 //! - `outbox`: the sends not acked yet, and when each goes again.
 //! - `state`: the correct client's decisions, with no I/O (unit-tested without a server).
 //! - `client`: the [`Client`] handle, its [`Event`]s and the task that runs the connection.
@@ -63,6 +69,8 @@ pub use connection::{
     ConnectError, ConnectOptions, Connection, Disconnect, Incoming, WebSocket, WebSocketConfig,
     Welcome,
 };
-pub use peroxo_protocol::{Command, CommandKind, ErrorCode, ReqId, ServerFrame};
+pub use peroxo_protocol::{
+    Command, CommandKind, ConversationView, ErrorCode, EventView, ReqId, ServerFrame,
+};
 pub use reconnect::{Backoff, NextStep};
-pub use stream::{Delivered, Via};
+pub use stream::{Delivered, DeliveredEvent, EntryId, Via};

@@ -10,15 +10,36 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
+use peroxo_protocol::event::is_group_id;
 use peroxo_protocol::{Command, CommandKind};
 use tokio::time::Instant;
 
 use crate::reconnect::Jitter;
 
+/// The `send` command of a message to `to`: a user (a direct message) or, on a protocol-2
+/// connection, a group (`send` with `conversation_id`).
+pub(crate) fn send_command(to: &str, text: &str, client_msg_id: &str) -> CommandKind {
+    let (to, text, client_msg_id) = (to.to_owned(), text.to_owned(), client_msg_id.to_owned());
+    if is_group_id(&to) {
+        CommandKind::SendToConversation {
+            conversation_id: to,
+            text,
+            client_msg_id,
+        }
+    } else {
+        CommandKind::Send {
+            to,
+            text,
+            client_msg_id,
+        }
+    }
+}
+
 /// One send not acked yet.
 #[derive(Debug)]
 pub(crate) struct PendingSend<T> {
     pub(crate) client_msg_id: String,
+    /// A user id, or a group id.
     pub(crate) to: String,
     pub(crate) text: String,
     /// Who waits for the outcome.
@@ -123,11 +144,7 @@ impl<T> Outbox<T> {
                 send.on_wire = true;
                 due.push(Command {
                     req_id: None,
-                    kind: CommandKind::Send {
-                        to: send.to.clone(),
-                        text: send.text.clone(),
-                        client_msg_id: send.client_msg_id.clone(),
-                    },
+                    kind: send_command(&send.to, &send.text, &send.client_msg_id),
                 });
             }
         }
@@ -196,7 +213,8 @@ mod tests {
         commands
             .iter()
             .map(|c| match &c.kind {
-                CommandKind::Send { client_msg_id, .. } => client_msg_id.clone(),
+                CommandKind::Send { client_msg_id, .. }
+                | CommandKind::SendToConversation { client_msg_id, .. } => client_msg_id.clone(),
                 other => panic!("not a send: {other:?}"),
             })
             .collect()
@@ -285,6 +303,18 @@ mod tests {
         };
         assert_eq!(send.client_msg_id, "c0");
         assert!(outbox.len() == 0 && !outbox.contains("c0"));
+    }
+
+    #[test]
+    fn a_send_to_a_group_names_it_as_the_conversation() {
+        let group = "g~5f1c0a9be3d2471f8a6c0d2e";
+        let mut outbox = Outbox::new(Duration::from_millis(10));
+        outbox.push("c0".into(), group.into(), "hi all".into(), (), start());
+        outbox.push("c1".into(), "bob".into(), "hi".into(), (), start());
+        let due = outbox.take_due(start());
+        assert!(matches!(&due[0].kind,
+            CommandKind::SendToConversation { conversation_id, .. } if conversation_id == group));
+        assert!(matches!(&due[1].kind, CommandKind::Send { to, .. } if to == "bob"));
     }
 
     #[test]

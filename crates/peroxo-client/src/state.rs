@@ -1,10 +1,11 @@
 //! What the correct client knows and decides, with no I/O: the outbox of unacked sends, the
-//! user's stream by seq, the `sync` loop, and the requests waiting for their reply. The
+//! user's stream by seq (messages, and in protocol 2 events), the `sync` loop, and the
+//! requests waiting for their reply. The
 //! [`Client`](crate::Client)'s task feeds it connections and frames and writes the commands it
 //! asks for; everything it decides is unit-tested here without a server.
 //!
 //! Sync, as docs/PROTOCOL.md asks: after a (re)connect whose `welcome.last_seq` is past what
-//! the client delivered, on a `message` whose seq skips ahead, and on `sync_hint`. One page is
+//! the client delivered, on a `message` or `event` whose seq skips ahead, and on `sync_hint`. One page is
 //! in flight at a time; a cycle goes on while `has_more` is true (from the last seq of the
 //! page) and while a page filled a hole but another remains. [`ClientState::want_sync`] with a
 //! waiter is answered when a cycle that starts after it completes.
@@ -12,14 +13,16 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use peroxo_protocol::{Command, CommandKind, ErrorCode, MAX_SYNC_LIMIT, ReqId, ServerFrame};
+use peroxo_protocol::{
+    Command, CommandKind, ErrorCode, EventView, MAX_SYNC_LIMIT, MessageView, ReqId, ServerFrame,
+};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::connection::Welcome;
 use crate::outbox::{ErrorOutcome, Outbox};
 use crate::reconnect::Jitter;
-use crate::stream::{Delivered, SeqStream, Taken, Via};
+use crate::stream::{Delivered, DeliveredEvent, SeqStream, StreamEntry, Taken, Via};
 use crate::{Ack, ClientError, ErrorAbout, Event, SendError, ServerError};
 
 /// How long a sync that failed (storage unreachable) waits before it goes again.
@@ -239,13 +242,11 @@ impl ClientState {
 
     pub(crate) fn on_frame(&mut self, frame: ServerFrame<'static>, now: Instant) {
         match frame {
-            ServerFrame::Message(view) => {
-                let seq = view.seq;
-                if self.stream.skips_ahead(seq) {
-                    self.sync.wanted = true;
-                }
-                self.offer(delivered(view, Via::Live));
-            }
+            ServerFrame::Message(view) => self.on_live(delivered(view, Via::Live)),
+            ServerFrame::Event(view) => self.on_live(StreamEntry::Event(DeliveredEvent {
+                event: *view,
+                via: Via::Live,
+            })),
             ServerFrame::Ack {
                 client_msg_id,
                 message_id,
@@ -265,11 +266,11 @@ impl ClientState {
             ServerFrame::Sync {
                 req_id,
                 messages,
+                events,
                 last_seq,
                 has_more,
-                ..
             } if self.is_sync_reply(req_id.as_deref()) => {
-                self.on_sync_page(messages, last_seq, has_more);
+                self.on_sync_page(messages, events.unwrap_or_default(), last_seq, has_more);
             }
             ServerFrame::SyncHint { last_seq } => {
                 self.server_last_seq = self.server_last_seq.max(last_seq);
@@ -303,22 +304,33 @@ impl ClientState {
         }
     }
 
-    /// Offers a message to the stream and hands on what became deliverable.
-    fn offer(&mut self, message: Delivered) {
-        let (seq, message_id) = (message.seq, message.message_id.clone());
-        match self.stream.take(message) {
+    /// A live `message` or `event` frame: a seq that skips ahead asks for a sync.
+    fn on_live(&mut self, entry: StreamEntry) {
+        if self.stream.skips_ahead(entry.seq()) {
+            self.sync.wanted = true;
+        }
+        self.offer(entry);
+    }
+
+    /// Offers an entry to the stream and hands on what became deliverable.
+    fn offer(&mut self, entry: StreamEntry) {
+        let (seq, id) = (entry.seq(), entry.id());
+        match self.stream.take(entry) {
             Taken::Fresh => {}
-            Taken::Repeat => self.events.push(Event::Repeat { seq, message_id }),
+            Taken::Repeat => self.events.push(Event::Repeat { seq, id }),
             Taken::Conflict {
                 seq,
                 known,
                 offered,
             } => self.events.push(Event::Anomaly(format!(
-                "seq {seq} names message {known} and also {offered}"
+                "seq {seq} names {known} and also {offered}"
             ))),
         }
-        for message in self.stream.take_ready() {
-            self.events.push(Event::Message(message));
+        for entry in self.stream.take_ready() {
+            self.events.push(match entry {
+                StreamEntry::Message(message) => Event::Message(message),
+                StreamEntry::Event(event) => Event::StreamEvent(event),
+            });
         }
     }
 
@@ -342,20 +354,33 @@ impl ClientState {
             via: Via::Ack,
         };
         self.events.push(Event::Acked { ack, late: false });
-        self.offer(own);
+        self.offer(StreamEntry::Message(own));
     }
 
+    /// A page of `sync`: its messages and (protocol 2) its events, which together are the
+    /// page's entries; the next page starts after the last of either.
     fn on_sync_page(
         &mut self,
-        messages: Vec<peroxo_protocol::MessageView<'static>>,
+        messages: Vec<MessageView<'static>>,
+        events: Vec<EventView<'static>>,
         last_seq: u64,
         has_more: bool,
     ) {
         self.sync.in_flight = None;
         let before = self.stream.delivered();
-        let page_end = messages.last().map(|m| m.seq);
+        let page_end = messages
+            .iter()
+            .map(|m| m.seq)
+            .chain(events.iter().map(|e| e.seq))
+            .max();
         for message in messages {
             self.offer(delivered(message, Via::Sync));
+        }
+        for event in events {
+            self.offer(StreamEntry::Event(DeliveredEvent {
+                event,
+                via: Via::Sync,
+            }));
         }
         self.server_last_seq = self.server_last_seq.max(last_seq);
         let delivered = self.stream.delivered();
@@ -395,7 +420,14 @@ impl ClientState {
     }
 
     fn on_error(&mut self, error: ServerError, now: Instant) {
-        let about = if let Some(id) = error.client_msg_id.clone() {
+        // Sends carry no `req_id`, so a `req_id` names a request even when the error also
+        // names a `client_msg_id` (that of a `create_group`).
+        let about = if let Some(waiter) =
+            request_id(error.req_id.as_ref()).and_then(|id| self.requests.remove(id))
+        {
+            let _ = waiter.send(Err(ClientError::Server(error.clone())));
+            ErrorAbout::Request
+        } else if let Some(id) = error.client_msg_id.clone() {
             match self
                 .outbox
                 .on_error(&id, error.retryable, now, &mut self.jitter)
@@ -413,17 +445,16 @@ impl ClientState {
             self.sync.in_flight = None;
             self.sync.retry_at = Some(now + SYNC_RETRY);
             ErrorAbout::Sync
-        } else if let Some(waiter) =
-            request_id(error.req_id.as_ref()).and_then(|id| self.requests.remove(id))
-        {
-            let _ = waiter.send(Err(ClientError::Server(error.clone())));
-            ErrorAbout::Request
         } else if error.req_id.is_none() && error.code == ErrorCode::Internal {
             // The server's session restarted: what it was working on may not have been done.
-            // Sends are safe to repeat; a sync page is asked for again.
+            // Sends are safe to repeat; a sync page is asked for again; a request is the
+            // application's to repeat, if it is safe to.
             self.outbox.on_session_restart(now);
             if self.sync.in_flight.take().is_some() {
                 self.sync.wanted = true;
+            }
+            for (_, waiter) in self.requests.drain() {
+                let _ = waiter.send(Err(ClientError::Interrupted));
             }
             ErrorAbout::SessionRestart
         } else {
@@ -432,7 +463,7 @@ impl ClientState {
         self.events.push(Event::Error { error, about });
     }
 
-    /// A reply to a request, or an event nobody asked for (presence, typing, …).
+    /// A reply to a request, or a frame nobody asked for (presence, typing, receipts, …).
     fn on_reply(&mut self, frame: ServerFrame<'static>) {
         let req_id = match &frame {
             ServerFrame::History { req_id, .. }
@@ -440,7 +471,13 @@ impl ClientState {
             | ServerFrame::OnlineUsers { req_id, .. }
             | ServerFrame::Pong { req_id, .. }
             | ServerFrame::Refreshed { req_id, .. }
-            | ServerFrame::Sync { req_id, .. } => req_id.as_deref(),
+            | ServerFrame::Sync { req_id, .. }
+            | ServerFrame::GroupCreated { req_id, .. }
+            | ServerFrame::Done { req_id, .. }
+            | ServerFrame::Members { req_id, .. }
+            | ServerFrame::Conversations { req_id, .. }
+            | ServerFrame::ReadState { req_id, .. }
+            | ServerFrame::ReadReceipts { req_id, .. } => req_id.as_deref(),
             _ => None,
         };
         if let Some(waiter) = request_id(req_id).and_then(|id| self.requests.remove(id)) {
@@ -462,17 +499,13 @@ fn request_id(req_id: Option<&ReqId>) -> Option<&str> {
 fn too_large(to: &str, text: &str, client_msg_id: &str) -> bool {
     let frame = Command {
         req_id: None,
-        kind: CommandKind::Send {
-            to: to.to_owned(),
-            text: text.to_owned(),
-            client_msg_id: client_msg_id.to_owned(),
-        },
+        kind: crate::outbox::send_command(to, text, client_msg_id),
     };
     frame.encode().len() > MAX_FRAME_BYTES
 }
 
-fn delivered(view: peroxo_protocol::MessageView<'static>, via: Via) -> Delivered {
-    Delivered {
+fn delivered(view: MessageView<'static>, via: Via) -> StreamEntry {
+    StreamEntry::Message(Delivered {
         seq: view.seq,
         message_id: view.message_id,
         conversation_id: view.conversation_id,
@@ -482,7 +515,7 @@ fn delivered(view: peroxo_protocol::MessageView<'static>, via: Via) -> Delivered
         ts: view.ts,
         client_msg_id: view.client_msg_id.map(|id| id.into_owned()),
         via,
-    }
+    })
 }
 
 #[cfg(test)]
@@ -734,6 +767,126 @@ mod tests {
             now,
         );
         assert_eq!(state.outgoing(now).len(), 1);
+    }
+
+    fn event_view(seq: u64) -> EventView<'static> {
+        EventView {
+            seq,
+            event: "read_receipt".into(),
+            event_id: format!("e{seq}"),
+            conversation_id: "alice:bob".into(),
+            actor: "bob".into(),
+            ts: 0,
+            title: None,
+            member_count: None,
+            users: None,
+            user: None,
+            role: None,
+            message_id: Some("m1".into()),
+            unread_count: None,
+        }
+    }
+
+    /// The seqs of the stream's entries handed on, messages and events alike, in order.
+    fn entry_seqs(state: &mut ClientState) -> Vec<u64> {
+        state
+            .take_events()
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Message(m) => Some(m.seq),
+                Event::StreamEvent(e) => Some(e.event.seq),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn events_fill_the_stream_between_messages_live_and_through_sync() {
+        let (mut state, now) = connected(0);
+        state.on_frame(ServerFrame::Message(view(1)), now);
+        state.on_frame(ServerFrame::Event(Box::new(event_view(2))), now);
+        assert_eq!(entry_seqs(&mut state), [1, 2]);
+        state.on_frame(ServerFrame::Message(view(5)), now);
+        let (after, req) = sync_of(&state.outgoing(now)).expect("a gap asks for a sync");
+        assert_eq!(after, 2);
+        // A page's entries are its messages and its events; the next page starts after the
+        // last of either.
+        let page = ServerFrame::Sync {
+            req_id: Some(Cow::Owned(ReqId::Text(req))),
+            messages: vec![view(3)],
+            events: Some(vec![event_view(4)]),
+            last_seq: 7,
+            has_more: true,
+        };
+        state.on_frame(page, now);
+        assert_eq!(entry_seqs(&mut state), [3, 4, 5]);
+        let (after, req) = sync_of(&state.outgoing(now)).expect("has_more asks for more");
+        assert_eq!(after, 4);
+        let page = ServerFrame::Sync {
+            req_id: Some(Cow::Owned(ReqId::Text(req))),
+            messages: vec![view(5)],
+            events: Some(vec![event_view(6), event_view(7)]),
+            last_seq: 7,
+            has_more: false,
+        };
+        state.on_frame(page, now);
+        assert_eq!(entry_seqs(&mut state), [6, 7]);
+        assert_eq!(state.delivered(), 7);
+    }
+
+    #[test]
+    fn a_refused_request_gets_its_error_even_when_it_names_a_client_msg_id() {
+        let (mut state, now) = connected(0);
+        let (tx, mut rx) = oneshot::channel();
+        let kind = CommandKind::CreateGroup {
+            title: "Team".into(),
+            members: vec!["bob".into()],
+            client_msg_id: "g1".into(),
+        };
+        let command = state.request(kind, tx).expect("connected");
+        state.on_frame(
+            ServerFrame::Error {
+                code: ErrorCode::TooManyGroups,
+                message: "bob is in too many groups".into(),
+                retryable: false,
+                req_id: command.req_id.map(Cow::Owned),
+                client_msg_id: Some("g1".into()),
+            },
+            now,
+        );
+        assert!(matches!(
+            rx.try_recv(),
+            Ok(Err(ClientError::Server(ServerError {
+                code: ErrorCode::TooManyGroups,
+                ..
+            })))
+        ));
+        let events = state.take_events();
+        assert!(matches!(
+            &events[..],
+            [Event::Error {
+                about: ErrorAbout::Request,
+                ..
+            }]
+        ));
+    }
+
+    #[test]
+    fn a_session_restart_interrupts_the_requests_waiting_for_a_reply() {
+        let (mut state, now) = connected(0);
+        let (tx, mut rx) = oneshot::channel();
+        state.request(CommandKind::Ping, tx).expect("connected");
+        state.on_frame(
+            ServerFrame::Error {
+                code: ErrorCode::Internal,
+                message: "session restarted".into(),
+                retryable: true,
+                req_id: None,
+                client_msg_id: None,
+            },
+            now,
+        );
+        assert_eq!(rx.try_recv().unwrap(), Err(ClientError::Interrupted));
     }
 
     #[test]

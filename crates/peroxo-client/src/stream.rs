@@ -1,13 +1,16 @@
-//! The user's stream of messages, by seq: what the client has delivered, what arrived ahead of
-//! a gap and waits for it, and whether a sync is needed.
+//! The user's stream, by seq: what the client has delivered, what arrived ahead of a gap and
+//! waits for it, and whether a sync is needed.
 //!
-//! Every message a user sends or receives has a seq in that user's gapless stream (1, 2, 3, …).
-//! Messages reach the client live, through `sync`, or (for its own sends) through `ack`; they
+//! Every message a user sends or receives has a seq in that user's gapless stream (1, 2, 3, …);
+//! in protocol 2, so has every event of it (a group change, a read marker, a read receipt).
+//! Entries reach the client live, through `sync`, or (for its own sends) through `ack`; they
 //! may arrive twice and, across nodes, out of order. This module turns that into each seq
 //! delivered exactly once, in seq order: a seq already delivered or already waiting is a
 //! repeat; a seq past a gap waits until the gap is filled.
 
 use std::collections::BTreeMap;
+
+use peroxo_protocol::EventView;
 
 /// How the client first learnt of a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,18 +40,66 @@ pub struct Delivered {
     pub via: Via,
 }
 
-/// What became of a message offered to the stream.
+/// An event of the user's stream (protocol 2), as the client delivers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveredEvent {
+    /// The event as the server sent it; its `seq` is the user's seq for it.
+    pub event: EventView<'static>,
+    /// [`Via::Live`] or [`Via::Sync`]: events are never acked.
+    pub via: Via,
+}
+
+/// What tells two entries of the stream apart: two entries at one seq must have the same.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntryId {
+    Message(String),
+    Event(String),
+}
+
+impl std::fmt::Display for EntryId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EntryId::Message(id) => write!(f, "message {id}"),
+            EntryId::Event(id) => write!(f, "event {id}"),
+        }
+    }
+}
+
+/// One entry of the user's stream: a message, or (protocol 2) an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum StreamEntry {
+    Message(Delivered),
+    Event(DeliveredEvent),
+}
+
+impl StreamEntry {
+    pub(crate) fn seq(&self) -> u64 {
+        match self {
+            StreamEntry::Message(message) => message.seq,
+            StreamEntry::Event(event) => event.event.seq,
+        }
+    }
+
+    pub(crate) fn id(&self) -> EntryId {
+        match self {
+            StreamEntry::Message(message) => EntryId::Message(message.message_id.clone()),
+            StreamEntry::Event(event) => EntryId::Event(event.event.event_id.clone()),
+        }
+    }
+}
+
+/// What became of an entry offered to the stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Taken {
     /// New to the client: delivered now or waiting for a gap to fill.
     Fresh,
     /// Already delivered, or already waiting: ignored.
     Repeat,
-    /// Its seq is already taken by another message (a server bug): ignored.
+    /// Its seq is already taken by another entry (a server bug): ignored.
     Conflict {
         seq: u64,
-        known: String,
-        offered: String,
+        known: EntryId,
+        offered: EntryId,
     },
 }
 
@@ -57,10 +108,10 @@ pub(crate) enum Taken {
 pub(crate) struct SeqStream {
     /// Every seq up to this one has been delivered (the client's durable position).
     delivered: u64,
-    /// Messages past a gap, by seq, waiting for it to fill.
-    waiting: BTreeMap<u64, Delivered>,
+    /// Entries past a gap, by seq, waiting for it to fill.
+    waiting: BTreeMap<u64, StreamEntry>,
     /// In delivery order, ready to hand to the application.
-    ready: Vec<Delivered>,
+    ready: Vec<StreamEntry>,
 }
 
 impl SeqStream {
@@ -77,35 +128,36 @@ impl SeqStream {
         self.delivered
     }
 
-    /// Whether a message with `seq` would skip ahead of the next expected seq (a gap: sync).
+    /// Whether an entry with `seq` would skip ahead of the next expected seq (a gap: sync).
     pub(crate) fn skips_ahead(&self, seq: u64) -> bool {
         seq > self.delivered + 1
     }
 
-    /// Whether messages wait for a gap to fill.
+    /// Whether entries wait for a gap to fill.
     pub(crate) fn has_gap(&self) -> bool {
         !self.waiting.is_empty()
     }
 
-    /// Offers a message. A seq at or below the delivered position is a repeat (the client
-    /// keeps no copy of delivered messages to compare with: callers that want to check
+    /// Offers an entry. A seq at or below the delivered position is a repeat (the client
+    /// keeps no copy of delivered entries to compare with: callers that want to check
     /// repeats against what they delivered get the repeat back).
-    pub(crate) fn take(&mut self, message: Delivered) -> Taken {
-        let seq = message.seq;
+    pub(crate) fn take(&mut self, entry: StreamEntry) -> Taken {
+        let seq = entry.seq();
         if seq <= self.delivered {
             return Taken::Repeat;
         }
         if let Some(known) = self.waiting.get(&seq) {
-            if known.message_id != message.message_id {
+            let (known, offered) = (known.id(), entry.id());
+            if known != offered {
                 return Taken::Conflict {
                     seq,
-                    known: known.message_id.clone(),
-                    offered: message.message_id,
+                    known,
+                    offered,
                 };
             }
             return Taken::Repeat;
         }
-        self.waiting.insert(seq, message);
+        self.waiting.insert(seq, entry);
         while let Some(next) = self.waiting.remove(&(self.delivered + 1)) {
             self.delivered += 1;
             self.ready.push(next);
@@ -113,8 +165,8 @@ impl SeqStream {
         Taken::Fresh
     }
 
-    /// The messages delivered since the last call, in seq order.
-    pub(crate) fn take_ready(&mut self) -> Vec<Delivered> {
+    /// The entries delivered since the last call, in seq order.
+    pub(crate) fn take_ready(&mut self) -> Vec<StreamEntry> {
         std::mem::take(&mut self.ready)
     }
 }
@@ -123,8 +175,8 @@ impl SeqStream {
 pub(crate) mod tests {
     use super::*;
 
-    pub(crate) fn message(seq: u64, id: &str) -> Delivered {
-        Delivered {
+    pub(crate) fn message(seq: u64, id: &str) -> StreamEntry {
+        StreamEntry::Message(Delivered {
             seq,
             message_id: id.to_owned(),
             conversation_id: "a:b".to_owned(),
@@ -134,11 +186,32 @@ pub(crate) mod tests {
             ts: 0,
             client_msg_id: None,
             via: Via::Live,
-        }
+        })
     }
 
-    fn seqs(ready: Vec<Delivered>) -> Vec<u64> {
-        ready.into_iter().map(|m| m.seq).collect()
+    pub(crate) fn event(seq: u64, id: &str) -> StreamEntry {
+        StreamEntry::Event(DeliveredEvent {
+            event: EventView {
+                seq,
+                event: "read_marker".into(),
+                event_id: id.to_owned(),
+                conversation_id: "a:b".into(),
+                actor: "a".into(),
+                ts: 0,
+                title: None,
+                member_count: None,
+                users: None,
+                user: None,
+                role: None,
+                message_id: Some("1".to_owned()),
+                unread_count: Some(0),
+            },
+            via: Via::Live,
+        })
+    }
+
+    fn seqs(ready: Vec<StreamEntry>) -> Vec<u64> {
+        ready.iter().map(StreamEntry::seq).collect()
     }
 
     #[test]
@@ -186,9 +259,31 @@ pub(crate) mod tests {
             stream.take(message(2, "other")),
             Taken::Conflict {
                 seq: 2,
-                known: "m2".into(),
-                offered: "other".into()
+                known: EntryId::Message("m2".into()),
+                offered: EntryId::Message("other".into())
             }
+        );
+    }
+
+    #[test]
+    fn events_take_their_seqs_between_messages() {
+        let mut stream = SeqStream::after(0);
+        assert_eq!(stream.take(message(1, "m1")), Taken::Fresh);
+        assert!(stream.skips_ahead(3));
+        assert_eq!(stream.take(message(3, "m3")), Taken::Fresh);
+        assert_eq!(seqs(stream.take_ready()), [1]);
+        assert_eq!(stream.take(event(2, "e1")), Taken::Fresh);
+        assert_eq!(seqs(stream.take_ready()), [2, 3]);
+        assert_eq!(stream.take(event(2, "e1")), Taken::Repeat);
+        assert_eq!(stream.take(event(5, "e2")), Taken::Fresh);
+        assert_eq!(
+            stream.take(message(5, "m5")),
+            Taken::Conflict {
+                seq: 5,
+                known: EntryId::Event("e2".into()),
+                offered: EntryId::Message("m5".into())
+            },
+            "a message and an event never share a seq"
         );
     }
 

@@ -364,7 +364,12 @@ impl Task {
                 user: Cow::Borrowed(&self.user.user),
                 message_id: message_id.to_string(),
             };
-            self.to_live_members(&conversation_id, &receipt).await?;
+            // The command is answered already, and a live receipt is best-effort: failing to
+            // read the members for it (storage unreachable since the mark) must not answer
+            // the command a second time.
+            if let Err(error) = self.to_live_members(&conversation_id, &receipt).await {
+                tracing::debug!(%error, conversation = %conversation_id, "live receipt not sent");
+            }
         }
         Ok(())
     }

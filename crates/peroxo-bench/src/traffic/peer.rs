@@ -1,63 +1,34 @@
-//! One benchmark user's connection during a `dm` run: a writer task that sends the messages
-//! the pacer queues for it, and a reader task that matches every frame it receives against
-//! the plan.
+//! One session of an open-loop run: a writer task that sends the commands the pacer queues
+//! for it, and a reader task that matches every frame it receives against the plan.
 //!
 //! The reader owns what only it can check: the user's seqs (from its acks and the messages
-//! it receives) and the order of arrival per sender. Everything about a message itself goes
-//! to the shared [`Ledger`].
+//! and events it receives) and the order of arrival within each sequence the plan names (a
+//! sender, a group). Everything about a command itself goes to the shared [`super::Ledger`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
 
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use peroxo_client::WebSocket;
-use peroxo_protocol::{ErrorCode, MessageView, ServerFrame};
+use peroxo_protocol::{ErrorCode, MessageView, ReqId, ServerFrame};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_util::sync::CancellationToken;
 
-use super::ledger::Ledger;
-use super::plan::{self, Plan};
+use super::{Plan, Reply, Shared, Stop, names};
 use crate::client::CLOSE_TIMEOUT;
 use crate::report::Tally;
 
 /// The most frames written before one flush.
 const MAX_BATCH: usize = 64;
 
-/// What every connection task of a run shares.
-pub(super) struct Shared {
-    pub(super) plan: Plan,
-    pub(super) ledger: Ledger,
-    /// When message 0 is due; message `i` is due at `start + plan.due(i)`.
-    pub(super) start: Instant,
-    pub(super) text_bytes: usize,
-}
-
-impl Shared {
-    /// How late, after it was due, something about message `i` happened now.
-    fn latency(&self, i: u32) -> std::time::Duration {
-        Instant::now().saturating_duration_since(self.start + self.plan.due(i))
-    }
-}
-
-/// How the run tells connection tasks to finish.
-#[derive(Clone)]
-pub(super) struct Stop {
-    /// Send the close frame (writers), and expect the server's close (readers).
-    pub(super) close: CancellationToken,
-    /// Give up waiting for the server's close (readers).
-    pub(super) abandon: CancellationToken,
-}
-
-/// Sends the messages queued in `outbox` until `stop.close`, then closes the connection.
+/// Sends the commands queued in `outbox` until `stop.close`, then closes the connection.
 /// Returns why writing failed, if it did.
-pub(super) async fn write(
+pub(super) async fn write<P: Plan>(
     mut sink: SplitSink<WebSocket, Message>,
     mut outbox: mpsc::UnboundedReceiver<u32>,
-    shared: Arc<Shared>,
+    shared: Arc<Shared<P>>,
     stop: Stop,
 ) -> Option<String> {
     let mut batch = Vec::with_capacity(MAX_BATCH);
@@ -93,22 +64,22 @@ pub(super) async fn write(
     }
 }
 
-/// Writes the `send` frames of `batch` and flushes them once.
-async fn send_batch(
+/// Writes the commands of `batch` and flushes them once.
+async fn send_batch<P: Plan>(
     sink: &mut SplitSink<WebSocket, Message>,
     batch: &[u32],
-    shared: &Shared,
+    shared: &Shared<P>,
 ) -> Result<(), tokio_tungstenite::tungstenite::Error> {
     for &i in batch {
-        let send = shared.plan.send(i, shared.text_bytes);
+        let command = shared.plan.command(i, shared.text_bytes);
         shared.ledger.mark_sent(i);
-        sink.feed(Message::text(send.encode())).await?;
+        sink.feed(Message::text(command.encode())).await?;
     }
     sink.flush().await
 }
 
-/// After a write failure: refuses further messages and counts the queued ones as abandoned.
-fn abandon_outbox(outbox: &mut mpsc::UnboundedReceiver<u32>, shared: &Shared) {
+/// After a write failure: refuses further commands and counts the queued ones as abandoned.
+fn abandon_outbox<P>(outbox: &mut mpsc::UnboundedReceiver<u32>, shared: &Shared<P>) {
     outbox.close();
     let mut abandoned = 0;
     while outbox.try_recv().is_ok() {
@@ -123,43 +94,50 @@ fn abandon_outbox(outbox: &mut mpsc::UnboundedReceiver<u32>, shared: &Shared) {
 
 /// What one user's reader found.
 #[derive(Debug, Default)]
-pub(super) struct PeerReport {
+pub(crate) struct PeerReport {
     /// The user's number.
-    pub(super) user: u32,
-    /// The seqs of the user's acks and received messages, in arrival order.
-    pub(super) seqs: Vec<u64>,
-    /// Messages that arrived after a later message of the same sender.
-    pub(super) out_of_order: u64,
-    /// Acks for another user's sends, messages for someone else or from an unexpected
-    /// sender, and frames naming messages this run never planned.
-    pub(super) misrouted: u64,
+    pub(crate) user: u32,
+    /// The seqs of the user's acks and of the messages and events it received (those seen
+    /// before the traffic first), in arrival order.
+    pub(crate) seqs: Vec<u64>,
+    /// The user's last seq as storage stated it after the run (0 when unknown): the seqs
+    /// received live must reach it.
+    pub(crate) announced: u64,
+    /// Messages that arrived after a later message of the same sequence (sender, group).
+    pub(crate) out_of_order: u64,
+    /// Acks for another user's commands, messages for someone else or from an unexpected
+    /// sender, replies that did not say what the plan expects, stream events (the traffic
+    /// makes none), and frames naming commands this run never planned.
+    pub(crate) misrouted: u64,
     /// Acks flagged `duplicate` (this run never resends).
-    pub(super) duplicate_acks: u64,
+    pub(crate) duplicate_acks: u64,
     /// Frames that could not be decoded.
-    pub(super) undecodable: u64,
-    /// `error` frames that named no message, by code.
-    pub(super) errors_without_id: Tally,
-    pub(super) sync_hints: u64,
+    pub(crate) undecodable: u64,
+    /// `error` frames that named no command, by code.
+    pub(crate) errors_without_id: Tally,
+    pub(crate) sync_hints: u64,
     /// How the server ended the connection, when it did so before the run asked to close.
-    pub(super) closed_by_server: Option<String>,
+    pub(crate) closed_by_server: Option<String>,
     /// Whether the server answered the run's close frame with its own.
-    pub(super) close_answered: bool,
+    pub(crate) close_answered: bool,
 }
 
-/// Reads `me`'s frames until the connection ends (or `stop.abandon`).
-pub(super) async fn read(
+/// Reads `me`'s frames until the connection ends (or `stop.abandon`). `seen` are the seqs
+/// the user saw before the traffic.
+pub(super) async fn read<P: Plan>(
     mut stream: SplitStream<WebSocket>,
     me: u32,
-    shared: Arc<Shared>,
+    seen: Vec<u64>,
+    shared: Arc<Shared<P>>,
     stop: Stop,
 ) -> PeerReport {
     let mut reader = Reader {
         me,
-        me_name: plan::user_name(me),
         shared,
-        last_from: HashMap::new(),
+        last_in: HashMap::new(),
         report: PeerReport {
             user: me,
+            seqs: seen,
             ..PeerReport::default()
         },
     };
@@ -194,16 +172,15 @@ pub(super) async fn read(
 }
 
 /// The state of one user's reader.
-struct Reader {
+struct Reader<P> {
     me: u32,
-    me_name: String,
-    shared: Arc<Shared>,
-    /// The index of the latest message received from each sender.
-    last_from: HashMap<u32, u32>,
+    shared: Arc<Shared<P>>,
+    /// The position of the latest message received in each sequence of the plan.
+    last_in: HashMap<u32, u64>,
     report: PeerReport,
 }
 
-impl Reader {
+impl<P: Plan> Reader<P> {
     fn on_text(&mut self, text: &str) {
         match ServerFrame::decode(text) {
             Ok(ServerFrame::Ack {
@@ -213,14 +190,24 @@ impl Reader {
                 ..
             }) => self.on_ack(&client_msg_id, seq, duplicate),
             Ok(ServerFrame::Message(message)) => self.on_message(&message),
+            Ok(ServerFrame::Event(event)) => {
+                self.report.seqs.push(event.seq);
+                self.report.misrouted += 1;
+            }
             Ok(ServerFrame::Error {
                 code,
                 client_msg_id,
+                req_id,
                 ..
-            }) => self.on_error(code, client_msg_id.as_deref()),
+            }) => {
+                let id = client_msg_id.as_deref().or(match req_id.as_deref() {
+                    Some(ReqId::Text(text)) => Some(text.as_str()),
+                    _ => None,
+                });
+                self.on_error(code, id);
+            }
             Ok(ServerFrame::SyncHint { .. }) => self.report.sync_hints += 1,
-            // Frames of features this run does not use (presence, pong, ...).
-            Ok(_) => {}
+            Ok(other) => self.on_reply(&other),
             Err(_) => self.report.undecodable += 1,
         }
     }
@@ -231,7 +218,7 @@ impl Reader {
         if duplicate {
             self.report.duplicate_acks += 1;
         }
-        match plan::index_of_client_msg_id(client_msg_id) {
+        match names::index_of_id(client_msg_id) {
             Some(i) if self.shared.ledger.contains(i) && self.shared.plan.sender(i) == self.me => {
                 self.shared.ledger.record_ack(i, self.shared.latency(i));
             }
@@ -239,38 +226,51 @@ impl Reader {
         }
     }
 
-    /// A message delivered to us: its seq is ours; it must come from its planned sender, and
-    /// after that sender's earlier messages.
+    /// A message delivered to us: its seq is ours; the plan must have it reach us, and after
+    /// the earlier messages of its sequence.
     fn on_message(&mut self, message: &MessageView<'_>) {
         self.report.seqs.push(message.seq);
-        let plan = &self.shared.plan;
-        let index = plan::index_of_text(&message.text);
-        let Some(i) = index.filter(|i| self.shared.ledger.contains(*i)) else {
+        let route = self.shared.plan.route(self.me, message);
+        let Some(route) = route.filter(|r| self.shared.ledger.contains(r.index)) else {
             self.report.misrouted += 1;
             return;
         };
-        let sender = plan.sender(i);
-        if plan.recipient(i) != self.me
-            || message.to != self.me_name
-            || plan::user_number(&message.from) != Some(sender)
-        {
-            self.report.misrouted += 1;
-            return;
-        }
+        let i = route.index;
         self.shared
             .ledger
-            .record_delivery(i, self.shared.latency(i));
-        let last = self.last_from.entry(sender).or_insert(i);
-        if i < *last {
+            .record_delivery(i, route.row, self.shared.latency(i));
+        let last = self.last_in.entry(route.sequence).or_insert(route.position);
+        if route.position < *last {
             self.report.out_of_order += 1;
         } else {
-            *last = i;
+            *last = route.position;
         }
     }
 
-    /// A refused command: counted against its message when it names one.
-    fn on_error(&mut self, code: ErrorCode, client_msg_id: Option<&str>) {
-        match client_msg_id.and_then(plan::index_of_client_msg_id) {
+    /// A reply that is not an ack: the plan says which command it answers, if any.
+    fn on_reply(&mut self, frame: &ServerFrame<'_>) {
+        let answered = match self.shared.plan.reply(frame) {
+            Reply::Answers(i) => i,
+            Reply::Wrong(i) => {
+                self.report.misrouted += 1;
+                i
+            }
+            // Frames of features this run does not use (presence, pong, ...).
+            Reply::Unplanned => return,
+        };
+        if self.shared.ledger.contains(answered) && self.shared.plan.sender(answered) == self.me {
+            self.shared
+                .ledger
+                .record_ack(answered, self.shared.latency(answered));
+        } else {
+            self.report.misrouted += 1;
+        }
+    }
+
+    /// A refused command: counted against it when the error names it (by `client_msg_id`, or
+    /// by a `req_id` the plan gave it).
+    fn on_error(&mut self, code: ErrorCode, id: Option<&str>) {
+        match id.and_then(names::index_of_id) {
             Some(i) if self.shared.ledger.contains(i) => self.shared.ledger.record_error(i, code),
             _ => self.report.errors_without_id.add(code.as_str(), 1),
         }

@@ -1,0 +1,293 @@
+//! The invariants of protocol 2's traffic: every member of a group holds every acked group
+//! message exactly once, all members hold a group's messages in one order, and every user's
+//! conversation list (read markers, unread counts, previews, total unread) is what the user's
+//! stream implies, by `peroxo_bench::contract`'s [`ConversationLedger`].
+
+use std::collections::{BTreeMap, HashMap};
+
+use peroxo_bench::contract::{ConversationLedger, ConversationState, MessageFate, StreamItem};
+
+use super::{Check, Evidence, holdings};
+use crate::user::{ConversationList, Entry, UserReport};
+
+/// Every acked group message is in the stream of every member of its group (the sender's
+/// included, from its ack) exactly once, and in no one else's.
+pub(super) fn groups_complete(evidence: &Evidence<'_>) -> Check {
+    let held = holdings(evidence.reports);
+    let members: HashMap<&str, _> = evidence
+        .groups
+        .iter()
+        .map(|g| (g.id.as_str(), &g.members))
+        .collect();
+    let mut failures = Vec::new();
+    let mut acked = 0;
+    for report in evidence.reports {
+        for send in &report.sends {
+            let (Some((message_id, _)), Some(group)) = (&send.ack, members.get(send.to.as_str()))
+            else {
+                continue;
+            };
+            acked += 1;
+            for member in group.iter() {
+                let deliveries = held
+                    .get(&(member.as_str(), message_id.as_str()))
+                    .copied()
+                    .unwrap_or(0);
+                let fate = MessageFate {
+                    sent: true,
+                    acks: 1,
+                    deliveries,
+                    refused: false,
+                };
+                let breaches = fate.breaches();
+                if breaches.lost {
+                    failures.push(format!(
+                        "{}/{} acked as message {message_id} of {}, never reached member {member}",
+                        report.user, send.client_msg_id, send.to
+                    ));
+                }
+                if breaches.duplicated {
+                    failures.push(format!(
+                        "member {member} holds message {message_id} of {} {deliveries} times",
+                        send.to
+                    ));
+                }
+            }
+        }
+    }
+    for report in evidence.reports {
+        for entry in report.stream.values() {
+            if let Entry::Message {
+                message_id,
+                conversation_id,
+                ..
+            } = entry
+                && let Some(group) = members.get(conversation_id.as_str())
+                && !group.contains(&report.user)
+            {
+                failures.push(format!(
+                    "{} holds message {message_id} of {conversation_id}, which it is not in",
+                    report.user
+                ));
+            }
+        }
+    }
+    Check {
+        name: "groups-complete",
+        failures,
+        remark: format!(" ({} groups, {acked} acked)", evidence.groups.len()),
+    }
+}
+
+/// Every member of a group holds the group's messages in one order, which is commit order
+/// (ascending message ids).
+pub(super) fn groups_agree(evidence: &Evidence<'_>) -> Check {
+    let mut failures = Vec::new();
+    for group in evidence.groups {
+        let mut first: Option<(&str, Vec<i64>)> = None;
+        for report in evidence
+            .reports
+            .iter()
+            .filter(|r| group.members.contains(&r.user))
+        {
+            let order = group_order(report, &group.id);
+            if let Some(at) = order.windows(2).position(|w| w[0] >= w[1]) {
+                failures.push(format!(
+                    "{} holds message {} of {} after message {}",
+                    report.user,
+                    order[at + 1],
+                    group.id,
+                    order[at]
+                ));
+            }
+            match &first {
+                None => first = Some((&report.user, order)),
+                Some((other, expected)) if *expected != order => {
+                    let at = expected
+                        .iter()
+                        .zip(&order)
+                        .position(|(a, b)| a != b)
+                        .unwrap_or(expected.len().min(order.len()));
+                    failures.push(format!(
+                        "{} and {other} differ on {} at its message #{at}: {:?} against {:?} \
+                         ({} and {} messages)",
+                        report.user,
+                        group.id,
+                        order.get(at),
+                        expected.get(at),
+                        order.len(),
+                        expected.len()
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    Check {
+        name: "groups-agree",
+        failures,
+        remark: String::new(),
+    }
+}
+
+/// The ids of the messages of `group` in the user's stream, in seq order.
+fn group_order(report: &UserReport, group: &str) -> Vec<i64> {
+    report
+        .stream
+        .values()
+        .filter_map(|entry| match entry {
+            Entry::Message {
+                message_id,
+                conversation_id,
+                ..
+            } if conversation_id == group => Some(message_id.parse().unwrap_or(-1)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Every user's conversation list, read after the final sync, is what the user's stream
+/// implies: the same conversations, each with its read marker, unread count and newest
+/// message (at the user's seq of it), and the total unread count is their sum; and every
+/// `read_marker` event states the unread count the stream before it implies.
+pub(super) fn lists_match_streams(evidence: &Evidence<'_>) -> Check {
+    let mut failures = Vec::new();
+    let (mut listed, mut unread) = (0, 0);
+    for report in evidence.reports {
+        let ledger = ledger_of(report);
+        failures.extend(
+            ledger
+                .marker_mismatches()
+                .iter()
+                .map(|m| format!("{}: {m}", report.user)),
+        );
+        let Some(list) = &report.conversations else {
+            failures.push(format!("{} never read its conversation list", report.user));
+            continue;
+        };
+        listed += list.conversations.len();
+        unread += list.total_unread;
+        compare(report, &ledger, list, &mut failures);
+    }
+    Check {
+        name: "conversations-match",
+        failures,
+        remark: format!(" ({listed} listed, {unread} unread)"),
+    }
+}
+
+/// The conversation state the user's stream implies.
+fn ledger_of(report: &UserReport) -> ConversationLedger {
+    let mut ledger = ConversationLedger::default();
+    let id = |id: &str| id.parse::<u64>().unwrap_or(0);
+    for entry in report.stream.values() {
+        let item = match entry {
+            Entry::Message {
+                message_id,
+                conversation_id,
+                from,
+                ..
+            } => StreamItem::Message {
+                conversation: conversation_id,
+                message_id: id(message_id),
+                own: *from == report.user,
+            },
+            Entry::Event {
+                kind,
+                conversation_id,
+                user,
+                users,
+                message_id,
+                unread_count,
+                ..
+            } => match kind.as_str() {
+                "read_marker" => StreamItem::ReadMarker {
+                    conversation: conversation_id,
+                    message_id: message_id.as_deref().map_or(0, id),
+                    unread_count: unread_count.unwrap_or(u64::MAX),
+                },
+                "group_created" => StreamItem::Joined {
+                    conversation: conversation_id,
+                },
+                "members_added" if users.contains(&report.user) => StreamItem::Joined {
+                    conversation: conversation_id,
+                },
+                "member_left" if user.as_deref() == Some(report.user.as_str()) => {
+                    StreamItem::Left {
+                        conversation: conversation_id,
+                    }
+                }
+                _ => continue,
+            },
+        };
+        ledger.apply(item);
+    }
+    ledger
+}
+
+/// Compares the listed conversations with the ledger's.
+fn compare(
+    report: &UserReport,
+    ledger: &ConversationLedger,
+    list: &ConversationList,
+    failures: &mut Vec<String>,
+) {
+    let user = &report.user;
+    let seq_of: HashMap<&str, u64> = report
+        .stream
+        .iter()
+        .filter_map(|(seq, entry)| match entry {
+            Entry::Message { message_id, .. } => Some((message_id.as_str(), *seq)),
+            Entry::Event { .. } => None,
+        })
+        .collect();
+    let expected = ledger.states();
+    let mut seen: BTreeMap<&str, u32> = BTreeMap::new();
+    for listed in &list.conversations {
+        let id = listed.conversation_id.as_str();
+        *seen.entry(id).or_default() += 1;
+        let Some(state) = expected.get(id) else {
+            failures.push(format!("{user} lists {id}, which its stream does not have"));
+            continue;
+        };
+        let shown = ConversationState {
+            read_marker: listed.read_marker.parse().unwrap_or(u64::MAX),
+            unread_count: listed.unread_count,
+            last_message: listed
+                .last_message
+                .as_ref()
+                .map(|(m, _)| m.parse().unwrap_or(u64::MAX)),
+        };
+        if shown != *state {
+            failures.push(format!(
+                "{user}: {id} listed as {shown:?}, its stream implies {state:?}"
+            ));
+        }
+        if let Some((message_id, seq)) = &listed.last_message
+            && seq_of.get(message_id.as_str()) != Some(seq)
+        {
+            failures.push(format!(
+                "{user}: {id}'s preview, message {message_id}, has seq {seq}; the stream has it at {:?}",
+                seq_of.get(message_id.as_str())
+            ));
+        }
+    }
+    for (id, times) in &seen {
+        if *times > 1 {
+            failures.push(format!("{user} lists {id} {times} times"));
+        }
+    }
+    for id in expected.keys() {
+        if !seen.contains_key(id) {
+            failures.push(format!("{user}'s list lacks {id}, which its stream has"));
+        }
+    }
+    let listed_sum: u64 = list.conversations.iter().map(|c| c.unread_count).sum();
+    if list.total_unread != listed_sum || list.total_unread != ledger.total_unread() {
+        failures.push(format!(
+            "{user}: total_unread {}, the listed counts sum to {listed_sum}, the stream implies {}",
+            list.total_unread,
+            ledger.total_unread()
+        ));
+    }
+}
