@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# A short `peroxo bench dm` run for CI: a few seconds at a small rate against a fresh node.
-# It checks the delivery contract only (every acked message delivered exactly once, in order,
-# gapless seqs) and never fails on timings: the machine running CI is shared and noisy.
+# Short `peroxo bench dm` and `peroxo bench group` runs for CI: a few seconds each at a small
+# rate against one fresh node (each run takes a fresh tenant). They check the delivery contract
+# only (every acked message delivered exactly once to each recipient, in order, gapless seqs;
+# for groups also every member's stream read back with sync) and never fail on timings: the
+# machine running CI is shared and noisy.
 #
 #   bench/ci.sh [path/to/peroxo]     (default: target/debug/peroxo)
 set -euo pipefail
@@ -22,3 +24,5 @@ done
 curl -fsS "http://127.0.0.1:$port/healthz" >/dev/null
 "$bin" bench dm --url "ws://127.0.0.1:$port/ws" --users 40 --rate 400 \
   --duration 4s --warmup 1s --drain 10s --text-bytes 64
+"$bin" bench group --url "ws://127.0.0.1:$port/ws" --users 40 --groups 8 --members 10 \
+  --rate 200 --duration 3s --warmup 1s --drain 10s --text-bytes 64

@@ -3,8 +3,14 @@
 // It starts its own PerOXO server (`peroxo serve --dev` on free ports, with a fresh SQLite
 // database), opens the page as alice and bob in two separate browser contexts, and drives it as
 // people would: sign in, add each other, watch presence, type, exchange messages, reload, scroll
-// back through history, survive a server restart, close a tab. A second, shorter scenario runs a
-// server in JWT mode: sign in with a token, and be sent back to sign-in when it expires.
+// back through history, survive a server restart, close a tab. A second scenario, on a server of
+// its own, has alice, bob and carol in three contexts and alice again in a fourth (a second
+// device): a group with sender names, previews and unread badges, who is typing, members added,
+// removed, promoted and leaving, read ticks in a direct conversation, read state moving on the
+// other device, "mark unread", a reload that keeps the list while the server is out of reach
+// (and a sync that brings what happened meanwhile), and a new browser that reads the list from
+// the server. A third, shorter scenario runs a server in JWT mode: sign in with a token, and be
+// sent back to sign-in when it expires.
 //
 // Run: ./run.sh (or `node --test chat.test.mjs` once `npm ci` has run and the server is built).
 // Env: PEROXO_BIN (server binary; default ../../target/debug/peroxo, relative paths are taken
@@ -167,6 +173,8 @@ const sel = {
   contact: (user, presence) =>
     `[data-testid="contact"][data-user="${user}"]${presence ? `[data-presence="${presence}"]` : ''}`,
   message: (state) => `#messages [data-testid="message"]${state ? `[data-state="${state}"]` : ''}`,
+  group: (title) => `[data-testid="group"][data-title="${title}"]`,
+  member: (user, role) => `[data-testid="member"][data-user="${user}"]${role ? `[data-role="${role}"]` : ''}`,
 };
 
 /** Waits until `selector` (optionally containing `text`) is visible on `page`. */
@@ -202,6 +210,27 @@ async function openConversation(page, id) {
 async function typeAndSend(page, text) {
   await page.locator('#composer-input').fill(text);
   await page.locator('#composer-input').press('Enter');
+}
+
+async function createGroup(page, title, members) {
+  await page.locator('[data-testid="new-group"]').click();
+  await page.locator('#group-title').fill(title);
+  await page.locator('#group-members').fill(members);
+  await page.locator('#group-create').click();
+}
+
+async function openGroup(page, title) {
+  await page.locator(`${sel.group(title)} [data-testid="open-conversation"]`).click();
+  await expectVisible(page, '[data-testid="peer-name"]', { text: title });
+}
+
+/** The conversation ids of the list, top first. */
+async function listOrder(page) {
+  return page.locator('#contacts > li').evaluateAll((nodes) => nodes.map((node) => node.dataset.conversationId));
+}
+
+async function groupId(page, title) {
+  return page.locator(sel.group(title)).getAttribute('data-conversation-id');
 }
 
 /** Waits until the sender's message `text` is stored (acked) and shows ✓. */
@@ -241,6 +270,17 @@ async function refuseSendsOnce(context, refusals, sends) {
       }
       server.send(data);
     });
+  });
+}
+
+/**
+ * Lets the page's WebSocket through to the server while `gate.open`, and otherwise closes it at
+ * once with 1013, as a server that cannot take the connection would.
+ */
+async function gateWebSocket(context, gate) {
+  await context.routeWebSocket(/\/ws\?/, (ws) => {
+    if (gate.open) ws.connectToServer();
+    else ws.close({ code: 1013, reason: 'closed by the test' });
   });
 }
 
@@ -440,6 +480,265 @@ describe('PerOXO chat page', () => {
     await expectVisible(alice, sel.contact('bob', 'offline'));
     await expectVisible(alice, '[data-testid="peer-presence"]', { text: 'Offline' });
     await screenshot(alice, '09-bob-offline');
+  });
+
+  step('no page threw an uncaught error', async () => {
+    assert.deepEqual(pageErrors, []);
+  });
+});
+
+/* ------------------------------------------------------------------------------------------
+ * Conversations (protocol 2): alice, bob and carol in a group, alice's direct conversation with
+ * bob, and alice's second device. Steps share the browser and the server and run in order.
+ * ---------------------------------------------------------------------------------------- */
+
+const TEAM = 'Team';
+const TO_THE_TEAM = 'Hello team, welcome!';
+const BOB_TO_THE_TEAM = 'Hi all, bob here';
+const ARE_YOU_THERE = 'Are you there, Bob?';
+const PING = 'Ping from bob';
+const AFTER_RELOAD = 'Sent after the reload';
+const TEAM_RENAMED = 'Team B';
+const FROM_THE_PHONE = 'Hello from my phone';
+
+describe('PerOXO chat page: groups, the conversation list and read state', () => {
+  const { step, isBroken } = scenario();
+  const pages = {};
+  const pageErrors = [];
+  // The WebSocket of alice's second device goes through while this is open (see gateWebSocket).
+  const phoneGate = { open: true };
+  let dir;
+  let serverLog;
+  let server;
+  let baseUrl;
+  let browser;
+
+  before(async () => {
+    await mkdir(ARTIFACTS, { recursive: true });
+    dir = await mkdtemp(path.join(tmpdir(), 'peroxo-browser-groups-'));
+    serverLog = createWriteStream(path.join(ARTIFACTS, 'server-groups.log'));
+    server = await startServer(dir, serverLog);
+    baseUrl = `http://${server.addr}/`;
+    browser = await launchBrowser();
+  });
+
+  after(async () => {
+    if (isBroken()) {
+      for (const [name, page] of Object.entries(pages)) {
+        if (!page.isClosed()) await screenshot(page, `failure-groups-${name}`).catch(() => {});
+      }
+    }
+    await browser?.close().catch(() => {});
+    await stopServer(server?.child);
+    serverLog?.end();
+    if (dir) await rm(dir, { recursive: true, force: true });
+  });
+
+  step('alice, bob and carol sign in, and alice on a second device', async () => {
+    for (const name of ['alice', 'bob', 'carol']) {
+      pages[name] = await openPage(browser, `groups-${name}`, pageErrors);
+      await signIn(pages[name], baseUrl, name);
+    }
+    pages.phone = await openPage(browser, 'groups-alice-phone', pageErrors, (context) => gateWebSocket(context, phoneGate));
+    await signIn(pages.phone, baseUrl, 'alice');
+  });
+
+  step('alice creates a group with bob and carol, and it reaches every list', async () => {
+    const { alice, bob, carol, phone } = pages;
+    await createGroup(alice, TEAM, 'bob, carol');
+    await expectVisible(alice, '[data-testid="peer-name"]', { text: TEAM });
+    await expectVisible(alice, '[data-testid="peer-presence"]', { text: '3 members' });
+    for (const page of [alice, bob, carol, phone]) {
+      await expectVisible(page, sel.group(TEAM));
+      await expectVisible(page, `${sel.group(TEAM)} [data-testid="preview"]`, { text: '3 members' });
+    }
+    await screenshot(alice, '12-group-created');
+  });
+
+  step('group messages reach the list as previews and unread badges, and show their senders', async () => {
+    const { alice, bob, carol } = pages;
+    await typeAndSend(alice, TO_THE_TEAM);
+    await expectStored(alice, TO_THE_TEAM);
+    for (const page of [bob, carol]) {
+      await expectVisible(page, `${sel.group(TEAM)}[data-unread="1"]`);
+      await expectVisible(page, `${sel.group(TEAM)} [data-testid="preview"]`, { text: `alice: ${TO_THE_TEAM}` });
+      await expectVisible(page, '[data-testid="total-unread"]', { text: '1' });
+      assert.equal(await page.title(), '(1) PerOXO');
+    }
+    await screenshot(carol, '13-group-unread');
+
+    await openGroup(bob, TEAM);
+    await expectVisible(bob, `${sel.message('received')}[data-from="alice"] [data-testid="sender"]`, { text: 'alice' });
+    await expectVisible(bob, `${sel.group(TEAM)}[data-unread="0"]`);
+    await typeAndSend(bob, BOB_TO_THE_TEAM);
+    await expectStored(bob, BOB_TO_THE_TEAM);
+    await expectVisible(alice, `${sel.message('received')}[data-from="bob"]`, { text: BOB_TO_THE_TEAM });
+    await expectVisible(alice, `${sel.group(TEAM)} [data-testid="preview"]`, { text: `bob: ${BOB_TO_THE_TEAM}` });
+    // alice has the group open: what arrives there is read at once.
+    await expectVisible(alice, `${sel.group(TEAM)}[data-unread="0"]`);
+
+    await expectVisible(carol, `${sel.group(TEAM)}[data-unread="2"]`);
+    assert.equal(await carol.title(), '(2) PerOXO');
+    await openGroup(carol, TEAM);
+    await expectVisible(carol, sel.message('received'), { text: BOB_TO_THE_TEAM });
+    assert.deepEqual(await shownTexts(carol), [TO_THE_TEAM, BOB_TO_THE_TEAM]);
+    assert.deepEqual(await carol.locator(`${sel.message()} [data-testid="sender"]`).allTextContents(), ['alice', 'bob']);
+    await expectVisible(carol, `${sel.group(TEAM)}[data-unread="0"]`);
+    await carol.waitForFunction(() => document.title === 'PerOXO', null, { timeout: WAIT_MS });
+    await screenshot(carol, '14-group-conversation');
+  });
+
+  step('typing in the group shows who is typing', async () => {
+    const { alice, carol } = pages;
+    await carol.locator('#composer-input').fill('Let me think');
+    await expectVisible(alice, '[data-testid="typing"]', { text: 'carol is typing' });
+    await expectVisible(alice, `${sel.group(TEAM)} [data-testid="preview"]`, { text: 'carol is typing' });
+    await carol.locator('#composer-input').fill('');
+  });
+
+  step('the members panel shows roles, and the owner adds, removes and promotes members', async () => {
+    const { alice, bob } = pages;
+    await alice.locator('[data-testid="toggle-members"]').click();
+    await expectVisible(alice, sel.member('alice', 'owner'));
+    await expectVisible(alice, sel.member('bob', 'member'));
+    await expectVisible(alice, sel.member('carol', 'member'));
+
+    await alice.locator('#add-members-input').fill('dave');
+    await alice.locator('[data-testid="add-members"]').click();
+    await expectVisible(alice, sel.member('dave', 'member'));
+    await expectVisible(bob, '[data-testid="peer-presence"]', { text: '4 members' });
+    await screenshot(alice, '15-members-panel');
+
+    await alice.locator(`${sel.member('dave')} [data-testid="remove-member"]`).click();
+    await alice.locator(sel.member('dave')).waitFor({ state: 'detached', timeout: WAIT_MS });
+    await expectVisible(bob, '[data-testid="peer-presence"]', { text: '3 members' });
+
+    await alice.locator(`${sel.member('bob')} [data-testid="set-role"]`).click();
+    await expectVisible(alice, sel.member('bob', 'admin'));
+    await expectVisible(bob, '[data-testid="peer-presence"]', { text: 'you are an admin' });
+  });
+
+  step('a member who leaves loses the group, and the others see the member gone', async () => {
+    const { alice, bob, carol } = pages;
+    await carol.locator('[data-testid="toggle-members"]').click();
+    await expectVisible(carol, sel.member('alice', 'owner'));
+    await carol.locator('[data-testid="leave-group"]').click();
+    await carol.locator(sel.group(TEAM)).waitFor({ state: 'detached', timeout: WAIT_MS });
+    await expectVisible(carol, '#conv-empty');
+    await alice.locator(sel.member('carol')).waitFor({ state: 'detached', timeout: WAIT_MS });
+    await expectVisible(alice, '[data-testid="peer-presence"]', { text: '2 members' });
+    await expectVisible(bob, '[data-testid="peer-presence"]', { text: '2 members' });
+  });
+
+  step('a direct message shows a read tick once the peer has read it', async () => {
+    const { alice, bob } = pages;
+    await addContact(alice, 'bob');
+    await typeAndSend(alice, ARE_YOU_THERE);
+    await expectStored(alice, ARE_YOU_THERE);
+    const sent = alice.locator(sel.message('stored'), { hasText: ARE_YOU_THERE });
+    assert.equal(await sent.getAttribute('data-read'), 'false');
+    assert.equal(await sent.locator('[data-testid="read-tick"]').count(), 0);
+
+    // bob, in the group, gets the direct conversation on top of his list, unread.
+    await expectVisible(bob, `${sel.contact('alice')}[data-unread="1"]`);
+    await expectVisible(bob, `${sel.contact('alice')} [data-testid="preview"]`, { text: ARE_YOU_THERE });
+    assert.deepEqual(await listOrder(bob), ['alice:bob', await groupId(bob, TEAM)]);
+
+    await openConversation(bob, 'alice');
+    await expectVisible(alice, `${sel.message('stored')}[data-read="true"] [data-testid="read-tick"]`);
+    await screenshot(alice, '16-read-tick');
+  });
+
+  step('a second device of the same user sees the read state move', async () => {
+    const { alice, bob, phone } = pages;
+    await openGroup(alice, TEAM);
+    await typeAndSend(bob, PING);
+    for (const page of [alice, phone]) {
+      await expectVisible(page, `${sel.contact('bob')}[data-unread="1"]`);
+      await expectVisible(page, `${sel.contact('bob')} [data-testid="preview"]`, { text: PING });
+    }
+    assert.equal(await phone.title(), '(1) PerOXO');
+    await screenshot(phone, '17-second-device-unread');
+
+    await openConversation(alice, 'bob');
+    await expectVisible(alice, sel.message('received'), { text: PING });
+    await expectVisible(phone, `${sel.contact('bob')}[data-unread="0"]`);
+    await phone.waitForFunction(() => document.title === 'PerOXO', null, { timeout: WAIT_MS });
+    assert.equal(await phone.locator('[data-testid="total-unread"]').isVisible(), false);
+  });
+
+  step('mark unread makes the conversation unread on every device', async () => {
+    const { alice, phone } = pages;
+    await alice.locator('[data-testid="mark-unread"]').click();
+    await expectVisible(alice, '#conv-empty');
+    for (const page of [alice, phone]) {
+      await expectVisible(page, `${sel.contact('bob')}[data-unread="1"]`);
+      await page.waitForFunction(() => document.title === '(1) PerOXO', null, { timeout: WAIT_MS });
+    }
+    await screenshot(alice, '18-marked-unread');
+  });
+
+  step('a reload keeps the list, its unread counts and the stream position', async () => {
+    const { alice, bob, phone } = pages;
+    const stateKey = 'peroxo:v1:user:default:alice';
+    const savedSeq = async () => (await phone.evaluate((key) => JSON.parse(localStorage.getItem(key)), stateKey)).lastSeq;
+    const before = await savedSeq();
+    assert.ok(before > 0, `saved lastSeq ${before}`);
+
+    // Reloaded while the server cannot be reached: the list comes from what the page saved.
+    phoneGate.open = false;
+    await phone.reload();
+    await expectVisible(phone, sel.conn('reconnecting'));
+    await expectVisible(phone, sel.group(TEAM));
+    await expectVisible(phone, `${sel.contact('bob')}[data-unread="1"]`);
+    await expectVisible(phone, `${sel.contact('bob')} [data-testid="preview"]`, { text: PING });
+    assert.equal(await savedSeq(), before);
+    await screenshot(phone, '19-reloaded-offline');
+
+    // Meanwhile a message and a group event enter alice's stream.
+    await typeAndSend(bob, AFTER_RELOAD);
+    await openGroup(alice, TEAM);
+    await alice.locator('[data-testid="toggle-members"]').click();
+    await alice.locator('#rename-input').fill(TEAM_RENAMED);
+    await alice.locator('#rename-submit').click();
+    await expectVisible(alice, '[data-testid="peer-name"]', { text: TEAM_RENAMED });
+    await expectVisible(bob, sel.group(TEAM_RENAMED));
+
+    // The page's next attempt (its backoff is a few seconds at most by now) gets through, and
+    // its sync brings both.
+    phoneGate.open = true;
+    await expectVisible(phone, sel.conn('online'), { timeout: RECONNECT_WAIT_MS });
+    await expectVisible(phone, `${sel.contact('bob')}[data-unread="2"]`);
+    await expectVisible(phone, `${sel.contact('bob')} [data-testid="preview"]`, { text: AFTER_RELOAD });
+    await expectVisible(phone, sel.group(TEAM_RENAMED));
+    assert.ok(await savedSeq() > before);
+
+    await openGroup(phone, TEAM_RENAMED);
+    await expectVisible(phone, sel.message('received'), { text: BOB_TO_THE_TEAM });
+    assert.deepEqual(await shownTexts(phone), [TO_THE_TEAM, BOB_TO_THE_TEAM]);
+    await expectVisible(phone, `${sel.message()}[data-from="bob"] [data-testid="sender"]`, { text: 'bob' });
+  });
+
+  step('a new browser reads the list, with its unread counts and previews, from the server', async () => {
+    const { alice, bob, phone } = pages;
+    // bob is in his conversation with alice; alice writes to the group from her phone.
+    await typeAndSend(phone, FROM_THE_PHONE);
+    await expectStored(phone, FROM_THE_PHONE);
+    await expectVisible(bob, `${sel.group(TEAM_RENAMED)}[data-unread="1"]`);
+    // Her other device shows the message as her own.
+    await expectVisible(alice, `${sel.message('stored')}[data-from="alice"]`, { text: FROM_THE_PHONE });
+    await expectVisible(alice, `${sel.group(TEAM_RENAMED)} [data-testid="preview"]`, { text: `You: ${FROM_THE_PHONE}` });
+
+    const fresh = await openPage(browser, 'groups-bob-new-browser', pageErrors);
+    pages.bobNew = fresh;
+    await signIn(fresh, baseUrl, 'bob');
+    await expectVisible(fresh, `${sel.group(TEAM_RENAMED)}[data-unread="1"]`);
+    await expectVisible(fresh, `${sel.group(TEAM_RENAMED)} [data-testid="preview"]`, { text: `alice: ${FROM_THE_PHONE}` });
+    await expectVisible(fresh, `${sel.contact('alice')}[data-unread="0"]`);
+    await expectVisible(fresh, `${sel.contact('alice')} [data-testid="preview"]`, { text: `You: ${AFTER_RELOAD}` });
+    assert.deepEqual(await listOrder(fresh), [await groupId(bob, TEAM_RENAMED), 'alice:bob']);
+    assert.equal(await fresh.title(), '(1) PerOXO');
+    await screenshot(fresh, '20-new-browser-list');
   });
 
   step('no page threw an uncaught error', async () => {

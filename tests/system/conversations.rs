@@ -93,6 +93,13 @@ async fn a_connection_asks_for_protocol_2_and_an_unknown_version_is_refused() {
         body["message"].as_str().unwrap().contains("protocol"),
         "{body}"
     );
+    let (status, info) =
+        crate::common::http_request(server.gateway.http_addr, "GET", "/api/info", "").await;
+    assert_eq!(status, 200);
+    let info: Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(info["protocol"], 1, "a client that asks for none gets 1");
+    assert_eq!(info["protocols"], json!([1, 2]));
+    assert_eq!(info["groups"]["max_members"], 1000);
 }
 
 #[tokio::test]

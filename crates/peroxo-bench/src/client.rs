@@ -1,6 +1,7 @@
-//! Opening and closing benchmark sessions: where to connect, from which source address, with
-//! which identity, and the steps every scenario shares (TCP connect, WebSocket handshake,
-//! waiting for `welcome`, closing with a close handshake).
+//! Opening benchmark sessions: where to connect, from which source address, with which
+//! identity, and how failures are counted. The connections themselves are `peroxo-client`
+//! [`Connection`]s (TCP connect, WebSocket handshake, `welcome`, close handshake); a scenario
+//! that runs its own reader and writer takes the socket with [`Connection::into_parts`].
 //!
 //! Nodes: with several `--url`s, connection `n` goes to the node of URL `n mod` their number,
 //! so consecutive connections (in `dm`, consecutive users) alternate between the nodes.
@@ -15,18 +16,10 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
-use futures_util::StreamExt;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use tokio::net::{TcpSocket, TcpStream};
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::{self, Message};
+use peroxo_client::{ConnectError, ConnectOptions, Connection, WebSocketConfig};
 
 use super::report::Tally;
-use super::wire::{self, Frame};
-
-/// A benchmark client's WebSocket.
-pub(super) type Ws = WebSocketStream<TcpStream>;
 
 /// How long a session may take from TCP connect to `welcome` (the server's own handshake
 /// timeout is 10 s by default).
@@ -46,6 +39,33 @@ enum Credentials {
     Jwt(EncodingKey),
 }
 
+/// The protocol version sessions ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Protocol {
+    /// Protocol 1: direct messages (no `protocol` parameter).
+    V1,
+    /// Protocol 2: conversations (`?protocol=2`).
+    V2,
+}
+
+impl Protocol {
+    /// The query parameter that asks for this version, with its leading `&`.
+    fn query(self) -> &'static str {
+        match self {
+            Protocol::V1 => "",
+            Protocol::V2 => "&protocol=2",
+        }
+    }
+
+    /// The version `welcome.protocol` names.
+    pub(super) fn number(self) -> u32 {
+        match self {
+            Protocol::V1 => 1,
+            Protocol::V2 => 2,
+        }
+    }
+}
+
 /// How large the client's WebSocket buffers are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Buffers {
@@ -59,7 +79,7 @@ pub(super) enum Buffers {
 struct Node {
     /// The WebSocket URL without query string.
     url: String,
-    /// The node's resolved address.
+    /// The node's address, resolved once at the start to check the options against it.
     address: SocketAddr,
 }
 
@@ -71,7 +91,9 @@ pub(super) struct Endpoint {
     credentials: Credentials,
     /// Local addresses to bind to in turn; empty to let the kernel choose.
     sources: Vec<IpAddr>,
-    config: WebSocketConfig,
+    /// The WebSocket's buffer sizes (see [`Buffers`]).
+    websocket: WebSocketConfig,
+    protocol: Protocol,
 }
 
 impl Endpoint {
@@ -95,7 +117,7 @@ impl Endpoint {
             Some(secret) => Credentials::Jwt(EncodingKey::from_secret(secret.as_bytes())),
             None => Credentials::Dev,
         };
-        let config = match buffers {
+        let websocket = match buffers {
             Buffers::Lean => WebSocketConfig::default()
                 .read_buffer_size(4_096)
                 .write_buffer_size(0),
@@ -106,8 +128,14 @@ impl Endpoint {
             tenant,
             credentials,
             sources,
-            config,
+            websocket,
+            protocol: Protocol::V1,
         })
+    }
+
+    /// The same endpoint, with sessions asking for `protocol`.
+    pub(super) fn speaking(self, protocol: Protocol) -> Self {
+        Self { protocol, ..self }
     }
 
     /// The tenant every session of this run belongs to.
@@ -121,61 +149,42 @@ impl Endpoint {
     }
 
     /// Opens connection number `n` as `user` and waits for `welcome`.
-    pub(super) async fn open_session(&self, user: &str, n: usize) -> Result<Session, OpenError> {
+    pub(super) async fn open_session(&self, user: &str, n: usize) -> Result<Connection, OpenError> {
         let request = self.request_url(user, n)?;
-        self.open_session_at(request, n).await
+        self.open_session_at(&request, n).await
     }
 
     /// Opens connection number `n` with the upgrade URL `request` (from
     /// [`Endpoint::request_url`] for the same `n`) and waits for `welcome`, within
-    /// `OPEN_TIMEOUT`.
+    /// `OPEN_TIMEOUT`. The socket is bound to the `n`th source address in turn when there
+    /// are some.
     pub(super) async fn open_session_at(
         &self,
-        request: String,
+        request: &str,
         n: usize,
-    ) -> Result<Session, OpenError> {
-        let open = async {
-            let mut ws = self.open(request, n).await?;
-            let last_seq = wait_for_welcome(&mut ws).await?;
-            Ok(Session { ws, last_seq })
+    ) -> Result<Connection, OpenError> {
+        let options = ConnectOptions {
+            headers: Vec::new(),
+            timeout: OPEN_TIMEOUT,
+            local_address: (!self.sources.is_empty()).then(|| self.sources[n % self.sources.len()]),
+            websocket: self.websocket,
         };
-        tokio::time::timeout(OPEN_TIMEOUT, open)
-            .await
-            .unwrap_or(Err(OpenError::Timeout))
-    }
-
-    /// TCP connect and WebSocket handshake for connection number `n`.
-    async fn open(&self, request: String, n: usize) -> Result<Ws, OpenError> {
-        let stream = self.connect_tcp(n).await.map_err(OpenError::Tcp)?;
-        let (ws, _response) =
-            tokio_tungstenite::client_async_with_config(request, stream, Some(self.config))
-                .await
-                .map_err(OpenError::from_handshake)?;
-        Ok(ws)
-    }
-
-    /// Connects a TCP socket, bound to the `n`th source address in turn when there are some.
-    async fn connect_tcp(&self, n: usize) -> std::io::Result<TcpStream> {
-        let socket = TcpSocket::new_v4()?;
-        if !self.sources.is_empty() {
-            let source = self.sources[n % self.sources.len()];
-            socket.bind(SocketAddr::new(source, 0))?;
-        }
-        let stream = socket.connect(self.node(n).address).await?;
-        // Without it small frames wait for delayed ACKs (Nagle's algorithm).
-        stream.set_nodelay(true)?;
-        Ok(stream)
+        Ok(Connection::connect(request, &options).await?)
     }
 
     /// The upgrade URL of connection number `n` that identifies `user` of this run's tenant
     /// (in jwt mode it carries a freshly minted token).
     pub(super) fn request_url(&self, user: &str, n: usize) -> Result<String, OpenError> {
         let url = &self.node(n).url;
+        let protocol = self.protocol.query();
         match &self.credentials {
-            Credentials::Dev => Ok(format!("{url}?user={user}&tenant={}", self.tenant)),
+            Credentials::Dev => Ok(format!(
+                "{url}?user={user}&tenant={}{protocol}",
+                self.tenant
+            )),
             Credentials::Jwt(key) => {
                 let token = mint_token(key, user, &self.tenant).map_err(OpenError::Token)?;
-                Ok(format!("{url}?token={token}"))
+                Ok(format!("{url}?token={token}{protocol}"))
             }
         }
     }
@@ -246,100 +255,33 @@ fn mint_token(
     jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, key)
 }
 
-/// An open session that has received `welcome`.
-pub(super) struct Session {
-    pub(super) ws: Ws,
-    /// The user's seq announced in `welcome`.
-    pub(super) last_seq: u64,
-}
-
-/// Why a session could not be opened, in categories worth counting.
+/// Why a session could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub(super) enum OpenError {
-    #[error("tcp connect: {0}")]
-    Tcp(std::io::Error),
     #[error("token: {0}")]
     Token(jsonwebtoken::errors::Error),
-    #[error("upgrade refused with HTTP {0}")]
-    Refused(u16),
-    #[error("websocket handshake: {0}")]
-    Handshake(tungstenite::Error),
-    #[error("closed before welcome{}", .0.map(|c| format!(" (code {c})")).unwrap_or_default())]
-    ClosedBeforeWelcome(Option<u16>),
-    #[error("first frame is not welcome: {0}")]
-    NoWelcome(String),
-    #[error("no welcome within {OPEN_TIMEOUT:?}")]
-    Timeout,
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
 }
 
 impl OpenError {
-    fn from_handshake(error: tungstenite::Error) -> Self {
-        match error {
-            tungstenite::Error::Http(response) => OpenError::Refused(response.status().as_u16()),
-            tungstenite::Error::Io(io) => OpenError::Tcp(io),
-            other => OpenError::Handshake(other),
-        }
-    }
-
     /// A short label for counting failures of the same kind together.
     pub(super) fn label(&self) -> String {
-        match self {
-            OpenError::Tcp(e) => format!("tcp {:?}", e.kind()),
-            OpenError::Token(_) => "token".to_owned(),
-            OpenError::Refused(status) => format!("http {status}"),
-            OpenError::Handshake(_) => "handshake".to_owned(),
-            OpenError::ClosedBeforeWelcome(Some(code)) => format!("closed {code}"),
-            OpenError::ClosedBeforeWelcome(None) => "closed".to_owned(),
-            OpenError::NoWelcome(_) => "no welcome".to_owned(),
-            OpenError::Timeout => "timeout".to_owned(),
-        }
-    }
-}
-
-/// Reads until the first text frame, which must be `welcome`; returns its `last_seq`.
-async fn wait_for_welcome(ws: &mut Ws) -> Result<u64, OpenError> {
-    loop {
-        let message = match ws.next().await {
-            None => return Err(OpenError::ClosedBeforeWelcome(None)),
-            Some(Err(error)) => return Err(OpenError::from_handshake(error)),
-            Some(Ok(message)) => message,
+        let OpenError::Connect(error) = self else {
+            return "token".to_owned();
         };
-        match message {
-            Message::Text(text) => {
-                return match wire::decode(text.as_str()) {
-                    Ok(Frame::Welcome { last_seq }) => Ok(last_seq),
-                    Ok(other) => Err(OpenError::NoWelcome(format!("{other:?}"))),
-                    Err(error) => Err(OpenError::NoWelcome(error.to_string())),
-                };
-            }
-            Message::Close(frame) => {
-                return Err(OpenError::ClosedBeforeWelcome(
-                    frame.map(|f| u16::from(f.code)),
-                ));
-            }
-            // Pings are answered by the library; nothing else comes before welcome.
-            _ => {}
+        match error {
+            ConnectError::Invalid(_) => "invalid request".to_owned(),
+            ConnectError::Unresolved { .. } => "unresolved".to_owned(),
+            ConnectError::Tcp { error, .. } => format!("tcp {:?}", error.kind()),
+            ConnectError::Refused { status, .. } => format!("http {status}"),
+            ConnectError::Handshake(_) => "handshake".to_owned(),
+            ConnectError::Closed { code, .. } => format!("closed {code}"),
+            ConnectError::Lost(_) => "lost".to_owned(),
+            ConnectError::NoWelcome(_) => "no welcome".to_owned(),
+            ConnectError::Timeout(_) => "timeout".to_owned(),
         }
     }
-}
-
-/// Closes `ws` with a close handshake: sends a close frame and reads until the server's
-/// answer ends the stream. Returns whether the server answered within `CLOSE_TIMEOUT`.
-pub(super) async fn close(mut ws: Ws) -> bool {
-    let handshake = async {
-        if ws.close(None).await.is_err() {
-            return false;
-        }
-        while let Some(frame) = ws.next().await {
-            if frame.is_err() {
-                return false;
-            }
-        }
-        true
-    };
-    tokio::time::timeout(CLOSE_TIMEOUT, handshake)
-        .await
-        .unwrap_or(false)
 }
 
 /// Live counts while many sessions open, for the progress line.
@@ -357,7 +299,7 @@ pub(super) async fn open_many(
     users: Arc<[String]>,
     concurrency: usize,
     counts: &Arc<OpenCounts>,
-) -> (Vec<Option<Session>>, Tally) {
+) -> (Vec<Option<Connection>>, Tally) {
     let next = Arc::new(AtomicUsize::new(0));
     let (results_tx, mut results) = tokio::sync::mpsc::unbounded_channel();
     for _ in 0..concurrency.clamp(1, users.len().max(1)) {
@@ -386,7 +328,7 @@ pub(super) async fn open_many(
         });
     }
     drop(results_tx);
-    let mut sessions: Vec<Option<Session>> = (0..users.len()).map(|_| None).collect();
+    let mut sessions: Vec<Option<Connection>> = (0..users.len()).map(|_| None).collect();
     let mut failures = Tally::default();
     while let Some((n, result)) = results.recv().await {
         match result {
@@ -395,6 +337,42 @@ pub(super) async fn open_many(
         }
     }
     (sessions, failures)
+}
+
+/// Opens a session for each of `users` (connection `n` is `users[n]`), `concurrency` at a
+/// time; all must open, speak the endpoint's protocol, and start at seq 0 (a fresh tenant).
+pub(super) async fn open_fresh(
+    endpoint: &Arc<Endpoint>,
+    users: Arc<[String]>,
+    concurrency: usize,
+) -> anyhow::Result<Vec<Connection>> {
+    let counts = Arc::new(OpenCounts::default());
+    let (sessions, failures) = open_many(endpoint, Arc::clone(&users), concurrency, &counts).await;
+    anyhow::ensure!(
+        failures.total() == 0,
+        "{} of {} sessions failed to open: {failures}",
+        failures.total(),
+        users.len()
+    );
+    let mut connections = Vec::with_capacity(sessions.len());
+    for (session, user) in sessions.into_iter().zip(users.iter()) {
+        let session = session.ok_or_else(|| anyhow::anyhow!("{user}'s session did not open"))?;
+        let welcome = session.welcome();
+        anyhow::ensure!(
+            welcome.protocol == endpoint.protocol.number(),
+            "the node answered protocol {} to a request for protocol {}",
+            welcome.protocol,
+            endpoint.protocol.number()
+        );
+        anyhow::ensure!(
+            welcome.last_seq == 0,
+            "user {user} of tenant {} starts at seq {}, not 0: use a fresh --tenant",
+            endpoint.tenant(),
+            welcome.last_seq
+        );
+        connections.push(session);
+    }
+    Ok(connections)
 }
 
 #[cfg(test)]
@@ -439,6 +417,11 @@ mod tests {
         assert_eq!(request(1), "ws://127.0.0.1:8081/ws?user=u&tenant=t");
         assert_eq!(request(2), request(0));
         assert_eq!(endpoint.node(3).address.port(), 8081);
+        let endpoint = endpoint.speaking(Protocol::V2);
+        assert_eq!(
+            endpoint.request_url("u", 0).unwrap(),
+            "ws://127.0.0.1:8080/ws?user=u&tenant=t&protocol=2"
+        );
         assert!(
             Endpoint::resolve(&[], "t".to_owned(), None, 0, Buffers::Lean)
                 .await

@@ -15,7 +15,7 @@ use serde::Serialize;
 use tokio::task::JoinSet;
 
 use super::TargetArgs;
-use super::client::{self, Buffers, Endpoint, OpenCounts};
+use super::client::{Buffers, CLOSE_TIMEOUT, Endpoint, OpenCounts, Protocol};
 use super::histogram::{Latency, LatencySummary};
 use super::report::{self, Progress, Tally};
 
@@ -71,7 +71,7 @@ pub(super) async fn run(
     anyhow::ensure!(args.total > 0, "--total must be at least 1");
     anyhow::ensure!(args.concurrency > 0, "--concurrency must be at least 1");
     let endpoint = target
-        .endpoint(tenant, args.source_ips, Buffers::Lean)
+        .endpoint(tenant, args.source_ips, Buffers::Lean, Protocol::V1)
         .await?;
     let counts = Arc::new(OpenCounts::default());
     let progress = progress(&counts, args.total);
@@ -143,11 +143,11 @@ async fn worker(
             }
         };
         let started = Instant::now();
-        match endpoint.open_session_at(request, n).await {
+        match endpoint.open_session_at(&request, n).await {
             Ok(session) => {
                 result.latency.record(started.elapsed());
                 counts.opened.fetch_add(1, Ordering::Relaxed);
-                if !client::close(session.ws).await {
+                if !session.close(CLOSE_TIMEOUT).await {
                     result.unclean_closes += 1;
                 }
             }

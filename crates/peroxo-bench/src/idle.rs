@@ -11,14 +11,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use futures_util::StreamExt;
+use peroxo_client::{Connection, Disconnect};
 use serde::Serialize;
 use tokio::task::JoinSet;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 use super::TargetArgs;
-use super::client::{self, Buffers, OpenCounts, Ws};
+use super::client::{self, Buffers, CLOSE_TIMEOUT, OpenCounts, Protocol};
 use super::report::{self, Progress, Tally};
 use super::scrape;
 
@@ -81,7 +80,7 @@ pub(super) async fn run(target: &TargetArgs, tenant: String, args: IdleArgs) -> 
         "idle reads one node's memory (--metrics-url): give a single --url"
     );
     let endpoint = target
-        .endpoint(tenant, args.source_ips, Buffers::Lean)
+        .endpoint(tenant, args.source_ips, Buffers::Lean, Protocol::V1)
         .await?;
     let (rss_before, _) = settled_memory(&args.metrics_url, args.settle_timeout).await?;
 
@@ -97,7 +96,7 @@ pub(super) async fn run(target: &TargetArgs, tenant: String, args: IdleArgs) -> 
     let dropped = Arc::new(AtomicU64::new(0));
     let mut holders = JoinSet::new();
     for session in sessions.into_iter().flatten() {
-        holders.spawn(hold(session.ws, release.clone(), Arc::clone(&dropped)));
+        holders.spawn(hold(session, release.clone(), Arc::clone(&dropped)));
     }
     let opened = holders.len() as u64;
     eprintln!("idle: {opened} sessions open; waiting for the server's memory to settle");
@@ -166,25 +165,28 @@ enum HoldOutcome {
 }
 
 /// Keeps a session open, reading (so pings are answered), until `release`; then closes it.
-async fn hold(mut ws: Ws, release: CancellationToken, dropped: Arc<AtomicU64>) -> HoldOutcome {
-    loop {
-        let frame = tokio::select! {
+async fn hold(
+    mut session: Connection,
+    release: CancellationToken,
+    dropped: Arc<AtomicU64>,
+) -> HoldOutcome {
+    let ended = loop {
+        tokio::select! {
             () = release.cancelled() => {
-                return HoldOutcome::Released { clean: client::close(ws).await };
+                return HoldOutcome::Released { clean: session.close(CLOSE_TIMEOUT).await };
             }
-            frame = ws.next() => frame,
-        };
-        let label = match frame {
-            Some(Ok(Message::Close(frame))) => frame.map_or("no code".to_owned(), |f| {
-                format!("{} {}", u16::from(f.code), f.reason)
-            }),
-            Some(Ok(_)) => continue,
-            Some(Err(error)) => format!("error: {error}"),
-            None => "ended".to_owned(),
-        };
-        dropped.fetch_add(1, Ordering::Relaxed);
-        return HoldOutcome::Dropped(label);
-    }
+            incoming = session.recv() => match incoming {
+                // Nothing comes to an idle session but pings, answered on the way.
+                Ok(_) => {}
+                Err(ended) => break ended,
+            },
+        }
+    };
+    dropped.fetch_add(1, Ordering::Relaxed);
+    HoldOutcome::Dropped(match ended {
+        Disconnect::Closed { code, reason } => format!("{code} {reason}"),
+        other => other.to_string(),
+    })
 }
 
 /// Waits for every holder; returns the server's closes by label and the unclean closes.

@@ -9,41 +9,54 @@
 //!   (exactly once, in order per pair, gapless seqs). Exits non-zero when that check fails.
 //! - `connect`: opens and closes sessions as fast as a given concurrency allows; reports
 //!   handshakes per second and handshake latency.
+//! - `group` (protocol 2): users in groups send group messages at a fixed rate (open loop);
+//!   reports send→ack and send→delivery to a message's last member, messages and stream rows
+//!   per second, and verifies the delivery contract live and in every user's stream read back
+//!   afterwards. Exits non-zero when that check fails.
+//! - `conversations` (protocol 2): one user with many conversations requests the first page
+//!   of its conversation list at a fixed rate (open loop); reports request→reply latency.
+//!   Exits non-zero when a reply is missing or wrong.
 //!
 //! `--url` may be repeated to spread the sessions over several nodes of a cluster: connection
-//! `n` goes to the node of URL `n mod` their number (`dm` and `connect`; `idle` reads one
-//! node's memory and takes one URL).
+//! `n` goes to the node of URL `n mod` their number (`idle` reads one node's memory and takes
+//! one URL).
 //!
 //! Every run uses a fresh tenant (`bench-<unix-ms>`) unless `--tenant` names one, so runs never
 //! see each other's messages and every user starts at seq 0.
 //!
 //! # Layout
 //!
-//! - `client`: endpoint, identities, source addresses; opening and closing sessions.
-//! - `wire`: the client side of the protocol frames the benchmark uses.
+//! - `client`: endpoint, identities, source addresses; opening sessions as `peroxo-client`
+//!   connections, and counting why some could not be opened.
 //! - `histogram`: latency histograms and their percentile summary.
 //! - `report`: tallies, the progress line, JSON or text output.
 //! - `scrape`: reading one value from `/metrics`.
 //! - `rng`: small seeded pseudo-random numbers.
-//! - `idle`, `dm`, `connect`: one module per scenario.
+//! - `traffic`: open-loop traffic at a fixed rate (pacing, the ledger of every command and
+//!   delivery, the delivery check), shared by `dm`, `group` and `conversations`.
+//! - `idle`, `dm`, `connect`, `group`, `conversations`: one module per scenario.
 //! - `contract`: the delivery contract's rules, public: `dm` and the fault-injection suite
 //!   both judge by them.
 
 mod client;
 mod connect;
 pub mod contract;
+mod conversations;
 mod dm;
+mod group;
 mod histogram;
 mod idle;
 mod report;
 mod rng;
 mod scrape;
-mod wire;
+mod traffic;
 
 use clap::{ArgAction, Args, Subcommand};
 
 pub use connect::ConnectArgs;
+pub use conversations::ConversationsArgs;
 pub use dm::DmArgs;
+pub use group::GroupArgs;
 pub use idle::IdleArgs;
 
 /// The URL benchmarks connect to unless `--url` says otherwise.
@@ -91,12 +104,14 @@ pub struct TargetArgs {
 }
 
 impl TargetArgs {
-    /// The endpoint every session of a scenario opens against: these URLs and identities.
+    /// The endpoint every session of a scenario opens against: these URLs and identities,
+    /// speaking `protocol`.
     async fn endpoint(
         &self,
         tenant: String,
         source_ips: u8,
         buffers: client::Buffers,
+        protocol: client::Protocol,
     ) -> anyhow::Result<std::sync::Arc<client::Endpoint>> {
         let endpoint = client::Endpoint::resolve(
             &self.urls,
@@ -106,7 +121,23 @@ impl TargetArgs {
             buffers,
         )
         .await?;
-        Ok(std::sync::Arc::new(endpoint))
+        Ok(std::sync::Arc::new(endpoint.speaking(protocol)))
+    }
+
+    /// The identity of a run of `scenario` against these nodes, for its report.
+    fn identity(
+        &self,
+        scenario: &'static str,
+        tenant: &str,
+        seed: Option<u64>,
+    ) -> report::RunIdentity {
+        report::RunIdentity {
+            scenario,
+            urls: self.urls.clone(),
+            tenant: tenant.to_owned(),
+            auth: self.auth_label(),
+            seed: seed.map(|seed| seed.to_string()),
+        }
     }
 
     /// How the load generator names its users, for the report.
@@ -119,6 +150,38 @@ impl TargetArgs {
     }
 }
 
+/// When an open-loop scenario (`dm`, `group`, `conversations`) sends, and how long it waits
+/// for what is still due.
+#[derive(Debug, Clone, Args)]
+pub struct WindowArgs {
+    /// How long the measured window lasts.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub duration: std::time::Duration,
+    /// Sending before the measured window, not counted in latency or throughput.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub warmup: std::time::Duration,
+    /// The longest wait after the send phase for answers and deliveries still due.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub drain: std::time::Duration,
+}
+
+impl WindowArgs {
+    /// The schedule of `rate` commands per second over the warm-up and the window.
+    fn timeline(&self, rate: u32) -> anyhow::Result<traffic::Timeline> {
+        traffic::Timeline::new(rate, self.warmup, self.duration)
+    }
+
+    /// The measured window, as offsets from the start.
+    fn measured(&self) -> (std::time::Duration, std::time::Duration) {
+        (self.warmup, self.warmup + self.duration)
+    }
+
+    /// The warm-up and the window together.
+    fn total(&self) -> std::time::Duration {
+        self.warmup + self.duration
+    }
+}
+
 /// The benchmark to run.
 #[derive(Debug, Subcommand)]
 pub enum Scenario {
@@ -128,10 +191,16 @@ pub enum Scenario {
     Dm(DmArgs),
     /// Open and close sessions; measure handshakes per second and their latency.
     Connect(ConnectArgs),
+    /// Send group messages at a fixed rate (protocol 2); measure latency to every member and
+    /// verify delivery.
+    Group(GroupArgs),
+    /// Request a user's conversation list at a fixed rate (protocol 2); measure its latency.
+    Conversations(ConversationsArgs),
 }
 
 /// Runs the benchmark described by `args` and prints its report. Fails when the benchmark
-/// could not run, or when `dm` found the delivery contract broken.
+/// could not run, when `dm` or `group` found the delivery contract broken, or when
+/// `conversations` found a reply missing or wrong.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let tenant = match &args.target.tenant {
         Some(tenant) => tenant.clone(),
@@ -141,6 +210,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Scenario::Idle(scenario) => idle::run(&args.target, tenant, scenario).await,
         Scenario::Dm(scenario) => dm::run(&args.target, tenant, scenario).await,
         Scenario::Connect(scenario) => connect::run(&args.target, tenant, scenario).await,
+        Scenario::Group(scenario) => group::run(&args.target, tenant, scenario).await,
+        Scenario::Conversations(scenario) => {
+            conversations::run(&args.target, tenant, scenario).await
+        }
     }
 }
 
@@ -194,5 +267,38 @@ mod tests {
             ]),
             ["ws://a:1/ws", "ws://b:2/ws"]
         );
+    }
+
+    fn scenario_of(args: &[&str]) -> Scenario {
+        let args = std::iter::once("bench").chain(args.iter().copied());
+        Cli::try_parse_from(args).unwrap().bench.scenario
+    }
+
+    #[test]
+    fn group_defaults_to_a_thousand_users_in_two_hundred_groups_of_twenty() {
+        let Scenario::Group(group) = scenario_of(&["group"]) else {
+            panic!("not group");
+        };
+        assert_eq!((group.users, group.groups, group.members), (1_000, 200, 20));
+        assert_eq!(group.rate, 1_000);
+        assert_eq!(
+            group.window.measured().1,
+            std::time::Duration::from_secs(35)
+        );
+        let Scenario::Group(large) = scenario_of(&[
+            "group",
+            "--groups",
+            "1",
+            "--members",
+            "1000",
+            "--rate",
+            "10",
+            "--duration",
+            "20s",
+        ]) else {
+            panic!("not group");
+        };
+        assert_eq!((large.groups, large.members, large.rate), (1, 1_000, 10));
+        assert_eq!(large.window.duration, std::time::Duration::from_secs(20));
     }
 }

@@ -44,6 +44,38 @@ impl Display for Tally {
     }
 }
 
+/// Which run a report is of: the scenario, the nodes, the tenant, how users were named, and
+/// the seed of its random choices. Flattened into a report's JSON; shown as its first line.
+#[derive(Debug, Serialize)]
+pub(super) struct RunIdentity {
+    pub(super) scenario: &'static str,
+    /// The nodes' WebSocket URLs, in the order sessions were spread over them.
+    pub(super) urls: Vec<String>,
+    pub(super) tenant: String,
+    /// `dev` or `jwt`.
+    pub(super) auth: &'static str,
+    /// The seed, as a string: JSON numbers lose precision past 2^53.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) seed: Option<String>,
+}
+
+impl Display for RunIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} against {} (tenant {}, {} identities",
+            self.scenario,
+            self.urls.join(", "),
+            self.tenant,
+            self.auth
+        )?;
+        if let Some(seed) = &self.seed {
+            write!(f, ", seed {seed}")?;
+        }
+        writeln!(f, ")")
+    }
+}
+
 /// Prints a line to stderr once a second until dropped.
 pub(super) struct Progress(tokio::task::JoinHandle<()>);
 

@@ -490,7 +490,9 @@ impl Driver {
                 timeout: self.config.connect_timeout,
                 ..ConnectOptions::default()
             };
-            let attempt = Connection::connect(&url, &options).await;
+            let attempt = Connection::connect(&url, &options)
+                .await
+                .map_err(Disconnect::from);
             let (cause, was_open) = match attempt {
                 Ok(connection) => {
                     failures = 0;

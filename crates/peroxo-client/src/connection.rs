@@ -5,7 +5,9 @@
 //! load generator) takes the socket with [`Connection::into_parts`] once `welcome` has come.
 //!
 //! What to do when a connection ends is the [`Client`](crate::Client)'s business; this module
-//! only reports how it ended ([`Disconnect`]).
+//! only reports why one could not be opened ([`ConnectError`], precise enough for a load
+//! generator to count failures by cause) and how an open one ended ([`Disconnect`], the
+//! categories the client's reconnect policy chooses by).
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -36,7 +38,7 @@ pub struct Welcome {
     pub protocol: u32,
 }
 
-/// How a connection ended, or why it could not be opened.
+/// How a connection ended, or (from a [`ConnectError`]) why it could not be opened.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Disconnect {
     /// No connection: TCP refused or reset, the handshake failed, or it timed out.
@@ -52,6 +54,64 @@ pub enum Disconnect {
     /// The connection dropped without a close frame, or stayed silent too long.
     #[error("connection lost: {0}")]
     Lost(String),
+}
+
+/// Why [`Connection::connect`] could not open a connection, step by step: the request, TCP,
+/// the upgrade, then `welcome`.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The URL or a header cannot make an upgrade request (not `ws://`, no host, a header
+    /// that is not valid HTTP).
+    #[error("{0}")]
+    Invalid(String),
+    /// The URL's host did not resolve to an address.
+    #[error("cannot resolve {host}: {reason}")]
+    Unresolved { host: String, reason: String },
+    /// TCP failed: connecting (refused, unreachable, no local port left) or during the
+    /// upgrade (reset).
+    #[error("tcp connect to {server}: {error}")]
+    Tcp {
+        server: SocketAddr,
+        error: std::io::Error,
+    },
+    /// The node answered the upgrade with an HTTP error (`error` is the body's code, such as
+    /// `unauthorized`, `too_many_sessions` or `draining`).
+    #[error("upgrade refused with HTTP {status} {error:?}")]
+    Refused { status: u16, error: Option<String> },
+    /// The upgrade failed otherwise (an answer that is not a WebSocket upgrade).
+    #[error("websocket handshake: {0}")]
+    Handshake(String),
+    /// The server closed the WebSocket before `welcome`.
+    #[error("closed by the server with {code} ({reason}) before welcome")]
+    Closed { code: u16, reason: String },
+    /// The connection broke or ended without a close frame before `welcome`.
+    #[error("connection lost before welcome: {0}")]
+    Lost(String),
+    /// The first frame was not `welcome`.
+    #[error("expected welcome, received {0}")]
+    NoWelcome(String),
+    /// No `welcome` within [`ConnectOptions::timeout`].
+    #[error("no welcome within {0:?}")]
+    Timeout(Duration),
+}
+
+impl From<ConnectError> for Disconnect {
+    /// The category the client's reconnect policy chooses by: a node that could not be
+    /// reached or upgraded is `Unreachable`; after the upgrade, a close is `Closed` and
+    /// anything else `Lost`.
+    fn from(error: ConnectError) -> Self {
+        match error {
+            ConnectError::Refused { status, error } => Disconnect::Refused { status, error },
+            ConnectError::Closed { code, reason } => Disconnect::Closed { code, reason },
+            ConnectError::Lost(reason) => Disconnect::Lost(reason),
+            ConnectError::NoWelcome(_) => Disconnect::Lost(error.to_string()),
+            ConnectError::Invalid(_)
+            | ConnectError::Unresolved { .. }
+            | ConnectError::Tcp { .. }
+            | ConnectError::Handshake(_)
+            | ConnectError::Timeout(_) => Disconnect::Unreachable(error.to_string()),
+        }
+    }
 }
 
 /// How to open a connection.
@@ -108,35 +168,31 @@ impl std::fmt::Debug for Connection {
 
 impl Connection {
     /// Opens a WebSocket to `url` (`ws://host:port/ws?...`) and waits for `welcome`.
-    pub async fn connect(url: &str, options: &ConnectOptions) -> Result<Self, Disconnect> {
-        match tokio::time::timeout(options.timeout, Self::open(url, options)).await {
-            Ok(result) => result,
-            Err(_) => Err(Disconnect::Unreachable(format!(
-                "no welcome within {:?}",
-                options.timeout
-            ))),
-        }
+    pub async fn connect(url: &str, options: &ConnectOptions) -> Result<Self, ConnectError> {
+        tokio::time::timeout(options.timeout, Self::open(url, options))
+            .await
+            .unwrap_or(Err(ConnectError::Timeout(options.timeout)))
     }
 
-    async fn open(url: &str, options: &ConnectOptions) -> Result<Self, Disconnect> {
+    async fn open(url: &str, options: &ConnectOptions) -> Result<Self, ConnectError> {
         let mut request = url
             .into_client_request()
-            .map_err(|e| Disconnect::Unreachable(format!("bad URL {url}: {e}")))?;
+            .map_err(|e| ConnectError::Invalid(format!("bad URL {url}: {e}")))?;
         for (name, value) in &options.headers {
             let name = HeaderName::try_from(name.as_str())
-                .map_err(|e| Disconnect::Unreachable(format!("bad header name {name}: {e}")))?;
+                .map_err(|e| ConnectError::Invalid(format!("bad header name {name}: {e}")))?;
             let value = HeaderValue::try_from(value.as_str())
-                .map_err(|e| Disconnect::Unreachable(format!("bad header value: {e}")))?;
+                .map_err(|e| ConnectError::Invalid(format!("bad header value: {e}")))?;
             request.headers_mut().insert(name, value);
         }
-        let stream = connect_tcp(request.uri(), options.local_address).await?;
+        let (stream, server) = connect_tcp(request.uri(), options.local_address).await?;
         let (ws, _) = tokio_tungstenite::client_async_with_config(
             request,
             MaybeTlsStream::Plain(stream),
             Some(options.websocket),
         )
         .await
-        .map_err(refusal)?;
+        .map_err(|error| refusal(error, server))?;
         let mut connection = Self {
             ws,
             last_received: tokio::time::Instant::now(),
@@ -148,7 +204,12 @@ impl Connection {
                 protocol: 0,
             },
         };
-        match connection.recv().await? {
+        let first = connection.recv().await.map_err(|ended| match ended {
+            Disconnect::Closed { code, reason } => ConnectError::Closed { code, reason },
+            Disconnect::Lost(reason) => ConnectError::Lost(reason),
+            other => ConnectError::Lost(other.to_string()),
+        })?;
+        match first {
             Incoming::Frame(ServerFrame::Welcome {
                 session_id,
                 user,
@@ -165,9 +226,7 @@ impl Connection {
                 };
                 Ok(connection)
             }
-            other => Err(Disconnect::Lost(format!(
-                "expected welcome, received {other:?}"
-            ))),
+            other => Err(ConnectError::NoWelcome(format!("{other:?}"))),
         }
     }
 
@@ -222,7 +281,7 @@ impl Connection {
             match message {
                 Some(Ok(Message::Text(text))) => {
                     return Ok(match ServerFrame::decode(&text) {
-                        Ok(frame) => Incoming::Frame(frame),
+                        Ok(frame) => Incoming::Frame(frame.into_owned()),
                         Err(error) => Incoming::Undecodable {
                             text: text.to_string(),
                             error: error.to_string(),
@@ -237,36 +296,52 @@ impl Connection {
         }
     }
 
-    /// Closes the connection normally (1000), waiting at most `timeout` for the server.
-    pub async fn close(mut self, timeout: Duration) {
-        let _ = tokio::time::timeout(timeout, async {
-            let _ = self.ws.close(None).await;
-            // Read until the server's answer, so the close completes cleanly.
-            while let Some(Ok(_)) = self.ws.next().await {}
-        })
-        .await;
+    /// Closes the connection normally (1000) and reads until the server's answer ends it, for
+    /// at most `timeout`. Returns whether the server completed the close handshake in time.
+    pub async fn close(mut self, timeout: Duration) -> bool {
+        let handshake = async {
+            if self.ws.close(None).await.is_err() {
+                return false;
+            }
+            while let Some(message) = self.ws.next().await {
+                if message.is_err() {
+                    return false;
+                }
+            }
+            true
+        };
+        tokio::time::timeout(timeout, handshake)
+            .await
+            .unwrap_or(false)
     }
 }
 
 /// Connects a TCP socket (TCP_NODELAY) to the host of a `ws://` URL, bound to `local_address`
-/// when there is one.
-async fn connect_tcp(uri: &Uri, local_address: Option<IpAddr>) -> Result<TcpStream, Disconnect> {
+/// when there is one. Returns it with the server's address.
+async fn connect_tcp(
+    uri: &Uri,
+    local_address: Option<IpAddr>,
+) -> Result<(TcpStream, SocketAddr), ConnectError> {
     if uri.scheme_str() != Some("ws") {
-        return Err(Disconnect::Unreachable(format!(
+        return Err(ConnectError::Invalid(format!(
             "{uri}: only ws:// URLs are supported"
         )));
     }
     let host = uri
         .host()
-        .ok_or_else(|| Disconnect::Unreachable(format!("{uri} names no host")))?;
+        .ok_or_else(|| ConnectError::Invalid(format!("{uri} names no host")))?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let port = uri.port_u16().unwrap_or(80);
+    let unresolved = |reason: String| ConnectError::Unresolved {
+        host: host.to_owned(),
+        reason,
+    };
     let server = tokio::net::lookup_host((host, port))
         .await
-        .map_err(|e| Disconnect::Unreachable(format!("cannot resolve {host}: {e}")))?
+        .map_err(|e| unresolved(e.to_string()))?
         .next()
-        .ok_or_else(|| Disconnect::Unreachable(format!("{host} resolves to no address")))?;
-    let tcp = |e: std::io::Error| Disconnect::Unreachable(format!("tcp connect to {server}: {e}"));
+        .ok_or_else(|| unresolved("no address".to_owned()))?;
+    let tcp = |error| ConnectError::Tcp { server, error };
     let socket = match server {
         SocketAddr::V4(_) => TcpSocket::new_v4(),
         SocketAddr::V6(_) => TcpSocket::new_v6(),
@@ -278,7 +353,7 @@ async fn connect_tcp(uri: &Uri, local_address: Option<IpAddr>) -> Result<TcpStre
     let stream = socket.connect(server).await.map_err(tcp)?;
     // Without it small frames wait for delayed ACKs (Nagle's algorithm).
     stream.set_nodelay(true).map_err(tcp)?;
-    Ok(stream)
+    Ok((stream, server))
 }
 
 fn closed(frame: Option<CloseFrame>) -> Disconnect {
@@ -298,8 +373,9 @@ fn lost(error: tungstenite::Error) -> Disconnect {
     Disconnect::Lost(error.to_string())
 }
 
-/// Turns a failed handshake into a [`Disconnect`], keeping the HTTP status and error code.
-fn refusal(error: tungstenite::Error) -> Disconnect {
+/// Turns a failed upgrade with `server` into a [`ConnectError`], keeping the HTTP status and
+/// error code of a refusal, and the I/O error of a broken socket.
+fn refusal(error: tungstenite::Error, server: SocketAddr) -> ConnectError {
     match error {
         tungstenite::Error::Http(response) => {
             let error = response
@@ -307,12 +383,13 @@ fn refusal(error: tungstenite::Error) -> Disconnect {
                 .as_deref()
                 .and_then(|body| std::str::from_utf8(body).ok())
                 .and_then(error_code_of);
-            Disconnect::Refused {
+            ConnectError::Refused {
                 status: response.status().as_u16(),
                 error,
             }
         }
-        other => Disconnect::Unreachable(other.to_string()),
+        tungstenite::Error::Io(error) => ConnectError::Tcp { server, error },
+        other => ConnectError::Handshake(other.to_string()),
     }
 }
 
@@ -324,6 +401,9 @@ fn error_code_of(body: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+    use tokio_tungstenite::tungstenite::http::StatusCode;
+
     use super::*;
 
     #[test]
@@ -339,18 +419,23 @@ mod tests {
         assert_eq!(error_code_of("not json"), None);
     }
 
-    /// Accepts one WebSocket on `listener`, sends `welcome`, and returns the client's address.
-    async fn serve_welcome(listener: tokio::net::TcpListener) -> SocketAddr {
-        let (stream, peer) = listener.accept().await.unwrap();
-        let mut ws = tokio_tungstenite::accept_async(stream).await.unwrap();
+    /// The `welcome` of a session of alice whose seq is `last_seq`.
+    fn welcome(last_seq: u64) -> Message {
         let welcome = ServerFrame::Welcome {
             session_id: "s1".into(),
             user: "alice".into(),
             tenant: "t".into(),
-            last_seq: 7,
+            last_seq,
             protocol: peroxo_protocol::PROTOCOL_VERSION,
         };
-        ws.send(Message::text(welcome.encode())).await.unwrap();
+        Message::text(welcome.encode())
+    }
+
+    /// Accepts one WebSocket on `listener`, sends `welcome`, and returns the client's address.
+    async fn serve_welcome(listener: tokio::net::TcpListener) -> SocketAddr {
+        let (stream, peer) = listener.accept().await.unwrap();
+        let mut ws = tokio_tungstenite::accept_async(stream).await.unwrap();
+        ws.send(welcome(7)).await.unwrap();
         // Keep the socket open until the client has read the welcome and gone.
         while let Some(Ok(_)) = ws.next().await {}
         peer
@@ -378,11 +463,170 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_close_says_whether_the_server_completed_the_handshake() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("ws://{}/ws", listener.local_addr().unwrap());
+        tokio::spawn(serve_welcome(listener));
+        let connection = Connection::connect(&url, &ConnectOptions::default())
+            .await
+            .unwrap();
+        assert!(connection.close(Duration::from_secs(5)).await);
+
+        let deaf = server_of_one(|stream| async move {
+            let mut ws = tokio_tungstenite::accept_async(stream).await.unwrap();
+            ws.send(welcome(0)).await.unwrap();
+            // Never reads again, so never answers the close.
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        })
+        .await;
+        let connection = Connection::connect(&deaf, &ConnectOptions::default())
+            .await
+            .unwrap();
+        assert!(!connection.close(Duration::from_millis(200)).await);
+    }
+
+    /// The URL of a server that answers one connection with `serve`.
+    async fn server_of_one<F, Fut>(serve: F) -> String
+    where
+        F: FnOnce(TcpStream) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("ws://{}/ws", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            serve(stream).await;
+        });
+        url
+    }
+
+    /// How connecting to `url` fails, with a short timeout.
+    async fn failure(url: &str) -> ConnectError {
+        let options = ConnectOptions {
+            timeout: Duration::from_millis(300),
+            ..ConnectOptions::default()
+        };
+        Connection::connect(url, &options).await.unwrap_err()
+    }
+
+    /// Keeps a server's socket open longer than any test here waits for it.
+    async fn hold(stream: TcpStream) {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        drop(stream);
+    }
+
+    #[tokio::test]
+    async fn a_failed_connect_says_which_step_failed() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let nobody = format!("ws://{}/ws", listener.local_addr().unwrap());
+        drop(listener);
+        let error = failure(&nobody).await;
+        assert!(
+            matches!(error, ConnectError::Tcp { ref error, .. }
+                if error.kind() == std::io::ErrorKind::ConnectionRefused),
+            "{error}"
+        );
+
+        let refusing = server_of_one(|stream| async move {
+            // The shape of tungstenite's callback, large error and all.
+            #[allow(clippy::result_large_err)]
+            let refuse = |_: &Request, _: Response| {
+                let mut response = ErrorResponse::new(Some(r#"{"error":"draining"}"#.to_owned()));
+                *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                Err(response)
+            };
+            let _ = tokio_tungstenite::accept_hdr_async(stream, refuse).await;
+        })
+        .await;
+        let error = failure(&refusing).await;
+        assert!(
+            matches!(error, ConnectError::Refused { status: 503, error: Some(ref code) }
+                if code == "draining"),
+            "{error}"
+        );
+
+        let not_websocket = server_of_one(|stream| async move {
+            stream.writable().await.unwrap();
+            stream.try_write(b"hello\r\n\r\n").unwrap();
+            hold(stream).await;
+        })
+        .await;
+        let error = failure(&not_websocket).await;
+        assert!(matches!(error, ConnectError::Handshake(_)), "{error}");
+
+        let closing = server_of_one(|stream| async move {
+            let mut ws = tokio_tungstenite::accept_async(stream).await.unwrap();
+            let close = CloseFrame {
+                code: CloseCode::Policy,
+                reason: "go away".into(),
+            };
+            let _ = ws.close(Some(close)).await;
+            while let Some(Ok(_)) = ws.next().await {}
+        })
+        .await;
+        let error = failure(&closing).await;
+        assert!(
+            matches!(error, ConnectError::Closed { code: 1008, .. }),
+            "{error}"
+        );
+
+        let talking = server_of_one(|stream| async move {
+            let mut ws = tokio_tungstenite::accept_async(stream).await.unwrap();
+            let pong = ServerFrame::Pong {
+                req_id: None,
+                ts: 1,
+            };
+            ws.send(Message::text(pong.encode())).await.unwrap();
+            while let Some(Ok(_)) = ws.next().await {}
+        })
+        .await;
+        let error = failure(&talking).await;
+        assert!(matches!(error, ConnectError::NoWelcome(_)), "{error}");
+
+        let silent = server_of_one(hold).await;
+        let error = failure(&silent).await;
+        assert!(matches!(error, ConnectError::Timeout(_)), "{error}");
+    }
+
+    #[test]
+    fn a_connect_failure_becomes_the_disconnect_the_reconnect_policy_expects() {
+        let refused = ConnectError::Refused {
+            status: 401,
+            error: None,
+        };
+        assert!(matches!(
+            Disconnect::from(refused),
+            Disconnect::Refused { status: 401, .. }
+        ));
+        let closed = ConnectError::Closed {
+            code: 1013,
+            reason: String::new(),
+        };
+        assert!(matches!(
+            Disconnect::from(closed),
+            Disconnect::Closed { code: 1013, .. }
+        ));
+        let lost = ConnectError::Lost("reset".to_owned());
+        assert_eq!(Disconnect::from(lost), Disconnect::Lost("reset".to_owned()));
+        let no_welcome = ConnectError::NoWelcome("Pong".to_owned());
+        assert!(matches!(Disconnect::from(no_welcome), Disconnect::Lost(_)));
+        let timeout = ConnectError::Timeout(Duration::from_secs(1));
+        assert!(matches!(
+            Disconnect::from(timeout),
+            Disconnect::Unreachable(_)
+        ));
+    }
+
+    #[tokio::test]
     async fn only_ws_urls_are_opened() {
         let options = ConnectOptions::default();
         let error = Connection::connect("wss://127.0.0.1:1/ws", &options)
             .await
             .unwrap_err();
-        assert!(matches!(error, Disconnect::Unreachable(ref what) if what.contains("ws://")));
+        assert!(matches!(error, ConnectError::Invalid(ref what) if what.contains("ws://")));
+        assert!(matches!(
+            Disconnect::from(error),
+            Disconnect::Unreachable(_)
+        ));
     }
 }

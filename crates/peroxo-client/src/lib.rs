@@ -44,7 +44,8 @@
 //!
 //! ## Layout
 //!
-//! - [`connection`]: open, send, receive, close; how a connection ended ([`Disconnect`]).
+//! - [`connection`]: open, send, receive, close; why a connection could not be opened
+//!   ([`ConnectError`]) and how one ended ([`Disconnect`]).
 //! - [`reconnect`]: what to do after each way a connection ends, and the backoff.
 //! - `stream`: the user's stream by seq (messages and events): gaps, repeats, delivery in
 //!   order.
@@ -67,7 +68,8 @@ pub use client::{
     Status, Submitted, TokenSource,
 };
 pub use connection::{
-    ConnectOptions, Connection, Disconnect, Incoming, WebSocket, WebSocketConfig, Welcome,
+    ConnectError, ConnectOptions, Connection, Disconnect, Incoming, WebSocket, WebSocketConfig,
+    Welcome,
 };
 pub use peroxo_protocol::{
     Command, CommandKind, ConversationView, ErrorCode, EventView, ReqId, ServerFrame,

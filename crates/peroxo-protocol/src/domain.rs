@@ -1,5 +1,5 @@
 //! Plain Rust types for what PerOXO is about: tenants, users and messages (direct, or to a
-//! group: see [`event`](crate::event) and [`conversation`](crate::conversation)).
+//! group: see `event` and `conversation`).
 //!
 //! Every other module speaks these types. The wire format (JSON) lives in `protocol`, the
 //! storage format (protobuf, SQL) in `storage`; neither leaks past its module.

@@ -2,9 +2,9 @@
 //! durable events of a user's stream other than messages.
 //!
 //! A conversation is a direct one (two users, or one user with themself; id `alice:bob`, see
-//! [`conversation_id`](crate::domain::conversation_id)) or a group (a server-made id that starts
+//! `domain::conversation_id`) or a group (a server-made id that starts
 //! with [`GROUP_ID_PREFIX`]; `~` is neither in the user id alphabet nor in a direct id, so the
-//! two kinds never collide). Like [`domain`](crate::domain), this module knows no JSON.
+//! two kinds never collide). Like `domain`, this module knows no JSON, and it depends on no other module of the crate.
 
 use std::fmt;
 

@@ -7,12 +7,14 @@
 //!   that a [`ProtocolError`] names the exact problem); a client turns a [`Command`] into text
 //!   with [`Command::encode`] (derived from the same types);
 //! - server frames: the server turns a [`ServerFrame`] into text with [`ServerFrame::encode`]; a
-//!   client turns text back into an owned `ServerFrame<'static>` with [`ServerFrame::decode`].
+//!   client turns text back into a `ServerFrame` with [`ServerFrame::decode`] (type first, see
+//!   `server_frame_decode`).
 //!
 //! String fields of server frames are `Cow<'a, str>`: the server builds them borrowed from its
 //! own data (serializing a borrowed `Cow` costs what a `&str` costs: no allocation), and a
-//! client decodes them owned. `docs/PROTOCOL.md` is the normative description; keep the two in
-//! step.
+//! client decodes them borrowed from the frame's text, or owned with
+//! [`ServerFrame::into_owned`]. `docs/PROTOCOL.md` is the normative description; keep the two
+//! in step.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -24,6 +26,7 @@ use crate::domain::{self, StoredMessage};
 use crate::event::{Refusal, RefusalCode};
 
 mod conversations;
+mod server_frame_decode;
 
 pub use conversations::{
     ConversationView, DEFAULT_CONVERSATIONS_LIMIT, EventView, MemberView, ReaderView,
@@ -652,7 +655,7 @@ impl<'a> MessageView<'a> {
 }
 
 /// Every frame the server sends. The server encodes it from borrowed data; a client decodes
-/// it into an owned `ServerFrame<'static>` with [`ServerFrame::decode`].
+/// it with [`ServerFrame::decode`], borrowing from the text.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerFrame<'a> {
@@ -800,10 +803,15 @@ impl ServerFrame<'_> {
         serde_json::to_string(self).expect("server frames contain only serializable data")
     }
 
-    /// Reads a server frame, as a client receives it, into an owned frame. Fails on text that
-    /// is not one of the frames above (a client should treat that as a protocol violation).
-    pub fn decode(text: &str) -> Result<ServerFrame<'static>, serde_json::Error> {
-        serde_json::from_str(text)
+    /// Reads a server frame as a client receives it, borrowing from `text` every string field
+    /// that needs no unescaping ([`ServerFrame::into_owned`] for a frame that outlives the
+    /// text). Fails on text that is not one of the frames above (a client should treat that as
+    /// a protocol violation).
+    ///
+    /// The server writes `type` first, which lets a frame be read without an intermediate copy;
+    /// any text that path refuses is read again by the derived implementation, which decides.
+    pub fn decode(text: &str) -> Result<ServerFrame<'_>, serde_json::Error> {
+        server_frame_decode::type_first(text).or_else(|_| serde_json::from_str(text))
     }
 
     /// Whether the frame may be dropped for a client that falls behind (presence and typing
@@ -1083,6 +1091,87 @@ mod tests {
             let decoded = ServerFrame::decode(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
             assert_eq!(decoded, frame, "{text}");
             assert_eq!(decoded.encode(), text);
+        }
+    }
+
+    /// `text` (an encoded frame) with its `type` moved from first to last.
+    fn with_type_last(text: &str) -> String {
+        let value: Value = serde_json::from_str(text).unwrap();
+        let tag = value["type"].as_str().unwrap();
+        let fields = text
+            .strip_prefix(&format!(r#"{{"type":"{tag}","#))
+            .and_then(|rest| rest.strip_suffix('}'))
+            .unwrap();
+        format!(r#"{{{fields},"type":"{tag}"}}"#)
+    }
+
+    #[test]
+    fn every_server_frame_decodes_alike_type_first_and_type_elsewhere() {
+        for frame in every_server_frame() {
+            let text = frame.encode();
+            let fast = server_frame_decode::type_first(&text)
+                .unwrap_or_else(|e| panic!("type first misses {text}: {e}"));
+            assert_eq!(fast, frame, "{text}");
+            let derived: ServerFrame<'_> = serde_json::from_str(&text).unwrap();
+            assert_eq!(fast, derived, "{text}");
+            assert_eq!(fast.into_owned(), frame, "{text}");
+
+            let moved = with_type_last(&text);
+            assert!(server_frame_decode::type_first(&moved).is_err(), "{moved}");
+            assert_eq!(ServerFrame::decode(&moved).unwrap(), frame, "{moved}");
+        }
+    }
+
+    #[test]
+    fn a_decoded_frame_borrows_the_strings_that_need_no_unescaping() {
+        let text = r#"{"type":"message","message_id":"9","conversation_id":"a:b","from":"alice","to":"bob","text":"h\u00e9 \"q\"","ts":1,"seq":4,"client_msg_id":"c1"}"#;
+        let Ok(ServerFrame::Message(view)) = ServerFrame::decode(text) else {
+            panic!("{text}");
+        };
+        assert!(matches!(view.from, Cow::Borrowed("alice")));
+        assert!(matches!(view.to, Cow::Borrowed("bob")));
+        assert!(matches!(view.client_msg_id, Some(Cow::Borrowed("c1"))));
+        assert!(matches!(view.text, Cow::Owned(ref text) if text == "h\u{e9} \"q\""));
+
+        let text = r#"{"type":"error","code":"too_large","message":"big","retryable":false,"client_msg_id":"c2"}"#;
+        let Ok(ServerFrame::Error {
+            message,
+            client_msg_id,
+            ..
+        }) = ServerFrame::decode(text)
+        else {
+            panic!("{text}");
+        };
+        assert!(matches!(message, Cow::Borrowed("big")));
+        assert!(matches!(client_msg_id, Some(Cow::Borrowed("c2"))));
+    }
+
+    #[test]
+    fn text_the_type_first_path_refuses_is_decided_by_the_derived_one() {
+        let pong = ServerFrame::Pong {
+            req_id: None,
+            ts: 5,
+        };
+        let spaced = r#" { "type" : "pong" , "ts" : 5 } "#;
+        assert_eq!(server_frame_decode::type_first(spaced).unwrap(), pong);
+        // A `type` that needs unescaping cannot be borrowed: the derived path reads it.
+        let escaped = r#"{"type":"p\u006fng","ts":5}"#;
+        assert!(server_frame_decode::type_first(escaped).is_err());
+        assert_eq!(ServerFrame::decode(escaped).unwrap(), pong);
+        for text in [
+            r#"{"type":"ack","client_msg_id":"c1"}"#,
+            r#"{"type":"pong","ts":"5"}"#,
+            r#"{"type":"pong","ts":5} x"#,
+            r#"{"ts":5}"#,
+            r#"{"type":7,"ts":5}"#,
+            r#"["pong",5]"#,
+            "",
+        ] {
+            assert!(ServerFrame::decode(text).is_err(), "{text}");
+            assert!(
+                serde_json::from_str::<ServerFrame<'_>>(text).is_err(),
+                "{text}"
+            );
         }
     }
 

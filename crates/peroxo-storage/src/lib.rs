@@ -1,8 +1,8 @@
-//! The storage service: where direct messages become durable.
+//! The storage service: where messages, groups and read state become durable.
 //!
 //! - [`MessageStore`] is the backend contract (idempotent batch append, history, sync, last
-//!   seq). [`SqliteStore`] is the embedded backend; [`PostgresStore`] serves several storage
-//!   instances over one PostgreSQL database.
+//!   seq, and the conversation methods). [`SqliteStore`] is the embedded backend;
+//!   [`PostgresStore`] serves several storage instances over one PostgreSQL database.
 //! - `seq_assignment` decides which seq each participant of a message takes; both backends
 //!   use it, so they number users' streams alike. `sql` holds what else the two SQL backends
 //!   share: the message columns, integer conversion and how a page is cut.

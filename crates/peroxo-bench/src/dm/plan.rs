@@ -1,133 +1,126 @@
 //! The schedule of a `dm` run, fixed before it starts: which user sends message `i`, to whom,
-//! and when.
+//! when, and what it says.
 //!
 //! Nothing is stored per message. Message `i` is due `i / rate` seconds after the start (open
 //! loop: the clock decides, not the replies), is sent by user `i mod users` (so every user
 //! sends at the same steady pace), and goes to a peer other than the sender chosen by a seeded
-//! hash of `i`, so the same seed gives the same run.
+//! hash of `i`, so the same seed gives the same run. Every frame about a message names it by
+//! its index (see [`names`]).
 
-use std::time::Duration;
+use peroxo_protocol::{Command, CommandKind, MessageView};
 
 use crate::rng;
-
-/// Nanoseconds in a second.
-const NANOS: u128 = 1_000_000_000;
+use crate::traffic::{self, Route, Timeline, names};
 
 /// Who sends what to whom, and when.
 #[derive(Debug, Clone)]
 pub(super) struct Plan {
     users: u32,
-    /// Messages per second, over all users.
-    rate: u32,
-    /// Messages in all (warm-up and measured).
-    len: u32,
-    /// The first message of the measured window (the ones before are warm-up).
-    measured_from: u32,
+    timeline: Timeline,
     seed: u64,
 }
 
 impl Plan {
-    /// A plan for `users` users sending `rate` messages per second for `warmup` and then
-    /// `duration`.
-    pub(super) fn new(
-        users: u32,
-        rate: u32,
-        warmup: Duration,
-        duration: Duration,
-        seed: u64,
-    ) -> anyhow::Result<Self> {
+    /// A plan for `users` users sending messages at `timeline`'s pace.
+    pub(super) fn new(users: u32, timeline: Timeline, seed: u64) -> anyhow::Result<Self> {
         anyhow::ensure!(
             users >= 2,
             "--users must be at least 2 (users send to peers)"
         );
-        anyhow::ensure!(rate >= 1, "--rate must be at least 1 message per second");
-        anyhow::ensure!(!duration.is_zero(), "--duration must be longer than zero");
-        let count = |span: Duration| (span.as_nanos() * u128::from(rate)).div_ceil(NANOS);
-        let len = u32::try_from(count(warmup + duration))
-            .ok()
-            .filter(|len| *len < u32::MAX)
-            .ok_or_else(|| {
-                anyhow::anyhow!("--rate × (--warmup + --duration) is too many messages")
-            })?;
-        let measured_from = u32::try_from(count(warmup)).unwrap_or(len);
         Ok(Self {
             users,
-            rate,
-            len,
-            measured_from,
+            timeline,
             seed,
         })
     }
 
     /// The number of messages in the run.
     pub(super) fn len(&self) -> u32 {
-        self.len
-    }
-
-    /// The number of users.
-    pub(super) fn users(&self) -> u32 {
-        self.users
-    }
-
-    /// The user who sends message `i`.
-    pub(super) fn sender(&self, i: u32) -> u32 {
-        i % self.users
+        self.timeline.len()
     }
 
     /// The user message `i` is sent to: never its sender.
-    pub(super) fn recipient(&self, i: u32) -> u32 {
+    fn to(&self, i: u32) -> u32 {
         let bits = rng::splitmix64(self.seed ^ rng::splitmix64(u64::from(i)));
         let offset = 1 + rng::below(bits, u64::from(self.users - 1)) as u32;
-        (self.sender(i) + offset) % self.users
-    }
-
-    /// When message `i` is due, after the start of the run.
-    pub(super) fn due(&self, i: u32) -> Duration {
-        let nanos = u128::from(i) * NANOS / u128::from(self.rate);
-        Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
-    }
-
-    /// Whether message `i` belongs to the measured window (not the warm-up).
-    pub(super) fn is_measured(&self, i: u32) -> bool {
-        i >= self.measured_from
+        (traffic::Plan::sender(self, i) + offset) % self.users
     }
 }
 
-/// The id of user number `n`.
-pub(super) fn user_name(n: u32) -> String {
-    format!("u{n}")
-}
+impl traffic::Plan for Plan {
+    fn timeline(&self) -> &Timeline {
+        &self.timeline
+    }
 
-/// The number of the user with id `name`, if it is one of ours.
-pub(super) fn user_number(name: &str) -> Option<u32> {
-    name.strip_prefix('u')?.parse().ok()
+    fn users(&self) -> u32 {
+        self.users
+    }
+
+    /// Users take turns.
+    fn sender(&self, i: u32) -> u32 {
+        i % self.users
+    }
+
+    /// The `send` of message `i`.
+    fn command(&self, i: u32, text_bytes: usize) -> Command {
+        Command {
+            req_id: None,
+            kind: CommandKind::Send {
+                to: names::user_name(self.to(i)),
+                text: names::message_text(i, text_bytes),
+                client_msg_id: i.to_string(),
+            },
+        }
+    }
+
+    /// A direct message has one recipient.
+    fn fanout(&self) -> u32 {
+        1
+    }
+
+    fn recipient(&self, i: u32, _row: u32) -> u32 {
+        self.to(i)
+    }
+
+    /// A message must come to its planned recipient from its planned sender; the messages of
+    /// one sender arrive in the order it sent them.
+    fn route(&self, me: u32, message: &MessageView<'_>) -> Option<Route> {
+        let i = names::index_of_text(&message.text)?;
+        let sender = self.sender(i);
+        let planned = i < self.len()
+            && self.to(i) == me
+            && names::user_number(&message.to) == Some(me)
+            && names::user_number(&message.from) == Some(sender);
+        planned.then_some(Route {
+            index: i,
+            row: 0,
+            sequence: sender,
+            position: u64::from(i),
+        })
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::borrow::Cow;
+    use std::time::Duration;
+
     use super::*;
+    use crate::traffic::Plan as _;
 
     fn plan() -> Plan {
-        Plan::new(10, 1_000, Duration::from_secs(1), Duration::from_secs(2), 7).unwrap()
-    }
-
-    #[test]
-    fn the_plan_covers_warmup_and_duration_at_the_rate() {
-        let plan = plan();
-        assert_eq!(plan.len(), 3_000);
-        assert!(!plan.is_measured(999));
-        assert!(plan.is_measured(1_000));
-        assert_eq!(plan.due(0), Duration::ZERO);
-        assert_eq!(plan.due(1_500), Duration::from_millis(1_500));
+        let timeline = Timeline::new(1_000, Duration::from_secs(1), Duration::from_secs(2));
+        Plan::new(10, timeline.unwrap(), 7).unwrap()
     }
 
     #[test]
     fn senders_take_turns_and_never_write_to_themselves() {
         let plan = plan();
+        assert_eq!(plan.len(), 3_000);
         let mut received = [0u32; 10];
         for i in 0..plan.len() {
             assert_eq!(plan.sender(i), i % 10);
-            let to = plan.recipient(i);
+            let to = plan.recipient(i, 0);
             assert_ne!(to, plan.sender(i));
             assert!(to < 10);
             received[to as usize] += 1;
@@ -138,12 +131,53 @@ mod tests {
     #[test]
     fn the_same_seed_gives_the_same_peers() {
         let (a, b) = (plan(), plan());
-        assert!((0..100).all(|i| a.recipient(i) == b.recipient(i)));
+        assert!((0..100).all(|i| a.recipient(i, 0) == b.recipient(i, 0)));
     }
 
     #[test]
-    fn user_names_round_trip() {
-        assert_eq!(user_number(&user_name(42)), Some(42));
-        assert_eq!(user_number("bob"), None);
+    fn a_send_carries_its_index_in_the_id_and_the_text() {
+        let plan = plan();
+        let Command {
+            req_id: None,
+            kind:
+                CommandKind::Send {
+                    to,
+                    text,
+                    client_msg_id,
+                },
+        } = plan.command(1234, 32)
+        else {
+            panic!("not a send");
+        };
+        assert_eq!(to, names::user_name(plan.recipient(1234, 0)));
+        assert_eq!(text.len(), 32);
+        assert_eq!(names::index_of_text(&text), Some(1234));
+        assert_eq!(names::index_of_id(&client_msg_id), Some(1234));
+    }
+
+    #[test]
+    fn only_the_planned_delivery_is_routed() {
+        let plan = plan();
+        let to = plan.recipient(42, 0);
+        let message = |from: u32, to: u32| MessageView {
+            message_id: "7".to_owned(),
+            conversation_id: String::new(),
+            from: Cow::Owned(names::user_name(from)),
+            to: Cow::Owned(names::user_name(to)),
+            text: Cow::Owned(names::message_text(42, 10)),
+            ts: 0,
+            seq: 1,
+            client_msg_id: None,
+        };
+        let route = plan.route(to, &message(2, to)).unwrap();
+        assert_eq!((route.index, route.row, route.sequence), (42, 0, 2));
+        assert_eq!(route.position, 42);
+        assert_eq!(plan.route(to, &message(3, to)), None, "wrong sender");
+        let other = (to + 1) % 10;
+        assert_eq!(
+            plan.route(other, &message(2, other)),
+            None,
+            "wrong recipient"
+        );
     }
 }

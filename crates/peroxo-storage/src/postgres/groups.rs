@@ -8,9 +8,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use deadpool_postgres::{GenericClient, Pool, Transaction};
 
 use super::backend;
-use super::streams::{Counters, InboxRows, fan_out, insert_event, role_from_sql};
+use super::reads::current_members;
+use super::streams::{Counters, InboxRows, fan_out, insert_event};
 use crate::StoreError;
-use crate::rules::{self, Effect, GroupState, MemberRow, Step};
+use crate::rules::{self, Effect, GroupState, Step};
 use crate::sql::sql_int;
 use peroxo_protocol::conversation::{CreateGroup, GroupChange, GroupLimits, GroupOutcome};
 use peroxo_protocol::domain::{UserKey, now_ms};
@@ -140,9 +141,10 @@ async fn check_group_counts(
     Ok(())
 }
 
-/// Makes `users` members of the fanout's group, with `role_of` each, as of its event: history
-/// from now on (the group row is locked, so no message of it is being written), nothing read,
-/// and the event as their latest activity. A former member comes back the same way.
+/// Makes `users` (sorted) members of the fanout's group, with `role_of` each, as of its event:
+/// history from now on (the group row is locked, so no message of it is being written),
+/// nothing read, and the event as their latest activity. A former member comes back the same
+/// way.
 async fn join(
     tx: &Transaction<'_>,
     fanout: &Fanout,
@@ -153,7 +155,11 @@ async fn join(
     let mut owners = Vec::with_capacity(users.len());
     let mut roles = Vec::with_capacity(users.len());
     let mut activity = Vec::with_capacity(users.len());
-    for seq in fanout.seqs.iter().filter(|s| users.contains(&s.user)) {
+    for seq in fanout
+        .seqs
+        .iter()
+        .filter(|s| users.binary_search(&s.user).is_ok())
+    {
         owners.push(seq.user.as_str());
         roles.push(role_of(&seq.user).as_str());
         activity.push(sql_int(seq.seq));
@@ -204,6 +210,7 @@ pub(super) async fn change_group(
         .map_err(backend)?
         .ok_or_else(|| StoreError::Refused(rules::unknown_conversation(&group)))?
         .get(0);
+    // The group row is locked: these stay the members until the change commits.
     let members = current_members(&tx, &actor.tenant, &group).await?;
     let state = GroupState {
         id: &group,
@@ -238,31 +245,6 @@ pub(super) async fn change_group(
         events,
         duplicate: false,
     })
-}
-
-/// The current members of a group whose row this transaction has locked.
-async fn current_members(
-    tx: &Transaction<'_>,
-    tenant: &str,
-    group: &str,
-) -> Result<Vec<MemberRow>, StoreError> {
-    let rows = tx
-        .query(
-            "SELECT owner, role, joined_event FROM conversation_states
-             WHERE tenant = $1 AND conversation = $2 AND active AND role IS NOT NULL",
-            &[&tenant, &group],
-        )
-        .await
-        .map_err(backend)?;
-    rows.iter()
-        .map(|row| {
-            Ok(MemberRow {
-                user: row.get(0),
-                role: role_from_sql(row.get(1))?,
-                joined: row.get::<_, i64>(2) as u64,
-            })
-        })
-        .collect()
 }
 
 /// What a change writes besides its effects: events in streams, and the counters they take.

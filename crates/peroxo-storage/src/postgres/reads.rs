@@ -7,8 +7,10 @@ use tokio_postgres::IsolationLevel;
 
 use super::streams::{EVENT_COLUMNS, event_from_row, role_from_sql};
 use super::{backend, message_from_row};
-use crate::rules::{self, Target};
-use crate::sql::{MESSAGE_COLUMNS, history_page, rows_for_page, sql_int, sync_page};
+use crate::rules::{self, MemberRow, Target};
+use crate::sql::{
+    MESSAGE_COLUMNS, StreamEntry, history_page, rows_for_page, sql_int, stream_page, sync_page,
+};
 use crate::{HistoryQuery, StoreError, SyncQuery, SyncScope};
 use peroxo_protocol::conversation::{
     ConversationKind, ConversationPage, ConversationSummary, ConversationsQuery, Receipt,
@@ -96,17 +98,18 @@ pub(super) async fn history(pool: &Pool, query: HistoryQuery) -> Result<HistoryP
     let target =
         rules::target_of(&query.user.user, &query.conversation_id).map_err(StoreError::Refused)?;
     let mut client = pool.get().await.map_err(backend)?;
-    let tx = snapshot(&mut client).await?;
     let before = query.before.map_or(i64::MAX, sql_int);
+    let rows = rows_for_page(query.limit);
     let newest_first = match &target {
-        Target::Direct { id, .. } => tx
+        // Anyone named by a direct conversation id may read it: one statement, as ever.
+        Target::Direct { id, .. } => client
             .query(
                 &format!(
                     "SELECT {MESSAGE_COLUMNS} FROM messages m
                      WHERE m.tenant = $1 AND m.conversation = $2 AND m.id < $3
                      ORDER BY m.id DESC LIMIT $4"
                 ),
-                &[&query.user.tenant, id, &before, &rows_for_page(query.limit)],
+                &[&query.user.tenant, id, &before, &rows],
             )
             .await
             .map_err(backend)?
@@ -114,33 +117,37 @@ pub(super) async fn history(pool: &Pool, query: HistoryQuery) -> Result<HistoryP
             .map(|row| message_from_row(row, 0))
             .collect(),
         Target::Group(id) => {
+            // The membership and the page from one snapshot.
+            let tx = snapshot(&mut client).await?;
             let standing = known_standing(&tx, &query.user, &target).await?;
             // Each member's copy of a group message carries that member's seq.
-            tx.query(
-                &format!(
-                    "SELECT {MESSAGE_COLUMNS}, i.seq FROM messages m
-                     JOIN inbox i
-                       ON i.tenant = m.tenant AND i.owner = $3 AND i.message_id = m.id
-                     WHERE m.tenant = $1 AND m.conversation = $2 AND m.id > $4 AND m.id < $5
-                     ORDER BY m.id DESC LIMIT $6"
-                ),
-                &[
-                    &query.user.tenant,
-                    id,
-                    &query.user.user,
-                    &sql_int(standing.boundary),
-                    &before,
-                    &rows_for_page(query.limit),
-                ],
-            )
-            .await
-            .map_err(backend)?
-            .iter()
-            .map(|row| seen_by(message_from_row(row, 0), row.get(9)))
-            .collect()
+            let page = tx
+                .query(
+                    &format!(
+                        "SELECT {MESSAGE_COLUMNS}, i.seq FROM messages m
+                         JOIN inbox i
+                           ON i.tenant = m.tenant AND i.owner = $3 AND i.message_id = m.id
+                         WHERE m.tenant = $1 AND m.conversation = $2 AND m.id > $4 AND m.id < $5
+                         ORDER BY m.id DESC LIMIT $6"
+                    ),
+                    &[
+                        &query.user.tenant,
+                        id,
+                        &query.user.user,
+                        &sql_int(standing.boundary),
+                        &before,
+                        &rows,
+                    ],
+                )
+                .await
+                .map_err(backend)?
+                .iter()
+                .map(|row| seen_by(message_from_row(row, 0), row.get(9)))
+                .collect();
+            tx.commit().await.map_err(backend)?;
+            page
         }
     };
-    tx.commit().await.map_err(backend)?;
     Ok(history_page(newest_first, query.limit))
 }
 
@@ -193,7 +200,7 @@ async fn everything_after(
     query: &SyncQuery,
     last_seq: u64,
 ) -> Result<SyncPage, StoreError> {
-    let mut rows = tx
+    let rows = tx
         .query(
             &format!(
                 "SELECT {MESSAGE_COLUMNS}, i.seq, {EVENT_COLUMNS} FROM inbox i
@@ -211,25 +218,21 @@ async fn everything_after(
         )
         .await
         .map_err(backend)?;
-    let has_more = rows.len() as u64 > u64::from(query.limit);
-    rows.truncate(query.limit as usize);
-    let mut page = SyncPage {
-        last_seq,
-        has_more,
-        ..SyncPage::default()
-    };
-    for row in &rows {
-        let seq: i64 = row.get(9);
-        if row.get::<_, Option<i64>>(0).is_some() {
-            page.messages.push(seen_by(message_from_row(row, 0), seq));
-        } else {
-            page.events.push(StreamEvent {
-                seq: seq as u64,
-                event: event_from_row(row, 10)?,
-            });
-        }
-    }
-    Ok(page)
+    let entries = rows
+        .iter()
+        .map(|row| {
+            let seq: i64 = row.get(9);
+            Ok(if row.get::<_, Option<i64>>(0).is_some() {
+                StreamEntry::Message(seen_by(message_from_row(row, 0), seq))
+            } else {
+                StreamEntry::Event(StreamEvent {
+                    seq: seq as u64,
+                    event: event_from_row(row, 10)?,
+                })
+            })
+        })
+        .collect::<Result<_, StoreError>>()?;
+    Ok(stream_page(entries, query.limit, last_seq))
 }
 
 pub(super) async fn last_seq_in(
@@ -255,27 +258,43 @@ pub(super) async fn members(
     let mut client = pool.get().await.map_err(backend)?;
     let tx = snapshot(&mut client).await?;
     known_standing(&tx, &user, &Target::Group(group.clone())).await?;
-    let rows = tx
+    let mut members = current_members(&tx, &user.tenant, &group).await?;
+    tx.commit().await.map_err(backend)?;
+    members.sort_by(|a, b| a.user.cmp(&b.user));
+    Ok(members
+        .into_iter()
+        .map(|m| Member {
+            user: m.user,
+            role: m.role,
+            joined_ts: m.joined_ts,
+        })
+        .collect())
+}
+
+/// The current members of a group, in no order.
+pub(super) async fn current_members(
+    client: &impl GenericClient,
+    tenant: &str,
+    group: &str,
+) -> Result<Vec<MemberRow>, StoreError> {
+    let rows = client
         .query(
-            "SELECT owner, role, joined_ts FROM conversation_states
+            "SELECT owner, role, joined_event, joined_ts FROM conversation_states
              WHERE tenant = $1 AND conversation = $2 AND active AND role IS NOT NULL",
-            &[&user.tenant, &group],
+            &[&tenant, &group],
         )
         .await
         .map_err(backend)?;
-    tx.commit().await.map_err(backend)?;
-    let mut members = rows
-        .iter()
+    rows.iter()
         .map(|row| {
-            Ok(Member {
+            Ok(MemberRow {
                 user: row.get(0),
                 role: role_from_sql(row.get(1))?,
-                joined_ts: row.get(2),
+                joined: row.get::<_, i64>(2) as u64,
+                joined_ts: row.get(3),
             })
         })
-        .collect::<Result<Vec<_>, StoreError>>()?;
-    members.sort_by(|a, b| a.user.cmp(&b.user));
-    Ok(members)
+        .collect()
 }
 
 pub(super) async fn conversations(
@@ -373,7 +392,7 @@ pub(super) async fn read_receipts(
     let mut client = pool.get().await.map_err(backend)?;
     let tx = snapshot(&mut client).await?;
     let standing = known_standing(&tx, &user, &target).await?;
-    let author: String = tx
+    let found = tx
         .query_opt(
             "SELECT sender FROM messages
              WHERE tenant = $1 AND conversation = $2 AND id = $3 AND id > $4",
@@ -385,18 +404,34 @@ pub(super) async fn read_receipts(
             ],
         )
         .await
-        .map_err(backend)?
-        .ok_or_else(|| StoreError::Refused(rules::unknown_message(Some(message_id), target.id())))?
-        .get(0);
-    // The participants of a direct conversation, or the current members of a group.
-    let markers = tx
-        .query(
-            "SELECT owner, read_marker FROM conversation_states
-             WHERE tenant = $1 AND conversation = $2 AND active",
-            &[&user.tenant, &target.id()],
-        )
-        .await
         .map_err(backend)?;
+    let Some(found) = found else {
+        let refusal = rules::unknown_message(Some(message_id), target.id());
+        return Err(StoreError::Refused(refusal));
+    };
+    let author: String = found.get(0);
+    // The participants of a direct conversation (by key), or the current members of a group
+    // (by the index of members).
+    let markers = match &target {
+        Target::Direct { id, peer } => {
+            let participants = vec![user.user.as_str(), peer.as_str()];
+            tx.query(
+                "SELECT owner, read_marker FROM conversation_states
+                 WHERE tenant = $1 AND owner = ANY($2) AND conversation = $3",
+                &[&user.tenant, &participants, id],
+            )
+            .await
+        }
+        Target::Group(id) => {
+            tx.query(
+                "SELECT owner, read_marker FROM conversation_states
+                 WHERE tenant = $1 AND conversation = $2 AND active AND role IS NOT NULL",
+                &[&user.tenant, id],
+            )
+            .await
+        }
+    }
+    .map_err(backend)?;
     tx.commit().await.map_err(backend)?;
     let markers = markers
         .iter()

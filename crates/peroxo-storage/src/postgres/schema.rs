@@ -60,18 +60,14 @@ const CONVERSATIONS: &str = "CREATE SEQUENCE events_id_seq;
         conversation TEXT NOT NULL,
         actor TEXT NOT NULL,
         ts BIGINT NOT NULL,
+        -- the kind's name and its columns, as crate::sql::EventColumns says
         kind TEXT NOT NULL,
-        -- members_added: the users added
-        users TEXT[],
-        -- member_left, role_changed: the member concerned
-        subject TEXT,
+        users TEXT,
+        member TEXT,
         role TEXT,
-        -- group_created, group_renamed
         title TEXT,
-        member_count BIGINT,
-        -- read_marker, read_receipt
         message_id BIGINT,
-        unread_count BIGINT
+        count BIGINT
     );
     ALTER TABLE inbox ALTER COLUMN message_id DROP NOT NULL;
     ALTER TABLE inbox ADD COLUMN event_id BIGINT REFERENCES events (id);

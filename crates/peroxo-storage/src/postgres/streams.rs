@@ -14,7 +14,7 @@ use tokio_postgres::Row;
 
 use super::backend;
 use crate::StoreError;
-use crate::sql::sql_int;
+use crate::sql::{EventColumns, sql_int};
 use peroxo_protocol::domain::UserKey;
 use peroxo_protocol::event::{Event, EventKind, Fanout, Role, StreamSeq};
 
@@ -167,26 +167,25 @@ pub(super) async fn insert_event(
     ts: i64,
     kind: EventKind,
 ) -> Result<Event, StoreError> {
-    let c = EventColumns::of(&kind);
+    let (name, c) = EventColumns::of(&kind);
     let row = tx
         .query_one(
-            "INSERT INTO events (id, tenant, conversation, actor, ts, kind, users, subject, role,
-                                 title, member_count, message_id, unread_count)
-             VALUES (nextval('events_id_seq'), $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+            "INSERT INTO events (id, tenant, conversation, actor, ts, kind, users, member, role,
+                                 title, message_id, count)
+             VALUES (nextval('events_id_seq'), $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
              RETURNING id",
             &[
                 &tenant,
                 &conversation_id,
                 &actor,
                 &ts,
-                &kind.name(),
+                &name,
                 &c.users,
-                &c.subject,
+                &c.user,
                 &c.role,
                 &c.title,
-                &c.member_count,
                 &c.message_id,
-                &c.unread_count,
+                &c.count,
             ],
         )
         .await
@@ -224,94 +223,19 @@ pub(super) fn fan_out(
 }
 
 /// The columns of `events e` that [`event_from_row`] reads, in its order.
-pub(super) const EVENT_COLUMNS: &str = "e.id, e.tenant, e.conversation, e.actor, e.ts, e.kind, e.users, e.subject, e.role, e.title, e.member_count, e.message_id, e.unread_count";
-
-/// The kind-specific columns of an event row; those a kind does not use are NULL.
-#[derive(Debug, Default)]
-struct EventColumns<'a> {
-    users: Option<&'a [String]>,
-    subject: Option<&'a str>,
-    role: Option<&'static str>,
-    title: Option<&'a str>,
-    member_count: Option<i64>,
-    message_id: Option<i64>,
-    unread_count: Option<i64>,
-}
-
-impl<'a> EventColumns<'a> {
-    fn of(kind: &'a EventKind) -> Self {
-        match kind {
-            EventKind::GroupCreated {
-                title,
-                member_count,
-            } => Self {
-                title: Some(title),
-                member_count: Some(i64::from(*member_count)),
-                ..Self::default()
-            },
-            EventKind::MembersAdded { users } => Self {
-                users: Some(users),
-                ..Self::default()
-            },
-            EventKind::MemberLeft { user } => Self {
-                subject: Some(user),
-                ..Self::default()
-            },
-            EventKind::RoleChanged { user, role } => Self {
-                subject: Some(user),
-                role: Some(role.as_str()),
-                ..Self::default()
-            },
-            EventKind::GroupRenamed { title } => Self {
-                title: Some(title),
-                ..Self::default()
-            },
-            EventKind::ReadMarker {
-                message_id,
-                unread_count,
-            } => Self {
-                message_id: Some(sql_int(*message_id)),
-                unread_count: Some(sql_int(*unread_count)),
-                ..Self::default()
-            },
-            EventKind::ReadReceipt { message_id } => Self {
-                message_id: Some(sql_int(*message_id)),
-                ..Self::default()
-            },
-        }
-    }
-}
+pub(super) const EVENT_COLUMNS: &str = "e.id, e.tenant, e.conversation, e.actor, e.ts, e.kind, e.users, e.member, e.role, e.title, e.message_id, e.count";
 
 /// Reads an event from [`EVENT_COLUMNS`] starting at column `at` of `row`.
 pub(super) fn event_from_row(row: &Row, at: usize) -> Result<Event, StoreError> {
-    let text = |i: usize| -> String { row.get::<_, Option<String>>(at + i).unwrap_or_default() };
-    let number = |i: usize| -> u64 { row.get::<_, Option<i64>>(at + i).unwrap_or(0) as u64 };
-    let name: String = row.get(at + 5);
-    let kind = match name.as_str() {
-        "group_created" => EventKind::GroupCreated {
-            title: text(9),
-            member_count: u32::try_from(number(10)).unwrap_or(u32::MAX),
-        },
-        "members_added" => EventKind::MembersAdded {
-            users: row
-                .get::<_, Option<Vec<String>>>(at + 6)
-                .unwrap_or_default(),
-        },
-        "member_left" => EventKind::MemberLeft { user: text(7) },
-        "role_changed" => EventKind::RoleChanged {
-            user: text(7),
-            role: role_from_sql(&text(8))?,
-        },
-        "group_renamed" => EventKind::GroupRenamed { title: text(9) },
-        "read_marker" => EventKind::ReadMarker {
-            message_id: number(11),
-            unread_count: number(12),
-        },
-        "read_receipt" => EventKind::ReadReceipt {
-            message_id: number(11),
-        },
-        other => return Err(backend(format!("an event of unknown kind {other:?}"))),
+    let columns = EventColumns {
+        users: row.get(at + 6),
+        user: row.get(at + 7),
+        role: row.get(at + 8),
+        title: row.get(at + 9),
+        message_id: row.get(at + 10),
+        count: row.get(at + 11),
     };
+    let kind = columns.kind(row.get(at + 5)).map_err(backend)?;
     Ok(Event {
         event_id: row.get::<_, i64>(at) as u64,
         tenant: row.get(at + 1),

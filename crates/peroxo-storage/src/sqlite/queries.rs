@@ -281,13 +281,13 @@ pub(super) fn members(
     let group = rules::group_of(&user.user, conversation_id).map_err(refused)?;
     let tx = conn.transaction().map_err(backend)?;
     state::read_state(&tx, user, &Target::Group(group.clone()))?;
-    let members = state::members_since(&tx, &user.tenant, &group)?;
+    let members = state::members(&tx, &user.tenant, &group)?;
     Ok(members
         .into_iter()
-        .map(|(m, joined_ts)| Member {
+        .map(|m| Member {
             user: m.user,
             role: m.role,
-            joined_ts,
+            joined_ts: m.joined_ts,
         })
         .collect())
 }

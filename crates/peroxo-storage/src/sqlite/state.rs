@@ -41,19 +41,6 @@ pub(super) fn members(
     tenant: &str,
     group: &str,
 ) -> Result<Vec<MemberRow>, StoreError> {
-    Ok(members_since(conn, tenant, group)?
-        .into_iter()
-        .map(|(member, _)| member)
-        .collect())
-}
-
-/// The current members of `group`, by user id, each with when it joined (milliseconds since
-/// the Unix epoch).
-pub(super) fn members_since(
-    conn: &Connection,
-    tenant: &str,
-    group: &str,
-) -> Result<Vec<(MemberRow, i64)>, StoreError> {
     let mut stmt = conn
         .prepare_cached(
             "SELECT user, role, joined, joined_ts FROM conversation_states
@@ -74,12 +61,12 @@ pub(super) fn members_since(
     let mut members = Vec::new();
     for row in rows {
         let (user, role, joined, joined_ts) = row.map_err(backend)?;
-        let member = MemberRow {
+        members.push(MemberRow {
             user,
             role: role_of(&role)?,
             joined: joined as u64,
-        };
-        members.push((member, joined_ts));
+            joined_ts,
+        });
     }
     Ok(members)
 }

@@ -1,9 +1,9 @@
-//! The pacer: hands each message to its sender's writer when the message is due.
+//! The pacer: hands each command to its session's writer when the command is due.
 //!
 //! It runs on a thread of its own, so that the pace comes from the clock with sub-millisecond
 //! precision instead of from the runtime's 1 ms timer, and so that a busy runtime cannot hold
 //! it back. It never waits for replies (open loop): a writer whose socket is backed up just
-//! finds more messages queued, and their latency clocks are already running.
+//! finds more commands queued, and their latency clocks are already running.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -11,14 +11,15 @@ use std::time::Instant;
 
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::peer::Shared;
+use super::{Plan, Shared};
 
-/// Queues every message of the plan to its sender's outbox at its due time. Returns when
+/// Queues every command of the plan to its session's outbox at its due time. Returns when
 /// the last one is queued.
-pub(super) fn pace(shared: &Arc<Shared>, outboxes: &[UnboundedSender<u32>]) {
+pub(super) fn pace<P: Plan>(shared: &Arc<Shared<P>>, outboxes: &[UnboundedSender<u32>]) {
     let live = &shared.ledger.live;
-    for i in 0..shared.plan.len() {
-        sleep_until(shared.start + shared.plan.due(i));
+    let timeline = shared.plan.timeline();
+    for i in 0..timeline.len() {
+        sleep_until(shared.start + timeline.due(i));
         let outbox = &outboxes[shared.plan.sender(i) as usize];
         live.dispatched.fetch_add(1, Ordering::Relaxed);
         if outbox.send(i).is_err() {

@@ -1,97 +1,15 @@
-//! The rules of conversations that both SQL backends apply alike, as pure functions: which
-//! conversation a request names for its user, what a group creation or change may do and
-//! which events it makes for whom, who inherits a group, where a read mark moves a marker,
-//! and who has read a message.
-//!
-//! Nothing here does I/O. A backend reads the rows a rule needs inside its transaction, asks
-//! the rule, and writes what the rule answers; a refusal comes before any write, so a refused
-//! request stores nothing.
+//! The rules of groups: what a creation or a change may do, which events it makes and whose
+//! streams each enters (in commit order), and who inherits a group when its owner leaves.
 
 use std::collections::BTreeSet;
 
-use peroxo_protocol::conversation::{ConversationRef, CreateGroup, GroupLimits, GroupOp, Receipt};
+use super::{bad_request, not_a_member, not_allowed};
+use peroxo_protocol::conversation::{CreateGroup, GroupLimits, GroupOp};
 use peroxo_protocol::domain::validate_id;
 use peroxo_protocol::event::{
     EventKind, GROUP_ID_PREFIX, GROUP_ID_RANDOM_LEN, MAX_GROUP_MEMBERS, MAX_USERS_PER_CHANGE,
     Refusal, RefusalCode, Role, validate_title,
 };
-
-/// A conversation as one of its users names it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Target {
-    /// A direct conversation: its id and the other participant (the user for a conversation
-    /// with oneself).
-    Direct {
-        id: String,
-        peer: String,
-    },
-    Group(String),
-}
-
-impl Target {
-    pub(crate) fn id(&self) -> &str {
-        match self {
-            Target::Direct { id, .. } | Target::Group(id) => id,
-        }
-    }
-}
-
-/// The conversation `conversation_id` names for `user`: refused when it is no conversation
-/// id, or a direct conversation of others.
-pub(crate) fn target_of(user: &str, conversation_id: &str) -> Result<Target, Refusal> {
-    let parsed = ConversationRef::parse(conversation_id)
-        .map_err(|e| bad_request(format!("conversation_id {e}")))?;
-    let peer = parsed.peer_of(user).map(str::to_owned);
-    match (parsed, peer) {
-        (ConversationRef::Group(id), _) => Ok(Target::Group(id)),
-        (ConversationRef::Direct { .. }, Some(peer)) => Ok(Target::Direct {
-            id: conversation_id.to_owned(),
-            peer,
-        }),
-        (ConversationRef::Direct { .. }, None) => Err(bad_request(format!(
-            "{user} is not a participant of {conversation_id}"
-        ))),
-    }
-}
-
-/// The group `conversation_id` names, for requests that only groups answer (changes,
-/// members).
-pub(crate) fn group_of(user: &str, conversation_id: &str) -> Result<String, Refusal> {
-    match target_of(user, conversation_id)? {
-        Target::Group(id) => Ok(id),
-        Target::Direct { .. } => Err(bad_request("direct conversations have no members")),
-    }
-}
-
-pub(crate) fn bad_request(message: impl Into<String>) -> Refusal {
-    Refusal::new(RefusalCode::BadRequest, message)
-}
-
-pub(crate) fn unknown_conversation(conversation_id: &str) -> Refusal {
-    Refusal::new(
-        RefusalCode::UnknownConversation,
-        format!("no conversation {conversation_id}"),
-    )
-}
-
-pub(crate) fn not_a_member(user: &str, conversation_id: &str) -> Refusal {
-    Refusal::new(
-        RefusalCode::NotAMember,
-        format!("{user} is not a member of {conversation_id}"),
-    )
-}
-
-fn not_allowed(message: impl Into<String>) -> Refusal {
-    Refusal::new(RefusalCode::NotAllowed, message)
-}
-
-pub(crate) fn unknown_message(message_id: Option<u64>, conversation_id: &str) -> Refusal {
-    let message = match message_id {
-        Some(id) => format!("no message {id} in {conversation_id}"),
-        None => format!("no message from others to mark unread in {conversation_id}"),
-    };
-    Refusal::new(RefusalCode::UnknownMessage, message)
-}
 
 /// A fresh group id: [`GROUP_ID_PREFIX`] and [`GROUP_ID_RANDOM_LEN`] random lowercase hex
 /// digits.
@@ -105,7 +23,7 @@ pub(crate) fn new_group_id() -> String {
 }
 
 /// The most members a group may have under `limits`.
-pub(crate) fn member_cap(limits: &GroupLimits) -> u64 {
+fn member_cap(limits: &GroupLimits) -> u64 {
     u64::from(limits.max_members.min(MAX_GROUP_MEMBERS))
 }
 
@@ -177,6 +95,8 @@ pub(crate) struct MemberRow {
     /// When the member joined, as an order: earlier joins are smaller (members who joined
     /// together have the same value).
     pub(crate) joined: u64,
+    /// When the member joined, in milliseconds since the Unix epoch.
+    pub(crate) joined_ts: i64,
 }
 
 /// A group as a change reads it.
@@ -369,7 +289,7 @@ fn plan_leave(me: &MemberRow, group: GroupState<'_>) -> Vec<Step> {
 /// Who inherits a group whose owner leaves, among the `remaining` members: the
 /// longest-standing admin, else the longest-standing member; ties by user id. `None` when
 /// nobody remains.
-pub(crate) fn successor(remaining: &[MemberRow]) -> Option<&str> {
+fn successor(remaining: &[MemberRow]) -> Option<&str> {
     let longest_standing = |role: Role| {
         remaining
             .iter()
@@ -419,51 +339,6 @@ fn plan_set_role(
     Ok(steps)
 }
 
-/// The marker a `Read` of up to `requested` aims at: never past the newest message the user
-/// can see (0 when there is none).
-pub(crate) fn read_target(requested: u64, newest_visible: u64) -> u64 {
-    requested.min(newest_visible)
-}
-
-/// The marker an `Unread` aims at: just before `first_unread`, the message it names (or the
-/// newest from others), which the backend found among the visible messages (`None`: no such
-/// message).
-pub(crate) fn unread_target(
-    first_unread: Option<u64>,
-    requested: Option<u64>,
-    conversation_id: &str,
-) -> Result<u64, Refusal> {
-    first_unread
-        .map(|id| id - 1)
-        .ok_or_else(|| unknown_message(requested, conversation_id))
-}
-
-/// Whether a mark moves a marker now at `current` to `target`: a read moves it forward only,
-/// an unread anywhere else.
-pub(crate) fn marker_moves(current: u64, target: u64, forward_only: bool) -> bool {
-    if forward_only {
-        target > current
-    } else {
-        target != current
-    }
-}
-
-/// The receipts of a message by `author` with id `message_id`, from the read markers of the
-/// conversation's members or participants: everyone but the author at or past it, by user.
-pub(crate) fn receipts(
-    author: &str,
-    message_id: u64,
-    markers: impl IntoIterator<Item = (String, u64)>,
-) -> Vec<Receipt> {
-    let mut readers: Vec<Receipt> = markers
-        .into_iter()
-        .filter(|(user, marker)| user != author && *marker >= message_id)
-        .map(|(user, read_marker)| Receipt { user, read_marker })
-        .collect();
-    readers.sort_by(|a, b| a.user.cmp(&b.user));
-    readers
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -485,6 +360,7 @@ mod tests {
             user: user.to_owned(),
             role,
             joined,
+            joined_ts: 0,
         }
     }
 
@@ -517,28 +393,6 @@ mod tests {
     }
 
     const EVERYONE: [&str; 4] = ["alice", "bob", "carol", "dave"];
-
-    #[test]
-    fn a_direct_conversation_must_name_its_user() {
-        assert_eq!(
-            target_of("bob", "alice:bob"),
-            Ok(Target::Direct {
-                id: "alice:bob".into(),
-                peer: "alice".into()
-            })
-        );
-        assert_eq!(
-            target_of("carol", "alice:bob").unwrap_err().code,
-            RefusalCode::BadRequest
-        );
-        assert_eq!(
-            target_of("bob", "bob:alice").unwrap_err().code,
-            RefusalCode::BadRequest
-        );
-        assert_eq!(target_of("bob", GROUP), Ok(Target::Group(GROUP.into())));
-        let direct = group_of("bob", "alice:bob").unwrap_err();
-        assert!(direct.message.contains("direct"), "{direct}");
-    }
 
     #[test]
     fn group_ids_are_fresh_and_well_formed() {
@@ -731,46 +585,6 @@ mod tests {
                 EventKind::RoleChanged {
                     user: "alice".into(),
                     role: Role::Admin
-                }
-            ]
-        );
-    }
-
-    #[test]
-    fn a_read_stops_at_the_newest_visible_message_and_moves_forward_only() {
-        assert_eq!(read_target(u64::MAX, 42), 42);
-        assert_eq!(read_target(7, 42), 7);
-        assert!(marker_moves(5, 7, true));
-        assert!(!marker_moves(7, 5, true));
-        assert!(!marker_moves(7, 7, true));
-        assert!(marker_moves(7, 5, false));
-        assert!(!marker_moves(5, 5, false));
-    }
-
-    #[test]
-    fn an_unread_marks_from_the_message_it_found() {
-        assert_eq!(unread_target(Some(10), Some(10), GROUP), Ok(9));
-        let none = unread_target(None, None, GROUP).unwrap_err();
-        assert_eq!(none.code, RefusalCode::UnknownMessage);
-        assert!(none.message.contains("from others"), "{none}");
-        let missing = unread_target(None, Some(3), GROUP).unwrap_err();
-        assert!(missing.message.contains('3'), "{missing}");
-    }
-
-    #[test]
-    fn receipts_leave_out_the_author_and_those_behind() {
-        let markers =
-            [("carol", 9), ("alice", 12), ("bob", 10), ("dave", 3)].map(|(u, m)| (u.to_owned(), m));
-        assert_eq!(
-            receipts("alice", 9, markers),
-            [
-                Receipt {
-                    user: "bob".into(),
-                    read_marker: 10
-                },
-                Receipt {
-                    user: "carol".into(),
-                    read_marker: 9
                 }
             ]
         );
