@@ -1,11 +1,13 @@
 //! The client library (`peroxo-client`) against real gateways: a send is acked and delivered;
 //! a node stopped mid-send and started again on the same database loses nothing acked and
-//! delivers every message once, in order; a message that skips a seq makes the client sync.
+//! delivers every message once, in order; a message that skips a seq makes the client sync; a
+//! protocol-1 client passes over the seqs of the events protocol 2 puts in its stream.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use peroxo_client::{Backoff, Client, ClientConfig, Delivered, Event, Events, Via};
+use serde_json::json;
 use tokio::time::Instant;
 
 use crate::common::{DEADLINE, TestServer, free_addr, start_store};
@@ -237,4 +239,49 @@ async fn a_message_that_skips_a_seq_makes_the_client_sync_the_gap() {
     }
     drop((near, far));
     store.stop().await;
+}
+
+#[tokio::test]
+async fn a_protocol_1_client_passes_over_the_events_a_protocol_2_peer_puts_in_its_stream() {
+    let server = TestServer::start().await;
+    let addr = server.gateway.http_addr;
+    let (bob, mut bob_events) = Client::connect(config(vec![url(addr, "bob")]))
+        .await
+        .unwrap();
+    let mut alice = server.connect_v2("alice").await;
+
+    let hi = bob.send("alice", "hi alice").await.unwrap();
+    assert_eq!(hi.seq, 1);
+    alice.wait_for("message").await;
+    // Alice reads it: a `read_receipt` event takes seq 2 of bob's stream, which bob's
+    // protocol-1 connection never sees.
+    alice
+        .send_json(json!({"type": "mark_read", "conversation_id": "alice:bob",
+            "message_id": hi.message_id, "req_id": "m1"}))
+        .await;
+    assert_eq!(
+        alice.wait_for("read_state").await["read_marker"],
+        hi.message_id
+    );
+    let reply = alice.dm("bob", "hi bob", "a1").await;
+
+    let mut anomalies = Vec::new();
+    let stream = messages(&mut bob_events, 2, DEADLINE, |event| {
+        if let Event::Anomaly(what) = event {
+            anomalies.push(what.clone());
+        }
+    })
+    .await;
+    assert_eq!(stream[1].message_id, reply["message_id"]);
+    assert_eq!(stream[1].seq, 3, "seq 2 is the receipt");
+    assert!(anomalies.is_empty(), "{anomalies:?}");
+    let until = Instant::now() + DEADLINE;
+    while bob.last_seq() < 3 {
+        assert!(
+            Instant::now() < until,
+            "bob's client stopped at {}",
+            bob.last_seq()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

@@ -355,8 +355,9 @@ impl Client {
     }
 
     /// Every seq of the user's stream up to this one has been delivered as an
-    /// [`Event::Message`]: the position to persist, and to start from next time
-    /// ([`ClientConfig::last_seq`]).
+    /// [`Event::Message`] or [`Event::StreamEvent`] (or, on a protocol-1 connection, passed
+    /// over when it is a group message or an event, which protocol 1 never shows): the
+    /// position to persist, and to start from next time ([`ClientConfig::last_seq`]).
     pub fn last_seq(&self) -> u64 {
         self.delivered.load(Ordering::Acquire)
     }

@@ -15,7 +15,9 @@
 //! A connection asks for protocol 2 with `protocol=2` in its URL's query string. The client
 //! then also sends to groups (a group id as `to`), delivers the stream's events
 //! ([`Event::StreamEvent`]) in seq order among its messages, and answers protocol 2's
-//! commands sent with [`Client::request`].
+//! commands sent with [`Client::request`]. Without it (protocol 1), the user's stream still
+//! holds the group messages and events that other connections see; their seqs are passed over
+//! once a sync shows they are not direct messages.
 //!
 //! ## Quick start
 //!

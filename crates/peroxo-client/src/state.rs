@@ -70,6 +70,8 @@ pub(crate) struct ClientState {
     next_request: u64,
     jitter: Jitter,
     connected: bool,
+    /// The protocol version of the current (or last) connection, from `welcome`.
+    protocol: u32,
     /// Events for the application, in order.
     events: Vec<Event>,
     /// Sync waiters to answer once the events before their answer are handed on.
@@ -88,6 +90,7 @@ impl ClientState {
             next_request: 0,
             jitter,
             connected: false,
+            protocol: 0,
             events: Vec::new(),
             answers: Vec::new(),
         }
@@ -159,6 +162,7 @@ impl ClientState {
 
     pub(crate) fn on_connected(&mut self, welcome: &Welcome, now: Instant) {
         self.connected = true;
+        self.protocol = welcome.protocol;
         self.me.clone_from(&welcome.user);
         self.server_last_seq = self.server_last_seq.max(welcome.last_seq);
         self.outbox.on_connected(now);
@@ -327,11 +331,15 @@ impl ClientState {
             ))),
         }
         for entry in self.stream.take_ready() {
-            self.events.push(match entry {
-                StreamEntry::Message(message) => Event::Message(message),
-                StreamEntry::Event(event) => Event::StreamEvent(event),
-            });
+            self.hand_on(entry);
         }
+    }
+
+    fn hand_on(&mut self, entry: StreamEntry) {
+        self.events.push(match entry {
+            StreamEntry::Message(message) => Event::Message(message),
+            StreamEntry::Event(event) => Event::StreamEvent(event),
+        });
     }
 
     fn on_ack(&mut self, ack: Ack) {
@@ -381,6 +389,14 @@ impl ClientState {
                 event,
                 via: Via::Sync,
             }));
+        }
+        if !has_more && self.protocol < 2 {
+            // A protocol-1 sync returns direct messages only, and its `last_seq` is read in
+            // the same snapshot: every seq up to it that no page of the cycle returned is a
+            // group message or an event of the user's stream, never this connection's.
+            for entry in self.stream.skip_to(last_seq) {
+                self.hand_on(entry);
+            }
         }
         self.server_last_seq = self.server_last_seq.max(last_seq);
         let delivered = self.stream.delivered();
@@ -887,6 +903,43 @@ mod tests {
             now,
         );
         assert_eq!(rx.try_recv().unwrap(), Err(ClientError::Interrupted));
+    }
+
+    #[test]
+    fn a_protocol_1_sync_passes_over_the_seqs_of_entries_it_never_sees() {
+        // Protocol 1 syncs direct messages only: seqs 2 and 4 are a group message and an
+        // event of the same user's stream.
+        let (mut state, now) = connected(0);
+        state.on_frame(ServerFrame::Message(view(1)), now);
+        state.on_frame(ServerFrame::Message(view(3)), now);
+        let (after, req) = sync_of(&state.outgoing(now)).expect("a skip asks for a sync");
+        assert_eq!(after, 1);
+        state.on_frame(sync_page(&req, 3..=3, 4, false), now);
+        assert_eq!(delivered_seqs(&mut state), [1, 3]);
+        assert_eq!(state.delivered(), 4);
+        assert_eq!(sync_of(&state.outgoing(now)), None);
+        // Seq 5 follows at once.
+        state.on_frame(ServerFrame::Message(view(5)), now);
+        assert_eq!(delivered_seqs(&mut state), [5]);
+    }
+
+    #[test]
+    fn a_protocol_2_sync_waits_for_every_seq() {
+        let (mut state, now) = connected(0);
+        let mut v2 = welcome(0);
+        v2.protocol = 2;
+        state.on_connected(&v2, now);
+        state.on_frame(ServerFrame::Message(view(2)), now);
+        let (_, req) = sync_of(&state.outgoing(now)).unwrap();
+        state.on_frame(sync_page(&req, 2..=2, 2, false), now);
+        let events = state.take_events();
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e, Event::Anomaly(what) if what.contains("returns nothing"))),
+            "a protocol-2 stream with a hole is an anomaly: {events:?}"
+        );
+        assert_eq!(state.delivered(), 0);
     }
 
     #[test]

@@ -165,6 +165,23 @@ impl SeqStream {
         Taken::Fresh
     }
 
+    /// Passes over every seq up to `seq` that never came (on a protocol-1 connection, the
+    /// group messages and events it is not given): what waits up to it, and any run of
+    /// entries right after it, is delivered. Returns what became deliverable, in seq order.
+    pub(crate) fn skip_to(&mut self, seq: u64) -> Vec<StreamEntry> {
+        while self.delivered < seq {
+            self.delivered += 1;
+            if let Some(entry) = self.waiting.remove(&self.delivered) {
+                self.ready.push(entry);
+            }
+        }
+        while let Some(next) = self.waiting.remove(&(self.delivered + 1)) {
+            self.delivered += 1;
+            self.ready.push(next);
+        }
+        self.take_ready()
+    }
+
     /// The entries delivered since the last call, in seq order.
     pub(crate) fn take_ready(&mut self) -> Vec<StreamEntry> {
         std::mem::take(&mut self.ready)
@@ -263,6 +280,19 @@ pub(crate) mod tests {
                 offered: EntryId::Message("other".into())
             }
         );
+    }
+
+    #[test]
+    fn skipping_delivers_what_waited_and_what_follows() {
+        let mut stream = SeqStream::after(1);
+        stream.take(message(3, "m3"));
+        stream.take(message(6, "m6"));
+        stream.take(message(7, "m7"));
+        assert_eq!(seqs(stream.skip_to(5)), [3, 6, 7]);
+        assert_eq!(stream.delivered(), 7);
+        assert!(!stream.has_gap());
+        assert!(seqs(stream.skip_to(2)).is_empty(), "never backwards");
+        assert_eq!(stream.delivered(), 7);
     }
 
     #[test]
