@@ -4,8 +4,8 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+use super::backend;
 use super::writer::{Entry, WriteTx};
-use super::{backend, state};
 use crate::rules;
 use crate::seq_assignment::{MessageSeqs, inbox_entries, next_seqs, stream_entries};
 use crate::sql::{MESSAGE_COLUMNS, sql_int};
@@ -80,11 +80,10 @@ fn append_to_group(
     }
     let (tenant, group) = (&message.tenant, &message.recipient);
     let refuse = |refusal| Ok((AppendOutcome::Rejected(refusal), 0));
-    if state::group_title(w.conn, tenant, group)?.is_none() {
+    let Some(members) = w.group_members(tenant, group)? else {
         return refuse(rules::unknown_conversation(group));
-    }
-    let members = state::members(w.conn, tenant, group)?;
-    if !members.iter().any(|m| m.user == message.sender) {
+    };
+    if members.binary_search(&message.sender).is_err() {
         return refuse(rules::not_a_member(&message.sender, group));
     }
     let sender = UserKey::new(tenant.clone(), message.sender.clone());
@@ -98,18 +97,18 @@ fn append_to_group(
     };
     let stored = assigned.stored(message, message_id, w.ts);
     let mut others = Vec::with_capacity(members.len() - 1);
-    for member in &members {
-        let owner = sender.peer(member.user.clone());
-        let seq = if member.user == message.sender {
+    for member in members.iter() {
+        let owner = sender.peer(member.clone());
+        let seq = if *member == message.sender {
             sender_seq
         } else {
             w.current_seq(&owner)? + 1
         };
         w.enter_at(&owner, seq, Entry::GroupMessage(message_id))?;
         record_message(w.conn, &stored, group, &owner, seq)?;
-        if member.user != message.sender {
+        if *member != message.sender {
             others.push(StreamSeq {
-                user: member.user.clone(),
+                user: member.clone(),
                 seq,
             });
         }
@@ -204,8 +203,9 @@ fn insert_inbox(conn: &Connection, stored: &StoredMessage) -> Result<(), StoreEr
 
 /// Updates `user`'s state of `conversation` for `stored`, which took `seq` in the user's
 /// stream: it is the preview and the activity; its sender has read it (without an event: the
-/// message in the sender's stream says so), anyone else has one more unread. A direct
-/// conversation's row is made by its first message.
+/// message in the sender's stream says so), anyone else has one more unread. The row is
+/// updated in place (a group member's always exists; a direct conversation's exists after its
+/// first message, which makes it).
 fn record_message(
     conn: &Connection,
     stored: &StoredMessage,
@@ -213,39 +213,60 @@ fn record_message(
     user: &UserKey,
     seq: u64,
 ) -> Result<(), StoreError> {
-    let peer = (!stored.is_group()).then(|| {
-        if stored.sender == user.user {
-            &stored.recipient
-        } else {
-            &stored.sender
-        }
-    });
-    let sql = if stored.sender == user.user {
-        "INSERT INTO conversation_states
-             (tenant, user, conversation, peer, read_marker, unread_count, last_message_id, activity_seq)
-         VALUES (?1, ?2, ?3, ?4, ?5, 0, ?5, ?6)
-         ON CONFLICT (tenant, user, conversation) DO UPDATE SET
-             read_marker = excluded.read_marker, unread_count = 0,
-             last_message_id = excluded.last_message_id, activity_seq = excluded.activity_seq"
+    let read = stored.sender == user.user;
+    let update = if read {
+        "UPDATE conversation_states SET read_marker = ?4, unread_count = 0,
+             last_message_id = ?4, activity_seq = ?5
+         WHERE tenant = ?1 AND user = ?2 AND conversation = ?3"
     } else {
-        "INSERT INTO conversation_states
-             (tenant, user, conversation, peer, read_marker, unread_count, last_message_id, activity_seq)
-         VALUES (?1, ?2, ?3, ?4, 0, 1, ?5, ?6)
-         ON CONFLICT (tenant, user, conversation) DO UPDATE SET
-             unread_count = unread_count + 1,
-             last_message_id = excluded.last_message_id, activity_seq = excluded.activity_seq"
+        "UPDATE conversation_states SET unread_count = unread_count + 1,
+             last_message_id = ?4, activity_seq = ?5
+         WHERE tenant = ?1 AND user = ?2 AND conversation = ?3"
     };
-    conn.prepare_cached(sql)
+    let message_id = sql_int(stored.message_id);
+    let updated = conn
+        .prepare_cached(update)
         .and_then(|mut stmt| {
             stmt.execute(params![
                 user.tenant,
                 user.user,
                 conversation,
-                peer,
-                sql_int(stored.message_id),
+                message_id,
                 sql_int(seq)
             ])
         })
         .map_err(backend)?;
+    if updated != 0 {
+        return Ok(());
+    }
+    if stored.is_group() {
+        return Err(StoreError::Backend(format!(
+            "member {} of {conversation} has no conversation state",
+            user.user
+        )));
+    }
+    let peer = if read {
+        &stored.recipient
+    } else {
+        &stored.sender
+    };
+    conn.prepare_cached(
+        "INSERT INTO conversation_states
+             (tenant, user, conversation, peer, read_marker, unread_count, last_message_id, activity_seq)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )
+    .and_then(|mut stmt| {
+        stmt.execute(params![
+            user.tenant,
+            user.user,
+            conversation,
+            peer,
+            if read { message_id } else { 0 },
+            i64::from(!read),
+            message_id,
+            sql_int(seq)
+        ])
+    })
+    .map_err(backend)?;
     Ok(())
 }

@@ -124,6 +124,7 @@ pub(super) fn change_group(
 ) -> Result<(GroupOutcome, usize), StoreError> {
     let (tenant, actor) = (&request.actor.tenant, &request.actor.user);
     let group = rules::group_of(actor, &request.conversation_id).map_err(StoreError::Refused)?;
+    w.forget_group(tenant, &group);
     let Some(title) = state::group_title(w.conn, tenant, &group)? else {
         return Err(StoreError::Refused(rules::unknown_conversation(&group)));
     };

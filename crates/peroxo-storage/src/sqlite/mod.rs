@@ -20,6 +20,8 @@
 mod append;
 mod groups;
 mod queries;
+#[cfg(test)]
+mod query_plans;
 mod reads;
 mod schema;
 mod state;
@@ -102,6 +104,7 @@ impl SqliteStore {
         let writer = Writer {
             conn,
             seqs: HashMap::new(),
+            groups: writer::KnownGroups::default(),
             checkpoint: checkpoint_tx,
         };
         std::thread::Builder::new()

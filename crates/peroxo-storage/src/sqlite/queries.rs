@@ -182,6 +182,29 @@ fn stream_entry(row: &Row<'_>) -> rusqlite::Result<StreamEntry> {
     Ok(StreamEntry::Message(message))
 }
 
+/// A page of a user's conversation list (`?1` tenant, `?2` user, `?3` activity before, `?4`
+/// rows), each with its preview, the peer's read marker in a direct conversation and the
+/// user's seq of a group's last message. The subquery names its index, so that no planner
+/// (the backend never gathers statistics) can fall back to the primary key's (tenant, owner)
+/// prefix, which reads the user's whole stream for every conversation on the page.
+pub(super) fn conversation_page_sql() -> String {
+    format!(
+        "SELECT {MESSAGE_COLUMNS}, s.conversation, s.peer, s.role, s.read_marker,
+             s.unread_count, s.activity_seq, g.title, g.member_count,
+             COALESCE(p.read_marker, 0),
+             (SELECT i.seq FROM inbox i INDEXED BY inbox_group_messages
+              WHERE i.tenant = s.tenant AND i.owner = s.user
+                AND i.message_id = s.last_message_id AND i.kind = {GROUP_MESSAGE})
+         FROM conversation_states s
+         LEFT JOIN messages m ON m.id = s.last_message_id
+         LEFT JOIN groups g ON s.role IS NOT NULL AND g.tenant = s.tenant AND g.id = s.conversation
+         LEFT JOIN conversation_states p ON s.peer IS NOT NULL AND p.tenant = s.tenant
+             AND p.user = s.peer AND p.conversation = s.conversation
+         WHERE s.tenant = ?1 AND s.user = ?2 AND s.active = 1 AND s.activity_seq < ?3
+         ORDER BY s.activity_seq DESC LIMIT ?4"
+    )
+}
+
 pub(super) fn conversations(
     conn: &mut Connection,
     query: &ConversationsQuery,
@@ -199,21 +222,7 @@ pub(super) fn conversations(
         })
         .map_err(backend)? as u64;
     let mut stmt = tx
-        .prepare_cached(&format!(
-            "SELECT {MESSAGE_COLUMNS}, s.conversation, s.peer, s.role, s.read_marker,
-                 s.unread_count, s.activity_seq, g.title, g.member_count,
-                 COALESCE(p.read_marker, 0),
-                 (SELECT i.seq FROM inbox i
-                  WHERE i.tenant = s.tenant AND i.owner = s.user
-                    AND i.message_id = s.last_message_id AND i.kind = {GROUP_MESSAGE})
-             FROM conversation_states s
-             LEFT JOIN messages m ON m.id = s.last_message_id
-             LEFT JOIN groups g ON s.role IS NOT NULL AND g.tenant = s.tenant AND g.id = s.conversation
-             LEFT JOIN conversation_states p ON s.peer IS NOT NULL AND p.tenant = s.tenant
-                 AND p.user = s.peer AND p.conversation = s.conversation
-             WHERE s.tenant = ?1 AND s.user = ?2 AND s.active = 1 AND s.activity_seq < ?3
-             ORDER BY s.activity_seq DESC LIMIT ?4"
-        ))
+        .prepare_cached(&conversation_page_sql())
         .map_err(backend)?;
     let before = query.before.map_or(i64::MAX, sql_int);
     let rows = stmt
@@ -292,6 +301,17 @@ pub(super) fn members(
         .collect())
 }
 
+/// The read markers of a group's members (`?1` tenant, `?2` group).
+pub(super) const GROUP_READ_MARKERS: &str = "
+    SELECT user, read_marker FROM conversation_states INDEXED BY group_members
+    WHERE tenant = ?1 AND conversation = ?2 AND role IS NOT NULL AND active = 1";
+/// The read markers of a direct conversation's participants (`?1` tenant, `?2` conversation,
+/// `?3` and `?4` the participants), read by primary key: no index covers a direct
+/// conversation's rows by conversation.
+pub(super) const DIRECT_READ_MARKERS: &str = "
+    SELECT user, read_marker FROM conversation_states
+    WHERE tenant = ?1 AND user IN (?3, ?4) AND conversation = ?2 AND active = 1";
+
 pub(super) fn read_receipts(
     conn: &mut Connection,
     user: &UserKey,
@@ -310,18 +330,19 @@ pub(super) fn read_receipts(
             conversation,
         )));
     };
-    let mut stmt = tx
-        .prepare_cached(
-            "SELECT user, read_marker FROM conversation_states
-             WHERE tenant = ?1 AND conversation = ?2 AND active = 1",
-        )
-        .map_err(backend)?;
-    let markers = stmt
-        .query_map(params![user.tenant, conversation], |row| {
-            Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)? as u64))
-        })
-        .map_err(backend)?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(backend)?;
+    let marker = |row: &Row<'_>| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)? as u64));
+    let markers = match &target {
+        Target::Group(_) => tx.prepare_cached(GROUP_READ_MARKERS).and_then(|mut stmt| {
+            stmt.query_map(params![user.tenant, conversation], marker)?
+                .collect::<Result<Vec<_>, _>>()
+        }),
+        Target::Direct { peer, .. } => {
+            tx.prepare_cached(DIRECT_READ_MARKERS).and_then(|mut stmt| {
+                stmt.query_map(params![user.tenant, conversation, user.user, peer], marker)?
+                    .collect::<Result<Vec<_>, _>>()
+            })
+        }
+    }
+    .map_err(backend)?;
     Ok(rules::receipts(&author, message_id, markers))
 }

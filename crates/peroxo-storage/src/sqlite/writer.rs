@@ -7,10 +7,11 @@
 //! the first write); any other error fails the whole transaction, and every job in it.
 //!
 //! [`WriteTx`] is what a job writes through: it takes the seqs (remembered across
-//! transactions, so a direct message need not read them) and fans events out.
+//! transactions, so a direct message need not read them), knows the members of the groups it
+//! saw lately (so a group message need not read them either), and fans events out.
 
 use std::collections::HashMap;
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 
 use rusqlite::{Connection, TransactionBehavior, params};
 use tokio::sync::oneshot;
@@ -32,6 +33,9 @@ const MAX_GROUP_COMMIT: usize = 8_192;
 /// Users whose current seq the writer remembers; past this, it forgets them all and reads
 /// each again from the database when next needed.
 const SEQ_CACHE_USERS: usize = 200_000;
+/// Group members the writer remembers, over all groups; past this, it forgets every group and
+/// reads each again from the database when next needed.
+const KNOWN_MEMBERS: usize = 500_000;
 
 /// Where a job's answer goes.
 pub(super) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
@@ -139,8 +143,54 @@ pub(super) struct Writer {
     /// The current seq of recently seen users, as committed (or being committed by the open
     /// transaction). Cleared when a transaction fails, since it may then be ahead.
     pub(super) seqs: HashMap<UserKey, u64>,
+    /// The members of recently seen groups, as committed (or being committed by the open
+    /// transaction). Cleared when a transaction fails.
+    pub(super) groups: KnownGroups,
     /// Wakes the checkpointer after a commit.
     pub(super) checkpoint: mpsc::SyncSender<()>,
+}
+
+/// The members of the groups the writer saw lately, so that a group message need not read
+/// them: every change of membership is a job of the writer, which forgets the group's entry
+/// in that job.
+#[derive(Debug, Default)]
+pub(super) struct KnownGroups {
+    /// By tenant, then by group: the members' user ids, sorted.
+    by_tenant: HashMap<String, HashMap<String, Arc<[String]>>>,
+    /// The members held, over all groups.
+    members: usize,
+}
+
+impl KnownGroups {
+    fn get(&self, tenant: &str, group: &str) -> Option<Arc<[String]>> {
+        self.by_tenant.get(tenant)?.get(group).cloned()
+    }
+
+    fn put(&mut self, tenant: &str, group: &str, members: Arc<[String]>) {
+        if self.members + members.len() > KNOWN_MEMBERS {
+            self.clear();
+        }
+        self.members += members.len();
+        let groups = self.by_tenant.entry(tenant.to_owned()).or_default();
+        if let Some(old) = groups.insert(group.to_owned(), members) {
+            self.members -= old.len();
+        }
+    }
+
+    fn forget(&mut self, tenant: &str, group: &str) {
+        if let Some(old) = self
+            .by_tenant
+            .get_mut(tenant)
+            .and_then(|groups| groups.remove(group))
+        {
+            self.members -= old.len();
+        }
+    }
+
+    fn clear(&mut self) {
+        self.by_tenant.clear();
+        self.members = 0;
+    }
 }
 
 impl Writer {
@@ -160,6 +210,7 @@ impl Writer {
                 }
                 Err(e) => {
                     self.seqs.clear();
+                    self.groups.clear();
                     tracing::error!(error = %e, "sqlite write transaction failed");
                     let error = e.to_string();
                     for job in group {
@@ -184,6 +235,7 @@ impl Writer {
         let mut w = WriteTx {
             conn: &tx,
             seqs: &mut self.seqs,
+            groups: &mut self.groups,
             ts: now_ms(),
         };
         let mut done = Vec::with_capacity(group.len());
@@ -218,6 +270,7 @@ pub(super) enum Entry {
 pub(super) struct WriteTx<'t> {
     pub(super) conn: &'t Connection,
     seqs: &'t mut HashMap<UserKey, u64>,
+    groups: &'t mut KnownGroups,
     /// The commit time of everything in the transaction.
     pub(super) ts: i64,
 }
@@ -229,6 +282,32 @@ impl WriteTx<'_> {
             Some(seq) => Ok(*seq),
             None => state::last_seq(self.conn, user),
         }
+    }
+
+    /// The members of `group` (user ids, sorted): remembered, or read inside the transaction.
+    /// `None` when the tenant has no such group.
+    pub(super) fn group_members(
+        &mut self,
+        tenant: &str,
+        group: &str,
+    ) -> Result<Option<Arc<[String]>>, StoreError> {
+        if let Some(members) = self.groups.get(tenant, group) {
+            return Ok(Some(members));
+        }
+        if state::group_title(self.conn, tenant, group)?.is_none() {
+            return Ok(None);
+        }
+        let members: Arc<[String]> = state::members(self.conn, tenant, group)?
+            .into_iter()
+            .map(|member| member.user)
+            .collect();
+        self.groups.put(tenant, group, Arc::clone(&members));
+        Ok(Some(members))
+    }
+
+    /// Forgets the remembered members of `group`: the job is changing them.
+    pub(super) fn forget_group(&mut self, tenant: &str, group: &str) {
+        self.groups.forget(tenant, group);
     }
 
     /// Remembers that `user` took `seq` (only once its stream row is written: a refused or
