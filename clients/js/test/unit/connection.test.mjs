@@ -1,0 +1,171 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { ServerError, ClientError } from '../../dist/index.js';
+import { fakeClient, FakeServer, token, waitFor } from './fake-socket.mjs';
+
+const client = fakeClient;
+
+test('connects with protocol 2 and reports the states', async () => {
+  const server = new FakeServer();
+  const c = client(server);
+  const states = [];
+  c.on('state', (s) => states.push(s.status));
+  const socket = await server.socket(1);
+  assert.equal(socket.url.searchParams.get('protocol'), '2');
+  assert.equal(socket.url.searchParams.get('user'), 'alice');
+  socket.accept();
+  assert.equal(c.state.status, 'connected');
+  assert.equal(c.state.user, 'alice');
+  socket.hangUp(1006);
+  assert.equal(c.state.status, 'reconnecting');
+  assert.ok(c.state.nextAttemptAt >= Date.now() - 1);
+  assert.equal(c.state.lastCloseCode, 1006);
+  (await server.socket(2)).accept();
+  assert.deepEqual(states, ['connecting', 'connected', 'reconnecting', 'connected']);
+  c.close();
+  assert.equal(c.state.status, 'closed');
+  assert.equal(c.state.reason, 'client');
+});
+
+test('reconnects after 1001, 1011 and 1013', async () => {
+  const server = new FakeServer();
+  const c = client(server);
+  let n = 1;
+  for (const code of [1001, 1011, 1013, 1009]) {
+    const socket = await server.socket(n++);
+    socket.accept();
+    socket.hangUp(code);
+    assert.equal(c.state.status, 'reconnecting', String(code));
+  }
+  await server.socket(n);
+  c.close();
+});
+
+test('does not reconnect after 1008', async () => {
+  const server = new FakeServer();
+  const c = client(server);
+  const socket = await server.socket(1);
+  socket.accept();
+  socket.hangUp(1008, 'command rate exceeded persistently');
+  assert.equal(c.state.status, 'closed');
+  assert.equal(c.state.reason, 'rate_abuse');
+  assert.equal(c.state.code, 1008);
+  await new Promise((r) => setTimeout(r, 60));
+  assert.equal(server.sockets.length, 1);
+});
+
+test('after 4001 it reconnects only with a fresh token', async () => {
+  const server = new FakeServer();
+  const exp = Math.floor(Date.now() / 1000) + 3600;
+  let issued = 0;
+  const c = client(server, { url: 'ws://peroxo.test/ws', getToken: () => token(exp, ++issued) });
+  const first = await server.socket(1);
+  assert.equal(first.url.searchParams.get('token'), token(exp, 1));
+  first.accept();
+  first.hangUp(4001, 'token expired');
+  const second = await server.socket(2);
+  assert.equal(second.url.searchParams.get('token'), token(exp, 2));
+  second.accept();
+  assert.equal(c.state.status, 'connected');
+  c.close();
+});
+
+test('after 4001 without a fresh token it stops', async () => {
+  const server = new FakeServer();
+  const same = token(Math.floor(Date.now() / 1000) + 3600);
+  const c = client(server, { url: 'ws://peroxo.test/ws', getToken: () => same });
+  const socket = await server.socket(1);
+  socket.accept();
+  socket.hangUp(4001, 'token expired');
+  await waitFor(() => c.state.status === 'closed', 'closed');
+  assert.equal(c.state.reason, 'token_expired');
+  assert.equal(server.sockets.length, 1);
+});
+
+test('a dev client (no getToken) stops on 4001', async () => {
+  const server = new FakeServer();
+  const c = client(server);
+  const socket = await server.socket(1);
+  socket.accept();
+  socket.hangUp(4001);
+  assert.equal(c.state.status, 'closed');
+  assert.equal(c.state.reason, 'token_expired');
+});
+
+test('a refused upgrade: 401 asks for a fresh token, 403 stops, 503 retries', async () => {
+  const server = new FakeServer();
+  const exp = Math.floor(Date.now() / 1000) + 3600;
+  let issued = 0;
+  const c = client(server, { url: 'ws://peroxo.test/ws', getToken: () => token(exp, ++issued) });
+  (await server.socket(1)).refuse(401);
+  const second = await server.socket(2);
+  assert.equal(second.url.searchParams.get('token'), token(exp, 2));
+  second.refuse(503);
+  const third = await server.socket(3);
+  assert.equal(third.url.searchParams.get('token'), token(exp, 2), 'a 503 keeps the token');
+  third.refuse(403);
+  assert.equal(c.state.status, 'closed');
+  assert.equal(c.state.reason, 'refused');
+  assert.equal(c.state.code, 403);
+});
+
+test('an expired token is not used: getToken is asked, and an expired answer stops', async () => {
+  const server = new FakeServer();
+  const past = token(Math.floor(Date.now() / 1000) - 10);
+  const c = client(server, { url: 'ws://peroxo.test/ws', getToken: () => past });
+  await waitFor(() => c.state.status === 'closed', 'closed');
+  assert.equal(c.state.reason, 'token_expired');
+  assert.equal(server.sockets.length, 0);
+});
+
+test('refreshes the token before its exp, from getToken', async () => {
+  const server = new FakeServer();
+  let issued = 0;
+  const getToken = () => token(Math.floor(Date.now() / 1000) + 2, ++issued);
+  const c = client(server, { url: 'ws://peroxo.test/ws', getToken, refreshMarginMs: 60_000 });
+  const socket = await server.socket(1);
+  socket.accept();
+  const refresh = await waitFor(() => socket.written('refresh')[0], 'refresh', 3000);
+  assert.equal(refresh.token, token(JSON.parse(Buffer.from(refresh.token.split('.')[1], 'base64url')).exp, 2));
+  socket.frame({ type: 'refreshed', req_id: refresh.req_id, exp: Math.floor(Date.now() / 1000) + 2 });
+  await waitFor(() => socket.written('refresh').length >= 2, 'a second refresh', 3000);
+  assert.equal(c.state.status, 'connected');
+  c.close();
+});
+
+test('a request is rejected with the server error code', async () => {
+  const server = new FakeServer();
+  const c = client(server);
+  const socket = await server.socket(1);
+  socket.accept();
+  const reply = c.request({ type: 'members', conversation_id: 'g~0123456789abcdef01234567' });
+  const sent = socket.written('members')[0];
+  socket.frame({ type: 'error', code: 'not_a_member', message: 'not a member', retryable: false, req_id: sent.req_id });
+  await assert.rejects(reply, (e) => e instanceof ServerError && e.code === 'not_a_member' && e.retryable === false);
+  const lost = c.request({ type: 'ping' });
+  socket.hangUp(1006);
+  await assert.rejects(lost, (e) => e instanceof ClientError && e.code === 'disconnected');
+  c.close();
+});
+
+test('drops a socket that stays silent and reconnects', async () => {
+  const server = new FakeServer();
+  const c = client(server, { pingAfterMs: 20, deadAfterMs: 60 });
+  const socket = await server.socket(1);
+  socket.accept();
+  await waitFor(() => socket.written('ping').length > 0, 'a ping');
+  await server.socket(2);
+  assert.equal(socket.closedByClient.code, 4000);
+  c.close();
+});
+
+test('writes are paced under the command rate', async () => {
+  const server = new FakeServer();
+  const c = client(server, { rate: { perSecond: 20, burst: 5 } });
+  const socket = await server.socket(1);
+  socket.accept();
+  for (let i = 0; i < 10; i++) c.typing(`user${i}`);
+  assert.equal(socket.sent.length, 5);
+  await waitFor(() => socket.sent.length === 10, 'the rest, paced', 3000);
+  c.close();
+});
