@@ -7,6 +7,7 @@
  */
 import { backoffDelay, DEFAULT_BACKOFF, nextStepAfterClose, nextStepAfterRefusal, type BackoffOptions, type NextStep } from './backoff.js';
 import { ClientError, ServerError } from './errors.js';
+import { frameTooLarge, MAX_FRAME_BYTES } from './limits.js';
 import type { CommandKind, ServerFrame } from './protocol.js';
 import { refreshDelay, tokenExpiry } from './token.js';
 
@@ -170,7 +171,12 @@ export class Connection {
   /** Writes a command if the connection is up (paced); false when it is not. */
   write(command: CommandKind & { req_id?: string | number }): boolean {
     if (!this.connected) return false;
-    this.queue.push(JSON.stringify(command));
+    const frame = JSON.stringify(command);
+    if (frameTooLarge(frame)) {
+      this.warn(`a \`${command.type}\` frame over ${MAX_FRAME_BYTES} bytes was not written`);
+      return false;
+    }
+    this.queue.push(frame);
     this.pump();
     return true;
   }
@@ -179,6 +185,10 @@ export class Connection {
   request<T extends ServerFrame = ServerFrame>(command: CommandKind, timeoutMs = this.opts.requestTimeoutMs): Promise<T> {
     const reqId = `r${this.nextReqId++}`;
     return new Promise<T>((resolve, reject) => {
+      if (frameTooLarge(JSON.stringify(command))) {
+        reject(new ClientError('frame_too_large', `the \`${command.type}\` frame is over ${MAX_FRAME_BYTES} bytes`));
+        return;
+      }
       if (!this.write({ ...command, req_id: reqId })) {
         reject(new ClientError('not_connected', `cannot send \`${command.type}\` while ${this.state.status}`));
         return;

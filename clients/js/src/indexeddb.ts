@@ -33,6 +33,7 @@ export class IndexedDbStore implements ClientStore {
   private async run<T>(store: string, mode: IDBTransactionMode, action: (s: IDBObjectStore) => IDBRequest<T>): Promise<T> {
     const tx = (await this.db).transaction(store, mode);
     const result = done(action(tx.objectStore(store)));
+    result.catch(() => undefined); // its failure also fails the transaction, reported below
     // A write is durable once its transaction completes, not when its request succeeds.
     await new Promise<void>((resolve, reject) => {
       tx.oncomplete = () => resolve();

@@ -11,7 +11,8 @@
  * error).
  */
 import { backoffDelay, type BackoffOptions } from './backoff.js';
-import { ServerError } from './errors.js';
+import { ClientError, ServerError } from './errors.js';
+import { frameTooLarge, MAX_FRAME_BYTES } from './limits.js';
 import type { CommandKind, ServerFrame } from './protocol.js';
 import type { ClientStore, PendingSend } from './store.js';
 
@@ -93,6 +94,10 @@ export class Outbox {
 
   /** Keeps the send, writes it when connected, and resolves with its ack. */
   submit(to: string, text: string, clientMsgId = newClientMsgId()): Promise<Ack> {
+    // The server would close the connection (1009) on every attempt: refuse it here, for good.
+    if (frameTooLarge(JSON.stringify(sendCommand({ clientMsgId, to, text, createdAt: 0 })))) {
+      return Promise.reject(new ClientError('frame_too_large', `the send is over ${MAX_FRAME_BYTES} bytes`));
+    }
     const existing = this.entries.get(clientMsgId);
     if (existing) return new Promise((resolve, reject) => existing.waiters.push({ resolve, reject }));
     // Strictly increasing, so that sends submitted in one millisecond keep their order.

@@ -169,3 +169,28 @@ test('writes are paced under the command rate', async () => {
   await waitFor(() => socket.sent.length === 10, 'the rest, paced', 3000);
   c.close();
 });
+
+test('offline while the browser says so; connects when it comes back online', async (t) => {
+  const listeners = {};
+  const nav = { onLine: false };
+  const saved = Object.getOwnPropertyDescriptor(globalThis, 'navigator');
+  Object.defineProperty(globalThis, 'navigator', { value: nav, configurable: true, writable: true });
+  globalThis.addEventListener = (name, fn) => { listeners[name] = fn; };
+  globalThis.removeEventListener = (name) => { delete listeners[name]; };
+  t.after(() => {
+    delete globalThis.addEventListener;
+    delete globalThis.removeEventListener;
+    if (saved) Object.defineProperty(globalThis, 'navigator', saved);
+    else delete globalThis.navigator;
+  });
+  const server = new FakeServer();
+  const c = client(server);
+  await waitFor(() => c.state.status === 'offline', 'offline');
+  assert.equal(server.sockets.length, 0);
+  nav.onLine = true;
+  listeners.online();
+  (await server.socket(1)).accept();
+  assert.equal(c.state.status, 'connected');
+  c.close();
+  assert.equal(listeners.online, undefined, 'listeners removed on close');
+});

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { MemoryStore, ServerError } from '../../dist/index.js';
+import { ClientError, MemoryStore, ServerError } from '../../dist/index.js';
 import { fakeClient, FakeServer, waitFor } from './fake-socket.mjs';
 
 const client = fakeClient;
@@ -138,5 +138,16 @@ test('the own message seen in a sync settles its send as a duplicate', async () 
   const ack = await sent;
   assert.equal(ack.duplicate, true);
   assert.equal(ack.messageId, '7');
+  c.close();
+});
+
+test('a send over the protocol\'s frame limit is refused before it is written', async () => {
+  const server = new FakeServer();
+  const c = client(server);
+  const socket = await server.socket(1);
+  socket.accept();
+  await assert.rejects(c.send('bob', 'é'.repeat(40_000)), (e) => e instanceof ClientError && e.code === 'frame_too_large');
+  assert.equal(socket.written('send').length, 0);
+  assert.deepEqual(c.pendingSends(), []);
   c.close();
 });
