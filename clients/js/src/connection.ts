@@ -92,6 +92,19 @@ interface PendingRequest {
 
 const OPEN = 1;
 
+/**
+ * `url` with `params` set in its query string (replacing any of the same name). By hand rather
+ * than with `URL.searchParams`, which React Native does not implement.
+ */
+export function withQuery(url: string, params: Record<string, string>): string {
+  const hash = url.indexOf('#');
+  const base = hash < 0 ? url : url.slice(0, hash);
+  const [path, query = ''] = base.split('?', 2) as [string, string?];
+  const kept = query.split('&').filter((pair) => pair && !(decodeURIComponent(pair.split('=')[0]!) in params));
+  const added = Object.entries(params).map(([k, v]) => `${encodeURIComponent(k)}=${encodeURIComponent(v)}`);
+  return `${path}?${[...kept, ...added].join('&')}`;
+}
+
 export class Connection {
   state: ConnectionState = { status: 'connecting' };
   private readonly opts: Required<Omit<ConnectionOptions, 'getToken' | 'WebSocket' | 'onWarning'>> & ConnectionOptions;
@@ -232,14 +245,12 @@ export class Connection {
       return this.scheduleReconnect(undefined);
     }
     if (this.isClosed() || this.socket || token === null) return;
-    const url = new URL(this.opts.url);
-    url.searchParams.set('protocol', String(this.opts.protocol));
-    if (token !== undefined) url.searchParams.set('token', token);
+    const url = withQuery(this.opts.url, { protocol: String(this.opts.protocol), ...(token === undefined ? {} : { token }) });
     const WebSocketClass = this.opts.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
     if (!WebSocketClass) throw new Error('no WebSocket: pass one as `WebSocket` (Node < 22: `ws`, or --experimental-websocket)');
     let socket: WebSocketLike;
     try {
-      socket = new WebSocketClass(url.toString());
+      socket = new WebSocketClass(url);
     } catch (error) {
       this.warn(`cannot open a WebSocket: ${String(error)}`);
       return this.scheduleReconnect(undefined);

@@ -61,10 +61,16 @@ export function sendCommand(send: PendingSend): CommandKind {
     : { type: 'send', to, text, client_msg_id };
 }
 
-/** A fresh `client_msg_id`: 128 random bits (works in insecure browser contexts too). */
+/**
+ * A fresh `client_msg_id`: 128 random bits, from `crypto.getRandomValues` where there is one
+ * (browsers, insecure contexts included, and Node), else from `Math.random` (React Native
+ * without a polyfill): uniqueness per user is all the server needs.
+ */
 export function newClientMsgId(): string {
   const bytes = new Uint8Array(16);
-  globalThis.crypto.getRandomValues(bytes);
+  const crypto = (globalThis as { crypto?: { getRandomValues?(array: Uint8Array): Uint8Array } }).crypto;
+  if (crypto?.getRandomValues) crypto.getRandomValues(bytes);
+  else for (let i = 0; i < bytes.length; i++) bytes[i] = Math.floor(Math.random() * 256);
   return Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
 }
 

@@ -194,3 +194,14 @@ test('offline while the browser says so; connects when it comes back online', as
   c.close();
   assert.equal(listeners.online, undefined, 'listeners removed on close');
 });
+
+test('the connection URL keeps its own parameters and sets protocol and token', async () => {
+  const server = new FakeServer();
+  const exp = Math.floor(Date.now() / 1000) + 3600;
+  const c = client(server, { url: 'ws://peroxo.test/ws?tenant=acme&protocol=1&token=old', getToken: () => token(exp, 1) });
+  const socket = await server.socket(1);
+  assert.equal(socket.url.searchParams.get('tenant'), 'acme');
+  assert.equal(socket.url.searchParams.get('protocol'), '2');
+  assert.deepEqual(socket.url.searchParams.getAll('token'), [token(exp, 1)]);
+  c.close();
+});
