@@ -112,6 +112,9 @@ export class Connection {
   private socket: WebSocketLike | undefined;
   private welcomed = false;
   private failures = 0;
+  /** An attempt is between its start and its socket (it may be awaiting `getToken`). */
+  private opening = false;
+  private readonly WebSocketClass: WebSocketConstructor;
   private token: string | undefined;
   /** The token of a socket that failed before `welcome`: it may have been refused. */
   private suspectToken: string | undefined;
@@ -142,6 +145,9 @@ export class Connection {
       ...options,
     };
     this.bucket = this.opts.rate.burst;
+    const WebSocketClass = options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
+    if (!WebSocketClass) throw new Error('no WebSocket class: pass one as `WebSocket` (for example `ws`\'s on Node < 22)');
+    this.WebSocketClass = WebSocketClass;
     const events = globalThis as unknown as Partial<Pick<Window, 'addEventListener'>>;
     events.addEventListener?.('online', this.onOnline);
     events.addEventListener?.('offline', this.onOffline);
@@ -173,7 +179,7 @@ export class Connection {
   close(): void {
     if (this.state.status === 'closed') return;
     const socket = this.socket;
-    this.teardown();
+    this.teardown(new ClientError('closed', 'the client was closed'));
     try { socket?.close(1000, 'client closing'); } catch { /* already closed */ }
     const events = globalThis as unknown as Partial<Pick<Window, 'removeEventListener'>>;
     events.removeEventListener?.('online', this.onOnline);
@@ -234,23 +240,24 @@ export class Connection {
   }
 
   private async open(): Promise<void> {
-    if (this.state.status === 'closed' || this.socket) return;
+    if (this.state.status === 'closed' || this.socket || this.opening) return;
     if (this.isOffline()) return this.offline();
     if (this.state.status !== 'reconnecting') this.setState({ status: 'connecting' });
     let token: string | undefined | null;
+    this.opening = true;
     try {
       token = await this.tokenForAttempt();
     } catch (error) {
       this.warn(`getToken failed: ${String(error)}`);
       return this.scheduleReconnect(undefined);
+    } finally {
+      this.opening = false;
     }
     if (this.isClosed() || this.socket || token === null) return;
     const url = withQuery(this.opts.url, { protocol: String(this.opts.protocol), ...(token === undefined ? {} : { token }) });
-    const WebSocketClass = this.opts.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
-    if (!WebSocketClass) throw new Error('no WebSocket: pass one as `WebSocket` (Node < 22: `ws`, or --experimental-websocket)');
     let socket: WebSocketLike;
     try {
-      socket = new WebSocketClass(url);
+      socket = new this.WebSocketClass(url);
     } catch (error) {
       this.warn(`cannot open a WebSocket: ${String(error)}`);
       return this.scheduleReconnect(undefined);
@@ -374,7 +381,7 @@ export class Connection {
     this.socketGone(4000, reason);
   }
 
-  private teardown(): void {
+  private teardown(reason = new ClientError('disconnected', 'the connection went before the reply')): void {
     for (const key of Object.keys(this.timers) as (keyof typeof this.timers)[]) {
       clearTimeout(this.timers[key]);
       this.timers[key] = undefined;
@@ -387,7 +394,7 @@ export class Connection {
     this.queue.length = 0;
     for (const [reqId, pending] of this.requests) {
       clearTimeout(pending.timer);
-      pending.reject(new ClientError('disconnected', 'the connection went before the reply'));
+      pending.reject(reason);
       this.requests.delete(reqId);
     }
     this.listener.down();

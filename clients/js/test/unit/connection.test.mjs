@@ -205,3 +205,36 @@ test('the connection URL keeps its own parameters and sets protocol and token', 
   assert.deepEqual(socket.url.searchParams.getAll('token'), [token(exp, 1)]);
   c.close();
 });
+
+test('reconnectNow while an attempt waits for getToken opens one socket, not two', async () => {
+  const server = new FakeServer();
+  const exp = Math.floor(Date.now() / 1000) + 3600;
+  let calls = 0;
+  let release;
+  const getToken = () => {
+    calls += 1;
+    if (calls === 1) return token(exp, 1);
+    return new Promise((resolve) => { release = () => resolve(token(exp, calls)); });
+  };
+  const c = client(server, { url: 'ws://peroxo.test/ws', getToken });
+  (await server.socket(1)).hangUp(1006); // before welcome: the token is suspect, ask again
+  c.reconnectNow();
+  await waitFor(() => release, 'the slow getToken');
+  c.reconnectNow();
+  c.reconnectNow();
+  release();
+  (await server.socket(2)).accept();
+  await new Promise((r) => setTimeout(r, 30));
+  assert.equal(server.sockets.length, 2);
+  assert.equal(calls, 2);
+  c.close();
+});
+
+test('close() rejects pending requests with closed', async () => {
+  const server = new FakeServer();
+  const c = client(server);
+  (await server.socket(1)).accept();
+  const pending = c.request({ type: 'ping' });
+  c.close();
+  await assert.rejects(pending, (e) => e instanceof ClientError && e.code === 'closed');
+});
