@@ -70,7 +70,12 @@ export interface ConnectionOptions {
   welcomeTimeoutMs?: number;
   /** How long a request waits for its reply (default 30 s). */
   requestTimeoutMs?: number;
-  /** Writes are paced under the server's command rate (default 20 per second, bursts of 40). */
+  /**
+   * Writes are paced under the server's command rate: default 16 per second in bursts of 32,
+   * 80 % of the server's default (`limits.rate_per_sec` 20, `limits.rate_burst` 40), so that
+   * frames bunched up by the network do not find the server's bucket empty; a client refused
+   * for 5 s running is closed with 1008. Set it from `/api/info` for another node.
+   */
   rate?: { perSecond: number; burst: number };
   /** Called when something goes wrong that the client handles itself (for logging). */
   onWarning?: (message: string) => void;
@@ -141,7 +146,7 @@ export class Connection {
       deadAfterMs: 45_000,
       welcomeTimeoutMs: 15_000,
       requestTimeoutMs: 30_000,
-      rate: { perSecond: 20, burst: 40 },
+      rate: { perSecond: 16, burst: 32 },
       ...options,
     };
     this.bucket = this.opts.rate.burst;
