@@ -9,7 +9,7 @@
  */
 export { connect, directConversationId, HistoryPager, PeroxoClient } from './client.js';
 export type { ClientEvents, ConnectOptions, Reply } from './client.js';
-export type { ClosedReason, ConnectionState, WebSocketConstructor, WebSocketLike, Welcome } from './connection.js';
+export type { ClosedReason, ConnectionOptions, ConnectionState, WebSocketConstructor, WebSocketLike, Welcome } from './connection.js';
 export { compareIds, ConversationStore } from './conversations.js';
 export type { Conversation } from './conversations.js';
 export { ClientError, ServerError } from './errors.js';
@@ -19,7 +19,9 @@ export { backoffDelay, nextStepAfterClose, nextStepAfterRefusal } from './backof
 export type { BackoffOptions, NextStep } from './backoff.js';
 export { newClientMsgId } from './outbox.js';
 export type { Ack } from './outbox.js';
+export type { Presence } from './presence.js';
 export { MemoryStore } from './store.js';
 export type { ClientStore, PendingSend } from './store.js';
 export type { StreamEntry } from './stream.js';
+export type { TypingOptions } from './typing.js';
 export type * from './protocol.js';
