@@ -82,6 +82,12 @@ describe('against a real server', () => {
     await fresh.whenConnected();
     await fresh.sync();
     assert.deepEqual(freshGot, bobGot);
+    // History pages back through the same messages, newest page first.
+    const pager = fresh.history('alice3', { limit: 25 });
+    const pages = [];
+    while (!pager.done) pages.push((await pager.next()).map((m) => m.text));
+    assert.deepEqual(pages.map((p) => p.length), [25, 25, 10]);
+    assert.deepEqual(pages.reverse().flat(), bobGot);
   });
 
   test('groups: creation, messages and events reach every member and the list', async () => {
@@ -94,8 +100,14 @@ describe('against a real server', () => {
     await alice.send(id, 'hi team');
     await waitFor(() => bob.conversations.get(id)?.lastMessage?.text === 'hi team', 'bob gets the group message');
     assert.equal(bob.conversations.get(id).unreadCount, 1);
-    await bob.markRead(id, bob.conversations.get(id).lastMessage.message_id);
+    const groupMessage = bob.conversations.get(id).lastMessage.message_id;
+    await bob.markRead(id, groupMessage);
     assert.equal(bob.conversations.get(id).unreadCount, 0);
+    const receipts = await alice.request({ type: 'read_receipts', conversation_id: id, message_id: groupMessage });
+    assert.deepEqual(receipts.readers.map((r) => r.user), ['bob4']);
+    await bob.markUnread(id);
+    assert.equal(bob.conversations.get(id).unreadCount, 1);
+    await bob.markRead(id, groupMessage);
     await alice.request({ type: 'rename_group', conversation_id: id, title: 'Team B' });
     await waitFor(() => bob.conversations.get(id)?.title === 'Team B', 'bob sees the rename');
     const reply = await bob.loadMembers(id);
