@@ -6,7 +6,7 @@
  * {@link Typing}. It routes each frame to the piece it concerns and offers the application one
  * handle.
  */
-import { DEFAULT_BACKOFF } from './backoff.js';
+import { backoffDelay, DEFAULT_BACKOFF } from './backoff.js';
 import { Connection, type ConnectionOptions, type ConnectionState, type Welcome } from './connection.js';
 import { ConversationStore } from './conversations.js';
 import { ClientError, ServerError } from './errors.js';
@@ -16,7 +16,6 @@ import type { CommandKind, MessageView, ServerFrame } from './protocol.js';
 import { MemoryStore, type ClientStore, type PendingSend } from './store.js';
 import { SyncEngine, type StreamEntry } from './stream.js';
 import { Typing, type TypingOptions } from './typing.js';
-import { backoffDelay } from './backoff.js';
 
 export interface ConnectOptions extends ConnectionOptions {
   /** Where the outbox and `last_seq` are kept (one store per user): a {@link MemoryStore} by default. */
@@ -250,7 +249,7 @@ export class PeroxoClient {
         return await attempt();
       } catch (error) {
         const again = (error instanceof ServerError && error.retryable)
-          || (error instanceof ClientError && error.code !== 'closed' && error.code !== 'protocol_violation');
+          || (error instanceof ClientError && error.code !== 'closed' && error.code !== 'frame_too_large');
         if (!again || failures >= 8) throw error;
         await new Promise((resolve) => setTimeout(resolve, backoffDelay(failures)));
       }

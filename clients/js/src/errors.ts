@@ -27,12 +27,11 @@ export class ServerError extends Error {
 /**
  * Why the client could not carry out a call: `disconnected` (the connection went before the
  * reply; the call may be retried once connected), `not_connected`, `timeout` (no reply in time),
- * `closed` (the client was closed or stopped for good), `protocol_violation` (the server sent
- * something that is not a frame of the protocol), `frame_too_large` (the command would exceed
+ * `closed` (the client was closed or stopped for good), `frame_too_large` (the command would exceed
  * the protocol's 65536-byte message limit, for which the server closes the connection with
  * 1009: it is never written).
  */
-export type ClientErrorCode = 'disconnected' | 'not_connected' | 'timeout' | 'closed' | 'protocol_violation' | 'frame_too_large';
+export type ClientErrorCode = 'disconnected' | 'not_connected' | 'timeout' | 'closed' | 'frame_too_large';
 
 export class ClientError extends Error {
   readonly code: ClientErrorCode;
