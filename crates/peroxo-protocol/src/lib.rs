@@ -7,13 +7,17 @@
 //! [`ServerFrame::decode`]) and the limits that are part of the protocol ([`limits`]).
 //! `docs/PROTOCOL.md` is the normative description; keep the two in step.
 //!
-//! This is the only crate that knows the protocol's JSON.
+//! This is the only crate that knows the protocol's JSON. Its tests also derive the JSON Schema
+//! of the frames, committed as `docs/protocol.schema.json` for clients in other languages
+//! (`schema`).
 
 mod close;
 pub mod conversation;
 pub mod domain;
 pub mod event;
 pub mod limits;
+#[cfg(test)]
+mod schema;
 mod wire;
 
 pub use close::CloseCause;

@@ -47,15 +47,17 @@ pub const DEFAULT_ONLINE_USERS_LIMIT: u32 = 100;
 pub const MAX_ONLINE_USERS_LIMIT: u32 = 1_000;
 
 /// The client's correlation id, echoed verbatim in the direct reply.
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum ReqId {
     Text(String),
-    Number(Number),
+    Number(#[cfg_attr(test, schemars(with = "i64"))] Number),
 }
 
 /// A client command: what the server's [`decode`] produces and a client's
 /// [`Command::encode`] writes.
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Command {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -73,6 +75,7 @@ impl Command {
 }
 
 /// What a command asks for. Serializes with its `type`, as [`decode`] expects it.
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum CommandKind {
@@ -88,6 +91,7 @@ pub enum CommandKind {
             skip_serializing_if = "Option::is_none",
             serialize_with = "cursor_as_string"
         )]
+        #[cfg_attr(test, schemars(with = "Option<String>"))]
         before: Option<u64>,
         limit: u32,
     },
@@ -127,6 +131,7 @@ pub enum CommandKind {
             skip_serializing_if = "Option::is_none",
             serialize_with = "cursor_as_string"
         )]
+        #[cfg_attr(test, schemars(with = "Option<String>"))]
         before: Option<u64>,
         limit: u32,
     },
@@ -164,6 +169,7 @@ pub enum CommandKind {
     SetRole {
         conversation_id: String,
         user: String,
+        #[cfg_attr(test, schemars(extend("enum" = ["owner", "admin", "member"])))]
         role: String,
     },
     Members {
@@ -175,12 +181,14 @@ pub enum CommandKind {
             skip_serializing_if = "Option::is_none",
             serialize_with = "cursor_as_string"
         )]
+        #[cfg_attr(test, schemars(with = "Option<String>"))]
         before: Option<u64>,
         limit: u32,
     },
     MarkRead {
         conversation_id: String,
         #[serde(serialize_with = "id_as_string")]
+        #[cfg_attr(test, schemars(with = "String"))]
         message_id: u64,
     },
     MarkUnread {
@@ -189,11 +197,13 @@ pub enum CommandKind {
             skip_serializing_if = "Option::is_none",
             serialize_with = "cursor_as_string"
         )]
+        #[cfg_attr(test, schemars(with = "Option<String>"))]
         message_id: Option<u64>,
     },
     ReadReceipts {
         conversation_id: String,
         #[serde(serialize_with = "id_as_string")]
+        #[cfg_attr(test, schemars(with = "String"))]
         message_id: u64,
     },
 }
@@ -237,6 +247,7 @@ pub struct DecodeLimits {
 }
 
 /// The `code` of an `error` frame.
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
@@ -600,6 +611,7 @@ impl Fields<'_> {
 }
 
 /// A user's presence as the protocol names it.
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PresenceStatus {
@@ -608,6 +620,7 @@ pub enum PresenceStatus {
 }
 
 /// A message as a given user sees it (with that user's seq).
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MessageView<'a> {
     pub message_id: String,
@@ -656,6 +669,7 @@ impl<'a> MessageView<'a> {
 
 /// Every frame the server sends. The server encodes it from borrowed data; a client decodes
 /// it with [`ServerFrame::decode`], borrowing from the text.
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerFrame<'a> {

@@ -206,11 +206,19 @@ fn message_id(f: &mut Fields<'_>, name: &str) -> Result<Option<u64>, ProtocolErr
 
 /// A stream event as its user sees it: the `event` frame, and the elements of `sync.events`
 /// (without `type`).
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventView<'a> {
     pub seq: u64,
     /// What happened: `group_created`, `members_added`, `member_left`, `role_changed`,
     /// `group_renamed`, `read_marker` or `read_receipt`.
+    #[cfg_attr(
+        test,
+        schemars(extend("enum" = [
+            "group_created", "members_added", "member_left", "role_changed", "group_renamed",
+            "read_marker", "read_receipt"
+        ]))
+    )]
     pub event: Cow<'a, str>,
     pub event_id: String,
     pub conversation_id: Cow<'a, str>,
@@ -226,6 +234,7 @@ pub struct EventView<'a> {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<Cow<'a, str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(test, schemars(extend("enum" = ["owner", "admin", "member", null])))]
     pub role: Option<Cow<'a, str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message_id: Option<String>,
@@ -284,9 +293,11 @@ impl<'a> EventView<'a> {
 }
 
 /// A group member as `members` lists it.
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberView<'a> {
     pub user: Cow<'a, str>,
+    #[cfg_attr(test, schemars(extend("enum" = ["owner", "admin", "member"])))]
     pub role: Cow<'a, str>,
     pub joined_ts: i64,
 }
@@ -302,6 +313,7 @@ impl<'a> MemberView<'a> {
 }
 
 /// A reader of a message as `read_receipts` lists it.
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReaderView<'a> {
     pub user: Cow<'a, str>,
@@ -318,10 +330,12 @@ impl<'a> ReaderView<'a> {
 }
 
 /// One entry of the `conversations` frame.
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConversationView<'a> {
     pub conversation_id: Cow<'a, str>,
     /// `direct` or `group`.
+    #[cfg_attr(test, schemars(extend("enum" = ["direct", "group"])))]
     pub kind: Cow<'a, str>,
     /// Direct: the other user (oneself in a conversation with oneself).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -334,6 +348,7 @@ pub struct ConversationView<'a> {
     pub title: Option<Cow<'a, str>>,
     /// Group: the user's role.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(test, schemars(extend("enum" = ["owner", "admin", "member", null])))]
     pub role: Option<Cow<'a, str>>,
     /// 2 for a direct conversation with another user, 1 with oneself.
     pub member_count: u32,

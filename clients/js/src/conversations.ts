@@ -1,0 +1,237 @@
+/**
+ * The local conversation store: what the user's stream says about each conversation (its
+ * messages, title, members, role, read marker, unread count, the peer's read marker, live
+ * receipts and who is typing), kept up to date by applying stream entries in seq order and
+ * merging the pages of `conversations` and `history`. Subscribers hear which conversations
+ * changed.
+ */
+import type { ConversationView, EventView, MemberView, MessageView } from './protocol.js';
+import type { StreamEntry } from './stream.js';
+
+export interface Conversation {
+  id: string;
+  kind: 'direct' | 'group';
+  /** Direct: the other user (oneself in a conversation with oneself). */
+  peer: string | undefined;
+  /** Group: its title, once known. */
+  title: string | undefined;
+  /** Group: the user's role, once known. */
+  role: string | undefined;
+  memberCount: number | undefined;
+  /** Group members (user → role), once `members` was asked or the group was created here. */
+  members: Map<string, string> | undefined;
+  /** Known messages, oldest first (live, synced and paged in with `history`). */
+  messages: MessageView[];
+  lastMessage: MessageView | undefined;
+  unreadCount: number;
+  /** The newest message read by the user (`"0"` for none). */
+  readMarker: string;
+  /** Direct: how far the peer has read (read ticks). */
+  peerReadMarker: string | undefined;
+  /** Group: live read receipts (user → message id), not durable. */
+  receipts: Map<string, string>;
+  /** Users typing now. */
+  typing: string[];
+  /** The user's seq of the newest entry that ordered the list. */
+  activitySeq: number;
+}
+
+/** Compares message ids (strings of digits) as numbers. */
+export function compareIds(a: string, b: string): number {
+  return a.length - b.length || (a < b ? -1 : a > b ? 1 : 0);
+}
+
+/** The two users of a direct conversation id. */
+function participants(id: string): [string, string] {
+  const at = id.indexOf(':');
+  return [id.slice(0, at), id.slice(at + 1)];
+}
+
+export class ConversationStore {
+  private readonly conversations = new Map<string, Conversation>();
+  private readonly listeners = new Set<(changed: string[]) => void>();
+  private changed = new Set<string>();
+  me = '';
+
+  /** Every conversation, the most recent activity first. */
+  list(): Conversation[] {
+    return [...this.conversations.values()].sort((a, b) => b.activitySeq - a.activitySeq);
+  }
+
+  get(id: string): Conversation | undefined {
+    return this.conversations.get(id);
+  }
+
+  /** The sum of the unread counts. */
+  totalUnread(): number {
+    let total = 0;
+    for (const c of this.conversations.values()) total += c.unreadCount;
+    return total;
+  }
+
+  subscribe(listener: (changed: string[]) => void): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  /** Tells subscribers what changed since the last call. */
+  flush(): void {
+    if (!this.changed.size) return;
+    const changed = [...this.changed];
+    this.changed = new Set();
+    for (const listener of [...this.listeners]) listener(changed);
+  }
+
+  private conversation(id: string): Conversation {
+    let c = this.conversations.get(id);
+    if (!c) {
+      const group = id.startsWith('g~');
+      let peer: string | undefined;
+      if (!group) {
+        const [a, b] = participants(id);
+        peer = a === this.me ? b : a;
+      }
+      c = {
+        id, kind: group ? 'group' : 'direct', peer, title: undefined, role: undefined,
+        memberCount: group ? undefined : peer === this.me ? 1 : 2, members: undefined, messages: [],
+        lastMessage: undefined, unreadCount: 0, readMarker: '0', peerReadMarker: group ? undefined : '0',
+        receipts: new Map(), typing: [], activitySeq: 0,
+      };
+      this.conversations.set(id, c);
+    }
+    this.changed.add(id);
+    return c;
+  }
+
+  /** Applies stream entries, in seq order. */
+  apply(entries: StreamEntry[]): void {
+    for (const entry of entries) {
+      if (entry.kind === 'message') this.message(entry.message);
+      else this.event(entry.event);
+    }
+    this.flush();
+  }
+
+  private message(m: MessageView): void {
+    const c = this.conversation(m.conversation_id);
+    this.addMessages(c, [m]);
+    // An entry the list already counted (its summary was read after it) changes no count.
+    if (m.seq <= c.activitySeq) return;
+    c.activitySeq = m.seq;
+    if (!c.lastMessage || compareIds(m.message_id, c.lastMessage.message_id) > 0) c.lastMessage = m;
+    if (m.from === this.me) {
+      // Sending marks the conversation read up to the message.
+      if (compareIds(m.message_id, c.readMarker) > 0) c.readMarker = m.message_id;
+      c.unreadCount = 0;
+    } else if (compareIds(m.message_id, c.readMarker) > 0) {
+      c.unreadCount += 1;
+    }
+  }
+
+  private event(e: EventView): void {
+    const c = this.conversation(e.conversation_id);
+    const membership = e.event !== 'read_marker' && e.event !== 'read_receipt';
+    if (membership && e.seq > c.activitySeq) c.activitySeq = e.seq;
+    switch (e.event) {
+      case 'group_created':
+        c.title = e.title ?? c.title;
+        c.memberCount = e.member_count ?? c.memberCount;
+        if (e.actor === this.me) c.role = 'owner';
+        c.role ??= 'member';
+        break;
+      case 'members_added':
+        for (const user of e.users ?? []) {
+          if (!c.members?.has(user)) {
+            c.members?.set(user, 'member');
+            if (c.memberCount !== undefined) c.memberCount += 1;
+          }
+          if (user === this.me) c.role ??= 'member';
+        }
+        break;
+      case 'member_left':
+        if (e.user === this.me) {
+          // A removed or departed member's list no longer shows the group.
+          this.conversations.delete(c.id);
+          break;
+        }
+        if (e.user !== undefined && e.user !== null && (!c.members || c.members.delete(e.user)) && c.memberCount) c.memberCount -= 1;
+        break;
+      case 'role_changed':
+        if (e.user && e.role) {
+          c.members?.set(e.user, e.role);
+          if (e.user === this.me) c.role = e.role;
+        }
+        break;
+      case 'group_renamed':
+        c.title = e.title ?? c.title;
+        break;
+      case 'read_marker':
+        if (e.message_id) c.readMarker = e.message_id;
+        if (e.unread_count !== undefined && e.unread_count !== null) c.unreadCount = e.unread_count;
+        break;
+      case 'read_receipt':
+        if (e.message_id && (!c.peerReadMarker || compareIds(e.message_id, c.peerReadMarker) > 0)) c.peerReadMarker = e.message_id;
+        break;
+    }
+  }
+
+  /** Merges a page of the conversation list. */
+  summaries(views: ConversationView[]): void {
+    for (const v of views) {
+      const c = this.conversation(v.conversation_id);
+      c.kind = v.kind;
+      c.peer = v.peer ?? c.peer;
+      c.title = v.title ?? c.title;
+      c.role = v.role ?? c.role;
+      c.memberCount = v.member_count;
+      c.unreadCount = v.unread_count;
+      c.readMarker = v.read_marker;
+      c.peerReadMarker = v.peer_read_marker ?? c.peerReadMarker;
+      c.activitySeq = Math.max(c.activitySeq, v.activity_seq);
+      if (v.last_message) {
+        this.addMessages(c, [v.last_message]);
+        if (!c.lastMessage || compareIds(v.last_message.message_id, c.lastMessage.message_id) >= 0) c.lastMessage = v.last_message;
+      }
+    }
+    this.flush();
+  }
+
+  /** Merges a page of history (or any messages known to be committed). */
+  history(conversationId: string, messages: MessageView[]): void {
+    this.addMessages(this.conversation(conversationId), messages);
+    this.flush();
+  }
+
+  members(conversationId: string, members: MemberView[]): void {
+    const c = this.conversation(conversationId);
+    c.members = new Map(members.map((m) => [m.user, m.role]));
+    c.memberCount = members.length;
+    this.flush();
+  }
+
+  receipt(conversationId: string, user: string, messageId: string): void {
+    this.conversation(conversationId).receipts.set(user, messageId);
+    this.flush();
+  }
+
+  setTyping(conversationId: string, users: string[]): void {
+    this.conversation(conversationId).typing = users;
+    this.flush();
+  }
+
+  /** The local read state after `mark_read`/`mark_unread` answered. */
+  readState(conversationId: string, readMarker: string, unreadCount: number): void {
+    const c = this.conversation(conversationId);
+    c.readMarker = readMarker;
+    c.unreadCount = unreadCount;
+    this.flush();
+  }
+
+  private addMessages(c: Conversation, messages: MessageView[]): void {
+    const known = new Set(c.messages.map((m) => m.message_id));
+    const fresh = messages.filter((m) => !known.has(m.message_id));
+    if (!fresh.length) return;
+    c.messages = [...c.messages, ...fresh].sort((a, b) => compareIds(a.message_id, b.message_id));
+    this.changed.add(c.id);
+  }
+}
