@@ -399,6 +399,36 @@ fn holdings(reports: &[UserReport]) -> HashMap<(&str, &str), u32> {
     held
 }
 
+/// Whether `holder` holds the acked message `message_id` exactly once, by
+/// `peroxo_bench::contract`'s [`MessageFate`]; a failure naming the message as `what` when it
+/// does not.
+fn held_once(
+    held: &HashMap<(&str, &str), u32>,
+    holder: &str,
+    message_id: &str,
+    what: &str,
+) -> Option<String> {
+    let deliveries = held.get(&(holder, message_id)).copied().unwrap_or(0);
+    let fate = MessageFate {
+        sent: true,
+        acks: 1,
+        deliveries,
+        refused: false,
+    };
+    let breaches = fate.breaches();
+    if breaches.lost {
+        Some(format!(
+            "{what}, acked as message {message_id}, never reached {holder}"
+        ))
+    } else if breaches.duplicated {
+        Some(format!(
+            "{holder} holds {what} (message {message_id}) {deliveries} times"
+        ))
+    } else {
+        None
+    }
+}
+
 /// Every acked direct message is in its recipient's stream exactly once, by the clients' own
 /// reports (the comparison with storage above holds them to the database's seqs too). Group
 /// messages are [`conversations::groups_complete`]'s.
@@ -413,29 +443,8 @@ fn acked_reached_recipient_once(reports: &[UserReport]) -> Vec<String> {
             if is_group_id(&send.to) {
                 continue;
             }
-            let deliveries = held
-                .get(&(send.to.as_str(), message_id.as_str()))
-                .copied()
-                .unwrap_or(0);
-            let fate = MessageFate {
-                sent: true,
-                acks: 1,
-                deliveries,
-                refused: false,
-            };
-            let breaches = fate.breaches();
-            if breaches.lost {
-                failures.push(format!(
-                    "{}/{} acked as message {message_id}, never reached {}",
-                    report.user, send.client_msg_id, send.to
-                ));
-            }
-            if breaches.duplicated {
-                failures.push(format!(
-                    "{} holds message {message_id} ({}/{}) {deliveries} times",
-                    send.to, report.user, send.client_msg_id
-                ));
-            }
+            let what = format!("{}/{}", report.user, send.client_msg_id);
+            failures.extend(held_once(&held, &send.to, message_id, &what));
         }
     }
     failures

@@ -5,9 +5,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use peroxo_bench::contract::{ConversationLedger, ConversationState, MessageFate, StreamItem};
+use peroxo_bench::contract::{ConversationLedger, ConversationState, StreamItem};
 
-use super::{Check, Evidence, holdings};
+use super::{Check, Evidence, held_once, holdings};
 use crate::user::{ConversationList, Entry, UserReport};
 
 /// Every acked group message is in the stream of every member of its group (the sender's
@@ -28,30 +28,9 @@ pub(super) fn groups_complete(evidence: &Evidence<'_>) -> Check {
                 continue;
             };
             acked += 1;
+            let what = format!("{}/{} to {}", report.user, send.client_msg_id, send.to);
             for member in group.iter() {
-                let deliveries = held
-                    .get(&(member.as_str(), message_id.as_str()))
-                    .copied()
-                    .unwrap_or(0);
-                let fate = MessageFate {
-                    sent: true,
-                    acks: 1,
-                    deliveries,
-                    refused: false,
-                };
-                let breaches = fate.breaches();
-                if breaches.lost {
-                    failures.push(format!(
-                        "{}/{} acked as message {message_id} of {}, never reached member {member}",
-                        report.user, send.client_msg_id, send.to
-                    ));
-                }
-                if breaches.duplicated {
-                    failures.push(format!(
-                        "member {member} holds message {message_id} of {} {deliveries} times",
-                        send.to
-                    ));
-                }
+                failures.extend(held_once(&held, member, message_id, &what));
             }
         }
     }
