@@ -20,8 +20,10 @@
 //! the `nats-server` binary (Debian package `nats-server`, or `NATS_SERVER` naming it); see
 //! docs/RELIABILITY.md.
 
+mod changes;
 #[path = "../system/common.rs"]
 mod common;
+mod final_reads;
 mod probe;
 mod proxy;
 mod rig;
@@ -33,6 +35,7 @@ use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use changes::{ChangeOutcome, ChangeRecord};
 use peroxo_protocol::event::is_group_id;
 use rig::{Backend, Counters, Layout, Rig};
 use tokio::time::Instant;
@@ -166,11 +169,13 @@ impl Scale {
             Self {
                 traffic: Traffic {
                     users: 200,
+                    v1_users: 20,
                     rate: 1_000.0,
                     groups: 20,
                     group_size: 10,
                     group_rate: 100.0,
                     mark_rate: 50.0,
+                    change_rate: 20.0,
                     duration: Duration::from_secs(60),
                     seed: 7,
                 },
@@ -183,11 +188,13 @@ impl Scale {
             Self {
                 traffic: Traffic {
                     users: 16,
+                    v1_users: 3,
                     rate: 150.0,
                     groups: 4,
                     group_size: 6,
                     group_rate: 30.0,
                     mark_rate: 20.0,
+                    change_rate: 4.0,
                     duration: Duration::from_secs(9),
                     seed: 7,
                 },
@@ -219,14 +226,17 @@ fn main() -> ExitCode {
         .collect();
     let traffic = scale.traffic;
     println!(
-        "\nfault injection: {} cases, {} users, {} direct messages/s, {} groups of {} with {} \
-         messages/s, {} read marks/s, for {:?}; {} fault(s) of {:?} each",
+        "\nfault injection: {} cases, {} users (and {} on protocol 1), {} direct messages/s, {} \
+         groups of {} with {} messages/s and {} changes/s, {} read marks/s, for {:?}; {} \
+         fault(s) of {:?} each",
         selected.len(),
         traffic.users,
+        traffic.v1_users,
         traffic.rate,
         traffic.groups,
         traffic.group_size,
         traffic.group_rate,
+        traffic.change_rate,
         traffic.mark_rate,
         traffic.duration,
         scale.faults,
@@ -293,7 +303,7 @@ async fn run_case(case: &Case, scale: Scale) -> bool {
         workload.finish(Duration::from_secs(90)),
     )
     .await;
-    let Ok(reports) = finished else {
+    let Ok(workload::Outcome { reports, changes }) = finished else {
         println!(
             "{:<23} FAIL | faults {} | the clients did not finish within 150s: some never \
              reconnected or synced | {:.1}s",
@@ -331,6 +341,7 @@ async fn run_case(case: &Case, scale: Scale) -> bool {
         reports: &reports,
         stored: &stored,
         groups: &groups,
+        changes: &changes,
         max_pending: case.layout.max_pending,
         nodes,
         totals,
@@ -347,7 +358,7 @@ async fn run_case(case: &Case, scale: Scale) -> bool {
         case.name,
         if passed { "PASS" } else { "FAIL" },
         injected.faults,
-        TrafficTotals::of(&reports),
+        TrafficTotals::of(&reports, &changes),
         clients.reconnects,
         clients.errors,
         verdict.summary(),
@@ -473,7 +484,10 @@ fn fault_effect(
                 format!(
                     "supervisor crashed {crashed}, closed 1011 {closed}, client reconnects {reconnects}"
                 ),
-                crashed >= 1 && closed >= 1.0 && reconnects >= crashed * scale.traffic.users as u64,
+                crashed >= 1
+                    && closed >= 1.0
+                    && reconnects
+                        >= crashed * (scale.traffic.users + scale.traffic.v1_users) as u64,
             )
         }
         Fault::ClusterPanic => (
@@ -503,17 +517,37 @@ struct TrafficTotals {
     marks_answered: u64,
     marker_events: usize,
     receipt_events: usize,
+    /// Group messages not sent because the sender had left, and sent but refused
+    /// `not_a_member`.
+    group_skipped: u64,
+    group_refused: usize,
+    /// Membership changes made, answered `done`, and found done already on a repeat.
+    changes: usize,
+    changes_done: usize,
+    changes_already_done: usize,
 }
 
 impl TrafficTotals {
-    fn of(reports: &[UserReport]) -> Self {
-        let mut totals = Self::default();
+    fn of(reports: &[UserReport], changes: &[ChangeRecord]) -> Self {
+        let mut totals = Self {
+            changes: changes.len(),
+            ..Self::default()
+        };
+        for change in changes {
+            match change.outcome {
+                ChangeOutcome::Done => totals.changes_done += 1,
+                ChangeOutcome::AlreadyDone => totals.changes_already_done += 1,
+                ChangeOutcome::Failed(_) => {}
+            }
+        }
         for report in reports {
+            totals.group_skipped += report.skipped_sends;
             for send in &report.sends {
                 let acked = usize::from(send.ack.is_some());
                 if is_group_id(&send.to) {
                     totals.group_sent += 1;
                     totals.group_acked += acked;
+                    totals.group_refused += usize::from(send.refused.is_some());
                 } else {
                     totals.sent += 1;
                     totals.acked += acked;
@@ -544,13 +578,19 @@ impl std::fmt::Display for TrafficTotals {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "sent {} acked {} | group sent {} acked {} delivered {} | received live {} by sync {} \
+            "sent {} acked {} | group sent {} acked {} refused {} delivered {} (not sent {}) \
+             | changes {} done {} already done {} | received live {} by sync {} \
              | marks {} answered {} events {} receipts {}",
             self.sent,
             self.acked,
             self.group_sent,
             self.group_acked,
+            self.group_refused,
             self.group_delivered,
+            self.group_skipped,
+            self.changes,
+            self.changes_done,
+            self.changes_already_done,
             self.live,
             self.by_sync,
             self.marks,
