@@ -1,8 +1,6 @@
 //! One simulated user: its client, the intents the pacer gives it (a message to send, a read
-//! mark to make), and a record, from the client's events, of what the user saw: every send
-//! and its ack (or refusal), every mark and its answer, the stream by seq (messages and
-//! events), what it read after the final sync ([`crate::final_reads`]), and anything a
-//! correct server never does.
+//! mark to make), and a record, from the client's events, of what the user saw, which it
+//! reports at the end ([`crate::report`]).
 //!
 //! A user knows which groups it is in from its own stream (`group_created`, `members_added`
 //! naming it, `member_left` naming it), as an application would: it sends to and marks only
@@ -16,14 +14,14 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use peroxo_client::{
-    Client, ClientError, CommandKind, EntryId, ErrorAbout, ErrorCode, Event, Events, ServerFrame,
-    Via,
+    Client, ClientError, CommandKind, ErrorAbout, ErrorCode, Event, Events, ServerFrame, Via,
 };
 use peroxo_protocol::event::is_group_id;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::final_reads::{self, ConversationList, FinalReads};
+use crate::report::{Entry, RefusedMark, SendRecord, UserReport, is_direct_with_another};
 use crate::workload::{Answer, Phase, Rng, answer_until_deadline};
 
 /// What the pacer asks of a user.
@@ -42,105 +40,6 @@ pub(crate) struct Live {
     pub(crate) acked: AtomicU64,
     /// Users whose every send is acked and every mark answered after the traffic ended.
     pub(crate) drained: AtomicUsize,
-}
-
-/// One send, as its client knows it.
-#[derive(Debug, Clone)]
-pub(crate) struct SendRecord {
-    pub(crate) client_msg_id: String,
-    /// A user, or a group id.
-    pub(crate) to: String,
-    pub(crate) text: String,
-    /// The message id and the sender's seq from its first ack.
-    pub(crate) ack: Option<(String, u64)>,
-    /// The highest seq of its stream the user had seen when it sent this.
-    pub(crate) seen: u64,
-    /// The code and text of its refusal for good, if it was refused.
-    pub(crate) refused: Option<(ErrorCode, String)>,
-}
-
-/// A mark refused `not_a_member`: the user had not yet seen that it was no longer in the
-/// group.
-#[derive(Debug, Clone)]
-pub(crate) struct RefusedMark {
-    pub(crate) conversation_id: String,
-    /// The highest seq of its stream the user had seen when it made the mark.
-    pub(crate) seen: u64,
-}
-
-/// One entry of a user's stream, as the client holds it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Entry {
-    Message {
-        message_id: String,
-        conversation_id: String,
-        from: String,
-        to: String,
-    },
-    Event {
-        event_id: String,
-        /// `group_created`, `read_marker`, `read_receipt`, …
-        kind: String,
-        conversation_id: String,
-        actor: String,
-        /// The member concerned (`member_left`, `role_changed`).
-        user: Option<String>,
-        /// The members added (`members_added`).
-        users: Vec<String>,
-        /// The new role (`role_changed`).
-        role: Option<String>,
-        /// The title (`group_created`, `group_renamed`).
-        title: Option<String>,
-        /// The members at creation (`group_created`).
-        member_count: Option<u32>,
-        /// The marker (`read_marker`, `read_receipt`).
-        message_id: Option<String>,
-        /// The unread count after the mark (`read_marker`).
-        unread_count: Option<u64>,
-    },
-}
-
-impl Entry {
-    fn id(&self) -> EntryId {
-        match self {
-            Entry::Message { message_id, .. } => EntryId::Message(message_id.clone()),
-            Entry::Event { event_id, .. } => EntryId::Event(event_id.clone()),
-        }
-    }
-}
-
-/// What one client reports at the end.
-#[derive(Debug)]
-pub(crate) struct UserReport {
-    pub(crate) user: String,
-    /// The protocol version of its connections: 1 or 2.
-    pub(crate) protocol: u32,
-    pub(crate) sends: Vec<SendRecord>,
-    /// Group messages due while the user's stream did not show it in the group: not sent.
-    pub(crate) skipped_sends: u64,
-    /// The user's stream by seq, from live frames, acks and syncs.
-    pub(crate) stream: BTreeMap<u64, Entry>,
-    /// The user's seq according to the server's last `sync`.
-    pub(crate) last_seq: u64,
-    /// Messages from others first seen live, and first seen through `sync`.
-    pub(crate) received_live: u64,
-    pub(crate) received_by_sync: u64,
-    /// Marks asked for, and answered with `read_state`.
-    pub(crate) marks_requested: u64,
-    pub(crate) marks_answered: u64,
-    /// Marks refused `not_a_member`.
-    pub(crate) refused_marks: Vec<RefusedMark>,
-    /// The direct conversations with another user that the user ever marked unread (whose
-    /// read markers may move without a receipt for the peer).
-    pub(crate) marked_unread: BTreeSet<String>,
-    /// What it read after the final sync (protocol 2; nothing for protocol 1).
-    pub(crate) reads: FinalReads,
-    /// Error frames by code.
-    pub(crate) errors: BTreeMap<String, u64>,
-    pub(crate) reconnects: u64,
-    pub(crate) sync_hints: u64,
-    /// Things a correct server never does (a seq naming two entries, a refused send or mark).
-    pub(crate) violations: Vec<String>,
 }
 
 /// What the last step of a run brings: the final sync's last seq, and (protocol 2) the
@@ -258,13 +157,7 @@ impl SimulatedUser {
                 },
                 answered = async { mark.as_mut().unwrap().await }, if mark.is_some() => {
                     mark = None;
-                    match answered.unwrap() {
-                        MarkEnd::Answered => self.marks_answered += 1,
-                        MarkEnd::NotAMember(conversation_id) => {
-                            self.refused_marks.push(RefusedMark { conversation_id, seen: mark_seen });
-                        }
-                        MarkEnd::Failed(error) => self.violations.push(format!("mark: {error}")),
-                    }
+                    self.on_mark_end(answered.unwrap(), mark_seen);
                 }
                 finished = async { final_step.as_mut().unwrap().await }, if final_step.is_some() => {
                     let (synced, listed) = finished.unwrap();
@@ -309,6 +202,31 @@ impl SimulatedUser {
                 }));
             }
         }
+        let reads = self.read_at_end(&client, conversations).await;
+        client.close().await;
+        self.report(reads)
+    }
+
+    fn on_mark_end(&mut self, end: MarkEnd, seen: u64) {
+        match end {
+            MarkEnd::Answered => self.marks_answered += 1,
+            MarkEnd::NotAMember(conversation_id) => {
+                self.refused_marks.push(RefusedMark {
+                    conversation_id,
+                    seen,
+                });
+            }
+            MarkEnd::Failed(error) => self.violations.push(format!("mark: {error}")),
+        }
+    }
+
+    /// What a protocol-2 user reads once its final sync is done: beside its conversation
+    /// list (`conversations`), the members of its groups and some read receipts.
+    async fn read_at_end(
+        &self,
+        client: &Client,
+        conversations: Option<ConversationList>,
+    ) -> FinalReads {
         let mut reads = FinalReads {
             conversations,
             ..FinalReads::default()
@@ -316,11 +234,10 @@ impl SimulatedUser {
         if self.protocol == 2 {
             let own = self.own_messages();
             let mut rng = Rng(self.rng.0 ^ 0x5bd1_e995);
-            final_reads::members_and_receipts(&client, &self.member_of, &own, &mut rng, &mut reads)
+            final_reads::members_and_receipts(client, &self.member_of, &own, &mut rng, &mut reads)
                 .await;
         }
-        client.close().await;
-        self.report(reads)
+        reads
     }
 
     /// The user's own messages of every conversation it is in (of a group, since it last
@@ -494,26 +411,9 @@ impl SimulatedUser {
                 }
             }
             Event::StreamEvent(delivered) => {
-                let event = delivered.event;
-                let entry = Entry::Event {
-                    event_id: event.event_id,
-                    kind: event.event.into_owned(),
-                    conversation_id: event.conversation_id.into_owned(),
-                    actor: event.actor.into_owned(),
-                    user: event.user.map(|u| u.into_owned()),
-                    users: event
-                        .users
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|u| u.into_owned())
-                        .collect(),
-                    role: event.role.map(|r| r.into_owned()),
-                    title: event.title.map(|t| t.into_owned()),
-                    member_count: event.member_count,
-                    message_id: event.message_id,
-                    unread_count: event.unread_count,
-                };
-                if self.put(event.seq, entry.clone()) {
+                let seq = delivered.event.seq;
+                let entry = Entry::of_event(delivered.event);
+                if self.put(seq, entry.clone()) {
                     self.follow_membership(&entry);
                 }
             }
@@ -647,9 +547,4 @@ impl SimulatedUser {
             }
         }
     }
-}
-
-/// Whether `conversation_id` is a direct conversation between two different users.
-pub(crate) fn is_direct_with_another(conversation_id: &str) -> bool {
-    !is_group_id(conversation_id) && conversation_id.split_once(':').is_some_and(|(a, b)| a != b)
 }

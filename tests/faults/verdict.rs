@@ -19,8 +19,8 @@ use peroxo_bench::contract::{MessageFate, SeqAudit};
 use peroxo_protocol::event::is_group_id;
 
 use crate::changes::ChangeRecord;
+use crate::report::{Entry, UserReport};
 use crate::rig::{Counters, Stored, StoredRow};
-use crate::user::{Entry, UserReport};
 use crate::workload::Group;
 
 /// Everything a verdict is drawn from.

@@ -38,7 +38,8 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::changes::{ChangeRecord, change_group};
-use crate::user::{Intent, Live, SimulatedUser, UserReport};
+use crate::report::UserReport;
+use crate::user::{Intent, Live, SimulatedUser};
 
 /// How much traffic a case offers.
 #[derive(Debug, Clone, Copy)]

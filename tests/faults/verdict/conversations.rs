@@ -8,7 +8,7 @@ use peroxo_bench::contract::{ConversationLedger, ConversationState, StreamItem};
 
 use super::{Check, Evidence};
 use crate::final_reads::ConversationList;
-use crate::user::{Entry, UserReport};
+use crate::report::{Entry, UserReport};
 
 /// Every user's ledger, by user.
 pub(super) type Ledgers<'a> = HashMap<&'a str, ConversationLedger>;

@@ -21,8 +21,8 @@ use peroxo_protocol::event::is_group_id;
 
 use super::{Check, EntryRef, Evidence, held_once, holdings};
 use crate::changes::{Change, ChangeOutcome};
+use crate::report::{Entry, UserReport};
 use crate::rig::StoredRow;
-use crate::user::{Entry, UserReport};
 use crate::workload::Group;
 
 /// The events that change a group or tell of it (as opposed to a member's own read marker).
@@ -43,6 +43,8 @@ pub(super) struct Timeline<'a> {
     /// What the owner's stream itself gets wrong (a sender who was not a member, a message
     /// out of commit order, a first entry that is not the creation).
     faults: Vec<String>,
+    /// The id of the last message so far.
+    last_message: u64,
 }
 
 /// Whether `entry` belongs to `group`'s timeline.
@@ -82,6 +84,7 @@ fn replay<'a>(group: &'a Group, owner: Option<&'a UserReport>) -> Timeline<'a> {
         entries: Vec::new(),
         members: BTreeMap::new(),
         faults: Vec::new(),
+        last_message: 0,
     };
     let Some(owner) = owner else {
         timeline
@@ -89,15 +92,27 @@ fn replay<'a>(group: &'a Group, owner: Option<&'a UserReport>) -> Timeline<'a> {
             .push(format!("{}: no report from its owner", group.id));
         return timeline;
     };
-    let mut last_message = 0;
     for entry in owner.stream.values().filter(|e| in_timeline(e, &group.id)) {
-        let members = &mut timeline.members;
-        let first = timeline.entries.is_empty();
+        timeline.apply(group, entry);
+    }
+    if !timeline.members.contains_key(&group.owner) {
+        timeline.faults.push(format!(
+            "{}: its owner {} is not a member at the end of its own stream",
+            group.id, group.owner
+        ));
+    }
+    timeline
+}
+
+impl<'a> Timeline<'a> {
+    /// Takes the group's next entry: notes who must hold it, then applies its change.
+    fn apply(&mut self, group: &Group, entry: &'a Entry) {
+        let first = self.entries.is_empty();
+        let members = &mut self.members;
         let mut audience: Vec<String> = members.keys().cloned().collect();
         match entry {
             Entry::Event { kind, .. } if first && kind != "group_created" => {
-                timeline
-                    .faults
+                self.faults
                     .push(format!("{}: its first event is {kind}", group.id));
             }
             Entry::Event {
@@ -115,8 +130,9 @@ fn replay<'a>(group: &'a Group, owner: Option<&'a UserReport>) -> Timeline<'a> {
                     members.insert(member.clone(), role.to_owned());
                 }
                 audience = members.keys().cloned().collect();
-                if !first || *actor != group.owner || *member_count != Some(audience.len() as u32) {
-                    timeline.faults.push(format!(
+                let count = Some(audience.len() as u32);
+                if !first || *actor != group.owner || *member_count != count {
+                    self.faults.push(format!(
                         "{}: created as {entry:?}, by {} with {} members",
                         group.id,
                         group.owner,
@@ -150,30 +166,23 @@ fn replay<'a>(group: &'a Group, owner: Option<&'a UserReport>) -> Timeline<'a> {
                 message_id, from, ..
             } => {
                 let id = message_id.parse().unwrap_or(0);
-                if id <= last_message {
-                    timeline.faults.push(format!(
-                        "{}: message {id} comes after message {last_message}",
-                        group.id
+                if id <= self.last_message {
+                    self.faults.push(format!(
+                        "{}: message {id} comes after message {}",
+                        group.id, self.last_message
                     ));
                 }
-                last_message = id;
+                self.last_message = id;
                 if !members.contains_key(from) {
-                    timeline.faults.push(format!(
+                    self.faults.push(format!(
                         "{}: message {message_id} from {from}, who was not a member then",
                         group.id
                     ));
                 }
             }
         }
-        timeline.entries.push((entry, audience));
+        self.entries.push((entry, audience));
     }
-    if !timeline.members.contains_key(&group.owner) {
-        timeline.faults.push(format!(
-            "{}: its owner {} is not a member at the end of its own stream",
-            group.id, group.owner
-        ));
-    }
-    timeline
 }
 
 /// Whether the user's stream shows it leaving `group` at a seq after `seen`.
@@ -380,33 +389,7 @@ pub(super) fn changes_match_events(
                 &events[made.min(events.len())..]
             ));
         }
-        let expected: Vec<(String, String)> = timeline
-            .members
-            .iter()
-            .map(|(u, r)| (u.clone(), r.clone()))
-            .collect();
-        for member in timeline.members.keys() {
-            let read = evidence
-                .reports
-                .iter()
-                .find(|r| r.user == *member)
-                .and_then(|r| r.reads.members.get(&group.id));
-            match read {
-                Some(Ok(list)) if *list == expected => {}
-                Some(Ok(list)) => failures.push(format!(
-                    "{member} read the members of {} as {list:?}; its events imply {expected:?}",
-                    group.id
-                )),
-                Some(Err(error)) => failures.push(format!(
-                    "{member} could not read the members of {}: {error}",
-                    group.id
-                )),
-                None => failures.push(format!(
-                    "{member}, a member of {} at the end, did not read its members",
-                    group.id
-                )),
-            }
-        }
+        failures.extend(members_read_as_implied(evidence, group, timeline));
     }
     let changes = evidence.changes.len();
     Check {
@@ -414,4 +397,41 @@ pub(super) fn changes_match_events(
         failures,
         remark: format!(" ({changes} changes)"),
     }
+}
+
+/// Every member of `group` at the end read its members as its events imply them.
+fn members_read_as_implied(
+    evidence: &Evidence<'_>,
+    group: &Group,
+    timeline: &Timeline<'_>,
+) -> Vec<String> {
+    let expected: Vec<(String, String)> = timeline
+        .members
+        .iter()
+        .map(|(u, r)| (u.clone(), r.clone()))
+        .collect();
+    let mut failures = Vec::new();
+    for member in timeline.members.keys() {
+        let read = evidence
+            .reports
+            .iter()
+            .find(|r| r.user == *member)
+            .and_then(|r| r.reads.members.get(&group.id));
+        match read {
+            Some(Ok(list)) if *list == expected => {}
+            Some(Ok(list)) => failures.push(format!(
+                "{member} read the members of {} as {list:?}; its events imply {expected:?}",
+                group.id
+            )),
+            Some(Err(error)) => failures.push(format!(
+                "{member} could not read the members of {}: {error}",
+                group.id
+            )),
+            None => failures.push(format!(
+                "{member}, a member of {} at the end, did not read its members",
+                group.id
+            )),
+        }
+    }
+    failures
 }

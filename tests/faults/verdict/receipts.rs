@@ -19,7 +19,7 @@ use peroxo_protocol::event::is_group_id;
 use super::conversations::Ledgers;
 use super::groups::Timeline;
 use super::{Check, EntryRef, Evidence, StorageStreams};
-use crate::user::{Entry, UserReport, is_direct_with_another};
+use crate::report::{Entry, UserReport, is_direct_with_another};
 
 /// (user, direct conversation) → message ids, in seq order.
 type MarkerLists<'a> = HashMap<(&'a str, &'a str), Vec<u64>>;
