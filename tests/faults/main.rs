@@ -1,9 +1,11 @@
 //! The fault-injection suite: kills, freezes and cuts PerOXO's own parts under traffic (direct
-//! messages, group messages and read marks, over protocol 2), then checks that nothing
-//! acknowledged was lost, nothing was stored twice or without a sender, every user ends with
-//! its whole stream (messages and events) exactly once, gapless and in order, every member of
-//! a group with every group message in the same order, every conversation list agrees with
-//! its user's stream, memory stayed bounded, and only the process a case killed ever died.
+//! messages, group messages, group changes and read marks over protocol 2, direct messages
+//! over protocol 1), then checks that nothing acknowledged was lost, nothing was stored twice
+//! or without a sender, every user ends with its whole stream (messages and events) exactly
+//! once, gapless and in order, every member of a group with exactly the group's messages and
+//! events of its memberships in the same order, every group's members as its events imply,
+//! every conversation list and read receipt agrees with the users' streams, memory stayed
+//! bounded, and only the process a case killed ever died.
 //!
 //! Every part is a real OS process (`peroxo serve`, `peroxo store`, `nats-server`), so a kill
 //! is a real kill. One line per case: the faults injected, direct and group messages sent,
@@ -20,11 +22,15 @@
 //! the `nats-server` binary (Debian package `nats-server`, or `NATS_SERVER` naming it); see
 //! docs/RELIABILITY.md.
 
+mod changes;
 #[path = "../system/common.rs"]
 mod common;
+mod final_reads;
 mod probe;
 mod proxy;
+mod report;
 mod rig;
+mod totals;
 mod user;
 mod verdict;
 mod workload;
@@ -33,10 +39,9 @@ use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use peroxo_protocol::event::is_group_id;
 use rig::{Backend, Counters, Layout, Rig};
 use tokio::time::Instant;
-use user::{Entry, UserReport};
+use totals::{ClientTotals, TrafficTotals};
 use verdict::Evidence;
 use workload::{Traffic, Workload};
 
@@ -82,7 +87,8 @@ const fn layout(backend: Backend, embedded: bool, nodes: usize, proxy: bool) -> 
     }
 }
 
-fn cases() -> Vec<Case> {
+/// Every case; `small_outbox` is the outbox of the case whose freeze must fill it.
+fn cases(small_outbox: usize) -> Vec<Case> {
     use Backend::{Postgres, Sqlite};
     vec![
         Case {
@@ -99,7 +105,7 @@ fn cases() -> Vec<Case> {
             name: "storage-freeze/sqlite",
             // A small outbox, so that the freeze fills it and senders are refused.
             layout: Layout {
-                max_pending: 64,
+                max_pending: small_outbox,
                 ..layout(Sqlite, false, 1, false)
             },
             fault: Fault::StorageFreeze,
@@ -157,6 +163,12 @@ struct Scale {
     faults: u32,
     /// How long each kill, freeze or cut lasts.
     outage: Duration,
+    /// `storage.max_pending` in `storage-freeze`: small enough that a freeze fills it at
+    /// once, large enough to carry the offered load between freezes (a group message holds
+    /// one place per member: the short run offers about 330 rows a second, the long one
+    /// about 2,000, which 64 places, one SQLite commit per batch, do not carry on a loaded
+    /// machine).
+    small_outbox: usize,
 }
 
 impl Scale {
@@ -166,11 +178,13 @@ impl Scale {
             Self {
                 traffic: Traffic {
                     users: 200,
+                    v1_users: 20,
                     rate: 1_000.0,
                     groups: 20,
                     group_size: 10,
                     group_rate: 100.0,
                     mark_rate: 50.0,
+                    change_rate: 20.0,
                     duration: Duration::from_secs(60),
                     seed: 7,
                 },
@@ -178,16 +192,19 @@ impl Scale {
                 fault_every: Duration::from_secs(12),
                 faults: 4,
                 outage: Duration::from_secs(4),
+                small_outbox: 512,
             }
         } else {
             Self {
                 traffic: Traffic {
                     users: 16,
+                    v1_users: 3,
                     rate: 150.0,
                     groups: 4,
                     group_size: 6,
                     group_rate: 30.0,
                     mark_rate: 20.0,
+                    change_rate: 4.0,
                     duration: Duration::from_secs(9),
                     seed: 7,
                 },
@@ -195,6 +212,7 @@ impl Scale {
                 fault_every: Duration::from_secs(5),
                 faults: 1,
                 outage: Duration::from_secs(3),
+                small_outbox: 64,
             }
         }
     }
@@ -205,28 +223,31 @@ fn main() -> ExitCode {
         .skip(1)
         .filter(|a| !a.starts_with('-'))
         .collect();
+    let scale = Scale::from_env();
     if std::env::args().any(|a| a == "--list") {
-        for case in cases() {
+        for case in cases(scale.small_outbox) {
             println!("{}: test", case.name);
         }
         return ExitCode::SUCCESS;
     }
-    let scale = Scale::from_env();
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let selected: Vec<Case> = cases()
+    let selected: Vec<Case> = cases(scale.small_outbox)
         .into_iter()
         .filter(|c| filters.is_empty() || filters.iter().any(|f| c.name.contains(f.as_str())))
         .collect();
     let traffic = scale.traffic;
     println!(
-        "\nfault injection: {} cases, {} users, {} direct messages/s, {} groups of {} with {} \
-         messages/s, {} read marks/s, for {:?}; {} fault(s) of {:?} each",
+        "\nfault injection: {} cases, {} users (and {} on protocol 1), {} direct messages/s, {} \
+         groups of {} with {} messages/s and {} changes/s, {} read marks/s, for {:?}; {} \
+         fault(s) of {:?} each",
         selected.len(),
         traffic.users,
+        traffic.v1_users,
         traffic.rate,
         traffic.groups,
         traffic.group_size,
         traffic.group_rate,
+        traffic.change_rate,
         traffic.mark_rate,
         traffic.duration,
         scale.faults,
@@ -293,7 +314,7 @@ async fn run_case(case: &Case, scale: Scale) -> bool {
         workload.finish(Duration::from_secs(90)),
     )
     .await;
-    let Ok(reports) = finished else {
+    let Ok(workload::Outcome { reports, changes }) = finished else {
         println!(
             "{:<23} FAIL | faults {} | the clients did not finish within 150s: some never \
              reconnected or synced | {:.1}s",
@@ -331,6 +352,7 @@ async fn run_case(case: &Case, scale: Scale) -> bool {
         reports: &reports,
         stored: &stored,
         groups: &groups,
+        changes: &changes,
         max_pending: case.layout.max_pending,
         nodes,
         totals,
@@ -347,7 +369,7 @@ async fn run_case(case: &Case, scale: Scale) -> bool {
         case.name,
         if passed { "PASS" } else { "FAIL" },
         injected.faults,
-        TrafficTotals::of(&reports),
+        TrafficTotals::of(&reports, &changes),
         clients.reconnects,
         clients.errors,
         verdict.summary(),
@@ -473,7 +495,10 @@ fn fault_effect(
                 format!(
                     "supervisor crashed {crashed}, closed 1011 {closed}, client reconnects {reconnects}"
                 ),
-                crashed >= 1 && closed >= 1.0 && reconnects >= crashed * scale.traffic.users as u64,
+                crashed >= 1
+                    && closed >= 1.0
+                    && reconnects
+                        >= crashed * (scale.traffic.users + scale.traffic.v1_users) as u64,
             )
         }
         Fault::ClusterPanic => (
@@ -481,106 +506,5 @@ fn fault_effect(
             injected.crashed("cluster") >= 1,
         ),
         Fault::NatsKill => (format!("sync hints {sync_hints}"), sync_hints >= 1),
-    }
-}
-
-/// What the clients of a case sent and got, summed over all of them, for the verdict line.
-#[derive(Debug, Default)]
-struct TrafficTotals {
-    /// Direct messages sent and acked.
-    sent: usize,
-    acked: usize,
-    /// Group messages sent and acked, and copies of them in other members' streams.
-    group_sent: usize,
-    group_acked: usize,
-    group_delivered: usize,
-    /// Messages from others (direct and group) first seen live, and through `sync`.
-    live: u64,
-    by_sync: u64,
-    /// Read marks asked for and answered, and the `read_marker` and `read_receipt` events
-    /// they put in streams.
-    marks: u64,
-    marks_answered: u64,
-    marker_events: usize,
-    receipt_events: usize,
-}
-
-impl TrafficTotals {
-    fn of(reports: &[UserReport]) -> Self {
-        let mut totals = Self::default();
-        for report in reports {
-            for send in &report.sends {
-                let acked = usize::from(send.ack.is_some());
-                if is_group_id(&send.to) {
-                    totals.group_sent += 1;
-                    totals.group_acked += acked;
-                } else {
-                    totals.sent += 1;
-                    totals.acked += acked;
-                }
-            }
-            totals.live += report.received_live;
-            totals.by_sync += report.received_by_sync;
-            totals.marks += report.marks_requested;
-            totals.marks_answered += report.marks_answered;
-            for entry in report.stream.values() {
-                match entry {
-                    Entry::Message { to, from, .. } if is_group_id(to) && *from != report.user => {
-                        totals.group_delivered += 1;
-                    }
-                    Entry::Event { kind, .. } if kind == "read_marker" => totals.marker_events += 1,
-                    Entry::Event { kind, .. } if kind == "read_receipt" => {
-                        totals.receipt_events += 1;
-                    }
-                    _ => {}
-                }
-            }
-        }
-        totals
-    }
-}
-
-impl std::fmt::Display for TrafficTotals {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "sent {} acked {} | group sent {} acked {} delivered {} | received live {} by sync {} \
-             | marks {} answered {} events {} receipts {}",
-            self.sent,
-            self.acked,
-            self.group_sent,
-            self.group_acked,
-            self.group_delivered,
-            self.live,
-            self.by_sync,
-            self.marks,
-            self.marks_answered,
-            self.marker_events,
-            self.receipt_events
-        )
-    }
-}
-
-/// What the clients of a case went through, summed over all of them.
-struct ClientTotals<'a> {
-    reconnects: u64,
-    sync_hints: u64,
-    /// `error` frames by code.
-    errors: BTreeMap<&'a str, u64>,
-}
-
-impl<'a> ClientTotals<'a> {
-    fn of(reports: &'a [UserReport]) -> Self {
-        let mut errors: BTreeMap<&str, u64> = BTreeMap::new();
-        for report in reports {
-            for (code, n) in &report.errors {
-                *errors.entry(code).or_default() += n;
-            }
-        }
-        Self {
-            reconnects: reports.iter().map(|r| r.reconnects).sum(),
-            sync_hints: reports.iter().map(|r| r.sync_hints).sum(),
-            errors,
-        }
     }
 }

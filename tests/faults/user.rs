@@ -1,20 +1,28 @@
 //! One simulated user: its client, the intents the pacer gives it (a message to send, a read
-//! mark to make), and a record, from the client's events, of what the user saw: every send
-//! and its ack, every mark and its answer, the stream by seq (messages and events), the
-//! conversation list at the end, and anything a correct server never does.
+//! mark to make), and a record, from the client's events, of what the user saw, which it
+//! reports at the end ([`crate::report`]).
+//!
+//! A user knows which groups it is in from its own stream (`group_created`, `members_added`
+//! naming it, `member_left` naming it), as an application would: it sends to and marks only
+//! those. A change the user has not seen yet may still refuse a send or a mark
+//! `not_a_member`; the refusal is recorded with how far the user had seen its stream, for the
+//! verdict to find the departure after it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use peroxo_client::{
-    Client, ClientError, CommandKind, EntryId, ErrorAbout, Event, Events, ServerFrame, Via,
+    Client, ClientError, CommandKind, ErrorAbout, ErrorCode, Event, Events, ServerFrame, Via,
 };
+use peroxo_protocol::event::is_group_id;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::workload::{Phase, Rng, request_until_answered};
+use crate::final_reads::{self, ConversationList, FinalReads};
+use crate::report::{Entry, RefusedMark, SendRecord, UserReport, is_direct_with_another};
+use crate::workload::{Answer, Phase, Rng, answer_until_deadline};
 
 /// What the pacer asks of a user.
 #[derive(Debug)]
@@ -34,101 +42,25 @@ pub(crate) struct Live {
     pub(crate) drained: AtomicUsize,
 }
 
-/// One send, as its client knows it.
-#[derive(Debug, Clone)]
-pub(crate) struct SendRecord {
-    pub(crate) client_msg_id: String,
-    /// A user, or a group id.
-    pub(crate) to: String,
-    pub(crate) text: String,
-    /// The message id and the sender's seq from its first ack.
-    pub(crate) ack: Option<(String, u64)>,
-}
+/// What the last step of a run brings: the final sync's last seq, and (protocol 2) the
+/// conversation list.
+type FinalStep = (
+    Result<u64, ClientError>,
+    Option<Result<ConversationList, String>>,
+);
 
-/// One entry of a user's stream, as the client holds it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Entry {
-    Message {
-        message_id: String,
-        conversation_id: String,
-        from: String,
-        to: String,
-    },
-    Event {
-        event_id: String,
-        /// `group_created`, `read_marker`, `read_receipt`, …
-        kind: String,
-        conversation_id: String,
-        actor: String,
-        /// The member concerned (`member_left`, `role_changed`).
-        user: Option<String>,
-        /// The members added (`members_added`).
-        users: Vec<String>,
-        /// The marker (`read_marker`, `read_receipt`).
-        message_id: Option<String>,
-        /// The unread count after the mark (`read_marker`).
-        unread_count: Option<u64>,
-    },
+/// How a mark ended.
+enum MarkEnd {
+    Answered,
+    /// Refused `not_a_member` in this group.
+    NotAMember(String),
+    Failed(String),
 }
-
-impl Entry {
-    fn id(&self) -> EntryId {
-        match self {
-            Entry::Message { message_id, .. } => EntryId::Message(message_id.clone()),
-            Entry::Event { event_id, .. } => EntryId::Event(event_id.clone()),
-        }
-    }
-}
-
-/// One conversation of the user's list, as `conversations` answered at the end.
-#[derive(Debug, Clone)]
-pub(crate) struct Listed {
-    pub(crate) conversation_id: String,
-    pub(crate) read_marker: String,
-    pub(crate) unread_count: u64,
-    /// The preview's message id and the user's seq of it.
-    pub(crate) last_message: Option<(String, u64)>,
-}
-
-/// The user's conversation list at the end, every page of it.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct ConversationList {
-    pub(crate) conversations: Vec<Listed>,
-    /// As the first page stated it.
-    pub(crate) total_unread: u64,
-}
-
-/// What one client reports at the end.
-#[derive(Debug)]
-pub(crate) struct UserReport {
-    pub(crate) user: String,
-    pub(crate) sends: Vec<SendRecord>,
-    /// The user's stream by seq, from live frames, acks and syncs.
-    pub(crate) stream: BTreeMap<u64, Entry>,
-    /// The user's seq according to the server's last `sync`.
-    pub(crate) last_seq: u64,
-    /// Messages from others first seen live, and first seen through `sync`.
-    pub(crate) received_live: u64,
-    pub(crate) received_by_sync: u64,
-    /// Marks asked for, and answered with `read_state`.
-    pub(crate) marks_requested: u64,
-    pub(crate) marks_answered: u64,
-    /// The conversation list after the final sync (`None` when it could not be read).
-    pub(crate) conversations: Option<ConversationList>,
-    /// Error frames by code.
-    pub(crate) errors: BTreeMap<String, u64>,
-    pub(crate) reconnects: u64,
-    pub(crate) sync_hints: u64,
-    /// Things a correct server never does (a seq naming two entries, a refused send or mark).
-    pub(crate) violations: Vec<String>,
-}
-
-/// What the last step of a run brings: the final sync's last seq, and the conversation list.
-type FinalStep = (Result<u64, ClientError>, Result<ConversationList, String>);
 
 /// One simulated user: its client, and what it saw.
 pub(crate) struct SimulatedUser {
     user: String,
+    protocol: u32,
     intents: mpsc::UnboundedReceiver<Intent>,
     /// The pacer has finished and every intent has been taken.
     intents_done: bool,
@@ -143,8 +75,13 @@ pub(crate) struct SimulatedUser {
     unacked: usize,
     stream: BTreeMap<u64, Entry>,
     /// Every message of the stream by conversation, in seq order: its id, and whether
-    /// someone else sent it (what a mark may name).
+    /// someone else sent it (what a mark may name). A group's since the user last joined it.
     by_conversation: BTreeMap<String, Vec<(u64, bool)>>,
+    /// The groups the user's stream shows it in.
+    member_of: BTreeSet<String>,
+    skipped_sends: u64,
+    refused_marks: Vec<RefusedMark>,
+    marked_unread: BTreeSet<String>,
     last_seq: u64,
     drained: bool,
     received_live: u64,
@@ -160,6 +97,7 @@ pub(crate) struct SimulatedUser {
 impl SimulatedUser {
     pub(crate) fn new(
         user: String,
+        protocol: u32,
         intents: mpsc::UnboundedReceiver<Intent>,
         phase: watch::Receiver<Phase>,
         live: Arc<Live>,
@@ -167,6 +105,7 @@ impl SimulatedUser {
     ) -> Self {
         Self {
             user,
+            protocol,
             intents,
             intents_done: false,
             phase,
@@ -177,6 +116,10 @@ impl SimulatedUser {
             unacked: 0,
             stream: BTreeMap::new(),
             by_conversation: BTreeMap::new(),
+            member_of: BTreeSet::new(),
+            skipped_sends: 0,
+            refused_marks: Vec::new(),
+            marked_unread: BTreeSet::new(),
             last_seq: 0,
             drained: false,
             received_live: 0,
@@ -191,9 +134,10 @@ impl SimulatedUser {
     }
 
     pub(crate) async fn run(mut self, client: Client, mut events: Events) -> UserReport {
-        let mut mark: Option<JoinHandle<Result<(), String>>> = None;
+        let mut mark: Option<JoinHandle<MarkEnd>> = None;
         let mut final_step: Option<JoinHandle<FinalStep>> = None;
         let mut conversations = None;
+        let mut mark_seen = 0;
         let mut tick = tokio::time::interval(Duration::from_millis(25));
         loop {
             tokio::select! {
@@ -204,16 +148,16 @@ impl SimulatedUser {
                 intent = self.intents.recv(), if !self.intents_done => match intent {
                     Some(Intent::Send(to)) => self.new_send(&client, to),
                     // One mark at a time: a mark due while another is under way is not made.
-                    Some(Intent::Mark) if mark.is_none() => mark = self.new_mark(&client),
+                    Some(Intent::Mark) if mark.is_none() => {
+                        mark_seen = self.seen();
+                        mark = self.new_mark(&client);
+                    }
                     Some(Intent::Mark) => {}
                     None => self.intents_done = true,
                 },
                 answered = async { mark.as_mut().unwrap().await }, if mark.is_some() => {
                     mark = None;
-                    match answered.unwrap() {
-                        Ok(()) => self.marks_answered += 1,
-                        Err(error) => self.violations.push(format!("mark: {error}")),
-                    }
+                    self.on_mark_end(answered.unwrap(), mark_seen);
                 }
                 finished = async { final_step.as_mut().unwrap().await }, if final_step.is_some() => {
                     let (synced, listed) = finished.unwrap();
@@ -222,8 +166,9 @@ impl SimulatedUser {
                         Err(error) => self.violations.push(format!("final sync failed: {error}")),
                     }
                     match listed {
-                        Ok(list) => conversations = Some(list),
-                        Err(error) => self.violations.push(format!("conversations: {error}")),
+                        Some(Ok(list)) => conversations = Some(list),
+                        Some(Err(error)) => self.violations.push(format!("conversations: {error}")),
+                        None => {}
                     }
                     // Every event of the final sync was handed on before its answer.
                     while let Some(event) = events.try_next() {
@@ -245,19 +190,82 @@ impl SimulatedUser {
             }
             if phase == Phase::FinalSync && final_step.is_none() {
                 let client = client.clone();
+                let v2 = self.protocol == 2;
                 final_step = Some(tokio::spawn(async move {
                     let synced = client.sync().await;
-                    (synced, list_conversations(&client).await)
+                    let listed = if v2 {
+                        Some(final_reads::list_conversations(&client).await)
+                    } else {
+                        None
+                    };
+                    (synced, listed)
                 }));
             }
         }
+        let reads = self.read_at_end(&client, conversations).await;
         client.close().await;
-        self.report(conversations)
+        self.report(reads)
     }
 
-    fn report(self, conversations: Option<ConversationList>) -> UserReport {
+    fn on_mark_end(&mut self, end: MarkEnd, seen: u64) {
+        match end {
+            MarkEnd::Answered => self.marks_answered += 1,
+            MarkEnd::NotAMember(conversation_id) => {
+                self.refused_marks.push(RefusedMark {
+                    conversation_id,
+                    seen,
+                });
+            }
+            MarkEnd::Failed(error) => self.violations.push(format!("mark: {error}")),
+        }
+    }
+
+    /// What a protocol-2 user reads once its final sync is done: beside its conversation
+    /// list (`conversations`), the members of its groups and some read receipts.
+    async fn read_at_end(
+        &self,
+        client: &Client,
+        conversations: Option<ConversationList>,
+    ) -> FinalReads {
+        let mut reads = FinalReads {
+            conversations,
+            ..FinalReads::default()
+        };
+        if self.protocol == 2 {
+            let own = self.own_messages();
+            let mut rng = Rng(self.rng.0 ^ 0x5bd1_e995);
+            final_reads::members_and_receipts(client, &self.member_of, &own, &mut rng, &mut reads)
+                .await;
+        }
+        reads
+    }
+
+    /// The user's own messages of every conversation it is in (of a group, since it last
+    /// joined), by conversation.
+    fn own_messages(&self) -> BTreeMap<String, Vec<u64>> {
+        self.by_conversation
+            .iter()
+            .map(|(id, messages)| {
+                let own = messages.iter().filter(|(_, other)| !other).map(|(m, _)| *m);
+                (id.clone(), own.collect::<Vec<u64>>())
+            })
+            .filter(|(_, own)| !own.is_empty())
+            .collect()
+    }
+
+    /// The highest seq of its stream the user has seen (the client delivers in seq order).
+    fn seen(&self) -> u64 {
+        self.stream.keys().next_back().copied().unwrap_or(0)
+    }
+
+    fn report(self, reads: FinalReads) -> UserReport {
         UserReport {
             user: self.user,
+            protocol: self.protocol,
+            skipped_sends: self.skipped_sends,
+            refused_marks: self.refused_marks,
+            marked_unread: self.marked_unread,
+            reads,
             sends: self.sends,
             stream: self.stream,
             last_seq: self.last_seq,
@@ -265,7 +273,6 @@ impl SimulatedUser {
             received_by_sync: self.received_by_sync,
             marks_requested: self.marks_requested,
             marks_answered: self.marks_answered,
-            conversations,
             errors: self.errors,
             reconnects: self.reconnects,
             sync_hints: self.sync_hints,
@@ -274,6 +281,10 @@ impl SimulatedUser {
     }
 
     fn new_send(&mut self, client: &Client, to: String) {
+        if is_group_id(&to) && !self.member_of.contains(&to) {
+            self.skipped_sends += 1;
+            return;
+        }
         let n = self.sends.len();
         let text = format!("{} to {to}, #{n}", self.user);
         let submitted = match client.submit(to.clone(), text.clone()) {
@@ -286,11 +297,14 @@ impl SimulatedUser {
         // The outcome arrives as an event; the receiver is not needed.
         let client_msg_id = submitted.client_msg_id;
         self.index.insert(client_msg_id.clone(), n);
+        let seen = self.seen();
         self.sends.push(SendRecord {
             client_msg_id,
             to,
             text,
             ack: None,
+            seen,
+            refused: None,
         });
         self.unacked += 1;
         self.live.sent.fetch_add(1, Ordering::Relaxed);
@@ -300,7 +314,7 @@ impl SimulatedUser {
     /// message, sometimes read up to an older one (which changes nothing when already read),
     /// sometimes unread from one of its messages, or from the newest message of someone else.
     /// `None` while the user has no conversation yet.
-    fn new_mark(&mut self, client: &Client) -> Option<JoinHandle<Result<(), String>>> {
+    fn new_mark(&mut self, client: &Client) -> Option<JoinHandle<MarkEnd>> {
         if self.by_conversation.is_empty() {
             return None;
         }
@@ -328,12 +342,36 @@ impl SimulatedUser {
                 message_id: newest,
             },
         };
+        if let CommandKind::MarkUnread {
+            conversation_id, ..
+        } = &kind
+            && is_direct_with_another(conversation_id)
+        {
+            self.marked_unread.insert(conversation_id.clone());
+        }
         self.marks_requested += 1;
         let client = client.clone();
         Some(tokio::spawn(async move {
-            match request_until_answered(&client, kind).await? {
-                ServerFrame::ReadState { .. } => Ok(()),
-                other => Err(format!("answered with {other:?}")),
+            let group = match &kind {
+                CommandKind::MarkRead {
+                    conversation_id, ..
+                }
+                | CommandKind::MarkUnread {
+                    conversation_id, ..
+                } if is_group_id(conversation_id) => Some(conversation_id.clone()),
+                _ => None,
+            };
+            match answer_until_deadline(&client, kind).await {
+                Ok(Answer::Reply(ServerFrame::ReadState { .. })) => MarkEnd::Answered,
+                Ok(Answer::Refused { error, .. }) if error.code == ErrorCode::NotAMember => {
+                    match group {
+                        Some(group) => MarkEnd::NotAMember(group),
+                        None => MarkEnd::Failed(format!("refused: {error}")),
+                    }
+                }
+                Ok(Answer::Reply(other)) => MarkEnd::Failed(format!("answered with {other:?}")),
+                Ok(Answer::Refused { error, .. }) => MarkEnd::Failed(format!("refused: {error}")),
+                Err(error) => MarkEnd::Failed(error),
             }
         }))
     }
@@ -373,23 +411,11 @@ impl SimulatedUser {
                 }
             }
             Event::StreamEvent(delivered) => {
-                let event = delivered.event;
-                let entry = Entry::Event {
-                    event_id: event.event_id,
-                    kind: event.event.into_owned(),
-                    conversation_id: event.conversation_id.into_owned(),
-                    actor: event.actor.into_owned(),
-                    user: event.user.map(|u| u.into_owned()),
-                    users: event
-                        .users
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|u| u.into_owned())
-                        .collect(),
-                    message_id: event.message_id,
-                    unread_count: event.unread_count,
-                };
-                self.put(event.seq, entry);
+                let seq = delivered.event.seq;
+                let entry = Entry::of_event(delivered.event);
+                if self.put(seq, entry.clone()) {
+                    self.follow_membership(&entry);
+                }
             }
             Event::Acked { ack, .. } => self.on_ack(ack),
             Event::Error { error, about } => {
@@ -401,8 +427,8 @@ impl SimulatedUser {
                     ErrorAbout::Sync if !error.retryable => {
                         self.violations.push(format!("sync refused: {error}"));
                     }
-                    ErrorAbout::Send(_) if !error.retryable => {
-                        self.violations.push(format!("send refused: {error}"));
+                    ErrorAbout::Send(client_msg_id) if !error.retryable => {
+                        self.on_refusal(&client_msg_id, &error);
                     }
                     ErrorAbout::Other => {
                         self.violations.push(format!("unexpected error: {error}"));
@@ -422,6 +448,62 @@ impl SimulatedUser {
             Event::Anomaly(what) => self.violations.push(what),
             Event::Stopped(error) => self.violations.push(format!("client stopped: {error}")),
             _ => {}
+        }
+    }
+
+    /// Follows the user's own membership of groups from an event of its stream. Leaving a
+    /// group forgets its messages: a new membership starts from the join.
+    fn follow_membership(&mut self, entry: &Entry) {
+        let Entry::Event {
+            kind,
+            conversation_id,
+            user,
+            users,
+            ..
+        } = entry
+        else {
+            return;
+        };
+        let me = &self.user;
+        match kind.as_str() {
+            "group_created" => {
+                self.member_of.insert(conversation_id.clone());
+            }
+            "members_added" if users.contains(me) => {
+                self.member_of.insert(conversation_id.clone());
+                self.by_conversation.remove(conversation_id);
+            }
+            "member_left" if user.as_ref() == Some(me) => {
+                self.member_of.remove(conversation_id);
+                self.by_conversation.remove(conversation_id);
+            }
+            _ => {}
+        }
+    }
+
+    /// A send refused for good. A group message refused `not_a_member` is the verdict's to
+    /// judge (the user may have been removed before it was sent); any other refusal is wrong.
+    /// A send that went twice (after a session restart) may be refused twice, alike.
+    fn on_refusal(&mut self, client_msg_id: &str, error: &peroxo_client::ServerError) {
+        let judged = match self.index.get(client_msg_id) {
+            Some(&i) if self.sends[i].ack.is_none() => {
+                let send = &mut self.sends[i];
+                let first = send.refused.is_none();
+                let alike = send
+                    .refused
+                    .as_ref()
+                    .is_none_or(|(code, _)| *code == error.code);
+                if first {
+                    send.refused = Some((error.code, error.message.clone()));
+                    self.unacked -= 1;
+                }
+                alike && is_group_id(&send.to) && error.code == ErrorCode::NotAMember
+            }
+            _ => false,
+        };
+        if !judged {
+            self.violations
+                .push(format!("send {client_msg_id} refused: {error}"));
         }
     }
 
@@ -462,44 +544,6 @@ impl SimulatedUser {
                 send.ack = Some(this);
                 self.unacked -= 1;
                 self.live.acked.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    }
-}
-
-/// Every page of the user's conversation list.
-async fn list_conversations(client: &Client) -> Result<ConversationList, String> {
-    let mut list = ConversationList::default();
-    let mut before = None;
-    loop {
-        let kind = CommandKind::Conversations { before, limit: 200 };
-        let ServerFrame::Conversations {
-            conversations,
-            next_before,
-            total_unread,
-            ..
-        } = request_until_answered(client, kind).await?
-        else {
-            return Err("a request for conversations answered with another frame".to_owned());
-        };
-        if before.is_none() {
-            list.total_unread = total_unread;
-        }
-        list.conversations
-            .extend(conversations.into_iter().map(|c| Listed {
-                conversation_id: c.conversation_id.into_owned(),
-                read_marker: c.read_marker,
-                unread_count: c.unread_count,
-                last_message: c.last_message.map(|m| (m.message_id, m.seq)),
-            }));
-        match next_before {
-            None => return Ok(list),
-            Some(cursor) => {
-                before = Some(
-                    cursor
-                        .parse()
-                        .map_err(|_| format!("next_before {cursor:?} is not a cursor"))?,
-                );
             }
         }
     }

@@ -1,13 +1,16 @@
 //! The invariants checked after each case, once traffic has stopped and every client has
 //! synced: what clients were told against what the database holds, what every client ended
-//! with, and what the processes and their metrics show. [`conversations`] holds the checks of
-//! groups and of the conversation list.
+//! with, and what the processes and their metrics show. [`groups`] holds the checks of
+//! groups and their changes, [`conversations`] those of the conversation list, [`receipts`]
+//! those of read receipts and of protocol-1 users.
 //!
 //! The rules a user's stream and each acked message obey are `peroxo_bench::contract`'s, the
 //! same the load generator judges by; what only this suite can check (the database's rows,
 //! the processes and their metrics) is here.
 
 mod conversations;
+mod groups;
+mod receipts;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -15,16 +18,19 @@ use std::fmt::Write as _;
 use peroxo_bench::contract::{MessageFate, SeqAudit};
 use peroxo_protocol::event::is_group_id;
 
+use crate::changes::ChangeRecord;
+use crate::report::{Entry, UserReport};
 use crate::rig::{Counters, Stored, StoredRow};
-use crate::user::{Entry, UserReport};
 use crate::workload::Group;
 
 /// Everything a verdict is drawn from.
 pub(crate) struct Evidence<'a> {
     pub(crate) reports: &'a [UserReport],
     pub(crate) stored: &'a Stored,
-    /// The groups the workload created, with their members.
+    /// The groups the workload created, with their initial members.
     pub(crate) groups: &'a [Group],
+    /// Every membership change the workload made, each group's in order.
+    pub(crate) changes: &'a [ChangeRecord],
     pub(crate) max_pending: usize,
     /// Every node's counters over all its incarnations (`None`: its metrics were never read).
     pub(crate) nodes: Vec<Option<Counters>>,
@@ -115,9 +121,12 @@ impl std::fmt::Display for EntryRef {
     }
 }
 
-/// Every user's stream as the database holds it: seq → what the entry points at. A row that
-/// points at neither or both is named in the second list.
-fn streams_in_storage(stored: &Stored) -> (HashMap<&str, BTreeMap<u64, EntryRef>>, Vec<String>) {
+/// Every user's stream as the database holds it: seq → what the entry points at.
+type StorageStreams<'a> = HashMap<&'a str, BTreeMap<u64, EntryRef>>;
+
+/// Every user's stream as the database holds it. A row that points at neither a message nor
+/// an event, or at both, is named in the second list.
+fn streams_in_storage(stored: &Stored) -> (StorageStreams<'_>, Vec<String>) {
     let mut streams: HashMap<&str, BTreeMap<u64, EntryRef>> = HashMap::new();
     let mut malformed = Vec::new();
     for row in &stored.streams {
@@ -165,6 +174,9 @@ fn columns_agree_with_streams(
 }
 
 pub(crate) fn judge(evidence: &Evidence<'_>) -> Verdict {
+    let (streams, malformed) = streams_in_storage(evidence.stored);
+    let timelines = groups::timelines(evidence);
+    let ledgers = conversations::ledgers(evidence.reports);
     let by_sender_and_id: HashMap<(&str, &str), Vec<&StoredRow>> = evidence
         .stored
         .messages
@@ -188,11 +200,14 @@ pub(crate) fn judge(evidence: &Evidence<'_>) -> Verdict {
         every_send_acked(evidence),
         acked_stored_once(evidence, &by_sender_and_id),
         nothing_unsent_stored(evidence, &by_sender_and_id),
-        every_user_has_everything_once_in_order(evidence),
-        conversations::groups_complete(evidence),
-        conversations::groups_agree(evidence),
-        gapless(evidence),
-        conversations::lists_match_streams(evidence),
+        every_user_has_everything_once_in_order(evidence, &streams, malformed),
+        groups::groups_complete(evidence, &timelines, &by_sender_and_id),
+        groups::groups_agree(evidence, &timelines),
+        groups::changes_match_events(evidence, &timelines),
+        gapless(evidence, &streams),
+        conversations::lists_match_streams(evidence, &ledgers),
+        receipts::read_receipts_match_markers(evidence, &timelines, &ledgers),
+        receipts::protocol_1_sees_direct_messages_only(evidence, &streams),
         outbox_bounded(evidence),
         only_victims_died(evidence),
         restarts_visible(evidence),
@@ -208,17 +223,19 @@ pub(crate) fn judge(evidence: &Evidence<'_>) -> Verdict {
     Verdict { checks }
 }
 
-/// Every send was acked and every mark answered.
+/// Every send was acked (or refused, which [`groups::groups_complete`] judges) and every mark
+/// answered (or refused `not_a_member`, likewise).
 fn every_send_acked(evidence: &Evidence<'_>) -> Check {
     let mut failures: Vec<String> = evidence
         .reports
         .iter()
         .flat_map(|r| r.sends.iter())
-        .filter(|s| s.ack.is_none())
+        .filter(|s| s.ack.is_none() && s.refused.is_none())
         .map(|s| format!("{} was never acked", s.client_msg_id))
         .collect();
     for report in evidence.reports {
-        let unanswered = report.marks_requested - report.marks_answered;
+        let unanswered =
+            report.marks_requested - report.marks_answered - report.refused_marks.len() as u64;
         if unanswered > 0 {
             failures.push(format!(
                 "{}: {unanswered} of {} marks never answered",
@@ -313,20 +330,27 @@ fn nothing_unsent_stored(
     }
 }
 
-/// Every user holds exactly its stream as the database has it (messages and events), and
-/// each conversation's messages in commit order.
-fn every_user_has_everything_once_in_order(evidence: &Evidence<'_>) -> Check {
-    let (expected, mut failures) = streams_in_storage(evidence.stored);
-    failures.extend(columns_agree_with_streams(evidence.stored, &expected));
+/// Every user holds exactly its stream as the database has it (messages and events; a
+/// protocol-1 user its messages only), and each conversation's messages in commit order.
+fn every_user_has_everything_once_in_order(
+    evidence: &Evidence<'_>,
+    streams: &StorageStreams<'_>,
+    mut failures: Vec<String>,
+) -> Check {
+    failures.extend(columns_agree_with_streams(evidence.stored, streams));
     let empty = BTreeMap::new();
     for report in evidence.reports {
-        let expected = expected.get(report.user.as_str()).unwrap_or(&empty);
+        let expected = streams.get(report.user.as_str()).unwrap_or(&empty);
         let held: BTreeMap<u64, EntryRef> = report
             .stream
             .iter()
             .map(|(seq, e)| (*seq, EntryRef::of(e)))
             .collect();
         for (seq, entry) in expected {
+            if report.protocol < 2 && matches!(entry, EntryRef::Event(_)) {
+                // Protocol 1 never shows events; holding one is named below.
+                continue;
+            }
             match held.get(seq) {
                 Some(held_entry) if held_entry == entry => {}
                 Some(held_entry) => failures.push(format!(
@@ -337,7 +361,12 @@ fn every_user_has_everything_once_in_order(evidence: &Evidence<'_>) -> Check {
             }
         }
         for (seq, entry) in &held {
-            if !expected.contains_key(seq) {
+            if report.protocol < 2 && matches!(entry, EntryRef::Event(_)) {
+                failures.push(format!(
+                    "{}, on protocol 1, holds {entry} at seq {seq}",
+                    report.user
+                ));
+            } else if !expected.contains_key(seq) {
                 failures.push(format!(
                     "{} holds {entry} at seq {seq}, which storage does not have",
                     report.user
@@ -399,9 +428,39 @@ fn holdings(reports: &[UserReport]) -> HashMap<(&str, &str), u32> {
     held
 }
 
+/// Whether `holder` holds the acked message `message_id` exactly once, by
+/// `peroxo_bench::contract`'s [`MessageFate`]; a failure naming the message as `what` when it
+/// does not.
+fn held_once(
+    held: &HashMap<(&str, &str), u32>,
+    holder: &str,
+    message_id: &str,
+    what: &str,
+) -> Option<String> {
+    let deliveries = held.get(&(holder, message_id)).copied().unwrap_or(0);
+    let fate = MessageFate {
+        sent: true,
+        acks: 1,
+        deliveries,
+        refused: false,
+    };
+    let breaches = fate.breaches();
+    if breaches.lost {
+        Some(format!(
+            "{what}, acked as message {message_id}, never reached {holder}"
+        ))
+    } else if breaches.duplicated {
+        Some(format!(
+            "{holder} holds {what} (message {message_id}) {deliveries} times"
+        ))
+    } else {
+        None
+    }
+}
+
 /// Every acked direct message is in its recipient's stream exactly once, by the clients' own
 /// reports (the comparison with storage above holds them to the database's seqs too). Group
-/// messages are [`conversations::groups_complete`]'s.
+/// messages are [`groups::groups_complete`]'s.
 fn acked_reached_recipient_once(reports: &[UserReport]) -> Vec<String> {
     let held = holdings(reports);
     let mut failures = Vec::new();
@@ -413,39 +472,34 @@ fn acked_reached_recipient_once(reports: &[UserReport]) -> Vec<String> {
             if is_group_id(&send.to) {
                 continue;
             }
-            let deliveries = held
-                .get(&(send.to.as_str(), message_id.as_str()))
-                .copied()
-                .unwrap_or(0);
-            let fate = MessageFate {
-                sent: true,
-                acks: 1,
-                deliveries,
-                refused: false,
-            };
-            let breaches = fate.breaches();
-            if breaches.lost {
-                failures.push(format!(
-                    "{}/{} acked as message {message_id}, never reached {}",
-                    report.user, send.client_msg_id, send.to
-                ));
-            }
-            if breaches.duplicated {
-                failures.push(format!(
-                    "{} holds message {message_id} ({}/{}) {deliveries} times",
-                    send.to, report.user, send.client_msg_id
-                ));
-            }
+            let what = format!("{}/{}", report.user, send.client_msg_id);
+            failures.extend(held_once(&held, &send.to, message_id, &what));
         }
     }
     failures
 }
 
-fn gapless(evidence: &Evidence<'_>) -> Check {
+/// Every user's stream is 1…`last_seq` without holes. A protocol-1 user never sees events:
+/// its seqs may skip exactly the events storage has in its stream (which
+/// [`receipts::protocol_1_sees_direct_messages_only`] accounts for).
+fn gapless(evidence: &Evidence<'_>, streams: &StorageStreams<'_>) -> Check {
     let mut failures = Vec::new();
+    let empty = BTreeMap::new();
     for report in evidence.reports {
         let n = report.stream.len() as u64;
-        let seqs = SeqAudit::of_sorted(report.stream.keys().copied(), report.last_seq);
+        let mut seqs: Vec<u64> = report.stream.keys().copied().collect();
+        if report.protocol < 2 {
+            let stored = streams.get(report.user.as_str()).unwrap_or(&empty);
+            seqs.extend(
+                stored
+                    .iter()
+                    .filter(|(_, e)| matches!(e, EntryRef::Event(_)))
+                    .map(|(seq, _)| *seq),
+            );
+            seqs.sort_unstable();
+            seqs.dedup();
+        }
+        let seqs = SeqAudit::of_sorted(seqs, report.last_seq);
         // The stream must also end where the server says the user's seqs end.
         if !seqs.is_gapless() || seqs.highest_seen != report.last_seq {
             failures.push(format!(

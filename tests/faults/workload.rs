@@ -1,6 +1,6 @@
-//! The simulated traffic. Every user is a `peroxo-client` [`Client`] on a protocol-2
-//! connection (`?protocol=2`), which behaves as docs/PROTOCOL.md's "What a correct client
-//! does" asks:
+//! The simulated traffic. Every user is a `peroxo-client` [`Client`], most on a protocol-2
+//! connection (`?protocol=2`), a few on protocol 1 (direct messages only); each behaves as
+//! docs/PROTOCOL.md's "What a correct client does" asks:
 //!
 //! - it keeps every send until it is acked, resends all of them with the same `client_msg_id`
 //!   after reconnecting, retries `unavailable`, `rate_limited` and `internal` with backoff, and
@@ -10,34 +10,45 @@
 //!   `welcome.last_seq` is higher, on a seq that skips ahead, and on `sync_hint`;
 //! - it reconnects with backoff, to the next node when the one it used does not answer.
 //!
-//! At setup, a few users each create a group of users spread over the population
-//! (`create_group` with a fixed `client_msg_id`, repeated until answered). Then three
-//! streams of intents run at steady rates, scheduled by the clock whatever the server answers:
-//! direct messages between random users (sometimes to oneself), group messages from a random
-//! member of a random group, and read marks (`mark_read`, sometimes `mark_unread`) of a
-//! random user on one of its conversations. [`crate::user`] carries them out and records what
-//! each user saw.
+//! At setup, a few protocol-2 users each create a group of protocol-2 users spread over the
+//! population (`create_group` with a fixed `client_msg_id`, repeated until answered). Then
+//! three streams of intents run at steady rates, scheduled by the clock whatever the server
+//! answers: direct messages between random users of either protocol (sometimes to oneself),
+//! group messages from a random current member of a random group, and read marks
+//! (`mark_read`, sometimes `mark_unread`) of a random protocol-2 user on one of its
+//! conversations. [`crate::user`] carries them out and records what each user saw. Beside
+//! them, every group is changed at a steady rate ([`crate::changes`]): members added,
+//! removed and leaving, roles changed, the group renamed.
 //!
-//! A run has three phases: traffic (the pacer generates intents), drain (no new intents;
-//! clients finish their sends and marks), final sync (every client syncs once more, reads its
-//! conversation list and reports).
+//! A run has three phases: traffic (the pacer generates intents, the groups change), drain
+//! (no new intents; clients finish their sends and marks), final sync (every client syncs
+//! once more, reads its conversation list, its groups' members and some read receipts, and
+//! reports).
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use peroxo_client::{Backoff, Client, ClientConfig, ClientError, CommandKind, ServerFrame};
+use peroxo_client::{
+    Backoff, Client, ClientConfig, ClientError, CommandKind, ServerError, ServerFrame,
+};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::user::{Intent, Live, SimulatedUser, UserReport};
+use crate::changes::{ChangeRecord, change_group};
+use crate::report::UserReport;
+use crate::user::{Intent, Live, SimulatedUser};
 
 /// How much traffic a case offers.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Traffic {
+    /// Users on protocol 2 (`u0`, `u1`, …), who send and receive direct and group messages
+    /// and mark.
     pub(crate) users: usize,
+    /// Users on protocol 1 (numbered after them), who exchange direct messages only.
+    pub(crate) v1_users: usize,
     /// Direct messages per second, all users together.
     pub(crate) rate: f64,
     /// Groups created at setup, and the members of each (its creator included).
@@ -47,6 +58,8 @@ pub(crate) struct Traffic {
     pub(crate) group_rate: f64,
     /// `mark_read` and `mark_unread` per second, all users together.
     pub(crate) mark_rate: f64,
+    /// Membership, role and title changes per second, all groups together.
+    pub(crate) change_rate: f64,
     pub(crate) duration: Duration,
     pub(crate) seed: u64,
 }
@@ -58,11 +71,18 @@ pub(crate) enum Phase {
     FinalSync,
 }
 
-/// A group the workload created: its id and every member, the creator included.
+/// A group the workload created.
 #[derive(Debug, Clone)]
 pub(crate) struct Group {
     pub(crate) id: String,
+    pub(crate) title: String,
+    /// Its creator, who stays its owner and a member throughout.
+    pub(crate) owner: String,
+    /// Its initial members, the creator included.
     pub(crate) members: BTreeSet<String>,
+    /// Its members as the workload's last answered change left them: the pacer picks the
+    /// sender of each group message among them.
+    pub(crate) roster: Arc<Mutex<BTreeSet<String>>>,
 }
 
 /// How long a request (`create_group`, a mark, a page of `conversations`) is repeated before
@@ -78,13 +98,23 @@ pub(crate) struct Workload {
     pub(crate) live: Arc<Live>,
     clients: Vec<JoinHandle<UserReport>>,
     pacer: JoinHandle<()>,
-    users: usize,
+    /// One task per group changing it; each returns the changes it made.
+    changers: Vec<JoinHandle<Vec<ChangeRecord>>>,
+    /// Every user, of both protocols.
+    population: usize,
     pub(crate) groups: Vec<Group>,
 }
 
+/// What a workload ends with: every client's report and every membership change made.
+pub(crate) struct Outcome {
+    pub(crate) reports: Vec<UserReport>,
+    pub(crate) changes: Vec<ChangeRecord>,
+}
+
 impl Workload {
-    /// Connects `traffic.users` users of `tenant`, user `i` first to `urls[i % n]`, creates
-    /// the groups and starts the traffic. Fails when a group could not be created.
+    /// Connects the users of `tenant` (`traffic.users` on protocol 2, then `traffic.v1_users`
+    /// on protocol 1), user `i` first to `urls[i % n]`, creates the groups and starts the
+    /// traffic and the membership changes. Fails when a group could not be created.
     pub(crate) async fn start(
         urls: Vec<String>,
         tenant: &str,
@@ -95,14 +125,17 @@ impl Workload {
         let mut senders = Vec::new();
         let mut handles = Vec::new();
         let mut clients = Vec::new();
-        for i in 0..traffic.users {
+        let population = traffic.users + traffic.v1_users;
+        for i in 0..population {
             let (tx, rx) = mpsc::unbounded_channel();
             senders.push(tx);
-            let (client, events) = Client::start(client_config(&urls, tenant, i));
+            let protocol = if i < traffic.users { 2 } else { 1 };
+            let (client, events) = Client::start(client_config(&urls, tenant, i, protocol));
             handles.push(client.clone());
             let seed = traffic.seed ^ (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
             let user = SimulatedUser::new(
                 format!("u{i}"),
+                protocol,
                 rx,
                 phase_rx.clone(),
                 Arc::clone(&live),
@@ -117,24 +150,46 @@ impl Workload {
             .map(|(n, members)| create_group(&handles[members[0]], n, members));
         let groups = futures_util::future::try_join_all(creations).await?;
         let pacer = tokio::spawn(pace(senders, groups.clone(), traffic));
+        let per_group = traffic.change_rate / traffic.groups.max(1) as f64;
+        let changers = groups
+            .iter()
+            .enumerate()
+            .map(|(n, group)| {
+                tokio::spawn(change_group(
+                    group.clone(),
+                    handles.clone(),
+                    traffic.users,
+                    per_group,
+                    traffic.duration,
+                    traffic.seed ^ (n as u64 + 1).wrapping_mul(0x2545_f491_4f6c_dd1d),
+                ))
+            })
+            .collect();
         Ok(Self {
             phase,
             live,
             clients,
             pacer,
-            users: traffic.users,
+            changers,
+            population,
             groups,
         })
     }
 
-    /// Waits for the traffic to end, then for every send and mark to be answered (until
-    /// `deadline`), then lets every client sync a last time and read its conversation list.
-    /// Returns every client's report.
-    pub(crate) async fn finish(self, deadline: Duration) -> Vec<UserReport> {
+    /// Waits for the traffic and the changes to end, then for every send and mark to be
+    /// answered (until `deadline`), then lets every client sync a last time and read its
+    /// conversation list, its groups' members and some read receipts. Returns every client's
+    /// report and every change.
+    pub(crate) async fn finish(self, deadline: Duration) -> Outcome {
         self.pacer.await.unwrap();
+        let mut changes = Vec::new();
+        for changer in self.changers {
+            changes.extend(changer.await.unwrap());
+        }
         self.phase.send_replace(Phase::Drain);
         let until = Instant::now() + deadline;
-        while self.live.drained.load(Ordering::Relaxed) < self.users && Instant::now() < until {
+        while self.live.drained.load(Ordering::Relaxed) < self.population && Instant::now() < until
+        {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         self.phase.send_replace(Phase::FinalSync);
@@ -142,7 +197,7 @@ impl Workload {
         for client in self.clients {
             reports.push(client.await.unwrap());
         }
-        reports
+        Outcome { reports, changes }
     }
 }
 
@@ -170,6 +225,7 @@ fn plan_groups(traffic: &Traffic) -> Vec<Vec<usize>> {
 /// Has the first of `members` (user indexes) create group `n` with the others, with the
 /// `client_msg_id` `group-<n>`, which makes repeating it safe.
 async fn create_group(client: &Client, n: usize, members: Vec<usize>) -> Result<Group, String> {
+    let creator = format!("u{}", members[0]);
     let kind = CommandKind::CreateGroup {
         title: format!("group {n}"),
         members: members[1..].iter().map(|m| format!("u{m}")).collect(),
@@ -178,31 +234,50 @@ async fn create_group(client: &Client, n: usize, members: Vec<usize>) -> Result<
     match request_until_answered(client, kind).await {
         Ok(ServerFrame::GroupCreated {
             conversation_id, ..
-        }) => Ok(Group {
-            id: conversation_id.into_owned(),
-            members: members.iter().map(|m| format!("u{m}")).collect(),
-        }),
+        }) => {
+            let members: BTreeSet<String> = members.iter().map(|m| format!("u{m}")).collect();
+            Ok(Group {
+                id: conversation_id.into_owned(),
+                title: format!("group {n}"),
+                owner: creator,
+                roster: Arc::new(Mutex::new(members.clone())),
+                members,
+            })
+        }
         Ok(other) => Err(format!("create_group answered with {other:?}")),
         Err(error) => Err(format!("u{} could not create a group: {error}", members[0])),
     }
 }
 
+/// How a request repeated until answered ended.
+#[derive(Debug)]
+pub(crate) enum Answer {
+    Reply(ServerFrame<'static>),
+    /// Refused for good. `repeated`: an earlier attempt's outcome was unknown (no reply, a
+    /// disconnect, a session restart or a retryable error), so it may have been carried out.
+    Refused {
+        error: ServerError,
+        repeated: bool,
+    },
+}
+
 /// Sends a request until it is answered: again after a disconnect, a session restart, a
 /// retryable error or a reply that does not come, with backoff, for at most
 /// [`REQUEST_DEADLINE`]. Only requests that are safe to repeat go through here. Fails on a
-/// refusal for good, a stopped client, or the deadline.
-pub(crate) async fn request_until_answered(
+/// stopped client or the deadline.
+pub(crate) async fn answer_until_deadline(
     client: &Client,
     kind: CommandKind,
-) -> Result<ServerFrame<'static>, String> {
+) -> Result<Answer, String> {
     let until = Instant::now() + REQUEST_DEADLINE;
     let mut pause = Duration::from_millis(20);
+    let mut repeated = false;
     loop {
         let attempt = tokio::time::timeout(ATTEMPT_TIMEOUT, client.request(kind.clone())).await;
         let last = match attempt {
-            Ok(Ok(reply)) => return Ok(reply),
+            Ok(Ok(reply)) => return Ok(Answer::Reply(reply)),
             Ok(Err(ClientError::Server(error))) if !error.retryable => {
-                return Err(format!("refused: {error}"));
+                return Ok(Answer::Refused { error, repeated });
             }
             Ok(Err(error @ (ClientError::Closed | ClientError::Stopped(_)))) => {
                 return Err(error.to_string());
@@ -210,6 +285,7 @@ pub(crate) async fn request_until_answered(
             Ok(Err(error)) => error.to_string(),
             Err(_) => format!("no reply within {ATTEMPT_TIMEOUT:?}"),
         };
+        repeated = true;
         if Instant::now() >= until {
             return Err(format!(
                 "not answered within {REQUEST_DEADLINE:?}; last: {last}"
@@ -220,6 +296,17 @@ pub(crate) async fn request_until_answered(
     }
 }
 
+/// [`answer_until_deadline`] for a request that no refusal answers correctly.
+pub(crate) async fn request_until_answered(
+    client: &Client,
+    kind: CommandKind,
+) -> Result<ServerFrame<'static>, String> {
+    match answer_until_deadline(client, kind).await? {
+        Answer::Reply(reply) => Ok(reply),
+        Answer::Refused { error, .. } => Err(format!("refused: {error}")),
+    }
+}
+
 /// Generates the intents, each stream spread evenly over time: every 10 ms, as many as the
 /// clock says are due of each.
 async fn pace(senders: Vec<mpsc::UnboundedSender<Intent>>, groups: Vec<Group>, traffic: Traffic) {
@@ -227,7 +314,9 @@ async fn pace(senders: Vec<mpsc::UnboundedSender<Intent>>, groups: Vec<Group>, t
     let start = Instant::now();
     let mut done = [0u64; 3];
     let mut tick = tokio::time::interval(Duration::from_millis(10));
-    let users = senders.len() as u64;
+    // Direct messages between any users; marks by protocol-2 users only.
+    let population = senders.len() as u64;
+    let users = traffic.users as u64;
     let index = |user: &str| user[1..].parse::<usize>().unwrap();
     loop {
         tick.tick().await;
@@ -238,8 +327,8 @@ async fn pace(senders: Vec<mpsc::UnboundedSender<Intent>>, groups: Vec<Group>, t
             (elapsed * traffic.mark_rate) as u64,
         ];
         for _ in done[0]..due[0] {
-            let from = rng.below(users) as usize;
-            let to = rng.below(users);
+            let from = rng.below(population) as usize;
+            let to = rng.below(population);
             let _ = senders[from].send(Intent::Send(format!("u{to}")));
         }
         for _ in done[1]..due[1] {
@@ -247,9 +336,12 @@ async fn pace(senders: Vec<mpsc::UnboundedSender<Intent>>, groups: Vec<Group>, t
                 break;
             }
             let group = &groups[rng.below(groups.len() as u64) as usize];
-            let member = rng.below(group.members.len() as u64) as usize;
-            let from = group.members.iter().nth(member).unwrap();
-            let _ = senders[index(from)].send(Intent::Send(group.id.clone()));
+            let from = {
+                let roster = group.roster.lock().unwrap();
+                let member = rng.below(roster.len() as u64) as usize;
+                roster.iter().nth(member).unwrap().clone()
+            };
+            let _ = senders[index(&from)].send(Intent::Send(group.id.clone()));
         }
         for _ in done[2]..due[2] {
             let user = rng.below(users) as usize;
@@ -262,12 +354,15 @@ async fn pace(senders: Vec<mpsc::UnboundedSender<Intent>>, groups: Vec<Group>, t
     }
 }
 
-/// User `i`'s client: protocol 2, first to node `i mod n`, with the suite's quick timeouts.
-fn client_config(urls: &[String], tenant: &str, i: usize) -> ClientConfig {
+/// User `i`'s client: `protocol` 2 or 1, first to node `i mod n`, with the suite's quick
+/// timeouts.
+fn client_config(urls: &[String], tenant: &str, i: usize, protocol: u32) -> ClientConfig {
     let user = format!("u{i}");
+    // Protocol 1 is what a connection gets without asking.
+    let version = if protocol == 2 { "&protocol=2" } else { "" };
     let mut config = ClientConfig::with_urls(
         urls.iter()
-            .map(|url| format!("{url}?user={user}&tenant={tenant}&protocol=2"))
+            .map(|url| format!("{url}?user={user}&tenant={tenant}{version}"))
             .collect(),
     );
     config.first_node = i;

@@ -130,7 +130,8 @@ pub enum ErrorAbout {
     Send(String),
     /// A sync page (asked for again shortly).
     Sync,
-    /// A request made with [`Client::request`].
+    /// A request made with [`Client::request`]: its answer, or the late answer of one given
+    /// up on after a session restart (the server may still carry out what it had begun).
     Request,
     /// `internal` without ids: the server's session restarted; unanswered sends went again.
     SessionRestart,

@@ -301,6 +301,14 @@ impl ClientState {
         }
     }
 
+    /// Whether `req_id` names a request this client made with [`ClientState::request`].
+    fn issued(&self, req_id: Option<&ReqId>) -> bool {
+        request_id(req_id)
+            .and_then(|id| id.strip_prefix('r'))
+            .and_then(|n| n.parse::<u64>().ok())
+            .is_some_and(|n| (1..=self.next_request).contains(&n))
+    }
+
     fn is_sync_reply(&self, req_id: Option<&ReqId>) -> bool {
         match (req_id, &self.sync.in_flight) {
             (Some(ReqId::Text(id)), Some(in_flight)) => id == in_flight,
@@ -442,6 +450,10 @@ impl ClientState {
             request_id(error.req_id.as_ref()).and_then(|id| self.requests.remove(id))
         {
             let _ = waiter.send(Err(ClientError::Server(error.clone())));
+            ErrorAbout::Request
+        } else if self.issued(error.req_id.as_ref()) {
+            // The late answer to a request given up on after a session restart: the server
+            // may still carry out what the restarted session had handed off.
             ErrorAbout::Request
         } else if let Some(id) = error.client_msg_id.clone() {
             match self
@@ -903,6 +915,46 @@ mod tests {
             now,
         );
         assert_eq!(rx.try_recv().unwrap(), Err(ClientError::Interrupted));
+    }
+
+    #[test]
+    fn an_error_answering_an_interrupted_request_is_about_that_request() {
+        let (mut state, now) = connected(0);
+        let (tx, _rx) = oneshot::channel();
+        let kind = CommandKind::LeaveGroup {
+            conversation_id: "g~0123456789abcdef01234567".into(),
+        };
+        let command = state.request(kind, tx).expect("connected");
+        let error = |req_id, code, retryable| ServerFrame::Error {
+            code,
+            message: "".into(),
+            retryable,
+            req_id,
+            client_msg_id: None,
+        };
+        state.on_frame(error(None, ErrorCode::Internal, true), now);
+        state.on_frame(
+            error(command.req_id.map(Cow::Owned), ErrorCode::NotAMember, false),
+            now,
+        );
+        let unknown = Some(Cow::Owned(ReqId::Text("r99".into())));
+        state.on_frame(error(unknown, ErrorCode::NotAMember, false), now);
+        let abouts: Vec<ErrorAbout> = state
+            .take_events()
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Error { about, .. } => Some(about),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            abouts,
+            [
+                ErrorAbout::SessionRestart,
+                ErrorAbout::Request,
+                ErrorAbout::Other
+            ]
+        );
     }
 
     #[test]

@@ -1,148 +1,23 @@
-//! The invariants of protocol 2's traffic: every member of a group holds every acked group
-//! message exactly once, all members hold a group's messages in one order, and every user's
-//! conversation list (read markers, unread counts, previews, total unread) is what the user's
-//! stream implies, by `peroxo_bench::contract`'s [`ConversationLedger`].
+//! The conversation list: every protocol-2 user's list (read markers, unread counts,
+//! previews, total unread) is what the user's stream implies, by `peroxo_bench::contract`'s
+//! [`ConversationLedger`]. The ledgers also serve the read receipts' checks.
 
 use std::collections::{BTreeMap, HashMap};
 
-use peroxo_bench::contract::{ConversationLedger, ConversationState, MessageFate, StreamItem};
+use peroxo_bench::contract::{ConversationLedger, ConversationState, StreamItem};
 
-use super::{Check, Evidence, holdings};
-use crate::user::{ConversationList, Entry, UserReport};
+use super::{Check, Evidence};
+use crate::final_reads::ConversationList;
+use crate::report::{Entry, UserReport};
 
-/// Every acked group message is in the stream of every member of its group (the sender's
-/// included, from its ack) exactly once, and in no one else's.
-pub(super) fn groups_complete(evidence: &Evidence<'_>) -> Check {
-    let held = holdings(evidence.reports);
-    let members: HashMap<&str, _> = evidence
-        .groups
+/// Every user's ledger, by user.
+pub(super) type Ledgers<'a> = HashMap<&'a str, ConversationLedger>;
+
+/// The ledger of every user's stream.
+pub(super) fn ledgers(reports: &[UserReport]) -> Ledgers<'_> {
+    reports
         .iter()
-        .map(|g| (g.id.as_str(), &g.members))
-        .collect();
-    let mut failures = Vec::new();
-    let mut acked = 0;
-    for report in evidence.reports {
-        for send in &report.sends {
-            let (Some((message_id, _)), Some(group)) = (&send.ack, members.get(send.to.as_str()))
-            else {
-                continue;
-            };
-            acked += 1;
-            for member in group.iter() {
-                let deliveries = held
-                    .get(&(member.as_str(), message_id.as_str()))
-                    .copied()
-                    .unwrap_or(0);
-                let fate = MessageFate {
-                    sent: true,
-                    acks: 1,
-                    deliveries,
-                    refused: false,
-                };
-                let breaches = fate.breaches();
-                if breaches.lost {
-                    failures.push(format!(
-                        "{}/{} acked as message {message_id} of {}, never reached member {member}",
-                        report.user, send.client_msg_id, send.to
-                    ));
-                }
-                if breaches.duplicated {
-                    failures.push(format!(
-                        "member {member} holds message {message_id} of {} {deliveries} times",
-                        send.to
-                    ));
-                }
-            }
-        }
-    }
-    for report in evidence.reports {
-        for entry in report.stream.values() {
-            if let Entry::Message {
-                message_id,
-                conversation_id,
-                ..
-            } = entry
-                && let Some(group) = members.get(conversation_id.as_str())
-                && !group.contains(&report.user)
-            {
-                failures.push(format!(
-                    "{} holds message {message_id} of {conversation_id}, which it is not in",
-                    report.user
-                ));
-            }
-        }
-    }
-    Check {
-        name: "groups-complete",
-        failures,
-        remark: format!(" ({} groups, {acked} acked)", evidence.groups.len()),
-    }
-}
-
-/// Every member of a group holds the group's messages in one order, which is commit order
-/// (ascending message ids).
-pub(super) fn groups_agree(evidence: &Evidence<'_>) -> Check {
-    let mut failures = Vec::new();
-    for group in evidence.groups {
-        let mut first: Option<(&str, Vec<i64>)> = None;
-        for report in evidence
-            .reports
-            .iter()
-            .filter(|r| group.members.contains(&r.user))
-        {
-            let order = group_order(report, &group.id);
-            if let Some(at) = order.windows(2).position(|w| w[0] >= w[1]) {
-                failures.push(format!(
-                    "{} holds message {} of {} after message {}",
-                    report.user,
-                    order[at + 1],
-                    group.id,
-                    order[at]
-                ));
-            }
-            match &first {
-                None => first = Some((&report.user, order)),
-                Some((other, expected)) if *expected != order => {
-                    let at = expected
-                        .iter()
-                        .zip(&order)
-                        .position(|(a, b)| a != b)
-                        .unwrap_or(expected.len().min(order.len()));
-                    failures.push(format!(
-                        "{} and {other} differ on {} at its message #{at}: {:?} against {:?} \
-                         ({} and {} messages)",
-                        report.user,
-                        group.id,
-                        order.get(at),
-                        expected.get(at),
-                        order.len(),
-                        expected.len()
-                    ));
-                }
-                Some(_) => {}
-            }
-        }
-    }
-    Check {
-        name: "groups-agree",
-        failures,
-        remark: String::new(),
-    }
-}
-
-/// The ids of the messages of `group` in the user's stream, in seq order.
-fn group_order(report: &UserReport, group: &str) -> Vec<i64> {
-    report
-        .stream
-        .values()
-        .filter_map(|entry| match entry {
-            Entry::Message {
-                message_id,
-                conversation_id,
-                ..
-            } if conversation_id == group => Some(message_id.parse().unwrap_or(-1)),
-            _ => None,
-        })
+        .map(|r| (r.user.as_str(), ledger_of(r)))
         .collect()
 }
 
@@ -150,24 +25,24 @@ fn group_order(report: &UserReport, group: &str) -> Vec<i64> {
 /// implies: the same conversations, each with its read marker, unread count and newest
 /// message (at the user's seq of it), and the total unread count is their sum; and every
 /// `read_marker` event states the unread count the stream before it implies.
-pub(super) fn lists_match_streams(evidence: &Evidence<'_>) -> Check {
+pub(super) fn lists_match_streams(evidence: &Evidence<'_>, ledgers: &Ledgers<'_>) -> Check {
     let mut failures = Vec::new();
     let (mut listed, mut unread) = (0, 0);
-    for report in evidence.reports {
-        let ledger = ledger_of(report);
+    for report in evidence.reports.iter().filter(|r| r.protocol == 2) {
+        let ledger = &ledgers[report.user.as_str()];
         failures.extend(
             ledger
                 .marker_mismatches()
                 .iter()
                 .map(|m| format!("{}: {m}", report.user)),
         );
-        let Some(list) = &report.conversations else {
+        let Some(list) = &report.reads.conversations else {
             failures.push(format!("{} never read its conversation list", report.user));
             continue;
         };
         listed += list.conversations.len();
         unread += list.total_unread;
-        compare(report, &ledger, list, &mut failures);
+        compare(report, ledger, list, &mut failures);
     }
     Check {
         name: "conversations-match",
