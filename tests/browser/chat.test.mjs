@@ -680,8 +680,16 @@ describe('PerOXO chat page: groups, the conversation list and read state', () =>
 
   step('a reload keeps the list, its unread counts and the stream position', async () => {
     const { alice, bob, phone } = pages;
-    const stateKey = 'peroxo:v1:user:default:alice';
-    const savedSeq = async () => (await phone.evaluate((key) => JSON.parse(localStorage.getItem(key)), stateKey)).lastSeq;
+    // The stream position the SDK keeps in its IndexedDB store (one database per user).
+    const savedSeq = () => phone.evaluate((name) => new Promise((resolve, reject) => {
+      const open = indexedDB.open(name);
+      open.onerror = () => reject(open.error);
+      open.onsuccess = () => {
+        const read = open.result.transaction('meta').objectStore('meta').get('last_seq');
+        read.onerror = () => reject(read.error);
+        read.onsuccess = () => { open.result.close(); resolve(read.result ?? 0); };
+      };
+    }), 'peroxo:default:alice');
     const before = await savedSeq();
     assert.ok(before > 0, `saved lastSeq ${before}`);
 
