@@ -3,9 +3,10 @@
 // It starts its own PerOXO server (`peroxo serve --dev` on free ports, with a fresh SQLite
 // database), opens the page as alice and bob in two separate browser contexts, and drives it as
 // people would: sign in, add each other, watch presence, type, exchange messages, reload, scroll
-// back through history, survive a server restart, close a tab. A second scenario, on a server of
-// its own, has alice, bob and carol in three contexts and alice again in a fourth (a second
-// device): a group with sender names, previews and unread badges, who is typing, members added,
+// back through history, survive a server restart, keep a refused send (with Retry) across a
+// reload, send what the page before the SDK had queued, close a tab. A second scenario, on a
+// server of its own, has alice, bob and carol in three contexts and alice again in a fourth (a
+// second device): a group with sender names, previews and unread badges, who is typing, members added,
 // removed, promoted and leaving, read ticks in a direct conversation, read state moving on the
 // other device, "mark unread", a reload that keeps the list while the server is out of reach
 // (and a sync that brings what happened meanwhile), and a new browser that reads the list from
@@ -56,6 +57,7 @@ const BURST = Array.from({ length: 30 }, (_, i) => `Message number ${i + 1}`);
 const WHILE_DOWN = 'Sent while the server was away';
 const FAILS_ONCE = 'This one is refused once';
 const LIMITED_ONCE = 'This one is rate limited once';
+const OLD_PAGE_QUEUED = 'Queued before the page was upgraded';
 
 /* ------------------------------------------------------------------------------------------
  * The server
@@ -441,7 +443,7 @@ describe('PerOXO chat page', () => {
     await screenshot(alice, '07-after-restart');
   });
 
-  step('a refused send offers Retry; a retryable refusal is retried by itself', async () => {
+  step('a refused send offers Retry, also after a reload; a retryable refusal is retried by itself', async () => {
     const { alice } = pages;
     const sends = [];
     const erin = await openUserPage('erin', (context) => refuseSendsOnce(context, {
@@ -451,9 +453,14 @@ describe('PerOXO chat page', () => {
     await signIn(erin, baseUrl, 'erin');
     await addContact(erin, 'alice');
     await typeAndSend(erin, FAILS_ONCE);
-    const failed = await expectVisible(erin, sel.message('failed'), { text: FAILS_ONCE });
+    await expectVisible(erin, sel.message('failed'), { text: FAILS_ONCE });
     await expectVisible(erin, `${sel.message('failed')} [data-testid="retry"]`);
     await screenshot(erin, '08-failed-send');
+    // The refused send is kept across a reload, and still offers Retry.
+    await erin.reload();
+    await expectVisible(erin, sel.conn('online'));
+    await openConversation(erin, 'alice');
+    const failed = await expectVisible(erin, sel.message('failed'), { text: FAILS_ONCE });
     await failed.locator('[data-testid="retry"]').click();
     await expectStored(erin, FAILS_ONCE);
     await typeAndSend(erin, LIMITED_ONCE);
@@ -471,6 +478,29 @@ describe('PerOXO chat page', () => {
     assert.deepEqual(await shownTexts(alice), [FAILS_ONCE, LIMITED_ONCE]);
     await expectVisible(alice, `${sel.contact('erin')}[data-unread="0"]`);
     await erin.context().close();
+    await openConversation(alice, 'bob');
+  });
+
+  step('a send the page before the SDK had queued goes out once after the upgrade', async () => {
+    const { alice } = pages;
+    const queued = { clientMsgId: 'queued-by-the-old-page', conversationId: 'alice:frank', text: OLD_PAGE_QUEUED, createdAt: Date.now() };
+    const frank = await openUserPage('frank', (context) => context.addInitScript(([key, value]) => {
+      // What the old page left in this tab's sessionStorage, once (not again on later loads).
+      if (sessionStorage.getItem('test:seeded')) return;
+      sessionStorage.setItem('test:seeded', '1');
+      sessionStorage.setItem(key, value);
+    }, ['peroxo:v1:outbox:default:frank', JSON.stringify({ sends: [queued], groups: [] })]));
+    await signIn(frank, baseUrl, 'frank');
+    await expectVisible(frank, sel.contact('alice'));
+    await openConversation(frank, 'alice');
+    await expectStored(frank, OLD_PAGE_QUEUED);
+    const message = frank.locator(sel.message('stored'), { hasText: OLD_PAGE_QUEUED });
+    assert.equal(await message.getAttribute('data-client-msg-id'), queued.clientMsgId);
+    await expectVisible(alice, `${sel.contact('frank')}[data-unread="1"]`);
+    await alice.locator(`${sel.contact('frank')} [data-testid="open-conversation"]`).click();
+    await expectVisible(alice, sel.message('received'), { text: OLD_PAGE_QUEUED });
+    assert.deepEqual(await shownTexts(alice), [OLD_PAGE_QUEUED]);
+    await frank.context().close();
     await openConversation(alice, 'bob');
   });
 
@@ -680,8 +710,16 @@ describe('PerOXO chat page: groups, the conversation list and read state', () =>
 
   step('a reload keeps the list, its unread counts and the stream position', async () => {
     const { alice, bob, phone } = pages;
-    const stateKey = 'peroxo:v1:user:default:alice';
-    const savedSeq = async () => (await phone.evaluate((key) => JSON.parse(localStorage.getItem(key)), stateKey)).lastSeq;
+    // The stream position the SDK keeps in its IndexedDB store (one database per user).
+    const savedSeq = () => phone.evaluate((name) => new Promise((resolve, reject) => {
+      const open = indexedDB.open(name);
+      open.onerror = () => reject(open.error);
+      open.onsuccess = () => {
+        const read = open.result.transaction('meta').objectStore('meta').get('last_seq');
+        read.onerror = () => reject(read.error);
+        read.onsuccess = () => { open.result.close(); resolve(read.result ?? 0); };
+      };
+    }), 'peroxo:default:alice');
     const before = await savedSeq();
     assert.ok(before > 0, `saved lastSeq ${before}`);
 

@@ -36,6 +36,18 @@ export interface Conversation {
   activitySeq: number;
 }
 
+/**
+ * The conversation list as plain JSON, for an application to keep (`localStorage`, a file) and
+ * give back to {@link ConversationStore.restore} before connecting, so that a reload shows the
+ * list while the server cannot be reached. Messages are left out but the newest of each
+ * conversation; members and live state (receipts, typing) are read again.
+ */
+export interface ConversationSnapshot {
+  version: 1;
+  conversations: Array<Pick<Conversation, 'id' | 'kind' | 'peer' | 'title' | 'role' | 'memberCount' | 'lastMessage'
+    | 'unreadCount' | 'readMarker' | 'peerReadMarker' | 'activitySeq'>>;
+}
+
 /** Compares message ids (strings of digits) as numbers. */
 export function compareIds(a: string, b: string): number {
   return a.length - b.length || (a < b ? -1 : a > b ? 1 : 0);
@@ -101,6 +113,53 @@ export class ConversationStore {
     }
     this.changed.add(id);
     return c;
+  }
+
+  /** Adds a conversation the stream has not named yet (a direct one started by the user). */
+  add(id: string): Conversation {
+    const c = this.conversation(id);
+    this.flush();
+    return c;
+  }
+
+  /** The list, to keep across reloads (see {@link ConversationSnapshot}). */
+  snapshot(): ConversationSnapshot {
+    return {
+      version: 1,
+      conversations: this.list().map((c) => ({
+        id: c.id, kind: c.kind, peer: c.peer, title: c.title, role: c.role, memberCount: c.memberCount,
+        lastMessage: c.lastMessage, unreadCount: c.unreadCount, readMarker: c.readMarker,
+        peerReadMarker: c.peerReadMarker, activitySeq: c.activitySeq,
+      })),
+    };
+  }
+
+  /**
+   * Merges a {@link ConversationStore.snapshot} kept earlier, before the stream is applied: what the stream and
+   * the server's pages say later wins. Anything malformed is left out.
+   */
+  restore(snapshot: unknown): void {
+    const saved = (snapshot as Partial<ConversationSnapshot> | null)?.conversations;
+    if ((snapshot as ConversationSnapshot | null)?.version !== 1 || !Array.isArray(saved)) return;
+    for (const v of saved) {
+      if (typeof v?.id !== 'string' || !/^(g~|[^:]+:[^:]+$)/.test(v.id) || this.conversations.has(v.id)) continue;
+      const c = this.conversation(v.id);
+      const text = (x: unknown) => (typeof x === 'string' ? x : undefined);
+      const count = (x: unknown) => (Number.isSafeInteger(x) && (x as number) >= 0 ? (x as number) : undefined);
+      c.title = text(v.title);
+      c.role = text(v.role);
+      c.memberCount = count(v.memberCount) ?? c.memberCount;
+      c.unreadCount = count(v.unreadCount) ?? 0;
+      c.readMarker = text(v.readMarker) ?? '0';
+      if (c.kind === 'direct') c.peerReadMarker = text(v.peerReadMarker) ?? '0';
+      c.activitySeq = count(v.activitySeq) ?? 0;
+      const m = v.lastMessage;
+      if (m && typeof m.message_id === 'string' && typeof m.text === 'string' && m.conversation_id === v.id) {
+        c.lastMessage = m;
+        c.messages = [m];
+      }
+    }
+    this.flush();
   }
 
   /** Applies stream entries, in seq order. */
@@ -206,6 +265,7 @@ export class ConversationStore {
     const c = this.conversation(conversationId);
     c.members = new Map(members.map((m) => [m.user, m.role]));
     c.memberCount = members.length;
+    c.role = c.members.get(this.me) ?? c.role;
     this.flush();
   }
 

@@ -11,7 +11,7 @@ export { connect, directConversationId, HistoryPager, PeroxoClient } from './cli
 export type { ClientEvents, ConnectOptions, Reply } from './client.js';
 export type { ClosedReason, ConnectionOptions, ConnectionState, WebSocketConstructor, WebSocketLike, Welcome } from './connection.js';
 export { compareIds, ConversationStore } from './conversations.js';
-export type { Conversation } from './conversations.js';
+export type { Conversation, ConversationSnapshot } from './conversations.js';
 export { ClientError, ServerError } from './errors.js';
 export type { ClientErrorCode } from './errors.js';
 export { IndexedDbStore } from './indexeddb.js';

@@ -1,4 +1,6 @@
-//! Wire protocol v1: JSON text frames with a `type` discriminator.
+//! The wire protocol, versions 1 and 2: JSON text frames with a `type` discriminator. Protocol
+//! 2 (conversations: groups, the conversation list, read state, stream events) adds frames and
+//! fields to protocol 1's; a connection's version is chosen on connecting (`?protocol=`).
 //!
 //! This is the only module that knows JSON. Each direction has one definition that both ends
 //! use, so a client and the server cannot drift apart:

@@ -76,3 +76,41 @@ test('a summary of the list is not counted again by the entries it covers', () =
   assert.deepEqual(s.get('alice:bob').messages.map((x) => x.message_id), ['9', '11', '12']);
   assert.deepEqual(s.list().map((c) => c.id), ['alice:bob']);
 });
+
+test('a snapshot restores the list, its counts and previews, and the stream carries on from it', () => {
+  const s = store();
+  s.apply([e(1, 'group_created', { title: 'Team', member_count: 3 }), m(2, 10, 'bob'), m(3, 11, 'bob')]);
+  s.add('alice:carol');
+  const kept = JSON.parse(JSON.stringify(s.snapshot()));
+
+  const again = store();
+  again.restore(kept);
+  assert.deepEqual(again.list().map((c) => c.id), s.list().map((c) => c.id));
+  const dm = again.get('alice:bob');
+  assert.equal(dm.unreadCount, 2);
+  assert.equal(dm.lastMessage.text, 't11');
+  assert.deepEqual(dm.messages.map((x) => x.message_id), ['11']);
+  assert.equal(again.get(G).title, 'Team');
+  assert.equal(again.get(G).memberCount, 3);
+  assert.equal(again.get('alice:carol').peer, 'carol');
+  // An entry the snapshot already counted changes nothing; a later one counts.
+  again.apply([m(3, 11, 'bob'), m(4, 12, 'bob')]);
+  assert.equal(again.get('alice:bob').unreadCount, 3);
+
+  // What the stream already put in the store wins; malformed parts are left out.
+  const live = store();
+  live.apply([m(1, 10, 'bob')]);
+  live.restore({ version: 1, conversations: [{ id: 'alice:bob', unreadCount: 9 }, { id: 42 }, null, { id: 'nonsense' }] });
+  assert.equal(live.get('alice:bob').unreadCount, 1);
+  assert.equal(live.list().length, 1);
+  live.restore({ version: 2, conversations: [{ id: 'alice:dave' }] });
+  assert.equal(live.get('alice:dave'), undefined);
+});
+
+test('the member list read from the server gives the user their role', () => {
+  const s = store();
+  s.apply([e(1, 'members_added', { users: ['alice'] })]);
+  assert.equal(s.get(G).role, 'member');
+  s.members(G, [{ user: 'alice', role: 'admin', joined_ts: 1 }, { user: 'bob', role: 'owner', joined_ts: 1 }]);
+  assert.equal(s.get(G).role, 'admin');
+});
