@@ -122,6 +122,49 @@ async fn commands_over_the_rate_are_refused_retryably_and_others_are_unaffected(
 }
 
 #[tokio::test]
+async fn a_group_send_costs_its_fan_out_even_to_a_group_this_node_never_saw() {
+    // Each member a token; a burst of 8 pays for a few commands, not for 20 members.
+    let server = TestServer::start_with(|c| {
+        c.limits.rate_per_sec = 1;
+        c.limits.rate_burst = 8;
+        c.groups.members_per_rate_token = 1;
+    })
+    .await;
+    let mut alice = server.connect_v2("alice").await;
+    let others: Vec<String> = (1..20).map(|i| format!("m{i}")).collect();
+    alice
+        .send_json(
+            json!({"type": "create_group", "title": "Big", "members": others,
+            "client_msg_id": "g1", "req_id": "g1"}),
+        )
+        .await;
+    let created = alice.wait_for("group_created").await;
+    let group = created["conversation_id"].as_str().unwrap().to_owned();
+    // The node has not seen the group's size yet: the send is charged as one member, and
+    // the ack shows storage reached all 20.
+    alice
+        .send_json(
+            json!({"type": "send", "conversation_id": group, "text": "hi",
+            "client_msg_id": "s1", "req_id": "s1"}),
+        )
+        .await;
+    let ack = alice.wait_for("ack").await;
+    assert_eq!(ack["client_msg_id"], "s1");
+    // 8 - 1 (create) - 1 (send) - 1 (one member) leaves 5 tokens; the 19 members more
+    // than charged put the sender 14 tokens in debt, which 1 token per second cannot
+    // repay before the next command.
+    alice
+        .send_json(
+            json!({"type": "send", "to": "bob", "text": "x", "client_msg_id": "s2",
+            "req_id": "s2"}),
+        )
+        .await;
+    let error = alice.wait_for("error").await;
+    assert_eq!(error["code"], "rate_limited", "{error}");
+    assert_eq!(error["client_msg_id"], "s2");
+}
+
+#[tokio::test]
 async fn a_client_that_keeps_flooding_is_closed_with_1008_while_others_talk() {
     let server = TestServer::start_with(|c| {
         c.limits.rate_per_sec = 5;

@@ -529,6 +529,11 @@ impl GroupsConfig {
         }
     }
 
+    /// The rate tokens a send to a group of `members` members costs beyond its own command.
+    pub fn rate_tokens(&self, members: u32) -> u32 {
+        members / self.members_per_rate_token.max(1)
+    }
+
     /// The checks of `[groups]`.
     fn validate(&self) -> Result<(), ConfigError> {
         let in_range = |key: &str, value: u32, max: u32| {

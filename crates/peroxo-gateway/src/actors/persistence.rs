@@ -28,7 +28,7 @@ use super::conversation_commands::MemberCache;
 use super::outbox::{Outbox, PendingWrite};
 use super::router::{Delivery, RouterMsg};
 use crate::telemetry::{Metrics, seconds};
-use peroxo_config::StorageConfig;
+use peroxo_config::{GroupsConfig, StorageConfig};
 use peroxo_protocol::domain::{AppendOutcome, NewMessage, StoredMessage, UserKey};
 use peroxo_protocol::{ErrorCode, ProtocolError, ReqId, ServerFrame};
 use peroxo_storage::grpc::{CallError, StorageClient};
@@ -78,6 +78,8 @@ pub struct PersistenceArgs {
     /// Where the member counts of committed group messages are remembered (what the next
     /// send to the group is charged).
     pub member_cache: Arc<MemberCache>,
+    /// What a group send costs the sender's rate (charged in full once its fan-out is known).
+    pub groups: GroupsConfig,
 }
 
 pub struct PersistenceState {
@@ -420,6 +422,15 @@ impl PersistenceState {
                     self.args
                         .member_cache
                         .set_size(&message.tenant, &message.recipient, members);
+                    // The send was charged for the members last seen here (`rows`); the
+                    // sender owes the rest.
+                    let groups = &self.args.groups;
+                    let owed = groups
+                        .rate_tokens(members)
+                        .saturating_sub(groups.rate_tokens(write.rows));
+                    if owed > 0 {
+                        write.origin.owe_rate(owed);
+                    }
                 }
                 (!duplicate).then(|| Delivery {
                     message,

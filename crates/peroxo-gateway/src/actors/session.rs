@@ -281,6 +281,10 @@ impl SessionState {
     /// Charges one command to the rate limit. Refuses it (`rate_limited`) when over the rate,
     /// and disconnects (1008) a client that stays over it.
     fn within_rate(&mut self, myself: &ActorRef<SessionMsg>, input: &Inbound) -> bool {
+        let owed = self.connection.outbound.take_rate_debt();
+        if owed > 0 {
+            self.rate.charge(f64::from(owed));
+        }
         let verdict = self.rate.check(Instant::now());
         if verdict == Verdict::Allow {
             return true;
@@ -542,7 +546,8 @@ impl SessionState {
     }
 
     /// Accepts a send into the outbox. A group message holds as many outbox places as the
-    /// group had members when last seen here, and costs the sender's rate in proportion.
+    /// group had members when last seen here, and costs the sender's rate in proportion;
+    /// Persistence charges the rest once storage says how many members it reached.
     fn send(&mut self, to: String, text: String, client_msg_id: String, req_id: Option<ReqId>) {
         let outbound = &self.connection.outbound;
         let rows = if is_group_id(&to) {
@@ -550,8 +555,8 @@ impl SessionState {
                 .gateway
                 .member_cache
                 .size(&self.connection.key.tenant, &to);
-            let per_token = self.gateway.groups.members_per_rate_token.max(1);
-            self.rate.charge(f64::from(members / per_token));
+            self.rate
+                .charge(f64::from(self.gateway.groups.rate_tokens(members)));
             members
         } else {
             1

@@ -5,7 +5,7 @@
 //! reaches it through the queue.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use axum::extract::ws::Utf8Bytes;
@@ -64,6 +64,9 @@ pub(super) struct Shared {
     pub(super) last_heard: LastHeard,
     /// The connection's first frame, queued exactly once.
     welcome: WelcomeSlot,
+    /// Rate tokens the connection owes for group sends that reached more members than they
+    /// were charged for (see [`Outbound::owe_rate`]).
+    rate_debt: AtomicU32,
 }
 
 #[derive(Default)]
@@ -223,6 +226,7 @@ impl Outbound {
             end_wake: Notify::new(),
             last_heard: LastHeard::new(),
             welcome: WelcomeSlot::default(),
+            rate_debt: AtomicU32::new(0),
         });
         let outbound = Self {
             session_id,
@@ -238,6 +242,24 @@ impl Outbound {
     /// The connection's `welcome`, queued by whoever registers the connection first.
     pub fn welcome(&self) -> &WelcomeSlot {
         &self.shared.welcome
+    }
+
+    /// Records `tokens` more that the connection's rate limit owes: a group send is charged
+    /// by the member count last seen on this node, and storage may report more members
+    /// (the group grew, or this node had never seen it). The session takes the debt before
+    /// judging the next command ([`Outbound::take_rate_debt`]).
+    pub fn owe_rate(&self, tokens: u32) {
+        let _ = self
+            .shared
+            .rate_debt
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |owed| {
+                Some(owed.saturating_add(tokens))
+            });
+    }
+
+    /// Takes what the connection owes its rate limit, leaving nothing owed.
+    pub fn take_rate_debt(&self) -> u32 {
+        self.shared.rate_debt.swap(0, Ordering::Relaxed)
     }
 
     /// Queues the `welcome` unless it was queued already (or is not built yet).
