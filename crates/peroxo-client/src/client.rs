@@ -14,12 +14,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use peroxo_protocol::{CommandKind, ErrorCode, ReqId, ServerFrame};
+use peroxo_protocol::{Command, CommandKind, ErrorCode, ReqId, ServerFrame};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-use crate::connection::{ConnectOptions, Connection, Disconnect, Incoming};
-use crate::reconnect::{Backoff, Jitter, NextStep, next_step};
+use crate::connection::{ConnectOptions, Connection, Disconnect, Incoming, Welcome};
+use crate::reconnect::{Backoff, ClosedReason, Jitter, NextStep, next_step};
 use crate::state::{ClientState, RequestWaiter, SendWaiter, SyncWaiter};
 use crate::stream::{Delivered, DeliveredEvent, EntryId};
 
@@ -226,12 +226,48 @@ pub enum Event {
     Stopped(ClientError),
 }
 
-/// Where the client stands.
+/// Where the client stands: the TypeScript SDK's `ConnectionState`, without `offline`.
+///
+/// A browser reports when it loses the network, and the TypeScript SDK then waits for it to
+/// come back. An operating system gives a Rust process no such signal, so this client has no
+/// offline state: it stays [`Status::Reconnecting`], and an attempt is how it learns that the
+/// network is back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Status {
+    /// Opening the first connection.
     Connecting,
-    Connected { url: String },
-    Stopped(ClientError),
+    /// A connection is open: the node at `url` sent `welcome`.
+    Connected { url: String, welcome: Welcome },
+    /// Waiting to connect again after a connection ended or an attempt failed, then trying
+    /// (the status stays `Reconnecting` during the attempt).
+    Reconnecting {
+        /// The number of this attempt since the last open connection, or since the start
+        /// (1 is the first retry).
+        attempt: u32,
+        /// When the attempt starts.
+        next_attempt_at: Instant,
+        /// The close code of the connection that ended; `None` when it dropped without one
+        /// or never opened.
+        last_close_code: Option<u16>,
+        /// How the connection ended, or why the attempt before failed.
+        cause: Disconnect,
+    },
+    /// Stopped for good: `error` is what operations waiting on the client fail with.
+    Closed {
+        reason: ClosedReason,
+        error: ClientError,
+    },
+}
+
+impl Status {
+    /// The status of a client that stopped with `error`.
+    fn closed(error: ClientError) -> Self {
+        let reason = match &error {
+            ClientError::Stopped(cause) => ClosedReason::after(cause),
+            _ => ClosedReason::Client,
+        };
+        Status::Closed { reason, error }
+    }
 }
 
 enum Request {
@@ -340,11 +376,11 @@ impl Client {
     pub async fn wait_connected(&self) -> Result<(), ClientError> {
         let mut status = self.status.clone();
         let result = status
-            .wait_for(|s| !matches!(s, Status::Connecting))
+            .wait_for(|s| matches!(s, Status::Connected { .. } | Status::Closed { .. }))
             .await
             .map(|s| s.clone());
         match result {
-            Ok(Status::Stopped(error)) => Err(error),
+            Ok(Status::Closed { error, .. }) => Err(error),
             Ok(_) => Ok(()),
             Err(_) => Err(ClientError::Closed),
         }
@@ -353,6 +389,12 @@ impl Client {
     /// Where the client stands.
     pub fn status(&self) -> Status {
         self.status.borrow().clone()
+    }
+
+    /// A receiver of the client's status that sees every change (`changed().await`), for an
+    /// application that shows it.
+    pub fn watch_status(&self) -> watch::Receiver<Status> {
+        self.status.clone()
     }
 
     /// Every seq of the user's stream up to this one has been delivered as an
@@ -483,7 +525,9 @@ impl Driver {
             let error = ClientError::Stopped(Disconnect::Unreachable("no URL".to_owned()));
             return self.stop(error).await;
         }
-        let mut failures = 0u32;
+        // Failed attempts in a row (the backoff's exponent), and retries since the last open
+        // connection (the status's attempt number).
+        let (mut failures, mut retries) = (0u32, 0u32);
         loop {
             let url = self.config.urls[self.node % self.config.urls.len()].clone();
             let options = ConnectOptions {
@@ -496,7 +540,7 @@ impl Driver {
                 .map_err(Disconnect::from);
             let (cause, was_open) = match attempt {
                 Ok(connection) => {
-                    failures = 0;
+                    (failures, retries) = (0, 0);
                     match self.serve(connection, &url).await {
                         Served::Closed => return self.finish_close().await,
                         Served::Ended(cause) => (cause, true),
@@ -508,24 +552,19 @@ impl Driver {
                 }
             };
             self.state.on_disconnected();
-            self.status.send_replace(Status::Connecting);
-            let step = next_step(&cause);
-            let retry_in = match step {
-                NextStep::Stop => None,
-                NextStep::ReconnectWithFreshToken => {
-                    // Never again with the token that was refused or expired.
-                    let fresh = self.config.fresh_token.as_ref().and_then(|source| source());
-                    let usable = fresh.is_some() && fresh != self.token;
-                    self.token = fresh;
-                    usable.then(|| self.config.backoff.delay(failures, &mut self.jitter))
-                }
-                NextStep::Reconnect { rotate } => {
-                    if rotate {
-                        self.node += 1;
-                    }
-                    Some(self.config.backoff.delay(failures, &mut self.jitter))
-                }
-            };
+            let retry_in = self.retry_in(&cause, failures);
+            if let Some(delay) = retry_in {
+                retries += 1;
+                self.status.send_replace(Status::Reconnecting {
+                    attempt: retries,
+                    next_attempt_at: Instant::now() + delay,
+                    last_close_code: match &cause {
+                        Disconnect::Closed { code, .. } => Some(*code),
+                        _ => None,
+                    },
+                    cause: cause.clone(),
+                });
+            }
             self.emit(if was_open {
                 Event::Disconnected {
                     cause: cause.clone(),
@@ -544,6 +583,27 @@ impl Driver {
             };
             if !self.pause(delay).await {
                 return self.finish_close().await;
+            }
+        }
+    }
+
+    /// The pause before the next attempt after `cause`, following `failures` failed attempts
+    /// in a row; `None` when the client stops.
+    fn retry_in(&mut self, cause: &Disconnect, failures: u32) -> Option<Duration> {
+        match next_step(cause) {
+            NextStep::Stop => None,
+            NextStep::ReconnectWithFreshToken => {
+                // Never again with the token that was refused or expired.
+                let fresh = self.config.fresh_token.as_ref().and_then(|source| source());
+                let usable = fresh.is_some() && fresh != self.token;
+                self.token = fresh;
+                usable.then(|| self.config.backoff.delay(failures, &mut self.jitter))
+            }
+            NextStep::Reconnect { rotate } => {
+                if rotate {
+                    self.node += 1;
+                }
+                Some(self.config.backoff.delay(failures, &mut self.jitter))
             }
         }
     }
@@ -577,31 +637,14 @@ impl Driver {
 
     /// Serves one connection until it ends or the client closes.
     async fn serve(&mut self, mut connection: Connection, url: &str) -> Served {
-        let welcome = connection.welcome().clone();
-        self.state.on_connected(&welcome, Instant::now());
-        self.status.send_replace(Status::Connected {
-            url: url.to_owned(),
-        });
-        self.emit(Event::Connected {
-            url: url.to_owned(),
-            session_id: welcome.session_id.clone(),
-            last_seq: welcome.last_seq,
-        })
-        .await;
+        self.on_welcome(connection.welcome().clone(), url).await;
         let mut extra = Vec::new();
         loop {
             let now = Instant::now();
             let mut commands = std::mem::take(&mut extra);
             commands.extend(self.state.outgoing(now));
-            if !commands.is_empty() {
-                for command in &commands {
-                    if let Err(cause) = connection.feed(command).await {
-                        return Served::Ended(cause);
-                    }
-                }
-                if let Err(cause) = connection.flush().await {
-                    return Served::Ended(cause);
-                }
+            if let Err(cause) = write(&mut connection, &commands).await {
+                return Served::Ended(cause);
             }
             self.publish().await;
             if self.closing.is_some() || self.requests.is_closed() {
@@ -640,8 +683,23 @@ impl Driver {
         }
     }
 
+    /// A connection is open: the state, the status and the application learn of it.
+    async fn on_welcome(&mut self, welcome: Welcome, url: &str) {
+        self.state.on_connected(&welcome, Instant::now());
+        let event = Event::Connected {
+            url: url.to_owned(),
+            session_id: welcome.session_id.clone(),
+            last_seq: welcome.last_seq,
+        };
+        self.status.send_replace(Status::Connected {
+            url: url.to_owned(),
+            welcome,
+        });
+        self.emit(event).await;
+    }
+
     /// Takes one request of the application; returns a command to write now, if any.
-    fn on_request(&mut self, request: Option<Request>) -> Option<peroxo_protocol::Command> {
+    fn on_request(&mut self, request: Option<Request>) -> Option<Command> {
         match request? {
             Request::Send {
                 client_msg_id,
@@ -683,7 +741,7 @@ impl Driver {
 
     async fn stop(mut self, error: ClientError) {
         self.state.on_stopped(&error);
-        self.status.send_replace(Status::Stopped(error.clone()));
+        self.status.send_replace(Status::closed(error.clone()));
         self.emit(Event::Stopped(error)).await;
     }
 
@@ -691,10 +749,21 @@ impl Driver {
         let closing = self.closing.take();
         self.state.on_stopped(&ClientError::Closed);
         self.status
-            .send_replace(Status::Stopped(ClientError::Closed));
+            .send_replace(Status::closed(ClientError::Closed));
         self.publish().await;
         if let Some(done) = closing {
             let _ = done.send(());
         }
     }
+}
+
+/// Writes `commands` and flushes them.
+async fn write(connection: &mut Connection, commands: &[Command]) -> Result<(), Disconnect> {
+    if commands.is_empty() {
+        return Ok(());
+    }
+    for command in commands {
+        connection.feed(command).await?;
+    }
+    connection.flush().await
 }

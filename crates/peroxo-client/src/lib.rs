@@ -10,7 +10,8 @@
 //!   (`last_seq`), notices gaps, syncs on a gap, on `sync_hint` and after reconnecting (paging
 //!   while `has_more`), ignores repeats, and delivers every message of the stream exactly
 //!   once, in seq order; it reconnects with exponential backoff and jitter chosen by the close
-//!   code, over several nodes when given several.
+//!   code, over several nodes when given several. Its [`Status`] has the TypeScript SDK's
+//!   connection states (`clients/js`), except `offline`, which has no signal in a Rust process.
 //!
 //! A connection asks for protocol 2 with `protocol=2` in its URL's query string. The client
 //! then also sends to groups (a group id as `to`), delivers the stream's events
@@ -46,7 +47,8 @@
 //!
 //! - [`connection`]: open, send, receive, close; why a connection could not be opened
 //!   ([`ConnectError`]) and how one ended ([`Disconnect`]).
-//! - [`reconnect`]: what to do after each way a connection ends, and the backoff.
+//! - [`reconnect`]: what to do after each way a connection ends, the backoff, and why a
+//!   client stopped ([`ClosedReason`]).
 //! - `stream`: the user's stream by seq (messages and events): gaps, repeats, delivery in
 //!   order.
 //! - `outbox`: the sends not acked yet, and when each goes again.
@@ -74,5 +76,5 @@ pub use connection::{
 pub use peroxo_protocol::{
     Command, CommandKind, ConversationView, ErrorCode, EventView, ReqId, ServerFrame,
 };
-pub use reconnect::{Backoff, NextStep};
+pub use reconnect::{Backoff, ClosedReason, NextStep};
 pub use stream::{Delivered, DeliveredEvent, EntryId, Via};
