@@ -12,7 +12,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use peroxo_protocol::{Command, CommandKind, ErrorCode, ReqId, ServerFrame};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -22,8 +22,11 @@ use crate::connection::{ConnectOptions, Connection, Disconnect, Incoming, Welcom
 use crate::reconnect::{Backoff, ClosedReason, Jitter, NextStep, next_step};
 use crate::state::{ClientState, RequestWaiter, SendWaiter, SyncWaiter};
 use crate::stream::{Delivered, DeliveredEvent, EntryId};
+use crate::token::{self, RefreshTimer};
 
-/// A callback that returns a fresh token (JWT mode), or `None` when there is none.
+/// A callback that returns a fresh token (JWT mode), or `None` when there is none. It runs on
+/// the client's task: it should return at once (hand it a token that another task keeps
+/// fresh), not wait for the network.
 pub type TokenSource = Arc<dyn Fn() -> Option<String> + Send + Sync>;
 
 /// How a [`Client`] connects and behaves.
@@ -37,8 +40,14 @@ pub struct ClientConfig {
     pub first_node: usize,
     /// The token sent as `Authorization: Bearer` (JWT mode).
     pub token: Option<String>,
-    /// Asked for a fresh token after close 4001 or a 401; without it those stop the client.
+    /// The token source (JWT mode). Asked for a token before connecting when there is none
+    /// or it has expired, [`ClientConfig::refresh_margin`] before the token's `exp` to send
+    /// `refresh` on the open connection, and after close 4001 or a 401. Without it, the
+    /// connection ends at the token's `exp` and the client stops.
     pub fresh_token: Option<TokenSource>,
+    /// How long before the token's `exp` the client sends `refresh` (halfway to `exp` for a
+    /// token that lives less than twice this).
+    pub refresh_margin: Duration,
     /// Extra headers on every upgrade request.
     pub headers: Vec<(String, String)>,
     /// The pause between connection attempts.
@@ -87,6 +96,7 @@ impl ClientConfig {
             first_node: 0,
             token: None,
             fresh_token: None,
+            refresh_margin: Duration::from_secs(60),
             headers: Vec::new(),
             backoff: Backoff::default(),
             retry_base: Duration::from_millis(25),
@@ -220,6 +230,16 @@ pub enum Event {
     /// Something a correct server never does (a seq naming two messages, a frame that does
     /// not decode, a sync that cannot reach `last_seq`).
     Anomaly(String),
+    /// The server accepted a fresh token with `refresh`; the connection now lasts until `exp`
+    /// (Unix seconds).
+    TokenRefreshed { exp: u64 },
+    /// A `refresh` failed (the token source gave no token, or the server refused it, which
+    /// also comes as an [`Event::Error`]); it is tried again after `retry_in` (`None`: not on
+    /// this connection, which ends at the token's `exp`).
+    TokenRefreshFailed {
+        reason: String,
+        retry_in: Option<Duration>,
+    },
     /// Any other frame: `presence`, `typing`, and replies nobody waits for.
     Frame(ServerFrame<'static>),
     /// The client stopped for good.
@@ -347,6 +367,7 @@ impl Client {
             state: ClientState::new(config.last_seq, config.retry_base, jitter.clone()),
             node: config.first_node,
             token: config.token.clone(),
+            refresh: RefreshTimer::default(),
             config,
             requests: requests_rx,
             events: events_tx,
@@ -503,13 +524,45 @@ enum Served {
     Closed,
 }
 
+/// A `refresh` in flight: the token it carries, and the receiver of the server's answer.
+struct PendingRefresh {
+    token: String,
+    reply: oneshot::Receiver<Result<ServerFrame<'static>, ClientError>>,
+}
+
+/// The monotonic clock that timers run on, and the wall clock that a token's `exp` is on.
+fn clocks() -> (Instant, SystemTime) {
+    (Instant::now(), SystemTime::now())
+}
+
+/// The answer to the `refresh` in flight, and its token; never ready when none is.
+async fn refresh_answer(
+    pending: &mut Option<PendingRefresh>,
+) -> (String, Result<ServerFrame<'static>, ClientError>) {
+    let Some(refresh) = pending.as_mut() else {
+        return std::future::pending().await;
+    };
+    let answer = (&mut refresh.reply)
+        .await
+        .unwrap_or(Err(ClientError::Disconnected));
+    let token = pending
+        .take()
+        .map(|refresh| refresh.token)
+        .unwrap_or_default();
+    (token, answer)
+}
+
 /// The task behind a [`Client`].
 struct Driver {
     config: ClientConfig,
     state: ClientState,
     /// The node to connect to next (an index into `config.urls`, modulo their number).
     node: usize,
+    /// The token of the next connection: the configured one, then the freshest the server
+    /// accepted or the source gave.
     token: Option<String>,
+    /// When the open connection sends `refresh`.
+    refresh: RefreshTimer,
     requests: mpsc::UnboundedReceiver<Request>,
     events: mpsc::Sender<Event>,
     status: watch::Sender<Status>,
@@ -530,6 +583,7 @@ impl Driver {
         let (mut failures, mut retries) = (0u32, 0u32);
         loop {
             let url = self.config.urls[self.node % self.config.urls.len()].clone();
+            self.renew_stale_token();
             let options = ConnectOptions {
                 headers: self.headers(),
                 timeout: self.config.connect_timeout,
@@ -608,6 +662,22 @@ impl Driver {
         }
     }
 
+    /// Before an attempt: a missing or expired token is replaced from the token source, if
+    /// there is one (the node would refuse it with 401).
+    fn renew_stale_token(&mut self) {
+        let Some(source) = &self.config.fresh_token else {
+            return;
+        };
+        let now = SystemTime::now();
+        let stale = self
+            .token
+            .as_deref()
+            .is_none_or(|token| token::expired(token, now));
+        if stale && let Some(fresh) = source() {
+            self.token = Some(fresh);
+        }
+    }
+
     fn headers(&self) -> Vec<(String, String)> {
         let mut headers = self.config.headers.clone();
         if let Some(token) = &self.token {
@@ -639,9 +709,13 @@ impl Driver {
     async fn serve(&mut self, mut connection: Connection, url: &str) -> Served {
         self.on_welcome(connection.welcome().clone(), url).await;
         let mut extra = Vec::new();
+        let mut refresh = None;
         loop {
             let now = Instant::now();
             let mut commands = std::mem::take(&mut extra);
+            if self.refresh.take_due(now) {
+                commands.extend(self.start_refresh(&mut refresh).await);
+            }
             commands.extend(self.state.outgoing(now));
             if let Err(cause) = write(&mut connection, &commands).await {
                 return Served::Ended(cause);
@@ -651,9 +725,10 @@ impl Driver {
                 connection.close(Duration::from_secs(2)).await;
                 return Served::Closed;
             }
-            let wake = self
-                .state
-                .next_wakeup()
+            let wake = [self.state.next_wakeup(), self.refresh.due()]
+                .into_iter()
+                .flatten()
+                .min()
                 .unwrap_or(now + Duration::from_secs(3600));
             let silent_until = connection.last_received() + self.config.idle_timeout;
             tokio::select! {
@@ -669,6 +744,9 @@ impl Driver {
                 request = self.requests.recv() => {
                     extra.extend(self.on_request(request));
                 }
+                (token, answer) = refresh_answer(&mut refresh) => {
+                    self.on_refresh_answer(token, answer).await;
+                }
                 () = tokio::time::sleep_until(wake) => {}
                 () = tokio::time::sleep_until(silent_until) => {
                     // A ping may have come meanwhile (pings do not end `recv`).
@@ -683,9 +761,16 @@ impl Driver {
         }
     }
 
-    /// A connection is open: the state, the status and the application learn of it.
+    /// A connection is open: the state, the status, the refresh timer and the application
+    /// learn of it.
     async fn on_welcome(&mut self, welcome: Welcome, url: &str) {
         self.state.on_connected(&welcome, Instant::now());
+        self.refresh = RefreshTimer::start(
+            self.token.as_deref(),
+            self.config.fresh_token.is_some(),
+            self.config.refresh_margin,
+            clocks(),
+        );
         let event = Event::Connected {
             url: url.to_owned(),
             session_id: welcome.session_id.clone(),
@@ -696,6 +781,55 @@ impl Driver {
             welcome,
         });
         self.emit(event).await;
+    }
+
+    /// Asks the token source for a token and returns the `refresh` command that carries it.
+    async fn start_refresh(&mut self, pending: &mut Option<PendingRefresh>) -> Option<Command> {
+        let Some(token) = self.config.fresh_token.as_ref().and_then(|source| source()) else {
+            self.refresh_failed(None, "the token source gave no token".to_owned())
+                .await;
+            return None;
+        };
+        let (tx, reply) = oneshot::channel();
+        let command = self.state.request(
+            CommandKind::Refresh {
+                token: token.clone(),
+            },
+            tx,
+        )?;
+        *pending = Some(PendingRefresh { token, reply });
+        Some(command)
+    }
+
+    async fn on_refresh_answer(
+        &mut self,
+        token: String,
+        answer: Result<ServerFrame<'static>, ClientError>,
+    ) {
+        match answer {
+            Ok(ServerFrame::Refreshed { exp, .. }) => {
+                self.token = Some(token);
+                self.refresh
+                    .on_refreshed(exp, self.config.refresh_margin, clocks());
+                self.emit(Event::TokenRefreshed { exp }).await;
+            }
+            Ok(other) => {
+                let reason = format!("`refresh` answered with {}", other.encode());
+                self.refresh_failed(None, reason).await;
+            }
+            Err(ClientError::Server(error)) => {
+                self.refresh_failed(Some(error.code), error.to_string())
+                    .await;
+            }
+            Err(error) => self.refresh_failed(None, error.to_string()).await,
+        }
+    }
+
+    async fn refresh_failed(&mut self, refused: Option<ErrorCode>, reason: String) {
+        let pause = self.config.backoff.delay(1, &mut self.jitter);
+        let retry_in = self.refresh.on_failed(refused, pause, clocks());
+        self.emit(Event::TokenRefreshFailed { reason, retry_in })
+            .await;
     }
 
     /// Takes one request of the application; returns a command to write now, if any.

@@ -10,8 +10,10 @@
 //!   (`last_seq`), notices gaps, syncs on a gap, on `sync_hint` and after reconnecting (paging
 //!   while `has_more`), ignores repeats, and delivers every message of the stream exactly
 //!   once, in seq order; it reconnects with exponential backoff and jitter chosen by the close
-//!   code, over several nodes when given several. Its [`Status`] has the TypeScript SDK's
-//!   connection states (`clients/js`), except `offline`, which has no signal in a Rust process.
+//!   code, over several nodes when given several; in JWT mode it sends `refresh` with a token
+//!   from [`ClientConfig::fresh_token`] before the token's `exp`. Its [`Status`] has the
+//!   TypeScript SDK's connection states (`clients/js`), except `offline`, which has no signal
+//!   in a Rust process.
 //!
 //! A connection asks for protocol 2 with `protocol=2` in its URL's query string. The client
 //! then also sends to groups (a group id as `to`), delivers the stream's events
@@ -49,6 +51,7 @@
 //!   ([`ConnectError`]) and how one ended ([`Disconnect`]).
 //! - [`reconnect`]: what to do after each way a connection ends, the backoff, and why a
 //!   client stopped ([`ClosedReason`]).
+//! - `token`: when to refresh a JWT, read from its `exp`, and what to do when that fails.
 //! - `stream`: the user's stream by seq (messages and events): gaps, repeats, delivery in
 //!   order.
 //! - `outbox`: the sends not acked yet, and when each goes again.
@@ -64,6 +67,7 @@ mod outbox;
 pub mod reconnect;
 mod state;
 mod stream;
+mod token;
 
 pub use client::{
     Ack, Client, ClientConfig, ClientError, ErrorAbout, Event, Events, SendError, ServerError,
