@@ -43,7 +43,8 @@
 //! ```
 //!
 //! `cargo run -p peroxo-client --example chat -- --url ws://127.0.0.1:8080/ws --user alice
-//! --to bob` is the same as a program.
+//! --to bob --line hi` is the same as a program; `examples/echo_bot.rs` answers every direct
+//! message.
 //!
 //! ## Layout
 //!
