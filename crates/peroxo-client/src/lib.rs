@@ -44,7 +44,8 @@
 //!
 //! `cargo run -p peroxo-client --example chat -- --url ws://127.0.0.1:8080/ws --user alice
 //! --to bob --line hi` is the same as a program; `examples/echo_bot.rs` answers every direct
-//! message.
+//! message. The crate's README.md says what the client guarantees, how to run both examples,
+//! and how it corresponds to the TypeScript SDK.
 //!
 //! ## Layout
 //!
@@ -83,3 +84,8 @@ pub use peroxo_protocol::{
 };
 pub use reconnect::{Backoff, ClosedReason, NextStep};
 pub use stream::{Delivered, DeliveredEvent, EntryId, Via};
+
+/// The README's Rust examples, compiled as doctests so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
