@@ -12,18 +12,21 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use peroxo_protocol::{CommandKind, ErrorCode, ReqId, ServerFrame};
+use peroxo_protocol::{Command, CommandKind, ErrorCode, ReqId, ServerFrame};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-use crate::connection::{ConnectOptions, Connection, Disconnect, Incoming};
-use crate::reconnect::{Backoff, Jitter, NextStep, next_step};
+use crate::connection::{ConnectOptions, Connection, Disconnect, Incoming, Welcome};
+use crate::reconnect::{Backoff, ClosedReason, Jitter, NextStep, next_step};
 use crate::state::{ClientState, RequestWaiter, SendWaiter, SyncWaiter};
 use crate::stream::{Delivered, DeliveredEvent, EntryId};
+use crate::token::{self, RefreshTimer};
 
-/// A callback that returns a fresh token (JWT mode), or `None` when there is none.
+/// A callback that returns a fresh token (JWT mode), or `None` when there is none. It runs on
+/// the client's task: it should return at once (hand it a token that another task keeps
+/// fresh), not wait for the network.
 pub type TokenSource = Arc<dyn Fn() -> Option<String> + Send + Sync>;
 
 /// How a [`Client`] connects and behaves.
@@ -37,8 +40,14 @@ pub struct ClientConfig {
     pub first_node: usize,
     /// The token sent as `Authorization: Bearer` (JWT mode).
     pub token: Option<String>,
-    /// Asked for a fresh token after close 4001 or a 401; without it those stop the client.
+    /// The token source (JWT mode). Asked for a token before connecting when there is none
+    /// or it has expired, [`ClientConfig::refresh_margin`] before the token's `exp` to send
+    /// `refresh` on the open connection, and after close 4001 or a 401. Without it, the
+    /// connection ends at the token's `exp` and the client stops.
     pub fresh_token: Option<TokenSource>,
+    /// How long before the token's `exp` the client sends `refresh` (halfway to `exp` for a
+    /// token that lives less than twice this).
+    pub refresh_margin: Duration,
     /// Extra headers on every upgrade request.
     pub headers: Vec<(String, String)>,
     /// The pause between connection attempts.
@@ -87,6 +96,7 @@ impl ClientConfig {
             first_node: 0,
             token: None,
             fresh_token: None,
+            refresh_margin: Duration::from_secs(60),
             headers: Vec::new(),
             backoff: Backoff::default(),
             retry_base: Duration::from_millis(25),
@@ -220,18 +230,64 @@ pub enum Event {
     /// Something a correct server never does (a seq naming two messages, a frame that does
     /// not decode, a sync that cannot reach `last_seq`).
     Anomaly(String),
+    /// The server accepted a fresh token with `refresh`; the connection now lasts until `exp`
+    /// (Unix seconds).
+    TokenRefreshed { exp: u64 },
+    /// A `refresh` failed (the token source gave no token, or the server refused it, which
+    /// also comes as an [`Event::Error`]); it is tried again after `retry_in` (`None`: not on
+    /// this connection, which ends at the token's `exp`).
+    TokenRefreshFailed {
+        reason: String,
+        retry_in: Option<Duration>,
+    },
     /// Any other frame: `presence`, `typing`, and replies nobody waits for.
     Frame(ServerFrame<'static>),
     /// The client stopped for good.
     Stopped(ClientError),
 }
 
-/// Where the client stands.
+/// Where the client stands: the TypeScript SDK's `ConnectionState`, without `offline`.
+///
+/// A browser reports when it loses the network, and the TypeScript SDK then waits for it to
+/// come back. An operating system gives a Rust process no such signal, so this client has no
+/// offline state: it stays [`Status::Reconnecting`], and an attempt is how it learns that the
+/// network is back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Status {
+    /// Opening the first connection.
     Connecting,
-    Connected { url: String },
-    Stopped(ClientError),
+    /// A connection is open: the node at `url` sent `welcome`.
+    Connected { url: String, welcome: Welcome },
+    /// Waiting to connect again after a connection ended or an attempt failed, then trying
+    /// (the status stays `Reconnecting` during the attempt).
+    Reconnecting {
+        /// The number of this attempt since the last open connection, or since the start
+        /// (1 is the first retry).
+        attempt: u32,
+        /// When the attempt starts.
+        next_attempt_at: Instant,
+        /// The close code of the connection that ended; `None` when it dropped without one
+        /// or never opened.
+        last_close_code: Option<u16>,
+        /// How the connection ended, or why the attempt before failed.
+        cause: Disconnect,
+    },
+    /// Stopped for good: `error` is what operations waiting on the client fail with.
+    Closed {
+        reason: ClosedReason,
+        error: ClientError,
+    },
+}
+
+impl Status {
+    /// The status of a client that stopped with `error`.
+    fn closed(error: ClientError) -> Self {
+        let reason = match &error {
+            ClientError::Stopped(cause) => ClosedReason::after(cause),
+            _ => ClosedReason::Client,
+        };
+        Status::Closed { reason, error }
+    }
 }
 
 enum Request {
@@ -311,6 +367,7 @@ impl Client {
             state: ClientState::new(config.last_seq, config.retry_base, jitter.clone()),
             node: config.first_node,
             token: config.token.clone(),
+            refresh: RefreshTimer::default(),
             config,
             requests: requests_rx,
             events: events_tx,
@@ -340,11 +397,11 @@ impl Client {
     pub async fn wait_connected(&self) -> Result<(), ClientError> {
         let mut status = self.status.clone();
         let result = status
-            .wait_for(|s| !matches!(s, Status::Connecting))
+            .wait_for(|s| matches!(s, Status::Connected { .. } | Status::Closed { .. }))
             .await
             .map(|s| s.clone());
         match result {
-            Ok(Status::Stopped(error)) => Err(error),
+            Ok(Status::Closed { error, .. }) => Err(error),
             Ok(_) => Ok(()),
             Err(_) => Err(ClientError::Closed),
         }
@@ -353,6 +410,12 @@ impl Client {
     /// Where the client stands.
     pub fn status(&self) -> Status {
         self.status.borrow().clone()
+    }
+
+    /// A receiver of the client's status that sees every change (`changed().await`), for an
+    /// application that shows it.
+    pub fn watch_status(&self) -> watch::Receiver<Status> {
+        self.status.clone()
     }
 
     /// Every seq of the user's stream up to this one has been delivered as an
@@ -461,13 +524,45 @@ enum Served {
     Closed,
 }
 
+/// A `refresh` in flight: the token it carries, and the receiver of the server's answer.
+struct PendingRefresh {
+    token: String,
+    reply: oneshot::Receiver<Result<ServerFrame<'static>, ClientError>>,
+}
+
+/// The monotonic clock that timers run on, and the wall clock that a token's `exp` is on.
+fn clocks() -> (Instant, SystemTime) {
+    (Instant::now(), SystemTime::now())
+}
+
+/// The answer to the `refresh` in flight, and its token; never ready when none is.
+async fn refresh_answer(
+    pending: &mut Option<PendingRefresh>,
+) -> (String, Result<ServerFrame<'static>, ClientError>) {
+    let Some(refresh) = pending.as_mut() else {
+        return std::future::pending().await;
+    };
+    let answer = (&mut refresh.reply)
+        .await
+        .unwrap_or(Err(ClientError::Disconnected));
+    let token = pending
+        .take()
+        .map(|refresh| refresh.token)
+        .unwrap_or_default();
+    (token, answer)
+}
+
 /// The task behind a [`Client`].
 struct Driver {
     config: ClientConfig,
     state: ClientState,
     /// The node to connect to next (an index into `config.urls`, modulo their number).
     node: usize,
+    /// The token of the next connection: the configured one, then the freshest the server
+    /// accepted or the source gave.
     token: Option<String>,
+    /// When the open connection sends `refresh`.
+    refresh: RefreshTimer,
     requests: mpsc::UnboundedReceiver<Request>,
     events: mpsc::Sender<Event>,
     status: watch::Sender<Status>,
@@ -483,9 +578,12 @@ impl Driver {
             let error = ClientError::Stopped(Disconnect::Unreachable("no URL".to_owned()));
             return self.stop(error).await;
         }
-        let mut failures = 0u32;
+        // Failed attempts in a row (the backoff's exponent), and retries since the last open
+        // connection (the status's attempt number).
+        let (mut failures, mut retries) = (0u32, 0u32);
         loop {
             let url = self.config.urls[self.node % self.config.urls.len()].clone();
+            self.renew_stale_token();
             let options = ConnectOptions {
                 headers: self.headers(),
                 timeout: self.config.connect_timeout,
@@ -496,7 +594,7 @@ impl Driver {
                 .map_err(Disconnect::from);
             let (cause, was_open) = match attempt {
                 Ok(connection) => {
-                    failures = 0;
+                    (failures, retries) = (0, 0);
                     match self.serve(connection, &url).await {
                         Served::Closed => return self.finish_close().await,
                         Served::Ended(cause) => (cause, true),
@@ -508,24 +606,19 @@ impl Driver {
                 }
             };
             self.state.on_disconnected();
-            self.status.send_replace(Status::Connecting);
-            let step = next_step(&cause);
-            let retry_in = match step {
-                NextStep::Stop => None,
-                NextStep::ReconnectWithFreshToken => {
-                    // Never again with the token that was refused or expired.
-                    let fresh = self.config.fresh_token.as_ref().and_then(|source| source());
-                    let usable = fresh.is_some() && fresh != self.token;
-                    self.token = fresh;
-                    usable.then(|| self.config.backoff.delay(failures, &mut self.jitter))
-                }
-                NextStep::Reconnect { rotate } => {
-                    if rotate {
-                        self.node += 1;
-                    }
-                    Some(self.config.backoff.delay(failures, &mut self.jitter))
-                }
-            };
+            let retry_in = self.retry_in(&cause, failures);
+            if let Some(delay) = retry_in {
+                retries += 1;
+                self.status.send_replace(Status::Reconnecting {
+                    attempt: retries,
+                    next_attempt_at: Instant::now() + delay,
+                    last_close_code: match &cause {
+                        Disconnect::Closed { code, .. } => Some(*code),
+                        _ => None,
+                    },
+                    cause: cause.clone(),
+                });
+            }
             self.emit(if was_open {
                 Event::Disconnected {
                     cause: cause.clone(),
@@ -545,6 +638,43 @@ impl Driver {
             if !self.pause(delay).await {
                 return self.finish_close().await;
             }
+        }
+    }
+
+    /// The pause before the next attempt after `cause`, following `failures` failed attempts
+    /// in a row; `None` when the client stops.
+    fn retry_in(&mut self, cause: &Disconnect, failures: u32) -> Option<Duration> {
+        match next_step(cause) {
+            NextStep::Stop => None,
+            NextStep::ReconnectWithFreshToken => {
+                // Never again with the token that was refused or expired.
+                let fresh = self.config.fresh_token.as_ref().and_then(|source| source());
+                let usable = fresh.is_some() && fresh != self.token;
+                self.token = fresh;
+                usable.then(|| self.config.backoff.delay(failures, &mut self.jitter))
+            }
+            NextStep::Reconnect { rotate } => {
+                if rotate {
+                    self.node += 1;
+                }
+                Some(self.config.backoff.delay(failures, &mut self.jitter))
+            }
+        }
+    }
+
+    /// Before an attempt: a missing or expired token is replaced from the token source, if
+    /// there is one (the node would refuse it with 401).
+    fn renew_stale_token(&mut self) {
+        let Some(source) = &self.config.fresh_token else {
+            return;
+        };
+        let now = SystemTime::now();
+        let stale = self
+            .token
+            .as_deref()
+            .is_none_or(|token| token::expired(token, now));
+        if stale && let Some(fresh) = source() {
+            self.token = Some(fresh);
         }
     }
 
@@ -577,40 +707,28 @@ impl Driver {
 
     /// Serves one connection until it ends or the client closes.
     async fn serve(&mut self, mut connection: Connection, url: &str) -> Served {
-        let welcome = connection.welcome().clone();
-        self.state.on_connected(&welcome, Instant::now());
-        self.status.send_replace(Status::Connected {
-            url: url.to_owned(),
-        });
-        self.emit(Event::Connected {
-            url: url.to_owned(),
-            session_id: welcome.session_id.clone(),
-            last_seq: welcome.last_seq,
-        })
-        .await;
+        self.on_welcome(connection.welcome().clone(), url).await;
         let mut extra = Vec::new();
+        let mut refresh = None;
         loop {
             let now = Instant::now();
             let mut commands = std::mem::take(&mut extra);
+            if self.refresh.take_due(now) {
+                commands.extend(self.start_refresh(&mut refresh).await);
+            }
             commands.extend(self.state.outgoing(now));
-            if !commands.is_empty() {
-                for command in &commands {
-                    if let Err(cause) = connection.feed(command).await {
-                        return Served::Ended(cause);
-                    }
-                }
-                if let Err(cause) = connection.flush().await {
-                    return Served::Ended(cause);
-                }
+            if let Err(cause) = write(&mut connection, &commands).await {
+                return Served::Ended(cause);
             }
             self.publish().await;
             if self.closing.is_some() || self.requests.is_closed() {
                 connection.close(Duration::from_secs(2)).await;
                 return Served::Closed;
             }
-            let wake = self
-                .state
-                .next_wakeup()
+            let wake = [self.state.next_wakeup(), self.refresh.due()]
+                .into_iter()
+                .flatten()
+                .min()
                 .unwrap_or(now + Duration::from_secs(3600));
             let silent_until = connection.last_received() + self.config.idle_timeout;
             tokio::select! {
@@ -626,6 +744,9 @@ impl Driver {
                 request = self.requests.recv() => {
                     extra.extend(self.on_request(request));
                 }
+                (token, answer) = refresh_answer(&mut refresh) => {
+                    self.on_refresh_answer(token, answer).await;
+                }
                 () = tokio::time::sleep_until(wake) => {}
                 () = tokio::time::sleep_until(silent_until) => {
                     // A ping may have come meanwhile (pings do not end `recv`).
@@ -640,8 +761,79 @@ impl Driver {
         }
     }
 
+    /// A connection is open: the state, the status, the refresh timer and the application
+    /// learn of it.
+    async fn on_welcome(&mut self, welcome: Welcome, url: &str) {
+        self.state.on_connected(&welcome, Instant::now());
+        self.refresh = RefreshTimer::start(
+            self.token.as_deref(),
+            self.config.fresh_token.is_some(),
+            self.config.refresh_margin,
+            clocks(),
+        );
+        let event = Event::Connected {
+            url: url.to_owned(),
+            session_id: welcome.session_id.clone(),
+            last_seq: welcome.last_seq,
+        };
+        self.status.send_replace(Status::Connected {
+            url: url.to_owned(),
+            welcome,
+        });
+        self.emit(event).await;
+    }
+
+    /// Asks the token source for a token and returns the `refresh` command that carries it.
+    async fn start_refresh(&mut self, pending: &mut Option<PendingRefresh>) -> Option<Command> {
+        let Some(token) = self.config.fresh_token.as_ref().and_then(|source| source()) else {
+            self.refresh_failed(None, "the token source gave no token".to_owned())
+                .await;
+            return None;
+        };
+        let (tx, reply) = oneshot::channel();
+        let command = self.state.request(
+            CommandKind::Refresh {
+                token: token.clone(),
+            },
+            tx,
+        )?;
+        *pending = Some(PendingRefresh { token, reply });
+        Some(command)
+    }
+
+    async fn on_refresh_answer(
+        &mut self,
+        token: String,
+        answer: Result<ServerFrame<'static>, ClientError>,
+    ) {
+        match answer {
+            Ok(ServerFrame::Refreshed { exp, .. }) => {
+                self.token = Some(token);
+                self.refresh
+                    .on_refreshed(exp, self.config.refresh_margin, clocks());
+                self.emit(Event::TokenRefreshed { exp }).await;
+            }
+            Ok(other) => {
+                let reason = format!("`refresh` answered with {}", other.encode());
+                self.refresh_failed(None, reason).await;
+            }
+            Err(ClientError::Server(error)) => {
+                self.refresh_failed(Some(error.code), error.to_string())
+                    .await;
+            }
+            Err(error) => self.refresh_failed(None, error.to_string()).await,
+        }
+    }
+
+    async fn refresh_failed(&mut self, refused: Option<ErrorCode>, reason: String) {
+        let pause = self.config.backoff.delay(1, &mut self.jitter);
+        let retry_in = self.refresh.on_failed(refused, pause, clocks());
+        self.emit(Event::TokenRefreshFailed { reason, retry_in })
+            .await;
+    }
+
     /// Takes one request of the application; returns a command to write now, if any.
-    fn on_request(&mut self, request: Option<Request>) -> Option<peroxo_protocol::Command> {
+    fn on_request(&mut self, request: Option<Request>) -> Option<Command> {
         match request? {
             Request::Send {
                 client_msg_id,
@@ -683,7 +875,7 @@ impl Driver {
 
     async fn stop(mut self, error: ClientError) {
         self.state.on_stopped(&error);
-        self.status.send_replace(Status::Stopped(error.clone()));
+        self.status.send_replace(Status::closed(error.clone()));
         self.emit(Event::Stopped(error)).await;
     }
 
@@ -691,10 +883,21 @@ impl Driver {
         let closing = self.closing.take();
         self.state.on_stopped(&ClientError::Closed);
         self.status
-            .send_replace(Status::Stopped(ClientError::Closed));
+            .send_replace(Status::closed(ClientError::Closed));
         self.publish().await;
         if let Some(done) = closing {
             let _ = done.send(());
         }
     }
+}
+
+/// Writes `commands` and flushes them.
+async fn write(connection: &mut Connection, commands: &[Command]) -> Result<(), Disconnect> {
+    if commands.is_empty() {
+        return Ok(());
+    }
+    for command in commands {
+        connection.feed(command).await?;
+    }
+    connection.flush().await
 }

@@ -10,7 +10,10 @@
 //!   (`last_seq`), notices gaps, syncs on a gap, on `sync_hint` and after reconnecting (paging
 //!   while `has_more`), ignores repeats, and delivers every message of the stream exactly
 //!   once, in seq order; it reconnects with exponential backoff and jitter chosen by the close
-//!   code, over several nodes when given several.
+//!   code, over several nodes when given several; in JWT mode it sends `refresh` with a token
+//!   from [`ClientConfig::fresh_token`] before the token's `exp`. Its [`Status`] has the
+//!   TypeScript SDK's connection states (`clients/js`), except `offline`, which has no signal
+//!   in a Rust process.
 //!
 //! A connection asks for protocol 2 with `protocol=2` in its URL's query string. The client
 //! then also sends to groups (a group id as `to`), delivers the stream's events
@@ -40,13 +43,17 @@
 //! ```
 //!
 //! `cargo run -p peroxo-client --example chat -- --url ws://127.0.0.1:8080/ws --user alice
-//! --to bob` is the same as a program.
+//! --to bob --line hi` is the same as a program; `examples/echo_bot.rs` answers every direct
+//! message. The crate's README.md says what the client guarantees, how to run both examples,
+//! and how it corresponds to the TypeScript SDK.
 //!
 //! ## Layout
 //!
 //! - [`connection`]: open, send, receive, close; why a connection could not be opened
 //!   ([`ConnectError`]) and how one ended ([`Disconnect`]).
-//! - [`reconnect`]: what to do after each way a connection ends, and the backoff.
+//! - [`reconnect`]: what to do after each way a connection ends, the backoff, and why a
+//!   client stopped ([`ClosedReason`]).
+//! - `token`: when to refresh a JWT, read from its `exp`, and what to do when that fails.
 //! - `stream`: the user's stream by seq (messages and events): gaps, repeats, delivery in
 //!   order.
 //! - `outbox`: the sends not acked yet, and when each goes again.
@@ -62,6 +69,7 @@ mod outbox;
 pub mod reconnect;
 mod state;
 mod stream;
+mod token;
 
 pub use client::{
     Ack, Client, ClientConfig, ClientError, ErrorAbout, Event, Events, SendError, ServerError,
@@ -74,5 +82,10 @@ pub use connection::{
 pub use peroxo_protocol::{
     Command, CommandKind, ConversationView, ErrorCode, EventView, ReqId, ServerFrame,
 };
-pub use reconnect::{Backoff, NextStep};
+pub use reconnect::{Backoff, ClosedReason, NextStep};
 pub use stream::{Delivered, DeliveredEvent, EntryId, Via};
+
+/// The README's Rust examples, compiled as doctests so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -48,6 +48,50 @@ pub fn next_step(disconnect: &Disconnect) -> NextStep {
     }
 }
 
+/// Why a client stopped for good: the TypeScript SDK's `ClosedReason`, chosen from the
+/// disconnect after which the client did not reconnect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClosedReason {
+    /// The application closed the client (or dropped every handle).
+    Client,
+    /// Close 1008: the client exceeded its command rate persistently.
+    RateAbuse,
+    /// The token expired (4001) or was refused (401), and the token source gave no fresh one.
+    TokenExpired,
+    /// The upgrade was refused with a status that retrying cannot change (400, 403, 404, …),
+    /// or there is no node to connect to.
+    Refused,
+}
+
+impl ClosedReason {
+    /// The reason for stopping after `disconnect`, whose step was not to reconnect.
+    pub fn after(disconnect: &Disconnect) -> Self {
+        match disconnect {
+            Disconnect::Closed { code: 1008, .. } => ClosedReason::RateAbuse,
+            Disconnect::Closed { code: 4001, .. } | Disconnect::Refused { status: 401, .. } => {
+                ClosedReason::TokenExpired
+            }
+            _ => ClosedReason::Refused,
+        }
+    }
+
+    /// The TypeScript SDK's name for the reason.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClosedReason::Client => "client",
+            ClosedReason::RateAbuse => "rate_abuse",
+            ClosedReason::TokenExpired => "token_expired",
+            ClosedReason::Refused => "refused",
+        }
+    }
+}
+
+impl std::fmt::Display for ClosedReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Exponential backoff: `initial`, doubling with each consecutive failure up to `max`, with
 /// jitter of ±50 % so that clients dropped together do not come back together.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,6 +207,22 @@ mod tests {
             next_step(&Disconnect::Lost("reset".into())),
             NextStep::Reconnect { rotate: false }
         );
+    }
+
+    #[test]
+    fn a_stop_names_its_reason() {
+        assert_eq!(ClosedReason::after(&closed(1008)), ClosedReason::RateAbuse);
+        assert_eq!(
+            ClosedReason::after(&closed(4001)),
+            ClosedReason::TokenExpired
+        );
+        assert_eq!(
+            ClosedReason::after(&refused(401)),
+            ClosedReason::TokenExpired
+        );
+        for status in [400, 403, 404] {
+            assert_eq!(ClosedReason::after(&refused(status)), ClosedReason::Refused);
+        }
     }
 
     #[test]
