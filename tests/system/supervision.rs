@@ -48,6 +48,51 @@ async fn a_crashed_session_is_restarted_on_the_same_socket_with_an_internal_erro
 }
 
 #[tokio::test]
+async fn a_restarted_session_goes_on_with_the_rate_bucket_as_it_was() {
+    let server = TestServer::start_with(|c| {
+        c.limits.rate_per_sec = 1;
+        c.limits.rate_burst = 10;
+        c.groups.members_per_rate_token = 1;
+    })
+    .await;
+    let mut alice = server.connect_v2("alice").await;
+    // A send to a group of 30, one token per member, empties the bucket down to its floor
+    // (minus one burst): about 10 s from the next allowed command.
+    let members: Vec<String> = (1..30).map(|i| format!("m{i}")).collect();
+    alice
+        .send_json(
+            json!({"type": "create_group", "title": "Big", "members": members,
+            "client_msg_id": "g1", "req_id": "g1"}),
+        )
+        .await;
+    let group = alice.wait_for("group_created").await["conversation_id"].clone();
+    alice
+        .send_json(
+            json!({"type": "send", "conversation_id": group, "text": "hi",
+            "client_msg_id": "s1", "req_id": "s1"}),
+        )
+        .await;
+    assert_eq!(alice.wait_for("ack").await["client_msg_id"], "s1");
+    alice
+        .send_json(json!({"type": "ping", "req_id": "before"}))
+        .await;
+    assert_eq!(alice.wait_for("error").await["code"], "rate_limited");
+
+    assert_eq!(
+        server.gateway.crash_sessions_of("default", "alice").await,
+        1
+    );
+    assert_eq!(alice.wait_for("error").await["code"], "internal");
+    // A fresh bucket would hold 10 tokens and answer this ping.
+    alice
+        .send_json(json!({"type": "ping", "req_id": "after"}))
+        .await;
+    let refused = alice.wait_for("error").await;
+    assert_eq!(refused["code"], "rate_limited", "{refused}");
+    assert_eq!(refused["req_id"], "after");
+}
+
+#[tokio::test]
 async fn a_session_that_keeps_failing_is_closed_with_1011() {
     let server = TestServer::start().await;
     let mut alice = server.connect("alice").await;

@@ -22,6 +22,7 @@ use super::router::{Registration, RouterMsg};
 use crate::admission::Ticket;
 use crate::connection::Outbound;
 use crate::identity::Authenticator;
+use crate::rate_limit::RateLimiter;
 use crate::telemetry::{Metrics, RestartCounts};
 
 /// What a session needs from the rest of the node. One per node, shared by every session.
@@ -66,6 +67,9 @@ pub struct ConnectionContext {
     /// Whether the cluster counts this connection in its user's interest (to be withdrawn
     /// when it closes).
     pub cluster_interest: AtomicBool,
+    /// The connection's command rate: kept here, not in the session, so a session restarted
+    /// after a crash goes on with the bucket as it was.
+    pub rate: Mutex<RateLimiter>,
 }
 
 impl ConnectionContext {

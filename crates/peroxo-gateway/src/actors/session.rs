@@ -25,7 +25,7 @@ use super::conversation_commands::CommandContext;
 use super::persistence::PersistenceMsg;
 use super::router::RouterMsg;
 use crate::connection::{Inbound, Refused, SessionInbox};
-use crate::rate_limit::{RateLimiter, Verdict};
+use crate::rate_limit::Verdict;
 use peroxo_protocol::CloseCause;
 use peroxo_protocol::conversation::ConversationRef;
 use peroxo_protocol::domain::NewMessage;
@@ -67,7 +67,6 @@ pub struct SessionState {
     connection: Arc<ConnectionContext>,
     gateway: Arc<GatewayContext>,
     restarted: bool,
-    rate: RateLimiter,
     /// Tells the current expiry check from ones a refresh made stale.
     expiry_generation: u64,
 }
@@ -107,18 +106,10 @@ impl Actor for Session {
         _myself: ActorRef<Self::Msg>,
         args: SessionArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let limits = &args.gateway.limits;
-        let rate = RateLimiter::new(
-            limits.rate_per_sec,
-            limits.rate_burst,
-            limits.abuse_close_secs,
-            Instant::now(),
-        );
         Ok(SessionState {
             connection: args.connection,
             gateway: args.gateway,
             restarted: args.restarted,
-            rate,
             expiry_generation: 0,
         })
     }
@@ -281,11 +272,14 @@ impl SessionState {
     /// Charges one command to the rate limit. Refuses it (`rate_limited`) when over the rate,
     /// and disconnects (1008) a client that stays over it.
     fn within_rate(&mut self, myself: &ActorRef<SessionMsg>, input: &Inbound) -> bool {
-        let owed = self.connection.outbound.take_rate_debt();
-        if owed > 0 {
-            self.rate.charge(f64::from(owed));
-        }
-        let verdict = self.rate.check(Instant::now());
+        let verdict = {
+            let mut rate = self.connection.rate.lock().expect("rate limiter poisoned");
+            let owed = self.connection.outbound.take_rate_debt();
+            if owed > 0 {
+                rate.charge(f64::from(owed));
+            }
+            rate.check(Instant::now())
+        };
         if verdict == Verdict::Allow {
             return true;
         }
@@ -555,7 +549,10 @@ impl SessionState {
                 .gateway
                 .member_cache
                 .size(&self.connection.key.tenant, &to);
-            self.rate
+            self.connection
+                .rate
+                .lock()
+                .expect("rate limiter poisoned")
                 .charge(f64::from(self.gateway.groups.rate_tokens(members)));
             members
         } else {

@@ -27,6 +27,7 @@ use crate::connection::{
     ConnectionRecord, CurrentSession, Heartbeat, Outbound, SocketTasks, spawn_socket_tasks,
 };
 use crate::identity::Identity;
+use crate::rate_limit::RateLimiter;
 use crate::telemetry::ActorKind;
 use peroxo_config::SessionConfig;
 use peroxo_protocol::CloseCause;
@@ -221,6 +222,12 @@ impl SessionSupervisorState {
             outbound: outbound.clone(),
             watching: Mutex::new(BTreeSet::new()),
             reads: Arc::new(Semaphore::new(limits.max_reads_in_flight)),
+            rate: Mutex::new(RateLimiter::new(
+                limits.rate_per_sec,
+                limits.rate_burst,
+                limits.abuse_close_secs,
+                Instant::now(),
+            )),
         });
         let args = SessionArgs {
             connection: Arc::clone(&context),
