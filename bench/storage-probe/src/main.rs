@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! cargo run --release -- sqlite --messages 200000 --batch 100 [--in-flight 2]
-//! cargo run --release -- fjall  --messages 200000 --batch 100 [--state-cache]
+//! cargo run --release -- fjall  --messages 200000 --batch 100 [--state-cache] [--short-keys]
 //! ```
 //!
 //! Both see the same messages: 100-byte texts between random pairs of 1,000 users.
@@ -19,6 +19,8 @@
 //!   `state/{tenant}/{user}/{conversation}` twice (read first, unless `--state-cache` keeps
 //!   them in memory) and `list/{tenant}/{user}/{activity}/{conversation}` (the old entry
 //!   removed, the new one written) twice. Seqs are kept in memory, as the SQLite writer does.
+//!   With `--short-keys`, tenants, users and conversations appear in keys as 4-byte numbers
+//!   (each name written once to `names` when first used) instead of their names.
 //!
 //! Each run prints messages per second, commit latency (p50, p99, max), bytes the process
 //! wrote to storage per message (`/proc/self/io`) and CPU per message (all threads).
@@ -39,6 +41,7 @@ struct Options {
     batch: usize,
     in_flight: usize,
     state_cache: bool,
+    short_keys: bool,
 }
 
 impl Options {
@@ -51,6 +54,7 @@ impl Options {
             batch: 100,
             in_flight: 1,
             state_cache: false,
+            short_keys: false,
         };
         while let Some(flag) = args.next() {
             let mut number = || -> Result<usize, String> {
@@ -64,6 +68,7 @@ impl Options {
                 "--batch" => options.batch = number()?.max(1),
                 "--in-flight" => options.in_flight = number()?.max(1),
                 "--state-cache" => options.state_cache = true,
+                "--short-keys" => options.short_keys = true,
                 _ => return Err(format!("unknown flag {flag}")),
             }
         }
@@ -176,13 +181,17 @@ struct Fjall {
     conversation: Keyspace,
     state: Keyspace,
     list: Keyspace,
+    names: Keyspace,
     seqs: HashMap<String, u64>,
     states: Option<HashMap<Vec<u8>, State>>,
+    /// With `--short-keys`: the number standing for each name in keys (a new one is written
+    /// to `names` in the batch that first uses it).
+    short_names: Option<HashMap<String, u32>>,
     next_id: u64,
 }
 
 impl Fjall {
-    fn open(dir: &std::path::Path, state_cache: bool) -> Self {
+    fn open(dir: &std::path::Path, options: &Options) -> Self {
         let db = Database::builder(dir.join("fjall"))
             .open()
             .expect("open fjall");
@@ -197,9 +206,11 @@ impl Fjall {
             conversation: keyspace("conversation"),
             state: keyspace("state"),
             list: keyspace("list"),
+            names: keyspace("names"),
             db,
             seqs: HashMap::new(),
-            states: state_cache.then(HashMap::new),
+            states: options.state_cache.then(HashMap::new),
+            short_names: options.short_keys.then(HashMap::new),
             next_id: 1,
         }
     }
@@ -220,16 +231,28 @@ impl Fjall {
             .map_or_else(State::default, |bytes| State::decode(&bytes))
     }
 
+    /// What stands for `name` in keys: the name itself, or with `--short-keys` its number.
+    fn name(&mut self, name: &str, writes: &mut fjall::OwnedWriteBatch) -> Vec<u8> {
+        let Some(names) = self.short_names.as_mut() else {
+            return name.as_bytes().to_vec();
+        };
+        if let Some(number) = names.get(name) {
+            return number.to_be_bytes().to_vec();
+        }
+        let number = u32::try_from(names.len()).expect("fewer names than u32");
+        names.insert(name.to_owned(), number);
+        writes.insert(&self.names, name.as_bytes(), number.to_be_bytes().to_vec());
+        number.to_be_bytes().to_vec()
+    }
+
     /// Commits `batch` in one write batch, fsynced.
     fn append(&mut self, batch: &[NewMessage]) {
         let mut writes = self.db.batch().durability(Some(PersistMode::SyncAll));
         for message in batch {
-            let tenant = message.tenant.as_bytes();
-            let dedupe = key(&[
-                tenant,
-                message.sender.as_bytes(),
-                message.client_msg_id.as_bytes(),
-            ]);
+            let tenant = &self.name(&message.tenant, &mut writes);
+            let sender = self.name(&message.sender, &mut writes);
+            let recipient = self.name(&message.recipient, &mut writes);
+            let dedupe = key(&[tenant, &sender, message.client_msg_id.as_bytes()]);
             if self.dedupe.get(&dedupe).expect("read dedupe").is_some() {
                 continue;
             }
@@ -237,6 +260,7 @@ impl Fjall {
             self.next_id += 1;
             let conversation =
                 peroxo_protocol::domain::conversation_id(&message.sender, &message.recipient);
+            let conversation_key = self.name(&conversation, &mut writes);
             let sender_seq = self.next_seq(&message.sender);
             let recipient_seq = self.next_seq(&message.recipient);
             let mut row = Vec::with_capacity(256);
@@ -255,36 +279,28 @@ impl Fjall {
             let id_bytes = id.to_be_bytes();
             writes.insert(&self.messages, key(&[tenant, &id_bytes]), row);
             writes.insert(&self.dedupe, dedupe, id_bytes.to_vec());
-            for (user, seq) in [
-                (&message.sender, sender_seq),
-                (&message.recipient, recipient_seq),
-            ] {
+            for (user, seq) in [(&sender, sender_seq), (&recipient, recipient_seq)] {
                 writes.insert(
                     &self.inbox,
-                    key(&[tenant, user.as_bytes(), &seq.to_be_bytes()]),
+                    key(&[tenant, user, &seq.to_be_bytes()]),
                     id_bytes.to_vec(),
                 );
             }
             writes.insert(
                 &self.conversation,
-                key(&[tenant, conversation.as_bytes(), &id_bytes]),
+                key(&[tenant, &conversation_key, &id_bytes]),
                 Vec::new(),
             );
             for (user, seq, unread) in [
-                (&message.sender, sender_seq, false),
-                (&message.recipient, recipient_seq, true),
+                (&sender, sender_seq, false),
+                (&recipient, recipient_seq, true),
             ] {
-                let state_key = key(&[tenant, user.as_bytes(), conversation.as_bytes()]);
+                let state_key = key(&[tenant, user, &conversation_key]);
                 let old = self.state(&state_key);
                 if old.activity != 0 {
                     writes.remove(
                         &self.list,
-                        key(&[
-                            tenant,
-                            user.as_bytes(),
-                            &old.activity.to_be_bytes(),
-                            conversation.as_bytes(),
-                        ]),
+                        key(&[tenant, user, &old.activity.to_be_bytes(), &conversation_key]),
                     );
                 }
                 let new = State {
@@ -301,12 +317,7 @@ impl Fjall {
                 writes.insert(&self.state, state_key, value);
                 writes.insert(
                     &self.list,
-                    key(&[
-                        tenant,
-                        user.as_bytes(),
-                        &seq.to_be_bytes(),
-                        conversation.as_bytes(),
-                    ]),
+                    key(&[tenant, user, &seq.to_be_bytes(), &conversation_key]),
                     Vec::new(),
                 );
             }
@@ -316,7 +327,7 @@ impl Fjall {
 }
 
 fn fjall(dir: &std::path::Path, messages: &[NewMessage], options: &Options) -> Run {
-    let mut store = Fjall::open(dir, options.state_cache);
+    let mut store = Fjall::open(dir, options);
     let started = Instant::now();
     let mut commits = Vec::new();
     for batch in messages.chunks(options.batch) {
@@ -390,11 +401,13 @@ async fn main() {
         options.engine,
         options.batch,
         options.in_flight,
-        if options.state_cache {
-            " state-cache"
-        } else {
-            ""
-        },
+        [
+            (options.state_cache, " state-cache"),
+            (options.short_keys, " short-keys")
+        ]
+        .iter()
+        .filter_map(|(on, name)| on.then_some(*name))
+        .collect::<String>(),
         run.elapsed.as_secs_f64(),
         count as f64 / run.elapsed.as_secs_f64(),
         run.commits.len(),
