@@ -63,6 +63,43 @@ async fn a_token_is_accepted_from_the_authorization_header_or_the_query_string()
 }
 
 #[tokio::test]
+async fn ws_check_answers_what_an_upgrade_would_get_without_upgrading() {
+    let server = jwt_server(|c| c.limits.max_sessions_per_user = 1).await;
+    let addr = server.gateway.http_addr;
+    let check = |query: String| async move {
+        let (status, body) =
+            crate::common::http_request(addr, "GET", &format!("/ws/check{query}"), "").await;
+        (status, serde_json::from_str::<Value>(&body).unwrap())
+    };
+    let token = token_for("alice", Some("acme"), 3600);
+    // Who the client would be; asking twice takes no place from the one session allowed.
+    for _ in 0..2 {
+        let (status, body) = check(format!("?token={token}&protocol=2")).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["user"], "alice");
+        assert_eq!(body["tenant"], "acme");
+        assert_eq!(body["protocol"], 2);
+        assert!(body["expires_at"].as_u64().unwrap() > now());
+    }
+    // The same refusals as /ws, with the same bodies.
+    let expired = hs256(json!({"sub": "alice", "exp": now() - 10}));
+    let (status, body) = check(format!("?token={expired}")).await;
+    assert_eq!(status, 401);
+    assert_eq!(body["error"], "unauthorized");
+    assert!(
+        body["message"].as_str().unwrap().contains("expired"),
+        "{body}"
+    );
+    let (status, body) = check(String::new()).await;
+    assert_eq!((status, &body["error"]), (401, &json!("unauthorized")));
+    let (status, body) = check(format!("?token={token}&protocol=99")).await;
+    assert_eq!((status, &body["error"]), (400, &json!("bad_request")));
+    let _alice = Client::connect(&server.ws_url_with_token(&token)).await;
+    let (status, body) = check(format!("?token={token}")).await;
+    assert_eq!((status, &body["error"]), (429, &json!("too_many_sessions")));
+}
+
+#[tokio::test]
 async fn bad_tokens_get_401_with_a_reason_and_no_upgrade() {
     let server = jwt_server(|c| {
         c.auth.audience = Some("peroxo".into());

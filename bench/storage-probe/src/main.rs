@@ -6,6 +6,7 @@
 //! ```text
 //! cargo run --release -- sqlite --messages 200000 --batch 100 [--in-flight 2]
 //! cargo run --release -- fjall  --messages 200000 --batch 100 [--state-cache] [--short-keys]
+//! cargo run --release --features rocksdb -- rocksdb --messages 200000 --batch 100 [...]
 //! ```
 //!
 //! Both see the same messages: 100-byte texts between random pairs of 1,000 users.
@@ -13,8 +14,9 @@
 //! - `sqlite` appends through `SqliteStore` (its writer thread, group commit, checkpointer):
 //!   the message row, the sender's dedupe key, the conversation index, two inbox rows, two
 //!   conversation states and their places in the conversation list.
-//! - `fjall` writes the same entries as keys, one keyspace per index, in one write batch per
-//!   commit: `messages/{tenant}/{id}`, `dedupe/{tenant}/{sender}/{client_msg_id}` (read first),
+//! - `fjall` (and `rocksdb`, built with `--features rocksdb`: it compiles RocksDB from source and
+//!   needs libclang) writes the same entries as keys, one keyspace (column family) per index,
+//!   in one write batch per commit: `messages/{tenant}/{id}`, `dedupe/{tenant}/{sender}/{client_msg_id}` (read first),
 //!   `inbox/{tenant}/{user}/{seq}` twice, `conversation/{tenant}/{conversation}/{id}`,
 //!   `state/{tenant}/{user}/{conversation}` twice (read first, unless `--state-cache` keeps
 //!   them in memory) and `list/{tenant}/{user}/{activity}/{conversation}` (the old entry
@@ -173,15 +175,165 @@ impl State {
     }
 }
 
+/// The key ranges of the layout, one keyspace (column family) each.
+#[derive(Clone, Copy)]
+enum Space {
+    Messages,
+    Dedupe,
+    Inbox,
+    Conversation,
+    State,
+    List,
+    Names,
+}
+
+impl Space {
+    const ALL: [Space; 7] = [
+        Space::Messages,
+        Space::Dedupe,
+        Space::Inbox,
+        Space::Conversation,
+        Space::State,
+        Space::List,
+        Space::Names,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Space::Messages => "messages",
+            Space::Dedupe => "dedupe",
+            Space::Inbox => "inbox",
+            Space::Conversation => "conversation",
+            Space::State => "state",
+            Space::List => "list",
+            Space::Names => "names",
+        }
+    }
+}
+
+/// An LSM engine as the layout uses it: point reads, and writes gathered into one batch that
+/// `commit` makes durable (fsynced) and visible at once.
+trait Engine {
+    fn get(&self, space: Space, key: &[u8]) -> Option<Vec<u8>>;
+    fn put(&mut self, space: Space, key: Vec<u8>, value: Vec<u8>);
+    fn delete(&mut self, space: Space, key: Vec<u8>);
+    fn commit(&mut self);
+}
+
 struct Fjall {
     db: Database,
-    messages: Keyspace,
-    dedupe: Keyspace,
-    inbox: Keyspace,
-    conversation: Keyspace,
-    state: Keyspace,
-    list: Keyspace,
-    names: Keyspace,
+    spaces: Vec<Keyspace>,
+    pending: Option<fjall::OwnedWriteBatch>,
+}
+
+impl Fjall {
+    fn open(dir: &std::path::Path) -> Self {
+        let db = Database::builder(dir.join("fjall"))
+            .open()
+            .expect("open fjall");
+        let spaces = Space::ALL
+            .iter()
+            .map(|space| {
+                db.keyspace(space.name(), KeyspaceCreateOptions::default)
+                    .expect("open a keyspace")
+            })
+            .collect();
+        Self {
+            db,
+            spaces,
+            pending: None,
+        }
+    }
+
+    fn batch(&mut self) -> &mut fjall::OwnedWriteBatch {
+        self.pending
+            .get_or_insert_with(|| self.db.batch().durability(Some(PersistMode::SyncAll)))
+    }
+}
+
+impl Engine for Fjall {
+    fn get(&self, space: Space, key: &[u8]) -> Option<Vec<u8>> {
+        self.spaces[space as usize]
+            .get(key)
+            .expect("read")
+            .map(|value| value.to_vec())
+    }
+
+    fn put(&mut self, space: Space, key: Vec<u8>, value: Vec<u8>) {
+        let keyspace = self.spaces[space as usize].clone();
+        self.batch().insert(&keyspace, key, value);
+    }
+
+    fn delete(&mut self, space: Space, key: Vec<u8>) {
+        let keyspace = self.spaces[space as usize].clone();
+        self.batch().remove(&keyspace, key);
+    }
+
+    fn commit(&mut self) {
+        if let Some(batch) = self.pending.take() {
+            batch.commit().expect("commit");
+        }
+    }
+}
+
+#[cfg(feature = "rocksdb")]
+struct Rocks {
+    db: rocksdb::DB,
+    pending: rocksdb::WriteBatch,
+    sync: rocksdb::WriteOptions,
+}
+
+#[cfg(feature = "rocksdb")]
+impl Rocks {
+    fn open(dir: &std::path::Path) -> Self {
+        let mut options = rocksdb::Options::default();
+        options.create_if_missing(true);
+        options.create_missing_column_families(true);
+        options.increase_parallelism(2);
+        let names = Space::ALL.iter().map(|space| space.name());
+        let db = rocksdb::DB::open_cf(&options, dir.join("rocksdb"), names).expect("open rocksdb");
+        let mut sync = rocksdb::WriteOptions::default();
+        sync.set_sync(true);
+        Self {
+            db,
+            pending: rocksdb::WriteBatch::default(),
+            sync,
+        }
+    }
+
+    fn family(&self, space: Space) -> &rocksdb::ColumnFamily {
+        self.db.cf_handle(space.name()).expect("a column family")
+    }
+}
+
+#[cfg(feature = "rocksdb")]
+impl Engine for Rocks {
+    fn get(&self, space: Space, key: &[u8]) -> Option<Vec<u8>> {
+        self.db
+            .get_pinned_cf(self.family(space), key)
+            .expect("read")
+            .map(|value| value.to_vec())
+    }
+
+    fn put(&mut self, space: Space, key: Vec<u8>, value: Vec<u8>) {
+        let family = self.db.cf_handle(space.name()).expect("a column family");
+        self.pending.put_cf(family, key, value);
+    }
+
+    fn delete(&mut self, space: Space, key: Vec<u8>) {
+        let family = self.db.cf_handle(space.name()).expect("a column family");
+        self.pending.delete_cf(family, key);
+    }
+
+    fn commit(&mut self) {
+        let batch = std::mem::take(&mut self.pending);
+        self.db.write_opt(batch, &self.sync).expect("commit");
+    }
+}
+
+/// The layout's writer: what it keeps in memory, and the entries one message writes.
+struct Layout<E> {
+    engine: E,
     seqs: HashMap<String, u64>,
     states: Option<HashMap<Vec<u8>, State>>,
     /// With `--short-keys`: the number standing for each name in keys (a new one is written
@@ -190,24 +342,10 @@ struct Fjall {
     next_id: u64,
 }
 
-impl Fjall {
-    fn open(dir: &std::path::Path, options: &Options) -> Self {
-        let db = Database::builder(dir.join("fjall"))
-            .open()
-            .expect("open fjall");
-        let keyspace = |name: &str| {
-            db.keyspace(name, KeyspaceCreateOptions::default)
-                .expect("open a keyspace")
-        };
+impl<E: Engine> Layout<E> {
+    fn new(engine: E, options: &Options) -> Self {
         Self {
-            messages: keyspace("messages"),
-            dedupe: keyspace("dedupe"),
-            inbox: keyspace("inbox"),
-            conversation: keyspace("conversation"),
-            state: keyspace("state"),
-            list: keyspace("list"),
-            names: keyspace("names"),
-            db,
+            engine,
             seqs: HashMap::new(),
             states: options.state_cache.then(HashMap::new),
             short_names: options.short_keys.then(HashMap::new),
@@ -225,14 +363,13 @@ impl Fjall {
         if let Some(cached) = self.states.as_ref().and_then(|states| states.get(key)) {
             return *cached;
         }
-        self.state
-            .get(key)
-            .expect("read a state")
+        self.engine
+            .get(Space::State, key)
             .map_or_else(State::default, |bytes| State::decode(&bytes))
     }
 
     /// What stands for `name` in keys: the name itself, or with `--short-keys` its number.
-    fn name(&mut self, name: &str, writes: &mut fjall::OwnedWriteBatch) -> Vec<u8> {
+    fn name(&mut self, name: &str) -> Vec<u8> {
         let Some(names) = self.short_names.as_mut() else {
             return name.as_bytes().to_vec();
         };
@@ -241,26 +378,29 @@ impl Fjall {
         }
         let number = u32::try_from(names.len()).expect("fewer names than u32");
         names.insert(name.to_owned(), number);
-        writes.insert(&self.names, name.as_bytes(), number.to_be_bytes().to_vec());
+        self.engine.put(
+            Space::Names,
+            name.as_bytes().to_vec(),
+            number.to_be_bytes().to_vec(),
+        );
         number.to_be_bytes().to_vec()
     }
 
     /// Commits `batch` in one write batch, fsynced.
     fn append(&mut self, batch: &[NewMessage]) {
-        let mut writes = self.db.batch().durability(Some(PersistMode::SyncAll));
         for message in batch {
-            let tenant = &self.name(&message.tenant, &mut writes);
-            let sender = self.name(&message.sender, &mut writes);
-            let recipient = self.name(&message.recipient, &mut writes);
+            let tenant = &self.name(&message.tenant);
+            let sender = self.name(&message.sender);
+            let recipient = self.name(&message.recipient);
             let dedupe = key(&[tenant, &sender, message.client_msg_id.as_bytes()]);
-            if self.dedupe.get(&dedupe).expect("read dedupe").is_some() {
+            if self.engine.get(Space::Dedupe, &dedupe).is_some() {
                 continue;
             }
             let id = self.next_id;
             self.next_id += 1;
             let conversation =
                 peroxo_protocol::domain::conversation_id(&message.sender, &message.recipient);
-            let conversation_key = self.name(&conversation, &mut writes);
+            let conversation_key = self.name(&conversation);
             let sender_seq = self.next_seq(&message.sender);
             let recipient_seq = self.next_seq(&message.recipient);
             let mut row = Vec::with_capacity(256);
@@ -277,17 +417,18 @@ impl Fjall {
             row.extend_from_slice(&sender_seq.to_le_bytes());
             row.extend_from_slice(&recipient_seq.to_le_bytes());
             let id_bytes = id.to_be_bytes();
-            writes.insert(&self.messages, key(&[tenant, &id_bytes]), row);
-            writes.insert(&self.dedupe, dedupe, id_bytes.to_vec());
+            let engine = &mut self.engine;
+            engine.put(Space::Messages, key(&[tenant, &id_bytes]), row);
+            engine.put(Space::Dedupe, dedupe, id_bytes.to_vec());
             for (user, seq) in [(&sender, sender_seq), (&recipient, recipient_seq)] {
-                writes.insert(
-                    &self.inbox,
+                engine.put(
+                    Space::Inbox,
                     key(&[tenant, user, &seq.to_be_bytes()]),
                     id_bytes.to_vec(),
                 );
             }
-            writes.insert(
-                &self.conversation,
+            engine.put(
+                Space::Conversation,
                 key(&[tenant, &conversation_key, &id_bytes]),
                 Vec::new(),
             );
@@ -298,8 +439,8 @@ impl Fjall {
                 let state_key = key(&[tenant, user, &conversation_key]);
                 let old = self.state(&state_key);
                 if old.activity != 0 {
-                    writes.remove(
-                        &self.list,
+                    self.engine.delete(
+                        Space::List,
                         key(&[tenant, user, &old.activity.to_be_bytes(), &conversation_key]),
                     );
                 }
@@ -314,25 +455,25 @@ impl Fjall {
                 if let Some(states) = self.states.as_mut() {
                     states.insert(state_key.clone(), new);
                 }
-                writes.insert(&self.state, state_key, value);
-                writes.insert(
-                    &self.list,
+                self.engine.put(Space::State, state_key, value);
+                self.engine.put(
+                    Space::List,
                     key(&[tenant, user, &seq.to_be_bytes(), &conversation_key]),
                     Vec::new(),
                 );
             }
         }
-        writes.commit().expect("commit");
+        self.engine.commit();
     }
 }
 
-fn fjall(dir: &std::path::Path, messages: &[NewMessage], options: &Options) -> Run {
-    let mut store = Fjall::open(dir, options);
+fn lsm<E: Engine>(engine: E, messages: &[NewMessage], options: &Options) -> Run {
+    let mut layout = Layout::new(engine, options);
     let started = Instant::now();
     let mut commits = Vec::new();
     for batch in messages.chunks(options.batch) {
         let sent = Instant::now();
-        store.append(batch);
+        layout.append(batch);
         commits.push(sent.elapsed());
     }
     Run {
@@ -385,9 +526,13 @@ async fn main() {
     let (written, cpu) = (written_bytes(), cpu_seconds());
     let mut run = match options.engine.as_str() {
         "sqlite" => sqlite(&dir, messages, &options).await,
-        "fjall" => fjall(&dir, &messages, &options),
+        "fjall" => lsm(Fjall::open(&dir), &messages, &options),
+        #[cfg(feature = "rocksdb")]
+        "rocksdb" => lsm(Rocks::open(&dir), &messages, &options),
         other => {
-            eprintln!("unknown engine {other}: sqlite or fjall");
+            eprintln!(
+                "unknown engine {other}: sqlite, fjall or (built with --features rocksdb) rocksdb"
+            );
             std::process::exit(2);
         }
     };

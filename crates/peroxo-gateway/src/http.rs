@@ -74,6 +74,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/peroxo-client.js", get(client_bundle))
         .route("/api/info", get(info))
         .route("/ws", get(upgrade))
+        .route("/ws/check", get(check))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(prometheus))
@@ -167,6 +168,36 @@ async fn upgrade(
                 tracing::warn!("session supervisor unavailable; dropping a new connection");
             }
         })
+}
+
+/// Answers what an upgrade with the same query string and headers would get, without
+/// upgrading: `200` with who the client would be, or the refusal `/ws` would answer. A browser
+/// cannot read the status of a refused upgrade (it sees a close before `welcome`), so it asks
+/// here to tell a bad token from a full or unreachable node. The place the check takes in the
+/// node's connection counts is given back at once.
+async fn check(
+    State(state): State<HttpState>,
+    query: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+) -> Response {
+    let mut response = match accept(&state, query, &headers) {
+        Ok((_, identity, _ticket, protocol)) => {
+            let body = serde_json::json!({
+                "ok": true,
+                "user": identity.key.user,
+                "tenant": identity.key.tenant,
+                "protocol": protocol,
+                "expires_at": identity.expires_at,
+            });
+            (StatusCode::OK, Json(body)).into_response()
+        }
+        Err(refused) => refused.into_response(),
+    };
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    response
 }
 
 /// Why an upgrade request is refused: an HTTP status with a JSON body.
