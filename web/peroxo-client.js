@@ -70,6 +70,14 @@ function refreshDelay(expiresAt, now, marginMs) {
 
 // src/connection.ts
 var OPEN = 1;
+function checkUrl(url) {
+  const scheme = url.replace(/^ws(s?):/i, "http$1:");
+  const hash = scheme.indexOf("#");
+  const base = hash < 0 ? scheme : scheme.slice(0, hash);
+  const at = base.indexOf("?");
+  const [path, query] = at < 0 ? [base, ""] : [base.slice(0, at), base.slice(at)];
+  return `${path.replace(/\/+$/, "")}/check${query}`;
+}
 function withQuery(url, params) {
   const hash = url.indexOf("#");
   const base = hash < 0 ? url : url.slice(0, hash);
@@ -96,6 +104,8 @@ var Connection = class {
     const WebSocketClass = options.WebSocket ?? globalThis.WebSocket;
     if (!WebSocketClass) throw new Error("no WebSocket class: pass one as `WebSocket` (for example `ws`'s on Node < 22)");
     this.WebSocketClass = WebSocketClass;
+    const fetch = options.fetch === void 0 ? globalThis.fetch : options.fetch;
+    this.fetch = fetch ?? void 0;
     const events = globalThis;
     events.addEventListener?.("online", this.onOnline);
     events.addEventListener?.("offline", this.onOffline);
@@ -110,6 +120,9 @@ var Connection = class {
   /** An attempt is between its start and its socket (it may be awaiting `getToken`). */
   opening = false;
   WebSocketClass;
+  fetch;
+  /** The URL of the latest socket, to check why it failed. */
+  url = "";
   token;
   /** The token of a socket that failed before `welcome`: it may have been refused. */
   suspectToken;
@@ -224,6 +237,7 @@ var Connection = class {
     }
     if (this.isClosed() || this.socket || token === null) return;
     const url = withQuery(this.opts.url, { protocol: String(this.opts.protocol), ...token === void 0 ? {} : { token } });
+    this.url = url;
     let socket;
     try {
       socket = new this.WebSocketClass(url);
@@ -367,6 +381,30 @@ var Connection = class {
     const welcomed = this.welcomed;
     const refused = this.refusedStatus;
     this.teardown();
+    if (!welcomed && refused === void 0 && this.fetch) {
+      void this.checkUpgrade(this.fetch, code, reason);
+      return;
+    }
+    this.afterSocket(welcomed, refused, code, reason);
+  }
+  /**
+   * Asks `/ws/check` what the failed upgrade got, then goes on as if the socket had said it.
+   * A node that cannot be reached says nothing about the token.
+   */
+  async checkUpgrade(fetch, code, reason) {
+    const url = this.url;
+    this.setState({ status: "reconnecting", attempt: this.failures + 1, nextAttemptAt: Date.now(), lastCloseCode: code });
+    let status;
+    try {
+      status = (await fetch(checkUrl(url), { cache: "no-store" })).status;
+    } catch {
+      status = 503;
+    }
+    if (this.isClosed() || this.socket || this.opening) return;
+    this.afterSocket(false, status === 200 ? 503 : status, code, reason);
+  }
+  /** Decides what follows a socket that ended (`refused`: the upgrade's status, if known). */
+  afterSocket(welcomed, refused, code, reason) {
     let step;
     if (!welcomed && refused !== void 0) {
       step = nextStepAfterRefusal(refused);

@@ -24,6 +24,9 @@ export interface WebSocketLike {
 
 export type WebSocketConstructor = new (url: string) => WebSocketLike;
 
+/** The part of `fetch` the client uses, to ask `/ws/check` why an upgrade failed. */
+export type FetchLike = (url: string, init?: { cache?: 'no-store' }) => Promise<{ status: number }>;
+
 /** Why the client stopped for good. */
 export type ClosedReason =
   /** The application called `close()`. */
@@ -59,6 +62,13 @@ export interface ConnectionOptions {
   getToken?: () => Promise<string> | string;
   /** The WebSocket class: `globalThis.WebSocket` by default. */
   WebSocket?: WebSocketConstructor;
+  /**
+   * Asks `GET /ws/check` (same query string) why a socket closed before `welcome` when the
+   * WebSocket could not say (browsers, Node's built-in one): a 401 then needs a fresh token, a
+   * 400 or 403 stops, and a check that cannot reach the node leaves the token trusted.
+   * `globalThis.fetch` by default; `null` to treat every such failure as a possible 401.
+   */
+  fetch?: FetchLike | null;
   backoff?: BackoffOptions;
   /** Send `refresh` this long before the token's `exp` (default 60 s; halfway for short tokens). */
   refreshMarginMs?: number;
@@ -97,6 +107,16 @@ interface PendingRequest {
 
 const OPEN = 1;
 
+/** The `/ws/check` URL that answers for the WebSocket URL `url` (same query string). */
+export function checkUrl(url: string): string {
+  const scheme = url.replace(/^ws(s?):/i, 'http$1:');
+  const hash = scheme.indexOf('#');
+  const base = hash < 0 ? scheme : scheme.slice(0, hash);
+  const at = base.indexOf('?');
+  const [path, query] = at < 0 ? [base, ''] : [base.slice(0, at), base.slice(at)];
+  return `${path.replace(/\/+$/, '')}/check${query}`;
+}
+
 /**
  * `url` with `params` set in its query string (replacing any of the same name). By hand rather
  * than with `URL.searchParams`, which React Native does not implement.
@@ -112,7 +132,7 @@ export function withQuery(url: string, params: Record<string, string>): string {
 
 export class Connection {
   state: ConnectionState = { status: 'connecting' };
-  private readonly opts: Required<Omit<ConnectionOptions, 'getToken' | 'WebSocket' | 'onWarning'>> & ConnectionOptions;
+  private readonly opts: Required<Omit<ConnectionOptions, 'getToken' | 'WebSocket' | 'onWarning' | 'fetch'>> & ConnectionOptions;
   private readonly stateListeners = new Set<(state: ConnectionState) => void>();
   private socket: WebSocketLike | undefined;
   private welcomed = false;
@@ -120,6 +140,9 @@ export class Connection {
   /** An attempt is between its start and its socket (it may be awaiting `getToken`). */
   private opening = false;
   private readonly WebSocketClass: WebSocketConstructor;
+  private readonly fetch: FetchLike | undefined;
+  /** The URL of the latest socket, to check why it failed. */
+  private url = '';
   private token: string | undefined;
   /** The token of a socket that failed before `welcome`: it may have been refused. */
   private suspectToken: string | undefined;
@@ -153,6 +176,8 @@ export class Connection {
     const WebSocketClass = options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
     if (!WebSocketClass) throw new Error('no WebSocket class: pass one as `WebSocket` (for example `ws`\'s on Node < 22)');
     this.WebSocketClass = WebSocketClass;
+    const fetch = options.fetch === undefined ? (globalThis as { fetch?: FetchLike }).fetch : options.fetch;
+    this.fetch = fetch ?? undefined;
     const events = globalThis as unknown as Partial<Pick<Window, 'addEventListener'>>;
     events.addEventListener?.('online', this.onOnline);
     events.addEventListener?.('offline', this.onOffline);
@@ -260,6 +285,7 @@ export class Connection {
     }
     if (this.isClosed() || this.socket || token === null) return;
     const url = withQuery(this.opts.url, { protocol: String(this.opts.protocol), ...(token === undefined ? {} : { token }) });
+    this.url = url;
     let socket: WebSocketLike;
     try {
       socket = new this.WebSocketClass(url);
@@ -409,6 +435,33 @@ export class Connection {
     const welcomed = this.welcomed;
     const refused = this.refusedStatus;
     this.teardown();
+    if (!welcomed && refused === undefined && this.fetch) {
+      void this.checkUpgrade(this.fetch, code, reason);
+      return;
+    }
+    this.afterSocket(welcomed, refused, code, reason);
+  }
+
+  /**
+   * Asks `/ws/check` what the failed upgrade got, then goes on as if the socket had said it.
+   * A node that cannot be reached says nothing about the token.
+   */
+  private async checkUpgrade(fetch: FetchLike, code: number, reason: string): Promise<void> {
+    const url = this.url;
+    // Backoff state shows while the check is under way.
+    this.setState({ status: 'reconnecting', attempt: this.failures + 1, nextAttemptAt: Date.now(), lastCloseCode: code });
+    let status: number | undefined;
+    try {
+      status = (await fetch(checkUrl(url), { cache: 'no-store' })).status;
+    } catch {
+      status = 503;
+    }
+    if (this.isClosed() || this.socket || this.opening) return;
+    this.afterSocket(false, status === 200 ? 503 : status, code, reason);
+  }
+
+  /** Decides what follows a socket that ended (`refused`: the upgrade's status, if known). */
+  private afterSocket(welcomed: boolean, refused: number | undefined, code: number, reason: string): void {
     let step: NextStep;
     if (!welcomed && refused !== undefined) {
       step = nextStepAfterRefusal(refused);

@@ -9,7 +9,7 @@
  */
 export { connect, directConversationId, HistoryPager, PeroxoClient } from './client.js';
 export type { ClientEvents, ConnectOptions, Reply } from './client.js';
-export type { ClosedReason, ConnectionOptions, ConnectionState, WebSocketConstructor, WebSocketLike, Welcome } from './connection.js';
+export type { ClosedReason, ConnectionOptions, ConnectionState, FetchLike, WebSocketConstructor, WebSocketLike, Welcome } from './connection.js';
 export { compareIds, ConversationStore } from './conversations.js';
 export type { Conversation, ConversationSnapshot } from './conversations.js';
 export { ClientError, ServerError } from './errors.js';

@@ -238,3 +238,54 @@ test('close() rejects pending requests with closed', async () => {
   c.close();
   await assert.rejects(pending, (e) => e instanceof ClientError && e.code === 'closed');
 });
+
+/** A `fetch` for `/ws/check` that answers `status` and records the URLs it was asked. */
+function checkAnswering(status) {
+  const asked = [];
+  const fetch = async (url) => { asked.push(url); if (status === 'down') throw new TypeError('fetch failed'); return { status }; };
+  return { fetch, asked };
+}
+
+test('a socket closed before welcome asks /ws/check why: 401 wants a fresh token', async () => {
+  const server = new FakeServer();
+  const exp = Math.floor(Date.now() / 1000) + 3600;
+  let calls = 0;
+  const check = checkAnswering(401);
+  const c = client(server, { url: 'wss://peroxo.test/ws', getToken: () => token(exp, ++calls), fetch: check.fetch });
+  (await server.socket(1)).hangUp(1006);
+  const second = await server.socket(2);
+  assert.deepEqual(check.asked, [`https://peroxo.test/ws/check?protocol=2&token=${token(exp, 1)}`]);
+  assert.deepEqual(second.url.searchParams.getAll('token'), [token(exp, 2)]);
+  c.close();
+});
+
+test('a 401 from /ws/check with no fresh token stops the client', async () => {
+  const server = new FakeServer();
+  const exp = Math.floor(Date.now() / 1000) + 3600;
+  const c = client(server, { url: 'ws://peroxo.test/ws', getToken: () => token(exp, 1), fetch: checkAnswering(401).fetch });
+  (await server.socket(1)).hangUp(1006);
+  await waitFor(() => c.state.status === 'closed', 'closed');
+  assert.equal(c.state.reason, 'token_expired');
+  assert.equal(server.sockets.length, 1);
+});
+
+test('a 403 from /ws/check stops the client; a node it cannot reach keeps the token', async () => {
+  const server = new FakeServer();
+  const exp = Math.floor(Date.now() / 1000) + 3600;
+  const refused = client(server, { url: 'ws://peroxo.test/ws', getToken: () => token(exp, 1), fetch: checkAnswering(403).fetch });
+  (await server.socket(1)).hangUp(1006);
+  await waitFor(() => refused.state.status === 'closed', 'closed');
+  assert.equal(refused.state.reason, 'refused');
+  assert.equal(refused.state.code, 403);
+
+  for (const answer of ['down', 200, 503]) {
+    const again = new FakeServer();
+    let calls = 0;
+    const c = client(again, { url: 'ws://peroxo.test/ws', getToken: () => token(exp, ++calls), fetch: checkAnswering(answer).fetch });
+    (await again.socket(1)).hangUp(1006);
+    const second = await again.socket(2);
+    assert.deepEqual(second.url.searchParams.getAll('token'), [token(exp, 1)], `after ${answer}`);
+    assert.equal(calls, 1, `after ${answer}`);
+    c.close();
+  }
+});

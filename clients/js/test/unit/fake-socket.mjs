@@ -72,7 +72,10 @@ export function token(expSeconds, n = 0) {
 
 export const FAST = { backoff: { initialMs: 5, maxMs: 20 } };
 
-/** A client of `server` as alice on a dev node, with short backoffs. */
+/**
+ * A client of `server` as alice on a dev node, with short backoffs; it asks no `/ws/check`
+ * unless the test gives it a `fetch`.
+ */
 export function fakeClient(server, options = {}) {
-  return connect({ url: 'ws://peroxo.test/ws?user=alice', WebSocket: server.WebSocket, ...FAST, ...options });
+  return connect({ url: 'ws://peroxo.test/ws?user=alice', WebSocket: server.WebSocket, fetch: null, ...FAST, ...options });
 }
