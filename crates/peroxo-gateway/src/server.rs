@@ -107,6 +107,7 @@ fn gateway_context(
         limits: config.limits.clone(),
         groups: config.groups.clone(),
         member_cache: Arc::default(),
+        announced: Arc::default(),
         storage_wait: config.storage.rpc_timeout(),
         restarts: Arc::new(RestartCounts::new(Arc::clone(&metrics))),
         metrics,

@@ -18,7 +18,7 @@ use super::cluster::ClusterMsg;
 use super::conversation_commands::MemberCache;
 use super::outbox::Outbox;
 use super::persistence::PersistenceMsg;
-use super::router::{Registration, RouterMsg};
+use super::router::{AnnouncedOnline, Registration, RouterMsg};
 use crate::admission::Ticket;
 use crate::connection::Outbound;
 use crate::identity::Authenticator;
@@ -37,6 +37,8 @@ pub struct GatewayContext {
     pub groups: GroupsConfig,
     /// Recently read member lists of groups (typing, live receipts).
     pub member_cache: Arc<MemberCache>,
+    /// The users this node has announced online, which a restarted Router starts from.
+    pub announced: Arc<AnnouncedOnline>,
     /// How long a session waits for storage when the client connects.
     pub storage_wait: Duration,
     pub restarts: Arc<RestartCounts>,

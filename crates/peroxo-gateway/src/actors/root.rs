@@ -211,6 +211,7 @@ async fn spawn_router(
             cluster: args.gateway.cluster.clone(),
             storage: args.gateway.storage.clone(),
             metrics: Arc::clone(&args.gateway.metrics),
+            announced: Arc::clone(&args.gateway.announced),
         },
         supervisor,
     )

@@ -8,7 +8,9 @@
 //!
 //! Its state is derived: after a restart it asks SessionSupervisor for every live session
 //! before it handles anything else, and nothing is lost but deliveries in flight at the crash
-//! (they are in storage; clients get them with `sync`).
+//! (they are in storage; clients get them with `sync`). Which users it had announced online
+//! lives outside it ([`AnnouncedOnline`]), so a restarted Router announces only the changes
+//! it missed.
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
@@ -134,6 +136,34 @@ pub struct RouterArgs {
     pub storage: StorageLink,
     /// The node's metrics (deliveries).
     pub metrics: Arc<Metrics>,
+    /// The users this node has announced online, kept across restarts of the Router.
+    pub announced: Arc<AnnouncedOnline>,
+}
+
+/// The users a node has said are online here (to its watchers and to the cluster), outside
+/// the Router's state: a restarted Router compares it with the sessions it recovers and
+/// announces only what changed meanwhile, so watchers hear no repeated `online` and miss no
+/// `offline`.
+#[derive(Default)]
+pub struct AnnouncedOnline(std::sync::Mutex<HashSet<UserKey>>);
+
+impl AnnouncedOnline {
+    fn set(&self, user: &UserKey, online: bool) {
+        let mut users = self.0.lock().expect("announced presence poisoned");
+        if online {
+            users.insert(user.clone());
+        } else {
+            users.remove(user);
+        }
+    }
+
+    fn clear(&self) {
+        self.0.lock().expect("announced presence poisoned").clear();
+    }
+
+    fn snapshot(&self) -> HashSet<UserKey> {
+        self.0.lock().expect("announced presence poisoned").clone()
+    }
 }
 
 #[cfg_attr(test, derive(Default))]
@@ -150,6 +180,10 @@ pub struct RouterState {
     online: HashMap<String, HashMap<String, Vec<SessionId>>>,
     /// watched user → watching sessions.
     watchers: HashMap<UserKey, HashSet<SessionId>>,
+    announced: Arc<AnnouncedOnline>,
+    /// While a restarted Router registers the sessions it recovers: presence waits for
+    /// [`RouterState::settle_presence`].
+    recovering: bool,
 }
 
 struct Entry {
@@ -196,6 +230,8 @@ impl Actor for Router {
             sessions: HashMap::new(),
             online: HashMap::new(),
             watchers: HashMap::new(),
+            announced: args.announced,
+            recovering: true,
         })
     }
 
@@ -208,6 +244,7 @@ impl Actor for Router {
     ) -> Result<(), ActorProcessingErr> {
         state.recover_remote_users().await;
         state.recover_sessions().await;
+        state.settle_presence();
         Ok(())
     }
 
@@ -295,6 +332,28 @@ impl RouterState {
         }
     }
 
+    /// Ends recovery: announces the users that came online or went offline while the Router
+    /// was down, and nothing for those whose status did not change.
+    fn settle_presence(&mut self) {
+        self.recovering = false;
+        let before = self.announced.snapshot();
+        let now: HashSet<UserKey> = self
+            .online
+            .iter()
+            .flat_map(|(tenant, users)| {
+                users
+                    .keys()
+                    .map(|u| UserKey::new(tenant.clone(), u.clone()))
+            })
+            .collect();
+        for user in before.difference(&now) {
+            self.local_presence(user, false);
+        }
+        for user in now.difference(&before) {
+            self.local_presence(user, true);
+        }
+    }
+
     /// Registers a session, then answers `registered` (the session is reachable from now on).
     fn register_and_confirm(
         &mut self,
@@ -307,11 +366,13 @@ impl RouterState {
         }
     }
 
-    /// Every connection is gone: forget them all (what other nodes said stays).
+    /// Every connection is gone: forget them all (what other nodes said stays). The Cluster
+    /// tells the other nodes (`ForgetLocal`), and no watcher is left here.
     fn forget_all(&mut self) {
         self.sessions.clear();
         self.online.clear();
         self.watchers.clear();
+        self.announced.clear();
     }
 
     /// A typing indicator from a local session: relayed here, and to the other nodes.
@@ -371,7 +432,7 @@ impl RouterState {
                     watching: HashSet::new(),
                 },
             );
-            if came_online {
+            if came_online && !self.recovering {
                 self.local_presence(&key, true);
             }
         }
@@ -398,7 +459,7 @@ impl RouterState {
                 self.online.remove(&entry.key.tenant);
             }
         }
-        if went_offline {
+        if went_offline && !self.recovering {
             self.local_presence(&entry.key, false);
         }
     }
@@ -406,6 +467,7 @@ impl RouterState {
     /// A user's first local session opened (or last one closed): tell the cluster, and the
     /// watchers when that changes whether the user is online anywhere.
     fn local_presence(&self, key: &UserKey, online: bool) {
+        self.announced.set(key, online);
         if let Some(cluster) = &self.cluster {
             let _ = cluster.cast(ClusterMsg::LocalPresence {
                 user: key.clone(),
@@ -810,6 +872,50 @@ mod tests {
             [("bob".into(), "offline".into())]
         );
         assert!(frames(&bob_phone_queue).is_empty());
+    }
+
+    #[test]
+    fn a_restarted_router_announces_only_what_changed_while_it_was_down() {
+        let announced = Arc::new(AnnouncedOnline::default());
+        let mut before = RouterState {
+            announced: Arc::clone(&announced),
+            ..RouterState::default()
+        };
+        let (alice, alice_queue) = connect("alice", &["bob", "carol", "dave"]);
+        before.register(alice.clone());
+        let (bob, _bob_queue) = connect("bob", &[]);
+        before.register(bob.clone());
+        let (carol, _carol_queue) = connect("carol", &[]);
+        before.register(carol);
+        assert_eq!(
+            presence_of(&frames(&alice_queue)),
+            [
+                ("bob".into(), "online".into()),
+                ("carol".into(), "online".into())
+            ]
+        );
+        // The Router crashes; meanwhile carol's connection closes and dave connects. The new
+        // Router recovers alice, bob and dave.
+        let mut after = RouterState {
+            announced,
+            recovering: true,
+            ..RouterState::default()
+        };
+        let (dave, _dave_queue) = connect("dave", &[]);
+        for registration in [alice, bob, dave] {
+            after.register(registration);
+        }
+        after.settle_presence();
+        let mut heard = presence_of(&frames(&alice_queue));
+        heard.sort();
+        assert_eq!(
+            heard,
+            [
+                ("carol".into(), "offline".into()),
+                ("dave".into(), "online".into())
+            ],
+            "no repeated online for alice or bob"
+        );
     }
 
     #[test]
