@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use peroxo_config::{Config, ConfigError, ConfigFile, LogFormat};
+use peroxo_config::{Config, ConfigError, ConfigFile, LogFormat, StorageBackend};
 use peroxo_gateway::Gateway;
 use peroxo_gateway::identity::{Authenticator, sign_token};
 use peroxo_protocol::domain::{DEFAULT_TENANT, UserKey, validate_id};
@@ -48,6 +48,16 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Copy the SQLite database while it serves, and verify the copy (`storage.backend =
+    /// "sqlite"`; for PostgreSQL use its own tools, see docs/OPERATIONS.md).
+    Backup {
+        /// The configuration file [default: config.toml, if present].
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The file to write; it must not exist.
+        #[arg(long)]
+        to: PathBuf,
+    },
     /// Measure a running node: idle sessions, DM throughput and latency, connect rate.
     Bench(peroxo_bench::BenchArgs),
     /// Print a token signed with the configured HS256 secret, for trying PerOXO out and tests.
@@ -87,9 +97,11 @@ fn main() -> ExitCode {
         Ok(config) => config,
         Err(error) => return configuration_error(&error),
     };
-    // Only `peroxo store` serves no clients and needs no `[auth]`.
-    if let Command::Store { .. } = command {
-        return run_until_stopped(&config, store(config.clone()));
+    // `peroxo store` and `peroxo backup` serve no clients and need no `[auth]`.
+    match &command {
+        Command::Store { .. } => return run_until_stopped(&config, store(config.clone())),
+        Command::Backup { to, .. } => return backup(&config, to),
+        _ => {}
     }
     // The others read its keys now, once, so a bad key stops them before anything starts.
     let auth = match config
@@ -108,7 +120,9 @@ fn main() -> ExitCode {
             user, tenant, ttl, ..
         } => print_token(&config, &user, &tenant, ttl),
         Command::Serve { .. } => run_until_stopped(&config, serve(config.clone(), auth)),
-        Command::Store { .. } | Command::Bench(_) => unreachable!("answered above"),
+        Command::Store { .. } | Command::Backup { .. } | Command::Bench(_) => {
+            unreachable!("answered above")
+        }
     }
 }
 
@@ -118,6 +132,7 @@ fn load_config_for(command: &Command) -> Result<Config, ConfigError> {
     let (path, dev) = match command {
         Command::Serve { config, dev } => (config, *dev),
         Command::Store { config }
+        | Command::Backup { config, .. }
         | Command::CheckConfig { config }
         | Command::Token { config, .. } => (config, false),
         Command::Bench(_) => unreachable!("the load generator reads no configuration"),
@@ -131,6 +146,34 @@ fn load_config_for(command: &Command) -> Result<Config, ConfigError> {
     // `--dev` weighs like an environment override, so validation already knows the mode.
     let dev_override = dev.then(|| ("PEROXO_AUTH__MODE".to_owned(), "dev".to_owned()));
     load_config(path, file, dev_override)
+}
+
+/// `peroxo backup`: copies the configured SQLite database to `to` and verifies the copy.
+fn backup(config: &Config, to: &std::path::Path) -> ExitCode {
+    if config.storage.backend != StorageBackend::Sqlite {
+        eprintln!(
+            "peroxo: backup copies the SQLite database; storage.backend is postgres: back it up \
+             with pg_dump or PostgreSQL's continuous archiving (docs/OPERATIONS.md, Backup)"
+        );
+        return ExitCode::from(EXIT_USAGE);
+    }
+    match peroxo_storage::backup_sqlite(&config.storage.sqlite_path, to) {
+        Ok(report) => {
+            println!(
+                "copied {} to {}: {} messages, {} events, {} bytes; integrity check ok",
+                config.storage.sqlite_path.display(),
+                to.display(),
+                report.messages,
+                report.events,
+                report.bytes
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("peroxo: backup failed: {error}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn configuration_error(error: &ConfigError) -> ExitCode {

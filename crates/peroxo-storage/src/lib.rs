@@ -27,7 +27,7 @@ use std::future::Future;
 
 pub use postgres::PostgresStore;
 pub use service::{StoreServer, check_config};
-pub use sqlite::SqliteStore;
+pub use sqlite::{BackupReport, SqliteStore, backup as backup_sqlite};
 
 use peroxo_protocol::conversation::{
     ConversationPage, ConversationsQuery, CreateGroup, GroupChange, GroupOutcome, ReadMark,

@@ -16,8 +16,10 @@
 //!   read marks (the rules they follow are [`rules`](crate::rules)').
 //! - `state`: the rows of groups and conversation states that writes and reads both look up.
 //! - `queries`: the reads (history, sync, the conversation list, members, receipts).
+//! - `backup`: a verified copy of the database while it serves (`peroxo backup`).
 
 mod append;
+mod backup;
 mod groups;
 mod queries;
 #[cfg(test)]
@@ -36,6 +38,7 @@ use rusqlite::{Connection, OpenFlags};
 use tokio::sync::oneshot;
 
 use super::{HistoryQuery, MessageStore, StoreError, SyncQuery};
+pub use backup::{BackupReport, backup};
 use peroxo_config::SqliteSync;
 use peroxo_protocol::conversation::{
     ConversationPage, ConversationsQuery, CreateGroup, GroupChange, GroupOutcome, ReadMark,
