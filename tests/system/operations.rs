@@ -217,6 +217,74 @@ async fn the_storage_service_answers_grpc_health_and_reflection() {
     assert!(names.contains("grpc.health.v1.Health"), "{names:?}");
 }
 
+#[path = "../faults/proxy.rs"]
+mod proxy;
+
+/// The health status the storage service at `addr` reports for itself.
+async fn storage_health(addr: std::net::SocketAddr) -> i32 {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: "peroxo.storage.v1.Storage".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+}
+
+#[tokio::test]
+async fn the_storage_health_follows_whether_its_database_answers() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let (name, url) = common::postgres::create_database().await;
+    let upstream: tokio_postgres::Config = url.parse().unwrap();
+    let (tokio_postgres::config::Host::Tcp(host), Some(port)) =
+        (&upstream.get_hosts()[0], upstream.get_ports().first())
+    else {
+        panic!("the test server is not reached over TCP: {url}");
+    };
+    let proxy = proxy::Proxy::start(format!("{host}:{port}").parse().unwrap()).await;
+    let mut through_proxy = format!(
+        "host=127.0.0.1 port={} dbname={name} user={}",
+        proxy.addr.port(),
+        upstream.get_user().unwrap_or("postgres")
+    );
+    if let Some(password) = upstream.get_password() {
+        through_proxy.push_str(&format!(" password={}", String::from_utf8_lossy(password)));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::test_config(dir.path()).storage;
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.backend = peroxo_config::StorageBackend::Postgres;
+    config.postgres.url = peroxo_config::Secret::new(through_proxy);
+    let store = peroxo_storage::StoreServer::start(&config).await.unwrap();
+    let status_becomes = |wanted: ServingStatus| {
+        let addr = store.addr;
+        async move {
+            let deadline = tokio::time::Instant::now() + common::DEADLINE;
+            loop {
+                if storage_health(addr).await == wanted as i32 {
+                    return;
+                }
+                assert!(tokio::time::Instant::now() < deadline, "never {wanted:?}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    };
+    status_becomes(ServingStatus::Serving).await;
+    proxy.cut();
+    status_becomes(ServingStatus::NotServing).await;
+    proxy.restore();
+    status_becomes(ServingStatus::Serving).await;
+    store.stop().await;
+    common::postgres::drop_database(&name).await;
+}
+
 /// What one client saw of its sends during the shutdown test.
 #[derive(Default)]
 struct Outcomes {

@@ -13,6 +13,11 @@ mod convert;
 mod service;
 
 use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
 
 use tokio::net::TcpListener;
 use tokio_stream::StreamExt;
@@ -20,6 +25,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::Status;
 
 use super::{MessageStore, StoreError};
+use peroxo_protocol::domain::UserKey;
 use peroxo_protocol::event::{Refusal, RefusalCode};
 
 pub use client::StorageClient;
@@ -36,6 +42,9 @@ pub mod pb {
 }
 
 use pb::storage_server::StorageServer;
+
+/// The storage service's name in `grpc.health.v1`.
+const STORAGE_SERVICE_NAME: &str = "peroxo.storage.v1.Storage";
 
 /// The largest gRPC message either side accepts: a full append batch or sync page of maximal
 /// texts fits with room to spare.
@@ -61,6 +70,11 @@ impl From<StoreError> for Status {
     }
 }
 
+/// How often the service checks that its backend answers, for `grpc.health.v1`.
+const HEALTH_PROBE_INTERVAL: Duration = Duration::from_secs(2);
+/// A probe not answered within this counts as a failure.
+const HEALTH_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Serves `store` on `listener`, with `grpc.health.v1` and gRPC reflection, until `shutdown`
 /// completes.
 pub async fn serve<S: MessageStore>(
@@ -68,10 +82,13 @@ pub async fn serve<S: MessageStore>(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
+    let store = Arc::new(store);
     let (health, health_service) = tonic_health::server::health_reporter();
+    // The backend was opened just before: serving until a probe says otherwise.
     health
-        .set_serving::<StorageServer<StorageService<S>>>()
+        .set_service_status(STORAGE_SERVICE_NAME, ServingStatus::Serving)
         .await;
+    let prober = tokio::spawn(probe_health(Arc::clone(&store), health));
     let storage = StorageServer::new(StorageService::new(store))
         .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
@@ -87,13 +104,46 @@ pub async fn serve<S: MessageStore>(
             let _ = stream.set_nodelay(true);
         })
     });
-    tonic::transport::Server::builder()
+    let served = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(storage)
         .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
+        .await;
+    prober.abort();
+    served
+}
+
+/// Keeps the health status (of the storage service and of the server as a whole) on what the
+/// backend answers: `SERVING` while a read succeeds, `NOT_SERVING` while it fails or hangs.
+async fn probe_health<S: MessageStore>(store: Arc<S>, health: HealthReporter) {
+    let probe_user = UserKey::new("peroxo", "storage-probe");
+    let mut serving = true;
+    loop {
+        let answer =
+            tokio::time::timeout(HEALTH_PROBE_TIMEOUT, store.last_seq(probe_user.clone())).await;
+        let now_serving = matches!(answer, Ok(Ok(_)));
+        if serving != now_serving {
+            let status = if now_serving {
+                tracing::info!("storage backend answers; health SERVING");
+                ServingStatus::Serving
+            } else {
+                let error = match answer {
+                    Ok(Err(error)) => error.to_string(),
+                    _ => "no answer in time".to_owned(),
+                };
+                tracing::warn!(%error, "storage backend does not answer; health NOT_SERVING");
+                ServingStatus::NotServing
+            };
+            health
+                .set_service_status(STORAGE_SERVICE_NAME, status)
+                .await;
+            health.set_service_status("", status).await;
+            serving = now_serving;
+        }
+        tokio::time::sleep(HEALTH_PROBE_INTERVAL).await;
+    }
 }
 
 /// Why a call to the storage service failed.

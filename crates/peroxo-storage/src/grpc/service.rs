@@ -3,6 +3,8 @@
 //! `INVALID_ARGUMENT` before the backend sees it; the rules of conversations (membership,
 //! roles, titles, ...) are the backend's, which refuses with an exact code.
 
+use std::sync::Arc;
+
 use tonic::{Request, Response, Status};
 
 use super::convert;
@@ -19,11 +21,11 @@ use peroxo_protocol::event::MAX_CONVERSATIONS_LIMIT;
 /// The gRPC face of a [`MessageStore`].
 #[derive(Debug)]
 pub struct StorageService<S> {
-    store: S,
+    store: Arc<S>,
 }
 
 impl<S> StorageService<S> {
-    pub(super) fn new(store: S) -> Self {
+    pub(super) fn new(store: Arc<S>) -> Self {
         Self { store }
     }
 }
