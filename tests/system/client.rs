@@ -182,7 +182,7 @@ async fn a_message_that_skips_a_seq_makes_the_client_sync_the_gap() {
     let store = start_store(dir.path(), store_addr).await;
     let external = move |c: &mut peroxo_config::Config| {
         c.storage.embedded = false;
-        c.storage.endpoint = format!("http://{store_addr}");
+        c.storage.endpoint = format!("http://{store_addr}").into();
     };
     let near = TestServer::start_with(external).await;
     let far = TestServer::start_with(external).await;

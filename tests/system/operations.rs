@@ -146,7 +146,7 @@ async fn readiness_follows_storage_and_liveness_does_not() {
     let store = start_store(dir.path(), store_addr).await;
     let server = TestServer::start_with(|c| {
         c.storage.embedded = false;
-        c.storage.endpoint = format!("http://{store_addr}");
+        c.storage.endpoint = format!("http://{store_addr}").into();
         c.storage.reconnect_max_ms = 100;
     })
     .await;

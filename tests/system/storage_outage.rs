@@ -14,7 +14,7 @@ async fn sends_queue_while_storage_is_down_and_are_acked_in_order_when_it_return
     let store = start_store(dir.path(), store_addr).await;
     let server = TestServer::start_with(|c| {
         c.storage.embedded = false;
-        c.storage.endpoint = format!("http://{store_addr}");
+        c.storage.endpoint = format!("http://{store_addr}").into();
         c.storage.max_pending = 3;
         c.storage.reconnect_initial_ms = 10;
         c.storage.reconnect_max_ms = 100;
@@ -77,10 +77,63 @@ async fn sends_queue_while_storage_is_down_and_are_acked_in_order_when_it_return
 }
 
 #[tokio::test]
+async fn a_gateway_fails_over_to_another_storage_service_of_the_same_database() {
+    // Two storage services over one PostgreSQL database, as two `peroxo store` would be.
+    let (name, url) = common::postgres::create_database().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (first_addr, second_addr) = (free_addr(), free_addr());
+    let start = |addr| {
+        let mut config = common::test_config(dir.path()).storage;
+        config.listen = addr;
+        config.backend = peroxo_config::StorageBackend::Postgres;
+        config.postgres.url = peroxo_config::Secret::new(url.clone());
+        async move { peroxo_storage::StoreServer::start(&config).await.unwrap() }
+    };
+    let first = start(first_addr).await;
+    let second = start(second_addr).await;
+    let server = TestServer::start_with(|c| {
+        c.storage.embedded = false;
+        c.storage.endpoint = vec![
+            format!("http://{first_addr}"),
+            format!("http://{second_addr}"),
+        ]
+        .into();
+        c.storage.reconnect_initial_ms = 10;
+        c.storage.reconnect_max_ms = 100;
+    })
+    .await;
+    let mut alice = server.connect("alice").await;
+    let mut bob = server.connect("bob").await;
+    alice.dm("bob", "through the first", "m1").await;
+    assert_eq!(bob.expect("message").await["text"], "through the first");
+
+    first.stop().await;
+    // Acked through the second, with no gap in the streams.
+    let ack = alice.dm("bob", "through the second", "m2").await;
+    assert_eq!(ack["seq"], 2);
+    let message = bob.expect("message").await;
+    assert_eq!(message["text"], "through the second");
+    assert_eq!(message["seq"], 2);
+    alice
+        .send_json(json!({"type": "sync", "after_seq": 0, "req_id": "s"}))
+        .await;
+    assert_eq!(
+        alice.expect("sync").await["messages"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    drop(server);
+    second.stop().await;
+    common::postgres::drop_database(&name).await;
+}
+
+#[tokio::test]
 async fn a_client_connecting_while_storage_is_unreachable_is_told_to_come_back() {
     let server = TestServer::start_with(|c| {
         c.storage.embedded = false;
-        c.storage.endpoint = format!("http://{}", free_addr());
+        c.storage.endpoint = format!("http://{}", free_addr()).into();
         c.storage.rpc_timeout_ms = 200;
         c.storage.connect_timeout_ms = 100;
     })

@@ -155,7 +155,7 @@ async fn a_crashed_persistence_keeps_every_accepted_message() {
     let mut store = common::start_store(dir.path(), store_addr).await;
     let server = TestServer::start_with(|c| {
         c.storage.embedded = false;
-        c.storage.endpoint = format!("http://{store_addr}");
+        c.storage.endpoint = format!("http://{store_addr}").into();
         c.storage.reconnect_max_ms = 100;
     })
     .await;

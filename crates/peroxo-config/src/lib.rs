@@ -27,12 +27,14 @@ use peroxo_protocol::domain::validate_id;
 use peroxo_protocol::limits::{MAX_APPEND_BATCH, MAX_STORED_TEXT_BYTES};
 
 mod auth;
+mod endpoints;
 mod env;
 mod human_duration;
 mod seconds_or_duration;
 mod secret;
 
 pub use auth::{AuthConfig, AuthMode, JwtAlgorithm, MIN_JWT_SECRET_BYTES};
+pub use endpoints::StorageEndpoints;
 pub use env::ENV_PREFIX;
 use env::{apply_env_overrides, deserialize_with_overrides};
 pub use secret::Secret;
@@ -166,8 +168,9 @@ pub struct StorageConfig {
     pub embedded: bool,
     /// Where the storage service listens: the embedded one, or `peroxo store`.
     pub listen: SocketAddr,
-    /// Where the gateway finds the storage service when `embedded = false`.
-    pub endpoint: String,
+    /// Where the gateway finds the storage service when `embedded = false`: one URL, or
+    /// several it fails over between.
+    pub endpoint: StorageEndpoints,
     pub backend: StorageBackend,
     /// The SQLite database file of the `sqlite` backend.
     pub sqlite_path: PathBuf,
@@ -194,7 +197,7 @@ impl Default for StorageConfig {
         Self {
             embedded: true,
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
-            endpoint: "http://127.0.0.1:50051".to_owned(),
+            endpoint: StorageEndpoints::from("http://127.0.0.1:50051".to_owned()),
             backend: StorageBackend::Sqlite,
             sqlite_path: PathBuf::from("data/peroxo.db"),
             sqlite_synchronous: SqliteSync::Full,
@@ -231,12 +234,24 @@ impl StorageConfig {
             self.reconnect_initial_ms,
         )?;
         // Plain HTTP/2 only: the storage link carries no TLS (run it on a private network).
-        let endpoint_is_url = self.endpoint.starts_with("http://");
-        if !self.embedded && !endpoint_is_url {
-            return Err(ConfigError::new(
-                "storage.endpoint",
-                format!("must be an http:// URL, got {:?}", self.endpoint),
-            ));
+        if !self.embedded {
+            if self.endpoint.urls().is_empty() {
+                return Err(ConfigError::new(
+                    "storage.endpoint",
+                    "must name at least one storage service",
+                ));
+            }
+            if let Some(url) = self
+                .endpoint
+                .urls()
+                .iter()
+                .find(|u| !u.starts_with("http://"))
+            {
+                return Err(ConfigError::new(
+                    "storage.endpoint",
+                    format!("must be an http:// URL, got {url:?}"),
+                ));
+            }
         }
         within(
             "storage.postgres.pool_size",
@@ -800,6 +815,46 @@ mod tests {
         assert!(err.message.contains("at least 32 bytes"), "{err}");
         let err = Config::from_toml("[auth]\nalgorithm = \"RS256\"\n").unwrap_err();
         assert_eq!(err.key, "auth.public_key_file");
+    }
+
+    #[test]
+    fn storage_endpoint_takes_one_url_or_several_and_names_a_bad_one() {
+        let dev = [("PEROXO_AUTH__MODE", "dev")];
+        let one = load_with_env(
+            "[storage]\nembedded = false\nendpoint = \"http://a:1\"\n",
+            &dev,
+        )
+        .unwrap();
+        assert_eq!(one.storage.endpoint.urls(), ["http://a:1"]);
+        let text = "[storage]\nembedded = false\nendpoint = [\"http://a:1\", \"http://b:2\"]\n";
+        let two = load_with_env(text, &dev).unwrap();
+        assert_eq!(two.storage.endpoint.urls(), ["http://a:1", "http://b:2"]);
+        // Printed back as written, and overridable from the environment as a TOML list.
+        let printed: toml::Table = two.to_redacted_toml().parse().unwrap();
+        let printed = printed["storage"]["endpoint"].as_array().unwrap();
+        assert_eq!(printed.len(), 2);
+        let one_printed: toml::Table = one.to_redacted_toml().parse().unwrap();
+        assert_eq!(
+            one_printed["storage"]["endpoint"].as_str(),
+            Some("http://a:1")
+        );
+        let env = [
+            ("PEROXO_AUTH__MODE", "dev"),
+            (
+                "PEROXO_STORAGE__ENDPOINT",
+                r#"["http://c:3", "http://d:4"]"#,
+            ),
+        ];
+        let overridden = load_with_env("[storage]\nembedded = false\n", &env).unwrap();
+        assert_eq!(
+            overridden.storage.endpoint.urls(),
+            ["http://c:3", "http://d:4"]
+        );
+        for bad in ["[]", r#"["http://a:1", "a:2"]"#, "5"] {
+            let text = format!("[storage]\nembedded = false\nendpoint = {bad}\n");
+            let err = load_with_env(&text, &dev).unwrap_err();
+            assert_eq!(err.key, "storage.endpoint", "{bad}: {err}");
+        }
     }
 
     #[test]

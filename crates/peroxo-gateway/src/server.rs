@@ -26,7 +26,7 @@ use crate::admission::Admission;
 use crate::http::{self, HttpState};
 use crate::identity::Authenticator;
 use crate::telemetry::{ActorKind, Metrics, RestartCounts};
-use peroxo_config::{ClusterConfig, ClusterMode, Config};
+use peroxo_config::{ClusterConfig, ClusterMode, Config, StorageEndpoints};
 use peroxo_protocol::CloseCause;
 use peroxo_storage::StoreServer;
 
@@ -81,14 +81,14 @@ fn generated_node_id() -> String {
     format!("node-{:x}-{:x}", std::process::id(), nanos % 0xffff_ffff)
 }
 
-/// Starts the embedded storage service when configured; returns it and the URL the node's
+/// Starts the embedded storage service when configured; returns it and the URLs the node's
 /// Persistence connects to.
-async fn start_storage(config: &Config) -> anyhow::Result<(Option<StoreServer>, String)> {
+async fn start_storage(config: &Config) -> anyhow::Result<(Option<StoreServer>, StorageEndpoints)> {
     if !config.storage.embedded {
         return Ok((None, config.storage.endpoint.clone()));
     }
     let store = StoreServer::start(&config.storage).await?;
-    let endpoint = format!("http://{}", store.addr);
+    let endpoint = StorageEndpoints::from(format!("http://{}", store.addr));
     Ok((Some(store), endpoint))
 }
 

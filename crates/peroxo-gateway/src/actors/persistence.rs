@@ -28,7 +28,7 @@ use super::conversation_commands::MemberCache;
 use super::outbox::{Outbox, PendingWrite};
 use super::router::{Delivery, RouterMsg};
 use crate::telemetry::{Metrics, seconds};
-use peroxo_config::{GroupsConfig, StorageConfig};
+use peroxo_config::{GroupsConfig, StorageConfig, StorageEndpoints};
 use peroxo_protocol::domain::{AppendOutcome, NewMessage, StoredMessage, UserKey};
 use peroxo_protocol::{ErrorCode, ProtocolError, ReqId, ServerFrame};
 use peroxo_storage::grpc::{CallError, StorageClient};
@@ -65,8 +65,9 @@ const PROBE_INTERVAL: Duration = Duration::from_secs(2);
 
 pub struct PersistenceArgs {
     pub config: StorageConfig,
-    /// The storage service's URL.
-    pub endpoint: String,
+    /// The storage services' URLs: it connects to one, and moves to the next whenever the
+    /// one it uses fails.
+    pub endpoints: StorageEndpoints,
     pub outbox: Arc<Outbox>,
     pub link: StorageLink,
     /// Where sessions find Persistence; set in `pre_start`, so no wake-up goes to a
@@ -94,6 +95,8 @@ pub struct PersistenceState {
     ever_connected: bool,
     /// Whether the periodic probe is scheduled.
     probing: bool,
+    /// Which of `endpoints` it connects to (modulo their number).
+    endpoint: usize,
 }
 
 pub struct Persistence;
@@ -133,6 +136,7 @@ impl Actor for Persistence {
             down_since: Some(Instant::now()),
             ever_connected: false,
             probing: false,
+            endpoint: 0,
         })
     }
 
@@ -196,7 +200,7 @@ impl PersistenceState {
             return;
         }
         self.connecting = true;
-        let endpoint = self.args.endpoint.clone();
+        let endpoint = self.endpoint_url().to_owned();
         let connect_timeout = self.args.config.connect_timeout();
         let rpc_timeout = self.args.config.rpc_timeout();
         let myself = myself.clone();
@@ -259,21 +263,32 @@ impl PersistenceState {
                 }
                 self.backoff = backoff(&self.args.config);
                 let down_for = self.down_since.take().map(|t| t.elapsed());
-                tracing::info!(endpoint = %self.args.endpoint, ?down_for, "storage reachable");
+                tracing::info!(endpoint = %self.endpoint_url(), ?down_for, "storage reachable");
                 self.start_batch(myself);
             }
             Err(error) => self.schedule_reconnect(myself, &error),
         }
     }
 
+    /// The storage service it uses now.
+    fn endpoint_url(&self) -> &str {
+        let urls = self.args.endpoints.urls();
+        &urls[self.endpoint % urls.len()]
+    }
+
+    /// The storage service in use failed: the next attempt goes to the next one (the same,
+    /// when there is only one), after the backoff.
     fn schedule_reconnect(&mut self, myself: &ActorRef<PersistenceMsg>, error: &CallError) {
+        let failed = self.endpoint_url().to_owned();
+        self.endpoint = self.endpoint.wrapping_add(1);
         let delay = self
             .backoff
             .next()
             .unwrap_or(Duration::from_millis(self.args.config.reconnect_max_ms));
         let pending = self.args.outbox.pending();
         tracing::warn!(
-            endpoint = %self.args.endpoint,
+            endpoint = %failed,
+            next = %self.endpoint_url(),
             %error,
             retry_in = ?delay,
             pending,

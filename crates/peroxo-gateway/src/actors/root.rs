@@ -22,7 +22,7 @@ use super::persistence::{Persistence, PersistenceArgs};
 use super::router::{Router, RouterArgs, RouterMsg};
 use super::session_supervisor::{SessionSupervisor, SessionSupervisorArgs, SessionSupervisorMsg};
 use crate::telemetry::ActorKind;
-use peroxo_config::{ClusterConfig, SessionConfig, StorageConfig};
+use peroxo_config::{ClusterConfig, SessionConfig, StorageConfig, StorageEndpoints};
 
 pub enum RootMsg {
     /// Makes the Router panic, to exercise its recovery.
@@ -51,8 +51,8 @@ pub struct RootArgs {
     pub gateway: Arc<GatewayContext>,
     pub sessions: ActorSlot<SessionSupervisorMsg>,
     pub storage: StorageConfig,
-    /// The storage service's URL.
-    pub endpoint: String,
+    /// The storage services' URLs.
+    pub endpoint: StorageEndpoints,
     pub session: SessionConfig,
 }
 
@@ -227,7 +227,7 @@ async fn spawn_persistence(
     let persistence = Persistence::spawn(
         PersistenceArgs {
             config: args.storage.clone(),
-            endpoint: args.endpoint.clone(),
+            endpoints: args.endpoint.clone(),
             outbox: Arc::clone(&args.gateway.outbox),
             link: args.gateway.storage.clone(),
             myself_slot: args.gateway.persistence.clone(),
