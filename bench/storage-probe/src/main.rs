@@ -6,6 +6,7 @@
 //! ```text
 //! cargo run --release -- sqlite --messages 200000 --batch 100 [--in-flight 2]
 //! cargo run --release -- fjall  --messages 200000 --batch 100 [--state-cache] [--short-keys]
+//!     [--memtable-mib N]
 //! cargo run --release --features rocksdb -- rocksdb --messages 200000 --batch 100 [...]
 //! ```
 //!
@@ -44,6 +45,8 @@ struct Options {
     in_flight: usize,
     state_cache: bool,
     short_keys: bool,
+    /// The memtable size per keyspace, in MiB (the engine's default when absent).
+    memtable_mib: Option<u64>,
 }
 
 impl Options {
@@ -57,6 +60,7 @@ impl Options {
             in_flight: 1,
             state_cache: false,
             short_keys: false,
+            memtable_mib: None,
         };
         while let Some(flag) = args.next() {
             let mut number = || -> Result<usize, String> {
@@ -71,6 +75,7 @@ impl Options {
                 "--in-flight" => options.in_flight = number()?.max(1),
                 "--state-cache" => options.state_cache = true,
                 "--short-keys" => options.short_keys = true,
+                "--memtable-mib" => options.memtable_mib = Some(number()? as u64),
                 _ => return Err(format!("unknown flag {flag}")),
             }
         }
@@ -227,15 +232,19 @@ struct Fjall {
 }
 
 impl Fjall {
-    fn open(dir: &std::path::Path) -> Self {
+    fn open(dir: &std::path::Path, options: &Options) -> Self {
+        let memtable = options.memtable_mib;
         let db = Database::builder(dir.join("fjall"))
             .open()
             .expect("open fjall");
         let spaces = Space::ALL
             .iter()
             .map(|space| {
-                db.keyspace(space.name(), KeyspaceCreateOptions::default)
-                    .expect("open a keyspace")
+                db.keyspace(space.name(), || match memtable {
+                    Some(mib) => KeyspaceCreateOptions::default().max_memtable_size(mib << 20),
+                    None => KeyspaceCreateOptions::default(),
+                })
+                .expect("open a keyspace")
             })
             .collect();
         Self {
@@ -285,13 +294,19 @@ struct Rocks {
 
 #[cfg(feature = "rocksdb")]
 impl Rocks {
-    fn open(dir: &std::path::Path) -> Self {
+    fn open(dir: &std::path::Path, probe: &Options) -> Self {
         let mut options = rocksdb::Options::default();
+        if let Some(mib) = probe.memtable_mib {
+            options.set_write_buffer_size(usize::try_from(mib << 20).expect("fits"));
+        }
         options.create_if_missing(true);
         options.create_missing_column_families(true);
         options.increase_parallelism(2);
-        let names = Space::ALL.iter().map(|space| space.name());
-        let db = rocksdb::DB::open_cf(&options, dir.join("rocksdb"), names).expect("open rocksdb");
+        let families = Space::ALL
+            .iter()
+            .map(|space| rocksdb::ColumnFamilyDescriptor::new(space.name(), options.clone()));
+        let db = rocksdb::DB::open_cf_descriptors(&options, dir.join("rocksdb"), families)
+            .expect("open rocksdb");
         let mut sync = rocksdb::WriteOptions::default();
         sync.set_sync(true);
         Self {
@@ -526,9 +541,9 @@ async fn main() {
     let (written, cpu) = (written_bytes(), cpu_seconds());
     let mut run = match options.engine.as_str() {
         "sqlite" => sqlite(&dir, messages, &options).await,
-        "fjall" => lsm(Fjall::open(&dir), &messages, &options),
+        "fjall" => lsm(Fjall::open(&dir, &options), &messages, &options),
         #[cfg(feature = "rocksdb")]
-        "rocksdb" => lsm(Rocks::open(&dir), &messages, &options),
+        "rocksdb" => lsm(Rocks::open(&dir, &options), &messages, &options),
         other => {
             eprintln!(
                 "unknown engine {other}: sqlite, fjall or (built with --features rocksdb) rocksdb"
