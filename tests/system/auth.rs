@@ -100,6 +100,61 @@ async fn ws_check_answers_what_an_upgrade_would_get_without_upgrading() {
 }
 
 #[tokio::test]
+async fn a_tenant_with_its_own_issuer_gets_its_own_aud_and_iss_checks() {
+    let server = jwt_server(|c| {
+        c.auth.audience = Some("peroxo".into());
+        c.auth.tenants.insert(
+            "acme".into(),
+            peroxo_config::TenantAuth {
+                audience: Some("acme-chat".into()),
+                issuer: Some("https://login.acme.test".into()),
+            },
+        );
+    })
+    .await;
+    let claims = |tenant: &str, patch: Value| {
+        let mut claims = json!({"sub": "alice", "tenant": tenant, "exp": now() + 600});
+        for (k, v) in patch.as_object().unwrap() {
+            claims[k] = v.clone();
+        }
+        hs256(claims)
+    };
+    let acme = json!({"aud": "acme-chat", "iss": "https://login.acme.test"});
+    let welcome = Client::connect(&server.ws_url_with_token(&claims("acme", acme)))
+        .await
+        .welcome;
+    assert_eq!(welcome["tenant"], "acme");
+    // Other tenants keep the global rule.
+    Client::connect(&server.ws_url_with_token(&claims("other", json!({"aud": "peroxo"})))).await;
+    let refused = [
+        (
+            claims(
+                "acme",
+                json!({"aud": "peroxo", "iss": "https://login.acme.test"}),
+            ),
+            "aud",
+        ),
+        (claims("acme", json!({"aud": "acme-chat"})), "iss"),
+        (
+            claims(
+                "acme",
+                json!({"aud": "acme-chat", "iss": "https://evil.test"}),
+            ),
+            "iss",
+        ),
+        (claims("other", json!({"aud": "acme-chat"})), "aud"),
+    ];
+    for (token, reason) in refused {
+        let Err((status, body)) = Client::try_connect(&server.ws_url_with_token(&token)).await
+        else {
+            panic!("a token that should fail for {reason:?} was accepted");
+        };
+        assert_eq!(status, 401, "{body}");
+        assert!(body["message"].as_str().unwrap().contains(reason), "{body}");
+    }
+}
+
+#[tokio::test]
 async fn bad_tokens_get_401_with_a_reason_and_no_upgrade() {
     let server = jwt_server(|c| {
         c.auth.audience = Some("peroxo".into());

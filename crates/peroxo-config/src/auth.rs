@@ -2,6 +2,7 @@
 //! need the key material (reading `jwt_secret_file` or `public_key_file`). Only roles that
 //! authenticate clients run them, through [`crate::Config::validate_auth`].
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -31,6 +32,27 @@ pub enum JwtAlgorithm {
     ES256,
 }
 
+/// The `aud` and `iss` a tenant's tokens must carry, where they differ from `[auth]`'s.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenantAuth {
+    pub audience: Option<String>,
+    pub issuer: Option<String>,
+}
+
+impl AuthConfig {
+    /// The `aud` and `iss` that tokens of `tenant` must carry (`None`: not checked).
+    pub fn claims_for(&self, tenant: &str) -> (Option<&str>, Option<&str>) {
+        let rule = self.tenants.get(tenant);
+        let audience = rule.and_then(|r| r.audience.as_deref());
+        let issuer = rule.and_then(|r| r.issuer.as_deref());
+        (
+            audience.or(self.audience.as_deref()),
+            issuer.or(self.issuer.as_deref()),
+        )
+    }
+}
+
 /// The shortest HS256 secret accepted, in bytes.
 pub const MIN_JWT_SECRET_BYTES: usize = 32;
 
@@ -49,6 +71,9 @@ pub struct AuthConfig {
     pub audience: Option<String>,
     /// When set, tokens must carry this `iss`.
     pub issuer: Option<String>,
+    /// `aud` and `iss` rules of single tenants (`[auth.tenants.acme]`), for tenants whose
+    /// tokens come from an issuer of their own; a rule left out there is the global one.
+    pub tenants: BTreeMap<String, TenantAuth>,
     /// Clock skew tolerated on `exp`, `nbf` and `iat`, in seconds.
     pub leeway_secs: u64,
 }
@@ -63,6 +88,7 @@ impl Default for AuthConfig {
             public_key_file: None,
             audience: None,
             issuer: None,
+            tenants: BTreeMap::new(),
             leeway_secs: 30,
         }
     }
@@ -107,6 +133,16 @@ impl AuthConfig {
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         if self.mode != AuthMode::Jwt {
             return Ok(());
+        }
+        if let Some(tenant) = self
+            .tenants
+            .keys()
+            .find(|t| peroxo_protocol::domain::validate_id(t).is_err())
+        {
+            return Err(ConfigError::new(
+                format!("auth.tenants.{tenant}"),
+                "not a valid tenant id (1-64 characters of [A-Za-z0-9._@-])",
+            ));
         }
         match self.algorithm {
             JwtAlgorithm::HS256 => {

@@ -33,7 +33,7 @@ mod human_duration;
 mod seconds_or_duration;
 mod secret;
 
-pub use auth::{AuthConfig, AuthMode, JwtAlgorithm, MIN_JWT_SECRET_BYTES};
+pub use auth::{AuthConfig, AuthMode, JwtAlgorithm, MIN_JWT_SECRET_BYTES, TenantAuth};
 pub use endpoints::StorageEndpoints;
 pub use env::ENV_PREFIX;
 use env::{apply_env_overrides, deserialize_with_overrides};
@@ -815,6 +815,24 @@ mod tests {
         assert!(err.message.contains("at least 32 bytes"), "{err}");
         let err = Config::from_toml("[auth]\nalgorithm = \"RS256\"\n").unwrap_err();
         assert_eq!(err.key, "auth.public_key_file");
+    }
+
+    #[test]
+    fn a_tenant_rule_needs_a_valid_tenant_id_and_falls_back_to_the_global_keys() {
+        let secret = [("PEROXO_AUTH__JWT_SECRET", "s".repeat(32))];
+        let secret: Vec<(&str, &str)> = secret.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let text = "[auth]\naudience = \"all\"\n[auth.tenants.acme]\nissuer = \"https://acme\"\n";
+        let config = load_with_env(text, &secret).unwrap();
+        assert_eq!(
+            config.auth.claims_for("acme"),
+            (Some("all"), Some("https://acme"))
+        );
+        assert_eq!(config.auth.claims_for("other"), (Some("all"), None));
+        let err =
+            load_with_env("[auth.tenants.\"no spaces\"]\nissuer = \"x\"\n", &secret).unwrap_err();
+        assert_eq!(err.key, "auth.tenants.no spaces");
+        let err = load_with_env("[auth.tenants.acme]\nissuers = \"x\"\n", &secret).unwrap_err();
+        assert!(err.key.starts_with("auth.tenants"), "{err}");
     }
 
     #[test]

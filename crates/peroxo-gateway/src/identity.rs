@@ -86,7 +86,10 @@ impl std::fmt::Debug for Authenticator {
 /// Verifies tokens with the configured key and rules.
 pub struct JwtVerifier {
     key: DecodingKey,
+    /// The rules of tokens of every tenant without rules of its own.
     validation: Validation,
+    /// The rules of tenants with `aud` or `iss` of their own (`[auth.tenants.*]`).
+    tenants: HashMap<String, Validation>,
     leeway_secs: u64,
 }
 
@@ -222,30 +225,38 @@ impl JwtVerifier {
                         )
                     })?,
             };
-        let mut validation = Validation::new(algorithm(config.algorithm));
-        validation.leeway = config.leeway_secs;
-        validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp", "sub"]);
-        match &config.audience {
-            Some(audience) => {
-                validation.set_audience(&[audience]);
-                validation.required_spec_claims.insert("aud".to_owned());
-            }
-            None => validation.validate_aud = false,
-        }
-        if let Some(issuer) = &config.issuer {
-            validation.set_issuer(&[issuer]);
-            validation.required_spec_claims.insert("iss".to_owned());
-        }
+        let validation =
+            validation_for(config, config.audience.as_deref(), config.issuer.as_deref());
+        let tenants = config
+            .tenants
+            .keys()
+            .map(|tenant| {
+                let (audience, issuer) = config.claims_for(tenant);
+                (tenant.clone(), validation_for(config, audience, issuer))
+            })
+            .collect();
         Ok(Self {
             key,
             validation,
+            tenants,
             leeway_secs: config.leeway_secs,
         })
     }
 
+    /// The rules for `token`: its tenant's, chosen by the `tenant` claim read before the
+    /// signature is checked (the full check that follows covers that claim too).
+    fn validation_of(&self, token: &str) -> &Validation {
+        if self.tenants.is_empty() {
+            return &self.validation;
+        }
+        let tenant = unverified_tenant(token);
+        self.tenants
+            .get(tenant.as_deref().unwrap_or(DEFAULT_TENANT))
+            .unwrap_or(&self.validation)
+    }
+
     fn verify(&self, token: &str) -> Result<Identity, AuthError> {
-        let claims = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
+        let claims = jsonwebtoken::decode::<Claims>(token, &self.key, self.validation_of(token))
             .map_err(|e| AuthError::Unauthenticated(describe(e.kind())))?
             .claims;
         if claims
@@ -267,6 +278,41 @@ impl JwtVerifier {
             expires_at: Some(claims.exp.max(0.0).round() as u64),
         })
     }
+}
+
+/// The checks of a token whose `aud` and `iss` must be `audience` and `issuer` (when set).
+fn validation_for(config: &AuthConfig, audience: Option<&str>, issuer: Option<&str>) -> Validation {
+    let mut validation = Validation::new(algorithm(config.algorithm));
+    validation.leeway = config.leeway_secs;
+    validation.validate_nbf = true;
+    validation.set_required_spec_claims(&["exp", "sub"]);
+    match audience {
+        Some(audience) => {
+            validation.set_audience(&[audience]);
+            validation.required_spec_claims.insert("aud".to_owned());
+        }
+        None => validation.validate_aud = false,
+    }
+    if let Some(issuer) = issuer {
+        validation.set_issuer(&[issuer]);
+        validation.required_spec_claims.insert("iss".to_owned());
+    }
+    validation
+}
+
+/// The `tenant` claim of a token, read without checking anything (`None` when absent or
+/// unreadable: the check that follows refuses a malformed token anyway).
+fn unverified_tenant(token: &str) -> Option<String> {
+    use base64::Engine;
+    #[derive(Deserialize)]
+    struct TenantOnly {
+        tenant: Option<String>,
+    }
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    serde_json::from_slice::<TenantOnly>(&bytes).ok()?.tenant
 }
 
 /// A short, safe description of why a token was refused (never the token itself).
@@ -316,11 +362,12 @@ pub fn sign_token(
         "exp": now + ttl.as_secs(),
         "iat": now,
     });
-    if let Some(audience) = &config.audience {
-        claims["aud"] = audience.as_str().into();
+    let (audience, issuer) = config.claims_for(&key.tenant);
+    if let Some(audience) = audience {
+        claims["aud"] = audience.into();
     }
-    if let Some(issuer) = &config.issuer {
-        claims["iss"] = issuer.as_str().into();
+    if let Some(issuer) = issuer {
+        claims["iss"] = issuer.into();
     }
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
