@@ -86,6 +86,19 @@ pub async fn start_store(dir: &std::path::Path, addr: std::net::SocketAddr) -> S
         .expect("store starts")
 }
 
+/// The `[storage]` of a storage service on `listen` over the PostgreSQL database at `url`.
+pub fn postgres_storage(
+    dir: &std::path::Path,
+    listen: std::net::SocketAddr,
+    url: String,
+) -> peroxo_config::StorageConfig {
+    let mut config = test_config(dir).storage;
+    config.listen = listen;
+    config.backend = peroxo_config::StorageBackend::Postgres;
+    config.postgres.url = peroxo_config::Secret::new(url);
+    config
+}
+
 /// A free TCP port on 127.0.0.1 (bound, then released).
 pub fn free_addr() -> std::net::SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -112,6 +125,42 @@ pub struct Client {
 }
 
 impl Client {
+    /// Sends `command` with `req_id` and returns the frame answering it (skipping others).
+    pub async fn request(&mut self, mut command: Value, req_id: &str) -> Value {
+        command["req_id"] = json!(req_id);
+        self.send_json(command).await;
+        loop {
+            let frame = self.next().await;
+            if frame["req_id"] == req_id {
+                return frame;
+            }
+        }
+    }
+
+    /// Creates a group with `members` besides this user and returns its id.
+    pub async fn create_group(&mut self, title: &str, members: &[&str], id: &str) -> String {
+        let reply = self
+            .request(
+                json!({"type": "create_group", "title": title, "members": members, "client_msg_id": id}),
+                id,
+            )
+            .await;
+        assert_eq!(reply["type"], "group_created", "{reply}");
+        reply["conversation_id"].as_str().unwrap().to_owned()
+    }
+
+    /// Sends a message to a conversation and returns its ack.
+    pub async fn send_to(&mut self, conversation_id: &str, text: &str, id: &str) -> Value {
+        let ack = self
+            .request(
+                json!({"type": "send", "conversation_id": conversation_id, "text": text, "client_msg_id": id}),
+                id,
+            )
+            .await;
+        assert_eq!(ack["type"], "ack", "{ack}");
+        ack
+    }
+
     /// Connects and reads `welcome`.
     pub async fn connect(url: &str) -> Self {
         let mut client = Self::connect_raw(url).await;

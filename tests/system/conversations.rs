@@ -5,42 +5,6 @@ use serde_json::{Value, json};
 
 use crate::common::{Client, TestServer};
 
-/// Sends `command` with `req_id` and returns the frame answering it (skipping others).
-async fn request(client: &mut Client, mut command: Value, req_id: &str) -> Value {
-    command["req_id"] = json!(req_id);
-    client.send_json(command).await;
-    loop {
-        let frame = client.next().await;
-        if frame["req_id"] == req_id {
-            return frame;
-        }
-    }
-}
-
-/// Creates a group of `owner` with `members` and returns its id.
-async fn create_group(owner: &mut Client, title: &str, members: &[&str], id: &str) -> String {
-    let reply = request(
-        owner,
-        json!({"type": "create_group", "title": title, "members": members, "client_msg_id": id}),
-        id,
-    )
-    .await;
-    assert_eq!(reply["type"], "group_created", "{reply}");
-    reply["conversation_id"].as_str().unwrap().to_owned()
-}
-
-/// Sends a message to a conversation and returns its ack.
-async fn send_to(client: &mut Client, conversation_id: &str, text: &str, id: &str) -> Value {
-    let ack = request(
-        client,
-        json!({"type": "send", "conversation_id": conversation_id, "text": text, "client_msg_id": id}),
-        id,
-    )
-    .await;
-    assert_eq!(ack["type"], "ack", "{ack}");
-    ack
-}
-
 /// Skips frames until an `event` frame of `name` arrives.
 async fn wait_for_event(client: &mut Client, name: &str) -> Value {
     loop {
@@ -55,12 +19,12 @@ async fn wait_for_event(client: &mut Client, name: &str) -> Value {
 async fn sync_entries(client: &mut Client, mut after_seq: u64) -> (Vec<Value>, u64) {
     let mut entries = Vec::new();
     loop {
-        let page = request(
-            client,
-            json!({"type": "sync", "after_seq": after_seq, "limit": 500}),
-            "sync",
-        )
-        .await;
+        let page = client
+            .request(
+                json!({"type": "sync", "after_seq": after_seq, "limit": 500}),
+                "sync",
+            )
+            .await;
         let mut batch: Vec<Value> = page["messages"].as_array().unwrap().clone();
         batch.extend(page["events"].as_array().cloned().unwrap_or_default());
         batch.sort_by_key(|e| e["seq"].as_u64().unwrap());
@@ -106,12 +70,12 @@ async fn a_connection_asks_for_protocol_2_and_an_unknown_version_is_refused() {
 async fn protocol_2_commands_are_refused_on_a_protocol_1_connection() {
     let server = TestServer::start().await;
     let mut alice = server.connect("alice").await;
-    let reply = request(
-        &mut alice,
-        json!({"type": "create_group", "title": "T", "client_msg_id": "g1"}),
-        "r1",
-    )
-    .await;
+    let reply = alice
+        .request(
+            json!({"type": "create_group", "title": "T", "client_msg_id": "g1"}),
+            "r1",
+        )
+        .await;
     assert_eq!(reply["type"], "error");
     assert_eq!(reply["code"], "bad_request");
     assert_eq!(reply["client_msg_id"], "g1");
@@ -125,7 +89,7 @@ async fn a_group_message_reaches_every_member_once_with_their_own_seq() {
     let mut alice_phone = server.connect_v2("alice").await;
     let mut bob = server.connect_v2("bob").await;
     let mut carol = server.connect_v2("carol").await;
-    let group = create_group(&mut alice, "Team", &["bob", "carol"], "g1").await;
+    let group = alice.create_group("Team", &["bob", "carol"], "g1").await;
     assert!(group.starts_with("g~"), "{group}");
 
     // Every member (and the creator's other device) hears of the group in its stream.
@@ -137,7 +101,7 @@ async fn a_group_message_reaches_every_member_once_with_their_own_seq() {
         assert_eq!(created["actor"], "alice");
     }
 
-    let ack = send_to(&mut alice, &group, "hello team", "m1").await;
+    let ack = alice.send_to(&group, "hello team", "m1").await;
     assert_eq!(ack["conversation_id"], group.as_str());
     for client in [&mut bob, &mut carol] {
         let message = client.wait_for("message").await;
@@ -153,7 +117,7 @@ async fn a_group_message_reaches_every_member_once_with_their_own_seq() {
     assert_eq!(copy["seq"], ack["seq"]);
 
     // A resend is a duplicate and reaches nobody again.
-    let again = send_to(&mut alice, &group, "hello team", "m1").await;
+    let again = alice.send_to(&group, "hello team", "m1").await;
     assert_eq!(again["duplicate"], true);
     let frames = bob.frames_until_pong().await;
     assert!(
@@ -167,28 +131,24 @@ async fn only_members_send_to_a_group_and_unknown_groups_are_named() {
     let server = TestServer::start().await;
     let mut alice = server.connect_v2("alice").await;
     let mut mallory = server.connect_v2("mallory").await;
-    let group = create_group(&mut alice, "Team", &["bob"], "g1").await;
-    let refused = request(
-        &mut mallory,
-        json!({"type": "send", "conversation_id": group, "text": "hi", "client_msg_id": "x1"}),
-        "r1",
-    )
-    .await;
+    let group = alice.create_group("Team", &["bob"], "g1").await;
+    let refused = mallory
+        .request(
+            json!({"type": "send", "conversation_id": group, "text": "hi", "client_msg_id": "x1"}),
+            "r1",
+        )
+        .await;
     assert_eq!(refused["type"], "error", "{refused}");
     assert_eq!(refused["code"], "not_a_member");
     assert_eq!(refused["client_msg_id"], "x1");
 
-    let unknown = request(
-        &mut alice,
-        json!({"type": "send", "conversation_id": "g~000000000000000000000000", "text": "hi", "client_msg_id": "x2"}),
+    let unknown = alice.request(json!({"type": "send", "conversation_id": "g~000000000000000000000000", "text": "hi", "client_msg_id": "x2"}),
         "r2",
     )
     .await;
     assert_eq!(unknown["code"], "unknown_conversation", "{unknown}");
 
-    let other_dm = request(
-        &mut mallory,
-        json!({"type": "send", "conversation_id": "alice:bob", "text": "hi", "client_msg_id": "x3"}),
+    let other_dm = mallory.request(json!({"type": "send", "conversation_id": "alice:bob", "text": "hi", "client_msg_id": "x3"}),
         "r3",
     )
     .await;
@@ -200,8 +160,8 @@ async fn a_protocol_1_connection_keeps_its_direct_messages_and_sees_no_group_tra
     let server = TestServer::start().await;
     let mut alice = server.connect_v2("alice").await;
     let mut bob_v1 = server.connect("bob").await;
-    let group = create_group(&mut alice, "Team", &["bob"], "g1").await;
-    send_to(&mut alice, &group, "group hello", "m1").await;
+    let group = alice.create_group("Team", &["bob"], "g1").await;
+    alice.send_to(&group, "group hello", "m1").await;
     alice.dm("bob", "direct hello", "m2").await;
 
     let direct = bob_v1.wait_for("message").await;
@@ -235,12 +195,12 @@ async fn the_conversation_list_shows_previews_and_unread_counts_most_recent_firs
     let server = TestServer::start().await;
     let mut alice = server.connect_v2("alice").await;
     let mut bob = server.connect_v2("bob").await;
-    let group = create_group(&mut alice, "Team", &["bob"], "g1").await;
+    let group = alice.create_group("Team", &["bob"], "g1").await;
     alice.dm("bob", "one", "d1").await;
     alice.dm("bob", "two", "d2").await;
-    send_to(&mut alice, &group, "to the team", "m1").await;
+    alice.send_to(&group, "to the team", "m1").await;
 
-    let list = request(&mut bob, json!({"type": "conversations"}), "c1").await;
+    let list = bob.request(json!({"type": "conversations"}), "c1").await;
     assert_eq!(list["type"], "conversations", "{list}");
     let conversations = list["conversations"].as_array().unwrap();
     assert_eq!(conversations.len(), 2);
@@ -259,20 +219,22 @@ async fn the_conversation_list_shows_previews_and_unread_counts_most_recent_firs
     assert_eq!(list["next_before"], Value::Null);
 
     // The sender has read what it sent.
-    let list = request(&mut alice, json!({"type": "conversations"}), "c2").await;
+    let list = alice.request(json!({"type": "conversations"}), "c2").await;
     assert_eq!(list["total_unread"], 0, "{list}");
 
     // Paged by a stable cursor.
-    let first = request(&mut bob, json!({"type": "conversations", "limit": 1}), "c3").await;
+    let first = bob
+        .request(json!({"type": "conversations", "limit": 1}), "c3")
+        .await;
     assert_eq!(first["conversations"].as_array().unwrap().len(), 1);
     let cursor = first["next_before"].clone();
     assert!(cursor.is_string(), "{first}");
-    let second = request(
-        &mut bob,
-        json!({"type": "conversations", "limit": 1, "before": cursor}),
-        "c4",
-    )
-    .await;
+    let second = bob
+        .request(
+            json!({"type": "conversations", "limit": 1, "before": cursor}),
+            "c4",
+        )
+        .await;
     assert_eq!(second["conversations"][0]["conversation_id"], "alice:bob");
     assert_eq!(second["next_before"], Value::Null);
 }
@@ -287,12 +249,12 @@ async fn marking_read_moves_forward_reaches_every_device_and_sends_a_direct_rece
     let last = alice.dm("bob", "two", "d2").await;
     let last_id = last["message_id"].as_str().unwrap().to_owned();
 
-    let state = request(
-        &mut bob,
-        json!({"type": "mark_read", "conversation_id": "alice:bob", "message_id": last_id}),
-        "r1",
-    )
-    .await;
+    let state = bob
+        .request(
+            json!({"type": "mark_read", "conversation_id": "alice:bob", "message_id": last_id}),
+            "r1",
+        )
+        .await;
     assert_eq!(state["type"], "read_state", "{state}");
     assert_eq!(state["read_marker"], last_id.as_str());
     assert_eq!(state["unread_count"], 0);
@@ -306,27 +268,29 @@ async fn marking_read_moves_forward_reaches_every_device_and_sends_a_direct_rece
 
     // An older message does not move the marker back.
     let first_id = (last_id.parse::<u64>().unwrap() - 1).to_string();
-    let state = request(
-        &mut bob,
-        json!({"type": "mark_read", "conversation_id": "alice:bob", "message_id": first_id}),
-        "r2",
-    )
-    .await;
+    let state = bob
+        .request(
+            json!({"type": "mark_read", "conversation_id": "alice:bob", "message_id": first_id}),
+            "r2",
+        )
+        .await;
     assert_eq!(state["read_marker"], last_id.as_str());
 
     // mark_unread makes the newest message from alice unread again.
-    let state = request(
-        &mut bob,
-        json!({"type": "mark_unread", "conversation_id": "alice:bob"}),
-        "r3",
-    )
-    .await;
+    let state = bob
+        .request(
+            json!({"type": "mark_unread", "conversation_id": "alice:bob"}),
+            "r3",
+        )
+        .await;
     assert_eq!(state["unread_count"], 1, "{state}");
-    let list = request(&mut bob_phone, json!({"type": "conversations"}), "c1").await;
+    let list = bob_phone
+        .request(json!({"type": "conversations"}), "c1")
+        .await;
     assert_eq!(list["total_unread"], 1);
 
     // The peer sees how far bob has read (read ticks).
-    let list = request(&mut alice, json!({"type": "conversations"}), "c2").await;
+    let list = alice.request(json!({"type": "conversations"}), "c2").await;
     assert_eq!(
         list["conversations"][0]["peer_read_marker"],
         (last_id.parse::<u64>().unwrap() - 1).to_string()
@@ -338,52 +302,49 @@ async fn group_roles_decide_who_may_change_the_group() {
     let server = TestServer::start().await;
     let mut alice = server.connect_v2("alice").await;
     let mut bob = server.connect_v2("bob").await;
-    let group = create_group(&mut alice, "Team", &["bob", "carol"], "g1").await;
+    let group = alice.create_group("Team", &["bob", "carol"], "g1").await;
 
-    let refused = request(
-        &mut bob,
-        json!({"type": "add_members", "conversation_id": group, "users": ["dave"]}),
-        "r1",
-    )
-    .await;
+    let refused = bob
+        .request(
+            json!({"type": "add_members", "conversation_id": group, "users": ["dave"]}),
+            "r1",
+        )
+        .await;
     assert_eq!(refused["code"], "not_allowed", "{refused}");
 
-    let done = request(
-        &mut alice,
-        json!({"type": "set_role", "conversation_id": group, "user": "bob", "role": "admin"}),
-        "r2",
-    )
-    .await;
+    let done = alice
+        .request(
+            json!({"type": "set_role", "conversation_id": group, "user": "bob", "role": "admin"}),
+            "r2",
+        )
+        .await;
     assert_eq!(done["type"], "done", "{done}");
     let changed = wait_for_event(&mut bob, "role_changed").await;
     assert_eq!(changed["user"], "bob");
     assert_eq!(changed["role"], "admin");
 
-    let done = request(
-        &mut bob,
-        json!({"type": "add_members", "conversation_id": group, "users": ["dave"]}),
-        "r3",
-    )
-    .await;
+    let done = bob
+        .request(
+            json!({"type": "add_members", "conversation_id": group, "users": ["dave"]}),
+            "r3",
+        )
+        .await;
     assert_eq!(done["type"], "done", "{done}");
     let added = wait_for_event(&mut alice, "members_added").await;
     assert_eq!(added["users"], json!(["dave"]));
 
     // An admin may not remove the owner.
-    let refused = request(
-        &mut bob,
-        json!({"type": "remove_member", "conversation_id": group, "user": "alice"}),
-        "r4",
-    )
-    .await;
+    let refused = bob
+        .request(
+            json!({"type": "remove_member", "conversation_id": group, "user": "alice"}),
+            "r4",
+        )
+        .await;
     assert_eq!(refused["code"], "not_allowed");
 
-    let members = request(
-        &mut bob,
-        json!({"type": "members", "conversation_id": group}),
-        "r5",
-    )
-    .await;
+    let members = bob
+        .request(json!({"type": "members", "conversation_id": group}), "r5")
+        .await;
     let names: Vec<&str> = members["members"]
         .as_array()
         .unwrap()
@@ -393,24 +354,24 @@ async fn group_roles_decide_who_may_change_the_group() {
     assert_eq!(names, ["alice", "bob", "carol", "dave"]);
 
     // The owner leaves: the admin becomes the owner.
-    let done = request(
-        &mut alice,
-        json!({"type": "leave_group", "conversation_id": group}),
-        "r6",
-    )
-    .await;
+    let done = alice
+        .request(
+            json!({"type": "leave_group", "conversation_id": group}),
+            "r6",
+        )
+        .await;
     assert_eq!(done["type"], "done");
     let left = wait_for_event(&mut bob, "member_left").await;
     assert_eq!(left["user"], "alice");
     let owner = wait_for_event(&mut bob, "role_changed").await;
     assert_eq!(owner["user"], "bob");
     assert_eq!(owner["role"], "owner");
-    let gone = request(
-        &mut alice,
-        json!({"type": "send", "conversation_id": group, "text": "hi", "client_msg_id": "x"}),
-        "r7",
-    )
-    .await;
+    let gone = alice
+        .request(
+            json!({"type": "send", "conversation_id": group, "text": "hi", "client_msg_id": "x"}),
+            "r7",
+        )
+        .await;
     assert_eq!(gone["code"], "not_a_member");
 }
 
@@ -419,21 +380,18 @@ async fn a_new_member_sees_history_from_when_it_joined() {
     let server = TestServer::start().await;
     let mut alice = server.connect_v2("alice").await;
     let mut dave = server.connect_v2("dave").await;
-    let group = create_group(&mut alice, "Team", &["bob"], "g1").await;
-    send_to(&mut alice, &group, "before dave", "m1").await;
-    request(
-        &mut alice,
-        json!({"type": "add_members", "conversation_id": group, "users": ["dave"]}),
-        "r1",
-    )
-    .await;
-    send_to(&mut alice, &group, "after dave", "m2").await;
-    let history = request(
-        &mut dave,
-        json!({"type": "history", "conversation_id": group}),
-        "h1",
-    )
-    .await;
+    let group = alice.create_group("Team", &["bob"], "g1").await;
+    alice.send_to(&group, "before dave", "m1").await;
+    alice
+        .request(
+            json!({"type": "add_members", "conversation_id": group, "users": ["dave"]}),
+            "r1",
+        )
+        .await;
+    alice.send_to(&group, "after dave", "m2").await;
+    let history = dave
+        .request(json!({"type": "history", "conversation_id": group}), "h1")
+        .await;
     assert_eq!(history["type"], "history", "{history}");
     assert!(history.get("with").is_none());
     let texts: Vec<&str> = history["messages"]
@@ -450,12 +408,11 @@ async fn group_readers_are_listed_on_demand_and_small_groups_get_live_receipts()
     let server = TestServer::start().await;
     let mut alice = server.connect_v2("alice").await;
     let mut bob = server.connect_v2("bob").await;
-    let group = create_group(&mut alice, "Team", &["bob", "carol"], "g1").await;
-    let ack = send_to(&mut alice, &group, "read me", "m1").await;
+    let group = alice.create_group("Team", &["bob", "carol"], "g1").await;
+    let ack = alice.send_to(&group, "read me", "m1").await;
     let message_id = ack["message_id"].as_str().unwrap().to_owned();
     bob.wait_for("message").await;
-    request(
-        &mut bob,
+    bob.request(
         json!({"type": "mark_read", "conversation_id": group, "message_id": message_id}),
         "r1",
     )
@@ -464,12 +421,12 @@ async fn group_readers_are_listed_on_demand_and_small_groups_get_live_receipts()
     assert_eq!(live["user"], "bob");
     assert_eq!(live["message_id"], message_id.as_str());
 
-    let receipts = request(
-        &mut alice,
-        json!({"type": "read_receipts", "conversation_id": group, "message_id": message_id}),
-        "r2",
-    )
-    .await;
+    let receipts = alice
+        .request(
+            json!({"type": "read_receipts", "conversation_id": group, "message_id": message_id}),
+            "r2",
+        )
+        .await;
     assert_eq!(receipts["type"], "read_receipts", "{receipts}");
     let readers: Vec<&str> = receipts["readers"]
         .as_array()
@@ -485,7 +442,7 @@ async fn typing_in_a_group_reaches_the_other_members() {
     let server = TestServer::start().await;
     let mut alice = server.connect_v2("alice").await;
     let mut bob = server.connect_v2("bob").await;
-    let group = create_group(&mut alice, "Team", &["bob"], "g1").await;
+    let group = alice.create_group("Team", &["bob"], "g1").await;
     alice
         .send_json(json!({"type": "typing", "conversation_id": group}))
         .await;
@@ -499,13 +456,13 @@ async fn a_client_subscribes_to_the_presence_of_a_groups_members() {
     let server = TestServer::start().await;
     let mut alice = server.connect_v2("alice").await;
     let _bob = server.connect_v2("bob").await;
-    let group = create_group(&mut alice, "Team", &["bob", "carol"], "g1").await;
-    let snapshot = request(
-        &mut alice,
-        json!({"type": "presence_subscribe", "conversation_id": group}),
-        "p1",
-    )
-    .await;
+    let group = alice.create_group("Team", &["bob", "carol"], "g1").await;
+    let snapshot = alice
+        .request(
+            json!({"type": "presence_subscribe", "conversation_id": group}),
+            "p1",
+        )
+        .await;
     assert_eq!(snapshot["type"], "presence_snapshot", "{snapshot}");
     assert_eq!(
         snapshot["users"],
@@ -517,30 +474,28 @@ async fn a_client_subscribes_to_the_presence_of_a_groups_members() {
 async fn group_creation_is_idempotent_and_checks_its_limits() {
     let server = TestServer::start_with(|config| config.groups.max_members = 3).await;
     let mut alice = server.connect_v2("alice").await;
-    let first = create_group(&mut alice, "Team", &["bob"], "g1").await;
-    let again = request(
-        &mut alice,
-        json!({"type": "create_group", "title": "Other", "client_msg_id": "g1"}),
-        "r1",
-    )
-    .await;
+    let first = alice.create_group("Team", &["bob"], "g1").await;
+    let again = alice
+        .request(
+            json!({"type": "create_group", "title": "Other", "client_msg_id": "g1"}),
+            "r1",
+        )
+        .await;
     assert_eq!(again["conversation_id"], first.as_str());
     assert_eq!(again["duplicate"], true);
 
-    let full = request(
-        &mut alice,
-        json!({"type": "create_group", "title": "Big", "members": ["b", "c", "d"], "client_msg_id": "g2"}),
+    let full = alice.request(json!({"type": "create_group", "title": "Big", "members": ["b", "c", "d"], "client_msg_id": "g2"}),
         "r2",
     )
     .await;
     assert_eq!(full["code"], "group_full", "{full}");
     assert_eq!(full["client_msg_id"], "g2");
 
-    let blank = request(
-        &mut alice,
-        json!({"type": "create_group", "title": "  ", "client_msg_id": "g3"}),
-        "r3",
-    )
-    .await;
+    let blank = alice
+        .request(
+            json!({"type": "create_group", "title": "  ", "client_msg_id": "g3"}),
+            "r3",
+        )
+        .await;
     assert_eq!(blank["code"], "bad_request", "{blank}");
 }

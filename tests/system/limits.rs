@@ -132,24 +132,11 @@ async fn a_group_send_costs_its_fan_out_even_to_a_group_this_node_never_saw() {
     .await;
     let mut alice = server.connect_v2("alice").await;
     let others: Vec<String> = (1..20).map(|i| format!("m{i}")).collect();
-    alice
-        .send_json(
-            json!({"type": "create_group", "title": "Big", "members": others,
-            "client_msg_id": "g1", "req_id": "g1"}),
-        )
-        .await;
-    let created = alice.wait_for("group_created").await;
-    let group = created["conversation_id"].as_str().unwrap().to_owned();
+    let others: Vec<&str> = others.iter().map(String::as_str).collect();
+    let group = alice.create_group("Big", &others, "g1").await;
     // The node has not seen the group's size yet: the send is charged as one member, and
     // the ack shows storage reached all 20.
-    alice
-        .send_json(
-            json!({"type": "send", "conversation_id": group, "text": "hi",
-            "client_msg_id": "s1", "req_id": "s1"}),
-        )
-        .await;
-    let ack = alice.wait_for("ack").await;
-    assert_eq!(ack["client_msg_id"], "s1");
+    alice.send_to(&group, "hi", "s1").await;
     // 8 - 1 (create) - 1 (send) - 1 (one member) leaves 5 tokens; the 19 members more
     // than charged put the sender 14 tokens in debt, which 1 token per second cannot
     // repay before the next command.

@@ -258,10 +258,8 @@ async fn the_storage_health_follows_whether_its_database_answers() {
         through_proxy.push_str(&format!(" password={}", String::from_utf8_lossy(password)));
     }
     let dir = tempfile::tempdir().unwrap();
-    let mut config = common::test_config(dir.path()).storage;
-    config.listen = "127.0.0.1:0".parse().unwrap();
-    config.backend = peroxo_config::StorageBackend::Postgres;
-    config.postgres.url = peroxo_config::Secret::new(through_proxy);
+    let config =
+        common::postgres_storage(dir.path(), "127.0.0.1:0".parse().unwrap(), through_proxy);
     let store = peroxo_storage::StoreServer::start(&config).await.unwrap();
     let status_becomes = |wanted: ServingStatus| {
         let addr = store.addr;

@@ -83,10 +83,7 @@ async fn a_gateway_fails_over_to_another_storage_service_of_the_same_database() 
     let dir = tempfile::tempdir().unwrap();
     let (first_addr, second_addr) = (free_addr(), free_addr());
     let start = |addr| {
-        let mut config = common::test_config(dir.path()).storage;
-        config.listen = addr;
-        config.backend = peroxo_config::StorageBackend::Postgres;
-        config.postgres.url = peroxo_config::Secret::new(url.clone());
+        let config = common::postgres_storage(dir.path(), addr, url.clone());
         async move { peroxo_storage::StoreServer::start(&config).await.unwrap() }
     };
     let first = start(first_addr).await;

@@ -59,20 +59,9 @@ async fn a_restarted_session_goes_on_with_the_rate_bucket_as_it_was() {
     // A send to a group of 30, one token per member, empties the bucket down to its floor
     // (minus one burst): about 10 s from the next allowed command.
     let members: Vec<String> = (1..30).map(|i| format!("m{i}")).collect();
-    alice
-        .send_json(
-            json!({"type": "create_group", "title": "Big", "members": members,
-            "client_msg_id": "g1", "req_id": "g1"}),
-        )
-        .await;
-    let group = alice.wait_for("group_created").await["conversation_id"].clone();
-    alice
-        .send_json(
-            json!({"type": "send", "conversation_id": group, "text": "hi",
-            "client_msg_id": "s1", "req_id": "s1"}),
-        )
-        .await;
-    assert_eq!(alice.wait_for("ack").await["client_msg_id"], "s1");
+    let members: Vec<&str> = members.iter().map(String::as_str).collect();
+    let group = alice.create_group("Big", &members, "g1").await;
+    alice.send_to(&group, "hi", "s1").await;
     alice
         .send_json(json!({"type": "ping", "req_id": "before"}))
         .await;
