@@ -7,12 +7,17 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use peroxo_config::{Config, ConfigError, ConfigFile, LogFormat, StorageBackend};
+use peroxo_config::{Config, ConfigError, ConfigFile, StorageBackend};
 use peroxo_gateway::Gateway;
 use peroxo_gateway::identity::{Authenticator, sign_token};
 use peroxo_protocol::domain::{DEFAULT_TENANT, UserKey, validate_id};
 use peroxo_storage::StoreServer;
 use tracing_subscriber::EnvFilter;
+
+mod logging;
+mod reload;
+
+use logging::Logging;
 
 /// Exit status for a bad configuration or command line (EX_USAGE).
 const EXIT_USAGE: u8 = 64;
@@ -35,6 +40,10 @@ enum Command {
         /// Dev identity: clients name themselves with `?user=`. Never in production.
         #[arg(long)]
         dev: bool,
+        /// Write the process id here, and the applied configuration beside it
+        /// (`<file>.json`), for `peroxo reload` and `peroxo check-config --diff`.
+        #[arg(long)]
+        pid_file: Option<PathBuf>,
     },
     /// Run the storage service alone (gateways point `storage.endpoint` at it).
     Store {
@@ -47,6 +56,23 @@ enum Command {
         /// The configuration file [default: config.toml, if present].
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Print instead what reloading it would change in the node started with
+        /// `--pid-file`: each key, its running and new value, live or restart needed.
+        #[arg(long, requires = "pid_file")]
+        diff: bool,
+        /// The running node's pid file (with `--diff`).
+        #[arg(long)]
+        pid_file: Option<PathBuf>,
+    },
+    /// Make the node started with `--pid-file` reload its configuration (SIGHUP), and print
+    /// what it applied, what needs a restart, or why it refused the new file.
+    Reload {
+        /// The running node's pid file.
+        #[arg(long)]
+        pid_file: PathBuf,
+        /// How long to wait for the node's answer.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
     },
     /// Copy the SQLite database while it serves, and verify the copy (`storage.backend =
     /// "sqlite"`; for PostgreSQL use its own tools, see docs/OPERATIONS.md).
@@ -93,13 +119,20 @@ fn main() -> ExitCode {
     if let Command::Bench(args) = command {
         return bench(args);
     }
+    // Signalling a node reads no configuration: the node reloads its own.
+    if let Command::Reload { pid_file, timeout } = &command {
+        return reload::signal_and_report(pid_file, *timeout);
+    }
     let config = match load_config_for(&command) {
         Ok(config) => config,
         Err(error) => return configuration_error(&error),
     };
     // `peroxo store` and `peroxo backup` serve no clients and need no `[auth]`.
     match &command {
-        Command::Store { .. } => return run_until_stopped(&config, store(config.clone())),
+        Command::Store { .. } => {
+            Logging::init(&config);
+            return run(store(config.clone()));
+        }
         Command::Backup { to, .. } => return backup(&config, to),
         _ => {}
     }
@@ -112,6 +145,11 @@ fn main() -> ExitCode {
         Err(error) => return configuration_error(&error),
     };
     match command {
+        Command::CheckConfig {
+            diff: true,
+            pid_file: Some(pid_file),
+            ..
+        } => reload::print_diff(&config, &pid_file),
         Command::CheckConfig { .. } => {
             print!("{}", config.to_redacted_toml());
             ExitCode::SUCCESS
@@ -119,8 +157,30 @@ fn main() -> ExitCode {
         Command::Token {
             user, tenant, ttl, ..
         } => print_token(&config, &user, &tenant, ttl),
-        Command::Serve { .. } => run_until_stopped(&config, serve(config.clone(), auth)),
-        Command::Store { .. } | Command::Backup { .. } | Command::Bench(_) => {
+        Command::Serve { .. } => {
+            let pid_file = match &command {
+                Command::Serve { pid_file, .. } => pid_file.clone(),
+                _ => None,
+            };
+            let logging = Logging::init(&config);
+            let reload_config = move || {
+                let config = load_config_for(&command)?;
+                config.validate_auth()?;
+                let auth = Authenticator::from_config(&config.auth)?;
+                Ok((config, auth))
+            };
+            run(serve(
+                config.clone(),
+                auth,
+                pid_file.clone(),
+                logging,
+                reload_config,
+            ))
+        }
+        Command::Store { .. }
+        | Command::Backup { .. }
+        | Command::Bench(_)
+        | Command::Reload { .. } => {
             unreachable!("answered above")
         }
     }
@@ -130,12 +190,14 @@ fn main() -> ExitCode {
 /// the environment, and `--dev`.
 fn load_config_for(command: &Command) -> Result<Config, ConfigError> {
     let (path, dev) = match command {
-        Command::Serve { config, dev } => (config, *dev),
+        Command::Serve { config, dev, .. } => (config, *dev),
         Command::Store { config }
         | Command::Backup { config, .. }
-        | Command::CheckConfig { config }
+        | Command::CheckConfig { config, .. }
         | Command::Token { config, .. } => (config, false),
-        Command::Bench(_) => unreachable!("the load generator reads no configuration"),
+        Command::Bench(_) | Command::Reload { .. } => {
+            unreachable!("the load generator and reload read no configuration")
+        }
     };
     // The default file may be absent (all defaults apply); a file named explicitly must exist.
     let default_path = PathBuf::from(DEFAULT_CONFIG);
@@ -181,13 +243,8 @@ fn configuration_error(error: &ConfigError) -> ExitCode {
     ExitCode::from(EXIT_USAGE)
 }
 
-/// Sets up logging, then runs `role` (a gateway node or a storage service) on a new runtime
-/// until it stops.
-fn run_until_stopped(
-    config: &Config,
-    role: impl std::future::Future<Output = anyhow::Result<()>>,
-) -> ExitCode {
-    init_logging(config);
+/// Runs `role` (a gateway node or a storage service) on a new runtime until it stops.
+fn run(role: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -256,35 +313,73 @@ fn print_token(config: &Config, user: &str, tenant: &str, ttl: Duration) -> Exit
     }
 }
 
-fn init_logging(config: &Config) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match config.log.format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
-
-async fn serve(config: Config, auth: Authenticator) -> anyhow::Result<()> {
+/// Runs a gateway node until SIGINT or SIGTERM; on SIGHUP it reloads its configuration
+/// with `reload_config` and applies what can change live.
+async fn serve(
+    config: Config,
+    auth: Authenticator,
+    pid_file: Option<PathBuf>,
+    logging: Logging,
+    reload_config: impl Fn() -> Result<(Config, Authenticator), ConfigError>,
+) -> anyhow::Result<()> {
     let shutdown = shutdown_signal()?;
+    let mut hangups = reload::hangup_signal()?;
     let gateway = Gateway::start_with(config, auth).await?;
-    shutdown.await;
+    let state = pid_file.map(reload::StateFile::new);
+    if let Some(state) = &state {
+        state.started(&gateway.applied_config())?;
+    }
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            Some(()) = hangups.recv() => {
+                tracing::info!("SIGHUP: reloading the configuration");
+                let outcome = match reload_config() {
+                    Ok((config, auth)) => {
+                        let report = gateway.reload(&config, auth);
+                        logging.apply(&config, &report);
+                        Ok(report)
+                    }
+                    Err(error) => {
+                        gateway.reload_rejected(&error);
+                        Err(error)
+                    }
+                };
+                if let Some(state) = &state
+                    && let Err(error) = state.reloaded(&gateway.applied_config(), &outcome)
+                {
+                    tracing::error!("{error:#}");
+                }
+            }
+        }
+    }
     tracing::info!("shutting down");
     gateway.shutdown().await;
+    if let Some(state) = &state {
+        state.remove();
+    }
     Ok(())
 }
 
 async fn store(config: Config) -> anyhow::Result<()> {
     let shutdown = shutdown_signal()?;
+    let mut hangups = reload::hangup_signal()?;
     let mut store = StoreServer::start(&config.storage).await?;
-    tokio::select! {
-        () = shutdown => {
-            tracing::info!("shutting down");
-            store.stop().await;
-            Ok(())
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => {
+                tracing::info!("shutting down");
+                store.stop().await;
+                return Ok(());
+            }
+            result = store.stopped() => return result,
+            Some(()) = hangups.recv() => tracing::warn!(
+                "SIGHUP: the storage service changes nothing live; restart it to apply a new \
+                 configuration"
+            ),
         }
-        result = store.stopped() => result,
     }
 }
 

@@ -457,3 +457,130 @@ async fn tokens_in_query_strings_never_reach_the_logs() {
         );
     }
 }
+
+/// Runs `peroxo` with `args`; returns (exit code, stdout, stderr).
+fn run(args: &[&std::ffi::OsStr]) -> (i32, String, String) {
+    let output = peroxo().args(args).output().unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_file_and_peroxo_reload_reports_what_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = format!(
+        "[auth]\nmode = \"dev\"\n[storage]\nlisten = \"127.0.0.1:0\"\nsqlite_path = \"{}\"\n\
+         [log]\nformat = \"json\"\n",
+        dir.path().join("peroxo.db").display()
+    );
+    let config = config_file(&dir, &format!("{base}[http]\nlisten = \"127.0.0.1:0\"\n"));
+    let pid_file = dir.path().join("peroxo.pid");
+    let mut command = peroxo();
+    command
+        .args(["serve", "--config"])
+        .arg(&config)
+        .arg("--pid-file")
+        .arg(&pid_file);
+    let mut node = Node::spawn(&mut command, tempfile::tempdir().unwrap());
+    let addr = node.addr();
+    let state_file = dir.path().join("peroxo.pid.json");
+    common::eventually("the node writes its state file", || state_file.exists()).await;
+    let pid: u32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(pid, node.child.id());
+    let mut alice = common::Client::connect(&format!("ws://{addr}/ws?user=alice")).await;
+
+    // A stricter burst (live) and another listen address (restart needed).
+    std::fs::write(
+        &config,
+        format!("{base}[http]\nlisten = \"127.0.0.1:1\"\n[limits]\nrate_burst = 3\n"),
+    )
+    .unwrap();
+    let (code, diff, stderr) = run(&[
+        "check-config".as_ref(),
+        "--config".as_ref(),
+        config.as_os_str(),
+        "--diff".as_ref(),
+        "--pid-file".as_ref(),
+        pid_file.as_os_str(),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        diff.lines().collect::<Vec<_>>(),
+        [
+            "http.listen: \"127.0.0.1:0\" -> \"127.0.0.1:1\" (restart needed)",
+            "limits.rate_burst: 40 -> 3 (live)",
+        ]
+    );
+    let reload = [
+        "reload".as_ref(),
+        "--pid-file".as_ref(),
+        pid_file.as_os_str(),
+    ];
+    let (code, out, stderr) = run(&reload);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(out.contains("limits.rate_burst: 40 -> 3"), "{out}");
+    assert!(out.contains("restart needed"), "{out}");
+    assert!(out.contains("http.listen"), "{out}");
+    // The session opened before the reload has a burst of 3 now, and is still open.
+    for i in 0..3 {
+        alice
+            .send_json(serde_json::json!({"type": "ping", "req_id": i}))
+            .await;
+        alice.expect("pong").await;
+    }
+    alice
+        .send_json(serde_json::json!({"type": "ping", "req_id": 3}))
+        .await;
+    assert_eq!(alice.expect("error").await["code"], "rate_limited");
+
+    // An invalid file changes nothing, and says why.
+    std::fs::write(&config, format!("{base}[limits]\nrate_burst = \"many\"\n")).unwrap();
+    let (code, _, stderr) = run(&reload);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("reload rejected"), "{stderr}");
+    assert!(stderr.contains("limits.rate_burst"), "{stderr}");
+    let (_, metrics) = common::http_request(addr.parse().unwrap(), "GET", "/metrics", "").await;
+    assert_eq!(
+        common::metric_sample(
+            &metrics,
+            "peroxo_config_reloads_total",
+            "outcome=\"rejected\""
+        ),
+        Some(1.0)
+    );
+
+    // The log format changes live: from JSON lines to text.
+    std::fs::write(
+        &config,
+        format!(
+            "{}[log]\nformat = \"text\"\n",
+            base.replace("[log]\nformat = \"json\"\n", "")
+        ),
+    )
+    .unwrap();
+    let (code, _, stderr) = run(&reload);
+    assert_eq!(code, 0, "{stderr}");
+    let _bob = common::Client::connect(&format!("ws://{addr}/ws?user=bob")).await;
+    let deadline = Instant::now() + common::DEADLINE;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = node
+            .lines
+            .recv_timeout(left)
+            .expect("a text log line for bob's session");
+        if line.contains("session opened") && line.contains("bob") {
+            assert!(!line.starts_with('{'), "{line}");
+            break;
+        }
+    }
+    drop(alice);
+    node.terminate();
+    assert!(!pid_file.exists() && !state_file.exists());
+}

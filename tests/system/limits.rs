@@ -152,6 +152,33 @@ async fn a_group_send_costs_its_fan_out_even_to_a_group_this_node_never_saw() {
 }
 
 #[tokio::test]
+async fn a_refused_group_send_names_its_client_msg_id_so_the_client_can_retry_it() {
+    let server = TestServer::start_with(|c| {
+        c.limits.rate_per_sec = 1;
+        c.limits.rate_burst = 3;
+    })
+    .await;
+    let mut alice = server.connect_v2("alice").await;
+    let group = alice.create_group("G", &["bob"], "g1").await;
+    // Five sends at once spend the burst: one is refused, and says which send it was.
+    let ids: Vec<String> = (1..=5).map(|i| format!("s{i}")).collect();
+    for id in &ids {
+        alice
+            .send_json(
+                json!({"type": "send", "conversation_id": group, "text": "x",
+                "client_msg_id": id}),
+            )
+            .await;
+    }
+    let error = alice.wait_for("error").await;
+    assert_eq!(error["code"], "rate_limited", "{error}");
+    let named = error["client_msg_id"]
+        .as_str()
+        .expect("the refused send is named");
+    assert!(ids.iter().any(|id| id == named), "{error}");
+}
+
+#[tokio::test]
 async fn a_client_that_keeps_flooding_is_closed_with_1008_while_others_talk() {
     let server = TestServer::start_with(|c| {
         c.limits.rate_per_sec = 5;

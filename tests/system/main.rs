@@ -16,6 +16,7 @@ mod limits;
 mod messaging;
 mod operations;
 mod presence;
+mod reload;
 mod storage_contract;
 mod storage_outage;
 mod supervision;

@@ -12,6 +12,7 @@
 //!   roles that authenticate clients need its keys.
 //! - `secret`: [`Secret`], which keeps secrets out of logs and printed configs.
 //! - `env`: the `PEROXO_<SECTION>__<KEY>` overrides.
+//! - `reload`: what a reload may change live, and what it would change ([`Snapshot`]).
 //! - `human_duration`: durations written as "30s".
 //! - `seconds_or_duration`: the `*_secs` keys, a whole number of seconds or a duration.
 
@@ -30,6 +31,7 @@ mod auth;
 mod endpoints;
 mod env;
 mod human_duration;
+mod reload;
 mod seconds_or_duration;
 mod secret;
 
@@ -37,6 +39,7 @@ pub use auth::{AuthConfig, AuthMode, JwtAlgorithm, MIN_JWT_SECRET_BYTES, TenantA
 pub use endpoints::StorageEndpoints;
 pub use env::ENV_PREFIX;
 use env::{apply_env_overrides, deserialize_with_overrides};
+pub use reload::{Change, Snapshot, is_live};
 pub use secret::Secret;
 
 /// A configuration problem, naming the key it is about.
@@ -685,6 +688,14 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// The secrets of the configuration, by key (shown as fingerprints in a [`Snapshot`]).
+    pub fn secrets(&self) -> [(&'static str, &Secret); 2] {
+        [
+            ("auth.jwt_secret", &self.auth.jwt_secret),
+            ("storage.postgres.url", &self.storage.postgres.url),
+        ]
     }
 
     /// Checks `[auth]` as far as it can without reading keys: the gateway reads and parses

@@ -6,6 +6,7 @@
 //! `http.max_connections`.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
@@ -23,8 +24,10 @@ pub enum Refusal {
 
 #[derive(Debug)]
 pub struct Admission {
-    max_total: usize,
-    max_per_user: usize,
+    /// The limits, which a reload may change: connections held beyond a lowered limit stay,
+    /// and new ones wait for room under it.
+    max_total: AtomicUsize,
+    max_per_user: AtomicUsize,
     counts: Mutex<Counts>,
     /// The total, published for whoever waits for the node to empty (shutdown).
     total: watch::Sender<usize>,
@@ -46,8 +49,8 @@ pub struct Ticket {
 impl Admission {
     pub fn new(max_total: usize, max_per_user: usize) -> Self {
         Self {
-            max_total,
-            max_per_user,
+            max_total: AtomicUsize::new(max_total),
+            max_per_user: AtomicUsize::new(max_per_user),
             counts: Mutex::new(Counts::default()),
             total: watch::Sender::new(0),
         }
@@ -55,13 +58,15 @@ impl Admission {
 
     /// Takes a place for a connection of `key`, if there is one.
     pub fn admit(self: &Arc<Self>, key: &UserKey) -> Result<Ticket, Refusal> {
+        let max_total = self.max_total.load(Ordering::Relaxed);
+        let max_per_user = self.max_per_user.load(Ordering::Relaxed);
         let mut counts = self.counts.lock().expect("admission counts poisoned");
-        if counts.total >= self.max_total {
-            return Err(Refusal::NodeFull(self.max_total));
+        if counts.total >= max_total {
+            return Err(Refusal::NodeFull(max_total));
         }
         let user = counts.per_user.entry(key.clone()).or_insert(0);
-        if *user >= self.max_per_user {
-            return Err(Refusal::UserFull(self.max_per_user));
+        if *user >= max_per_user {
+            return Err(Refusal::UserFull(max_per_user));
         }
         *user += 1;
         counts.total += 1;
@@ -70,6 +75,12 @@ impl Admission {
             admission: Arc::clone(self),
             key: key.clone(),
         })
+    }
+
+    /// Applies new limits to the connections admitted from now on.
+    pub fn set_limits(&self, max_total: usize, max_per_user: usize) {
+        self.max_total.store(max_total, Ordering::Relaxed);
+        self.max_per_user.store(max_per_user, Ordering::Relaxed);
     }
 
     /// Connections held now.
@@ -122,5 +133,22 @@ mod tests {
         drop(a1);
         assert_eq!(admission.connections(), 2);
         admission.admit(&alice).unwrap();
+    }
+
+    #[test]
+    fn new_limits_apply_to_the_next_admissions_and_keep_those_held() {
+        let admission = Arc::new(Admission::new(10, 3));
+        let alice = UserKey::new("t", "alice");
+        let held: Vec<Ticket> = (0..3).map(|_| admission.admit(&alice).unwrap()).collect();
+        admission.set_limits(10, 1);
+        assert_eq!(admission.admit(&alice).unwrap_err(), Refusal::UserFull(1));
+        assert_eq!(admission.connections(), 3);
+        drop(held);
+        let _alice = admission.admit(&alice).unwrap();
+        admission.set_limits(1, 5);
+        assert_eq!(
+            admission.admit(&UserKey::new("t", "bob")).unwrap_err(),
+            Refusal::NodeFull(1)
+        );
     }
 }

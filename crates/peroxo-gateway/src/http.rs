@@ -27,7 +27,6 @@ use crate::actors::context::GatewayContext;
 use crate::actors::session_supervisor::SessionSupervisorMsg;
 use crate::admission::{Admission, Refusal, Ticket};
 use crate::identity::{Authenticator, Identity};
-use peroxo_config::LimitsConfig;
 use peroxo_protocol::{LATEST_PROTOCOL_VERSION, PROTOCOL_VERSION};
 
 /// Bytes read from a socket at a time. Every connection holds this much from the start, so it
@@ -44,13 +43,10 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 #[derive(Clone)]
 pub struct HttpState {
     pub sessions: ActorSlot<SessionSupervisorMsg>,
-    pub auth: Arc<Authenticator>,
     pub admission: Arc<Admission>,
-    /// The node's state, for `/readyz` and `/metrics`.
+    /// The node's state: its authenticator and live settings, and what `/readyz` and
+    /// `/metrics` report.
     pub gateway: Arc<GatewayContext>,
-    pub limits: LimitsConfig,
-    /// When not empty, the only `Origin`s allowed to open WebSockets.
-    pub allowed_origins: Arc<[String]>,
 }
 
 pub fn router(state: HttpState) -> Router {
@@ -150,7 +146,7 @@ async fn upgrade(
         Ok(accepted) => accepted,
         Err(refused) => return refused.into_response(),
     };
-    let max_message = state.limits.max_message_bytes;
+    let max_message = state.gateway.live.load().limits.max_message_bytes;
     upgrade
         .read_buffer_size(WS_READ_BUFFER_BYTES)
         .write_buffer_size(WS_WRITE_BUFFER_BYTES)
@@ -280,9 +276,10 @@ fn protocol_version(query: &HashMap<String, String>) -> Result<u32, UpgradeRefus
 
 /// Refuses an `Origin` not in `http.allowed_origins` (when the list is not empty) with 403.
 fn check_origin(state: &HttpState, headers: &HeaderMap) -> Result<(), UpgradeRefused> {
+    let settings = state.gateway.live.load();
     if let Some(origin) = headers.get(header::ORIGIN)
-        && !state.allowed_origins.is_empty()
-        && !state
+        && !settings.allowed_origins.is_empty()
+        && !settings
             .allowed_origins
             .iter()
             .any(|allowed| allowed.as_bytes() == origin.as_bytes())
@@ -320,15 +317,14 @@ fn authenticate(
     query: &HashMap<String, String>,
     headers: &HeaderMap,
 ) -> Result<Identity, UpgradeRefused> {
-    state
-        .auth
-        .authenticate(query, headers)
+    let auth = state.gateway.auth.load();
+    auth.authenticate(query, headers)
         .map_err(|error| UpgradeRefused {
             status: error.status(),
             code: error.code(),
             message: error.to_string(),
             bearer_challenge: error.status() == StatusCode::UNAUTHORIZED
-                && matches!(state.auth.as_ref(), Authenticator::Jwt(_)),
+                && matches!(auth.as_ref(), Authenticator::Jwt(_)),
         })
 }
 
@@ -373,10 +369,12 @@ fn built_in_file(content_type: &'static str, body: &'static str) -> Response {
 
 /// What a client needs to know before it connects.
 async fn info(State(state): State<HttpState>) -> Response {
-    let auth_mode = match state.auth.as_ref() {
+    let auth_mode = match state.gateway.auth.load().as_ref() {
         Authenticator::Dev => "dev",
         Authenticator::Jwt(_) => "jwt",
     };
+    let settings = state.gateway.live.load();
+    let (limits, groups) = (&settings.limits, &settings.groups);
     Json(serde_json::json!({
         "name": "peroxo",
         "version": env!("CARGO_PKG_VERSION"),
@@ -384,20 +382,20 @@ async fn info(State(state): State<HttpState>) -> Response {
         "protocols": (PROTOCOL_VERSION..=LATEST_PROTOCOL_VERSION).collect::<Vec<_>>(),
         "auth_mode": auth_mode,
         "limits": {
-            "max_text_bytes": state.limits.max_text_bytes,
-            "max_message_bytes": state.limits.max_message_bytes,
-            "rate_per_sec": state.limits.rate_per_sec,
-            "rate_burst": state.limits.rate_burst,
-            "max_watched_users": state.limits.max_watched_users,
+            "max_text_bytes": limits.max_text_bytes,
+            "max_message_bytes": limits.max_message_bytes,
+            "rate_per_sec": limits.rate_per_sec,
+            "rate_burst": limits.rate_burst,
+            "max_watched_users": limits.max_watched_users,
             "max_history_limit": peroxo_protocol::MAX_HISTORY_LIMIT,
             "max_sync_limit": peroxo_protocol::MAX_SYNC_LIMIT,
             "max_online_users_limit": peroxo_protocol::MAX_ONLINE_USERS_LIMIT,
         },
         "groups": {
-            "max_members": state.gateway.groups.max_members,
-            "max_groups_per_user": state.gateway.groups.max_groups_per_user,
-            "max_title_bytes": state.gateway.groups.max_title_bytes,
-            "live_receipts_max_members": state.gateway.groups.live_receipts_max_members,
+            "max_members": groups.max_members,
+            "max_groups_per_user": groups.max_groups_per_user,
+            "max_title_bytes": groups.max_title_bytes,
+            "live_receipts_max_members": groups.live_receipts_max_members,
         },
     }))
     .into_response()

@@ -10,6 +10,7 @@
 //! - [`http`]: the axum router; it authenticates upgrades and hands sockets over, nothing else.
 //! - [`identity`]: who a connecting client is (JWT, or dev mode).
 //! - [`admission`]: how many connections the node, and each user, may hold.
+//! - [`live`]: the settings a reload changes while the node runs.
 //! - [`rate_limit`]: the per-session command budget.
 //! - [`connection`]: one client's WebSocket: the bounded outbound queue, reader and writer.
 //! - [`actors`]: the supervised actor tree (RootSupervisor, Cluster, Persistence, Router,
@@ -25,6 +26,7 @@ pub mod admission;
 pub mod connection;
 pub mod http;
 pub mod identity;
+pub mod live;
 pub mod rate_limit;
 pub mod server;
 pub mod telemetry;

@@ -45,6 +45,29 @@ impl RateLimiter {
         }
     }
 
+    /// Goes on under a new rate and burst from `now` (a reload changed them): the time
+    /// before counts at the old rate, the bucket keeps its tokens up to the new burst, and a
+    /// streak of refusals goes on.
+    pub fn reconfigure(&mut self, per_sec: u32, burst: u32, abuse_after: Duration, now: Instant) {
+        let (per_sec, burst) = (f64::from(per_sec), f64::from(burst));
+        self.abuse_after = abuse_after;
+        if per_sec == self.per_sec && burst == self.burst {
+            return;
+        }
+        self.refill(now);
+        self.per_sec = per_sec;
+        self.burst = burst;
+        self.tokens = self.tokens.min(burst);
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now
+            .saturating_duration_since(self.refilled_at)
+            .as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.per_sec).min(self.burst);
+        self.refilled_at = now;
+    }
+
     /// Takes `tokens` more for a command already allowed (a group send, in proportion to its
     /// fan-out). The bucket may go into debt, down to minus one burst: the commands that
     /// follow are refused until it has refilled.
@@ -54,11 +77,7 @@ impl RateLimiter {
 
     /// Judges one command arriving at `now`.
     pub fn check(&mut self, now: Instant) -> Verdict {
-        let elapsed = now
-            .saturating_duration_since(self.refilled_at)
-            .as_secs_f64();
-        self.tokens = (self.tokens + elapsed * self.per_sec).min(self.burst);
-        self.refilled_at = now;
+        self.refill(now);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             return Verdict::Allow;
@@ -95,6 +114,32 @@ mod tests {
         // 50 ms refill one token at 20/s.
         assert_eq!(rl.check(t0 + Duration::from_millis(50)), Verdict::Allow);
         assert_eq!(rl.check(t0 + Duration::from_millis(50)), Verdict::Limit);
+    }
+
+    #[test]
+    fn a_new_rate_applies_from_the_moment_it_is_set_and_a_lower_burst_caps_the_tokens() {
+        let t0 = Instant::now();
+        let mut rl = limiter(t0);
+        for _ in 0..40 {
+            assert_eq!(rl.check(t0), Verdict::Allow);
+        }
+        // One second at 20/s refills 20 tokens; from then on the rate is 2/s, burst 5.
+        let t1 = t0 + Duration::from_secs(1);
+        rl.reconfigure(2, 5, Duration::from_secs(5), t1);
+        for _ in 0..5 {
+            assert_eq!(rl.check(t1), Verdict::Allow);
+        }
+        assert_eq!(rl.check(t1), Verdict::Limit);
+        assert_eq!(rl.check(t1 + Duration::from_millis(400)), Verdict::Limit);
+        assert_eq!(rl.check(t1 + Duration::from_millis(500)), Verdict::Allow);
+        // The same settings again change nothing.
+        rl.reconfigure(
+            2,
+            5,
+            Duration::from_secs(5),
+            t1 + Duration::from_millis(500),
+        );
+        assert_eq!(rl.check(t1 + Duration::from_millis(500)), Verdict::Limit);
     }
 
     #[test]

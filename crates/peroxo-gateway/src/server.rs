@@ -5,8 +5,8 @@
 //! the configured ports.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -25,8 +25,12 @@ use crate::actors::session_supervisor::SessionSupervisorMsg;
 use crate::admission::Admission;
 use crate::http::{self, HttpState};
 use crate::identity::Authenticator;
-use crate::telemetry::{ActorKind, Metrics, RestartCounts};
-use peroxo_config::{ClusterConfig, ClusterMode, Config, StorageEndpoints};
+use crate::live::LiveSettings;
+use crate::telemetry::{ActorKind, Metrics, ReloadOutcome, RestartCounts};
+use arc_swap::ArcSwap;
+use peroxo_config::{
+    Change, ClusterConfig, ClusterMode, Config, ConfigError, Snapshot, StorageEndpoints,
+};
 use peroxo_protocol::CloseCause;
 use peroxo_storage::StoreServer;
 
@@ -95,7 +99,7 @@ async fn start_storage(config: &Config) -> anyhow::Result<(Option<StoreServer>, 
 /// The node's shared handles, each actor slot empty until the tree starts its actor.
 fn gateway_context(
     config: &Config,
-    auth: Arc<Authenticator>,
+    auth: Authenticator,
     cluster: Option<ActorSlot<ClusterMsg>>,
 ) -> GatewayContext {
     let metrics = Arc::new(Metrics::new());
@@ -104,17 +108,31 @@ fn gateway_context(
         persistence: ActorSlot::default(),
         storage: StorageLink::default(),
         outbox: Arc::new(Outbox::new(config.storage.max_pending)),
-        limits: config.limits.clone(),
-        groups: config.groups.clone(),
+        live: Arc::new(LiveSettings::new(config)),
         member_cache: Arc::default(),
         announced: Arc::default(),
         storage_wait: config.storage.rpc_timeout(),
         restarts: Arc::new(RestartCounts::new(Arc::clone(&metrics))),
         metrics,
-        auth,
+        auth: ArcSwap::from_pointee(auth),
         draining: AtomicBool::new(false),
         cluster,
     }
+}
+
+/// What a reload changed ([`Gateway::reload`]).
+#[derive(Debug, Clone, Default)]
+pub struct ReloadReport {
+    /// Live keys whose new values now apply.
+    pub applied: Vec<Change>,
+    /// Keys that changed in the file but keep their running values until a restart.
+    pub restart_needed: Vec<Change>,
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// Binds `http.listen` and serves the node's routes until `stop_http` is cancelled.
@@ -146,7 +164,9 @@ pub struct Gateway {
     sessions: ActorSlot<SessionSupervisorMsg>,
     gateway: Arc<GatewayContext>,
     admission: Arc<Admission>,
-    grace_period: Duration,
+    /// The configuration the node runs with: its start-up values, and the live keys as the
+    /// last reload left them.
+    applied: Mutex<Snapshot>,
     stop_http: CancellationToken,
     http_task: JoinHandle<()>,
 }
@@ -162,7 +182,6 @@ impl Gateway {
     /// it while it validates the configuration): the embedded storage service when
     /// configured, the actor tree, then the HTTP listener.
     pub async fn start_with(config: Config, auth: Authenticator) -> anyhow::Result<Self> {
-        let auth = Arc::new(auth);
         auth.announce();
         let (store, endpoint) = start_storage(&config).await?;
         let cluster_slot = (config.cluster.mode == ClusterMode::Nats).then(ActorSlot::default);
@@ -170,7 +189,7 @@ impl Gateway {
             Some(slot) => Some(connect_cluster(&config.cluster, slot.clone()).await?),
             None => None,
         };
-        let gateway = Arc::new(gateway_context(&config, Arc::clone(&auth), cluster_slot));
+        let gateway = Arc::new(gateway_context(&config, auth, cluster_slot));
         let sessions = ActorSlot::default();
         let root = RootSupervisor::spawn(RootArgs {
             cluster,
@@ -188,14 +207,12 @@ impl Gateway {
         ));
         let state = HttpState {
             sessions: sessions.clone(),
-            auth,
             admission: Arc::clone(&admission),
             gateway: Arc::clone(&gateway),
-            limits: config.limits.clone(),
-            allowed_origins: config.http.allowed_origins.clone().into(),
         };
         let (http_addr, stop_http, http_task) = start_http(&config, state).await?;
         tracing::info!(addr = %http_addr, storage = %endpoint, "gateway listening (HTTP, WebSocket at /ws)");
+        gateway.metrics.config_applied_at.set(unix_now());
         Ok(Self {
             http_addr,
             store,
@@ -203,10 +220,72 @@ impl Gateway {
             sessions,
             gateway,
             admission,
-            grace_period: config.shutdown.grace_period,
+            applied: Mutex::new(Snapshot::of(&config)),
             stop_http,
             http_task,
         })
+    }
+
+    /// Applies the live keys of `config` (already validated, with `auth` built from its
+    /// `[auth]`) to every connection, without dropping any. The authenticator is replaced
+    /// even when `[auth]` reads the same, so that key files are read anew. Keys that need a
+    /// restart keep their running values and are reported.
+    pub fn reload(&self, config: &Config, auth: Authenticator) -> ReloadReport {
+        let after = Snapshot::of(config);
+        let mut applied = self.applied.lock().expect("applied configuration poisoned");
+        let (live, restart_needed): (Vec<Change>, Vec<Change>) =
+            applied.diff(&after).into_iter().partition(|c| c.live);
+        self.gateway.live.apply(config);
+        self.admission.set_limits(
+            config.http.max_connections,
+            config.limits.max_sessions_per_user,
+        );
+        self.gateway.auth.store(Arc::new(auth));
+        *applied = applied.with_live_keys_of(&after);
+        drop(applied);
+        let report = ReloadReport {
+            applied: live,
+            restart_needed,
+        };
+        let outcome = if report.applied.is_empty() {
+            ReloadOutcome::Unchanged
+        } else {
+            ReloadOutcome::Applied
+        };
+        let metrics = &self.gateway.metrics;
+        metrics.reload(outcome);
+        metrics.config_applied_at.set(unix_now());
+        let keys = |changes: &[Change]| {
+            changes
+                .iter()
+                .map(|c| c.key.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        tracing::info!(
+            outcome = outcome.as_str(),
+            applied = %keys(&report.applied),
+            restart_needed = %keys(&report.restart_needed),
+            "configuration reloaded"
+        );
+        for change in &report.restart_needed {
+            tracing::warn!(key = %change.key, "{change}: kept the running value until a restart");
+        }
+        report
+    }
+
+    /// Records a reload refused because the new configuration is invalid: nothing changed.
+    pub fn reload_rejected(&self, error: &ConfigError) {
+        self.gateway.metrics.reload(ReloadOutcome::Rejected);
+        tracing::error!(key = %error.key, %error, "configuration reload rejected; nothing changed");
+    }
+
+    /// The configuration the node runs with (what `peroxo check-config --diff` compares).
+    pub fn applied_config(&self) -> Snapshot {
+        self.applied
+            .lock()
+            .expect("applied configuration poisoned")
+            .clone()
     }
 
     /// Whether the node is connected to the storage service.
@@ -231,11 +310,12 @@ impl Gateway {
     /// 3. every session is closed with 1001 and the node waits for the sockets to close;
     /// 4. the actor tree stops, then the embedded storage service.
     pub async fn shutdown(self) {
-        let deadline = tokio::time::Instant::now() + self.grace_period;
+        let grace_period = self.gateway.live.load().grace_period;
+        let deadline = tokio::time::Instant::now() + grace_period;
         let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
         self.gateway.draining.store(true, Ordering::Relaxed);
         self.stop_http.cancel();
-        tracing::info!(grace_period = ?self.grace_period, "shutdown: draining");
+        tracing::info!(?grace_period, "shutdown: draining");
         if !self.gateway.outbox.close_and_drain(left()).await {
             tracing::error!(
                 pending = self.pending_writes(),

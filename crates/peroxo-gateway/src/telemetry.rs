@@ -50,6 +50,32 @@ pub struct Metrics {
     pub storage_up: Gauge,
     pub storage_reconnects: Counter,
     restarts: Vec<(ActorKind, Counter)>,
+    reloads: Vec<(ReloadOutcome, Counter)>,
+    /// When the configuration was last applied (start or reload), in Unix seconds.
+    pub config_applied_at: Gauge,
+}
+
+/// How a reload of the configuration ended (`peroxo_config_reloads_total{outcome}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    /// Live keys changed and were applied.
+    Applied,
+    /// Nothing a running node applies had changed.
+    Unchanged,
+    /// The file or the environment was invalid: nothing changed.
+    Rejected,
+}
+
+impl ReloadOutcome {
+    pub const ALL: [ReloadOutcome; 3] = [Self::Applied, Self::Unchanged, Self::Rejected];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Applied => "applied",
+            Self::Unchanged => "unchanged",
+            Self::Rejected => "rejected",
+        }
+    }
 }
 
 impl std::fmt::Debug for Metrics {
@@ -134,8 +160,25 @@ impl Metrics {
                     )
                 })
                 .collect(),
+            reloads: ReloadOutcome::ALL
+                .iter()
+                .map(|outcome| {
+                    let label = ("outcome", outcome.as_str());
+                    (
+                        *outcome,
+                        counter(r, "peroxo_config_reloads_total", Some(label)),
+                    )
+                })
+                .collect(),
+            config_applied_at: gauge(r, "peroxo_config_applied_timestamp_seconds"),
             recorder,
             process,
+        }
+    }
+
+    pub fn reload(&self, outcome: ReloadOutcome) {
+        if let Some((_, counter)) = self.reloads.iter().find(|(o, _)| *o == outcome) {
+            counter.increment(1);
         }
     }
 
@@ -233,6 +276,14 @@ fn describe(recorder: &PrometheusRecorder) {
         "Acks sent, by whether the send was a duplicate.",
     );
     counter("peroxo_errors_total", "Error frames sent, by code.");
+    counter(
+        "peroxo_config_reloads_total",
+        "Reloads of the configuration, by outcome (applied, unchanged, rejected).",
+    );
+    gauge(
+        "peroxo_config_applied_timestamp_seconds",
+        "When the configuration was last applied (start or reload), Unix seconds.",
+    );
     histogram(
         "peroxo_send_to_ack_seconds",
         Some(Unit::Seconds),

@@ -211,6 +211,17 @@ pub enum CommandKind {
 }
 
 impl CommandKind {
+    /// The `client_msg_id` the command carries, which an `error` answering it names (so a
+    /// client can tell which of its sends was refused).
+    pub fn client_msg_id(&self) -> Option<&str> {
+        match self {
+            CommandKind::Send { client_msg_id, .. }
+            | CommandKind::SendToConversation { client_msg_id, .. }
+            | CommandKind::CreateGroup { client_msg_id, .. } => Some(client_msg_id),
+            _ => None,
+        }
+    }
+
     /// Whether only a protocol-2 session may send this command.
     pub fn needs_protocol_2(&self) -> bool {
         !matches!(

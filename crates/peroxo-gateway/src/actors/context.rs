@@ -8,10 +8,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use peroxo_config::{GroupsConfig, LimitsConfig};
+use arc_swap::ArcSwap;
 use peroxo_protocol::domain::UserKey;
 use peroxo_storage::grpc::StorageClient;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use super::ActorSlot;
 use super::cluster::ClusterMsg;
@@ -22,6 +22,7 @@ use super::router::{AnnouncedOnline, Registration, RouterMsg};
 use crate::admission::Ticket;
 use crate::connection::Outbound;
 use crate::identity::Authenticator;
+use crate::live::LiveSettings;
 use crate::rate_limit::RateLimiter;
 use crate::telemetry::{Metrics, RestartCounts};
 
@@ -32,9 +33,8 @@ pub struct GatewayContext {
     pub storage: StorageLink,
     /// Accepted sends on their way to storage (bounded by `storage.max_pending`).
     pub outbox: Arc<Outbox>,
-    pub limits: LimitsConfig,
-    /// The limits of group conversations.
-    pub groups: GroupsConfig,
+    /// The limits and settings a reload changes while the node runs.
+    pub live: Arc<LiveSettings>,
     /// Recently read member lists of groups (typing, live receipts).
     pub member_cache: Arc<MemberCache>,
     /// The users this node has announced online, which a restarted Router starts from.
@@ -44,8 +44,8 @@ pub struct GatewayContext {
     pub restarts: Arc<RestartCounts>,
     /// This node's metrics; each connection's queue holds them too.
     pub metrics: Arc<Metrics>,
-    /// Verifies tokens presented with `refresh`.
-    pub auth: Arc<Authenticator>,
+    /// Verifies tokens (on upgrade and `refresh`); a reload may replace it.
+    pub auth: ArcSwap<Authenticator>,
     /// Set once shutdown begins: `/readyz` answers 503 from then on.
     pub draining: AtomicBool,
     /// The link to the other gateway nodes, when this node is part of a cluster.
@@ -61,7 +61,7 @@ pub struct ConnectionContext {
     /// Users (of the same tenant) this connection watches for presence.
     pub watching: Mutex<BTreeSet<String>>,
     /// Storage reads this connection may have in flight.
-    pub reads: Arc<Semaphore>,
+    pub reads: ReadPermits,
     /// When the client's credential expires (Unix seconds); 0 for never.
     pub expires_at: AtomicU64,
     /// This connection's place in the node's admission counts.
@@ -90,6 +90,39 @@ impl ConnectionContext {
                 .cloned()
                 .collect(),
         })
+    }
+}
+
+/// The storage reads one connection may have in flight (`limits.max_reads_in_flight`, which a
+/// reload may change: the permits follow it the next time one is asked for).
+#[derive(Debug)]
+pub struct ReadPermits {
+    permits: Arc<Semaphore>,
+    /// Permits in all, taken or not.
+    total: Mutex<usize>,
+}
+
+impl ReadPermits {
+    pub fn new(total: usize) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(total)),
+            total: Mutex::new(total),
+        }
+    }
+
+    /// Waits for a permit out of `most` in all; `None` once the permits are closed.
+    pub async fn acquire(&self, most: usize) -> Option<OwnedSemaphorePermit> {
+        {
+            let mut total = self.total.lock().expect("read permits poisoned");
+            if most > *total {
+                self.permits.add_permits(most - *total);
+                *total = most;
+            } else if most < *total {
+                // Only free permits can go now; the rest go at a later call.
+                *total -= self.permits.forget_permits(*total - most);
+            }
+        }
+        Arc::clone(&self.permits).acquire_owned().await.ok()
     }
 }
 

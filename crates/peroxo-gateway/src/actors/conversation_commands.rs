@@ -118,11 +118,8 @@ impl CommandContext {
     /// Carries out one protocol-2 command that needs storage, in a task bounded by the
     /// connection's read permits. Commands of protocol 1 are not handled here.
     pub async fn run(&self, kind: CommandKind, req_id: Option<ReqId>) {
-        let Some(permit) = Arc::clone(&self.connection.reads)
-            .acquire_owned()
-            .await
-            .ok()
-        else {
+        let most = self.gateway.live.load().limits.max_reads_in_flight;
+        let Some(permit) = self.connection.reads.acquire(most).await else {
             return;
         };
         let outbound = self.connection.outbound.clone();
@@ -178,7 +175,7 @@ impl Task {
                         client_msg_id: client_msg_id.clone(),
                         title,
                         members,
-                        limits: self.gateway.groups.limits(),
+                        limits: self.gateway.live.load().groups.limits(),
                     })
                     .await?;
                 self.outbound.send(&ServerFrame::GroupCreated {
@@ -311,7 +308,7 @@ impl Task {
                 actor: self.user.clone(),
                 conversation_id: conversation_id.clone(),
                 op,
-                limits: self.gateway.groups.limits(),
+                limits: self.gateway.live.load().groups.limits(),
             })
             .await?;
         self.gateway
@@ -406,7 +403,7 @@ impl Task {
         if !members.contains(&self.user.user) {
             return Err(not_in_conversation());
         }
-        if members.len() > self.gateway.groups.live_receipts_max_members as usize {
+        if members.len() > self.gateway.live.load().groups.live_receipts_max_members as usize {
             return Ok(());
         }
         let text = Utf8Bytes::from(frame.encode());

@@ -27,8 +27,9 @@ use super::context::StorageLink;
 use super::conversation_commands::MemberCache;
 use super::outbox::{Outbox, PendingWrite};
 use super::router::{Delivery, RouterMsg};
+use crate::live::LiveSettings;
 use crate::telemetry::{Metrics, seconds};
-use peroxo_config::{GroupsConfig, StorageConfig, StorageEndpoints};
+use peroxo_config::{StorageConfig, StorageEndpoints};
 use peroxo_protocol::domain::{AppendOutcome, NewMessage, StoredMessage, UserKey};
 use peroxo_protocol::{ErrorCode, ProtocolError, ReqId, ServerFrame};
 use peroxo_storage::grpc::{CallError, StorageClient};
@@ -80,7 +81,7 @@ pub struct PersistenceArgs {
     /// send to the group is charged).
     pub member_cache: Arc<MemberCache>,
     /// What a group send costs the sender's rate (charged in full once its fan-out is known).
-    pub groups: GroupsConfig,
+    pub live: Arc<LiveSettings>,
 }
 
 pub struct PersistenceState {
@@ -439,7 +440,7 @@ impl PersistenceState {
                         .set_size(&message.tenant, &message.recipient, members);
                     // The send was charged for the members last seen here (`rows`); the
                     // sender owes the rest.
-                    let groups = &self.args.groups;
+                    let groups = &self.args.live.load().groups;
                     let owed = groups
                         .rate_tokens(members)
                         .saturating_sub(groups.rate_tokens(write.rows));

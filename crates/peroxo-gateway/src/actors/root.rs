@@ -234,7 +234,7 @@ async fn spawn_persistence(
             router: args.gateway.router.clone(),
             metrics: Arc::clone(&args.gateway.metrics),
             member_cache: Arc::clone(&args.gateway.member_cache),
-            groups: args.gateway.groups.clone(),
+            live: Arc::clone(&args.gateway.live),
         },
         supervisor,
     )

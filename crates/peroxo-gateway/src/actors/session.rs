@@ -274,11 +274,20 @@ impl SessionState {
     fn within_rate(&mut self, myself: &ActorRef<SessionMsg>, input: &Inbound) -> bool {
         let verdict = {
             let mut rate = self.connection.rate.lock().expect("rate limiter poisoned");
+            let settings = self.gateway.live.load();
+            let limits = &settings.limits;
+            let now = Instant::now();
+            rate.reconfigure(
+                limits.rate_per_sec,
+                limits.rate_burst,
+                limits.abuse_close_secs,
+                now,
+            );
             let owed = self.connection.outbound.take_rate_debt();
             if owed > 0 {
                 rate.charge(f64::from(owed));
             }
-            rate.check(Instant::now())
+            rate.check(now)
         };
         if verdict == Verdict::Allow {
             return true;
@@ -293,15 +302,13 @@ impl SessionState {
         let (req_id, client_msg_id) = match input {
             Inbound::Command(Ok(command)) => (
                 command.req_id.clone(),
-                match &command.kind {
-                    CommandKind::Send { client_msg_id, .. } => Some(client_msg_id.clone()),
-                    _ => None,
-                },
+                command.kind.client_msg_id().map(str::to_owned),
             ),
             Inbound::Command(Err(error)) => (error.req_id.clone(), error.client_msg_id.clone()),
             _ => (None, None),
         };
-        let limits = &self.gateway.limits;
+        let settings = self.gateway.live.load();
+        let limits = &settings.limits;
         outbound.error(
             &ProtocolError::new(
                 ErrorCode::RateLimited,
@@ -324,7 +331,8 @@ impl SessionState {
         }
         self.expiry_generation += 1;
         let generation = self.expiry_generation;
-        let deadline = UNIX_EPOCH + Duration::from_secs(expires_at) + self.gateway.auth.leeway();
+        let deadline =
+            UNIX_EPOCH + Duration::from_secs(expires_at) + self.gateway.auth.load().leeway();
         let wait = deadline
             .duration_since(SystemTime::now())
             .unwrap_or(Duration::ZERO);
@@ -333,7 +341,8 @@ impl SessionState {
 
     fn check_expiry(&mut self, myself: &ActorRef<SessionMsg>) {
         let expires_at = self.connection.expires_at.load(Ordering::Relaxed);
-        let deadline = UNIX_EPOCH + Duration::from_secs(expires_at) + self.gateway.auth.leeway();
+        let deadline =
+            UNIX_EPOCH + Duration::from_secs(expires_at) + self.gateway.auth.load().leeway();
         if SystemTime::now() >= deadline {
             self.connection
                 .outbound
@@ -347,7 +356,7 @@ impl SessionState {
     /// Takes a fresh token for the same user and tenant.
     fn refresh(&mut self, myself: &ActorRef<SessionMsg>, token: &str, req_id: Option<ReqId>) {
         let outbound = self.connection.outbound.clone();
-        let identity = match self.gateway.auth.verify_token(token) {
+        let identity = match self.gateway.auth.load().verify_token(token) {
             Ok(identity) => identity,
             Err(error) => {
                 outbound.error(
@@ -379,11 +388,7 @@ impl SessionState {
     async fn command(&mut self, myself: &ActorRef<SessionMsg>, command: Command) {
         let Command { req_id, kind } = command;
         if kind.needs_protocol_2() && self.connection.protocol < LATEST_PROTOCOL_VERSION {
-            let client_msg_id = match &kind {
-                CommandKind::SendToConversation { client_msg_id, .. }
-                | CommandKind::CreateGroup { client_msg_id, .. } => Some(client_msg_id.clone()),
-                _ => None,
-            };
+            let client_msg_id = kind.client_msg_id().map(str::to_owned);
             self.connection.outbound.error(
                 &ProtocolError::new(
                     ErrorCode::BadRequest,
@@ -553,7 +558,9 @@ impl SessionState {
                 .rate
                 .lock()
                 .expect("rate limiter poisoned")
-                .charge(f64::from(self.gateway.groups.rate_tokens(members)));
+                .charge(f64::from(
+                    self.gateway.live.load().groups.rate_tokens(members),
+                ));
             members
         } else {
             1
@@ -593,10 +600,8 @@ impl SessionState {
 
     /// Waits for a read permit (pushing back on the client), then reads in a task.
     async fn read_permit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        Arc::clone(&self.connection.reads)
-            .acquire_owned()
-            .await
-            .ok()
+        let most = self.gateway.live.load().limits.max_reads_in_flight;
+        self.connection.reads.acquire(most).await
     }
 
     async fn history(
@@ -700,7 +705,7 @@ impl SessionState {
     }
 
     fn subscribe(&self, users: Vec<String>, req_id: Option<ReqId>) {
-        let max = self.gateway.limits.max_watched_users;
+        let max = self.gateway.live.load().limits.max_watched_users;
         {
             let mut watching = self
                 .connection

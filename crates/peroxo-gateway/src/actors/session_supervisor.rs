@@ -15,16 +15,15 @@ use std::sync::{Arc, Mutex};
 
 use axum::extract::ws::WebSocket;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
-use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use super::cluster::ClusterMsg;
-use super::context::{ConnectionContext, GatewayContext};
+use super::context::{ConnectionContext, GatewayContext, ReadPermits};
 use super::router::{Registration, RouterMsg};
 use super::session::{Session, SessionArgs, SessionMsg};
 use crate::admission::Ticket;
 use crate::connection::{
-    ConnectionRecord, CurrentSession, Heartbeat, Outbound, SocketTasks, spawn_socket_tasks,
+    ConnectionRecord, CurrentSession, Outbound, SocketTasks, spawn_socket_tasks,
 };
 use crate::identity::Identity;
 use crate::rate_limit::RateLimiter;
@@ -34,7 +33,7 @@ use peroxo_protocol::CloseCause;
 use peroxo_protocol::domain::SessionId;
 #[cfg(feature = "test-hooks")]
 use peroxo_protocol::domain::UserKey;
-use peroxo_protocol::{DecodeLimits, ErrorCode, ProtocolError};
+use peroxo_protocol::{ErrorCode, ProtocolError};
 
 pub enum SessionSupervisorMsg {
     /// An authenticated, admitted, upgraded socket.
@@ -207,10 +206,12 @@ impl SessionSupervisorState {
         ticket: Ticket,
         protocol: u32,
     ) {
-        let limits = &self.gateway.limits;
+        let live = &self.gateway.live;
+        let settings = live.load();
+        let limits = &settings.limits;
         let (outbound, queue) = Outbound::new(
             SessionId::next(),
-            limits.outbound_queue,
+            live.outbound_queue(),
             Arc::clone(&self.gateway.metrics),
         );
         let context = Arc::new(ConnectionContext {
@@ -221,7 +222,7 @@ impl SessionSupervisorState {
             cluster_interest: AtomicBool::new(false),
             outbound: outbound.clone(),
             watching: Mutex::new(BTreeSet::new()),
-            reads: Arc::new(Semaphore::new(limits.max_reads_in_flight)),
+            reads: ReadPermits::new(limits.max_reads_in_flight),
             rate: Mutex::new(RateLimiter::new(
                 limits.rate_per_sec,
                 limits.rate_burst,
@@ -246,14 +247,7 @@ impl SessionSupervisorState {
             outbound: outbound.clone(),
             queue,
             session: Arc::clone(&current),
-            limits: DecodeLimits {
-                max_text_bytes: limits.max_text_bytes,
-                max_watched_users: limits.max_watched_users,
-            },
-            heartbeat: Heartbeat {
-                ping_interval: limits.ping_interval(),
-                idle_timeout: limits.idle_timeout(),
-            },
+            live: Arc::clone(live),
             record: ConnectionRecord::opened(context.key.clone(), &outbound),
         };
         spawn_socket_tasks(socket, tasks);

@@ -18,6 +18,16 @@ pub struct Heartbeat {
     pub idle_timeout: Duration,
 }
 
+impl Heartbeat {
+    /// The heartbeat `limits` configure.
+    pub fn of(limits: &peroxo_config::LimitsConfig) -> Self {
+        Self {
+            ping_interval: limits.ping_interval(),
+            idle_timeout: limits.idle_timeout(),
+        }
+    }
+}
+
 /// When the client was last heard from, shared by the reader (which records it) and the
 /// writer (which pings and times out by it).
 pub(super) struct LastHeard {

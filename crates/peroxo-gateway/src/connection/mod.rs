@@ -25,7 +25,8 @@ use std::sync::Arc;
 
 use axum::extract::ws::WebSocket;
 use futures_util::StreamExt;
-use peroxo_protocol::DecodeLimits;
+
+use crate::live::LiveSettings;
 
 pub use heartbeat::Heartbeat;
 pub use outbound::{Droppable, Outbound, OutboundQueue, WelcomeSlot};
@@ -41,8 +42,8 @@ pub struct SocketTasks<S> {
     pub queue: OutboundQueue,
     /// The session actor currently serving the connection, published by SessionSupervisor.
     pub session: Arc<CurrentSession<S>>,
-    pub limits: DecodeLimits,
-    pub heartbeat: Heartbeat,
+    /// The node's live settings: the decode limits and the heartbeat, read as they apply.
+    pub live: Arc<LiveSettings>,
     pub record: Arc<ConnectionRecord>,
 }
 
@@ -52,13 +53,13 @@ pub fn spawn_socket_tasks<S: SessionInbox>(socket: WebSocket, tasks: SocketTasks
     tokio::spawn(run_writer(
         sink,
         tasks.queue,
-        tasks.heartbeat,
+        Arc::clone(&tasks.live),
         Arc::clone(&tasks.record),
     ));
     tokio::spawn(run_reader(
         stream,
         tasks.session,
-        tasks.limits,
+        tasks.live,
         tasks.outbound,
         tasks.record,
     ));

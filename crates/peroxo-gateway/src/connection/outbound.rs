@@ -15,6 +15,7 @@ use tokio::sync::Notify;
 
 use super::heartbeat::LastHeard;
 use super::wait::{lock, wait_for};
+use crate::live::QueueBound;
 use crate::telemetry::Metrics;
 
 /// Whether a frame may be dropped to spare a queue that is more than half full (presence and
@@ -45,7 +46,8 @@ pub struct Outbound {
 /// (a channel allocates its first block of slots up front), and the writer gives the buffer
 /// back whenever it has written everything.
 pub(super) struct Shared {
-    capacity: usize,
+    /// The most frames queued at once (`limits.outbound_queue`, changed by a reload).
+    capacity: QueueBound,
     /// The node's metrics, for the error frames queued here and the connection's record.
     pub(super) metrics: Arc<Metrics>,
     /// Why the connection closes: the first close asked for wins, whichever way it goes out.
@@ -212,11 +214,11 @@ impl Outbound {
     /// A queue of `capacity` frames for `session_id`, counted in `metrics`.
     pub fn new(
         session_id: SessionId,
-        capacity: usize,
+        capacity: impl Into<QueueBound>,
         metrics: Arc<Metrics>,
     ) -> (Self, OutboundQueue) {
         let shared = Arc::new(Shared {
-            capacity,
+            capacity: capacity.into(),
             metrics,
             cause: OnceLock::new(),
             queue: Mutex::new(Queue::default()),
@@ -285,10 +287,11 @@ impl Outbound {
             return false;
         }
         let queued = queue.items.len();
-        if droppable == Droppable::Yes && queued > self.shared.capacity / 2 {
+        let capacity = self.shared.capacity.get();
+        if droppable == Droppable::Yes && queued > capacity / 2 {
             return false;
         }
-        if queued >= self.shared.capacity {
+        if queued >= capacity {
             drop(queue);
             self.close_now(CloseCause::SlowConsumer);
             return false;
@@ -300,7 +303,7 @@ impl Outbound {
     }
 
     fn is_past_half_full(&self) -> bool {
-        self.shared.lock().items.len() > self.shared.capacity / 2
+        self.shared.lock().items.len() > self.shared.capacity.get() / 2
     }
 
     /// Queues an `error` frame.
@@ -319,7 +322,7 @@ impl Outbound {
         if queue.writer_gone {
             return;
         }
-        if queue.items.len() >= self.shared.capacity {
+        if queue.items.len() >= self.shared.capacity.get() {
             drop(queue);
             self.close_now(cause);
             return;

@@ -10,12 +10,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use axum::extract::ws::{Message, WebSocket};
 use futures_util::StreamExt;
 use futures_util::stream::SplitStream;
-use peroxo_protocol::{self as protocol, CloseCause, Command, DecodeLimits, ProtocolError};
+use peroxo_protocol::{self as protocol, CloseCause, Command, ProtocolError};
 use tokio::sync::{Notify, oneshot};
 
 use super::outbound::{Outbound, Shared};
 use super::record::ConnectionRecord;
 use super::wait::{lock, wait_for};
+use crate::live::LiveSettings;
 use crate::telemetry::{CLIENT_CLOSED, CONNECTION_LOST};
 
 /// What the reader hands over.
@@ -118,7 +119,7 @@ impl<S: Clone> CurrentSession<S> {
 pub(super) async fn run_reader<S: SessionInbox>(
     mut stream: SplitStream<WebSocket>,
     session: Arc<CurrentSession<S>>,
-    limits: DecodeLimits,
+    live: Arc<LiveSettings>,
     outbound: Outbound,
     record: Arc<ConnectionRecord>,
 ) {
@@ -130,7 +131,16 @@ pub(super) async fn run_reader<S: SessionInbox>(
         };
         connection.last_heard.record();
         let input = match next {
-            Some(Ok(Message::Text(text))) => Inbound::Command(protocol::decode(&text, &limits)),
+            Some(Ok(Message::Text(text))) => {
+                let settings = live.load();
+                // The socket's own cap is the limit when it opened; a reload may have
+                // lowered it since.
+                if text.len() > settings.limits.max_message_bytes {
+                    outbound.close_now(CloseCause::TooLarge);
+                    break;
+                }
+                Inbound::Command(protocol::decode(&text, &settings.decode_limits()))
+            }
             Some(Ok(Message::Binary(_))) => Inbound::Binary,
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
             Some(Err(error)) => {

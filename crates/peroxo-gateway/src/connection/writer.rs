@@ -17,6 +17,7 @@ use tokio::time::{Instant, Sleep};
 use super::heartbeat::{Heartbeat, Pacemaker, Pulse};
 use super::outbound::{Item, Next, OutboundQueue};
 use super::record::ConnectionRecord;
+use crate::live::LiveSettings;
 
 type Sink = SplitSink<WebSocket, Message>;
 
@@ -42,10 +43,11 @@ enum Stop {
 pub(super) fn run_writer(
     mut sink: Sink,
     queue: OutboundQueue,
-    heartbeat: Heartbeat,
+    live: Arc<LiveSettings>,
     record: Arc<ConnectionRecord>,
 ) -> impl Future<Output = ()> + Send + 'static {
     async move {
+        let heartbeat = Heartbeat::of(&live.load().limits);
         let mut pacemaker = Pacemaker {
             heartbeat,
             last_heard: &queue.shared.last_heard,
@@ -55,10 +57,11 @@ pub(super) fn run_writer(
         let check = tokio::time::sleep(heartbeat.ping_interval);
         tokio::pin!(check);
         let stop = loop {
-            let first = match next_frame(&mut sink, &queue, &mut pacemaker, check.as_mut()).await {
-                Ok(first) => first,
-                Err(stop) => break stop,
-            };
+            let first =
+                match next_frame(&mut sink, &queue, &mut pacemaker, check.as_mut(), &live).await {
+                    Ok(first) => first,
+                    Err(stop) => break stop,
+                };
             if let Err(stop) =
                 write_frames(&mut sink, &queue, &pacemaker, check.as_mut(), first).await
             {
@@ -68,7 +71,7 @@ pub(super) fn run_writer(
         if let Stop::Close(cause) = stop {
             record.ended(cause.code(), cause.label());
         }
-        close_handshake(&mut sink, &queue, heartbeat, stop).await;
+        close_handshake(&mut sink, &queue, Heartbeat::of(&live.load().limits), stop).await;
         queue.shared.end();
     }
 }
@@ -79,6 +82,7 @@ async fn next_frame(
     queue: &OutboundQueue,
     pacemaker: &mut Pacemaker<'_>,
     mut check: Pin<&mut Sleep>,
+    live: &LiveSettings,
 ) -> Result<Utf8Bytes, Stop> {
     loop {
         match queue.next() {
@@ -93,6 +97,8 @@ async fn next_frame(
             biased;
             () = queue.woken() => {}
             () = &mut check => {
+                // A reload may have changed the intervals: they apply from this check on.
+                pacemaker.heartbeat = Heartbeat::of(&live.load().limits);
                 match pacemaker.pulse() {
                     Pulse::Close => {
                         return Err(Stop::Close(queue.shared.first_cause(CloseCause::IdleTimeout)));
