@@ -69,6 +69,12 @@ enum Fault {
     NatsKill,
     /// Cut the link between the gateway and storage, restore it after the outage.
     LinkCut,
+    /// SIGKILL the storage service the gateway uses, one of two: the gateway fails over to
+    /// the other; the killed one comes back after the outage.
+    StorageFailover,
+    /// Reload the gateway's configuration (SIGHUP) with a rate limit the workload exceeds,
+    /// then, after the outage, with the loose one again.
+    Reload,
 }
 
 struct Case {
@@ -83,6 +89,7 @@ const fn layout(backend: Backend, embedded: bool, nodes: usize, proxy: bool) -> 
         embedded,
         nodes,
         proxy,
+        stores: 1,
         max_pending: 10_000,
     }
 }
@@ -149,6 +156,19 @@ fn cases(small_outbox: usize) -> Vec<Case> {
             name: "link-cut/sqlite",
             layout: layout(Sqlite, false, 1, true),
             fault: Fault::LinkCut,
+        },
+        Case {
+            name: "storage-failover/postgres",
+            layout: Layout {
+                stores: 2,
+                ..layout(Postgres, false, 1, false)
+            },
+            fault: Fault::StorageFailover,
+        },
+        Case {
+            name: "reload/sqlite",
+            layout: layout(Sqlite, true, 1, false),
+            fault: Fault::Reload,
         },
     ]
 }
@@ -275,6 +295,8 @@ struct Injected {
     faults: u64,
     /// Actors crashed through the test hooks, by the actor label of their restart metric.
     crashes: BTreeMap<&'static str, u64>,
+    /// Storage failovers seen: the gateway was ready again while the killed service was down.
+    failovers: u64,
 }
 
 impl Injected {
@@ -444,6 +466,59 @@ async fn inject(fault: Fault, rig: &mut Rig, scale: Scale, tenant: &str, injecte
             tokio::time::sleep(scale.outage).await;
             rig.proxy.as_ref().unwrap().restore();
         }
+        Fault::StorageFailover => {
+            // The gateway starts on the first service and stays on whichever it failed over
+            // to: the faults take the two in turn.
+            let until = Instant::now() + scale.outage;
+            let victim = if injected.faults % 2 == 1 {
+                rig.store.as_mut()
+            } else {
+                rig.second_store.as_mut()
+            }
+            .unwrap();
+            let before = storage_reconnects(rig.nodes[0].http).await;
+            victim.kill();
+            if reconnected_before(rig.nodes[0].http, before, until).await {
+                injected.failovers += 1;
+            }
+            tokio::time::sleep_until(until).await;
+            let victim = if injected.faults % 2 == 1 {
+                rig.store.as_mut()
+            } else {
+                rig.second_store.as_mut()
+            };
+            victim.unwrap().start();
+        }
+        Fault::Reload => {
+            rig.reload_limits(0, "[limits]\nrate_per_sec = 4\nrate_burst = 4\n")
+                .await;
+            tokio::time::sleep(scale.outage).await;
+            rig.reload_limits(0, rig::LIMITS).await;
+        }
+    }
+}
+
+/// Whether the node at `http` has reconnected to storage (more reconnects than `before`) and
+/// is ready (`/readyz` 200) before `until`, asked every 50 ms.
+async fn reconnected_before(http: std::net::SocketAddr, before: f64, until: Instant) -> bool {
+    while Instant::now() < until {
+        if storage_reconnects(http).await > before
+            && let Ok((200, _)) = common::try_http_request(http, "GET", "/readyz", "").await
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+/// `peroxo_storage_reconnects_total` of the node at `http` (0 when it does not answer).
+async fn storage_reconnects(http: std::net::SocketAddr) -> f64 {
+    match common::try_http_request(http, "GET", "/metrics", "").await {
+        Ok((200, text)) => {
+            common::metric_sample(&text, "peroxo_storage_reconnects_total", "").unwrap_or(0.0)
+        }
+        _ => 0.0,
     }
 }
 
@@ -506,5 +581,26 @@ fn fault_effect(
             injected.crashed("cluster") >= 1,
         ),
         Fault::NatsKill => (format!("sync hints {sync_hints}"), sync_hints >= 1),
+        // The gateway reconnected, to the other service, while the killed one was down.
+        Fault::StorageFailover => (
+            format!(
+                "storage reconnects {storage_reconnects}, failovers {}",
+                injected.failovers
+            ),
+            storage_reconnects >= 1.0 && injected.failovers >= 1,
+        ),
+        // Both reloads applied, the stricter limit refused sends, and no connection was
+        // dropped for it.
+        Fault::Reload => {
+            let limited = clients.errors.get("rate_limited").copied().unwrap_or(0);
+            let reloads = totals.reloads_applied;
+            (
+                format!(
+                    "reloads {reloads}, sends refused rate_limited {limited}, client \
+                     reconnects {reconnects}"
+                ),
+                reloads >= 2.0 && limited >= 1 && reconnects == 0,
+            )
+        }
     }
 }

@@ -37,6 +37,9 @@ pub(crate) struct Layout {
     pub(crate) nodes: usize,
     /// The gateways reach storage through a [`Proxy`] that can cut the link.
     pub(crate) proxy: bool,
+    /// Storage services (without embedded storage): with two, every gateway lists both in
+    /// `storage.endpoint` and fails over between them.
+    pub(crate) stores: usize,
     pub(crate) max_pending: usize,
 }
 
@@ -103,8 +106,12 @@ impl Service {
 
     /// SIGSTOP (`freeze = true`) or SIGCONT.
     pub(crate) fn freeze(&self, freeze: bool) {
+        self.signal(if freeze { "-STOP" } else { "-CONT" });
+    }
+
+    /// Sends `signal` (as `kill` names it: `-HUP`) to the process.
+    pub(crate) fn signal(&self, signal: &str) {
         let pid = self.process.as_ref().expect("running").child.id();
-        let signal = if freeze { "-STOP" } else { "-CONT" };
         let status = Command::new("kill")
             .args([signal, &pid.to_string()])
             .status()
@@ -124,6 +131,9 @@ impl Service {
 pub(crate) struct Node {
     pub(crate) service: Service,
     pub(crate) http: SocketAddr,
+    /// Its configuration file, and what the file held when the node started.
+    config: PathBuf,
+    config_text: String,
     /// The counters of the incarnations that were killed, as last read before each kill.
     earlier: Counters,
     /// The counters of the running incarnation, as last read.
@@ -144,6 +154,8 @@ pub(crate) struct Counters {
     pub(crate) supervisor_closed: f64,
     /// `peroxo_storage_reconnects_total`.
     pub(crate) storage_reconnects: f64,
+    /// `peroxo_config_reloads_total{outcome="applied"}`.
+    pub(crate) reloads_applied: f64,
 }
 
 /// Every actor kind of `peroxo_actor_restarts_total`.
@@ -176,6 +188,7 @@ impl Counters {
                 "reason=\"supervisor_failed\"",
             ),
             storage_reconnects: value("peroxo_storage_reconnects_total", ""),
+            reloads_applied: value("peroxo_config_reloads_total", "outcome=\"applied\""),
         }
     }
 
@@ -188,6 +201,7 @@ impl Counters {
         self.sessions_failed += other.sessions_failed;
         self.supervisor_closed += other.supervisor_closed;
         self.storage_reconnects += other.storage_reconnects;
+        self.reloads_applied += other.reloads_applied;
     }
 }
 
@@ -236,6 +250,8 @@ pub(crate) struct Rig {
     pub(crate) layout: Layout,
     pub(crate) nats: Option<Service>,
     pub(crate) store: Option<Service>,
+    /// The second storage service of a layout with two.
+    pub(crate) second_store: Option<Service>,
     pub(crate) proxy: Option<Proxy>,
     pub(crate) nodes: Vec<Node>,
     database: Option<String>,
@@ -268,8 +284,20 @@ impl Rig {
         let store = (!layout.embedded).then(|| {
             store_service(
                 dir.path(),
+                "store",
                 &layout,
                 storage_addr,
+                &sqlite_path,
+                database_url.as_deref(),
+            )
+        });
+        let second_addr = free_addr();
+        let second_store = (!layout.embedded && layout.stores > 1).then(|| {
+            store_service(
+                dir.path(),
+                "store 2",
+                &layout,
+                second_addr,
                 &sqlite_path,
                 database_url.as_deref(),
             )
@@ -284,9 +312,11 @@ impl Rig {
             std::fs::create_dir_all(&store_dir).unwrap();
             Service::new("nats", Vec::new(), Ready::Nats(free_addr(), store_dir))
         });
+        let mut endpoints = vec![proxy.as_ref().map_or(storage_addr, |p| p.addr)];
+        endpoints.extend(second_store.as_ref().map(|_| second_addr));
         let storage = NodeStorage {
             listen: storage_addr,
-            endpoint: proxy.as_ref().map_or(storage_addr, |p| p.addr),
+            endpoints,
             sqlite_path: &sqlite_path,
         };
         let cluster = cluster_section(nats.as_ref());
@@ -297,6 +327,7 @@ impl Rig {
             layout,
             nats,
             store,
+            second_store,
             proxy,
             nodes,
             database,
@@ -315,8 +346,30 @@ impl Rig {
         let mut services: Vec<&mut Service> =
             self.nodes.iter_mut().map(|n| &mut n.service).collect();
         services.extend(self.store.as_mut());
+        services.extend(self.second_store.as_mut());
         services.extend(self.nats.as_mut());
         services
+    }
+
+    /// Rewrites the `[limits]` of node `n`'s file to `limits`, sends it SIGHUP and waits
+    /// until it has applied the file (its count of applied reloads went up).
+    pub(crate) async fn reload_limits(&mut self, n: usize, limits: &str) {
+        let node = &mut self.nodes[n];
+        assert!(node.config_text.contains(LIMITS), "no [limits] to replace");
+        std::fs::write(&node.config, node.config_text.replace(LIMITS, limits)).unwrap();
+        node.scrape().await;
+        let before = node.current.reloads_applied;
+        node.service.signal("-HUP");
+        let deadline = tokio::time::Instant::now() + common::DEADLINE;
+        while node.current.reloads_applied <= before {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} did not apply its new configuration",
+                node.service.name
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            node.scrape().await;
+        }
     }
 
     /// Reads the metrics of every node that answers.
@@ -457,20 +510,22 @@ pub(crate) struct StoredRow {
 struct NodeStorage<'a> {
     /// Where the embedded or standalone storage service listens.
     listen: SocketAddr,
-    /// Where gateways connect: the service, or the proxy in front of it.
-    endpoint: SocketAddr,
+    /// Where gateways connect: the service (or the proxy in front of it), then the second
+    /// service if there is one.
+    endpoints: Vec<SocketAddr>,
     sqlite_path: &'a Path,
 }
 
 /// The standalone storage service (`peroxo store`) of a layout without embedded storage.
 fn store_service(
     dir: &Path,
+    name: &str,
     layout: &Layout,
     listen: SocketAddr,
     sqlite_path: &Path,
     database_url: Option<&str>,
 ) -> Service {
-    let config = dir.join("store.toml");
+    let config = dir.join(format!("{}.toml", name.replace(' ', "")));
     std::fs::write(
         &config,
         format!(
@@ -484,7 +539,7 @@ fn store_service(
     )
     .unwrap();
     Service::new(
-        "store",
+        name,
         peroxo(&["store"], &config),
         Ready::Log("storage service listening"),
     )
@@ -516,29 +571,30 @@ fn gateway_node(
 ) -> Node {
     let http = free_addr();
     let config = dir.join(format!("node{n}.toml"));
-    std::fs::write(
-        &config,
-        format!(
-            "[http]\nlisten = \"{http}\"\n[auth]\nmode = \"dev\"\n\
-             [storage]\nembedded = {}\nlisten = \"{}\"\n\
-             endpoint = \"http://{}\"\nsqlite_path = \"{}\"\n\
-             max_pending = {}\nrpc_timeout_ms = 2000\nconnect_timeout_ms = 1000\n\
-             reconnect_initial_ms = 20\nreconnect_max_ms = 300\n\
-             [limits]\nrate_per_sec = 10000\nrate_burst = 10000\n\
-             {cluster}{}[log]\nformat = \"json\"\nlevel = \"info\"\n",
-            layout.embedded,
-            storage.listen,
-            storage.endpoint,
-            storage.sqlite_path.display(),
-            layout.max_pending,
-            if cluster.is_empty() {
-                String::new()
-            } else {
-                format!("node_id = \"n{n}\"\n")
-            },
-        ),
-    )
-    .unwrap();
+    let endpoints: Vec<String> = storage
+        .endpoints
+        .iter()
+        .map(|addr| format!("\"http://{addr}\""))
+        .collect();
+    let config_text = format!(
+        "[http]\nlisten = \"{http}\"\n[auth]\nmode = \"dev\"\n\
+         [storage]\nembedded = {}\nlisten = \"{}\"\n\
+         endpoint = [{}]\nsqlite_path = \"{}\"\n\
+         max_pending = {}\nrpc_timeout_ms = 2000\nconnect_timeout_ms = 1000\n\
+         reconnect_initial_ms = 20\nreconnect_max_ms = 300\n\
+         {LIMITS}{cluster}{}[log]\nformat = \"json\"\nlevel = \"info\"\n",
+        layout.embedded,
+        storage.listen,
+        endpoints.join(", "),
+        storage.sqlite_path.display(),
+        layout.max_pending,
+        if cluster.is_empty() {
+            String::new()
+        } else {
+            format!("node_id = \"n{n}\"\n")
+        },
+    );
+    std::fs::write(&config, &config_text).unwrap();
     Node {
         service: Service::new(
             &format!("gateway n{n}"),
@@ -546,7 +602,12 @@ fn gateway_node(
             Ready::Log("gateway listening"),
         ),
         http,
+        config,
+        config_text,
         earlier: Counters::default(),
         current: Counters::default(),
     }
 }
+
+/// The `[limits]` every node starts with: no client of the workload reaches them.
+pub(crate) const LIMITS: &str = "[limits]\nrate_per_sec = 10000\nrate_burst = 10000\n";
