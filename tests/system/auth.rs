@@ -1,5 +1,5 @@
-//! JWT authentication: where the token may come from, which claims are checked, refresh and
-//! expiry on an open session.
+//! JWT authentication: where the token may come from, which claims are checked, which key a
+//! token's `kid` chooses in a key set, refresh and expiry on an open session.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -7,6 +7,8 @@ use crate::common::{Client, TestServer};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use peroxo_config::{AuthMode, JwtAlgorithm, Secret};
 use serde_json::{Value, json};
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
 const SECRET: &str = "a-test-secret-that-is-long-enough-for-hs256";
 
@@ -221,7 +223,7 @@ async fn bad_tokens_get_401_with_a_reason_and_no_upgrade() {
 
 #[tokio::test]
 async fn rs256_and_es256_tokens_verify_with_the_configured_public_key() {
-    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+    let fixtures = FIXTURES;
     for (algorithm, jwt_alg, name) in [
         (JwtAlgorithm::RS256, Algorithm::RS256, "rs256"),
         (JwtAlgorithm::ES256, Algorithm::ES256, "es256"),
@@ -306,4 +308,117 @@ async fn an_expired_token_closes_the_session_with_4001_unless_refreshed() {
     // By now bob's first token has expired too; the refreshed session is still open.
     assert!(now() >= minted + 2);
     assert!(refreshing.frames_until_pong().await.is_empty());
+}
+
+/// Two HS256 secrets of a key set, by kid.
+const KEY_ONE: (&str, &str) = ("one", "the-first-secret-of-the-set-long-enough-for-hs256");
+const KEY_TWO: (&str, &str) = ("two", "the-second-secret-of-the-set-long-enough-for-hs256");
+
+/// An HS256 key of a JSON Web Key Set.
+fn oct_jwk((kid, secret): (&str, &str)) -> Value {
+    use base64::Engine;
+    let k = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret);
+    json!({"kty": "oct", "kid": kid, "alg": "HS256", "k": k})
+}
+
+/// A token for `sub` alice signed with `key` under `alg`, naming `kid` when given.
+fn signed(alg: Algorithm, kid: Option<&str>, key: &EncodingKey) -> String {
+    let mut header = Header::new(alg);
+    header.kid = kid.map(str::to_owned);
+    let claims = json!({"sub": "alice", "exp": now() + 600});
+    jsonwebtoken::encode(&header, &claims, key).unwrap()
+}
+
+fn hs256_with((kid, secret): (&str, &str)) -> String {
+    signed(
+        Algorithm::HS256,
+        Some(kid),
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+}
+
+/// The fixture's RS256 (kid `rs-1`) and ES256 (kid `es-1`) public keys as JWKs.
+fn fixture_jwks() -> Vec<Value> {
+    let text = std::fs::read_to_string(format!("{FIXTURES}/jwks-public.json")).unwrap();
+    let set: Value = serde_json::from_str(&text).unwrap();
+    set["keys"].as_array().unwrap().clone()
+}
+
+fn fixture_private(name: &str) -> EncodingKey {
+    let pem = std::fs::read(format!("{FIXTURES}/{name}-private.pem")).unwrap();
+    match name {
+        "rs256" => EncodingKey::from_rsa_pem(&pem).unwrap(),
+        _ => EncodingKey::from_ec_pem(&pem).unwrap(),
+    }
+}
+
+/// The user a token is accepted for, or the status and message it is refused with (asked at
+/// `/ws/check`, which answers as an upgrade would).
+async fn try_token(server: &TestServer, token: &str) -> Result<String, (u16, String)> {
+    let path = format!("/ws/check?token={token}");
+    let (status, body) =
+        crate::common::http_request(server.gateway.http_addr, "GET", &path, "").await;
+    let body: Value = serde_json::from_str(&body).unwrap();
+    match status {
+        200 => Ok(body["user"].as_str().unwrap().to_owned()),
+        _ => Err((
+            status,
+            body["message"].as_str().unwrap_or_default().to_owned(),
+        )),
+    }
+}
+
+#[tokio::test]
+async fn a_jwks_file_verifies_each_token_with_the_key_its_kid_names() {
+    let keys_dir = tempfile::tempdir().unwrap();
+    let path = keys_dir.path().join("jwks.json");
+    let mut keys = vec![oct_jwk(KEY_ONE), oct_jwk(KEY_TWO)];
+    keys.extend(fixture_jwks());
+    std::fs::write(&path, json!({ "keys": keys }).to_string()).unwrap();
+    let server = jwt_server(|c| {
+        c.auth.jwt_secret = Secret::default();
+        c.auth.jwks_file = Some(path.clone());
+    })
+    .await;
+
+    for token in [
+        hs256_with(KEY_ONE),
+        hs256_with(KEY_TWO),
+        signed(Algorithm::RS256, Some("rs-1"), &fixture_private("rs256")),
+        signed(Algorithm::ES256, Some("es-1"), &fixture_private("es256")),
+    ] {
+        assert_eq!(try_token(&server, &token).await, Ok("alice".to_owned()));
+    }
+
+    let rsa_public = std::fs::read(format!("{FIXTURES}/rs256-public.pem")).unwrap();
+    let refusals = [
+        (hs256_with(("three", KEY_ONE.1)), "unknown key id (kid)"),
+        // The RSA key's kid on an HS256 token signed with the public key as the secret.
+        (
+            signed(
+                Algorithm::HS256,
+                Some("rs-1"),
+                &EncodingKey::from_secret(&rsa_public),
+            ),
+            "algorithm (alg)",
+        ),
+        (hs256_with(("one", KEY_TWO.1)), "signature"),
+        // Two HS256 keys: a token without kid cannot say which.
+        (
+            signed(
+                Algorithm::HS256,
+                None,
+                &EncodingKey::from_secret(KEY_ONE.1.as_bytes()),
+            ),
+            "key id (kid)",
+        ),
+    ];
+    for (token, reason) in refusals {
+        let (status, message) = try_token(&server, &token).await.unwrap_err();
+        assert_eq!(status, 401, "{reason}");
+        assert!(
+            message.contains(reason),
+            "{message:?} should say {reason:?}"
+        );
+    }
 }

@@ -836,6 +836,19 @@ mod tests {
     }
 
     #[test]
+    fn a_key_set_stands_alone() {
+        let file = "[auth]\njwks_file = \"/nonexistent/jwks.json\"\n";
+        let secret = [("PEROXO_AUTH__JWT_SECRET", "s".repeat(32))];
+        let secret: Vec<(&str, &str)> = secret.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let err = load_with_env(file, &secret).unwrap_err();
+        assert_eq!(err.key, "auth.jwt_secret");
+        let err = Config::from_toml(&format!("{file}public_key_file = \"k.pem\"\n")).unwrap_err();
+        assert_eq!(err.key, "auth.public_key_file");
+        let err = Config::from_toml(file).unwrap_err();
+        assert_eq!(err.key, "auth.jwks_file");
+    }
+
+    #[test]
     fn storage_endpoint_takes_one_url_or_several_and_names_a_bad_one() {
         let dev = [("PEROXO_AUTH__MODE", "dev")];
         let one = load_with_env(

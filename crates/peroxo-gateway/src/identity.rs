@@ -3,10 +3,13 @@
 //! [`Authenticator`] is the one interface the rest of the node calls.
 //! - **jwt**: the client presents a signed token (`Authorization: Bearer …`, or `?token=…` for
 //!   browsers). `sub` is the user, `tenant` (optional) the tenant, `exp` is required; `nbf` and
-//!   `iat` are honoured, and `aud`/`iss` are checked when configured.
+//!   `iat` are honoured, and `aud`/`iss` are checked when configured. The key is the static
+//!   one of `[auth]` or the one a token's `kid` chooses in a JSON Web Key Set ([`keys`]).
 //! - **dev**: the client names itself (`?user=alice&tenant=acme`); for trying PerOXO out.
 //!
 //! Tokens and query strings never reach the logs.
+
+mod keys;
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -14,6 +17,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use axum::http::{HeaderMap, StatusCode, header};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+
+use keys::{Choice, KeySet};
 use serde::Deserialize;
 
 use peroxo_config::{AuthConfig, AuthMode, ConfigError, JwtAlgorithm};
@@ -83,10 +88,11 @@ impl std::fmt::Debug for Authenticator {
     }
 }
 
-/// Verifies tokens with the configured key and rules.
+/// Verifies tokens with the configured keys and rules.
 pub struct JwtVerifier {
-    key: DecodingKey,
-    /// The rules of tokens of every tenant without rules of its own.
+    keys: KeySet,
+    /// The rules of tokens of every tenant without rules of its own (their `algorithms` are
+    /// replaced by the one of the key chosen for a token).
     validation: Validation,
     /// The rules of tenants with `aud` or `iss` of their own (`[auth.tenants.*]`).
     tenants: HashMap<String, Validation>,
@@ -123,7 +129,7 @@ impl Authenticator {
                 "auth.mode = \"dev\": any client can claim any user id; never expose this node"
             ),
             Authenticator::Jwt(verifier) => tracing::info!(
-                algorithm = ?verifier.validation.algorithms[0],
+                keys = verifier.keys.len(),
                 "auth.mode = \"jwt\": clients present signed tokens"
             ),
         }
@@ -205,26 +211,11 @@ fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, AuthError> {
 
 impl JwtVerifier {
     fn from_config(config: &AuthConfig) -> Result<Self, ConfigError> {
-        let key =
-            match config.algorithm {
-                JwtAlgorithm::HS256 => {
-                    DecodingKey::from_secret(config.hs256_secret()?.expose().as_bytes())
-                }
-                JwtAlgorithm::RS256 => DecodingKey::from_rsa_pem(&config.public_key_pem()?)
-                    .map_err(|e| {
-                        ConfigError::new(
-                            "auth.public_key_file",
-                            format!("not an RSA public key in PEM: {e}"),
-                        )
-                    })?,
-                JwtAlgorithm::ES256 => DecodingKey::from_ec_pem(&config.public_key_pem()?)
-                    .map_err(|e| {
-                        ConfigError::new(
-                            "auth.public_key_file",
-                            format!("not an EC public key in PEM: {e}"),
-                        )
-                    })?,
-            };
+        let keys = match config.jwks_file_text()? {
+            Some(jwks) => KeySet::from_jwks(&jwks)
+                .map_err(|e| ConfigError::new("auth.jwks_file", e.to_string()))?,
+            None => KeySet::single(algorithm(config.algorithm), static_key(config)?),
+        };
         let validation =
             validation_for(config, config.audience.as_deref(), config.issuer.as_deref());
         let tenants = config
@@ -236,7 +227,7 @@ impl JwtVerifier {
             })
             .collect();
         Ok(Self {
-            key,
+            keys,
             validation,
             tenants,
             leeway_secs: config.leeway_secs,
@@ -256,7 +247,24 @@ impl JwtVerifier {
     }
 
     fn verify(&self, token: &str) -> Result<Identity, AuthError> {
-        let claims = jsonwebtoken::decode::<Claims>(token, &self.key, self.validation_of(token))
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| AuthError::Unauthenticated("malformed token".to_owned()))?;
+        let key = match self.keys.choose(&header) {
+            Choice::Key(key) => key,
+            Choice::UnknownKid => {
+                return Err(AuthError::Unauthenticated(
+                    "unknown key id (kid)".to_owned(),
+                ));
+            }
+            Choice::Refused(refusal) => {
+                return Err(AuthError::Unauthenticated(refusal.message().to_owned()));
+            }
+        };
+        // Only the chosen key's algorithm: the token's `alg` was matched against it above,
+        // and the verifier checks it again.
+        let mut validation = self.validation_of(token).clone();
+        validation.algorithms = vec![key.algorithm];
+        let claims = jsonwebtoken::decode::<Claims>(token, &key.key, &validation)
             .map_err(|e| AuthError::Unauthenticated(describe(e.kind())))?
             .claims;
         if claims
@@ -278,6 +286,29 @@ impl JwtVerifier {
             expires_at: Some(claims.exp.max(0.0).round() as u64),
         })
     }
+}
+
+/// The static key of `[auth]`: the HS256 secret or the RS256/ES256 public key.
+fn static_key(config: &AuthConfig) -> Result<DecodingKey, ConfigError> {
+    Ok(match config.algorithm {
+        JwtAlgorithm::HS256 => DecodingKey::from_secret(config.hs256_secret()?.expose().as_bytes()),
+        JwtAlgorithm::RS256 => {
+            DecodingKey::from_rsa_pem(&config.public_key_pem()?).map_err(|e| {
+                ConfigError::new(
+                    "auth.public_key_file",
+                    format!("not an RSA public key in PEM: {e}"),
+                )
+            })?
+        }
+        JwtAlgorithm::ES256 => {
+            DecodingKey::from_ec_pem(&config.public_key_pem()?).map_err(|e| {
+                ConfigError::new(
+                    "auth.public_key_file",
+                    format!("not an EC public key in PEM: {e}"),
+                )
+            })?
+        }
+    })
 }
 
 /// The checks of a token whose `aud` and `iss` must be `audience` and `issuer` (when set).
