@@ -1,9 +1,11 @@
 //! JWT authentication: where the token may come from, which claims are checked, which key a
 //! token's `kid` chooses in a key set, refresh and expiry on an open session.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::common::{Client, TestServer};
+use crate::common::{Client, DEADLINE, TestServer};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use peroxo_config::{AuthMode, JwtAlgorithm, Secret};
 use serde_json::{Value, json};
@@ -420,5 +422,203 @@ async fn a_jwks_file_verifies_each_token_with_the_key_its_kid_names() {
             message.contains(reason),
             "{message:?} should say {reason:?}"
         );
+    }
+}
+
+/// A key set served over HTTP as an identity provider serves its `jwks_uri`, which a test can
+/// rotate or break; it counts the fetches.
+struct JwksServer {
+    url: String,
+    state: Arc<JwksState>,
+}
+
+#[derive(Default)]
+struct JwksState {
+    /// What `GET /jwks` answers: 200 with this body, or 500 when `None`.
+    body: std::sync::Mutex<Option<String>>,
+    fetches: AtomicUsize,
+}
+
+impl JwksServer {
+    async fn start(keys: &[Value]) -> Self {
+        use axum::http::StatusCode;
+        use axum::response::IntoResponse;
+        let state = Arc::new(JwksState::default());
+        let served = Arc::clone(&state);
+        let app = axum::Router::new().route(
+            "/jwks",
+            axum::routing::get(move || {
+                let state = Arc::clone(&served);
+                async move {
+                    state.fetches.fetch_add(1, Ordering::SeqCst);
+                    match state.body.lock().unwrap().clone() {
+                        Some(body) => (StatusCode::OK, body).into_response(),
+                        None => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+                    }
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/jwks", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let server = Self { url, state };
+        server.serve(keys);
+        server
+    }
+
+    fn serve(&self, keys: &[Value]) {
+        *self.state.body.lock().unwrap() = Some(json!({ "keys": keys }).to_string());
+    }
+
+    fn serve_garbage(&self) {
+        *self.state.body.lock().unwrap() = Some("<html>maintenance</html>".to_owned());
+    }
+
+    fn fail(&self) {
+        *self.state.body.lock().unwrap() = None;
+    }
+
+    fn fetches(&self) -> usize {
+        self.state.fetches.load(Ordering::SeqCst)
+    }
+}
+
+/// A node whose keys come from `jwks`, fetched again on an unknown kid at most once a second.
+async fn jwks_url_server(jwks: &JwksServer) -> TestServer {
+    jwt_server(|c| {
+        c.auth.jwt_secret = Secret::default();
+        c.auth.jwks_url = Some(jwks.url.clone());
+        c.auth.jwks_min_refresh_secs = MIN_REFRESH;
+    })
+    .await
+}
+
+const MIN_REFRESH: Duration = Duration::from_secs(1);
+
+/// Presents `token` until it is accepted (each refusal must be an unknown kid), and returns
+/// how long that took.
+async fn accepted_eventually(server: &TestServer, token: &str) -> Duration {
+    let started = Instant::now();
+    loop {
+        match try_token(server, token).await {
+            Ok(user) => {
+                assert_eq!(user, "alice");
+                return started.elapsed();
+            }
+            Err((status, message)) => {
+                assert_eq!(status, 401, "{message}");
+                assert!(message.contains("unknown key id (kid)"), "{message}");
+            }
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "the new key was never fetched"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn metric(server: &TestServer, name: &str, labels: &str) -> f64 {
+    let (_, text) =
+        crate::common::http_request(server.gateway.http_addr, "GET", "/metrics", "").await;
+    crate::common::metric_sample(&text, name, labels).unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn a_key_set_url_is_fetched_again_for_a_new_kid_at_most_once_per_min_refresh() {
+    let mut keys = vec![oct_jwk(KEY_ONE)];
+    keys.extend(fixture_jwks());
+    let jwks = JwksServer::start(&keys).await;
+    let server = jwks_url_server(&jwks).await;
+    assert_eq!(jwks.fetches(), 1, "the set is fetched when the node starts");
+    assert_eq!(
+        try_token(&server, &hs256_with(KEY_ONE)).await,
+        Ok("alice".into())
+    );
+    let rs256 = signed(Algorithm::RS256, Some("rs-1"), &fixture_private("rs256"));
+    assert_eq!(try_token(&server, &rs256).await, Ok("alice".into()));
+    assert_eq!(jwks.fetches(), 1, "known kids need no fetch");
+
+    // The issuer publishes a second key; the first token naming it brings it in.
+    keys.push(oct_jwk(KEY_TWO));
+    jwks.serve(&keys);
+    let waited = accepted_eventually(&server, &hs256_with(KEY_TWO)).await;
+    let fetches = jwks.fetches();
+    assert!(
+        fetches <= 2 + (waited.as_secs_f64() / MIN_REFRESH.as_secs_f64()) as usize,
+        "{fetches} fetches in {waited:?}"
+    );
+
+    // A burst of tokens naming kids nobody published costs at most one fetch per interval.
+    let started = Instant::now();
+    let burst = (0..20).map(|i| {
+        let token = hs256_with((&format!("forged-{i}"), KEY_ONE.1));
+        let server = &server;
+        async move { try_token(server, &token).await }
+    });
+    for refused in futures_util::future::join_all(burst).await {
+        let (status, message) = refused.unwrap_err();
+        assert_eq!(status, 401);
+        assert_eq!(message, "unknown key id (kid)");
+    }
+    let allowed = 1 + (started.elapsed().as_secs_f64() / MIN_REFRESH.as_secs_f64()) as usize;
+    assert!(
+        jwks.fetches() - fetches <= allowed,
+        "{} fetches for 20 forged kids in {:?}",
+        jwks.fetches() - fetches,
+        started.elapsed()
+    );
+    assert_eq!(metric(&server, "peroxo_jwks_keys", "").await, 4.0);
+}
+
+#[tokio::test]
+async fn the_last_good_key_set_keeps_verifying_while_the_issuer_fails() {
+    let jwks = JwksServer::start(&[oct_jwk(KEY_ONE), oct_jwk(KEY_TWO)]).await;
+    let server = jwks_url_server(&jwks).await;
+    assert_eq!(
+        try_token(&server, &hs256_with(KEY_ONE)).await,
+        Ok("alice".into())
+    );
+
+    for (break_it, outcome) in [
+        (JwksServer::fail as fn(&JwksServer), "unreachable"),
+        (JwksServer::serve_garbage, "invalid"),
+    ] {
+        break_it(&jwks);
+        // Unknown kids ask for fetches, which fail, until one has been made.
+        let deadline = Instant::now() + DEADLINE;
+        let label = format!("outcome=\"{outcome}\"");
+        while metric(&server, "peroxo_jwks_refresh_total", &label).await < 1.0 {
+            let (status, message) = try_token(&server, &hs256_with(("three", KEY_ONE.1)))
+                .await
+                .unwrap_err();
+            assert_eq!((status, message.as_str()), (401, "unknown key id (kid)"));
+            assert!(Instant::now() < deadline, "no failed fetch was counted");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for key in [KEY_ONE, KEY_TWO] {
+            assert_eq!(
+                try_token(&server, &hs256_with(key)).await,
+                Ok("alice".into())
+            );
+        }
+        assert_eq!(metric(&server, "peroxo_jwks_keys", "").await, 2.0);
+    }
+}
+
+#[tokio::test]
+async fn a_node_starts_while_the_issuer_is_down_and_verifies_once_it_answers() {
+    let jwks = JwksServer::start(&[oct_jwk(KEY_ONE)]).await;
+    jwks.fail();
+    let server = jwks_url_server(&jwks).await;
+    let (status, message) = try_token(&server, &hs256_with(KEY_ONE)).await.unwrap_err();
+    assert_eq!(status, 503, "{message}");
+    assert!(message.contains("no verification keys"), "{message}");
+
+    jwks.serve(&[oct_jwk(KEY_ONE)]);
+    let deadline = Instant::now() + DEADLINE;
+    while try_token(&server, &hs256_with(KEY_ONE)).await.is_err() {
+        assert!(Instant::now() < deadline, "the key set was never loaded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -4,20 +4,25 @@
 //! - **jwt**: the client presents a signed token (`Authorization: Bearer …`, or `?token=…` for
 //!   browsers). `sub` is the user, `tenant` (optional) the tenant, `exp` is required; `nbf` and
 //!   `iat` are honoured, and `aud`/`iss` are checked when configured. The key is the static
-//!   one of `[auth]` or the one a token's `kid` chooses in a JSON Web Key Set ([`keys`]).
+//!   one of `[auth]` or the one a token's `kid` chooses in a JSON Web Key Set ([`keys`]), read
+//!   from a file or fetched from a URL and kept fresh ([`jwks`]).
 //! - **dev**: the client names itself (`?user=alice&tenant=acme`); for trying PerOXO out.
 //!
 //! Tokens and query strings never reach the logs.
 
+mod jwks;
 mod keys;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::http::{HeaderMap, StatusCode, header};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 
+pub use jwks::RefreshOutcome;
+use jwks::RefreshingKeys;
 use keys::{Choice, KeySet};
 use serde::Deserialize;
 
@@ -33,6 +38,9 @@ pub enum AuthError {
     /// The identity presented is malformed.
     #[error("{0}")]
     BadRequest(String),
+    /// The node cannot verify tokens yet (no key set loaded); trying again later may help.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl AuthError {
@@ -40,6 +48,7 @@ impl AuthError {
         match self {
             AuthError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             AuthError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            AuthError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -48,6 +57,7 @@ impl AuthError {
         match self {
             AuthError::Unauthenticated(_) => "unauthorized",
             AuthError::BadRequest(_) => "bad_request",
+            AuthError::Unavailable(_) => "unavailable",
         }
     }
 }
@@ -88,9 +98,26 @@ impl std::fmt::Debug for Authenticator {
     }
 }
 
+/// What `/metrics` shows of the verification keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyStats {
+    /// Keys in the set in use (1 for a static key).
+    pub keys: usize,
+    /// Fetches of the key set by outcome (none for a static key).
+    pub refreshes: [(RefreshOutcome, u64); 3],
+}
+
+/// The keys tokens are verified with.
+enum Keys {
+    /// `[auth]`'s one key.
+    Static(KeySet),
+    /// A JSON Web Key Set, from `auth.jwks_file` or `auth.jwks_url`.
+    Refreshing(Arc<RefreshingKeys>),
+}
+
 /// Verifies tokens with the configured keys and rules.
 pub struct JwtVerifier {
-    keys: KeySet,
+    keys: Keys,
     /// The rules of tokens of every tenant without rules of its own (their `algorithms` are
     /// replaced by the one of the key chosen for a token).
     validation: Validation,
@@ -129,14 +156,34 @@ impl Authenticator {
                 "auth.mode = \"dev\": any client can claim any user id; never expose this node"
             ),
             Authenticator::Jwt(verifier) => tracing::info!(
-                keys = verifier.keys.len(),
+                keys = verifier.stats().keys,
                 "auth.mode = \"jwt\": clients present signed tokens"
             ),
         }
     }
 
-    /// The identity of the client making this upgrade request.
-    pub fn authenticate(
+    /// Loads a key set that is fetched (waiting at most one fetch's timeout: an issuer that
+    /// is down does not stop the start) and spawns the task that keeps it fresh. Needs a
+    /// Tokio runtime; until it runs, a token that finds no key set asks for a fetch itself.
+    pub async fn start(&self) {
+        if let Authenticator::Jwt(verifier) = self
+            && let Keys::Refreshing(keys) = &verifier.keys
+        {
+            keys.start().await;
+        }
+    }
+
+    /// The verification keys as `/metrics` shows them; `None` in dev mode.
+    pub fn key_stats(&self) -> Option<KeyStats> {
+        match self {
+            Authenticator::Dev => None,
+            Authenticator::Jwt(verifier) => Some(verifier.stats()),
+        }
+    }
+
+    /// The identity of the client making this upgrade request. It may wait for a fetch of
+    /// the key set, when the token names a key id the set lacks.
+    pub async fn authenticate(
         &self,
         query: &HashMap<String, String>,
         headers: &HeaderMap,
@@ -165,18 +212,18 @@ impl Authenticator {
                                 .to_owned(),
                         )
                     })?;
-                verifier.verify(token)
+                verifier.verify(token).await
             }
         }
     }
 
     /// Verifies a token presented on an open session (`refresh`).
-    pub fn verify_token(&self, token: &str) -> Result<Identity, AuthError> {
+    pub async fn verify_token(&self, token: &str) -> Result<Identity, AuthError> {
         match self {
             Authenticator::Dev => Err(AuthError::BadRequest(
                 "refresh needs auth.mode = \"jwt\"; this node runs in dev mode".to_owned(),
             )),
-            Authenticator::Jwt(verifier) => verifier.verify(token),
+            Authenticator::Jwt(verifier) => verifier.verify(token).await,
         }
     }
 
@@ -211,10 +258,12 @@ fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, AuthError> {
 
 impl JwtVerifier {
     fn from_config(config: &AuthConfig) -> Result<Self, ConfigError> {
-        let keys = match config.jwks_file_text()? {
-            Some(jwks) => KeySet::from_jwks(&jwks)
-                .map_err(|e| ConfigError::new("auth.jwks_file", e.to_string()))?,
-            None => KeySet::single(algorithm(config.algorithm), static_key(config)?),
+        let keys = match RefreshingKeys::from_config(config)? {
+            Some(keys) => Keys::Refreshing(Arc::new(keys)),
+            None => Keys::Static(KeySet::single(
+                algorithm(config.algorithm),
+                static_key(config)?,
+            )),
         };
         let validation =
             validation_for(config, config.audience.as_deref(), config.issuer.as_deref());
@@ -246,10 +295,31 @@ impl JwtVerifier {
             .unwrap_or(&self.validation)
     }
 
-    fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+    fn stats(&self) -> KeyStats {
+        match &self.keys {
+            Keys::Static(set) => KeyStats {
+                keys: set.len(),
+                refreshes: RefreshOutcome::ALL.map(|o| (o, 0)),
+            },
+            Keys::Refreshing(keys) => KeyStats {
+                keys: keys.len(),
+                refreshes: keys.outcomes(),
+            },
+        }
+    }
+
+    async fn verify(&self, token: &str) -> Result<Identity, AuthError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| AuthError::Unauthenticated("malformed token".to_owned()))?;
-        let key = match self.keys.choose(&header) {
+        let choice = match &self.keys {
+            Keys::Static(set) => set.choose(&header),
+            Keys::Refreshing(keys) => keys.choose(&header).await.ok_or_else(|| {
+                AuthError::Unavailable(
+                    "no verification keys loaded yet (auth.jwks_url); try again later".to_owned(),
+                )
+            })?,
+        };
+        let key = match choice {
             Choice::Key(key) => key,
             Choice::UnknownKid => {
                 return Err(AuthError::Unauthenticated(

@@ -159,10 +159,12 @@ impl Gateway {
     }
 
     /// Starts the node with an authenticator already built from `config.auth` (`main` builds
-    /// it while it validates the configuration): the embedded storage service when
-    /// configured, the actor tree, then the HTTP listener.
+    /// it while it validates the configuration): a key set to fetch (an issuer that is down
+    /// does not stop the start), the embedded storage service when configured, the actor
+    /// tree, then the HTTP listener.
     pub async fn start_with(config: Config, auth: Authenticator) -> anyhow::Result<Self> {
         let auth = Arc::new(auth);
+        auth.start().await;
         auth.announce();
         let (store, endpoint) = start_storage(&config).await?;
         let cluster_slot = (config.cluster.mode == ClusterMode::Nats).then(ActorSlot::default);

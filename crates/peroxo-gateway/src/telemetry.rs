@@ -20,6 +20,8 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusRecorder
 
 use peroxo_protocol::{CloseCause, ErrorCode};
 
+use crate::identity::{KeyStats, RefreshOutcome};
+
 const LATENCY_BUCKETS: &[f64] = &[
     0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
@@ -50,6 +52,8 @@ pub struct Metrics {
     pub storage_up: Gauge,
     pub storage_reconnects: Counter,
     restarts: Vec<(ActorKind, Counter)>,
+    jwks_keys: Gauge,
+    jwks_refreshes: Vec<(RefreshOutcome, Counter)>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -134,8 +138,30 @@ impl Metrics {
                     )
                 })
                 .collect(),
+            jwks_keys: gauge(r, "peroxo_jwks_keys"),
+            jwks_refreshes: RefreshOutcome::ALL
+                .iter()
+                .map(|outcome| {
+                    let label = ("outcome", outcome.label());
+                    (
+                        *outcome,
+                        counter(r, "peroxo_jwks_refresh_total", Some(label)),
+                    )
+                })
+                .collect(),
             recorder,
             process,
+        }
+    }
+
+    /// Mirrors the verification keys' figures, which the authenticator keeps (it is built
+    /// before the node's metrics).
+    pub fn key_stats(&self, stats: KeyStats) {
+        self.jwks_keys.set(stats.keys as f64);
+        for (outcome, count) in stats.refreshes {
+            if let Some((_, counter)) = self.jwks_refreshes.iter().find(|(o, _)| *o == outcome) {
+                counter.absolute(count);
+            }
         }
     }
 
@@ -268,6 +294,15 @@ fn describe(recorder: &PrometheusRecorder) {
     counter(
         "peroxo_actor_restarts_total",
         "Actors restarted after a failure, by kind.",
+    );
+    gauge(
+        "peroxo_jwks_keys",
+        "Keys tokens may be verified with (1 for a static key).",
+    );
+    counter(
+        "peroxo_jwks_refresh_total",
+        "Fetches of the key set (auth.jwks_file or auth.jwks_url), by outcome; a failed \
+         one keeps the last good set.",
     );
 }
 
