@@ -100,27 +100,20 @@ impl Metrics {
         Self {
             connections: gauge(r, "peroxo_connections"),
             sessions_opened: counter(r, "peroxo_sessions_opened_total", None),
-            sessions_closed: close_labels
-                .into_iter()
-                .map(|reason| {
-                    let label = ("reason", reason);
-                    (
-                        reason,
-                        counter(r, "peroxo_sessions_closed_total", Some(label)),
-                    )
-                })
-                .collect(),
+            sessions_closed: by_label(
+                r,
+                "peroxo_sessions_closed_total",
+                "reason",
+                close_labels,
+                |r| r,
+            ),
             messages_received: counter(r, "peroxo_messages_received_total", None),
             messages_delivered: counter(r, "peroxo_messages_delivered_total", None),
             acks_fresh: counter(r, "peroxo_acks_total", Some(("duplicate", "false"))),
             acks_duplicate: counter(r, "peroxo_acks_total", Some(("duplicate", "true"))),
-            errors: ErrorCode::ALL
-                .iter()
-                .map(|code| {
-                    let label = ("code", code.as_str());
-                    (*code, counter(r, "peroxo_errors_total", Some(label)))
-                })
-                .collect(),
+            errors: by_label(r, "peroxo_errors_total", "code", ErrorCode::ALL, |c| {
+                c.as_str()
+            }),
             send_to_ack: histogram(r, "peroxo_send_to_ack_seconds"),
             persist_batch_size: histogram(r, "peroxo_persist_batch_size"),
             persist_rpc: histogram(r, "peroxo_persist_rpc_seconds"),
@@ -128,27 +121,21 @@ impl Metrics {
             outbox_pending_peak: gauge(r, "peroxo_outbox_pending_peak"),
             storage_up: gauge(r, "peroxo_storage_up"),
             storage_reconnects: counter(r, "peroxo_storage_reconnects_total", None),
-            restarts: ActorKind::ALL
-                .iter()
-                .map(|kind| {
-                    let label = ("actor", kind.as_str());
-                    (
-                        *kind,
-                        counter(r, "peroxo_actor_restarts_total", Some(label)),
-                    )
-                })
-                .collect(),
+            restarts: by_label(
+                r,
+                "peroxo_actor_restarts_total",
+                "actor",
+                ActorKind::ALL,
+                |k| k.as_str(),
+            ),
             jwks_keys: gauge(r, "peroxo_jwks_keys"),
-            jwks_refreshes: RefreshOutcome::ALL
-                .iter()
-                .map(|outcome| {
-                    let label = ("outcome", outcome.label());
-                    (
-                        *outcome,
-                        counter(r, "peroxo_jwks_refresh_total", Some(label)),
-                    )
-                })
-                .collect(),
+            jwks_refreshes: by_label(
+                r,
+                "peroxo_jwks_refresh_total",
+                "outcome",
+                RefreshOutcome::ALL,
+                RefreshOutcome::label,
+            ),
             recorder,
             process,
         }
@@ -213,6 +200,20 @@ fn counter(
     label: Option<(&'static str, &'static str)>,
 ) -> Counter {
     recorder.register_counter(&key(name, label), &METADATA)
+}
+
+/// One counter of `name` per value of a closed set, labelled `label` with the value's text.
+fn by_label<T: Copy>(
+    recorder: &PrometheusRecorder,
+    name: &'static str,
+    label: &'static str,
+    values: impl IntoIterator<Item = T>,
+    text: impl Fn(T) -> &'static str,
+) -> Vec<(T, Counter)> {
+    values
+        .into_iter()
+        .map(|value| (value, counter(recorder, name, Some((label, text(value))))))
+        .collect()
 }
 
 fn gauge(recorder: &PrometheusRecorder, name: &'static str) -> Gauge {
