@@ -518,6 +518,21 @@ async fn accepted_eventually(server: &TestServer, token: &str) -> Duration {
     }
 }
 
+/// Presents tokens naming an unknown kid, which ask for fetches, until a fetch that ended with
+/// `outcome` has been counted.
+async fn until_a_fetch_fails(server: &TestServer, outcome: &str) {
+    let deadline = Instant::now() + DEADLINE;
+    let label = format!("outcome=\"{outcome}\"");
+    while metric(server, "peroxo_jwks_refresh_total", &label).await < 1.0 {
+        let (status, message) = try_token(server, &hs256_with(("three", KEY_ONE.1)))
+            .await
+            .unwrap_err();
+        assert_eq!((status, message.as_str()), (401, "unknown key id (kid)"));
+        assert!(Instant::now() < deadline, "no {outcome} fetch was counted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn metric(server: &TestServer, name: &str, labels: &str) -> f64 {
     let (_, text) =
         crate::common::http_request(server.gateway.http_addr, "GET", "/metrics", "").await;
@@ -585,17 +600,7 @@ async fn the_last_good_key_set_keeps_verifying_while_the_issuer_fails() {
         (JwksServer::serve_garbage, "invalid"),
     ] {
         break_it(&jwks);
-        // Unknown kids ask for fetches, which fail, until one has been made.
-        let deadline = Instant::now() + DEADLINE;
-        let label = format!("outcome=\"{outcome}\"");
-        while metric(&server, "peroxo_jwks_refresh_total", &label).await < 1.0 {
-            let (status, message) = try_token(&server, &hs256_with(("three", KEY_ONE.1)))
-                .await
-                .unwrap_err();
-            assert_eq!((status, message.as_str()), (401, "unknown key id (kid)"));
-            assert!(Instant::now() < deadline, "no failed fetch was counted");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        until_a_fetch_fails(&server, outcome).await;
         for key in [KEY_ONE, KEY_TWO] {
             assert_eq!(
                 try_token(&server, &hs256_with(key)).await,
@@ -603,6 +608,35 @@ async fn the_last_good_key_set_keeps_verifying_while_the_issuer_fails() {
             );
         }
         assert_eq!(metric(&server, "peroxo_jwks_keys", "").await, 2.0);
+    }
+}
+
+#[tokio::test]
+async fn a_key_added_to_the_jwks_file_verifies_without_a_restart() {
+    let keys_dir = tempfile::tempdir().unwrap();
+    let path = keys_dir.path().join("jwks.json");
+    let write = |keys: Vec<Value>| std::fs::write(&path, json!({ "keys": keys }).to_string());
+    write(vec![oct_jwk(KEY_ONE)]).unwrap();
+    let server = jwt_server(|c| {
+        c.auth.jwt_secret = Secret::default();
+        c.auth.jwks_file = Some(path.clone());
+        c.auth.jwks_min_refresh_secs = MIN_REFRESH;
+    })
+    .await;
+    assert_eq!(
+        try_token(&server, &hs256_with(KEY_ONE)).await,
+        Ok("alice".into())
+    );
+    write(vec![oct_jwk(KEY_ONE), oct_jwk(KEY_TWO)]).unwrap();
+    accepted_eventually(&server, &hs256_with(KEY_TWO)).await;
+    // A broken edit keeps the keys read before it.
+    std::fs::write(&path, "{\"keys\": [").unwrap();
+    until_a_fetch_fails(&server, "invalid").await;
+    for key in [KEY_ONE, KEY_TWO] {
+        assert_eq!(
+            try_token(&server, &hs256_with(key)).await,
+            Ok("alice".into())
+        );
     }
 }
 
