@@ -20,14 +20,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use axum::http::{HeaderMap, StatusCode, header};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-
-pub use jwks::RefreshOutcome;
-use jwks::RefreshingKeys;
-use keys::{Choice, KeySet};
 use serde::Deserialize;
 
 use peroxo_config::{AuthConfig, AuthMode, ConfigError, JwtAlgorithm};
 use peroxo_protocol::domain::{DEFAULT_TENANT, UserKey, validate_id};
+
+pub use jwks::RefreshOutcome;
+use jwks::RefreshingKeys;
+use keys::{Choice, KeySet};
 
 /// Why an upgrade request (or a refresh) was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

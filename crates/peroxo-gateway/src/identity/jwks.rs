@@ -376,6 +376,45 @@ fn max_age(cache_control: &str) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine;
+    use jsonwebtoken::Algorithm;
+    use serde_json::json;
+
+    /// Keys read from a file in `dir` holding one key, fetched `min_refresh` apart at least.
+    fn file_keys(dir: &tempfile::TempDir, min_refresh: Duration) -> RefreshingKeys {
+        let path = dir.path().join("jwks.json");
+        let k = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode("a-secret-long-enough-for-hs256-tokens");
+        let jwks = json!({"keys": [{"kty": "oct", "kid": "one", "alg": "HS256", "k": k}]});
+        std::fs::write(&path, jwks.to_string()).unwrap();
+        let config = AuthConfig {
+            jwks_file: Some(path),
+            jwks_min_refresh_secs: min_refresh,
+            ..AuthConfig::default()
+        };
+        RefreshingKeys::from_config(&config).unwrap().unwrap()
+    }
+
+    fn fetches(keys: &RefreshingKeys) -> u64 {
+        keys.outcomes().iter().map(|(_, n)| n).sum()
+    }
+
+    #[tokio::test]
+    async fn unknown_kids_arriving_together_share_one_fetch_within_the_rate_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = file_keys(&dir, Duration::from_secs(3600));
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some("unknown".to_owned());
+        let asks = (0..10).map(|_| keys.choose(&header));
+        for choice in futures_util::future::join_all(asks).await {
+            assert!(matches!(choice, Some(Choice::UnknownKid)));
+        }
+        assert_eq!(fetches(&keys), 1, "ten asks, one fetch");
+        keys.choose(&header).await;
+        assert_eq!(fetches(&keys), 1, "no second fetch within the rate bound");
+        header.kid = Some("one".to_owned());
+        assert!(matches!(keys.choose(&header).await, Some(Choice::Key(_))));
+    }
 
     #[test]
     fn max_age_is_read_from_cache_control() {
