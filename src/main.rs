@@ -337,7 +337,7 @@ async fn serve(
                 tracing::info!("SIGHUP: reloading the configuration");
                 let outcome = match reload_config() {
                     Ok((config, auth)) => {
-                        let report = gateway.reload(&config, auth);
+                        let report = gateway.reload(&config, auth).await;
                         logging.apply(&config, &report);
                         Ok(report)
                     }

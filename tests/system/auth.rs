@@ -1,12 +1,16 @@
-//! JWT authentication: where the token may come from, which claims are checked, refresh and
-//! expiry on an open session.
+//! JWT authentication: where the token may come from, which claims are checked, which key a
+//! token's `kid` chooses in a key set, refresh and expiry on an open session.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::common::{Client, TestServer};
+use crate::common::{Client, DEADLINE, TestServer};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use peroxo_config::{AuthMode, JwtAlgorithm, Secret};
 use serde_json::{Value, json};
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
 const SECRET: &str = "a-test-secret-that-is-long-enough-for-hs256";
 
@@ -221,7 +225,7 @@ async fn bad_tokens_get_401_with_a_reason_and_no_upgrade() {
 
 #[tokio::test]
 async fn rs256_and_es256_tokens_verify_with_the_configured_public_key() {
-    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+    let fixtures = FIXTURES;
     for (algorithm, jwt_alg, name) in [
         (JwtAlgorithm::RS256, Algorithm::RS256, "rs256"),
         (JwtAlgorithm::ES256, Algorithm::ES256, "es256"),
@@ -306,4 +310,349 @@ async fn an_expired_token_closes_the_session_with_4001_unless_refreshed() {
     // By now bob's first token has expired too; the refreshed session is still open.
     assert!(now() >= minted + 2);
     assert!(refreshing.frames_until_pong().await.is_empty());
+}
+
+/// Two HS256 secrets of a key set, by kid.
+const KEY_ONE: (&str, &str) = ("one", "the-first-secret-of-the-set-long-enough-for-hs256");
+const KEY_TWO: (&str, &str) = ("two", "the-second-secret-of-the-set-long-enough-for-hs256");
+
+/// An HS256 key of a JSON Web Key Set.
+fn oct_jwk((kid, secret): (&str, &str)) -> Value {
+    use base64::Engine;
+    let k = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret);
+    json!({"kty": "oct", "kid": kid, "alg": "HS256", "k": k})
+}
+
+/// A token for `sub` alice signed with `key` under `alg`, naming `kid` when given.
+fn signed(alg: Algorithm, kid: Option<&str>, key: &EncodingKey) -> String {
+    let mut header = Header::new(alg);
+    header.kid = kid.map(str::to_owned);
+    let claims = json!({"sub": "alice", "exp": now() + 600});
+    jsonwebtoken::encode(&header, &claims, key).unwrap()
+}
+
+fn hs256_with((kid, secret): (&str, &str)) -> String {
+    signed(
+        Algorithm::HS256,
+        Some(kid),
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+}
+
+/// The fixture's RS256 (kid `rs-1`) and ES256 (kid `es-1`) public keys as JWKs.
+fn fixture_jwks() -> Vec<Value> {
+    let text = std::fs::read_to_string(format!("{FIXTURES}/jwks-public.json")).unwrap();
+    let set: Value = serde_json::from_str(&text).unwrap();
+    set["keys"].as_array().unwrap().clone()
+}
+
+fn fixture_private(name: &str) -> EncodingKey {
+    let pem = std::fs::read(format!("{FIXTURES}/{name}-private.pem")).unwrap();
+    match name {
+        "rs256" => EncodingKey::from_rsa_pem(&pem).unwrap(),
+        _ => EncodingKey::from_ec_pem(&pem).unwrap(),
+    }
+}
+
+/// The user a token is accepted for, or the status and message it is refused with (asked at
+/// `/ws/check`, which answers as an upgrade would).
+async fn try_token(server: &TestServer, token: &str) -> Result<String, (u16, String)> {
+    let path = format!("/ws/check?token={token}");
+    let (status, body) =
+        crate::common::http_request(server.gateway.http_addr, "GET", &path, "").await;
+    let body: Value = serde_json::from_str(&body).unwrap();
+    match status {
+        200 => Ok(body["user"].as_str().unwrap().to_owned()),
+        _ => Err((
+            status,
+            body["message"].as_str().unwrap_or_default().to_owned(),
+        )),
+    }
+}
+
+#[tokio::test]
+async fn a_jwks_file_verifies_each_token_with_the_key_its_kid_names() {
+    let keys_dir = tempfile::tempdir().unwrap();
+    let path = keys_dir.path().join("jwks.json");
+    let mut keys = vec![oct_jwk(KEY_ONE), oct_jwk(KEY_TWO)];
+    keys.extend(fixture_jwks());
+    std::fs::write(&path, json!({ "keys": keys }).to_string()).unwrap();
+    let server = jwt_server(|c| {
+        c.auth.jwt_secret = Secret::default();
+        c.auth.jwks_file = Some(path.clone());
+    })
+    .await;
+
+    for token in [
+        hs256_with(KEY_ONE),
+        hs256_with(KEY_TWO),
+        signed(Algorithm::RS256, Some("rs-1"), &fixture_private("rs256")),
+        signed(Algorithm::ES256, Some("es-1"), &fixture_private("es256")),
+    ] {
+        assert_eq!(try_token(&server, &token).await, Ok("alice".to_owned()));
+    }
+
+    let rsa_public = std::fs::read(format!("{FIXTURES}/rs256-public.pem")).unwrap();
+    let refusals = [
+        (hs256_with(("three", KEY_ONE.1)), "unknown key id (kid)"),
+        // The RSA key's kid on an HS256 token signed with the public key as the secret.
+        (
+            signed(
+                Algorithm::HS256,
+                Some("rs-1"),
+                &EncodingKey::from_secret(&rsa_public),
+            ),
+            "algorithm (alg)",
+        ),
+        (hs256_with(("one", KEY_TWO.1)), "signature"),
+        // Two HS256 keys: a token without kid cannot say which.
+        (
+            signed(
+                Algorithm::HS256,
+                None,
+                &EncodingKey::from_secret(KEY_ONE.1.as_bytes()),
+            ),
+            "key id (kid)",
+        ),
+    ];
+    for (token, reason) in refusals {
+        let (status, message) = try_token(&server, &token).await.unwrap_err();
+        assert_eq!(status, 401, "{reason}");
+        assert!(
+            message.contains(reason),
+            "{message:?} should say {reason:?}"
+        );
+    }
+}
+
+/// A key set served over HTTP as an identity provider serves its `jwks_uri`, which a test can
+/// rotate or break; it counts the fetches.
+struct JwksServer {
+    url: String,
+    state: Arc<JwksState>,
+}
+
+#[derive(Default)]
+struct JwksState {
+    /// What `GET /jwks` answers: 200 with this body, or 500 when `None`.
+    body: std::sync::Mutex<Option<String>>,
+    fetches: AtomicUsize,
+}
+
+impl JwksServer {
+    async fn start(keys: &[Value]) -> Self {
+        use axum::http::StatusCode;
+        use axum::response::IntoResponse;
+        let state = Arc::new(JwksState::default());
+        let served = Arc::clone(&state);
+        let app = axum::Router::new().route(
+            "/jwks",
+            axum::routing::get(move || {
+                let state = Arc::clone(&served);
+                async move {
+                    state.fetches.fetch_add(1, Ordering::SeqCst);
+                    match state.body.lock().unwrap().clone() {
+                        Some(body) => (StatusCode::OK, body).into_response(),
+                        None => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+                    }
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/jwks", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let server = Self { url, state };
+        server.serve(keys);
+        server
+    }
+
+    fn serve(&self, keys: &[Value]) {
+        *self.state.body.lock().unwrap() = Some(json!({ "keys": keys }).to_string());
+    }
+
+    fn serve_garbage(&self) {
+        *self.state.body.lock().unwrap() = Some("<html>maintenance</html>".to_owned());
+    }
+
+    fn fail(&self) {
+        *self.state.body.lock().unwrap() = None;
+    }
+
+    fn fetches(&self) -> usize {
+        self.state.fetches.load(Ordering::SeqCst)
+    }
+}
+
+/// A node whose keys come from `jwks`, fetched again on an unknown kid at most once a second.
+async fn jwks_url_server(jwks: &JwksServer) -> TestServer {
+    jwt_server(|c| {
+        c.auth.jwt_secret = Secret::default();
+        c.auth.jwks_url = Some(jwks.url.clone());
+        c.auth.jwks_min_refresh_secs = MIN_REFRESH;
+    })
+    .await
+}
+
+const MIN_REFRESH: Duration = Duration::from_secs(1);
+
+/// Presents `token` until it is accepted (each refusal must be an unknown kid), and returns
+/// how long that took.
+async fn accepted_eventually(server: &TestServer, token: &str) -> Duration {
+    let started = Instant::now();
+    loop {
+        match try_token(server, token).await {
+            Ok(user) => {
+                assert_eq!(user, "alice");
+                return started.elapsed();
+            }
+            Err((status, message)) => {
+                assert_eq!(status, 401, "{message}");
+                assert!(message.contains("unknown key id (kid)"), "{message}");
+            }
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "the new key was never fetched"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Presents tokens naming an unknown kid, which ask for fetches, until a fetch that ended with
+/// `outcome` has been counted.
+async fn until_a_fetch_fails(server: &TestServer, outcome: &str) {
+    let deadline = Instant::now() + DEADLINE;
+    let label = format!("outcome=\"{outcome}\"");
+    while metric(server, "peroxo_jwks_refresh_total", &label).await < 1.0 {
+        let (status, message) = try_token(server, &hs256_with(("three", KEY_ONE.1)))
+            .await
+            .unwrap_err();
+        assert_eq!((status, message.as_str()), (401, "unknown key id (kid)"));
+        assert!(Instant::now() < deadline, "no {outcome} fetch was counted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn metric(server: &TestServer, name: &str, labels: &str) -> f64 {
+    let (_, text) =
+        crate::common::http_request(server.gateway.http_addr, "GET", "/metrics", "").await;
+    crate::common::metric_sample(&text, name, labels).unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn a_key_set_url_is_fetched_again_for_a_new_kid_at_most_once_per_min_refresh() {
+    let mut keys = vec![oct_jwk(KEY_ONE)];
+    keys.extend(fixture_jwks());
+    let jwks = JwksServer::start(&keys).await;
+    let server = jwks_url_server(&jwks).await;
+    assert_eq!(jwks.fetches(), 1, "the set is fetched when the node starts");
+    assert_eq!(
+        try_token(&server, &hs256_with(KEY_ONE)).await,
+        Ok("alice".into())
+    );
+    let rs256 = signed(Algorithm::RS256, Some("rs-1"), &fixture_private("rs256"));
+    assert_eq!(try_token(&server, &rs256).await, Ok("alice".into()));
+    assert_eq!(jwks.fetches(), 1, "known kids need no fetch");
+
+    // The issuer publishes a second key; the first token naming it brings it in.
+    keys.push(oct_jwk(KEY_TWO));
+    jwks.serve(&keys);
+    let waited = accepted_eventually(&server, &hs256_with(KEY_TWO)).await;
+    let fetches = jwks.fetches();
+    assert!(
+        fetches <= 2 + (waited.as_secs_f64() / MIN_REFRESH.as_secs_f64()) as usize,
+        "{fetches} fetches in {waited:?}"
+    );
+
+    // A burst of tokens naming kids nobody published costs at most one fetch per interval.
+    let started = Instant::now();
+    let burst = (0..20).map(|i| {
+        let token = hs256_with((&format!("forged-{i}"), KEY_ONE.1));
+        let server = &server;
+        async move { try_token(server, &token).await }
+    });
+    for refused in futures_util::future::join_all(burst).await {
+        let (status, message) = refused.unwrap_err();
+        assert_eq!(status, 401);
+        assert_eq!(message, "unknown key id (kid)");
+    }
+    let allowed = 1 + (started.elapsed().as_secs_f64() / MIN_REFRESH.as_secs_f64()) as usize;
+    assert!(
+        jwks.fetches() - fetches <= allowed,
+        "{} fetches for 20 forged kids in {:?}",
+        jwks.fetches() - fetches,
+        started.elapsed()
+    );
+    assert_eq!(metric(&server, "peroxo_jwks_keys", "").await, 4.0);
+}
+
+#[tokio::test]
+async fn the_last_good_key_set_keeps_verifying_while_the_issuer_fails() {
+    let jwks = JwksServer::start(&[oct_jwk(KEY_ONE), oct_jwk(KEY_TWO)]).await;
+    let server = jwks_url_server(&jwks).await;
+    assert_eq!(
+        try_token(&server, &hs256_with(KEY_ONE)).await,
+        Ok("alice".into())
+    );
+
+    for (break_it, outcome) in [
+        (JwksServer::fail as fn(&JwksServer), "unreachable"),
+        (JwksServer::serve_garbage, "invalid"),
+    ] {
+        break_it(&jwks);
+        until_a_fetch_fails(&server, outcome).await;
+        for key in [KEY_ONE, KEY_TWO] {
+            assert_eq!(
+                try_token(&server, &hs256_with(key)).await,
+                Ok("alice".into())
+            );
+        }
+        assert_eq!(metric(&server, "peroxo_jwks_keys", "").await, 2.0);
+    }
+}
+
+#[tokio::test]
+async fn a_key_added_to_the_jwks_file_verifies_without_a_restart() {
+    let keys_dir = tempfile::tempdir().unwrap();
+    let path = keys_dir.path().join("jwks.json");
+    let write = |keys: Vec<Value>| std::fs::write(&path, json!({ "keys": keys }).to_string());
+    write(vec![oct_jwk(KEY_ONE)]).unwrap();
+    let server = jwt_server(|c| {
+        c.auth.jwt_secret = Secret::default();
+        c.auth.jwks_file = Some(path.clone());
+        c.auth.jwks_min_refresh_secs = MIN_REFRESH;
+    })
+    .await;
+    assert_eq!(
+        try_token(&server, &hs256_with(KEY_ONE)).await,
+        Ok("alice".into())
+    );
+    write(vec![oct_jwk(KEY_ONE), oct_jwk(KEY_TWO)]).unwrap();
+    accepted_eventually(&server, &hs256_with(KEY_TWO)).await;
+    // A broken edit keeps the keys read before it.
+    std::fs::write(&path, "{\"keys\": [").unwrap();
+    until_a_fetch_fails(&server, "invalid").await;
+    for key in [KEY_ONE, KEY_TWO] {
+        assert_eq!(
+            try_token(&server, &hs256_with(key)).await,
+            Ok("alice".into())
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_node_starts_while_the_issuer_is_down_and_verifies_once_it_answers() {
+    let jwks = JwksServer::start(&[oct_jwk(KEY_ONE)]).await;
+    jwks.fail();
+    let server = jwks_url_server(&jwks).await;
+    let (status, message) = try_token(&server, &hs256_with(KEY_ONE)).await.unwrap_err();
+    assert_eq!(status, 503, "{message}");
+    assert!(message.contains("no verification keys"), "{message}");
+
+    jwks.serve(&[oct_jwk(KEY_ONE)]);
+    let deadline = Instant::now() + DEADLINE;
+    while try_token(&server, &hs256_with(KEY_ONE)).await.is_err() {
+        assert!(Instant::now() < deadline, "the key set was never loaded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

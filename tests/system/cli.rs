@@ -124,6 +124,31 @@ fn a_public_key_file_that_is_not_a_key_exits_64_naming_it() {
 }
 
 #[test]
+fn check_config_refuses_a_malformed_jwks_file_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let jwks = dir.path().join("jwks.json");
+    for (text, says) in [
+        ("{\"keys\": [", "not a JSON Web Key Set"),
+        ("{\"keys\": []}", "no key of the set"),
+    ] {
+        std::fs::write(&jwks, text).unwrap();
+        let path = config_file(
+            &dir,
+            &format!("[auth]\njwks_file = \"{}\"\n", jwks.display()),
+        );
+        let output = peroxo()
+            .args(["check-config", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(64), "{output:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("auth.jwks_file"), "{stderr}");
+        assert!(stderr.contains(says), "{stderr}");
+    }
+}
+
+#[test]
 fn check_config_prints_the_effective_values_with_secrets_redacted() {
     let dir = tempfile::tempdir().unwrap();
     let path = config_file(&dir, "[storage]\nmax_pending = 1234\n");

@@ -15,9 +15,9 @@ fn reloaded(server: &TestServer, adjust: impl FnOnce(&mut Config)) -> Config {
     config
 }
 
-fn reload(server: &TestServer, config: &Config) -> peroxo_gateway::server::ReloadReport {
+async fn reload(server: &TestServer, config: &Config) -> peroxo_gateway::server::ReloadReport {
     let auth = Authenticator::from_config(&config.auth).unwrap();
-    server.gateway.reload(config, auth)
+    server.gateway.reload(config, auth).await
 }
 
 async fn pings_until_limited(client: &mut common::Client, most: u64) -> u64 {
@@ -52,7 +52,8 @@ async fn a_stricter_then_a_looser_rate_applies_to_open_sessions_without_dropping
             c.limits.rate_per_sec = 1;
             c.limits.rate_burst = 3;
         }),
-    );
+    )
+    .await;
     let keys: Vec<&str> = report.applied.iter().map(|c| c.key.as_str()).collect();
     assert_eq!(keys, ["limits.rate_burst", "limits.rate_per_sec"]);
     assert!(report.restart_needed.is_empty());
@@ -66,7 +67,8 @@ async fn a_stricter_then_a_looser_rate_applies_to_open_sessions_without_dropping
             c.limits.rate_per_sec = 1_000;
             c.limits.rate_burst = 500;
         }),
-    );
+    )
+    .await;
     // A looser limit: once a paced ping passes (the bucket refills at 1,000 a second), 100
     // pings in a row pass, which the stricter one never let through. Paced, because a client
     // refused without pause is closed as abusive.
@@ -91,7 +93,8 @@ async fn lower_session_limits_refuse_new_connections_and_keep_the_ones_held() {
     reload(
         &server,
         &reloaded(&server, |c| c.limits.max_sessions_per_user = 1),
-    );
+    )
+    .await;
     let refused = common::Client::try_connect(&server.ws_url("default", "alice")).await;
     let (status, body) = refused.err().expect("a third session is refused");
     assert_eq!(status, 429);
@@ -112,7 +115,8 @@ async fn a_lower_message_size_closes_a_session_that_exceeds_it_with_1009() {
             c.limits.max_message_bytes = 1_024;
             c.limits.max_text_bytes = 512;
         }),
-    );
+    )
+    .await;
     alice.dm("bob", "short enough", "m1").await;
     alice
         .send_json(
@@ -132,7 +136,7 @@ async fn keys_that_need_a_restart_keep_their_running_values_and_are_reported() {
         c.storage.max_batch = 7;
         c.groups.max_members = 9;
     });
-    let report = reload(&server, &edited);
+    let report = reload(&server, &edited).await;
     let live: Vec<&str> = report.applied.iter().map(|c| c.key.as_str()).collect();
     let restart: Vec<&str> = report
         .restart_needed
@@ -153,7 +157,7 @@ async fn keys_that_need_a_restart_keep_their_running_values_and_are_reported() {
     })));
     assert!(unchanged.is_empty(), "{unchanged:?}");
     // A second reload of the same file applies nothing new and still reports the restart.
-    let again = reload(&server, &edited);
+    let again = reload(&server, &edited).await;
     assert!(again.applied.is_empty());
     assert_eq!(again.restart_needed.len(), 2);
     let (_, metrics) = common::http_request(server.gateway.http_addr, "GET", "/metrics", "").await;
@@ -165,4 +169,36 @@ async fn keys_that_need_a_restart_keep_their_running_values_and_are_reported() {
             "{outcome}"
         );
     }
+}
+
+#[tokio::test]
+async fn a_reload_reads_the_secret_file_again_and_rotates_the_key_for_new_connections() {
+    use peroxo_protocol::domain::UserKey;
+    let secrets = tempfile::tempdir().unwrap();
+    let secret_file = secrets.path().join("jwt-secret");
+    std::fs::write(&secret_file, "the-first-secret-of-at-least-32-bytes\n").unwrap();
+    let jwt = |c: &mut Config| {
+        c.auth.mode = peroxo_config::AuthMode::Jwt;
+        c.auth.jwt_secret_file = Some(secret_file.clone());
+    };
+    let server = TestServer::start_with(jwt).await;
+    let config = reloaded(&server, jwt);
+    let token = |user: &str| {
+        let key = UserKey::new("default", user);
+        peroxo_gateway::identity::sign_token(&config.auth, &key, std::time::Duration::from_secs(60))
+            .unwrap()
+    };
+    let old_token = token("alice");
+    let mut alice = common::Client::connect(&server.ws_url_with_token(&old_token)).await;
+
+    std::fs::write(&secret_file, "the-second-secret-of-at-least-32-bytes\n").unwrap();
+    let report = reload(&server, &config).await;
+    // The file's name did not change, so no key did; the file was read again all the same.
+    assert!(report.applied.is_empty(), "{:?}", report.applied);
+    let refused = common::Client::try_connect(&server.ws_url_with_token(&old_token)).await;
+    assert_eq!(refused.err().expect("the old key is retired").0, 401);
+    common::Client::connect(&server.ws_url_with_token(&token("bob"))).await;
+    // The session admitted with the old key stays open.
+    alice.send_json(json!({"type": "ping", "req_id": 1})).await;
+    alice.expect("pong").await;
 }

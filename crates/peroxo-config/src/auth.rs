@@ -1,9 +1,15 @@
 //! The `[auth]` section: how the gateway authenticates clients, and the checks of it that
-//! need the key material (reading `jwt_secret_file` or `public_key_file`). Only roles that
-//! authenticate clients run them, through [`crate::Config::validate_auth`].
+//! need the key material (reading `jwt_secret_file`, `public_key_file` or `jwks_file`). Only
+//! roles that authenticate clients run them, through [`crate::Config::validate_auth`].
+//!
+//! Tokens are verified either with one static key (`jwt_secret`, `jwt_secret_file` or
+//! `public_key_file`, for `algorithm`) or with a JSON Web Key Set (`jwks_file` or `jwks_url`)
+//! whose keys a token's `kid` chooses. The two are exclusive: a node holding both would have
+//! to guess which one a token meant.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -76,6 +82,19 @@ pub struct AuthConfig {
     pub tenants: BTreeMap<String, TenantAuth>,
     /// Clock skew tolerated on `exp`, `nbf` and `iat`, in seconds.
     pub leeway_secs: u64,
+    /// A JSON Web Key Set on disk: several keys, each chosen by the `kid` of a token, so keys
+    /// can be rotated without downtime. Re-read like `jwks_url`.
+    pub jwks_file: Option<PathBuf>,
+    /// An http(s) URL serving a JSON Web Key Set (an identity provider's `jwks_uri`).
+    pub jwks_url: Option<String>,
+    /// How often the key set is fetched (or the file read) again; a shorter `max-age` in
+    /// the answer's `Cache-Control` brings the next fetch forward.
+    #[serde(with = "crate::seconds_or_duration")]
+    pub jwks_refresh_secs: Duration,
+    /// The shortest time between two fetches that tokens with an unknown `kid` ask for:
+    /// forged `kid`s cannot make the node hammer the issuer.
+    #[serde(with = "crate::seconds_or_duration")]
+    pub jwks_min_refresh_secs: Duration,
 }
 
 impl Default for AuthConfig {
@@ -90,11 +109,34 @@ impl Default for AuthConfig {
             issuer: None,
             tenants: BTreeMap::new(),
             leeway_secs: 30,
+            jwks_file: None,
+            jwks_url: None,
+            jwks_refresh_secs: Duration::from_secs(300),
+            jwks_min_refresh_secs: Duration::from_secs(30),
         }
     }
 }
 
 impl AuthConfig {
+    /// Whether tokens are verified with a JSON Web Key Set (`jwks_file` or `jwks_url`)
+    /// rather than one static key.
+    pub fn uses_jwks(&self) -> bool {
+        self.jwks_file.is_some() || self.jwks_url.is_some()
+    }
+
+    /// The text of `jwks_file`.
+    pub fn jwks_file_text(&self) -> Result<Option<Vec<u8>>, ConfigError> {
+        let Some(path) = &self.jwks_file else {
+            return Ok(None);
+        };
+        std::fs::read(path).map(Some).map_err(|e| {
+            ConfigError::new(
+                "auth.jwks_file",
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })
+    }
+
     /// The HS256 secret, from `jwt_secret` or `jwt_secret_file`.
     pub fn hs256_secret(&self) -> Result<Secret, ConfigError> {
         if let Some(path) = &self.jwt_secret_file {
@@ -129,7 +171,7 @@ impl AuthConfig {
     }
 
     /// Checks `[auth]` in `jwt` mode: exactly one source of an HS256 secret, long enough, or
-    /// a readable public key for RS256 and ES256.
+    /// a readable public key for RS256 and ES256, or else one key set.
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         if self.mode != AuthMode::Jwt {
             return Ok(());
@@ -143,6 +185,9 @@ impl AuthConfig {
                 format!("auth.tenants.{tenant}"),
                 "not a valid tenant id (1-64 characters of [A-Za-z0-9._@-])",
             ));
+        }
+        if self.uses_jwks() {
+            return self.validate_jwks();
         }
         match self.algorithm {
             JwtAlgorithm::HS256 => {
@@ -172,6 +217,48 @@ impl AuthConfig {
                 self.public_key_pem()?;
             }
         }
+        Ok(())
+    }
+
+    /// Checks a key set's keys: one source, no static key beside it, sane refresh times.
+    fn validate_jwks(&self) -> Result<(), ConfigError> {
+        if self.jwks_file.is_some() && self.jwks_url.is_some() {
+            return Err(ConfigError::new(
+                "auth.jwks_url",
+                "set either auth.jwks_file or auth.jwks_url, not both",
+            ));
+        }
+        let static_key = [
+            ("auth.jwt_secret", !self.jwt_secret.is_empty()),
+            ("auth.jwt_secret_file", self.jwt_secret_file.is_some()),
+            ("auth.public_key_file", self.public_key_file.is_some()),
+        ];
+        if let Some((key, _)) = static_key.iter().find(|(_, set)| *set) {
+            return Err(ConfigError::new(
+                *key,
+                "a key set (auth.jwks_file or auth.jwks_url) holds every verification key: \
+                 leave the static key unset, or put it in the set",
+            ));
+        }
+        if let Some(url) = &self.jwks_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(ConfigError::new(
+                "auth.jwks_url",
+                "must be an http:// or https:// URL",
+            ));
+        }
+        crate::duration_at_least(
+            "auth.jwks_min_refresh_secs",
+            self.jwks_min_refresh_secs,
+            crate::MIN_SUBSECOND,
+        )?;
+        crate::duration_at_least(
+            "auth.jwks_refresh_secs",
+            self.jwks_refresh_secs,
+            self.jwks_min_refresh_secs,
+        )?;
+        self.jwks_file_text()?;
         Ok(())
     }
 }

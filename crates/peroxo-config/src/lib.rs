@@ -847,6 +847,30 @@ mod tests {
     }
 
     #[test]
+    fn a_key_set_stands_alone_and_its_refresh_times_are_bounded() {
+        let url = "[auth]\njwks_url = \"https://login.example/jwks\"\n";
+        let config = Config::from_toml(url).unwrap();
+        assert!(config.auth.uses_jwks());
+        assert_eq!(config.auth.jwks_refresh_secs, Duration::from_secs(300));
+        assert_eq!(config.auth.jwks_min_refresh_secs, Duration::from_secs(30));
+        let secret = [("PEROXO_AUTH__JWT_SECRET", "s".repeat(32))];
+        let secret: Vec<(&str, &str)> = secret.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let err = load_with_env(url, &secret).unwrap_err();
+        assert_eq!(err.key, "auth.jwt_secret");
+        let err = Config::from_toml(&format!("{url}public_key_file = \"k.pem\"\n")).unwrap_err();
+        assert_eq!(err.key, "auth.public_key_file");
+        let err = Config::from_toml(&format!("{url}jwks_file = \"k.json\"\n")).unwrap_err();
+        assert_eq!(err.key, "auth.jwks_url");
+        let err = Config::from_toml("[auth]\njwks_url = \"ftp://x\"\n").unwrap_err();
+        assert_eq!(err.key, "auth.jwks_url");
+        let err = Config::from_toml(&format!("{url}jwks_refresh_secs = 10\n")).unwrap_err();
+        assert_eq!(err.key, "auth.jwks_refresh_secs");
+        let err =
+            Config::from_toml("[auth]\njwks_file = \"/nonexistent/jwks.json\"\n").unwrap_err();
+        assert_eq!(err.key, "auth.jwks_file");
+    }
+
+    #[test]
     fn storage_endpoint_takes_one_url_or_several_and_names_a_bad_one() {
         let dev = [("PEROXO_AUTH__MODE", "dev")];
         let one = load_with_env(

@@ -142,7 +142,7 @@ async fn upgrade(
             );
         }
     };
-    let (sessions, identity, ticket, protocol) = match accept(&state, query, &headers) {
+    let (sessions, identity, ticket, protocol) = match accept(&state, query, &headers).await {
         Ok(accepted) => accepted,
         Err(refused) => return refused.into_response(),
     };
@@ -176,7 +176,7 @@ async fn check(
     query: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
 ) -> Response {
-    let mut response = match accept(&state, query, &headers) {
+    let mut response = match accept(&state, query, &headers).await {
         Ok((_, identity, _ticket, protocol)) => {
             let body = serde_json::json!({
                 "ok": true,
@@ -232,7 +232,7 @@ impl IntoResponse for UpgradeRefused {
 /// Decides an upgrade request: the cheap refusals first (origin, a draining or starting
 /// node), so nothing is verified or counted for a request refused anyway; then who the
 /// client is; then its place in the node's connection counts.
-fn accept(
+async fn accept(
     state: &HttpState,
     query: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
     headers: &HeaderMap,
@@ -247,7 +247,7 @@ fn accept(
         ));
     };
     let protocol = protocol_version(&query)?;
-    let identity = authenticate(state, &query, headers)?;
+    let identity = authenticate(state, &query, headers).await?;
     let ticket = admit(state, &identity)?;
     Ok((sessions, identity, ticket, protocol))
 }
@@ -311,14 +311,17 @@ fn open_node(state: &HttpState) -> Result<ActorRef<SessionSupervisorMsg>, Upgrad
     })
 }
 
-/// Who the client is, or 401/403 with the reason.
-fn authenticate(
+/// Who the client is, or 401/403 (503 while no key set is loaded) with the reason.
+async fn authenticate(
     state: &HttpState,
     query: &HashMap<String, String>,
     headers: &HeaderMap,
 ) -> Result<Identity, UpgradeRefused> {
-    let auth = state.gateway.auth.load();
+    // Owned: verifying may wait for a fetch of the key set, and a reload may replace the
+    // authenticator meanwhile.
+    let auth = state.gateway.auth.load_full();
     auth.authenticate(query, headers)
+        .await
         .map_err(|error| UpgradeRefused {
             status: error.status(),
             code: error.code(),
@@ -440,6 +443,9 @@ async fn prometheus(State(state): State<HttpState>) -> Response {
     } else {
         0.0
     });
+    if let Some(stats) = state.gateway.auth.load().key_stats() {
+        metrics.key_stats(stats);
+    }
     (
         [(
             header::CONTENT_TYPE,

@@ -3,12 +3,18 @@
 //! [`Authenticator`] is the one interface the rest of the node calls.
 //! - **jwt**: the client presents a signed token (`Authorization: Bearer …`, or `?token=…` for
 //!   browsers). `sub` is the user, `tenant` (optional) the tenant, `exp` is required; `nbf` and
-//!   `iat` are honoured, and `aud`/`iss` are checked when configured.
+//!   `iat` are honoured, and `aud`/`iss` are checked when configured. The key is the static
+//!   one of `[auth]` or the one a token's `kid` chooses in a JSON Web Key Set ([`keys`]), read
+//!   from a file or fetched from a URL and kept fresh ([`jwks`]).
 //! - **dev**: the client names itself (`?user=alice&tenant=acme`); for trying PerOXO out.
 //!
 //! Tokens and query strings never reach the logs.
 
+mod jwks;
+mod keys;
+
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::http::{HeaderMap, StatusCode, header};
@@ -19,6 +25,10 @@ use serde::Deserialize;
 use peroxo_config::{AuthConfig, AuthMode, ConfigError, JwtAlgorithm};
 use peroxo_protocol::domain::{DEFAULT_TENANT, UserKey, validate_id};
 
+pub use jwks::RefreshOutcome;
+use jwks::RefreshingKeys;
+use keys::{Choice, KeySet};
+
 /// Why an upgrade request (or a refresh) was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
@@ -28,6 +38,9 @@ pub enum AuthError {
     /// The identity presented is malformed.
     #[error("{0}")]
     BadRequest(String),
+    /// The node cannot verify tokens yet (no key set loaded); trying again later may help.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl AuthError {
@@ -35,6 +48,7 @@ impl AuthError {
         match self {
             AuthError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             AuthError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            AuthError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -43,6 +57,7 @@ impl AuthError {
         match self {
             AuthError::Unauthenticated(_) => "unauthorized",
             AuthError::BadRequest(_) => "bad_request",
+            AuthError::Unavailable(_) => "unavailable",
         }
     }
 }
@@ -83,10 +98,28 @@ impl std::fmt::Debug for Authenticator {
     }
 }
 
-/// Verifies tokens with the configured key and rules.
+/// What `/metrics` shows of the verification keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyStats {
+    /// Keys in the set in use (1 for a static key).
+    pub keys: usize,
+    /// Fetches of the key set by outcome (none for a static key).
+    pub refreshes: [(RefreshOutcome, u64); 3],
+}
+
+/// The keys tokens are verified with.
+enum Keys {
+    /// `[auth]`'s one key.
+    Static(KeySet),
+    /// A JSON Web Key Set, from `auth.jwks_file` or `auth.jwks_url`.
+    Refreshing(Arc<RefreshingKeys>),
+}
+
+/// Verifies tokens with the configured keys and rules.
 pub struct JwtVerifier {
-    key: DecodingKey,
-    /// The rules of tokens of every tenant without rules of its own.
+    keys: Keys,
+    /// The rules of tokens of every tenant without rules of its own (their `algorithms` are
+    /// replaced by the one of the key chosen for a token).
     validation: Validation,
     /// The rules of tenants with `aud` or `iss` of their own (`[auth.tenants.*]`).
     tenants: HashMap<String, Validation>,
@@ -123,14 +156,40 @@ impl Authenticator {
                 "auth.mode = \"dev\": any client can claim any user id; never expose this node"
             ),
             Authenticator::Jwt(verifier) => tracing::info!(
-                algorithm = ?verifier.validation.algorithms[0],
+                keys = verifier.stats().keys,
                 "auth.mode = \"jwt\": clients present signed tokens"
             ),
         }
     }
 
-    /// The identity of the client making this upgrade request.
-    pub fn authenticate(
+    /// Loads a key set that is fetched (waiting at most one fetch's timeout: an issuer that
+    /// is down does not stop the start) and spawns the task that keeps it fresh. Needs a
+    /// Tokio runtime; until it runs, a token that finds no key set asks for a fetch itself.
+    pub async fn start(&self) {
+        if let Authenticator::Jwt(verifier) = self
+            && let Keys::Refreshing(keys) = &verifier.keys
+        {
+            keys.start().await;
+        }
+    }
+
+    /// Whether the keys refresh themselves (a JWKS file or URL): a reload that leaves
+    /// `[auth]` as it was keeps such an authenticator rather than start a new one.
+    pub fn refreshes_itself(&self) -> bool {
+        matches!(self, Authenticator::Jwt(verifier) if matches!(verifier.keys, Keys::Refreshing(_)))
+    }
+
+    /// The verification keys as `/metrics` shows them; `None` in dev mode.
+    pub fn key_stats(&self) -> Option<KeyStats> {
+        match self {
+            Authenticator::Dev => None,
+            Authenticator::Jwt(verifier) => Some(verifier.stats()),
+        }
+    }
+
+    /// The identity of the client making this upgrade request. It may wait for a fetch of
+    /// the key set, when the token names a key id the set lacks.
+    pub async fn authenticate(
         &self,
         query: &HashMap<String, String>,
         headers: &HeaderMap,
@@ -159,18 +218,18 @@ impl Authenticator {
                                 .to_owned(),
                         )
                     })?;
-                verifier.verify(token)
+                verifier.verify(token).await
             }
         }
     }
 
     /// Verifies a token presented on an open session (`refresh`).
-    pub fn verify_token(&self, token: &str) -> Result<Identity, AuthError> {
+    pub async fn verify_token(&self, token: &str) -> Result<Identity, AuthError> {
         match self {
             Authenticator::Dev => Err(AuthError::BadRequest(
                 "refresh needs auth.mode = \"jwt\"; this node runs in dev mode".to_owned(),
             )),
-            Authenticator::Jwt(verifier) => verifier.verify(token),
+            Authenticator::Jwt(verifier) => verifier.verify(token).await,
         }
     }
 
@@ -205,26 +264,13 @@ fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, AuthError> {
 
 impl JwtVerifier {
     fn from_config(config: &AuthConfig) -> Result<Self, ConfigError> {
-        let key =
-            match config.algorithm {
-                JwtAlgorithm::HS256 => {
-                    DecodingKey::from_secret(config.hs256_secret()?.expose().as_bytes())
-                }
-                JwtAlgorithm::RS256 => DecodingKey::from_rsa_pem(&config.public_key_pem()?)
-                    .map_err(|e| {
-                        ConfigError::new(
-                            "auth.public_key_file",
-                            format!("not an RSA public key in PEM: {e}"),
-                        )
-                    })?,
-                JwtAlgorithm::ES256 => DecodingKey::from_ec_pem(&config.public_key_pem()?)
-                    .map_err(|e| {
-                        ConfigError::new(
-                            "auth.public_key_file",
-                            format!("not an EC public key in PEM: {e}"),
-                        )
-                    })?,
-            };
+        let keys = match RefreshingKeys::from_config(config)? {
+            Some(keys) => Keys::Refreshing(Arc::new(keys)),
+            None => Keys::Static(KeySet::single(
+                algorithm(config.algorithm),
+                static_key(config)?,
+            )),
+        };
         let validation =
             validation_for(config, config.audience.as_deref(), config.issuer.as_deref());
         let tenants = config
@@ -236,7 +282,7 @@ impl JwtVerifier {
             })
             .collect();
         Ok(Self {
-            key,
+            keys,
             validation,
             tenants,
             leeway_secs: config.leeway_secs,
@@ -255,8 +301,46 @@ impl JwtVerifier {
             .unwrap_or(&self.validation)
     }
 
-    fn verify(&self, token: &str) -> Result<Identity, AuthError> {
-        let claims = jsonwebtoken::decode::<Claims>(token, &self.key, self.validation_of(token))
+    fn stats(&self) -> KeyStats {
+        match &self.keys {
+            Keys::Static(set) => KeyStats {
+                keys: set.len(),
+                refreshes: RefreshOutcome::ALL.map(|o| (o, 0)),
+            },
+            Keys::Refreshing(keys) => KeyStats {
+                keys: keys.len(),
+                refreshes: keys.outcomes(),
+            },
+        }
+    }
+
+    async fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| AuthError::Unauthenticated("malformed token".to_owned()))?;
+        let choice = match &self.keys {
+            Keys::Static(set) => set.choose(&header),
+            Keys::Refreshing(keys) => keys.choose(&header).await.ok_or_else(|| {
+                AuthError::Unavailable(
+                    "no verification keys loaded yet (auth.jwks_url); try again later".to_owned(),
+                )
+            })?,
+        };
+        let key = match choice {
+            Choice::Key(key) => key,
+            Choice::UnknownKid => {
+                return Err(AuthError::Unauthenticated(
+                    "unknown key id (kid)".to_owned(),
+                ));
+            }
+            Choice::Refused(refusal) => {
+                return Err(AuthError::Unauthenticated(refusal.message().to_owned()));
+            }
+        };
+        // Only the chosen key's algorithm: the token's `alg` was matched against it above,
+        // and the verifier checks it again.
+        let mut validation = self.validation_of(token).clone();
+        validation.algorithms = vec![key.algorithm];
+        let claims = jsonwebtoken::decode::<Claims>(token, &key.key, &validation)
             .map_err(|e| AuthError::Unauthenticated(describe(e.kind())))?
             .claims;
         if claims
@@ -278,6 +362,29 @@ impl JwtVerifier {
             expires_at: Some(claims.exp.max(0.0).round() as u64),
         })
     }
+}
+
+/// The static key of `[auth]`: the HS256 secret or the RS256/ES256 public key.
+fn static_key(config: &AuthConfig) -> Result<DecodingKey, ConfigError> {
+    Ok(match config.algorithm {
+        JwtAlgorithm::HS256 => DecodingKey::from_secret(config.hs256_secret()?.expose().as_bytes()),
+        JwtAlgorithm::RS256 => {
+            DecodingKey::from_rsa_pem(&config.public_key_pem()?).map_err(|e| {
+                ConfigError::new(
+                    "auth.public_key_file",
+                    format!("not an RSA public key in PEM: {e}"),
+                )
+            })?
+        }
+        JwtAlgorithm::ES256 => {
+            DecodingKey::from_ec_pem(&config.public_key_pem()?).map_err(|e| {
+                ConfigError::new(
+                    "auth.public_key_file",
+                    format!("not an EC public key in PEM: {e}"),
+                )
+            })?
+        }
+    })
 }
 
 /// The checks of a token whose `aud` and `iss` must be `audience` and `issuer` (when set).

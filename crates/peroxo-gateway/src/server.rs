@@ -179,9 +179,11 @@ impl Gateway {
     }
 
     /// Starts the node with an authenticator already built from `config.auth` (`main` builds
-    /// it while it validates the configuration): the embedded storage service when
-    /// configured, the actor tree, then the HTTP listener.
+    /// it while it validates the configuration): a key set to fetch (an issuer that is down
+    /// does not stop the start), the embedded storage service when configured, the actor
+    /// tree, then the HTTP listener.
     pub async fn start_with(config: Config, auth: Authenticator) -> anyhow::Result<Self> {
+        auth.start().await;
         auth.announce();
         let (store, endpoint) = start_storage(&config).await?;
         let cluster_slot = (config.cluster.mode == ClusterMode::Nats).then(ActorSlot::default);
@@ -228,21 +230,28 @@ impl Gateway {
 
     /// Applies the live keys of `config` (already validated, with `auth` built from its
     /// `[auth]`) to every connection, without dropping any. The authenticator is replaced
-    /// even when `[auth]` reads the same, so that key files are read anew. Keys that need a
-    /// restart keep their running values and are reported.
-    pub fn reload(&self, config: &Config, auth: Authenticator) -> ReloadReport {
+    /// even when `[auth]` reads the same, so that key files are read anew, unless it keeps a
+    /// key set fresh by itself. Keys that need a restart keep their running values and are
+    /// reported. Reloads are not expected to overlap (one signal handler calls this).
+    pub async fn reload(&self, config: &Config, auth: Authenticator) -> ReloadReport {
         let after = Snapshot::of(config);
-        let mut applied = self.applied.lock().expect("applied configuration poisoned");
+        let before = self.applied_config();
         let (live, restart_needed): (Vec<Change>, Vec<Change>) =
-            applied.diff(&after).into_iter().partition(|c| c.live);
+            before.diff(&after).into_iter().partition(|c| c.live);
         self.gateway.live.apply(config);
         self.admission.set_limits(
             config.http.max_connections,
             config.limits.max_sessions_per_user,
         );
-        self.gateway.auth.store(Arc::new(auth));
-        *applied = applied.with_live_keys_of(&after);
-        drop(applied);
+        // A key set that keeps itself fresh (`jwks_file`, `jwks_url`) is kept while `[auth]`
+        // reads the same: a new one would start without the set the running one holds.
+        let auth_changed = live.iter().any(|c| c.key.starts_with("auth."));
+        if auth_changed || !self.gateway.auth.load().refreshes_itself() {
+            auth.start().await;
+            self.gateway.auth.store(Arc::new(auth));
+        }
+        *self.applied.lock().expect("applied configuration poisoned") =
+            before.with_live_keys_of(&after);
         let report = ReloadReport {
             applied: live,
             restart_needed,

@@ -20,6 +20,8 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusRecorder
 
 use peroxo_protocol::{CloseCause, ErrorCode};
 
+use crate::identity::{KeyStats, RefreshOutcome};
+
 const LATENCY_BUCKETS: &[f64] = &[
     0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
@@ -50,6 +52,8 @@ pub struct Metrics {
     pub storage_up: Gauge,
     pub storage_reconnects: Counter,
     restarts: Vec<(ActorKind, Counter)>,
+    jwks_keys: Gauge,
+    jwks_refreshes: Vec<(RefreshOutcome, Counter)>,
     reloads: Vec<(ReloadOutcome, Counter)>,
     /// When the configuration was last applied (start or reload), in Unix seconds.
     pub config_applied_at: Gauge,
@@ -122,27 +126,20 @@ impl Metrics {
         Self {
             connections: gauge(r, "peroxo_connections"),
             sessions_opened: counter(r, "peroxo_sessions_opened_total", None),
-            sessions_closed: close_labels
-                .into_iter()
-                .map(|reason| {
-                    let label = ("reason", reason);
-                    (
-                        reason,
-                        counter(r, "peroxo_sessions_closed_total", Some(label)),
-                    )
-                })
-                .collect(),
+            sessions_closed: by_label(
+                r,
+                "peroxo_sessions_closed_total",
+                "reason",
+                close_labels,
+                |r| r,
+            ),
             messages_received: counter(r, "peroxo_messages_received_total", None),
             messages_delivered: counter(r, "peroxo_messages_delivered_total", None),
             acks_fresh: counter(r, "peroxo_acks_total", Some(("duplicate", "false"))),
             acks_duplicate: counter(r, "peroxo_acks_total", Some(("duplicate", "true"))),
-            errors: ErrorCode::ALL
-                .iter()
-                .map(|code| {
-                    let label = ("code", code.as_str());
-                    (*code, counter(r, "peroxo_errors_total", Some(label)))
-                })
-                .collect(),
+            errors: by_label(r, "peroxo_errors_total", "code", ErrorCode::ALL, |c| {
+                c.as_str()
+            }),
             send_to_ack: histogram(r, "peroxo_send_to_ack_seconds"),
             persist_batch_size: histogram(r, "peroxo_persist_batch_size"),
             persist_rpc: histogram(r, "peroxo_persist_rpc_seconds"),
@@ -150,29 +147,42 @@ impl Metrics {
             outbox_pending_peak: gauge(r, "peroxo_outbox_pending_peak"),
             storage_up: gauge(r, "peroxo_storage_up"),
             storage_reconnects: counter(r, "peroxo_storage_reconnects_total", None),
-            restarts: ActorKind::ALL
-                .iter()
-                .map(|kind| {
-                    let label = ("actor", kind.as_str());
-                    (
-                        *kind,
-                        counter(r, "peroxo_actor_restarts_total", Some(label)),
-                    )
-                })
-                .collect(),
-            reloads: ReloadOutcome::ALL
-                .iter()
-                .map(|outcome| {
-                    let label = ("outcome", outcome.as_str());
-                    (
-                        *outcome,
-                        counter(r, "peroxo_config_reloads_total", Some(label)),
-                    )
-                })
-                .collect(),
+            restarts: by_label(
+                r,
+                "peroxo_actor_restarts_total",
+                "actor",
+                ActorKind::ALL,
+                |k| k.as_str(),
+            ),
+            jwks_keys: gauge(r, "peroxo_jwks_keys"),
+            jwks_refreshes: by_label(
+                r,
+                "peroxo_jwks_refresh_total",
+                "outcome",
+                RefreshOutcome::ALL,
+                RefreshOutcome::label,
+            ),
+            reloads: by_label(
+                r,
+                "peroxo_config_reloads_total",
+                "outcome",
+                ReloadOutcome::ALL,
+                |o| o.as_str(),
+            ),
             config_applied_at: gauge(r, "peroxo_config_applied_timestamp_seconds"),
             recorder,
             process,
+        }
+    }
+
+    /// Mirrors the verification keys' figures, which the authenticator keeps (it is built
+    /// before the node's metrics).
+    pub fn key_stats(&self, stats: KeyStats) {
+        self.jwks_keys.set(stats.keys as f64);
+        for (outcome, count) in stats.refreshes {
+            if let Some((_, counter)) = self.jwks_refreshes.iter().find(|(o, _)| *o == outcome) {
+                counter.absolute(count);
+            }
         }
     }
 
@@ -230,6 +240,20 @@ fn counter(
     label: Option<(&'static str, &'static str)>,
 ) -> Counter {
     recorder.register_counter(&key(name, label), &METADATA)
+}
+
+/// One counter of `name` per value of a closed set, labelled `label` with the value's text.
+fn by_label<T: Copy>(
+    recorder: &PrometheusRecorder,
+    name: &'static str,
+    label: &'static str,
+    values: impl IntoIterator<Item = T>,
+    text: impl Fn(T) -> &'static str,
+) -> Vec<(T, Counter)> {
+    values
+        .into_iter()
+        .map(|value| (value, counter(recorder, name, Some((label, text(value))))))
+        .collect()
 }
 
 fn gauge(recorder: &PrometheusRecorder, name: &'static str) -> Gauge {
@@ -319,6 +343,15 @@ fn describe(recorder: &PrometheusRecorder) {
     counter(
         "peroxo_actor_restarts_total",
         "Actors restarted after a failure, by kind.",
+    );
+    gauge(
+        "peroxo_jwks_keys",
+        "Keys tokens may be verified with (1 for a static key).",
+    );
+    counter(
+        "peroxo_jwks_refresh_total",
+        "Fetches of the key set (auth.jwks_file or auth.jwks_url), by outcome; a failed \
+         one keeps the last good set.",
     );
 }
 

@@ -25,6 +25,7 @@ use super::conversation_commands::CommandContext;
 use super::persistence::PersistenceMsg;
 use super::router::RouterMsg;
 use crate::connection::{Inbound, Refused, SessionInbox};
+use crate::identity::AuthError;
 use crate::rate_limit::Verdict;
 use peroxo_protocol::CloseCause;
 use peroxo_protocol::conversation::ConversationRef;
@@ -353,14 +354,23 @@ impl SessionState {
         }
     }
 
-    /// Takes a fresh token for the same user and tenant.
-    fn refresh(&mut self, myself: &ActorRef<SessionMsg>, token: &str, req_id: Option<ReqId>) {
+    /// Takes a fresh token for the same user and tenant. Verifying it may wait for one fetch
+    /// of the key set (bounded by its timeout), when it names a key id the set lacks.
+    async fn refresh(&mut self, myself: &ActorRef<SessionMsg>, token: &str, req_id: Option<ReqId>) {
         let outbound = self.connection.outbound.clone();
-        let identity = match self.gateway.auth.load().verify_token(token) {
+        // The authenticator of now (a reload may replace it meanwhile).
+        let auth = self.gateway.auth.load_full();
+        let identity = match auth.verify_token(token).await {
             Ok(identity) => identity,
             Err(error) => {
+                let code = match error {
+                    AuthError::Unavailable(_) => ErrorCode::Unavailable,
+                    AuthError::Unauthenticated(_) | AuthError::BadRequest(_) => {
+                        ErrorCode::BadRequest
+                    }
+                };
                 outbound.error(
-                    &ProtocolError::new(ErrorCode::BadRequest, format!("refresh refused: {error}"))
+                    &ProtocolError::new(code, format!("refresh refused: {error}"))
                         .with_req_id(req_id),
                 );
                 return;
@@ -458,7 +468,7 @@ impl SessionState {
                     ts: now_ms(),
                 });
             }
-            CommandKind::Refresh { token } => self.refresh(myself, &token, req_id),
+            CommandKind::Refresh { token } => self.refresh(myself, &token, req_id).await,
             other => {
                 let commands = CommandContext {
                     connection: Arc::clone(&self.connection),
