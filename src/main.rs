@@ -277,7 +277,7 @@ async fn serve(config: Config, auth: Authenticator) -> anyhow::Result<()> {
 
 async fn store(config: Config) -> anyhow::Result<()> {
     let shutdown = shutdown_signal()?;
-    let mut store = StoreServer::start(&config.storage).await?;
+    let mut store = StoreServer::start_with_retention(&config.storage, &config.retention).await?;
     tokio::select! {
         () = shutdown => {
             tracing::info!("shutting down");

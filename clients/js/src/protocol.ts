@@ -267,6 +267,11 @@ export type ServerFrame = {
   has_more: boolean;
   last_seq: number;
   messages: MessageView[];
+  /**
+   * Retention deleted the user's stream up to this seq, some of it after `after_seq`:
+   * a seq at or below it that no page returns is gone for good (absent otherwise).
+   */
+  pruned_until?: number | null;
   req_id?: ReqId | null;
   type: "sync";
 } | {

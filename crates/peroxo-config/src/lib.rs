@@ -13,6 +13,7 @@
 //! - `secret`: [`Secret`], which keeps secrets out of logs and printed configs.
 //! - `env`: the `PEROXO_<SECTION>__<KEY>` overrides.
 //! - `human_duration`: durations written as "30s".
+//! - `retention`: the `[retention]` section, how long messages are kept per tenant.
 //! - `seconds_or_duration`: the `*_secs` keys, a whole number of seconds or a duration.
 
 use peroxo_protocol::conversation::GroupLimits;
@@ -30,6 +31,7 @@ mod auth;
 mod endpoints;
 mod env;
 mod human_duration;
+mod retention;
 mod seconds_or_duration;
 mod secret;
 
@@ -37,6 +39,7 @@ pub use auth::{AuthConfig, AuthMode, JwtAlgorithm, MIN_JWT_SECRET_BYTES, TenantA
 pub use endpoints::StorageEndpoints;
 pub use env::ENV_PREFIX;
 use env::{apply_env_overrides, deserialize_with_overrides};
+pub use retention::{MAX_RETENTION_BATCH, RetentionConfig, TenantRetention};
 pub use secret::Secret;
 
 /// A configuration problem, naming the key it is about.
@@ -69,6 +72,7 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     pub cluster: ClusterConfig,
     pub log: LogConfig,
+    pub retention: RetentionConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -671,7 +675,8 @@ impl Config {
         self.groups.validate()?;
         self.validate_cluster_storage()?;
         self.cluster.validate()?;
-        self.shutdown.validate()
+        self.shutdown.validate()?;
+        self.retention.validate()
     }
 
     /// A cluster of gateways must share one storage service: an embedded one would give

@@ -442,6 +442,14 @@ async fn prometheus(State(state): State<HttpState>) -> Response {
     } else {
         0.0
     });
+    if let Some(retention) = &state.gateway.retention {
+        metrics
+            .retention_deleted
+            .absolute(retention.deleted_total());
+        metrics
+            .retention_last_pass
+            .set(retention.last_pass_ms() as f64 / 1000.0);
+    }
     (
         [(
             header::CONTENT_TYPE,

@@ -28,7 +28,7 @@ use crate::identity::Authenticator;
 use crate::telemetry::{ActorKind, Metrics, RestartCounts};
 use peroxo_config::{ClusterConfig, ClusterMode, Config, StorageEndpoints};
 use peroxo_protocol::CloseCause;
-use peroxo_storage::StoreServer;
+use peroxo_storage::{RetentionStats, StoreServer};
 
 /// Connects this node to the cluster's NATS; after every reconnect the Cluster actor in
 /// `slot` resynchronises.
@@ -87,7 +87,7 @@ async fn start_storage(config: &Config) -> anyhow::Result<(Option<StoreServer>, 
     if !config.storage.embedded {
         return Ok((None, config.storage.endpoint.clone()));
     }
-    let store = StoreServer::start(&config.storage).await?;
+    let store = StoreServer::start_with_retention(&config.storage, &config.retention).await?;
     let endpoint = StorageEndpoints::from(format!("http://{}", store.addr));
     Ok((Some(store), endpoint))
 }
@@ -97,6 +97,7 @@ fn gateway_context(
     config: &Config,
     auth: Arc<Authenticator>,
     cluster: Option<ActorSlot<ClusterMsg>>,
+    retention: Option<Arc<RetentionStats>>,
 ) -> GatewayContext {
     let metrics = Arc::new(Metrics::new());
     GatewayContext {
@@ -114,6 +115,7 @@ fn gateway_context(
         auth,
         draining: AtomicBool::new(false),
         cluster,
+        retention,
     }
 }
 
@@ -170,7 +172,13 @@ impl Gateway {
             Some(slot) => Some(connect_cluster(&config.cluster, slot.clone()).await?),
             None => None,
         };
-        let gateway = Arc::new(gateway_context(&config, Arc::clone(&auth), cluster_slot));
+        let retention = store.as_ref().map(StoreServer::retention_stats);
+        let gateway = Arc::new(gateway_context(
+            &config,
+            Arc::clone(&auth),
+            cluster_slot,
+            retention,
+        ));
         let sessions = ActorSlot::default();
         let root = RootSupervisor::spawn(RootArgs {
             cluster,

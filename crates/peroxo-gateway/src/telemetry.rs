@@ -49,6 +49,9 @@ pub struct Metrics {
     pub outbox_pending_peak: Gauge,
     pub storage_up: Gauge,
     pub storage_reconnects: Counter,
+    /// The embedded storage service's retention, copied from its figures at each scrape.
+    pub retention_deleted: Counter,
+    pub retention_last_pass: Gauge,
     restarts: Vec<(ActorKind, Counter)>,
 }
 
@@ -124,6 +127,8 @@ impl Metrics {
             outbox_pending_peak: gauge(r, "peroxo_outbox_pending_peak"),
             storage_up: gauge(r, "peroxo_storage_up"),
             storage_reconnects: counter(r, "peroxo_storage_reconnects_total", None),
+            retention_deleted: counter(r, "peroxo_retention_deleted_total", None),
+            retention_last_pass: gauge(r, "peroxo_retention_last_run_timestamp_seconds"),
             restarts: ActorKind::ALL
                 .iter()
                 .map(|kind| {
@@ -264,6 +269,14 @@ fn describe(recorder: &PrometheusRecorder) {
     counter(
         "peroxo_storage_reconnects_total",
         "Connections to storage re-established after a loss.",
+    );
+    counter(
+        "peroxo_retention_deleted_total",
+        "Messages deleted by retention in the embedded storage service.",
+    );
+    gauge(
+        "peroxo_retention_last_run_timestamp_seconds",
+        "When the embedded storage service's last retention pass ended (Unix time; 0: none yet).",
     );
     counter(
         "peroxo_actor_restarts_total",

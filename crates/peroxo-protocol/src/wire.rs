@@ -712,6 +712,10 @@ pub enum ServerFrame<'a> {
         events: Option<Vec<EventView<'a>>>,
         last_seq: u64,
         has_more: bool,
+        /// Retention deleted the user's stream up to this seq, some of it after `after_seq`:
+        /// a seq at or below it that no page returns is gone for good (absent otherwise).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pruned_until: Option<u64>,
     },
     SyncHint {
         last_seq: u64,
@@ -999,6 +1003,7 @@ mod tests {
                 events: None,
                 last_seq: 1,
                 has_more: true,
+                pruned_until: None,
             },
             ServerFrame::Sync {
                 req_id: None,
@@ -1006,6 +1011,7 @@ mod tests {
                 events: Some(vec![EventView::of(renamed, 2)]),
                 last_seq: 2,
                 has_more: false,
+                pruned_until: Some(1),
             },
             ServerFrame::Event(Box::new(EventView::of(renamed, 3))),
             ServerFrame::Event(Box::new(EventView::of(added, 4))),

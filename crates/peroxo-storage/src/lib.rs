@@ -9,6 +9,8 @@
 //! - `rules` holds the rules of conversations both backends apply alike, as pure functions:
 //!   which conversation a request names, who may change a group and which events a change
 //!   makes for whom, who inherits a group, where a read mark moves a marker.
+//! - [`retention`] deletes messages past their tenant's age, in small batches, as a task of
+//!   the storage service.
 //! - [`grpc`] serves any backend over gRPC and holds the gateway's client. It is the only module
 //!   that knows the protobuf types.
 //!
@@ -17,6 +19,7 @@
 
 pub mod grpc;
 mod postgres;
+pub mod retention;
 mod rules;
 mod seq_assignment;
 mod service;
@@ -26,6 +29,7 @@ mod sqlite;
 use std::future::Future;
 
 pub use postgres::PostgresStore;
+pub use retention::{PruneBatch, RetentionReport, RetentionStats};
 pub use service::{StoreServer, check_config};
 pub use sqlite::{BackupReport, SqliteStore, backup as backup_sqlite};
 
@@ -156,4 +160,14 @@ pub trait MessageStore: Send + Sync + 'static {
         conversation_id: String,
         message_id: u64,
     ) -> impl Future<Output = Result<Vec<Receipt>, StoreError>> + Send;
+
+    /// The tenants that have messages (for retention), in order.
+    fn message_tenants(&self) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+
+    /// Deletes up to `batch.limit` of the tenant's messages committed before
+    /// `batch.before_ts`, oldest first, in one transaction, and returns how many. With each
+    /// message go its entries in every stream (whose floor, the `pruned_until` of a sync,
+    /// rises to the highest seq deleted; the seqs that remain keep their numbers) and its
+    /// count in unread counts; its `client_msg_id` may be used again.
+    fn prune(&self, batch: PruneBatch) -> impl Future<Output = Result<u64, StoreError>> + Send;
 }

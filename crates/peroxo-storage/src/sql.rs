@@ -38,7 +38,17 @@ pub(crate) fn sync_page(rows: Vec<StoredMessage>, limit: u32, last_seq: u64) -> 
         messages,
         last_seq,
         has_more,
+        pruned_until: 0,
     }
+}
+
+/// `page`, read after `after_seq`, telling what retention deleted of the stream after that
+/// seq: the stream's floor (the highest seq retention deleted), when it is above `after_seq`.
+pub(crate) fn with_floor(mut page: SyncPage, after_seq: u64, floor: u64) -> SyncPage {
+    if floor > after_seq {
+        page.pruned_until = floor;
+    }
+    page
 }
 
 /// One entry of a user's stream as a sync reads it.

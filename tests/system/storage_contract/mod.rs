@@ -9,6 +9,7 @@
 //! - `reads`: read markers, unread counts and read receipts.
 //! - `conversations`: the conversation list.
 //! - `instances`: several service instances over one database, and concurrent writers.
+//! - `retention`: deleting messages past their tenant's age.
 //! - `stream_model`: what a user's conversation list must say, worked out from that user's
 //!   stream; most cases end by checking it.
 //! - `upgrade`: databases written before conversations existed.
@@ -129,6 +130,7 @@ mod group_messages;
 mod groups;
 mod instances;
 mod reads;
+mod retention;
 mod stream_model;
 mod upgrade;
 

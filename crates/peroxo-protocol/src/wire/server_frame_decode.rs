@@ -165,6 +165,8 @@ enum ServerFrameFields<'a> {
         events: Option<Vec<EventView<'a>>>,
         last_seq: u64,
         has_more: bool,
+        #[serde(default)]
+        pruned_until: Option<u64>,
     },
     SyncHint {
         last_seq: u64,
@@ -344,12 +346,14 @@ impl ServerFrame<'_> {
                 events: None,
                 last_seq,
                 has_more,
+                pruned_until,
             } => ServerFrame::Sync {
                 req_id: owned_req_id(req_id),
                 messages: owned_views(messages),
                 events: None,
                 last_seq,
                 has_more,
+                pruned_until,
             },
             ServerFrame::SyncHint { last_seq } => ServerFrame::SyncHint { last_seq },
             ServerFrame::PresenceSnapshot { req_id, users } => ServerFrame::PresenceSnapshot {
