@@ -11,6 +11,16 @@ use peroxo_protocol::event::{EventKind, Role, StreamEvent};
 /// The columns of `messages m` that each backend's `row_to_message` reads, in its order.
 pub(crate) const MESSAGE_COLUMNS: &str = "m.id, m.tenant, m.sender, m.recipient, m.client_msg_id, m.text, m.ts, m.sender_seq, m.recipient_seq";
 
+/// The tenants that have messages, in order: a walk of the index `messages_by_age` (both
+/// backends have it) that reads one entry per tenant, however many messages each has.
+pub(crate) const MESSAGE_TENANTS: &str = "
+    WITH RECURSIVE t(name) AS (
+        SELECT MIN(tenant) FROM messages
+        UNION ALL
+        SELECT (SELECT MIN(tenant) FROM messages WHERE tenant > t.name)
+        FROM t WHERE t.name IS NOT NULL)
+    SELECT name FROM t WHERE name IS NOT NULL";
+
 /// `value` as an SQL integer (signed 64-bit). Seqs and ids never come near `i64::MAX`; a
 /// cursor past it (a client may send any `u64`) means "no bound", so it saturates.
 pub(crate) fn sql_int(value: u64) -> i64 {

@@ -254,14 +254,7 @@ pub(super) async fn last_seq_in(
     client: &impl GenericClient,
     user: &UserKey,
 ) -> Result<u64, StoreError> {
-    let row = client
-        .query_opt(
-            "SELECT last_seq FROM user_seqs WHERE tenant = $1 AND owner = $2",
-            &[&user.tenant, &user.user],
-        )
-        .await
-        .map_err(backend)?;
-    Ok(row.map_or(0, |r| r.get::<_, i64>(0) as u64))
+    Ok(counter_in(client, user).await?.0)
 }
 
 pub(super) async fn members(

@@ -12,25 +12,14 @@ use deadpool_postgres::Pool;
 
 use super::backend;
 use super::streams::Counters;
+use crate::sql::MESSAGE_TENANTS;
 use crate::{PruneBatch, StoreError};
 use peroxo_protocol::domain::UserKey;
 
-/// The tenants that have messages, in order: a walk of `messages_by_age` that reads one
-/// index entry per tenant.
+/// The tenants that have messages, in order.
 pub(super) async fn tenants(pool: &Pool) -> Result<Vec<String>, StoreError> {
     let client = pool.get().await.map_err(backend)?;
-    let rows = client
-        .query(
-            "WITH RECURSIVE t(name) AS (
-                 SELECT MIN(tenant) FROM messages
-                 UNION ALL
-                 SELECT (SELECT MIN(tenant) FROM messages WHERE tenant > t.name)
-                 FROM t WHERE t.name IS NOT NULL)
-             SELECT name FROM t WHERE name IS NOT NULL",
-            &[],
-        )
-        .await
-        .map_err(backend)?;
+    let rows = client.query(MESSAGE_TENANTS, &[]).await.map_err(backend)?;
     Ok(rows.iter().map(|row| row.get(0)).collect())
 }
 

@@ -13,21 +13,12 @@ use super::backend;
 use super::schema::GROUP_MESSAGE;
 use crate::StoreError;
 use crate::retention::PruneBatch;
+use crate::sql::MESSAGE_TENANTS;
 use peroxo_protocol::event::is_group_id;
 
-/// The tenants that have messages, in order: a walk of `messages_by_age` that reads one
-/// index entry per tenant.
+/// The tenants that have messages, in order.
 pub(super) fn tenants(conn: &mut Connection) -> Result<Vec<String>, StoreError> {
-    let mut stmt = conn
-        .prepare_cached(
-            "WITH RECURSIVE t(name) AS (
-                 SELECT MIN(tenant) FROM messages
-                 UNION ALL
-                 SELECT (SELECT MIN(tenant) FROM messages WHERE tenant > t.name)
-                 FROM t WHERE t.name IS NOT NULL)
-             SELECT name FROM t WHERE name IS NOT NULL",
-        )
-        .map_err(backend)?;
+    let mut stmt = conn.prepare_cached(MESSAGE_TENANTS).map_err(backend)?;
     stmt.query_map([], |row| row.get(0))
         .map_err(backend)?
         .collect::<Result<_, _>>()
