@@ -1,5 +1,5 @@
 //! The `peroxo` command: parses the command line, loads the configuration, sets up logging and
-//! runs a gateway node or a storage service until SIGINT or SIGTERM.
+//! runs a gateway node or a storage service until SIGINT or SIGTERM. `user.rs`: `peroxo user`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,6 +13,8 @@ use peroxo_gateway::identity::{Authenticator, sign_token};
 use peroxo_protocol::domain::{DEFAULT_TENANT, UserKey, validate_id};
 use peroxo_storage::StoreServer;
 use tracing_subscriber::EnvFilter;
+
+mod user;
 
 /// Exit status for a bad configuration or command line (EX_USAGE).
 const EXIT_USAGE: u8 = 64;
@@ -58,6 +60,11 @@ enum Command {
         #[arg(long)]
         to: PathBuf,
     },
+    /// Export or erase one user's data, in the configured database directly.
+    User {
+        #[command(subcommand)]
+        action: user::UserAction,
+    },
     /// Measure a running node: idle sessions, DM throughput and latency, connect rate.
     Bench(peroxo_bench::BenchArgs),
     /// Print a token signed with the configured HS256 secret, for trying PerOXO out and tests.
@@ -97,12 +104,13 @@ fn main() -> ExitCode {
         Ok(config) => config,
         Err(error) => return configuration_error(&error),
     };
-    // `peroxo store` and `peroxo backup` serve no clients and need no `[auth]`.
-    match &command {
+    // `peroxo store`, `backup` and `user` serve no clients and need no `[auth]`.
+    let command = match command {
         Command::Store { .. } => return run_until_stopped(&config, store(config.clone())),
-        Command::Backup { to, .. } => return backup(&config, to),
-        _ => {}
-    }
+        Command::Backup { to, .. } => return backup(&config, &to),
+        Command::User { action } => return user::run(&config, action),
+        command => command,
+    };
     // The others read its keys now, once, so a bad key stops them before anything starts.
     let auth = match config
         .validate_auth()
@@ -120,7 +128,10 @@ fn main() -> ExitCode {
             user, tenant, ttl, ..
         } => print_token(&config, &user, &tenant, ttl),
         Command::Serve { .. } => run_until_stopped(&config, serve(config.clone(), auth)),
-        Command::Store { .. } | Command::Backup { .. } | Command::Bench(_) => {
+        Command::Store { .. }
+        | Command::Backup { .. }
+        | Command::User { .. }
+        | Command::Bench(_) => {
             unreachable!("answered above")
         }
     }
@@ -135,6 +146,7 @@ fn load_config_for(command: &Command) -> Result<Config, ConfigError> {
         | Command::Backup { config, .. }
         | Command::CheckConfig { config }
         | Command::Token { config, .. } => (config, false),
+        Command::User { action } => (action.config(), false),
         Command::Bench(_) => unreachable!("the load generator reads no configuration"),
     };
     // The default file may be absent (all defaults apply); a file named explicitly must exist.

@@ -201,6 +201,10 @@ export type MessageView = {
    */
   client_msg_id?: string | null;
   conversation_id: string;
+  /**
+   * True when the sender's data was erased: `text` is then empty (absent otherwise).
+   */
+  erased?: boolean;
   from: string;
   message_id: string;
   seq: number;

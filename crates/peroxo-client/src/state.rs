@@ -609,6 +609,7 @@ mod tests {
             ts: 0,
             seq,
             client_msg_id: None,
+            erased: false,
         }
     }
 

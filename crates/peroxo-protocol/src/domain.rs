@@ -188,6 +188,11 @@ pub struct StoredMessage {
 }
 
 impl StoredMessage {
+    /// Whether the sender's data was erased: a sent message's text is never empty otherwise.
+    pub fn is_erased(&self) -> bool {
+        self.text.is_empty()
+    }
+
     pub fn conversation_id(&self) -> String {
         if self.is_group() {
             self.recipient.clone()

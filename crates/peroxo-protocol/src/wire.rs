@@ -28,11 +28,13 @@ use crate::domain::{self, StoredMessage};
 use crate::event::{Refusal, RefusalCode};
 
 mod conversations;
+mod export;
 mod server_frame_decode;
 
 pub use conversations::{
     ConversationView, DEFAULT_CONVERSATIONS_LIMIT, EventView, MemberView, ReaderView,
 };
+pub use export::ExportLine;
 
 /// The protocol version a client gets when it asks for none: direct messages only.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -636,6 +638,9 @@ pub struct MessageView<'a> {
     /// a synced copy with a send it is still waiting to see acked).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_msg_id: Option<Cow<'a, str>>,
+    /// True when the sender's data was erased: `text` is then empty (absent otherwise).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub erased: bool,
 }
 
 impl<'a> MessageView<'a> {
@@ -651,6 +656,7 @@ impl<'a> MessageView<'a> {
             seq: message.seq_for(viewer),
             client_msg_id: (viewer == message.sender)
                 .then_some(Cow::Borrowed(message.client_msg_id.as_str())),
+            erased: message.is_erased(),
         }
     }
 
@@ -665,6 +671,7 @@ impl<'a> MessageView<'a> {
             ts: self.ts,
             seq: self.seq,
             client_msg_id: self.client_msg_id.map(|id| Cow::Owned(id.into_owned())),
+            erased: self.erased,
         }
     }
 }
@@ -932,6 +939,7 @@ mod tests {
             ts: 1_764_115_200_123,
             seq,
             client_msg_id: client_msg_id.map(Cow::Borrowed),
+            erased: false,
         }
     }
 

@@ -13,14 +13,18 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::retention::{self, RetentionReport, RetentionStats};
+use std::io::Write;
+
+use crate::user_data::{self, EraseReport, ExportReport, UserDataError};
 use crate::{MessageStore, PostgresStore, PruneBatch, SqliteStore, StoreError, grpc};
+use peroxo_protocol::domain::UserKey;
 
 /// A running storage service.
 pub struct StoreServer {
     /// The address it listens on.
     pub addr: SocketAddr,
     /// The backend it serves, for retention passes asked for directly.
-    backend: Backend,
+    backend: StoreBackend,
     /// What retention did since the service started.
     retention: Arc<RetentionStats>,
     stop: CancellationToken,
@@ -29,11 +33,61 @@ pub struct StoreServer {
     retention_task: Option<JoinHandle<()>>,
 }
 
-/// The opened backend (both are cheap to clone).
-#[derive(Clone)]
-enum Backend {
+/// The configured backend, opened: what the storage service serves, and what operator
+/// commands (`peroxo user`) work on directly. Both are cheap to clone.
+#[derive(Debug, Clone)]
+pub enum StoreBackend {
     Sqlite(SqliteStore),
     Postgres(PostgresStore),
+}
+
+impl StoreBackend {
+    /// Opens (and migrates) the database `[storage]` names. A SQLite database may be open in
+    /// a running service at the same time: writes of both wait for each other.
+    pub async fn open(config: &StorageConfig) -> anyhow::Result<Self> {
+        Ok(match config.backend {
+            StorageBackend::Sqlite => Self::Sqlite(
+                SqliteStore::open(&config.sqlite_path, config.sqlite_synchronous).with_context(
+                    || {
+                        format!(
+                            "cannot open the SQLite database {}",
+                            config.sqlite_path.display()
+                        )
+                    },
+                )?,
+            ),
+            StorageBackend::Postgres => Self::Postgres(
+                PostgresStore::open(config.postgres.url.expose(), config.postgres.pool_size)
+                    .await
+                    .context("cannot open the PostgreSQL database (storage.postgres.url)")?,
+            ),
+        })
+    }
+
+    /// Writes `user`'s data to `out`, as [`user_data::export`] says.
+    pub async fn export_user(
+        &self,
+        user: &UserKey,
+        out: &mut (impl Write + Send),
+    ) -> Result<ExportReport, UserDataError> {
+        match self {
+            Self::Sqlite(store) => user_data::export(store, user, out).await,
+            Self::Postgres(store) => user_data::export(store, user, out).await,
+        }
+    }
+
+    /// Erases `user`'s data, as [`user_data::erase`] says.
+    pub async fn erase_user(
+        &self,
+        user: &UserKey,
+        batch: u32,
+        max_batches: Option<u64>,
+    ) -> Result<EraseReport, UserDataError> {
+        match self {
+            Self::Sqlite(store) => user_data::erase(store, user, batch, max_batches).await,
+            Self::Postgres(store) => user_data::erase(store, user, batch, max_batches).await,
+        }
+    }
 }
 
 impl StoreServer {
@@ -54,26 +108,10 @@ impl StoreServer {
         let addr = listener.local_addr()?;
         let stop = CancellationToken::new();
         let shutdown = stop.clone().cancelled_owned();
-        let backend = match config.backend {
-            StorageBackend::Sqlite => Backend::Sqlite(
-                SqliteStore::open(&config.sqlite_path, config.sqlite_synchronous).with_context(
-                    || {
-                        format!(
-                            "cannot open the SQLite database {}",
-                            config.sqlite_path.display()
-                        )
-                    },
-                )?,
-            ),
-            StorageBackend::Postgres => Backend::Postgres(
-                PostgresStore::open(config.postgres.url.expose(), config.postgres.pool_size)
-                    .await
-                    .context("cannot open the PostgreSQL database (storage.postgres.url)")?,
-            ),
-        };
+        let backend = StoreBackend::open(config).await?;
         let task = match backend.clone() {
-            Backend::Sqlite(store) => tokio::spawn(grpc::serve(store, listener, shutdown)),
-            Backend::Postgres(store) => tokio::spawn(grpc::serve(store, listener, shutdown)),
+            StoreBackend::Sqlite(store) => tokio::spawn(grpc::serve(store, listener, shutdown)),
+            StoreBackend::Postgres(store) => tokio::spawn(grpc::serve(store, listener, shutdown)),
         };
         tracing::info!(%addr, backend = ?config.backend, "storage service listening (gRPC)");
         let stats = Arc::new(RetentionStats::default());
@@ -87,8 +125,10 @@ impl StoreServer {
             );
             let (config, stats, stop) = (retention.clone(), Arc::clone(&stats), stop.clone());
             match backend.clone() {
-                Backend::Sqlite(store) => tokio::spawn(retention::run(store, config, stats, stop)),
-                Backend::Postgres(store) => {
+                StoreBackend::Sqlite(store) => {
+                    tokio::spawn(retention::run(store, config, stats, stop))
+                }
+                StoreBackend::Postgres(store) => {
                     tokio::spawn(retention::run(store, config, stats, stop))
                 }
             }
@@ -117,16 +157,16 @@ impl StoreServer {
         now_ms: i64,
     ) -> Result<RetentionReport, StoreError> {
         match &self.backend {
-            Backend::Sqlite(store) => retention::pass(store, config, now_ms).await,
-            Backend::Postgres(store) => retention::pass(store, config, now_ms).await,
+            StoreBackend::Sqlite(store) => retention::pass(store, config, now_ms).await,
+            StoreBackend::Postgres(store) => retention::pass(store, config, now_ms).await,
         }
     }
 
     /// Runs one batch of retention now: what a pass interrupted after it would have done.
     pub async fn prune_batch(&self, batch: PruneBatch) -> Result<u64, StoreError> {
         match &self.backend {
-            Backend::Sqlite(store) => store.prune(batch).await,
-            Backend::Postgres(store) => store.prune(batch).await,
+            StoreBackend::Sqlite(store) => store.prune(batch).await,
+            StoreBackend::Postgres(store) => store.prune(batch).await,
         }
     }
 

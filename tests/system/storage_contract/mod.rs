@@ -6,6 +6,7 @@
 //!   streams its events enter.
 //! - `group_messages`: messages to groups, history from a member's join, and sync of messages
 //!   and events together.
+//! - `erase`: erasing a user's texts and read state (`peroxo user erase`).
 //! - `reads`: read markers, unread counts and read receipts.
 //! - `conversations`: the conversation list.
 //! - `instances`: several service instances over one database, and concurrent writers.
@@ -126,6 +127,7 @@ macro_rules! contract {
 
 mod conversations;
 mod direct;
+mod erase;
 mod group_messages;
 mod groups;
 mod instances;

@@ -267,6 +267,8 @@ struct MessageViewFields<'a> {
     seq: u64,
     #[serde(borrow, default, deserialize_with = "optional")]
     client_msg_id: Option<Cow<'a, str>>,
+    #[serde(default)]
+    erased: bool,
 }
 
 /// A string, borrowed when it needs no unescaping.

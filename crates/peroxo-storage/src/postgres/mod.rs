@@ -9,6 +9,7 @@
 //! - `marks`: read markers.
 //! - `reads`: history, sync, the conversation list, members and receipts.
 //! - `retention`: deleting a batch of old messages with their stream entries.
+//! - `erase`: erasing a batch of a user's texts or read state.
 //!
 //! Several instances may write at once. Every writer locks what it needs in one order:
 //! first the rows of the groups it touches (sorted; `FOR SHARE` to send or mark, `FOR
@@ -21,6 +22,7 @@
 //! inserted.
 
 mod append;
+mod erase;
 mod groups;
 mod marks;
 mod reads;
@@ -156,5 +158,13 @@ impl MessageStore for PostgresStore {
 
     async fn prune(&self, batch: PruneBatch) -> Result<u64, StoreError> {
         retention::prune(&self.pool, batch).await
+    }
+
+    async fn erase_texts(&self, user: UserKey, limit: u32) -> Result<u64, StoreError> {
+        erase::texts(&self.pool, user, limit).await
+    }
+
+    async fn erase_read_state(&self, user: UserKey, limit: u32) -> Result<u64, StoreError> {
+        erase::read_state(&self.pool, user, limit).await
     }
 }

@@ -17,10 +17,12 @@
 //! - `state`: the rows of groups and conversation states that writes and reads both look up.
 //! - `queries`: the reads (history, sync, the conversation list, members, receipts).
 //! - `retention`: deleting a batch of old messages, in a transaction of its own.
+//! - `erase`: erasing a batch of a user's texts or read state, in a transaction of its own.
 //! - `backup`: a verified copy of the database while it serves (`peroxo backup`).
 
 mod append;
 mod backup;
+mod erase;
 mod groups;
 mod queries;
 #[cfg(test)]
@@ -231,6 +233,16 @@ impl MessageStore for SqliteStore {
 
     async fn prune(&self, batch: PruneBatch) -> Result<u64, StoreError> {
         self.write(|reply| Job::Prune(batch, reply)).await
+    }
+
+    async fn erase_texts(&self, user: UserKey, limit: u32) -> Result<u64, StoreError> {
+        self.write(|reply| Job::EraseTexts(user, limit, reply))
+            .await
+    }
+
+    async fn erase_read_state(&self, user: UserKey, limit: u32) -> Result<u64, StoreError> {
+        self.write(|reply| Job::EraseReadState(user, limit, reply))
+            .await
     }
 }
 

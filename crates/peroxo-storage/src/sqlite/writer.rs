@@ -18,7 +18,7 @@ use rusqlite::{Connection, TransactionBehavior, params};
 use tokio::sync::oneshot;
 
 use super::schema::{EVENT, GROUP_MESSAGE};
-use super::{append, backend, groups, reads, retention, state};
+use super::{append, backend, erase, groups, reads, retention, state};
 use crate::sql::{EventColumns, sql_int};
 use crate::{PruneBatch, StoreError};
 use peroxo_protocol::conversation::{
@@ -49,6 +49,9 @@ pub(super) enum Job {
     MarkRead(ReadMark, Reply<ReadOutcome>),
     /// Retention: runs alone, in its own transaction.
     Prune(PruneBatch, Reply<u64>),
+    /// Erasing a user's texts, then read state (`peroxo user erase`): each runs alone.
+    EraseTexts(UserKey, u32, Reply<u64>),
+    EraseReadState(UserKey, u32, Reply<u64>),
 }
 
 /// What a job did in its transaction, to answer once it commits.
@@ -60,6 +63,14 @@ enum Done {
 }
 
 impl Job {
+    /// Whether the job runs in a transaction of its own, never grouped.
+    fn runs_alone(&self) -> bool {
+        matches!(
+            self,
+            Job::Prune(..) | Job::EraseTexts(..) | Job::EraseReadState(..)
+        )
+    }
+
     /// Does the job inside `w`, and says how many stream rows it wrote.
     fn run(&self, w: &mut WriteTx<'_>) -> Result<(Done, usize), StoreError> {
         match self {
@@ -83,9 +94,9 @@ impl Job {
                 let done = refusal_answers(reads::mark_read(w, request))?;
                 Ok((Done::Read(Box::new(done)), 1))
             }
-            Job::Prune(..) => Err(StoreError::Backend(
-                "a retention batch was grouped with other writes".to_owned(),
-            )),
+            Job::Prune(..) | Job::EraseTexts(..) | Job::EraseReadState(..) => Err(
+                StoreError::Backend("a batch of its own was grouped with other writes".to_owned()),
+            ),
         }
     }
 
@@ -119,7 +130,9 @@ impl Job {
             Job::MarkRead(_, reply) => {
                 let _ = reply.send(Err(error));
             }
-            Job::Prune(_, reply) => {
+            Job::Prune(_, reply)
+            | Job::EraseTexts(_, _, reply)
+            | Job::EraseReadState(_, _, reply) => {
                 let _ = reply.send(Err(error));
             }
         }
@@ -215,14 +228,10 @@ impl Writer {
                     Err(_) => return,
                 },
             };
-            if let Job::Prune(batch, reply) = first {
-                let pruned = retention::prune(&mut self.conn, &batch);
-                if pruned.is_ok() {
-                    let _ = self.checkpoint.try_send(());
-                }
-                let _ = reply.send(pruned);
-                continue;
-            }
+            let first = match self.run_alone(first) {
+                Some(job) => job,
+                None => continue,
+            };
             if self.seqs.len() > SEQ_CACHE_USERS {
                 self.seqs.clear();
             }
@@ -245,6 +254,26 @@ impl Writer {
                 }
             }
         }
+    }
+
+    /// Runs `job` in a transaction of its own when it is a batch of retention or erasure, and
+    /// answers it; gives any other job back.
+    fn run_alone(&mut self, job: Job) -> Option<Job> {
+        let (done, reply) = match job {
+            Job::Prune(batch, reply) => (retention::prune(&mut self.conn, &batch), reply),
+            Job::EraseTexts(user, limit, reply) => {
+                (erase::texts(&mut self.conn, &user, limit), reply)
+            }
+            Job::EraseReadState(user, limit, reply) => {
+                (erase::read_state(&mut self.conn, &user, limit), reply)
+            }
+            job => return Some(job),
+        };
+        if done.is_ok() {
+            let _ = self.checkpoint.try_send(());
+        }
+        let _ = reply.send(done);
+        None
     }
 
     /// Does `group`'s first job, and more waiting jobs (added to `group`) while the
@@ -275,7 +304,7 @@ impl Writer {
                 break;
             }
             match jobs.try_recv() {
-                Ok(job @ Job::Prune(..)) => {
+                Ok(job) if job.runs_alone() => {
                     self.deferred = Some(job);
                     break;
                 }
