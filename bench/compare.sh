@@ -7,11 +7,17 @@
 #   BASE_BIN=/path/to/old/peroxo bench/compare.sh dm --users 1000 --rate 5000 --duration 20s
 #   BASE_BIN=/path/to/old/peroxo bench/compare.sh idle --connections 19000 --source-ips 4
 #
+# With BASE_BIN and PEROXO_BIN the same build, BASE_ENV and NEW_ENV compare two settings of it:
+#
+#   BASE_BIN=target/release/peroxo NEW_ENV="PEROXO_RETENTION__MAX_AGE=1s \
+#     PEROXO_RETENTION__INTERVAL=1s" bench/compare.sh dm --users 1000 --rate 5000 --duration 20s
+#
 # Environment:
 #   BASE_BIN=path    the build to compare against (required)
 #   PEROXO_BIN=path  the build under test and the load generator [default: builds
 #                    target/release/peroxo]
 #   RUNS=3           runs of each build
+#   BASE_ENV, NEW_ENV  extra VAR=value settings (space-separated) for the base and new server
 #   KEEP=1           keep the temporary directory (server logs, each run's JSON report)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,12 +32,14 @@ status=0
 for run in $(seq 1 "$runs"); do
   for side in base new; do
     server=$PEROXO_BIN
-    [ "$side" = base ] && server=$BASE_BIN
+    settings=${NEW_ENV:-}
+    [ "$side" = base ] && server=$BASE_BIN && settings=${BASE_ENV:-}
     if curl -fsS "$health" >/dev/null 2>&1; then
       echo "something already answers $health; stop it first" >&2
       exit 1
     fi
-    start "server-$side" env PEROXO_STORAGE__SQLITE_PATH="$work/bench-$side-$run.db" \
+    # shellcheck disable=SC2086 # each setting is its own word
+    start "server-$side" env PEROXO_STORAGE__SQLITE_PATH="$work/bench-$side-$run.db" $settings \
       "$server" serve --config bench/config.toml
     wait_for "server-$side" curl -fsS "$health"
     echo "== run $run of $runs, $side ($server): peroxo bench $*" >&2
@@ -43,6 +51,6 @@ for run in $(seq 1 "$runs"); do
   done
 done
 
-bench/medians.sh "base ($BASE_BIN): peroxo bench $*" "$work"/base-*.json
-bench/medians.sh "new ($PEROXO_BIN): peroxo bench $*" "$work"/new-*.json
+bench/medians.sh "base ($BASE_BIN ${BASE_ENV:-}): peroxo bench $*" "$work"/base-*.json
+bench/medians.sh "new ($PEROXO_BIN ${NEW_ENV:-}): peroxo bench $*" "$work"/new-*.json
 exit "$status"

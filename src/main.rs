@@ -1,5 +1,5 @@
 //! The `peroxo` command: parses the command line, loads the configuration, sets up logging and
-//! runs a gateway node or a storage service until SIGINT or SIGTERM.
+//! runs a gateway node or a storage service until SIGINT or SIGTERM. `user.rs`: `peroxo user`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -18,6 +18,7 @@ mod logging;
 mod reload;
 
 use logging::Logging;
+mod user;
 
 /// Exit status for a bad configuration or command line (EX_USAGE).
 const EXIT_USAGE: u8 = 64;
@@ -84,6 +85,11 @@ enum Command {
         #[arg(long)]
         to: PathBuf,
     },
+    /// Export or erase one user's data, in the configured database directly.
+    User {
+        #[command(subcommand)]
+        action: user::UserAction,
+    },
     /// Measure a running node: idle sessions, DM throughput and latency, connect rate.
     Bench(peroxo_bench::BenchArgs),
     /// Print a token signed with the configured HS256 secret, for trying PerOXO out and tests.
@@ -127,15 +133,16 @@ fn main() -> ExitCode {
         Ok(config) => config,
         Err(error) => return configuration_error(&error),
     };
-    // `peroxo store` and `peroxo backup` serve no clients and need no `[auth]`.
-    match &command {
+    // `peroxo store`, `backup` and `user` serve no clients and need no `[auth]`.
+    let command = match command {
         Command::Store { .. } => {
             Logging::init(&config);
             return run(store(config.clone()));
         }
-        Command::Backup { to, .. } => return backup(&config, to),
-        _ => {}
-    }
+        Command::Backup { to, .. } => return backup(&config, &to),
+        Command::User { action } => return user::run(&config, action),
+        command => command,
+    };
     // The others read its keys now, once, so a bad key stops them before anything starts.
     let auth = match config
         .validate_auth()
@@ -179,6 +186,7 @@ fn main() -> ExitCode {
         }
         Command::Store { .. }
         | Command::Backup { .. }
+        | Command::User { .. }
         | Command::Bench(_)
         | Command::Reload { .. } => {
             unreachable!("answered above")
@@ -195,6 +203,7 @@ fn load_config_for(command: &Command) -> Result<Config, ConfigError> {
         | Command::Backup { config, .. }
         | Command::CheckConfig { config, .. }
         | Command::Token { config, .. } => (config, false),
+        Command::User { action } => (action.config(), false),
         Command::Bench(_) | Command::Reload { .. } => {
             unreachable!("the load generator and reload read no configuration")
         }
@@ -365,7 +374,7 @@ async fn serve(
 async fn store(config: Config) -> anyhow::Result<()> {
     let shutdown = shutdown_signal()?;
     let mut hangups = reload::hangup_signal()?;
-    let mut store = StoreServer::start(&config.storage).await?;
+    let mut store = StoreServer::start_with_retention(&config.storage, &config.retention).await?;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {

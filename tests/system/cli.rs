@@ -609,3 +609,89 @@ async fn sighup_reloads_the_file_and_peroxo_reload_reports_what_changed() {
     node.terminate();
     assert!(!pid_file.exists() && !state_file.exists());
 }
+
+#[tokio::test]
+async fn user_export_writes_json_lines_and_user_erase_leaves_tombstones() {
+    let mut node = Node::start(&["--dev"], &[], "info");
+    let addr = node.addr();
+    let mut alice = common::Client::connect(&format!("ws://{addr}/ws?user=alice")).await;
+    alice.dm("bob", "first", "m0").await;
+    alice.dm("carol", "second", "m1").await;
+    let config = node.dir.path().join("config.toml");
+    let kept = tempfile::tempdir().unwrap();
+    let export = |user: &str, to: &std::path::Path| {
+        peroxo()
+            .args(["user", "export", "--config"])
+            .arg(&config)
+            .args(["--tenant", "default", "--user", user, "--to"])
+            .arg(to)
+            .output()
+            .unwrap()
+    };
+    let file = kept.path().join("alice.jsonl");
+    let output = export("alice", &file);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("2 conversations, 2 messages"), "{stderr}");
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&file)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("each line is one JSON object"))
+        .collect();
+    let types: Vec<&str> = lines.iter().map(|l| l["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        types,
+        ["user", "conversation", "conversation", "message", "message"]
+    );
+    assert_eq!(lines[0]["user"], "alice");
+    assert_eq!(lines[0]["last_seq"], 2);
+    assert_eq!(
+        lines[1]["conversation_id"], "alice:carol",
+        "newest activity first"
+    );
+    assert_eq!(
+        lines[1]["read_marker"],
+        lines[1]["last_message"]["message_id"]
+    );
+    let texts: Vec<&str> = lines[3..]
+        .iter()
+        .map(|l| l["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, ["first", "second"]);
+    // The file is never overwritten; an unknown user is said to be one.
+    assert_eq!(export("alice", &file).status.code(), Some(1));
+    let unknown = export("nobody", &kept.path().join("nobody.jsonl"));
+    assert_eq!(unknown.status.code(), Some(67));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no user \"nobody\""));
+
+    // Erasing while the node serves; a second run says there is nothing left.
+    let erase = || {
+        peroxo()
+            .args(["user", "erase", "--config"])
+            .arg(&config)
+            .args(["--user", "alice"])
+            .output()
+            .unwrap()
+    };
+    let first = erase();
+    let stdout = String::from_utf8_lossy(&first.stdout);
+    assert!(first.status.success(), "{stdout}");
+    assert!(stdout.contains("2 message texts"), "{stdout}");
+    let again = erase();
+    assert!(again.status.success());
+    assert!(String::from_utf8_lossy(&again.stdout).contains("nothing to erase"));
+    let erased = kept.path().join("erased.jsonl");
+    assert!(export("alice", &erased).status.success());
+    let text = std::fs::read_to_string(&erased).unwrap();
+    assert!(
+        !text.contains("first") && !text.contains("second"),
+        "{text}"
+    );
+    assert_eq!(
+        text.matches("\"erased\":true").count(),
+        4,
+        "two messages, two previews"
+    );
+    drop(alice);
+    node.terminate();
+}

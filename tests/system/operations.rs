@@ -64,6 +64,8 @@ async fn metrics_cover_connections_messages_storage_and_the_process() {
         "peroxo_outbox_pending",
         "peroxo_outbox_pending_peak",
         "peroxo_storage_up",
+        "peroxo_retention_deleted_total",
+        "peroxo_retention_last_run_timestamp_seconds",
         "peroxo_process_resident_memory_bytes",
         "peroxo_process_cpu_seconds_total",
         "peroxo_process_open_fds",

@@ -201,6 +201,10 @@ export type MessageView = {
    */
   client_msg_id?: string | null;
   conversation_id: string;
+  /**
+   * True when the sender's data was erased: `text` is then empty (absent otherwise).
+   */
+  erased?: boolean;
   from: string;
   message_id: string;
   seq: number;
@@ -267,6 +271,11 @@ export type ServerFrame = {
   has_more: boolean;
   last_seq: number;
   messages: MessageView[];
+  /**
+   * Retention deleted the user's stream up to this seq, some of it after `after_seq`:
+   * a seq at or below it that no page returns is gone for good (absent otherwise).
+   */
+  pruned_until?: number | null;
   req_id?: ReqId | null;
   type: "sync";
 } | {

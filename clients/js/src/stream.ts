@@ -9,7 +9,8 @@
  * when a live entry skips ahead (the entry waits until the gap is filled), and on `sync_hint`.
  * One page is in flight at a time and a cycle pages on while `has_more` is true. A page names
  * every entry this connection may see after `after_seq`: seqs it does not show (a protocol-1
- * connection does not see group entries) are passed over.
+ * connection does not see group entries, and retention may have deleted entries up to the
+ * page's `pruned_until`) are passed over.
  */
 import { backoffDelay, type BackoffOptions } from './backoff.js';
 import { ClientError } from './errors.js';

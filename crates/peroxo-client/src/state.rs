@@ -34,6 +34,15 @@ pub(crate) type SendWaiter = Option<oneshot::Sender<Result<Ack, SendError>>>;
 pub(crate) type SyncWaiter = oneshot::Sender<Result<u64, ClientError>>;
 pub(crate) type RequestWaiter = oneshot::Sender<Result<ServerFrame<'static>, ClientError>>;
 
+/// What a `sync` reply says besides its entries.
+#[derive(Debug, Clone, Copy)]
+struct SyncReply {
+    last_seq: u64,
+    has_more: bool,
+    /// Seqs up to this one that no page returns were deleted by retention (0: none).
+    pruned_until: u64,
+}
+
 /// The `sync` loop.
 #[derive(Debug, Default)]
 struct SyncLoop {
@@ -273,8 +282,14 @@ impl ClientState {
                 events,
                 last_seq,
                 has_more,
+                pruned_until,
             } if self.is_sync_reply(req_id.as_deref()) => {
-                self.on_sync_page(messages, events.unwrap_or_default(), last_seq, has_more);
+                let page = SyncReply {
+                    last_seq,
+                    has_more,
+                    pruned_until: pruned_until.unwrap_or(0),
+                };
+                self.on_sync_page(messages, events.unwrap_or_default(), page);
             }
             ServerFrame::SyncHint { last_seq } => {
                 self.server_last_seq = self.server_last_seq.max(last_seq);
@@ -379,9 +394,13 @@ impl ClientState {
         &mut self,
         messages: Vec<MessageView<'static>>,
         events: Vec<EventView<'static>>,
-        last_seq: u64,
-        has_more: bool,
+        reply: SyncReply,
     ) {
+        let SyncReply {
+            last_seq,
+            has_more,
+            pruned_until,
+        } = reply;
         self.sync.in_flight = None;
         let before = self.stream.delivered();
         let page_end = messages
@@ -397,6 +416,15 @@ impl ClientState {
                 event,
                 via: Via::Sync,
             }));
+        }
+        // Seqs up to `pruned_until` that no page returns were deleted by retention: passed
+        // over, as far as this page reaches (the next page may still hold some of them).
+        let pruned_reach = match page_end {
+            Some(end) if has_more => pruned_until.min(end),
+            _ => pruned_until,
+        };
+        for entry in self.stream.skip_to(pruned_reach) {
+            self.hand_on(entry);
         }
         if !has_more && self.protocol < 2 {
             // A protocol-1 sync returns direct messages only, and its `last_seq` is read in
@@ -581,6 +609,7 @@ mod tests {
             ts: 0,
             seq,
             client_msg_id: None,
+            erased: false,
         }
     }
 
@@ -596,6 +625,7 @@ mod tests {
             events: None,
             last_seq: last,
             has_more: more,
+            pruned_until: None,
         }
     }
 
@@ -845,6 +875,7 @@ mod tests {
             events: Some(vec![event_view(4)]),
             last_seq: 7,
             has_more: true,
+            pruned_until: None,
         };
         state.on_frame(page, now);
         assert_eq!(entry_seqs(&mut state), [3, 4, 5]);
@@ -856,9 +887,71 @@ mod tests {
             events: Some(vec![event_view(6), event_view(7)]),
             last_seq: 7,
             has_more: false,
+            pruned_until: None,
         };
         state.on_frame(page, now);
         assert_eq!(entry_seqs(&mut state), [6, 7]);
+        assert_eq!(state.delivered(), 7);
+    }
+
+    /// A protocol-2 client, connected with `last_seq` on the server and none processed.
+    fn connected_v2(last_seq: u64) -> (ClientState, Instant) {
+        let mut state = ClientState::new(0, Duration::from_millis(10), Jitter::seeded(3));
+        let now = Instant::now();
+        let welcome = Welcome {
+            protocol: 2,
+            ..welcome(last_seq)
+        };
+        state.on_connected(&welcome, now);
+        (state, now)
+    }
+
+    fn pruned_page(
+        req: String,
+        messages: Vec<MessageView<'static>>,
+        events: Vec<EventView<'static>>,
+        has_more: bool,
+        pruned_until: u64,
+    ) -> ServerFrame<'static> {
+        ServerFrame::Sync {
+            req_id: Some(Cow::Owned(ReqId::Text(req))),
+            messages,
+            events: Some(events),
+            last_seq: 7,
+            has_more,
+            pruned_until: Some(pruned_until),
+        }
+    }
+
+    #[test]
+    fn seqs_pruned_by_retention_are_passed_over_without_an_anomaly() {
+        let (mut state, now) = connected_v2(7);
+        let (after, req) = sync_of(&state.outgoing(now)).expect("behind the server: sync");
+        assert_eq!(after, 0);
+        // Seqs 1 to 5 were pruned but for an event at 3; 6 and 7 remain.
+        let page = pruned_page(req, vec![view(6), view(7)], vec![event_view(3)], false, 5);
+        state.on_frame(page, now);
+        let events = state.take_events();
+        assert!(
+            !events.iter().any(|e| matches!(e, Event::Anomaly(_))),
+            "{events:?}"
+        );
+        assert_eq!(state.delivered(), 7);
+        assert_eq!(sync_of(&state.outgoing(now)), None, "the cycle is complete");
+    }
+
+    #[test]
+    fn a_pruned_range_is_passed_over_only_as_far_as_the_page_reaches() {
+        let (mut state, now) = connected_v2(7);
+        let (_, req) = sync_of(&state.outgoing(now)).unwrap();
+        // A full page that ends at 2, inside the pruned range: 4 may still come.
+        state.on_frame(pruned_page(req, vec![], vec![event_view(2)], true, 5), now);
+        assert_eq!(entry_seqs(&mut state), [2]);
+        let (after, req) = sync_of(&state.outgoing(now)).expect("has_more asks for more");
+        assert_eq!(after, 2);
+        let page = pruned_page(req, vec![view(6), view(7)], vec![event_view(4)], false, 5);
+        state.on_frame(page, now);
+        assert_eq!(entry_seqs(&mut state), [4, 6, 7]);
         assert_eq!(state.delivered(), 7);
     }
 

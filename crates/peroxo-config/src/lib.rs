@@ -14,6 +14,7 @@
 //! - `env`: the `PEROXO_<SECTION>__<KEY>` overrides.
 //! - `reload`: what a reload may change live, and what it would change ([`Snapshot`]).
 //! - `human_duration`: durations written as "30s".
+//! - `retention`: the `[retention]` section, how long messages are kept per tenant.
 //! - `seconds_or_duration`: the `*_secs` keys, a whole number of seconds or a duration.
 
 use peroxo_protocol::conversation::GroupLimits;
@@ -32,6 +33,7 @@ mod endpoints;
 mod env;
 mod human_duration;
 mod reload;
+mod retention;
 mod seconds_or_duration;
 mod secret;
 
@@ -40,6 +42,7 @@ pub use endpoints::StorageEndpoints;
 pub use env::ENV_PREFIX;
 use env::{apply_env_overrides, deserialize_with_overrides};
 pub use reload::{Change, Snapshot, is_live};
+pub use retention::{MAX_RETENTION_BATCH, RetentionConfig, TenantRetention};
 pub use secret::Secret;
 
 /// A configuration problem, naming the key it is about.
@@ -72,6 +75,7 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     pub cluster: ClusterConfig,
     pub log: LogConfig,
+    pub retention: RetentionConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -674,7 +678,8 @@ impl Config {
         self.groups.validate()?;
         self.validate_cluster_storage()?;
         self.cluster.validate()?;
-        self.shutdown.validate()
+        self.shutdown.validate()?;
+        self.retention.validate()
     }
 
     /// A cluster of gateways must share one storage service: an embedded one would give

@@ -446,6 +446,14 @@ async fn prometheus(State(state): State<HttpState>) -> Response {
     if let Some(stats) = state.gateway.auth.load().key_stats() {
         metrics.key_stats(stats);
     }
+    if let Some(retention) = &state.gateway.retention {
+        metrics
+            .retention_deleted
+            .absolute(retention.deleted_total());
+        metrics
+            .retention_last_pass
+            .set(retention.last_pass_ms() as f64 / 1000.0);
+    }
     (
         [(
             header::CONTENT_TYPE,

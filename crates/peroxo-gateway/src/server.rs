@@ -32,7 +32,7 @@ use peroxo_config::{
     Change, ClusterConfig, ClusterMode, Config, ConfigError, Snapshot, StorageEndpoints,
 };
 use peroxo_protocol::CloseCause;
-use peroxo_storage::StoreServer;
+use peroxo_storage::{RetentionStats, StoreServer};
 
 /// Connects this node to the cluster's NATS; after every reconnect the Cluster actor in
 /// `slot` resynchronises.
@@ -91,7 +91,7 @@ async fn start_storage(config: &Config) -> anyhow::Result<(Option<StoreServer>, 
     if !config.storage.embedded {
         return Ok((None, config.storage.endpoint.clone()));
     }
-    let store = StoreServer::start(&config.storage).await?;
+    let store = StoreServer::start_with_retention(&config.storage, &config.retention).await?;
     let endpoint = StorageEndpoints::from(format!("http://{}", store.addr));
     Ok((Some(store), endpoint))
 }
@@ -101,6 +101,7 @@ fn gateway_context(
     config: &Config,
     auth: Authenticator,
     cluster: Option<ActorSlot<ClusterMsg>>,
+    retention: Option<Arc<RetentionStats>>,
 ) -> GatewayContext {
     let metrics = Arc::new(Metrics::new());
     GatewayContext {
@@ -117,6 +118,7 @@ fn gateway_context(
         auth: ArcSwap::from_pointee(auth),
         draining: AtomicBool::new(false),
         cluster,
+        retention,
     }
 }
 
@@ -191,7 +193,8 @@ impl Gateway {
             Some(slot) => Some(connect_cluster(&config.cluster, slot.clone()).await?),
             None => None,
         };
-        let gateway = Arc::new(gateway_context(&config, auth, cluster_slot));
+        let retention = store.as_ref().map(StoreServer::retention_stats);
+        let gateway = Arc::new(gateway_context(&config, auth, cluster_slot, retention));
         let sessions = ActorSlot::default();
         let root = RootSupervisor::spawn(RootArgs {
             cluster,

@@ -51,6 +51,9 @@ pub struct Metrics {
     pub outbox_pending_peak: Gauge,
     pub storage_up: Gauge,
     pub storage_reconnects: Counter,
+    /// The embedded storage service's retention, copied from its figures at each scrape.
+    pub retention_deleted: Counter,
+    pub retention_last_pass: Gauge,
     restarts: Vec<(ActorKind, Counter)>,
     jwks_keys: Gauge,
     jwks_refreshes: Vec<(RefreshOutcome, Counter)>,
@@ -170,6 +173,8 @@ impl Metrics {
                 |o| o.as_str(),
             ),
             config_applied_at: gauge(r, "peroxo_config_applied_timestamp_seconds"),
+            retention_deleted: counter(r, "peroxo_retention_deleted_total", None),
+            retention_last_pass: gauge(r, "peroxo_retention_last_run_timestamp_seconds"),
             recorder,
             process,
         }
@@ -339,6 +344,14 @@ fn describe(recorder: &PrometheusRecorder) {
     counter(
         "peroxo_storage_reconnects_total",
         "Connections to storage re-established after a loss.",
+    );
+    counter(
+        "peroxo_retention_deleted_total",
+        "Messages deleted by retention in the embedded storage service.",
+    );
+    gauge(
+        "peroxo_retention_last_run_timestamp_seconds",
+        "When the embedded storage service's last retention pass ended (Unix time; 0: none yet).",
     );
     counter(
         "peroxo_actor_restarts_total",

@@ -188,6 +188,11 @@ pub struct StoredMessage {
 }
 
 impl StoredMessage {
+    /// Whether the sender's data was erased: a sent message's text is never empty otherwise.
+    pub fn is_erased(&self) -> bool {
+        self.text.is_empty()
+    }
+
     pub fn conversation_id(&self) -> String {
         if self.is_group() {
             self.recipient.clone()
@@ -244,7 +249,8 @@ pub struct HistoryPage {
 }
 
 /// The stream of one user after a given seq, ascending: its messages and its other events,
-/// two lists whose seqs together are gapless (when the page was asked for everything).
+/// two lists whose seqs together are gapless (when the page was asked for everything) above
+/// `pruned_until`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct SyncPage {
     pub messages: Vec<StoredMessage>,
@@ -252,6 +258,10 @@ pub struct SyncPage {
     /// The user's current seq.
     pub last_seq: u64,
     pub has_more: bool,
+    /// Retention deleted entries of this stream up to this seq, some of them after the
+    /// seq the page was asked from: a seq at or below it that no page returns is gone for
+    /// good. 0 when nothing after the asked seq was deleted.
+    pub pruned_until: u64,
 }
 
 #[cfg(test)]

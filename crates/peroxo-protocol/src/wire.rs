@@ -28,11 +28,13 @@ use crate::domain::{self, StoredMessage};
 use crate::event::{Refusal, RefusalCode};
 
 mod conversations;
+mod export;
 mod server_frame_decode;
 
 pub use conversations::{
     ConversationView, DEFAULT_CONVERSATIONS_LIMIT, EventView, MemberView, ReaderView,
 };
+pub use export::ExportLine;
 
 /// The protocol version a client gets when it asks for none: direct messages only.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -647,6 +649,9 @@ pub struct MessageView<'a> {
     /// a synced copy with a send it is still waiting to see acked).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_msg_id: Option<Cow<'a, str>>,
+    /// True when the sender's data was erased: `text` is then empty (absent otherwise).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub erased: bool,
 }
 
 impl<'a> MessageView<'a> {
@@ -662,6 +667,7 @@ impl<'a> MessageView<'a> {
             seq: message.seq_for(viewer),
             client_msg_id: (viewer == message.sender)
                 .then_some(Cow::Borrowed(message.client_msg_id.as_str())),
+            erased: message.is_erased(),
         }
     }
 
@@ -676,6 +682,7 @@ impl<'a> MessageView<'a> {
             ts: self.ts,
             seq: self.seq,
             client_msg_id: self.client_msg_id.map(|id| Cow::Owned(id.into_owned())),
+            erased: self.erased,
         }
     }
 }
@@ -723,6 +730,10 @@ pub enum ServerFrame<'a> {
         events: Option<Vec<EventView<'a>>>,
         last_seq: u64,
         has_more: bool,
+        /// Retention deleted the user's stream up to this seq, some of it after `after_seq`:
+        /// a seq at or below it that no page returns is gone for good (absent otherwise).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pruned_until: Option<u64>,
     },
     SyncHint {
         last_seq: u64,
@@ -939,6 +950,7 @@ mod tests {
             ts: 1_764_115_200_123,
             seq,
             client_msg_id: client_msg_id.map(Cow::Borrowed),
+            erased: false,
         }
     }
 
@@ -1010,6 +1022,7 @@ mod tests {
                 events: None,
                 last_seq: 1,
                 has_more: true,
+                pruned_until: None,
             },
             ServerFrame::Sync {
                 req_id: None,
@@ -1017,6 +1030,7 @@ mod tests {
                 events: Some(vec![EventView::of(renamed, 2)]),
                 last_seq: 2,
                 has_more: false,
+                pruned_until: Some(1),
             },
             ServerFrame::Event(Box::new(EventView::of(renamed, 3))),
             ServerFrame::Event(Box::new(EventView::of(added, 4))),

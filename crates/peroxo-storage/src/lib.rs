@@ -9,6 +9,9 @@
 //! - `rules` holds the rules of conversations both backends apply alike, as pure functions:
 //!   which conversation a request names, who may change a group and which events a change
 //!   makes for whom, who inherits a group, where a read mark moves a marker.
+//! - [`retention`] deletes messages past their tenant's age, in small batches, as a task of
+//!   the storage service.
+//! - [`user_data`] exports a user's data and erases it, for the operator's `peroxo user`.
 //! - [`grpc`] serves any backend over gRPC and holds the gateway's client. It is the only module
 //!   that knows the protobuf types.
 //!
@@ -17,16 +20,19 @@
 
 pub mod grpc;
 mod postgres;
+pub mod retention;
 mod rules;
 mod seq_assignment;
 mod service;
 mod sql;
 mod sqlite;
+pub mod user_data;
 
 use std::future::Future;
 
 pub use postgres::PostgresStore;
-pub use service::{StoreServer, check_config};
+pub use retention::{PruneBatch, RetentionReport, RetentionStats};
+pub use service::{StoreBackend, StoreServer, check_config};
 pub use sqlite::{BackupReport, SqliteStore, backup as backup_sqlite};
 
 use peroxo_protocol::conversation::{
@@ -156,4 +162,32 @@ pub trait MessageStore: Send + Sync + 'static {
         conversation_id: String,
         message_id: u64,
     ) -> impl Future<Output = Result<Vec<Receipt>, StoreError>> + Send;
+
+    /// The tenants that have messages (for retention), in order.
+    fn message_tenants(&self) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+
+    /// Deletes up to `batch.limit` of the tenant's messages committed before
+    /// `batch.before_ts`, oldest first, in one transaction, and returns how many. With each
+    /// message go its entries in every stream (whose floor, the `pruned_until` of a sync,
+    /// rises to the highest seq deleted; the seqs that remain keep their numbers) and its
+    /// count in unread counts; its `client_msg_id` may be used again.
+    fn prune(&self, batch: PruneBatch) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Erases the text of up to `limit` of the messages `user` sent, oldest first, in one
+    /// transaction, and returns how many: each keeps its ids, seqs and time with an empty
+    /// text (a sent message's text is never empty otherwise), everywhere it is read from.
+    fn erase_texts(
+        &self,
+        user: UserKey,
+        limit: u32,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Forgets `user`'s read state of up to `limit` conversations, in one transaction, and
+    /// returns how many: the read marker goes back to nothing (so peers see no read ticks)
+    /// and the unread count counts every visible message from others again.
+    fn erase_read_state(
+        &self,
+        user: UserKey,
+        limit: u32,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 }

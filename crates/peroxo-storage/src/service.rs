@@ -1,60 +1,183 @@
 //! Starting and stopping the storage service: `peroxo store`, or embedded in a gateway
 //! process. It binds its listener here, so tests run it on port 0 exactly as `main` runs it
-//! on the configured port.
+//! on the configured port. When `[retention]` sets an age, the service also runs the
+//! retention task ([`retention`](crate::retention)) beside the gRPC server.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use anyhow::Context;
-use peroxo_config::{ConfigError, StorageBackend, StorageConfig};
+use peroxo_config::{ConfigError, RetentionConfig, StorageBackend, StorageConfig};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::{PostgresStore, SqliteStore, grpc};
+use crate::retention::{self, RetentionReport, RetentionStats};
+use std::io::Write;
+
+use crate::user_data::{self, EraseReport, ExportReport, UserDataError};
+use crate::{MessageStore, PostgresStore, PruneBatch, SqliteStore, StoreError, grpc};
+use peroxo_protocol::domain::UserKey;
 
 /// A running storage service.
 pub struct StoreServer {
     /// The address it listens on.
     pub addr: SocketAddr,
+    /// The backend it serves, for retention passes asked for directly.
+    backend: StoreBackend,
+    /// What retention did since the service started.
+    retention: Arc<RetentionStats>,
     stop: CancellationToken,
     task: JoinHandle<Result<(), tonic::transport::Error>>,
+    /// The retention task, when `[retention]` sets an age.
+    retention_task: Option<JoinHandle<()>>,
+}
+
+/// The configured backend, opened: what the storage service serves, and what operator
+/// commands (`peroxo user`) work on directly. Both are cheap to clone.
+#[derive(Debug, Clone)]
+pub enum StoreBackend {
+    Sqlite(SqliteStore),
+    Postgres(PostgresStore),
+}
+
+impl StoreBackend {
+    /// Opens (and migrates) the database `[storage]` names. A SQLite database may be open in
+    /// a running service at the same time: writes of both wait for each other.
+    pub async fn open(config: &StorageConfig) -> anyhow::Result<Self> {
+        Ok(match config.backend {
+            StorageBackend::Sqlite => Self::Sqlite(
+                SqliteStore::open(&config.sqlite_path, config.sqlite_synchronous).with_context(
+                    || {
+                        format!(
+                            "cannot open the SQLite database {}",
+                            config.sqlite_path.display()
+                        )
+                    },
+                )?,
+            ),
+            StorageBackend::Postgres => Self::Postgres(
+                PostgresStore::open(config.postgres.url.expose(), config.postgres.pool_size)
+                    .await
+                    .context("cannot open the PostgreSQL database (storage.postgres.url)")?,
+            ),
+        })
+    }
+
+    /// Writes `user`'s data to `out`, as [`user_data::export`] says.
+    pub async fn export_user(
+        &self,
+        user: &UserKey,
+        out: &mut (impl Write + Send),
+    ) -> Result<ExportReport, UserDataError> {
+        match self {
+            Self::Sqlite(store) => user_data::export(store, user, out).await,
+            Self::Postgres(store) => user_data::export(store, user, out).await,
+        }
+    }
+
+    /// Erases `user`'s data, as [`user_data::erase`] says.
+    pub async fn erase_user(
+        &self,
+        user: &UserKey,
+        batch: u32,
+        max_batches: Option<u64>,
+    ) -> Result<EraseReport, UserDataError> {
+        match self {
+            Self::Sqlite(store) => user_data::erase(store, user, batch, max_batches).await,
+            Self::Postgres(store) => user_data::erase(store, user, batch, max_batches).await,
+        }
+    }
 }
 
 impl StoreServer {
-    /// Opens the configured backend and serves it on `storage.listen`.
+    /// Opens the configured backend and serves it on `storage.listen`, without retention.
     pub async fn start(config: &StorageConfig) -> anyhow::Result<Self> {
+        Self::start_with_retention(config, &RetentionConfig::default()).await
+    }
+
+    /// Opens the configured backend, serves it on `storage.listen`, and runs the retention
+    /// task when `retention` sets an age for any tenant.
+    pub async fn start_with_retention(
+        config: &StorageConfig,
+        retention: &RetentionConfig,
+    ) -> anyhow::Result<Self> {
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on storage.listen = {}", config.listen))?;
         let addr = listener.local_addr()?;
         let stop = CancellationToken::new();
         let shutdown = stop.clone().cancelled_owned();
-        let task = match config.backend {
-            StorageBackend::Sqlite => {
-                let store = SqliteStore::open(&config.sqlite_path, config.sqlite_synchronous)
-                    .with_context(|| {
-                        format!(
-                            "cannot open the SQLite database {}",
-                            config.sqlite_path.display()
-                        )
-                    })?;
-                tokio::spawn(grpc::serve(store, listener, shutdown))
-            }
-            StorageBackend::Postgres => {
-                let store =
-                    PostgresStore::open(config.postgres.url.expose(), config.postgres.pool_size)
-                        .await
-                        .context("cannot open the PostgreSQL database (storage.postgres.url)")?;
-                tokio::spawn(grpc::serve(store, listener, shutdown))
-            }
+        let backend = StoreBackend::open(config).await?;
+        let task = match backend.clone() {
+            StoreBackend::Sqlite(store) => tokio::spawn(grpc::serve(store, listener, shutdown)),
+            StoreBackend::Postgres(store) => tokio::spawn(grpc::serve(store, listener, shutdown)),
         };
         tracing::info!(%addr, backend = ?config.backend, "storage service listening (gRPC)");
-        Ok(Self { addr, stop, task })
+        let stats = Arc::new(RetentionStats::default());
+        let retention_task = retention.enabled().then(|| {
+            tracing::info!(
+                max_age = ?retention.max_age,
+                tenants = retention.tenants.len(),
+                interval = ?retention.interval,
+                batch = retention.batch,
+                "retention on"
+            );
+            let (config, stats, stop) = (retention.clone(), Arc::clone(&stats), stop.clone());
+            match backend.clone() {
+                StoreBackend::Sqlite(store) => {
+                    tokio::spawn(retention::run(store, config, stats, stop))
+                }
+                StoreBackend::Postgres(store) => {
+                    tokio::spawn(retention::run(store, config, stats, stop))
+                }
+            }
+        });
+        Ok(Self {
+            addr,
+            backend,
+            retention: stats,
+            stop,
+            task,
+            retention_task,
+        })
+    }
+
+    /// What retention did since the service started.
+    pub fn retention_stats(&self) -> Arc<RetentionStats> {
+        Arc::clone(&self.retention)
+    }
+
+    /// Runs one retention pass now, as if the time were `now_ms`, under `config` (whatever
+    /// the service was started with). The background task's passes and this one may overlap:
+    /// each batch is a transaction of its own, so they only share the work.
+    pub async fn retention_pass(
+        &self,
+        config: &RetentionConfig,
+        now_ms: i64,
+    ) -> Result<RetentionReport, StoreError> {
+        match &self.backend {
+            StoreBackend::Sqlite(store) => retention::pass(store, config, now_ms).await,
+            StoreBackend::Postgres(store) => retention::pass(store, config, now_ms).await,
+        }
+    }
+
+    /// Runs one batch of retention now: what a pass interrupted after it would have done.
+    pub async fn prune_batch(&self, batch: PruneBatch) -> Result<u64, StoreError> {
+        match &self.backend {
+            StoreBackend::Sqlite(store) => store.prune(batch).await,
+            StoreBackend::Postgres(store) => store.prune(batch).await,
+        }
     }
 
     /// Stops accepting calls, lets calls under way finish, and returns.
     pub async fn stop(self) {
         self.stop.cancel();
+        if let Some(task) = self.retention_task
+            && let Err(error) = task.await
+        {
+            tracing::error!(%error, "retention task failed");
+        }
         match self.task.await {
             Ok(Ok(())) => {}
             Ok(Err(error)) => tracing::error!(%error, "storage service failed"),

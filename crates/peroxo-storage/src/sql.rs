@@ -11,6 +11,16 @@ use peroxo_protocol::event::{EventKind, Role, StreamEvent};
 /// The columns of `messages m` that each backend's `row_to_message` reads, in its order.
 pub(crate) const MESSAGE_COLUMNS: &str = "m.id, m.tenant, m.sender, m.recipient, m.client_msg_id, m.text, m.ts, m.sender_seq, m.recipient_seq";
 
+/// The tenants that have messages, in order: a walk of the index `messages_by_age` (both
+/// backends have it) that reads one entry per tenant, however many messages each has.
+pub(crate) const MESSAGE_TENANTS: &str = "
+    WITH RECURSIVE t(name) AS (
+        SELECT MIN(tenant) FROM messages
+        UNION ALL
+        SELECT (SELECT MIN(tenant) FROM messages WHERE tenant > t.name)
+        FROM t WHERE t.name IS NOT NULL)
+    SELECT name FROM t WHERE name IS NOT NULL";
+
 /// `value` as an SQL integer (signed 64-bit). Seqs and ids never come near `i64::MAX`; a
 /// cursor past it (a client may send any `u64`) means "no bound", so it saturates.
 pub(crate) fn sql_int(value: u64) -> i64 {
@@ -38,7 +48,17 @@ pub(crate) fn sync_page(rows: Vec<StoredMessage>, limit: u32, last_seq: u64) -> 
         messages,
         last_seq,
         has_more,
+        pruned_until: 0,
     }
+}
+
+/// `page`, read after `after_seq`, telling what retention deleted of the stream after that
+/// seq: the stream's floor (the highest seq retention deleted), when it is above `after_seq`.
+pub(crate) fn with_floor(mut page: SyncPage, after_seq: u64, floor: u64) -> SyncPage {
+    if floor > after_seq {
+        page.pruned_until = floor;
+    }
+    page
 }
 
 /// One entry of a user's stream as a sync reads it.

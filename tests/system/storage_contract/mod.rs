@@ -6,9 +6,11 @@
 //!   streams its events enter.
 //! - `group_messages`: messages to groups, history from a member's join, and sync of messages
 //!   and events together.
+//! - `erase`: erasing a user's texts and read state (`peroxo user erase`).
 //! - `reads`: read markers, unread counts and read receipts.
 //! - `conversations`: the conversation list.
 //! - `instances`: several service instances over one database, and concurrent writers.
+//! - `retention`: deleting messages past their tenant's age.
 //! - `stream_model`: what a user's conversation list must say, worked out from that user's
 //!   stream; most cases end by checking it.
 //! - `upgrade`: databases written before conversations existed.
@@ -125,10 +127,12 @@ macro_rules! contract {
 
 mod conversations;
 mod direct;
+mod erase;
 mod group_messages;
 mod groups;
 mod instances;
 mod reads;
+mod retention;
 mod stream_model;
 mod upgrade;
 

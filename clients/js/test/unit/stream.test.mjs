@@ -95,6 +95,23 @@ test('seqs a protocol-1 sync does not show are passed over', async () => {
   c.close();
 });
 
+test('seqs pruned by retention (pruned_until) are passed over, and what remains is applied', async () => {
+  const server = new FakeServer();
+  const c = client(server);
+  const seqs = seqsOf(c);
+  const warnings = [];
+  c.on('warning', (w) => warnings.push(w));
+  const socket = await server.socket(1);
+  socket.accept('alice', 7);
+  const sync = await waitFor(() => socket.written('sync')[0], 'a sync');
+  const event = { seq: 3, event: 'group_renamed', event_id: '1', conversation_id: 'g~0123456789abcdef01234567', actor: 'bob', ts: 1, title: 'T' };
+  socket.frame({ type: 'sync', req_id: sync.req_id, messages: [msg(6), msg(7)], events: [event], last_seq: 7, has_more: false, pruned_until: 5 });
+  await waitFor(() => c.lastSeq === 7, 'the position');
+  assert.deepEqual(seqs, [3, 6, 7]);
+  assert.deepEqual(warnings, []);
+  c.close();
+});
+
 test('a failed sync is retried; a sync cut by a disconnect resumes after welcome', async () => {
   const server = new FakeServer();
   const c = client(server);

@@ -168,6 +168,7 @@ mod tests {
             ts: 0,
             seq: 1,
             client_msg_id: None,
+            erased: false,
         };
         let route = plan.route(to, &message(2, to)).unwrap();
         assert_eq!((route.index, route.row, route.sequence), (42, 0, 2));

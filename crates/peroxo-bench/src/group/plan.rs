@@ -393,6 +393,7 @@ mod tests {
             ts: 0,
             seq: 1,
             client_msg_id: None,
+            erased: false,
         };
         let sender = plan.sender(i);
         for row in 0..plan.fanout() {

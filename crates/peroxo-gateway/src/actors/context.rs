@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use peroxo_protocol::domain::UserKey;
+use peroxo_storage::RetentionStats;
 use peroxo_storage::grpc::StorageClient;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
@@ -50,6 +51,9 @@ pub struct GatewayContext {
     pub draining: AtomicBool,
     /// The link to the other gateway nodes, when this node is part of a cluster.
     pub cluster: Option<ActorSlot<ClusterMsg>>,
+    /// What the embedded storage service's retention task did, for `/metrics` (`None`
+    /// without embedded storage: a `peroxo store` logs its passes).
+    pub retention: Option<Arc<RetentionStats>>,
 }
 
 /// One connection, as it outlives the session actors that serve it.

@@ -705,6 +705,7 @@ impl SessionState {
                         }),
                         last_seq: page.last_seq,
                         has_more: page.has_more,
+                        pruned_until: (page.pruned_until > 0).then_some(page.pruned_until),
                     });
                 }
                 Err(error) => {

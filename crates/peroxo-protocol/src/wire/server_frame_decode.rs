@@ -165,6 +165,8 @@ enum ServerFrameFields<'a> {
         events: Option<Vec<EventView<'a>>>,
         last_seq: u64,
         has_more: bool,
+        #[serde(default)]
+        pruned_until: Option<u64>,
     },
     SyncHint {
         last_seq: u64,
@@ -265,6 +267,8 @@ struct MessageViewFields<'a> {
     seq: u64,
     #[serde(borrow, default, deserialize_with = "optional")]
     client_msg_id: Option<Cow<'a, str>>,
+    #[serde(default)]
+    erased: bool,
 }
 
 /// A string, borrowed when it needs no unescaping.
@@ -344,12 +348,14 @@ impl ServerFrame<'_> {
                 events: None,
                 last_seq,
                 has_more,
+                pruned_until,
             } => ServerFrame::Sync {
                 req_id: owned_req_id(req_id),
                 messages: owned_views(messages),
                 events: None,
                 last_seq,
                 has_more,
+                pruned_until,
             },
             ServerFrame::SyncHint { last_seq } => ServerFrame::SyncHint { last_seq },
             ServerFrame::PresenceSnapshot { req_id, users } => ServerFrame::PresenceSnapshot {

@@ -107,6 +107,7 @@ impl StorageClient {
                 .collect::<Result<_, _>>()?,
             last_seq: r.last_seq,
             has_more: r.has_more,
+            pruned_until: r.pruned_until,
         })
     }
 

@@ -113,6 +113,7 @@ impl<S: MessageStore> Storage for StorageService<S> {
                 .map(convert::message_to_pb)
                 .collect(),
             last_seq: page.last_seq,
+            pruned_until: page.pruned_until,
             has_more: page.has_more,
             events: page
                 .events

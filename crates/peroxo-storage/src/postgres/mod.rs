@@ -8,6 +8,8 @@
 //! - `groups`: creating and changing groups.
 //! - `marks`: read markers.
 //! - `reads`: history, sync, the conversation list, members and receipts.
+//! - `retention`: deleting a batch of old messages with their stream entries.
+//! - `erase`: erasing a batch of a user's texts or read state.
 //!
 //! Several instances may write at once. Every writer locks what it needs in one order:
 //! first the rows of the groups it touches (sorted; `FOR SHARE` to send or mark, `FOR
@@ -20,16 +22,18 @@
 //! inserted.
 
 mod append;
+mod erase;
 mod groups;
 mod marks;
 mod reads;
+mod retention;
 mod schema;
 mod streams;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::{NoTls, Row};
 
-use super::{HistoryQuery, MessageStore, StoreError, SyncQuery};
+use super::{HistoryQuery, MessageStore, PruneBatch, StoreError, SyncQuery};
 use peroxo_protocol::conversation::{
     ConversationPage, ConversationsQuery, CreateGroup, GroupChange, GroupOutcome, ReadMark,
     ReadOutcome, Receipt,
@@ -146,5 +150,21 @@ impl MessageStore for PostgresStore {
         message_id: u64,
     ) -> Result<Vec<Receipt>, StoreError> {
         reads::read_receipts(&self.pool, user, conversation_id, message_id).await
+    }
+
+    async fn message_tenants(&self) -> Result<Vec<String>, StoreError> {
+        retention::tenants(&self.pool).await
+    }
+
+    async fn prune(&self, batch: PruneBatch) -> Result<u64, StoreError> {
+        retention::prune(&self.pool, batch).await
+    }
+
+    async fn erase_texts(&self, user: UserKey, limit: u32) -> Result<u64, StoreError> {
+        erase::texts(&self.pool, user, limit).await
+    }
+
+    async fn erase_read_state(&self, user: UserKey, limit: u32) -> Result<u64, StoreError> {
+        erase::read_state(&self.pool, user, limit).await
     }
 }

@@ -10,6 +10,7 @@ use super::{backend, message_from_row};
 use crate::rules::{self, MemberRow, Target};
 use crate::sql::{
     MESSAGE_COLUMNS, StreamEntry, history_page, rows_for_page, sql_int, stream_page, sync_page,
+    with_floor,
 };
 use crate::{HistoryQuery, StoreError, SyncQuery, SyncScope};
 use peroxo_protocol::conversation::{
@@ -163,7 +164,7 @@ pub(super) async fn sync(pool: &Pool, query: SyncQuery) -> Result<SyncPage, Stor
     let mut client = pool.get().await.map_err(backend)?;
     // One snapshot for the page and `last_seq`.
     let tx = snapshot(&mut client).await?;
-    let last_seq = last_seq_in(&tx, &query.user).await?;
+    let (last_seq, floor) = counter_in(&tx, &query.user).await?;
     let page = match query.scope {
         SyncScope::Everything => everything_after(&tx, &query, last_seq).await?,
         SyncScope::DirectMessages => {
@@ -190,7 +191,7 @@ pub(super) async fn sync(pool: &Pool, query: SyncQuery) -> Result<SyncPage, Stor
         }
     };
     tx.commit().await.map_err(backend)?;
-    Ok(page)
+    Ok(with_floor(page, query.after_seq, floor))
 }
 
 /// Every entry of a stream after a seq: messages (a group message with the owner's seq as
@@ -235,18 +236,25 @@ async fn everything_after(
     Ok(stream_page(entries, query.limit, last_seq))
 }
 
-pub(super) async fn last_seq_in(
-    client: &impl GenericClient,
-    user: &UserKey,
-) -> Result<u64, StoreError> {
+/// The user's current seq and its stream's floor (the highest seq retention deleted).
+async fn counter_in(client: &impl GenericClient, user: &UserKey) -> Result<(u64, u64), StoreError> {
     let row = client
         .query_opt(
-            "SELECT last_seq FROM user_seqs WHERE tenant = $1 AND owner = $2",
+            "SELECT last_seq, pruned_until FROM user_seqs WHERE tenant = $1 AND owner = $2",
             &[&user.tenant, &user.user],
         )
         .await
         .map_err(backend)?;
-    Ok(row.map_or(0, |r| r.get::<_, i64>(0) as u64))
+    Ok(row.map_or((0, 0), |r| {
+        (r.get::<_, i64>(0) as u64, r.get::<_, i64>(1) as u64)
+    }))
+}
+
+pub(super) async fn last_seq_in(
+    client: &impl GenericClient,
+    user: &UserKey,
+) -> Result<u64, StoreError> {
+    Ok(counter_in(client, user).await?.0)
 }
 
 pub(super) async fn members(

@@ -4,7 +4,8 @@
 //!
 //! - `messages`: every message once. A group message has the group id as recipient and
 //!   conversation, its sender's seq, and `recipient_seq` 0 (each member's seq is in `inbox`).
-//! - `user_seqs`: every user's last seq; its row is the lock that orders the user's stream.
+//! - `user_seqs`: every user's last seq, and the highest seq of its stream retention deleted
+//!   (`pruned_until`); its row is the lock that orders the user's stream.
 //! - `inbox`: every user's stream, one row per seq, pointing at a message or an event.
 //! - `events`: every event other than a message, once, with the columns of its kind.
 //! - `groups`: a group's title and member count, and the request that created it.
@@ -18,7 +19,14 @@ use crate::StoreError;
 const MIGRATION_LOCK: i64 = 0x5045_524f_584f;
 
 /// Versioned migrations, applied in order, each once.
-const MIGRATIONS: &[(i32, &str)] = &[(1, DIRECT_MESSAGES), (2, CONVERSATIONS)];
+const MIGRATIONS: &[(i32, &str)] = &[(1, DIRECT_MESSAGES), (2, CONVERSATIONS), (3, RETENTION)];
+
+/// What retention needs: a tenant's oldest messages by index, every stream entry of a message
+/// by index (which the foreign key's check on deleting a message uses too), and each
+/// stream's floor.
+const RETENTION: &str = "CREATE INDEX messages_by_age ON messages (tenant, ts);
+    CREATE INDEX inbox_by_message_id ON inbox (message_id) WHERE message_id IS NOT NULL;
+    ALTER TABLE user_seqs ADD COLUMN pruned_until BIGINT NOT NULL DEFAULT 0;";
 
 /// Direct messages and every user's stream of them.
 const DIRECT_MESSAGES: &str = "CREATE TABLE messages (

@@ -16,15 +16,19 @@
 //!   read marks (the rules they follow are [`rules`](crate::rules)').
 //! - `state`: the rows of groups and conversation states that writes and reads both look up.
 //! - `queries`: the reads (history, sync, the conversation list, members, receipts).
+//! - `retention`: deleting a batch of old messages, in a transaction of its own.
+//! - `erase`: erasing a batch of a user's texts or read state, in a transaction of its own.
 //! - `backup`: a verified copy of the database while it serves (`peroxo backup`).
 
 mod append;
 mod backup;
+mod erase;
 mod groups;
 mod queries;
 #[cfg(test)]
 mod query_plans;
 mod reads;
+mod retention;
 mod schema;
 mod state;
 mod writer;
@@ -37,7 +41,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::oneshot;
 
-use super::{HistoryQuery, MessageStore, StoreError, SyncQuery};
+use super::{HistoryQuery, MessageStore, PruneBatch, StoreError, SyncQuery};
 pub use backup::{BackupReport, backup};
 use peroxo_config::SqliteSync;
 use peroxo_protocol::conversation::{
@@ -109,6 +113,7 @@ impl SqliteStore {
             seqs: HashMap::new(),
             groups: writer::KnownGroups::default(),
             checkpoint: checkpoint_tx,
+            deferred: None,
         };
         std::thread::Builder::new()
             .name("peroxo-sqlite-writer".to_owned())
@@ -219,6 +224,24 @@ impl MessageStore for SqliteStore {
         message_id: u64,
     ) -> Result<Vec<Receipt>, StoreError> {
         self.read(move |conn| queries::read_receipts(conn, &user, &conversation_id, message_id))
+            .await
+    }
+
+    async fn message_tenants(&self) -> Result<Vec<String>, StoreError> {
+        self.read(retention::tenants).await
+    }
+
+    async fn prune(&self, batch: PruneBatch) -> Result<u64, StoreError> {
+        self.write(|reply| Job::Prune(batch, reply)).await
+    }
+
+    async fn erase_texts(&self, user: UserKey, limit: u32) -> Result<u64, StoreError> {
+        self.write(|reply| Job::EraseTexts(user, limit, reply))
+            .await
+    }
+
+    async fn erase_read_state(&self, user: UserKey, limit: u32) -> Result<u64, StoreError> {
+        self.write(|reply| Job::EraseReadState(user, limit, reply))
             .await
     }
 }

@@ -9,6 +9,7 @@ use super::{backend, state};
 use crate::rules::{self, Target};
 use crate::sql::{
     EventColumns, MESSAGE_COLUMNS, StreamEntry, history_page, rows_for_page, sql_int, stream_page,
+    with_floor,
 };
 use crate::{HistoryQuery, StoreError, SyncQuery, SyncScope};
 use peroxo_protocol::conversation::{
@@ -163,7 +164,12 @@ pub(super) fn sync(conn: &mut Connection, query: &SyncQuery) -> Result<SyncPage,
         .map_err(backend)?
         .collect::<Result<Vec<_>, _>>()
         .map_err(backend)?;
-    Ok(stream_page(entries, query.limit, last_seq))
+    let floor = state::stream_floor(&tx, &query.user)?;
+    Ok(with_floor(
+        stream_page(entries, query.limit, last_seq),
+        query.after_seq,
+        floor,
+    ))
 }
 
 /// An entry of a sync's rows: a group message carries the owner's seq as its recipient seq.

@@ -1,6 +1,6 @@
 //! The SQLite schema and its migrations (`PRAGMA user_version`).
 //!
-//! Version 2:
+//! Version 3:
 //! - `messages`: one row per message (direct, or to a group: then `recipient` and
 //!   `conversation` are the group id, `recipient_seq` is 0); `id` is the message id and orders
 //!   a conversation; `UNIQUE (tenant, sender, client_msg_id)` makes appends idempotent.
@@ -15,8 +15,13 @@
 //! - `conversation_states`: one row per (tenant, user, conversation): what the conversation
 //!   list shows (read marker, unread count, preview, activity) and, for a group, the member's
 //!   role, join order and history boundary. A member who leaves keeps an inactive row.
+//! - `stream_floors`: one row per (tenant, owner) whose stream retention pruned: the highest
+//!   seq it deleted. A user's current seq is the highest of its stream and of its floor, so a
+//!   stream pruned to nothing keeps its numbering.
+//! - `messages_by_age` finds a tenant's oldest messages; `inbox_by_group_message` finds every
+//!   stream entry of a group message (the direct path never writes to it).
 //!
-//! Version 1 had `messages` and an `inbox` of messages only. Migrating rebuilds `inbox` with
+//! Version 2 lacked what retention needs (`stream_floors` and the two indexes). Version 1 had `messages` and an `inbox` of messages only. Migrating rebuilds `inbox` with
 //! the columns above and gives every existing direct conversation its two state rows.
 
 use rusqlite::{Connection, TransactionBehavior};
@@ -24,7 +29,7 @@ use rusqlite::{Connection, TransactionBehavior};
 use super::backend;
 use crate::StoreError;
 
-pub(super) const SCHEMA_VERSION: i64 = 2;
+pub(super) const SCHEMA_VERSION: i64 = 3;
 
 /// What `inbox.kind` says an entry is.
 pub(super) const DIRECT_MESSAGE: i64 = 0;
@@ -111,6 +116,18 @@ CREATE INDEX group_members ON conversation_states (tenant, conversation, user)
     WHERE role IS NOT NULL AND active = 1;
 ";
 
+/// What version 3 adds to version 2: what retention reads and writes.
+const RETENTION: &str = "
+CREATE INDEX messages_by_age ON messages (tenant, ts);
+CREATE INDEX inbox_by_group_message ON inbox (message_id) WHERE kind = 1;
+CREATE TABLE stream_floors (
+    tenant TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    pruned_until INTEGER NOT NULL,
+    PRIMARY KEY (tenant, owner)
+) WITHOUT ROWID;
+";
+
 /// From version 1: the old inbox's rows move into the new one, and every direct
 /// conversation gets a state row for each participant. A participant has read up to their
 /// own newest message (sending reads); the rest is unread.
@@ -153,8 +170,9 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         .map_err(backend)?;
     let steps = match version {
         SCHEMA_VERSION => return Ok(()),
-        0 => format!("{MESSAGES}{CONVERSATIONS}"),
-        1 => FROM_VERSION_1.replace("{CONVERSATIONS}", CONVERSATIONS),
+        0 => format!("{MESSAGES}{CONVERSATIONS}{RETENTION}"),
+        1 => FROM_VERSION_1.replace("{CONVERSATIONS}", CONVERSATIONS) + RETENTION,
+        2 => RETENTION.to_owned(),
         newer => {
             return Err(StoreError::Backend(format!(
                 "the database has schema version {newer}, not one this build knows (up to \

@@ -1,6 +1,6 @@
-//! The rows of conversations that writes and reads both look up: a user's current seq, a
-//! group and its members, and a user's state of a conversation (refused as the rules say
-//! when the user has none).
+//! The rows of conversations that writes and reads both look up: a user's current seq and
+//! its floor, a group and its members, and a user's state of a conversation (refused as the
+//! rules say when the user has none).
 
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -11,13 +11,30 @@ use crate::sql::sql_int;
 use peroxo_protocol::domain::UserKey;
 use peroxo_protocol::event::Role;
 
-/// The user's current seq: the highest of its stream (0 when it has none).
+/// The user's current seq: the highest of its stream, or of what retention pruned of it (0
+/// when it has none).
 pub(super) fn last_seq(conn: &Connection, user: &UserKey) -> Result<u64, StoreError> {
-    conn.prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM inbox WHERE tenant = ?1 AND owner = ?2")
+    conn.prepare_cached(
+        "SELECT MAX(
+             COALESCE((SELECT MAX(seq) FROM inbox WHERE tenant = ?1 AND owner = ?2), 0),
+             COALESCE((SELECT pruned_until FROM stream_floors
+                       WHERE tenant = ?1 AND owner = ?2), 0))",
+    )
+    .and_then(|mut stmt| {
+        stmt.query_row(params![user.tenant, user.user], |row| row.get::<_, i64>(0))
+    })
+    .map(|seq| seq as u64)
+    .map_err(backend)
+}
+
+/// The highest seq of the user's stream that retention deleted (0 when none).
+pub(super) fn stream_floor(conn: &Connection, user: &UserKey) -> Result<u64, StoreError> {
+    conn.prepare_cached("SELECT pruned_until FROM stream_floors WHERE tenant = ?1 AND owner = ?2")
         .and_then(|mut stmt| {
             stmt.query_row(params![user.tenant, user.user], |row| row.get::<_, i64>(0))
+                .optional()
         })
-        .map(|seq| seq as u64)
+        .map(|floor| floor.unwrap_or(0) as u64)
         .map_err(backend)
 }
 

@@ -4,7 +4,8 @@
 //! than [`MAX_GROUP_COMMIT`] stream rows takes the next waiting job into the same transaction
 //! (group commit). Each job answers once the transaction commits. A job refused by a rule of
 //! conversations is answered with its refusal and wrote nothing (every rule is checked before
-//! the first write); any other error fails the whole transaction, and every job in it.
+//! the first write); any other error fails the whole transaction, and every job in it. A
+//! retention batch ([`Job::Prune`]) is never grouped: it runs in a transaction of its own.
 //!
 //! [`WriteTx`] is what a job writes through: it takes the seqs (remembered across
 //! transactions, so a direct message need not read them), knows the members of the groups it
@@ -17,9 +18,9 @@ use rusqlite::{Connection, TransactionBehavior, params};
 use tokio::sync::oneshot;
 
 use super::schema::{EVENT, GROUP_MESSAGE};
-use super::{append, backend, groups, reads, state};
-use crate::StoreError;
+use super::{append, backend, erase, groups, reads, retention, state};
 use crate::sql::{EventColumns, sql_int};
+use crate::{PruneBatch, StoreError};
 use peroxo_protocol::conversation::{
     CreateGroup, GroupChange, GroupOutcome, ReadMark, ReadOutcome,
 };
@@ -46,6 +47,11 @@ pub(super) enum Job {
     CreateGroup(CreateGroup, Reply<GroupOutcome>),
     ChangeGroup(GroupChange, Reply<GroupOutcome>),
     MarkRead(ReadMark, Reply<ReadOutcome>),
+    /// Retention: runs alone, in its own transaction.
+    Prune(PruneBatch, Reply<u64>),
+    /// Erasing a user's texts, then read state (`peroxo user erase`): each runs alone.
+    EraseTexts(UserKey, u32, Reply<u64>),
+    EraseReadState(UserKey, u32, Reply<u64>),
 }
 
 /// What a job did in its transaction, to answer once it commits.
@@ -57,6 +63,14 @@ enum Done {
 }
 
 impl Job {
+    /// Whether the job runs in a transaction of its own, never grouped.
+    fn runs_alone(&self) -> bool {
+        matches!(
+            self,
+            Job::Prune(..) | Job::EraseTexts(..) | Job::EraseReadState(..)
+        )
+    }
+
     /// Does the job inside `w`, and says how many stream rows it wrote.
     fn run(&self, w: &mut WriteTx<'_>) -> Result<(Done, usize), StoreError> {
         match self {
@@ -80,6 +94,9 @@ impl Job {
                 let done = refusal_answers(reads::mark_read(w, request))?;
                 Ok((Done::Read(Box::new(done)), 1))
             }
+            Job::Prune(..) | Job::EraseTexts(..) | Job::EraseReadState(..) => Err(
+                StoreError::Backend("a batch of its own was grouped with other writes".to_owned()),
+            ),
         }
     }
 
@@ -111,6 +128,11 @@ impl Job {
                 let _ = reply.send(Err(error));
             }
             Job::MarkRead(_, reply) => {
+                let _ = reply.send(Err(error));
+            }
+            Job::Prune(_, reply)
+            | Job::EraseTexts(_, _, reply)
+            | Job::EraseReadState(_, _, reply) => {
                 let _ = reply.send(Err(error));
             }
         }
@@ -148,6 +170,8 @@ pub(super) struct Writer {
     pub(super) groups: KnownGroups,
     /// Wakes the checkpointer after a commit.
     pub(super) checkpoint: mpsc::SyncSender<()>,
+    /// A retention batch taken while a group was open: it runs next, alone.
+    pub(super) deferred: Option<Job>,
 }
 
 /// The members of the groups the writer saw lately, so that a group message need not read
@@ -196,7 +220,18 @@ impl KnownGroups {
 impl Writer {
     /// Takes every waiting job, commits them together, answers each.
     pub(super) fn run(mut self, jobs: mpsc::Receiver<Job>) {
-        while let Ok(first) = jobs.recv() {
+        loop {
+            let first = match self.deferred.take() {
+                Some(job) => job,
+                None => match jobs.recv() {
+                    Ok(job) => job,
+                    Err(_) => return,
+                },
+            };
+            let first = match self.run_alone(first) {
+                Some(job) => job,
+                None => continue,
+            };
             if self.seqs.len() > SEQ_CACHE_USERS {
                 self.seqs.clear();
             }
@@ -219,6 +254,26 @@ impl Writer {
                 }
             }
         }
+    }
+
+    /// Runs `job` in a transaction of its own when it is a batch of retention or erasure, and
+    /// answers it; gives any other job back.
+    fn run_alone(&mut self, job: Job) -> Option<Job> {
+        let (done, reply) = match job {
+            Job::Prune(batch, reply) => (retention::prune(&mut self.conn, &batch), reply),
+            Job::EraseTexts(user, limit, reply) => {
+                (erase::texts(&mut self.conn, &user, limit), reply)
+            }
+            Job::EraseReadState(user, limit, reply) => {
+                (erase::read_state(&mut self.conn, &user, limit), reply)
+            }
+            job => return Some(job),
+        };
+        if done.is_ok() {
+            let _ = self.checkpoint.try_send(());
+        }
+        let _ = reply.send(done);
+        None
     }
 
     /// Does `group`'s first job, and more waiting jobs (added to `group`) while the
@@ -249,6 +304,10 @@ impl Writer {
                 break;
             }
             match jobs.try_recv() {
+                Ok(job) if job.runs_alone() => {
+                    self.deferred = Some(job);
+                    break;
+                }
                 Ok(job) => group.push(job),
                 Err(_) => break,
             }
