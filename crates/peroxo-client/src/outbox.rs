@@ -25,6 +25,7 @@ pub(crate) fn send_command(to: &str, text: &str, client_msg_id: &str) -> Command
             conversation_id: to,
             text,
             client_msg_id,
+            reply_to: None,
         }
     } else {
         CommandKind::Send {

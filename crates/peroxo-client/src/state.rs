@@ -610,6 +610,10 @@ mod tests {
             seq,
             client_msg_id: None,
             erased: false,
+            reply_to: None,
+            edited_ts: None,
+            deleted: None,
+            reactions: None,
         }
     }
 
@@ -842,6 +846,9 @@ mod tests {
             role: None,
             message_id: Some("m1".into()),
             unread_count: None,
+            text: None,
+            moderated: None,
+            emoji: None,
         }
     }
 

@@ -222,6 +222,9 @@ pub(crate) mod tests {
                 role: None,
                 message_id: Some("1".to_owned()),
                 unread_count: Some(0),
+                text: None,
+                moderated: None,
+                emoji: None,
             },
             via: Via::Live,
         })

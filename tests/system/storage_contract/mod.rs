@@ -143,6 +143,7 @@ fn msg(tenant: &str, from: &str, to: &str, id: &str) -> NewMessage {
         recipient: to.into(),
         client_msg_id: id.into(),
         text: format!("text of {id}"),
+        reply_to: None,
     }
 }
 

@@ -262,6 +262,10 @@ fn replay_event(user: &str, entry: &StreamEvent, into: &mut BTreeMap<String, Rep
 fn replay_change(user: &str, event: &Event, kind: &EventKind, seq: u64, into: &mut Replayed) {
     match kind {
         EventKind::GroupCreated { .. } => unreachable!("handled by replay_event"),
+        EventKind::MessageEdited { .. }
+        | EventKind::MessageDeleted { .. }
+        | EventKind::ReactionAdded { .. }
+        | EventKind::ReactionRemoved { .. } => {}
         EventKind::MembersAdded { users } => {
             let (_, _, member_count) = into.group();
             *member_count = member_count.map(|n| n + users.len() as u32);

@@ -169,6 +169,10 @@ mod tests {
             seq: 1,
             client_msg_id: None,
             erased: false,
+            reply_to: None,
+            edited_ts: None,
+            deleted: None,
+            reactions: None,
         };
         let route = plan.route(to, &message(2, to)).unwrap();
         assert_eq!((route.index, route.row, route.sequence), (42, 0, 2));

@@ -28,8 +28,8 @@ use serde::de::{Unexpected, VariantAccess, Visitor};
 use serde::{Deserialize, forward_to_deserialize_any};
 
 use super::{
-    ConversationView, ErrorCode, EventView, MemberView, MessageView, PresenceStatus, ReaderView,
-    ReqId, ServerFrame,
+    ConversationView, DeletionView, ErrorCode, EventView, MemberView, MessageView, PresenceStatus,
+    QuoteView, ReactionView, ReaderView, ReqId, ServerFrame,
 };
 
 /// Reads `text` as a server frame whose first field is `type`. Fails on any other text,
@@ -249,6 +249,14 @@ enum ServerFrameFields<'a> {
         user: Cow<'a, str>,
         message_id: String,
     },
+    MessageState {
+        req_id: Option<Cow<'a, ReqId>>,
+        #[serde(default)]
+        client_msg_id: Option<Cow<'a, str>>,
+        #[serde(borrow, with = "MessageViewFields")]
+        message: MessageView<'a>,
+        duplicate: bool,
+    },
 }
 
 /// The fields of a [`MessageView`], borrowing its strings.
@@ -269,6 +277,15 @@ struct MessageViewFields<'a> {
     client_msg_id: Option<Cow<'a, str>>,
     #[serde(default)]
     erased: bool,
+    // Protocol 3's fields are read owned: most messages have none.
+    #[serde(default)]
+    reply_to: Option<QuoteView<'a>>,
+    #[serde(default)]
+    edited_ts: Option<i64>,
+    #[serde(default)]
+    deleted: Option<DeletionView<'a>>,
+    #[serde(default)]
+    reactions: Option<Vec<ReactionView<'a>>>,
 }
 
 /// A string, borrowed when it needs no unescaping.

@@ -329,6 +329,7 @@ impl BatchWrites {
             ts: self.ts,
             sender_seq,
             recipient_seq: 0,
+            lifecycle: Default::default(),
         };
         (stored, others)
     }

@@ -42,6 +42,7 @@ use peroxo_protocol::domain::{
     AppendOutcome, HistoryPage, NewMessage, StoredMessage, SyncPage, UserKey,
 };
 use peroxo_protocol::event::Member;
+use peroxo_protocol::lifecycle::{MessageChange, MessageOutcome};
 
 /// A PostgreSQL-backed [`MessageStore`]. Cheap to clone.
 #[derive(Clone)]
@@ -95,6 +96,7 @@ fn message_from_row(row: &Row, at: usize) -> StoredMessage {
         ts: row.get(at + 6),
         sender_seq: row.get::<_, i64>(at + 7) as u64,
         recipient_seq: row.get::<_, i64>(at + 8) as u64,
+        lifecycle: Default::default(),
     }
 }
 
@@ -150,6 +152,12 @@ impl MessageStore for PostgresStore {
         message_id: u64,
     ) -> Result<Vec<Receipt>, StoreError> {
         reads::read_receipts(&self.pool, user, conversation_id, message_id).await
+    }
+
+    async fn change_message(&self, _request: MessageChange) -> Result<MessageOutcome, StoreError> {
+        Err(StoreError::Backend(
+            "postgres: changing messages is not implemented yet".to_owned(),
+        ))
     }
 
     async fn message_tenants(&self) -> Result<Vec<String>, StoreError> {

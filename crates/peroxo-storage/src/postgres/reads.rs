@@ -166,7 +166,7 @@ pub(super) async fn sync(pool: &Pool, query: SyncQuery) -> Result<SyncPage, Stor
     let tx = snapshot(&mut client).await?;
     let (last_seq, floor) = counter_in(&tx, &query.user).await?;
     let page = match query.scope {
-        SyncScope::Everything => everything_after(&tx, &query, last_seq).await?,
+        SyncScope::Everything | SyncScope::Conversations => everything_after(&tx, &query, last_seq).await?,
         SyncScope::DirectMessages => {
             let rows = tx
                 .query(

@@ -234,6 +234,8 @@ pub(super) fn event_from_row(row: &Row, at: usize) -> Result<Event, StoreError> 
         title: row.get(at + 9),
         message_id: row.get(at + 10),
         count: row.get(at + 11),
+        emoji: None,
+        text: None,
     };
     let kind = columns.kind(row.get(at + 5)).map_err(backend)?;
     Ok(Event {

@@ -10,13 +10,18 @@
 //! This file: which conversation a request names and the refusals every rule shares.
 //! `groups`: what a group creation or change may do, the events it makes for whom, and who
 //! inherits a group. `reads`: where a read mark moves a marker, and who has read a message.
+//! `messages`: what an edit, a delete or a reaction may do.
 
 mod groups;
+mod messages;
 mod reads;
 
 pub(crate) use groups::{
     Effect, GroupState, MemberRow, Step, check_creation, check_group_count, new_group_id,
     plan_change,
+};
+pub(crate) use messages::{
+    MessageEffect, MessageRow, ReactionTally, check_request, deleted, plan_message_change,
 };
 pub(crate) use reads::{marker_moves, read_target, receipts, unread_target};
 
