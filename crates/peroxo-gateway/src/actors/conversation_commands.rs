@@ -131,6 +131,7 @@ impl CommandContext {
         let task = Task {
             client,
             user: self.connection.key.clone(),
+            protocol: self.connection.protocol,
             outbound,
             gateway: Arc::clone(&self.gateway),
         };
@@ -153,6 +154,8 @@ impl CommandContext {
 struct Task {
     client: StorageClient,
     user: UserKey,
+    /// The connection's protocol version.
+    protocol: u32,
     outbound: Outbound,
     gateway: Arc<GatewayContext>,
 }
@@ -251,7 +254,14 @@ impl Task {
                     conversations: page
                         .conversations
                         .iter()
-                        .map(|c| ConversationView::of(c, &self.user.user))
+                        .map(|c| {
+                            let mut view = ConversationView::of(c, &self.user.user);
+                            if !Protocols::LIFECYCLE.admits(self.protocol) {
+                                view.last_message =
+                                    view.last_message.map(MessageView::without_lifecycle);
+                            }
+                            view
+                        })
                         .collect(),
                     next_before,
                     total_unread: page.total_unread,
