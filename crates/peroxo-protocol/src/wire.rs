@@ -1128,6 +1128,18 @@ mod tests {
         let added = event(crate::event::EventKind::MembersAdded {
             users: vec!["bob".into(), "carol".into()],
         });
+        let edited = event(crate::event::EventKind::MessageEdited {
+            message_id: 7,
+            text: "fixed \"it\"".into(),
+        });
+        let deleted = event(crate::event::EventKind::MessageDeleted {
+            message_id: 7,
+            moderated: true,
+        });
+        let reacted = event(crate::event::EventKind::ReactionAdded {
+            message_id: 7,
+            emoji: "👍".into(),
+        });
         vec![
             ServerFrame::Welcome {
                 session_id: "s1".into(),
@@ -1188,6 +1200,9 @@ mod tests {
             },
             ServerFrame::Event(Box::new(EventView::of(renamed, 3))),
             ServerFrame::Event(Box::new(EventView::of(added, 4))),
+            ServerFrame::Event(Box::new(EventView::of(edited, 5))),
+            ServerFrame::Event(Box::new(EventView::of(deleted, 6))),
+            ServerFrame::Event(Box::new(EventView::of(reacted, 7))),
             ServerFrame::GroupCreated {
                 req_id: None,
                 client_msg_id: "g1".into(),

@@ -156,3 +156,133 @@ impl<'a> ReactionView<'a> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Lifecycle, StoredMessage};
+    use crate::wire::{Command, ErrorCode, MessageView, ServerFrame, decode};
+
+    const LIMITS: DecodeLimits = DecodeLimits {
+        max_text_bytes: 16,
+        max_watched_users: 3,
+    };
+
+    fn every_command() -> Vec<CommandKind> {
+        vec![
+            CommandKind::Edit {
+                conversation_id: "alice:bob".into(),
+                message_id: 7,
+                text: "fixed".into(),
+                client_msg_id: "e1".into(),
+            },
+            CommandKind::Delete {
+                conversation_id: "g~0123456789abcdef01234567".into(),
+                message_id: 8,
+            },
+            CommandKind::React {
+                conversation_id: "alice:bob".into(),
+                message_id: 9,
+                emoji: "👍".into(),
+            },
+            CommandKind::Unreact {
+                conversation_id: "alice:bob".into(),
+                message_id: 9,
+                emoji: ":+1:".into(),
+            },
+            CommandKind::SendToConversation {
+                conversation_id: "alice:bob".into(),
+                text: "yes".into(),
+                client_msg_id: "c2".into(),
+                reply_to: Some(7),
+            },
+        ]
+    }
+
+    #[test]
+    fn every_command_of_protocol_3_is_decoded_as_a_client_encodes_it_and_needs_protocol_3() {
+        for kind in every_command() {
+            assert_eq!(kind.needs_protocol(), 3, "{kind:?}");
+            let command = Command {
+                req_id: None,
+                kind: kind.clone(),
+            };
+            assert_eq!(decode(&command.encode(), &LIMITS).unwrap().kind, kind);
+        }
+        assert_eq!(
+            Command {
+                req_id: None,
+                kind: every_command().remove(0)
+            }
+            .encode(),
+            r#"{"type":"edit","conversation_id":"alice:bob","message_id":"7","text":"fixed","client_msg_id":"e1"}"#
+        );
+    }
+
+    #[test]
+    fn bad_changes_are_refused_with_the_field_they_break() {
+        let error = |text: &str| decode(text, &LIMITS).unwrap_err();
+        let e = error(r#"{"type":"react","conversation_id":"alice:bob","message_id":"7","emoji":"a b"}"#);
+        assert!(e.message.contains("`emoji`"), "{e:?}");
+        let e = error(r#"{"type":"delete","conversation_id":"alice:bob"}"#);
+        assert!(e.message.contains("`message_id`"), "{e:?}");
+        let e = error(r#"{"type":"edit","conversation_id":"alice:bob","message_id":"7","text":"far too long for it","client_msg_id":"e1"}"#);
+        assert_eq!(e.code, ErrorCode::TooLarge);
+        assert_eq!(e.client_msg_id.as_deref(), Some("e1"));
+        let e = error(r#"{"type":"send","to":"bob","text":"x","client_msg_id":"c1","reply_to":"7"}"#);
+        assert!(e.message.contains("reply_to"), "{e:?}");
+        let e = error(r#"{"type":"send","conversation_id":"alice:bob","text":"x","client_msg_id":"c1","reply_to":7}"#);
+        assert!(e.message.contains("reply_to"), "{e:?}");
+    }
+
+    #[test]
+    fn older_protocols_see_a_message_without_what_protocol_3_adds() {
+        let message = StoredMessage {
+            message_id: 7,
+            tenant: "t".into(),
+            sender: "alice".into(),
+            recipient: "bob".into(),
+            client_msg_id: "c1".into(),
+            text: String::new(),
+            ts: 1,
+            sender_seq: 1,
+            recipient_seq: 2,
+            lifecycle: Lifecycle {
+                reply_to: Some(Quote {
+                    message_id: 3,
+                    sender: "bob".into(),
+                    excerpt: "hi".into(),
+                    deleted: false,
+                }),
+                edited_ts: Some(5),
+                deleted: Some(Deletion {
+                    by: "alice".into(),
+                    ts: 6,
+                }),
+                reactions: vec![ReactionCount {
+                    emoji: "👍".into(),
+                    count: 1,
+                    mine: true,
+                }],
+            },
+        };
+        let new = MessageView::for_protocol(&message, "bob", 3);
+        assert!(!new.erased, "a deleted message is not an erased one in protocol 3");
+        let frame = ServerFrame::Message(new.clone());
+        assert_eq!(ServerFrame::decode(&frame.encode()).unwrap(), frame);
+        let old = MessageView::for_protocol(&message, "bob", 2);
+        assert!(old.erased);
+        assert_eq!(
+            ServerFrame::Message(old).encode(),
+            r#"{"type":"message","message_id":"7","conversation_id":"alice:bob","from":"alice","to":"bob","text":"","ts":1,"seq":2,"erased":true}"#
+        );
+        let state = ServerFrame::MessageState {
+            req_id: None,
+            client_msg_id: Some("e1".into()),
+            message: new,
+            duplicate: false,
+        };
+        assert_eq!(ServerFrame::decode(&state.encode()).unwrap(), state);
+        assert_eq!(state.clone().into_owned(), state);
+    }
+}
