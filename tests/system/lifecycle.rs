@@ -111,13 +111,16 @@ async fn an_edit_reaches_every_device_of_both_participants_and_history_shows_it(
         assert_eq!(event["actor"], "alice");
         assert_eq!(event["ts"], edited_ts);
     }
+    // The answer is as of the edit's seq in the author's stream.
+    assert_eq!(state["seq"], ack["seq"].as_u64().unwrap() + 1, "{state}");
     let seen = history(&mut bob, "alice:bob").await;
     assert_eq!(seen[0]["text"], "hello");
     assert_eq!(seen[0]["edited_ts"], edited_ts);
 
-    // The same edit again changes nothing and says so.
+    // The same edit again changes nothing and says so (and names no seq: nothing happened).
     let again = change(&mut alice, edit, "e1-again").await;
     assert_eq!(again["duplicate"], true, "{again}");
+    assert!(again.get("seq").is_none(), "{again}");
     // Another edit is another event, in the same gapless stream.
     let second = json!({"type": "edit", "conversation_id": "alice:bob", "message_id": id, "text": "hello!", "client_msg_id": "e2"});
     change(&mut alice, second, "e2").await;
@@ -314,9 +317,7 @@ async fn reactions_toggle_idempotently_and_everyone_sees_the_counts() {
     let group = alice.create_group("Team", &["bob", "carol"], "g1").await;
     let ack = alice.send_to(&group, "lunch?", "m1").await;
     let id = ack["message_id"].as_str().unwrap().to_owned();
-    let react = |emoji: &str| {
-        json!({"type": "react", "conversation_id": group, "message_id": id, "emoji": emoji})
-    };
+    let react = |emoji: &str| json!({"type": "react", "conversation_id": group, "message_id": id, "emoji": emoji});
     let state = change(&mut bob, react("👍"), "b1").await;
     assert_eq!(
         state["message"]["reactions"],
@@ -345,7 +346,8 @@ async fn reactions_toggle_idempotently_and_everyone_sees_the_counts() {
             {"emoji": "🍕", "count": 1, "mine": false}
         ])
     );
-    let unreact = json!({"type": "unreact", "conversation_id": group, "message_id": id, "emoji": "👍"});
+    let unreact =
+        json!({"type": "unreact", "conversation_id": group, "message_id": id, "emoji": "👍"});
     change(&mut bob, unreact.clone(), "b3").await;
     let state = change(&mut bob, unreact, "b4").await;
     assert_eq!(
@@ -372,9 +374,7 @@ async fn too_many_reactions_are_refused() {
     let mut bob = server.connect_v3("bob").await;
     let ack = alice.send_to("alice:bob", "hi", "m1").await;
     let id = ack["message_id"].as_str().unwrap().to_owned();
-    let react = |emoji: &str| {
-        json!({"type": "react", "conversation_id": "alice:bob", "message_id": id, "emoji": emoji})
-    };
+    let react = |emoji: &str| json!({"type": "react", "conversation_id": "alice:bob", "message_id": id, "emoji": emoji});
     change(&mut alice, react("a"), "a1").await;
     let second = change(&mut alice, react("b"), "a2").await;
     assert_eq!(second["code"], "too_many_reactions", "{second}");
@@ -482,7 +482,10 @@ async fn older_protocols_see_current_text_without_the_new_fields_or_events() {
         assert!(frames[2].get("reply_to").is_none(), "{}", frames[2]);
         // Sync shows the current state of each message, in the shape these protocols know.
         let entries = client.sync_all(0).await;
-        assert!(entries.iter().all(|e| e.get("event").is_none()), "{entries:?}");
+        assert!(
+            entries.iter().all(|e| e.get("event").is_none()),
+            "{entries:?}"
+        );
         assert_eq!(entries.len(), 4, "{entries:?}");
         assert_eq!(entries[0]["text"], "ONE");
         assert!(entries[0].get("edited_ts").is_none());
@@ -520,8 +523,21 @@ async fn a_device_that_was_away_converges_through_sync() {
     )
     .await;
     let mut bob = server.connect_v3("bob").await;
-    let (missed, _) = bob.sync_entries(seen_up_to).await;
-    let names: Vec<&str> = missed.iter().map(|e| e["event"].as_str().unwrap()).collect();
+    // History says which seq its messages are as of: the reaction is in the page already.
+    let page = bob
+        .request(
+            json!({"type": "history", "conversation_id": "alice:bob", "limit": 10}),
+            "h0",
+        )
+        .await;
+    let (missed, last_seq) = bob.sync_entries(seen_up_to).await;
+    assert_eq!(page["last_seq"], last_seq, "{page}");
+    let list = bob.request(json!({"type": "conversations"}), "l0").await;
+    assert_eq!(list["last_seq"], last_seq, "{list}");
+    let names: Vec<&str> = missed
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["message_edited", "reaction_added"]);
     assert_eq!(missed[0]["text"], "final");
     assert_eq!(missed[1]["emoji"], "✅");

@@ -312,6 +312,9 @@ pub struct HistoryPage {
     pub messages: Vec<StoredMessage>,
     /// True when messages older than the first one here exist.
     pub has_more: bool,
+    /// The user's current seq when the page was read: the messages are as they were then
+    /// (every change with a seq up to it is in them, none after).
+    pub last_seq: u64,
 }
 
 /// The stream of one user after a given seq, ascending: its messages and its other events,

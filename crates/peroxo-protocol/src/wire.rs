@@ -767,7 +767,11 @@ impl<'a> MessageView<'a> {
     /// protocol 3 only for protocol 3 and later.
     pub fn for_protocol(message: &'a StoredMessage, viewer: &str, protocol: u32) -> Self {
         let view = Self::of(message, viewer);
-        if protocol >= 3 { view } else { view.without_lifecycle() }
+        if protocol >= 3 {
+            view
+        } else {
+            view.without_lifecycle()
+        }
     }
 
     /// The view without the fields of protocol 3, as protocols 1 and 2 see it: a deleted
@@ -858,6 +862,10 @@ pub enum ServerFrame<'a> {
         conversation_id: String,
         messages: Vec<MessageView<'a>>,
         next_before: Option<String>,
+        /// Protocol 3: the user's seq when the page was read; its messages are as they were
+        /// then.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        last_seq: Option<u64>,
     },
     Sync {
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -948,6 +956,10 @@ pub enum ServerFrame<'a> {
         conversations: Vec<ConversationView<'a>>,
         next_before: Option<String>,
         total_unread: u64,
+        /// Protocol 3: the user's seq when the page was read; everything in it is as it was
+        /// then.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        last_seq: Option<u64>,
     },
     /// Protocol 2: the answer to `mark_read` and `mark_unread`: the marker after it.
     ReadState {
@@ -982,6 +994,10 @@ pub enum ServerFrame<'a> {
         message: MessageView<'a>,
         /// An `edit` whose `client_msg_id` was seen before: nothing changed now.
         duplicate: bool,
+        /// The seq the command's event took in the user's stream: `message` is as of it.
+        /// Absent when the command changed nothing.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seq: Option<u64>,
     },
 }
 
@@ -1174,6 +1190,7 @@ mod tests {
                 conversation_id: "alice:bob".into(),
                 messages: vec![view(1, None), view(2, Some("c9"))],
                 next_before: Some("1".into()),
+                last_seq: None,
             },
             ServerFrame::History {
                 req_id: None,
@@ -1181,6 +1198,7 @@ mod tests {
                 conversation_id: "g~0123456789abcdef01234567".into(),
                 messages: vec![],
                 next_before: None,
+                last_seq: Some(12),
             },
             ServerFrame::Sync {
                 req_id: Some(text.clone()),

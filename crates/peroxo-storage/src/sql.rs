@@ -124,12 +124,20 @@ pub(crate) fn rows_for_page(limit: u32) -> i64 {
     i64::from(limit) + 1
 }
 
-/// A history page from the rows of its query, read newest first: the page runs oldest to
-/// newest.
-pub(crate) fn history_page(newest_first: Vec<StoredMessage>, limit: u32) -> HistoryPage {
+/// A history page from the rows of its query, read newest first (the page runs oldest to
+/// newest), when the user's seq was `last_seq`.
+pub(crate) fn history_page(
+    newest_first: Vec<StoredMessage>,
+    limit: u32,
+    last_seq: u64,
+) -> HistoryPage {
     let (mut messages, has_more) = cut_page(newest_first, limit);
     messages.reverse();
-    HistoryPage { messages, has_more }
+    HistoryPage {
+        messages,
+        has_more,
+        last_seq,
+    }
 }
 
 /// A sync page from the rows of its query, read in ascending seq order.
@@ -383,10 +391,11 @@ mod tests {
 
     #[test]
     fn a_history_page_runs_oldest_to_newest() {
-        let page = history_page(messages([9, 8, 7]), 2);
+        let page = history_page(messages([9, 8, 7]), 2, 5);
         assert_eq!(ids(&page.messages), [8, 9]);
         assert!(page.has_more);
-        let page = history_page(messages([9, 8]), 2);
+        assert_eq!(page.last_seq, 5);
+        let page = history_page(messages([9, 8]), 2, 5);
         assert_eq!(ids(&page.messages), [8, 9]);
         assert!(!page.has_more);
     }

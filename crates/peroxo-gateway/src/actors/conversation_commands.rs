@@ -265,6 +265,9 @@ impl Task {
                         .collect(),
                     next_before,
                     total_unread: page.total_unread,
+                    last_seq: Protocols::LIFECYCLE
+                        .admits(self.protocol)
+                        .then_some(page.last_seq),
                 });
             }
             CommandKind::MarkRead {
@@ -370,6 +373,10 @@ impl Task {
             client_msg_id: client_msg_id.as_deref().map(Cow::Borrowed),
             message: MessageView::of(&outcome.message, &self.user.user),
             duplicate: outcome.duplicate,
+            seq: outcome.event.as_ref().and_then(|fanout| {
+                let mine = fanout.seqs.iter().find(|s| s.user == self.user.user);
+                mine.map(|s| s.seq)
+            }),
         });
         self.deliver_events(outcome.event.as_slice());
         Ok(())

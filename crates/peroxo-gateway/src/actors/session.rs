@@ -403,7 +403,9 @@ impl SessionState {
             self.connection.outbound.error(
                 &ProtocolError::new(
                     ErrorCode::BadRequest,
-                    format!("this command needs protocol {needed}: connect with ?protocol={needed}"),
+                    format!(
+                        "this command needs protocol {needed}: connect with ?protocol={needed}"
+                    ),
                 )
                 .with_req_id(req_id)
                 .with_client_msg_id(client_msg_id),
@@ -668,6 +670,7 @@ impl SessionState {
                             .map(|m| MessageView::for_protocol(m, &user.user, protocol))
                             .collect(),
                         next_before,
+                        last_seq: (protocol >= 3).then_some(page.last_seq),
                     });
                 }
                 Err(error) => {

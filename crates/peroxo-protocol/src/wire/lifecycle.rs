@@ -222,16 +222,23 @@ mod tests {
     #[test]
     fn bad_changes_are_refused_with_the_field_they_break() {
         let error = |text: &str| decode(text, &LIMITS).unwrap_err();
-        let e = error(r#"{"type":"react","conversation_id":"alice:bob","message_id":"7","emoji":"a b"}"#);
+        let e = error(
+            r#"{"type":"react","conversation_id":"alice:bob","message_id":"7","emoji":"a b"}"#,
+        );
         assert!(e.message.contains("`emoji`"), "{e:?}");
         let e = error(r#"{"type":"delete","conversation_id":"alice:bob"}"#);
         assert!(e.message.contains("`message_id`"), "{e:?}");
-        let e = error(r#"{"type":"edit","conversation_id":"alice:bob","message_id":"7","text":"far too long for it","client_msg_id":"e1"}"#);
+        let e = error(
+            r#"{"type":"edit","conversation_id":"alice:bob","message_id":"7","text":"far too long for it","client_msg_id":"e1"}"#,
+        );
         assert_eq!(e.code, ErrorCode::TooLarge);
         assert_eq!(e.client_msg_id.as_deref(), Some("e1"));
-        let e = error(r#"{"type":"send","to":"bob","text":"x","client_msg_id":"c1","reply_to":"7"}"#);
+        let e =
+            error(r#"{"type":"send","to":"bob","text":"x","client_msg_id":"c1","reply_to":"7"}"#);
         assert!(e.message.contains("reply_to"), "{e:?}");
-        let e = error(r#"{"type":"send","conversation_id":"alice:bob","text":"x","client_msg_id":"c1","reply_to":7}"#);
+        let e = error(
+            r#"{"type":"send","conversation_id":"alice:bob","text":"x","client_msg_id":"c1","reply_to":7}"#,
+        );
         assert!(e.message.contains("reply_to"), "{e:?}");
     }
 
@@ -267,7 +274,10 @@ mod tests {
             },
         };
         let new = MessageView::for_protocol(&message, "bob", 3);
-        assert!(!new.erased, "a deleted message is not an erased one in protocol 3");
+        assert!(
+            !new.erased,
+            "a deleted message is not an erased one in protocol 3"
+        );
         let frame = ServerFrame::Message(new.clone());
         assert_eq!(ServerFrame::decode(&frame.encode()).unwrap(), frame);
         let old = MessageView::for_protocol(&message, "bob", 2);
@@ -281,6 +291,7 @@ mod tests {
             client_msg_id: Some("e1".into()),
             message: new,
             duplicate: false,
+            seq: Some(4),
         };
         assert_eq!(ServerFrame::decode(&state.encode()).unwrap(), state);
         assert_eq!(state.clone().into_owned(), state);

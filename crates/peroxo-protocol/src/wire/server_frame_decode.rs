@@ -156,6 +156,8 @@ enum ServerFrameFields<'a> {
         #[serde(borrow, deserialize_with = "views")]
         messages: Vec<MessageView<'a>>,
         next_before: Option<String>,
+        #[serde(default)]
+        last_seq: Option<u64>,
     },
     Sync {
         req_id: Option<Cow<'a, ReqId>>,
@@ -231,6 +233,8 @@ enum ServerFrameFields<'a> {
         conversations: Vec<ConversationView<'a>>,
         next_before: Option<String>,
         total_unread: u64,
+        #[serde(default)]
+        last_seq: Option<u64>,
     },
     ReadState {
         req_id: Option<Cow<'a, ReqId>>,
@@ -256,6 +260,8 @@ enum ServerFrameFields<'a> {
         #[serde(borrow, with = "MessageViewFields")]
         message: MessageView<'a>,
         duplicate: bool,
+        #[serde(default)]
+        seq: Option<u64>,
     },
 }
 
@@ -352,12 +358,14 @@ impl ServerFrame<'_> {
                 conversation_id,
                 messages,
                 next_before,
+                last_seq,
             } => ServerFrame::History {
                 req_id: owned_req_id(req_id),
                 with: with.map(owned),
                 conversation_id,
                 messages: owned_views(messages),
                 next_before,
+                last_seq,
             },
             ServerFrame::Sync {
                 req_id,

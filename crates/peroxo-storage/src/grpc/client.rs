@@ -83,6 +83,7 @@ impl StorageClient {
                 .map(convert::message_from_pb)
                 .collect(),
             has_more: r.has_more,
+            last_seq: r.last_seq,
         })
     }
 

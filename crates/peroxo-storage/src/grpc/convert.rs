@@ -15,10 +15,10 @@ use peroxo_protocol::conversation::{
 use peroxo_protocol::domain::{
     AppendOutcome, Deletion, Lifecycle, NewMessage, Quote, ReactionCount, StoredMessage, UserKey,
 };
-use peroxo_protocol::lifecycle::{MessageChange, MessageLimits, MessageOp, MessageOutcome};
 use peroxo_protocol::event::{
     Event, EventKind, Fanout, Member, Refusal, RefusalCode, Role, StreamEvent, StreamSeq,
 };
+use peroxo_protocol::lifecycle::{MessageChange, MessageLimits, MessageOp, MessageOutcome};
 
 /// A protobuf message that has no Rust counterpart; the text says what is wrong.
 #[derive(Debug)]
@@ -532,6 +532,7 @@ pub(super) fn conversation_page_to_pb(p: ConversationPage) -> pb::ConversationsR
         conversations: p.conversations.into_iter().map(summary_to_pb).collect(),
         has_more: p.has_more,
         total_unread: p.total_unread,
+        last_seq: p.last_seq,
     }
 }
 
@@ -546,6 +547,7 @@ pub(super) fn conversation_page_from_pb(
             .collect::<Result<_, _>>()?,
         has_more: r.has_more,
         total_unread: r.total_unread,
+        last_seq: r.last_seq,
     })
 }
 

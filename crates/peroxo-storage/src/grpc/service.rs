@@ -83,6 +83,7 @@ impl<S: MessageStore> Storage for StorageService<S> {
                 .map(convert::message_to_pb)
                 .collect(),
             has_more: page.has_more,
+            last_seq: page.last_seq,
         }))
     }
 

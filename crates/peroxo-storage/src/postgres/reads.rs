@@ -149,7 +149,8 @@ pub(super) async fn history(pool: &Pool, query: HistoryQuery) -> Result<HistoryP
             page
         }
     };
-    Ok(history_page(newest_first, query.limit))
+    // Set from the snapshot's seq by the lifecycle migration's reads.
+    Ok(history_page(newest_first, query.limit, 0))
 }
 
 /// A group message as read from the stream of the member whose seq of it is `seq`.
@@ -166,7 +167,9 @@ pub(super) async fn sync(pool: &Pool, query: SyncQuery) -> Result<SyncPage, Stor
     let tx = snapshot(&mut client).await?;
     let (last_seq, floor) = counter_in(&tx, &query.user).await?;
     let page = match query.scope {
-        SyncScope::Everything | SyncScope::Conversations => everything_after(&tx, &query, last_seq).await?,
+        SyncScope::Everything | SyncScope::Conversations => {
+            everything_after(&tx, &query, last_seq).await?
+        }
         SyncScope::DirectMessages => {
             let rows = tx
                 .query(
@@ -358,6 +361,7 @@ pub(super) async fn conversations(
         conversations,
         has_more,
         total_unread: total as u64,
+        last_seq: 0,
     })
 }
 

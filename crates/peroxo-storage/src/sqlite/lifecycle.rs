@@ -214,7 +214,9 @@ fn audience(
     id: u64,
 ) -> Result<Vec<String>, StoreError> {
     match target {
-        Target::Direct { id: conversation, .. } => {
+        Target::Direct {
+            id: conversation, ..
+        } => {
             let mut users: Vec<String> = conversation.split(':').map(str::to_owned).collect();
             users.dedup();
             Ok(users)

@@ -76,10 +76,8 @@ pub(super) fn attach_reactions<'m>(
         let stmt = match &mut stmt {
             Some(stmt) => stmt,
             None => stmt.insert(
-                conn.prepare_cached(
-                    "SELECT emoji, user, ts FROM reactions WHERE message_id = ?1",
-                )
-                .map_err(backend)?,
+                conn.prepare_cached("SELECT emoji, user, ts FROM reactions WHERE message_id = ?1")
+                    .map_err(backend)?,
             ),
         };
         let rows = stmt
@@ -183,7 +181,8 @@ pub(super) fn history(
             .map_err(backend)?
         }
     };
-    let mut page = history_page(newest_first, query.limit);
+    let last_seq = state::last_seq(&tx, &query.user)?;
+    let mut page = history_page(newest_first, query.limit, last_seq);
     attach_reactions(&tx, &query.user.user, &mut page.messages)?;
     Ok(page)
 }
@@ -297,12 +296,15 @@ pub(super) fn conversations(
     for row in rows.into_iter().take(query.limit as usize) {
         conversations.push(row?);
     }
-    let previews = conversations.iter_mut().filter_map(|c| c.last_message.as_mut());
+    let previews = conversations
+        .iter_mut()
+        .filter_map(|c| c.last_message.as_mut());
     attach_reactions(&tx, &user.user, previews)?;
     Ok(ConversationPage {
         conversations,
         has_more,
         total_unread,
+        last_seq: state::last_seq(&tx, user)?,
     })
 }
 

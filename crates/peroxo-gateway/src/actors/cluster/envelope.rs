@@ -141,14 +141,11 @@ impl From<&StoredMessage> for WireMessage {
             ts: m.ts,
             sender_seq: m.sender_seq,
             recipient_seq: m.recipient_seq,
-            reply_to: m.lifecycle.reply_to.as_ref().map(|q| {
-                (
-                    q.message_id,
-                    q.sender.clone(),
-                    q.excerpt.clone(),
-                    q.deleted,
-                )
-            }),
+            reply_to: m
+                .lifecycle
+                .reply_to
+                .as_ref()
+                .map(|q| (q.message_id, q.sender.clone(), q.excerpt.clone(), q.deleted)),
         }
     }
 }
