@@ -4,8 +4,15 @@
  * receipts and who is typing), kept up to date by applying stream entries in seq order and
  * merging the pages of `conversations` and `history`. Subscribers hear which conversations
  * changed.
+ *
+ * In protocol 3 the stream also changes messages already known (edits, deletes, reactions;
+ * see `lifecycle.ts`): the message is replaced by a new view, in `messages` and as
+ * `lastMessage`, and so are the quotes of replies to it. A change to a message the store does
+ * not hold changes only what the conversation says of it (unread count, preview); the message
+ * comes with its current state when a page brings it.
  */
-import type { ConversationView, EventView, MemberView, MessageView } from './protocol.js';
+import { edited, quoteExcerpt, reacted, requoted, tombstoned } from './lifecycle.js';
+import type { ConversationView, EventView, MemberView, MessageView, QuoteView } from './protocol.js';
 import type { StreamEntry } from './stream.js';
 
 export interface Conversation {
@@ -20,8 +27,13 @@ export interface Conversation {
   memberCount: number | undefined;
   /** Group members (user → role), once `members` was asked or the group was created here. */
   members: Map<string, string> | undefined;
-  /** Known messages, oldest first (live, synced and paged in with `history`). */
+  /**
+   * Known messages, oldest first (live, synced and paged in with `history`). Protocol 3: a
+   * changed message is a new object (`text` and `edited_ts` after an edit; `deleted` and no
+   * text after a delete; `reactions`), as are replies whose quote changed with it.
+   */
   messages: MessageView[];
+  /** The preview: the newest message that is not deleted (a tombstone when none is known). */
   lastMessage: MessageView | undefined;
   unreadCount: number;
   /** The newest message read by the user (`"0"` for none). */
@@ -231,6 +243,112 @@ export class ConversationStore {
       case 'read_receipt':
         if (e.message_id && (!c.peerReadMarker || compareIds(e.message_id, c.peerReadMarker) > 0)) c.peerReadMarker = e.message_id;
         break;
+      case 'message_edited':
+        if (e.message_id) this.edit(c, e.message_id, e.text ?? '', e.ts);
+        break;
+      case 'message_deleted':
+        if (e.message_id) this.tombstone(c, e.message_id, e.actor, e.ts, e.moderated === true);
+        break;
+      case 'reaction_added':
+      case 'reaction_removed':
+        if (e.message_id && e.emoji) {
+          const added = e.event === 'reaction_added';
+          this.update(c, e.message_id, (m) => reacted(m, e.emoji!, e.actor === this.me, added));
+        }
+        break;
+    }
+  }
+
+  /**
+   * A message as the server answered a change to it (`message_state`): what it says of the
+   * text, the deletion and the user's own reactions is applied now; others' reactions come
+   * with their events. The change's own event, which follows in the stream, then changes
+   * nothing more.
+   */
+  messageState(view: MessageView): void {
+    const c = this.conversation(view.conversation_id);
+    const known = this.find(c, view.message_id);
+    if (!known) {
+      this.addMessages(c, [view]);
+    } else if (view.deleted) {
+      this.tombstone(c, view.message_id, view.deleted.by, view.deleted.ts, view.deleted.by !== known.from);
+    } else if (view.edited_ts != null && view.text !== known.text) {
+      this.edit(c, view.message_id, view.text, view.edited_ts);
+    }
+    if (known && !view.deleted) {
+      const mine = new Set((view.reactions ?? []).filter((r) => r.mine).map((r) => r.emoji));
+      const emojis = new Set([...mine, ...(known.reactions ?? []).filter((r) => r.mine).map((r) => r.emoji)]);
+      for (const emoji of emojis) this.update(c, view.message_id, (m) => reacted(m, emoji, true, mine.has(emoji)));
+    }
+    this.flush();
+  }
+
+  /** The quote a reply to message `messageId` shows, from the message as known here. */
+  quoteOf(conversationId: string, messageId: string): QuoteView | undefined {
+    const c = this.conversations.get(conversationId);
+    const m = c && this.find(c, messageId);
+    if (!m) return undefined;
+    return m.deleted
+      ? { message_id: m.message_id, from: m.from, excerpt: '', deleted: true }
+      : { message_id: m.message_id, from: m.from, excerpt: quoteExcerpt(m.text) };
+  }
+
+  /** A known message by id (also the preview, which may not be among `messages`). */
+  private find(c: Conversation, id: string): MessageView | undefined {
+    return c.messages.find((m) => m.message_id === id) ?? (c.lastMessage?.message_id === id ? c.lastMessage : undefined);
+  }
+
+  /** Replaces a message by `change(message)`, in `messages` and as the preview. */
+  private update(c: Conversation, id: string, change: (m: MessageView) => MessageView): void {
+    let changed = false;
+    const replace = (m: MessageView) => {
+      if (m.message_id !== id) return m;
+      const next = change(m);
+      changed ||= next !== m;
+      return next;
+    };
+    c.messages = c.messages.map(replace);
+    if (c.lastMessage) c.lastMessage = replace(c.lastMessage);
+    if (changed) this.changed.add(c.id);
+  }
+
+  /** The quotes of every reply to message `id` follow its new text (`null`: deleted). */
+  private requote(c: Conversation, id: string, text: string | null): void {
+    let changed = false;
+    const replace = (m: MessageView) => {
+      const next = requoted(m, id, text);
+      changed ||= next !== m;
+      return next;
+    };
+    c.messages = c.messages.map(replace);
+    if (c.lastMessage) c.lastMessage = replace(c.lastMessage);
+    if (changed) this.changed.add(c.id);
+  }
+
+  private edit(c: Conversation, id: string, text: string, ts: number): void {
+    if (this.find(c, id)?.deleted) return;
+    this.update(c, id, (m) => edited(m, text, ts));
+    this.requote(c, id, text);
+  }
+
+  /**
+   * A message deleted for everyone: a tombstone; it no longer counts as unread (when it was,
+   * for this user), and a preview of it falls back to the newest known message before it
+   * that is not deleted, as the server's list does.
+   */
+  private tombstone(c: Conversation, id: string, by: string, ts: number, moderated: boolean): void {
+    const before = this.find(c, id);
+    if (!before?.deleted) {
+      // Unknown here: its author is the actor, unless a moderator deleted it.
+      const sender = before?.from ?? (moderated ? undefined : by);
+      if (sender !== this.me && compareIds(c.readMarker, id) < 0 && c.unreadCount > 0) c.unreadCount -= 1;
+      this.update(c, id, (m) => tombstoned(m, by, ts));
+      this.requote(c, id, null);
+      this.changed.add(c.id);
+    }
+    if (c.lastMessage?.message_id === id) {
+      const previous = c.messages.filter((m) => !m.deleted && compareIds(m.message_id, id) < 0).pop();
+      if (previous) c.lastMessage = previous;
     }
   }
 
