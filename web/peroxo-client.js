@@ -801,7 +801,9 @@ var ConversationStore = class {
       c.activitySeq = Math.max(c.activitySeq, v.activity_seq);
       if (v.last_message) {
         this.addMessages(c, [v.last_message]);
-        if (!c.lastMessage || compareIds(v.last_message.message_id, c.lastMessage.message_id) >= 0) c.lastMessage = v.last_message;
+        if (!c.lastMessage || c.lastMessage.deleted || compareIds(v.last_message.message_id, c.lastMessage.message_id) >= 0) {
+          c.lastMessage = v.last_message;
+        }
       }
     }
     this.flush();

@@ -367,7 +367,10 @@ export class ConversationStore {
       c.activitySeq = Math.max(c.activitySeq, v.activity_seq);
       if (v.last_message) {
         this.addMessages(c, [v.last_message]);
-        if (!c.lastMessage || compareIds(v.last_message.message_id, c.lastMessage.message_id) >= 0) c.lastMessage = v.last_message;
+        // The server's preview after a delete may be older than the tombstone shown here.
+        if (!c.lastMessage || c.lastMessage.deleted || compareIds(v.last_message.message_id, c.lastMessage.message_id) >= 0) {
+          c.lastMessage = v.last_message;
+        }
       }
     }
     this.flush();

@@ -182,3 +182,11 @@ test('the client sends edit, delete, react and unreact, retries an edit with the
   assert.deepEqual(own.reply_to, { message_id: '10', from: 'bob', excerpt: 't10' });
   c.close();
 });
+
+test('the list read from the server replaces a tombstone preview by its own, older one', () => {
+  const s = store();
+  s.apply([m(5, 12, 'bob'), e(6, 'message_deleted', 12)]);
+  assert.ok(s.get(DM).lastMessage.deleted, 'nothing older is known here');
+  s.summaries([{ conversation_id: DM, kind: 'direct', peer: 'bob', peer_read_marker: '0', member_count: 2, last_message: view(4, 11, 'bob'), unread_count: 1, read_marker: '0', activity_seq: 5 }]);
+  assert.equal(s.get(DM).lastMessage.message_id, '11');
+});
