@@ -516,6 +516,8 @@ var ConversationStore = class {
   conversations = /* @__PURE__ */ new Map();
   listeners = /* @__PURE__ */ new Set();
   changed = /* @__PURE__ */ new Set();
+  /** Conversation and message id → the stream position its view reflects, when past its seq. */
+  asOf = /* @__PURE__ */ new Map();
   me = "";
   /** Every conversation, the most recent activity first. */
   list() {
@@ -627,27 +629,28 @@ var ConversationStore = class {
   /** Applies stream entries, in seq order. */
   apply(entries) {
     for (const entry of entries) {
-      if (entry.kind === "message") this.message(entry.message);
+      if (entry.kind === "message") this.message(entry.message, entry.asOf);
       else this.event(entry.event);
     }
     this.flush();
   }
-  message(m) {
+  message(m, asOf) {
     const c = this.conversation(m.conversation_id);
-    this.addMessages(c, [m]);
+    this.addMessages(c, [m], asOf);
     if (m.seq <= c.activitySeq) return;
     c.activitySeq = m.seq;
-    if (!c.lastMessage || compareIds(m.message_id, c.lastMessage.message_id) > 0) c.lastMessage = m;
+    if (m.deleted) c.lastMessage ??= m;
+    else if (!c.lastMessage || c.lastMessage.deleted || compareIds(m.message_id, c.lastMessage.message_id) > 0) c.lastMessage = m;
     if (m.from === this.me) {
       if (compareIds(m.message_id, c.readMarker) > 0) c.readMarker = m.message_id;
       c.unreadCount = 0;
-    } else if (compareIds(m.message_id, c.readMarker) > 0) {
+    } else if (!m.deleted && compareIds(m.message_id, c.readMarker) > 0) {
       c.unreadCount += 1;
     }
   }
   event(e) {
     const c = this.conversation(e.conversation_id);
-    const membership = e.event !== "read_marker" && e.event !== "read_receipt";
+    const membership = !["read_marker", "read_receipt", "message_edited", "message_deleted", "reaction_added", "reaction_removed"].includes(e.event);
     if (membership && e.seq > c.activitySeq) c.activitySeq = e.seq;
     switch (e.event) {
       case "group_created":
@@ -689,14 +692,14 @@ var ConversationStore = class {
         if (e.message_id && (!c.peerReadMarker || compareIds(e.message_id, c.peerReadMarker) > 0)) c.peerReadMarker = e.message_id;
         break;
       case "message_edited":
-        if (e.message_id) this.edit(c, e.message_id, e.text ?? "", e.ts);
+        if (e.message_id && !this.shows(c, e.message_id, e.seq)) this.edit(c, e.message_id, e.text ?? "", e.ts);
         break;
       case "message_deleted":
         if (e.message_id) this.tombstone(c, e.message_id, e.actor, e.ts, e.moderated === true);
         break;
       case "reaction_added":
       case "reaction_removed":
-        if (e.message_id && e.emoji) {
+        if (e.message_id && e.emoji && !this.shows(c, e.message_id, e.seq)) {
           const added = e.event === "reaction_added";
           this.update(c, e.message_id, (m) => reacted(m, e.emoji, e.actor === this.me, added));
         }
@@ -732,6 +735,10 @@ var ConversationStore = class {
     const m = c && this.find(c, messageId);
     if (!m) return void 0;
     return m.deleted ? { message_id: m.message_id, from: m.from, excerpt: "", deleted: true } : { message_id: m.message_id, from: m.from, excerpt: quoteExcerpt(m.text) };
+  }
+  /** Whether the view of message `id` already shows the change of stream entry `seq`. */
+  shows(c, id, seq) {
+    return seq <= (this.asOf.get(`${c.id} ${id}`) ?? 0);
   }
   /** A known message by id (also the preview, which may not be among `messages`). */
   find(c, id) {
@@ -786,8 +793,11 @@ var ConversationStore = class {
       if (previous) c.lastMessage = previous;
     }
   }
-  /** Merges a page of the conversation list. */
-  summaries(views) {
+  /**
+   * Merges a page of the conversation list; `asOf`: the stream position the client had
+   * applied when it came (see {@link ConversationStore} on what a page's views show).
+   */
+  summaries(views, asOf) {
     for (const v of views) {
       const c = this.conversation(v.conversation_id);
       c.kind = v.kind;
@@ -800,7 +810,7 @@ var ConversationStore = class {
       c.peerReadMarker = v.peer_read_marker ?? c.peerReadMarker;
       c.activitySeq = Math.max(c.activitySeq, v.activity_seq);
       if (v.last_message) {
-        this.addMessages(c, [v.last_message]);
+        this.addMessages(c, [v.last_message], asOf);
         if (!c.lastMessage || c.lastMessage.deleted || compareIds(v.last_message.message_id, c.lastMessage.message_id) >= 0) {
           c.lastMessage = v.last_message;
         }
@@ -808,9 +818,9 @@ var ConversationStore = class {
     }
     this.flush();
   }
-  /** Merges a page of history (or any messages known to be committed). */
-  history(conversationId, messages) {
-    this.addMessages(this.conversation(conversationId), messages);
+  /** Merges a page of history (or any messages known to be committed); `asOf` as for {@link summaries}. */
+  history(conversationId, messages, asOf) {
+    this.addMessages(this.conversation(conversationId), messages, asOf);
     this.flush();
   }
   members(conversationId, members) {
@@ -835,10 +845,11 @@ var ConversationStore = class {
     c.unreadCount = unreadCount;
     this.flush();
   }
-  addMessages(c, messages) {
+  addMessages(c, messages, asOf = 0) {
     const known = new Set(c.messages.map((m) => m.message_id));
     const fresh = messages.filter((m) => !known.has(m.message_id));
     if (!fresh.length) return;
+    for (const m of fresh) if (asOf > m.seq) this.asOf.set(`${c.id} ${m.message_id}`, asOf);
     c.messages = [...c.messages, ...fresh].sort((a, b) => compareIds(a.message_id, b.message_id));
     this.changed.add(c.id);
   }
@@ -1189,7 +1200,7 @@ var SyncEngine = class {
   /** Applies one page; returns where the next starts. */
   page(page, after) {
     const entries = [
-      ...page.messages.map((message) => ({ kind: "message", seq: message.seq, message })),
+      ...page.messages.map((message) => ({ kind: "message", seq: message.seq, message, asOf: page.last_seq })),
       ...(page.events ?? []).map((event) => ({ kind: "event", seq: event.seq, event }))
     ].sort((a, b) => a.seq - b.seq);
     const fresh = entries.filter((e) => e.seq > this.lastSeq);
@@ -1296,7 +1307,7 @@ var HistoryPager = class {
     const reply = await this.client.request(command);
     this.before = reply.next_before;
     this.done = reply.next_before === null;
-    this.client.conversations.history(reply.conversation_id, reply.messages);
+    this.client.conversations.history(reply.conversation_id, reply.messages, this.client.lastSeq);
     return reply.messages;
   }
 };
@@ -1447,7 +1458,7 @@ var PeroxoClient = class {
   /** Loads a page of the conversation list (protocol 2) into {@link conversations}. */
   async loadConversations(options = {}) {
     const reply = await this.request({ type: "conversations", limit: options.limit ?? 50, ...options.before ? { before: options.before } : {} });
-    this.conversations.summaries(reply.conversations);
+    this.conversations.summaries(reply.conversations, this.lastSeq);
     return reply;
   }
   /** Loads a group's members into {@link conversations}. */

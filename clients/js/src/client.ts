@@ -72,7 +72,7 @@ export class HistoryPager {
     const reply = await this.client.request<'history'>(command);
     this.before = reply.next_before;
     this.done = reply.next_before === null;
-    this.client.conversations.history(reply.conversation_id, reply.messages);
+    this.client.conversations.history(reply.conversation_id, reply.messages, this.client.lastSeq);
     return reply.messages;
   }
 }
@@ -223,7 +223,7 @@ export class PeroxoClient {
   /** Loads a page of the conversation list (protocol 2) into {@link conversations}. */
   async loadConversations(options: { before?: string; limit?: number } = {}): Promise<Reply<'conversations'>> {
     const reply = await this.request<'conversations'>({ type: 'conversations', limit: options.limit ?? 50, ...(options.before ? { before: options.before } : {}) });
-    this.conversations.summaries(reply.conversations);
+    this.conversations.summaries(reply.conversations, this.lastSeq);
     return reply;
   }
 

@@ -9,7 +9,10 @@
  * see `lifecycle.ts`): the message is replaced by a new view, in `messages` and as
  * `lastMessage`, and so are the quotes of replies to it. A change to a message the store does
  * not hold changes only what the conversation says of it (unread count, preview); the message
- * comes with its current state when a page brings it.
+ * comes with its current state when a page brings it. A page's view already shows the changes
+ * made before it was read (up to the page's `last_seq` for `sync`, the client's position when
+ * the reply came for `history` and `conversations`): edits and reactions up to there are not
+ * applied to it again.
  */
 import { edited, quoteExcerpt, reacted, requoted, tombstoned } from './lifecycle.js';
 import type { ConversationView, EventView, MemberView, MessageView, QuoteView } from './protocol.js';
@@ -75,6 +78,8 @@ export class ConversationStore {
   private readonly conversations = new Map<string, Conversation>();
   private readonly listeners = new Set<(changed: string[]) => void>();
   private changed = new Set<string>();
+  /** Conversation and message id → the stream position its view reflects, when past its seq. */
+  private readonly asOf = new Map<string, number>();
   me = '';
 
   /** Every conversation, the most recent activity first. */
@@ -177,31 +182,34 @@ export class ConversationStore {
   /** Applies stream entries, in seq order. */
   apply(entries: StreamEntry[]): void {
     for (const entry of entries) {
-      if (entry.kind === 'message') this.message(entry.message);
+      if (entry.kind === 'message') this.message(entry.message, entry.asOf);
       else this.event(entry.event);
     }
     this.flush();
   }
 
-  private message(m: MessageView): void {
+  private message(m: MessageView, asOf?: number): void {
     const c = this.conversation(m.conversation_id);
-    this.addMessages(c, [m]);
+    this.addMessages(c, [m], asOf);
     // An entry the list already counted (its summary was read after it) changes no count.
     if (m.seq <= c.activitySeq) return;
     c.activitySeq = m.seq;
-    if (!c.lastMessage || compareIds(m.message_id, c.lastMessage.message_id) > 0) c.lastMessage = m;
+    // A message synced after it was deleted is neither unread nor a preview (unless nothing is).
+    if (m.deleted) c.lastMessage ??= m;
+    else if (!c.lastMessage || c.lastMessage.deleted || compareIds(m.message_id, c.lastMessage.message_id) > 0) c.lastMessage = m;
     if (m.from === this.me) {
       // Sending marks the conversation read up to the message.
       if (compareIds(m.message_id, c.readMarker) > 0) c.readMarker = m.message_id;
       c.unreadCount = 0;
-    } else if (compareIds(m.message_id, c.readMarker) > 0) {
+    } else if (!m.deleted && compareIds(m.message_id, c.readMarker) > 0) {
       c.unreadCount += 1;
     }
   }
 
   private event(e: EventView): void {
     const c = this.conversation(e.conversation_id);
-    const membership = e.event !== 'read_marker' && e.event !== 'read_receipt';
+    // What happens to a message (protocol 3) does not reorder the list either.
+    const membership = !['read_marker', 'read_receipt', 'message_edited', 'message_deleted', 'reaction_added', 'reaction_removed'].includes(e.event);
     if (membership && e.seq > c.activitySeq) c.activitySeq = e.seq;
     switch (e.event) {
       case 'group_created':
@@ -244,14 +252,14 @@ export class ConversationStore {
         if (e.message_id && (!c.peerReadMarker || compareIds(e.message_id, c.peerReadMarker) > 0)) c.peerReadMarker = e.message_id;
         break;
       case 'message_edited':
-        if (e.message_id) this.edit(c, e.message_id, e.text ?? '', e.ts);
+        if (e.message_id && !this.shows(c, e.message_id, e.seq)) this.edit(c, e.message_id, e.text ?? '', e.ts);
         break;
       case 'message_deleted':
         if (e.message_id) this.tombstone(c, e.message_id, e.actor, e.ts, e.moderated === true);
         break;
       case 'reaction_added':
       case 'reaction_removed':
-        if (e.message_id && e.emoji) {
+        if (e.message_id && e.emoji && !this.shows(c, e.message_id, e.seq)) {
           const added = e.event === 'reaction_added';
           this.update(c, e.message_id, (m) => reacted(m, e.emoji!, e.actor === this.me, added));
         }
@@ -291,6 +299,11 @@ export class ConversationStore {
     return m.deleted
       ? { message_id: m.message_id, from: m.from, excerpt: '', deleted: true }
       : { message_id: m.message_id, from: m.from, excerpt: quoteExcerpt(m.text) };
+  }
+
+  /** Whether the view of message `id` already shows the change of stream entry `seq`. */
+  private shows(c: Conversation, id: string, seq: number): boolean {
+    return seq <= (this.asOf.get(`${c.id} ${id}`) ?? 0);
   }
 
   /** A known message by id (also the preview, which may not be among `messages`). */
@@ -352,8 +365,11 @@ export class ConversationStore {
     }
   }
 
-  /** Merges a page of the conversation list. */
-  summaries(views: ConversationView[]): void {
+  /**
+   * Merges a page of the conversation list; `asOf`: the stream position the client had
+   * applied when it came (see {@link ConversationStore} on what a page's views show).
+   */
+  summaries(views: ConversationView[], asOf?: number): void {
     for (const v of views) {
       const c = this.conversation(v.conversation_id);
       c.kind = v.kind;
@@ -366,7 +382,7 @@ export class ConversationStore {
       c.peerReadMarker = v.peer_read_marker ?? c.peerReadMarker;
       c.activitySeq = Math.max(c.activitySeq, v.activity_seq);
       if (v.last_message) {
-        this.addMessages(c, [v.last_message]);
+        this.addMessages(c, [v.last_message], asOf);
         // The server's preview after a delete may be older than the tombstone shown here.
         if (!c.lastMessage || c.lastMessage.deleted || compareIds(v.last_message.message_id, c.lastMessage.message_id) >= 0) {
           c.lastMessage = v.last_message;
@@ -376,9 +392,9 @@ export class ConversationStore {
     this.flush();
   }
 
-  /** Merges a page of history (or any messages known to be committed). */
-  history(conversationId: string, messages: MessageView[]): void {
-    this.addMessages(this.conversation(conversationId), messages);
+  /** Merges a page of history (or any messages known to be committed); `asOf` as for {@link summaries}. */
+  history(conversationId: string, messages: MessageView[], asOf?: number): void {
+    this.addMessages(this.conversation(conversationId), messages, asOf);
     this.flush();
   }
 
@@ -408,10 +424,11 @@ export class ConversationStore {
     this.flush();
   }
 
-  private addMessages(c: Conversation, messages: MessageView[]): void {
+  private addMessages(c: Conversation, messages: MessageView[], asOf = 0): void {
     const known = new Set(c.messages.map((m) => m.message_id));
     const fresh = messages.filter((m) => !known.has(m.message_id));
     if (!fresh.length) return;
+    for (const m of fresh) if (asOf > m.seq) this.asOf.set(`${c.id} ${m.message_id}`, asOf);
     c.messages = [...c.messages, ...fresh].sort((a, b) => compareIds(a.message_id, b.message_id));
     this.changed.add(c.id);
   }

@@ -190,3 +190,48 @@ test('the list read from the server replaces a tombstone preview by its own, old
   s.summaries([{ conversation_id: DM, kind: 'direct', peer: 'bob', peer_read_marker: '0', member_count: 2, last_message: view(4, 11, 'bob'), unread_count: 1, read_marker: '0', activity_seq: 5 }]);
   assert.equal(s.get(DM).lastMessage.message_id, '11');
 });
+
+test('a view that already shows changes (a sync page, a history page) does not get them again', () => {
+  const s = store();
+  const shown = view(1, 10, 'bob', { text: 'v2', edited_ts: 3, reactions: [{ emoji: '👍', count: 2, mine: false }] });
+  s.apply([{ kind: 'message', seq: 1, message: shown, asOf: 4 }, e(2, 'message_edited', 10, { text: 'v1' }), e(3, 'reaction_added', 10, { emoji: '👍' }), e(4, 'reaction_added', 10, { emoji: '👍', actor: 'carol' })]);
+  assert.equal(byId(s, 10).text, 'v2');
+  assert.deepEqual(byId(s, 10).reactions, [{ emoji: '👍', count: 2, mine: false }]);
+  s.apply([e(5, 'reaction_added', 10, { emoji: '👍', actor: 'dave' })]);
+  assert.equal(byId(s, 10).reactions[0].count, 3, 'a later change applies');
+  s.history(DM, [view(0, 9, 'bob', { reactions: [{ emoji: '🎉', count: 1, mine: false }] })], 6);
+  s.apply([e(6, 'reaction_added', 9, { emoji: '🎉' }), e(7, 'reaction_added', 9, { emoji: '🎉', actor: 'carol' })]);
+  assert.equal(byId(s, 9).reactions[0].count, 2);
+});
+
+test('a message synced after it was deleted is neither unread nor the preview; changes to messages keep the list order', () => {
+  const s = store();
+  s.apply([m(1, 10, 'bob')]);
+  s.apply([{ kind: 'message', seq: 2, message: view(2, 11, 'bob', { text: '', deleted: { by: 'bob', ts: 3 } }), asOf: 3 }, e(3, 'message_deleted', 11)]);
+  const c = s.get(DM);
+  assert.equal(c.unreadCount, 1);
+  assert.equal(c.lastMessage.message_id, '10');
+  assert.ok(byId(s, 11).deleted);
+  s.apply([{ kind: 'event', seq: 4, event: { seq: 4, event: 'group_renamed', event_id: 'g', conversation_id: G, actor: 'bob', ts: 4, title: 'T' } }]);
+  assert.deepEqual(s.list().map((x) => x.id), [G, DM]);
+  s.apply([e(5, 'reaction_added', 10, { emoji: '👍' }), e(6, 'message_edited', 10, { text: 'x' })]);
+  assert.deepEqual(s.list().map((x) => x.id), [G, DM], 'a reaction or an edit does not bring a conversation up');
+});
+
+test('a sync page\'s views count as of its last_seq', async () => {
+  const server = new FakeServer();
+  const c = fakeClient(server);
+  const socket = await server.socket(1);
+  socket.accept('alice', 3, 3);
+  const sync = await waitFor(() => socket.written('sync')[0], 'a sync');
+  const shown = view(1, 10, 'bob', { reactions: [{ emoji: '👍', count: 2, mine: true }] });
+  socket.frame({
+    type: 'sync', req_id: sync.req_id, messages: [shown], has_more: false, last_seq: 3,
+    events: [e(2, 'reaction_added', 10, { emoji: '👍' }).event, e(3, 'reaction_added', 10, { emoji: '👍', actor: 'alice' }).event],
+  });
+  await waitFor(() => c.lastSeq === 3, 'the page applied');
+  assert.deepEqual(c.conversations.get(DM).messages[0].reactions, [{ emoji: '👍', count: 2, mine: true }]);
+  socket.frame({ type: 'event', ...e(4, 'reaction_removed', 10, { emoji: '👍' }).event });
+  assert.deepEqual(c.conversations.get(DM).messages[0].reactions, [{ emoji: '👍', count: 1, mine: true }]);
+  c.close();
+});
