@@ -710,13 +710,14 @@ var ConversationStore = class {
    * A message as the server answered a change to it (`message_state`): what it says of the
    * text, the deletion and the user's own reactions is applied now; others' reactions come
    * with their events. The change's own event, which follows in the stream, then changes
-   * nothing more.
+   * nothing more. A message not known here is added as a page's would be (`asOf`: the
+   * client's position when the answer came).
    */
-  messageState(view) {
+  messageState(view, asOf) {
     const c = this.conversation(view.conversation_id);
     const known = this.find(c, view.message_id);
     if (!known) {
-      this.addMessages(c, [view]);
+      this.addMessages(c, [view], asOf);
     } else if (view.deleted) {
       this.tombstone(c, view.message_id, view.deleted.by, view.deleted.ts, view.deleted.by !== known.from);
     } else if (view.edited_ts != null && view.text !== known.text) {
@@ -1515,7 +1516,7 @@ var PeroxoClient = class {
   /** An idempotent change to a message, retried until answered; its answer goes into the store. */
   async changeMessage(command) {
     const reply = await this.retrying(() => this.request(command));
-    this.conversations.messageState(reply.message);
+    this.conversations.messageState(reply.message, this.lastSeq);
     return reply;
   }
   async retrying(attempt) {

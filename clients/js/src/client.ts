@@ -293,7 +293,7 @@ export class PeroxoClient {
   /** An idempotent change to a message, retried until answered; its answer goes into the store. */
   private async changeMessage(command: CommandKind): Promise<Reply<'message_state'>> {
     const reply = await this.retrying(() => this.request<'message_state'>(command));
-    this.conversations.messageState(reply.message);
+    this.conversations.messageState(reply.message, this.lastSeq);
     return reply;
   }
 

@@ -271,13 +271,14 @@ export class ConversationStore {
    * A message as the server answered a change to it (`message_state`): what it says of the
    * text, the deletion and the user's own reactions is applied now; others' reactions come
    * with their events. The change's own event, which follows in the stream, then changes
-   * nothing more.
+   * nothing more. A message not known here is added as a page's would be (`asOf`: the
+   * client's position when the answer came).
    */
-  messageState(view: MessageView): void {
+  messageState(view: MessageView, asOf?: number): void {
     const c = this.conversation(view.conversation_id);
     const known = this.find(c, view.message_id);
     if (!known) {
-      this.addMessages(c, [view]);
+      this.addMessages(c, [view], asOf);
     } else if (view.deleted) {
       this.tombstone(c, view.message_id, view.deleted.by, view.deleted.ts, view.deleted.by !== known.from);
     } else if (view.edited_ts != null && view.text !== known.text) {
