@@ -4,8 +4,18 @@
  * receipts and who is typing), kept up to date by applying stream entries in seq order and
  * merging the pages of `conversations` and `history`. Subscribers hear which conversations
  * changed.
+ *
+ * In protocol 3 the stream also changes messages already known (edits, deletes, reactions;
+ * see `lifecycle.ts`): the message is replaced by a new view, in `messages` and as
+ * `lastMessage`, and so are the quotes of replies to it. A change to a message the store does
+ * not hold changes only what the conversation says of it (unread count, preview); the message
+ * comes with its current state when a page brings it. A page's view already shows the changes
+ * made before it was read (up to the page's `last_seq` for `sync`, the client's position when
+ * the reply came for `history` and `conversations`): edits and reactions up to there are not
+ * applied to it again.
  */
-import type { ConversationView, EventView, MemberView, MessageView } from './protocol.js';
+import { edited, quoteExcerpt, reacted, requoted, tombstoned } from './lifecycle.js';
+import type { ConversationView, EventView, MemberView, MessageView, QuoteView } from './protocol.js';
 import type { StreamEntry } from './stream.js';
 
 export interface Conversation {
@@ -20,8 +30,13 @@ export interface Conversation {
   memberCount: number | undefined;
   /** Group members (user → role), once `members` was asked or the group was created here. */
   members: Map<string, string> | undefined;
-  /** Known messages, oldest first (live, synced and paged in with `history`). */
+  /**
+   * Known messages, oldest first (live, synced and paged in with `history`). Protocol 3: a
+   * changed message is a new object (`text` and `edited_ts` after an edit; `deleted` and no
+   * text after a delete; `reactions`), as are replies whose quote changed with it.
+   */
   messages: MessageView[];
+  /** The preview: the newest message that is not deleted (a tombstone when none is known). */
   lastMessage: MessageView | undefined;
   unreadCount: number;
   /** The newest message read by the user (`"0"` for none). */
@@ -63,6 +78,8 @@ export class ConversationStore {
   private readonly conversations = new Map<string, Conversation>();
   private readonly listeners = new Set<(changed: string[]) => void>();
   private changed = new Set<string>();
+  /** Conversation and message id → the stream position its view reflects, when past its seq. */
+  private readonly asOf = new Map<string, number>();
   me = '';
 
   /** Every conversation, the most recent activity first. */
@@ -165,31 +182,34 @@ export class ConversationStore {
   /** Applies stream entries, in seq order. */
   apply(entries: StreamEntry[]): void {
     for (const entry of entries) {
-      if (entry.kind === 'message') this.message(entry.message);
+      if (entry.kind === 'message') this.message(entry.message, entry.asOf);
       else this.event(entry.event);
     }
     this.flush();
   }
 
-  private message(m: MessageView): void {
+  private message(m: MessageView, asOf?: number): void {
     const c = this.conversation(m.conversation_id);
-    this.addMessages(c, [m]);
+    this.addMessages(c, [m], asOf);
     // An entry the list already counted (its summary was read after it) changes no count.
     if (m.seq <= c.activitySeq) return;
     c.activitySeq = m.seq;
-    if (!c.lastMessage || compareIds(m.message_id, c.lastMessage.message_id) > 0) c.lastMessage = m;
+    // A message synced after it was deleted is neither unread nor a preview (unless nothing is).
+    if (m.deleted) c.lastMessage ??= m;
+    else if (!c.lastMessage || c.lastMessage.deleted || compareIds(m.message_id, c.lastMessage.message_id) > 0) c.lastMessage = m;
     if (m.from === this.me) {
       // Sending marks the conversation read up to the message.
       if (compareIds(m.message_id, c.readMarker) > 0) c.readMarker = m.message_id;
       c.unreadCount = 0;
-    } else if (compareIds(m.message_id, c.readMarker) > 0) {
+    } else if (!m.deleted && compareIds(m.message_id, c.readMarker) > 0) {
       c.unreadCount += 1;
     }
   }
 
   private event(e: EventView): void {
     const c = this.conversation(e.conversation_id);
-    const membership = e.event !== 'read_marker' && e.event !== 'read_receipt';
+    // What happens to a message (protocol 3) does not reorder the list either.
+    const membership = !['read_marker', 'read_receipt', 'message_edited', 'message_deleted', 'reaction_added', 'reaction_removed'].includes(e.event);
     if (membership && e.seq > c.activitySeq) c.activitySeq = e.seq;
     switch (e.event) {
       case 'group_created':
@@ -231,11 +251,126 @@ export class ConversationStore {
       case 'read_receipt':
         if (e.message_id && (!c.peerReadMarker || compareIds(e.message_id, c.peerReadMarker) > 0)) c.peerReadMarker = e.message_id;
         break;
+      case 'message_edited':
+        if (e.message_id && !this.shows(c, e.message_id, e.seq)) this.edit(c, e.message_id, e.text ?? '', e.ts);
+        break;
+      case 'message_deleted':
+        if (e.message_id) this.tombstone(c, e.message_id, e.actor, e.ts, e.moderated === true);
+        break;
+      case 'reaction_added':
+      case 'reaction_removed':
+        if (e.message_id && e.emoji && !this.shows(c, e.message_id, e.seq)) {
+          const added = e.event === 'reaction_added';
+          this.update(c, e.message_id, (m) => reacted(m, e.emoji!, e.actor === this.me, added));
+        }
+        break;
     }
   }
 
-  /** Merges a page of the conversation list. */
-  summaries(views: ConversationView[]): void {
+  /**
+   * A message as the server answered a change to it (`message_state`): what it says of the
+   * text, the deletion and the user's own reactions is applied now; others' reactions come
+   * with their events. The change's own event, which follows in the stream, then changes
+   * nothing more. A message not known here is added as a page's would be (`asOf`: the
+   * client's position when the answer came).
+   */
+  messageState(view: MessageView, asOf?: number): void {
+    const c = this.conversation(view.conversation_id);
+    const known = this.find(c, view.message_id);
+    if (!known) {
+      this.addMessages(c, [view], asOf);
+    } else if (view.deleted) {
+      this.tombstone(c, view.message_id, view.deleted.by, view.deleted.ts, view.deleted.by !== known.from);
+    } else if (view.edited_ts != null && view.text !== known.text) {
+      this.edit(c, view.message_id, view.text, view.edited_ts);
+    }
+    if (known && !view.deleted) {
+      const mine = new Set((view.reactions ?? []).filter((r) => r.mine).map((r) => r.emoji));
+      const emojis = new Set([...mine, ...(known.reactions ?? []).filter((r) => r.mine).map((r) => r.emoji)]);
+      for (const emoji of emojis) this.update(c, view.message_id, (m) => reacted(m, emoji, true, mine.has(emoji)));
+    }
+    this.flush();
+  }
+
+  /** The quote a reply to message `messageId` shows, from the message as known here. */
+  quoteOf(conversationId: string, messageId: string): QuoteView | undefined {
+    const c = this.conversations.get(conversationId);
+    const m = c && this.find(c, messageId);
+    if (!m) return undefined;
+    return m.deleted
+      ? { message_id: m.message_id, from: m.from, excerpt: '', deleted: true }
+      : { message_id: m.message_id, from: m.from, excerpt: quoteExcerpt(m.text) };
+  }
+
+  /** Whether the view of message `id` already shows the change of stream entry `seq`. */
+  private shows(c: Conversation, id: string, seq: number): boolean {
+    return seq <= (this.asOf.get(`${c.id} ${id}`) ?? 0);
+  }
+
+  /** A known message by id (also the preview, which may not be among `messages`). */
+  private find(c: Conversation, id: string): MessageView | undefined {
+    return c.messages.find((m) => m.message_id === id) ?? (c.lastMessage?.message_id === id ? c.lastMessage : undefined);
+  }
+
+  /** Replaces a message by `change(message)`, in `messages` and as the preview. */
+  private update(c: Conversation, id: string, change: (m: MessageView) => MessageView): void {
+    let changed = false;
+    const replace = (m: MessageView) => {
+      if (m.message_id !== id) return m;
+      const next = change(m);
+      changed ||= next !== m;
+      return next;
+    };
+    c.messages = c.messages.map(replace);
+    if (c.lastMessage) c.lastMessage = replace(c.lastMessage);
+    if (changed) this.changed.add(c.id);
+  }
+
+  /** The quotes of every reply to message `id` follow its new text (`null`: deleted). */
+  private requote(c: Conversation, id: string, text: string | null): void {
+    let changed = false;
+    const replace = (m: MessageView) => {
+      const next = requoted(m, id, text);
+      changed ||= next !== m;
+      return next;
+    };
+    c.messages = c.messages.map(replace);
+    if (c.lastMessage) c.lastMessage = replace(c.lastMessage);
+    if (changed) this.changed.add(c.id);
+  }
+
+  private edit(c: Conversation, id: string, text: string, ts: number): void {
+    if (this.find(c, id)?.deleted) return;
+    this.update(c, id, (m) => edited(m, text, ts));
+    this.requote(c, id, text);
+  }
+
+  /**
+   * A message deleted for everyone: a tombstone; it no longer counts as unread (when it was,
+   * for this user), and a preview of it falls back to the newest known message before it
+   * that is not deleted, as the server's list does.
+   */
+  private tombstone(c: Conversation, id: string, by: string, ts: number, moderated: boolean): void {
+    const before = this.find(c, id);
+    if (!before?.deleted) {
+      // Unknown here: its author is the actor, unless a moderator deleted it.
+      const sender = before?.from ?? (moderated ? undefined : by);
+      if (sender !== this.me && compareIds(c.readMarker, id) < 0 && c.unreadCount > 0) c.unreadCount -= 1;
+      this.update(c, id, (m) => tombstoned(m, by, ts));
+      this.requote(c, id, null);
+      this.changed.add(c.id);
+    }
+    if (c.lastMessage?.message_id === id) {
+      const previous = c.messages.filter((m) => !m.deleted && compareIds(m.message_id, id) < 0).pop();
+      if (previous) c.lastMessage = previous;
+    }
+  }
+
+  /**
+   * Merges a page of the conversation list; `asOf`: the stream position the client had
+   * applied when it came (see {@link ConversationStore} on what a page's views show).
+   */
+  summaries(views: ConversationView[], asOf?: number): void {
     for (const v of views) {
       const c = this.conversation(v.conversation_id);
       c.kind = v.kind;
@@ -248,16 +383,19 @@ export class ConversationStore {
       c.peerReadMarker = v.peer_read_marker ?? c.peerReadMarker;
       c.activitySeq = Math.max(c.activitySeq, v.activity_seq);
       if (v.last_message) {
-        this.addMessages(c, [v.last_message]);
-        if (!c.lastMessage || compareIds(v.last_message.message_id, c.lastMessage.message_id) >= 0) c.lastMessage = v.last_message;
+        this.addMessages(c, [v.last_message], asOf);
+        // The server's preview after a delete may be older than the tombstone shown here.
+        if (!c.lastMessage || c.lastMessage.deleted || compareIds(v.last_message.message_id, c.lastMessage.message_id) >= 0) {
+          c.lastMessage = v.last_message;
+        }
       }
     }
     this.flush();
   }
 
-  /** Merges a page of history (or any messages known to be committed). */
-  history(conversationId: string, messages: MessageView[]): void {
-    this.addMessages(this.conversation(conversationId), messages);
+  /** Merges a page of history (or any messages known to be committed); `asOf` as for {@link summaries}. */
+  history(conversationId: string, messages: MessageView[], asOf?: number): void {
+    this.addMessages(this.conversation(conversationId), messages, asOf);
     this.flush();
   }
 
@@ -287,10 +425,11 @@ export class ConversationStore {
     this.flush();
   }
 
-  private addMessages(c: Conversation, messages: MessageView[]): void {
+  private addMessages(c: Conversation, messages: MessageView[], asOf = 0): void {
     const known = new Set(c.messages.map((m) => m.message_id));
     const fresh = messages.filter((m) => !known.has(m.message_id));
     if (!fresh.length) return;
+    for (const m of fresh) if (asOf > m.seq) this.asOf.set(`${c.id} ${m.message_id}`, asOf);
     c.messages = [...c.messages, ...fresh].sort((a, b) => compareIds(a.message_id, b.message_id));
     this.changed.add(c.id);
   }

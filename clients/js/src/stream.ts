@@ -18,7 +18,15 @@ import type { CommandKind, EventView, MessageView, ServerFrame } from './protoco
 import type { ClientStore } from './store.js';
 
 export type StreamEntry =
-  | { kind: 'message'; seq: number; message: MessageView }
+  | {
+    kind: 'message'; seq: number; message: MessageView;
+    /**
+     * Protocol 3: the stream position the view reflects, when past `seq` (a sync page shows a
+     * message as it is at the page's `last_seq`: edited, deleted, with its reactions), so that
+     * the changes up to there are not applied to it again.
+     */
+    asOf?: number;
+  }
   | { kind: 'event'; seq: number; event: EventView };
 
 export type SyncFrame = Extract<ServerFrame, { type: 'sync' }>;
@@ -131,7 +139,7 @@ export class SyncEngine {
   /** Applies one page; returns where the next starts. */
   private page(page: SyncFrame, after: number): number {
     const entries: StreamEntry[] = [
-      ...page.messages.map((message): StreamEntry => ({ kind: 'message', seq: message.seq, message })),
+      ...page.messages.map((message): StreamEntry => ({ kind: 'message', seq: message.seq, message, asOf: page.last_seq })),
       ...(page.events ?? []).map((event): StreamEntry => ({ kind: 'event', seq: event.seq, event })),
     ].sort((a, b) => a.seq - b.seq);
     const fresh = entries.filter((e) => e.seq > this.lastSeq);
