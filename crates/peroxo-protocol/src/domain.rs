@@ -292,6 +292,11 @@ impl StoredMessage {
 
 /// What became of one message of an append batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "an outcome lives as long as its batch; boxing the message would cost an \
+              allocation for every message stored"
+)]
 pub enum AppendOutcome {
     /// Stored now, or earlier when `duplicate` (then `message` is the original).
     Stored {

@@ -359,4 +359,61 @@ mod tests {
             "wrong recipient"
         );
     }
+
+    #[test]
+    fn a_change_reaches_the_other_participant_and_its_author_gets_a_copy() {
+        use super::super::MixArgs;
+        let args = MixArgs {
+            edits: 30.0,
+            reactions: 0.0,
+            deletes: 0.0,
+        };
+        let mix = Arc::new(Mix::new(args, 3_000, 7).unwrap());
+        let plan = plan().with_mix(Arc::clone(&mix));
+        // An edit whose sender's previous message (one turn back) was acked.
+        let i = (20..3_000)
+            .find(|&i| mix.op(i) == Op::Edit && mix.op(i - 10) == Op::Send)
+            .unwrap();
+        mix.acked(i - 10, 99);
+        let command = plan.command(i, 32);
+        assert_eq!(command.req_id, Some(ReqId::Text(i.to_string())));
+        let CommandKind::Edit { message_id, .. } = command.kind else {
+            panic!("not an edit: {command:?}");
+        };
+        assert_eq!(message_id, 99);
+        assert!(traffic::Plan::changes_a_message(&plan, i));
+        let peer = plan.to(i - 10);
+        assert_eq!(traffic::Plan::recipient(&plan, i, 0), peer);
+        let text = names::message_text(i, 32);
+        let event = |seq| EventView {
+            seq,
+            event: Cow::Borrowed("message_edited"),
+            event_id: "1".to_owned(),
+            conversation_id: Cow::Borrowed(""),
+            actor: Cow::Owned(names::user_name(traffic::Plan::sender(&plan, i))),
+            ts: 0,
+            title: None,
+            member_count: None,
+            users: None,
+            user: None,
+            role: None,
+            message_id: Some("99".to_owned()),
+            unread_count: None,
+            text: Some(Cow::Owned(text.clone())),
+            moderated: None,
+            emoji: None,
+        };
+        assert!(matches!(
+            plan.route_event(peer, &event(5)),
+            EventRoute::Delivery(Route { index, .. }) if index == i
+        ));
+        assert_eq!(
+            plan.route_event(traffic::Plan::sender(&plan, i), &event(6)),
+            EventRoute::Echo
+        );
+        let stranger = (0..10)
+            .find(|u| *u != peer && *u != traffic::Plan::sender(&plan, i))
+            .unwrap();
+        assert_eq!(plan.route_event(stranger, &event(7)), EventRoute::Unplanned);
+    }
 }
