@@ -8,6 +8,7 @@
 //!   and events together.
 //! - `erase`: erasing a user's texts and read state (`peroxo user erase`).
 //! - `reads`: read markers, unread counts and read receipts.
+//! - `lifecycle`: edits, deletes, reactions and replies (protocol 3), with their events.
 //! - `conversations`: the conversation list.
 //! - `instances`: several service instances over one database, and concurrent writers.
 //! - `retention`: deleting messages past their tenant's age.
@@ -131,6 +132,7 @@ mod erase;
 mod group_messages;
 mod groups;
 mod instances;
+mod lifecycle;
 mod reads;
 mod retention;
 mod stream_model;
@@ -321,6 +323,18 @@ async fn history(
         })
         .await
         .map(|page| page.messages)
+}
+
+/// Waits until the clock is past `ts`, so that what commits next is newer.
+async fn wait_past(ts: i64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while peroxo_protocol::domain::now_ms() <= ts {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the clock stands still"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
 }
 
 /// `user`'s whole conversation list (tenant `t`).

@@ -15,10 +15,10 @@ use peroxo_protocol::conversation::{
 use peroxo_protocol::domain::{
     AppendOutcome, Deletion, Lifecycle, NewMessage, Quote, ReactionCount, StoredMessage, UserKey,
 };
-use peroxo_protocol::lifecycle::{MessageChange, MessageLimits, MessageOp, MessageOutcome};
 use peroxo_protocol::event::{
     Event, EventKind, Fanout, Member, Refusal, RefusalCode, Role, StreamEvent, StreamSeq,
 };
+use peroxo_protocol::lifecycle::{MessageChange, MessageLimits, MessageOp, MessageOutcome};
 
 /// A protobuf message that has no Rust counterpart; the text says what is wrong.
 #[derive(Debug)]

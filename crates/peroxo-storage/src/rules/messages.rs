@@ -33,11 +33,17 @@ pub(crate) struct ReactionTally {
 /// What a backend writes for an allowed change.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum MessageEffect {
-    Edit { text: String },
+    Edit {
+        text: String,
+    },
     /// Erase the text, the reactions, and the message's count in unread counts and previews.
     Delete,
-    React { emoji: String },
-    Unreact { emoji: String },
+    React {
+        emoji: String,
+    },
+    Unreact {
+        emoji: String,
+    },
 }
 
 impl MessageEffect {
@@ -309,8 +315,12 @@ mod tests {
     #[test]
     fn reactions_toggle_within_their_limits() {
         let m = row("alice");
-        let react = || MessageOp::React { emoji: "👍".into() };
-        let unreact = || MessageOp::Unreact { emoji: "👍".into() };
+        let react = || MessageOp::React {
+            emoji: "👍".into()
+        };
+        let unreact = || MessageOp::Unreact {
+            emoji: "👍".into()
+        };
         let fresh = ReactionTally::default();
         assert!(matches!(
             plan("bob", &m, react(), None, fresh, 0),
@@ -341,7 +351,11 @@ mod tests {
             distinct: 2,
             ..fresh
         };
-        assert!(plan("bob", &m, react(), None, joining, 0).unwrap().is_some());
+        assert!(
+            plan("bob", &m, react(), None, joining, 0)
+                .unwrap()
+                .is_some()
+        );
         let busy = ReactionTally { mine: 2, ..fresh };
         assert_eq!(
             plan("bob", &m, react(), None, busy, 0),

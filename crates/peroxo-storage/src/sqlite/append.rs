@@ -11,8 +11,7 @@ use crate::seq_assignment::{MessageSeqs, inbox_entries, next_seqs, stream_entrie
 use crate::sql::{MESSAGE_COLUMNS, sql_int};
 use crate::{MAX_STORED_TEXT_BYTES, StoreError};
 use peroxo_protocol::domain::{
-    AppendOutcome, NewMessage, QUOTE_EXCERPT_CHARS, Quote, StoredMessage, UserKey,
-    conversation_id,
+    AppendOutcome, NewMessage, QUOTE_EXCERPT_CHARS, Quote, StoredMessage, UserKey, conversation_id,
 };
 use peroxo_protocol::event::{Refusal, RefusalCode, StreamSeq, is_group_id};
 

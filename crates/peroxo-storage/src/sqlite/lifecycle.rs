@@ -120,7 +120,8 @@ fn message_row(
     .map_err(backend)
 }
 
-/// Message `id` as `viewer` sees it now (with the viewer's seq of it).
+/// Message `id` as `viewer` sees it now: a group message with the viewer's seq of it, as
+/// history reads it (the sender's too).
 fn read_message(conn: &Connection, viewer: &UserKey, id: u64) -> Result<StoredMessage, StoreError> {
     let mut message = conn
         .prepare_cached(&format!(
@@ -128,7 +129,7 @@ fn read_message(conn: &Connection, viewer: &UserKey, id: u64) -> Result<StoredMe
         ))
         .and_then(|mut stmt| stmt.query_row(params![sql_int(id)], queries::row_to_message))
         .map_err(backend)?;
-    if message.is_group() && message.sender != viewer.user {
+    if message.is_group() {
         message.recipient_seq = conn
             .prepare_cached(&format!(
                 "SELECT seq FROM inbox INDEXED BY inbox_group_messages
@@ -214,7 +215,9 @@ fn audience(
     id: u64,
 ) -> Result<Vec<String>, StoreError> {
     match target {
-        Target::Direct { id: conversation, .. } => {
+        Target::Direct {
+            id: conversation, ..
+        } => {
             let mut users: Vec<String> = conversation.split(':').map(str::to_owned).collect();
             users.dedup();
             Ok(users)
