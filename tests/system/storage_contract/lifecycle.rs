@@ -157,7 +157,16 @@ fn count(emoji: &str, count: u32, mine: bool) -> ReactionCount {
     }
 }
 
-/// The ids of the messages `user`'s conversation list shows as previews, by conversation.
+/// Checks the reactions alice and bob see on message `id` of `alice:bob`, in history and
+/// sync.
+async fn assert_reactions(f: &Fixture, id: u64, alices: &[ReactionCount], bobs: &[ReactionCount]) {
+    for (user, expected) in [("alice", alices), ("bob", bobs)] {
+        let seen = seen_by(f, user, "alice:bob", id).await;
+        assert_eq!(seen.lifecycle.reactions, expected, "{user}");
+    }
+}
+
+/// The id of the message `user`'s conversation list shows as the preview of `conversation`.
 async fn preview(f: &Fixture, user: &str, conversation: &str) -> Option<u64> {
     entry(&list(f, user).await, conversation)
         .last_message
@@ -568,17 +577,7 @@ async fn reactions_toggle_and_each_viewer_sees_the_counts_and_its_own(f: &Fixtur
         .unwrap();
     let alices = [count("👍", 2, true), count("🎉", 1, true)];
     let bobs = [count("👍", 2, true), count("🎉", 1, false)];
-    assert_eq!(
-        seen_by(f, "alice", "alice:bob", id)
-            .await
-            .lifecycle
-            .reactions,
-        alices
-    );
-    assert_eq!(
-        seen_by(f, "bob", "alice:bob", id).await.lifecycle.reactions,
-        bobs
-    );
+    assert_reactions(f, id, &alices, &bobs).await;
     let taken_back = change_message(f, "bob", "alice:bob", id, unreact("👍"))
         .await
         .unwrap();
@@ -593,17 +592,7 @@ async fn reactions_toggle_and_each_viewer_sees_the_counts_and_its_own(f: &Fixtur
     // 👍 first reached the message again when alice reacted with it, after 🎉.
     let alices = [count("🎉", 1, true), count("👍", 1, true)];
     let bobs = [count("🎉", 1, false), count("👍", 1, false)];
-    assert_eq!(
-        seen_by(f, "alice", "alice:bob", id)
-            .await
-            .lifecycle
-            .reactions,
-        alices
-    );
-    assert_eq!(
-        seen_by(f, "bob", "alice:bob", id).await.lifecycle.reactions,
-        bobs
-    );
+    assert_reactions(f, id, &alices, &bobs).await;
     let bobs_preview = entry(&list(f, "bob").await, "alice:bob")
         .last_message
         .clone();

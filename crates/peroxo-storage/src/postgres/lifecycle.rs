@@ -18,7 +18,7 @@ use tokio_postgres::types::ToSql;
 
 use super::marks::lock_group;
 use super::reads::known_standing;
-use super::streams::{Counters, InboxRows, fan_out, insert_keyed_event, role_from_sql};
+use super::streams::{Counters, InboxRows, fan_out, insert_event, role_from_sql};
 use super::{attach_reactions, backend, message_from_row};
 use crate::rules::{self, MessageEffect, MessageRow, ReactionTally, Target};
 use crate::sql::{MESSAGE_COLUMN_COUNT, MESSAGE_COLUMNS, sql_int};
@@ -72,22 +72,17 @@ pub(super) async fn change_message(
     if matches!(effect, MessageEffect::Delete) {
         forget_deleted(&tx, &actor.tenant, target.id(), &row, &audience).await?;
     }
-    let client_msg_id = match &request.op {
-        MessageOp::Edit { client_msg_id, .. } => Some(client_msg_id.as_str()),
-        _ => None,
-    };
     let kind = effect.event(message_id, moderated);
     let (tenant, conversation) = (&actor.tenant, target.id());
-    let event = insert_keyed_event(
-        &tx,
-        tenant,
-        conversation,
-        &actor.user,
-        ts,
-        kind,
-        client_msg_id,
-    )
-    .await?;
+    let event = insert_event(&tx, tenant, conversation, &actor.user, ts, kind).await?;
+    if let MessageOp::Edit { client_msg_id, .. } = &request.op {
+        tx.execute(
+            "UPDATE events SET client_msg_id = $2 WHERE id = $1",
+            &[&sql_int(event.event_id), client_msg_id],
+        )
+        .await
+        .map_err(backend)?;
+    }
     let mut inbox = InboxRows::default();
     let fanout = fan_out(event, &audience, &mut counters, &mut inbox);
     inbox.insert(&tx).await?;
@@ -264,28 +259,21 @@ async fn audience(
     target: &Target,
     id: u64,
 ) -> Result<Vec<String>, StoreError> {
-    match target {
-        Target::Direct {
-            id: conversation, ..
-        } => {
-            let mut users: Vec<String> = conversation.split(':').map(str::to_owned).collect();
-            users.dedup();
-            Ok(users)
-        }
-        Target::Group(group) => {
-            let rows = tx
-                .query(
-                    "SELECT owner FROM conversation_states
-                     WHERE tenant = $1 AND conversation = $2 AND active AND role IS NOT NULL
-                       AND boundary < $3
-                     ORDER BY owner",
-                    &[&tenant, group, &sql_int(id)],
-                )
-                .await
-                .map_err(backend)?;
-            Ok(rows.iter().map(|row| row.get(0)).collect())
-        }
+    if let Some(participants) = target.participants() {
+        return Ok(participants);
     }
+    let group = target.id();
+    let rows = tx
+        .query(
+            "SELECT owner FROM conversation_states
+                 WHERE tenant = $1 AND conversation = $2 AND active AND role IS NOT NULL
+                   AND boundary < $3
+                 ORDER BY owner",
+            &[&tenant, &group, &sql_int(id)],
+        )
+        .await
+        .map_err(backend)?;
+    Ok(rows.iter().map(|row| row.get(0)).collect())
 }
 
 /// Writes `effect` to message `id` at `ts`.

@@ -167,27 +167,13 @@ pub(super) async fn insert_event(
     ts: i64,
     kind: EventKind,
 ) -> Result<Event, StoreError> {
-    insert_keyed_event(tx, tenant, conversation_id, actor, ts, kind, None).await
-}
-
-/// [`insert_event`] for an event its actor may request again under `client_msg_id` (an
-/// edit): the key is unique per actor.
-pub(super) async fn insert_keyed_event(
-    tx: &Transaction<'_>,
-    tenant: &str,
-    conversation_id: &str,
-    actor: &str,
-    ts: i64,
-    kind: EventKind,
-    client_msg_id: Option<&str>,
-) -> Result<Event, StoreError> {
     let (name, c) = EventColumns::of(&kind);
     let row = tx
         .query_one(
             "INSERT INTO events (id, tenant, conversation, actor, ts, kind, users, member, role,
-                                 title, message_id, count, emoji, client_msg_id)
+                                 title, message_id, count, emoji)
              VALUES (nextval('events_id_seq'), $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11,
-                     $12, $13)
+                     $12)
              RETURNING id",
             &[
                 &tenant,
@@ -202,7 +188,6 @@ pub(super) async fn insert_keyed_event(
                 &c.message_id,
                 &c.count,
                 &c.emoji,
-                &client_msg_id,
             ],
         )
         .await

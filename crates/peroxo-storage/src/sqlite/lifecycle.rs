@@ -214,29 +214,22 @@ fn audience(
     target: &Target,
     id: u64,
 ) -> Result<Vec<String>, StoreError> {
-    match target {
-        Target::Direct {
-            id: conversation, ..
-        } => {
-            let mut users: Vec<String> = conversation.split(':').map(str::to_owned).collect();
-            users.dedup();
-            Ok(users)
-        }
-        Target::Group(group) => {
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT user FROM conversation_states INDEXED BY group_members
-                     WHERE tenant = ?1 AND conversation = ?2 AND role IS NOT NULL AND active = 1
-                       AND boundary < ?3
-                     ORDER BY user",
-                )
-                .map_err(backend)?;
-            stmt.query_map(params![tenant, group, sql_int(id)], |row| row.get(0))
-                .map_err(backend)?
-                .collect::<Result<_, _>>()
-                .map_err(backend)
-        }
+    if let Some(participants) = target.participants() {
+        return Ok(participants);
     }
+    let group = target.id();
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT user FROM conversation_states INDEXED BY group_members
+                 WHERE tenant = ?1 AND conversation = ?2 AND role IS NOT NULL AND active = 1
+                   AND boundary < ?3
+                 ORDER BY user",
+        )
+        .map_err(backend)?;
+    stmt.query_map(params![tenant, group, sql_int(id)], |row| row.get(0))
+        .map_err(backend)?
+        .collect::<Result<_, _>>()
+        .map_err(backend)
 }
 
 /// Writes `effect` to message `id`.
