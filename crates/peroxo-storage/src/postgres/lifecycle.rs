@@ -109,7 +109,10 @@ async fn lock_message(
     if message_id <= standing.boundary {
         return Err(unknown());
     }
-    let audience = audience(tx, &actor.tenant, target, message_id).await?;
+    let audience = match target.participants() {
+        Some(participants) => participants,
+        None => members_who_see(tx, &actor.tenant, conversation, message_id).await?,
+    };
     let keys: BTreeSet<UserKey> = audience
         .iter()
         .map(|user| actor.peer(user.clone()))
@@ -251,18 +254,14 @@ async fn reaction_tally(
     })
 }
 
-/// Everyone who can see message `id` of `target`, by user id: both participants of a direct
-/// conversation, or the group's members who joined before it.
-async fn audience(
+/// The members of `group` who can see its message `id`, by user id: those who joined before
+/// it.
+async fn members_who_see(
     tx: &Transaction<'_>,
     tenant: &str,
-    target: &Target,
+    group: &str,
     id: u64,
 ) -> Result<Vec<String>, StoreError> {
-    if let Some(participants) = target.participants() {
-        return Ok(participants);
-    }
-    let group = target.id();
     let rows = tx
         .query(
             "SELECT owner FROM conversation_states

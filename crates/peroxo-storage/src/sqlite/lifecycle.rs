@@ -68,7 +68,10 @@ pub(super) fn change_message(
             duplicate: false,
         });
     };
-    let audience = audience(w.conn, &actor.tenant, &target, message_id)?;
+    let audience = match target.participants() {
+        Some(participants) => participants,
+        None => members_who_see(w.conn, &actor.tenant, conversation, message_id)?,
+    };
     apply(w, actor, &effect, message_id)?;
     if matches!(effect, MessageEffect::Delete) {
         forget_deleted(w.conn, &actor.tenant, conversation, &row, &audience)?;
@@ -206,18 +209,14 @@ fn reaction_tally(
     .map_err(backend)
 }
 
-/// Everyone who can see message `id` of `target`, by user id: both participants of a direct
-/// conversation, or the group's members who joined before it.
-fn audience(
+/// The members of `group` who can see its message `id`, by user id: those who joined before
+/// it.
+fn members_who_see(
     conn: &Connection,
     tenant: &str,
-    target: &Target,
+    group: &str,
     id: u64,
 ) -> Result<Vec<String>, StoreError> {
-    if let Some(participants) = target.participants() {
-        return Ok(participants);
-    }
-    let group = target.id();
     let mut stmt = conn
         .prepare_cached(
             "SELECT user FROM conversation_states INDEXED BY group_members
