@@ -751,6 +751,9 @@ async fn a_resent_reply_is_the_original_even_after_its_message_was_deleted(f: &F
         let reply = message("bob", to_alice, "re", Some(id));
         let first = append_one(f, reply.clone()).await;
         let (original, _) = stored(&first);
+        change_message(f, "alice", conversation, original.message_id, react("👍"))
+            .await
+            .unwrap();
         change_message(f, "alice", conversation, id, MessageOp::Delete)
             .await
             .unwrap();
@@ -762,6 +765,11 @@ async fn a_resent_reply_is_the_original_even_after_its_message_was_deleted(f: &F
             resent.lifecycle.reply_to.as_ref().map(|q| q.deleted),
             Some(true),
             "{conversation}: the original as it is now"
+        );
+        assert_eq!(
+            resent.lifecycle.reactions,
+            [count("👍", 1, false)],
+            "{conversation}: with its reactions as its sender sees them"
         );
     }
     assert_lists_match_streams(&f.client, &["alice", "bob"]).await;
