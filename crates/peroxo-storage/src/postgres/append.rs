@@ -7,9 +7,8 @@
 //! stored meanwhile) and the messages replies quote (a delete locks the counters of everyone
 //! who can see the message, the sender among them, so none is deleted meanwhile), then decide
 //! every message in batch order and write messages, stream entries, conversation states and
-//! counters. A group change locks its group row
-//! `FOR UPDATE`, so the members read here stay the members until the batch commits, and
-//! message ids of a group grow in commit order.
+//! counters. A group change locks its group row `FOR UPDATE`, so the members read here stay
+//! the members until the batch commits, and message ids of a group grow in commit order.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::convert::Infallible;
