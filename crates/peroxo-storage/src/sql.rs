@@ -19,6 +19,18 @@ pub(crate) const MESSAGE_COLUMNS: &str = "m.id, m.tenant, m.sender, m.recipient,
      (SELECT q.sender FROM messages q WHERE q.id = m.reply_to), \
      (SELECT substr(q.text, 1, 100) FROM messages q WHERE q.id = m.reply_to), \
      (SELECT q.deleted_ts FROM messages q WHERE q.id = m.reply_to)";
+/// How many columns [`MESSAGE_COLUMNS`] has: what a query selects after them starts here.
+pub(crate) const MESSAGE_COLUMN_COUNT: usize = 17;
+
+/// The names of the event kinds that change a message (see
+/// [`EventKind::is_lifecycle`]): a sync of [`SyncScope::Conversations`](crate::SyncScope)
+/// leaves them out.
+pub(crate) const LIFECYCLE_EVENT_KINDS: [&str; 4] = [
+    "message_edited",
+    "message_deleted",
+    "reaction_added",
+    "reaction_removed",
+];
 
 /// The lifecycle columns of a message row (after the nine of the message as sent), as read.
 #[derive(Debug, Clone, Default)]
@@ -468,6 +480,11 @@ mod tests {
             },
         ] {
             let (name, columns) = EventColumns::of(&kind);
+            assert_eq!(
+                LIFECYCLE_EVENT_KINDS.contains(&name),
+                kind.is_lifecycle(),
+                "{name}"
+            );
             assert_eq!(columns.kind(name), Ok(kind));
         }
         assert!(EventColumns::default().kind("read_marker").is_err());

@@ -46,6 +46,17 @@ impl Target {
             Target::Direct { id, .. } | Target::Group(id) => id,
         }
     }
+
+    /// Everyone in a direct conversation, by user id (one for a conversation with oneself);
+    /// `None` for a group, whose members only its rows tell.
+    pub(crate) fn participants(&self) -> Option<Vec<String>> {
+        let Target::Direct { id, .. } = self else {
+            return None;
+        };
+        let mut users: Vec<String> = id.split(':').map(str::to_owned).collect();
+        users.dedup();
+        Some(users)
+    }
 }
 
 /// The conversation `conversation_id` names for `user`: refused when it is no conversation
@@ -131,5 +142,16 @@ mod tests {
         assert_eq!(target_of("bob", GROUP), Ok(Target::Group(GROUP.into())));
         let direct = group_of("bob", "alice:bob").unwrap_err();
         assert!(direct.message.contains("direct"), "{direct}");
+    }
+
+    #[test]
+    fn a_direct_conversation_has_its_participants_a_group_its_rows() {
+        let participants = |user, id| target_of(user, id).unwrap().participants();
+        assert_eq!(
+            participants("bob", "alice:bob"),
+            Some(vec!["alice".to_owned(), "bob".to_owned()])
+        );
+        assert_eq!(participants("bob", "bob:bob"), Some(vec!["bob".to_owned()]));
+        assert_eq!(participants("bob", GROUP), None);
     }
 }

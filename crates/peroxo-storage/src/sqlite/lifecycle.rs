@@ -68,7 +68,10 @@ pub(super) fn change_message(
             duplicate: false,
         });
     };
-    let audience = audience(w.conn, &actor.tenant, &target, message_id)?;
+    let audience = match target.participants() {
+        Some(participants) => participants,
+        None => members_who_see(w.conn, &actor.tenant, conversation, message_id)?,
+    };
     apply(w, actor, &effect, message_id)?;
     if matches!(effect, MessageEffect::Delete) {
         forget_deleted(w.conn, &actor.tenant, conversation, &row, &audience)?;
@@ -120,7 +123,8 @@ fn message_row(
     .map_err(backend)
 }
 
-/// Message `id` as `viewer` sees it now (with the viewer's seq of it).
+/// Message `id` as `viewer` sees it now: a group message with the viewer's seq of it, as
+/// history reads it (the sender's too).
 fn read_message(conn: &Connection, viewer: &UserKey, id: u64) -> Result<StoredMessage, StoreError> {
     let mut message = conn
         .prepare_cached(&format!(
@@ -128,7 +132,7 @@ fn read_message(conn: &Connection, viewer: &UserKey, id: u64) -> Result<StoredMe
         ))
         .and_then(|mut stmt| stmt.query_row(params![sql_int(id)], queries::row_to_message))
         .map_err(backend)?;
-    if message.is_group() && message.sender != viewer.user {
+    if message.is_group() {
         message.recipient_seq = conn
             .prepare_cached(&format!(
                 "SELECT seq FROM inbox INDEXED BY inbox_group_messages
@@ -205,37 +209,26 @@ fn reaction_tally(
     .map_err(backend)
 }
 
-/// Everyone who can see message `id` of `target`, by user id: both participants of a direct
-/// conversation, or the group's members who joined before it.
-fn audience(
+/// The members of `group` who can see its message `id`, by user id: those who joined before
+/// it.
+fn members_who_see(
     conn: &Connection,
     tenant: &str,
-    target: &Target,
+    group: &str,
     id: u64,
 ) -> Result<Vec<String>, StoreError> {
-    match target {
-        Target::Direct {
-            id: conversation, ..
-        } => {
-            let mut users: Vec<String> = conversation.split(':').map(str::to_owned).collect();
-            users.dedup();
-            Ok(users)
-        }
-        Target::Group(group) => {
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT user FROM conversation_states INDEXED BY group_members
-                     WHERE tenant = ?1 AND conversation = ?2 AND role IS NOT NULL AND active = 1
-                       AND boundary < ?3
-                     ORDER BY user",
-                )
-                .map_err(backend)?;
-            stmt.query_map(params![tenant, group, sql_int(id)], |row| row.get(0))
-                .map_err(backend)?
-                .collect::<Result<_, _>>()
-                .map_err(backend)
-        }
-    }
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT user FROM conversation_states INDEXED BY group_members
+                 WHERE tenant = ?1 AND conversation = ?2 AND role IS NOT NULL AND active = 1
+                   AND boundary < ?3
+                 ORDER BY user",
+        )
+        .map_err(backend)?;
+    stmt.query_map(params![tenant, group, sql_int(id)], |row| row.get(0))
+        .map_err(backend)?
+        .collect::<Result<_, _>>()
+        .map_err(backend)
 }
 
 /// Writes `effect` to message `id`.

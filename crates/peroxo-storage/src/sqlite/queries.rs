@@ -8,8 +8,9 @@ use super::schema::{DIRECT_MESSAGE, EVENT, GROUP_MESSAGE, LIFECYCLE_EVENT};
 use super::{backend, state};
 use crate::rules::{self, Target};
 use crate::sql::{
-    EventColumns, LifecycleColumns, MESSAGE_COLUMNS, StreamEntry, has_pending_reactions,
-    history_page, reaction_counts, rows_for_page, sql_int, stream_page, with_floor,
+    EventColumns, LifecycleColumns, MESSAGE_COLUMN_COUNT, MESSAGE_COLUMNS, StreamEntry,
+    has_pending_reactions, history_page, reaction_counts, rows_for_page, sql_int, stream_page,
+    with_floor,
 };
 use crate::{HistoryQuery, StoreError, SyncQuery, SyncScope};
 use peroxo_protocol::conversation::{
@@ -18,8 +19,6 @@ use peroxo_protocol::conversation::{
 use peroxo_protocol::domain::{HistoryPage, StoredMessage, SyncPage, UserKey};
 use peroxo_protocol::event::{Event, Member, StreamEvent};
 
-/// How many columns [`MESSAGE_COLUMNS`] has.
-const MESSAGE_COLUMN_COUNT: usize = 17;
 /// The columns of `events e` that [`event_at`] reads, in its order: an edit's text is the
 /// message's text as it is now.
 const EVENT_COLUMNS: &str = "e.id, e.tenant, e.conversation, e.actor, e.ts, e.kind, e.users, e.user, e.role, e.title, e.message_id, e.count, e.emoji, \
