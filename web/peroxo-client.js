@@ -360,9 +360,9 @@ var Connection = class {
     this.socketGone(4e3, reason);
   }
   teardown(reason = new ClientError("disconnected", "the connection went before the reply")) {
-    for (const key of Object.keys(this.timers)) {
-      clearTimeout(this.timers[key]);
-      this.timers[key] = void 0;
+    for (const key2 of Object.keys(this.timers)) {
+      clearTimeout(this.timers[key2]);
+      this.timers[key2] = void 0;
     }
     if (this.socket) {
       this.socket.onmessage = this.socket.onclose = this.socket.onerror = null;
@@ -516,8 +516,18 @@ var ConversationStore = class {
   conversations = /* @__PURE__ */ new Map();
   listeners = /* @__PURE__ */ new Set();
   changed = /* @__PURE__ */ new Set();
-  /** Conversation and message id → the stream position its view reflects, when past its seq. */
+  /** Conversation and message id → the seq its copy is as of, when above the message's own seq. */
   asOf = /* @__PURE__ */ new Map();
+  /** Conversation and message id of a reply → the seq its quote is as of, when above its copy's. */
+  quoteAsOf = /* @__PURE__ */ new Map();
+  /** Conversation id → the `last_seq` of the list page its summary came from (protocol 3). */
+  listedAsOf = /* @__PURE__ */ new Map();
+  /**
+   * Conversation and message id of messages the unread count does not count because they
+   * were deleted: their view was a tombstone when the stream brought them, or their delete
+   * was applied. A delete event for one of them lowers nothing.
+   */
+  uncounted = /* @__PURE__ */ new Set();
   me = "";
   /** Every conversation, the most recent activity first. */
   list() {
@@ -634,11 +644,13 @@ var ConversationStore = class {
     }
     this.flush();
   }
-  message(m, asOf) {
-    const c = this.conversation(m.conversation_id);
-    this.addMessages(c, [m], asOf);
-    if (m.seq <= c.activitySeq) return;
-    c.activitySeq = m.seq;
+  message(view, asOf) {
+    const c = this.conversation(view.conversation_id);
+    this.addMessages(c, [view], asOf);
+    if (view.seq <= c.activitySeq) return;
+    c.activitySeq = view.seq;
+    const m = this.find(c, view.message_id) ?? view;
+    if (m.deleted) this.uncounted.add(key(c.id, m.message_id));
     if (m.deleted) c.lastMessage ??= m;
     else if (!c.lastMessage || c.lastMessage.deleted || compareIds(m.message_id, c.lastMessage.message_id) > 0) c.lastMessage = m;
     if (m.from === this.me) {
@@ -652,18 +664,21 @@ var ConversationStore = class {
     const c = this.conversation(e.conversation_id);
     const membership = !["read_marker", "read_receipt", "message_edited", "message_deleted", "reaction_added", "reaction_removed"].includes(e.event);
     if (membership && e.seq > c.activitySeq) c.activitySeq = e.seq;
+    const listed = e.seq <= (this.listedAsOf.get(c.id) ?? 0);
     switch (e.event) {
       case "group_created":
-        c.title = e.title ?? c.title;
-        c.memberCount = e.member_count ?? c.memberCount;
-        if (e.actor === this.me) c.role = "owner";
-        c.role ??= "member";
+        if (!listed) {
+          c.title = e.title ?? c.title;
+          c.memberCount = e.member_count ?? c.memberCount;
+          if (e.actor === this.me) c.role = "owner";
+        }
+        c.role ??= e.actor === this.me ? "owner" : "member";
         break;
       case "members_added":
         for (const user of e.users ?? []) {
           if (!c.members?.has(user)) {
             c.members?.set(user, "member");
-            if (c.memberCount !== void 0) c.memberCount += 1;
+            if (c.memberCount !== void 0 && !listed) c.memberCount += 1;
           }
           if (user === this.me) c.role ??= "member";
         }
@@ -673,18 +688,19 @@ var ConversationStore = class {
           this.conversations.delete(c.id);
           break;
         }
-        if (e.user !== void 0 && e.user !== null && (!c.members || c.members.delete(e.user)) && c.memberCount) c.memberCount -= 1;
+        if (e.user !== void 0 && e.user !== null && (!c.members || c.members.delete(e.user)) && c.memberCount && !listed) c.memberCount -= 1;
         break;
       case "role_changed":
         if (e.user && e.role) {
           c.members?.set(e.user, e.role);
-          if (e.user === this.me) c.role = e.role;
+          if (e.user === this.me && !listed) c.role = e.role;
         }
         break;
       case "group_renamed":
-        c.title = e.title ?? c.title;
+        if (!listed) c.title = e.title ?? c.title;
         break;
       case "read_marker":
+        if (listed) break;
         if (e.message_id) c.readMarker = e.message_id;
         if (e.unread_count !== void 0 && e.unread_count !== null) c.unreadCount = e.unread_count;
         break;
@@ -692,14 +708,14 @@ var ConversationStore = class {
         if (e.message_id && (!c.peerReadMarker || compareIds(e.message_id, c.peerReadMarker) > 0)) c.peerReadMarker = e.message_id;
         break;
       case "message_edited":
-        if (e.message_id && !this.shows(c, e.message_id, e.seq)) this.edit(c, e.message_id, e.text ?? "", e.ts);
+        if (e.message_id) this.edit(c, e.message_id, e.text ?? "", e.ts, e.seq);
         break;
       case "message_deleted":
-        if (e.message_id) this.tombstone(c, e.message_id, e.actor, e.ts, e.moderated === true);
+        if (e.message_id) this.tombstone(c, e.message_id, e.actor, e.ts, e.moderated === true, e.seq, listed);
         break;
       case "reaction_added":
       case "reaction_removed":
-        if (e.message_id && e.emoji && !this.shows(c, e.message_id, e.seq)) {
+        if (e.message_id && e.emoji && this.changes(c, e.message_id, e.seq)) {
           const added = e.event === "reaction_added";
           this.update(c, e.message_id, (m) => reacted(m, e.emoji, e.actor === this.me, added));
         }
@@ -707,27 +723,14 @@ var ConversationStore = class {
     }
   }
   /**
-   * A message as the server answered a change to it (`message_state`): what it says of the
-   * text, the deletion and the user's own reactions is applied now; others' reactions come
-   * with their events. The change's own event, which follows in the stream, then changes
-   * nothing more. A message not known here is added as a page's would be (`asOf`: the
-   * client's position when the answer came).
+   * A message as the server answered a change to it (`message_state`), as of `seq`, the seq
+   * the change's event took: it replaces an older copy (and is added when the message is not
+   * known here), and the event, when it comes, changes it no more. Without `seq` the command
+   * changed nothing, and the copy stays as it is.
    */
-  messageState(view, asOf) {
-    const c = this.conversation(view.conversation_id);
-    const known = this.find(c, view.message_id);
-    if (!known) {
-      this.addMessages(c, [view], asOf);
-    } else if (view.deleted) {
-      this.tombstone(c, view.message_id, view.deleted.by, view.deleted.ts, view.deleted.by !== known.from);
-    } else if (view.edited_ts != null && view.text !== known.text) {
-      this.edit(c, view.message_id, view.text, view.edited_ts);
-    }
-    if (known && !view.deleted) {
-      const mine = new Set((view.reactions ?? []).filter((r) => r.mine).map((r) => r.emoji));
-      const emojis = /* @__PURE__ */ new Set([...mine, ...(known.reactions ?? []).filter((r) => r.mine).map((r) => r.emoji)]);
-      for (const emoji of emojis) this.update(c, view.message_id, (m) => reacted(m, emoji, true, mine.has(emoji)));
-    }
+  messageState(view, seq) {
+    if (seq === void 0) return;
+    this.addMessages(this.conversation(view.conversation_id), [view], seq);
     this.flush();
   }
   /** The quote a reply to message `messageId` shows, from the message as known here. */
@@ -737,9 +740,19 @@ var ConversationStore = class {
     if (!m) return void 0;
     return m.deleted ? { message_id: m.message_id, from: m.from, excerpt: "", deleted: true } : { message_id: m.message_id, from: m.from, excerpt: quoteExcerpt(m.text) };
   }
-  /** Whether the view of message `id` already shows the change of stream entry `seq`. */
-  shows(c, id, seq) {
-    return seq <= (this.asOf.get(`${c.id} ${id}`) ?? 0);
+  /** The seq the copy `m` is as of. */
+  copyAsOf(c, m) {
+    return Math.max(m.seq, this.asOf.get(key(c.id, m.message_id)) ?? 0);
+  }
+  /**
+   * Whether the event of seq `seq` changes the copy of message `id`: there is one, and it is
+   * as of an earlier seq. If so, the copy counts as of `seq` from now on.
+   */
+  changes(c, id, seq) {
+    const copy = this.find(c, id);
+    if (!copy || seq <= this.copyAsOf(c, copy)) return false;
+    this.asOf.set(key(c.id, id), seq);
+    return true;
   }
   /** A known message by id (also the preview, which may not be among `messages`). */
   find(c, id) {
@@ -758,49 +771,77 @@ var ConversationStore = class {
     if (c.lastMessage) c.lastMessage = replace(c.lastMessage);
     if (changed) this.changed.add(c.id);
   }
-  /** The quotes of every reply to message `id` follow its new text (`null`: deleted). */
-  requote(c, id, text) {
-    let changed = false;
+  /**
+   * The quotes of every reply to message `id` follow its text as of `seq` (`null`: deleted),
+   * in the replies whose quotes are as of an earlier seq.
+   */
+  requote(c, id, text, seq) {
+    const done2 = /* @__PURE__ */ new Map();
     const replace = (m) => {
+      if (m.reply_to?.message_id !== id) return m;
+      const again = done2.get(m.message_id);
+      if (again) return again;
+      const reply = key(c.id, m.message_id);
+      if (seq <= Math.max(this.copyAsOf(c, m), this.quoteAsOf.get(reply) ?? 0)) return m;
+      this.quoteAsOf.set(reply, seq);
       const next = requoted(m, id, text);
-      changed ||= next !== m;
+      done2.set(m.message_id, next);
+      if (next !== m) this.changed.add(c.id);
       return next;
     };
     c.messages = c.messages.map(replace);
     if (c.lastMessage) c.lastMessage = replace(c.lastMessage);
-    if (changed) this.changed.add(c.id);
   }
-  edit(c, id, text, ts) {
+  /** A reply's quote, from a view as of `at`, follows a newer copy of what it quotes. */
+  quoteFromCopy(c, reply, at) {
+    this.quoteAsOf.delete(key(c.id, reply.message_id));
+    const quoted = reply.reply_to && this.find(c, reply.reply_to.message_id);
+    if (!quoted) return;
+    const seq = this.copyAsOf(c, quoted);
+    if (seq > at) this.requote(c, quoted.message_id, quoted.deleted ? null : quoted.text, seq);
+  }
+  /** The edit of stream entry `seq`. */
+  edit(c, id, text, ts, seq) {
     if (this.find(c, id)?.deleted) return;
-    this.update(c, id, (m) => edited(m, text, ts));
-    this.requote(c, id, text);
+    if (this.changes(c, id, seq)) this.update(c, id, (m) => edited(m, text, ts));
+    this.requote(c, id, text, seq);
   }
   /**
-   * A message deleted for everyone: a tombstone; it no longer counts as unread (when it was,
-   * for this user), and a preview of it falls back to the newest known message before it
-   * that is not deleted, as the server's list does.
+   * A message deleted for everyone (stream entry `seq`): a tombstone; it no longer counts as
+   * unread (when it was, for this user, and the count is not from a list that already shows
+   * the delete: `listed`), and a preview of it falls back to the newest known message before
+   * it that is not deleted, as the server's list does.
    */
-  tombstone(c, id, by, ts, moderated) {
+  tombstone(c, id, by, ts, moderated, seq, listed) {
     const before = this.find(c, id);
-    if (!before?.deleted) {
+    const counted = key(c.id, id);
+    if (!listed && !this.uncounted.has(counted)) {
       const sender = before?.from ?? (moderated ? void 0 : by);
-      if (sender !== this.me && compareIds(c.readMarker, id) < 0 && c.unreadCount > 0) c.unreadCount -= 1;
-      this.update(c, id, (m) => tombstoned(m, by, ts));
-      this.requote(c, id, null);
-      this.changed.add(c.id);
+      if (sender !== this.me && compareIds(c.readMarker, id) < 0 && c.unreadCount > 0) {
+        c.unreadCount -= 1;
+        this.changed.add(c.id);
+      }
     }
-    if (c.lastMessage?.message_id === id) {
-      const previous = c.messages.filter((m) => !m.deleted && compareIds(m.message_id, id) < 0).pop();
-      if (previous) c.lastMessage = previous;
-    }
+    this.uncounted.add(counted);
+    if (this.changes(c, id, seq)) this.update(c, id, (m) => tombstoned(m, by, ts));
+    this.requote(c, id, null, seq);
+    this.previewBack(c, id);
+  }
+  /** A preview of message `id`, deleted, falls back to the newest known message before it that is not. */
+  previewBack(c, id) {
+    if (c.lastMessage?.message_id !== id || !c.lastMessage.deleted) return;
+    const previous = c.messages.filter((m) => !m.deleted && compareIds(m.message_id, id) < 0).pop();
+    if (previous) c.lastMessage = previous;
+    this.changed.add(c.id);
   }
   /**
-   * Merges a page of the conversation list; `asOf`: the stream position the client had
-   * applied when it came (see {@link ConversationStore} on what a page's views show).
+   * Merges a page of the conversation list; `lastSeq`: the page's `last_seq` (protocol 3), the
+   * seq everything in it is as of (see {@link ConversationStore}).
    */
-  summaries(views, asOf) {
+  summaries(views, lastSeq) {
     for (const v of views) {
       const c = this.conversation(v.conversation_id);
+      if (lastSeq !== void 0) this.listedAsOf.set(c.id, lastSeq);
       c.kind = v.kind;
       c.peer = v.peer ?? c.peer;
       c.title = v.title ?? c.title;
@@ -811,17 +852,22 @@ var ConversationStore = class {
       c.peerReadMarker = v.peer_read_marker ?? c.peerReadMarker;
       c.activitySeq = Math.max(c.activitySeq, v.activity_seq);
       if (v.last_message) {
-        this.addMessages(c, [v.last_message], asOf);
+        this.addMessages(c, [v.last_message], lastSeq);
+        const preview = this.find(c, v.last_message.message_id);
         if (!c.lastMessage || c.lastMessage.deleted || compareIds(v.last_message.message_id, c.lastMessage.message_id) >= 0) {
-          c.lastMessage = v.last_message;
+          c.lastMessage = preview;
+          this.previewBack(c, preview.message_id);
         }
       }
     }
     this.flush();
   }
-  /** Merges a page of history (or any messages known to be committed); `asOf` as for {@link summaries}. */
-  history(conversationId, messages, asOf) {
-    this.addMessages(this.conversation(conversationId), messages, asOf);
+  /**
+   * Merges a page of history (or any messages known to be committed); `lastSeq`: the page's
+   * `last_seq` (protocol 3), the seq its views are as of (each message's own seq without it).
+   */
+  history(conversationId, messages, lastSeq) {
+    this.addMessages(this.conversation(conversationId), messages, lastSeq);
     this.flush();
   }
   members(conversationId, members) {
@@ -846,15 +892,40 @@ var ConversationStore = class {
     c.unreadCount = unreadCount;
     this.flush();
   }
-  addMessages(c, messages, asOf = 0) {
-    const known = new Set(c.messages.map((m) => m.message_id));
-    const fresh = messages.filter((m) => !known.has(m.message_id));
-    if (!fresh.length) return;
-    for (const m of fresh) if (asOf > m.seq) this.asOf.set(`${c.id} ${m.message_id}`, asOf);
-    c.messages = [...c.messages, ...fresh].sort((a, b) => compareIds(a.message_id, b.message_id));
-    this.changed.add(c.id);
+  /**
+   * Merges views of messages as of `asOf` (each as of its own seq, at least): a message not
+   * known here is added; a known one is replaced when its copy is as of an earlier seq, and the
+   * quotes of replies to it follow.
+   */
+  addMessages(c, views, asOf = 0) {
+    const fresh = [];
+    for (const view of views) {
+      const id = view.message_id;
+      const at = Math.max(asOf, view.seq);
+      const copy = this.find(c, id);
+      if (!copy || at > this.copyAsOf(c, copy)) {
+        if (at > view.seq) this.asOf.set(key(c.id, id), at);
+        else this.asOf.delete(key(c.id, id));
+        if (copy) {
+          this.update(c, id, () => view);
+          this.requote(c, id, view.deleted ? null : view.text, at);
+          this.previewBack(c, id);
+        }
+      }
+      if (!c.messages.some((m) => m.message_id === id)) fresh.push(this.find(c, id) ?? view);
+    }
+    if (fresh.length) {
+      c.messages = [...c.messages, ...fresh].sort((a, b) => compareIds(a.message_id, b.message_id));
+      this.changed.add(c.id);
+    }
+    for (const view of views) {
+      if (view.reply_to && this.find(c, view.message_id) === view) this.quoteFromCopy(c, view, Math.max(asOf, view.seq));
+    }
   }
 };
+function key(conversationId, messageId) {
+  return `${conversationId} ${messageId}`;
+}
 
 // src/outbox.ts
 function isConversationId(to) {
@@ -1308,7 +1379,7 @@ var HistoryPager = class {
     const reply = await this.client.request(command);
     this.before = reply.next_before;
     this.done = reply.next_before === null;
-    this.client.conversations.history(reply.conversation_id, reply.messages, this.client.lastSeq);
+    this.client.conversations.history(reply.conversation_id, reply.messages, reply.last_seq ?? void 0);
     return reply.messages;
   }
 };
@@ -1459,7 +1530,7 @@ var PeroxoClient = class {
   /** Loads a page of the conversation list (protocol 2) into {@link conversations}. */
   async loadConversations(options = {}) {
     const reply = await this.request({ type: "conversations", limit: options.limit ?? 50, ...options.before ? { before: options.before } : {} });
-    this.conversations.summaries(reply.conversations, this.lastSeq);
+    this.conversations.summaries(reply.conversations, reply.last_seq ?? void 0);
     return reply;
   }
   /** Loads a group's members into {@link conversations}. */
@@ -1516,7 +1587,7 @@ var PeroxoClient = class {
   /** An idempotent change to a message, retried until answered; its answer goes into the store. */
   async changeMessage(command) {
     const reply = await this.retrying(() => this.request(command));
-    this.conversations.messageState(reply.message, this.lastSeq);
+    this.conversations.messageState(reply.message, reply.seq ?? void 0);
     return reply;
   }
   async retrying(attempt) {

@@ -72,7 +72,7 @@ export class HistoryPager {
     const reply = await this.client.request<'history'>(command);
     this.before = reply.next_before;
     this.done = reply.next_before === null;
-    this.client.conversations.history(reply.conversation_id, reply.messages, this.client.lastSeq);
+    this.client.conversations.history(reply.conversation_id, reply.messages, reply.last_seq ?? undefined);
     return reply.messages;
   }
 }
@@ -223,7 +223,7 @@ export class PeroxoClient {
   /** Loads a page of the conversation list (protocol 2) into {@link conversations}. */
   async loadConversations(options: { before?: string; limit?: number } = {}): Promise<Reply<'conversations'>> {
     const reply = await this.request<'conversations'>({ type: 'conversations', limit: options.limit ?? 50, ...(options.before ? { before: options.before } : {}) });
-    this.conversations.summaries(reply.conversations, this.lastSeq);
+    this.conversations.summaries(reply.conversations, reply.last_seq ?? undefined);
     return reply;
   }
 
@@ -293,7 +293,7 @@ export class PeroxoClient {
   /** An idempotent change to a message, retried until answered; its answer goes into the store. */
   private async changeMessage(command: CommandKind): Promise<Reply<'message_state'>> {
     const reply = await this.retrying(() => this.request<'message_state'>(command));
-    this.conversations.messageState(reply.message, this.lastSeq);
+    this.conversations.messageState(reply.message, reply.seq ?? undefined);
     return reply;
   }
 

@@ -348,6 +348,11 @@ export type ServerFrame = {
   type: "message";
 }) | {
   conversation_id: string;
+  /**
+   * Protocol 3: the user's seq when the page was read; its messages are as they were
+   * then.
+   */
+  last_seq?: number | null;
   messages: MessageView[];
   next_before: string | null;
   req_id?: ReqId | null;
@@ -434,6 +439,11 @@ export type ServerFrame = {
   type: "members";
 } | {
   conversations: ConversationView[];
+  /**
+   * Protocol 3: the user's seq when the page was read; everything in it is as it was
+   * then.
+   */
+  last_seq?: number | null;
   next_before: string | null;
   req_id?: ReqId | null;
   total_unread: number;
@@ -466,5 +476,10 @@ export type ServerFrame = {
   duplicate: boolean;
   message: MessageView;
   req_id?: ReqId | null;
+  /**
+   * The seq the command's event took in the user's stream: `message` is as of it.
+   * Absent when the command changed nothing.
+   */
+  seq?: number | null;
   type: "message_state";
 };

@@ -21,9 +21,9 @@ export type StreamEntry =
   | {
     kind: 'message'; seq: number; message: MessageView;
     /**
-     * Protocol 3: the stream position the view reflects, when past `seq` (a sync page shows a
-     * message as it is at the page's `last_seq`: edited, deleted, with its reactions), so that
-     * the changes up to there are not applied to it again.
+     * The seq the view is as of: a sync page's `last_seq` (it shows the message as it was
+     * then: in protocol 3 edited, deleted, with its reactions); absent for a live frame, which
+     * is as of its own `seq`. The changes up to it are not applied to it again.
      */
     asOf?: number;
   }

@@ -1,10 +1,11 @@
 // Protocol 3 against a real `peroxo serve --dev`: replies, edits (idempotent by
 // client_msg_id), deletes and reactions reach the other user live, a second device of the same
-// user that was away converges by sync, and both agree with what the server says afterwards.
+// user that was away converges by sync, and both agree with what the server says afterwards;
+// pages read before the sync catches up are as of their last_seq, so nothing counts twice.
 
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { connect, ServerError } from '../../dist/index.js';
+import { connect, MemoryStore, ServerError } from '../../dist/index.js';
 import { Server, waitFor } from './server.mjs';
 
 const FAST = { backoff: { initialMs: 50, maxMs: 500 } };
@@ -30,6 +31,27 @@ function unpluggable() {
     }
   };
   return Unpluggable;
+}
+
+/** A WebSocket class that holds back `sync` answers until `release()`, so that pages come first. */
+function holdingSyncs() {
+  const held = [];
+  let holding = true;
+  return class Holding extends WebSocket {
+    set onmessage(handler) {
+      super.onmessage = handler && ((event) => {
+        if (holding && JSON.parse(event.data).type === 'sync') held.push(() => handler(event));
+        else handler(event);
+      });
+    }
+    get onmessage() {
+      return super.onmessage;
+    }
+    static release() {
+      holding = false;
+      for (const deliver of held.splice(0)) deliver();
+    }
+  };
 }
 
 function client(server, user, options = {}) {
@@ -118,6 +140,50 @@ describe('protocol 3 against a real server', () => {
     const summary = list.conversations.find((c) => c.conversation_id === DM);
     assert.equal(summary.unread_count, 0);
     assert.equal(summary.last_message.message_id, reply.messageId);
+  });
+
+  test('history and list pages read before the sync catches up count each change once', async () => {
+    const DM = 'alice8:bob8';
+    const store = new MemoryStore();
+    const alice = client(server, 'alice8');
+    const desk = client(server, 'bob8', { store });
+    await Promise.all([alice.whenConnected(), desk.whenConnected()]);
+    const kept = await alice.send('bob8', 'keep me');
+    const doomed = await alice.send('bob8', 'delete me');
+    await waitFor(() => messageOf(desk, DM, doomed.messageId), 'the desk has both');
+    desk.close();
+
+    await alice.react(DM, kept.messageId, '👍');
+    await alice.edit(DM, kept.messageId, 'kept');
+    await alice.delete(DM, doomed.messageId);
+    const phone = client(server, 'bob8');
+    await phone.whenConnected();
+    const reacted = await phone.react(DM, kept.messageId, '🎉');
+    assert.ok(reacted.seq > 0, 'a change answers with its event\'s seq');
+    const again = await phone.react(DM, kept.messageId, '🎉');
+    assert.equal(again.seq ?? undefined, undefined, 'a change that changes nothing has none');
+
+    // The desk comes back from where it was: its pages come before the entries they show.
+    const Holding = holdingSyncs();
+    const back = client(server, 'bob8', { store, WebSocket: Holding });
+    await back.whenConnected();
+    assert.ok(back.lastSeq < reacted.seq, 'the desk is behind');
+    const page = await back.history(DM).next();
+    assert.equal(page.length, 2);
+    const list = await back.loadConversations();
+    assert.ok(list.last_seq >= reacted.seq, `the list is as of ${list.last_seq}`);
+    Holding.release();
+    await back.sync();
+    assert.ok(back.lastSeq >= reacted.seq);
+    for (const id of [kept.messageId, doomed.messageId]) {
+      assert.deepEqual(lifecycleOf(messageOf(back, DM, id)), lifecycleOf(messageOf(phone, DM, id)), `message ${id}`);
+    }
+    assert.deepEqual(messageOf(back, DM, kept.messageId).reactions, [{ emoji: '👍', count: 1, mine: false }, { emoji: '🎉', count: 1, mine: true }]);
+    assert.equal(back.conversations.get(DM).unreadCount, 1, 'the delete the list showed is not taken off again');
+
+    // A change after the pages applies as usual.
+    await alice.react(DM, kept.messageId, '🎉');
+    await waitFor(() => messageOf(back, DM, kept.messageId).reactions?.[1]?.count === 2, 'the desk sees alice\'s 🎉');
   });
 
   test('refusals carry the server\'s codes; protocol 2 is told to ask for 3', async () => {

@@ -116,20 +116,42 @@ test('changes to a message the store does not hold are passed over', () => {
   assert.equal(byId(s, 10).text, 't10');
 });
 
-test('message_state applies the text, the deletion and the own reactions, and its event then changes nothing', () => {
+test('message_state replaces the copy as of its seq, and its event then changes nothing', () => {
   const s = store();
   s.apply([m(1, 10, 'alice'), m(2, 11, 'bob')]);
-  s.messageState({ ...view(1, 10, 'alice'), text: 'new', edited_ts: 50 });
+  s.messageState({ ...view(1, 10, 'alice'), text: 'new', edited_ts: 50 }, 3);
   assert.equal(byId(s, 10).text, 'new');
   s.apply([e(3, 'message_edited', 10, { text: 'new', actor: 'alice' })]);
   assert.equal(byId(s, 10).text, 'new');
-  s.messageState({ ...view(2, 11, 'bob'), reactions: [{ emoji: '👍', count: 2, mine: true }] });
-  assert.deepEqual(byId(s, 11).reactions, [{ emoji: '👍', count: 1, mine: true }], 'others\' reactions come with their events');
+  assert.equal(byId(s, 10).edited_ts, 50, 'the event of the answer is not applied again');
+  // Bob's reaction (seq 4) is in the answer to alice's (seq 5): neither is counted again.
+  s.messageState({ ...view(2, 11, 'bob'), reactions: [{ emoji: '👍', count: 2, mine: true }] }, 5);
+  assert.deepEqual(byId(s, 11).reactions, [{ emoji: '👍', count: 2, mine: true }]);
   s.apply([e(4, 'reaction_added', 11, { emoji: '👍', actor: 'bob' }), e(5, 'reaction_added', 11, { emoji: '👍', actor: 'alice' })]);
   assert.deepEqual(byId(s, 11).reactions, [{ emoji: '👍', count: 2, mine: true }]);
-  s.messageState({ ...view(1, 10, 'alice'), text: '', deleted: { by: 'alice', ts: 60 } });
+  s.apply([e(6, 'reaction_added', 11, { emoji: '👍', actor: 'carol' })]);
+  assert.equal(byId(s, 11).reactions[0].count, 3, 'a change after the answer applies');
+  s.messageState({ ...view(1, 10, 'alice'), text: '', deleted: { by: 'alice', ts: 60 } }, 7);
   assert.deepEqual(byId(s, 10).deleted, { by: 'alice', ts: 60 });
   assert.equal(s.get(DM).lastMessage.message_id, '11');
+});
+
+test('message_state without seq (the command changed nothing) leaves the copy as it is', () => {
+  const s = store();
+  s.apply([m(1, 10, 'bob'), e(2, 'reaction_added', 10, { emoji: '👍' })]);
+  const copy = byId(s, 10);
+  const changes = [];
+  s.subscribe((ids) => changes.push(ids));
+  // Read before bob's reaction came in, or what a repeated command found: not the copy's business.
+  s.messageState(view(1, 10, 'bob'));
+  s.messageState({ ...view(1, 10, 'bob'), text: 'other', edited_ts: 9 }, undefined);
+  assert.equal(byId(s, 10), copy);
+  assert.deepEqual(changes, []);
+  // Nor is a message not known here added from it.
+  s.messageState(view(3, 12, 'bob'));
+  assert.equal(byId(s, 12), undefined);
+  s.apply([e(3, 'reaction_added', 10, { emoji: '👍', actor: 'carol' })]);
+  assert.equal(byId(s, 10).reactions[0].count, 2);
 });
 
 test('the client sends edit, delete, react and unreact, retries an edit with the same client_msg_id, and sends replies by conversation', async () => {
@@ -156,14 +178,19 @@ test('the client sends edit, delete, react and unreact, retries an edit with the
   const react = c.react(DM, '10', '👍');
   const r = await waitFor(() => second.written('react')[0], 'the react');
   assert.deepEqual({ ...r, req_id: undefined }, { type: 'react', conversation_id: DM, message_id: '10', emoji: '👍', req_id: undefined });
-  second.frame({ type: 'message_state', req_id: r.req_id, duplicate: false, message: { ...view(1, 10, 'bob'), reactions: [{ emoji: '👍', count: 1, mine: true }] } });
+  second.frame({ type: 'message_state', req_id: r.req_id, duplicate: false, seq: 2, message: { ...view(1, 10, 'bob'), reactions: [{ emoji: '👍', count: 1, mine: true }] } });
   await react;
   assert.deepEqual(c.conversations.get(DM).messages[0].reactions, [{ emoji: '👍', count: 1, mine: true }]);
 
   const unreact = c.unreact(DM, '10', '👍');
   const u = await waitFor(() => second.written('unreact')[0], 'the unreact');
-  second.frame({ type: 'message_state', req_id: u.req_id, duplicate: false, message: view(1, 10, 'bob') });
+  second.frame({ type: 'message_state', req_id: u.req_id, duplicate: false, seq: 3, message: view(1, 10, 'bob') });
   await unreact;
+  assert.equal(c.conversations.get(DM).messages[0].reactions, undefined);
+  // The events of both answers follow, live: the copy already shows them.
+  second.frame({ type: 'event', ...e(2, 'reaction_added', 10, { emoji: '👍', actor: 'alice' }).event });
+  second.frame({ type: 'event', ...e(3, 'reaction_removed', 10, { emoji: '👍', actor: 'alice' }).event });
+  await waitFor(() => c.lastSeq === 3, 'the events applied');
   assert.equal(c.conversations.get(DM).messages[0].reactions, undefined);
 
   const refused = c.delete(DM, '10');
@@ -176,7 +203,7 @@ test('the client sends edit, delete, react and unreact, retries an edit with the
   const s = await waitFor(() => second.written('send')[0], 'the reply');
   assert.equal(s.conversation_id, DM);
   assert.equal(s.reply_to, '10');
-  second.frame({ type: 'ack', client_msg_id: s.client_msg_id, conversation_id: DM, message_id: '12', seq: 2, ts: 5, duplicate: false });
+  second.frame({ type: 'ack', client_msg_id: s.client_msg_id, conversation_id: DM, message_id: '12', seq: 4, ts: 5, duplicate: false });
   await sent;
   const own = c.conversations.get(DM).messages.find((x) => x.message_id === '12');
   assert.deepEqual(own.reply_to, { message_id: '10', from: 'bob', excerpt: 't10' });
@@ -199,9 +226,63 @@ test('a view that already shows changes (a sync page, a history page) does not g
   assert.deepEqual(byId(s, 10).reactions, [{ emoji: '👍', count: 2, mine: false }]);
   s.apply([e(5, 'reaction_added', 10, { emoji: '👍', actor: 'dave' })]);
   assert.equal(byId(s, 10).reactions[0].count, 3, 'a later change applies');
-  s.history(DM, [view(0, 9, 'bob', { reactions: [{ emoji: '🎉', count: 1, mine: false }] })], 6);
-  s.apply([e(6, 'reaction_added', 9, { emoji: '🎉' }), e(7, 'reaction_added', 9, { emoji: '🎉', actor: 'carol' })]);
+});
+
+test('a reaction a history page already shows is not counted again when it arrives after the page; one above its last_seq is', () => {
+  const s = store();
+  s.apply([m(1, 9, 'bob')]);
+  // The page was read at seq 3: it shows bob's reaction (seq 2), not carol's (seq 4).
+  s.history(DM, [view(1, 9, 'bob', { reactions: [{ emoji: '🎉', count: 1, mine: false }] }), view(0, 8, 'bob')], 3);
+  assert.deepEqual(byId(s, 9).reactions, [{ emoji: '🎉', count: 1, mine: false }], 'the newer view replaces the live copy');
+  s.apply([e(2, 'reaction_added', 9, { emoji: '🎉' }), e(3, 'message_edited', 8, { text: 'x' })]);
+  assert.equal(byId(s, 9).reactions[0].count, 1, 'seq 2 is in the page');
+  s.apply([e(4, 'reaction_added', 9, { emoji: '🎉', actor: 'carol' })]);
+  assert.equal(byId(s, 9).reactions[0].count, 2, 'seq 4 is above the page');
+  // An older page (read at seq 3 again) does not undo what came since.
+  s.history(DM, [view(1, 9, 'bob', { reactions: [{ emoji: '🎉', count: 1, mine: false }] })], 3);
   assert.equal(byId(s, 9).reactions[0].count, 2);
+  // Without last_seq (protocol 2) a view is as of its own seq.
+  s.history(DM, [view(0, 7, 'bob')]);
+  s.apply([e(5, 'reaction_added', 7, { emoji: '👀' })]);
+  assert.equal(byId(s, 7).reactions[0].count, 1);
+});
+
+test('a reply\'s quote follows a newer view of what it quotes, not an older event', () => {
+  const s = store();
+  s.apply([m(1, 10, 'bob'), m(2, 11, 'alice', { reply_to: { message_id: '10', from: 'bob', excerpt: 't10' } })]);
+  s.history(DM, [view(1, 10, 'bob', { text: 'v2', edited_ts: 4 })], 4);
+  assert.equal(byId(s, 11).reply_to.excerpt, 'v2');
+  s.apply([e(3, 'message_edited', 10, { text: 'v1' })]);
+  assert.equal(byId(s, 10).text, 'v2');
+  assert.equal(byId(s, 11).reply_to.excerpt, 'v2');
+  // A reply that comes after what it quotes was seen newer shows the newer quote.
+  s.history(DM, [view(3, 12, 'bob', { reply_to: { message_id: '10', from: 'bob', excerpt: 't10' } })], 3);
+  assert.equal(byId(s, 12).reply_to.excerpt, 'v2');
+  s.apply([e(5, 'message_edited', 10, { text: 'v3' })]);
+  assert.equal(byId(s, 11).reply_to.excerpt, 'v3');
+  assert.equal(byId(s, 12).reply_to.excerpt, 'v3');
+});
+
+test('a conversation list counts as of its last_seq: a delete or read marker it shows changes the count no more', () => {
+  const s = store();
+  s.apply([m(1, 10, 'bob'), m(2, 11, 'bob'), m(3, 12, 'bob')]);
+  assert.equal(s.get(DM).unreadCount, 3);
+  // The list was read at seq 6: message 11 deleted (seq 5), so two unread; 12 deleted after it (seq 7).
+  const summary = { conversation_id: DM, kind: 'direct', peer: 'bob', peer_read_marker: '0', member_count: 2, last_message: view(3, 12, 'bob', { reactions: [{ emoji: '👍', count: 1, mine: false }] }), unread_count: 2, read_marker: '0', activity_seq: 3 };
+  s.summaries([summary], 6);
+  assert.equal(s.get(DM).unreadCount, 2);
+  s.apply([e(4, 'read_marker', 9, { actor: 'alice', unread_count: 3 }), e(5, 'message_deleted', 11), e(6, 'reaction_added', 12, { emoji: '👍' })]);
+  assert.equal(s.get(DM).unreadCount, 2, 'seqs 4 and 5 are in the list');
+  assert.ok(byId(s, 11).deleted, 'the copy the list did not bring still becomes a tombstone');
+  assert.equal(byId(s, 12).reactions[0].count, 1, 'the list\'s preview, as of seq 6, showed the reaction already');
+  s.apply([e(7, 'message_deleted', 12)]);
+  assert.equal(s.get(DM).unreadCount, 1, 'seq 7 is above the list');
+  assert.equal(s.get(DM).lastMessage.message_id, '10');
+  // Without last_seq (protocol 2) the list says nothing of what it shows.
+  const g = { conversation_id: G, kind: 'group', title: 'T', role: 'member', member_count: 3, last_message: null, unread_count: 0, read_marker: '0', activity_seq: 8 };
+  s.summaries([g]);
+  s.apply([{ kind: 'event', seq: 8, event: { seq: 8, event: 'group_renamed', event_id: 'r', conversation_id: G, actor: 'bob', ts: 8, title: 'U' } }]);
+  assert.equal(s.get(G).title, 'U');
 });
 
 test('a message synced after it was deleted is neither unread nor the preview; changes to messages keep the list order', () => {
