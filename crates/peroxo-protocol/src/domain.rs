@@ -196,11 +196,13 @@ pub struct StoredMessage {
 /// edits, deletes and reactions made of it since. Empty for a plain message.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Lifecycle {
-    pub reply_to: Option<Quote>,
+    // The rare parts are boxed: a message is carried in actor messages and batches, and most
+    // messages have neither.
+    pub reply_to: Option<Box<Quote>>,
     /// When its author last edited it (milliseconds since the Unix epoch).
     pub edited_ts: Option<i64>,
     /// Set once it is deleted for everyone: its text is then empty.
-    pub deleted: Option<Deletion>,
+    pub deleted: Option<Box<Deletion>>,
     /// Its reactions, one per emoji, in the order each emoji first reached it.
     pub reactions: Vec<ReactionCount>,
 }

@@ -799,9 +799,9 @@ impl<'a> MessageView<'a> {
             client_msg_id: (viewer == message.sender)
                 .then_some(Cow::Borrowed(message.client_msg_id.as_str())),
             erased: message.is_erased(),
-            reply_to: lifecycle.reply_to.as_ref().map(QuoteView::of),
+            reply_to: lifecycle.reply_to.as_deref().map(QuoteView::of),
             edited_ts: lifecycle.edited_ts,
-            deleted: lifecycle.deleted.as_ref().map(DeletionView::of),
+            deleted: lifecycle.deleted.as_deref().map(DeletionView::of),
             reactions: (!lifecycle.reactions.is_empty())
                 .then(|| lifecycle.reactions.iter().map(ReactionView::of).collect()),
         }

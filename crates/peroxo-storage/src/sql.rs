@@ -49,14 +49,16 @@ impl LifecycleColumns {
     /// The lifecycle these columns describe. A message with reactions gets a placeholder
     /// (see [`pending_reactions`]) that the read replaces with the viewer's counts.
     pub(crate) fn lifecycle(self) -> Lifecycle {
-        let reply_to = self.reply_to.map(|id| Quote {
-            message_id: id as u64,
-            deleted: self.quote_sender.is_none() || self.quote_deleted_ts.is_some(),
-            sender: self.quote_sender.unwrap_or_default(),
-            excerpt: self.quote_excerpt.unwrap_or_default(),
+        let reply_to = self.reply_to.map(|id| {
+            Box::new(Quote {
+                message_id: id as u64,
+                deleted: self.quote_sender.is_none() || self.quote_deleted_ts.is_some(),
+                sender: self.quote_sender.unwrap_or_default(),
+                excerpt: self.quote_excerpt.unwrap_or_default(),
+            })
         });
         let deleted = match (self.deleted_by, self.deleted_ts) {
-            (Some(by), Some(ts)) => Some(Deletion { by, ts }),
+            (Some(by), Some(ts)) => Some(Box::new(Deletion { by, ts })),
             _ => None,
         };
         Lifecycle {

@@ -375,11 +375,14 @@ async fn deletes_are_for_the_author_or_a_group_manager_and_happen_once(f: &Fixtu
         moderated: true,
     };
     assert_fanout(f, fanout, "bob", kind, &["alice", "bob", "carol"]).await;
-    let deletion = Deletion {
+    let deletion = Box::new(Deletion {
         by: "bob".into(),
         ts: fanout.event.ts,
-    };
-    assert_eq!(moderated.message.lifecycle.deleted, Some(deletion));
+    });
+    assert_eq!(
+        moderated.message.lifecycle.deleted.as_ref(),
+        Some(&deletion)
+    );
     let own = change_message(f, "carol", &group, c2.message_id, MessageOp::Delete)
         .await
         .unwrap();
@@ -424,10 +427,10 @@ async fn a_delete_leaves_a_tombstone_without_text_or_reactions(f: &Fixture) {
     let outcome = change_message(f, "alice", "alice:bob", id, MessageOp::Delete)
         .await
         .unwrap();
-    let deletion = Deletion {
+    let deletion = Box::new(Deletion {
         by: "alice".into(),
         ts: made(&outcome).event.ts,
-    };
+    });
     for user in ["alice", "bob"] {
         let seen = seen_by(f, user, "alice:bob", id).await;
         assert_eq!(seen.text, "", "{user}");
@@ -666,12 +669,12 @@ async fn a_reply_quotes_its_message_as_it_is_now(f: &Fixture) {
     let id = original.message_id;
     let reply = send_reply(f, "bob", "alice", id, "agreed").await;
     let quote = |excerpt: &str, deleted: bool| {
-        Some(Quote {
+        Some(Box::new(Quote {
             message_id: id,
             sender: "alice".into(),
             excerpt: excerpt.to_owned(),
             deleted,
-        })
+        }))
     };
     let excerpt = format!("{}{}", "ü".repeat(60), "😀".repeat(40));
     assert_eq!(reply.lifecycle.reply_to, quote(&excerpt, false));
@@ -856,12 +859,12 @@ async fn retention_prunes_messages_with_their_reactions(f: &Fixture) {
     let seen = in_history(f, "bob", "alice:bob", reply.message_id).await;
     assert_eq!(
         seen.lifecycle.reply_to,
-        Some(Quote {
+        Some(Box::new(Quote {
             message_id: old.message_id,
             sender: String::new(),
             excerpt: String::new(),
             deleted: true,
-        }),
+        })),
         "a quote of a message retention deleted"
     );
     let ids: Vec<u64> = history(f, "bob", "alice:bob", None, 10)

@@ -255,17 +255,17 @@ mod tests {
             sender_seq: 1,
             recipient_seq: 2,
             lifecycle: Lifecycle {
-                reply_to: Some(Quote {
+                reply_to: Some(Box::new(Quote {
                     message_id: 3,
                     sender: "bob".into(),
                     excerpt: "hi".into(),
                     deleted: false,
-                }),
+                })),
                 edited_ts: Some(5),
-                deleted: Some(Deletion {
+                deleted: Some(Box::new(Deletion {
                     by: "alice".into(),
                     ts: 6,
-                }),
+                })),
                 reactions: vec![ReactionCount {
                     emoji: "👍".into(),
                     count: 1,

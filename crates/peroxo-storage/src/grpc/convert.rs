@@ -106,14 +106,16 @@ fn lifecycle_to_pb(l: Lifecycle) -> pb::Lifecycle {
 
 fn lifecycle_from_pb(l: pb::Lifecycle) -> Lifecycle {
     Lifecycle {
-        reply_to: l.reply_to.map(|q| Quote {
-            message_id: q.message_id,
-            sender: q.sender,
-            excerpt: q.excerpt,
-            deleted: q.deleted,
+        reply_to: l.reply_to.map(|q| {
+            Box::new(Quote {
+                message_id: q.message_id,
+                sender: q.sender,
+                excerpt: q.excerpt,
+                deleted: q.deleted,
+            })
         }),
         edited_ts: l.edited_ts,
-        deleted: l.deleted.map(|d| Deletion { by: d.by, ts: d.ts }),
+        deleted: l.deleted.map(|d| Box::new(Deletion { by: d.by, ts: d.ts })),
         reactions: l
             .reactions
             .into_iter()

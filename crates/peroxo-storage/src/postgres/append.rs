@@ -333,7 +333,7 @@ impl BatchWrites {
             Some(members) => self.group(message, id, members),
             None => (self.direct(message, id), Vec::new()),
         };
-        stored.lifecycle.reply_to = quote;
+        stored.lifecycle.reply_to = quote.map(Box::new);
         self.quoted.insert(id, Quoted::of(&stored));
         self.sent.insert(key, stored.clone());
         self.fresh.push(stored.clone());

@@ -65,7 +65,7 @@ fn append_direct(
         return Ok(duplicate(find_original(w.conn, message)?));
     };
     let mut stored = assigned.stored(message, message_id, w.ts);
-    stored.lifecycle.reply_to = quote;
+    stored.lifecycle.reply_to = quote.map(Box::new);
     insert_inbox(w.conn, &stored)?;
     // Remembered only now: a duplicate takes no seq.
     let mut rows = 0;
@@ -120,7 +120,7 @@ fn append_to_group(
         return Ok(duplicate(find_original(w.conn, message)?));
     };
     let mut stored = assigned.stored(message, message_id, w.ts);
-    stored.lifecycle.reply_to = quote;
+    stored.lifecycle.reply_to = quote.map(Box::new);
     let mut others = Vec::with_capacity(members.len() - 1);
     for member in members.iter() {
         let owner = sender.peer(member.clone());

@@ -126,7 +126,7 @@ pub struct WireMessage {
     recipient_seq: u64,
     /// The message it replies to: id, sender, excerpt, deleted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    reply_to: Option<(u64, String, String, bool)>,
+    reply_to: Option<Box<(u64, String, String, bool)>>,
 }
 
 impl From<&StoredMessage> for WireMessage {
@@ -145,7 +145,7 @@ impl From<&StoredMessage> for WireMessage {
                 .lifecycle
                 .reply_to
                 .as_ref()
-                .map(|q| (q.message_id, q.sender.clone(), q.excerpt.clone(), q.deleted)),
+                .map(|q| Box::new((q.message_id, q.sender.clone(), q.excerpt.clone(), q.deleted))),
         }
     }
 }
@@ -163,14 +163,15 @@ impl From<WireMessage> for StoredMessage {
             sender_seq: m.sender_seq,
             recipient_seq: m.recipient_seq,
             lifecycle: Lifecycle {
-                reply_to: m
-                    .reply_to
-                    .map(|(message_id, sender, excerpt, deleted)| Quote {
+                reply_to: m.reply_to.map(|quote| {
+                    let (message_id, sender, excerpt, deleted) = *quote;
+                    Box::new(Quote {
                         message_id,
                         sender,
                         excerpt,
                         deleted,
-                    }),
+                    })
+                }),
                 ..Lifecycle::default()
             },
         }
