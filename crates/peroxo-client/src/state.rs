@@ -939,17 +939,19 @@ mod tests {
         let (mut state, now) = connected(0);
         state.submit(send("c1", "bob", "a"), None, now);
         state.outgoing(now);
-        state.on_frame(
-            ServerFrame::Error {
-                code: ErrorCode::Internal,
-                message: "session restarted".into(),
-                retryable: true,
-                req_id: None,
-                client_msg_id: None,
-            },
-            now,
-        );
+        state.on_frame(session_restarted(), now);
         assert_eq!(state.outgoing(now).len(), 1);
+    }
+
+    /// The `internal` error without ids of a session that restarted.
+    fn session_restarted() -> ServerFrame<'static> {
+        ServerFrame::Error {
+            code: ErrorCode::Internal,
+            message: "session restarted".into(),
+            retryable: true,
+            req_id: None,
+            client_msg_id: None,
+        }
     }
 
     fn event_view(seq: u64) -> EventView<'static> {
@@ -1125,16 +1127,7 @@ mod tests {
         let (mut state, now) = connected(0);
         let (tx, mut rx) = oneshot::channel();
         state.request(CommandKind::Ping, tx).expect("connected");
-        state.on_frame(
-            ServerFrame::Error {
-                code: ErrorCode::Internal,
-                message: "session restarted".into(),
-                retryable: true,
-                req_id: None,
-                client_msg_id: None,
-            },
-            now,
-        );
+        state.on_frame(session_restarted(), now);
         assert_eq!(rx.try_recv().unwrap(), Err(ClientError::Interrupted));
     }
 
@@ -1327,16 +1320,7 @@ mod tests {
         };
         state.submit_change(delete.clone(), tx, now);
         let req_id = change_req_id(&state.outgoing(now));
-        state.on_frame(
-            ServerFrame::Error {
-                code: ErrorCode::Internal,
-                message: "session restarted".into(),
-                retryable: true,
-                req_id: None,
-                client_msg_id: None,
-            },
-            now,
-        );
+        state.on_frame(session_restarted(), now);
         let again = state.outgoing(now);
         assert_eq!(
             change_req_id(&again),
