@@ -18,6 +18,8 @@ pub(crate) struct SendRecord {
     /// A user, or a group id.
     pub(crate) to: String,
     pub(crate) text: String,
+    /// Protocol 3: the message it replies to.
+    pub(crate) reply_to: Option<u64>,
     /// The message id and the sender's seq from its first ack.
     pub(crate) ack: Option<(String, u64)>,
     /// The highest seq of its stream the user had seen when it sent this.

@@ -400,6 +400,7 @@ impl Rig {
                             recipient_seq: row.get(6)?,
                             edited: row.get(7)?,
                             deleted: row.get(8)?,
+                            reply_to: row.get(9)?,
                         })
                     })
                     .unwrap()
@@ -455,6 +456,7 @@ impl Rig {
                         recipient_seq: row.get(6),
                         edited: row.get(7),
                         deleted: row.get(8),
+                        reply_to: row.get(9),
                     })
                     .collect();
                 let reactions = client
@@ -497,9 +499,10 @@ impl Rig {
     }
 }
 
-/// Every message of a tenant, in id order, with whether it was edited and deleted.
+/// Every message of a tenant, in id order, with whether it was edited and deleted, and what it
+/// replies to.
 const MESSAGES_SQL: &str = "SELECT id, sender, recipient, client_msg_id, text, sender_seq, \
-     recipient_seq, edited_ts IS NOT NULL, deleted_ts IS NOT NULL FROM messages \
+     recipient_seq, edited_ts IS NOT NULL, deleted_ts IS NOT NULL, reply_to FROM messages \
      WHERE tenant = $1 ORDER BY id";
 /// How many users reacted to each message of a tenant with each emoji. Both backends keep
 /// one row per (message, emoji, user) in `reactions`.
@@ -542,6 +545,7 @@ pub(crate) struct StoredRow {
     /// Protocol 3: its text was edited; it was deleted for everyone (its text is then empty).
     pub(crate) edited: bool,
     pub(crate) deleted: bool,
+    pub(crate) reply_to: Option<i64>,
 }
 
 /// Where a gateway node finds its storage.

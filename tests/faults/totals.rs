@@ -43,6 +43,9 @@ pub(crate) struct TrafficTotals {
     ops_answered: usize,
     ops_refused: usize,
     op_events: usize,
+    /// Replies sent (direct and group), and refused (for what they quote, or `not_a_member`).
+    replies: usize,
+    replies_refused: usize,
 }
 
 impl TrafficTotals {
@@ -62,6 +65,10 @@ impl TrafficTotals {
             totals.group_skipped += report.skipped_sends;
             for send in &report.sends {
                 let acked = usize::from(send.ack.is_some());
+                if send.reply_to.is_some() {
+                    totals.replies += 1;
+                    totals.replies_refused += usize::from(send.refused.is_some());
+                }
                 if is_group_id(&send.to) {
                     totals.group_sent += 1;
                     totals.group_acked += acked;
@@ -114,7 +121,7 @@ impl std::fmt::Display for TrafficTotals {
             "sent {} acked {} | group sent {} acked {} refused {} delivered {} (not sent {}) \
              | changes {} done {} already done {} | received live {} by sync {} \
              | marks {} answered {} events {} receipts {} | edits {} deletes {} reacts {} \
-             unreacts {} answered {} refused {} events {}",
+             unreacts {} answered {} refused {} events {} | replies {} refused {}",
             self.sent,
             self.acked,
             self.group_sent,
@@ -137,7 +144,9 @@ impl std::fmt::Display for TrafficTotals {
             self.ops[3],
             self.ops_answered,
             self.ops_refused,
-            self.op_events
+            self.op_events,
+            self.replies,
+            self.replies_refused
         )
     }
 }

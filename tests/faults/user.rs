@@ -3,7 +3,8 @@
 //! the client's events, of what the user saw, which it reports at the end
 //! ([`crate::report`]).
 //!
-//! A protocol-3 user changes messages as an application would: it edits and deletes its own
+//! A protocol-3 user sends one message in ten as a reply to one of the latest messages of the
+//! conversation, and changes messages as an application would: it edits and deletes its own
 //! recent messages, deletes other members' messages in the groups it owns (a moderated
 //! delete), reacts to messages it has seen and takes back reactions it made. It makes one
 //! change at a time, so that its changes reach the server in the order it made them; the
@@ -26,6 +27,7 @@ use peroxo_client::{
     Change, Client, ClientError, CommandKind, ErrorAbout, ErrorCode, Event, Events, SendError,
     ServerFrame, Via,
 };
+use peroxo_protocol::domain::conversation_id;
 use peroxo_protocol::event::is_group_id;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -57,7 +59,9 @@ pub(crate) enum Intent {
 const EMOJIS: [&str; 4] = ["👍", "🎉", ":+1:", "❤️"];
 /// How many of its latest acked messages a user keeps as candidates to edit or delete.
 const RECENT_OWN: usize = 24;
-/// How many of a conversation's latest messages a user picks from to react to.
+/// One send in this many is a reply (protocol 3), when the conversation has a message to quote.
+const REPLY_EVERY: u64 = 10;
+/// How many of a conversation's latest messages a user picks from to react to or quote.
 const RECENT_SEEN: usize = 20;
 /// How many changes may wait while the user's previous one is unanswered.
 const WAITING_CHANGES: usize = 8;
@@ -375,7 +379,15 @@ impl SimulatedUser {
         }
         let n = self.sends.len();
         let text = format!("{} to {to}, #{n}", self.user);
-        let submitted = match client.submit(to.clone(), text.clone()) {
+        let quote = self.pick_quote(&to);
+        let reply_to = quote.as_ref().map(|(_, quoted)| *quoted);
+        let submitted = match quote {
+            Some((conversation_id, quoted)) => {
+                client.submit_reply(conversation_id, quoted, text.clone())
+            }
+            None => client.submit(to.clone(), text.clone()),
+        };
+        let submitted = match submitted {
             Ok(submitted) => submitted,
             Err(error) => {
                 self.violations.push(format!("could not submit: {error}"));
@@ -390,12 +402,44 @@ impl SimulatedUser {
             client_msg_id,
             to,
             text,
+            reply_to,
             ack: None,
             seen,
             refused: None,
         });
         self.unacked += 1;
         self.live.sent.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Now and then (protocol 3), a message to reply to with a message to `to`: one of the
+    /// latest of the conversation, not deleted. The conversation's id, and the message's.
+    fn pick_quote(&mut self, to: &str) -> Option<(String, u64)> {
+        if self.protocol < 3 || self.rng.below(REPLY_EVERY) != 0 {
+            return None;
+        }
+        let conversation = if is_group_id(to) {
+            to.to_owned()
+        } else {
+            conversation_id(&self.user, to)
+        };
+        let quoted = self.pick_recent(&conversation)?;
+        Some((conversation, quoted))
+    }
+
+    /// One of the latest messages of `conversation` the user has seen, not deleted.
+    fn pick_recent(&mut self, conversation: &str) -> Option<u64> {
+        let recent: Vec<u64> = self
+            .by_conversation
+            .get(conversation)?
+            .iter()
+            .rev()
+            .take(RECENT_SEEN)
+            .map(|(id, _)| *id)
+            .filter(|id| !self.deleted.contains(id))
+            .collect();
+        recent
+            .get(self.rng.below(recent.len().max(1) as u64) as usize)
+            .copied()
     }
 
     /// Marks a random conversation of the user's stream: mostly read up to its newest
@@ -590,7 +634,9 @@ impl SimulatedUser {
     }
 
     /// A send refused for good. A group message refused `not_a_member` is the verdict's to
-    /// judge (the user may have been removed before it was sent); any other refusal is wrong.
+    /// judge (the user may have been removed before it was sent), and so is a reply refused
+    /// `message_deleted` (someone deleted what it quotes meanwhile) or, in a group,
+    /// `unknown_message`; any other refusal is wrong.
     /// A send that went twice (after a session restart) may be refused twice, alike.
     fn on_refusal(&mut self, client_msg_id: &str, error: &peroxo_client::ServerError) {
         let judged = match self.index.get(client_msg_id) {
@@ -605,7 +651,15 @@ impl SimulatedUser {
                     send.refused = Some((error.code, error.message.clone()));
                     self.unacked -= 1;
                 }
-                alike && is_group_id(&send.to) && error.code == ErrorCode::NotAMember
+                let reply = send.reply_to.is_some();
+                let group = is_group_id(&send.to);
+                alike
+                    && match error.code {
+                        ErrorCode::NotAMember => group,
+                        ErrorCode::UnknownMessage => group && reply,
+                        ErrorCode::MessageDeleted => reply,
+                        _ => false,
+                    }
             }
             _ => false,
         };
@@ -744,17 +798,10 @@ impl SimulatedUser {
             return Some((conversation, id, Change::Unreact { emoji }));
         }
         let n = self.rng.below(self.by_conversation.len().max(1) as u64) as usize;
-        let (conversation, messages) = self.by_conversation.iter().nth(n)?;
-        let recent: Vec<u64> = messages
-            .iter()
-            .rev()
-            .take(RECENT_SEEN)
-            .map(|(id, _)| *id)
-            .filter(|id| !self.deleted.contains(id))
-            .collect();
-        let id = *recent.get(self.rng.below(recent.len().max(1) as u64) as usize)?;
+        let conversation = self.by_conversation.keys().nth(n)?.clone();
+        let id = self.pick_recent(&conversation)?;
         let emoji = EMOJIS[self.rng.below(EMOJIS.len() as u64) as usize].to_owned();
-        Some((conversation.clone(), id, Change::React { emoji }))
+        Some((conversation, id, Change::React { emoji }))
     }
 
     /// The latest change ended: recorded, and the user's reactions follow its answer.

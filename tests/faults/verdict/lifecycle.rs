@@ -11,10 +11,15 @@
 //! - `changes-kept`: every answered change is in that state unless a later one superseded it:
 //!   a message is deleted exactly when a delete of it was answered; otherwise its text is its
 //!   author's last answered edit (or what was sent), and its reactions are, for every user and
-//!   emoji, what that user's last answered `react` or `unreact` left. A change refused
+//!   emoji, what that user's last answered `react` or `unreact` left. A delete or reaction
+//!   refused `not_a_member` or `unknown_message` may have been carried out by an earlier
+//!   attempt whose answer was lost (what it would have changed is not judged); an edit so
+//!   refused may not, since a repeated edit is answered `duplicate`. A change refused
 //!   `message_deleted` names a deleted message; `not_a_member` and `unknown_message` only
 //!   refuse changes in groups (whose member may have been removed, or removed and added
-//!   again, unseen); no other refusal is called for.
+//!   again, unseen); no other refusal is called for. Every stored message replies to what its
+//!   send quoted (or to nothing), and a reply refused `message_deleted` quoted a message that
+//!   is deleted.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -201,6 +206,15 @@ struct Answered<'a> {
     reactions: BTreeMap<(&'a str, &'a str), bool>,
     /// A change of it was never answered: what it left is unknown.
     unknown: bool,
+    /// A delete, a reaction or one taken back was refused `not_a_member` or
+    /// `unknown_message` (its member was removed, unseen): an earlier attempt whose answer
+    /// was lost may have been carried out, and nothing tells.
+    delete_unknown: bool,
+    reactions_unknown: bool,
+    /// The texts of its edits refused so. An edit, unlike the others, is idempotent by its
+    /// `client_msg_id`: one carried out by an earlier attempt must be answered `duplicate`,
+    /// never refused, so none of these texts may be the message's.
+    refused_edits: Vec<(&'a str, ErrorCode)>,
 }
 
 pub(super) fn changes_kept(evidence: &Evidence<'_>) -> Check {
@@ -235,6 +249,15 @@ pub(super) fn changes_kept(evidence: &Evidence<'_>) -> Check {
                 },
                 OpOutcome::Refused(code) => {
                     refused += 1;
+                    if matches!(code, ErrorCode::NotAMember | ErrorCode::UnknownMessage) {
+                        match &op.change {
+                            Change::Edit { text } => entry.refused_edits.push((text, *code)),
+                            Change::Delete => entry.delete_unknown = true,
+                            Change::React { .. } | Change::Unreact { .. } => {
+                                entry.reactions_unknown = true;
+                            }
+                        }
+                    }
                     let in_group = is_group_id(&op.conversation_id);
                     let deleted = stored.get(&id).is_some_and(|s| s.deleted);
                     let fits = match code {
@@ -266,13 +289,11 @@ pub(super) fn changes_kept(evidence: &Evidence<'_>) -> Check {
         };
         failures.extend(kept(*id, changes, state, sent.get(id).copied()));
     }
+    failures.extend(replies_kept(evidence, &stored));
     // A message deleted although no delete of it was answered.
     for (id, state) in &stored {
-        if state.deleted
-            && answered
-                .get(id)
-                .is_none_or(|a| a.deletes == 0 && !a.unknown)
-        {
+        let explained = |a: &Answered<'_>| a.deletes > 0 || a.unknown || a.delete_unknown;
+        if state.deleted && !answered.get(id).is_some_and(explained) {
             failures.push(format!(
                 "message {id} is deleted, but no delete of it was answered"
             ));
@@ -301,6 +322,18 @@ fn kept(
         }
         return failures;
     }
+    if state.deleted && changes.delete_unknown {
+        return failures;
+    }
+    if let Some((_, code)) = changes.refused_edits.iter().find(|(t, _)| *t == state.text) {
+        failures.push(format!(
+            "message {id} reads {:?}, the text of an edit refused {}: an earlier attempt \
+             carried it out, and the repeat was refused instead of answered duplicate",
+            state.text,
+            code.as_str()
+        ));
+        return failures;
+    }
     let text = changes.edits.last().copied().or(sent);
     let edited = !changes.edits.is_empty();
     if text.is_some_and(|text| text != state.text) || state.edited != edited {
@@ -316,7 +349,7 @@ fn kept(
             *reactions.entry((*emoji).to_owned()).or_default() += 1;
         }
     }
-    if reactions != state.reactions {
+    if reactions != state.reactions && !changes.reactions_unknown {
         failures.push(format!(
             "message {id}: the answered reactions leave {reactions:?}, storage has {:?}",
             state.reactions
@@ -364,6 +397,47 @@ pub(super) fn nothing_unread(evidence: &Evidence<'_>, report: &UserReport) -> Ve
                  {kept:?} of others in it are not deleted",
                 report.user
             ));
+        }
+    }
+    failures
+}
+
+/// Every stored message replies to what its send quoted, or to nothing; a reply refused
+/// `message_deleted` quoted a message that is deleted.
+fn replies_kept(evidence: &Evidence<'_>, stored: &BTreeMap<u64, ReplayedMessage>) -> Vec<String> {
+    let quoted: HashMap<(&str, &str), Option<u64>> = evidence
+        .reports
+        .iter()
+        .flat_map(|r| {
+            r.sends
+                .iter()
+                .map(|s| ((r.user.as_str(), s.client_msg_id.as_str()), s.reply_to))
+        })
+        .collect();
+    let mut failures = Vec::new();
+    for row in &evidence.stored.messages {
+        let sent = quoted.get(&(row.sender.as_str(), row.client_msg_id.as_str()));
+        let replies_to = row.reply_to.map(|id| id as u64);
+        if sent.is_some_and(|sent| *sent != replies_to) {
+            failures.push(format!(
+                "message {} replies to {replies_to:?}, its send quoted {:?}",
+                row.id,
+                sent.copied().flatten()
+            ));
+        }
+    }
+    for report in evidence.reports {
+        for send in &report.sends {
+            if let (Some(quoted), Some((ErrorCode::MessageDeleted, _))) =
+                (send.reply_to, &send.refused)
+                && !stored.get(&quoted).is_some_and(|s| s.deleted)
+            {
+                failures.push(format!(
+                    "{}/{}, a reply to message {quoted}, was refused message_deleted, but \
+                     message {quoted} is not deleted",
+                    report.user, send.client_msg_id
+                ));
+            }
         }
     }
     failures
