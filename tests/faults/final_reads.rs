@@ -50,9 +50,25 @@ pub(crate) struct ReceiptProbe {
 }
 
 /// A conversation's history as the user read it: every message by id, as the user's
-/// protocol shows it (protocol 1 and 2: a deleted message as erased, without edits or
-/// reactions), or why it could not be read.
-pub(crate) type History = Result<BTreeMap<u64, ReplayedMessage>, String>;
+/// protocol shows it (protocol 1 and 2: a deleted message as erased, without edits,
+/// reactions or quotes), or why it could not be read.
+pub(crate) type History = Result<BTreeMap<u64, HistoryCopy>, String>;
+
+/// A message as a history shows it.
+#[derive(Debug, Clone)]
+pub(crate) struct HistoryCopy {
+    pub(crate) state: ReplayedMessage,
+    /// Protocol 3: the quote of the message it replies to.
+    pub(crate) quote: Option<Quote>,
+}
+
+/// A reply's quote, as a history shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Quote {
+    pub(crate) message_id: String,
+    pub(crate) excerpt: String,
+    pub(crate) deleted: bool,
+}
 
 /// Everything read after the final sync.
 #[derive(Debug, Default)]
@@ -237,10 +253,15 @@ async fn read_history(client: &Client, me: &str, conversation_id: &str, protocol
     }
 }
 
-/// What a message view says of the message's state: its text, edit, deletion (or, before
-/// protocol 3, erasure) and reactions by emoji.
-fn copy_of(view: MessageView<'static>) -> ReplayedMessage {
-    ReplayedMessage {
+/// What a message view says of the message: its text, edit, deletion (or, before protocol 3,
+/// erasure), reactions by emoji, and quote.
+fn copy_of(view: MessageView<'static>) -> HistoryCopy {
+    let quote = view.reply_to.map(|quote| Quote {
+        message_id: quote.message_id,
+        excerpt: quote.excerpt.into_owned(),
+        deleted: quote.deleted,
+    });
+    let state = ReplayedMessage {
         text: view.text.into_owned(),
         edited: view.edited_ts.is_some(),
         deleted: view.deleted.is_some() || view.erased,
@@ -250,5 +271,6 @@ fn copy_of(view: MessageView<'static>) -> ReplayedMessage {
             .into_iter()
             .map(|r| (r.emoji.into_owned(), r.count))
             .collect(),
-    }
+    };
+    HistoryCopy { state, quote }
 }

@@ -7,7 +7,8 @@
 //!   `peroxo_bench::contract`'s [`MessageReplay`]: its copy, then every change after it, in
 //!   seq order. Every message of a user's stream (of a group, since the user last joined it)
 //!   is in the user's history of that conversation, and no event changes a message its stream
-//!   did not show before.
+//!   did not show before. A protocol-3 history quotes what each reply replies to as it is now:
+//!   its first 100 characters, or nothing and `deleted` once it is deleted.
 //! - `changes-kept`: every answered change is in that state unless a later one superseded it:
 //!   a message is deleted exactly when a delete of it was answered; otherwise its text is its
 //!   author's last answered edit (or what was sent), and its reactions are, for every user and
@@ -28,6 +29,7 @@ use peroxo_client::{Change, ErrorCode};
 use peroxo_protocol::event::is_group_id;
 
 use super::{Check, Evidence};
+use crate::final_reads::{HistoryCopy, Quote};
 use crate::report::{Entry, OpOutcome, UserReport};
 
 /// Every message's final state as the database holds it, by message id.
@@ -109,8 +111,14 @@ fn differs(copy: &ReplayedMessage, stored: &ReplayedMessage, full: bool) -> bool
 
 pub(super) fn messages_agree(evidence: &Evidence<'_>) -> Check {
     let stored = stored_states(evidence);
+    let replies: HashMap<u64, u64> = evidence
+        .stored
+        .messages
+        .iter()
+        .filter_map(|row| Some((row.id as u64, row.reply_to? as u64)))
+        .collect();
     let mut failures = Vec::new();
-    let (mut replayed, mut read) = (0, 0);
+    let (mut replayed, mut read, mut quotes) = (0, 0, 0);
     for report in evidence.reports {
         let user = &report.user;
         let full = report.protocol >= 3;
@@ -135,6 +143,14 @@ pub(super) fn messages_agree(evidence: &Evidence<'_>) -> Check {
             };
             for (id, copy) in history {
                 read += 1;
+                quotes += usize::from(copy.quote.is_some());
+                if full {
+                    failures.extend(
+                        quote_mismatch(*id, copy, &stored, &replies)
+                            .map(|m| format!("{user}'s history of {conversation}: {m}")),
+                    );
+                }
+                let copy = &copy.state;
                 match stored.get(id) {
                     Some(row) if differs(copy, row, full) => failures.push(format!(
                         "{user}'s history of {conversation} shows message {id} as {copy:?}, \
@@ -153,8 +169,35 @@ pub(super) fn messages_agree(evidence: &Evidence<'_>) -> Check {
     Check {
         name: "messages-agree",
         failures,
-        remark: format!(" ({replayed} replayed, {read} read)"),
+        remark: format!(" ({replayed} replayed, {read} read, {quotes} quotes)"),
     }
+}
+
+/// How a history's copy of message `id` misquotes: a reply quotes the message it replies to
+/// as that message is now (`replies`: what each reply replies to), its excerpt the first 100
+/// characters of its text, or nothing and `deleted` once it is deleted.
+fn quote_mismatch(
+    id: u64,
+    copy: &HistoryCopy,
+    stored: &BTreeMap<u64, ReplayedMessage>,
+    replies: &HashMap<u64, u64>,
+) -> Option<String> {
+    let quoted = replies.get(&id).copied();
+    let shown = copy.quote.as_ref();
+    let expected = quoted.map(|quoted| {
+        let state = stored.get(&quoted);
+        let deleted = state.is_none_or(|s| s.deleted);
+        Quote {
+            message_id: quoted.to_string(),
+            excerpt: match state {
+                Some(s) if !deleted => s.text.chars().take(100).collect(),
+                _ => String::new(),
+            },
+            deleted,
+        }
+    });
+    (shown != expected.as_ref())
+        .then(|| format!("message {id} quotes {shown:?}, storage says {expected:?}"))
 }
 
 /// Every message of the user's stream (of a group, since the user last joined it) is in its
