@@ -281,7 +281,10 @@ async fn edits_reactions_and_replies_cross_nodes_for_protocol_3_only() {
     )
     .await;
     assert_eq!(edited["type"], "message_state", "{edited}");
-    assert_eq!(wait_for_event(&mut bob, "message_edited").await["text"], "fixed");
+    assert_eq!(
+        wait_for_event(&mut bob, "message_edited").await["text"],
+        "fixed"
+    );
     let reacted = request(
         &mut bob,
         json!({"type": "react", "conversation_id": "alice:bob", "message_id": id, "emoji": "👍"}),
@@ -304,7 +307,10 @@ async fn edits_reactions_and_replies_cross_nodes_for_protocol_3_only() {
     assert_eq!(reply["reply_to"]["excerpt"], "fixed", "{reply}");
     let frames: Vec<Value> = {
         let mut frames = Vec::new();
-        while frames.last().is_none_or(|f: &Value| f["text"] != "see above") {
+        while frames
+            .last()
+            .is_none_or(|f: &Value| f["text"] != "see above")
+        {
             frames.push(bob_v2.next().await);
         }
         frames

@@ -548,3 +548,36 @@ async fn a_device_that_was_away_converges_through_sync() {
         json!([{"emoji": "✅", "count": 1, "mine": false}])
     );
 }
+
+#[tokio::test]
+async fn a_resent_edit_is_a_duplicate_even_after_its_author_left_the_group() {
+    let server = TestServer::start().await;
+    let mut alice = server.connect_v3("alice").await;
+    let mut bob = server.connect_v3("bob").await;
+    let group = alice.create_group("Team", &["bob"], "g1").await;
+    let ack = bob.send_to(&group, "draft", "m1").await;
+    let id = ack["message_id"].as_str().unwrap().to_owned();
+    let edit = json!({"type": "edit", "conversation_id": group, "message_id": id, "text": "final", "client_msg_id": "e1"});
+    let first = change(&mut bob, edit.clone(), "e1").await;
+    assert_eq!(first["duplicate"], false, "{first}");
+    let removed = alice
+        .request(
+            json!({"type": "remove_member", "conversation_id": group, "user": "bob"}),
+            "rm",
+        )
+        .await;
+    assert_eq!(removed["type"], "done", "{removed}");
+    // The answer to the first attempt was lost, say: the retry learns it was carried out.
+    let again = change(&mut bob, edit, "e1-again").await;
+    assert_eq!(again["type"], "message_state", "{again}");
+    assert_eq!(again["duplicate"], true);
+    assert_eq!(again["message"]["text"], "final");
+    // A new edit is refused: bob is no longer a member.
+    let refused = change(
+        &mut bob,
+        json!({"type": "edit", "conversation_id": group, "message_id": id, "text": "x", "client_msg_id": "e2"}),
+        "e2",
+    )
+    .await;
+    assert_eq!(refused["code"], "not_a_member", "{refused}");
+}

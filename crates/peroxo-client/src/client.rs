@@ -148,6 +148,9 @@ pub struct Changed {
     pub message: MessageView<'static>,
     /// An edit seen before: an earlier attempt was committed, nothing changed now. A success.
     pub duplicate: bool,
+    /// The seq the change's event took in the user's stream (`message` is as of it); `None`
+    /// when it changed nothing.
+    pub seq: Option<u64>,
 }
 
 /// An `error` frame.

@@ -311,11 +311,13 @@ impl ClientState {
                 client_msg_id,
                 message,
                 duplicate,
+                seq,
             } if self.holds_change(req_id.as_deref()) => {
                 let changed = Changed {
                     client_msg_id: client_msg_id.map(|id| id.into_owned()),
                     message,
                     duplicate,
+                    seq,
                 };
                 self.on_changed(request_id(req_id.as_deref()).unwrap_or_default(), changed);
             }
@@ -1256,6 +1258,7 @@ mod tests {
                 ..view(9)
             },
             duplicate,
+            seq: (!duplicate).then_some(12),
         }
     }
 

@@ -37,12 +37,20 @@ pub(super) async fn change_message(
     rules::check_request(&request.op, MAX_STORED_TEXT_BYTES).map_err(refused)?;
     let mut client = pool.get().await.map_err(backend)?;
     let tx = client.transaction().await.map_err(backend)?;
+    // A resent edit is answered with what it edited before anything is checked again: its
+    // author may have left the group since, like the author of a resent message.
+    if let MessageOp::Edit { client_msg_id, .. } = &request.op
+        && let Some(edited) = edited_before(&tx, actor, client_msg_id).await?
+    {
+        return finish(tx, actor, edited, None, true).await;
+    }
     let (row, audience, mut counters) = lock_message(&tx, actor, &target, &request).await?;
     let message_id = row.id;
+    // Checked again under the locks: a first attempt may have committed meanwhile.
     if let MessageOp::Edit { client_msg_id, .. } = &request.op
-        && edited_before(&tx, actor, client_msg_id).await?
+        && let Some(edited) = edited_before(&tx, actor, client_msg_id).await?
     {
-        return finish(tx, actor, message_id, None, true).await;
+        return finish(tx, actor, edited, None, true).await;
     }
     let role = match &target {
         Target::Group(group) => role_of(&tx, actor, group).await?,
@@ -193,20 +201,23 @@ async fn read_message(
     Ok(message)
 }
 
-/// Whether `actor` made an edit with `client_msg_id` before.
+/// The message `actor` edited with `client_msg_id` before, if it did.
 async fn edited_before(
     tx: &Transaction<'_>,
     actor: &UserKey,
     client_msg_id: &str,
-) -> Result<bool, StoreError> {
+) -> Result<Option<u64>, StoreError> {
     let row = tx
         .query_opt(
-            "SELECT 1 FROM events WHERE tenant = $1 AND actor = $2 AND client_msg_id = $3",
+            "SELECT message_id FROM events
+             WHERE tenant = $1 AND actor = $2 AND client_msg_id = $3",
             &[&actor.tenant, &actor.user, &client_msg_id],
         )
         .await
         .map_err(backend)?;
-    Ok(row.is_some())
+    Ok(row
+        .and_then(|row| row.get::<_, Option<i64>>(0))
+        .map(|id| id as u64))
 }
 
 /// The role of a member of `group`.

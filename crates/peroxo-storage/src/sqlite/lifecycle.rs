@@ -23,6 +23,17 @@ pub(super) fn change_message(
     let refused = StoreError::Refused;
     let target = rules::target_of(&actor.user, &request.conversation_id).map_err(refused)?;
     rules::check_request(&request.op, MAX_STORED_TEXT_BYTES).map_err(refused)?;
+    // A resent edit is answered with what it edited before anything is checked again: its
+    // author may have left the group since, like the author of a resent message.
+    if let MessageOp::Edit { client_msg_id, .. } = &request.op
+        && let Some(edited) = edited_before(w.conn, actor, client_msg_id)?
+    {
+        return Ok(MessageOutcome {
+            message: read_message(w.conn, actor, edited)?,
+            event: None,
+            duplicate: true,
+        });
+    }
     let conversation = target.id();
     let boundary = state::read_state(w.conn, actor, &target)?.boundary;
     let message_id = request.message_id;
@@ -32,15 +43,6 @@ pub(super) fn change_message(
             conversation,
         )));
     };
-    if let MessageOp::Edit { client_msg_id, .. } = &request.op
-        && edited_before(w.conn, actor, client_msg_id)?
-    {
-        return Ok(MessageOutcome {
-            message: read_message(w.conn, actor, message_id)?,
-            event: None,
-            duplicate: true,
-        });
-    }
     let role = match &target {
         Target::Group(group) => role_of(w.conn, actor, group)?,
         Target::Direct { .. } => None,
@@ -151,20 +153,22 @@ fn read_message(conn: &Connection, viewer: &UserKey, id: u64) -> Result<StoredMe
     Ok(message)
 }
 
-/// Whether `actor` made an edit with `client_msg_id` before.
+/// The message `actor` edited with `client_msg_id` before, if it did.
 fn edited_before(
     conn: &Connection,
     actor: &UserKey,
     client_msg_id: &str,
-) -> Result<bool, StoreError> {
+) -> Result<Option<u64>, StoreError> {
     conn.prepare_cached(
-        "SELECT 1 FROM events WHERE tenant = ?1 AND actor = ?2 AND client_msg_id = ?3",
+        "SELECT message_id FROM events WHERE tenant = ?1 AND actor = ?2 AND client_msg_id = ?3",
     )
     .and_then(|mut stmt| {
-        stmt.query_row(params![actor.tenant, actor.user, client_msg_id], |_| Ok(()))
-            .optional()
+        stmt.query_row(params![actor.tenant, actor.user, client_msg_id], |row| {
+            row.get::<_, i64>(0)
+        })
+        .optional()
     })
-    .map(|found| found.is_some())
+    .map(|found| found.map(|id| id as u64))
     .map_err(backend)
 }
 
