@@ -12,12 +12,19 @@
 #   BASE_BIN=target/release/peroxo NEW_ENV="PEROXO_RETENTION__MAX_AGE=1s \
 #     PEROXO_RETENTION__INTERVAL=1s" bench/compare.sh dm --users 1000 --rate 5000 --duration 20s
 #
+# and BASE_ARGS and NEW_ARGS two loads of one build (each side's own bench arguments, after
+# the common ones):
+#
+#   BASE_BIN=target/release/peroxo NEW_ARGS="--edits 10 --reactions 5 --deletes 1" \
+#     bench/compare.sh dm --users 1000 --rate 5000 --duration 20s
+#
 # Environment:
 #   BASE_BIN=path    the build to compare against (required)
 #   PEROXO_BIN=path  the build under test and the load generator [default: builds
 #                    target/release/peroxo]
 #   RUNS=3           runs of each build
 #   BASE_ENV, NEW_ENV  extra VAR=value settings (space-separated) for the base and new server
+#   BASE_ARGS, NEW_ARGS  extra bench arguments (space-separated) for the base and new runs
 #   KEEP=1           keep the temporary directory (server logs, each run's JSON report)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,7 +40,8 @@ for run in $(seq 1 "$runs"); do
   for side in base new; do
     server=$PEROXO_BIN
     settings=${NEW_ENV:-}
-    [ "$side" = base ] && server=$BASE_BIN && settings=${BASE_ENV:-}
+    extra=${NEW_ARGS:-}
+    [ "$side" = base ] && server=$BASE_BIN && settings=${BASE_ENV:-} && extra=${BASE_ARGS:-}
     if curl -fsS "$health" >/dev/null 2>&1; then
       echo "something already answers $health; stop it first" >&2
       exit 1
@@ -42,8 +50,9 @@ for run in $(seq 1 "$runs"); do
     start "server-$side" env PEROXO_STORAGE__SQLITE_PATH="$work/bench-$side-$run.db" $settings \
       "$server" serve --config bench/config.toml
     wait_for "server-$side" curl -fsS "$health"
-    echo "== run $run of $runs, $side ($server): peroxo bench $*" >&2
-    if ! "$PEROXO_BIN" bench "$@" --json >"$work/$side-$run.json"; then
+    echo "== run $run of $runs, $side ($server): peroxo bench $* $extra" >&2
+    # shellcheck disable=SC2086 # each argument is its own word
+    if ! "$PEROXO_BIN" bench "$@" $extra --json >"$work/$side-$run.json"; then
       echo "   run $run ($side) failed" >&2
       status=1
     fi
@@ -51,6 +60,8 @@ for run in $(seq 1 "$runs"); do
   done
 done
 
-bench/medians.sh "base ($BASE_BIN ${BASE_ENV:-}): peroxo bench $*" "$work"/base-*.json
-bench/medians.sh "new ($PEROXO_BIN ${NEW_ENV:-}): peroxo bench $*" "$work"/new-*.json
+bench/medians.sh "base ($BASE_BIN ${BASE_ENV:-}): peroxo bench $* ${BASE_ARGS:-}" \
+  "$work"/base-*.json
+bench/medians.sh "new ($PEROXO_BIN ${NEW_ENV:-}): peroxo bench $* ${NEW_ARGS:-}" \
+  "$work"/new-*.json
 exit "$status"

@@ -90,7 +90,7 @@ var Connection = class {
   constructor(options, listener) {
     this.listener = listener;
     this.opts = {
-      protocol: 2,
+      protocol: 3,
       backoff: DEFAULT_BACKOFF,
       refreshMarginMs: 6e4,
       pingAfterMs: 2e4,
@@ -360,9 +360,9 @@ var Connection = class {
     this.socketGone(4e3, reason);
   }
   teardown(reason = new ClientError("disconnected", "the connection went before the reply")) {
-    for (const key of Object.keys(this.timers)) {
-      clearTimeout(this.timers[key]);
-      this.timers[key] = void 0;
+    for (const key2 of Object.keys(this.timers)) {
+      clearTimeout(this.timers[key2]);
+      this.timers[key2] = void 0;
     }
     if (this.socket) {
       this.socket.onmessage = this.socket.onclose = this.socket.onerror = null;
@@ -465,6 +465,45 @@ var Connection = class {
   }
 };
 
+// src/lifecycle.ts
+var QUOTE_EXCERPT_CHARS = 100;
+function quoteExcerpt(text) {
+  const chars = Array.from(text);
+  return chars.length <= QUOTE_EXCERPT_CHARS ? text : chars.slice(0, QUOTE_EXCERPT_CHARS).join("");
+}
+function edited(message, text, ts) {
+  if (message.deleted || message.text === text && message.edited_ts === ts) return message;
+  return { ...message, text, edited_ts: ts };
+}
+function tombstoned(message, by, ts) {
+  if (message.deleted) return message;
+  const { reactions: _reactions, ...rest } = message;
+  return { ...rest, text: "", deleted: { by, ts } };
+}
+function reacted(message, emoji, mine, added) {
+  if (message.deleted) return message;
+  const reactions = message.reactions ?? [];
+  const at = reactions.findIndex((r) => r.emoji === emoji);
+  const current = at < 0 ? void 0 : reactions[at];
+  if (mine && (current?.mine ?? false) === added) return message;
+  let next;
+  if (added) {
+    next = current ? reactions.map((r, i) => i === at ? { ...r, count: r.count + 1, mine: r.mine || mine } : r) : [...reactions, { emoji, count: 1, mine }];
+  } else {
+    if (!current) return message;
+    next = current.count <= 1 ? reactions.filter((_, i) => i !== at) : reactions.map((r, i) => i === at ? { ...r, count: r.count - 1, mine: mine ? false : r.mine } : r);
+  }
+  const { reactions: _old, ...rest } = message;
+  return next.length ? { ...rest, reactions: next } : rest;
+}
+function requoted(message, quotedId, text) {
+  const quote = message.reply_to;
+  if (!quote || quote.message_id !== quotedId) return message;
+  const next = text === null ? { ...quote, excerpt: "", deleted: true } : { ...quote, excerpt: quoteExcerpt(text) };
+  if (next.excerpt === quote.excerpt && next.deleted === quote.deleted) return message;
+  return { ...message, reply_to: next };
+}
+
 // src/conversations.ts
 function compareIds(a, b) {
   return a.length - b.length || (a < b ? -1 : a > b ? 1 : 0);
@@ -477,6 +516,18 @@ var ConversationStore = class {
   conversations = /* @__PURE__ */ new Map();
   listeners = /* @__PURE__ */ new Set();
   changed = /* @__PURE__ */ new Set();
+  /** Conversation and message id → the seq its copy is as of, when above the message's own seq. */
+  asOf = /* @__PURE__ */ new Map();
+  /** Conversation and message id of a reply → the seq its quote is as of, when above its copy's. */
+  quoteAsOf = /* @__PURE__ */ new Map();
+  /** Conversation id → the `last_seq` of the list page its summary came from (protocol 3). */
+  listedAsOf = /* @__PURE__ */ new Map();
+  /**
+   * Conversation and message id of messages the unread count does not count because they
+   * were deleted: their view was a tombstone when the stream brought them, or their delete
+   * was applied. A delete event for one of them lowers nothing.
+   */
+  uncounted = /* @__PURE__ */ new Set();
   me = "";
   /** Every conversation, the most recent activity first. */
   list() {
@@ -588,40 +639,46 @@ var ConversationStore = class {
   /** Applies stream entries, in seq order. */
   apply(entries) {
     for (const entry of entries) {
-      if (entry.kind === "message") this.message(entry.message);
+      if (entry.kind === "message") this.message(entry.message, entry.asOf);
       else this.event(entry.event);
     }
     this.flush();
   }
-  message(m) {
-    const c = this.conversation(m.conversation_id);
-    this.addMessages(c, [m]);
-    if (m.seq <= c.activitySeq) return;
-    c.activitySeq = m.seq;
-    if (!c.lastMessage || compareIds(m.message_id, c.lastMessage.message_id) > 0) c.lastMessage = m;
+  message(view, asOf) {
+    const c = this.conversation(view.conversation_id);
+    this.addMessages(c, [view], asOf);
+    if (view.seq <= c.activitySeq) return;
+    c.activitySeq = view.seq;
+    const m = this.find(c, view.message_id) ?? view;
+    if (m.deleted) this.uncounted.add(key(c.id, m.message_id));
+    if (m.deleted) c.lastMessage ??= m;
+    else if (!c.lastMessage || c.lastMessage.deleted || compareIds(m.message_id, c.lastMessage.message_id) > 0) c.lastMessage = m;
     if (m.from === this.me) {
       if (compareIds(m.message_id, c.readMarker) > 0) c.readMarker = m.message_id;
       c.unreadCount = 0;
-    } else if (compareIds(m.message_id, c.readMarker) > 0) {
+    } else if (!m.deleted && compareIds(m.message_id, c.readMarker) > 0) {
       c.unreadCount += 1;
     }
   }
   event(e) {
     const c = this.conversation(e.conversation_id);
-    const membership = e.event !== "read_marker" && e.event !== "read_receipt";
+    const membership = !["read_marker", "read_receipt", "message_edited", "message_deleted", "reaction_added", "reaction_removed"].includes(e.event);
     if (membership && e.seq > c.activitySeq) c.activitySeq = e.seq;
+    const listed = e.seq <= (this.listedAsOf.get(c.id) ?? 0);
     switch (e.event) {
       case "group_created":
-        c.title = e.title ?? c.title;
-        c.memberCount = e.member_count ?? c.memberCount;
-        if (e.actor === this.me) c.role = "owner";
-        c.role ??= "member";
+        if (!listed) {
+          c.title = e.title ?? c.title;
+          c.memberCount = e.member_count ?? c.memberCount;
+          if (e.actor === this.me) c.role = "owner";
+        }
+        c.role ??= e.actor === this.me ? "owner" : "member";
         break;
       case "members_added":
         for (const user of e.users ?? []) {
           if (!c.members?.has(user)) {
             c.members?.set(user, "member");
-            if (c.memberCount !== void 0) c.memberCount += 1;
+            if (c.memberCount !== void 0 && !listed) c.memberCount += 1;
           }
           if (user === this.me) c.role ??= "member";
         }
@@ -631,30 +688,160 @@ var ConversationStore = class {
           this.conversations.delete(c.id);
           break;
         }
-        if (e.user !== void 0 && e.user !== null && (!c.members || c.members.delete(e.user)) && c.memberCount) c.memberCount -= 1;
+        if (e.user !== void 0 && e.user !== null && (!c.members || c.members.delete(e.user)) && c.memberCount && !listed) c.memberCount -= 1;
         break;
       case "role_changed":
         if (e.user && e.role) {
           c.members?.set(e.user, e.role);
-          if (e.user === this.me) c.role = e.role;
+          if (e.user === this.me && !listed) c.role = e.role;
         }
         break;
       case "group_renamed":
-        c.title = e.title ?? c.title;
+        if (!listed) c.title = e.title ?? c.title;
         break;
       case "read_marker":
+        if (listed) break;
         if (e.message_id) c.readMarker = e.message_id;
         if (e.unread_count !== void 0 && e.unread_count !== null) c.unreadCount = e.unread_count;
         break;
       case "read_receipt":
         if (e.message_id && (!c.peerReadMarker || compareIds(e.message_id, c.peerReadMarker) > 0)) c.peerReadMarker = e.message_id;
         break;
+      case "message_edited":
+        if (e.message_id) this.edit(c, e.message_id, e.text ?? "", e.ts, e.seq);
+        break;
+      case "message_deleted":
+        if (e.message_id) this.tombstone(c, e.message_id, e.actor, e.ts, e.moderated === true, e.seq, listed);
+        break;
+      case "reaction_added":
+      case "reaction_removed":
+        if (e.message_id && e.emoji && this.changes(c, e.message_id, e.seq)) {
+          const added = e.event === "reaction_added";
+          this.update(c, e.message_id, (m) => reacted(m, e.emoji, e.actor === this.me, added));
+        }
+        break;
     }
   }
-  /** Merges a page of the conversation list. */
-  summaries(views) {
+  /**
+   * A message as the server answered a change to it (`message_state`), as of `seq`, the seq
+   * the change's event took: it replaces an older copy (and is added when the message is not
+   * known here), and the event, when it comes, changes it no more. Without `seq` the command
+   * changed nothing, and the copy stays as it is.
+   */
+  messageState(view, seq) {
+    if (seq === void 0) return;
+    this.addMessages(this.conversation(view.conversation_id), [view], seq);
+    this.flush();
+  }
+  /** The quote a reply to message `messageId` shows, from the message as known here. */
+  quoteOf(conversationId, messageId) {
+    const c = this.conversations.get(conversationId);
+    const m = c && this.find(c, messageId);
+    if (!m) return void 0;
+    return m.deleted ? { message_id: m.message_id, from: m.from, excerpt: "", deleted: true } : { message_id: m.message_id, from: m.from, excerpt: quoteExcerpt(m.text) };
+  }
+  /** The seq the copy `m` is as of. */
+  copyAsOf(c, m) {
+    return Math.max(m.seq, this.asOf.get(key(c.id, m.message_id)) ?? 0);
+  }
+  /**
+   * Whether the event of seq `seq` changes the copy of message `id`: there is one, and it is
+   * as of an earlier seq. If so, the copy counts as of `seq` from now on.
+   */
+  changes(c, id, seq) {
+    const copy = this.find(c, id);
+    if (!copy || seq <= this.copyAsOf(c, copy)) return false;
+    this.asOf.set(key(c.id, id), seq);
+    return true;
+  }
+  /** A known message by id (also the preview, which may not be among `messages`). */
+  find(c, id) {
+    return c.messages.find((m) => m.message_id === id) ?? (c.lastMessage?.message_id === id ? c.lastMessage : void 0);
+  }
+  /** Replaces a message by `change(message)`, in `messages` and as the preview. */
+  update(c, id, change) {
+    let changed = false;
+    const replace = (m) => {
+      if (m.message_id !== id) return m;
+      const next = change(m);
+      changed ||= next !== m;
+      return next;
+    };
+    c.messages = c.messages.map(replace);
+    if (c.lastMessage) c.lastMessage = replace(c.lastMessage);
+    if (changed) this.changed.add(c.id);
+  }
+  /**
+   * The quotes of every reply to message `id` follow its text as of `seq` (`null`: deleted),
+   * in the replies whose quotes are as of an earlier seq.
+   */
+  requote(c, id, text, seq) {
+    const done2 = /* @__PURE__ */ new Map();
+    const replace = (m) => {
+      if (m.reply_to?.message_id !== id) return m;
+      const again = done2.get(m.message_id);
+      if (again) return again;
+      const reply = key(c.id, m.message_id);
+      if (seq <= Math.max(this.copyAsOf(c, m), this.quoteAsOf.get(reply) ?? 0)) return m;
+      this.quoteAsOf.set(reply, seq);
+      const next = requoted(m, id, text);
+      done2.set(m.message_id, next);
+      if (next !== m) this.changed.add(c.id);
+      return next;
+    };
+    c.messages = c.messages.map(replace);
+    if (c.lastMessage) c.lastMessage = replace(c.lastMessage);
+  }
+  /** A reply's quote, from a view as of `at`, follows a newer copy of what it quotes. */
+  quoteFromCopy(c, reply, at) {
+    this.quoteAsOf.delete(key(c.id, reply.message_id));
+    const quoted = reply.reply_to && this.find(c, reply.reply_to.message_id);
+    if (!quoted) return;
+    const seq = this.copyAsOf(c, quoted);
+    if (seq > at) this.requote(c, quoted.message_id, quoted.deleted ? null : quoted.text, seq);
+  }
+  /** The edit of stream entry `seq`. */
+  edit(c, id, text, ts, seq) {
+    if (this.find(c, id)?.deleted) return;
+    if (this.changes(c, id, seq)) this.update(c, id, (m) => edited(m, text, ts));
+    this.requote(c, id, text, seq);
+  }
+  /**
+   * A message deleted for everyone (stream entry `seq`): a tombstone; it no longer counts as
+   * unread (when it was, for this user, and the count is not from a list that already shows
+   * the delete: `listed`), and a preview of it falls back to the newest known message before
+   * it that is not deleted, as the server's list does.
+   */
+  tombstone(c, id, by, ts, moderated, seq, listed) {
+    const before = this.find(c, id);
+    const counted = key(c.id, id);
+    if (!listed && !this.uncounted.has(counted)) {
+      const sender = before?.from ?? (moderated ? void 0 : by);
+      if (sender !== this.me && compareIds(c.readMarker, id) < 0 && c.unreadCount > 0) {
+        c.unreadCount -= 1;
+        this.changed.add(c.id);
+      }
+    }
+    this.uncounted.add(counted);
+    if (this.changes(c, id, seq)) this.update(c, id, (m) => tombstoned(m, by, ts));
+    this.requote(c, id, null, seq);
+    this.previewBack(c, id);
+  }
+  /** A preview of message `id`, deleted, falls back to the newest known message before it that is not. */
+  previewBack(c, id) {
+    if (c.lastMessage?.message_id !== id || !c.lastMessage.deleted) return;
+    const previous = c.messages.filter((m) => !m.deleted && compareIds(m.message_id, id) < 0).pop();
+    if (previous) c.lastMessage = previous;
+    this.changed.add(c.id);
+  }
+  /**
+   * Merges a page of the conversation list; `lastSeq`: the page's `last_seq` (protocol 3), the
+   * seq everything in it is as of (see {@link ConversationStore}).
+   */
+  summaries(views, lastSeq) {
     for (const v of views) {
       const c = this.conversation(v.conversation_id);
+      if (lastSeq !== void 0) this.listedAsOf.set(c.id, lastSeq);
       c.kind = v.kind;
       c.peer = v.peer ?? c.peer;
       c.title = v.title ?? c.title;
@@ -665,15 +852,22 @@ var ConversationStore = class {
       c.peerReadMarker = v.peer_read_marker ?? c.peerReadMarker;
       c.activitySeq = Math.max(c.activitySeq, v.activity_seq);
       if (v.last_message) {
-        this.addMessages(c, [v.last_message]);
-        if (!c.lastMessage || compareIds(v.last_message.message_id, c.lastMessage.message_id) >= 0) c.lastMessage = v.last_message;
+        this.addMessages(c, [v.last_message], lastSeq);
+        const preview = this.find(c, v.last_message.message_id);
+        if (!c.lastMessage || c.lastMessage.deleted || compareIds(v.last_message.message_id, c.lastMessage.message_id) >= 0) {
+          c.lastMessage = preview;
+          this.previewBack(c, preview.message_id);
+        }
       }
     }
     this.flush();
   }
-  /** Merges a page of history (or any messages known to be committed). */
-  history(conversationId, messages) {
-    this.addMessages(this.conversation(conversationId), messages);
+  /**
+   * Merges a page of history (or any messages known to be committed); `lastSeq`: the page's
+   * `last_seq` (protocol 3), the seq its views are as of (each message's own seq without it).
+   */
+  history(conversationId, messages, lastSeq) {
+    this.addMessages(this.conversation(conversationId), messages, lastSeq);
     this.flush();
   }
   members(conversationId, members) {
@@ -698,22 +892,49 @@ var ConversationStore = class {
     c.unreadCount = unreadCount;
     this.flush();
   }
-  addMessages(c, messages) {
-    const known = new Set(c.messages.map((m) => m.message_id));
-    const fresh = messages.filter((m) => !known.has(m.message_id));
-    if (!fresh.length) return;
-    c.messages = [...c.messages, ...fresh].sort((a, b) => compareIds(a.message_id, b.message_id));
-    this.changed.add(c.id);
+  /**
+   * Merges views of messages as of `asOf` (each as of its own seq, at least): a message not
+   * known here is added; a known one is replaced when its copy is as of an earlier seq, and the
+   * quotes of replies to it follow.
+   */
+  addMessages(c, views, asOf = 0) {
+    const fresh = [];
+    for (const view of views) {
+      const id = view.message_id;
+      const at = Math.max(asOf, view.seq);
+      const copy = this.find(c, id);
+      if (!copy || at > this.copyAsOf(c, copy)) {
+        if (at > view.seq) this.asOf.set(key(c.id, id), at);
+        else this.asOf.delete(key(c.id, id));
+        if (copy) {
+          this.update(c, id, () => view);
+          this.requote(c, id, view.deleted ? null : view.text, at);
+          this.previewBack(c, id);
+        }
+      }
+      if (!c.messages.some((m) => m.message_id === id)) fresh.push(this.find(c, id) ?? view);
+    }
+    if (fresh.length) {
+      c.messages = [...c.messages, ...fresh].sort((a, b) => compareIds(a.message_id, b.message_id));
+      this.changed.add(c.id);
+    }
+    for (const view of views) {
+      if (view.reply_to && this.find(c, view.message_id) === view) this.quoteFromCopy(c, view, Math.max(asOf, view.seq));
+    }
   }
 };
+function key(conversationId, messageId) {
+  return `${conversationId} ${messageId}`;
+}
 
 // src/outbox.ts
 function isConversationId(to) {
   return to.includes(":") || to.startsWith("g~");
 }
 function sendCommand(send) {
-  const { to, text, clientMsgId: client_msg_id } = send;
-  return isConversationId(to) ? { type: "send", conversation_id: to, text, client_msg_id } : { type: "send", to, text, client_msg_id };
+  const { to, text, clientMsgId: client_msg_id, replyTo } = send;
+  if (!isConversationId(to)) return { type: "send", to, text, client_msg_id };
+  return { type: "send", conversation_id: to, text, client_msg_id, ...replyTo ? { reply_to: replyTo } : {} };
 }
 function newClientMsgId() {
   const bytes = new Uint8Array(16);
@@ -749,15 +970,15 @@ var Outbox = class {
     return [...this.entries.values()].map((e) => ({ ...e.send }));
   }
   /** Keeps the send, writes it when connected, and resolves with its ack. */
-  submit(to, text, clientMsgId = newClientMsgId()) {
-    if (frameTooLarge(JSON.stringify(sendCommand({ clientMsgId, to, text, createdAt: 0 })))) {
+  submit(to, text, clientMsgId = newClientMsgId(), replyTo) {
+    if (frameTooLarge(JSON.stringify(sendCommand({ clientMsgId, to, text, ...replyTo ? { replyTo } : {}, createdAt: 0 })))) {
       return Promise.reject(new ClientError("frame_too_large", `the send is over ${MAX_FRAME_BYTES} bytes`));
     }
     const existing = this.entries.get(clientMsgId);
     if (existing) return new Promise((resolve, reject) => existing.waiters.push({ resolve, reject }));
     const createdAt = Math.max(Date.now(), this.submitted + 1);
     this.submitted = createdAt;
-    const entry = this.entry({ clientMsgId, to, text, createdAt });
+    const entry = this.entry({ clientMsgId, to, text, ...replyTo ? { replyTo } : {}, createdAt });
     this.entries.set(clientMsgId, entry);
     const result = new Promise((resolve, reject) => entry.waiters.push({ resolve, reject }));
     void this.store.putSend(entry.send).then(
@@ -1051,7 +1272,7 @@ var SyncEngine = class {
   /** Applies one page; returns where the next starts. */
   page(page, after) {
     const entries = [
-      ...page.messages.map((message) => ({ kind: "message", seq: message.seq, message })),
+      ...page.messages.map((message) => ({ kind: "message", seq: message.seq, message, asOf: page.last_seq })),
       ...(page.events ?? []).map((event) => ({ kind: "event", seq: event.seq, event }))
     ].sort((a, b) => a.seq - b.seq);
     const fresh = entries.filter((e) => e.seq > this.lastSeq);
@@ -1158,7 +1379,7 @@ var HistoryPager = class {
     const reply = await this.client.request(command);
     this.before = reply.next_before;
     this.done = reply.next_before === null;
-    this.client.conversations.history(reply.conversation_id, reply.messages);
+    this.client.conversations.history(reply.conversation_id, reply.messages, reply.last_seq ?? void 0);
     return reply.messages;
   }
 };
@@ -1184,7 +1405,7 @@ var PeroxoClient = class {
   constructor(options) {
     const store = options.store ?? new MemoryStore();
     const backoff = options.backoff ?? DEFAULT_BACKOFF;
-    this.welcomeProtocol = options.protocol ?? 2;
+    this.welcomeProtocol = options.protocol ?? 3;
     const warn = (message) => this.emit("warning", message);
     this.connection = new Connection({ ...options, onWarning: (m) => {
       options.onWarning?.(m);
@@ -1259,7 +1480,39 @@ var PeroxoClient = class {
    * {@link ServerError} when refused for good (`bad_request`, `too_large`, `not_a_member`, …).
    */
   send(to, text, options = {}) {
-    return this.outbox.submit(to, text, options.clientMsgId);
+    const { clientMsgId, replyTo } = options;
+    if (replyTo && !isConversationId(to)) {
+      if (this.me === void 0) return Promise.reject(new ClientError("not_connected", "a reply to a user needs its conversation id before the first welcome"));
+      to = directConversationId(this.me, to);
+    }
+    return this.outbox.submit(to, text, clientMsgId, replyTo);
+  }
+  /**
+   * Protocol 3: replaces the text of one of the user's messages (within the server's edit
+   * window), resolving with the message as it is now. The edit carries one `client_msg_id`
+   * for all its attempts, so it is retried after a lost connection or a retryable error
+   * without being applied twice (a repeat answers `duplicate: true`). Refusals:
+   * `not_author`, `edit_window_passed`, `message_deleted`, `unknown_message`, …
+   */
+  edit(conversationId, messageId, text, options = {}) {
+    const clientMsgId = options.clientMsgId ?? newClientMsgId();
+    return this.changeMessage({ type: "edit", conversation_id: conversationId, message_id: messageId, text, client_msg_id: clientMsgId });
+  }
+  /**
+   * Protocol 3: deletes a message for everyone (the user's own, or any in a group the user
+   * owns or administers), leaving a tombstone. Deleting a deleted message changes nothing,
+   * so it is retried like {@link edit}.
+   */
+  delete(conversationId, messageId) {
+    return this.changeMessage({ type: "delete", conversation_id: conversationId, message_id: messageId });
+  }
+  /** Protocol 3: adds the user's reaction `emoji` to a message (again: no change). */
+  react(conversationId, messageId, emoji) {
+    return this.changeMessage({ type: "react", conversation_id: conversationId, message_id: messageId, emoji });
+  }
+  /** Protocol 3: takes the user's reaction `emoji` back (one never made: no change). */
+  unreact(conversationId, messageId, emoji) {
+    return this.changeMessage({ type: "unreact", conversation_id: conversationId, message_id: messageId, emoji });
   }
   /** The sends not acked yet, oldest first. */
   pendingSends() {
@@ -1277,7 +1530,7 @@ var PeroxoClient = class {
   /** Loads a page of the conversation list (protocol 2) into {@link conversations}. */
   async loadConversations(options = {}) {
     const reply = await this.request({ type: "conversations", limit: options.limit ?? 50, ...options.before ? { before: options.before } : {} });
-    this.conversations.summaries(reply.conversations);
+    this.conversations.summaries(reply.conversations, reply.last_seq ?? void 0);
     return reply;
   }
   /** Loads a group's members into {@link conversations}. */
@@ -1330,6 +1583,12 @@ var PeroxoClient = class {
   }
   emit(event, ...args) {
     for (const listener of [...this.listeners[event]]) listener(...args);
+  }
+  /** An idempotent change to a message, retried until answered; its answer goes into the store. */
+  async changeMessage(command) {
+    const reply = await this.retrying(() => this.request(command));
+    this.conversations.messageState(reply.message, reply.seq ?? void 0);
+    return reply;
   }
   async retrying(attempt) {
     for (let failures = 0; ; failures++) {
@@ -1398,6 +1657,14 @@ var PeroxoClient = class {
     this.emit("ack", ack, send);
     const me = this.me ?? "";
     const to = ack.conversationId.startsWith("g~") ? ack.conversationId : isConversationId(send.to) ? this.peerOf(send.to) : send.to;
+    let replyTo;
+    if (send.replyTo) {
+      replyTo = this.conversations.quoteOf(ack.conversationId, send.replyTo);
+      if (!replyTo) {
+        this.stream.hint(ack.seq);
+        return;
+      }
+    }
     const message = {
       message_id: ack.messageId,
       conversation_id: ack.conversationId,
@@ -1406,7 +1673,8 @@ var PeroxoClient = class {
       text: send.text,
       ts: ack.ts,
       seq: ack.seq,
-      client_msg_id: ack.clientMsgId
+      client_msg_id: ack.clientMsgId,
+      ...replyTo ? { reply_to: replyTo } : {}
     };
     if (!ack.duplicate) this.stream.offer({ kind: "message", seq: ack.seq, message });
   }
@@ -1483,6 +1751,7 @@ export {
   IndexedDbStore,
   MemoryStore,
   PeroxoClient,
+  QUOTE_EXCERPT_CHARS,
   ServerError,
   backoffDelay,
   compareIds,
@@ -1490,5 +1759,6 @@ export {
   directConversationId,
   newClientMsgId,
   nextStepAfterClose,
-  nextStepAfterRefusal
+  nextStepAfterRefusal,
+  quoteExcerpt
 };

@@ -11,7 +11,9 @@
 // other device, "mark unread", a reload that keeps the list while the server is out of reach
 // (and a sync that brings what happened meanwhile), and a new browser that reads the list from
 // the server. A third, shorter scenario runs a server in JWT mode: sign in with a token, and be
-// sent back to sign-in when it expires.
+// sent back to sign-in when it expires. A fourth, on protocol 3: a reply with its quote, an edit,
+// a delete (a tombstone for both users), reactions counted and taken back, and a second device
+// of bob that was away and catches up on all of it when it comes back.
 //
 // Run: ./run.sh (or `node --test chat.test.mjs` once `npm ci` has run and the server is built).
 // Env: PEROXO_BIN (server binary; default ../../target/debug/peroxo, relative paths are taken
@@ -838,6 +840,229 @@ describe('PerOXO chat page in JWT mode', () => {
     await expectVisible(page, sel.conn('online'));
     await expectVisible(page, '#login-error', { text: 'token has expired' });
     await screenshot(page, '11-jwt-token-expired');
+  });
+
+  step('no page threw an uncaught error', async () => {
+    assert.deepEqual(pageErrors, []);
+  });
+});
+
+/* ------------------------------------------------------------------------------------------
+ * Protocol 3: what happens to a message after it is sent. alice and bob, and bob again on a
+ * desk computer that goes away for a while and catches up when it comes back.
+ * ---------------------------------------------------------------------------------------- */
+
+const SEE_YOU = 'See you at 5 at the statoin';
+const SEE_YOU_FIXED = 'See you at 5 at the station';
+const SEE_YOU_LATER = 'See you at 6 at the station';
+const ON_MY_WAY = 'Great, on my way';
+const WRONG_CHAT = 'Oops, this was for someone else';
+const WRONG_AGAIN = 'Wrong chat again, sorry';
+
+/**
+ * Lets the page's WebSocket through to the server while `plug.in`; `unplug(plug)` closes the
+ * open ones (1001, as a device leaving) and every later attempt is closed at once with 1013.
+ */
+async function pluggedWebSocket(context, plug) {
+  plug.routes = new Set();
+  await context.routeWebSocket(/\/ws\?/, (ws) => {
+    if (!plug.in) {
+      ws.close({ code: 1013, reason: 'away' });
+      return;
+    }
+    plug.routes.add(ws);
+    ws.connectToServer();
+  });
+}
+
+async function unplug(plug) {
+  plug.in = false;
+  for (const ws of plug.routes) await ws.close({ code: 1001, reason: 'away' }).catch(() => {});
+  plug.routes.clear();
+}
+
+/** The message of the open conversation that shows `text` (or, once deleted, has that id). */
+const messageWith = (page, text) => page.locator(sel.message(), { hasText: text }).first();
+const messageById = (page, id) => page.locator(`${sel.message()}[data-message-id="${id}"]`);
+
+/** Runs a message's tool (reply, react, edit, delete), shown when the pointer is on it. */
+async function messageTool(message, tool) {
+  await message.hover();
+  await message.locator(`[data-testid="${tool}"]`).click();
+}
+
+/** The reactions a message shows, as `emoji count` with a `*` on the user's own. */
+async function reactionsOf(message) {
+  return message.locator('[data-testid="reaction"]').evaluateAll((nodes) =>
+    nodes.map((n) => `${n.dataset.emoji} ${n.dataset.count}${n.getAttribute('aria-pressed') === 'true' ? '*' : ''}`));
+}
+
+/** Waits until `read()` gives `expected` (deep equality), failing with the last value seen. */
+async function eventually(read, expected, what, timeout = WAIT_MS) {
+  const deadline = Date.now() + timeout;
+  let seen;
+  for (;;) {
+    seen = await read();
+    try {
+      assert.deepEqual(seen, expected);
+      return;
+    } catch {
+      if (Date.now() > deadline) assert.fail(`${what}: expected ${JSON.stringify(expected)}, saw ${JSON.stringify(seen)}`);
+    }
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
+
+describe('PerOXO chat page: replies, edits, deletes and reactions', () => {
+  const { step, isBroken } = scenario();
+  const pages = {};
+  const pageErrors = [];
+  // The WebSocket of bob's desk goes through while this is plugged in (see pluggedWebSocket).
+  const deskPlug = { in: true };
+  const ids = {};
+  let dir;
+  let serverLog;
+  let server;
+  let baseUrl;
+  let browser;
+
+  before(async () => {
+    await mkdir(ARTIFACTS, { recursive: true });
+    dir = await mkdtemp(path.join(tmpdir(), 'peroxo-browser-lifecycle-'));
+    serverLog = createWriteStream(path.join(ARTIFACTS, 'server-lifecycle.log'));
+    server = await startServer(dir, serverLog);
+    baseUrl = `http://${server.addr}/`;
+    browser = await launchBrowser();
+  });
+
+  after(async () => {
+    if (isBroken()) {
+      for (const [name, page] of Object.entries(pages)) {
+        if (!page.isClosed()) await screenshot(page, `failure-lifecycle-${name}`).catch(() => {});
+      }
+    }
+    await browser?.close().catch(() => {});
+    await stopServer(server?.child);
+    serverLog?.end();
+    if (dir) await rm(dir, { recursive: true, force: true });
+  });
+
+  step('alice writes to bob, who reads it on his laptop and his desk', async () => {
+    pages.alice = await openPage(browser, 'lifecycle-alice', pageErrors);
+    pages.bob = await openPage(browser, 'lifecycle-bob', pageErrors);
+    pages.desk = await openPage(browser, 'lifecycle-bob-desk', pageErrors, (context) => pluggedWebSocket(context, deskPlug));
+    const { alice, bob, desk } = pages;
+    for (const [page, name] of [[alice, 'alice'], [bob, 'bob'], [desk, 'bob']]) await signIn(page, baseUrl, name);
+    await addContact(alice, 'bob');
+    await openConversation(alice, 'bob');
+    await typeAndSend(alice, SEE_YOU);
+    await expectStored(alice, SEE_YOU);
+    ids.seeYou = await messageWith(alice, SEE_YOU).getAttribute('data-message-id');
+    await openConversation(bob, 'alice');
+    await expectVisible(bob, sel.message('received'), { text: SEE_YOU });
+    // The desk stays on the list: the message is in its store all the same.
+    await expectVisible(desk, `${sel.contact('alice')}[data-unread="1"]`);
+  });
+
+  step('bob replies with a quote, which both see above the reply', async () => {
+    const { alice, bob } = pages;
+    await messageTool(messageWith(bob, SEE_YOU), 'reply');
+    await expectVisible(bob, '[data-testid="composer-context"]', { text: `Replying to alice: ${SEE_YOU}` });
+    await typeAndSend(bob, ON_MY_WAY);
+    await expectStored(bob, ON_MY_WAY);
+    assert.equal(await bob.locator('[data-testid="composer-context"]').isVisible(), false);
+    for (const page of [alice, bob]) {
+      const reply = messageWith(page, ON_MY_WAY);
+      await expectVisible(page, `${sel.message()}:has-text("${ON_MY_WAY}") [data-testid="quote"]`, { text: SEE_YOU });
+      assert.equal(await reply.locator('[data-testid="quote"]').getAttribute('data-message-id'), ids.seeYou);
+    }
+    ids.onMyWay = await messageWith(bob, ON_MY_WAY).getAttribute('data-message-id');
+    await screenshot(alice, '30-reply-with-quote');
+  });
+
+  step('alice edits her message: both see the new text, "edited", and the quote follows', async () => {
+    const { alice, bob } = pages;
+    await messageTool(messageById(alice, ids.seeYou), 'edit');
+    await expectVisible(alice, '[data-testid="composer-context"]', { text: 'Editing your message' });
+    assert.equal(await alice.locator('#composer-input').inputValue(), SEE_YOU);
+    await typeAndSend(alice, SEE_YOU_FIXED);
+    for (const page of [alice, bob]) {
+      await expectVisible(page, `${sel.message()}[data-message-id="${ids.seeYou}"] .text`, { text: SEE_YOU_FIXED });
+      await expectVisible(page, `${sel.message()}[data-message-id="${ids.seeYou}"] [data-testid="edited"]`);
+      await expectVisible(page, `${sel.message()}[data-message-id="${ids.onMyWay}"] [data-testid="quote-text"]`, { text: SEE_YOU_FIXED });
+    }
+    assert.equal(await countShown(alice, SEE_YOU), 0, 'no second message: an edit changes the first');
+    await screenshot(bob, '31-edited');
+  });
+
+  step('bob and alice react; each sees the counts, their own highlighted, and a click takes it back', async () => {
+    const { alice, bob } = pages;
+    await messageTool(messageById(bob, ids.seeYou), 'react');
+    await bob.locator(`${sel.message()}[data-message-id="${ids.seeYou}"] [data-testid="pick:👍"]`).click();
+    await eventually(() => reactionsOf(messageById(bob, ids.seeYou)), ['👍 1*'], 'bob\'s reaction on his page');
+    await eventually(() => reactionsOf(messageById(alice, ids.seeYou)), ['👍 1'], 'bob\'s reaction on alice\'s page');
+    await messageById(alice, ids.seeYou).locator('[data-testid="reaction"][data-emoji="👍"]').click();
+    await eventually(() => reactionsOf(messageById(alice, ids.seeYou)), ['👍 2*'], 'alice joins');
+    await eventually(() => reactionsOf(messageById(bob, ids.seeYou)), ['👍 2*'], 'bob sees two');
+    await screenshot(bob, '32-reactions');
+    await messageById(bob, ids.seeYou).locator('[data-testid="reaction"][data-emoji="👍"]').click();
+    await eventually(() => reactionsOf(messageById(alice, ids.seeYou)), ['👍 1*'], 'bob takes his back');
+    await eventually(() => reactionsOf(messageById(bob, ids.seeYou)), ['👍 1'], 'bob\'s page after taking it back');
+  });
+
+  step('alice deletes a message: a tombstone for her and for bob, and the preview falls back', async () => {
+    const { alice, bob } = pages;
+    await typeAndSend(alice, WRONG_CHAT);
+    await expectStored(alice, WRONG_CHAT);
+    await expectVisible(bob, sel.message('received'), { text: WRONG_CHAT });
+    const id = await messageWith(alice, WRONG_CHAT).getAttribute('data-message-id');
+    const doomed = messageById(alice, id);
+    await messageTool(doomed, 'delete');
+    // The first click asks; the second deletes.
+    await expectVisible(alice, `${sel.message()}[data-message-id="${id}"] [data-testid="delete"]`, { text: 'Delete for everyone?' });
+    await doomed.locator('[data-testid="delete"]').click();
+    for (const page of [alice, bob]) {
+      await expectVisible(page, `${sel.message()}[data-message-id="${id}"][data-deleted="true"] [data-testid="tombstone"]`, { text: 'Message deleted' });
+      assert.equal(await countShown(page, WRONG_CHAT), 0);
+    }
+    await expectVisible(bob, `${sel.contact('alice')} [data-testid="preview"]`, { text: `You: ${ON_MY_WAY}` });
+    await expectVisible(alice, `${sel.contact('bob')} [data-testid="preview"]`, { text: ON_MY_WAY });
+    await screenshot(bob, '33-tombstone');
+  });
+
+  step('bob\'s desk, away meanwhile, sees the edit, the delete and the reaction when it is back', async () => {
+    const { alice, desk } = pages;
+    await expectVisible(desk, `${sel.contact('alice')} [data-testid="preview"]`, { text: `You: ${ON_MY_WAY}` });
+    await unplug(deskPlug);
+    await expectVisible(desk, sel.conn('reconnecting'));
+
+    await messageTool(messageById(alice, ids.seeYou), 'edit');
+    await typeAndSend(alice, SEE_YOU_LATER);
+    await expectVisible(alice, `${sel.message()}[data-message-id="${ids.seeYou}"] .text`, { text: SEE_YOU_LATER });
+    await messageTool(messageById(alice, ids.onMyWay), 'react');
+    await alice.locator(`${sel.message()}[data-message-id="${ids.onMyWay}"] [data-testid="pick:🎉"]`).click();
+    await eventually(() => reactionsOf(messageById(alice, ids.onMyWay)), ['🎉 1*'], 'alice\'s reaction');
+    await typeAndSend(alice, WRONG_AGAIN);
+    await expectStored(alice, WRONG_AGAIN);
+    const id = await messageWith(alice, WRONG_AGAIN).getAttribute('data-message-id');
+    await messageTool(messageById(alice, id), 'delete');
+    await messageById(alice, id).locator('[data-testid="delete"]').click();
+    await expectVisible(alice, `${sel.message()}[data-message-id="${id}"] [data-testid="tombstone"]`);
+
+    deskPlug.in = true;
+    await desk.locator('#reconnect-now').click();
+    await expectVisible(desk, sel.conn('online'));
+    // The message sent and deleted while away counts as neither unread nor preview.
+    await expectVisible(desk, `${sel.contact('alice')}[data-unread="0"] [data-testid="preview"]`, { text: `You: ${ON_MY_WAY}` });
+    await openConversation(desk, 'alice');
+    await expectVisible(desk, `${sel.message()}[data-message-id="${ids.seeYou}"] .text`, { text: SEE_YOU_LATER });
+    await expectVisible(desk, `${sel.message()}[data-message-id="${ids.seeYou}"] [data-testid="edited"]`);
+    await expectVisible(desk, `${sel.message()}[data-message-id="${ids.onMyWay}"] [data-testid="quote-text"]`, { text: SEE_YOU_LATER });
+    await eventually(() => reactionsOf(messageById(desk, ids.onMyWay)), ['🎉 1'], 'alice\'s reaction on the desk');
+    await eventually(() => reactionsOf(messageById(desk, ids.seeYou)), ['👍 1'], 'the reaction from before');
+    await expectVisible(desk, `${sel.message()}[data-message-id="${id}"] [data-testid="tombstone"]`);
+    assert.equal(await countShown(desk, WRONG_AGAIN), 0);
+    await screenshot(desk, '34-desk-caught-up');
   });
 
   step('no page threw an uncaught error', async () => {

@@ -1,11 +1,14 @@
-//! What a protocol-2 client reads once its final sync is done and nothing changes any more:
-//! its conversation list (every page), the members of every group it is in, and the read
-//! receipts of a few of its own messages, in groups and in direct conversations. The verdict
-//! holds each to what the streams imply.
+//! What a client reads once its final sync is done and nothing changes any more: the history
+//! of every conversation it is in; and on protocol 2 or later its conversation list (every
+//! page), the members of every group it is in, and the read receipts of a few of its own
+//! messages, in groups and in direct conversations. The verdict holds each to what the
+//! streams imply.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use peroxo_client::{Client, CommandKind, ServerFrame};
+use peroxo_bench::contract::ReplayedMessage;
+use peroxo_client::{Client, CommandKind, MessageView, ServerFrame};
+use peroxo_protocol::MAX_HISTORY_LIMIT;
 use peroxo_protocol::event::is_group_id;
 
 use crate::workload::{Rng, request_until_answered};
@@ -46,9 +49,33 @@ pub(crate) struct ReceiptProbe {
     pub(crate) readers: Result<Vec<(String, u64)>, String>,
 }
 
+/// A conversation's history as the user read it: every message by id, as the user's
+/// protocol shows it (protocol 1 and 2: a deleted message as erased, without edits,
+/// reactions or quotes), or why it could not be read.
+pub(crate) type History = Result<BTreeMap<u64, HistoryCopy>, String>;
+
+/// A message as a history shows it.
+#[derive(Debug, Clone)]
+pub(crate) struct HistoryCopy {
+    pub(crate) state: ReplayedMessage,
+    /// Protocol 3: the quote of the message it replies to.
+    pub(crate) quote: Option<Quote>,
+}
+
+/// A reply's quote, as a history shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Quote {
+    pub(crate) message_id: String,
+    pub(crate) excerpt: String,
+    pub(crate) deleted: bool,
+}
+
 /// Everything read after the final sync.
 #[derive(Debug, Default)]
 pub(crate) struct FinalReads {
+    /// By conversation: every conversation of the user's list (protocol 1: every direct
+    /// conversation of its stream).
+    pub(crate) histories: BTreeMap<String, History>,
     /// The conversation list (`None` when it could not be read, or on protocol 1).
     pub(crate) conversations: Option<ConversationList>,
     /// By group: every group the user's stream shows it in at the end.
@@ -82,17 +109,22 @@ pub(crate) async fn list_conversations(client: &Client) -> Result<ConversationLi
                 last_message: c.last_message.map(|m| (m.message_id, m.seq)),
                 peer_read_marker: c.peer_read_marker,
             }));
-        match next_before {
+        match next_page(next_before)? {
             None => return Ok(list),
-            Some(cursor) => {
-                before = Some(
-                    cursor
-                        .parse()
-                        .map_err(|_| format!("next_before {cursor:?} is not a cursor"))?,
-                );
-            }
+            next => before = next,
         }
     }
+}
+
+/// The cursor of the next page from a page's `next_before`: `None` after the last page.
+fn next_page(next_before: Option<String>) -> Result<Option<u64>, String> {
+    next_before
+        .map(|cursor| {
+            cursor
+                .parse()
+                .map_err(|_| format!("next_before {cursor:?} is not a cursor"))
+        })
+        .transpose()
 }
 
 /// Reads the members of every group in `groups`, and the receipts of a random own message in
@@ -162,4 +194,83 @@ async fn read_receipts(client: &Client, conversation_id: &str, message_id: u64) 
         message_id,
         readers,
     }
+}
+
+/// Reads every page of the history of each of `conversations`: by its id (protocol 2 and
+/// later), or with the peer of a direct conversation (protocol 1, which names `with`).
+pub(crate) async fn histories(
+    client: &Client,
+    me: &str,
+    conversations: impl IntoIterator<Item = String>,
+    protocol: u32,
+    reads: &mut FinalReads,
+) {
+    for conversation_id in conversations {
+        let history = read_history(client, me, &conversation_id, protocol).await;
+        reads.histories.insert(conversation_id, history);
+    }
+}
+
+async fn read_history(client: &Client, me: &str, conversation_id: &str, protocol: u32) -> History {
+    let mut messages = BTreeMap::new();
+    let mut before = None;
+    loop {
+        let kind = if protocol >= 2 {
+            CommandKind::ConversationHistory {
+                conversation_id: conversation_id.to_owned(),
+                before,
+                limit: MAX_HISTORY_LIMIT,
+            }
+        } else {
+            let (a, b) = conversation_id.split_once(':').unwrap_or((me, me));
+            CommandKind::History {
+                with: if a == me { b } else { a }.to_owned(),
+                before,
+                limit: MAX_HISTORY_LIMIT,
+            }
+        };
+        let ServerFrame::History {
+            messages: page,
+            next_before,
+            ..
+        } = request_until_answered(client, kind).await?
+        else {
+            return Err("a request for history answered with another frame".to_owned());
+        };
+        for view in page {
+            let id = view.message_id.parse().map_err(|_| {
+                format!(
+                    "message id {:?} of {conversation_id} is not an id",
+                    view.message_id
+                )
+            })?;
+            messages.insert(id, copy_of(view));
+        }
+        match next_page(next_before)? {
+            None => return Ok(messages),
+            next => before = next,
+        }
+    }
+}
+
+/// What a message view says of the message: its text, edit, deletion (or, before protocol 3,
+/// erasure), reactions by emoji, and quote.
+fn copy_of(view: MessageView<'static>) -> HistoryCopy {
+    let quote = view.reply_to.map(|quote| Quote {
+        message_id: quote.message_id,
+        excerpt: quote.excerpt.into_owned(),
+        deleted: quote.deleted,
+    });
+    let state = ReplayedMessage {
+        text: view.text.into_owned(),
+        edited: view.edited_ts.is_some(),
+        deleted: view.deleted.is_some() || view.erased,
+        reactions: view
+            .reactions
+            .unwrap_or_default()
+            .into_iter()
+            .map(|r| (r.emoji.into_owned(), r.count))
+            .collect(),
+    };
+    HistoryCopy { state, quote }
 }

@@ -1,11 +1,13 @@
 //! The fault-injection suite: kills, freezes and cuts PerOXO's own parts under traffic (direct
-//! messages, group messages, group changes and read marks over protocol 2, direct messages
-//! over protocol 1), then checks that nothing acknowledged was lost, nothing was stored twice
-//! or without a sender, every user ends with its whole stream (messages and events) exactly
-//! once, gapless and in order, every member of a group with exactly the group's messages and
-//! events of its memberships in the same order, every group's members as its events imply,
-//! every conversation list and read receipt agrees with the users' streams, memory stayed
-//! bounded, and only the process a case killed ever died.
+//! messages, group messages, group changes, read marks, edits, deletes and reactions over
+//! protocol 3, direct messages over protocol 1), then checks that nothing acknowledged was
+//! lost, nothing was stored twice or without a sender, every user ends with its whole stream
+//! (messages and events) exactly once, gapless and in order, every member of a group with
+//! exactly the group's messages and events of its memberships in the same order, every
+//! group's members as its events imply, every conversation list and read receipt agrees with
+//! the users' streams, every message ends in one state (text, edit, deletion, reactions) in
+//! every participant's history, in every replayed stream and in the database, with every
+//! answered change in it, memory stayed bounded, and only the process a case killed ever died.
 //!
 //! Every part is a real OS process (`peroxo serve`, `peroxo store`, `nats-server`), so a kill
 //! is a real kill. One line per case: the faults injected, direct and group messages sent,
@@ -205,6 +207,9 @@ impl Scale {
                     group_rate: 100.0,
                     mark_rate: 50.0,
                     change_rate: 20.0,
+                    edit_rate: 110.0,
+                    delete_rate: 17.0,
+                    reaction_rate: 55.0,
                     duration: Duration::from_secs(60),
                     seed: 7,
                 },
@@ -225,6 +230,9 @@ impl Scale {
                     group_rate: 30.0,
                     mark_rate: 20.0,
                     change_rate: 4.0,
+                    edit_rate: 18.0,
+                    delete_rate: 3.0,
+                    reaction_rate: 9.0,
                     duration: Duration::from_secs(9),
                     seed: 7,
                 },
@@ -258,8 +266,8 @@ fn main() -> ExitCode {
     let traffic = scale.traffic;
     println!(
         "\nfault injection: {} cases, {} users (and {} on protocol 1), {} direct messages/s, {} \
-         groups of {} with {} messages/s and {} changes/s, {} read marks/s, for {:?}; {} \
-         fault(s) of {:?} each",
+         groups of {} with {} messages/s and {} changes/s, {} read marks/s, {} edits/s, {} \
+         deletes/s, {} reactions/s, for {:?}; {} fault(s) of {:?} each",
         selected.len(),
         traffic.users,
         traffic.v1_users,
@@ -269,6 +277,9 @@ fn main() -> ExitCode {
         traffic.group_rate,
         traffic.change_rate,
         traffic.mark_rate,
+        traffic.edit_rate,
+        traffic.delete_rate,
+        traffic.reaction_rate,
         traffic.duration,
         scale.faults,
         scale.outage

@@ -398,8 +398,19 @@ impl Rig {
                             text: row.get(4)?,
                             sender_seq: row.get(5)?,
                             recipient_seq: row.get(6)?,
+                            edited: row.get(7)?,
+                            deleted: row.get(8)?,
+                            reply_to: row.get(9)?,
                         })
                     })
+                    .unwrap()
+                    .map(Result::unwrap)
+                    .collect();
+                let mut statement = db
+                    .prepare(REACTIONS_SQL.replace("$1", "?1").as_str())
+                    .unwrap();
+                let reactions = statement
+                    .query_map([tenant], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
                     .unwrap()
                     .map(Result::unwrap)
                     .collect();
@@ -418,7 +429,11 @@ impl Rig {
                     .unwrap()
                     .map(Result::unwrap)
                     .collect();
-                Stored { messages, streams }
+                Stored {
+                    messages,
+                    streams,
+                    reactions,
+                }
             }
             Backend::Postgres => {
                 let url = self.database_url.as_deref().unwrap();
@@ -439,7 +454,17 @@ impl Rig {
                         text: row.get(4),
                         sender_seq: row.get(5),
                         recipient_seq: row.get(6),
+                        edited: row.get(7),
+                        deleted: row.get(8),
+                        reply_to: row.get(9),
                     })
+                    .collect();
+                let reactions = client
+                    .query(REACTIONS_SQL, &[&tenant])
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|row| (row.get(0), row.get(1), row.get(2)))
                     .collect();
                 let streams = client
                     .query(STREAMS_SQL, &[&tenant])
@@ -453,7 +478,11 @@ impl Rig {
                         event_id: row.get(3),
                     })
                     .collect();
-                Stored { messages, streams }
+                Stored {
+                    messages,
+                    streams,
+                    reactions,
+                }
             }
         }
     }
@@ -470,9 +499,16 @@ impl Rig {
     }
 }
 
-/// Every message of a tenant, in id order.
+/// Every message of a tenant, in id order, with whether it was edited and deleted, and what it
+/// replies to.
 const MESSAGES_SQL: &str = "SELECT id, sender, recipient, client_msg_id, text, sender_seq, \
-     recipient_seq FROM messages WHERE tenant = $1 ORDER BY id";
+     recipient_seq, edited_ts IS NOT NULL, deleted_ts IS NOT NULL, reply_to FROM messages \
+     WHERE tenant = $1 ORDER BY id";
+/// How many users reacted to each message of a tenant with each emoji. Both backends keep
+/// one row per (message, emoji, user) in `reactions`.
+const REACTIONS_SQL: &str = "SELECT r.message_id, r.emoji, COUNT(*) FROM reactions r \
+     JOIN messages m ON m.id = r.message_id WHERE m.tenant = $1 \
+     GROUP BY r.message_id, r.emoji ORDER BY r.message_id, r.emoji";
 /// Every entry of every stream of a tenant. Both backends keep a user's stream in `inbox`,
 /// one row per seq pointing at a message or at an event.
 const STREAMS_SQL: &str = "SELECT owner, seq, message_id, event_id FROM inbox \
@@ -483,6 +519,8 @@ const STREAMS_SQL: &str = "SELECT owner, seq, message_id, event_id FROM inbox \
 pub(crate) struct Stored {
     pub(crate) messages: Vec<StoredRow>,
     pub(crate) streams: Vec<StreamRow>,
+    /// (message id, emoji, how many users reacted with it).
+    pub(crate) reactions: Vec<(i64, String, i64)>,
 }
 
 /// One row of the `inbox` table: an entry of a user's stream.
@@ -504,6 +542,10 @@ pub(crate) struct StoredRow {
     pub(crate) text: String,
     pub(crate) sender_seq: i64,
     pub(crate) recipient_seq: i64,
+    /// Protocol 3: its text was edited; it was deleted for everyone (its text is then empty).
+    pub(crate) edited: bool,
+    pub(crate) deleted: bool,
+    pub(crate) reply_to: Option<i64>,
 }
 
 /// Where a gateway node finds its storage.

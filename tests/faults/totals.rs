@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use peroxo_protocol::event::is_group_id;
 
 use crate::changes::{ChangeOutcome, ChangeRecord};
-use crate::report::{Entry, UserReport};
+use crate::report::{Entry, OpOutcome, UserReport};
+use peroxo_client::Change;
 
 /// What the clients of a case sent and got, summed over all of them, for the verdict line.
 #[derive(Debug, Default)]
@@ -36,6 +37,15 @@ pub(crate) struct TrafficTotals {
     changes: usize,
     changes_done: usize,
     changes_already_done: usize,
+    /// Changes to messages made (edits, deletes, reactions made and taken back), answered,
+    /// refused for good, and the events of protocol 3 they put in streams.
+    ops: [usize; 4],
+    ops_answered: usize,
+    ops_refused: usize,
+    op_events: usize,
+    /// Replies sent (direct and group), and refused (for what they quote, or `not_a_member`).
+    replies: usize,
+    replies_refused: usize,
 }
 
 impl TrafficTotals {
@@ -55,6 +65,10 @@ impl TrafficTotals {
             totals.group_skipped += report.skipped_sends;
             for send in &report.sends {
                 let acked = usize::from(send.ack.is_some());
+                if send.reply_to.is_some() {
+                    totals.replies += 1;
+                    totals.replies_refused += usize::from(send.refused.is_some());
+                }
                 if is_group_id(&send.to) {
                     totals.group_sent += 1;
                     totals.group_acked += acked;
@@ -68,6 +82,20 @@ impl TrafficTotals {
             totals.by_sync += report.received_by_sync;
             totals.marks += report.marks_requested;
             totals.marks_answered += report.marks_answered;
+            for op in &report.changes {
+                let kind = match op.change {
+                    Change::Edit { .. } => 0,
+                    Change::Delete => 1,
+                    Change::React { .. } => 2,
+                    Change::Unreact { .. } => 3,
+                };
+                totals.ops[kind] += 1;
+                match op.outcome {
+                    OpOutcome::Answered { .. } => totals.ops_answered += 1,
+                    OpOutcome::Refused(_) => totals.ops_refused += 1,
+                    OpOutcome::Failed(_) => {}
+                }
+            }
             for entry in report.stream.values() {
                 match entry {
                     Entry::Message { to, from, .. } if is_group_id(to) && *from != report.user => {
@@ -77,6 +105,7 @@ impl TrafficTotals {
                     Entry::Event { kind, .. } if kind == "read_receipt" => {
                         totals.receipt_events += 1;
                     }
+                    entry if entry.message_change().is_some() => totals.op_events += 1,
                     _ => {}
                 }
             }
@@ -91,7 +120,8 @@ impl std::fmt::Display for TrafficTotals {
             f,
             "sent {} acked {} | group sent {} acked {} refused {} delivered {} (not sent {}) \
              | changes {} done {} already done {} | received live {} by sync {} \
-             | marks {} answered {} events {} receipts {}",
+             | marks {} answered {} events {} receipts {} | edits {} deletes {} reacts {} \
+             unreacts {} answered {} refused {} events {} | replies {} refused {}",
             self.sent,
             self.acked,
             self.group_sent,
@@ -107,7 +137,16 @@ impl std::fmt::Display for TrafficTotals {
             self.marks,
             self.marks_answered,
             self.marker_events,
-            self.receipt_events
+            self.receipt_events,
+            self.ops[0],
+            self.ops[1],
+            self.ops[2],
+            self.ops[3],
+            self.ops_answered,
+            self.ops_refused,
+            self.op_events,
+            self.replies,
+            self.replies_refused
         )
     }
 }

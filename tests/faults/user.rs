@@ -1,6 +1,16 @@
 //! One simulated user: its client, the intents the pacer gives it (a message to send, a read
-//! mark to make), and a record, from the client's events, of what the user saw, which it
-//! reports at the end ([`crate::report`]).
+//! mark to make, and on protocol 3 a message to edit, delete or react to), and a record, from
+//! the client's events, of what the user saw, which it reports at the end
+//! ([`crate::report`]).
+//!
+//! A protocol-3 user sends one message in ten as a reply to one of the latest messages of the
+//! conversation, and changes messages as an application would: it edits and deletes its own
+//! recent messages, deletes other members' messages in the groups it owns (a moderated
+//! delete), reacts to messages it has seen and takes back reactions it made. It makes one
+//! change at a time, so that its changes reach the server in the order it made them; the
+//! client repeats each until answered. A refusal for good (`message_deleted` after someone
+//! deleted the message, `not_a_member` after a removal the user had not seen yet, …) is how
+//! that change ended, recorded for the verdict.
 //!
 //! A user knows which groups it is in from its own stream (`group_created`, `members_added`
 //! naming it, `member_left` naming it), as an application would: it sends to and marks only
@@ -8,30 +18,56 @@
 //! `not_a_member`; the refusal is recorded with how far the user had seen its stream, for the
 //! verdict to find the departure after it.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use peroxo_client::{
-    Client, ClientError, CommandKind, ErrorAbout, ErrorCode, Event, Events, ServerFrame, Via,
+    Change, Client, ClientError, CommandKind, ErrorAbout, ErrorCode, Event, Events, SendError,
+    ServerFrame, Via,
 };
+use peroxo_protocol::domain::conversation_id;
 use peroxo_protocol::event::is_group_id;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::final_reads::{self, ConversationList, FinalReads};
-use crate::report::{Entry, RefusedMark, SendRecord, UserReport, is_direct_with_another};
+use crate::report::{
+    Entry, MessageOpRecord, OpOutcome, RefusedMark, SendRecord, UserReport, is_direct_with_another,
+};
 use crate::workload::{Answer, Phase, Rng, answer_until_deadline};
+use peroxo_bench::contract::MessageChange;
 
 /// What the pacer asks of a user.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) enum Intent {
     /// Send a message to this user or group.
     Send(String),
     /// Mark one of the user's conversations read (or, sometimes, unread).
     Mark,
+    /// Edit one of the user's recent messages (protocol 3).
+    Edit,
+    /// Delete one of the user's recent messages, or in a group it owns sometimes another
+    /// member's (protocol 3).
+    Delete,
+    /// React to a message the user has seen, or take back a reaction it made (protocol 3).
+    React,
 }
+
+/// The reactions users make: few, so that users often share one.
+const EMOJIS: [&str; 4] = ["👍", "🎉", ":+1:", "❤️"];
+/// How many of its latest acked messages a user keeps as candidates to edit or delete.
+const RECENT_OWN: usize = 24;
+/// One send in this many is a reply (protocol 3), when the conversation has a message to quote.
+const REPLY_EVERY: u64 = 10;
+/// How many of a conversation's latest messages a user picks from to react to or quote.
+const RECENT_SEEN: usize = 20;
+/// How many changes may wait while the user's previous one is unanswered.
+const WAITING_CHANGES: usize = 8;
+/// How long a change may go unanswered (the client repeats it meanwhile) before the user
+/// reports it as lost: longer than any outage a case injects.
+const CHANGE_DEADLINE: Duration = Duration::from_secs(60);
 
 /// Counts every client adds to while the run goes on.
 #[derive(Debug, Default)]
@@ -42,7 +78,7 @@ pub(crate) struct Live {
     pub(crate) drained: AtomicUsize,
 }
 
-/// What the last step of a run brings: the final sync's last seq, and (protocol 2) the
+/// What the last step of a run brings: the final sync's last seq, and (protocol 3) the
 /// conversation list.
 type FinalStep = (
     Result<u64, ClientError>,
@@ -54,6 +90,9 @@ enum MarkEnd {
     Answered,
     /// Refused `not_a_member` in this group.
     NotAMember(String),
+    /// `mark_unread` from the newest message of someone else, refused `unknown_message` in
+    /// this conversation: every message of others in it was deleted meanwhile.
+    NothingUnread(String),
     Failed(String),
 }
 
@@ -81,8 +120,22 @@ pub(crate) struct SimulatedUser {
     member_of: BTreeSet<String>,
     skipped_sends: u64,
     refused_marks: Vec<RefusedMark>,
+    /// Conversations of `mark_unread`s refused `unknown_message` (see [`MarkEnd`]).
+    nothing_unread: Vec<String>,
     marked_unread: BTreeSet<String>,
     last_seq: u64,
+    /// Its latest acked messages (conversation, message id), oldest first, but those it
+    /// deleted or saw deleted.
+    recent_own: VecDeque<(String, u64)>,
+    /// The groups it created (and owns throughout).
+    owned: BTreeSet<String>,
+    /// Messages its stream showed deleted.
+    deleted: BTreeSet<u64>,
+    /// Its reactions as the answers to its changes left them: (conversation, message, emoji).
+    reactions: BTreeSet<(String, u64, String)>,
+    changes: Vec<MessageOpRecord>,
+    /// Changes due while the previous one was unanswered, in turn.
+    waiting_changes: VecDeque<Intent>,
     drained: bool,
     received_live: u64,
     received_by_sync: u64,
@@ -119,8 +172,15 @@ impl SimulatedUser {
             member_of: BTreeSet::new(),
             skipped_sends: 0,
             refused_marks: Vec::new(),
+            nothing_unread: Vec::new(),
             marked_unread: BTreeSet::new(),
             last_seq: 0,
+            recent_own: VecDeque::new(),
+            owned: BTreeSet::new(),
+            deleted: BTreeSet::new(),
+            reactions: BTreeSet::new(),
+            changes: Vec::new(),
+            waiting_changes: VecDeque::new(),
             drained: false,
             received_live: 0,
             received_by_sync: 0,
@@ -135,6 +195,7 @@ impl SimulatedUser {
 
     pub(crate) async fn run(mut self, client: Client, mut events: Events) -> UserReport {
         let mut mark: Option<JoinHandle<MarkEnd>> = None;
+        let mut change: Option<JoinHandle<OpOutcome>> = None;
         let mut final_step: Option<JoinHandle<FinalStep>> = None;
         let mut conversations = None;
         let mut mark_seen = 0;
@@ -153,8 +214,22 @@ impl SimulatedUser {
                         mark = self.new_mark(&client);
                     }
                     Some(Intent::Mark) => {}
+                    // One change at a time; a few wait their turn.
+                    Some(intent) if change.is_none() => change = self.new_change(&client, intent),
+                    Some(intent) => {
+                        if self.waiting_changes.len() < WAITING_CHANGES {
+                            self.waiting_changes.push_back(intent);
+                        }
+                    }
                     None => self.intents_done = true,
                 },
+                ended = async { change.as_mut().unwrap().await }, if change.is_some() => {
+                    change = None;
+                    self.on_change_end(ended.unwrap());
+                    while change.is_none() && let Some(next) = self.waiting_changes.pop_front() {
+                        change = self.new_change(&client, next);
+                    }
+                }
                 answered = async { mark.as_mut().unwrap().await }, if mark.is_some() => {
                     mark = None;
                     self.on_mark_end(answered.unwrap(), mark_seen);
@@ -183,6 +258,8 @@ impl SimulatedUser {
                 && self.intents_done
                 && self.unacked == 0
                 && mark.is_none()
+                && change.is_none()
+                && self.waiting_changes.is_empty()
                 && !self.drained
             {
                 self.drained = true;
@@ -190,7 +267,7 @@ impl SimulatedUser {
             }
             if phase == Phase::FinalSync && final_step.is_none() {
                 let client = client.clone();
-                let v2 = self.protocol == 2;
+                let v2 = self.protocol >= 2;
                 final_step = Some(tokio::spawn(async move {
                     let synced = client.sync().await;
                     let listed = if v2 {
@@ -216,11 +293,13 @@ impl SimulatedUser {
                     seen,
                 });
             }
+            MarkEnd::NothingUnread(conversation_id) => self.nothing_unread.push(conversation_id),
             MarkEnd::Failed(error) => self.violations.push(format!("mark: {error}")),
         }
     }
 
-    /// What a protocol-2 user reads once its final sync is done: beside its conversation
+    /// What the user reads once its final sync is done: the history of every conversation
+    /// (of its list; on protocol 1, of its stream), and on protocol 3, beside its conversation
     /// list (`conversations`), the members of its groups and some read receipts.
     async fn read_at_end(
         &self,
@@ -231,7 +310,18 @@ impl SimulatedUser {
             conversations,
             ..FinalReads::default()
         };
-        if self.protocol == 2 {
+        // Protocol 1 knows no conversation list: its direct conversations are in its stream.
+        let conversations: Vec<String> = match &reads.conversations {
+            Some(list) => list
+                .conversations
+                .iter()
+                .map(|c| c.conversation_id.clone())
+                .collect(),
+            None if self.protocol < 2 => self.by_conversation.keys().cloned().collect(),
+            None => Vec::new(),
+        };
+        final_reads::histories(client, &self.user, conversations, self.protocol, &mut reads).await;
+        if self.protocol >= 2 {
             let own = self.own_messages();
             let mut rng = Rng(self.rng.0 ^ 0x5bd1_e995);
             final_reads::members_and_receipts(client, &self.member_of, &own, &mut rng, &mut reads)
@@ -264,9 +354,11 @@ impl SimulatedUser {
             protocol: self.protocol,
             skipped_sends: self.skipped_sends,
             refused_marks: self.refused_marks,
+            nothing_unread: self.nothing_unread,
             marked_unread: self.marked_unread,
             reads,
             sends: self.sends,
+            changes: self.changes,
             stream: self.stream,
             last_seq: self.last_seq,
             received_live: self.received_live,
@@ -287,7 +379,15 @@ impl SimulatedUser {
         }
         let n = self.sends.len();
         let text = format!("{} to {to}, #{n}", self.user);
-        let submitted = match client.submit(to.clone(), text.clone()) {
+        let quote = self.pick_quote(&to);
+        let reply_to = quote.as_ref().map(|(_, quoted)| *quoted);
+        let submitted = match quote {
+            Some((conversation_id, quoted)) => {
+                client.submit_reply(conversation_id, quoted, text.clone())
+            }
+            None => client.submit(to.clone(), text.clone()),
+        };
+        let submitted = match submitted {
             Ok(submitted) => submitted,
             Err(error) => {
                 self.violations.push(format!("could not submit: {error}"));
@@ -302,12 +402,44 @@ impl SimulatedUser {
             client_msg_id,
             to,
             text,
+            reply_to,
             ack: None,
             seen,
             refused: None,
         });
         self.unacked += 1;
         self.live.sent.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Now and then (protocol 3), a message to reply to with a message to `to`: one of the
+    /// latest of the conversation, not deleted. The conversation's id, and the message's.
+    fn pick_quote(&mut self, to: &str) -> Option<(String, u64)> {
+        if self.protocol < 3 || self.rng.below(REPLY_EVERY) != 0 {
+            return None;
+        }
+        let conversation = if is_group_id(to) {
+            to.to_owned()
+        } else {
+            conversation_id(&self.user, to)
+        };
+        let quoted = self.pick_recent(&conversation)?;
+        Some((conversation, quoted))
+    }
+
+    /// One of the latest messages of `conversation` the user has seen, not deleted.
+    fn pick_recent(&mut self, conversation: &str) -> Option<u64> {
+        let recent: Vec<u64> = self
+            .by_conversation
+            .get(conversation)?
+            .iter()
+            .rev()
+            .take(RECENT_SEEN)
+            .map(|(id, _)| *id)
+            .filter(|id| !self.deleted.contains(id))
+            .collect();
+        recent
+            .get(self.rng.below(recent.len().max(1) as u64) as usize)
+            .copied()
     }
 
     /// Marks a random conversation of the user's stream: mostly read up to its newest
@@ -323,7 +455,9 @@ impl SimulatedUser {
         let conversation_id = conversation.clone();
         let newest = messages.last()?.0;
         let any = messages[self.rng.below(messages.len() as u64) as usize].0;
-        let from_others = messages.iter().any(|(_, from_other)| *from_other);
+        let from_others = messages
+            .iter()
+            .any(|(id, from_other)| *from_other && !self.deleted.contains(id));
         let kind = match self.rng.below(10) {
             0 => CommandKind::MarkRead {
                 conversation_id,
@@ -361,6 +495,13 @@ impl SimulatedUser {
                 } if is_group_id(conversation_id) => Some(conversation_id.clone()),
                 _ => None,
             };
+            let unread_from_others = match &kind {
+                CommandKind::MarkUnread {
+                    conversation_id,
+                    message_id: None,
+                } => Some(conversation_id.clone()),
+                _ => None,
+            };
             match answer_until_deadline(&client, kind).await {
                 Ok(Answer::Reply(ServerFrame::ReadState { .. })) => MarkEnd::Answered,
                 Ok(Answer::Refused { error, .. }) if error.code == ErrorCode::NotAMember => {
@@ -368,6 +509,11 @@ impl SimulatedUser {
                         Some(group) => MarkEnd::NotAMember(group),
                         None => MarkEnd::Failed(format!("refused: {error}")),
                     }
+                }
+                Ok(Answer::Refused { error, .. })
+                    if error.code == ErrorCode::UnknownMessage && unread_from_others.is_some() =>
+                {
+                    MarkEnd::NothingUnread(unread_from_others.unwrap_or_default())
                 }
                 Ok(Answer::Reply(other)) => MarkEnd::Failed(format!("answered with {other:?}")),
                 Ok(Answer::Refused { error, .. }) => MarkEnd::Failed(format!("refused: {error}")),
@@ -390,12 +536,10 @@ impl SimulatedUser {
                 let from_other = message.from != self.user;
                 let id = message.message_id.parse().unwrap_or(0);
                 let conversation_id = message.conversation_id.clone();
-                let entry = Entry::Message {
-                    message_id: message.message_id,
-                    conversation_id: message.conversation_id,
-                    from: message.from,
-                    to: message.to,
-                };
+                let entry = Entry::of_message(&message);
+                if message.deleted.is_some() {
+                    self.deleted.insert(id);
+                }
                 if self.put(message.seq, entry) {
                     self.by_conversation
                         .entry(conversation_id)
@@ -415,6 +559,10 @@ impl SimulatedUser {
                 let entry = Entry::of_event(delivered.event);
                 if self.put(seq, entry.clone()) {
                     self.follow_membership(&entry);
+                    if let Some((id, MessageChange::Deleted)) = entry.message_change() {
+                        self.deleted.insert(id);
+                        self.recent_own.retain(|(_, own)| *own != id);
+                    }
                 }
             }
             Event::Acked { ack, .. } => self.on_ack(ack),
@@ -457,6 +605,7 @@ impl SimulatedUser {
         let Entry::Event {
             kind,
             conversation_id,
+            actor,
             user,
             users,
             ..
@@ -468,6 +617,9 @@ impl SimulatedUser {
         match kind.as_str() {
             "group_created" => {
                 self.member_of.insert(conversation_id.clone());
+                if actor == me {
+                    self.owned.insert(conversation_id.clone());
+                }
             }
             "members_added" if users.contains(me) => {
                 self.member_of.insert(conversation_id.clone());
@@ -482,7 +634,9 @@ impl SimulatedUser {
     }
 
     /// A send refused for good. A group message refused `not_a_member` is the verdict's to
-    /// judge (the user may have been removed before it was sent); any other refusal is wrong.
+    /// judge (the user may have been removed before it was sent), and so is a reply refused
+    /// `message_deleted` (someone deleted what it quotes meanwhile) or, in a group,
+    /// `unknown_message`; any other refusal is wrong.
     /// A send that went twice (after a session restart) may be refused twice, alike.
     fn on_refusal(&mut self, client_msg_id: &str, error: &peroxo_client::ServerError) {
         let judged = match self.index.get(client_msg_id) {
@@ -497,7 +651,15 @@ impl SimulatedUser {
                     send.refused = Some((error.code, error.message.clone()));
                     self.unacked -= 1;
                 }
-                alike && is_group_id(&send.to) && error.code == ErrorCode::NotAMember
+                let reply = send.reply_to.is_some();
+                let group = is_group_id(&send.to);
+                alike
+                    && match error.code {
+                        ErrorCode::NotAMember => group,
+                        ErrorCode::UnknownMessage => group && reply,
+                        ErrorCode::MessageDeleted => reply,
+                        _ => false,
+                    }
             }
             _ => false,
         };
@@ -541,10 +703,134 @@ impl SimulatedUser {
             }
             Some(_) => {}
             None => {
+                if let Ok(id) = this.0.parse() {
+                    self.recent_own.push_back((ack.conversation_id.clone(), id));
+                    if self.recent_own.len() > RECENT_OWN {
+                        self.recent_own.pop_front();
+                    }
+                }
                 send.ack = Some(this);
                 self.unacked -= 1;
                 self.live.acked.fetch_add(1, Ordering::Relaxed);
             }
+        }
+    }
+
+    /// Makes the change `intent` asks for, if the user has a message to make it to; returns
+    /// the task that waits for its outcome.
+    fn new_change(&mut self, client: &Client, intent: Intent) -> Option<JoinHandle<OpOutcome>> {
+        if self.protocol < 3 {
+            return None;
+        }
+        let (conversation_id, message_id, change) = match intent {
+            Intent::Edit => {
+                let (conversation, id) = self.pick_own()?;
+                let text = format!("{} edits {id}, #{}", self.user, self.changes.len());
+                (conversation, id, Change::Edit { text })
+            }
+            Intent::Delete => {
+                let (conversation, id) = match self.pick_moderated() {
+                    Some(target) => target,
+                    None => self.pick_own()?,
+                };
+                self.recent_own.retain(|(_, own)| *own != id);
+                (conversation, id, Change::Delete)
+            }
+            Intent::React => self.pick_reaction()?,
+            Intent::Send(_) | Intent::Mark => return None,
+        };
+        let submitted = client
+            .submit_change(conversation_id.clone(), message_id, change.clone())
+            .ok()?;
+        self.changes.push(MessageOpRecord {
+            conversation_id,
+            message_id,
+            change,
+            outcome: OpOutcome::Failed("under way".to_owned()),
+        });
+        Some(tokio::spawn(async move {
+            match tokio::time::timeout(CHANGE_DEADLINE, submitted.answered()).await {
+                Ok(Ok(changed)) => OpOutcome::Answered {
+                    duplicate: changed.duplicate,
+                },
+                Ok(Err(SendError::Refused(error))) => OpOutcome::Refused(error.code),
+                Ok(Err(error)) => OpOutcome::Failed(error.to_string()),
+                Err(_) => OpOutcome::Failed(format!("not answered within {CHANGE_DEADLINE:?}")),
+            }
+        }))
+    }
+
+    /// One of the user's recent messages, not deleted.
+    fn pick_own(&mut self) -> Option<(String, u64)> {
+        let deleted = &self.deleted;
+        self.recent_own.retain(|(_, id)| !deleted.contains(id));
+        let n = self.rng.below(self.recent_own.len().max(1) as u64) as usize;
+        self.recent_own.get(n).cloned()
+    }
+
+    /// Now and then, another member's message, not deleted, in a group the user owns.
+    fn pick_moderated(&mut self) -> Option<(String, u64)> {
+        if self.owned.is_empty() || self.rng.below(3) != 0 {
+            return None;
+        }
+        let group = self
+            .owned
+            .iter()
+            .nth(self.rng.below(self.owned.len() as u64) as usize)?
+            .clone();
+        let others: Vec<u64> = self
+            .by_conversation
+            .get(&group)?
+            .iter()
+            .filter(|(id, from_other)| *from_other && !self.deleted.contains(id))
+            .map(|(id, _)| *id)
+            .collect();
+        let id = *others.get(self.rng.below(others.len().max(1) as u64) as usize)?;
+        Some((group, id))
+    }
+
+    /// Mostly a reaction to one of the latest messages of a conversation the user is in;
+    /// sometimes one of its reactions taken back.
+    fn pick_reaction(&mut self) -> Option<(String, u64, Change)> {
+        if !self.reactions.is_empty() && self.rng.below(3) == 0 {
+            let n = self.rng.below(self.reactions.len() as u64) as usize;
+            let (conversation, id, emoji) = self.reactions.iter().nth(n)?.clone();
+            return Some((conversation, id, Change::Unreact { emoji }));
+        }
+        let n = self.rng.below(self.by_conversation.len().max(1) as u64) as usize;
+        let conversation = self.by_conversation.keys().nth(n)?.clone();
+        let id = self.pick_recent(&conversation)?;
+        let emoji = EMOJIS[self.rng.below(EMOJIS.len() as u64) as usize].to_owned();
+        Some((conversation, id, Change::React { emoji }))
+    }
+
+    /// The latest change ended: recorded, and the user's reactions follow its answer.
+    fn on_change_end(&mut self, outcome: OpOutcome) {
+        let Some(record) = self.changes.last_mut() else {
+            return;
+        };
+        record.outcome = outcome.clone();
+        let key = |emoji: &str| {
+            (
+                record.conversation_id.clone(),
+                record.message_id,
+                emoji.to_owned(),
+            )
+        };
+        match (&record.change, &outcome) {
+            (Change::React { emoji }, OpOutcome::Answered { .. }) => {
+                self.reactions.insert(key(emoji));
+            }
+            (Change::Unreact { emoji }, OpOutcome::Answered { .. }) => {
+                self.reactions.remove(&key(emoji));
+            }
+            (_, OpOutcome::Refused(ErrorCode::MessageDeleted)) => {
+                let id = record.message_id;
+                self.deleted.insert(id);
+                self.reactions.retain(|(_, message, _)| *message != id);
+            }
+            // A change never answered is the verdict's to name.
+            _ => {}
         }
     }
 }

@@ -2,7 +2,8 @@
 //! synced: what clients were told against what the database holds, what every client ended
 //! with, and what the processes and their metrics show. [`groups`] holds the checks of
 //! groups and their changes, [`conversations`] those of the conversation list, [`receipts`]
-//! those of read receipts and of protocol-1 users.
+//! those of read receipts and of protocol-1 users, [`lifecycle`] those of edits, deletes and
+//! reactions.
 //!
 //! The rules a user's stream and each acked message obey are `peroxo_bench::contract`'s, the
 //! same the load generator judges by; what only this suite can check (the database's rows,
@@ -10,6 +11,7 @@
 
 mod conversations;
 mod groups;
+mod lifecycle;
 mod receipts;
 
 use std::collections::{BTreeMap, HashMap};
@@ -19,7 +21,7 @@ use peroxo_bench::contract::{MessageFate, SeqAudit};
 use peroxo_protocol::event::is_group_id;
 
 use crate::changes::ChangeRecord;
-use crate::report::{Entry, UserReport};
+use crate::report::{Entry, OpOutcome, UserReport};
 use crate::rig::{Counters, Stored, StoredRow};
 use crate::workload::Group;
 
@@ -206,6 +208,8 @@ pub(crate) fn judge(evidence: &Evidence<'_>) -> Verdict {
         groups::changes_match_events(evidence, &timelines),
         gapless(evidence, &streams),
         conversations::lists_match_streams(evidence, &ledgers),
+        lifecycle::messages_agree(evidence),
+        lifecycle::changes_kept(evidence),
         receipts::read_receipts_match_markers(evidence, &timelines, &ledgers),
         receipts::protocol_1_sees_direct_messages_only(evidence, &streams),
         outbox_bounded(evidence),
@@ -223,8 +227,10 @@ pub(crate) fn judge(evidence: &Evidence<'_>) -> Verdict {
     Verdict { checks }
 }
 
-/// Every send was acked (or refused, which [`groups::groups_complete`] judges) and every mark
-/// answered (or refused `not_a_member`, likewise).
+/// Every send was acked (or refused, which [`groups::groups_complete`] judges), every mark
+/// answered (or refused `not_a_member`, likewise; or, unread from the newest message of
+/// someone else, refused `unknown_message` where every such message is deleted), and every
+/// change to a message answered (or refused, which [`lifecycle::changes_kept`] judges).
 fn every_send_acked(evidence: &Evidence<'_>) -> Check {
     let mut failures: Vec<String> = evidence
         .reports
@@ -234,8 +240,17 @@ fn every_send_acked(evidence: &Evidence<'_>) -> Check {
         .map(|s| format!("{} was never acked", s.client_msg_id))
         .collect();
     for report in evidence.reports {
-        let unanswered =
-            report.marks_requested - report.marks_answered - report.refused_marks.len() as u64;
+        for op in &report.changes {
+            if let OpOutcome::Failed(error) = &op.outcome {
+                failures.push(format!(
+                    "{}: {:?} of message {} of {}: {error}",
+                    report.user, op.change, op.message_id, op.conversation_id
+                ));
+            }
+        }
+        let refused = report.refused_marks.len() + report.nothing_unread.len();
+        let unanswered = report.marks_requested - report.marks_answered - refused as u64;
+        failures.extend(lifecycle::nothing_unread(evidence, report));
         if unanswered > 0 {
             failures.push(format!(
                 "{}: {unanswered} of {} marks never answered",
@@ -265,9 +280,10 @@ fn acked_stored_once(
                 .map_or(&[][..], Vec::as_slice);
             match rows {
                 [row] => {
+                    // A changed message's text is `changes-kept`'s to judge.
                     if row.id.to_string() != *message_id
                         || row.sender_seq as u64 != *seq
-                        || row.text != send.text
+                        || (row.text != send.text && !row.edited && !row.deleted)
                         || row.recipient != send.to
                     {
                         failures.push(format!(
@@ -317,7 +333,9 @@ fn nothing_unsent_stored(
         }
         for row in rows {
             match sent.get(&(*sender, *client_msg_id)) {
-                Some((to, text)) if *to == row.recipient && *text == row.text => {}
+                Some((to, text))
+                    if *to == row.recipient && (*text == row.text || row.edited || row.deleted) => {
+                }
                 Some(_) => failures.push(format!("{row:?} differs from what was sent")),
                 None => failures.push(format!("{row:?} was never sent")),
             }

@@ -1,6 +1,7 @@
-//! The simulated traffic. Every user is a `peroxo-client` [`Client`], most on a protocol-2
-//! connection (`?protocol=2`), a few on protocol 1 (direct messages only); each behaves as
-//! docs/PROTOCOL.md's "What a correct client does" asks:
+//! The simulated traffic. Every user is a `peroxo-client` [`Client`], most on a protocol-3
+//! connection (`?protocol=3`: groups, and edits, deletes and reactions), a few on protocol 1
+//! (direct messages only); each behaves as docs/PROTOCOL.md's "What a correct client does"
+//! asks:
 //!
 //! - it keeps every send until it is acked, resends all of them with the same `client_msg_id`
 //!   after reconnecting, retries `unavailable`, `rate_limited` and `internal` with backoff, and
@@ -8,15 +9,18 @@
 //! - it keeps the user's stream (messages and events) by seq, ignores what it already has, and
 //!   calls `sync` from the highest seq it holds without a gap after (re)connecting when
 //!   `welcome.last_seq` is higher, on a seq that skips ahead, and on `sync_hint`;
-//! - it reconnects with backoff, to the next node when the one it used does not answer.
+//! - it reconnects with backoff, to the next node when the one it used does not answer;
+//! - it repeats every edit (with its `client_msg_id`), delete, reaction and reaction taken back
+//!   until answered, and takes a refusal for good as that change's outcome.
 //!
-//! At setup, a few protocol-2 users each create a group of protocol-2 users spread over the
+//! At setup, a few protocol-3 users each create a group of protocol-3 users spread over the
 //! population (`create_group` with a fixed `client_msg_id`, repeated until answered). Then
-//! three streams of intents run at steady rates, scheduled by the clock whatever the server
+//! six streams of intents run at steady rates, scheduled by the clock whatever the server
 //! answers: direct messages between random users of either protocol (sometimes to oneself),
-//! group messages from a random current member of a random group, and read marks
-//! (`mark_read`, sometimes `mark_unread`) of a random protocol-2 user on one of its
-//! conversations. [`crate::user`] carries them out and records what each user saw. Beside
+//! group messages from a random current member of a random group, read marks (`mark_read`,
+//! sometimes `mark_unread`) of a random protocol-3 user on one of its conversations, and edits,
+//! deletes and reactions of a random protocol-3 user (to messages of its choosing, see
+//! [`crate::user`]). [`crate::user`] carries them out and records what each user saw. Beside
 //! them, every group is changed at a steady rate ([`crate::changes`]): members added,
 //! removed and leaving, roles changed, the group renamed.
 //!
@@ -44,8 +48,8 @@ use crate::user::{Intent, Live, SimulatedUser};
 /// How much traffic a case offers.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Traffic {
-    /// Users on protocol 2 (`u0`, `u1`, …), who send and receive direct and group messages
-    /// and mark.
+    /// Users on protocol 3 (`u0`, `u1`, …), who send and receive direct and group messages,
+    /// mark, edit, delete and react.
     pub(crate) users: usize,
     /// Users on protocol 1 (numbered after them), who exchange direct messages only.
     pub(crate) v1_users: usize,
@@ -60,6 +64,10 @@ pub(crate) struct Traffic {
     pub(crate) mark_rate: f64,
     /// Membership, role and title changes per second, all groups together.
     pub(crate) change_rate: f64,
+    /// Edits, deletes, and reactions (made or taken back) per second, all users together.
+    pub(crate) edit_rate: f64,
+    pub(crate) delete_rate: f64,
+    pub(crate) reaction_rate: f64,
     pub(crate) duration: Duration,
     pub(crate) seed: u64,
 }
@@ -112,7 +120,7 @@ pub(crate) struct Outcome {
 }
 
 impl Workload {
-    /// Connects the users of `tenant` (`traffic.users` on protocol 2, then `traffic.v1_users`
+    /// Connects the users of `tenant` (`traffic.users` on protocol 3, then `traffic.v1_users`
     /// on protocol 1), user `i` first to `urls[i % n]`, creates the groups and starts the
     /// traffic and the membership changes. Fails when a group could not be created.
     pub(crate) async fn start(
@@ -129,7 +137,7 @@ impl Workload {
         for i in 0..population {
             let (tx, rx) = mpsc::unbounded_channel();
             senders.push(tx);
-            let protocol = if i < traffic.users { 2 } else { 1 };
+            let protocol = if i < traffic.users { 3 } else { 1 };
             let (client, events) = Client::start(client_config(&urls, tenant, i, protocol));
             handles.push(client.clone());
             let seed = traffic.seed ^ (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
@@ -251,6 +259,10 @@ async fn create_group(client: &Client, n: usize, members: Vec<usize>) -> Result<
 
 /// How a request repeated until answered ended.
 #[derive(Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one answer per request, consumed at once; boxing the frame gains nothing"
+)]
 pub(crate) enum Answer {
     Reply(ServerFrame<'static>),
     /// Refused for good. `repeated`: an earlier attempt's outcome was unknown (no reply, a
@@ -312,9 +324,9 @@ pub(crate) async fn request_until_answered(
 async fn pace(senders: Vec<mpsc::UnboundedSender<Intent>>, groups: Vec<Group>, traffic: Traffic) {
     let mut rng = Rng(traffic.seed | 1);
     let start = Instant::now();
-    let mut done = [0u64; 3];
+    let mut done = [0u64; 6];
     let mut tick = tokio::time::interval(Duration::from_millis(10));
-    // Direct messages between any users; marks by protocol-2 users only.
+    // Direct messages between any users; marks and changes by protocol-3 users only.
     let population = senders.len() as u64;
     let users = traffic.users as u64;
     let index = |user: &str| user[1..].parse::<usize>().unwrap();
@@ -325,6 +337,9 @@ async fn pace(senders: Vec<mpsc::UnboundedSender<Intent>>, groups: Vec<Group>, t
             (elapsed * traffic.rate) as u64,
             (elapsed * traffic.group_rate) as u64,
             (elapsed * traffic.mark_rate) as u64,
+            (elapsed * traffic.edit_rate) as u64,
+            (elapsed * traffic.delete_rate) as u64,
+            (elapsed * traffic.reaction_rate) as u64,
         ];
         for _ in done[0]..due[0] {
             let from = rng.below(population) as usize;
@@ -343,9 +358,12 @@ async fn pace(senders: Vec<mpsc::UnboundedSender<Intent>>, groups: Vec<Group>, t
             };
             let _ = senders[index(&from)].send(Intent::Send(group.id.clone()));
         }
-        for _ in done[2]..due[2] {
-            let user = rng.below(users) as usize;
-            let _ = senders[user].send(Intent::Mark);
+        let per_user = [Intent::Mark, Intent::Edit, Intent::Delete, Intent::React];
+        for (stream, intent) in per_user.iter().enumerate().map(|(n, i)| (n + 2, i)) {
+            for _ in done[stream]..due[stream] {
+                let user = rng.below(users) as usize;
+                let _ = senders[user].send(intent.clone());
+            }
         }
         done = due;
         if elapsed >= traffic.duration.as_secs_f64() {
@@ -354,12 +372,16 @@ async fn pace(senders: Vec<mpsc::UnboundedSender<Intent>>, groups: Vec<Group>, t
     }
 }
 
-/// User `i`'s client: `protocol` 2 or 1, first to node `i mod n`, with the suite's quick
+/// User `i`'s client: `protocol` 3 or 1, first to node `i mod n`, with the suite's quick
 /// timeouts.
 fn client_config(urls: &[String], tenant: &str, i: usize, protocol: u32) -> ClientConfig {
     let user = format!("u{i}");
     // Protocol 1 is what a connection gets without asking.
-    let version = if protocol == 2 { "&protocol=2" } else { "" };
+    let version = if protocol > 1 {
+        format!("&protocol={protocol}")
+    } else {
+        String::new()
+    };
     let mut config = ClientConfig::with_urls(
         urls.iter()
             .map(|url| format!("{url}?user={user}&tenant={tenant}{version}"))

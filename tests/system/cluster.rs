@@ -242,6 +242,116 @@ impl Node {
     async fn connect_v2(&self, user: &str) -> Client {
         Client::connect(&format!("ws://{}/ws?user={user}&protocol=2", self.addr)).await
     }
+
+    async fn connect_v3(&self, user: &str) -> Client {
+        Client::connect(&format!("ws://{}/ws?user={user}&protocol=3", self.addr)).await
+    }
+}
+
+#[tokio::test]
+async fn edits_reactions_and_replies_cross_nodes_for_protocol_3_only() {
+    let pair = NodePair::start("l").await;
+    let (n1, n2) = (&pair.n1, &pair.n2);
+    let mut alice = n1.connect_v3("alice").await;
+    let mut bob = n2.connect_v3("bob").await;
+    let mut bob_v2 = n2.connect_v2("bob").await;
+
+    let ack = request(
+        &mut alice,
+        json!({"type": "send", "conversation_id": "alice:bob", "text": "typo", "client_msg_id": "m1"}),
+        "r1",
+    )
+    .await;
+    let id = ack["message_id"].as_str().unwrap().to_owned();
+    bob.wait_for("message").await;
+    let edited = request(
+        &mut alice,
+        json!({"type": "edit", "conversation_id": "alice:bob", "message_id": id, "text": "fixed", "client_msg_id": "e1"}),
+        "r2",
+    )
+    .await;
+    assert_eq!(edited["type"], "message_state", "{edited}");
+    assert_eq!(
+        wait_for_event(&mut bob, "message_edited").await["text"],
+        "fixed"
+    );
+    let reacted = request(
+        &mut bob,
+        json!({"type": "react", "conversation_id": "alice:bob", "message_id": id, "emoji": "👍"}),
+        "r3",
+    )
+    .await;
+    assert_eq!(reacted["type"], "message_state", "{reacted}");
+    assert_eq!(
+        wait_for_event(&mut alice, "reaction_added").await["emoji"],
+        "👍"
+    );
+    // A reply crosses with its quote to protocol 3, without it to protocol 2.
+    request(
+        &mut alice,
+        json!({"type": "send", "conversation_id": "alice:bob", "text": "see above", "client_msg_id": "m2", "reply_to": id}),
+        "r4",
+    )
+    .await;
+    let reply = bob.wait_for("message").await;
+    assert_eq!(reply["reply_to"]["excerpt"], "fixed", "{reply}");
+    let frames: Vec<Value> = {
+        let mut frames = Vec::new();
+        while frames
+            .last()
+            .is_none_or(|f: &Value| f["text"] != "see above")
+        {
+            frames.push(bob_v2.next().await);
+        }
+        frames
+    };
+    let kinds: Vec<&str> = frames.iter().map(|f| f["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["message", "message"], "{frames:?}");
+    assert!(frames[1].get("reply_to").is_none(), "{}", frames[1]);
+
+    drop((alice, bob, bob_v2));
+    pair.stop().await;
+}
+
+/// Two gateway nodes joined through a NATS server of their own, over one storage service and
+/// a fresh PostgreSQL database.
+struct NodePair {
+    n1: Node,
+    n2: Node,
+    store: peroxo_storage::StoreServer,
+    database: String,
+    _nats: Process,
+    _dirs: [tempfile::TempDir; 2],
+}
+
+impl NodePair {
+    /// Starts the pair; `tag` keeps its NATS subjects apart from other tests'.
+    async fn start(tag: &str) -> Self {
+        let nats_dir = tempfile::tempdir().unwrap();
+        let nats_addr = free_addr();
+        let nats = start_nats(nats_addr, nats_dir.path());
+        let (database, url) = common::postgres::create_database().await;
+        let store_dir = tempfile::tempdir().unwrap();
+        let mut config = common::test_config(store_dir.path()).storage;
+        config.backend = StorageBackend::Postgres;
+        config.postgres.url = Secret::new(url);
+        let store = peroxo_storage::StoreServer::start(&config).await.unwrap();
+        let prefix = format!("t{}{tag}{}", std::process::id(), free_addr().port());
+        Self {
+            n1: Node::start("n1", store.addr, nats_addr, &prefix),
+            n2: Node::start("n2", store.addr, nats_addr, &prefix),
+            store,
+            database,
+            _nats: nats,
+            _dirs: [nats_dir, store_dir],
+        }
+    }
+
+    async fn stop(self) {
+        drop((self.n1, self.n2));
+        self.store.stop().await;
+        common::postgres::drop_database(&self.database).await;
+    }
 }
 
 /// Sends `command` with `req_id` and returns the frame answering it.
@@ -268,18 +378,8 @@ async fn wait_for_event(client: &mut Client, event: &str) -> Value {
 
 #[tokio::test]
 async fn group_messages_events_and_receipts_reach_members_on_every_node() {
-    let nats_dir = tempfile::tempdir().unwrap();
-    let nats_addr = free_addr();
-    let _nats = start_nats(nats_addr, nats_dir.path());
-    let (database, url) = common::postgres::create_database().await;
-    let store_dir = tempfile::tempdir().unwrap();
-    let mut config = common::test_config(store_dir.path()).storage;
-    config.backend = StorageBackend::Postgres;
-    config.postgres.url = Secret::new(url.clone());
-    let store = peroxo_storage::StoreServer::start(&config).await.unwrap();
-    let prefix = format!("t{}g{}", std::process::id(), free_addr().port());
-    let n1 = Node::start("n1", store.addr, nats_addr, &prefix);
-    let n2 = Node::start("n2", store.addr, nats_addr, &prefix);
+    let pair = NodePair::start("g").await;
+    let (n1, n2) = (&pair.n1, &pair.n2);
 
     let mut alice = n1.connect_v2("alice").await;
     let mut carol = n1.connect_v2("carol").await;
@@ -347,5 +447,6 @@ async fn group_messages_events_and_receipts_reach_members_on_every_node() {
     let synced = bob_v1.sync_all(0).await;
     assert_eq!(synced.len(), 1, "{synced:?}");
 
-    common::postgres::drop_database(&database).await;
+    drop((alice, carol, bob, bob_v1));
+    pair.stop().await;
 }

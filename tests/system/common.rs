@@ -71,6 +71,11 @@ impl TestServer {
         Client::connect(&format!("{}&protocol=2", self.ws_url("default", user))).await
     }
 
+    /// A connection of `user` (tenant `default`) speaking protocol 3.
+    pub async fn connect_v3(&self, user: &str) -> Client {
+        Client::connect(&format!("{}&protocol=3", self.ws_url("default", user))).await
+    }
+
     /// The WebSocket URL with a token in the query string.
     pub fn ws_url_with_token(&self, token: &str) -> String {
         format!("ws://{}/ws?token={token}", self.gateway.http_addr)
@@ -399,6 +404,30 @@ impl Client {
                 return frames;
             }
             frames.push(frame);
+        }
+    }
+
+    /// Every stream entry (messages and events) after `after_seq`, merged by seq, and the
+    /// `last_seq` of the last page.
+    pub async fn sync_entries(&mut self, mut after_seq: u64) -> (Vec<Value>, u64) {
+        let mut entries = Vec::new();
+        loop {
+            let page = self
+                .request(
+                    json!({"type": "sync", "after_seq": after_seq, "limit": 500}),
+                    "sync",
+                )
+                .await;
+            let mut batch: Vec<Value> = page["messages"].as_array().unwrap().clone();
+            batch.extend(page["events"].as_array().cloned().unwrap_or_default());
+            batch.sort_by_key(|e| e["seq"].as_u64().unwrap());
+            if let Some(last) = batch.last() {
+                after_seq = last["seq"].as_u64().unwrap();
+            }
+            entries.extend(batch);
+            if !page["has_more"].as_bool().unwrap() {
+                return (entries, page["last_seq"].as_u64().unwrap());
+            }
         }
     }
 

@@ -15,27 +15,8 @@ async fn wait_for_event(client: &mut Client, name: &str) -> Value {
     }
 }
 
-/// Every stream entry (messages and events) after `after_seq`, merged by seq.
-async fn sync_entries(client: &mut Client, mut after_seq: u64) -> (Vec<Value>, u64) {
-    let mut entries = Vec::new();
-    loop {
-        let page = client
-            .request(
-                json!({"type": "sync", "after_seq": after_seq, "limit": 500}),
-                "sync",
-            )
-            .await;
-        let mut batch: Vec<Value> = page["messages"].as_array().unwrap().clone();
-        batch.extend(page["events"].as_array().cloned().unwrap_or_default());
-        batch.sort_by_key(|e| e["seq"].as_u64().unwrap());
-        if let Some(last) = batch.last() {
-            after_seq = last["seq"].as_u64().unwrap();
-        }
-        entries.extend(batch);
-        if !page["has_more"].as_bool().unwrap() {
-            return (entries, page["last_seq"].as_u64().unwrap());
-        }
-    }
+async fn sync_entries(client: &mut Client, after_seq: u64) -> (Vec<Value>, u64) {
+    client.sync_entries(after_seq).await
 }
 
 fn seqs(entries: &[Value]) -> Vec<u64> {
@@ -49,7 +30,7 @@ async fn a_connection_asks_for_protocol_2_and_an_unknown_version_is_refused() {
     assert_eq!(v2.welcome["protocol"], 2);
     let v1 = server.connect("alice").await;
     assert_eq!(v1.welcome["protocol"], 1);
-    let url = format!("{}&protocol=3", server.ws_url("default", "alice"));
+    let url = format!("{}&protocol=4", server.ws_url("default", "alice"));
     let (status, body) = Client::try_connect(&url).await.err().expect("refused");
     assert_eq!(status, 400);
     assert_eq!(body["error"], "bad_request");
@@ -62,8 +43,10 @@ async fn a_connection_asks_for_protocol_2_and_an_unknown_version_is_refused() {
     assert_eq!(status, 200);
     let info: Value = serde_json::from_str(&info).unwrap();
     assert_eq!(info["protocol"], 1, "a client that asks for none gets 1");
-    assert_eq!(info["protocols"], json!([1, 2]));
+    assert_eq!(info["protocols"], json!([1, 2, 3]));
     assert_eq!(info["groups"]["max_members"], 1000);
+    assert_eq!(info["messages"]["edit_window_secs"], 48 * 3600);
+    assert_eq!(info["messages"]["max_reactions_per_message"], 20);
 }
 
 #[tokio::test]

@@ -12,6 +12,7 @@ mod client;
 mod cluster;
 mod conversations;
 mod hostile_input;
+mod lifecycle;
 mod limits;
 mod messaging;
 mod operations;

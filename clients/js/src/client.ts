@@ -12,7 +12,7 @@ import { ConversationStore } from './conversations.js';
 import { ClientError, ServerError } from './errors.js';
 import { isConversationId, newClientMsgId, Outbox, type Ack } from './outbox.js';
 import { Presence } from './presence.js';
-import type { CommandKind, MessageView, ServerFrame } from './protocol.js';
+import type { CommandKind, MessageView, QuoteView, ServerFrame } from './protocol.js';
 import { MemoryStore, type ClientStore, type PendingSend } from './store.js';
 import { SyncEngine, type StreamEntry } from './stream.js';
 import { Typing, type TypingOptions } from './typing.js';
@@ -23,11 +23,22 @@ export interface ConnectOptions extends ConnectionOptions {
   typing?: Partial<TypingOptions>;
 }
 
+/** How {@link PeroxoClient.send} sends. */
+export interface SendOptions {
+  /** The idempotency key: a fresh one by default. */
+  clientMsgId?: string;
+  /**
+   * Protocol 3: the id of the message this one replies to, of the same conversation (when
+   * `to` names a user, it needs the user known: after the first `welcome`).
+   */
+  replyTo?: string;
+}
+
 /** The reply frame of a command type. */
 export type Reply<T extends ServerFrame['type']> = Extract<ServerFrame, { type: T }>;
 
 export interface ClientEvents {
-  /** A stream entry, applied once, in seq order (messages and protocol-2 events). */
+  /** A stream entry, applied once, in seq order (messages, and the events of protocols 2 and 3). */
   entry: (entry: StreamEntry) => void;
   /** A send was committed (also a send restored from the store, which has no promise). */
   ack: (ack: Ack, send: PendingSend) => void;
@@ -61,7 +72,7 @@ export class HistoryPager {
     const reply = await this.client.request<'history'>(command);
     this.before = reply.next_before;
     this.done = reply.next_before === null;
-    this.client.conversations.history(reply.conversation_id, reply.messages);
+    this.client.conversations.history(reply.conversation_id, reply.messages, reply.last_seq ?? undefined);
     return reply.messages;
   }
 }
@@ -85,7 +96,7 @@ export class PeroxoClient {
   constructor(options: ConnectOptions) {
     const store = options.store ?? new MemoryStore();
     const backoff = options.backoff ?? DEFAULT_BACKOFF;
-    this.welcomeProtocol = options.protocol ?? 2;
+    this.welcomeProtocol = options.protocol ?? 3;
     const warn = (message: string) => this.emit('warning', message);
     this.connection = new Connection({ ...options, onWarning: (m) => { options.onWarning?.(m); warn(m); } }, {
       welcome: (welcome) => this.welcome(welcome),
@@ -152,8 +163,45 @@ export class PeroxoClient {
    * the same `client_msg_id` after reconnects and retryable errors; it rejects with a
    * {@link ServerError} when refused for good (`bad_request`, `too_large`, `not_a_member`, …).
    */
-  send(to: string, text: string, options: { clientMsgId?: string } = {}): Promise<Ack> {
-    return this.outbox.submit(to, text, options.clientMsgId);
+  send(to: string, text: string, options: SendOptions = {}): Promise<Ack> {
+    const { clientMsgId, replyTo } = options;
+    if (replyTo && !isConversationId(to)) {
+      // A reply is sent by conversation id: `to`'s is known once the user is.
+      if (this.me === undefined) return Promise.reject(new ClientError('not_connected', 'a reply to a user needs its conversation id before the first welcome'));
+      to = directConversationId(this.me, to);
+    }
+    return this.outbox.submit(to, text, clientMsgId, replyTo);
+  }
+
+  /**
+   * Protocol 3: replaces the text of one of the user's messages (within the server's edit
+   * window), resolving with the message as it is now. The edit carries one `client_msg_id`
+   * for all its attempts, so it is retried after a lost connection or a retryable error
+   * without being applied twice (a repeat answers `duplicate: true`). Refusals:
+   * `not_author`, `edit_window_passed`, `message_deleted`, `unknown_message`, …
+   */
+  edit(conversationId: string, messageId: string, text: string, options: { clientMsgId?: string } = {}): Promise<Reply<'message_state'>> {
+    const clientMsgId = options.clientMsgId ?? newClientMsgId();
+    return this.changeMessage({ type: 'edit', conversation_id: conversationId, message_id: messageId, text, client_msg_id: clientMsgId });
+  }
+
+  /**
+   * Protocol 3: deletes a message for everyone (the user's own, or any in a group the user
+   * owns or administers), leaving a tombstone. Deleting a deleted message changes nothing,
+   * so it is retried like {@link edit}.
+   */
+  delete(conversationId: string, messageId: string): Promise<Reply<'message_state'>> {
+    return this.changeMessage({ type: 'delete', conversation_id: conversationId, message_id: messageId });
+  }
+
+  /** Protocol 3: adds the user's reaction `emoji` to a message (again: no change). */
+  react(conversationId: string, messageId: string, emoji: string): Promise<Reply<'message_state'>> {
+    return this.changeMessage({ type: 'react', conversation_id: conversationId, message_id: messageId, emoji });
+  }
+
+  /** Protocol 3: takes the user's reaction `emoji` back (one never made: no change). */
+  unreact(conversationId: string, messageId: string, emoji: string): Promise<Reply<'message_state'>> {
+    return this.changeMessage({ type: 'unreact', conversation_id: conversationId, message_id: messageId, emoji });
   }
 
   /** The sends not acked yet, oldest first. */
@@ -175,7 +223,7 @@ export class PeroxoClient {
   /** Loads a page of the conversation list (protocol 2) into {@link conversations}. */
   async loadConversations(options: { before?: string; limit?: number } = {}): Promise<Reply<'conversations'>> {
     const reply = await this.request<'conversations'>({ type: 'conversations', limit: options.limit ?? 50, ...(options.before ? { before: options.before } : {}) });
-    this.conversations.summaries(reply.conversations);
+    this.conversations.summaries(reply.conversations, reply.last_seq ?? undefined);
     return reply;
   }
 
@@ -240,6 +288,13 @@ export class PeroxoClient {
 
   private emit<K extends keyof ClientEvents>(event: K, ...args: Parameters<ClientEvents[K]>): void {
     for (const listener of [...this.listeners[event]]) (listener as (...a: unknown[]) => void)(...args);
+  }
+
+  /** An idempotent change to a message, retried until answered; its answer goes into the store. */
+  private async changeMessage(command: CommandKind): Promise<Reply<'message_state'>> {
+    const reply = await this.retrying(() => this.request<'message_state'>(command));
+    this.conversations.messageState(reply.message, reply.seq ?? undefined);
+    return reply;
   }
 
   private async retrying<T>(attempt: () => Promise<T>): Promise<T> {
@@ -314,9 +369,18 @@ export class PeroxoClient {
     this.emit('ack', ack, send);
     const me = this.me ?? '';
     const to = ack.conversationId.startsWith('g~') ? ack.conversationId : isConversationId(send.to) ? this.peerOf(send.to) : send.to;
+    let replyTo: QuoteView | undefined;
+    if (send.replyTo) {
+      replyTo = this.conversations.quoteOf(ack.conversationId, send.replyTo);
+      // The quoted message is not known here: the stream's own copy (from sync) says it.
+      if (!replyTo) {
+        this.stream.hint(ack.seq);
+        return;
+      }
+    }
     const message: MessageView = {
       message_id: ack.messageId, conversation_id: ack.conversationId, from: me, to, text: send.text,
-      ts: ack.ts, seq: ack.seq, client_msg_id: ack.clientMsgId,
+      ts: ack.ts, seq: ack.seq, client_msg_id: ack.clientMsgId, ...(replyTo ? { reply_to: replyTo } : {}),
     };
     // A duplicate's text is the original's, which may differ from this attempt's: the stream's
     // own copy (from sync) is the truth, so only a fresh commit is applied from the ack.

@@ -52,8 +52,11 @@ export type Welcome = Extract<ServerFrame, { type: 'welcome' }>;
 export interface ConnectionOptions {
   /** `ws://host:port/ws` or `wss://…/ws`, with `user=` on a dev node. */
   url: string;
-  /** Protocol version to ask for (`protocol=` in the URL): 1 or 2 (default 2). */
-  protocol?: 1 | 2;
+  /**
+   * Protocol version to ask for (`protocol=` in the URL): 1, 2 or 3 (default 3, which needs a
+   * server whose `/api/info` lists it; ask for 2 on an older one).
+   */
+  protocol?: 1 | 2 | 3;
   /**
    * Gives a token (jwt mode): called before the first connection, before refreshing, after
    * 4001 and after a connection failed before `welcome` (a refused client does not retry with
@@ -162,7 +165,7 @@ export class Connection {
 
   constructor(options: ConnectionOptions, private readonly listener: ConnectionListener) {
     this.opts = {
-      protocol: 2,
+      protocol: 3,
       backoff: DEFAULT_BACKOFF,
       refreshMarginMs: 60_000,
       pingAfterMs: 20_000,

@@ -8,13 +8,14 @@
  * the server's own types produce.
  */
 export { connect, directConversationId, HistoryPager, PeroxoClient } from './client.js';
-export type { ClientEvents, ConnectOptions, Reply } from './client.js';
+export type { ClientEvents, ConnectOptions, Reply, SendOptions } from './client.js';
 export type { ClosedReason, ConnectionOptions, ConnectionState, FetchLike, WebSocketConstructor, WebSocketLike, Welcome } from './connection.js';
 export { compareIds, ConversationStore } from './conversations.js';
 export type { Conversation, ConversationSnapshot } from './conversations.js';
 export { ClientError, ServerError } from './errors.js';
 export type { ClientErrorCode } from './errors.js';
 export { IndexedDbStore } from './indexeddb.js';
+export { QUOTE_EXCERPT_CHARS, quoteExcerpt } from './lifecycle.js';
 export { backoffDelay, nextStepAfterClose, nextStepAfterRefusal } from './backoff.js';
 export type { BackoffOptions, NextStep } from './backoff.js';
 export { newClientMsgId } from './outbox.js';

@@ -55,10 +55,9 @@ export function isConversationId(to: string): boolean {
 }
 
 export function sendCommand(send: PendingSend): CommandKind {
-  const { to, text, clientMsgId: client_msg_id } = send;
-  return isConversationId(to)
-    ? { type: 'send', conversation_id: to, text, client_msg_id }
-    : { type: 'send', to, text, client_msg_id };
+  const { to, text, clientMsgId: client_msg_id, replyTo } = send;
+  if (!isConversationId(to)) return { type: 'send', to, text, client_msg_id };
+  return { type: 'send', conversation_id: to, text, client_msg_id, ...(replyTo ? { reply_to: replyTo } : {}) };
 }
 
 /**
@@ -99,9 +98,9 @@ export class Outbox {
   }
 
   /** Keeps the send, writes it when connected, and resolves with its ack. */
-  submit(to: string, text: string, clientMsgId = newClientMsgId()): Promise<Ack> {
+  submit(to: string, text: string, clientMsgId = newClientMsgId(), replyTo?: string): Promise<Ack> {
     // The server would close the connection (1009) on every attempt: refuse it here, for good.
-    if (frameTooLarge(JSON.stringify(sendCommand({ clientMsgId, to, text, createdAt: 0 })))) {
+    if (frameTooLarge(JSON.stringify(sendCommand({ clientMsgId, to, text, ...(replyTo ? { replyTo } : {}), createdAt: 0 })))) {
       return Promise.reject(new ClientError('frame_too_large', `the send is over ${MAX_FRAME_BYTES} bytes`));
     }
     const existing = this.entries.get(clientMsgId);
@@ -109,7 +108,7 @@ export class Outbox {
     // Strictly increasing, so that sends submitted in one millisecond keep their order.
     const createdAt = Math.max(Date.now(), this.submitted + 1);
     this.submitted = createdAt;
-    const entry = this.entry({ clientMsgId, to, text, createdAt });
+    const entry = this.entry({ clientMsgId, to, text, ...(replyTo ? { replyTo } : {}), createdAt });
     this.entries.set(clientMsgId, entry);
     const result = new Promise<Ack>((resolve, reject) => entry.waiters.push({ resolve, reject }));
     void this.store.putSend(entry.send).then(

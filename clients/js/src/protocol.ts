@@ -49,6 +49,10 @@ export type CommandKind = {
 } | {
   client_msg_id: string;
   conversation_id: string;
+  /**
+   * Protocol 3: the message this one replies to (of the same conversation).
+   */
+  reply_to?: string | null;
   text: string;
   type: "send";
 } | {
@@ -106,6 +110,26 @@ export type CommandKind = {
   conversation_id: string;
   message_id: string;
   type: "read_receipts";
+} | {
+  client_msg_id: string;
+  conversation_id: string;
+  message_id: string;
+  text: string;
+  type: "edit";
+} | {
+  conversation_id: string;
+  message_id: string;
+  type: "delete";
+} | {
+  conversation_id: string;
+  emoji: string;
+  message_id: string;
+  type: "react";
+} | {
+  conversation_id: string;
+  emoji: string;
+  message_id: string;
+  type: "unreact";
 };
 
 /**
@@ -151,9 +175,17 @@ export type ConversationView = {
 };
 
 /**
+ * Who deleted a message for everyone, and when.
+ */
+export type DeletionView = {
+  by: string;
+  ts: number;
+};
+
+/**
  * The `code` of an `error` frame.
  */
-export type ErrorCode = "bad_request" | "too_large" | "rate_limited" | "unavailable" | "forbidden" | "internal" | "not_a_member" | "not_allowed" | "group_full" | "unknown_conversation" | "too_many_groups" | "unknown_message";
+export type ErrorCode = "bad_request" | "too_large" | "rate_limited" | "unavailable" | "forbidden" | "internal" | "not_a_member" | "not_allowed" | "group_full" | "unknown_conversation" | "too_many_groups" | "unknown_message" | "not_author" | "edit_window_passed" | "message_deleted" | "too_many_reactions";
 
 /**
  * A stream event as its user sees it: the `event` frame, and the elements of `sync.events`
@@ -166,15 +198,28 @@ export type EventView = {
   actor: string;
   conversation_id: string;
   /**
-   * What happened: `group_created`, `members_added`, `member_left`, `role_changed`,
-   * `group_renamed`, `read_marker` or `read_receipt`.
+   * Protocol 3, `reaction_added` and `reaction_removed`: the reaction.
    */
-  event: "group_created" | "members_added" | "member_left" | "role_changed" | "group_renamed" | "read_marker" | "read_receipt";
+  emoji?: string | null;
+  /**
+   * What happened: `group_created`, `members_added`, `member_left`, `role_changed`,
+   * `group_renamed`, `read_marker` or `read_receipt`; in protocol 3 also
+   * `message_edited`, `message_deleted`, `reaction_added` or `reaction_removed`.
+   */
+  event: "group_created" | "members_added" | "member_left" | "role_changed" | "group_renamed" | "read_marker" | "read_receipt" | "message_edited" | "message_deleted" | "reaction_added" | "reaction_removed";
   event_id: string;
   member_count?: number | null;
   message_id?: string | null;
+  /**
+   * Protocol 3, `message_deleted`: deleted by a group's owner or admin, not its author.
+   */
+  moderated?: boolean | null;
   role?: "owner" | "admin" | "member" | null;
   seq: number;
+  /**
+   * Protocol 3, `message_edited`: the message's text as it is now.
+   */
+  text?: string | null;
   title?: string | null;
   ts: number;
   unread_count?: number | null;
@@ -202,11 +247,28 @@ export type MessageView = {
   client_msg_id?: string | null;
   conversation_id: string;
   /**
-   * True when the sender's data was erased: `text` is then empty (absent otherwise).
+   * Protocol 3: set when it was deleted for everyone (`text` is then empty).
+   */
+  deleted?: DeletionView | null;
+  /**
+   * Protocol 3: when its author last edited it.
+   */
+  edited_ts?: number | null;
+  /**
+   * True when the sender's data was erased: `text` is then empty (absent otherwise). In
+   * protocols 1 and 2, also for a message deleted for everyone.
    */
   erased?: boolean;
   from: string;
   message_id: string;
+  /**
+   * Protocol 3: its reactions, one per emoji (absent when it has none).
+   */
+  reactions?: ReactionView[] | null;
+  /**
+   * Protocol 3: the message this one replies to, as it is now.
+   */
+  reply_to?: QuoteView | null;
   seq: number;
   text: string;
   to: string;
@@ -217,6 +279,37 @@ export type MessageView = {
  * A user's presence as the protocol names it.
  */
 export type PresenceStatus = "online" | "offline";
+
+/**
+ * The message a reply refers to, as a `message` shows it.
+ */
+export type QuoteView = {
+  /**
+   * It was deleted (for everyone, or by retention).
+   */
+  deleted?: boolean;
+  /**
+   * Its first 100 characters as they are now (empty once it is deleted).
+   */
+  excerpt: string;
+  /**
+   * Its sender (empty when retention has deleted it).
+   */
+  from: string;
+  message_id: string;
+};
+
+/**
+ * One emoji's reactions to a message, as the receiving user sees them.
+ */
+export type ReactionView = {
+  count: number;
+  emoji: string;
+  /**
+   * The receiving user is among those who reacted with it.
+   */
+  mine: boolean;
+};
 
 /**
  * A reader of a message as `read_receipts` lists it.
@@ -255,6 +348,11 @@ export type ServerFrame = {
   type: "message";
 }) | {
   conversation_id: string;
+  /**
+   * Protocol 3: the user's seq when the page was read; its messages are as they were
+   * then.
+   */
+  last_seq?: number | null;
   messages: MessageView[];
   next_before: string | null;
   req_id?: ReqId | null;
@@ -341,6 +439,11 @@ export type ServerFrame = {
   type: "members";
 } | {
   conversations: ConversationView[];
+  /**
+   * Protocol 3: the user's seq when the page was read; everything in it is as it was
+   * then.
+   */
+  last_seq?: number | null;
   next_before: string | null;
   req_id?: ReqId | null;
   total_unread: number;
@@ -362,4 +465,21 @@ export type ServerFrame = {
   message_id: string;
   type: "receipt";
   user: string;
+} | {
+  /**
+   * An `edit`'s `client_msg_id`.
+   */
+  client_msg_id?: string | null;
+  /**
+   * An `edit` whose `client_msg_id` was seen before: nothing changed now.
+   */
+  duplicate: boolean;
+  message: MessageView;
+  req_id?: ReqId | null;
+  /**
+   * The seq the command's event took in the user's stream: `message` is as of it.
+   * Absent when the command changed nothing.
+   */
+  seq?: number | null;
+  type: "message_state";
 };

@@ -14,6 +14,8 @@ export interface PendingSend {
   /** A user id (a direct message) or a conversation id (`alice:bob`, `g~…`). */
   to: string;
   text: string;
+  /** Protocol 3: the message this one replies to (then `to` is a conversation id). */
+  replyTo?: string;
   /** When it was submitted (ms since the epoch); resends go in this order. */
   createdAt: number;
 }

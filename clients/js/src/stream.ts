@@ -18,7 +18,15 @@ import type { CommandKind, EventView, MessageView, ServerFrame } from './protoco
 import type { ClientStore } from './store.js';
 
 export type StreamEntry =
-  | { kind: 'message'; seq: number; message: MessageView }
+  | {
+    kind: 'message'; seq: number; message: MessageView;
+    /**
+     * The seq the view is as of: a sync page's `last_seq` (it shows the message as it was
+     * then: in protocol 3 edited, deleted, with its reactions); absent for a live frame, which
+     * is as of its own `seq`. The changes up to it are not applied to it again.
+     */
+    asOf?: number;
+  }
   | { kind: 'event'; seq: number; event: EventView };
 
 export type SyncFrame = Extract<ServerFrame, { type: 'sync' }>;
@@ -131,7 +139,7 @@ export class SyncEngine {
   /** Applies one page; returns where the next starts. */
   private page(page: SyncFrame, after: number): number {
     const entries: StreamEntry[] = [
-      ...page.messages.map((message): StreamEntry => ({ kind: 'message', seq: message.seq, message })),
+      ...page.messages.map((message): StreamEntry => ({ kind: 'message', seq: message.seq, message, asOf: page.last_seq })),
       ...(page.events ?? []).map((event): StreamEntry => ({ kind: 'event', seq: event.seq, event })),
     ].sort((a, b) => a.seq - b.seq);
     const fresh = entries.filter((e) => e.seq > this.lastSeq);

@@ -46,6 +46,8 @@ pub(super) enum Protocol {
     V1,
     /// Protocol 2: conversations (`?protocol=2`).
     V2,
+    /// Protocol 3: edits, deletes, reactions and replies (`?protocol=3`).
+    V3,
 }
 
 impl Protocol {
@@ -54,6 +56,7 @@ impl Protocol {
         match self {
             Protocol::V1 => "",
             Protocol::V2 => "&protocol=2",
+            Protocol::V3 => "&protocol=3",
         }
     }
 
@@ -62,6 +65,7 @@ impl Protocol {
         match self {
             Protocol::V1 => 1,
             Protocol::V2 => 2,
+            Protocol::V3 => 3,
         }
     }
 }

@@ -10,7 +10,11 @@
 //!   recipient (each member of its group) exactly once and is acked once; a refused message
 //!   never reaches anyone.
 //! - [`ConversationLedger`] (protocol 2): what a user's conversation list must show (read
-//!   marker, unread count, newest message, total unread) follows from the user's stream alone.
+//!   marker, unread count, newest message, total unread) follows from the user's stream alone,
+//!   deletes of protocol 3 included.
+//! - [`MessageReplay`] (protocol 3): what became of each message (its text, whether it was
+//!   edited or deleted, its reactions) follows from the messages of a user's stream and the
+//!   changes after them, applied in seq order.
 //!
 //! What each checker adds stays with it: the bench's latencies, misrouted and undecodable
 //! frames; the suite's comparison with the database's rows and the processes' metrics. The
@@ -18,8 +22,12 @@
 //! bench's planned message index, the suite's committed message id) and, in the bench, while
 //! frames arrive; it stays with each.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
+
+mod messages;
+
+pub use messages::{MessageChange, MessageReplay, ReplayedMessage};
 
 /// How many missing seqs a [`SeqAudit`] names (it counts all of them).
 pub const MISSING_NAMED: usize = 10;
@@ -146,6 +154,12 @@ pub enum StreamItem<'a> {
     /// The user left or was removed (`member_left` naming the user): the conversation leaves
     /// the list; a later [`StreamItem::Joined`] starts it afresh.
     Left { conversation: &'a str },
+    /// A `message_deleted` event (protocol 3): the message no longer counts as unread, and no
+    /// longer as the preview (the newest message before it that is not deleted is).
+    Deleted {
+        conversation: &'a str,
+        message_id: u64,
+    },
 }
 
 /// What a user's conversation list must show for one conversation.
@@ -164,8 +178,9 @@ pub struct ConversationState {
 /// The rule: a conversation is listed from its first message or from the user joining it.
 /// Its read marker is the message id of the latest `read_marker` event, or the user's own
 /// latest message if that is later in the stream (sending marks read). Its unread count is the
-/// number of messages from others with an id past the marker, never negative; its preview is
-/// its newest message; the total unread count is the sum over the list. A `read_marker`
+/// number of messages from others with an id past the marker and not deleted, never negative;
+/// its preview is its newest message that is not deleted; the total unread count is the sum
+/// over the list. A `read_marker`
 /// event states the unread count after it, which must be that same count over the stream
 /// before it.
 #[derive(Debug, Default)]
@@ -179,9 +194,10 @@ pub struct ConversationLedger {
 #[derive(Debug, Default)]
 struct Tally {
     read_marker: u64,
-    /// The ids of the messages from others.
-    from_others: Vec<u64>,
-    newest: Option<u64>,
+    /// The ids of the messages from others, but those deleted.
+    from_others: BTreeSet<u64>,
+    /// The ids of every message, but those deleted.
+    messages: BTreeSet<u64>,
 }
 
 impl Tally {
@@ -203,11 +219,11 @@ impl ConversationLedger {
                 own,
             } => {
                 let tally = self.tally(conversation);
-                tally.newest = tally.newest.max(Some(message_id));
+                tally.messages.insert(message_id);
                 if own {
                     tally.read_marker = message_id;
                 } else {
-                    tally.from_others.push(message_id);
+                    tally.from_others.insert(message_id);
                 }
             }
             StreamItem::ReadMarker {
@@ -230,6 +246,15 @@ impl ConversationLedger {
             StreamItem::Left { conversation } => {
                 self.conversations.remove(conversation);
             }
+            StreamItem::Deleted {
+                conversation,
+                message_id,
+            } => {
+                if let Some(tally) = self.conversations.get_mut(conversation) {
+                    tally.messages.remove(&message_id);
+                    tally.from_others.remove(&message_id);
+                }
+            }
         }
     }
 
@@ -247,7 +272,7 @@ impl ConversationLedger {
                 let state = ConversationState {
                     read_marker: tally.read_marker,
                     unread_count: tally.unread(),
-                    last_message: tally.newest,
+                    last_message: tally.messages.last().copied(),
                 };
                 (id.as_str(), state)
             })
@@ -349,6 +374,39 @@ mod tests {
             conversation: "g~1",
         });
         assert!(ledger.states().is_empty());
+        assert_eq!(ledger.total_unread(), 0);
+    }
+
+    #[test]
+    fn a_deleted_message_is_no_longer_unread_nor_the_preview() {
+        let mut ledger = ConversationLedger::default();
+        let deleted = |message_id| StreamItem::Deleted {
+            conversation: "a:b",
+            message_id,
+        };
+        ledger.apply(message("a:b", 1, false));
+        ledger.apply(message("a:b", 2, true));
+        ledger.apply(message("a:b", 3, false));
+        ledger.apply(message("a:b", 4, false));
+        assert_eq!(ledger.states()["a:b"], state(2, 2, 4));
+        ledger.apply(deleted(4));
+        assert_eq!(ledger.states()["a:b"], state(2, 1, 3));
+        // A message read already lowers no count; the preview stays when it was not it.
+        ledger.apply(deleted(1));
+        assert_eq!(ledger.states()["a:b"], state(2, 1, 3));
+        ledger.apply(marker("a:b", 2, 1));
+        assert!(ledger.marker_mismatches().is_empty());
+        ledger.apply(deleted(3));
+        ledger.apply(deleted(2));
+        let empty = ConversationState {
+            read_marker: 2,
+            ..ConversationState::default()
+        };
+        assert_eq!(
+            ledger.states()["a:b"],
+            empty,
+            "still listed, without a preview"
+        );
         assert_eq!(ledger.total_unread(), 0);
     }
 

@@ -55,7 +55,7 @@ use clap::{ArgAction, Args, Subcommand};
 
 pub use connect::ConnectArgs;
 pub use conversations::ConversationsArgs;
-pub use dm::DmArgs;
+pub use dm::{DmArgs, MixArgs};
 pub use group::GroupArgs;
 pub use idle::IdleArgs;
 

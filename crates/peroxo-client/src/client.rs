@@ -14,13 +14,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-use peroxo_protocol::{Command, CommandKind, ErrorCode, ReqId, ServerFrame};
+use peroxo_protocol::{Command, CommandKind, ErrorCode, MessageView, ReqId, ServerFrame};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::connection::{ConnectOptions, Connection, Disconnect, Incoming, Welcome};
+use crate::outbox::Outgoing;
 use crate::reconnect::{Backoff, ClosedReason, Jitter, NextStep, next_step};
-use crate::state::{ClientState, RequestWaiter, SendWaiter, SyncWaiter};
+use crate::state::{ChangeWaiter, ClientState, RequestWaiter, SendWaiter, SyncWaiter};
 use crate::stream::{Delivered, DeliveredEvent, EntryId};
 use crate::token::{self, RefreshTimer};
 
@@ -122,6 +123,36 @@ pub struct Ack {
     pub duplicate: bool,
 }
 
+/// A change to a committed message (protocol 3). Each is safe to repeat, and the client repeats
+/// it until the server answers, as it does sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Replaces its text (its author only, within `messages.edit_window`). Goes with a
+    /// `client_msg_id` of its own, the same at every attempt: the server makes an edit once.
+    Edit { text: String },
+    /// Deletes it for everyone (its author; in a group also its owner and admins). Deleting a
+    /// deleted message changes nothing.
+    Delete,
+    /// Adds the user's reaction `emoji` (one already made changes nothing).
+    React { emoji: String },
+    /// Takes the user's reaction `emoji` back (one never made changes nothing).
+    Unreact { emoji: String },
+}
+
+/// The server's answer to a [`Change`] (`message_state`): the message as it is after it. The
+/// change's event, when it made one, comes in the user's stream like any other.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Changed {
+    /// An edit's `client_msg_id`.
+    pub client_msg_id: Option<String>,
+    pub message: MessageView<'static>,
+    /// An edit seen before: an earlier attempt was committed, nothing changed now. A success.
+    pub duplicate: bool,
+    /// The seq the change's event took in the user's stream (`message` is as of it); `None`
+    /// when it changed nothing.
+    pub seq: Option<u64>,
+}
+
 /// An `error` frame.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{code:?}: {message}")]
@@ -138,6 +169,9 @@ pub struct ServerError {
 pub enum ErrorAbout {
     /// A send (retried when retryable, failed otherwise).
     Send(String),
+    /// A [`Change`], by the `req_id` it goes with (retried when retryable, failed
+    /// otherwise), or the late answer to one that went twice after a session restart.
+    Change(String),
     /// A sync page (asked for again shortly).
     Sync,
     /// A request made with [`Client::request`]: its answer, or the late answer of one given
@@ -170,11 +204,12 @@ pub enum ClientError {
     Server(ServerError),
 }
 
-/// Why a send failed. Retryable errors and disconnects never fail a send: it is resent with
-/// its `client_msg_id` until acked.
+/// Why a send or a [`Change`] failed. Retryable errors and disconnects never fail one: a send
+/// is resent with its `client_msg_id` until acked, a change repeated until answered.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SendError {
-    /// Refused for good (`bad_request`, `too_large`, `forbidden`).
+    /// Refused for good (`bad_request`, `too_large`, `forbidden`; for a change also
+    /// `not_author`, `edit_window_passed`, `message_deleted`, `unknown_message`, …).
     #[error("refused: {0}")]
     Refused(ServerError),
     /// Its frame is over the protocol's 64 KiB.
@@ -214,6 +249,8 @@ pub enum Event {
     StreamEvent(DeliveredEvent),
     /// An `ack`; `late` when its send had been acked already (a resend's duplicate ack).
     Acked { ack: Ack, late: bool },
+    /// The `message_state` answering a [`Change`] (protocol 3).
+    Changed(Changed),
     /// An `error` frame.
     Error {
         error: ServerError,
@@ -291,12 +328,8 @@ impl Status {
 }
 
 enum Request {
-    Send {
-        client_msg_id: String,
-        to: String,
-        text: String,
-        waiter: SendWaiter,
-    },
+    Send(Outgoing, SendWaiter),
+    Change(CommandKind, ChangeWaiter),
     Sync(SyncWaiter),
     Command(CommandKind, RequestWaiter),
     Close(oneshot::Sender<()>),
@@ -435,24 +468,105 @@ impl Client {
         to: impl Into<String>,
         text: impl Into<String>,
     ) -> Result<Submitted, ClientError> {
-        let client_msg_id = format!(
-            "{}-{}",
-            self.ids.prefix,
-            self.ids.next.fetch_add(1, Ordering::Relaxed)
-        );
+        self.submit_send(to.into(), text.into(), None)
+    }
+
+    /// Submits a reply (protocol 3, `?protocol=3` in the URL): a message to the conversation
+    /// `conversation_id` (a group's, or a direct one's such as `alice:bob`) that quotes its
+    /// message `reply_to`. Resent like any send ([`Client::submit`]); refused for good
+    /// (`message_deleted`, `unknown_message`) when the quoted message cannot be replied to.
+    pub fn submit_reply(
+        &self,
+        conversation_id: impl Into<String>,
+        reply_to: u64,
+        text: impl Into<String>,
+    ) -> Result<Submitted, ClientError> {
+        self.submit_send(conversation_id.into(), text.into(), Some(reply_to))
+    }
+
+    fn submit_send(
+        &self,
+        to: String,
+        text: String,
+        reply_to: Option<u64>,
+    ) -> Result<Submitted, ClientError> {
+        let client_msg_id = self.ids.next_id();
         let (tx, rx) = oneshot::channel();
+        let send = Outgoing::Send {
+            client_msg_id: client_msg_id.clone(),
+            to,
+            text,
+            reply_to,
+        };
         self.requests
-            .send(Request::Send {
-                client_msg_id: client_msg_id.clone(),
-                to: to.into(),
-                text: text.into(),
-                waiter: Some(tx),
-            })
+            .send(Request::Send(send, Some(tx)))
             .map_err(|_| ClientError::Closed)?;
         Ok(Submitted {
             client_msg_id,
             outcome: rx,
         })
+    }
+
+    /// Submits a [`Change`] to the message `message_id` of `conversation_id` (protocol 3) and
+    /// returns at once; [`Client::change`] waits for the outcome. The change is repeated
+    /// across reconnects, session restarts and retryable errors until the server answers
+    /// (an edit with the same `client_msg_id`, [`SubmittedChange::client_msg_id`]).
+    pub fn submit_change(
+        &self,
+        conversation_id: impl Into<String>,
+        message_id: u64,
+        change: Change,
+    ) -> Result<SubmittedChange, ClientError> {
+        let conversation_id = conversation_id.into();
+        let mut client_msg_id = None;
+        let kind = match change {
+            Change::Edit { text } => {
+                let id = self.ids.next_id();
+                client_msg_id = Some(id.clone());
+                CommandKind::Edit {
+                    conversation_id,
+                    message_id,
+                    text,
+                    client_msg_id: id,
+                }
+            }
+            Change::Delete => CommandKind::Delete {
+                conversation_id,
+                message_id,
+            },
+            Change::React { emoji } => CommandKind::React {
+                conversation_id,
+                message_id,
+                emoji,
+            },
+            Change::Unreact { emoji } => CommandKind::Unreact {
+                conversation_id,
+                message_id,
+                emoji,
+            },
+        };
+        let (tx, rx) = oneshot::channel();
+        self.requests
+            .send(Request::Change(kind, tx))
+            .map_err(|_| ClientError::Closed)?;
+        Ok(SubmittedChange {
+            client_msg_id,
+            outcome: rx,
+        })
+    }
+
+    /// Makes a [`Change`] (see [`Client::submit_change`]) and waits for the message as it is
+    /// after it, or the change's refusal for good.
+    pub async fn change(
+        &self,
+        conversation_id: impl Into<String>,
+        message_id: u64,
+        change: Change,
+    ) -> Result<Changed, SendError> {
+        self.submit_change(conversation_id, message_id, change)
+            .map_err(SendError::Stopped)?
+            .answered()
+            .await
     }
 
     /// Sends a message (see [`Client::submit`]) and waits until it is acked (committed) or
@@ -515,6 +629,34 @@ impl Submitted {
         self.outcome
             .await
             .unwrap_or(Err(SendError::Stopped(ClientError::Closed)))
+    }
+}
+
+/// A submitted [`Change`].
+#[derive(Debug)]
+pub struct SubmittedChange {
+    /// An edit's `client_msg_id`.
+    pub client_msg_id: Option<String>,
+    outcome: oneshot::Receiver<Result<Changed, SendError>>,
+}
+
+impl SubmittedChange {
+    /// Waits until the server answers the change or refuses it for good.
+    pub async fn answered(self) -> Result<Changed, SendError> {
+        self.outcome
+            .await
+            .unwrap_or(Err(SendError::Stopped(ClientError::Closed)))
+    }
+}
+
+impl IdSource {
+    /// The next `client_msg_id`: `<prefix>-<n>`.
+    fn next_id(&self) -> String {
+        format!(
+            "{}-{}",
+            self.prefix,
+            self.next.fetch_add(1, Ordering::Relaxed)
+        )
     }
 }
 
@@ -835,14 +977,12 @@ impl Driver {
     /// Takes one request of the application; returns a command to write now, if any.
     fn on_request(&mut self, request: Option<Request>) -> Option<Command> {
         match request? {
-            Request::Send {
-                client_msg_id,
-                to,
-                text,
-                waiter,
-            } => {
-                self.state
-                    .submit(client_msg_id, to, text, waiter, Instant::now());
+            Request::Send(send, waiter) => {
+                self.state.submit(send, waiter, Instant::now());
+                None
+            }
+            Request::Change(kind, waiter) => {
+                self.state.submit_change(kind, waiter, Instant::now());
                 None
             }
             Request::Sync(waiter) => {

@@ -22,6 +22,15 @@
 //! holds the group messages and events that other connections see; their seqs are passed over
 //! once a sync shows they are not direct messages.
 //!
+//! With `protocol=3` it also changes committed messages: [`Client::change`] edits, deletes,
+//! reacts and takes a reaction back ([`Change`]), repeated like a send until the server
+//! answers with the message as it is after it ([`Changed`]; an edit keeps its own
+//! `client_msg_id`, the others change nothing the second time); [`Client::submit_reply`] sends
+//! a reply. The changes' events (`message_edited`, `message_deleted`, `reaction_added`,
+//! `reaction_removed`) are entries of the stream like the others, and the messages it delivers
+//! carry what protocol 3 says of them ([`Delivered::edited_ts`], [`Delivered::deleted`],
+//! [`Delivered::reactions`], [`Delivered::reply_to`]).
+//!
 //! ## Quick start
 //!
 //! ```no_run
@@ -56,7 +65,8 @@
 //! - `token`: when to refresh a JWT, read from its `exp`, and what to do when that fails.
 //! - `stream`: the user's stream by seq (messages and events): gaps, repeats, delivery in
 //!   order.
-//! - `outbox`: the sends not acked yet, and when each goes again.
+//! - `outbox`: the sends not acked yet and the changes not answered yet, and when each goes
+//!   again.
 //! - `state`: the correct client's decisions, with no I/O (unit-tested without a server).
 //! - `client`: the [`Client`] handle, its [`Event`]s and the task that runs the connection.
 //!
@@ -72,15 +82,16 @@ mod stream;
 mod token;
 
 pub use client::{
-    Ack, Client, ClientConfig, ClientError, ErrorAbout, Event, Events, SendError, ServerError,
-    Status, Submitted, TokenSource,
+    Ack, Change, Changed, Client, ClientConfig, ClientError, ErrorAbout, Event, Events, SendError,
+    ServerError, Status, Submitted, SubmittedChange, TokenSource,
 };
 pub use connection::{
     ConnectError, ConnectOptions, Connection, Disconnect, Incoming, WebSocket, WebSocketConfig,
     Welcome,
 };
 pub use peroxo_protocol::{
-    Command, CommandKind, ConversationView, ErrorCode, EventView, ReqId, ServerFrame,
+    Command, CommandKind, ConversationView, DeletionView, ErrorCode, EventView, MessageView,
+    QuoteView, ReactionView, ReqId, ServerFrame,
 };
 pub use reconnect::{Backoff, ClosedReason, NextStep};
 pub use stream::{Delivered, DeliveredEvent, EntryId, Via};

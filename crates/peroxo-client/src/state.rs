@@ -1,6 +1,6 @@
-//! What the correct client knows and decides, with no I/O: the outbox of unacked sends, the
-//! user's stream by seq (messages, and in protocol 2 events), the `sync` loop, and the
-//! requests waiting for their reply. The
+//! What the correct client knows and decides, with no I/O: the outbox of unacked sends (and,
+//! in protocol 3, unanswered changes to messages), the user's stream by seq (messages, and in
+//! protocol 2 events), the `sync` loop, and the requests waiting for their reply. The
 //! [`Client`](crate::Client)'s task feeds it connections and frames and writes the commands it
 //! asks for; everything it decides is unit-tested here without a server.
 //!
@@ -13,6 +13,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use peroxo_protocol::event::is_group_id;
 use peroxo_protocol::{
     Command, CommandKind, ErrorCode, EventView, MAX_SYNC_LIMIT, MessageView, ReqId, ServerFrame,
 };
@@ -20,10 +21,10 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::connection::Welcome;
-use crate::outbox::{ErrorOutcome, Outbox};
+use crate::outbox::{ErrorOutcome, Key, Outbox, Outgoing};
 use crate::reconnect::Jitter;
 use crate::stream::{Delivered, DeliveredEvent, SeqStream, StreamEntry, Taken, Via};
-use crate::{Ack, ClientError, ErrorAbout, Event, SendError, ServerError};
+use crate::{Ack, Changed, ClientError, ErrorAbout, Event, SendError, ServerError};
 
 /// How long a sync that failed (storage unreachable) waits before it goes again.
 const SYNC_RETRY: Duration = Duration::from_millis(200);
@@ -31,8 +32,30 @@ const SYNC_RETRY: Duration = Duration::from_millis(200);
 pub(crate) const MAX_FRAME_BYTES: usize = 65_536;
 
 pub(crate) type SendWaiter = Option<oneshot::Sender<Result<Ack, SendError>>>;
+pub(crate) type ChangeWaiter = oneshot::Sender<Result<Changed, SendError>>;
 pub(crate) type SyncWaiter = oneshot::Sender<Result<u64, ClientError>>;
 pub(crate) type RequestWaiter = oneshot::Sender<Result<ServerFrame<'static>, ClientError>>;
+
+/// Who waits for an entry of the outbox.
+#[derive(Debug)]
+pub(crate) enum Waiter {
+    Send(SendWaiter),
+    Change(ChangeWaiter),
+}
+
+impl Waiter {
+    fn fail(self, error: SendError) {
+        match self {
+            Waiter::Send(Some(waiter)) => {
+                let _ = waiter.send(Err(error));
+            }
+            Waiter::Send(None) => {}
+            Waiter::Change(waiter) => {
+                let _ = waiter.send(Err(error));
+            }
+        }
+    }
+}
 
 /// What a `sync` reply says besides its entries.
 #[derive(Debug, Clone, Copy)]
@@ -70,13 +93,15 @@ pub(crate) struct ClientState {
     /// The user, from `welcome`.
     me: String,
     stream: SeqStream,
-    outbox: Outbox<SendWaiter>,
+    outbox: Outbox<Waiter>,
     sync: SyncLoop,
     /// The user's highest seq as the server last reported it.
     server_last_seq: u64,
     /// Requests waiting for the reply that carries their `req_id`.
     requests: HashMap<String, RequestWaiter>,
     next_request: u64,
+    /// Numbers the `req_id`s of changes (`m<n>`).
+    next_change: u64,
     jitter: Jitter,
     connected: bool,
     /// The protocol version of the current (or last) connection, from `welcome`.
@@ -97,6 +122,7 @@ impl ClientState {
             server_last_seq: last_seq,
             requests: HashMap::new(),
             next_request: 0,
+            next_change: 0,
             jitter,
             connected: false,
             protocol: 0,
@@ -123,26 +149,32 @@ impl ClientState {
         }
     }
 
-    /// A new send; answered through `waiter` once acked or refused for good.
-    pub(crate) fn submit(
-        &mut self,
-        client_msg_id: String,
-        to: String,
-        text: String,
-        waiter: SendWaiter,
-        now: Instant,
-    ) {
+    /// A new send (an [`Outgoing::Send`]); answered through `waiter` once acked or refused
+    /// for good.
+    pub(crate) fn submit(&mut self, send: Outgoing, waiter: SendWaiter, now: Instant) {
+        self.enqueue(send, Waiter::Send(waiter), now);
+    }
+
+    /// A new change to a committed message (protocol 3: `edit`, `delete`, `react`,
+    /// `unreact`); answered through `waiter` with its `message_state`, or its refusal for good.
+    pub(crate) fn submit_change(&mut self, kind: CommandKind, waiter: ChangeWaiter, now: Instant) {
+        self.next_change += 1;
+        let req_id = format!("m{}", self.next_change);
+        self.enqueue(
+            Outgoing::Change { req_id, kind },
+            Waiter::Change(waiter),
+            now,
+        );
+    }
+
+    fn enqueue(&mut self, what: Outgoing, waiter: Waiter, now: Instant) {
         // A frame over the protocol's size would close the connection with 1009 at every
-        // attempt: refuse it here. Escaping makes a byte of text at most 6 bytes of JSON, so
-        // only a long text needs encoding to tell.
-        let bound = 128 + client_msg_id.len() + to.len() + 6 * text.len();
-        if bound > MAX_FRAME_BYTES && too_large(&to, &text, &client_msg_id) {
-            if let Some(waiter) = waiter {
-                let _ = waiter.send(Err(SendError::TooLarge));
-            }
+        // attempt: refuse it here.
+        if over_frame_size(&what) {
+            waiter.fail(SendError::TooLarge);
             return;
         }
-        self.outbox.push(client_msg_id, to, text, waiter, now);
+        self.outbox.push(what, waiter, now);
     }
 
     /// A request other than a send or a sync; answered with the reply that carries its id.
@@ -195,10 +227,8 @@ impl ClientState {
     /// The client stops for good: every waiter learns why.
     pub(crate) fn on_stopped(&mut self, error: &ClientError) {
         self.on_disconnected();
-        for send in self.outbox.drain() {
-            if let Some(waiter) = send.waiter {
-                let _ = waiter.send(Err(SendError::Stopped(error.clone())));
-            }
+        for pending in self.outbox.drain() {
+            pending.waiter.fail(SendError::Stopped(error.clone()));
         }
         for (_, waiter) in self.sync.waiters.drain(..) {
             let _ = waiter.send(Err(error.clone()));
@@ -276,6 +306,21 @@ impl ClientState {
                 ts,
                 duplicate,
             }),
+            ServerFrame::MessageState {
+                req_id,
+                client_msg_id,
+                message,
+                duplicate,
+                seq,
+            } if self.holds_change(req_id.as_deref()) => {
+                let changed = Changed {
+                    client_msg_id: client_msg_id.map(|id| id.into_owned()),
+                    message,
+                    duplicate,
+                    seq,
+                };
+                self.on_changed(request_id(req_id.as_deref()).unwrap_or_default(), changed);
+            }
             ServerFrame::Sync {
                 req_id,
                 messages,
@@ -324,6 +369,19 @@ impl ClientState {
             .is_some_and(|n| (1..=self.next_request).contains(&n))
     }
 
+    /// Whether `req_id` names a change this client made (answered or not).
+    fn issued_change(&self, req_id: Option<&ReqId>) -> bool {
+        request_id(req_id)
+            .and_then(|id| id.strip_prefix('m'))
+            .and_then(|n| n.parse::<u64>().ok())
+            .is_some_and(|n| (1..=self.next_change).contains(&n))
+    }
+
+    /// Whether `req_id` names a change of the outbox, not answered yet.
+    fn holds_change(&self, req_id: Option<&ReqId>) -> bool {
+        request_id(req_id).is_some_and(|id| self.outbox.holds(&Key::Change(id.to_owned())))
+    }
+
     fn is_sync_reply(&self, req_id: Option<&ReqId>) -> bool {
         match (req_id, &self.sync.in_flight) {
             (Some(ReqId::Text(id)), Some(in_flight)) => id == in_flight,
@@ -366,11 +424,21 @@ impl ClientState {
     }
 
     fn on_ack(&mut self, ack: Ack) {
-        let Some(send) = self.outbox.on_ack(&ack.client_msg_id) else {
+        let key = Key::Send(ack.client_msg_id.clone());
+        let Some(pending) = self.outbox.on_answer(&key) else {
             self.events.push(Event::Acked { ack, late: true });
             return;
         };
-        if let Some(waiter) = send.waiter {
+        let (
+            Outgoing::Send {
+                to, text, reply_to, ..
+            },
+            Waiter::Send(waiter),
+        ) = (pending.what, pending.waiter)
+        else {
+            unreachable!("a send's key names a send");
+        };
+        if let Some(waiter) = waiter {
             let _ = waiter.send(Ok(ack.clone()));
         }
         let own = Delivered {
@@ -378,14 +446,31 @@ impl ClientState {
             message_id: ack.message_id.clone(),
             conversation_id: ack.conversation_id.clone(),
             from: self.me.clone(),
-            to: send.to,
-            text: send.text,
+            to: recipient(&to, &self.me, reply_to.is_some()),
+            text,
             ts: ack.ts,
             client_msg_id: Some(ack.client_msg_id.clone()),
+            reply_to: reply_to.map(|id| id.to_string()),
+            quote: None,
+            edited_ts: None,
+            deleted: None,
+            reactions: Vec::new(),
             via: Via::Ack,
         };
         self.events.push(Event::Acked { ack, late: false });
         self.offer(StreamEntry::Message(own));
+    }
+
+    /// The `message_state` answering the change `req_id`: its waiter learns the outcome. The
+    /// change's event, if it made one, comes in the stream like any other.
+    fn on_changed(&mut self, req_id: &str, changed: Changed) {
+        let Some(pending) = self.outbox.on_answer(&Key::Change(req_id.to_owned())) else {
+            return;
+        };
+        if let Waiter::Change(waiter) = pending.waiter {
+            let _ = waiter.send(Ok(changed.clone()));
+        }
+        self.events.push(Event::Changed(changed));
     }
 
     /// A page of `sync`: its messages and (protocol 2) its events, which together are the
@@ -479,22 +564,26 @@ impl ClientState {
         {
             let _ = waiter.send(Err(ClientError::Server(error.clone())));
             ErrorAbout::Request
+        } else if self.holds_change(error.req_id.as_ref()) {
+            let req_id = request_id(error.req_id.as_ref())
+                .unwrap_or_default()
+                .to_owned();
+            self.on_outbox_error(Key::Change(req_id.clone()), &error, now);
+            ErrorAbout::Change(req_id)
+        } else if self.issued_change(error.req_id.as_ref()) {
+            // The late answer to a change answered already (it went twice after a session
+            // restart).
+            ErrorAbout::Change(
+                request_id(error.req_id.as_ref())
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
         } else if self.issued(error.req_id.as_ref()) {
             // The late answer to a request given up on after a session restart: the server
             // may still carry out what the restarted session had handed off.
             ErrorAbout::Request
         } else if let Some(id) = error.client_msg_id.clone() {
-            match self
-                .outbox
-                .on_error(&id, error.retryable, now, &mut self.jitter)
-            {
-                ErrorOutcome::Failed(send) => {
-                    if let Some(waiter) = send.waiter {
-                        let _ = waiter.send(Err(SendError::Refused(error.clone())));
-                    }
-                }
-                ErrorOutcome::Retry | ErrorOutcome::Unknown => {}
-            }
+            self.on_outbox_error(Key::Send(id.clone()), &error, now);
             ErrorAbout::Send(id)
         } else if self.is_sync_reply(error.req_id.as_ref()) {
             // A read that found storage unreachable: the page goes again shortly.
@@ -519,6 +608,16 @@ impl ClientState {
         self.events.push(Event::Error { error, about });
     }
 
+    /// An error naming an entry of the outbox: it goes again when retryable, fails otherwise.
+    fn on_outbox_error(&mut self, key: Key, error: &ServerError, now: Instant) {
+        if let ErrorOutcome::Failed(pending) =
+            self.outbox
+                .on_error(&key, error.retryable, now, &mut self.jitter)
+        {
+            pending.waiter.fail(SendError::Refused(error.clone()));
+        }
+    }
+
     /// A reply to a request, or a frame nobody asked for (presence, typing, receipts, …).
     fn on_reply(&mut self, frame: ServerFrame<'static>) {
         let req_id = match &frame {
@@ -533,7 +632,8 @@ impl ClientState {
             | ServerFrame::Members { req_id, .. }
             | ServerFrame::Conversations { req_id, .. }
             | ServerFrame::ReadState { req_id, .. }
-            | ServerFrame::ReadReceipts { req_id, .. } => req_id.as_deref(),
+            | ServerFrame::ReadReceipts { req_id, .. }
+            | ServerFrame::MessageState { req_id, .. } => req_id.as_deref(),
             _ => None,
         };
         if let Some(waiter) = request_id(req_id).and_then(|id| self.requests.remove(id)) {
@@ -551,13 +651,29 @@ fn request_id(req_id: Option<&ReqId>) -> Option<&str> {
     }
 }
 
-/// Whether a send's frame is over the protocol's size.
-fn too_large(to: &str, text: &str, client_msg_id: &str) -> bool {
-    let frame = Command {
-        req_id: None,
-        kind: crate::outbox::send_command(to, text, client_msg_id),
+/// Whether the frame of a send or a change is over the protocol's size. Escaping makes a byte
+/// of text at most 6 bytes of JSON, and ids and the rest of a frame stay far below 1 KiB, so
+/// only a long text needs encoding to tell.
+fn over_frame_size(what: &Outgoing) -> bool {
+    let text = match what {
+        Outgoing::Send { text, .. }
+        | Outgoing::Change {
+            kind: CommandKind::Edit { text, .. },
+            ..
+        } => text.len(),
+        Outgoing::Change { .. } => 0,
     };
-    frame.encode().len() > MAX_FRAME_BYTES
+    1024 + 6 * text > MAX_FRAME_BYTES && what.command().encode().len() > MAX_FRAME_BYTES
+}
+
+/// Who an own message went to: `to` itself, but for a reply in a direct conversation, which
+/// names the conversation (`alice:bob`): then the other participant (or `me`, in the
+/// conversation with oneself).
+fn recipient(to: &str, me: &str, reply: bool) -> String {
+    match to.split_once(':') {
+        Some((a, b)) if reply && !is_group_id(to) => if a == me { b } else { a }.to_owned(),
+        _ => to.to_owned(),
+    }
 }
 
 fn delivered(view: MessageView<'static>, via: Via) -> StreamEntry {
@@ -570,6 +686,11 @@ fn delivered(view: MessageView<'static>, via: Via) -> StreamEntry {
         text: view.text.into_owned(),
         ts: view.ts,
         client_msg_id: view.client_msg_id.map(|id| id.into_owned()),
+        reply_to: view.reply_to.as_ref().map(|quote| quote.message_id.clone()),
+        quote: view.reply_to,
+        edited_ts: view.edited_ts,
+        deleted: view.deleted,
+        reactions: view.reactions.unwrap_or_default(),
         via,
     })
 }
@@ -578,7 +699,9 @@ fn delivered(view: MessageView<'static>, via: Via) -> StreamEntry {
 mod tests {
     use std::borrow::Cow;
 
-    use peroxo_protocol::MessageView;
+    use peroxo_protocol::{MessageView, ReactionView};
+
+    use crate::outbox::tests::send;
 
     use super::*;
 
@@ -610,6 +733,10 @@ mod tests {
             seq,
             client_msg_id: None,
             erased: false,
+            reply_to: None,
+            edited_ts: None,
+            deleted: None,
+            reactions: None,
         }
     }
 
@@ -760,7 +887,7 @@ mod tests {
     fn a_duplicate_ack_is_a_success_and_fills_the_stream_with_the_own_message() {
         let (mut state, now) = connected(0);
         let (tx, mut rx) = oneshot::channel();
-        state.submit("c1".into(), "bob".into(), "hi".into(), Some(tx), now);
+        state.submit(send("c1", "bob", "hi"), Some(tx), now);
         assert_eq!(state.outgoing(now).len(), 1);
         state.on_disconnected();
         state.on_connected(&welcome(1), now);
@@ -787,8 +914,8 @@ mod tests {
         let (mut state, now) = connected(0);
         let (tx1, mut rx1) = oneshot::channel();
         let (tx2, mut rx2) = oneshot::channel();
-        state.submit("c1".into(), "bob".into(), "a".into(), Some(tx1), now);
-        state.submit("c2".into(), "bob".into(), "b".into(), Some(tx2), now);
+        state.submit(send("c1", "bob", "a"), Some(tx1), now);
+        state.submit(send("c2", "bob", "b"), Some(tx2), now);
         state.outgoing(now);
         let error = |code: ErrorCode, id: &str| ServerFrame::Error {
             code,
@@ -812,19 +939,21 @@ mod tests {
     #[test]
     fn an_internal_error_without_ids_resends_what_was_unanswered() {
         let (mut state, now) = connected(0);
-        state.submit("c1".into(), "bob".into(), "a".into(), None, now);
+        state.submit(send("c1", "bob", "a"), None, now);
         state.outgoing(now);
-        state.on_frame(
-            ServerFrame::Error {
-                code: ErrorCode::Internal,
-                message: "session restarted".into(),
-                retryable: true,
-                req_id: None,
-                client_msg_id: None,
-            },
-            now,
-        );
+        state.on_frame(session_restarted(), now);
         assert_eq!(state.outgoing(now).len(), 1);
+    }
+
+    /// The `internal` error without ids of a session that restarted.
+    fn session_restarted() -> ServerFrame<'static> {
+        ServerFrame::Error {
+            code: ErrorCode::Internal,
+            message: "session restarted".into(),
+            retryable: true,
+            req_id: None,
+            client_msg_id: None,
+        }
     }
 
     fn event_view(seq: u64) -> EventView<'static> {
@@ -842,6 +971,9 @@ mod tests {
             role: None,
             message_id: Some("m1".into()),
             unread_count: None,
+            text: None,
+            moderated: None,
+            emoji: None,
         }
     }
 
@@ -997,16 +1129,7 @@ mod tests {
         let (mut state, now) = connected(0);
         let (tx, mut rx) = oneshot::channel();
         state.request(CommandKind::Ping, tx).expect("connected");
-        state.on_frame(
-            ServerFrame::Error {
-                code: ErrorCode::Internal,
-                message: "session restarted".into(),
-                retryable: true,
-                req_id: None,
-                client_msg_id: None,
-            },
-            now,
-        );
+        state.on_frame(session_restarted(), now);
         assert_eq!(rx.try_recv().unwrap(), Err(ClientError::Interrupted));
     }
 
@@ -1092,13 +1215,229 @@ mod tests {
         let (mut state, now) = connected(0);
         let (tx, mut rx) = oneshot::channel();
         state.submit(
-            "c1".into(),
-            "bob".into(),
-            "x".repeat(MAX_FRAME_BYTES),
+            send("c1", "bob", &"x".repeat(MAX_FRAME_BYTES)),
             Some(tx),
             now,
         );
         assert_eq!(rx.try_recv().unwrap(), Err(SendError::TooLarge));
         assert!(state.outgoing(now).is_empty());
+    }
+
+    fn edit(text: &str) -> CommandKind {
+        CommandKind::Edit {
+            conversation_id: "alice:bob".into(),
+            message_id: 57,
+            text: text.into(),
+            client_msg_id: "e1".into(),
+        }
+    }
+
+    /// The `req_id` of the one change among `commands`.
+    fn change_req_id(commands: &[Command]) -> Cow<'static, ReqId> {
+        let mut changes = commands.iter().filter(|c| {
+            matches!(
+                c.kind,
+                CommandKind::Edit { .. }
+                    | CommandKind::Delete { .. }
+                    | CommandKind::React { .. }
+                    | CommandKind::Unreact { .. }
+            )
+        });
+        let change = changes.next().expect("a change is written");
+        assert!(changes.next().is_none(), "one change: {commands:?}");
+        Cow::Owned(change.req_id.clone().expect("a change carries a req_id"))
+    }
+
+    fn message_state(req_id: Cow<'static, ReqId>, duplicate: bool) -> ServerFrame<'static> {
+        ServerFrame::MessageState {
+            req_id: Some(req_id),
+            client_msg_id: Some("e1".into()),
+            message: MessageView {
+                text: "fixed".into(),
+                edited_ts: Some(5),
+                ..view(9)
+            },
+            duplicate,
+            seq: (!duplicate).then_some(12),
+        }
+    }
+
+    #[test]
+    fn an_edit_goes_again_with_its_client_msg_id_until_answered() {
+        let (mut state, now) = connected(0);
+        let (tx, mut rx) = oneshot::channel();
+        state.submit_change(edit("fixed"), tx, now);
+        let first = change_req_id(&state.outgoing(now));
+        // No answer before the connection ends: the same edit goes again after reconnecting.
+        state.on_disconnected();
+        state.on_connected(&welcome(0), now);
+        let again = state.outgoing(now);
+        assert_eq!(change_req_id(&again), first);
+        assert!(again.iter().any(|c| c.kind == edit("fixed")));
+        // A retryable refusal: again after a pause.
+        let refusal = |code: ErrorCode, req_id| ServerFrame::Error {
+            code,
+            message: "x".into(),
+            retryable: code.retryable(),
+            req_id: Some(req_id),
+            client_msg_id: Some("e1".into()),
+        };
+        state.on_frame(refusal(ErrorCode::Unavailable, first.clone()), now);
+        assert!(rx.try_recv().is_err(), "a retryable error does not end it");
+        assert!(state.outgoing(now).is_empty(), "not before its pause");
+        let later = state.next_wakeup().expect("the retry is scheduled");
+        assert_eq!(change_req_id(&state.outgoing(later)), first);
+        // The earlier attempt was committed: `duplicate: true` is a success.
+        state.on_frame(message_state(first.clone(), true), later);
+        let changed = rx.try_recv().unwrap().unwrap();
+        assert!(changed.duplicate);
+        assert_eq!(changed.message.text, "fixed");
+        assert!(
+            state
+                .take_events()
+                .iter()
+                .any(|e| matches!(e, Event::Changed(c) if c.duplicate))
+        );
+        assert!(
+            state.outgoing(later).is_empty(),
+            "answered: it does not go again"
+        );
+        // A late refusal of a repeat is about the change, not a send and not a request.
+        state.on_frame(refusal(ErrorCode::Internal, first), later);
+        assert!(matches!(
+            &state.take_events()[..],
+            [Event::Error {
+                about: ErrorAbout::Change(_),
+                ..
+            }]
+        ));
+    }
+
+    #[test]
+    fn a_final_refusal_ends_a_change_and_a_session_restart_repeats_one() {
+        let (mut state, now) = connected(0);
+        let (tx, mut rx) = oneshot::channel();
+        let delete = CommandKind::Delete {
+            conversation_id: "alice:bob".into(),
+            message_id: 57,
+        };
+        state.submit_change(delete.clone(), tx, now);
+        let req_id = change_req_id(&state.outgoing(now));
+        state.on_frame(session_restarted(), now);
+        let again = state.outgoing(now);
+        assert_eq!(
+            change_req_id(&again),
+            req_id,
+            "repeated: a delete is safe to repeat"
+        );
+        state.on_frame(
+            ServerFrame::Error {
+                code: ErrorCode::NotAuthor,
+                message: "only its author may delete it".into(),
+                retryable: false,
+                req_id: Some(req_id),
+                client_msg_id: None,
+            },
+            now,
+        );
+        assert!(matches!(
+            rx.try_recv(),
+            Ok(Err(SendError::Refused(ServerError {
+                code: ErrorCode::NotAuthor,
+                ..
+            })))
+        ));
+        assert!(state.outgoing(now).is_empty());
+    }
+
+    #[test]
+    fn an_over_size_edit_fails_at_once() {
+        let (mut state, now) = connected(0);
+        let (tx, mut rx) = oneshot::channel();
+        state.submit_change(edit(&"x".repeat(MAX_FRAME_BYTES)), tx, now);
+        assert_eq!(rx.try_recv().unwrap(), Err(SendError::TooLarge));
+        assert!(state.outgoing(now).is_empty());
+    }
+
+    #[test]
+    fn an_own_reply_in_a_direct_conversation_is_delivered_to_the_peer() {
+        let (mut state, now) = connected(0);
+        let reply = Outgoing::Send {
+            client_msg_id: "c1".into(),
+            to: "alice:bob".into(),
+            text: "yes".into(),
+            reply_to: Some(57),
+        };
+        state.submit(reply, None, now);
+        let written = state.outgoing(now);
+        assert!(written.iter().any(|c| matches!(
+            &c.kind,
+            CommandKind::SendToConversation {
+                reply_to: Some(57),
+                ..
+            }
+        )));
+        state.on_frame(ack("c1", 1, false), now);
+        let events = state.take_events();
+        assert!(events.iter().any(|e| matches!(e, Event::Message(m)
+            if m.to == "bob" && m.reply_to.as_deref() == Some("57") && m.via == Via::Ack)));
+    }
+
+    #[test]
+    fn a_message_keeps_what_protocol_3_says_of_it_and_its_events_take_their_seqs() {
+        let (mut state, now) = connected(0);
+        let edited = MessageView {
+            text: "fixed".into(),
+            edited_ts: Some(5),
+            reactions: Some(vec![ReactionView {
+                emoji: "👍".into(),
+                count: 2,
+                mine: true,
+            }]),
+            ..view(1)
+        };
+        state.on_frame(ServerFrame::Message(edited), now);
+        let deleted = EventView {
+            event: "message_deleted".into(),
+            message_id: Some("m1".into()),
+            moderated: Some(false),
+            ..event_view(3)
+        };
+        state.on_frame(ServerFrame::Event(Box::new(deleted)), now);
+        let (after, req) = sync_of(&state.outgoing(now)).expect("seq 3 skips 2: sync");
+        assert_eq!(after, 1);
+        let reacted = EventView {
+            event: "reaction_added".into(),
+            message_id: Some("m1".into()),
+            emoji: Some("👍".into()),
+            ..event_view(2)
+        };
+        let page = ServerFrame::Sync {
+            req_id: Some(Cow::Owned(ReqId::Text(req))),
+            messages: vec![],
+            events: Some(vec![reacted]),
+            last_seq: 3,
+            has_more: false,
+            pruned_until: None,
+        };
+        state.on_frame(page, now);
+        let events = state.take_events();
+        let Some(Event::Message(message)) = events.first() else {
+            panic!("the message first: {events:?}");
+        };
+        assert_eq!(
+            (message.text.as_str(), message.edited_ts),
+            ("fixed", Some(5))
+        );
+        assert_eq!(message.reactions.len(), 1);
+        let kinds: Vec<&str> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::StreamEvent(e) => Some(e.event.event.as_ref()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(kinds, ["reaction_added", "message_deleted"]);
+        assert_eq!(state.delivered(), 3);
     }
 }

@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 
-use peroxo_protocol::EventView;
+use peroxo_protocol::{DeletionView, EventView, QuoteView, ReactionView};
 
 /// How the client first learnt of a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +37,24 @@ pub struct Delivered {
     pub ts: i64,
     /// The sender's id for the message; known for the user's own messages only.
     pub client_msg_id: Option<String>,
+    /// Protocol 3: the id of the message this one replies to.
+    pub reply_to: Option<String>,
+    /// Protocol 3: the quote of the message it replies to, as the server showed it (`None`
+    /// for an own reply delivered from its ack, which carries no quote).
+    pub quote: Option<QuoteView<'static>>,
+    /// Protocol 3: when its author last edited it, as this copy says. A copy read through
+    /// `sync` shows the message as it is then, so it may already carry changes whose events
+    /// follow it in the stream: the events' `text` is the current text, and applying them in
+    /// seq order ends with the current state either way.
+    pub edited_ts: Option<i64>,
+    /// Protocol 3: who deleted it for everyone and when, as this copy says (`text` is then
+    /// empty).
+    pub deleted: Option<DeletionView<'static>>,
+    /// Protocol 3: its reactions, as this copy says. A copy read through `sync` may already
+    /// count reactions whose `reaction_added` events follow it in the stream: a count kept by
+    /// adding events to it would count those twice. The events alone (each names its actor
+    /// and emoji) give the reactions exactly, from none, in seq order.
+    pub reactions: Vec<ReactionView<'static>>,
     pub via: Via,
 }
 
@@ -202,6 +220,11 @@ pub(crate) mod tests {
             text: format!("text {id}"),
             ts: 0,
             client_msg_id: None,
+            reply_to: None,
+            quote: None,
+            edited_ts: None,
+            deleted: None,
+            reactions: Vec::new(),
             via: Via::Live,
         })
     }
@@ -222,6 +245,9 @@ pub(crate) mod tests {
                 role: None,
                 message_id: Some("1".to_owned()),
                 unread_count: Some(0),
+                text: None,
+                moderated: None,
+                emoji: None,
             },
             via: Via::Live,
         })

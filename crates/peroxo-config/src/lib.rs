@@ -19,6 +19,7 @@
 
 use peroxo_protocol::conversation::GroupLimits;
 use peroxo_protocol::event::{MAX_GROUP_MEMBERS, MAX_TITLE_BYTES};
+use peroxo_protocol::lifecycle::{MAX_REACTIONS_PER_MESSAGE, MessageLimits};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -72,6 +73,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub session: SessionConfig,
     pub groups: GroupsConfig,
+    pub messages: MessagesConfig,
     pub shutdown: ShutdownConfig,
     pub cluster: ClusterConfig,
     pub log: LogConfig,
@@ -588,6 +590,64 @@ impl GroupsConfig {
     }
 }
 
+/// `[messages]`: what may happen to a message after it is sent (protocol 3).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MessagesConfig {
+    /// How long after sending its author may edit a message; 0: forever.
+    #[serde(with = "human_duration")]
+    pub edit_window: Duration,
+    /// The most distinct reactions (emojis) one message may hold.
+    pub max_reactions_per_message: u32,
+    /// The most reactions one user may make to one message.
+    pub max_reactions_per_user: u32,
+}
+
+impl Default for MessagesConfig {
+    fn default() -> Self {
+        Self {
+            edit_window: Duration::from_secs(48 * 3600),
+            max_reactions_per_message: 20,
+            max_reactions_per_user: 10,
+        }
+    }
+}
+
+impl MessagesConfig {
+    /// The limits storage checks changes to messages against.
+    pub fn limits(&self) -> MessageLimits {
+        MessageLimits {
+            edit_window_ms: u64::try_from(self.edit_window.as_millis()).unwrap_or(u64::MAX),
+            max_reactions_per_message: self.max_reactions_per_message,
+            max_reactions_per_user: self.max_reactions_per_user,
+        }
+    }
+
+    /// The checks of `[messages]`.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let in_range = |key: &str, value: u32, max: u32| {
+            if (1..=max).contains(&value) {
+                Ok(())
+            } else {
+                Err(ConfigError::new(
+                    format!("messages.{key}"),
+                    format!("must be between 1 and {max}"),
+                ))
+            }
+        };
+        in_range(
+            "max_reactions_per_message",
+            self.max_reactions_per_message,
+            MAX_REACTIONS_PER_MESSAGE,
+        )?;
+        in_range(
+            "max_reactions_per_user",
+            self.max_reactions_per_user,
+            MAX_REACTIONS_PER_MESSAGE,
+        )
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
@@ -676,6 +736,7 @@ impl Config {
         self.http.validate()?;
         self.session.validate()?;
         self.groups.validate()?;
+        self.messages.validate()?;
         self.validate_cluster_storage()?;
         self.cluster.validate()?;
         self.shutdown.validate()?;

@@ -20,6 +20,7 @@ const LIVE_KEYS: &[&str] = &[
     "log.format",
     "limits",
     "groups",
+    "messages",
     "http.allowed_origins",
     "http.max_connections",
     "auth",

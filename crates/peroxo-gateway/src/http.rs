@@ -400,6 +400,11 @@ async fn info(State(state): State<HttpState>) -> Response {
             "max_title_bytes": groups.max_title_bytes,
             "live_receipts_max_members": groups.live_receipts_max_members,
         },
+        "messages": {
+            "edit_window_secs": settings.messages.edit_window.as_secs(),
+            "max_reactions_per_message": settings.messages.max_reactions_per_message,
+            "max_reactions_per_user": settings.messages.max_reactions_per_user,
+        },
     }))
     .into_response()
 }

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, Guard};
-use peroxo_config::{Config, GroupsConfig, LimitsConfig};
+use peroxo_config::{Config, GroupsConfig, LimitsConfig, MessagesConfig};
 use peroxo_protocol::DecodeLimits;
 
 /// The values of the live keys, as one consistent set.
@@ -22,6 +22,7 @@ use peroxo_protocol::DecodeLimits;
 pub struct Settings {
     pub limits: LimitsConfig,
     pub groups: GroupsConfig,
+    pub messages: MessagesConfig,
     /// When not empty, the only `Origin`s allowed to open WebSockets.
     pub allowed_origins: Arc<[String]>,
     /// WebSocket connections the node holds at most.
@@ -35,6 +36,7 @@ impl Settings {
         Self {
             limits: config.limits.clone(),
             groups: config.groups.clone(),
+            messages: config.messages.clone(),
             allowed_origins: config.http.allowed_origins.clone().into(),
             max_connections: config.http.max_connections,
             grace_period: config.shutdown.grace_period,

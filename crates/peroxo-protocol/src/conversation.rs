@@ -201,6 +201,8 @@ pub struct ConversationPage {
     pub has_more: bool,
     /// The sum of the user's unread counts over all conversations.
     pub total_unread: u64,
+    /// The user's current seq when the page was read: everything in it is as it was then.
+    pub last_seq: u64,
 }
 
 /// One reader of a message, as `read_receipts` lists it.

@@ -134,6 +134,9 @@ pub struct NewMessage {
     pub recipient: String,
     pub client_msg_id: String,
     pub text: String,
+    /// The message this one replies to: a message of the same conversation the sender can
+    /// see (protocol 3).
+    pub reply_to: Option<u64>,
 }
 
 impl NewMessage {
@@ -185,12 +188,77 @@ pub struct StoredMessage {
     /// from (0 when it was read for no one, as in an append outcome: the members' seqs are
     /// in [`AppendOutcome::Stored::members`]).
     pub recipient_seq: u64,
+    /// What happened to the message since it was sent, and what it replies to (protocol 3).
+    pub lifecycle: Lifecycle,
+}
+
+/// What a message carries besides what its sender sent: the message it replies to, and what
+/// edits, deletes and reactions made of it since. Empty for a plain message.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Lifecycle {
+    // The rare parts are boxed: a message is carried in actor messages and batches, and most
+    // messages have neither.
+    pub reply_to: Option<Box<Quote>>,
+    /// When its author last edited it (milliseconds since the Unix epoch).
+    pub edited_ts: Option<i64>,
+    /// Set once it is deleted for everyone: its text is then empty.
+    pub deleted: Option<Box<Deletion>>,
+    /// Its reactions, one per emoji, in the order each emoji first reached it.
+    pub reactions: Vec<ReactionCount>,
+}
+
+impl Lifecycle {
+    /// Whether the message carries nothing besides what its sender sent.
+    pub fn is_empty(&self) -> bool {
+        self.reply_to.is_none()
+            && self.edited_ts.is_none()
+            && self.deleted.is_none()
+            && self.reactions.is_empty()
+    }
+}
+
+/// The message a reply refers to, as it is now: the excerpt follows its edits, and is empty
+/// once it is deleted (or its sender's data erased).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quote {
+    pub message_id: u64,
+    /// Its sender (empty when retention has deleted it).
+    pub sender: String,
+    /// Its first [`QUOTE_EXCERPT_CHARS`] characters.
+    pub excerpt: String,
+    /// It was deleted for everyone, or retention deleted it.
+    pub deleted: bool,
+}
+
+/// The length of a reply's quoted excerpt, in characters.
+pub const QUOTE_EXCERPT_CHARS: usize = 100;
+
+/// Who deleted a message for everyone, and when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deletion {
+    pub by: String,
+    pub ts: i64,
+}
+
+/// One emoji's reactions to a message, as one user sees them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReactionCount {
+    pub emoji: String,
+    pub count: u32,
+    /// Whether the viewer is among those who reacted with it.
+    pub mine: bool,
 }
 
 impl StoredMessage {
-    /// Whether the sender's data was erased: a sent message's text is never empty otherwise.
+    /// Whether the sender's data was erased: a sent message's text is never empty otherwise,
+    /// unless it was deleted for everyone (see [`StoredMessage::is_deleted`]).
     pub fn is_erased(&self) -> bool {
-        self.text.is_empty()
+        self.text.is_empty() && !self.is_deleted()
+    }
+
+    /// Whether the message was deleted for everyone: a tombstone with an empty text.
+    pub fn is_deleted(&self) -> bool {
+        self.lifecycle.deleted.is_some()
     }
 
     pub fn conversation_id(&self) -> String {
@@ -226,6 +294,11 @@ impl StoredMessage {
 
 /// What became of one message of an append batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "an outcome lives as long as its batch; boxing the message would cost an \
+              allocation for every message stored"
+)]
 pub enum AppendOutcome {
     /// Stored now, or earlier when `duplicate` (then `message` is the original).
     Stored {
@@ -246,6 +319,9 @@ pub struct HistoryPage {
     pub messages: Vec<StoredMessage>,
     /// True when messages older than the first one here exist.
     pub has_more: bool,
+    /// The user's current seq when the page was read: the messages are as they were then
+    /// (every change with a seq up to it is in them, none after).
+    pub last_seq: u64,
 }
 
 /// The stream of one user after a given seq, ascending: its messages and its other events,

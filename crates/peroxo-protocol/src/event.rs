@@ -125,10 +125,20 @@ pub enum RefusalCode {
     TooManyGroups,
     /// No such message in this conversation.
     UnknownMessage,
+    /// Only the message's author may do this (edit it; delete it, outside a group's owner and
+    /// admins).
+    NotAuthor,
+    /// The message is older than `messages.edit_window`.
+    EditWindowPassed,
+    /// The message was deleted for everyone.
+    MessageDeleted,
+    /// A reaction past `messages.max_reactions_per_message` or
+    /// `messages.max_reactions_per_user`.
+    TooManyReactions,
 }
 
 impl RefusalCode {
-    pub const ALL: [RefusalCode; 7] = [
+    pub const ALL: [RefusalCode; 11] = [
         RefusalCode::BadRequest,
         RefusalCode::NotAMember,
         RefusalCode::NotAllowed,
@@ -136,6 +146,10 @@ impl RefusalCode {
         RefusalCode::UnknownConversation,
         RefusalCode::TooManyGroups,
         RefusalCode::UnknownMessage,
+        RefusalCode::NotAuthor,
+        RefusalCode::EditWindowPassed,
+        RefusalCode::MessageDeleted,
+        RefusalCode::TooManyReactions,
     ];
 
     /// The code as the wire (and the storage service's protobuf) names it.
@@ -148,6 +162,10 @@ impl RefusalCode {
             RefusalCode::UnknownConversation => "unknown_conversation",
             RefusalCode::TooManyGroups => "too_many_groups",
             RefusalCode::UnknownMessage => "unknown_message",
+            RefusalCode::NotAuthor => "not_author",
+            RefusalCode::EditWindowPassed => "edit_window_passed",
+            RefusalCode::MessageDeleted => "message_deleted",
+            RefusalCode::TooManyReactions => "too_many_reactions",
         }
     }
 
@@ -201,6 +219,18 @@ pub enum EventKind {
     /// In a direct conversation, `actor` read up to `message_id`. Enters the stream of the
     /// other participant only (a durable read receipt).
     ReadReceipt { message_id: u64 },
+    /// `actor`, its author, edited `message_id`; `text` is the message's text as it is now
+    /// (what this edit made of it, or less when a later edit or delete changed it since).
+    /// Enters the stream of every participant who can see the message (protocol 3).
+    MessageEdited { message_id: u64, text: String },
+    /// `actor` deleted `message_id` for everyone; `moderated` when `actor` is not its author
+    /// (a group's owner or admin). Enters the streams of every participant who can see it.
+    MessageDeleted { message_id: u64, moderated: bool },
+    /// `actor` reacted to `message_id` with `emoji`. Enters the streams of every participant
+    /// who can see the message.
+    ReactionAdded { message_id: u64, emoji: String },
+    /// `actor` took back its reaction `emoji` to `message_id`. Same streams.
+    ReactionRemoved { message_id: u64, emoji: String },
 }
 
 impl EventKind {
@@ -214,6 +244,33 @@ impl EventKind {
             EventKind::GroupRenamed { .. } => "group_renamed",
             EventKind::ReadMarker { .. } => "read_marker",
             EventKind::ReadReceipt { .. } => "read_receipt",
+            EventKind::MessageEdited { .. } => "message_edited",
+            EventKind::MessageDeleted { .. } => "message_deleted",
+            EventKind::ReactionAdded { .. } => "reaction_added",
+            EventKind::ReactionRemoved { .. } => "reaction_removed",
+        }
+    }
+
+    /// Whether the event changes a message (an edit, a delete, a reaction): only protocol 3
+    /// knows these events.
+    pub fn is_lifecycle(&self) -> bool {
+        matches!(
+            self,
+            EventKind::MessageEdited { .. }
+                | EventKind::MessageDeleted { .. }
+                | EventKind::ReactionAdded { .. }
+                | EventKind::ReactionRemoved { .. }
+        )
+    }
+
+    /// The message the event is about, for an event that changes one.
+    pub fn changed_message(&self) -> Option<u64> {
+        match self {
+            EventKind::MessageEdited { message_id, .. }
+            | EventKind::MessageDeleted { message_id, .. }
+            | EventKind::ReactionAdded { message_id, .. }
+            | EventKind::ReactionRemoved { message_id, .. } => Some(*message_id),
+            _ => None,
         }
     }
 }

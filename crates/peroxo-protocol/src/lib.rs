@@ -15,6 +15,7 @@ mod close;
 pub mod conversation;
 pub mod domain;
 pub mod event;
+pub mod lifecycle;
 pub mod limits;
 #[cfg(test)]
 mod schema;

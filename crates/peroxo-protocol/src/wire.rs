@@ -29,18 +29,23 @@ use crate::event::{Refusal, RefusalCode};
 
 mod conversations;
 mod export;
+mod lifecycle;
 mod server_frame_decode;
 
 pub use conversations::{
     ConversationView, DEFAULT_CONVERSATIONS_LIMIT, EventView, MemberView, ReaderView,
 };
 pub use export::ExportLine;
+pub use lifecycle::{DeletionView, QuoteView, ReactionView};
 
 /// The protocol version a client gets when it asks for none: direct messages only.
 pub const PROTOCOL_VERSION: u32 = 1;
-/// The newest protocol version: conversations (groups, the conversation list, read state).
-/// A client asks for it when it connects (`?protocol=2`); `welcome` says which it got.
-pub const LATEST_PROTOCOL_VERSION: u32 = 2;
+/// The protocol version of conversations (groups, the conversation list, read state).
+pub const CONVERSATIONS_PROTOCOL_VERSION: u32 = 2;
+/// The newest protocol version: what happens to messages after they are sent (edits,
+/// deletes, reactions, replies). A client asks for a version when it connects
+/// (`?protocol=3`); `welcome` says which it got.
+pub const LATEST_PROTOCOL_VERSION: u32 = 3;
 /// The longest string `req_id`, in bytes.
 pub const MAX_REQ_ID_LEN: usize = 64;
 pub const DEFAULT_HISTORY_LIMIT: u32 = 50;
@@ -126,6 +131,14 @@ pub enum CommandKind {
         conversation_id: String,
         text: String,
         client_msg_id: String,
+        /// Protocol 3: the message this one replies to (of the same conversation).
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            serialize_with = "cursor_as_string"
+        )]
+        #[cfg_attr(test, schemars(with = "Option<String>"))]
+        reply_to: Option<u64>,
     },
     /// Protocol 2: `history` of a conversation by its id.
     #[serde(rename = "history")]
@@ -210,6 +223,38 @@ pub enum CommandKind {
         #[cfg_attr(test, schemars(with = "String"))]
         message_id: u64,
     },
+    /// Protocol 3: the author replaces a message's text.
+    Edit {
+        conversation_id: String,
+        #[serde(serialize_with = "id_as_string")]
+        #[cfg_attr(test, schemars(with = "String"))]
+        message_id: u64,
+        text: String,
+        client_msg_id: String,
+    },
+    /// Protocol 3: a message deleted for everyone.
+    Delete {
+        conversation_id: String,
+        #[serde(serialize_with = "id_as_string")]
+        #[cfg_attr(test, schemars(with = "String"))]
+        message_id: u64,
+    },
+    /// Protocol 3: a reaction added to a message.
+    React {
+        conversation_id: String,
+        #[serde(serialize_with = "id_as_string")]
+        #[cfg_attr(test, schemars(with = "String"))]
+        message_id: u64,
+        emoji: String,
+    },
+    /// Protocol 3: one's reaction taken back.
+    Unreact {
+        conversation_id: String,
+        #[serde(serialize_with = "id_as_string")]
+        #[cfg_attr(test, schemars(with = "String"))]
+        message_id: u64,
+        emoji: String,
+    },
 }
 
 impl CommandKind {
@@ -219,8 +264,24 @@ impl CommandKind {
         match self {
             CommandKind::Send { client_msg_id, .. }
             | CommandKind::SendToConversation { client_msg_id, .. }
-            | CommandKind::CreateGroup { client_msg_id, .. } => Some(client_msg_id),
+            | CommandKind::CreateGroup { client_msg_id, .. }
+            | CommandKind::Edit { client_msg_id, .. } => Some(client_msg_id),
             _ => None,
+        }
+    }
+
+    /// The protocol version a session needs to send this command.
+    pub fn needs_protocol(&self) -> u32 {
+        match self {
+            CommandKind::SendToConversation {
+                reply_to: Some(_), ..
+            }
+            | CommandKind::Edit { .. }
+            | CommandKind::Delete { .. }
+            | CommandKind::React { .. }
+            | CommandKind::Unreact { .. } => 3,
+            kind if kind.needs_protocol_2() => 2,
+            _ => 1,
         }
     }
 
@@ -284,10 +345,18 @@ pub enum ErrorCode {
     TooManyGroups,
     /// Protocol 2: no such message in the conversation.
     UnknownMessage,
+    /// Protocol 3: only the message's author may do this.
+    NotAuthor,
+    /// Protocol 3: the message is older than `messages.edit_window`.
+    EditWindowPassed,
+    /// Protocol 3: the message was deleted for everyone.
+    MessageDeleted,
+    /// Protocol 3: too many reactions on the message, or by the user on it.
+    TooManyReactions,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 12] = [
+    pub const ALL: [ErrorCode; 16] = [
         ErrorCode::BadRequest,
         ErrorCode::TooLarge,
         ErrorCode::RateLimited,
@@ -300,6 +369,10 @@ impl ErrorCode {
         ErrorCode::UnknownConversation,
         ErrorCode::TooManyGroups,
         ErrorCode::UnknownMessage,
+        ErrorCode::NotAuthor,
+        ErrorCode::EditWindowPassed,
+        ErrorCode::MessageDeleted,
+        ErrorCode::TooManyReactions,
     ];
 
     /// The code as it appears on the wire.
@@ -317,6 +390,10 @@ impl ErrorCode {
             ErrorCode::UnknownConversation => "unknown_conversation",
             ErrorCode::TooManyGroups => "too_many_groups",
             ErrorCode::UnknownMessage => "unknown_message",
+            ErrorCode::NotAuthor => "not_author",
+            ErrorCode::EditWindowPassed => "edit_window_passed",
+            ErrorCode::MessageDeleted => "message_deleted",
+            ErrorCode::TooManyReactions => "too_many_reactions",
         }
     }
 
@@ -339,6 +416,10 @@ impl From<RefusalCode> for ErrorCode {
             RefusalCode::UnknownConversation => ErrorCode::UnknownConversation,
             RefusalCode::TooManyGroups => ErrorCode::TooManyGroups,
             RefusalCode::UnknownMessage => ErrorCode::UnknownMessage,
+            RefusalCode::NotAuthor => ErrorCode::NotAuthor,
+            RefusalCode::EditWindowPassed => ErrorCode::EditWindowPassed,
+            RefusalCode::MessageDeleted => ErrorCode::MessageDeleted,
+            RefusalCode::TooManyReactions => ErrorCode::TooManyReactions,
         }
     }
 }
@@ -448,22 +529,14 @@ fn decode_kind(
             let client_msg_id = f.required_string("client_msg_id")?;
             domain::validate_client_msg_id(&client_msg_id)
                 .map_err(|e| bad_request(format!("`client_msg_id` {e}")))?;
-            let text = f.required_string("text")?;
-            if text.is_empty() {
-                return Err(bad_request("`text` must not be empty"));
-            }
-            if text.len() > limits.max_text_bytes {
-                return Err(ProtocolError::new(
-                    ErrorCode::TooLarge,
-                    format!(
-                        "`text` is {} bytes; the limit is {}",
-                        text.len(),
-                        limits.max_text_bytes
-                    ),
-                ));
-            }
+            let text = f.text(limits)?;
             if f.has("conversation_id") {
                 return conversations::send_to_conversation(&mut f, text, client_msg_id);
+            }
+            if f.has("reply_to") {
+                return Err(bad_request(
+                    "`reply_to` needs `conversation_id` instead of `to`",
+                ));
             }
             CommandKind::Send {
                 to: f.id("to")?,
@@ -499,14 +572,17 @@ fn decode_kind(
         "refresh" => CommandKind::Refresh {
             token: f.required_string("token")?,
         },
-        other => match conversations::decode(other, &mut f) {
+        other => match conversations::decode(other, &mut f)
+            .or_else(|| lifecycle::decode(other, &mut f, limits))
+        {
             Some(command) => command?,
             None => {
                 let shown: String = other.chars().take(64).collect();
                 return Err(bad_request(format!(
-                    "unknown type {shown:?}; expected one of {COMMAND_TYPES}, and with \
-                     protocol 2 {}",
-                    conversations::CONVERSATION_COMMAND_TYPES
+                    "unknown type {shown:?}; expected one of {COMMAND_TYPES}, with \
+                     protocol 2 {}, and with protocol 3 {}",
+                    conversations::CONVERSATION_COMMAND_TYPES,
+                    lifecycle::LIFECYCLE_COMMAND_TYPES
                 )));
             }
         },
@@ -532,6 +608,25 @@ impl Fields<'_> {
             return Ok(Vec::new());
         }
         self.id_list(name, max)
+    }
+
+    /// A message's `text`: not empty, within `limits.max_text_bytes` (`too_large` otherwise).
+    fn text(&mut self, limits: &DecodeLimits) -> Result<String, ProtocolError> {
+        let text = self.required_string("text")?;
+        if text.is_empty() {
+            return Err(bad_request("`text` must not be empty"));
+        }
+        if text.len() > limits.max_text_bytes {
+            return Err(ProtocolError::new(
+                ErrorCode::TooLarge,
+                format!(
+                    "`text` is {} bytes; the limit is {}",
+                    text.len(),
+                    limits.max_text_bytes
+                ),
+            ));
+        }
+        Ok(text)
     }
 
     fn required_string(&mut self, name: &str) -> Result<String, ProtocolError> {
@@ -649,14 +744,50 @@ pub struct MessageView<'a> {
     /// a synced copy with a send it is still waiting to see acked).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_msg_id: Option<Cow<'a, str>>,
-    /// True when the sender's data was erased: `text` is then empty (absent otherwise).
+    /// True when the sender's data was erased: `text` is then empty (absent otherwise). In
+    /// protocols 1 and 2, also for a message deleted for everyone.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub erased: bool,
+    /// Protocol 3: the message this one replies to, as it is now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<QuoteView<'a>>,
+    /// Protocol 3: when its author last edited it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edited_ts: Option<i64>,
+    /// Protocol 3: set when it was deleted for everyone (`text` is then empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted: Option<DeletionView<'a>>,
+    /// Protocol 3: its reactions, one per emoji (absent when it has none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reactions: Option<Vec<ReactionView<'a>>>,
 }
 
 impl<'a> MessageView<'a> {
-    /// `message` as `viewer` sees it.
+    /// `message` as `viewer` sees it on a connection of protocol `protocol`: the fields of
+    /// protocol 3 only for protocol 3 and later.
+    pub fn for_protocol(message: &'a StoredMessage, viewer: &str, protocol: u32) -> Self {
+        let view = Self::of(message, viewer);
+        if protocol >= 3 {
+            view
+        } else {
+            view.without_lifecycle()
+        }
+    }
+
+    /// The view without the fields of protocol 3, as protocols 1 and 2 see it: a deleted
+    /// message reads as an erased one.
+    pub fn without_lifecycle(mut self) -> Self {
+        self.erased |= self.deleted.is_some();
+        self.reply_to = None;
+        self.edited_ts = None;
+        self.deleted = None;
+        self.reactions = None;
+        self
+    }
+
+    /// `message` as `viewer` sees it, with everything protocol 3 shows.
     pub fn of(message: &'a StoredMessage, viewer: &str) -> Self {
+        let lifecycle = &message.lifecycle;
         Self {
             message_id: message.message_id.to_string(),
             conversation_id: message.conversation_id(),
@@ -668,6 +799,11 @@ impl<'a> MessageView<'a> {
             client_msg_id: (viewer == message.sender)
                 .then_some(Cow::Borrowed(message.client_msg_id.as_str())),
             erased: message.is_erased(),
+            reply_to: lifecycle.reply_to.as_deref().map(QuoteView::of),
+            edited_ts: lifecycle.edited_ts,
+            deleted: lifecycle.deleted.as_deref().map(DeletionView::of),
+            reactions: (!lifecycle.reactions.is_empty())
+                .then(|| lifecycle.reactions.iter().map(ReactionView::of).collect()),
         }
     }
 
@@ -683,6 +819,12 @@ impl<'a> MessageView<'a> {
             seq: self.seq,
             client_msg_id: self.client_msg_id.map(|id| Cow::Owned(id.into_owned())),
             erased: self.erased,
+            reply_to: self.reply_to.map(QuoteView::into_owned),
+            edited_ts: self.edited_ts,
+            deleted: self.deleted.map(DeletionView::into_owned),
+            reactions: self
+                .reactions
+                .map(|r| r.into_iter().map(ReactionView::into_owned).collect()),
         }
     }
 }
@@ -720,6 +862,10 @@ pub enum ServerFrame<'a> {
         conversation_id: String,
         messages: Vec<MessageView<'a>>,
         next_before: Option<String>,
+        /// Protocol 3: the user's seq when the page was read; its messages are as they were
+        /// then.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        last_seq: Option<u64>,
     },
     Sync {
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -810,6 +956,10 @@ pub enum ServerFrame<'a> {
         conversations: Vec<ConversationView<'a>>,
         next_before: Option<String>,
         total_unread: u64,
+        /// Protocol 3: the user's seq when the page was read; everything in it is as it was
+        /// then.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        last_seq: Option<u64>,
     },
     /// Protocol 2: the answer to `mark_read` and `mark_unread`: the marker after it.
     ReadState {
@@ -832,6 +982,22 @@ pub enum ServerFrame<'a> {
         conversation_id: Cow<'a, str>,
         user: Cow<'a, str>,
         message_id: String,
+    },
+    /// Protocol 3: the answer to `edit`, `delete`, `react` and `unreact`: the message as it
+    /// is after the command (its event follows in the stream when it changed).
+    MessageState {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        req_id: Option<Cow<'a, ReqId>>,
+        /// An `edit`'s `client_msg_id`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client_msg_id: Option<Cow<'a, str>>,
+        message: MessageView<'a>,
+        /// An `edit` whose `client_msg_id` was seen before: nothing changed now.
+        duplicate: bool,
+        /// The seq the command's event took in the user's stream: `message` is as of it.
+        /// Absent when the command changed nothing.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seq: Option<u64>,
     },
 }
 
@@ -951,6 +1117,10 @@ mod tests {
             seq,
             client_msg_id: client_msg_id.map(Cow::Borrowed),
             erased: false,
+            reply_to: None,
+            edited_ts: None,
+            deleted: None,
+            reactions: None,
         }
     }
 
@@ -973,6 +1143,18 @@ mod tests {
         });
         let added = event(crate::event::EventKind::MembersAdded {
             users: vec!["bob".into(), "carol".into()],
+        });
+        let edited = event(crate::event::EventKind::MessageEdited {
+            message_id: 7,
+            text: "fixed \"it\"".into(),
+        });
+        let deleted = event(crate::event::EventKind::MessageDeleted {
+            message_id: 7,
+            moderated: true,
+        });
+        let reacted = event(crate::event::EventKind::ReactionAdded {
+            message_id: 7,
+            emoji: "👍".into(),
         });
         vec![
             ServerFrame::Welcome {
@@ -1008,6 +1190,7 @@ mod tests {
                 conversation_id: "alice:bob".into(),
                 messages: vec![view(1, None), view(2, Some("c9"))],
                 next_before: Some("1".into()),
+                last_seq: None,
             },
             ServerFrame::History {
                 req_id: None,
@@ -1015,6 +1198,7 @@ mod tests {
                 conversation_id: "g~0123456789abcdef01234567".into(),
                 messages: vec![],
                 next_before: None,
+                last_seq: Some(12),
             },
             ServerFrame::Sync {
                 req_id: Some(text.clone()),
@@ -1034,6 +1218,9 @@ mod tests {
             },
             ServerFrame::Event(Box::new(EventView::of(renamed, 3))),
             ServerFrame::Event(Box::new(EventView::of(added, 4))),
+            ServerFrame::Event(Box::new(EventView::of(edited, 5))),
+            ServerFrame::Event(Box::new(EventView::of(deleted, 6))),
+            ServerFrame::Event(Box::new(EventView::of(reacted, 7))),
             ServerFrame::GroupCreated {
                 req_id: None,
                 client_msg_id: "g1".into(),

@@ -41,6 +41,7 @@ use peroxo_protocol::conversation::{
 };
 use peroxo_protocol::domain::{AppendOutcome, HistoryPage, NewMessage, SyncPage, UserKey};
 use peroxo_protocol::event::{Member, Refusal};
+use peroxo_protocol::lifecycle::{MessageChange, MessageOutcome};
 
 /// The most messages one history page may hold.
 pub const MAX_HISTORY_LIMIT: u32 = 100;
@@ -87,8 +88,12 @@ pub struct SyncQuery {
 /// Which entries of a stream a sync reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SyncScope {
-    /// Every entry: messages and events (protocol 2).
+    /// Every entry: messages and events (protocol 3).
     Everything,
+    /// Messages and the events of conversations, without the events that change messages
+    /// (edits, deletes, reactions; protocol 2, which knows nothing of them). Seqs of the
+    /// entries left out are skipped, as for `DirectMessages`.
+    Conversations,
     /// Direct messages only (protocol 1 clients, which know nothing else); seqs of the
     /// entries left out are skipped. `limit` and `has_more` count the entries returned.
     DirectMessages,
@@ -162,6 +167,15 @@ pub trait MessageStore: Send + Sync + 'static {
         conversation_id: String,
         message_id: u64,
     ) -> impl Future<Output = Result<Vec<Receipt>, StoreError>> + Send;
+
+    /// Edits, deletes or reacts to a message (see
+    /// [`MessageOp`](peroxo_protocol::lifecycle::MessageOp) for who may do what), with its event
+    /// in the same transaction; a delete also updates the unread counts and previews of
+    /// everyone who can see the message.
+    fn change_message(
+        &self,
+        request: MessageChange,
+    ) -> impl Future<Output = Result<MessageOutcome, StoreError>> + Send;
 
     /// The tenants that have messages (for retention), in order.
     fn message_tenants(&self) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;

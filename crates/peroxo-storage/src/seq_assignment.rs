@@ -19,6 +19,7 @@ pub(crate) struct MessageSeqs {
 
 impl MessageSeqs {
     /// `message` as it is stored under `message_id` at `ts` with these seqs.
+    /// The stored message, without its quote (the backend adds the quote of a reply).
     pub(crate) fn stored(self, message: &NewMessage, message_id: u64, ts: i64) -> StoredMessage {
         StoredMessage {
             message_id,
@@ -30,6 +31,7 @@ impl MessageSeqs {
             ts,
             sender_seq: self.sender,
             recipient_seq: self.recipient,
+            lifecycle: Default::default(),
         }
     }
 }
@@ -94,6 +96,7 @@ mod tests {
             recipient: recipient.to_owned(),
             client_msg_id: "c1".to_owned(),
             text: "hi".to_owned(),
+            reply_to: None,
         }
     }
 
@@ -242,6 +245,7 @@ mod tests {
                 ts: 1_000,
                 sender_seq: 2,
                 recipient_seq: 5,
+                lifecycle: Default::default(),
             }
         );
     }

@@ -5,11 +5,117 @@
 //! A page query asks for one row more than the page holds: that row is never returned, it
 //! only tells that there is more, so no backend has to count.
 
-use peroxo_protocol::domain::{HistoryPage, StoredMessage, SyncPage};
+use peroxo_protocol::domain::{
+    Deletion, HistoryPage, Lifecycle, Quote, ReactionCount, StoredMessage, SyncPage,
+};
 use peroxo_protocol::event::{EventKind, Role, StreamEvent};
 
-/// The columns of `messages m` that each backend's `row_to_message` reads, in its order.
-pub(crate) const MESSAGE_COLUMNS: &str = "m.id, m.tenant, m.sender, m.recipient, m.client_msg_id, m.text, m.ts, m.sender_seq, m.recipient_seq";
+/// The columns of `messages m` that each backend's `row_to_message` reads, in its order: the
+/// message as sent, then its [`Lifecycle`](peroxo_protocol::domain::Lifecycle) (what it
+/// replies to, edit, deletion, reaction count), then the message it replies to as it is now
+/// (sender, excerpt, deletion time; all null when it has none, or when retention deleted it).
+pub(crate) const MESSAGE_COLUMNS: &str = "m.id, m.tenant, m.sender, m.recipient, m.client_msg_id, m.text, m.ts, m.sender_seq, m.recipient_seq, \
+     m.reply_to, m.edited_ts, m.deleted_by, m.deleted_ts, m.reaction_count, \
+     (SELECT q.sender FROM messages q WHERE q.id = m.reply_to), \
+     (SELECT substr(q.text, 1, 100) FROM messages q WHERE q.id = m.reply_to), \
+     (SELECT q.deleted_ts FROM messages q WHERE q.id = m.reply_to)";
+/// How many columns [`MESSAGE_COLUMNS`] has: what a query selects after them starts here.
+pub(crate) const MESSAGE_COLUMN_COUNT: usize = 17;
+
+/// The names of the event kinds that change a message (see
+/// [`EventKind::is_lifecycle`]): a sync of [`SyncScope::Conversations`](crate::SyncScope)
+/// leaves them out.
+pub(crate) const LIFECYCLE_EVENT_KINDS: [&str; 4] = [
+    "message_edited",
+    "message_deleted",
+    "reaction_added",
+    "reaction_removed",
+];
+
+/// The lifecycle columns of a message row (after the nine of the message as sent), as read.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct LifecycleColumns {
+    pub(crate) reply_to: Option<i64>,
+    pub(crate) edited_ts: Option<i64>,
+    pub(crate) deleted_by: Option<String>,
+    pub(crate) deleted_ts: Option<i64>,
+    pub(crate) reaction_count: i64,
+    pub(crate) quote_sender: Option<String>,
+    pub(crate) quote_excerpt: Option<String>,
+    pub(crate) quote_deleted_ts: Option<i64>,
+}
+
+impl LifecycleColumns {
+    /// The lifecycle these columns describe. A message with reactions gets a placeholder
+    /// (see [`pending_reactions`]) that the read replaces with the viewer's counts.
+    pub(crate) fn lifecycle(self) -> Lifecycle {
+        let reply_to = self.reply_to.map(|id| {
+            Box::new(Quote {
+                message_id: id as u64,
+                deleted: self.quote_sender.is_none() || self.quote_deleted_ts.is_some(),
+                sender: self.quote_sender.unwrap_or_default(),
+                excerpt: self.quote_excerpt.unwrap_or_default(),
+            })
+        });
+        let deleted = match (self.deleted_by, self.deleted_ts) {
+            (Some(by), Some(ts)) => Some(Box::new(Deletion { by, ts })),
+            _ => None,
+        };
+        Lifecycle {
+            reply_to,
+            edited_ts: self.edited_ts,
+            deleted,
+            reactions: pending_reactions(self.reaction_count),
+        }
+    }
+}
+
+/// What a message row says of its reactions before they are read for a viewer: nothing, or
+/// one placeholder entry (an empty emoji) holding how many there are. Every read that returns
+/// messages replaces it with [`reaction_counts`] for its viewer.
+pub(crate) fn pending_reactions(count: i64) -> Vec<ReactionCount> {
+    if count <= 0 {
+        return Vec::new();
+    }
+    vec![ReactionCount {
+        emoji: String::new(),
+        count: u32::try_from(count).unwrap_or(u32::MAX),
+        mine: false,
+    }]
+}
+
+/// Whether `message` still holds the placeholder of [`pending_reactions`].
+pub(crate) fn has_pending_reactions(message: &StoredMessage) -> bool {
+    matches!(message.lifecycle.reactions.as_slice(), [only] if only.emoji.is_empty())
+}
+
+/// A message's reactions for `viewer` from its rows (emoji, user, ts), in any order: one count
+/// per emoji, in the order each emoji first reached the message (then by emoji).
+pub(crate) fn reaction_counts(
+    rows: impl IntoIterator<Item = (String, String, i64)>,
+    viewer: &str,
+) -> Vec<ReactionCount> {
+    let mut by_emoji: Vec<(i64, ReactionCount)> = Vec::new();
+    for (emoji, user, ts) in rows {
+        match by_emoji.iter_mut().find(|(_, c)| c.emoji == emoji) {
+            Some((first, count)) => {
+                *first = (*first).min(ts);
+                count.count += 1;
+                count.mine |= user == viewer;
+            }
+            None => by_emoji.push((
+                ts,
+                ReactionCount {
+                    mine: user == viewer,
+                    emoji,
+                    count: 1,
+                },
+            )),
+        }
+    }
+    by_emoji.sort_by(|(a, x), (b, y)| a.cmp(b).then_with(|| x.emoji.cmp(&y.emoji)));
+    by_emoji.into_iter().map(|(_, count)| count).collect()
+}
 
 /// The tenants that have messages, in order: a walk of the index `messages_by_age` (both
 /// backends have it) that reads one entry per tenant, however many messages each has.
@@ -32,12 +138,20 @@ pub(crate) fn rows_for_page(limit: u32) -> i64 {
     i64::from(limit) + 1
 }
 
-/// A history page from the rows of its query, read newest first: the page runs oldest to
-/// newest.
-pub(crate) fn history_page(newest_first: Vec<StoredMessage>, limit: u32) -> HistoryPage {
+/// A history page from the rows of its query, read newest first (the page runs oldest to
+/// newest), when the user's seq was `last_seq`.
+pub(crate) fn history_page(
+    newest_first: Vec<StoredMessage>,
+    limit: u32,
+    last_seq: u64,
+) -> HistoryPage {
     let (mut messages, has_more) = cut_page(newest_first, limit);
     messages.reverse();
-    HistoryPage { messages, has_more }
+    HistoryPage {
+        messages,
+        has_more,
+        last_seq,
+    }
 }
 
 /// A sync page from the rows of its query, read in ascending seq order.
@@ -100,8 +214,14 @@ pub(crate) struct EventColumns {
     pub(crate) title: Option<String>,
     /// `ReadMarker`, `ReadReceipt`: the message id.
     pub(crate) message_id: Option<i64>,
-    /// `GroupCreated`: the member count; `ReadMarker`: the unread count.
+    /// `GroupCreated`: the member count; `ReadMarker`: the unread count; `MessageDeleted`: 1
+    /// when moderated, else 0.
     pub(crate) count: Option<i64>,
+    /// `ReactionAdded`, `ReactionRemoved`: the emoji.
+    pub(crate) emoji: Option<String>,
+    /// `MessageEdited`: the message's text as it is now. Never stored with the event (a
+    /// delete must erase every copy of a text): a read takes it from the message.
+    pub(crate) text: Option<String>,
 }
 
 impl EventColumns {
@@ -143,6 +263,25 @@ impl EventColumns {
             },
             EventKind::ReadReceipt { message_id } => Self {
                 message_id: Some(sql_int(*message_id)),
+                ..Self::default()
+            },
+            EventKind::MessageEdited { message_id, text } => Self {
+                message_id: Some(sql_int(*message_id)),
+                text: Some(text.clone()),
+                ..Self::default()
+            },
+            EventKind::MessageDeleted {
+                message_id,
+                moderated,
+            } => Self {
+                message_id: Some(sql_int(*message_id)),
+                count: Some(i64::from(*moderated)),
+                ..Self::default()
+            },
+            EventKind::ReactionAdded { message_id, emoji }
+            | EventKind::ReactionRemoved { message_id, emoji } => Self {
+                message_id: Some(sql_int(*message_id)),
+                emoji: Some(emoji.clone()),
                 ..Self::default()
             },
         };
@@ -192,6 +331,23 @@ impl EventColumns {
             "read_receipt" => EventKind::ReadReceipt {
                 message_id: unsigned(self.message_id, "message id")?,
             },
+            "message_edited" => EventKind::MessageEdited {
+                message_id: unsigned(self.message_id, "message id")?,
+                // A message retention deleted since has no text left.
+                text: self.text.unwrap_or_default(),
+            },
+            "message_deleted" => EventKind::MessageDeleted {
+                message_id: unsigned(self.message_id, "message id")?,
+                moderated: self.count.unwrap_or(0) != 0,
+            },
+            "reaction_added" => EventKind::ReactionAdded {
+                message_id: unsigned(self.message_id, "message id")?,
+                emoji: self.emoji.ok_or_else(|| missing("emoji"))?,
+            },
+            "reaction_removed" => EventKind::ReactionRemoved {
+                message_id: unsigned(self.message_id, "message id")?,
+                emoji: self.emoji.ok_or_else(|| missing("emoji"))?,
+            },
             other => return Err(format!("an event of unknown kind {other:?}")),
         };
         Ok(kind)
@@ -221,6 +377,7 @@ mod tests {
                 ts: 0,
                 sender_seq: message_id,
                 recipient_seq: message_id,
+                lifecycle: Lifecycle::default(),
             })
             .collect()
     }
@@ -248,10 +405,11 @@ mod tests {
 
     #[test]
     fn a_history_page_runs_oldest_to_newest() {
-        let page = history_page(messages([9, 8, 7]), 2);
+        let page = history_page(messages([9, 8, 7]), 2, 5);
         assert_eq!(ids(&page.messages), [8, 9]);
         assert!(page.has_more);
-        let page = history_page(messages([9, 8]), 2);
+        assert_eq!(page.last_seq, 5);
+        let page = history_page(messages([9, 8]), 2, 5);
         assert_eq!(ids(&page.messages), [8, 9]);
         assert!(!page.has_more);
     }
@@ -306,12 +464,51 @@ mod tests {
                 unread_count: 2,
             },
             EventKind::ReadReceipt { message_id: 7 },
+            EventKind::MessageEdited {
+                message_id: 7,
+                text: "fixed".into(),
+            },
+            EventKind::MessageDeleted {
+                message_id: 7,
+                moderated: true,
+            },
+            EventKind::ReactionAdded {
+                message_id: 7,
+                emoji: "👍".into(),
+            },
+            EventKind::ReactionRemoved {
+                message_id: 7,
+                emoji: "👍".into(),
+            },
         ] {
             let (name, columns) = EventColumns::of(&kind);
+            assert_eq!(
+                LIFECYCLE_EVENT_KINDS.contains(&name),
+                kind.is_lifecycle(),
+                "{name}"
+            );
             assert_eq!(columns.kind(name), Ok(kind));
         }
         assert!(EventColumns::default().kind("read_marker").is_err());
         assert!(EventColumns::default().kind("nonsense").is_err());
+    }
+
+    #[test]
+    fn reactions_count_per_emoji_in_the_order_they_first_came() {
+        let rows = [
+            ("🎉".to_owned(), "carol".to_owned(), 30),
+            ("👍".to_owned(), "bob".to_owned(), 20),
+            ("🎉".to_owned(), "alice".to_owned(), 10),
+            ("👍".to_owned(), "carol".to_owned(), 40),
+        ];
+        let counts = reaction_counts(rows, "alice");
+        let seen: Vec<(&str, u32, bool)> = counts
+            .iter()
+            .map(|c| (c.emoji.as_str(), c.count, c.mine))
+            .collect();
+        assert_eq!(seen, [("🎉", 2, true), ("👍", 2, false)]);
+        assert!(pending_reactions(0).is_empty());
+        assert_eq!(pending_reactions(3)[0].count, 3);
     }
 
     #[test]

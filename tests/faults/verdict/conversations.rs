@@ -1,6 +1,7 @@
-//! The conversation list: every protocol-2 user's list (read markers, unread counts,
+//! The conversation list: every protocol-3 user's list (read markers, unread counts,
 //! previews, total unread) is what the user's stream implies, by `peroxo_bench::contract`'s
-//! [`ConversationLedger`]. The ledgers also serve the read receipts' checks.
+//! [`ConversationLedger`]: a `message_deleted` event lowers the count of those who had the
+//! message unread and moves the preview back when it was the preview. The ledgers also serve the read receipts' checks.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -28,7 +29,7 @@ pub(super) fn ledgers(reports: &[UserReport]) -> Ledgers<'_> {
 pub(super) fn lists_match_streams(evidence: &Evidence<'_>, ledgers: &Ledgers<'_>) -> Check {
     let mut failures = Vec::new();
     let (mut listed, mut unread) = (0, 0);
-    for report in evidence.reports.iter().filter(|r| r.protocol == 2) {
+    for report in evidence.reports.iter().filter(|r| r.protocol >= 2) {
         let ledger = &ledgers[report.user.as_str()];
         failures.extend(
             ledger
@@ -92,6 +93,10 @@ fn ledger_of(report: &UserReport) -> ConversationLedger {
                         conversation: conversation_id,
                     }
                 }
+                "message_deleted" => StreamItem::Deleted {
+                    conversation: conversation_id,
+                    message_id: message_id.as_deref().map_or(0, id),
+                },
                 _ => continue,
             },
         };

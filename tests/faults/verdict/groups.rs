@@ -17,6 +17,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use peroxo_client::ErrorCode;
 use peroxo_protocol::event::is_group_id;
 
 use super::{Check, EntryRef, Evidence, held_once, holdings};
@@ -225,7 +226,11 @@ pub(super) fn groups_complete(
                 if stored.contains_key(&(report.user.as_str(), send.client_msg_id.as_str())) {
                     failures.push(format!("{what} was refused, and stored"));
                 }
-                if !left_after(report, &send.to, send.seen) {
+                // A reply refused for what it quotes is `changes-kept`'s to judge.
+                let for_quote = send.refused.as_ref().is_some_and(|(code, _)| {
+                    matches!(code, ErrorCode::MessageDeleted | ErrorCode::UnknownMessage)
+                });
+                if !for_quote && !left_after(report, &send.to, send.seen) {
                     failures.push(format!(
                         "{what} was refused {:?} although {} did not leave after seq {}",
                         send.refused, report.user, send.seen

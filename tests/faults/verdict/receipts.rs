@@ -168,7 +168,7 @@ pub(super) fn read_receipts_match_markers(
         let Some(peer) = peer_in(conversation, reader) else {
             continue;
         };
-        if protocol.get(peer) != Some(&2) {
+        if protocol.get(peer).is_none_or(|p| *p < 2) {
             // A protocol-1 peer never sees receipts: `protocol-1` counts them in storage.
             continue;
         }
@@ -195,7 +195,7 @@ pub(super) fn read_receipts_match_markers(
             ));
         }
     }
-    for report in evidence.reports.iter().filter(|r| r.protocol == 2) {
+    for report in evidence.reports.iter().filter(|r| r.protocol >= 2) {
         let Some(list) = &report.reads.conversations else {
             continue;
         };
@@ -250,6 +250,26 @@ pub(super) fn protocol_1_sees_direct_messages_only(
         }
         bound.1 += made.len();
     }
+    // The changes to messages of direct conversations (protocol 3) are events of the streams
+    // of both participants: a protocol-1 user's stream holds those of its conversations,
+    // which it passes over like the receipts.
+    let mut changes: HashMap<&str, BTreeSet<i64>> = HashMap::new();
+    for report in evidence.reports.iter().filter(|r| r.protocol >= 3) {
+        for entry in report.stream.values() {
+            if let Entry::Event {
+                event_id,
+                conversation_id,
+                ..
+            } = entry
+                && entry.message_change().is_some()
+                && let Some((a, b)) = conversation_id.split_once(':')
+            {
+                let id = event_id.parse().unwrap_or(-1);
+                changes.entry(a).or_default().insert(id);
+                changes.entry(b).or_default().insert(id);
+            }
+        }
+    }
     let mut failures = Vec::new();
     let (mut users, mut passed_over) = (0, 0);
     for report in evidence.reports.iter().filter(|r| r.protocol < 2) {
@@ -269,12 +289,32 @@ pub(super) fn protocol_1_sees_direct_messages_only(
                 ));
             }
         }
-        let events = streams.get(report.user.as_str()).map_or(0, |s| {
-            s.values()
-                .filter(|e| matches!(e, EntryRef::Event(_)))
-                .count()
-        });
-        passed_over += events;
+        let stored: BTreeSet<i64> = streams
+            .get(report.user.as_str())
+            .into_iter()
+            .flat_map(|s| s.values())
+            .filter_map(|e| match e {
+                EntryRef::Event(id) => Some(*id),
+                EntryRef::Message(_) => None,
+            })
+            .collect();
+        passed_over += stored.len();
+        let of_changes = changes.get(report.user.as_str());
+        for missing in of_changes
+            .into_iter()
+            .flatten()
+            .filter(|id| !stored.contains(id))
+        {
+            failures.push(format!(
+                "{}, on protocol 1, lacks event {missing} of a change to a message of one of its \
+                 conversations in its stream",
+                report.user
+            ));
+        }
+        let events = stored
+            .iter()
+            .filter(|id| of_changes.is_none_or(|c| !c.contains(id)))
+            .count();
         let (least, most) = bounds.get(report.user.as_str()).copied().unwrap_or((0, 0));
         if events < least || events > most {
             failures.push(format!(

@@ -2,12 +2,16 @@
 
 use super::*;
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use peroxo_protocol::domain::conversation_id;
+use peroxo_protocol::lifecycle::{MessageChange, MessageLimits, MessageOp};
 
 contract!(
     several_service_instances_share_one_database_safely,
     concurrent_sends_and_marks_lose_no_update,
     group_changes_racing_sends_and_marks_lose_nothing,
+    message_changes_racing_sends_and_marks_lose_no_update,
 );
 
 async fn several_service_instances_share_one_database_safely(f: &Fixture) {
@@ -100,7 +104,7 @@ async fn postgres_instances_starting_together_apply_each_migration_once() {
         .iter()
         .map(|row| row.get(0))
         .collect();
-    assert_eq!(applied, [1, 2, 3], "every migration, each once");
+    assert_eq!(applied, [1, 2, 3, 4], "every migration, each once");
     drop(db);
     for store in stores {
         store.stop().await;
@@ -308,6 +312,161 @@ async fn group_changes_racing_sends_and_marks_lose_nothing(f: &Fixture) {
     assert_lists_match_streams(&f.client, &CROWD).await;
 }
 
+/// The limits of the racing message changes: few reactions, so that racing ones meet them.
+const RACE_LIMITS: MessageLimits = MessageLimits {
+    edit_window_ms: 0,
+    max_reactions_per_message: 3,
+    max_reactions_per_user: 2,
+};
+
+/// Every user of [`CROWD`] at once, each on the next of `clients`: messages to the group,
+/// edits and deletes of them, reactions to the two seed messages of the group and their
+/// taking back, read and unread marks; the owner deletes one seed message halfway. A change
+/// may only be refused for the limits or a deleted message.
+async fn race_with_message_changes(clients: &[StorageClient], group: &str) {
+    seed(&clients[0], group).await;
+    let seeds: Vec<u64> = clients[0]
+        .history(HistoryQuery {
+            user: key(T, CROWD[0]),
+            conversation_id: group.to_owned(),
+            before: None,
+            limit: 2,
+        })
+        .await
+        .unwrap()
+        .messages
+        .iter()
+        .map(|m| m.message_id)
+        .collect();
+    let mut tasks = Vec::new();
+    for (i, user) in CROWD.iter().enumerate() {
+        let client = clients[i % clients.len()].clone();
+        let (group, seeds) = (group.to_owned(), seeds.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut own = Vec::new();
+            for round in 0..16 {
+                let change = |message_id, op| MessageChange {
+                    actor: key(T, user),
+                    conversation_id: group.clone(),
+                    message_id,
+                    op,
+                    limits: RACE_LIMITS,
+                };
+                let emoji = format!(":e{}:", (i + round) % 4);
+                let request = match round % 4 {
+                    0 => {
+                        let outcome = client
+                            .append(vec![msg(T, user, &group, &format!("c{round}"))])
+                            .await
+                            .unwrap();
+                        own.push(stored(&outcome[0]).0.message_id);
+                        continue;
+                    }
+                    1 if round % 8 == 1 => change(seeds[round / 8 % 2], MessageOp::React { emoji }),
+                    1 => change(seeds[round / 8 % 2], MessageOp::Unreact { emoji }),
+                    2 if i == 0 && round == 6 => change(seeds[1], MessageOp::Delete),
+                    2 => {
+                        let op = MessageOp::Edit {
+                            text: format!("edited {round}"),
+                            client_msg_id: format!("edit{round}"),
+                        };
+                        change(*own.last().unwrap(), op)
+                    }
+                    _ => {
+                        let kind = if round % 8 == 3 {
+                            ReadMarkKind::Unread { message_id: None }
+                        } else {
+                            read_up_to(u64::MAX)
+                        };
+                        mark_until_answered(&client, user, &group, kind).await;
+                        change(own.remove(0), MessageOp::Delete)
+                    }
+                };
+                match client.change_message(request).await {
+                    Ok(_) => {}
+                    Err(CallError::Refused(refusal))
+                        if matches!(
+                            refusal.code,
+                            RefusalCode::TooManyReactions | RefusalCode::MessageDeleted
+                        ) => {}
+                    Err(error) => panic!("{user}'s change of round {round} failed: {error}"),
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+}
+
+/// Checks that the reactions every member of [`CROWD`] sees on the messages of `group` are
+/// those the reaction events of the member's stream leave, within [`RACE_LIMITS`].
+async fn assert_reactions_match_events(client: &StorageClient, group: &str) {
+    for user in CROWD {
+        let stream = stream_model::read_stream(client, &key(T, user)).await;
+        // (message, emoji) -> who reacted
+        let mut made: BTreeMap<(u64, String), BTreeSet<String>> = BTreeMap::new();
+        for entry in stream.events() {
+            let actor = entry.event.actor;
+            match entry.event.kind {
+                EventKind::ReactionAdded { message_id, emoji } => {
+                    made.entry((message_id, emoji)).or_default().insert(actor);
+                }
+                EventKind::ReactionRemoved { message_id, emoji } => {
+                    made.entry((message_id, emoji)).or_default().remove(&actor);
+                }
+                EventKind::MessageDeleted { message_id, .. } => {
+                    made.retain(|(id, _), _| *id != message_id);
+                }
+                _ => {}
+            }
+        }
+        let history = client
+            .history(HistoryQuery {
+                user: key(T, user),
+                conversation_id: group.to_owned(),
+                before: None,
+                limit: 100,
+            })
+            .await
+            .unwrap();
+        for message in &history.messages {
+            let id = message.message_id;
+            let mut seen: Vec<(String, u32, bool)> = message
+                .lifecycle
+                .reactions
+                .iter()
+                .map(|r| (r.emoji.clone(), r.count, r.mine))
+                .collect();
+            seen.sort();
+            let expected: Vec<(String, u32, bool)> = made
+                .iter()
+                .filter(|((message, _), users)| *message == id && !users.is_empty())
+                .map(|((_, emoji), users)| {
+                    (emoji.clone(), users.len() as u32, users.contains(user))
+                })
+                .collect();
+            assert_eq!(seen, expected, "{user}'s reactions to {id}");
+            assert!(seen.len() <= 3, "at most 3 emojis on {id}: {seen:?}");
+        }
+        let mut per_user: BTreeMap<(u64, &str), usize> = BTreeMap::new();
+        for ((id, _), users) in &made {
+            for reactor in users {
+                *per_user.entry((*id, reactor.as_str())).or_default() += 1;
+            }
+        }
+        assert!(per_user.values().all(|n| *n <= 2), "{per_user:?}");
+    }
+}
+
+async fn message_changes_racing_sends_and_marks_lose_no_update(f: &Fixture) {
+    let group = crowd_group(f).await;
+    let clients = [f.client.clone(), connect(f.store.addr).await];
+    race_with_message_changes(&clients, &group).await;
+    assert_reactions_match_events(&f.client, &group).await;
+    assert_lists_match_streams(&f.client, &CROWD).await;
+}
+
 /// Two more service instances over `f`'s database, and a client of each of the three.
 async fn two_more_instances(f: &Fixture) -> (Vec<peroxo_storage::StoreServer>, Vec<StorageClient>) {
     let mut config = f.config.clone();
@@ -329,6 +488,20 @@ async fn postgres_instances_changing_a_group_while_its_members_write_lose_nothin
     let group = crowd_group(&f).await;
     race_with_changes(&clients, &group).await;
     race(&clients, &group).await;
+    assert_lists_match_streams(&f.client, &CROWD).await;
+    for instance in others {
+        instance.stop().await;
+    }
+    f.finish().await;
+}
+
+#[tokio::test]
+async fn postgres_instances_changing_messages_while_their_members_write_lose_nothing() {
+    let f = Fixture::new(StorageBackend::Postgres).await;
+    let (others, clients) = two_more_instances(&f).await;
+    let group = crowd_group(&f).await;
+    race_with_message_changes(&clients, &group).await;
+    assert_reactions_match_events(&f.client, &group).await;
     assert_lists_match_streams(&f.client, &CROWD).await;
     for instance in others {
         instance.stop().await;

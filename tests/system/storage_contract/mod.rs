@@ -8,6 +8,7 @@
 //!   and events together.
 //! - `erase`: erasing a user's texts and read state (`peroxo user erase`).
 //! - `reads`: read markers, unread counts and read receipts.
+//! - `lifecycle`: edits, deletes, reactions and replies (protocol 3), with their events.
 //! - `conversations`: the conversation list.
 //! - `instances`: several service instances over one database, and concurrent writers.
 //! - `retention`: deleting messages past their tenant's age.
@@ -131,6 +132,7 @@ mod erase;
 mod group_messages;
 mod groups;
 mod instances;
+mod lifecycle;
 mod reads;
 mod retention;
 mod stream_model;
@@ -143,6 +145,7 @@ fn msg(tenant: &str, from: &str, to: &str, id: &str) -> NewMessage {
         recipient: to.into(),
         client_msg_id: id.into(),
         text: format!("text of {id}"),
+        reply_to: None,
     }
 }
 
@@ -311,15 +314,36 @@ async fn history(
     before: Option<u64>,
     limit: u32,
 ) -> Result<Vec<StoredMessage>, CallError> {
-    f.client
+    let seq_before = f.client.last_seq(key(T, user)).await.unwrap();
+    let page = f
+        .client
         .history(HistoryQuery {
             user: key(T, user),
             conversation_id: conversation.to_owned(),
             before,
             limit,
         })
-        .await
-        .map(|page| page.messages)
+        .await?;
+    // The page says which seq of the user's stream it was read at.
+    let seq_after = f.client.last_seq(key(T, user)).await.unwrap();
+    assert!(
+        (seq_before..=seq_after).contains(&page.last_seq),
+        "history read at seq {} outside {seq_before}..={seq_after}",
+        page.last_seq
+    );
+    Ok(page.messages)
+}
+
+/// Waits until the clock is past `ts`, so that what commits next is newer.
+async fn wait_past(ts: i64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while peroxo_protocol::domain::now_ms() <= ts {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the clock stands still"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
 }
 
 /// `user`'s whole conversation list (tenant `t`).

@@ -7,7 +7,6 @@
 use super::*;
 
 use peroxo_config::{RetentionConfig, TenantRetention};
-use peroxo_protocol::domain::now_ms;
 use peroxo_storage::PruneBatch;
 
 contract!(
@@ -22,7 +21,7 @@ contract!(
 const DAY_MS: i64 = 86_400_000;
 
 /// Retention of one day for every tenant, in batches of `batch`.
-fn one_day(batch: u32) -> RetentionConfig {
+pub(super) fn one_day(batch: u32) -> RetentionConfig {
     RetentionConfig {
         max_age: Some(Duration::from_secs(86_400)),
         batch,
@@ -31,7 +30,7 @@ fn one_day(batch: u32) -> RetentionConfig {
 }
 
 /// The time at which everything committed up to `ts` is past one day, and nothing later is.
-fn a_day_after(ts: i64) -> i64 {
+pub(super) fn a_day_after(ts: i64) -> i64 {
     ts + DAY_MS + 1
 }
 
@@ -43,18 +42,6 @@ async fn send_all(f: &Fixture, pairs: &[(&str, &str)]) -> Vec<StoredMessage> {
         .collect();
     let outcomes = f.client.append(batch).await.unwrap();
     outcomes.iter().map(|o| stored(o).0.clone()).collect()
-}
-
-/// Waits until the clock is past `ts`, so that what commits next is newer.
-async fn wait_past(ts: i64) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while now_ms() <= ts {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the clock stands still"
-        );
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
 }
 
 /// The newest commit time of `messages`.

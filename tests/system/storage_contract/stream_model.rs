@@ -3,7 +3,11 @@
 //! Everything the list shows follows from the stream: a message makes (or moves) its
 //! conversation, counts as unread unless the user sent it, and is the preview; membership
 //! events make, move and end groups; `ReadMarker` events move the marker (and say the unread
-//! count, which must be the count of the visible messages from others after the marker).
+//! count, which must be the count of the visible messages from others after the marker that
+//! are not deleted). A `MessageDeleted` event takes its message out of the unread count and,
+//! when it was the preview, makes the newest earlier message not deleted the preview (or none);
+//! edits and reactions move nothing. A stream is read as it is now, so every message in it
+//! already shows its current text, and each edit event the text as it is now.
 //! [`assert_lists_match_streams`] reads the streams of some users, replays them and compares
 //! the replay with what `conversations` answers: unread counts, markers, previews, order,
 //! paging and the total. Cases call it last, so every case also checks the list.
@@ -105,11 +109,18 @@ struct Replayed {
     kind: ReplayedKind,
     /// Still in the list (a member of the group; direct conversations never leave it).
     active: bool,
-    /// The visible messages, (id, sender), in stream order.
-    visible: Vec<(u64, String)>,
+    /// The visible messages, in stream order.
+    visible: Vec<Seen>,
     read_marker: u64,
     last_message: Option<StoredMessage>,
     activity_seq: u64,
+}
+
+/// A visible message, and whether a `MessageDeleted` event of it came yet.
+#[derive(Debug, Clone)]
+struct Seen {
+    message: StoredMessage,
+    deleted: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -141,8 +152,52 @@ impl Replayed {
     fn unread_count(&self, user: &str) -> u64 {
         self.visible
             .iter()
-            .filter(|(id, sender)| *id > self.read_marker && sender != user)
+            .filter(|seen| {
+                seen.message.message_id > self.read_marker
+                    && seen.message.sender != user
+                    && !seen.deleted
+            })
             .count() as u64
+    }
+
+    /// The visible message `id`, unless retention deleted it from the stream since.
+    fn seen(&mut self, id: u64) -> Option<&mut Seen> {
+        self.visible.iter_mut().find(|s| s.message.message_id == id)
+    }
+
+    /// An event that changes message `id` (protocol 3): only a delete changes the list.
+    fn replay_lifecycle(&mut self, user: &str, kind: &EventKind) {
+        let Some(id) = kind.changed_message() else {
+            return;
+        };
+        let Some(seen) = self.seen(id) else {
+            return;
+        };
+        match kind {
+            EventKind::MessageEdited { text, .. } => {
+                assert_eq!(
+                    *text, seen.message.text,
+                    "{user}: an edit event tells the text of message {id} as it is now"
+                );
+            }
+            EventKind::MessageDeleted { .. } => {
+                assert!(!seen.deleted, "{user}: message {id} deleted twice");
+                assert!(
+                    seen.message.is_deleted() && seen.message.text.is_empty(),
+                    "{user}: deleted message {id} reads as a tombstone"
+                );
+                seen.deleted = true;
+                if self.last_message.as_ref().map(|m| m.message_id) == Some(id) {
+                    self.last_message = self
+                        .visible
+                        .iter()
+                        .rev()
+                        .find(|s| s.message.message_id < id && !s.deleted)
+                        .map(|s| s.message.clone());
+                }
+            }
+            _ => {}
+        }
     }
 
     fn group(&mut self) -> (&mut Role, &mut Option<String>, &mut Option<u32>) {
@@ -195,15 +250,16 @@ fn replay_message(user: &str, message: &StoredMessage, into: &mut BTreeMap<Strin
         conversation.active,
         "{user}: a message of {id} after leaving it"
     );
-    if let Some(&(previous, _)) = conversation.visible.last() {
+    if let Some(previous) = conversation.visible.last() {
         assert!(
-            previous < message.message_id,
+            previous.message.message_id < message.message_id,
             "{user}: message ids of {id} grow in stream order"
         );
     }
-    conversation
-        .visible
-        .push((message.message_id, message.sender.clone()));
+    conversation.visible.push(Seen {
+        message: message.clone(),
+        deleted: false,
+    });
     if message.sender == user {
         conversation.read_marker = message.message_id;
     }
@@ -262,6 +318,10 @@ fn replay_event(user: &str, entry: &StreamEvent, into: &mut BTreeMap<String, Rep
 fn replay_change(user: &str, event: &Event, kind: &EventKind, seq: u64, into: &mut Replayed) {
     match kind {
         EventKind::GroupCreated { .. } => unreachable!("handled by replay_event"),
+        EventKind::MessageEdited { .. }
+        | EventKind::MessageDeleted { .. }
+        | EventKind::ReactionAdded { .. }
+        | EventKind::ReactionRemoved { .. } => into.replay_lifecycle(user, kind),
         EventKind::MembersAdded { users } => {
             let (_, _, member_count) = into.group();
             *member_count = member_count.map(|n| n + users.len() as u32);

@@ -5,13 +5,13 @@ import { fakeClient, FakeServer, token, waitFor } from './fake-socket.mjs';
 
 const client = fakeClient;
 
-test('connects with protocol 2 and reports the states', async () => {
+test('connects with protocol 3 and reports the states', async () => {
   const server = new FakeServer();
   const c = client(server);
   const states = [];
   c.on('state', (s) => states.push(s.status));
   const socket = await server.socket(1);
-  assert.equal(socket.url.searchParams.get('protocol'), '2');
+  assert.equal(socket.url.searchParams.get('protocol'), '3');
   assert.equal(socket.url.searchParams.get('user'), 'alice');
   socket.accept();
   assert.equal(c.state.status, 'connected');
@@ -201,7 +201,7 @@ test('the connection URL keeps its own parameters and sets protocol and token', 
   const c = client(server, { url: 'ws://peroxo.test/ws?tenant=acme&protocol=1&token=old', getToken: () => token(exp, 1) });
   const socket = await server.socket(1);
   assert.equal(socket.url.searchParams.get('tenant'), 'acme');
-  assert.equal(socket.url.searchParams.get('protocol'), '2');
+  assert.equal(socket.url.searchParams.get('protocol'), '3');
   assert.deepEqual(socket.url.searchParams.getAll('token'), [token(exp, 1)]);
   c.close();
 });
@@ -254,7 +254,7 @@ test('a socket closed before welcome asks /ws/check why: 401 wants a fresh token
   const c = client(server, { url: 'wss://peroxo.test/ws', getToken: () => token(exp, ++calls), fetch: check.fetch });
   (await server.socket(1)).hangUp(1006);
   const second = await server.socket(2);
-  assert.deepEqual(check.asked, [`https://peroxo.test/ws/check?protocol=2&token=${token(exp, 1)}`]);
+  assert.deepEqual(check.asked, [`https://peroxo.test/ws/check?protocol=3&token=${token(exp, 1)}`]);
   assert.deepEqual(second.url.searchParams.getAll('token'), [token(exp, 2)]);
   c.close();
 });

@@ -130,6 +130,7 @@ mod tests {
             conversations: vec![entry; len],
             next_before: Some("1".to_owned()),
             total_unread,
+            last_seq: None,
         }
     }
 

@@ -111,6 +111,7 @@ pub(super) async fn set_up(
             conversation_id: id,
             text: format!("hello c{k}"),
             client_msg_id: format!("post-{k}"),
+            reply_to: None,
         };
         owner.call(send).await?;
     }

@@ -5,9 +5,18 @@
 //! [`crate::traffic`] paces, matches and checks it. The run exits non-zero when the delivery
 //! check fails.
 //!
+//! With `--edits`, `--reactions` or `--deletes`, users connect with protocol 3 and that share
+//! of the commands changes an earlier message instead of sending one ([`mix`]); a change's
+//! latency runs from its due time to its event's arrival at the other participant, reported
+//! apart from the sends' in the same run.
+//!
 //! - [`plan`]: who sends what to whom, and when.
+//! - [`mix`]: which commands change a message, and which message.
 
+mod mix;
 mod plan;
+
+pub use mix::MixArgs;
 
 use std::sync::Arc;
 
@@ -45,6 +54,8 @@ pub struct DmArgs {
     /// Bind client sockets to 127.0.0.2 … 127.0.0.(1+K) in turn (0: the kernel chooses).
     #[arg(long, default_value_t = 0)]
     pub source_ips: u8,
+    #[command(flatten)]
+    pub mix: MixArgs,
 }
 
 /// What the dm benchmark measured and found.
@@ -63,14 +74,25 @@ struct DmReport {
     passed: bool,
     #[serde(flatten)]
     sessions: SessionsReport,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    changes: Option<mix::MixReport>,
 }
 
 /// Runs the dm benchmark.
 pub(super) async fn run(target: &TargetArgs, tenant: String, args: DmArgs) -> anyhow::Result<()> {
     let seed = args.seed.unwrap_or_else(rng::fresh_seed);
-    let plan = Plan::new(args.users, args.window.timeline(args.rate)?, seed)?;
+    let mut plan = Plan::new(args.users, args.window.timeline(args.rate)?, seed)?;
+    let mut protocol = Protocol::V1;
+    let mix = if args.mix.any() {
+        let mix = Arc::new(mix::Mix::new(args.mix, plan.len(), seed)?);
+        plan = plan.with_mix(Arc::clone(&mix));
+        protocol = Protocol::V3;
+        Some(mix)
+    } else {
+        None
+    };
     let endpoint = target
-        .endpoint(tenant, args.source_ips, Buffers::Default, Protocol::V1)
+        .endpoint(tenant, args.source_ips, Buffers::Default, protocol)
         .await?;
     let users: Arc<[String]> = (0..args.users).map(names::user_name).collect();
     let sessions = client::open_fresh(&endpoint, users, args.concurrency)
@@ -96,6 +118,7 @@ pub(super) async fn run(target: &TargetArgs, tenant: String, args: DmArgs) -> an
     let window = args.window.measured();
     let shared = &traffic.shared;
     let analysis = analysis::analyse(&shared.plan, &shared.ledger, window, &mut traffic.peers);
+    let changes = mix.map(|mix| shared.plan.mix_report(&mix, args.mix));
     let report = DmReport {
         run: target.identity("dm", endpoint.tenant(), Some(seed)),
         users: args.users,
@@ -108,6 +131,7 @@ pub(super) async fn run(target: &TargetArgs, tenant: String, args: DmArgs) -> an
         measured: analysis.measured,
         check: analysis.check,
         sessions: traffic.sessions(),
+        changes,
     };
     report::print(&report, target.json)?;
     anyhow::ensure!(
@@ -126,7 +150,11 @@ impl std::fmt::Display for DmReport {
             "  load            {} users, {} msg/s, {} B texts, {:.0} s warm-up + {:.0} s measured",
             self.users, self.rate, self.text_bytes, self.warmup_secs, self.duration_secs
         )?;
-        write!(f, "{}{}{}", self.messages, self.measured, self.sessions)?;
+        write!(f, "{}", self.messages)?;
+        if let Some(changes) = &self.changes {
+            write!(f, "{changes}")?;
+        }
+        write!(f, "{}{}", self.measured, self.sessions)?;
         write!(f, "{}", self.check)?;
         writeln!(f, "  verdict         {}", traffic::verdict(self.passed))
     }

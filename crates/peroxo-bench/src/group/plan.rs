@@ -227,6 +227,7 @@ impl traffic::Plan for Plan {
                 conversation_id: self.ids[self.group(i) as usize].clone(),
                 text: names::message_text(i, text_bytes),
                 client_msg_id: i.to_string(),
+                reply_to: None,
             },
         }
     }
@@ -394,6 +395,10 @@ mod tests {
             seq: 1,
             client_msg_id: None,
             erased: false,
+            reply_to: None,
+            edited_ts: None,
+            deleted: None,
+            reactions: None,
         };
         let sender = plan.sender(i);
         for row in 0..plan.fanout() {

@@ -48,6 +48,13 @@ pub(crate) struct Measured {
     pub(crate) send_to_ack: LatencySummary,
     /// From each message's due time to its arrival at the last of its recipients.
     pub(crate) send_to_delivery: LatencySummary,
+    /// For runs that change messages: from each change's due time to its answer
+    /// (`message_state`), and to its event's arrival at the other participant. The two
+    /// figures above then cover sends alone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) change_to_answer: Option<LatencySummary>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) change_to_event: Option<LatencySummary>,
 }
 
 /// Breaches of the delivery contract; all must be zero.
@@ -122,7 +129,12 @@ impl std::fmt::Display for Measured {
             self.offered_per_sec, self.acked_per_sec, self.delivered_per_sec
         )?;
         writeln!(f, "  send→ack        {}", self.send_to_ack)?;
-        writeln!(f, "  send→delivery   {}", self.send_to_delivery)
+        writeln!(f, "  send→delivery   {}", self.send_to_delivery)?;
+        if let (Some(answer), Some(event)) = (&self.change_to_answer, &self.change_to_event) {
+            writeln!(f, "  change→answer   {answer}")?;
+            writeln!(f, "  change→event    {event}")?;
+        }
+        Ok(())
     }
 }
 
@@ -200,6 +212,8 @@ pub(crate) fn analyse<P: Plan>(
         delivered_per_sec: report::per_second(pass.delivered_in_window, span),
         send_to_ack: pass.ack.summary(),
         send_to_delivery: pass.delivery.summary(),
+        change_to_answer: pass.changes.then(|| pass.change_ack.summary()),
+        change_to_event: pass.changes.then(|| pass.change_delivery.summary()),
     };
     Analysis {
         messages,
@@ -218,6 +232,10 @@ struct LedgerPass<'a, P> {
     check: DeliveryCheck,
     ack: Latency,
     delivery: Latency,
+    /// Whether any command changed a message, and the latencies of those that did.
+    changes: bool,
+    change_ack: Latency,
+    change_delivery: Latency,
     offered_in_window: u64,
     acked_in_window: u64,
     delivered_in_window: u64,
@@ -233,6 +251,9 @@ impl<'a, P: Plan> LedgerPass<'a, P> {
             check: DeliveryCheck::default(),
             ack: Latency::new(),
             delivery: Latency::new(),
+            changes: false,
+            change_ack: Latency::new(),
+            change_delivery: Latency::new(),
             offered_in_window: 0,
             acked_in_window: 0,
             delivered_in_window: 0,
@@ -247,16 +268,23 @@ impl<'a, P: Plan> LedgerPass<'a, P> {
         let due = timeline.due(i);
         let in_window = |at: Duration| at >= self.window.0 && at < self.window.1;
         self.offered_in_window += u64::from(in_window(due));
+        let change = self.plan.changes_a_message(i);
+        self.changes |= change;
+        let (ack, delivery) = if change {
+            (&mut self.change_ack, &mut self.change_delivery)
+        } else {
+            (&mut self.ack, &mut self.delivery)
+        };
         if let Some(latency) = o.ack_latency {
             self.acked_in_window += u64::from(in_window(due + latency));
             if timeline.is_measured(i) {
-                self.ack.record(latency);
+                ack.record(latency);
             }
         }
         if let Some(latency) = o.delivery_latency {
             self.delivered_in_window += u64::from(in_window(due + latency));
             if timeline.is_measured(i) {
-                self.delivery.record(latency);
+                delivery.record(latency);
             }
         }
     }

@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use peroxo_client::WebSocket;
-use peroxo_protocol::{Command, MessageView, ServerFrame};
+use peroxo_protocol::{Command, EventView, MessageView, ServerFrame};
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -73,6 +73,30 @@ pub(crate) trait Plan: Send + Sync + 'static {
     fn reply(&self, _frame: &ServerFrame<'_>) -> Reply {
         Reply::Unplanned
     }
+    /// What a stream event that user `me` received is: the delivery of a command that changed
+    /// a message, the copy its actor gets, or nothing the plan made (the default: plans that
+    /// change no message expect no event).
+    fn route_event(&self, _me: u32, _event: &EventView<'_>) -> EventRoute {
+        EventRoute::Unplanned
+    }
+    /// Command `i`, a send, was acked with `message_id`.
+    fn acked(&self, _i: u32, _message_id: &str) {}
+    /// Whether command `i` changes a message (an edit, a delete, a reaction) rather than
+    /// sending one: its latencies are summed up apart.
+    fn changes_a_message(&self, _i: u32) -> bool {
+        false
+    }
+}
+
+/// What a stream event is to the plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EventRoute {
+    /// The delivery of a command's change to one of its recipients.
+    Delivery(Route),
+    /// The copy of its own change that a command's sender receives.
+    Echo,
+    /// Nothing the plan made.
+    Unplanned,
 }
 
 /// Where a delivered message belongs.

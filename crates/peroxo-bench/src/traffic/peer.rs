@@ -12,11 +12,11 @@ use std::sync::atomic::Ordering;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use peroxo_client::WebSocket;
-use peroxo_protocol::{ErrorCode, MessageView, ReqId, ServerFrame};
+use peroxo_protocol::{ErrorCode, EventView, MessageView, ReqId, ServerFrame};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::{Plan, Reply, Shared, Stop, names};
+use super::{EventRoute, Plan, Reply, Route, Shared, Stop, names};
 use crate::client::CLOSE_TIMEOUT;
 use crate::report::Tally;
 
@@ -185,15 +185,13 @@ impl<P: Plan> Reader<P> {
         match ServerFrame::decode(text) {
             Ok(ServerFrame::Ack {
                 client_msg_id,
+                message_id,
                 seq,
                 duplicate,
                 ..
-            }) => self.on_ack(&client_msg_id, seq, duplicate),
+            }) => self.on_ack(&client_msg_id, &message_id, seq, duplicate),
             Ok(ServerFrame::Message(message)) => self.on_message(&message),
-            Ok(ServerFrame::Event(event)) => {
-                self.report.seqs.push(event.seq);
-                self.report.misrouted += 1;
-            }
+            Ok(ServerFrame::Event(event)) => self.on_event(&event),
             Ok(ServerFrame::Error {
                 code,
                 client_msg_id,
@@ -213,13 +211,14 @@ impl<P: Plan> Reader<P> {
     }
 
     /// An ack for one of our sends: its seq is ours.
-    fn on_ack(&mut self, client_msg_id: &str, seq: u64, duplicate: bool) {
+    fn on_ack(&mut self, client_msg_id: &str, message_id: &str, seq: u64, duplicate: bool) {
         self.report.seqs.push(seq);
         if duplicate {
             self.report.duplicate_acks += 1;
         }
         match names::index_of_id(client_msg_id) {
             Some(i) if self.shared.ledger.contains(i) && self.shared.plan.sender(i) == self.me => {
+                self.shared.plan.acked(i, message_id);
                 self.shared.ledger.record_ack(i, self.shared.latency(i));
             }
             _ => self.report.misrouted += 1,
@@ -231,6 +230,22 @@ impl<P: Plan> Reader<P> {
     fn on_message(&mut self, message: &MessageView<'_>) {
         self.report.seqs.push(message.seq);
         let route = self.shared.plan.route(self.me, message);
+        self.on_delivery(route);
+    }
+
+    /// A stream event: its seq is ours; it must be a change the plan made, reaching one of
+    /// its recipients (or its sender's own copy).
+    fn on_event(&mut self, event: &EventView<'_>) {
+        self.report.seqs.push(event.seq);
+        match self.shared.plan.route_event(self.me, event) {
+            EventRoute::Delivery(route) => self.on_delivery(Some(route)),
+            EventRoute::Echo => {}
+            EventRoute::Unplanned => self.report.misrouted += 1,
+        }
+    }
+
+    /// Records the delivery `route` names, in its place in its sequence.
+    fn on_delivery(&mut self, route: Option<Route>) {
         let Some(route) = route.filter(|r| self.shared.ledger.contains(r.index)) else {
             self.report.misrouted += 1;
             return;

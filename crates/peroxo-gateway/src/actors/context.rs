@@ -59,7 +59,8 @@ pub struct GatewayContext {
 /// One connection, as it outlives the session actors that serve it.
 pub struct ConnectionContext {
     pub key: UserKey,
-    /// The protocol version of the connection: 1 (direct messages only) or 2.
+    /// The protocol version of the connection: 1 (direct messages only), 2 (conversations)
+    /// or 3 (what happens to messages).
     pub protocol: u32,
     pub outbound: Outbound,
     /// Users (of the same tenant) this connection watches for presence.

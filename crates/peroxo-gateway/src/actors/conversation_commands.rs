@@ -19,7 +19,7 @@ use axum::extract::ws::Utf8Bytes;
 use tokio::time::Instant;
 
 use super::context::{ConnectionContext, GatewayContext};
-use super::router::{RouterMsg, UserFrame};
+use super::router::{Protocols, RouterMsg, UserFrame};
 use crate::connection::{Droppable, Outbound};
 use peroxo_protocol::conversation::{
     ConversationRef, ConversationsQuery, CreateGroup, GroupChange, GroupOp, GroupOutcome, ReadMark,
@@ -27,6 +27,7 @@ use peroxo_protocol::conversation::{
 };
 use peroxo_protocol::domain::{SessionId, StoredMessage, UserKey};
 use peroxo_protocol::event::{Fanout, Role, StreamSeq};
+use peroxo_protocol::lifecycle::{MessageChange, MessageOp};
 use peroxo_protocol::{
     CommandKind, ConversationView, ErrorCode, EventView, MemberView, MessageView, ProtocolError,
     ReaderView, ReqId, ServerFrame,
@@ -130,14 +131,12 @@ impl CommandContext {
         let task = Task {
             client,
             user: self.connection.key.clone(),
+            protocol: self.connection.protocol,
             outbound,
             gateway: Arc::clone(&self.gateway),
         };
-        // A refused `create_group` names its `client_msg_id`, like a refused send.
-        let client_msg_id = match &kind {
-            CommandKind::CreateGroup { client_msg_id, .. } => Some(client_msg_id.clone()),
-            _ => None,
-        };
+        // A refused `create_group` or `edit` names its `client_msg_id`, like a refused send.
+        let client_msg_id = kind.client_msg_id().map(str::to_owned);
         tokio::spawn(async move {
             let _permit = permit;
             if let Err(error) = task.run(kind, req_id.as_ref()).await {
@@ -155,6 +154,8 @@ impl CommandContext {
 struct Task {
     client: StorageClient,
     user: UserKey,
+    /// The connection's protocol version.
+    protocol: u32,
     outbound: Outbound,
     gateway: Arc<GatewayContext>,
 }
@@ -253,10 +254,20 @@ impl Task {
                     conversations: page
                         .conversations
                         .iter()
-                        .map(|c| ConversationView::of(c, &self.user.user))
+                        .map(|c| {
+                            let mut view = ConversationView::of(c, &self.user.user);
+                            if !Protocols::LIFECYCLE.admits(self.protocol) {
+                                view.last_message =
+                                    view.last_message.map(MessageView::without_lifecycle);
+                            }
+                            view
+                        })
                         .collect(),
                     next_before,
                     total_unread: page.total_unread,
+                    last_seq: Protocols::LIFECYCLE
+                        .admits(self.protocol)
+                        .then_some(page.last_seq),
                 });
             }
             CommandKind::MarkRead {
@@ -291,8 +302,83 @@ impl Task {
             CommandKind::TypingInConversation { conversation_id } => {
                 self.typing(&conversation_id).await?;
             }
+            CommandKind::Edit {
+                conversation_id,
+                message_id,
+                text,
+                client_msg_id,
+            } => {
+                let op = MessageOp::Edit {
+                    text,
+                    client_msg_id,
+                };
+                self.change_message(conversation_id, message_id, op, req_id)
+                    .await?;
+            }
+            CommandKind::Delete {
+                conversation_id,
+                message_id,
+            } => {
+                self.change_message(conversation_id, message_id, MessageOp::Delete, req_id)
+                    .await?;
+            }
+            CommandKind::React {
+                conversation_id,
+                message_id,
+                emoji,
+            } => {
+                let op = MessageOp::React { emoji };
+                self.change_message(conversation_id, message_id, op, req_id)
+                    .await?;
+            }
+            CommandKind::Unreact {
+                conversation_id,
+                message_id,
+                emoji,
+            } => {
+                let op = MessageOp::Unreact { emoji };
+                self.change_message(conversation_id, message_id, op, req_id)
+                    .await?;
+            }
             _ => {}
         }
+        Ok(())
+    }
+
+    /// Edits, deletes or reacts to a message: the answer is the message as it is now, and
+    /// the change's event goes to everyone who can see the message.
+    async fn change_message(
+        &self,
+        conversation_id: String,
+        message_id: u64,
+        op: MessageOp,
+        req_id: Option<Cow<'_, ReqId>>,
+    ) -> Result<(), CallError> {
+        let client_msg_id = match &op {
+            MessageOp::Edit { client_msg_id, .. } => Some(client_msg_id.clone()),
+            _ => None,
+        };
+        let outcome = self
+            .client
+            .change_message(MessageChange {
+                actor: self.user.clone(),
+                conversation_id,
+                message_id,
+                op,
+                limits: self.gateway.live.load().messages.limits(),
+            })
+            .await?;
+        self.outbound.send(&ServerFrame::MessageState {
+            req_id,
+            client_msg_id: client_msg_id.as_deref().map(Cow::Borrowed),
+            message: MessageView::of(&outcome.message, &self.user.user),
+            duplicate: outcome.duplicate,
+            seq: outcome.event.as_ref().and_then(|fanout| {
+                let mine = fanout.seqs.iter().find(|s| s.user == self.user.user);
+                mine.map(|s| s.seq)
+            }),
+        });
+        self.deliver_events(outcome.event.as_slice());
         Ok(())
     }
 
@@ -415,6 +501,7 @@ impl Task {
                 text: text.clone(),
                 droppable: Droppable::Yes,
                 skip: None,
+                protocols: Protocols::CONVERSATIONS,
             })
             .collect();
         let _ = self.gateway.router.cast(RouterMsg::DeliverFrames(frames));
@@ -447,11 +534,16 @@ impl Task {
 }
 
 /// The `event` frame of a committed event for every stream it entered, each with that
-/// stream's seq.
+/// stream's seq. An event that changes a message goes to protocol-3 sessions only.
 pub fn stream_frames<'a>(
     tenant: &'a str,
     fanout: &'a Fanout,
 ) -> impl Iterator<Item = UserFrame> + 'a {
+    let protocols = if fanout.event.kind.is_lifecycle() {
+        Protocols::LIFECYCLE
+    } else {
+        Protocols::CONVERSATIONS
+    };
     fanout
         .seqs
         .iter()
@@ -462,11 +554,14 @@ pub fn stream_frames<'a>(
             ),
             droppable: Droppable::No,
             skip: None,
+            protocols,
         })
 }
 
 /// The `message` frames of a committed group message: one for every member with its seq,
-/// and the sender's copy for the sender's other connections (`origin` got the `ack`).
+/// and the sender's copy for the sender's other connections (`origin` got the `ack`). A
+/// message with fields of protocol 3 (a reply) is encoded twice: with them for protocol 3,
+/// without them for protocol 2.
 pub fn message_frames(
     message: &StoredMessage,
     members: &[StreamSeq],
@@ -474,23 +569,32 @@ pub fn message_frames(
 ) -> Vec<UserFrame> {
     let mut frames = Vec::with_capacity(members.len() + 1);
     let sender = message.sender_key();
-    frames.push(UserFrame {
-        text: Utf8Bytes::from(
-            ServerFrame::Message(MessageView::of(message, &message.sender)).encode(),
-        ),
-        user: sender.clone(),
-        droppable: Droppable::No,
-        skip: origin,
-    });
+    let copies = |view: MessageView<'_>, user: UserKey, skip: Option<SessionId>| {
+        let frame = |view: MessageView<'_>, protocols| UserFrame {
+            text: Utf8Bytes::from(ServerFrame::Message(view).encode()),
+            user: user.clone(),
+            droppable: Droppable::No,
+            skip,
+            protocols,
+        };
+        if message.lifecycle.is_empty() {
+            return vec![frame(view, Protocols::CONVERSATIONS)];
+        }
+        let older = view.clone().without_lifecycle();
+        vec![
+            frame(view, Protocols::LIFECYCLE),
+            frame(older, Protocols::CONVERSATIONS_ONLY),
+        ]
+    };
+    frames.extend(copies(
+        MessageView::of(message, &message.sender),
+        sender.clone(),
+        origin,
+    ));
     for StreamSeq { user, seq } in members {
         let mut view = MessageView::of(message, user);
         view.seq = *seq;
-        frames.push(UserFrame {
-            user: sender.peer(user.clone()),
-            text: Utf8Bytes::from(ServerFrame::Message(view).encode()),
-            droppable: Droppable::No,
-            skip: None,
-        });
+        frames.extend(copies(view, sender.peer(user.clone()), None));
     }
     frames
 }

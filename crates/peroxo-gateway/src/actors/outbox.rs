@@ -176,6 +176,7 @@ mod tests {
             recipient: "bob".to_owned(),
             client_msg_id: client_msg_id.to_owned(),
             text: "hi".to_owned(),
+            reply_to: None,
         }
     }
 

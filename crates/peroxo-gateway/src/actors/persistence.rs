@@ -511,6 +511,7 @@ mod tests {
             recipient: "b".to_owned(),
             client_msg_id: "c".to_owned(),
             text: "x".repeat(text_bytes),
+            reply_to: None,
         }
     }
 

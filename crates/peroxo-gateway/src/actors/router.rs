@@ -29,7 +29,7 @@ use crate::telemetry::Metrics;
 use peroxo_protocol::domain::{SessionId, StoredMessage, UserKey};
 use peroxo_protocol::event::StreamSeq;
 use peroxo_protocol::{
-    LATEST_PROTOCOL_VERSION, MessageView, PresenceStatus, ReqId, ServerFrame, now_ms,
+    CONVERSATIONS_PROTOCOL_VERSION, MessageView, PresenceStatus, ReqId, ServerFrame, now_ms,
 };
 
 pub enum RouterMsg {
@@ -49,11 +49,13 @@ pub enum RouterMsg {
     /// each already encoded for its user: for the user's protocol-2 sessions here and on
     /// other nodes.
     DeliverFrames(Vec<UserFrame>),
-    /// A protocol-2 frame from another node, for `user`'s protocol-2 sessions here.
+    /// A protocol-2 frame from another node, for `user`'s sessions here whose protocol is
+    /// in `protocols`.
     RemoteFrame {
         user: UserKey,
         text: Utf8Bytes,
         droppable: Droppable,
+        protocols: Protocols,
     },
     /// Start watching `users` (of the session's tenant); answers `presence_snapshot`.
     Subscribe {
@@ -106,7 +108,7 @@ pub struct Registration {
     pub watching: Vec<String>,
 }
 
-/// One protocol-2 frame for one user, encoded for that user (with its seq).
+/// One frame of protocol 2 or later for one user, encoded for that user (with its seq).
 #[derive(Debug, Clone)]
 pub struct UserFrame {
     pub user: UserKey,
@@ -115,6 +117,37 @@ pub struct UserFrame {
     pub droppable: Droppable,
     /// The session that caused it and got an answer instead (a sender's own connection).
     pub skip: Option<SessionId>,
+    /// The protocol versions of the sessions that get it.
+    pub protocols: Protocols,
+}
+
+/// The protocol versions a frame is for: from `min` to `max`, both included.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Protocols {
+    pub min: u32,
+    pub max: u32,
+}
+
+impl Protocols {
+    /// Every version that knows conversations (protocol 2 and later).
+    pub const CONVERSATIONS: Protocols = Protocols {
+        min: CONVERSATIONS_PROTOCOL_VERSION,
+        max: u32::MAX,
+    };
+    /// Every version that knows what happens to messages (protocol 3 and later).
+    pub const LIFECYCLE: Protocols = Protocols {
+        min: 3,
+        max: u32::MAX,
+    };
+    /// The versions that know conversations but not what happens to messages.
+    pub const CONVERSATIONS_ONLY: Protocols = Protocols {
+        min: CONVERSATIONS_PROTOCOL_VERSION,
+        max: 2,
+    };
+
+    pub fn admits(self, protocol: u32) -> bool {
+        (self.min..=self.max).contains(&protocol)
+    }
 }
 
 /// A committed message and the session that sent it (which gets an `ack`, not a copy).
@@ -267,7 +300,8 @@ impl Actor for Router {
                 user,
                 text,
                 droppable,
-            } => state.send_frame(&user, &text, droppable, None),
+                protocols,
+            } => state.send_frame(&user, &text, droppable, None, protocols),
             RouterMsg::Subscribe {
                 session,
                 users,
@@ -640,27 +674,35 @@ impl RouterState {
     /// cluster for the user's sessions on other nodes.
     fn deliver_frames(&self, frames: Vec<UserFrame>) {
         for frame in &frames {
-            self.send_frame(&frame.user, &frame.text, frame.droppable, frame.skip);
+            self.send_frame(
+                &frame.user,
+                &frame.text,
+                frame.droppable,
+                frame.skip,
+                frame.protocols,
+            );
         }
         if let Some(cluster) = &self.cluster {
             let _ = cluster.cast(ClusterMsg::PublishFrames(frames));
         }
     }
 
-    /// Writes `text` to every live protocol-2 session of `user` but `skip`.
+    /// Writes `text` to every live session of `user` but `skip` whose protocol is in
+    /// `protocols`.
     fn send_frame(
         &self,
         user: &UserKey,
         text: &Utf8Bytes,
         droppable: Droppable,
         skip: Option<SessionId>,
+        protocols: Protocols,
     ) {
         for session in self.live_sessions(user) {
             if Some(*session) == skip {
                 continue;
             }
             if let Some(entry) = self.sessions.get(session)
-                && entry.protocol >= LATEST_PROTOCOL_VERSION
+                && protocols.admits(entry.protocol)
                 && entry.outbound.send_text(text.clone(), droppable)
                 && droppable == Droppable::No
             {
@@ -669,17 +711,28 @@ impl RouterState {
         }
     }
 
-    /// Sends `message` as `viewer` sees it to every live session of `viewer` but `skip`.
+    /// Sends `message` as `viewer` sees it to every live session of `viewer` but `skip`: a
+    /// message with fields of protocol 3 (a reply) is encoded apart for older protocols.
     fn send_message(&self, viewer: &UserKey, message: &StoredMessage, skip: Option<SessionId>) {
         let sessions = self.live_sessions(viewer);
         if sessions.iter().all(|s| Some(*s) == skip) {
             return;
         }
-        let text =
-            Utf8Bytes::from(ServerFrame::Message(MessageView::of(message, &viewer.user)).encode());
+        let encode = |view: MessageView<'_>| Utf8Bytes::from(ServerFrame::Message(view).encode());
+        let text = encode(MessageView::of(message, &viewer.user));
+        let older = (!message.lifecycle.is_empty())
+            .then(|| encode(MessageView::of(message, &viewer.user).without_lifecycle()));
         for session in sessions.iter().filter(|s| Some(**s) != skip) {
             if let Some(entry) = self.sessions.get(session)
-                && entry.outbound.send_text(text.clone(), Droppable::No)
+                && entry.outbound.send_text(
+                    match &older {
+                        Some(older) if !Protocols::LIFECYCLE.admits(entry.protocol) => {
+                            older.clone()
+                        }
+                        _ => text.clone(),
+                    },
+                    Droppable::No,
+                )
             {
                 self.metrics.messages_delivered.increment(1);
             }
@@ -833,6 +886,7 @@ mod tests {
             ts: 0,
             sender_seq,
             recipient_seq,
+            lifecycle: Default::default(),
         }
     }
 

@@ -33,7 +33,7 @@ use peroxo_protocol::domain::NewMessage;
 use peroxo_protocol::domain::conversation_id;
 use peroxo_protocol::event::is_group_id;
 use peroxo_protocol::{
-    Command, CommandKind, ErrorCode, EventView, LATEST_PROTOCOL_VERSION, MessageView,
+    CONVERSATIONS_PROTOCOL_VERSION, Command, CommandKind, ErrorCode, EventView, MessageView,
     ProtocolError, ReqId, ServerFrame, now_ms,
 };
 use peroxo_storage::grpc::CallError;
@@ -397,12 +397,15 @@ impl SessionState {
 
     async fn command(&mut self, myself: &ActorRef<SessionMsg>, command: Command) {
         let Command { req_id, kind } = command;
-        if kind.needs_protocol_2() && self.connection.protocol < LATEST_PROTOCOL_VERSION {
+        let needed = kind.needs_protocol();
+        if needed > self.connection.protocol {
             let client_msg_id = kind.client_msg_id().map(str::to_owned);
             self.connection.outbound.error(
                 &ProtocolError::new(
                     ErrorCode::BadRequest,
-                    "this command needs protocol 2: connect with ?protocol=2",
+                    format!(
+                        "this command needs protocol {needed}: connect with ?protocol={needed}"
+                    ),
                 )
                 .with_req_id(req_id)
                 .with_client_msg_id(client_msg_id),
@@ -414,12 +417,13 @@ impl SessionState {
                 to,
                 text,
                 client_msg_id,
-            } => self.send(to, text, client_msg_id, req_id),
+            } => self.send(to, text, client_msg_id, None, req_id),
             CommandKind::SendToConversation {
                 conversation_id,
                 text,
                 client_msg_id,
-            } => self.send_to_conversation(conversation_id, text, client_msg_id, req_id),
+                reply_to,
+            } => self.send_to_conversation(conversation_id, text, client_msg_id, reply_to, req_id),
             CommandKind::History {
                 with,
                 before,
@@ -486,6 +490,7 @@ impl SessionState {
         conversation_id: String,
         text: String,
         client_msg_id: String,
+        reply_to: Option<u64>,
         req_id: Option<ReqId>,
     ) {
         let recipient = match ConversationRef::parse(&conversation_id) {
@@ -506,7 +511,7 @@ impl SessionState {
             },
             Err(_) => return,
         };
-        self.send(recipient, text, client_msg_id, req_id);
+        self.send(recipient, text, client_msg_id, reply_to, req_id);
     }
 
     /// `presence_subscribe` to a group: its members (the user aside) join the watch list.
@@ -557,7 +562,14 @@ impl SessionState {
     /// Accepts a send into the outbox. A group message holds as many outbox places as the
     /// group had members when last seen here, and costs the sender's rate in proportion;
     /// Persistence charges the rest once storage says how many members it reached.
-    fn send(&mut self, to: String, text: String, client_msg_id: String, req_id: Option<ReqId>) {
+    fn send(
+        &mut self,
+        to: String,
+        text: String,
+        client_msg_id: String,
+        reply_to: Option<u64>,
+        req_id: Option<ReqId>,
+    ) {
         let outbound = &self.connection.outbound;
         let rows = if is_group_id(&to) {
             let members = self
@@ -581,6 +593,7 @@ impl SessionState {
             recipient: to,
             client_msg_id,
             text,
+            reply_to,
         };
         let client_msg_id = message.client_msg_id.clone();
         let pushed = self
@@ -631,6 +644,7 @@ impl SessionState {
             return;
         };
         let user = self.connection.key.clone();
+        let protocol = self.connection.protocol;
         tokio::spawn(async move {
             let _permit = permit;
             let query = HistoryQuery {
@@ -653,9 +667,10 @@ impl SessionState {
                         messages: page
                             .messages
                             .iter()
-                            .map(|m| MessageView::of(m, &user.user))
+                            .map(|m| MessageView::for_protocol(m, &user.user, protocol))
                             .collect(),
                         next_before,
+                        last_seq: (protocol >= 3).then_some(page.last_seq),
                     });
                 }
                 Err(error) => {
@@ -675,18 +690,20 @@ impl SessionState {
             return;
         };
         let user = self.connection.key.clone();
-        let everything = self.connection.protocol >= LATEST_PROTOCOL_VERSION;
+        let protocol = self.connection.protocol;
+        let scope = match protocol {
+            1 => SyncScope::DirectMessages,
+            CONVERSATIONS_PROTOCOL_VERSION => SyncScope::Conversations,
+            _ => SyncScope::Everything,
+        };
+        let everything = scope != SyncScope::DirectMessages;
         tokio::spawn(async move {
             let _permit = permit;
             let query = SyncQuery {
                 user: user.clone(),
                 after_seq,
                 limit,
-                scope: if everything {
-                    SyncScope::Everything
-                } else {
-                    SyncScope::DirectMessages
-                },
+                scope,
             };
             match client.sync(query).await {
                 Ok(page) => {
@@ -695,7 +712,7 @@ impl SessionState {
                         messages: page
                             .messages
                             .iter()
-                            .map(|m| MessageView::of(m, &user.user))
+                            .map(|m| MessageView::for_protocol(m, &user.user, protocol))
                             .collect(),
                         events: everything.then(|| {
                             page.events

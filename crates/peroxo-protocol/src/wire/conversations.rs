@@ -128,6 +128,7 @@ pub(super) fn send_to_conversation(
         conversation_id: conversation_id(f)?,
         text,
         client_msg_id,
+        reply_to: message_id(f, "reply_to")?,
     })
 }
 
@@ -169,7 +170,7 @@ pub(super) fn subscribe_to_group(f: &mut Fields<'_>) -> Result<CommandKind, Prot
     })
 }
 
-fn conversation_id(f: &mut Fields<'_>) -> Result<String, ProtocolError> {
+pub(super) fn conversation_id(f: &mut Fields<'_>) -> Result<String, ProtocolError> {
     let id = f.required_string("conversation_id")?;
     ConversationRef::parse(&id).map_err(|e| bad_request(format!("`conversation_id` {e}")))?;
     Ok(id)
@@ -186,7 +187,7 @@ fn group_id(f: &mut Fields<'_>) -> Result<String, ProtocolError> {
 }
 
 /// A message id as the server writes it: a string of digits.
-fn message_id(f: &mut Fields<'_>, name: &str) -> Result<Option<u64>, ProtocolError> {
+pub(super) fn message_id(f: &mut Fields<'_>, name: &str) -> Result<Option<u64>, ProtocolError> {
     let invalid = || {
         bad_request(format!(
             "`{name}` must be a message id (a string of digits)"
@@ -211,12 +212,14 @@ fn message_id(f: &mut Fields<'_>, name: &str) -> Result<Option<u64>, ProtocolErr
 pub struct EventView<'a> {
     pub seq: u64,
     /// What happened: `group_created`, `members_added`, `member_left`, `role_changed`,
-    /// `group_renamed`, `read_marker` or `read_receipt`.
+    /// `group_renamed`, `read_marker` or `read_receipt`; in protocol 3 also
+    /// `message_edited`, `message_deleted`, `reaction_added` or `reaction_removed`.
     #[cfg_attr(
         test,
         schemars(extend("enum" = [
             "group_created", "members_added", "member_left", "role_changed", "group_renamed",
-            "read_marker", "read_receipt"
+            "read_marker", "read_receipt", "message_edited", "message_deleted",
+            "reaction_added", "reaction_removed"
         ]))
     )]
     pub event: Cow<'a, str>,
@@ -240,6 +243,15 @@ pub struct EventView<'a> {
     pub message_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unread_count: Option<u64>,
+    /// Protocol 3, `message_edited`: the message's text as it is now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<Cow<'a, str>>,
+    /// Protocol 3, `message_deleted`: deleted by a group's owner or admin, not its author.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moderated: Option<bool>,
+    /// Protocol 3, `reaction_added` and `reaction_removed`: the reaction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub emoji: Option<Cow<'a, str>>,
 }
 
 impl<'a> EventView<'a> {
@@ -259,6 +271,9 @@ impl<'a> EventView<'a> {
             role: None,
             message_id: None,
             unread_count: None,
+            text: None,
+            moderated: None,
+            emoji: None,
         };
         match &event.kind {
             EventKind::GroupCreated {
@@ -286,6 +301,22 @@ impl<'a> EventView<'a> {
             }
             EventKind::ReadReceipt { message_id } => {
                 view.message_id = Some(message_id.to_string());
+            }
+            EventKind::MessageEdited { message_id, text } => {
+                view.message_id = Some(message_id.to_string());
+                view.text = Some(Cow::Borrowed(text));
+            }
+            EventKind::MessageDeleted {
+                message_id,
+                moderated,
+            } => {
+                view.message_id = Some(message_id.to_string());
+                view.moderated = Some(*moderated);
+            }
+            EventKind::ReactionAdded { message_id, emoji }
+            | EventKind::ReactionRemoved { message_id, emoji } => {
+                view.message_id = Some(message_id.to_string());
+                view.emoji = Some(Cow::Borrowed(emoji));
             }
         }
         view
@@ -437,7 +468,8 @@ mod tests {
             CommandKind::SendToConversation {
                 conversation_id: GROUP.into(),
                 text: "hi".into(),
-                client_msg_id: "c1".into()
+                client_msg_id: "c1".into(),
+                reply_to: None,
             }
         );
         assert_eq!(
@@ -566,6 +598,7 @@ mod tests {
                 conversation_id: GROUP.into(),
                 text: "hi".into(),
                 client_msg_id: "c1".into(),
+                reply_to: None,
             },
         ];
         for kind in commands {

@@ -62,6 +62,10 @@ mod tests {
             seq: 2,
             client_msg_id: None,
             erased: true,
+            reply_to: None,
+            edited_ts: None,
+            deleted: None,
+            reactions: None,
         });
         assert_eq!(
             message.to_json(),

@@ -28,8 +28,8 @@ use serde::de::{Unexpected, VariantAccess, Visitor};
 use serde::{Deserialize, forward_to_deserialize_any};
 
 use super::{
-    ConversationView, ErrorCode, EventView, MemberView, MessageView, PresenceStatus, ReaderView,
-    ReqId, ServerFrame,
+    ConversationView, DeletionView, ErrorCode, EventView, MemberView, MessageView, PresenceStatus,
+    QuoteView, ReactionView, ReaderView, ReqId, ServerFrame,
 };
 
 /// Reads `text` as a server frame whose first field is `type`. Fails on any other text,
@@ -156,6 +156,8 @@ enum ServerFrameFields<'a> {
         #[serde(borrow, deserialize_with = "views")]
         messages: Vec<MessageView<'a>>,
         next_before: Option<String>,
+        #[serde(default)]
+        last_seq: Option<u64>,
     },
     Sync {
         req_id: Option<Cow<'a, ReqId>>,
@@ -231,6 +233,8 @@ enum ServerFrameFields<'a> {
         conversations: Vec<ConversationView<'a>>,
         next_before: Option<String>,
         total_unread: u64,
+        #[serde(default)]
+        last_seq: Option<u64>,
     },
     ReadState {
         req_id: Option<Cow<'a, ReqId>>,
@@ -248,6 +252,16 @@ enum ServerFrameFields<'a> {
         conversation_id: Cow<'a, str>,
         user: Cow<'a, str>,
         message_id: String,
+    },
+    MessageState {
+        req_id: Option<Cow<'a, ReqId>>,
+        #[serde(default)]
+        client_msg_id: Option<Cow<'a, str>>,
+        #[serde(borrow, with = "MessageViewFields")]
+        message: MessageView<'a>,
+        duplicate: bool,
+        #[serde(default)]
+        seq: Option<u64>,
     },
 }
 
@@ -269,6 +283,15 @@ struct MessageViewFields<'a> {
     client_msg_id: Option<Cow<'a, str>>,
     #[serde(default)]
     erased: bool,
+    // Protocol 3's fields are read owned: most messages have none.
+    #[serde(default)]
+    reply_to: Option<QuoteView<'a>>,
+    #[serde(default)]
+    edited_ts: Option<i64>,
+    #[serde(default)]
+    deleted: Option<DeletionView<'a>>,
+    #[serde(default)]
+    reactions: Option<Vec<ReactionView<'a>>>,
 }
 
 /// A string, borrowed when it needs no unescaping.
@@ -335,12 +358,14 @@ impl ServerFrame<'_> {
                 conversation_id,
                 messages,
                 next_before,
+                last_seq,
             } => ServerFrame::History {
                 req_id: owned_req_id(req_id),
                 with: with.map(owned),
                 conversation_id,
                 messages: owned_views(messages),
                 next_before,
+                last_seq,
             },
             ServerFrame::Sync {
                 req_id,

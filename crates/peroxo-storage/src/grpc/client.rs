@@ -14,6 +14,7 @@ use peroxo_protocol::conversation::{
 };
 use peroxo_protocol::domain::{AppendOutcome, HistoryPage, NewMessage, SyncPage, UserKey};
 use peroxo_protocol::event::Member;
+use peroxo_protocol::lifecycle::{MessageChange, MessageOutcome};
 
 /// The gateway's client of the storage service. Cheap to clone; clones share one connection.
 #[derive(Debug, Clone)]
@@ -82,6 +83,7 @@ impl StorageClient {
                 .map(convert::message_from_pb)
                 .collect(),
             has_more: r.has_more,
+            last_seq: r.last_seq,
         })
     }
 
@@ -91,7 +93,8 @@ impl StorageClient {
             user: query.user.user.clone(),
             after_seq: query.after_seq,
             limit: query.limit,
-            everything: query.scope == SyncScope::Everything,
+            everything: query.scope != SyncScope::DirectMessages,
+            lifecycle: query.scope == SyncScope::Everything,
         };
         let r = self.inner.clone().sync(request).await?.into_inner();
         Ok(SyncPage {
@@ -177,6 +180,20 @@ impl StorageClient {
         let request = convert::read_mark_to_pb(request);
         let r = self.inner.clone().mark_read(request).await?.into_inner();
         Ok(convert::read_outcome_from_pb(r)?)
+    }
+
+    pub async fn change_message(
+        &self,
+        request: MessageChange,
+    ) -> Result<MessageOutcome, CallError> {
+        let request = convert::message_change_to_pb(request);
+        let r = self
+            .inner
+            .clone()
+            .change_message(request)
+            .await?
+            .into_inner();
+        Ok(convert::message_outcome_from_pb(r)?)
     }
 
     pub async fn read_receipts(

@@ -12,10 +12,13 @@ use peroxo_protocol::conversation::{
     ConversationKind, ConversationPage, ConversationSummary, CreateGroup, GroupChange, GroupLimits,
     GroupOp, GroupOutcome, ReadMark, ReadMarkKind, ReadOutcome, Receipt,
 };
-use peroxo_protocol::domain::{AppendOutcome, NewMessage, StoredMessage, UserKey};
+use peroxo_protocol::domain::{
+    AppendOutcome, Deletion, Lifecycle, NewMessage, Quote, ReactionCount, StoredMessage, UserKey,
+};
 use peroxo_protocol::event::{
     Event, EventKind, Fanout, Member, Refusal, RefusalCode, Role, StreamEvent, StreamSeq,
 };
+use peroxo_protocol::lifecycle::{MessageChange, MessageLimits, MessageOp, MessageOutcome};
 
 /// A protobuf message that has no Rust counterpart; the text says what is wrong.
 #[derive(Debug)]
@@ -49,6 +52,7 @@ pub(super) fn new_message_from_pb(m: pb::NewMessage) -> NewMessage {
         recipient: m.recipient,
         client_msg_id: m.client_msg_id,
         text: m.text,
+        reply_to: m.reply_to,
     }
 }
 
@@ -59,6 +63,7 @@ pub(super) fn new_message_to_pb(m: NewMessage) -> pb::NewMessage {
         recipient: m.recipient,
         client_msg_id: m.client_msg_id,
         text: m.text,
+        reply_to: m.reply_to,
     }
 }
 
@@ -73,6 +78,53 @@ pub(super) fn message_to_pb(m: StoredMessage) -> pb::StoredMessage {
         ts: m.ts,
         sender_seq: m.sender_seq,
         recipient_seq: m.recipient_seq,
+        lifecycle: (!m.lifecycle.is_empty()).then(|| lifecycle_to_pb(m.lifecycle)),
+    }
+}
+
+fn lifecycle_to_pb(l: Lifecycle) -> pb::Lifecycle {
+    pb::Lifecycle {
+        reply_to: l.reply_to.map(|q| pb::Quote {
+            message_id: q.message_id,
+            sender: q.sender,
+            excerpt: q.excerpt,
+            deleted: q.deleted,
+        }),
+        edited_ts: l.edited_ts,
+        deleted: l.deleted.map(|d| pb::Deletion { by: d.by, ts: d.ts }),
+        reactions: l
+            .reactions
+            .into_iter()
+            .map(|r| pb::ReactionCount {
+                emoji: r.emoji,
+                count: r.count,
+                mine: r.mine,
+            })
+            .collect(),
+    }
+}
+
+fn lifecycle_from_pb(l: pb::Lifecycle) -> Lifecycle {
+    Lifecycle {
+        reply_to: l.reply_to.map(|q| {
+            Box::new(Quote {
+                message_id: q.message_id,
+                sender: q.sender,
+                excerpt: q.excerpt,
+                deleted: q.deleted,
+            })
+        }),
+        edited_ts: l.edited_ts,
+        deleted: l.deleted.map(|d| Box::new(Deletion { by: d.by, ts: d.ts })),
+        reactions: l
+            .reactions
+            .into_iter()
+            .map(|r| ReactionCount {
+                emoji: r.emoji,
+                count: r.count,
+                mine: r.mine,
+            })
+            .collect(),
     }
 }
 
@@ -87,6 +139,7 @@ pub(super) fn message_from_pb(m: pb::StoredMessage) -> StoredMessage {
         ts: m.ts,
         sender_seq: m.sender_seq,
         recipient_seq: m.recipient_seq,
+        lifecycle: m.lifecycle.map(lifecycle_from_pb).unwrap_or_default(),
     }
 }
 
@@ -191,6 +244,22 @@ fn event_to_pb(e: Event) -> pb::Event {
             unread_count,
         }),
         EventKind::ReadReceipt { message_id } => Kind::ReadReceipt(pb::ReadReceipt { message_id }),
+        EventKind::MessageEdited { message_id, text } => {
+            Kind::MessageEdited(pb::MessageEdited { message_id, text })
+        }
+        EventKind::MessageDeleted {
+            message_id,
+            moderated,
+        } => Kind::MessageDeleted(pb::MessageDeleted {
+            message_id,
+            moderated,
+        }),
+        EventKind::ReactionAdded { message_id, emoji } => {
+            Kind::ReactionAdded(pb::Reaction { message_id, emoji })
+        }
+        EventKind::ReactionRemoved { message_id, emoji } => {
+            Kind::ReactionRemoved(pb::Reaction { message_id, emoji })
+        }
     };
     pb::Event {
         event_id: e.event_id,
@@ -225,6 +294,22 @@ fn event_from_pb(e: pb::Event) -> Result<Event, Malformed> {
         },
         Kind::ReadReceipt(k) => EventKind::ReadReceipt {
             message_id: k.message_id,
+        },
+        Kind::MessageEdited(k) => EventKind::MessageEdited {
+            message_id: k.message_id,
+            text: k.text,
+        },
+        Kind::MessageDeleted(k) => EventKind::MessageDeleted {
+            message_id: k.message_id,
+            moderated: k.moderated,
+        },
+        Kind::ReactionAdded(k) => EventKind::ReactionAdded {
+            message_id: k.message_id,
+            emoji: k.emoji,
+        },
+        Kind::ReactionRemoved(k) => EventKind::ReactionRemoved {
+            message_id: k.message_id,
+            emoji: k.emoji,
         },
     };
     Ok(Event {
@@ -449,6 +534,7 @@ pub(super) fn conversation_page_to_pb(p: ConversationPage) -> pb::ConversationsR
         conversations: p.conversations.into_iter().map(summary_to_pb).collect(),
         has_more: p.has_more,
         total_unread: p.total_unread,
+        last_seq: p.last_seq,
     }
 }
 
@@ -463,6 +549,7 @@ pub(super) fn conversation_page_from_pb(
             .collect::<Result<_, _>>()?,
         has_more: r.has_more,
         total_unread: r.total_unread,
+        last_seq: r.last_seq,
     })
 }
 
@@ -513,6 +600,82 @@ pub(super) fn read_outcome_from_pb(r: pb::MarkReadResponse) -> Result<ReadOutcom
         unread_count: r.unread_count,
         marker: r.marker.map(fanout_from_pb).transpose()?,
         receipt: r.receipt.map(fanout_from_pb).transpose()?,
+    })
+}
+
+pub(super) fn message_change_to_pb(r: MessageChange) -> pb::ChangeMessageRequest {
+    use pb::change_message_request::{self as change, Op};
+    let op = match r.op {
+        MessageOp::Edit {
+            text,
+            client_msg_id,
+        } => Op::Edit(change::Edit {
+            text,
+            client_msg_id,
+        }),
+        MessageOp::Delete => Op::Delete(change::Delete {}),
+        MessageOp::React { emoji } => Op::React(change::Emoji { emoji }),
+        MessageOp::Unreact { emoji } => Op::Unreact(change::Emoji { emoji }),
+    };
+    pb::ChangeMessageRequest {
+        tenant: r.actor.tenant.clone(),
+        actor: r.actor.user.clone(),
+        conversation_id: r.conversation_id,
+        message_id: r.message_id,
+        op: Some(op),
+        limits: Some(pb::MessageLimits {
+            edit_window_ms: r.limits.edit_window_ms,
+            max_reactions_per_message: r.limits.max_reactions_per_message,
+            max_reactions_per_user: r.limits.max_reactions_per_user,
+        }),
+    }
+}
+
+pub(super) fn message_change_from_pb(
+    r: pb::ChangeMessageRequest,
+) -> Result<MessageChange, Malformed> {
+    use pb::change_message_request::Op;
+    let op = match r.op.ok_or_else(|| Malformed::missing("a change's op"))? {
+        Op::Edit(e) => MessageOp::Edit {
+            text: e.text,
+            client_msg_id: e.client_msg_id,
+        },
+        Op::Delete(_) => MessageOp::Delete,
+        Op::React(e) => MessageOp::React { emoji: e.emoji },
+        Op::Unreact(e) => MessageOp::Unreact { emoji: e.emoji },
+    };
+    let limits = r.limits.ok_or_else(|| Malformed::missing("limits"))?;
+    Ok(MessageChange {
+        actor: UserKey::new(r.tenant, r.actor),
+        conversation_id: r.conversation_id,
+        message_id: r.message_id,
+        op,
+        limits: MessageLimits {
+            edit_window_ms: limits.edit_window_ms,
+            max_reactions_per_message: limits.max_reactions_per_message,
+            max_reactions_per_user: limits.max_reactions_per_user,
+        },
+    })
+}
+
+pub(super) fn message_outcome_to_pb(o: MessageOutcome) -> pb::ChangeMessageResponse {
+    pb::ChangeMessageResponse {
+        message: Some(message_to_pb(o.message)),
+        event: o.event.map(fanout_to_pb),
+        duplicate: o.duplicate,
+    }
+}
+
+pub(super) fn message_outcome_from_pb(
+    r: pb::ChangeMessageResponse,
+) -> Result<MessageOutcome, Malformed> {
+    Ok(MessageOutcome {
+        message: message_from_pb(
+            r.message
+                .ok_or_else(|| Malformed::missing("the changed message"))?,
+        ),
+        event: r.event.map(fanout_from_pb).transpose()?,
+        duplicate: r.duplicate,
     })
 }
 

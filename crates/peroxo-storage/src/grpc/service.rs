@@ -83,6 +83,7 @@ impl<S: MessageStore> Storage for StorageService<S> {
                 .map(convert::message_to_pb)
                 .collect(),
             has_more: page.has_more,
+            last_seq: page.last_seq,
         }))
     }
 
@@ -99,10 +100,10 @@ impl<S: MessageStore> Storage for StorageService<S> {
                 user,
                 after_seq: r.after_seq,
                 limit,
-                scope: if r.everything {
-                    SyncScope::Everything
-                } else {
-                    SyncScope::DirectMessages
+                scope: match (r.everything, r.lifecycle) {
+                    (true, true) => SyncScope::Everything,
+                    (true, false) => SyncScope::Conversations,
+                    (false, _) => SyncScope::DirectMessages,
                 },
             })
             .await?;
@@ -196,6 +197,17 @@ impl<S: MessageStore> Storage for StorageService<S> {
         check_conversation_id(&request.conversation_id)?;
         let outcome = self.store.mark_read(request).await?;
         Ok(Response::new(convert::read_outcome_to_pb(outcome)))
+    }
+
+    async fn change_message(
+        &self,
+        request: Request<pb::ChangeMessageRequest>,
+    ) -> Result<Response<pb::ChangeMessageResponse>, Status> {
+        let request = convert::message_change_from_pb(request.into_inner())?;
+        check_user(&request.actor)?;
+        check_conversation_id(&request.conversation_id)?;
+        let outcome = self.store.change_message(request).await?;
+        Ok(Response::new(convert::message_outcome_to_pb(outcome)))
     }
 
     async fn read_receipts(

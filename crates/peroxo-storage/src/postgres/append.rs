@@ -4,10 +4,11 @@
 //! Order of work: lock the rows of the groups the batch writes to (`FOR SHARE`, sorted) and
 //! read their members, then lock the counter of every user the batch may add to (sorted, see
 //! `streams`), then find the sends stored before (under the senders' locks none can be
-//! stored meanwhile), then decide every message in batch order and write messages, stream
-//! entries, conversation states and counters. A group change locks its group row
-//! `FOR UPDATE`, so the members read here stay the members until the batch commits, and
-//! message ids of a group grow in commit order.
+//! stored meanwhile) and the messages replies quote (a delete locks the counters of everyone
+//! who can see the message, the sender among them, so none is deleted meanwhile), then decide
+//! every message in batch order and write messages, stream entries, conversation states and
+//! counters. A group change locks its group row `FOR UPDATE`, so the members read here stay
+//! the members until the batch commits, and message ids of a group grow in commit order.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::convert::Infallible;
@@ -15,12 +16,15 @@ use std::convert::Infallible;
 use deadpool_postgres::{Pool, Transaction};
 
 use super::streams::{Counters, InboxRows};
-use super::{backend, message_from_row};
+use super::{attach_reactions, backend, message_from_row};
 use crate::seq_assignment::{next_seqs, stream_entries};
 use crate::sql::{MESSAGE_COLUMNS, sql_int};
 use crate::{MAX_STORED_TEXT_BYTES, StoreError, rules};
-use peroxo_protocol::domain::{AppendOutcome, NewMessage, StoredMessage, UserKey, now_ms};
-use peroxo_protocol::event::{StreamSeq, is_group_id};
+use peroxo_protocol::domain::{
+    AppendOutcome, NewMessage, QUOTE_EXCERPT_CHARS, Quote, StoredMessage, UserKey, conversation_id,
+    now_ms,
+};
+use peroxo_protocol::event::{Refusal, StreamSeq, is_group_id};
 
 /// The identity of a send for idempotency.
 type SendKey = (String, String, String);
@@ -36,9 +40,33 @@ fn send_key(tenant: &str, sender: &str, client_msg_id: &str) -> SendKey {
 /// A group as (tenant, group id).
 type GroupKey = (String, String);
 
-/// The current members of each group a batch writes to, sorted by user id. A group that does
-/// not exist has no entry.
-type GroupMembers = HashMap<GroupKey, Vec<String>>;
+/// The current members of each group a batch writes to, by user id, each with its boundary
+/// (it sees the messages with a larger id). A group that does not exist has no entry.
+type GroupMembers = HashMap<GroupKey, BTreeMap<String, u64>>;
+
+/// A message a reply of the batch names, as a reply finds it.
+#[derive(Debug)]
+struct Quoted {
+    tenant: String,
+    conversation: String,
+    sender: String,
+    /// Its first [`QUOTE_EXCERPT_CHARS`] characters.
+    excerpt: String,
+    deleted: bool,
+}
+
+impl Quoted {
+    /// A message this batch stores, for the replies after it in the batch.
+    fn of(message: &StoredMessage) -> Self {
+        Self {
+            tenant: message.tenant.clone(),
+            conversation: message.conversation_id(),
+            sender: message.sender.clone(),
+            excerpt: message.text.chars().take(QUOTE_EXCERPT_CHARS).collect(),
+            deleted: false,
+        }
+    }
+}
 
 pub(super) async fn append(
     pool: &Pool,
@@ -63,10 +91,12 @@ pub(super) async fn append(
     let groups = lock_groups(&tx, &valid).await?;
     let counters = Counters::lock(&tx, participants(&valid, &groups)).await?;
     let sent = find_sent(&tx, &valid).await?;
+    let quoted = find_quoted(&tx, &valid).await?;
     let ids = take_message_ids(&tx, valid.len()).await?;
     let mut batch_writes = BatchWrites {
         counters,
         sent,
+        quoted,
         ids,
         fresh: Vec::new(),
         inbox: InboxRows::default(),
@@ -115,11 +145,11 @@ async fn lock_groups(
         .await
         .map_err(backend)?;
     for row in &locked {
-        groups.insert((row.get(0), row.get(1)), Vec::new());
+        groups.insert((row.get(0), row.get(1)), BTreeMap::new());
     }
     let members = tx
         .query(
-            "SELECT tenant, conversation, owner FROM conversation_states
+            "SELECT tenant, conversation, owner, boundary FROM conversation_states
              WHERE (tenant, conversation) IN (SELECT * FROM unnest($1::text[], $2::text[]))
                AND active AND role IS NOT NULL",
             &[&tenants, &ids],
@@ -127,12 +157,9 @@ async fn lock_groups(
         .await
         .map_err(backend)?;
     for row in &members {
-        if let Some(list) = groups.get_mut(&(row.get(0), row.get(1))) {
-            list.push(row.get(2));
+        if let Some(members) = groups.get_mut(&(row.get(0), row.get(1))) {
+            members.insert(row.get(2), row.get::<_, i64>(3) as u64);
         }
-    }
-    for list in groups.values_mut() {
-        list.sort_unstable();
     }
     Ok(groups)
 }
@@ -145,7 +172,7 @@ fn participants(valid: &[&NewMessage], groups: &GroupMembers) -> BTreeSet<UserKe
         let sender = UserKey::new(message.tenant.clone(), message.sender.clone());
         if is_group_id(&message.recipient) {
             let group = (message.tenant.clone(), message.recipient.clone());
-            for member in groups.get(&group).into_iter().flatten() {
+            for member in groups.get(&group).into_iter().flat_map(BTreeMap::keys) {
                 users.insert(sender.peer(member.clone()));
             }
         } else {
@@ -156,8 +183,8 @@ fn participants(valid: &[&NewMessage], groups: &GroupMembers) -> BTreeSet<UserKe
     users
 }
 
-/// The sends of `valid` stored before this batch. Under the senders' locks no other batch
-/// can store one of them meanwhile.
+/// The sends of `valid` stored before this batch, as they are now, seen by their senders.
+/// Under the senders' locks no other batch can store one of them meanwhile.
 async fn find_sent(
     tx: &Transaction<'_>,
     valid: &[&NewMessage],
@@ -176,11 +203,52 @@ async fn find_sent(
         )
         .await
         .map_err(backend)?;
+    let mut sent = HashMap::with_capacity(rows.len());
+    for row in &rows {
+        let mut original = message_from_row(row, 0);
+        let sender = original.sender.clone();
+        attach_reactions(tx, &sender, [&mut original]).await?;
+        let key = send_key(&original.tenant, &original.sender, &original.client_msg_id);
+        sent.insert(key, original);
+    }
+    Ok(sent)
+}
+
+/// The messages the replies of `valid` name, by id (whatever their tenant and conversation:
+/// [`BatchWrites::quote`] checks those).
+async fn find_quoted(
+    tx: &Transaction<'_>,
+    valid: &[&NewMessage],
+) -> Result<HashMap<u64, Quoted>, StoreError> {
+    let ids: Vec<i64> = valid
+        .iter()
+        .filter_map(|m| m.reply_to.map(sql_int))
+        .collect();
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows = tx
+        .query(
+            &format!(
+                "SELECT id, tenant, conversation, sender, substr(text, 1, {QUOTE_EXCERPT_CHARS}),
+                        deleted_ts IS NOT NULL
+                 FROM messages WHERE id = ANY($1)"
+            ),
+            &[&ids],
+        )
+        .await
+        .map_err(backend)?;
     Ok(rows
         .iter()
         .map(|row| {
-            let m = message_from_row(row, 0);
-            (send_key(&m.tenant, &m.sender, &m.client_msg_id), m)
+            let quoted = Quoted {
+                tenant: row.get(1),
+                conversation: row.get(2),
+                sender: row.get(3),
+                excerpt: row.get(4),
+                deleted: row.get(5),
+            };
+            (row.get::<_, i64>(0) as u64, quoted)
         })
         .collect())
 }
@@ -210,6 +278,8 @@ struct BatchWrites {
     counters: Counters,
     /// Every send stored so far, earlier in this batch included.
     sent: HashMap<SendKey, StoredMessage>,
+    /// The messages replies name, by id, with those stored earlier in this batch.
+    quoted: HashMap<u64, Quoted>,
     ids: std::vec::IntoIter<i64>,
     fresh: Vec<StoredMessage>,
     inbox: InboxRows,
@@ -238,27 +308,66 @@ impl BatchWrites {
             };
         }
         let id = self.ids.next().expect("one id per valid message") as u64;
-        let (stored, members) = if is_group_id(&message.recipient) {
+        // The group's members, the conversation, and the sender's boundary in it.
+        let (members, conversation, boundary) = if is_group_id(&message.recipient) {
             let group = (message.tenant.clone(), message.recipient.clone());
             let Some(members) = groups.get(&group) else {
                 return AppendOutcome::Rejected(rules::unknown_conversation(&message.recipient));
             };
-            if members.binary_search(&message.sender).is_err() {
+            let Some(&boundary) = members.get(&message.sender) else {
                 return AppendOutcome::Rejected(rules::not_a_member(
                     &message.sender,
                     &message.recipient,
                 ));
-            }
-            self.group(message, id, members)
+            };
+            (Some(members), message.recipient.clone(), boundary)
         } else {
-            (self.direct(message, id), Vec::new())
+            let conversation = conversation_id(&message.sender, &message.recipient);
+            (None, conversation, 0)
         };
+        let quote = match self.quote(message, &conversation, boundary) {
+            Ok(quote) => quote,
+            Err(refusal) => return AppendOutcome::Rejected(refusal),
+        };
+        let (mut stored, members) = match members {
+            Some(members) => self.group(message, id, members),
+            None => (self.direct(message, id), Vec::new()),
+        };
+        stored.lifecycle.reply_to = quote.map(Box::new);
+        self.quoted.insert(id, Quoted::of(&stored));
         self.sent.insert(key, stored.clone());
         self.fresh.push(stored.clone());
         AppendOutcome::Stored {
             message: stored,
             duplicate: false,
             members,
+        }
+    }
+
+    /// The quote of the message `message` replies to, if it names one: refused unless that
+    /// message is in `conversation` of the sender's tenant, past `boundary` (what the sender
+    /// can see of a group), and not deleted.
+    fn quote(
+        &self,
+        message: &NewMessage,
+        conversation: &str,
+        boundary: u64,
+    ) -> Result<Option<Quote>, Refusal> {
+        let Some(reply_to) = message.reply_to else {
+            return Ok(None);
+        };
+        let quoted = self.quoted.get(&reply_to).filter(|q| {
+            q.tenant == message.tenant && q.conversation == conversation && reply_to > boundary
+        });
+        match quoted {
+            None => Err(rules::unknown_message(Some(reply_to), conversation)),
+            Some(q) if q.deleted => Err(rules::deleted(reply_to)),
+            Some(q) => Ok(Some(Quote {
+                message_id: reply_to,
+                sender: q.sender.clone(),
+                excerpt: q.excerpt.clone(),
+                deleted: false,
+            })),
         }
     }
 
@@ -299,12 +408,12 @@ impl BatchWrites {
         &mut self,
         message: &NewMessage,
         id: u64,
-        members: &[String],
+        members: &BTreeMap<String, u64>,
     ) -> (StoredMessage, Vec<StreamSeq>) {
         let sender = UserKey::new(message.tenant.clone(), message.sender.clone());
         let mut sender_seq = 0;
         let mut others = Vec::with_capacity(members.len().saturating_sub(1));
-        for member in members {
+        for member in members.keys() {
             let owner = sender.peer(member.clone());
             let seq = self.counters.next(&owner);
             self.inbox.message(&owner.tenant, member, seq, id);
@@ -329,6 +438,7 @@ impl BatchWrites {
             ts: self.ts,
             sender_seq,
             recipient_seq: 0,
+            lifecycle: Default::default(),
         };
         (stored, others)
     }
@@ -456,14 +566,29 @@ async fn insert_messages(
     let ts: Vec<i64> = messages.iter().map(|m| m.ts).collect();
     let sender_seqs: Vec<i64> = messages.iter().map(|m| sql_int(m.sender_seq)).collect();
     let recipient_seqs: Vec<i64> = messages.iter().map(|m| sql_int(m.recipient_seq)).collect();
+    let replies_to: Vec<Option<i64>> = messages
+        .iter()
+        .map(|m| m.lifecycle.reply_to.as_ref().map(|q| sql_int(q.message_id)))
+        .collect();
     tx.execute(
         "INSERT INTO messages
-            (id, tenant, sender, recipient, conversation, client_msg_id, text, ts, sender_seq, recipient_seq)
+            (id, tenant, sender, recipient, conversation, client_msg_id, text, ts, sender_seq,
+             recipient_seq, reply_to)
          SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[],
-                              $6::text[], $7::text[], $8::bigint[], $9::bigint[], $10::bigint[])",
+                              $6::text[], $7::text[], $8::bigint[], $9::bigint[], $10::bigint[],
+                              $11::bigint[])",
         &[
-            &ids, &tenants, &senders, &recipients, &conversations, &client_ids, &texts, &ts,
-            &sender_seqs, &recipient_seqs,
+            &ids,
+            &tenants,
+            &senders,
+            &recipients,
+            &conversations,
+            &client_ids,
+            &texts,
+            &ts,
+            &sender_seqs,
+            &recipient_seqs,
+            &replies_to,
         ],
     )
     .await

@@ -28,7 +28,8 @@ pub(super) async fn texts(pool: &Pool, user: UserKey, limit: u32) -> Result<u64,
 }
 
 /// Forgets the read marker of up to `limit` of `user`'s conversations that have one, and
-/// counts their unread messages again: every message from others the user may see.
+/// counts their unread messages again: every message from others the user may see, deleted
+/// ones aside.
 pub(super) async fn read_state(pool: &Pool, user: UserKey, limit: u32) -> Result<u64, StoreError> {
     let mut client = pool.get().await.map_err(backend)?;
     let tx = client.transaction().await.map_err(backend)?;
@@ -38,7 +39,7 @@ pub(super) async fn read_state(pool: &Pool, user: UserKey, limit: u32) -> Result
             "UPDATE conversation_states s SET read_marker = 0, unread_count = (
                  SELECT count(*) FROM messages m
                  WHERE m.tenant = s.tenant AND m.conversation = s.conversation
-                   AND m.sender <> s.owner AND m.id > s.boundary)
+                   AND m.sender <> s.owner AND m.id > s.boundary AND m.deleted_ts IS NULL)
              WHERE s.tenant = $1 AND s.owner = $2 AND s.conversation IN (
                  SELECT conversation FROM conversation_states
                  WHERE tenant = $1 AND owner = $2 AND read_marker > 0 LIMIT $3)",

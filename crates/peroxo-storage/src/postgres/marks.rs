@@ -119,8 +119,13 @@ fn unchanged(standing: Standing) -> ReadOutcome {
     }
 }
 
-/// Locks a group's row against changes until the mark commits; refused when it is unknown.
-async fn lock_group(tx: &Transaction<'_>, tenant: &str, group: &str) -> Result<(), StoreError> {
+/// Locks a group's row against changes until the transaction commits; refused when it is
+/// unknown.
+pub(super) async fn lock_group(
+    tx: &Transaction<'_>,
+    tenant: &str,
+    group: &str,
+) -> Result<(), StoreError> {
     tx.query_opt(
         "SELECT 1 FROM groups WHERE tenant = $1 AND id = $2 FOR SHARE",
         &[&tenant, &group],
@@ -140,14 +145,14 @@ struct Visible<'a, 't> {
 }
 
 impl Visible<'_, '_> {
-    /// The newest visible message (from others only, with `from_others`).
+    /// The newest visible message (from others only and not deleted, with `from_others`).
     async fn newest(&self, from_others: bool) -> Result<Option<u64>, StoreError> {
         let row = self
             .tx
             .query_one(
                 "SELECT max(id) FROM messages
                  WHERE tenant = $1 AND conversation = $2 AND id > $3
-                   AND (NOT $5 OR sender <> $4)",
+                   AND (NOT $5 OR (sender <> $4 AND deleted_ts IS NULL))",
                 &[
                     &self.user.tenant,
                     &self.conversation,
@@ -180,13 +185,14 @@ impl Visible<'_, '_> {
         Ok(row.map(|row| row.get::<_, i64>(0) as u64))
     }
 
-    /// How many visible messages from others come after `marker`.
+    /// How many visible messages from others come after `marker`, deleted ones aside.
     async fn unread_after(&self, marker: u64) -> Result<u64, StoreError> {
         let row = self
             .tx
             .query_one(
                 "SELECT count(*) FROM messages
-                 WHERE tenant = $1 AND conversation = $2 AND id > $3 AND sender <> $4",
+                 WHERE tenant = $1 AND conversation = $2 AND id > $3 AND sender <> $4
+                   AND deleted_ts IS NULL",
                 &[
                     &self.user.tenant,
                     &self.conversation,

@@ -7,33 +7,39 @@
 //! - `append`: batches of direct and group messages.
 //! - `groups`: creating and changing groups.
 //! - `marks`: read markers.
+//! - `lifecycle`: edits, deletes and reactions of committed messages.
 //! - `reads`: history, sync, the conversation list, members and receipts.
-//! - `retention`: deleting a batch of old messages with their stream entries.
+//! - `retention`: deleting a batch of old messages with their stream entries and reactions.
 //! - `erase`: erasing a batch of a user's texts or read state.
 //!
 //! Several instances may write at once. Every writer locks what it needs in one order:
-//! first the rows of the groups it touches (sorted; `FOR SHARE` to send or mark, `FOR
-//! UPDATE` to change the group), then the seq counter of every user whose stream it adds to
-//! or whose state it changes, sorted by (tenant, user), in one statement. Transactions that
-//! share a user run one after the other, so per-user seqs stay gapless and unique, unread
-//! counts lose no update, message ids grow in commit order within a conversation, and no
-//! two writers can deadlock. The unique key (tenant, sender, client_msg_id) makes appends
-//! idempotent; under the sender's lock a duplicate is always seen before it could be
-//! inserted.
+//! first the rows of the groups it touches (sorted; `FOR SHARE` to send, mark or change a
+//! message, `FOR UPDATE` to change the group), then the seq counter of every user whose
+//! stream it adds to or whose state it changes, sorted by (tenant, user), in one statement.
+//! Transactions that share a user run one after the other, so per-user seqs stay gapless and
+//! unique, unread counts lose no update, message ids grow in commit order within a
+//! conversation, and no two writers can deadlock. The unique key (tenant, sender,
+//! client_msg_id) makes appends idempotent; under the sender's lock a duplicate is always
+//! seen before it could be inserted. A change of a message locks everyone who can see it, so
+//! the changes of one message run one after the other.
 
 mod append;
 mod erase;
 mod groups;
+mod lifecycle;
 mod marks;
 mod reads;
 mod retention;
 mod schema;
 mod streams;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use std::collections::HashMap;
+
+use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::{NoTls, Row};
 
 use super::{HistoryQuery, MessageStore, PruneBatch, StoreError, SyncQuery};
+use crate::sql::{LifecycleColumns, has_pending_reactions, reaction_counts, sql_int};
 use peroxo_protocol::conversation::{
     ConversationPage, ConversationsQuery, CreateGroup, GroupChange, GroupOutcome, ReadMark,
     ReadOutcome, Receipt,
@@ -42,6 +48,7 @@ use peroxo_protocol::domain::{
     AppendOutcome, HistoryPage, NewMessage, StoredMessage, SyncPage, UserKey,
 };
 use peroxo_protocol::event::Member;
+use peroxo_protocol::lifecycle::{MessageChange, MessageOutcome};
 
 /// A PostgreSQL-backed [`MessageStore`]. Cheap to clone.
 #[derive(Clone)]
@@ -95,7 +102,54 @@ fn message_from_row(row: &Row, at: usize) -> StoredMessage {
         ts: row.get(at + 6),
         sender_seq: row.get::<_, i64>(at + 7) as u64,
         recipient_seq: row.get::<_, i64>(at + 8) as u64,
+        lifecycle: LifecycleColumns {
+            reply_to: row.get(at + 9),
+            edited_ts: row.get(at + 10),
+            deleted_by: row.get(at + 11),
+            deleted_ts: row.get(at + 12),
+            reaction_count: row.get(at + 13),
+            quote_sender: row.get(at + 14),
+            quote_excerpt: row.get(at + 15),
+            quote_deleted_ts: row.get(at + 16),
+        }
+        .lifecycle(),
     }
+}
+
+/// Replaces the reaction placeholders of `messages` with their reactions as `viewer` sees
+/// them, in one statement (none when no message has reactions).
+async fn attach_reactions<'m>(
+    client: &impl GenericClient,
+    viewer: &str,
+    messages: impl IntoIterator<Item = &'m mut StoredMessage>,
+) -> Result<(), StoreError> {
+    let pending: Vec<&mut StoredMessage> = messages
+        .into_iter()
+        .filter(|m| has_pending_reactions(m))
+        .collect();
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<i64> = pending.iter().map(|m| sql_int(m.message_id)).collect();
+    let rows = client
+        .query(
+            "SELECT message_id, emoji, reactor, ts FROM reactions WHERE message_id = ANY($1)",
+            &[&ids],
+        )
+        .await
+        .map_err(backend)?;
+    let mut by_message: HashMap<i64, Vec<(String, String, i64)>> = HashMap::new();
+    for row in &rows {
+        let reaction = (row.get(1), row.get(2), row.get(3));
+        by_message.entry(row.get(0)).or_default().push(reaction);
+    }
+    for message in pending {
+        let rows = by_message
+            .remove(&sql_int(message.message_id))
+            .unwrap_or_default();
+        message.lifecycle.reactions = reaction_counts(rows, viewer);
+    }
+    Ok(())
 }
 
 impl MessageStore for PostgresStore {
@@ -150,6 +204,10 @@ impl MessageStore for PostgresStore {
         message_id: u64,
     ) -> Result<Vec<Receipt>, StoreError> {
         reads::read_receipts(&self.pool, user, conversation_id, message_id).await
+    }
+
+    async fn change_message(&self, request: MessageChange) -> Result<MessageOutcome, StoreError> {
+        lifecycle::change_message(&self.pool, request).await
     }
 
     async fn message_tenants(&self) -> Result<Vec<String>, StoreError> {

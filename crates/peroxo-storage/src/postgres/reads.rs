@@ -6,11 +6,11 @@ use deadpool_postgres::{GenericClient, Object, Pool, Transaction};
 use tokio_postgres::IsolationLevel;
 
 use super::streams::{EVENT_COLUMNS, event_from_row, role_from_sql};
-use super::{backend, message_from_row};
+use super::{attach_reactions, backend, message_from_row};
 use crate::rules::{self, MemberRow, Target};
 use crate::sql::{
-    MESSAGE_COLUMNS, StreamEntry, history_page, rows_for_page, sql_int, stream_page, sync_page,
-    with_floor,
+    LIFECYCLE_EVENT_KINDS, MESSAGE_COLUMN_COUNT, MESSAGE_COLUMNS, StreamEntry, history_page,
+    rows_for_page, sql_int, stream_page, sync_page, with_floor,
 };
 use crate::{HistoryQuery, StoreError, SyncQuery, SyncScope};
 use peroxo_protocol::conversation::{
@@ -101,9 +101,11 @@ pub(super) async fn history(pool: &Pool, query: HistoryQuery) -> Result<HistoryP
     let mut client = pool.get().await.map_err(backend)?;
     let before = query.before.map_or(i64::MAX, sql_int);
     let rows = rows_for_page(query.limit);
+    // The membership, the page and its reactions from one snapshot.
+    let tx = snapshot(&mut client).await?;
     let newest_first = match &target {
-        // Anyone named by a direct conversation id may read it: one statement, as ever.
-        Target::Direct { id, .. } => client
+        // Anyone named by a direct conversation id may read it.
+        Target::Direct { id, .. } => tx
             .query(
                 &format!(
                     "SELECT {MESSAGE_COLUMNS} FROM messages m
@@ -118,38 +120,37 @@ pub(super) async fn history(pool: &Pool, query: HistoryQuery) -> Result<HistoryP
             .map(|row| message_from_row(row, 0))
             .collect(),
         Target::Group(id) => {
-            // The membership and the page from one snapshot.
-            let tx = snapshot(&mut client).await?;
             let standing = known_standing(&tx, &query.user, &target).await?;
             // Each member's copy of a group message carries that member's seq.
-            let page = tx
-                .query(
-                    &format!(
-                        "SELECT {MESSAGE_COLUMNS}, i.seq FROM messages m
-                         JOIN inbox i
-                           ON i.tenant = m.tenant AND i.owner = $3 AND i.message_id = m.id
-                         WHERE m.tenant = $1 AND m.conversation = $2 AND m.id > $4 AND m.id < $5
-                         ORDER BY m.id DESC LIMIT $6"
-                    ),
-                    &[
-                        &query.user.tenant,
-                        id,
-                        &query.user.user,
-                        &sql_int(standing.boundary),
-                        &before,
-                        &rows,
-                    ],
-                )
-                .await
-                .map_err(backend)?
-                .iter()
-                .map(|row| seen_by(message_from_row(row, 0), row.get(9)))
-                .collect();
-            tx.commit().await.map_err(backend)?;
-            page
+            tx.query(
+                &format!(
+                    "SELECT {MESSAGE_COLUMNS}, i.seq FROM messages m
+                     JOIN inbox i
+                       ON i.tenant = m.tenant AND i.owner = $3 AND i.message_id = m.id
+                     WHERE m.tenant = $1 AND m.conversation = $2 AND m.id > $4 AND m.id < $5
+                     ORDER BY m.id DESC LIMIT $6"
+                ),
+                &[
+                    &query.user.tenant,
+                    id,
+                    &query.user.user,
+                    &sql_int(standing.boundary),
+                    &before,
+                    &rows,
+                ],
+            )
+            .await
+            .map_err(backend)?
+            .iter()
+            .map(|row| seen_by(message_from_row(row, 0), row.get(MESSAGE_COLUMN_COUNT)))
+            .collect()
         }
     };
-    Ok(history_page(newest_first, query.limit))
+    let last_seq = last_seq_in(&tx, &query.user).await?;
+    let mut page = history_page(newest_first, query.limit, last_seq);
+    attach_reactions(&tx, &query.user.user, &mut page.messages).await?;
+    tx.commit().await.map_err(backend)?;
+    Ok(page)
 }
 
 /// A group message as read from the stream of the member whose seq of it is `seq`.
@@ -165,8 +166,11 @@ pub(super) async fn sync(pool: &Pool, query: SyncQuery) -> Result<SyncPage, Stor
     // One snapshot for the page and `last_seq`.
     let tx = snapshot(&mut client).await?;
     let (last_seq, floor) = counter_in(&tx, &query.user).await?;
-    let page = match query.scope {
-        SyncScope::Everything => everything_after(&tx, &query, last_seq).await?,
+    let mut page = match query.scope {
+        SyncScope::Everything => everything_after(&tx, &query, last_seq, &[]).await?,
+        SyncScope::Conversations => {
+            everything_after(&tx, &query, last_seq, &LIFECYCLE_EVENT_KINDS).await?
+        }
         SyncScope::DirectMessages => {
             let rows = tx
                 .query(
@@ -190,16 +194,18 @@ pub(super) async fn sync(pool: &Pool, query: SyncQuery) -> Result<SyncPage, Stor
             sync_page(rows, query.limit, last_seq)
         }
     };
+    attach_reactions(&tx, &query.user.user, &mut page.messages).await?;
     tx.commit().await.map_err(backend)?;
     Ok(with_floor(page, query.after_seq, floor))
 }
 
-/// Every entry of a stream after a seq: messages (a group message with the owner's seq as
-/// `recipient_seq`) and events.
+/// Every entry of a stream after a seq but the events of the kinds named in `left_out`:
+/// messages (a group message with the owner's seq as `recipient_seq`) and events.
 async fn everything_after(
     tx: &Transaction<'_>,
     query: &SyncQuery,
     last_seq: u64,
+    left_out: &[&str],
 ) -> Result<SyncPage, StoreError> {
     let rows = tx
         .query(
@@ -208,6 +214,7 @@ async fn everything_after(
                  LEFT JOIN messages m ON m.id = i.message_id
                  LEFT JOIN events e ON e.id = i.event_id
                  WHERE i.tenant = $1 AND i.owner = $2 AND i.seq > $3
+                   AND (e.kind IS NULL OR e.kind <> ALL($5))
                  ORDER BY i.seq LIMIT $4"
             ),
             &[
@@ -215,6 +222,7 @@ async fn everything_after(
                 &query.user.user,
                 &sql_int(query.after_seq),
                 &rows_for_page(query.limit),
+                &left_out,
             ],
         )
         .await
@@ -222,13 +230,13 @@ async fn everything_after(
     let entries = rows
         .iter()
         .map(|row| {
-            let seq: i64 = row.get(9);
+            let seq: i64 = row.get(MESSAGE_COLUMN_COUNT);
             Ok(if row.get::<_, Option<i64>>(0).is_some() {
                 StreamEntry::Message(seen_by(message_from_row(row, 0), seq))
             } else {
                 StreamEntry::Event(StreamEvent {
                     seq: seq as u64,
-                    event: event_from_row(row, 10)?,
+                    event: event_from_row(row, MESSAGE_COLUMN_COUNT + 1)?,
                 })
             })
         })
@@ -347,46 +355,53 @@ pub(super) async fn conversations(
         )
         .await
         .map_err(backend)?;
-    tx.commit().await.map_err(backend)?;
     let has_more = rows.len() as u64 > u64::from(query.limit);
     rows.truncate(query.limit as usize);
-    let conversations = rows
+    let mut conversations: Vec<ConversationSummary> = rows
         .iter()
         .map(summary_from_row)
         .collect::<Result<_, _>>()?;
+    let previews = conversations
+        .iter_mut()
+        .filter_map(|c| c.last_message.as_mut());
+    attach_reactions(&tx, &user.user, previews).await?;
+    let last_seq = last_seq_in(&tx, user).await?;
+    tx.commit().await.map_err(backend)?;
     Ok(ConversationPage {
         conversations,
         has_more,
         total_unread: total as u64,
+        last_seq,
     })
 }
 
 /// One entry of the list from a row of `conversations`' page query.
 fn summary_from_row(row: &tokio_postgres::Row) -> Result<ConversationSummary, StoreError> {
+    let at = MESSAGE_COLUMN_COUNT;
     let last_message = row.get::<_, Option<i64>>(0).map(|_| {
         seen_by(
             message_from_row(row, 0),
-            row.get::<_, Option<i64>>(9).unwrap_or(0),
+            row.get::<_, Option<i64>>(at).unwrap_or(0),
         )
     });
-    let kind = match row.get::<_, Option<String>>(12) {
+    let kind = match row.get::<_, Option<String>>(at + 3) {
         Some(role) => ConversationKind::Group {
-            title: row.get::<_, Option<String>>(16).unwrap_or_default(),
+            title: row.get::<_, Option<String>>(at + 7).unwrap_or_default(),
             role: role_from_sql(&role)?,
-            member_count: row.get::<_, Option<i64>>(17).unwrap_or(0) as u32,
+            member_count: row.get::<_, Option<i64>>(at + 8).unwrap_or(0) as u32,
         },
         None => ConversationKind::Direct {
-            peer: row.get::<_, Option<String>>(11).unwrap_or_default(),
-            peer_read_marker: row.get::<_, Option<i64>>(18).unwrap_or(0) as u64,
+            peer: row.get::<_, Option<String>>(at + 2).unwrap_or_default(),
+            peer_read_marker: row.get::<_, Option<i64>>(at + 9).unwrap_or(0) as u64,
         },
     };
     Ok(ConversationSummary {
-        conversation_id: row.get(10),
+        conversation_id: row.get(at + 1),
         kind,
         last_message,
-        unread_count: row.get::<_, i64>(14) as u64,
-        read_marker: row.get::<_, i64>(13) as u64,
-        activity_seq: row.get::<_, i64>(15) as u64,
+        unread_count: row.get::<_, i64>(at + 5) as u64,
+        read_marker: row.get::<_, i64>(at + 4) as u64,
+        activity_seq: row.get::<_, i64>(at + 6) as u64,
     })
 }
 

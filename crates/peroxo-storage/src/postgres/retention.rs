@@ -1,5 +1,5 @@
 //! Retention's reads and writes: which tenants have messages, and deleting a batch of a
-//! tenant's oldest messages with their stream entries, in one transaction.
+//! tenant's oldest messages with their stream entries and reactions, in one transaction.
 //!
 //! The batch locks the counters of every user whose stream loses an entry, in the order
 //! every writer uses ([`Counters::lock`]), before it changes their floors and unread counts:
@@ -53,15 +53,20 @@ pub(super) async fn prune(pool: &Pool, batch: PruneBatch) -> Result<u64, StoreEr
         .map(|row| UserKey::new(&batch.tenant, row.get::<_, &str>(0)))
         .collect();
     Counters::lock(&tx, owners).await?;
-    // Each deleted entry, with the message's sender and conversation.
+    // Each deleted entry, with the message's sender and conversation, and whether it was
+    // deleted for everyone before (then it no longer counts as unread anywhere).
     let entries = tx
         .query(
             "WITH gone AS (DELETE FROM inbox WHERE message_id = ANY($1)
                            RETURNING owner, seq, message_id)
-             SELECT g.owner, g.seq, g.message_id, m.sender, m.conversation
+             SELECT g.owner, g.seq, g.message_id, m.sender, m.conversation,
+                    m.deleted_ts IS NOT NULL
              FROM gone g JOIN messages m ON m.id = g.message_id",
             &[&ids],
         )
+        .await
+        .map_err(backend)?;
+    tx.execute("DELETE FROM reactions WHERE message_id = ANY($1)", &[&ids])
         .await
         .map_err(backend)?;
     let deleted = tx
@@ -72,7 +77,7 @@ pub(super) async fn prune(pool: &Pool, batch: PruneBatch) -> Result<u64, StoreEr
     let (mut readers, mut conversations, mut unread) = (Vec::new(), Vec::new(), Vec::new());
     for row in &entries {
         let owner: String = row.get(0);
-        if owner != row.get::<_, &str>(3) {
+        if owner != row.get::<_, &str>(3) && !row.get::<_, bool>(5) {
             readers.push(owner.clone());
             conversations.push(row.get::<_, String>(4));
             unread.push(row.get::<_, i64>(2));

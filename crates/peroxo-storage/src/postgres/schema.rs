@@ -11,6 +11,7 @@
 //! - `groups`: a group's title and member count, and the request that created it.
 //! - `conversation_states`: one row per user and conversation the user is (or was) in: the
 //!   conversation list, read markers and unread counts, and group membership.
+//! - `reactions`: one row per (message, emoji, user who reacted).
 
 use super::{PostgresStore, backend};
 use crate::StoreError;
@@ -19,7 +20,34 @@ use crate::StoreError;
 const MIGRATION_LOCK: i64 = 0x5045_524f_584f;
 
 /// Versioned migrations, applied in order, each once.
-const MIGRATIONS: &[(i32, &str)] = &[(1, DIRECT_MESSAGES), (2, CONVERSATIONS), (3, RETENTION)];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, DIRECT_MESSAGES),
+    (2, CONVERSATIONS),
+    (3, RETENTION),
+    (4, LIFECYCLE),
+];
+
+/// What happens to messages after they are sent. A message records what it replies to, its
+/// last edit, its deletion (its text is then empty) and how many reactions it has (so reads
+/// look up `reactions` only for messages that have some); an event records its emoji, and an
+/// edit its `client_msg_id` (unique per actor: edits are idempotent). An edit's text is never
+/// stored with its event: reads take it from the message, so a delete erases every copy.
+const LIFECYCLE: &str = "ALTER TABLE messages ADD COLUMN reply_to BIGINT;
+    ALTER TABLE messages ADD COLUMN edited_ts BIGINT;
+    ALTER TABLE messages ADD COLUMN deleted_by TEXT;
+    ALTER TABLE messages ADD COLUMN deleted_ts BIGINT;
+    ALTER TABLE messages ADD COLUMN reaction_count BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE events ADD COLUMN emoji TEXT;
+    ALTER TABLE events ADD COLUMN client_msg_id TEXT;
+    CREATE UNIQUE INDEX events_by_client_msg_id ON events (tenant, actor, client_msg_id)
+        WHERE client_msg_id IS NOT NULL;
+    CREATE TABLE reactions (
+        message_id BIGINT NOT NULL REFERENCES messages (id),
+        emoji TEXT NOT NULL,
+        reactor TEXT NOT NULL,
+        ts BIGINT NOT NULL,
+        PRIMARY KEY (message_id, emoji, reactor)
+    );";
 
 /// What retention needs: a tenant's oldest messages by index, every stream entry of a message
 /// by index (which the foreign key's check on deleting a message uses too), and each

@@ -171,8 +171,9 @@ pub(super) async fn insert_event(
     let row = tx
         .query_one(
             "INSERT INTO events (id, tenant, conversation, actor, ts, kind, users, member, role,
-                                 title, message_id, count)
-             VALUES (nextval('events_id_seq'), $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                                 title, message_id, count, emoji)
+             VALUES (nextval('events_id_seq'), $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11,
+                     $12)
              RETURNING id",
             &[
                 &tenant,
@@ -186,6 +187,7 @@ pub(super) async fn insert_event(
                 &c.title,
                 &c.message_id,
                 &c.count,
+                &c.emoji,
             ],
         )
         .await
@@ -222,8 +224,10 @@ pub(super) fn fan_out(
     Fanout { event, seqs }
 }
 
-/// The columns of `events e` that [`event_from_row`] reads, in its order.
-pub(super) const EVENT_COLUMNS: &str = "e.id, e.tenant, e.conversation, e.actor, e.ts, e.kind, e.users, e.member, e.role, e.title, e.message_id, e.count";
+/// The columns of `events e` that [`event_from_row`] reads, in its order: an edit's text is
+/// the message's text as it is now.
+pub(super) const EVENT_COLUMNS: &str = "e.id, e.tenant, e.conversation, e.actor, e.ts, e.kind, e.users, e.member, e.role, e.title, e.message_id, e.count, e.emoji, \
+     CASE WHEN e.kind = 'message_edited' THEN (SELECT x.text FROM messages x WHERE x.id = e.message_id) END";
 
 /// Reads an event from [`EVENT_COLUMNS`] starting at column `at` of `row`.
 pub(super) fn event_from_row(row: &Row, at: usize) -> Result<Event, StoreError> {
@@ -234,6 +238,8 @@ pub(super) fn event_from_row(row: &Row, at: usize) -> Result<Event, StoreError> 
         title: row.get(at + 9),
         message_id: row.get(at + 10),
         count: row.get(at + 11),
+        emoji: row.get(at + 12),
+        text: row.get(at + 13),
     };
     let kind = columns.kind(row.get(at + 5)).map_err(backend)?;
     Ok(Event {

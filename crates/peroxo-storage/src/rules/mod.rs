@@ -10,13 +10,18 @@
 //! This file: which conversation a request names and the refusals every rule shares.
 //! `groups`: what a group creation or change may do, the events it makes for whom, and who
 //! inherits a group. `reads`: where a read mark moves a marker, and who has read a message.
+//! `messages`: what an edit, a delete or a reaction may do.
 
 mod groups;
+mod messages;
 mod reads;
 
 pub(crate) use groups::{
     Effect, GroupState, MemberRow, Step, check_creation, check_group_count, new_group_id,
     plan_change,
+};
+pub(crate) use messages::{
+    MessageEffect, MessageRow, ReactionTally, check_request, deleted, plan_message_change,
 };
 pub(crate) use reads::{marker_moves, read_target, receipts, unread_target};
 
@@ -40,6 +45,17 @@ impl Target {
         match self {
             Target::Direct { id, .. } | Target::Group(id) => id,
         }
+    }
+
+    /// Everyone in a direct conversation, by user id (one for a conversation with oneself);
+    /// `None` for a group, whose members only its rows tell.
+    pub(crate) fn participants(&self) -> Option<Vec<String>> {
+        let Target::Direct { id, .. } = self else {
+            return None;
+        };
+        let mut users: Vec<String> = id.split(':').map(str::to_owned).collect();
+        users.dedup();
+        Some(users)
     }
 }
 
@@ -126,5 +142,16 @@ mod tests {
         assert_eq!(target_of("bob", GROUP), Ok(Target::Group(GROUP.into())));
         let direct = group_of("bob", "alice:bob").unwrap_err();
         assert!(direct.message.contains("direct"), "{direct}");
+    }
+
+    #[test]
+    fn a_direct_conversation_has_its_participants_a_group_its_rows() {
+        let participants = |user, id| target_of(user, id).unwrap().participants();
+        assert_eq!(
+            participants("bob", "alice:bob"),
+            Some(vec!["alice".to_owned(), "bob".to_owned()])
+        );
+        assert_eq!(participants("bob", "bob:bob"), Some(vec!["bob".to_owned()]));
+        assert_eq!(participants("bob", GROUP), None);
     }
 }

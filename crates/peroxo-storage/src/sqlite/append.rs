@@ -4,13 +4,15 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::backend;
 use super::writer::{Entry, WriteTx};
-use crate::rules;
+use super::{backend, queries, state};
+use crate::rules::{self, Target};
 use crate::seq_assignment::{MessageSeqs, inbox_entries, next_seqs, stream_entries};
 use crate::sql::{MESSAGE_COLUMNS, sql_int};
 use crate::{MAX_STORED_TEXT_BYTES, StoreError};
-use peroxo_protocol::domain::{AppendOutcome, NewMessage, StoredMessage, UserKey, conversation_id};
+use peroxo_protocol::domain::{
+    AppendOutcome, NewMessage, QUOTE_EXCERPT_CHARS, Quote, StoredMessage, UserKey, conversation_id,
+};
 use peroxo_protocol::event::{Refusal, RefusalCode, StreamSeq, is_group_id};
 
 /// Stores `message` inside the writer's transaction: rejects it when invalid, answers it with
@@ -48,10 +50,22 @@ fn append_direct(
     let recipient = sender.peer(message.recipient.clone());
     let assigned = next_seqs(&sender, &recipient, |user| w.current_seq(user))?;
     let conversation = conversation_id(&message.sender, &message.recipient);
+    // A resent reply is answered with the original even if what it quotes is deleted since
+    // (a plain resend is found by the insert itself, which is cheaper).
+    if message.reply_to.is_some()
+        && let Some(original) = find_original_if_any(w.conn, message)?
+    {
+        return Ok(duplicate(original));
+    }
+    let quote = match quote_of(w.conn, message, &conversation, 0)? {
+        Ok(quote) => quote,
+        Err(refusal) => return Ok((AppendOutcome::Rejected(refusal), 0)),
+    };
     let Some(message_id) = insert_message(w, message, &conversation, assigned)? else {
         return Ok(duplicate(find_original(w.conn, message)?));
     };
-    let stored = assigned.stored(message, message_id, w.ts);
+    let mut stored = assigned.stored(message, message_id, w.ts);
+    stored.lifecycle.reply_to = quote.map(Box::new);
     insert_inbox(w.conn, &stored)?;
     // Remembered only now: a duplicate takes no seq.
     let mut rows = 0;
@@ -87,6 +101,16 @@ fn append_to_group(
         return refuse(rules::not_a_member(&message.sender, group));
     }
     let sender = UserKey::new(tenant.clone(), message.sender.clone());
+    let quote = match message.reply_to {
+        None => None,
+        Some(_) => {
+            let boundary = state::read_state(w.conn, &sender, &Target::Group(group.clone()))?;
+            match quote_of(w.conn, message, group, boundary.boundary)? {
+                Ok(quote) => quote,
+                Err(refusal) => return refuse(refusal),
+            }
+        }
+    };
     let sender_seq = w.current_seq(&sender)? + 1;
     let assigned = MessageSeqs {
         sender: sender_seq,
@@ -95,7 +119,8 @@ fn append_to_group(
     let Some(message_id) = insert_message(w, message, group, assigned)? else {
         return Ok(duplicate(find_original(w.conn, message)?));
     };
-    let stored = assigned.stored(message, message_id, w.ts);
+    let mut stored = assigned.stored(message, message_id, w.ts);
+    stored.lifecycle.reply_to = quote.map(Box::new);
     let mut others = Vec::with_capacity(members.len() - 1);
     for member in members.iter() {
         let owner = sender.peer(member.clone());
@@ -134,8 +159,9 @@ fn insert_message(
         .conn
         .prepare_cached(
             "INSERT INTO messages
-                (tenant, sender, recipient, conversation, client_msg_id, text, ts, sender_seq, recipient_seq)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                (tenant, sender, recipient, conversation, client_msg_id, text, ts, sender_seq,
+                 recipient_seq, reply_to)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
              ON CONFLICT (tenant, sender, client_msg_id) DO NOTHING",
         )
         .and_then(|mut stmt| {
@@ -149,6 +175,7 @@ fn insert_message(
                 w.ts,
                 sql_int(assigned.sender),
                 sql_int(assigned.recipient),
+                message.reply_to.map(sql_int),
             ])
         })
         .map_err(backend)?;
@@ -161,23 +188,75 @@ fn find_original(conn: &Connection, message: &NewMessage) -> Result<StoredMessag
         .ok_or_else(|| StoreError::Backend("a message both stored and not stored".to_owned()))
 }
 
-/// The stored original of `message`, if it was sent before.
+/// The stored original of `message`, if it was sent before (as it is now, seen by its
+/// sender).
 fn find_original_if_any(
     conn: &Connection,
     message: &NewMessage,
 ) -> Result<Option<StoredMessage>, StoreError> {
-    conn.prepare_cached(&format!(
-        "SELECT {MESSAGE_COLUMNS} FROM messages m
-         WHERE m.tenant = ?1 AND m.sender = ?2 AND m.client_msg_id = ?3"
-    ))
-    .and_then(|mut stmt| {
-        stmt.query_row(
-            params![message.tenant, message.sender, message.client_msg_id],
-            super::queries::row_to_message,
-        )
-        .optional()
+    let mut original = conn
+        .prepare_cached(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages m
+             WHERE m.tenant = ?1 AND m.sender = ?2 AND m.client_msg_id = ?3"
+        ))
+        .and_then(|mut stmt| {
+            stmt.query_row(
+                params![message.tenant, message.sender, message.client_msg_id],
+                queries::row_to_message,
+            )
+            .optional()
+        })
+        .map_err(backend)?;
+    queries::attach_reactions(conn, &message.sender, original.iter_mut())?;
+    Ok(original)
+}
+
+/// The quote of the message `message` replies to, if it names one: refused unless that
+/// message is in `conversation`, past `boundary` (what the sender can see of a group), and
+/// not deleted.
+fn quote_of(
+    conn: &Connection,
+    message: &NewMessage,
+    conversation: &str,
+    boundary: u64,
+) -> Result<Result<Option<Quote>, Refusal>, StoreError> {
+    let Some(reply_to) = message.reply_to else {
+        return Ok(Ok(None));
+    };
+    let found = conn
+        .prepare_cached(&format!(
+            "SELECT sender, substr(text, 1, {QUOTE_EXCERPT_CHARS}), deleted_ts FROM messages
+             WHERE id = ?1 AND tenant = ?2 AND conversation = ?3 AND id > ?4"
+        ))
+        .and_then(|mut stmt| {
+            stmt.query_row(
+                params![
+                    sql_int(reply_to),
+                    message.tenant,
+                    conversation,
+                    sql_int(boundary)
+                ],
+                |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, Option<i64>>(2)?,
+                    ))
+                },
+            )
+            .optional()
+        })
+        .map_err(backend)?;
+    Ok(match found {
+        None => Err(rules::unknown_message(Some(reply_to), conversation)),
+        Some((_, _, Some(_))) => Err(rules::deleted(reply_to)),
+        Some((sender, excerpt, None)) => Ok(Some(Quote {
+            message_id: reply_to,
+            sender,
+            excerpt,
+            deleted: false,
+        })),
     })
-    .map_err(backend)
 }
 
 /// Adds a direct message to its participants' streams: one inbox row each, one for a message

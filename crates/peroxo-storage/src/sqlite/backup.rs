@@ -101,6 +101,7 @@ mod tests {
             recipient: "bob".into(),
             client_msg_id: format!("c{i}"),
             text: format!("text {i}"),
+            reply_to: None,
         }
     }
 

@@ -36,7 +36,8 @@ pub(super) fn read_state(
                  WHERE m.tenant = conversation_states.tenant
                    AND m.conversation = conversation_states.conversation
                    AND m.sender <> conversation_states.user
-                   AND m.id > conversation_states.boundary)
+                   AND m.id > conversation_states.boundary
+                   AND m.deleted_ts IS NULL)
              WHERE tenant = ?1 AND user = ?2 AND conversation IN (
                  SELECT conversation FROM conversation_states
                  WHERE tenant = ?1 AND user = ?2 AND read_marker > 0 LIMIT ?3)",

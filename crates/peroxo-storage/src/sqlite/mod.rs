@@ -12,8 +12,8 @@
 //! - `schema`: the tables (see there) and the migration from version 1.
 //! - `writer`: the writer thread, its jobs and the transaction they share, where seqs are
 //!   taken and events fan out.
-//! - `append`, `groups`, `reads`: the writes of messages, of group creations and changes, of
-//!   read marks (the rules they follow are [`rules`](crate::rules)').
+//! - `append`, `groups`, `reads`, `lifecycle`: the writes of messages, of group creations and
+//!   changes, of read marks, of edits, deletes and reactions (the rules they follow are [`rules`](crate::rules)').
 //! - `state`: the rows of groups and conversation states that writes and reads both look up.
 //! - `queries`: the reads (history, sync, the conversation list, members, receipts).
 //! - `retention`: deleting a batch of old messages, in a transaction of its own.
@@ -24,6 +24,7 @@ mod append;
 mod backup;
 mod erase;
 mod groups;
+mod lifecycle;
 mod queries;
 #[cfg(test)]
 mod query_plans;
@@ -50,6 +51,7 @@ use peroxo_protocol::conversation::{
 };
 use peroxo_protocol::domain::{AppendOutcome, HistoryPage, NewMessage, SyncPage, UserKey};
 use peroxo_protocol::event::Member;
+use peroxo_protocol::lifecycle::{MessageChange, MessageOutcome};
 use writer::{Job, Reply, Writer};
 
 /// Read connections kept open for reuse.
@@ -227,6 +229,10 @@ impl MessageStore for SqliteStore {
             .await
     }
 
+    async fn change_message(&self, request: MessageChange) -> Result<MessageOutcome, StoreError> {
+        self.write(|reply| Job::ChangeMessage(request, reply)).await
+    }
+
     async fn message_tenants(&self) -> Result<Vec<String>, StoreError> {
         self.read(retention::tenants).await
     }
@@ -312,6 +318,7 @@ mod tests {
             recipient: recipient.to_owned(),
             client_msg_id: client_msg_id.to_owned(),
             text: "x".repeat(200),
+            reply_to: None,
         }
     }
 

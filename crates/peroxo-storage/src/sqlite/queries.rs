@@ -4,11 +4,12 @@
 
 use rusqlite::{Connection, Row, params};
 
-use super::schema::{DIRECT_MESSAGE, EVENT, GROUP_MESSAGE};
+use super::schema::{DIRECT_MESSAGE, EVENT, GROUP_MESSAGE, LIFECYCLE_EVENT};
 use super::{backend, state};
 use crate::rules::{self, Target};
 use crate::sql::{
-    EventColumns, MESSAGE_COLUMNS, StreamEntry, history_page, rows_for_page, sql_int, stream_page,
+    EventColumns, LifecycleColumns, MESSAGE_COLUMN_COUNT, MESSAGE_COLUMNS, StreamEntry,
+    has_pending_reactions, history_page, reaction_counts, rows_for_page, sql_int, stream_page,
     with_floor,
 };
 use crate::{HistoryQuery, StoreError, SyncQuery, SyncScope};
@@ -18,11 +19,11 @@ use peroxo_protocol::conversation::{
 use peroxo_protocol::domain::{HistoryPage, StoredMessage, SyncPage, UserKey};
 use peroxo_protocol::event::{Event, Member, StreamEvent};
 
-/// How many columns [`MESSAGE_COLUMNS`] has.
-const MESSAGE_COLUMN_COUNT: usize = 9;
-/// The columns of `events e` that [`event_at`] reads, in its order.
-const EVENT_COLUMNS: &str = "e.id, e.tenant, e.conversation, e.actor, e.ts, e.kind, e.users, e.user, e.role, e.title, e.message_id, e.count";
-const EVENT_COLUMN_COUNT: usize = 12;
+/// The columns of `events e` that [`event_at`] reads, in its order: an edit's text is the
+/// message's text as it is now.
+const EVENT_COLUMNS: &str = "e.id, e.tenant, e.conversation, e.actor, e.ts, e.kind, e.users, e.user, e.role, e.title, e.message_id, e.count, e.emoji, \
+     CASE WHEN e.kind = 'message_edited' THEN (SELECT x.text FROM messages x WHERE x.id = e.message_id) END";
+const EVENT_COLUMN_COUNT: usize = 14;
 
 fn refused(refusal: peroxo_protocol::event::Refusal) -> StoreError {
     StoreError::Refused(refusal)
@@ -45,7 +46,49 @@ fn message_at(row: &Row<'_>, at: usize) -> rusqlite::Result<StoredMessage> {
         ts: row.get(at + 6)?,
         sender_seq: row.get::<_, i64>(at + 7)? as u64,
         recipient_seq: row.get::<_, i64>(at + 8)? as u64,
+        lifecycle: LifecycleColumns {
+            reply_to: row.get(at + 9)?,
+            edited_ts: row.get(at + 10)?,
+            deleted_by: row.get(at + 11)?,
+            deleted_ts: row.get(at + 12)?,
+            reaction_count: row.get(at + 13)?,
+            quote_sender: row.get(at + 14)?,
+            quote_excerpt: row.get(at + 15)?,
+            quote_deleted_ts: row.get(at + 16)?,
+        }
+        .lifecycle(),
     })
+}
+
+/// Replaces the reaction placeholders of `messages` with their reactions as `viewer` sees
+/// them.
+pub(super) fn attach_reactions<'m>(
+    conn: &Connection,
+    viewer: &str,
+    messages: impl IntoIterator<Item = &'m mut StoredMessage>,
+) -> Result<(), StoreError> {
+    let mut stmt = None;
+    for message in messages {
+        if !has_pending_reactions(message) {
+            continue;
+        }
+        let stmt = match &mut stmt {
+            Some(stmt) => stmt,
+            None => stmt.insert(
+                conn.prepare_cached("SELECT emoji, user, ts FROM reactions WHERE message_id = ?1")
+                    .map_err(backend)?,
+            ),
+        };
+        let rows = stmt
+            .query_map(params![sql_int(message.message_id)], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+            })
+            .map_err(backend)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(backend)?;
+        message.lifecycle.reactions = reaction_counts(rows, viewer);
+    }
+    Ok(())
 }
 
 /// A message from a left join: `None` when the row has none.
@@ -66,6 +109,8 @@ fn event_at(row: &Row<'_>, at: usize) -> rusqlite::Result<Event> {
         title: row.get(at + 9)?,
         message_id: row.get(at + 10)?,
         count: row.get(at + 11)?,
+        emoji: row.get(at + 12)?,
+        text: row.get(at + 13)?,
     };
     let kind = columns.kind(&name).map_err(|e| {
         rusqlite::Error::FromSqlConversionFailure(at + 5, rusqlite::types::Type::Text, e.into())
@@ -135,20 +180,28 @@ pub(super) fn history(
             .map_err(backend)?
         }
     };
-    Ok(history_page(newest_first, query.limit))
+    let last_seq = state::last_seq(&tx, &query.user)?;
+    let mut page = history_page(newest_first, query.limit, last_seq);
+    attach_reactions(&tx, &query.user.user, &mut page.messages)?;
+    Ok(page)
 }
 
 pub(super) fn sync(conn: &mut Connection, query: &SyncQuery) -> Result<SyncPage, StoreError> {
     // One read transaction, so `last_seq` and the page come from one snapshot.
     let tx = conn.transaction().map_err(backend)?;
     let last_seq = state::last_seq(&tx, &query.user)?;
-    let everything = query.scope == SyncScope::Everything;
+    // The entry kinds are ordered so that each scope reads the kinds up to its own.
+    let widest_kind = match query.scope {
+        SyncScope::Everything => LIFECYCLE_EVENT,
+        SyncScope::Conversations => EVENT,
+        SyncScope::DirectMessages => DIRECT_MESSAGE,
+    };
     let mut stmt = tx
         .prepare_cached(&format!(
             "SELECT {MESSAGE_COLUMNS}, {EVENT_COLUMNS}, i.seq, i.kind FROM inbox i
              LEFT JOIN messages m ON m.id = i.message_id
              LEFT JOIN events e ON e.id = i.event_id
-             WHERE i.tenant = ?1 AND i.owner = ?2 AND i.seq > ?3 AND (?5 OR i.kind = {DIRECT_MESSAGE})
+             WHERE i.tenant = ?1 AND i.owner = ?2 AND i.seq > ?3 AND i.kind <= ?5
              ORDER BY i.seq LIMIT ?4"
         ))
         .map_err(backend)?;
@@ -157,7 +210,7 @@ pub(super) fn sync(conn: &mut Connection, query: &SyncQuery) -> Result<SyncPage,
         query.user.user,
         sql_int(query.after_seq),
         rows_for_page(query.limit),
-        everything
+        widest_kind
     ];
     let entries = stmt
         .query_map(params, stream_entry)
@@ -165,11 +218,9 @@ pub(super) fn sync(conn: &mut Connection, query: &SyncQuery) -> Result<SyncPage,
         .collect::<Result<Vec<_>, _>>()
         .map_err(backend)?;
     let floor = state::stream_floor(&tx, &query.user)?;
-    Ok(with_floor(
-        stream_page(entries, query.limit, last_seq),
-        query.after_seq,
-        floor,
-    ))
+    let mut page = stream_page(entries, query.limit, last_seq);
+    attach_reactions(&tx, &query.user.user, &mut page.messages)?;
+    Ok(with_floor(page, query.after_seq, floor))
 }
 
 /// An entry of a sync's rows: a group message carries the owner's seq as its recipient seq.
@@ -177,7 +228,7 @@ fn stream_entry(row: &Row<'_>) -> rusqlite::Result<StreamEntry> {
     let seq_at = MESSAGE_COLUMN_COUNT + EVENT_COLUMN_COUNT;
     let seq = row.get::<_, i64>(seq_at)? as u64;
     let kind: i64 = row.get(seq_at + 1)?;
-    if kind == EVENT {
+    if kind >= EVENT {
         let event = event_at(row, MESSAGE_COLUMN_COUNT)?;
         return Ok(StreamEntry::Event(StreamEvent { seq, event }));
     }
@@ -244,10 +295,15 @@ pub(super) fn conversations(
     for row in rows.into_iter().take(query.limit as usize) {
         conversations.push(row?);
     }
+    let previews = conversations
+        .iter_mut()
+        .filter_map(|c| c.last_message.as_mut());
+    attach_reactions(&tx, &user.user, previews)?;
     Ok(ConversationPage {
         conversations,
         has_more,
         total_unread,
+        last_seq: state::last_seq(&tx, user)?,
     })
 }
 

@@ -102,7 +102,7 @@ pub(super) fn mark_read(
 }
 
 /// The id of the newest message of `conversation` past `boundary` (only from others than
-/// `from_others_than`, when given).
+/// `from_others_than`, and not deleted, when given).
 fn newest_visible(
     conn: &Connection,
     tenant: &str,
@@ -112,7 +112,8 @@ fn newest_visible(
 ) -> Result<Option<u64>, StoreError> {
     conn.prepare_cached(
         "SELECT MAX(id) FROM messages
-         WHERE tenant = ?1 AND conversation = ?2 AND id > ?3 AND (?4 IS NULL OR sender <> ?4)",
+         WHERE tenant = ?1 AND conversation = ?2 AND id > ?3
+           AND (?4 IS NULL OR (sender <> ?4 AND deleted_ts IS NULL))",
     )
     .and_then(|mut stmt| {
         stmt.query_row(
@@ -125,8 +126,8 @@ fn newest_visible(
     .map_err(backend)
 }
 
-/// The messages of `conversation` from others than `user` after `after`: the unread count of
-/// a marker at `after`.
+/// The messages of `conversation` from others than `user` after `after`, deleted ones aside:
+/// the unread count of a marker at `after`.
 fn count_unread(
     conn: &Connection,
     tenant: &str,
@@ -136,7 +137,8 @@ fn count_unread(
 ) -> Result<u64, StoreError> {
     conn.prepare_cached(
         "SELECT COUNT(*) FROM messages
-         WHERE tenant = ?1 AND conversation = ?2 AND id > ?3 AND sender <> ?4",
+         WHERE tenant = ?1 AND conversation = ?2 AND id > ?3 AND sender <> ?4
+           AND deleted_ts IS NULL",
     )
     .and_then(|mut stmt| {
         stmt.query_row(params![tenant, conversation, sql_int(after), user], |row| {

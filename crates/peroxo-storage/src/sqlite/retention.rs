@@ -33,6 +33,8 @@ struct Doomed {
     conversation: String,
     sender_seq: i64,
     recipient_seq: i64,
+    /// Deleted for everyone before: it no longer counts as unread anywhere.
+    deleted: bool,
 }
 
 /// Deletes up to `batch.limit` of the tenant's messages older than `batch.before_ts`,
@@ -53,7 +55,8 @@ fn prune_in_transaction(conn: &mut Connection, batch: &PruneBatch) -> Result<u64
     let doomed = {
         let mut stmt = tx
             .prepare_cached(
-                "SELECT id, sender, recipient, conversation, sender_seq, recipient_seq
+                "SELECT id, sender, recipient, conversation, sender_seq, recipient_seq,
+                     deleted_ts IS NOT NULL
                  FROM messages INDEXED BY messages_by_age
                  WHERE tenant = ?1 AND ts < ?2 ORDER BY ts LIMIT ?3",
             )
@@ -68,6 +71,7 @@ fn prune_in_transaction(conn: &mut Connection, batch: &PruneBatch) -> Result<u64
                     conversation: row.get(3)?,
                     sender_seq: row.get(4)?,
                     recipient_seq: row.get(5)?,
+                    deleted: row.get(6)?,
                 })
             },
         )
@@ -79,6 +83,9 @@ fn prune_in_transaction(conn: &mut Connection, batch: &PruneBatch) -> Result<u64
         for (owner, seq) in entries_of(&tx, message)? {
             forget_entry(&tx, &batch.tenant, message, &owner, seq)?;
         }
+        tx.prepare_cached("DELETE FROM reactions WHERE message_id = ?1")
+            .and_then(|mut stmt| stmt.execute(params![message.id]))
+            .map_err(backend)?;
         tx.prepare_cached("DELETE FROM messages WHERE id = ?1")
             .and_then(|mut stmt| stmt.execute(params![message.id]))
             .map_err(backend)?;
@@ -127,7 +134,7 @@ fn forget_entry(
     )
     .and_then(|mut stmt| stmt.execute(params![tenant, owner, seq]))
     .map_err(backend)?;
-    if owner != message.sender {
+    if owner != message.sender && !message.deleted {
         conn.prepare_cached(
             "UPDATE conversation_states SET unread_count = unread_count - 1
              WHERE tenant = ?1 AND user = ?2 AND conversation = ?3

@@ -1,6 +1,6 @@
 //! The SQLite schema and its migrations (`PRAGMA user_version`).
 //!
-//! Version 3:
+//! Version 4:
 //! - `messages`: one row per message (direct, or to a group: then `recipient` and
 //!   `conversation` are the group id, `recipient_seq` is 0); `id` is the message id and orders
 //!   a conversation; `UNIQUE (tenant, sender, client_msg_id)` makes appends idempotent.
@@ -8,7 +8,7 @@
 //!   [`EventColumns`](crate::sql::EventColumns).
 //! - `inbox`: one row per (tenant, owner, seq): every user's gapless stream. Each points at a
 //!   message or at an event; `kind` tells a direct message, a group message and an event
-//!   apart, so a sync of direct messages reads those alone and a member's seq of a group
+//!   apart (and an event that changes a message from the others), so a sync of direct messages reads those alone and a member's seq of a group
 //!   message is found through a partial index the direct path never writes to.
 //! - `groups`: one row per group; `UNIQUE (tenant, creator, client_msg_id)` makes creation
 //!   idempotent.
@@ -18,10 +18,15 @@
 //! - `stream_floors`: one row per (tenant, owner) whose stream retention pruned: the highest
 //!   seq it deleted. A user's current seq is the highest of its stream and of its floor, so a
 //!   stream pruned to nothing keeps its numbering.
+//! - `reactions`: one row per (message, emoji, user); a message's `reaction_count` says
+//!   whether it has any. A message's `reply_to`, `edited_ts`, `deleted_by`/`deleted_ts` record
+//!   what it replies to and what happened to it; an event's `client_msg_id` (unique per actor)
+//!   makes edits idempotent.
 //! - `messages_by_age` finds a tenant's oldest messages; `inbox_by_group_message` finds every
 //!   stream entry of a group message (the direct path never writes to it).
 //!
-//! Version 2 lacked what retention needs (`stream_floors` and the two indexes). Version 1 had `messages` and an `inbox` of messages only. Migrating rebuilds `inbox` with
+//! Version 3 lacked what version 4 adds for edits, deletes, reactions and replies (the
+//! columns and table above). Version 2 lacked what retention needs (`stream_floors` and the two indexes). Version 1 had `messages` and an `inbox` of messages only. Migrating rebuilds `inbox` with
 //! the columns above and gives every existing direct conversation its two state rows.
 
 use rusqlite::{Connection, TransactionBehavior};
@@ -29,12 +34,15 @@ use rusqlite::{Connection, TransactionBehavior};
 use super::backend;
 use crate::StoreError;
 
-pub(super) const SCHEMA_VERSION: i64 = 3;
+pub(super) const SCHEMA_VERSION: i64 = 4;
 
 /// What `inbox.kind` says an entry is.
 pub(super) const DIRECT_MESSAGE: i64 = 0;
 pub(super) const GROUP_MESSAGE: i64 = 1;
 pub(super) const EVENT: i64 = 2;
+/// An event that changes a message (an edit, a delete, a reaction): protocol 3 only. The kinds
+/// are ordered so that a sync of a protocol reads the entries of kind up to its own.
+pub(super) const LIFECYCLE_EVENT: i64 = 3;
 
 const MESSAGES: &str = "
 CREATE TABLE messages (
@@ -128,6 +136,30 @@ CREATE TABLE stream_floors (
 ) WITHOUT ROWID;
 ";
 
+/// What version 4 adds: what happens to messages after they are sent. A message records
+/// what it replies to, its last edit, its deletion (its text is then empty) and how many
+/// reactions it has (so reads look up `reactions` only for messages that have some); an
+/// event records its emoji, and an edit its `client_msg_id` (unique per actor: edits are
+/// idempotent). `reactions` holds one row per (message, emoji, user).
+const LIFECYCLE: &str = "
+ALTER TABLE messages ADD COLUMN reply_to INTEGER;
+ALTER TABLE messages ADD COLUMN edited_ts INTEGER;
+ALTER TABLE messages ADD COLUMN deleted_by TEXT;
+ALTER TABLE messages ADD COLUMN deleted_ts INTEGER;
+ALTER TABLE messages ADD COLUMN reaction_count INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE events ADD COLUMN emoji TEXT;
+ALTER TABLE events ADD COLUMN client_msg_id TEXT;
+CREATE UNIQUE INDEX events_by_client_msg_id ON events (tenant, actor, client_msg_id)
+    WHERE client_msg_id IS NOT NULL;
+CREATE TABLE reactions (
+    message_id INTEGER NOT NULL,
+    emoji TEXT NOT NULL,
+    user TEXT NOT NULL,
+    ts INTEGER NOT NULL,
+    PRIMARY KEY (message_id, emoji, user)
+) WITHOUT ROWID;
+";
+
 /// From version 1: the old inbox's rows move into the new one, and every direct
 /// conversation gets a state row for each participant. A participant has read up to their
 /// own newest message (sending reads); the rest is unread.
@@ -170,9 +202,10 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         .map_err(backend)?;
     let steps = match version {
         SCHEMA_VERSION => return Ok(()),
-        0 => format!("{MESSAGES}{CONVERSATIONS}{RETENTION}"),
-        1 => FROM_VERSION_1.replace("{CONVERSATIONS}", CONVERSATIONS) + RETENTION,
-        2 => RETENTION.to_owned(),
+        0 => format!("{MESSAGES}{CONVERSATIONS}{RETENTION}{LIFECYCLE}"),
+        1 => FROM_VERSION_1.replace("{CONVERSATIONS}", CONVERSATIONS) + RETENTION + LIFECYCLE,
+        2 => format!("{RETENTION}{LIFECYCLE}"),
+        3 => LIFECYCLE.to_owned(),
         newer => {
             return Err(StoreError::Backend(format!(
                 "the database has schema version {newer}, not one this build knows (up to \
@@ -300,6 +333,7 @@ mod tests {
                 recipient: "alice".into(),
                 client_msg_id: "b2".into(),
                 text: "seven".into(),
+                reply_to: None,
             }])
             .await
             .unwrap();

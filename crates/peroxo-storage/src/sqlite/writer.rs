@@ -17,8 +17,8 @@ use std::sync::{Arc, mpsc};
 use rusqlite::{Connection, TransactionBehavior, params};
 use tokio::sync::oneshot;
 
-use super::schema::{EVENT, GROUP_MESSAGE};
-use super::{append, backend, erase, groups, reads, retention, state};
+use super::schema::{EVENT, GROUP_MESSAGE, LIFECYCLE_EVENT};
+use super::{append, backend, erase, groups, lifecycle, reads, retention, state};
 use crate::sql::{EventColumns, sql_int};
 use crate::{PruneBatch, StoreError};
 use peroxo_protocol::conversation::{
@@ -26,6 +26,7 @@ use peroxo_protocol::conversation::{
 };
 use peroxo_protocol::domain::{AppendOutcome, NewMessage, UserKey, now_ms};
 use peroxo_protocol::event::{Event, EventKind, Fanout, StreamSeq};
+use peroxo_protocol::lifecycle::{MessageChange, MessageOutcome};
 
 /// The most stream rows the writer commits in one transaction (a direct message counts as
 /// one, a group message as one per member, an event as one per stream it enters). A single
@@ -47,6 +48,7 @@ pub(super) enum Job {
     CreateGroup(CreateGroup, Reply<GroupOutcome>),
     ChangeGroup(GroupChange, Reply<GroupOutcome>),
     MarkRead(ReadMark, Reply<ReadOutcome>),
+    ChangeMessage(MessageChange, Reply<MessageOutcome>),
     /// Retention: runs alone, in its own transaction.
     Prune(PruneBatch, Reply<u64>),
     /// Erasing a user's texts, then read state (`peroxo user erase`): each runs alone.
@@ -60,6 +62,7 @@ enum Done {
     Group(Result<GroupOutcome, StoreError>),
     /// Boxed: an outcome with its two events is large beside the others.
     Read(Box<Result<ReadOutcome, StoreError>>),
+    Message(Box<Result<MessageOutcome, StoreError>>),
 }
 
 impl Job {
@@ -94,6 +97,15 @@ impl Job {
                 let done = refusal_answers(reads::mark_read(w, request))?;
                 Ok((Done::Read(Box::new(done)), 1))
             }
+            Job::ChangeMessage(request, _) => {
+                let done = refusal_answers(lifecycle::change_message(w, request))?;
+                let rows = done
+                    .as_ref()
+                    .ok()
+                    .and_then(|o| o.event.as_ref())
+                    .map_or(1, |e| e.seqs.len().max(1));
+                Ok((Done::Message(Box::new(done)), rows))
+            }
             Job::Prune(..) | Job::EraseTexts(..) | Job::EraseReadState(..) => Err(
                 StoreError::Backend("a batch of its own was grouped with other writes".to_owned()),
             ),
@@ -113,6 +125,9 @@ impl Job {
             (Job::MarkRead(_, reply), Done::Read(result)) => {
                 let _ = reply.send(*result);
             }
+            (Job::ChangeMessage(_, reply), Done::Message(result)) => {
+                let _ = reply.send(*result);
+            }
             (job, _) => job.fail("the writer mixed up the answers of its jobs"),
         }
     }
@@ -128,6 +143,9 @@ impl Job {
                 let _ = reply.send(Err(error));
             }
             Job::MarkRead(_, reply) => {
+                let _ = reply.send(Err(error));
+            }
+            Job::ChangeMessage(_, reply) => {
                 let _ = reply.send(Err(error));
             }
             Job::Prune(_, reply)
@@ -323,6 +341,8 @@ impl Writer {
 pub(super) enum Entry {
     GroupMessage(u64),
     Event(u64),
+    /// An event that changes a message: protocol 3 only.
+    LifecycleEvent(u64),
 }
 
 /// The open transaction of the writer, as its jobs write through it.
@@ -398,6 +418,7 @@ impl WriteTx<'_> {
         let (message_id, event_id, kind) = match entry {
             Entry::GroupMessage(id) => (Some(sql_int(id)), None, GROUP_MESSAGE),
             Entry::Event(id) => (None, Some(sql_int(id)), EVENT),
+            Entry::LifecycleEvent(id) => (None, Some(sql_int(id)), LIFECYCLE_EVENT),
         };
         self.conn
             .prepare_cached(
@@ -433,8 +454,8 @@ impl WriteTx<'_> {
         self.conn
             .prepare_cached(
                 "INSERT INTO events (tenant, conversation, actor, ts, kind, users, user, role,
-                     title, message_id, count)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                     title, message_id, count, emoji)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             )
             .and_then(|mut stmt| {
                 stmt.execute(params![
@@ -448,14 +469,20 @@ impl WriteTx<'_> {
                     columns.role,
                     columns.title,
                     columns.message_id,
-                    columns.count
+                    columns.count,
+                    columns.emoji
                 ])
             })
             .map_err(backend)?;
         let event_id = self.conn.last_insert_rowid() as u64;
+        let entry = if kind.is_lifecycle() {
+            Entry::LifecycleEvent(event_id)
+        } else {
+            Entry::Event(event_id)
+        };
         let mut seqs = Vec::with_capacity(audience.len());
         for user in audience {
-            let seq = self.enter(tenant, user, Entry::Event(event_id))?;
+            let seq = self.enter(tenant, user, entry)?;
             seqs.push(StreamSeq {
                 user: user.clone(),
                 seq,

@@ -5,7 +5,7 @@
 //! `resync`, `bye`). A committed message travels as a [`WireMessage`], which converts to and
 //! from the [`StoredMessage`] the rest of the gateway speaks.
 
-use peroxo_protocol::domain::StoredMessage;
+use peroxo_protocol::domain::{Lifecycle, Quote, StoredMessage};
 use serde::{Deserialize, Serialize};
 
 /// Users per presence snapshot envelope (a snapshot may span several).
@@ -26,6 +26,12 @@ pub enum Envelope {
         origin: String,
         text: String,
         durable: bool,
+        /// The protocol versions of the sessions it is for (2 and later when absent, as
+        /// nodes that knew no later protocol sent it).
+        #[serde(default = "conversations_protocol")]
+        min_protocol: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_protocol: Option<u32>,
     },
     Typing {
         origin: String,
@@ -102,6 +108,10 @@ impl Envelope {
     }
 }
 
+fn conversations_protocol() -> u32 {
+    peroxo_protocol::CONVERSATIONS_PROTOCOL_VERSION
+}
+
 /// A committed message as nodes exchange it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WireMessage {
@@ -114,6 +124,9 @@ pub struct WireMessage {
     ts: i64,
     sender_seq: u64,
     recipient_seq: u64,
+    /// The message it replies to: id, sender, excerpt, deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reply_to: Option<Box<(u64, String, String, bool)>>,
 }
 
 impl From<&StoredMessage> for WireMessage {
@@ -128,6 +141,11 @@ impl From<&StoredMessage> for WireMessage {
             ts: m.ts,
             sender_seq: m.sender_seq,
             recipient_seq: m.recipient_seq,
+            reply_to: m
+                .lifecycle
+                .reply_to
+                .as_ref()
+                .map(|q| Box::new((q.message_id, q.sender.clone(), q.excerpt.clone(), q.deleted))),
         }
     }
 }
@@ -144,6 +162,18 @@ impl From<WireMessage> for StoredMessage {
             ts: m.ts,
             sender_seq: m.sender_seq,
             recipient_seq: m.recipient_seq,
+            lifecycle: Lifecycle {
+                reply_to: m.reply_to.map(|quote| {
+                    let (message_id, sender, excerpt, deleted) = *quote;
+                    Box::new(Quote {
+                        message_id,
+                        sender,
+                        excerpt,
+                        deleted,
+                    })
+                }),
+                ..Lifecycle::default()
+            },
         }
     }
 }
@@ -207,6 +237,7 @@ mod tests {
             ts: 1_700_000_000_000,
             sender_seq: 5,
             recipient_seq: 9,
+            lifecycle: Default::default(),
         };
         let envelope = Envelope::Message {
             origin: "gw-1".into(),

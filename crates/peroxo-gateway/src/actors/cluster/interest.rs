@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 
 use super::envelope::Envelope;
 use crate::actors::ActorSlot;
-use crate::actors::router::RouterMsg;
+use crate::actors::router::{Protocols, RouterMsg};
 use crate::connection::Droppable;
 
 /// Local sessions per interested user, and the task forwarding the user's subject.
@@ -111,6 +111,8 @@ fn forward(router: &ActorSlot<RouterMsg>, node: &str, user: &UserKey, envelope: 
             origin,
             text,
             durable,
+            min_protocol,
+            max_protocol,
         } if origin != node => {
             let _ = router.cast(RouterMsg::RemoteFrame {
                 user: user.clone(),
@@ -119,6 +121,10 @@ fn forward(router: &ActorSlot<RouterMsg>, node: &str, user: &UserKey, envelope: 
                     Droppable::No
                 } else {
                     Droppable::Yes
+                },
+                protocols: Protocols {
+                    min: min_protocol,
+                    max: max_protocol.unwrap_or(u32::MAX),
                 },
             });
         }

@@ -332,6 +332,8 @@ impl ClusterState {
                 origin: self.args.node.clone(),
                 text: frame.text.as_str().to_owned(),
                 durable,
+                min_protocol: frame.protocols.min,
+                max_protocol: (frame.protocols.max != u32::MAX).then_some(frame.protocols.max),
             };
             self.publish(self.subjects.user(&frame.user), &envelope)
                 .await;
