@@ -42,10 +42,12 @@ pub use lifecycle::{DeletionView, QuoteView, ReactionView};
 pub const PROTOCOL_VERSION: u32 = 1;
 /// The protocol version of conversations (groups, the conversation list, read state).
 pub const CONVERSATIONS_PROTOCOL_VERSION: u32 = 2;
-/// The newest protocol version: what happens to messages after they are sent (edits,
-/// deletes, reactions, replies). A client asks for a version when it connects
+/// The protocol version of what happens to messages after they are sent (edits, deletes,
+/// reactions, replies).
+pub const LIFECYCLE_PROTOCOL_VERSION: u32 = 3;
+/// The newest protocol version. A client asks for a version when it connects
 /// (`?protocol=3`); `welcome` says which it got.
-pub const LATEST_PROTOCOL_VERSION: u32 = 3;
+pub const LATEST_PROTOCOL_VERSION: u32 = LIFECYCLE_PROTOCOL_VERSION;
 /// The longest string `req_id`, in bytes.
 pub const MAX_REQ_ID_LEN: usize = 64;
 pub const DEFAULT_HISTORY_LIMIT: u32 = 50;
@@ -279,9 +281,9 @@ impl CommandKind {
             | CommandKind::Edit { .. }
             | CommandKind::Delete { .. }
             | CommandKind::React { .. }
-            | CommandKind::Unreact { .. } => 3,
-            kind if kind.needs_protocol_2() => 2,
-            _ => 1,
+            | CommandKind::Unreact { .. } => LIFECYCLE_PROTOCOL_VERSION,
+            kind if kind.needs_protocol_2() => CONVERSATIONS_PROTOCOL_VERSION,
+            _ => PROTOCOL_VERSION,
         }
     }
 
@@ -767,7 +769,7 @@ impl<'a> MessageView<'a> {
     /// protocol 3 only for protocol 3 and later.
     pub fn for_protocol(message: &'a StoredMessage, viewer: &str, protocol: u32) -> Self {
         let view = Self::of(message, viewer);
-        if protocol >= 3 {
+        if protocol >= LIFECYCLE_PROTOCOL_VERSION {
             view
         } else {
             view.without_lifecycle()

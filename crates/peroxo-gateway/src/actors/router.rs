@@ -29,7 +29,8 @@ use crate::telemetry::Metrics;
 use peroxo_protocol::domain::{SessionId, StoredMessage, UserKey};
 use peroxo_protocol::event::StreamSeq;
 use peroxo_protocol::{
-    CONVERSATIONS_PROTOCOL_VERSION, MessageView, PresenceStatus, ReqId, ServerFrame, now_ms,
+    CONVERSATIONS_PROTOCOL_VERSION, LIFECYCLE_PROTOCOL_VERSION, MessageView, PresenceStatus, ReqId,
+    ServerFrame, now_ms,
 };
 
 pub enum RouterMsg {
@@ -45,9 +46,9 @@ pub enum RouterMsg {
     Unregister(SessionId),
     /// Committed messages to hand to the live sessions of their participants.
     Deliver(Vec<Delivery>),
-    /// Frames of protocol 2 (group messages, stream events, live receipts, group typing),
-    /// each already encoded for its user: for the user's protocol-2 sessions here and on
-    /// other nodes.
+    /// Frames of protocol 2 and later (group messages, stream events, live receipts, group
+    /// typing), each already encoded for its user: for the user's sessions here and on other
+    /// nodes whose protocol the frame is for.
     DeliverFrames(Vec<UserFrame>),
     /// A protocol-2 frame from another node, for `user`'s sessions here whose protocol is
     /// in `protocols`.
@@ -136,13 +137,13 @@ impl Protocols {
     };
     /// Every version that knows what happens to messages (protocol 3 and later).
     pub const LIFECYCLE: Protocols = Protocols {
-        min: 3,
+        min: LIFECYCLE_PROTOCOL_VERSION,
         max: u32::MAX,
     };
     /// The versions that know conversations but not what happens to messages.
     pub const CONVERSATIONS_ONLY: Protocols = Protocols {
         min: CONVERSATIONS_PROTOCOL_VERSION,
-        max: 2,
+        max: LIFECYCLE_PROTOCOL_VERSION - 1,
     };
 
     pub fn admits(self, protocol: u32) -> bool {

@@ -33,8 +33,8 @@ use peroxo_protocol::domain::NewMessage;
 use peroxo_protocol::domain::conversation_id;
 use peroxo_protocol::event::is_group_id;
 use peroxo_protocol::{
-    CONVERSATIONS_PROTOCOL_VERSION, Command, CommandKind, ErrorCode, EventView, MessageView,
-    ProtocolError, ReqId, ServerFrame, now_ms,
+    CONVERSATIONS_PROTOCOL_VERSION, Command, CommandKind, ErrorCode, EventView,
+    LIFECYCLE_PROTOCOL_VERSION, MessageView, ProtocolError, ReqId, ServerFrame, now_ms,
 };
 use peroxo_storage::grpc::CallError;
 use peroxo_storage::{HistoryQuery, SyncQuery, SyncScope};
@@ -670,7 +670,7 @@ impl SessionState {
                             .map(|m| MessageView::for_protocol(m, &user.user, protocol))
                             .collect(),
                         next_before,
-                        last_seq: (protocol >= 3).then_some(page.last_seq),
+                        last_seq: (protocol >= LIFECYCLE_PROTOCOL_VERSION).then_some(page.last_seq),
                     });
                 }
                 Err(error) => {
