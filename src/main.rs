@@ -92,6 +92,16 @@ enum Command {
     },
     /// Measure a running node: idle sessions, DM throughput and latency, connect rate.
     Bench(peroxo_bench::BenchArgs),
+    /// Make a server API key for a tenant: prints the key (give it to the application's
+    /// backend; it is shown once) and the `[[server_api.keys]]` entry for config.toml.
+    Apikey {
+        /// The tenant the key acts for.
+        #[arg(long, default_value = DEFAULT_TENANT)]
+        tenant: String,
+        /// A name for the key in logs, such as the backend that uses it.
+        #[arg(long)]
+        name: String,
+    },
     /// Print a token signed with the configured HS256 secret, for trying PerOXO out and tests.
     Token {
         /// The configuration file [default: config.toml, if present].
@@ -124,6 +134,10 @@ fn main() -> ExitCode {
     // The load generator reads no configuration: it is pointed at a node.
     if let Command::Bench(args) = command {
         return bench(args);
+    }
+    // A new API key depends on no configuration.
+    if let Command::Apikey { tenant, name } = &command {
+        return print_api_key(tenant, name);
     }
     // Signalling a node reads no configuration: the node reloads its own.
     if let Command::Reload { pid_file, timeout } = &command {
@@ -188,6 +202,7 @@ fn main() -> ExitCode {
         | Command::Backup { .. }
         | Command::User { .. }
         | Command::Bench(_)
+        | Command::Apikey { .. }
         | Command::Reload { .. } => {
             unreachable!("answered above")
         }
@@ -204,8 +219,8 @@ fn load_config_for(command: &Command) -> Result<Config, ConfigError> {
         | Command::CheckConfig { config, .. }
         | Command::Token { config, .. } => (config, false),
         Command::User { action } => (action.config(), false),
-        Command::Bench(_) | Command::Reload { .. } => {
-            unreachable!("the load generator and reload read no configuration")
+        Command::Bench(_) | Command::Reload { .. } | Command::Apikey { .. } => {
+            unreachable!("the load generator, reload and apikey read no configuration")
         }
     };
     // The default file may be absent (all defaults apply); a file named explicitly must exist.
@@ -301,6 +316,27 @@ fn bench(args: peroxo_bench::BenchArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn print_api_key(tenant: &str, name: &str) -> ExitCode {
+    if let Err(error) = validate_id(tenant) {
+        eprintln!("peroxo: --tenant {error}");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    if name.is_empty() || name.len() > 64 || name.contains(['"', '\\', '\n']) {
+        eprintln!("peroxo: --name must be 1 to 64 bytes, without quotes or backslashes");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    let (key, sha256) = peroxo_gateway::api::new_api_key();
+    println!("{key}");
+    eprintln!(
+        "# The key above is shown once: give it to the backend (Authorization: Bearer <key>).\n\
+         # Add this entry to config.toml; the server keeps only the key's SHA-256:\n"
+    );
+    println!(
+        "[[server_api.keys]]\ntenant = \"{tenant}\"\nname = \"{name}\"\nsha256 = \"{sha256}\""
+    );
+    ExitCode::SUCCESS
 }
 
 fn print_token(config: &Config, user: &str, tenant: &str, ttl: Duration) -> ExitCode {

@@ -695,3 +695,41 @@ async fn user_export_writes_json_lines_and_user_erase_leaves_tombstones() {
     drop(alice);
     node.terminate();
 }
+
+#[test]
+fn apikey_prints_a_key_and_the_config_entry_that_accepts_it() {
+    let output = peroxo()
+        .args(["apikey", "--tenant", "acme", "--name", "billing"])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let (key, entry) = stdout.split_once('\n').unwrap();
+    assert!(key.starts_with("pxk_") && key.len() == 4 + 64, "{key}");
+    // The entry is valid configuration, naming the key by its SHA-256 only.
+    let dir = tempfile::tempdir().unwrap();
+    let path = config_file(&dir, entry);
+    let config = peroxo_config::Config::load(
+        &path,
+        peroxo_config::ConfigFile::Required,
+        std::iter::empty(),
+    )
+    .expect("the printed entry loads");
+    let listed = &config.server_api.keys[0];
+    assert_eq!(
+        (listed.tenant.as_str(), listed.name.as_str()),
+        ("acme", "billing")
+    );
+    use sha2::Digest;
+    assert_eq!(
+        listed.sha256,
+        hex::encode(sha2::Sha256::digest(key.as_bytes()))
+    );
+    assert!(!entry.contains(key), "the key itself is not in the entry");
+
+    let bad = peroxo()
+        .args(["apikey", "--tenant", "no spaces", "--name", "x"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(64));
+}

@@ -663,11 +663,27 @@ pub async fn try_http_request(
     path: &str,
     headers: &str,
 ) -> Result<(u16, String), String> {
+    try_http_request_with_body(addr, method, path, headers, "").await
+}
+
+/// [`try_http_request`] with a request body (sent with its `Content-Length`).
+pub async fn try_http_request_with_body(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &str,
+) -> Result<(u16, String), String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let exchange = async {
         let mut stream = TcpStream::connect(addr).await?;
+        let length = if body.is_empty() {
+            String::new()
+        } else {
+            format!("Content-Length: {}\r\n", body.len())
+        };
         let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Connection: close\r\n\r\n"
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}{length}Connection: close\r\n\r\n{body}"
         );
         stream.write_all(request.as_bytes()).await?;
         let mut response = Vec::new();

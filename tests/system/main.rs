@@ -18,6 +18,7 @@ mod messaging;
 mod operations;
 mod presence;
 mod reload;
+mod server_api;
 mod storage_contract;
 mod storage_outage;
 mod supervision;

@@ -15,6 +15,7 @@
 //! - `reload`: what a reload may change live, and what it would change ([`Snapshot`]).
 //! - `human_duration`: durations written as "30s".
 //! - `retention`: the `[retention]` section, how long messages are kept per tenant.
+//! - `server_api`: the `[server_api]` section, the keys and limits of the server API.
 //! - `seconds_or_duration`: the `*_secs` keys, a whole number of seconds or a duration.
 
 use peroxo_protocol::conversation::GroupLimits;
@@ -37,6 +38,7 @@ mod reload;
 mod retention;
 mod seconds_or_duration;
 mod secret;
+mod server_api;
 
 pub use auth::{AuthConfig, AuthMode, JwtAlgorithm, MIN_JWT_SECRET_BYTES, TenantAuth};
 pub use endpoints::StorageEndpoints;
@@ -45,6 +47,7 @@ use env::{apply_env_overrides, deserialize_with_overrides};
 pub use reload::{Change, Snapshot, is_live};
 pub use retention::{MAX_RETENTION_BATCH, RetentionConfig, TenantRetention};
 pub use secret::Secret;
+pub use server_api::{API_KEY_PREFIX, ApiKeyEntry, IpRange, MAX_API_BODY_BYTES, ServerApiConfig};
 
 /// A configuration problem, naming the key it is about.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -78,6 +81,7 @@ pub struct Config {
     pub cluster: ClusterConfig,
     pub log: LogConfig,
     pub retention: RetentionConfig,
+    pub server_api: ServerApiConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -740,7 +744,8 @@ impl Config {
         self.validate_cluster_storage()?;
         self.cluster.validate()?;
         self.shutdown.validate()?;
-        self.retention.validate()
+        self.retention.validate()?;
+        self.server_api.validate()
     }
 
     /// A cluster of gateways must share one storage service: an embedded one would give

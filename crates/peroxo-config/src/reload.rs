@@ -25,6 +25,7 @@ const LIVE_KEYS: &[&str] = &[
     "http.max_connections",
     "auth",
     "shutdown.grace_period",
+    "server_api",
 ];
 
 /// Whether a running gateway applies `key` (such as `limits.rate_per_sec`) on reload.

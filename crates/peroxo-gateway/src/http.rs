@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::extract::ws::{WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -21,6 +21,7 @@ use hyper_util::service::TowerToHyperService;
 use ractor::ActorRef;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
 
 use crate::actors::ActorSlot;
 use crate::actors::context::GatewayContext;
@@ -47,6 +48,8 @@ pub struct HttpState {
     /// The node's state: its authenticator and live settings, and what `/readyz` and
     /// `/metrics` report.
     pub gateway: Arc<GatewayContext>,
+    /// The server API keys' request rates.
+    pub api_rates: Arc<crate::api::ApiRates>,
 }
 
 pub fn router(state: HttpState) -> Router {
@@ -74,6 +77,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(prometheus))
+        .nest("/api/v1", crate::api::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -95,8 +99,8 @@ pub async fn serve(
             _ = stop.cancelled() => return,
             accepted = listener.accept() => accepted,
         };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(error) => {
                 // Usually out of file descriptors: pause instead of spinning.
                 tracing::warn!(%error, "accept failed");
@@ -106,8 +110,15 @@ pub async fn serve(
         };
         // Without it, Nagle's algorithm meets delayed ACKs and small frames wait ~40 ms.
         let _ = stream.set_nodelay(true);
+        // The client's address, for `server_api.allowed_ips`.
+        let app =
+            app.clone()
+                .map_request(move |mut request: hyper::Request<hyper::body::Incoming>| {
+                    request.extensions_mut().insert(ConnectInfo(peer));
+                    request
+                });
         let connection = http
-            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()))
+            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app))
             .with_upgrades();
         tokio::spawn(async move {
             if let Err(error) = connection.await {

@@ -8,6 +8,8 @@
 //!
 //! - [`server`]: starts and stops a node ([`Gateway`]).
 //! - [`http`]: the axum router; it authenticates upgrades and hands sockets over, nothing else.
+//! - [`api`]: the server API (`/api/v1/`), an application backend's door: API keys, sends,
+//!   groups, what a user sees, presence, disconnects.
 //! - [`identity`]: who a connecting client is (JWT, or dev mode).
 //! - [`admission`]: how many connections the node, and each user, may hold.
 //! - [`live`]: the settings a reload changes while the node runs.
@@ -23,6 +25,7 @@
 
 pub mod actors;
 pub mod admission;
+pub mod api;
 pub mod connection;
 pub mod http;
 pub mod identity;

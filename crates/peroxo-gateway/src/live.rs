@@ -14,7 +14,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, Guard};
-use peroxo_config::{Config, GroupsConfig, LimitsConfig, MessagesConfig};
+use std::collections::HashMap;
+
+use peroxo_config::{Config, GroupsConfig, IpRange, LimitsConfig, MessagesConfig, ServerApiConfig};
 use peroxo_protocol::DecodeLimits;
 
 /// The values of the live keys, as one consistent set.
@@ -29,6 +31,19 @@ pub struct Settings {
     pub max_connections: usize,
     /// How long a graceful shutdown may take.
     pub grace_period: Duration,
+    /// `[server_api]`: its limits, and its keys by SHA-256.
+    pub server_api: ServerApiConfig,
+    pub api_keys: Arc<HashMap<String, ApiKeyOwner>>,
+    /// `server_api.allowed_ips`, parsed.
+    pub api_allowed: Arc<[IpRange]>,
+}
+
+/// Whom an API key belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeyOwner {
+    pub tenant: String,
+    /// The key's name, for logs.
+    pub name: String,
 }
 
 impl Settings {
@@ -40,6 +55,22 @@ impl Settings {
             allowed_origins: config.http.allowed_origins.clone().into(),
             max_connections: config.http.max_connections,
             grace_period: config.shutdown.grace_period,
+            server_api: config.server_api.clone(),
+            api_keys: Arc::new(
+                config
+                    .server_api
+                    .keys
+                    .iter()
+                    .map(|key| {
+                        let owner = ApiKeyOwner {
+                            tenant: key.tenant.clone(),
+                            name: key.name.clone(),
+                        };
+                        (key.sha256.clone(), owner)
+                    })
+                    .collect(),
+            ),
+            api_allowed: config.server_api.allowed_ranges().into(),
         }
     }
 

@@ -214,6 +214,7 @@ impl Gateway {
             sessions: sessions.clone(),
             admission: Arc::clone(&admission),
             gateway: Arc::clone(&gateway),
+            api_rates: Arc::default(),
         };
         let (http_addr, stop_http, http_task) = start_http(&config, state).await?;
         tracing::info!(addr = %http_addr, storage = %endpoint, "gateway listening (HTTP, WebSocket at /ws)");

@@ -25,10 +25,16 @@ pub enum CloseCause {
     TokenExpired,
     /// The session ended without a more specific cause (1000).
     SessionEnded,
+    /// The application disconnected the user through the server API, with a code of its
+    /// choice (4000 to 4999; [`DISCONNECTED_CODE`] when it named none).
+    Disconnected { code: u16 },
 }
 
+/// The close code of a disconnection by the server API that names no code of its own.
+pub const DISCONNECTED_CODE: u16 = 4003;
+
 impl CloseCause {
-    pub const ALL: [CloseCause; 10] = [
+    pub const ALL: [CloseCause; 11] = [
         CloseCause::Shutdown,
         CloseCause::IdleTimeout,
         CloseCause::RateAbuse,
@@ -39,6 +45,9 @@ impl CloseCause {
         CloseCause::StorageUnavailable,
         CloseCause::TokenExpired,
         CloseCause::SessionEnded,
+        CloseCause::Disconnected {
+            code: DISCONNECTED_CODE,
+        },
     ];
 
     /// The WebSocket close code.
@@ -51,6 +60,7 @@ impl CloseCause {
             CloseCause::SlowConsumer | CloseCause::StorageUnavailable => 1013,
             CloseCause::TokenExpired => 4001,
             CloseCause::SessionEnded => 1000,
+            CloseCause::Disconnected { code } => code,
         }
     }
 
@@ -67,6 +77,7 @@ impl CloseCause {
             CloseCause::StorageUnavailable => "storage unavailable; reconnect later",
             CloseCause::TokenExpired => "token expired",
             CloseCause::SessionEnded => "session ended",
+            CloseCause::Disconnected { .. } => "disconnected by the application",
         }
     }
 
@@ -83,6 +94,7 @@ impl CloseCause {
             CloseCause::StorageUnavailable => "storage_unavailable",
             CloseCause::TokenExpired => "token_expired",
             CloseCause::SessionEnded => "session_ended",
+            CloseCause::Disconnected { .. } => "disconnected",
         }
     }
 }

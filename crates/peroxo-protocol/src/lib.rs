@@ -21,5 +21,5 @@ pub mod limits;
 mod schema;
 mod wire;
 
-pub use close::CloseCause;
+pub use close::{CloseCause, DISCONNECTED_CODE};
 pub use wire::*;

@@ -7,6 +7,9 @@
 //! encoded with that user's seq (persist, then deliver). Storage refusals become `error`
 //! frames with their exact code.
 //!
+//! [`OnBehalf`] is the part that does not depend on who asked: the commit as a user and the
+//! deliveries of its events; the server API (`crate::api`) uses it too.
+//!
 //! [`stream_frames`] and [`message_frames`] build those frames; Persistence uses the latter
 //! for committed group messages.
 
@@ -22,12 +25,12 @@ use super::context::{ConnectionContext, GatewayContext};
 use super::router::{Protocols, RouterMsg, UserFrame};
 use crate::connection::{Droppable, Outbound};
 use peroxo_protocol::conversation::{
-    ConversationRef, ConversationsQuery, CreateGroup, GroupChange, GroupOp, GroupOutcome, ReadMark,
-    ReadMarkKind, ReadOutcome,
+    ConversationPage, ConversationRef, ConversationsQuery, CreateGroup, GroupChange, GroupOp,
+    GroupOutcome, ReadMark, ReadMarkKind, ReadOutcome,
 };
 use peroxo_protocol::domain::{SessionId, StoredMessage, UserKey};
-use peroxo_protocol::event::{Fanout, Role, StreamSeq};
-use peroxo_protocol::lifecycle::{MessageChange, MessageOp};
+use peroxo_protocol::event::{Fanout, Member, Role, StreamSeq};
+use peroxo_protocol::lifecycle::{MessageChange, MessageOp, MessageOutcome};
 use peroxo_protocol::{
     CommandKind, ConversationView, ErrorCode, EventView, MemberView, MessageView, ProtocolError,
     ReaderView, ReqId, ServerFrame,
@@ -129,11 +132,13 @@ impl CommandContext {
             return;
         };
         let task = Task {
-            client,
-            user: self.connection.key.clone(),
+            acting: OnBehalf {
+                client,
+                user: self.connection.key.clone(),
+                gateway: Arc::clone(&self.gateway),
+            },
             protocol: self.connection.protocol,
             outbound,
-            gateway: Arc::clone(&self.gateway),
         };
         // A refused `create_group` or `edit` names its `client_msg_id`, like a refused send.
         let client_msg_id = kind.client_msg_id().map(str::to_owned);
@@ -152,32 +157,35 @@ impl CommandContext {
 
 /// One command in flight.
 struct Task {
-    client: StorageClient,
-    user: UserKey,
+    /// The user whose command it is, and how its commits reach storage and the Router.
+    acting: OnBehalf,
     /// The connection's protocol version.
     protocol: u32,
     outbound: Outbound,
-    gateway: Arc<GatewayContext>,
+}
+
+/// Commits on behalf of one user and hands what they made to the Router: the part of a
+/// command that does not depend on who asked (a connection of the user, or the server API).
+/// Storage commits first; the events of a commit then go to every stream they entered.
+pub struct OnBehalf {
+    pub client: StorageClient,
+    pub user: UserKey,
+    pub gateway: Arc<GatewayContext>,
 }
 
 impl Task {
     async fn run(&self, kind: CommandKind, req_id: Option<&ReqId>) -> Result<(), CallError> {
         let req_id = req_id.map(Cow::Borrowed);
+        let acting = &self.acting;
+        let user = &acting.user;
         match kind {
             CommandKind::CreateGroup {
                 title,
                 members,
                 client_msg_id,
             } => {
-                let outcome = self
-                    .client
-                    .create_group(CreateGroup {
-                        creator: self.user.clone(),
-                        client_msg_id: client_msg_id.clone(),
-                        title,
-                        members,
-                        limits: self.gateway.live.load().groups.limits(),
-                    })
+                let outcome = acting
+                    .create_group(client_msg_id.clone(), title, members)
                     .await?;
                 self.outbound.send(&ServerFrame::GroupCreated {
                     req_id,
@@ -185,7 +193,6 @@ impl Task {
                     conversation_id: Cow::Borrowed(&outcome.conversation_id),
                     duplicate: outcome.duplicate,
                 });
-                self.deliver_events(&outcome.events);
             }
             CommandKind::RenameGroup {
                 conversation_id,
@@ -221,14 +228,7 @@ impl Task {
                     .await?;
             }
             CommandKind::Members { conversation_id } => {
-                let members = self
-                    .client
-                    .members(self.user.clone(), conversation_id.clone())
-                    .await?;
-                let names = Arc::new(members.iter().map(|m| m.user.clone()).collect());
-                self.gateway
-                    .member_cache
-                    .put(&self.user.tenant, &conversation_id, names);
+                let members = acting.member_list(&conversation_id).await?;
                 self.outbound.send(&ServerFrame::Members {
                     req_id,
                     conversation_id: Cow::Borrowed(&conversation_id),
@@ -236,39 +236,20 @@ impl Task {
                 });
             }
             CommandKind::Conversations { before, limit } => {
-                let page = self
+                let page = acting
                     .client
                     .conversations(ConversationsQuery {
-                        user: self.user.clone(),
+                        user: user.clone(),
                         before,
                         limit,
                     })
                     .await?;
-                let next_before = page
-                    .conversations
-                    .last()
-                    .filter(|_| page.has_more)
-                    .map(|c| c.activity_seq.to_string());
-                self.outbound.send(&ServerFrame::Conversations {
+                self.outbound.send(&conversations_frame(
+                    &page,
+                    &user.user,
+                    self.protocol,
                     req_id,
-                    conversations: page
-                        .conversations
-                        .iter()
-                        .map(|c| {
-                            let mut view = ConversationView::of(c, &self.user.user);
-                            if !Protocols::LIFECYCLE.admits(self.protocol) {
-                                view.last_message =
-                                    view.last_message.map(MessageView::without_lifecycle);
-                            }
-                            view
-                        })
-                        .collect(),
-                    next_before,
-                    total_unread: page.total_unread,
-                    last_seq: Protocols::LIFECYCLE
-                        .admits(self.protocol)
-                        .then_some(page.last_seq),
-                });
+                ));
             }
             CommandKind::MarkRead {
                 conversation_id,
@@ -288,9 +269,9 @@ impl Task {
                 conversation_id,
                 message_id,
             } => {
-                let readers = self
+                let readers = acting
                     .client
-                    .read_receipts(self.user.clone(), conversation_id.clone(), message_id)
+                    .read_receipts(user.clone(), conversation_id.clone(), message_id)
                     .await?;
                 self.outbound.send(&ServerFrame::ReadReceipts {
                     req_id,
@@ -300,7 +281,7 @@ impl Task {
                 });
             }
             CommandKind::TypingInConversation { conversation_id } => {
-                self.typing(&conversation_id).await?;
+                acting.typing(&conversation_id).await?;
             }
             CommandKind::Edit {
                 conversation_id,
@@ -345,8 +326,7 @@ impl Task {
         Ok(())
     }
 
-    /// Edits, deletes or reacts to a message: the answer is the message as it is now, and
-    /// the change's event goes to everyone who can see the message.
+    /// Edits, deletes or reacts to a message: the answer is the message as it is now.
     async fn change_message(
         &self,
         conversation_id: String,
@@ -358,6 +338,141 @@ impl Task {
             MessageOp::Edit { client_msg_id, .. } => Some(client_msg_id.clone()),
             _ => None,
         };
+        let user = &self.acting.user.user;
+        let outcome = self
+            .acting
+            .change_message(conversation_id, message_id, op)
+            .await?;
+        self.outbound.send(&ServerFrame::MessageState {
+            req_id,
+            client_msg_id: client_msg_id.as_deref().map(Cow::Borrowed),
+            message: MessageView::of(&outcome.message, user),
+            duplicate: outcome.duplicate,
+            seq: outcome.event.as_ref().and_then(|fanout| {
+                let mine = fanout.seqs.iter().find(|s| s.user == *user);
+                mine.map(|s| s.seq)
+            }),
+        });
+        Ok(())
+    }
+
+    async fn change(
+        &self,
+        conversation_id: String,
+        op: GroupOp,
+        req_id: Option<Cow<'_, ReqId>>,
+    ) -> Result<(), CallError> {
+        self.acting.change_group(&conversation_id, op).await?;
+        self.outbound.send(&ServerFrame::Done {
+            req_id,
+            conversation_id: Cow::Borrowed(&conversation_id),
+        });
+        Ok(())
+    }
+
+    async fn mark(
+        &self,
+        conversation_id: String,
+        kind: ReadMarkKind,
+        req_id: Option<Cow<'_, ReqId>>,
+    ) -> Result<(), CallError> {
+        let outcome = self.acting.mark(&conversation_id, kind).await?;
+        self.outbound.send(&ServerFrame::ReadState {
+            req_id,
+            conversation_id: Cow::Borrowed(&conversation_id),
+            read_marker: outcome.message_id.to_string(),
+            unread_count: outcome.unread_count,
+        });
+        Ok(())
+    }
+}
+
+/// The `conversations` answer to `user` of `protocol` for a page of the list.
+pub fn conversations_frame<'a>(
+    page: &'a ConversationPage,
+    user: &'a str,
+    protocol: u32,
+    req_id: Option<Cow<'a, ReqId>>,
+) -> ServerFrame<'a> {
+    let next_before = page
+        .conversations
+        .last()
+        .filter(|_| page.has_more)
+        .map(|c| c.activity_seq.to_string());
+    ServerFrame::Conversations {
+        req_id,
+        conversations: page
+            .conversations
+            .iter()
+            .map(|c| {
+                let mut view = ConversationView::of(c, user);
+                if !Protocols::LIFECYCLE.admits(protocol) {
+                    view.last_message = view.last_message.map(MessageView::without_lifecycle);
+                }
+                view
+            })
+            .collect(),
+        next_before,
+        total_unread: page.total_unread,
+        last_seq: Protocols::LIFECYCLE
+            .admits(protocol)
+            .then_some(page.last_seq),
+    }
+}
+
+impl OnBehalf {
+    /// Creates a group with the user as owner; its events go to every initial member.
+    pub async fn create_group(
+        &self,
+        client_msg_id: String,
+        title: String,
+        members: Vec<String>,
+    ) -> Result<GroupOutcome, CallError> {
+        let outcome = self
+            .client
+            .create_group(CreateGroup {
+                creator: self.user.clone(),
+                client_msg_id,
+                title,
+                members,
+                limits: self.gateway.live.load().groups.limits(),
+            })
+            .await?;
+        self.deliver_events(&outcome.events);
+        Ok(outcome)
+    }
+
+    /// Changes a group as the user (who must be allowed to); its events go to every stream
+    /// they entered.
+    pub async fn change_group(
+        &self,
+        conversation_id: &str,
+        op: GroupOp,
+    ) -> Result<GroupOutcome, CallError> {
+        let outcome = self
+            .client
+            .change_group(GroupChange {
+                actor: self.user.clone(),
+                conversation_id: conversation_id.to_owned(),
+                op,
+                limits: self.gateway.live.load().groups.limits(),
+            })
+            .await?;
+        self.gateway
+            .member_cache
+            .forget(&self.user.tenant, conversation_id);
+        self.deliver_events(&outcome.events);
+        Ok(outcome)
+    }
+
+    /// Edits, deletes or reacts to a message as the user; the change's event goes to
+    /// everyone who can see the message.
+    pub async fn change_message(
+        &self,
+        conversation_id: String,
+        message_id: u64,
+        op: MessageOp,
+    ) -> Result<MessageOutcome, CallError> {
         let outcome = self
             .client
             .change_message(MessageChange {
@@ -368,93 +483,65 @@ impl Task {
                 limits: self.gateway.live.load().messages.limits(),
             })
             .await?;
-        self.outbound.send(&ServerFrame::MessageState {
-            req_id,
-            client_msg_id: client_msg_id.as_deref().map(Cow::Borrowed),
-            message: MessageView::of(&outcome.message, &self.user.user),
-            duplicate: outcome.duplicate,
-            seq: outcome.event.as_ref().and_then(|fanout| {
-                let mine = fanout.seqs.iter().find(|s| s.user == self.user.user);
-                mine.map(|s| s.seq)
-            }),
-        });
         self.deliver_events(outcome.event.as_slice());
-        Ok(())
+        Ok(outcome)
     }
 
-    async fn change(
+    /// Moves the user's read marker: the marker's event goes to the user's devices, a
+    /// durable receipt to a direct peer, a live receipt to a small group's members.
+    pub async fn mark(
         &self,
-        conversation_id: String,
-        op: GroupOp,
-        req_id: Option<Cow<'_, ReqId>>,
-    ) -> Result<(), CallError> {
-        let GroupOutcome { events, .. } = self
-            .client
-            .change_group(GroupChange {
-                actor: self.user.clone(),
-                conversation_id: conversation_id.clone(),
-                op,
-                limits: self.gateway.live.load().groups.limits(),
-            })
-            .await?;
-        self.gateway
-            .member_cache
-            .forget(&self.user.tenant, &conversation_id);
-        self.outbound.send(&ServerFrame::Done {
-            req_id,
-            conversation_id: Cow::Borrowed(&conversation_id),
-        });
-        self.deliver_events(&events);
-        Ok(())
-    }
-
-    async fn mark(
-        &self,
-        conversation_id: String,
+        conversation_id: &str,
         kind: ReadMarkKind,
-        req_id: Option<Cow<'_, ReqId>>,
-    ) -> Result<(), CallError> {
-        let ReadOutcome {
-            message_id,
-            unread_count,
-            marker,
-            receipt,
-        } = self
+    ) -> Result<ReadOutcome, CallError> {
+        let outcome = self
             .client
             .mark_read(ReadMark {
                 user: self.user.clone(),
-                conversation_id: conversation_id.clone(),
+                conversation_id: conversation_id.to_owned(),
                 kind,
             })
             .await?;
-        self.outbound.send(&ServerFrame::ReadState {
-            req_id,
-            conversation_id: Cow::Borrowed(&conversation_id),
-            read_marker: message_id.to_string(),
-            unread_count,
-        });
-        let moved_forward = matches!(kind, ReadMarkKind::Read { .. }) && marker.is_some();
-        let events: Vec<Fanout> = marker.into_iter().chain(receipt).collect();
+        let moved_forward = matches!(kind, ReadMarkKind::Read { .. }) && outcome.marker.is_some();
+        let events: Vec<Fanout> = outcome
+            .marker
+            .iter()
+            .chain(&outcome.receipt)
+            .cloned()
+            .collect();
         self.deliver_events(&events);
         if moved_forward
             && matches!(
-                ConversationRef::parse(&conversation_id),
+                ConversationRef::parse(conversation_id),
                 Ok(ConversationRef::Group(_))
             )
         {
             let receipt = ServerFrame::Receipt {
-                conversation_id: Cow::Borrowed(&conversation_id),
+                conversation_id: Cow::Borrowed(conversation_id),
                 user: Cow::Borrowed(&self.user.user),
-                message_id: message_id.to_string(),
+                message_id: outcome.message_id.to_string(),
             };
-            // The command is answered already, and a live receipt is best-effort: failing to
-            // read the members for it (storage unreachable since the mark) must not answer
-            // the command a second time.
-            if let Err(error) = self.to_live_members(&conversation_id, &receipt).await {
+            // The mark is committed already, and a live receipt is best-effort: failing to
+            // read the members for it (storage unreachable since the mark) must not fail
+            // the mark.
+            if let Err(error) = self.to_live_members(conversation_id, &receipt).await {
                 tracing::debug!(%error, conversation = %conversation_id, "live receipt not sent");
             }
         }
-        Ok(())
+        Ok(outcome)
+    }
+
+    /// The members of a group, for one of them (which refreshes the node's cache).
+    pub async fn member_list(&self, conversation_id: &str) -> Result<Vec<Member>, CallError> {
+        let members = self
+            .client
+            .members(self.user.clone(), conversation_id.to_owned())
+            .await?;
+        let names = Arc::new(members.iter().map(|m| m.user.clone()).collect());
+        self.gateway
+            .member_cache
+            .put(&self.user.tenant, conversation_id, names);
+        Ok(members)
     }
 
     /// Typing in a direct conversation goes to the peer; in a group, to every other member

@@ -11,18 +11,90 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, oneshot};
 use tokio::time::Instant;
 
 use crate::connection::Outbound;
-use peroxo_protocol::ReqId;
-use peroxo_protocol::domain::NewMessage;
+use peroxo_protocol::domain::SessionId;
+use peroxo_protocol::domain::{NewMessage, StoredMessage};
+use peroxo_protocol::{ProtocolError, ReqId, ServerFrame};
+
+/// Who is waiting for a write's answer.
+pub enum Origin {
+    /// A client's connection, which outlives any session actor: the `ack` or `error` frame is
+    /// queued to it.
+    Connection(Outbound),
+    /// A request of the server API, waiting on the other end.
+    Api(oneshot::Sender<Answer>),
+}
+
+/// What a server API request is told of its write: committed (with whether it was a
+/// duplicate), or refused.
+pub type Answer = Result<(StoredMessage, bool), ProtocolError>;
+
+impl Origin {
+    /// Tells the origin its write is committed.
+    pub fn ack(self, message: &StoredMessage, req_id: Option<&ReqId>, duplicate: bool) {
+        match self {
+            Origin::Connection(outbound) => {
+                outbound.send(&ack_frame(message, req_id, duplicate));
+            }
+            Origin::Api(answer) => {
+                let _ = answer.send(Ok((message.clone(), duplicate)));
+            }
+        }
+    }
+
+    /// Tells the origin its write was refused.
+    pub fn refuse(self, error: ProtocolError) {
+        match self {
+            Origin::Connection(outbound) => {
+                outbound.error(&error);
+            }
+            Origin::Api(answer) => {
+                let _ = answer.send(Err(error));
+            }
+        }
+    }
+
+    /// Charges a connection's rate for what a group send turned out to cost (the server API
+    /// is rated per request).
+    pub fn owe_rate(&self, tokens: u32) {
+        if let Origin::Connection(outbound) = self {
+            outbound.owe_rate(tokens);
+        }
+    }
+
+    /// The session that sent it, which gets the answer instead of a copy.
+    pub fn session_id(&self) -> Option<SessionId> {
+        match self {
+            Origin::Connection(outbound) => Some(outbound.session_id()),
+            Origin::Api(_) => None,
+        }
+    }
+}
+
+fn ack_frame<'a>(
+    message: &'a StoredMessage,
+    req_id: Option<&'a ReqId>,
+    duplicate: bool,
+) -> ServerFrame<'a> {
+    ServerFrame::Ack {
+        req_id: req_id.map(std::borrow::Cow::Borrowed),
+        client_msg_id: std::borrow::Cow::Borrowed(&message.client_msg_id),
+        message_id: message.message_id.to_string(),
+        conversation_id: message.conversation_id(),
+        seq: message.sender_seq,
+        ts: message.ts,
+        duplicate,
+    }
+}
 
 /// An accepted `send`, waiting to be committed.
 pub struct PendingWrite {
     pub message: NewMessage,
-    /// Where the `ack` goes: the sender's connection, which outlives any session actor.
-    pub origin: Outbound,
+    /// Where the `ack` goes.
+    pub origin: Origin,
     pub req_id: Option<ReqId>,
     /// The outbox places it holds: 1 for a direct message, the group's member count (as
     /// last seen) for a group message, so the bound counts stored rows.
@@ -102,7 +174,7 @@ impl Outbox {
     pub fn push(
         &self,
         message: NewMessage,
-        origin: Outbound,
+        origin: Origin,
         req_id: Option<ReqId>,
         rows: u32,
     ) -> Result<bool, Refused> {
@@ -165,8 +237,6 @@ impl Outbox {
 
 #[cfg(test)]
 mod tests {
-    use peroxo_protocol::domain::SessionId;
-
     use super::*;
 
     fn message(client_msg_id: &str) -> NewMessage {
@@ -181,7 +251,7 @@ mod tests {
     }
 
     fn push(outbox: &Outbox, outbound: &Outbound, id: &str) -> Result<bool, Refused> {
-        outbox.push(message(id), outbound.clone(), None, 1)
+        outbox.push(message(id), Origin::Connection(outbound.clone()), None, 1)
     }
 
     fn waiting_ids(outbox: &Outbox) -> Vec<String> {

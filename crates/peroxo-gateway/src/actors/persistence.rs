@@ -14,7 +14,6 @@
 //! outbox and reconnects with exponential backoff and jitter; once connected, the outbox is
 //! flushed in order.
 
-use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,8 +29,8 @@ use super::router::{Delivery, RouterMsg};
 use crate::live::LiveSettings;
 use crate::telemetry::{Metrics, seconds};
 use peroxo_config::{StorageConfig, StorageEndpoints};
-use peroxo_protocol::domain::{AppendOutcome, NewMessage, StoredMessage, UserKey};
-use peroxo_protocol::{ErrorCode, ProtocolError, ReqId, ServerFrame};
+use peroxo_protocol::domain::{AppendOutcome, NewMessage, UserKey};
+use peroxo_protocol::{ErrorCode, ProtocolError};
 use peroxo_storage::grpc::{CallError, StorageClient};
 
 /// The most bytes of message content one append call carries, whatever `storage.max_batch`
@@ -404,8 +403,8 @@ impl PersistenceState {
         tracing::error!(%reason, "storage refused an append batch");
         let writes = std::mem::take(&mut self.args.outbox.lock().in_flight);
         for write in writes {
-            write.origin.error(
-                &ProtocolError::new(
+            write.origin.refuse(
+                ProtocolError::new(
                     ErrorCode::Internal,
                     "the storage service refused the message",
                 )
@@ -430,9 +429,6 @@ impl PersistenceState {
                 metrics
                     .send_to_ack
                     .record(seconds(write.accepted_at.elapsed()));
-                write
-                    .origin
-                    .send(&ack_frame(&message, write.req_id.as_ref(), duplicate));
                 if message.is_group() && !duplicate {
                     let members = u32::try_from(members.len() + 1).unwrap_or(u32::MAX);
                     self.args
@@ -448,15 +444,17 @@ impl PersistenceState {
                         write.origin.owe_rate(owed);
                     }
                 }
-                (!duplicate).then(|| Delivery {
+                let origin = write.origin.session_id();
+                write.origin.ack(&message, write.req_id.as_ref(), duplicate);
+                (!duplicate).then_some(Delivery {
                     message,
                     members,
-                    origin: Some(write.origin.session_id()),
+                    origin,
                 })
             }
             AppendOutcome::Rejected(refusal) => {
-                write.origin.error(
-                    &ProtocolError::from(refusal)
+                write.origin.refuse(
+                    ProtocolError::from(refusal)
                         .with_req_id(write.req_id)
                         .with_client_msg_id(Some(write.message.client_msg_id)),
                 );
@@ -482,22 +480,6 @@ fn batch_len<'a>(waiting: impl Iterator<Item = (&'a NewMessage, u32)>, max_batch
         take += 1;
     }
     take
-}
-
-fn ack_frame<'a>(
-    message: &'a StoredMessage,
-    req_id: Option<&'a ReqId>,
-    duplicate: bool,
-) -> ServerFrame<'a> {
-    ServerFrame::Ack {
-        req_id: req_id.map(Cow::Borrowed),
-        client_msg_id: Cow::Borrowed(&message.client_msg_id),
-        message_id: message.message_id.to_string(),
-        conversation_id: message.conversation_id(),
-        seq: message.sender_seq,
-        ts: message.ts,
-        duplicate,
-    }
 }
 
 #[cfg(test)]

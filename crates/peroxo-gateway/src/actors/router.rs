@@ -26,6 +26,7 @@ use super::conversation_commands::message_frames;
 use super::session_supervisor::SessionSupervisorMsg;
 use crate::connection::{Droppable, Outbound};
 use crate::telemetry::Metrics;
+use peroxo_protocol::CloseCause;
 use peroxo_protocol::domain::{SessionId, StoredMessage, UserKey};
 use peroxo_protocol::event::StreamSeq;
 use peroxo_protocol::{
@@ -77,6 +78,20 @@ pub enum RouterMsg {
     },
     /// Relays a typing indicator to the live sessions of `to`.
     Typing { from: UserKey, to: String },
+    /// Whether each of `users` of `tenant` is online, here or on another node (server API).
+    Presence {
+        tenant: String,
+        users: Vec<String>,
+        reply: RpcReplyPort<Vec<bool>>,
+    },
+    /// Closes every session of `user` on this node with `cause` (and `reason` in the close
+    /// frame, when given) after what is queued to it; answers how many (server API).
+    Disconnect {
+        user: UserKey,
+        cause: CloseCause,
+        reason: Option<String>,
+        reply: RpcReplyPort<usize>,
+    },
     /// A message committed elsewhere, for `user`'s sessions here.
     RemoteDeliver {
         user: UserKey,
@@ -315,6 +330,25 @@ impl Actor for Router {
                 req_id,
             } => state.online_users(session, limit, req_id.as_ref()),
             RouterMsg::Typing { from, to } => state.local_typing(from, to),
+            RouterMsg::Presence {
+                tenant,
+                users,
+                reply,
+            } => {
+                let online = users
+                    .into_iter()
+                    .map(|user| state.is_online(&UserKey::new(tenant.clone(), user)))
+                    .collect();
+                let _ = reply.send(online);
+            }
+            RouterMsg::Disconnect {
+                user,
+                cause,
+                reason,
+                reply,
+            } => {
+                let _ = reply.send(state.disconnect(&user, cause, reason.as_deref()));
+            }
             RouterMsg::RemoteDeliver { user, message } => state.send_message(&user, &message, None),
             RouterMsg::RemoteTyping { from, to } => state.typing(&from, &to),
             RouterMsg::RemotePresence { user, online } => state.remote_presence(user, online),
@@ -580,6 +614,18 @@ impl RouterState {
                 outbound.send(&ServerFrame::SyncHint { last_seq });
             }
         });
+    }
+
+    /// Closes `key`'s sessions here after what is queued to them; returns how many.
+    fn disconnect(&self, key: &UserKey, cause: CloseCause, reason: Option<&str>) -> usize {
+        let sessions = self.live_sessions(key);
+        for entry in sessions.iter().filter_map(|s| self.sessions.get(s)) {
+            match reason {
+                Some(reason) => entry.outbound.close_with_reason(cause, reason),
+                None => entry.outbound.close_after_pending(cause),
+            }
+        }
+        sessions.len()
     }
 
     fn live_sessions(&self, key: &UserKey) -> &[SessionId] {

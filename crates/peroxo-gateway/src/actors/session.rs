@@ -22,6 +22,7 @@ use super::ActorSlot;
 use super::cluster::ClusterMsg;
 use super::context::{ConnectionContext, GatewayContext};
 use super::conversation_commands::CommandContext;
+use super::outbox::Origin;
 use super::persistence::PersistenceMsg;
 use super::router::RouterMsg;
 use crate::connection::{Inbound, Refused, SessionInbox};
@@ -596,10 +597,12 @@ impl SessionState {
             reply_to,
         };
         let client_msg_id = message.client_msg_id.clone();
-        let pushed = self
-            .gateway
-            .outbox
-            .push(message, outbound.clone(), req_id.clone(), rows);
+        let pushed = self.gateway.outbox.push(
+            message,
+            Origin::Connection(outbound.clone()),
+            req_id.clone(),
+            rows,
+        );
         if pushed.is_ok() {
             self.gateway.metrics.messages_received.increment(1);
         }

@@ -78,6 +78,9 @@ struct Queue {
     close_now: Option<CloseCause>,
     /// The writer has stopped: nothing queued would be written.
     writer_gone: bool,
+    /// The close frame's reason when it is not its cause's own text (a disconnection by the
+    /// server API that gave one).
+    reason: Option<Box<str>>,
 }
 
 /// What the writer finds when it looks at its queue.
@@ -145,6 +148,11 @@ impl Shared {
     /// The writer's own reason to close (the idle timeout) yields to one asked for earlier.
     pub(super) fn first_cause(&self, cause: CloseCause) -> CloseCause {
         *self.cause.get_or_init(|| cause)
+    }
+
+    /// The close frame's reason asked for with [`Outbound::close_with_reason`], if any.
+    pub(super) fn close_reason(&self) -> Option<Box<str>> {
+        self.lock().reason.take()
     }
 
     /// Marks the connection ended and wakes everyone waiting for it.
@@ -330,6 +338,15 @@ impl Outbound {
         queue.items.push_back(Item::Close(cause));
         drop(queue);
         self.shared.wake.notify_one();
+    }
+
+    /// Closes after the frames already queued, with `reason` in the close frame instead of
+    /// the cause's own text. When a close was asked for already, that one stands.
+    pub fn close_with_reason(&self, cause: CloseCause, reason: &str) {
+        if self.shared.cause.get().is_none() {
+            self.shared.lock().reason = Some(reason.into());
+        }
+        self.close_after_pending(cause);
     }
 
     /// Closes at once; frames still queued are discarded. When a close was asked for already,

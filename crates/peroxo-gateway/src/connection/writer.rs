@@ -171,9 +171,13 @@ async fn write_frames(
 async fn close_handshake(sink: &mut Sink, queue: &OutboundQueue, heartbeat: Heartbeat, stop: Stop) {
     let mut answer_pending = true;
     if let Stop::Close(cause) = stop {
+        let reason = match queue.shared.close_reason() {
+            Some(reason) => Utf8Bytes::from(String::from(reason)),
+            None => Utf8Bytes::from_static(cause.text()),
+        };
         let frame = CloseFrame {
             code: cause.code(),
-            reason: Utf8Bytes::from_static(cause.text()),
+            reason,
         };
         // A client that does not read gets as long as an idle one before it is dropped.
         let sent = tokio::time::timeout(
