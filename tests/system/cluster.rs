@@ -35,7 +35,9 @@ impl Node {
              [limits]\nrate_per_sec = 1000\nrate_burst = 1000\n\
              [cluster]\nmode = \"nats\"\nnats_url = \"nats://{nats}\"\nnode_id = \"{name}\"\n\
              subject_prefix = \"{prefix}\"\npresence_ttl_secs = \"2s\"\n\
-             [log]\nformat = \"json\"\nlevel = \"info\"\n"
+             [[server_api.keys]]\ntenant = \"default\"\nname = \"test\"\nsha256 = \"{key}\"\n\
+             [log]\nformat = \"json\"\nlevel = \"info\"\n",
+            key = api_key_sha256()
         );
         let path = dir.path().join("config.toml");
         std::fs::write(&path, config).unwrap();
@@ -59,6 +61,29 @@ impl Node {
     async fn connect(&self, user: &str) -> Client {
         Client::connect(&format!("ws://{}/ws?user={user}", self.addr)).await
     }
+}
+
+/// The server API key every node of these tests accepts.
+const API_KEY: &str = "pxk_cluster_test_key";
+
+fn api_key_sha256() -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(API_KEY.as_bytes()))
+}
+
+/// Calls the server API of the node at `addr`; returns the status and the JSON body.
+async fn api(addr: &str, method: &str, path: &str, body: Value) -> (u16, Value) {
+    let headers = format!("Authorization: Bearer {API_KEY}\r\nContent-Type: application/json\r\n");
+    let (status, text) = common::try_http_request_with_body(
+        addr.parse().unwrap(),
+        method,
+        path,
+        &headers,
+        &body.to_string(),
+    )
+    .await
+    .unwrap();
+    (status, serde_json::from_str(&text).unwrap())
 }
 
 /// Everything `user` has, through sync, as (seq, text).
@@ -448,5 +473,31 @@ async fn group_messages_events_and_receipts_reach_members_on_every_node() {
     assert_eq!(synced.len(), 1, "{synced:?}");
 
     drop((alice, carol, bob, bob_v1));
+    pair.stop().await;
+}
+
+#[tokio::test]
+async fn the_server_api_of_one_node_reaches_users_on_another() {
+    let pair = NodePair::start("api").await;
+    let (n1, n2) = (&pair.n1, &pair.n2);
+    let mut bob = n2.connect("bob").await;
+    let send = json!({"from": "system", "to": "bob", "text": "hello from the backend", "client_msg_id": "c1"});
+    let (status, ack) = api(&n1.addr, "POST", "/api/v1/messages", send).await;
+    assert_eq!(status, 200, "{ack}");
+    let delivered = bob.wait_for("message").await;
+    assert_eq!(delivered["text"], "hello from the backend");
+
+    let (status, body) = api(&n1.addr, "GET", "/api/v1/presence?users=bob", Value::Null).await;
+    assert_eq!(
+        (status, &body["users"][0]["online"]),
+        (200, &json!(true)),
+        "{body}"
+    );
+    let request = json!({"code": 4010, "reason": "suspended"});
+    let (status, body) = api(&n1.addr, "POST", "/api/v1/users/bob/disconnect", request).await;
+    assert_eq!(status, 200, "{body}");
+    let close = bob.expect_close().await.expect("a close frame");
+    assert_eq!(u16::from(close.code), 4010);
+    assert_eq!(close.reason.as_str(), "suspended");
     pair.stop().await;
 }

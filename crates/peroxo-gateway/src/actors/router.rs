@@ -85,12 +85,14 @@ pub enum RouterMsg {
         reply: RpcReplyPort<Vec<bool>>,
     },
     /// Closes every session of `user` on this node with `cause` (and `reason` in the close
-    /// frame, when given) after what is queued to it; answers how many (server API).
+    /// frame, when given) after what is queued to it. With `reply` (the server API asks this
+    /// node), it answers how many and has the other nodes close theirs; without (another node
+    /// asked), it only closes those here.
     Disconnect {
         user: UserKey,
         cause: CloseCause,
         reason: Option<String>,
-        reply: RpcReplyPort<usize>,
+        reply: Option<RpcReplyPort<usize>>,
     },
     /// A message committed elsewhere, for `user`'s sessions here.
     RemoteDeliver {
@@ -347,7 +349,17 @@ impl Actor for Router {
                 reason,
                 reply,
             } => {
-                let _ = reply.send(state.disconnect(&user, cause, reason.as_deref()));
+                let closed = state.disconnect(&user, cause, reason.as_deref());
+                if let Some(reply) = reply {
+                    let _ = reply.send(closed);
+                    if let Some(cluster) = &state.cluster {
+                        let _ = cluster.cast(ClusterMsg::PublishDisconnect {
+                            user,
+                            code: cause.code(),
+                            reason,
+                        });
+                    }
+                }
             }
             RouterMsg::RemoteDeliver { user, message } => state.send_message(&user, &message, None),
             RouterMsg::RemoteTyping { from, to } => state.typing(&from, &to),

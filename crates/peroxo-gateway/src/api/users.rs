@@ -259,7 +259,7 @@ pub(super) async fn disconnect(
             user: user.clone(),
             cause: CloseCause::Disconnected { code },
             reason: request.reason.clone(),
-            reply,
+            reply: Some(reply),
         },
         ROUTER_WAIT_MS
     )

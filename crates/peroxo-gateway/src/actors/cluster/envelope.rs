@@ -2,7 +2,7 @@
 //!
 //! This is the only file of the cluster that knows the wire format: every envelope is a JSON
 //! object tagged by `kind` (`message`, `frame`, `typing`, `presence`, `heartbeat`, `snapshot`, `hello`,
-//! `resync`, `bye`). A committed message travels as a [`WireMessage`], which converts to and
+//! `resync`, `disconnect`, `bye`). A committed message travels as a [`WireMessage`], which converts to and
 //! from the [`StoredMessage`] the rest of the gateway speaks.
 
 use peroxo_protocol::domain::{Lifecycle, Quote, StoredMessage};
@@ -66,6 +66,14 @@ pub enum Envelope {
     Hello { node: String },
     /// Deliveries to the user of this subject may have been lost: its sessions should sync.
     Resync { origin: String },
+    /// The server API disconnected the user of this subject: its sessions close with `code`
+    /// (and `reason`, when given).
+    Disconnect {
+        origin: String,
+        code: u16,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
     /// `node` is leaving.
     Bye { node: String },
 }

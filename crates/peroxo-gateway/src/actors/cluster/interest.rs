@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 
 use futures_util::StreamExt;
+use peroxo_protocol::CloseCause;
 use peroxo_protocol::domain::UserKey;
 use tokio::task::JoinHandle;
 
@@ -130,6 +131,18 @@ fn forward(router: &ActorSlot<RouterMsg>, node: &str, user: &UserKey, envelope: 
         }
         Envelope::Resync { origin } if origin != node => {
             let _ = router.cast(RouterMsg::SyncHint(vec![user.clone()]));
+        }
+        Envelope::Disconnect {
+            origin,
+            code,
+            reason,
+        } if origin != node => {
+            let _ = router.cast(RouterMsg::Disconnect {
+                user: user.clone(),
+                cause: CloseCause::Disconnected { code },
+                reason,
+                reply: None,
+            });
         }
         _ => {}
     }

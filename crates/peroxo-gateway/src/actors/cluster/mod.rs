@@ -76,6 +76,12 @@ pub enum ClusterMsg {
     PublishFrames(Vec<UserFrame>),
     /// A typing indicator for `to`'s sessions on other nodes.
     PublishTyping { from: UserKey, to: String },
+    /// Closes `user`'s sessions on other nodes (the server API's disconnect).
+    PublishDisconnect {
+        user: UserKey,
+        code: u16,
+        reason: Option<String>,
+    },
     /// A user's first local session opened, or last one closed.
     LocalPresence { user: UserKey, online: bool },
     /// Every user online on other nodes (for a Router that restarted).
@@ -206,6 +212,14 @@ impl Actor for Cluster {
             ClusterMsg::PublishMessages(messages) => state.publish_messages(&messages).await,
             ClusterMsg::PublishFrames(frames) => state.publish_frames(frames).await,
             ClusterMsg::PublishTyping { from, to } => state.publish_typing(from, to).await,
+            ClusterMsg::PublishDisconnect { user, code, reason } => {
+                let envelope = Envelope::Disconnect {
+                    origin: state.args.node.clone(),
+                    code,
+                    reason,
+                };
+                state.publish(state.subjects.user(&user), &envelope).await;
+            }
             ClusterMsg::LocalPresence { user, online } => state.local_presence(user, online).await,
             ClusterMsg::RemoteUsers(reply) => state.remote_users(reply),
             ClusterMsg::Presence(envelope) => state.presence(envelope).await,
