@@ -7,7 +7,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::pb::storage_client::StorageClient as PbClient;
 use super::{CallError, MAX_GRPC_MESSAGE_BYTES, convert, pb};
-use crate::{HistoryQuery, SyncQuery, SyncScope};
+use crate::{EventsQuery, HistoryQuery, SyncQuery, SyncScope};
 use peroxo_protocol::conversation::{
     ConversationPage, ConversationsQuery, CreateGroup, GroupChange, GroupOutcome, ReadMark,
     ReadOutcome, Receipt,
@@ -15,6 +15,7 @@ use peroxo_protocol::conversation::{
 use peroxo_protocol::domain::{AppendOutcome, HistoryPage, NewMessage, SyncPage, UserKey};
 use peroxo_protocol::event::Member;
 use peroxo_protocol::lifecycle::{MessageChange, MessageOutcome};
+use peroxo_protocol::outbox::OutboxPage;
 
 /// The gateway's client of the storage service. Cheap to clone; clones share one connection.
 #[derive(Debug, Clone)]
@@ -218,5 +219,16 @@ impl StorageClient {
             .into_iter()
             .map(convert::receipt_from_pb)
             .collect())
+    }
+
+    /// One page of a tenant's event outbox.
+    pub async fn events(&self, query: EventsQuery) -> Result<OutboxPage, CallError> {
+        let request = pb::EventsRequest {
+            tenant: query.tenant,
+            after: query.after,
+            limit: query.limit,
+        };
+        let r = self.inner.clone().events(request).await?.into_inner();
+        Ok(convert::outbox_page_from_pb(r)?)
     }
 }

@@ -19,6 +19,7 @@ use peroxo_protocol::event::{
     Event, EventKind, Fanout, Member, Refusal, RefusalCode, Role, StreamEvent, StreamSeq,
 };
 use peroxo_protocol::lifecycle::{MessageChange, MessageLimits, MessageOp, MessageOutcome};
+use peroxo_protocol::outbox::{OutboxEvent, OutboxKind, OutboxPage};
 
 /// A protobuf message that has no Rust counterpart; the text says what is wrong.
 #[derive(Debug)]
@@ -691,6 +692,48 @@ pub(super) fn receipt_from_pb(r: pb::Receipt) -> Receipt {
         user: r.user,
         read_marker: r.read_marker,
     }
+}
+
+pub(super) fn outbox_page_to_pb(page: OutboxPage) -> pb::EventsResponse {
+    pb::EventsResponse {
+        events: page
+            .events
+            .into_iter()
+            .map(|e| pb::OutboxEvent {
+                id: e.id,
+                tenant: e.tenant,
+                ts: e.ts,
+                kind: e.kind.name().to_owned(),
+                conversation_id: e.conversation_id,
+                payload: e.payload,
+            })
+            .collect(),
+        next_after: page.next_after,
+        pruned_until: page.pruned_until,
+    }
+}
+
+pub(super) fn outbox_page_from_pb(r: pb::EventsResponse) -> Result<OutboxPage, Malformed> {
+    let events = r
+        .events
+        .into_iter()
+        .map(|e| {
+            Ok(OutboxEvent {
+                kind: OutboxKind::parse(&e.kind)
+                    .ok_or_else(|| Malformed(format!("unknown outbox event kind {:?}", e.kind)))?,
+                id: e.id,
+                tenant: e.tenant,
+                ts: e.ts,
+                conversation_id: e.conversation_id,
+                payload: e.payload,
+            })
+        })
+        .collect::<Result<_, Malformed>>()?;
+    Ok(OutboxPage {
+        events,
+        next_after: r.next_after,
+        pruned_until: r.pruned_until,
+    })
 }
 
 #[cfg(test)]

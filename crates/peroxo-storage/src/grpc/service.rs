@@ -11,8 +11,8 @@ use super::convert;
 use super::pb;
 use super::pb::storage_server::Storage;
 use crate::{
-    HistoryQuery, MAX_APPEND_BATCH, MAX_HISTORY_LIMIT, MAX_SYNC_LIMIT, MessageStore, SyncQuery,
-    SyncScope,
+    EventsQuery, HistoryQuery, MAX_APPEND_BATCH, MAX_EVENTS_LIMIT, MAX_HISTORY_LIMIT,
+    MAX_SYNC_LIMIT, MessageStore, SyncQuery, SyncScope,
 };
 use peroxo_protocol::conversation::{ConversationRef, ConversationsQuery};
 use peroxo_protocol::domain::{self, UserKey};
@@ -224,6 +224,22 @@ impl<S: MessageStore> Storage for StorageService<S> {
         Ok(Response::new(pb::ReadReceiptsResponse {
             receipts: receipts.into_iter().map(convert::receipt_to_pb).collect(),
         }))
+    }
+
+    async fn events(
+        &self,
+        request: Request<pb::EventsRequest>,
+    ) -> Result<Response<pb::EventsResponse>, Status> {
+        let r = request.into_inner();
+        domain::validate_id(&r.tenant)
+            .map_err(|e| Status::invalid_argument(format!("tenant {e}")))?;
+        let query = EventsQuery {
+            tenant: r.tenant,
+            after: r.after,
+            limit: check_limit(r.limit, MAX_EVENTS_LIMIT)?,
+        };
+        let page = self.store.events(query).await?;
+        Ok(Response::new(convert::outbox_page_to_pb(page)))
     }
 }
 

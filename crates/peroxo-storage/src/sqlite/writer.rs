@@ -9,7 +9,9 @@
 //!
 //! [`WriteTx`] is what a job writes through: it takes the seqs (remembered across
 //! transactions, so a direct message need not read them), knows the members of the groups it
-//! saw lately (so a group message need not read them either), and fans events out.
+//! saw lately (so a group message need not read them either), fans events out, and writes
+//! the transaction's outbox events (`outbox`), whose counters it writes back before the
+//! commit.
 
 use std::collections::HashMap;
 use std::sync::{Arc, mpsc};
@@ -17,16 +19,18 @@ use std::sync::{Arc, mpsc};
 use rusqlite::{Connection, TransactionBehavior, params};
 use tokio::sync::oneshot;
 
+use super::outbox::OutboxIds;
 use super::schema::{EVENT, GROUP_MESSAGE, LIFECYCLE_EVENT};
-use super::{append, backend, erase, groups, lifecycle, reads, retention, state};
+use super::{append, backend, erase, groups, lifecycle, outbox, reads, retention, state};
 use crate::sql::{EventColumns, sql_int};
-use crate::{PruneBatch, StoreError};
+use crate::{OutboxSettings, PruneBatch, StoreError};
 use peroxo_protocol::conversation::{
     CreateGroup, GroupChange, GroupOutcome, ReadMark, ReadOutcome,
 };
 use peroxo_protocol::domain::{AppendOutcome, NewMessage, UserKey, now_ms};
 use peroxo_protocol::event::{Event, EventKind, Fanout, StreamSeq};
 use peroxo_protocol::lifecycle::{MessageChange, MessageOutcome};
+use peroxo_protocol::outbox::{NewOutboxEvent, Payloads};
 
 /// The most stream rows the writer commits in one transaction (a direct message counts as
 /// one, a group message as one per member, an event as one per stream it enters). A single
@@ -54,6 +58,10 @@ pub(super) enum Job {
     /// Erasing a user's texts, then read state (`peroxo user erase`): each runs alone.
     EraseTexts(UserKey, u32, Reply<u64>),
     EraseReadState(UserKey, u32, Reply<u64>),
+    /// Retention of the outbox: runs alone.
+    PruneEvents(PruneBatch, Reply<u64>),
+    /// Erasing a user's texts from the outbox: runs alone.
+    EraseEventTexts(UserKey, u32, Reply<u64>),
 }
 
 /// What a job did in its transaction, to answer once it commits.
@@ -70,7 +78,11 @@ impl Job {
     fn runs_alone(&self) -> bool {
         matches!(
             self,
-            Job::Prune(..) | Job::EraseTexts(..) | Job::EraseReadState(..)
+            Job::Prune(..)
+                | Job::EraseTexts(..)
+                | Job::EraseReadState(..)
+                | Job::PruneEvents(..)
+                | Job::EraseEventTexts(..)
         )
     }
 
@@ -106,9 +118,13 @@ impl Job {
                     .map_or(1, |e| e.seqs.len().max(1));
                 Ok((Done::Message(Box::new(done)), rows))
             }
-            Job::Prune(..) | Job::EraseTexts(..) | Job::EraseReadState(..) => Err(
-                StoreError::Backend("a batch of its own was grouped with other writes".to_owned()),
-            ),
+            Job::Prune(..)
+            | Job::EraseTexts(..)
+            | Job::EraseReadState(..)
+            | Job::PruneEvents(..)
+            | Job::EraseEventTexts(..) => Err(StoreError::Backend(
+                "a batch of its own was grouped with other writes".to_owned(),
+            )),
         }
     }
 
@@ -150,7 +166,9 @@ impl Job {
             }
             Job::Prune(_, reply)
             | Job::EraseTexts(_, _, reply)
-            | Job::EraseReadState(_, _, reply) => {
+            | Job::EraseReadState(_, _, reply)
+            | Job::PruneEvents(_, reply)
+            | Job::EraseEventTexts(_, _, reply) => {
                 let _ = reply.send(Err(error));
             }
         }
@@ -190,6 +208,9 @@ pub(super) struct Writer {
     pub(super) checkpoint: mpsc::SyncSender<()>,
     /// A retention batch taken while a group was open: it runs next, alone.
     pub(super) deferred: Option<Job>,
+    /// Whether and how the writer writes outbox events.
+    pub(super) outbox: OutboxSettings,
+    pub(super) outbox_ids: OutboxIds,
 }
 
 /// The members of the groups the writer saw lately, so that a group message need not read
@@ -264,6 +285,7 @@ impl Writer {
                 Err(e) => {
                     self.seqs.clear();
                     self.groups.clear();
+                    self.outbox_ids.clear();
                     tracing::error!(error = %e, "sqlite write transaction failed");
                     let error = e.to_string();
                     for job in group {
@@ -284,6 +306,10 @@ impl Writer {
             }
             Job::EraseReadState(user, limit, reply) => {
                 (erase::read_state(&mut self.conn, &user, limit), reply)
+            }
+            Job::PruneEvents(batch, reply) => (outbox::prune(&mut self.conn, &batch), reply),
+            Job::EraseEventTexts(user, limit, reply) => {
+                (outbox::erase_texts(&mut self.conn, &user, limit), reply)
             }
             job => return Some(job),
         };
@@ -310,6 +336,8 @@ impl Writer {
             seqs: &mut self.seqs,
             groups: &mut self.groups,
             ts: now_ms(),
+            outbox: self.outbox,
+            outbox_ids: &mut self.outbox_ids,
         };
         let mut done = Vec::with_capacity(group.len());
         let mut rows = 0;
@@ -330,6 +358,7 @@ impl Writer {
                 Err(_) => break,
             }
         }
+        self.outbox_ids.store(&tx)?;
         tx.commit().map_err(backend)?;
         Ok(done)
     }
@@ -352,6 +381,8 @@ pub(super) struct WriteTx<'t> {
     groups: &'t mut KnownGroups,
     /// The commit time of everything in the transaction.
     pub(super) ts: i64,
+    outbox: OutboxSettings,
+    outbox_ids: &'t mut OutboxIds,
 }
 
 impl WriteTx<'_> {
@@ -382,6 +413,18 @@ impl WriteTx<'_> {
             .collect();
         self.groups.put(tenant, group, Arc::clone(&members));
         Ok(Some(members))
+    }
+
+    /// Writes the outbox event `build` makes, as the next of `tenant`, when events are on.
+    pub(super) fn record(
+        &mut self,
+        tenant: &str,
+        build: impl FnOnce(Payloads) -> Option<NewOutboxEvent>,
+    ) -> Result<(), StoreError> {
+        match self.outbox.event(build) {
+            Some(event) => self.outbox_ids.write(self.conn, tenant, self.ts, &event),
+            None => Ok(()),
+        }
     }
 
     /// Forgets the remembered members of `group`: the job is changing them.
@@ -488,16 +531,15 @@ impl WriteTx<'_> {
                 seq,
             });
         }
-        Ok(Fanout {
-            event: Event {
-                event_id,
-                tenant: tenant.to_owned(),
-                conversation_id: conversation.to_owned(),
-                actor: actor.to_owned(),
-                ts: self.ts,
-                kind,
-            },
-            seqs,
-        })
+        let event = Event {
+            event_id,
+            tenant: tenant.to_owned(),
+            conversation_id: conversation.to_owned(),
+            actor: actor.to_owned(),
+            ts: self.ts,
+            kind,
+        };
+        self.record(tenant, |payloads| payloads.of_event(&event))?;
+        Ok(Fanout { event, seqs })
     }
 }
