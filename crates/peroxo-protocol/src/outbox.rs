@@ -100,6 +100,36 @@ pub struct OutboxPage {
     pub pruned_until: u64,
 }
 
+/// A request to hold the cursor of a consumer of a tenant's feed (a webhook sender, say), so
+/// that one node of a cluster at a time sends: `holder` gets the lease unless another holder's
+/// lease is still running at `now_ms`, and keeps renewing it while it works.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerClaim {
+    pub tenant: String,
+    pub consumer: String,
+    /// Who asks (a node id, say).
+    pub holder: String,
+    /// How long the lease runs from `now_ms`.
+    pub ttl_ms: u64,
+    /// Milliseconds since the Unix epoch, as the caller's clock says.
+    pub now_ms: i64,
+}
+
+/// A consumer's lease, as its holder got it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConsumerLease {
+    /// The last event id the consumer has processed (0: none yet).
+    pub cursor: u64,
+    /// When the lease ends unless renewed (milliseconds since the Unix epoch).
+    pub expires_at: i64,
+}
+
+/// The longest payload of an event recorded by `record_events`, in bytes.
+pub const MAX_RECORDED_PAYLOAD_BYTES: usize = 65_536;
+
+/// The longest name of a consumer or holder, in bytes.
+pub const MAX_CONSUMER_NAME_BYTES: usize = 256;
+
 /// An event not yet committed: what a transaction writes to the outbox, with the id and time
 /// of its commit still to come.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -12,6 +12,8 @@
 //! - `outbox` holds what both backends share of the event outbox, the feed of committed
 //!   changes: every change writes its events in its own transaction, with ids per tenant that
 //!   are gapless and follow commit order, and [`MessageStore::events`] pages through them.
+//!   Its consumers keep their cursors in storage under leases, so that one holder at a time
+//!   (one node of a cluster) consumes a feed.
 //! - [`retention`] deletes messages past their tenant's age, and outbox events past
 //!   `events.retention`, in small batches, as a task of the storage service.
 //! - [`user_data`] exports a user's data and erases it, for the operator's `peroxo user`.
@@ -47,7 +49,7 @@ use peroxo_protocol::conversation::{
 use peroxo_protocol::domain::{AppendOutcome, HistoryPage, NewMessage, SyncPage, UserKey};
 use peroxo_protocol::event::{Member, Refusal};
 use peroxo_protocol::lifecycle::{MessageChange, MessageOutcome};
-use peroxo_protocol::outbox::OutboxPage;
+use peroxo_protocol::outbox::{ConsumerClaim, ConsumerLease, NewOutboxEvent, OutboxPage};
 
 /// The most messages one history page may hold.
 pub const MAX_HISTORY_LIMIT: u32 = 100;
@@ -235,6 +237,34 @@ pub trait MessageStore: Send + Sync + 'static {
         &self,
         batch: PruneBatch,
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Writes events the caller decides (a `notify`, say) to the tenant's outbox, in one
+    /// transaction, in order, and returns their ids: in commit order with every other event
+    /// of the tenant. None are written (and no ids returned) when `[events]` is off.
+    fn record_events(
+        &self,
+        tenant: String,
+        events: Vec<NewOutboxEvent>,
+    ) -> impl Future<Output = Result<Vec<u64>, StoreError>> + Send;
+
+    /// Gives `claim.holder` the lease of the consumer's cursor (created at 0 when new) until
+    /// `now_ms + ttl_ms`, and returns it: when nobody holds it, when the holder already does
+    /// (a renewal), or when another holder's lease ended at or before `now_ms`. `None` while
+    /// another holder's lease runs.
+    fn claim_consumer(
+        &self,
+        claim: ConsumerClaim,
+    ) -> impl Future<Output = Result<Option<ConsumerLease>, StoreError>> + Send;
+
+    /// Moves the consumer's cursor to `cursor` if `holder` holds its lease (never back), and
+    /// says whether it does: false when another holder took the lease since.
+    fn advance_consumer(
+        &self,
+        tenant: String,
+        consumer: String,
+        holder: String,
+        cursor: u64,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// Removes the text preview from up to `limit` of the outbox events of messages `user`
     /// sent or edited, in one transaction, and returns how many (`peroxo user erase`).

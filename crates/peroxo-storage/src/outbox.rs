@@ -58,6 +58,26 @@ impl OutboxSettings {
     }
 }
 
+/// Claims a consumer's lease (`{0}` .. `{4}`: tenant, consumer, holder, expires_at, now), in
+/// the placeholders of the backend: a row only when the claim succeeds.
+pub(crate) fn claim_sql(p: [&str; 5]) -> String {
+    format!(
+        "INSERT INTO outbox_consumers (tenant, consumer, holder, expires_at, cursor)
+         VALUES ({0}, {1}, {2}, {3}, 0)
+         ON CONFLICT (tenant, consumer) DO UPDATE
+             SET holder = excluded.holder, expires_at = excluded.expires_at
+             WHERE outbox_consumers.holder = excluded.holder
+                OR outbox_consumers.expires_at <= {4}
+         RETURNING cursor, expires_at",
+        p[0], p[1], p[2], p[3], p[4]
+    )
+}
+
+/// The commit time at which a lease claimed at `now_ms` for `ttl_ms` ends.
+pub(crate) fn lease_end(now_ms: i64, ttl_ms: u64) -> i64 {
+    now_ms.saturating_add(i64::try_from(ttl_ms).unwrap_or(i64::MAX))
+}
+
 /// Where a pruning batch cuts a tenant's oldest events, `(id, ts)` ascending by id: after
 /// the longest prefix committed before `before_ts`. Only a prefix goes, so every id up to
 /// the cut is gone and `pruned_until` can say so (commit times need not follow ids exactly

@@ -11,6 +11,7 @@
 //! - `lifecycle`: edits, deletes, reactions and replies (protocol 3), with their events.
 //! - `conversations`: the conversation list.
 //! - `outbox`: the event outbox and its feed, with its ids in commit order across instances.
+//! - `consumers`: the leases and cursors of the feed's consumers.
 //! - `instances`: several service instances over one database, and concurrent writers.
 //! - `retention`: deleting messages past their tenant's age.
 //! - `stream_model`: what a user's conversation list must say, worked out from that user's
@@ -127,6 +128,7 @@ macro_rules! contract {
     };
 }
 
+mod consumers;
 mod conversations;
 mod direct;
 mod erase;

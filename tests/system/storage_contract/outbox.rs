@@ -5,7 +5,7 @@ use super::*;
 
 use peroxo_config::{EventsConfig, RetentionConfig};
 use peroxo_protocol::lifecycle::{MessageChange, MessageOp};
-use peroxo_protocol::outbox::{OutboxEvent, OutboxKind, OutboxPage};
+use peroxo_protocol::outbox::{NewOutboxEvent, OutboxEvent, OutboxKind, OutboxPage};
 use peroxo_storage::{EventsQuery, MessageStore, PostgresStore};
 use serde_json::{Value, json};
 
@@ -22,6 +22,8 @@ contract!(
     retention_prunes_the_oldest_events_and_reports_pruned_until,
     disabled_events_write_nothing,
     erasing_a_user_removes_the_text_previews_of_its_events,
+    recorded_events_take_ids_in_commit_order_with_the_others,
+    a_recorded_event_needs_a_json_object_payload,
 );
 
 /// The whole feed of `tenant`, read in pages of 2 so that paging is exercised too.
@@ -412,6 +414,11 @@ async fn disabled_events_write_nothing(f: &Fixture) {
         })
         .await
         .unwrap();
+    let recorded = client
+        .record_events("off".into(), vec![notify(r#"{"a":1}"#)])
+        .await
+        .unwrap();
+    assert!(recorded.is_empty(), "no ids: {recorded:?}");
     let page = page(&client, "off", 0, 10).await;
     assert!(page.events.is_empty(), "{page:?}");
     store.stop().await;
@@ -458,6 +465,45 @@ async fn erasing_a_user_removes_the_text_previews_of_its_events(f: &Fixture) {
     );
     assert_eq!(ids(&after), ids(&before));
     store.stop().await;
+}
+
+fn notify(payload: &str) -> NewOutboxEvent {
+    NewOutboxEvent {
+        kind: OutboxKind::Notify,
+        conversation_id: "alice:bob".into(),
+        payload: payload.into(),
+    }
+}
+
+async fn recorded_events_take_ids_in_commit_order_with_the_others(f: &Fixture) {
+    send(f, "alice", "bob").await;
+    let ids = f
+        .client
+        .record_events(T.into(), vec![notify(r#"{"n":1}"#), notify(r#"{"n":2}"#)])
+        .await
+        .unwrap();
+    assert_eq!(ids, [2, 3]);
+    send(f, "bob", "alice").await;
+    let events = feed(&f.client, T).await;
+    assert_eq!(
+        kinds(&events),
+        [
+            OutboxKind::MessageCreated,
+            OutboxKind::Notify,
+            OutboxKind::Notify,
+            OutboxKind::MessageCreated
+        ]
+    );
+    assert_eq!(payload(&events[2]), json!({"n": 2}));
+    assert_eq!(events[1].conversation_id, "alice:bob");
+}
+
+async fn a_recorded_event_needs_a_json_object_payload(f: &Fixture) {
+    for bad in ["[1]", "not json", ""] {
+        let result = f.client.record_events(T.into(), vec![notify(bad)]).await;
+        assert_bad_request(result, "payload");
+    }
+    assert!(feed(&f.client, T).await.is_empty());
 }
 
 /// Two PostgreSQL stores over one database append to one tenant at once while a reader polls

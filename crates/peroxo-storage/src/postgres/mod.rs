@@ -55,7 +55,7 @@ use peroxo_protocol::domain::{
 };
 use peroxo_protocol::event::Member;
 use peroxo_protocol::lifecycle::{MessageChange, MessageOutcome};
-use peroxo_protocol::outbox::OutboxPage;
+use peroxo_protocol::outbox::{ConsumerClaim, ConsumerLease, NewOutboxEvent, OutboxPage};
 
 /// A PostgreSQL-backed [`MessageStore`]. Cheap to clone.
 #[derive(Clone)]
@@ -259,5 +259,30 @@ impl MessageStore for PostgresStore {
 
     async fn erase_event_texts(&self, user: UserKey, limit: u32) -> Result<u64, StoreError> {
         outbox::erase_texts(&self.pool, user, limit).await
+    }
+
+    async fn record_events(
+        &self,
+        tenant: String,
+        events: Vec<NewOutboxEvent>,
+    ) -> Result<Vec<u64>, StoreError> {
+        outbox::record(&self.pool, self.outbox, tenant, events).await
+    }
+
+    async fn claim_consumer(
+        &self,
+        claim: ConsumerClaim,
+    ) -> Result<Option<ConsumerLease>, StoreError> {
+        outbox::claim(&self.pool, claim).await
+    }
+
+    async fn advance_consumer(
+        &self,
+        tenant: String,
+        consumer: String,
+        holder: String,
+        cursor: u64,
+    ) -> Result<bool, StoreError> {
+        outbox::advance(&self.pool, tenant, consumer, holder, cursor).await
     }
 }

@@ -1,5 +1,5 @@
-//! The event outbox in PostgreSQL: a transaction's events, written by its last statement, and
-//! the feed's read, pruning and erasing.
+//! The event outbox in PostgreSQL: a transaction's events, written by its last statement; the
+//! feed's read, pruning and erasing; its consumers' leases and cursors.
 //!
 //! Several storage services write one database at once, and a sequence is not commit-ordered:
 //! a transaction may take id 7, another id 8 and commit first, and a consumer that read 8
@@ -19,12 +19,14 @@ use deadpool_postgres::{Pool, Transaction};
 use tokio_postgres::IsolationLevel;
 
 use super::backend;
-use crate::outbox::{EventsQuery, prune_cut};
+use crate::outbox::{EventsQuery, claim_sql, lease_end, prune_cut};
 use crate::sql::sql_int;
 use crate::{MAX_EVENTS_LIMIT, OutboxSettings, PruneBatch, StoreError};
-use peroxo_protocol::domain::UserKey;
+use peroxo_protocol::domain::{UserKey, now_ms};
 use peroxo_protocol::event::Fanout;
-use peroxo_protocol::outbox::{NewOutboxEvent, OutboxEvent, OutboxKind, OutboxPage, Payloads};
+use peroxo_protocol::outbox::{
+    ConsumerClaim, ConsumerLease, NewOutboxEvent, OutboxEvent, OutboxKind, OutboxPage, Payloads,
+};
 
 /// The outbox events a transaction writes, by tenant, in the order they were made.
 #[derive(Debug)]
@@ -63,32 +65,61 @@ impl OutboxRows {
     }
 
     /// Takes each tenant's ids and inserts its events, committed at `ts`: the transaction's
-    /// last locks, so call it right before the commit.
-    pub(super) async fn write(self, tx: &Transaction<'_>, ts: i64) -> Result<(), StoreError> {
+    /// last locks, so call it right before the commit. Returns the ids taken, by tenant in
+    /// order, each tenant's in the order its events were recorded.
+    pub(super) async fn write(self, tx: &Transaction<'_>, ts: i64) -> Result<Vec<u64>, StoreError> {
+        let mut ids = Vec::new();
         for (tenant, events) in &self.by_tenant {
             let count = events.len() as i64;
             let kinds: Vec<&str> = events.iter().map(|e| e.kind.name()).collect();
             let conversations: Vec<&str> =
                 events.iter().map(|e| e.conversation_id.as_str()).collect();
             let payloads: Vec<&str> = events.iter().map(|e| e.payload.as_str()).collect();
-            tx.execute(
-                "WITH counter AS (
-                     INSERT INTO outbox_counters (tenant, last_id) VALUES ($1, $2)
-                     ON CONFLICT (tenant)
-                         DO UPDATE SET last_id = outbox_counters.last_id + EXCLUDED.last_id
-                     RETURNING last_id)
-                 INSERT INTO outbox (tenant, id, ts, kind, conversation, payload)
-                 SELECT $1, counter.last_id - $2 + e.n, $3, e.kind, e.conversation, e.payload
-                 FROM counter,
-                      unnest($4::text[], $5::text[], $6::text[])
-                          WITH ORDINALITY AS e(kind, conversation, payload, n)",
-                &[tenant, &count, &ts, &kinds, &conversations, &payloads],
-            )
-            .await
-            .map_err(backend)?;
+            let last: i64 = tx
+                .query_one(
+                    "WITH counter AS (
+                         INSERT INTO outbox_counters (tenant, last_id) VALUES ($1, $2)
+                         ON CONFLICT (tenant)
+                             DO UPDATE SET last_id = outbox_counters.last_id + EXCLUDED.last_id
+                         RETURNING last_id),
+                     events AS (
+                         INSERT INTO outbox (tenant, id, ts, kind, conversation, payload)
+                         SELECT $1, counter.last_id - $2 + e.n, $3, e.kind, e.conversation,
+                                e.payload
+                         FROM counter,
+                              unnest($4::text[], $5::text[], $6::text[])
+                                  WITH ORDINALITY AS e(kind, conversation, payload, n))
+                     SELECT last_id FROM counter",
+                    &[tenant, &count, &ts, &kinds, &conversations, &payloads],
+                )
+                .await
+                .map_err(backend)?
+                .get(0);
+            let last = last as u64;
+            ids.extend(last + 1 - events.len() as u64..=last);
         }
-        Ok(())
+        Ok(ids)
     }
+}
+
+/// Writes `events`, which the caller decided, as the tenant's next events in a transaction of
+/// their own, and returns their ids (none when events are off).
+pub(super) async fn record(
+    pool: &Pool,
+    settings: OutboxSettings,
+    tenant: String,
+    events: Vec<NewOutboxEvent>,
+) -> Result<Vec<u64>, StoreError> {
+    if !settings.enabled || events.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut rows = OutboxRows::new(settings);
+    rows.by_tenant.insert(tenant, events);
+    let mut client = pool.get().await.map_err(backend)?;
+    let tx = client.transaction().await.map_err(backend)?;
+    let ids = rows.write(&tx, now_ms()).await?;
+    tx.commit().await.map_err(backend)?;
+    Ok(ids)
 }
 
 /// One page of the tenant's feed, and its `pruned_until`, from one snapshot.
@@ -203,4 +234,51 @@ pub(super) async fn erase_texts(pool: &Pool, user: UserKey, limit: u32) -> Resul
         )
         .await
         .map_err(backend)
+}
+
+/// Claims or renews a consumer's lease, in one statement: concurrent claims of one consumer
+/// queue on its row, and the first to commit wins.
+pub(super) async fn claim(
+    pool: &Pool,
+    claim: ConsumerClaim,
+) -> Result<Option<ConsumerLease>, StoreError> {
+    let client = pool.get().await.map_err(backend)?;
+    let expires_at = lease_end(claim.now_ms, claim.ttl_ms);
+    let row = client
+        .query_opt(
+            &claim_sql(["$1", "$2", "$3", "$4", "$5"]),
+            &[
+                &claim.tenant,
+                &claim.consumer,
+                &claim.holder,
+                &expires_at,
+                &claim.now_ms,
+            ],
+        )
+        .await
+        .map_err(backend)?;
+    Ok(row.map(|row| ConsumerLease {
+        cursor: row.get::<_, i64>(0) as u64,
+        expires_at: row.get(1),
+    }))
+}
+
+/// Moves a consumer's cursor forward if `holder` holds its lease.
+pub(super) async fn advance(
+    pool: &Pool,
+    tenant: String,
+    consumer: String,
+    holder: String,
+    cursor: u64,
+) -> Result<bool, StoreError> {
+    let client = pool.get().await.map_err(backend)?;
+    let changed = client
+        .execute(
+            "UPDATE outbox_consumers SET cursor = GREATEST(cursor, $4)
+             WHERE tenant = $1 AND consumer = $2 AND holder = $3",
+            &[&tenant, &consumer, &holder, &sql_int(cursor)],
+        )
+        .await
+        .map_err(backend)?;
+    Ok(changed != 0)
 }

@@ -13,7 +13,7 @@
 //!   conversation list, read markers and unread counts, and group membership.
 //! - `reactions`: one row per (message, emoji, user who reacted).
 //! - `outbox`, `outbox_counters`: the feed of committed changes, and each tenant's last id
-//!   and pruned id.
+//!   and pruned id; `outbox_consumers`, each consumer's cursor and lease.
 
 use super::{PostgresStore, backend};
 use crate::StoreError;
@@ -46,6 +46,14 @@ const OUTBOX: &str = "CREATE TABLE outbox (
         tenant TEXT PRIMARY KEY,
         last_id BIGINT NOT NULL,
         pruned_until BIGINT NOT NULL DEFAULT 0
+    );
+    CREATE TABLE outbox_consumers (
+        tenant TEXT NOT NULL,
+        consumer TEXT NOT NULL,
+        holder TEXT NOT NULL,
+        expires_at BIGINT NOT NULL,
+        cursor BIGINT NOT NULL,
+        PRIMARY KEY (tenant, consumer)
     );";
 
 /// What happens to messages after they are sent. A message records what it replies to, its

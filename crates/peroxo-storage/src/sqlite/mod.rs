@@ -57,7 +57,7 @@ use peroxo_protocol::conversation::{
 use peroxo_protocol::domain::{AppendOutcome, HistoryPage, NewMessage, SyncPage, UserKey};
 use peroxo_protocol::event::Member;
 use peroxo_protocol::lifecycle::{MessageChange, MessageOutcome};
-use peroxo_protocol::outbox::OutboxPage;
+use peroxo_protocol::outbox::{ConsumerClaim, ConsumerLease, NewOutboxEvent, OutboxPage};
 use writer::{Job, Reply, Writer};
 
 /// Read connections kept open for reuse.
@@ -283,6 +283,42 @@ impl MessageStore for SqliteStore {
 
     async fn erase_event_texts(&self, user: UserKey, limit: u32) -> Result<u64, StoreError> {
         self.write(|reply| Job::EraseEventTexts(user, limit, reply))
+            .await
+    }
+
+    async fn record_events(
+        &self,
+        tenant: String,
+        events: Vec<NewOutboxEvent>,
+    ) -> Result<Vec<u64>, StoreError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.write(|reply| Job::RecordEvents(tenant, events, reply))
+            .await
+    }
+
+    async fn claim_consumer(
+        &self,
+        claim: ConsumerClaim,
+    ) -> Result<Option<ConsumerLease>, StoreError> {
+        self.write(|reply| Job::ClaimConsumer(claim, reply)).await
+    }
+
+    async fn advance_consumer(
+        &self,
+        tenant: String,
+        consumer: String,
+        holder: String,
+        cursor: u64,
+    ) -> Result<bool, StoreError> {
+        let advance = outbox::Advance {
+            tenant,
+            consumer,
+            holder,
+            cursor,
+        };
+        self.write(|reply| Job::AdvanceConsumer(advance, reply))
             .await
     }
 }

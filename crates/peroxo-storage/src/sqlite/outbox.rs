@@ -1,5 +1,6 @@
-//! The event outbox in SQLite: writing a transaction's events, reading the feed, pruning it
-//! and erasing text from it.
+//! The event outbox in SQLite: writing a transaction's events, reading the feed, pruning it,
+//! erasing text from it, and the leases and cursors of its consumers (one statement each, a
+//! writer job of its own).
 //!
 //! The writer thread is the only writer, so ids need no lock: it remembers each recent
 //! tenant's last id ([`OutboxIds`]), gives every event the next one as the job writes it, and
@@ -12,11 +13,13 @@ use std::collections::{BTreeSet, HashMap};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::backend;
-use crate::outbox::{EventsQuery, prune_cut};
+use crate::outbox::{EventsQuery, claim_sql, lease_end, prune_cut};
 use crate::sql::sql_int;
 use crate::{MAX_EVENTS_LIMIT, PruneBatch, StoreError};
 use peroxo_protocol::domain::UserKey;
-use peroxo_protocol::outbox::{NewOutboxEvent, OutboxEvent, OutboxKind, OutboxPage};
+use peroxo_protocol::outbox::{
+    ConsumerClaim, ConsumerLease, NewOutboxEvent, OutboxEvent, OutboxKind, OutboxPage,
+};
 
 /// Tenants whose last outbox id the writer remembers; past this, it forgets them all.
 const REMEMBERED_TENANTS: usize = 10_000;
@@ -36,14 +39,14 @@ impl OutboxIds {
         self.moved.clear();
     }
 
-    /// Writes `event` as the next event of `tenant`, committed at `ts`.
+    /// Writes `event` as the next event of `tenant`, committed at `ts`, and returns its id.
     pub(super) fn write(
         &mut self,
         conn: &Connection,
         tenant: &str,
         ts: i64,
         event: &NewOutboxEvent,
-    ) -> Result<(), StoreError> {
+    ) -> Result<u64, StoreError> {
         let last = match self.last.get(tenant) {
             Some(last) => *last,
             None => {
@@ -73,7 +76,7 @@ impl OutboxIds {
         if !self.moved.contains(tenant) {
             self.moved.insert(tenant.to_owned());
         }
-        Ok(())
+        Ok(id)
     }
 
     /// Writes back the counter of every tenant the open transaction wrote events of: one
@@ -234,4 +237,59 @@ pub(super) fn erase_texts(
         .map_err(backend)?;
     tx.commit().map_err(backend)?;
     Ok(changed as u64)
+}
+
+/// A move of a consumer's cursor by the holder of its lease.
+#[derive(Debug)]
+pub(super) struct Advance {
+    pub(super) tenant: String,
+    pub(super) consumer: String,
+    pub(super) holder: String,
+    pub(super) cursor: u64,
+}
+
+/// Claims or renews a consumer's lease, in one statement.
+pub(super) fn claim(
+    conn: &Connection,
+    claim: &ConsumerClaim,
+) -> Result<Option<ConsumerLease>, StoreError> {
+    let expires_at = lease_end(claim.now_ms, claim.ttl_ms);
+    conn.prepare_cached(&claim_sql(["?1", "?2", "?3", "?4", "?5"]))
+        .and_then(|mut stmt| {
+            stmt.query_row(
+                params![
+                    claim.tenant,
+                    claim.consumer,
+                    claim.holder,
+                    expires_at,
+                    claim.now_ms
+                ],
+                |row| {
+                    Ok(ConsumerLease {
+                        cursor: row.get::<_, i64>(0)? as u64,
+                        expires_at: row.get(1)?,
+                    })
+                },
+            )
+            .optional()
+        })
+        .map_err(backend)
+}
+
+/// Moves a consumer's cursor forward if `advance.holder` holds its lease.
+pub(super) fn advance(conn: &Connection, advance: &Advance) -> Result<bool, StoreError> {
+    conn.prepare_cached(
+        "UPDATE outbox_consumers SET cursor = MAX(cursor, ?4)
+         WHERE tenant = ?1 AND consumer = ?2 AND holder = ?3",
+    )
+    .and_then(|mut stmt| {
+        stmt.execute(params![
+            advance.tenant,
+            advance.consumer,
+            advance.holder,
+            sql_int(advance.cursor)
+        ])
+    })
+    .map(|changed| changed != 0)
+    .map_err(backend)
 }

@@ -27,6 +27,8 @@
 //!   the last id taken, and the highest id retention deleted), so they stay gapless even when
 //!   retention empties the table; `WITHOUT ROWID` keyed (tenant, id), a new event goes at the
 //!   end of its tenant's range, and the feed's read is a range scan of it.
+//! - `outbox_consumers`: one row per (tenant, consumer) of the feed: its cursor, and who holds
+//!   its lease until when.
 //! - `messages_by_age` finds a tenant's oldest messages; `inbox_by_group_message` finds every
 //!   stream entry of a group message (the direct path never writes to it).
 //!
@@ -180,6 +182,14 @@ CREATE TABLE outbox_counters (
     tenant TEXT NOT NULL PRIMARY KEY,
     last_id INTEGER NOT NULL,
     pruned_until INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+CREATE TABLE outbox_consumers (
+    tenant TEXT NOT NULL,
+    consumer TEXT NOT NULL,
+    holder TEXT NOT NULL,
+    expires_at INTEGER NOT NULL,
+    cursor INTEGER NOT NULL,
+    PRIMARY KEY (tenant, consumer)
 ) WITHOUT ROWID;
 ";
 

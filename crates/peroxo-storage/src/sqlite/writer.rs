@@ -30,7 +30,7 @@ use peroxo_protocol::conversation::{
 use peroxo_protocol::domain::{AppendOutcome, NewMessage, UserKey, now_ms};
 use peroxo_protocol::event::{Event, EventKind, Fanout, StreamSeq};
 use peroxo_protocol::lifecycle::{MessageChange, MessageOutcome};
-use peroxo_protocol::outbox::{NewOutboxEvent, Payloads};
+use peroxo_protocol::outbox::{ConsumerClaim, ConsumerLease, NewOutboxEvent, Payloads};
 
 /// The most stream rows the writer commits in one transaction (a direct message counts as
 /// one, a group message as one per member, an event as one per stream it enters). A single
@@ -62,6 +62,11 @@ pub(super) enum Job {
     PruneEvents(PruneBatch, Reply<u64>),
     /// Erasing a user's texts from the outbox: runs alone.
     EraseEventTexts(UserKey, u32, Reply<u64>),
+    /// Events the caller decides, for the outbox.
+    RecordEvents(String, Vec<NewOutboxEvent>, Reply<Vec<u64>>),
+    /// A consumer's lease and cursor: each runs alone.
+    ClaimConsumer(ConsumerClaim, Reply<Option<ConsumerLease>>),
+    AdvanceConsumer(outbox::Advance, Reply<bool>),
 }
 
 /// What a job did in its transaction, to answer once it commits.
@@ -71,6 +76,7 @@ enum Done {
     /// Boxed: an outcome with its two events is large beside the others.
     Read(Box<Result<ReadOutcome, StoreError>>),
     Message(Box<Result<MessageOutcome, StoreError>>),
+    Recorded(Vec<u64>),
 }
 
 impl Job {
@@ -83,6 +89,8 @@ impl Job {
                 | Job::EraseReadState(..)
                 | Job::PruneEvents(..)
                 | Job::EraseEventTexts(..)
+                | Job::ClaimConsumer(..)
+                | Job::AdvanceConsumer(..)
         )
     }
 
@@ -118,11 +126,17 @@ impl Job {
                     .map_or(1, |e| e.seqs.len().max(1));
                 Ok((Done::Message(Box::new(done)), rows))
             }
+            Job::RecordEvents(tenant, events, _) => {
+                let ids = w.record_all(tenant, events)?;
+                Ok((Done::Recorded(ids), 1))
+            }
             Job::Prune(..)
             | Job::EraseTexts(..)
             | Job::EraseReadState(..)
             | Job::PruneEvents(..)
-            | Job::EraseEventTexts(..) => Err(StoreError::Backend(
+            | Job::EraseEventTexts(..)
+            | Job::ClaimConsumer(..)
+            | Job::AdvanceConsumer(..) => Err(StoreError::Backend(
                 "a batch of its own was grouped with other writes".to_owned(),
             )),
         }
@@ -143,6 +157,9 @@ impl Job {
             }
             (Job::ChangeMessage(_, reply), Done::Message(result)) => {
                 let _ = reply.send(*result);
+            }
+            (Job::RecordEvents(_, _, reply), Done::Recorded(ids)) => {
+                let _ = reply.send(Ok(ids));
             }
             (job, _) => job.fail("the writer mixed up the answers of its jobs"),
         }
@@ -169,6 +186,15 @@ impl Job {
             | Job::EraseReadState(_, _, reply)
             | Job::PruneEvents(_, reply)
             | Job::EraseEventTexts(_, _, reply) => {
+                let _ = reply.send(Err(error));
+            }
+            Job::RecordEvents(_, _, reply) => {
+                let _ = reply.send(Err(error));
+            }
+            Job::ClaimConsumer(_, reply) => {
+                let _ = reply.send(Err(error));
+            }
+            Job::AdvanceConsumer(_, reply) => {
                 let _ = reply.send(Err(error));
             }
         }
@@ -311,6 +337,14 @@ impl Writer {
             Job::EraseEventTexts(user, limit, reply) => {
                 (outbox::erase_texts(&mut self.conn, &user, limit), reply)
             }
+            Job::ClaimConsumer(claim, reply) => {
+                let _ = reply.send(outbox::claim(&self.conn, &claim));
+                return None;
+            }
+            Job::AdvanceConsumer(advance, reply) => {
+                let _ = reply.send(outbox::advance(&self.conn, &advance));
+                return None;
+            }
             job => return Some(job),
         };
         if done.is_ok() {
@@ -422,9 +456,28 @@ impl WriteTx<'_> {
         build: impl FnOnce(Payloads) -> Option<NewOutboxEvent>,
     ) -> Result<(), StoreError> {
         match self.outbox.event(build) {
-            Some(event) => self.outbox_ids.write(self.conn, tenant, self.ts, &event),
+            Some(event) => self
+                .outbox_ids
+                .write(self.conn, tenant, self.ts, &event)
+                .map(drop),
             None => Ok(()),
         }
+    }
+
+    /// Writes `events` as the next events of `tenant`, when events are on, and returns their
+    /// ids.
+    fn record_all(
+        &mut self,
+        tenant: &str,
+        events: &[NewOutboxEvent],
+    ) -> Result<Vec<u64>, StoreError> {
+        if !self.outbox.enabled {
+            return Ok(Vec::new());
+        }
+        events
+            .iter()
+            .map(|event| self.outbox_ids.write(self.conn, tenant, self.ts, event))
+            .collect()
     }
 
     /// Forgets the remembered members of `group`: the job is changing them.
