@@ -455,4 +455,35 @@ mod tests {
         let retried = store.append(vec![dm("alice", "bob", "a2")]).await.unwrap();
         assert_eq!(seqs_of(&retried), [(3, 2)]);
     }
+
+    #[tokio::test]
+    async fn outbox_ids_another_writer_took_are_never_taken_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        let store = SqliteStore::open(&path, SqliteSync::Normal).unwrap();
+        store.append(vec![dm("alice", "bob", "a1")]).await.unwrap();
+        // Another writer of the file took ids 2 to 5, and retention deleted them since.
+        let other = Connection::open(&path).unwrap();
+        other
+            .execute_batch("UPDATE outbox_counters SET last_id = 5 WHERE tenant = 't'")
+            .unwrap();
+        // The remembered last id is stale: the commit fails instead of taking id 2 ...
+        assert!(store.append(vec![dm("alice", "bob", "a2")]).await.is_err());
+        // ... and the next one reads the counter again.
+        store.append(vec![dm("alice", "bob", "a2")]).await.unwrap();
+        let query = EventsQuery {
+            tenant: "t".to_owned(),
+            after: 0,
+            limit: 10,
+        };
+        let ids: Vec<u64> = store
+            .events(query)
+            .await
+            .unwrap()
+            .events
+            .iter()
+            .map(|e| e.id)
+            .collect();
+        assert_eq!(ids, [1, 6]);
+    }
 }

@@ -80,7 +80,9 @@ impl OutboxIds {
     }
 
     /// Writes back the counter of every tenant the open transaction wrote events of: one
-    /// statement per tenant per transaction, however many events.
+    /// statement per tenant per transaction, however many events. A counter that another
+    /// writer of the same file moved past the remembered id fails the transaction (which
+    /// forgets every remembered id), so an id is never taken twice.
     pub(super) fn store(&mut self, conn: &Connection) -> Result<(), StoreError> {
         if self.moved.is_empty() {
             return Ok(());
@@ -88,13 +90,20 @@ impl OutboxIds {
         let mut stmt = conn
             .prepare_cached(
                 "INSERT INTO outbox_counters (tenant, last_id) VALUES (?1, ?2)
-                 ON CONFLICT (tenant) DO UPDATE SET last_id = excluded.last_id",
+                 ON CONFLICT (tenant) DO UPDATE SET last_id = excluded.last_id
+                     WHERE last_id < excluded.last_id",
             )
             .map_err(backend)?;
         for tenant in std::mem::take(&mut self.moved) {
             let last = self.last[&tenant];
-            stmt.execute(params![tenant, sql_int(last)])
+            let stored = stmt
+                .execute(params![tenant, sql_int(last)])
                 .map_err(backend)?;
+            if stored == 0 {
+                return Err(StoreError::Backend(format!(
+                    "another writer took outbox ids of tenant {tenant:?}"
+                )));
+            }
         }
         Ok(())
     }
