@@ -190,21 +190,7 @@ pub(crate) async fn run<S: MessageStore>(
                 _ = stop.cancelled() => return,
                 outcome = pass(&store, &config, peroxo_protocol::domain::now_ms()) => outcome,
             };
-            match outcome {
-                Ok(report) => {
-                    stats.record(&report, peroxo_protocol::domain::now_ms());
-                    tracing::info!(
-                        deleted = report.deleted,
-                        batches = report.batches,
-                        tenants = report.tenants,
-                        elapsed_ms = millis(started.elapsed()),
-                        "retention pass done"
-                    );
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "retention pass failed; the next one carries on");
-                }
-            }
+            messages_pass_done(&stats, outcome, started);
         }
         if events.enabled {
             let now = peroxo_protocol::domain::now_ms();
@@ -212,23 +198,51 @@ pub(crate) async fn run<S: MessageStore>(
                 _ = stop.cancelled() => return,
                 outcome = events_pass(&store, &events, config.batch, now) => outcome,
             };
-            match outcome {
-                Ok(report) => {
-                    stats
-                        .events_deleted_total
-                        .fetch_add(report.deleted, Ordering::Relaxed);
-                    if report.deleted > 0 {
-                        tracing::info!(
-                            deleted = report.deleted,
-                            batches = report.batches,
-                            "outbox retention pass done"
-                        );
-                    }
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "outbox retention pass failed; the next one carries on");
-                }
+            events_pass_done(&stats, outcome);
+        }
+    }
+}
+
+/// Records and logs what a pass of messages did.
+fn messages_pass_done(
+    stats: &RetentionStats,
+    outcome: Result<RetentionReport, StoreError>,
+    started: Instant,
+) {
+    match outcome {
+        Ok(report) => {
+            stats.record(&report, peroxo_protocol::domain::now_ms());
+            tracing::info!(
+                deleted = report.deleted,
+                batches = report.batches,
+                tenants = report.tenants,
+                elapsed_ms = millis(started.elapsed()),
+                "retention pass done"
+            );
+        }
+        Err(error) => {
+            tracing::warn!(%error, "retention pass failed; the next one carries on");
+        }
+    }
+}
+
+/// Records and logs (when it deleted any) what a pass of the outbox did.
+fn events_pass_done(stats: &RetentionStats, outcome: Result<RetentionReport, StoreError>) {
+    match outcome {
+        Ok(report) => {
+            stats
+                .events_deleted_total
+                .fetch_add(report.deleted, Ordering::Relaxed);
+            if report.deleted > 0 {
+                tracing::info!(
+                    deleted = report.deleted,
+                    batches = report.batches,
+                    "outbox retention pass done"
+                );
             }
+        }
+        Err(error) => {
+            tracing::warn!(%error, "outbox retention pass failed; the next one carries on");
         }
     }
 }
