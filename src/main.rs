@@ -410,7 +410,8 @@ async fn serve(
 async fn store(config: Config) -> anyhow::Result<()> {
     let shutdown = shutdown_signal()?;
     let mut hangups = reload::hangup_signal()?;
-    let mut store = StoreServer::start_with_retention(&config.storage, &config.retention).await?;
+    let mut store =
+        StoreServer::start_with(&config.storage, &config.retention, &config.events).await?;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {

@@ -121,7 +121,7 @@ async fn export(store: &StoreBackend, user: &UserKey, to: Option<&Path>) -> Exit
 
 async fn erase(store: &StoreBackend, user: &UserKey, batch: u32) -> ExitCode {
     match store.erase_user(user, batch, None).await {
-        Ok(report) if report.texts == 0 && report.read_states == 0 => {
+        Ok(report) if report.texts == 0 && report.event_texts == 0 && report.read_states == 0 => {
             println!(
                 "nothing to erase for {} (tenant {}): already erased",
                 user.user, user.tenant
@@ -130,9 +130,14 @@ async fn erase(store: &StoreBackend, user: &UserKey, batch: u32) -> ExitCode {
         }
         Ok(report) => {
             println!(
-                "erased {} (tenant {}): {} message texts, read state of {} conversations, in {} \
-                 batches",
-                user.user, user.tenant, report.texts, report.read_states, report.batches
+                "erased {} (tenant {}): {} message texts, {} event text previews, read state of {} \
+                 conversations, in {} batches",
+                user.user,
+                user.tenant,
+                report.texts,
+                report.event_texts,
+                report.read_states,
+                report.batches
             );
             ExitCode::SUCCESS
         }

@@ -16,6 +16,7 @@
 //! - `human_duration`: durations written as "30s".
 //! - `retention`: the `[retention]` section, how long messages are kept per tenant.
 //! - `server_api`: the `[server_api]` section, the keys and limits of the server API.
+//! - `events`: the `[events]` section, the outbox of committed changes.
 //! - `seconds_or_duration`: the `*_secs` keys, a whole number of seconds or a duration.
 
 use peroxo_protocol::conversation::GroupLimits;
@@ -33,6 +34,7 @@ use peroxo_protocol::limits::{MAX_APPEND_BATCH, MAX_STORED_TEXT_BYTES};
 mod auth;
 mod endpoints;
 mod env;
+mod events;
 mod human_duration;
 mod reload;
 mod retention;
@@ -44,6 +46,7 @@ pub use auth::{AuthConfig, AuthMode, JwtAlgorithm, MIN_JWT_SECRET_BYTES, TenantA
 pub use endpoints::StorageEndpoints;
 pub use env::ENV_PREFIX;
 use env::{apply_env_overrides, deserialize_with_overrides};
+pub use events::EventsConfig;
 pub use reload::{Change, Snapshot, is_live};
 pub use retention::{MAX_RETENTION_BATCH, RetentionConfig, TenantRetention};
 pub use secret::Secret;
@@ -82,6 +85,7 @@ pub struct Config {
     pub log: LogConfig,
     pub retention: RetentionConfig,
     pub server_api: ServerApiConfig,
+    pub events: EventsConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -745,7 +749,8 @@ impl Config {
         self.cluster.validate()?;
         self.shutdown.validate()?;
         self.retention.validate()?;
-        self.server_api.validate()
+        self.server_api.validate()?;
+        self.events.validate()
     }
 
     /// A cluster of gateways must share one storage service: an embedded one would give

@@ -127,12 +127,12 @@ mod max_age {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::Config;
 
     /// `text` read and checked as `Config::load` does (`[auth]` aside).
-    fn load(text: &str) -> Result<Config, ConfigError> {
+    pub(crate) fn load(text: &str) -> Result<Config, ConfigError> {
         let config = crate::deserialize(text.parse().unwrap())?;
         config.validate()?;
         Ok(config)

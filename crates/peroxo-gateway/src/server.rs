@@ -91,7 +91,7 @@ async fn start_storage(config: &Config) -> anyhow::Result<(Option<StoreServer>, 
     if !config.storage.embedded {
         return Ok((None, config.storage.endpoint.clone()));
     }
-    let store = StoreServer::start_with_retention(&config.storage, &config.retention).await?;
+    let store = StoreServer::start_with(&config.storage, &config.retention, &config.events).await?;
     let endpoint = StorageEndpoints::from(format!("http://{}", store.addr));
     Ok((Some(store), endpoint))
 }

@@ -17,6 +17,7 @@ pub mod domain;
 pub mod event;
 pub mod lifecycle;
 pub mod limits;
+pub mod outbox;
 #[cfg(test)]
 mod schema;
 mod wire;

@@ -9,8 +9,13 @@
 //! - `rules` holds the rules of conversations both backends apply alike, as pure functions:
 //!   which conversation a request names, who may change a group and which events a change
 //!   makes for whom, who inherits a group, where a read mark moves a marker.
-//! - [`retention`] deletes messages past their tenant's age, in small batches, as a task of
-//!   the storage service.
+//! - `outbox` holds what both backends share of the event outbox, the feed of committed
+//!   changes: every change writes its events in its own transaction, with ids per tenant that
+//!   are gapless and follow commit order, and [`MessageStore::events`] pages through them.
+//!   Its consumers keep their cursors in storage under leases, so that one holder at a time
+//!   (one node of a cluster) consumes a feed.
+//! - [`retention`] deletes messages past their tenant's age, and outbox events past
+//!   `events.retention`, in small batches, as a task of the storage service.
 //! - [`user_data`] exports a user's data and erases it, for the operator's `peroxo user`.
 //! - [`grpc`] serves any backend over gRPC and holds the gateway's client. It is the only module
 //!   that knows the protobuf types.
@@ -19,6 +24,7 @@
 //! service runs in the same process, so a split deployment behaves exactly like the default one.
 
 pub mod grpc;
+mod outbox;
 mod postgres;
 pub mod retention;
 mod rules;
@@ -30,6 +36,7 @@ pub mod user_data;
 
 use std::future::Future;
 
+pub use outbox::{EventsQuery, OutboxSettings};
 pub use postgres::PostgresStore;
 pub use retention::{PruneBatch, RetentionReport, RetentionStats};
 pub use service::{StoreBackend, StoreServer, check_config};
@@ -42,12 +49,14 @@ use peroxo_protocol::conversation::{
 use peroxo_protocol::domain::{AppendOutcome, HistoryPage, NewMessage, SyncPage, UserKey};
 use peroxo_protocol::event::{Member, Refusal};
 use peroxo_protocol::lifecycle::{MessageChange, MessageOutcome};
+use peroxo_protocol::outbox::{ConsumerClaim, ConsumerLease, NewOutboxEvent, OutboxPage};
 
 /// The most messages one history page may hold.
 pub const MAX_HISTORY_LIMIT: u32 = 100;
 /// The most messages one sync page may hold.
 pub const MAX_SYNC_LIMIT: u32 = 500;
 pub use peroxo_protocol::limits::{MAX_APPEND_BATCH, MAX_STORED_TEXT_BYTES};
+pub use peroxo_protocol::outbox::MAX_EVENTS_LIMIT;
 
 /// Why a storage call failed as a whole.
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +110,11 @@ pub enum SyncScope {
 
 /// What every storage backend provides. All of it is scoped by tenant. A request that breaks
 /// a rule of conversations fails with [`StoreError::Refused`] and changes nothing.
+///
+/// Every write that changes something also writes its outbox events (unless `events.enabled`
+/// is off) in the same transaction: one `message.created` per message stored (none for a
+/// duplicate), one event per group event, one `read.marker` per marker that moved, one per
+/// edit, delete or reaction; nothing for a duplicate or a change that changes nothing.
 pub trait MessageStore: Send + Sync + 'static {
     /// Commits `batch` in one transaction, in order, and returns one outcome per message.
     ///
@@ -200,6 +214,61 @@ pub trait MessageStore: Send + Sync + 'static {
     /// returns how many: the read marker goes back to nothing (so peers see no read ticks)
     /// and the unread count counts every visible message from others again.
     fn erase_read_state(
+        &self,
+        user: UserKey,
+        limit: u32,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// One page of the tenant's outbox: the events with an id greater than `query.after`,
+    /// ascending by id (the tenant's commit order), at most `query.limit`.
+    fn events(
+        &self,
+        query: EventsQuery,
+    ) -> impl Future<Output = Result<OutboxPage, StoreError>> + Send;
+
+    /// The tenants that have outbox events (for retention), in order.
+    fn event_tenants(&self) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+
+    /// Deletes up to `batch.limit` of the tenant's oldest outbox events committed before
+    /// `batch.before_ts`, in one transaction, and returns how many; the feed's `pruned_until`
+    /// rises to the highest id deleted. Only the oldest go: an event is never deleted while
+    /// an older one stays.
+    fn prune_events(
+        &self,
+        batch: PruneBatch,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Writes events the caller decides (a `notify`, say) to the tenant's outbox, in one
+    /// transaction, in order, and returns their ids: in commit order with every other event
+    /// of the tenant. None are written (and no ids returned) when `[events]` is off.
+    fn record_events(
+        &self,
+        tenant: String,
+        events: Vec<NewOutboxEvent>,
+    ) -> impl Future<Output = Result<Vec<u64>, StoreError>> + Send;
+
+    /// Gives `claim.holder` the lease of the consumer's cursor (created at 0 when new) until
+    /// `now_ms + ttl_ms`, and returns it: when nobody holds it, when the holder already does
+    /// (a renewal), or when another holder's lease ended at or before `now_ms`. `None` while
+    /// another holder's lease runs.
+    fn claim_consumer(
+        &self,
+        claim: ConsumerClaim,
+    ) -> impl Future<Output = Result<Option<ConsumerLease>, StoreError>> + Send;
+
+    /// Moves the consumer's cursor to `cursor` if `holder` holds its lease (never back), and
+    /// says whether it does: false when another holder took the lease since.
+    fn advance_consumer(
+        &self,
+        tenant: String,
+        consumer: String,
+        holder: String,
+        cursor: u64,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Removes the text preview from up to `limit` of the outbox events of messages `user`
+    /// sent or edited, in one transaction, and returns how many (`peroxo user erase`).
+    fn erase_event_texts(
         &self,
         user: UserKey,
         limit: u32,

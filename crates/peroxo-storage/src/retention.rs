@@ -1,5 +1,5 @@
 //! Retention: the storage service's background task that deletes messages older than their
-//! tenant's `max_age` (`[retention]`).
+//! tenant's `max_age` (`[retention]`), and outbox events older than `events.retention`.
 //!
 //! A pass asks the backend which tenants have messages, then, for each tenant with a
 //! `max_age`, deletes its messages committed before `now - max_age` in batches of
@@ -10,14 +10,19 @@
 //! no preview. Passes are idempotent and resumable: a pass that stops half-way leaves whole
 //! batches, and the next one carries on from what is left.
 //!
-//! [`pass`] takes `now`, so tests can prune without waiting; [`run`] is the task that calls
-//! it every `retention.interval`.
+//! The outbox is pruned the same way ([`events_pass`]): per tenant, its oldest events in
+//! batches of `retention.batch`, raising the feed's `pruned_until`. The task runs when either
+//! kind of retention has work: messages when an age is set, events whenever `[events]` is on.
+//!
+//! [`pass`] and [`events_pass`] take `now`, so tests can prune without waiting; [`run`] is the
+//! task that calls them every `retention.interval`.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use peroxo_config::RetentionConfig;
+use peroxo_config::{EventsConfig, RetentionConfig};
 use tokio_util::sync::CancellationToken;
 
 use crate::{MessageStore, StoreError};
@@ -51,6 +56,7 @@ pub struct RetentionStats {
     /// When the last pass ended, in milliseconds since the Unix epoch (0: none yet).
     last_pass_ms: AtomicI64,
     last_pass_deleted: AtomicU64,
+    events_deleted_total: AtomicU64,
 }
 
 impl RetentionStats {
@@ -72,6 +78,11 @@ impl RetentionStats {
     /// Messages the last pass deleted.
     pub fn last_pass_deleted(&self) -> u64 {
         self.last_pass_deleted.load(Ordering::Relaxed)
+    }
+
+    /// Outbox events deleted by every pass so far.
+    pub fn events_deleted_total(&self) -> u64 {
+        self.events_deleted_total.load(Ordering::Relaxed)
     }
 
     fn record(&self, report: &RetentionReport, ended_ms: i64) {
@@ -98,32 +109,71 @@ pub async fn pass<S: MessageStore>(
         let Some(max_age) = config.max_age_of(&tenant) else {
             continue;
         };
-        report.tenants += 1;
-        let max_age_ms = i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX);
         let batch = PruneBatch {
             tenant,
-            before_ts: now_ms.saturating_sub(max_age_ms),
+            before_ts: before(now_ms, max_age),
             limit: config.batch,
         };
-        loop {
-            let deleted = store.prune(batch.clone()).await?;
-            report.deleted += deleted;
-            report.batches += 1;
-            if deleted < u64::from(batch.limit) {
-                break;
-            }
-            // Let the writes that queued behind this batch go first.
-            tokio::task::yield_now().await;
-        }
+        prune_tenant(&mut report, batch, |batch| store.prune(batch)).await?;
     }
     Ok(report)
 }
 
-/// The background task: a pass at start and every `retention.interval` after, until `stop`.
-/// A failed pass is logged and retried at the next interval.
+/// One pass of the outbox at time `now_ms`: every tenant's events older than
+/// `events.retention` go, in batches of `batch`.
+pub async fn events_pass<S: MessageStore>(
+    store: &S,
+    events: &EventsConfig,
+    batch: u32,
+    now_ms: i64,
+) -> Result<RetentionReport, StoreError> {
+    let mut report = RetentionReport::default();
+    for tenant in store.event_tenants().await? {
+        let batch = PruneBatch {
+            tenant,
+            before_ts: before(now_ms, events.retention),
+            limit: batch,
+        };
+        prune_tenant(&mut report, batch, |batch| store.prune_events(batch)).await?;
+    }
+    Ok(report)
+}
+
+/// The commit time before which what is `max_age` old at `now_ms` was committed.
+fn before(now_ms: i64, max_age: Duration) -> i64 {
+    now_ms.saturating_sub(i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Runs `prune` on one tenant's `batch` until a batch deletes less than its limit.
+async fn prune_tenant<F, Batch>(
+    report: &mut RetentionReport,
+    batch: PruneBatch,
+    mut prune: F,
+) -> Result<(), StoreError>
+where
+    F: FnMut(PruneBatch) -> Batch,
+    Batch: Future<Output = Result<u64, StoreError>>,
+{
+    report.tenants += 1;
+    loop {
+        let deleted = prune(batch.clone()).await?;
+        report.deleted += deleted;
+        report.batches += 1;
+        if deleted < u64::from(batch.limit) {
+            return Ok(());
+        }
+        // Let the writes that queued behind this batch go first.
+        tokio::task::yield_now().await;
+    }
+}
+
+/// The background task: a pass at start and every `retention.interval` after, until `stop`:
+/// of messages when `[retention]` sets an age, of the outbox when `[events]` is on. A failed
+/// pass is logged and retried at the next interval.
 pub(crate) async fn run<S: MessageStore>(
     store: S,
     config: RetentionConfig,
+    events: EventsConfig,
     stats: Arc<RetentionStats>,
     stop: CancellationToken,
 ) {
@@ -134,25 +184,65 @@ pub(crate) async fn run<S: MessageStore>(
             _ = stop.cancelled() => return,
             _ = ticks.tick() => {}
         }
-        let started = Instant::now();
-        let outcome = tokio::select! {
-            _ = stop.cancelled() => return,
-            outcome = pass(&store, &config, peroxo_protocol::domain::now_ms()) => outcome,
-        };
-        match outcome {
-            Ok(report) => {
-                stats.record(&report, peroxo_protocol::domain::now_ms());
+        if config.enabled() {
+            let started = Instant::now();
+            let outcome = tokio::select! {
+                _ = stop.cancelled() => return,
+                outcome = pass(&store, &config, peroxo_protocol::domain::now_ms()) => outcome,
+            };
+            messages_pass_done(&stats, outcome, started);
+        }
+        if events.enabled {
+            let now = peroxo_protocol::domain::now_ms();
+            let outcome = tokio::select! {
+                _ = stop.cancelled() => return,
+                outcome = events_pass(&store, &events, config.batch, now) => outcome,
+            };
+            events_pass_done(&stats, outcome);
+        }
+    }
+}
+
+/// Records and logs what a pass of messages did.
+fn messages_pass_done(
+    stats: &RetentionStats,
+    outcome: Result<RetentionReport, StoreError>,
+    started: Instant,
+) {
+    match outcome {
+        Ok(report) => {
+            stats.record(&report, peroxo_protocol::domain::now_ms());
+            tracing::info!(
+                deleted = report.deleted,
+                batches = report.batches,
+                tenants = report.tenants,
+                elapsed_ms = millis(started.elapsed()),
+                "retention pass done"
+            );
+        }
+        Err(error) => {
+            tracing::warn!(%error, "retention pass failed; the next one carries on");
+        }
+    }
+}
+
+/// Records and logs (when it deleted any) what a pass of the outbox did.
+fn events_pass_done(stats: &RetentionStats, outcome: Result<RetentionReport, StoreError>) {
+    match outcome {
+        Ok(report) => {
+            stats
+                .events_deleted_total
+                .fetch_add(report.deleted, Ordering::Relaxed);
+            if report.deleted > 0 {
                 tracing::info!(
                     deleted = report.deleted,
                     batches = report.batches,
-                    tenants = report.tenants,
-                    elapsed_ms = millis(started.elapsed()),
-                    "retention pass done"
+                    "outbox retention pass done"
                 );
             }
-            Err(error) => {
-                tracing::warn!(%error, "retention pass failed; the next one carries on");
-            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, "outbox retention pass failed; the next one carries on");
         }
     }
 }

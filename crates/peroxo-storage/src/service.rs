@@ -1,13 +1,14 @@
 //! Starting and stopping the storage service: `peroxo store`, or embedded in a gateway
 //! process. It binds its listener here, so tests run it on port 0 exactly as `main` runs it
-//! on the configured port. When `[retention]` sets an age, the service also runs the
-//! retention task ([`retention`](crate::retention)) beside the gRPC server.
+//! on the configured port. When `[retention]` sets an age or `[events]` is on, the service
+//! also runs the retention task ([`retention`](crate::retention)) beside the gRPC server; the
+//! backend writes outbox events as `[events]` says.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
-use peroxo_config::{ConfigError, RetentionConfig, StorageBackend, StorageConfig};
+use peroxo_config::{ConfigError, EventsConfig, RetentionConfig, StorageBackend, StorageConfig};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -16,7 +17,9 @@ use crate::retention::{self, RetentionReport, RetentionStats};
 use std::io::Write;
 
 use crate::user_data::{self, EraseReport, ExportReport, UserDataError};
-use crate::{MessageStore, PostgresStore, PruneBatch, SqliteStore, StoreError, grpc};
+use crate::{
+    MessageStore, OutboxSettings, PostgresStore, PruneBatch, SqliteStore, StoreError, grpc,
+};
 use peroxo_protocol::domain::UserKey;
 
 /// A running storage service.
@@ -29,7 +32,7 @@ pub struct StoreServer {
     retention: Arc<RetentionStats>,
     stop: CancellationToken,
     task: JoinHandle<Result<(), tonic::transport::Error>>,
-    /// The retention task, when `[retention]` sets an age.
+    /// The retention task, when `[retention]` sets an age or `[events]` is on.
     retention_task: Option<JoinHandle<()>>,
 }
 
@@ -45,21 +48,29 @@ impl StoreBackend {
     /// Opens (and migrates) the database `[storage]` names. A SQLite database may be open in
     /// a running service at the same time: writes of both wait for each other.
     pub async fn open(config: &StorageConfig) -> anyhow::Result<Self> {
+        Self::open_with(config, OutboxSettings::default()).await
+    }
+
+    /// [`StoreBackend::open`], writing outbox events as `outbox` says.
+    pub async fn open_with(config: &StorageConfig, outbox: OutboxSettings) -> anyhow::Result<Self> {
         Ok(match config.backend {
             StorageBackend::Sqlite => Self::Sqlite(
-                SqliteStore::open(&config.sqlite_path, config.sqlite_synchronous).with_context(
-                    || {
+                SqliteStore::open_with(&config.sqlite_path, config.sqlite_synchronous, outbox)
+                    .with_context(|| {
                         format!(
                             "cannot open the SQLite database {}",
                             config.sqlite_path.display()
                         )
-                    },
-                )?,
+                    })?,
             ),
             StorageBackend::Postgres => Self::Postgres(
-                PostgresStore::open(config.postgres.url.expose(), config.postgres.pool_size)
-                    .await
-                    .context("cannot open the PostgreSQL database (storage.postgres.url)")?,
+                PostgresStore::open_with(
+                    config.postgres.url.expose(),
+                    config.postgres.pool_size,
+                    outbox,
+                )
+                .await
+                .context("cannot open the PostgreSQL database (storage.postgres.url)")?,
             ),
         })
     }
@@ -97,10 +108,22 @@ impl StoreServer {
     }
 
     /// Opens the configured backend, serves it on `storage.listen`, and runs the retention
-    /// task when `retention` sets an age for any tenant.
+    /// task when `retention` sets an age for any tenant; outbox events as `[events]` does by
+    /// default.
     pub async fn start_with_retention(
         config: &StorageConfig,
         retention: &RetentionConfig,
+    ) -> anyhow::Result<Self> {
+        Self::start_with(config, retention, &EventsConfig::default()).await
+    }
+
+    /// Opens the configured backend, writing outbox events as `events` says, serves it on
+    /// `storage.listen`, and runs the retention task when `retention` sets an age for any
+    /// tenant or `events` is on.
+    pub async fn start_with(
+        config: &StorageConfig,
+        retention: &RetentionConfig,
+        events: &EventsConfig,
     ) -> anyhow::Result<Self> {
         let listener = TcpListener::bind(config.listen)
             .await
@@ -108,28 +131,30 @@ impl StoreServer {
         let addr = listener.local_addr()?;
         let stop = CancellationToken::new();
         let shutdown = stop.clone().cancelled_owned();
-        let backend = StoreBackend::open(config).await?;
+        let backend = StoreBackend::open_with(config, OutboxSettings::from(events)).await?;
         let task = match backend.clone() {
             StoreBackend::Sqlite(store) => tokio::spawn(grpc::serve(store, listener, shutdown)),
             StoreBackend::Postgres(store) => tokio::spawn(grpc::serve(store, listener, shutdown)),
         };
         tracing::info!(%addr, backend = ?config.backend, "storage service listening (gRPC)");
         let stats = Arc::new(RetentionStats::default());
-        let retention_task = retention.enabled().then(|| {
+        let retention_task = (retention.enabled() || events.enabled).then(|| {
             tracing::info!(
                 max_age = ?retention.max_age,
                 tenants = retention.tenants.len(),
+                events_retention = ?events.enabled.then_some(events.retention),
                 interval = ?retention.interval,
                 batch = retention.batch,
                 "retention on"
             );
-            let (config, stats, stop) = (retention.clone(), Arc::clone(&stats), stop.clone());
+            let (config, events) = (retention.clone(), events.clone());
+            let (stats, stop) = (Arc::clone(&stats), stop.clone());
             match backend.clone() {
                 StoreBackend::Sqlite(store) => {
-                    tokio::spawn(retention::run(store, config, stats, stop))
+                    tokio::spawn(retention::run(store, config, events, stats, stop))
                 }
                 StoreBackend::Postgres(store) => {
-                    tokio::spawn(retention::run(store, config, stats, stop))
+                    tokio::spawn(retention::run(store, config, events, stats, stop))
                 }
             }
         });
@@ -159,6 +184,24 @@ impl StoreServer {
         match &self.backend {
             StoreBackend::Sqlite(store) => retention::pass(store, config, now_ms).await,
             StoreBackend::Postgres(store) => retention::pass(store, config, now_ms).await,
+        }
+    }
+
+    /// Runs one retention pass of the outbox now, as if the time were `now_ms`, under
+    /// `events` in batches of `batch` (whatever the service was started with).
+    pub async fn events_retention_pass(
+        &self,
+        events: &EventsConfig,
+        batch: u32,
+        now_ms: i64,
+    ) -> Result<RetentionReport, StoreError> {
+        match &self.backend {
+            StoreBackend::Sqlite(store) => {
+                retention::events_pass(store, events, batch, now_ms).await
+            }
+            StoreBackend::Postgres(store) => {
+                retention::events_pass(store, events, batch, now_ms).await
+            }
         }
     }
 

@@ -8,7 +8,7 @@
 //! serializes with it through the user's counter lock.
 //!
 //! Erasure is resumable without a record of its own: each batch picks what is not erased yet
-//! (a text not empty, a read marker set), so a run stopped half-way (a crash, `max_batches`)
+//! (a text not empty, an outbox event with a text preview, a read marker set), so a run stopped half-way (a crash, `max_batches`)
 //! is carried on by the next, and a run after a complete one finds nothing to do.
 
 use std::future::Future;
@@ -49,6 +49,8 @@ pub struct EraseReport {
     pub texts: u64,
     /// Conversations whose read state this run forgot.
     pub read_states: u64,
+    /// Outbox events of the user's messages whose text preview this run removed.
+    pub event_texts: u64,
     /// Transactions this run took.
     pub batches: u64,
     /// False when `max_batches` stopped the run before the end: run it again.
@@ -159,8 +161,9 @@ async fn write_stream<S: MessageStore>(
 }
 
 /// Erases `user`'s data in batches of `batch`, each its own transaction: the text of every
-/// message the user sent (tombstones: empty text, shown as `erased`), then the user's read
-/// state. `max_batches` stops the run after that many transactions (the rest is left for the
+/// message the user sent (tombstones: empty text, shown as `erased`), then the text previews
+/// of the outbox events of messages the user sent or edited, then the user's read state.
+/// `max_batches` stops the run after that many transactions (the rest is left for the
 /// next run).
 pub async fn erase<S: MessageStore>(
     store: &S,
@@ -175,6 +178,14 @@ pub async fn erase<S: MessageStore>(
     })
     .await?;
     report.texts = texts;
+    if !finished {
+        return Ok(report);
+    }
+    let (event_texts, finished) = in_batches(batch, max_batches, &mut report.batches, || {
+        store.erase_event_texts(user.clone(), batch)
+    })
+    .await?;
+    report.event_texts = event_texts;
     if !finished {
         return Ok(report);
     }

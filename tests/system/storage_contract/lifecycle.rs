@@ -28,7 +28,7 @@ contract!(
 );
 
 /// The limits most cases change messages under.
-const LIMITS: MessageLimits = MessageLimits {
+pub(super) const LIMITS: MessageLimits = MessageLimits {
     edit_window_ms: 600_000,
     max_reactions_per_message: 3,
     max_reactions_per_user: 2,

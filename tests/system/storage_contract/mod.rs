@@ -10,6 +10,8 @@
 //! - `reads`: read markers, unread counts and read receipts.
 //! - `lifecycle`: edits, deletes, reactions and replies (protocol 3), with their events.
 //! - `conversations`: the conversation list.
+//! - `outbox`: the event outbox and its feed, with its ids in commit order across instances.
+//! - `consumers`: the leases and cursors of the feed's consumers.
 //! - `instances`: several service instances over one database, and concurrent writers.
 //! - `retention`: deleting messages past their tenant's age.
 //! - `stream_model`: what a user's conversation list must say, worked out from that user's
@@ -126,6 +128,7 @@ macro_rules! contract {
     };
 }
 
+mod consumers;
 mod conversations;
 mod direct;
 mod erase;
@@ -133,6 +136,7 @@ mod group_messages;
 mod groups;
 mod instances;
 mod lifecycle;
+mod outbox;
 mod reads;
 mod retention;
 mod stream_model;

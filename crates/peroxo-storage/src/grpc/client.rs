@@ -7,7 +7,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::pb::storage_client::StorageClient as PbClient;
 use super::{CallError, MAX_GRPC_MESSAGE_BYTES, convert, pb};
-use crate::{HistoryQuery, SyncQuery, SyncScope};
+use crate::{EventsQuery, HistoryQuery, SyncQuery, SyncScope};
 use peroxo_protocol::conversation::{
     ConversationPage, ConversationsQuery, CreateGroup, GroupChange, GroupOutcome, ReadMark,
     ReadOutcome, Receipt,
@@ -15,6 +15,7 @@ use peroxo_protocol::conversation::{
 use peroxo_protocol::domain::{AppendOutcome, HistoryPage, NewMessage, SyncPage, UserKey};
 use peroxo_protocol::event::Member;
 use peroxo_protocol::lifecycle::{MessageChange, MessageOutcome};
+use peroxo_protocol::outbox::{ConsumerClaim, ConsumerLease, NewOutboxEvent, OutboxPage};
 
 /// The gateway's client of the storage service. Cheap to clone; clones share one connection.
 #[derive(Debug, Clone)]
@@ -218,5 +219,83 @@ impl StorageClient {
             .into_iter()
             .map(convert::receipt_from_pb)
             .collect())
+    }
+
+    /// One page of a tenant's event outbox.
+    pub async fn events(&self, query: EventsQuery) -> Result<OutboxPage, CallError> {
+        let request = pb::EventsRequest {
+            tenant: query.tenant,
+            after: query.after,
+            limit: query.limit,
+        };
+        let r = self.inner.clone().events(request).await?.into_inner();
+        Ok(convert::outbox_page_from_pb(r)?)
+    }
+
+    /// Writes events the caller decides to the tenant's outbox and returns their ids.
+    pub async fn record_events(
+        &self,
+        tenant: String,
+        events: Vec<NewOutboxEvent>,
+    ) -> Result<Vec<u64>, CallError> {
+        let request = pb::RecordEventsRequest {
+            tenant,
+            events: events
+                .into_iter()
+                .map(convert::new_outbox_event_to_pb)
+                .collect(),
+        };
+        Ok(self
+            .inner
+            .clone()
+            .record_events(request)
+            .await?
+            .into_inner()
+            .ids)
+    }
+
+    /// Claims or renews the lease of a consumer of a tenant's feed (`None`: another holder's
+    /// lease runs).
+    pub async fn claim_consumer(
+        &self,
+        claim: ConsumerClaim,
+    ) -> Result<Option<ConsumerLease>, CallError> {
+        let request = pb::ClaimConsumerRequest {
+            tenant: claim.tenant,
+            consumer: claim.consumer,
+            holder: claim.holder,
+            ttl_ms: claim.ttl_ms,
+            now_ms: claim.now_ms,
+        };
+        let r = self
+            .inner
+            .clone()
+            .claim_consumer(request)
+            .await?
+            .into_inner();
+        Ok(convert::lease_from_pb(r))
+    }
+
+    /// Moves a consumer's cursor forward; false when `holder` lost the lease.
+    pub async fn advance_consumer(
+        &self,
+        tenant: String,
+        consumer: String,
+        holder: String,
+        cursor: u64,
+    ) -> Result<bool, CallError> {
+        let request = pb::AdvanceConsumerRequest {
+            tenant,
+            consumer,
+            holder,
+            cursor,
+        };
+        Ok(self
+            .inner
+            .clone()
+            .advance_consumer(request)
+            .await?
+            .into_inner()
+            .held)
     }
 }

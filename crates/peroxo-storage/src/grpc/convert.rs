@@ -19,6 +19,10 @@ use peroxo_protocol::event::{
     Event, EventKind, Fanout, Member, Refusal, RefusalCode, Role, StreamEvent, StreamSeq,
 };
 use peroxo_protocol::lifecycle::{MessageChange, MessageLimits, MessageOp, MessageOutcome};
+use peroxo_protocol::outbox::{
+    ConsumerLease, MAX_RECORDED_PAYLOAD_BYTES, NewOutboxEvent, OutboxEvent, OutboxKind, OutboxPage,
+    is_json_object,
+};
 
 /// A protobuf message that has no Rust counterpart; the text says what is wrong.
 #[derive(Debug)]
@@ -691,6 +695,96 @@ pub(super) fn receipt_from_pb(r: pb::Receipt) -> Receipt {
         user: r.user,
         read_marker: r.read_marker,
     }
+}
+
+pub(super) fn outbox_page_to_pb(page: OutboxPage) -> pb::EventsResponse {
+    pb::EventsResponse {
+        events: page
+            .events
+            .into_iter()
+            .map(|e| pb::OutboxEvent {
+                id: e.id,
+                tenant: e.tenant,
+                ts: e.ts,
+                kind: e.kind.name().to_owned(),
+                conversation_id: e.conversation_id,
+                payload: e.payload,
+            })
+            .collect(),
+        next_after: page.next_after,
+        pruned_until: page.pruned_until,
+    }
+}
+
+pub(super) fn outbox_page_from_pb(r: pb::EventsResponse) -> Result<OutboxPage, Malformed> {
+    let events = r
+        .events
+        .into_iter()
+        .map(|e| {
+            Ok(OutboxEvent {
+                kind: OutboxKind::parse(&e.kind)
+                    .ok_or_else(|| Malformed(format!("unknown outbox event kind {:?}", e.kind)))?,
+                id: e.id,
+                tenant: e.tenant,
+                ts: e.ts,
+                conversation_id: e.conversation_id,
+                payload: e.payload,
+            })
+        })
+        .collect::<Result<_, Malformed>>()?;
+    Ok(OutboxPage {
+        events,
+        next_after: r.next_after,
+        pruned_until: r.pruned_until,
+    })
+}
+
+pub(super) fn lease_to_pb(lease: Option<ConsumerLease>) -> pb::ClaimConsumerResponse {
+    match lease {
+        Some(lease) => pb::ClaimConsumerResponse {
+            leased: true,
+            cursor: lease.cursor,
+            expires_at: lease.expires_at,
+        },
+        None => pb::ClaimConsumerResponse::default(),
+    }
+}
+
+pub(super) fn lease_from_pb(r: pb::ClaimConsumerResponse) -> Option<ConsumerLease> {
+    r.leased.then_some(ConsumerLease {
+        cursor: r.cursor,
+        expires_at: r.expires_at,
+    })
+}
+
+pub(super) fn new_outbox_event_to_pb(event: NewOutboxEvent) -> pb::NewOutboxEvent {
+    pb::NewOutboxEvent {
+        kind: event.kind.name().to_owned(),
+        conversation_id: event.conversation_id,
+        payload: event.payload,
+    }
+}
+
+/// An event to record: a known kind, a conversation id of at most 256 bytes, and a JSON
+/// object of at most [`MAX_RECORDED_PAYLOAD_BYTES`].
+pub(super) fn new_outbox_event_from_pb(e: pb::NewOutboxEvent) -> Result<NewOutboxEvent, Malformed> {
+    let kind = OutboxKind::parse(&e.kind)
+        .ok_or_else(|| Malformed(format!("unknown outbox event kind {:?}", e.kind)))?;
+    if e.conversation_id.len() > 256 {
+        return Err(Malformed(
+            "conversation_id is longer than 256 bytes".to_owned(),
+        ));
+    }
+    if e.payload.len() > MAX_RECORDED_PAYLOAD_BYTES || !is_json_object(&e.payload) {
+        return Err(Malformed(format!(
+            "payload must be a JSON object of at most {MAX_RECORDED_PAYLOAD_BYTES} bytes"
+        )));
+    }
+    Ok(NewOutboxEvent {
+        kind,
+        conversation_id: e.conversation_id,
+        payload: e.payload,
+    })
 }
 
 #[cfg(test)]

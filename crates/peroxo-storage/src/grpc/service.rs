@@ -11,12 +11,13 @@ use super::convert;
 use super::pb;
 use super::pb::storage_server::Storage;
 use crate::{
-    HistoryQuery, MAX_APPEND_BATCH, MAX_HISTORY_LIMIT, MAX_SYNC_LIMIT, MessageStore, SyncQuery,
-    SyncScope,
+    EventsQuery, HistoryQuery, MAX_APPEND_BATCH, MAX_EVENTS_LIMIT, MAX_HISTORY_LIMIT,
+    MAX_SYNC_LIMIT, MessageStore, SyncQuery, SyncScope,
 };
 use peroxo_protocol::conversation::{ConversationRef, ConversationsQuery};
 use peroxo_protocol::domain::{self, UserKey};
 use peroxo_protocol::event::MAX_CONVERSATIONS_LIMIT;
+use peroxo_protocol::outbox::{ConsumerClaim, MAX_CONSUMER_NAME_BYTES};
 
 /// The gRPC face of a [`MessageStore`].
 #[derive(Debug)]
@@ -225,6 +226,89 @@ impl<S: MessageStore> Storage for StorageService<S> {
             receipts: receipts.into_iter().map(convert::receipt_to_pb).collect(),
         }))
     }
+
+    async fn events(
+        &self,
+        request: Request<pb::EventsRequest>,
+    ) -> Result<Response<pb::EventsResponse>, Status> {
+        let r = request.into_inner();
+        check_tenant(&r.tenant)?;
+        let query = EventsQuery {
+            tenant: r.tenant,
+            after: r.after,
+            limit: check_limit(r.limit, MAX_EVENTS_LIMIT)?,
+        };
+        let page = self.store.events(query).await?;
+        Ok(Response::new(convert::outbox_page_to_pb(page)))
+    }
+
+    async fn record_events(
+        &self,
+        request: Request<pb::RecordEventsRequest>,
+    ) -> Result<Response<pb::RecordEventsResponse>, Status> {
+        let r = request.into_inner();
+        check_tenant(&r.tenant)?;
+        if r.events.is_empty() || r.events.len() > MAX_EVENTS_LIMIT as usize {
+            return Err(Status::invalid_argument(format!(
+                "a request records 1 to {MAX_EVENTS_LIMIT} events"
+            )));
+        }
+        let events = r
+            .events
+            .into_iter()
+            .map(convert::new_outbox_event_from_pb)
+            .collect::<Result<_, _>>()?;
+        let ids = self.store.record_events(r.tenant, events).await?;
+        Ok(Response::new(pb::RecordEventsResponse { ids }))
+    }
+
+    async fn claim_consumer(
+        &self,
+        request: Request<pb::ClaimConsumerRequest>,
+    ) -> Result<Response<pb::ClaimConsumerResponse>, Status> {
+        let r = request.into_inner();
+        check_tenant(&r.tenant)?;
+        check_consumer(&r.consumer, &r.holder)?;
+        let claim = ConsumerClaim {
+            tenant: r.tenant,
+            consumer: r.consumer,
+            holder: r.holder,
+            ttl_ms: r.ttl_ms,
+            now_ms: r.now_ms,
+        };
+        let lease = self.store.claim_consumer(claim).await?;
+        Ok(Response::new(convert::lease_to_pb(lease)))
+    }
+
+    async fn advance_consumer(
+        &self,
+        request: Request<pb::AdvanceConsumerRequest>,
+    ) -> Result<Response<pb::AdvanceConsumerResponse>, Status> {
+        let r = request.into_inner();
+        check_tenant(&r.tenant)?;
+        check_consumer(&r.consumer, &r.holder)?;
+        let held = self
+            .store
+            .advance_consumer(r.tenant, r.consumer, r.holder, r.cursor)
+            .await?;
+        Ok(Response::new(pb::AdvanceConsumerResponse { held }))
+    }
+}
+
+fn check_tenant(tenant: &str) -> Result<(), Status> {
+    domain::validate_id(tenant).map_err(|e| Status::invalid_argument(format!("tenant {e}")))
+}
+
+/// A consumer and a holder are names of 1 to [`MAX_CONSUMER_NAME_BYTES`] bytes.
+fn check_consumer(consumer: &str, holder: &str) -> Result<(), Status> {
+    for (what, name) in [("consumer", consumer), ("holder", holder)] {
+        if name.is_empty() || name.len() > MAX_CONSUMER_NAME_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "{what} must be 1 to {MAX_CONSUMER_NAME_BYTES} bytes"
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn user_key(tenant: String, user: String) -> Result<UserKey, Status> {
@@ -234,8 +318,7 @@ fn user_key(tenant: String, user: String) -> Result<UserKey, Status> {
 }
 
 fn check_user(key: &UserKey) -> Result<(), Status> {
-    domain::validate_id(&key.tenant)
-        .map_err(|e| Status::invalid_argument(format!("tenant {e}")))?;
+    check_tenant(&key.tenant)?;
     domain::validate_id(&key.user).map_err(|e| Status::invalid_argument(format!("user {e}")))
 }
 

@@ -7,7 +7,8 @@
 //! stored meanwhile) and the messages replies quote (a delete locks the counters of everyone
 //! who can see the message, the sender among them, so none is deleted meanwhile), then decide
 //! every message in batch order and write messages, stream entries, conversation states and
-//! counters. A group change locks its group row `FOR UPDATE`, so the members read here stay
+//! counters, and last the batch's outbox events (one statement per tenant, whose counter is
+//! the batch's last lock: see `outbox`). A group change locks its group row `FOR UPDATE`, so the members read here stay
 //! the members until the batch commits, and message ids of a group grow in commit order.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -15,11 +16,12 @@ use std::convert::Infallible;
 
 use deadpool_postgres::{Pool, Transaction};
 
+use super::outbox::OutboxRows;
 use super::streams::{Counters, InboxRows};
 use super::{attach_reactions, backend, message_from_row};
 use crate::seq_assignment::{next_seqs, stream_entries};
 use crate::sql::{MESSAGE_COLUMNS, sql_int};
-use crate::{MAX_STORED_TEXT_BYTES, StoreError, rules};
+use crate::{MAX_STORED_TEXT_BYTES, OutboxSettings, StoreError, rules};
 use peroxo_protocol::domain::{
     AppendOutcome, NewMessage, QUOTE_EXCERPT_CHARS, Quote, StoredMessage, UserKey, conversation_id,
     now_ms,
@@ -70,6 +72,7 @@ impl Quoted {
 
 pub(super) async fn append(
     pool: &Pool,
+    outbox: OutboxSettings,
     batch: Vec<NewMessage>,
 ) -> Result<Vec<AppendOutcome>, StoreError> {
     if batch.is_empty() {
@@ -101,6 +104,7 @@ pub(super) async fn append(
         fresh: Vec::new(),
         inbox: InboxRows::default(),
         states: StateChanges::default(),
+        outbox: OutboxRows::new(outbox),
         ts: now_ms(),
     };
     let outcomes = batch
@@ -113,6 +117,7 @@ pub(super) async fn append(
         batch_writes.inbox.insert(&tx).await?;
         batch_writes.states.store(&tx).await?;
         batch_writes.counters.store(&tx).await?;
+        batch_writes.outbox.write(&tx, batch_writes.ts).await?;
     }
     tx.commit().await.map_err(backend)?;
     Ok(outcomes)
@@ -284,6 +289,8 @@ struct BatchWrites {
     fresh: Vec<StoredMessage>,
     inbox: InboxRows,
     states: StateChanges,
+    /// The `message.created` event of every message stored.
+    outbox: OutboxRows,
     ts: i64,
 }
 
@@ -329,18 +336,25 @@ impl BatchWrites {
             Ok(quote) => quote,
             Err(refusal) => return AppendOutcome::Rejected(refusal),
         };
-        let (mut stored, members) = match members {
+        let (mut stored, others) = match members {
             Some(members) => self.group(message, id, members),
             None => (self.direct(message, id), Vec::new()),
         };
         stored.lifecycle.reply_to = quote.map(Box::new);
+        self.outbox.record(&message.tenant, |payloads| {
+            let recipients: Vec<&str> = match members {
+                Some(members) => members.keys().map(String::as_str).collect(),
+                None => vec![message.recipient.as_str()],
+            };
+            Some(payloads.message_created(&stored, recipients))
+        });
         self.quoted.insert(id, Quoted::of(&stored));
         self.sent.insert(key, stored.clone());
         self.fresh.push(stored.clone());
         AppendOutcome::Stored {
             message: stored,
             duplicate: false,
-            members,
+            members: others,
         }
     }
 

@@ -8,17 +8,19 @@ use std::collections::{BTreeMap, BTreeSet};
 use deadpool_postgres::{GenericClient, Pool, Transaction};
 
 use super::backend;
+use super::outbox::OutboxRows;
 use super::reads::current_members;
 use super::streams::{Counters, InboxRows, fan_out, insert_event};
-use crate::StoreError;
 use crate::rules::{self, Effect, GroupState, Step};
 use crate::sql::sql_int;
+use crate::{OutboxSettings, StoreError};
 use peroxo_protocol::conversation::{CreateGroup, GroupChange, GroupLimits, GroupOutcome};
 use peroxo_protocol::domain::{UserKey, now_ms};
 use peroxo_protocol::event::{EventKind, Fanout, Role};
 
 pub(super) async fn create_group(
     pool: &Pool,
+    outbox: OutboxSettings,
     request: CreateGroup,
 ) -> Result<GroupOutcome, StoreError> {
     let mut client = pool.get().await.map_err(backend)?;
@@ -76,6 +78,9 @@ pub(super) async fn create_group(
     join(&tx, &fanout, &everyone, role_of).await?;
     inbox.insert(&tx).await?;
     counters.store(&tx).await?;
+    let mut events = OutboxRows::new(outbox);
+    events.record_fanout(&fanout);
+    events.write(&tx, ts).await?;
     tx.commit().await.map_err(backend)?;
     Ok(GroupOutcome {
         conversation_id: group,
@@ -194,6 +199,7 @@ async fn join(
 
 pub(super) async fn change_group(
     pool: &Pool,
+    outbox: OutboxSettings,
     request: GroupChange,
 ) -> Result<GroupOutcome, StoreError> {
     let actor = &request.actor;
@@ -237,7 +243,13 @@ pub(super) async fn change_group(
         for step in steps {
             events.push(change.step(step).await?);
         }
+        let ts = change.ts;
         change.finish(&events).await?;
+        let mut outbox = OutboxRows::new(outbox);
+        for fanout in &events {
+            outbox.record_fanout(fanout);
+        }
+        outbox.write(&tx, ts).await?;
     }
     tx.commit().await.map_err(backend)?;
     Ok(GroupOutcome {

@@ -17,18 +17,20 @@ use deadpool_postgres::{GenericClient, Pool, Transaction};
 use tokio_postgres::types::ToSql;
 
 use super::marks::lock_group;
+use super::outbox::OutboxRows;
 use super::reads::known_standing;
 use super::streams::{Counters, InboxRows, fan_out, insert_event, role_from_sql};
 use super::{attach_reactions, backend, message_from_row};
 use crate::rules::{self, MessageEffect, MessageRow, ReactionTally, Target};
 use crate::sql::{MESSAGE_COLUMN_COUNT, MESSAGE_COLUMNS, sql_int};
-use crate::{MAX_STORED_TEXT_BYTES, StoreError};
+use crate::{MAX_STORED_TEXT_BYTES, OutboxSettings, StoreError};
 use peroxo_protocol::domain::{StoredMessage, UserKey, now_ms};
 use peroxo_protocol::event::{Fanout, Role};
 use peroxo_protocol::lifecycle::{MessageChange, MessageOp, MessageOutcome};
 
 pub(super) async fn change_message(
     pool: &Pool,
+    outbox: OutboxSettings,
     request: MessageChange,
 ) -> Result<MessageOutcome, StoreError> {
     let actor = &request.actor;
@@ -95,6 +97,9 @@ pub(super) async fn change_message(
     let fanout = fan_out(event, &audience, &mut counters, &mut inbox);
     inbox.insert(&tx).await?;
     counters.store(&tx).await?;
+    let mut events = OutboxRows::new(outbox);
+    events.record_fanout(&fanout);
+    events.write(&tx, ts).await?;
     finish(tx, actor, message_id, Some(fanout), false).await
 }
 

@@ -9,16 +9,21 @@ use std::collections::BTreeSet;
 use deadpool_postgres::{Pool, Transaction};
 
 use super::backend;
+use super::outbox::OutboxRows;
 use super::reads::{Standing, known_standing};
 use super::streams::{Counters, InboxRows, fan_out, insert_event};
-use crate::StoreError;
 use crate::rules::{self, Target};
 use crate::sql::sql_int;
+use crate::{OutboxSettings, StoreError};
 use peroxo_protocol::conversation::{ReadMark, ReadMarkKind, ReadOutcome};
 use peroxo_protocol::domain::{UserKey, now_ms};
 use peroxo_protocol::event::EventKind;
 
-pub(super) async fn mark_read(pool: &Pool, request: ReadMark) -> Result<ReadOutcome, StoreError> {
+pub(super) async fn mark_read(
+    pool: &Pool,
+    outbox: OutboxSettings,
+    request: ReadMark,
+) -> Result<ReadOutcome, StoreError> {
     let user = &request.user;
     let target =
         rules::target_of(&user.user, &request.conversation_id).map_err(StoreError::Refused)?;
@@ -100,6 +105,12 @@ pub(super) async fn mark_read(pool: &Pool, request: ReadMark) -> Result<ReadOutc
     };
     inbox.insert(&tx).await?;
     counters.store(&tx).await?;
+    let mut events = OutboxRows::new(outbox);
+    events.record(&user.tenant, |payloads| {
+        let receipt_to = receipt.as_ref().and_then(|r| r.seqs.first());
+        payloads.read_marker(&own.event, receipt_to.map(|to| to.user.as_str()))
+    });
+    events.write(&tx, ts).await?;
     tx.commit().await.map_err(backend)?;
     Ok(ReadOutcome {
         message_id: marker,

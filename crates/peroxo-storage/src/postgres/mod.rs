@@ -11,6 +11,8 @@
 //! - `reads`: history, sync, the conversation list, members and receipts.
 //! - `retention`: deleting a batch of old messages with their stream entries and reactions.
 //! - `erase`: erasing a batch of a user's texts or read state.
+//! - `outbox`: the event outbox: each transaction's events, written last under a per-tenant
+//!   counter so that ids follow commit order; the feed's read, pruning and erasing.
 //!
 //! Several instances may write at once. Every writer locks what it needs in one order:
 //! first the rows of the groups it touches (sorted; `FOR SHARE` to send, mark or change a
@@ -21,13 +23,15 @@
 //! conversation, and no two writers can deadlock. The unique key (tenant, sender,
 //! client_msg_id) makes appends idempotent; under the sender's lock a duplicate is always
 //! seen before it could be inserted. A change of a message locks everyone who can see it, so
-//! the changes of one message run one after the other.
+//! the changes of one message run one after the other. Last of all, a transaction that writes
+//! outbox events locks its tenant's outbox counter (see `outbox`).
 
 mod append;
 mod erase;
 mod groups;
 mod lifecycle;
 mod marks;
+mod outbox;
 mod reads;
 mod retention;
 mod schema;
@@ -38,7 +42,9 @@ use std::collections::HashMap;
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::{NoTls, Row};
 
-use super::{HistoryQuery, MessageStore, PruneBatch, StoreError, SyncQuery};
+use super::{
+    EventsQuery, HistoryQuery, MessageStore, OutboxSettings, PruneBatch, StoreError, SyncQuery,
+};
 use crate::sql::{LifecycleColumns, has_pending_reactions, reaction_counts, sql_int};
 use peroxo_protocol::conversation::{
     ConversationPage, ConversationsQuery, CreateGroup, GroupChange, GroupOutcome, ReadMark,
@@ -49,11 +55,14 @@ use peroxo_protocol::domain::{
 };
 use peroxo_protocol::event::Member;
 use peroxo_protocol::lifecycle::{MessageChange, MessageOutcome};
+use peroxo_protocol::outbox::{ConsumerClaim, ConsumerLease, NewOutboxEvent, OutboxPage};
 
 /// A PostgreSQL-backed [`MessageStore`]. Cheap to clone.
 #[derive(Clone)]
 pub struct PostgresStore {
     pool: Pool,
+    /// Whether and how writes write outbox events.
+    outbox: OutboxSettings,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -67,8 +76,18 @@ fn backend(e: impl std::fmt::Display) -> StoreError {
 }
 
 impl PostgresStore {
-    /// Connects a pool of `pool_size` to `url` and applies pending migrations.
+    /// Connects a pool of `pool_size` to `url` and applies pending migrations; writes write
+    /// outbox events as `[events]` does by default.
     pub async fn open(url: &str, pool_size: usize) -> Result<Self, StoreError> {
+        Self::open_with(url, pool_size, OutboxSettings::default()).await
+    }
+
+    /// [`PostgresStore::open`], writing outbox events as `outbox` says.
+    pub async fn open_with(
+        url: &str,
+        pool_size: usize,
+        outbox: OutboxSettings,
+    ) -> Result<Self, StoreError> {
         let config: tokio_postgres::Config = url
             .parse()
             .map_err(|e| StoreError::InvalidRequest(format!("invalid postgres url: {e}")))?;
@@ -83,7 +102,7 @@ impl PostgresStore {
             .max_size(pool_size)
             .build()
             .map_err(backend)?;
-        let store = Self { pool };
+        let store = Self { pool, outbox };
         store.migrate().await?;
         Ok(store)
     }
@@ -154,7 +173,7 @@ async fn attach_reactions<'m>(
 
 impl MessageStore for PostgresStore {
     async fn append(&self, batch: Vec<NewMessage>) -> Result<Vec<AppendOutcome>, StoreError> {
-        append::append(&self.pool, batch).await
+        append::append(&self.pool, self.outbox, batch).await
     }
 
     async fn history(&self, query: HistoryQuery) -> Result<HistoryPage, StoreError> {
@@ -171,11 +190,11 @@ impl MessageStore for PostgresStore {
     }
 
     async fn create_group(&self, request: CreateGroup) -> Result<GroupOutcome, StoreError> {
-        groups::create_group(&self.pool, request).await
+        groups::create_group(&self.pool, self.outbox, request).await
     }
 
     async fn change_group(&self, request: GroupChange) -> Result<GroupOutcome, StoreError> {
-        groups::change_group(&self.pool, request).await
+        groups::change_group(&self.pool, self.outbox, request).await
     }
 
     async fn members(
@@ -194,7 +213,7 @@ impl MessageStore for PostgresStore {
     }
 
     async fn mark_read(&self, request: ReadMark) -> Result<ReadOutcome, StoreError> {
-        marks::mark_read(&self.pool, request).await
+        marks::mark_read(&self.pool, self.outbox, request).await
     }
 
     async fn read_receipts(
@@ -207,7 +226,7 @@ impl MessageStore for PostgresStore {
     }
 
     async fn change_message(&self, request: MessageChange) -> Result<MessageOutcome, StoreError> {
-        lifecycle::change_message(&self.pool, request).await
+        lifecycle::change_message(&self.pool, self.outbox, request).await
     }
 
     async fn message_tenants(&self) -> Result<Vec<String>, StoreError> {
@@ -224,5 +243,46 @@ impl MessageStore for PostgresStore {
 
     async fn erase_read_state(&self, user: UserKey, limit: u32) -> Result<u64, StoreError> {
         erase::read_state(&self.pool, user, limit).await
+    }
+
+    async fn events(&self, query: EventsQuery) -> Result<OutboxPage, StoreError> {
+        outbox::page(&self.pool, query).await
+    }
+
+    async fn event_tenants(&self) -> Result<Vec<String>, StoreError> {
+        outbox::tenants(&self.pool).await
+    }
+
+    async fn prune_events(&self, batch: PruneBatch) -> Result<u64, StoreError> {
+        outbox::prune(&self.pool, batch).await
+    }
+
+    async fn erase_event_texts(&self, user: UserKey, limit: u32) -> Result<u64, StoreError> {
+        outbox::erase_texts(&self.pool, user, limit).await
+    }
+
+    async fn record_events(
+        &self,
+        tenant: String,
+        events: Vec<NewOutboxEvent>,
+    ) -> Result<Vec<u64>, StoreError> {
+        outbox::record(&self.pool, self.outbox, tenant, events).await
+    }
+
+    async fn claim_consumer(
+        &self,
+        claim: ConsumerClaim,
+    ) -> Result<Option<ConsumerLease>, StoreError> {
+        outbox::claim(&self.pool, claim).await
+    }
+
+    async fn advance_consumer(
+        &self,
+        tenant: String,
+        consumer: String,
+        holder: String,
+        cursor: u64,
+    ) -> Result<bool, StoreError> {
+        outbox::advance(&self.pool, tenant, consumer, holder, cursor).await
     }
 }

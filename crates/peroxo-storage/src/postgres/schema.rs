@@ -12,6 +12,8 @@
 //! - `conversation_states`: one row per user and conversation the user is (or was) in: the
 //!   conversation list, read markers and unread counts, and group membership.
 //! - `reactions`: one row per (message, emoji, user who reacted).
+//! - `outbox`, `outbox_counters`: the feed of committed changes, and each tenant's last id
+//!   and pruned id; `outbox_consumers`, each consumer's cursor and lease.
 
 use super::{PostgresStore, backend};
 use crate::StoreError;
@@ -25,7 +27,34 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (2, CONVERSATIONS),
     (3, RETENTION),
     (4, LIFECYCLE),
+    (5, OUTBOX),
 ];
+
+/// The event outbox: one row per (tenant, id), ids taken from the tenant's counter row (which
+/// also records the highest id retention deleted), so they stay gapless and in commit order
+/// (see `outbox`). The feed reads a range of the primary key.
+const OUTBOX: &str = "CREATE TABLE outbox (
+        tenant TEXT NOT NULL,
+        id BIGINT NOT NULL,
+        ts BIGINT NOT NULL,
+        kind TEXT NOT NULL,
+        conversation TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        PRIMARY KEY (tenant, id)
+    );
+    CREATE TABLE outbox_counters (
+        tenant TEXT PRIMARY KEY,
+        last_id BIGINT NOT NULL,
+        pruned_until BIGINT NOT NULL DEFAULT 0
+    );
+    CREATE TABLE outbox_consumers (
+        tenant TEXT NOT NULL,
+        consumer TEXT NOT NULL,
+        holder TEXT NOT NULL,
+        expires_at BIGINT NOT NULL,
+        cursor BIGINT NOT NULL,
+        PRIMARY KEY (tenant, consumer)
+    );";
 
 /// What happens to messages after they are sent. A message records what it replies to, its
 /// last edit, its deletion (its text is then empty) and how many reactions it has (so reads

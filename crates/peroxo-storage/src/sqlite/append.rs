@@ -1,6 +1,6 @@
 //! Appending one message inside the writer's transaction: a direct message (its two stream
 //! rows and its participants' conversation states) or a group message (one stream row and one
-//! state update per member).
+//! state update per member), each with its `message.created` outbox event.
 
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -74,6 +74,9 @@ fn append_direct(
         record_message(w.conn, &stored, &conversation, user, seq)?;
         rows += 1;
     }
+    w.record(&message.tenant, |payloads| {
+        Some(payloads.message_created(&stored, [message.recipient.as_str()]))
+    })?;
     let outcome = AppendOutcome::Stored {
         message: stored,
         duplicate: false,
@@ -138,6 +141,9 @@ fn append_to_group(
             });
         }
     }
+    w.record(tenant, |payloads| {
+        Some(payloads.message_created(&stored, members.iter().map(String::as_str)))
+    })?;
     let outcome = AppendOutcome::Stored {
         message: stored,
         duplicate: false,

@@ -18,6 +18,8 @@
 //! - `queries`: the reads (history, sync, the conversation list, members, receipts).
 //! - `retention`: deleting a batch of old messages, in a transaction of its own.
 //! - `erase`: erasing a batch of a user's texts or read state, in a transaction of its own.
+//! - `outbox`: the event outbox: a transaction's events and their ids, the feed's read, its
+//!   pruning and erasing.
 //! - `backup`: a verified copy of the database while it serves (`peroxo backup`).
 
 mod append;
@@ -25,6 +27,7 @@ mod backup;
 mod erase;
 mod groups;
 mod lifecycle;
+mod outbox;
 mod queries;
 #[cfg(test)]
 mod query_plans;
@@ -42,7 +45,9 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::oneshot;
 
-use super::{HistoryQuery, MessageStore, PruneBatch, StoreError, SyncQuery};
+use super::{
+    EventsQuery, HistoryQuery, MessageStore, OutboxSettings, PruneBatch, StoreError, SyncQuery,
+};
 pub use backup::{BackupReport, backup};
 use peroxo_config::SqliteSync;
 use peroxo_protocol::conversation::{
@@ -52,6 +57,7 @@ use peroxo_protocol::conversation::{
 use peroxo_protocol::domain::{AppendOutcome, HistoryPage, NewMessage, SyncPage, UserKey};
 use peroxo_protocol::event::Member;
 use peroxo_protocol::lifecycle::{MessageChange, MessageOutcome};
+use peroxo_protocol::outbox::{ConsumerClaim, ConsumerLease, NewOutboxEvent, OutboxPage};
 use writer::{Job, Reply, Writer};
 
 /// Read connections kept open for reuse.
@@ -89,8 +95,18 @@ impl std::fmt::Debug for SqliteStore {
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` with the durability of
-    /// `synchronous`, migrates it, and starts the writer.
+    /// `synchronous`, migrates it, and starts the writer, which writes outbox events as
+    /// `[events]` does by default.
     pub fn open(path: impl AsRef<Path>, synchronous: SqliteSync) -> Result<Self, StoreError> {
+        Self::open_with(path, synchronous, OutboxSettings::default())
+    }
+
+    /// [`SqliteStore::open`], writing outbox events as `outbox` says.
+    pub fn open_with(
+        path: impl AsRef<Path>,
+        synchronous: SqliteSync,
+        outbox: OutboxSettings,
+    ) -> Result<Self, StoreError> {
         let path = path.as_ref().to_path_buf();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| {
@@ -116,6 +132,8 @@ impl SqliteStore {
             groups: writer::KnownGroups::default(),
             checkpoint: checkpoint_tx,
             deferred: None,
+            outbox,
+            outbox_ids: outbox::OutboxIds::default(),
         };
         std::thread::Builder::new()
             .name("peroxo-sqlite-writer".to_owned())
@@ -248,6 +266,59 @@ impl MessageStore for SqliteStore {
 
     async fn erase_read_state(&self, user: UserKey, limit: u32) -> Result<u64, StoreError> {
         self.write(|reply| Job::EraseReadState(user, limit, reply))
+            .await
+    }
+
+    async fn events(&self, query: EventsQuery) -> Result<OutboxPage, StoreError> {
+        self.read(move |conn| outbox::page(conn, &query)).await
+    }
+
+    async fn event_tenants(&self) -> Result<Vec<String>, StoreError> {
+        self.read(outbox::tenants).await
+    }
+
+    async fn prune_events(&self, batch: PruneBatch) -> Result<u64, StoreError> {
+        self.write(|reply| Job::PruneEvents(batch, reply)).await
+    }
+
+    async fn erase_event_texts(&self, user: UserKey, limit: u32) -> Result<u64, StoreError> {
+        self.write(|reply| Job::EraseEventTexts(user, limit, reply))
+            .await
+    }
+
+    async fn record_events(
+        &self,
+        tenant: String,
+        events: Vec<NewOutboxEvent>,
+    ) -> Result<Vec<u64>, StoreError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.write(|reply| Job::RecordEvents(tenant, events, reply))
+            .await
+    }
+
+    async fn claim_consumer(
+        &self,
+        claim: ConsumerClaim,
+    ) -> Result<Option<ConsumerLease>, StoreError> {
+        self.write(|reply| Job::ClaimConsumer(claim, reply)).await
+    }
+
+    async fn advance_consumer(
+        &self,
+        tenant: String,
+        consumer: String,
+        holder: String,
+        cursor: u64,
+    ) -> Result<bool, StoreError> {
+        let advance = outbox::Advance {
+            tenant,
+            consumer,
+            holder,
+            cursor,
+        };
+        self.write(|reply| Job::AdvanceConsumer(advance, reply))
             .await
     }
 }
@@ -383,5 +454,36 @@ mod tests {
         // ... and the retry reads the seqs again.
         let retried = store.append(vec![dm("alice", "bob", "a2")]).await.unwrap();
         assert_eq!(seqs_of(&retried), [(3, 2)]);
+    }
+
+    #[tokio::test]
+    async fn outbox_ids_another_writer_took_are_never_taken_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        let store = SqliteStore::open(&path, SqliteSync::Normal).unwrap();
+        store.append(vec![dm("alice", "bob", "a1")]).await.unwrap();
+        // Another writer of the file took ids 2 to 5, and retention deleted them since.
+        let other = Connection::open(&path).unwrap();
+        other
+            .execute_batch("UPDATE outbox_counters SET last_id = 5 WHERE tenant = 't'")
+            .unwrap();
+        // The remembered last id is stale: the commit fails instead of taking id 2 ...
+        assert!(store.append(vec![dm("alice", "bob", "a2")]).await.is_err());
+        // ... and the next one reads the counter again.
+        store.append(vec![dm("alice", "bob", "a2")]).await.unwrap();
+        let query = EventsQuery {
+            tenant: "t".to_owned(),
+            after: 0,
+            limit: 10,
+        };
+        let ids: Vec<u64> = store
+            .events(query)
+            .await
+            .unwrap()
+            .events
+            .iter()
+            .map(|e| e.id)
+            .collect();
+        assert_eq!(ids, [1, 6]);
     }
 }

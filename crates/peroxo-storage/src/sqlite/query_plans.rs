@@ -7,7 +7,7 @@
 use rusqlite::Connection;
 
 use super::schema::migrate;
-use super::{queries, state};
+use super::{outbox, queries, state};
 
 /// The query plan SQLite chooses for `sql`, one line per step.
 fn plan(conn: &Connection, sql: &str) -> Vec<String> {
@@ -76,5 +76,13 @@ fn read_receipts_read_the_members_or_the_two_participants_only() {
     assert_plan(
         queries::DIRECT_READ_MARKERS,
         &["USING PRIMARY KEY (tenant=? AND user=? AND conversation=?)"],
+    );
+}
+
+#[test]
+fn the_event_feed_reads_a_range_of_the_outbox_primary_key() {
+    assert_plan(
+        outbox::FEED,
+        &["SEARCH outbox USING PRIMARY KEY (tenant=? AND id>?)"],
     );
 }

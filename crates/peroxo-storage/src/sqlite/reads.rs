@@ -1,6 +1,6 @@
 //! Moving a read marker inside the writer's transaction: the new marker, the unread count
 //! counted again, the `ReadMarker` event in the user's stream and, for a direct conversation
-//! read further, the `ReadReceipt` in the peer's. The writer is the only writer, so no send can
+//! read further, the `ReadReceipt` in the peer's, and one `read.marker` outbox event for both. The writer is the only writer, so no send can
 //! slip between the count and the commit.
 
 use rusqlite::{Connection, OptionalExtension, params};
@@ -93,6 +93,10 @@ pub(super) fn mark_read(
         }
         _ => None,
     };
+    w.record(&user.tenant, |payloads| {
+        let receipt_to = receipt.as_ref().and_then(|r| r.seqs.first());
+        payloads.read_marker(&marker_event.event, receipt_to.map(|to| to.user.as_str()))
+    })?;
     Ok(ReadOutcome {
         message_id: marker,
         unread_count,

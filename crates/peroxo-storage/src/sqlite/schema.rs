@@ -1,6 +1,6 @@
 //! The SQLite schema and its migrations (`PRAGMA user_version`).
 //!
-//! Version 4:
+//! Version 5:
 //! - `messages`: one row per message (direct, or to a group: then `recipient` and
 //!   `conversation` are the group id, `recipient_seq` is 0); `id` is the message id and orders
 //!   a conversation; `UNIQUE (tenant, sender, client_msg_id)` makes appends idempotent.
@@ -22,10 +22,17 @@
 //!   whether it has any. A message's `reply_to`, `edited_ts`, `deleted_by`/`deleted_ts` record
 //!   what it replies to and what happened to it; an event's `client_msg_id` (unique per actor)
 //!   makes edits idempotent.
+//! - `outbox`: one row per (tenant, id): the feed of committed changes, each event's kind,
+//!   conversation and JSON payload. Ids are taken from `outbox_counters` (one row per tenant:
+//!   the last id taken, and the highest id retention deleted), so they stay gapless even when
+//!   retention empties the table; `WITHOUT ROWID` keyed (tenant, id), a new event goes at the
+//!   end of its tenant's range, and the feed's read is a range scan of it.
+//! - `outbox_consumers`: one row per (tenant, consumer) of the feed: its cursor, and who holds
+//!   its lease until when.
 //! - `messages_by_age` finds a tenant's oldest messages; `inbox_by_group_message` finds every
 //!   stream entry of a group message (the direct path never writes to it).
 //!
-//! Version 3 lacked what version 4 adds for edits, deletes, reactions and replies (the
+//! Version 4 lacked the outbox. Version 3 lacked what version 4 adds for edits, deletes, reactions and replies (the
 //! columns and table above). Version 2 lacked what retention needs (`stream_floors` and the two indexes). Version 1 had `messages` and an `inbox` of messages only. Migrating rebuilds `inbox` with
 //! the columns above and gives every existing direct conversation its two state rows.
 
@@ -34,7 +41,7 @@ use rusqlite::{Connection, TransactionBehavior};
 use super::backend;
 use crate::StoreError;
 
-pub(super) const SCHEMA_VERSION: i64 = 4;
+pub(super) const SCHEMA_VERSION: i64 = 5;
 
 /// What `inbox.kind` says an entry is.
 pub(super) const DIRECT_MESSAGE: i64 = 0;
@@ -160,6 +167,32 @@ CREATE TABLE reactions (
 ) WITHOUT ROWID;
 ";
 
+/// What version 5 adds: the event outbox.
+const OUTBOX: &str = "
+CREATE TABLE outbox (
+    tenant TEXT NOT NULL,
+    id INTEGER NOT NULL,
+    ts INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    conversation TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    PRIMARY KEY (tenant, id)
+) WITHOUT ROWID;
+CREATE TABLE outbox_counters (
+    tenant TEXT NOT NULL PRIMARY KEY,
+    last_id INTEGER NOT NULL,
+    pruned_until INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+CREATE TABLE outbox_consumers (
+    tenant TEXT NOT NULL,
+    consumer TEXT NOT NULL,
+    holder TEXT NOT NULL,
+    expires_at INTEGER NOT NULL,
+    cursor INTEGER NOT NULL,
+    PRIMARY KEY (tenant, consumer)
+) WITHOUT ROWID;
+";
+
 /// From version 1: the old inbox's rows move into the new one, and every direct
 /// conversation gets a state row for each participant. A participant has read up to their
 /// own newest message (sending reads); the rest is unread.
@@ -202,10 +235,16 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         .map_err(backend)?;
     let steps = match version {
         SCHEMA_VERSION => return Ok(()),
-        0 => format!("{MESSAGES}{CONVERSATIONS}{RETENTION}{LIFECYCLE}"),
-        1 => FROM_VERSION_1.replace("{CONVERSATIONS}", CONVERSATIONS) + RETENTION + LIFECYCLE,
-        2 => format!("{RETENTION}{LIFECYCLE}"),
-        3 => LIFECYCLE.to_owned(),
+        0 => format!("{MESSAGES}{CONVERSATIONS}{RETENTION}{LIFECYCLE}{OUTBOX}"),
+        1 => {
+            FROM_VERSION_1.replace("{CONVERSATIONS}", CONVERSATIONS)
+                + RETENTION
+                + LIFECYCLE
+                + OUTBOX
+        }
+        2 => format!("{RETENTION}{LIFECYCLE}{OUTBOX}"),
+        3 => format!("{LIFECYCLE}{OUTBOX}"),
+        4 => OUTBOX.to_owned(),
         newer => {
             return Err(StoreError::Backend(format!(
                 "the database has schema version {newer}, not one this build knows (up to \

@@ -9,7 +9,9 @@
 //!
 //! [`WriteTx`] is what a job writes through: it takes the seqs (remembered across
 //! transactions, so a direct message need not read them), knows the members of the groups it
-//! saw lately (so a group message need not read them either), and fans events out.
+//! saw lately (so a group message need not read them either), fans events out, and writes
+//! the transaction's outbox events (`outbox`), whose counters it writes back before the
+//! commit.
 
 use std::collections::HashMap;
 use std::sync::{Arc, mpsc};
@@ -17,16 +19,18 @@ use std::sync::{Arc, mpsc};
 use rusqlite::{Connection, TransactionBehavior, params};
 use tokio::sync::oneshot;
 
+use super::outbox::OutboxIds;
 use super::schema::{EVENT, GROUP_MESSAGE, LIFECYCLE_EVENT};
-use super::{append, backend, erase, groups, lifecycle, reads, retention, state};
+use super::{append, backend, erase, groups, lifecycle, outbox, reads, retention, state};
 use crate::sql::{EventColumns, sql_int};
-use crate::{PruneBatch, StoreError};
+use crate::{OutboxSettings, PruneBatch, StoreError};
 use peroxo_protocol::conversation::{
     CreateGroup, GroupChange, GroupOutcome, ReadMark, ReadOutcome,
 };
 use peroxo_protocol::domain::{AppendOutcome, NewMessage, UserKey, now_ms};
 use peroxo_protocol::event::{Event, EventKind, Fanout, StreamSeq};
 use peroxo_protocol::lifecycle::{MessageChange, MessageOutcome};
+use peroxo_protocol::outbox::{ConsumerClaim, ConsumerLease, NewOutboxEvent, Payloads};
 
 /// The most stream rows the writer commits in one transaction (a direct message counts as
 /// one, a group message as one per member, an event as one per stream it enters). A single
@@ -54,6 +58,15 @@ pub(super) enum Job {
     /// Erasing a user's texts, then read state (`peroxo user erase`): each runs alone.
     EraseTexts(UserKey, u32, Reply<u64>),
     EraseReadState(UserKey, u32, Reply<u64>),
+    /// Retention of the outbox: runs alone.
+    PruneEvents(PruneBatch, Reply<u64>),
+    /// Erasing a user's texts from the outbox: runs alone.
+    EraseEventTexts(UserKey, u32, Reply<u64>),
+    /// Events the caller decides, for the outbox.
+    RecordEvents(String, Vec<NewOutboxEvent>, Reply<Vec<u64>>),
+    /// A consumer's lease and cursor: each runs alone.
+    ClaimConsumer(ConsumerClaim, Reply<Option<ConsumerLease>>),
+    AdvanceConsumer(outbox::Advance, Reply<bool>),
 }
 
 /// What a job did in its transaction, to answer once it commits.
@@ -63,6 +76,7 @@ enum Done {
     /// Boxed: an outcome with its two events is large beside the others.
     Read(Box<Result<ReadOutcome, StoreError>>),
     Message(Box<Result<MessageOutcome, StoreError>>),
+    Recorded(Vec<u64>),
 }
 
 impl Job {
@@ -70,7 +84,13 @@ impl Job {
     fn runs_alone(&self) -> bool {
         matches!(
             self,
-            Job::Prune(..) | Job::EraseTexts(..) | Job::EraseReadState(..)
+            Job::Prune(..)
+                | Job::EraseTexts(..)
+                | Job::EraseReadState(..)
+                | Job::PruneEvents(..)
+                | Job::EraseEventTexts(..)
+                | Job::ClaimConsumer(..)
+                | Job::AdvanceConsumer(..)
         )
     }
 
@@ -106,9 +126,19 @@ impl Job {
                     .map_or(1, |e| e.seqs.len().max(1));
                 Ok((Done::Message(Box::new(done)), rows))
             }
-            Job::Prune(..) | Job::EraseTexts(..) | Job::EraseReadState(..) => Err(
-                StoreError::Backend("a batch of its own was grouped with other writes".to_owned()),
-            ),
+            Job::RecordEvents(tenant, events, _) => {
+                let ids = w.record_all(tenant, events)?;
+                Ok((Done::Recorded(ids), 1))
+            }
+            Job::Prune(..)
+            | Job::EraseTexts(..)
+            | Job::EraseReadState(..)
+            | Job::PruneEvents(..)
+            | Job::EraseEventTexts(..)
+            | Job::ClaimConsumer(..)
+            | Job::AdvanceConsumer(..) => Err(StoreError::Backend(
+                "a batch of its own was grouped with other writes".to_owned(),
+            )),
         }
     }
 
@@ -127,6 +157,9 @@ impl Job {
             }
             (Job::ChangeMessage(_, reply), Done::Message(result)) => {
                 let _ = reply.send(*result);
+            }
+            (Job::RecordEvents(_, _, reply), Done::Recorded(ids)) => {
+                let _ = reply.send(Ok(ids));
             }
             (job, _) => job.fail("the writer mixed up the answers of its jobs"),
         }
@@ -150,7 +183,18 @@ impl Job {
             }
             Job::Prune(_, reply)
             | Job::EraseTexts(_, _, reply)
-            | Job::EraseReadState(_, _, reply) => {
+            | Job::EraseReadState(_, _, reply)
+            | Job::PruneEvents(_, reply)
+            | Job::EraseEventTexts(_, _, reply) => {
+                let _ = reply.send(Err(error));
+            }
+            Job::RecordEvents(_, _, reply) => {
+                let _ = reply.send(Err(error));
+            }
+            Job::ClaimConsumer(_, reply) => {
+                let _ = reply.send(Err(error));
+            }
+            Job::AdvanceConsumer(_, reply) => {
                 let _ = reply.send(Err(error));
             }
         }
@@ -190,6 +234,9 @@ pub(super) struct Writer {
     pub(super) checkpoint: mpsc::SyncSender<()>,
     /// A retention batch taken while a group was open: it runs next, alone.
     pub(super) deferred: Option<Job>,
+    /// Whether and how the writer writes outbox events.
+    pub(super) outbox: OutboxSettings,
+    pub(super) outbox_ids: OutboxIds,
 }
 
 /// The members of the groups the writer saw lately, so that a group message need not read
@@ -264,6 +311,7 @@ impl Writer {
                 Err(e) => {
                     self.seqs.clear();
                     self.groups.clear();
+                    self.outbox_ids.clear();
                     tracing::error!(error = %e, "sqlite write transaction failed");
                     let error = e.to_string();
                     for job in group {
@@ -284,6 +332,18 @@ impl Writer {
             }
             Job::EraseReadState(user, limit, reply) => {
                 (erase::read_state(&mut self.conn, &user, limit), reply)
+            }
+            Job::PruneEvents(batch, reply) => (outbox::prune(&mut self.conn, &batch), reply),
+            Job::EraseEventTexts(user, limit, reply) => {
+                (outbox::erase_texts(&mut self.conn, &user, limit), reply)
+            }
+            Job::ClaimConsumer(claim, reply) => {
+                let _ = reply.send(outbox::claim(&self.conn, &claim));
+                return None;
+            }
+            Job::AdvanceConsumer(advance, reply) => {
+                let _ = reply.send(outbox::advance(&self.conn, &advance));
+                return None;
             }
             job => return Some(job),
         };
@@ -310,6 +370,8 @@ impl Writer {
             seqs: &mut self.seqs,
             groups: &mut self.groups,
             ts: now_ms(),
+            outbox: self.outbox,
+            outbox_ids: &mut self.outbox_ids,
         };
         let mut done = Vec::with_capacity(group.len());
         let mut rows = 0;
@@ -330,6 +392,7 @@ impl Writer {
                 Err(_) => break,
             }
         }
+        self.outbox_ids.store(&tx)?;
         tx.commit().map_err(backend)?;
         Ok(done)
     }
@@ -352,6 +415,8 @@ pub(super) struct WriteTx<'t> {
     groups: &'t mut KnownGroups,
     /// The commit time of everything in the transaction.
     pub(super) ts: i64,
+    outbox: OutboxSettings,
+    outbox_ids: &'t mut OutboxIds,
 }
 
 impl WriteTx<'_> {
@@ -382,6 +447,37 @@ impl WriteTx<'_> {
             .collect();
         self.groups.put(tenant, group, Arc::clone(&members));
         Ok(Some(members))
+    }
+
+    /// Writes the outbox event `build` makes, as the next of `tenant`, when events are on.
+    pub(super) fn record(
+        &mut self,
+        tenant: &str,
+        build: impl FnOnce(Payloads) -> Option<NewOutboxEvent>,
+    ) -> Result<(), StoreError> {
+        match self.outbox.event(build) {
+            Some(event) => self
+                .outbox_ids
+                .write(self.conn, tenant, self.ts, &event)
+                .map(drop),
+            None => Ok(()),
+        }
+    }
+
+    /// Writes `events` as the next events of `tenant`, when events are on, and returns their
+    /// ids.
+    fn record_all(
+        &mut self,
+        tenant: &str,
+        events: &[NewOutboxEvent],
+    ) -> Result<Vec<u64>, StoreError> {
+        if !self.outbox.enabled {
+            return Ok(Vec::new());
+        }
+        events
+            .iter()
+            .map(|event| self.outbox_ids.write(self.conn, tenant, self.ts, event))
+            .collect()
     }
 
     /// Forgets the remembered members of `group`: the job is changing them.
@@ -488,16 +584,15 @@ impl WriteTx<'_> {
                 seq,
             });
         }
-        Ok(Fanout {
-            event: Event {
-                event_id,
-                tenant: tenant.to_owned(),
-                conversation_id: conversation.to_owned(),
-                actor: actor.to_owned(),
-                ts: self.ts,
-                kind,
-            },
-            seqs,
-        })
+        let event = Event {
+            event_id,
+            tenant: tenant.to_owned(),
+            conversation_id: conversation.to_owned(),
+            actor: actor.to_owned(),
+            ts: self.ts,
+            kind,
+        };
+        self.record(tenant, |payloads| payloads.of_event(&event))?;
+        Ok(Fanout { event, seqs })
     }
 }
