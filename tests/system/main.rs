@@ -22,3 +22,4 @@ mod server_api;
 mod storage_contract;
 mod storage_outage;
 mod supervision;
+mod webhooks;

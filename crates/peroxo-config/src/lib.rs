@@ -17,6 +17,7 @@
 //! - `retention`: the `[retention]` section, how long messages are kept per tenant.
 //! - `server_api`: the `[server_api]` section, the keys and limits of the server API.
 //! - `events`: the `[events]` section, the outbox of committed changes.
+//! - `webhooks`: the `[webhooks]` and `[push]` sections, where the event feed is pushed.
 //! - `seconds_or_duration`: the `*_secs` keys, a whole number of seconds or a duration.
 
 use peroxo_protocol::conversation::GroupLimits;
@@ -41,6 +42,7 @@ mod retention;
 mod seconds_or_duration;
 mod secret;
 mod server_api;
+mod webhooks;
 
 pub use auth::{AuthConfig, AuthMode, JwtAlgorithm, MIN_JWT_SECRET_BYTES, TenantAuth};
 pub use endpoints::StorageEndpoints;
@@ -51,6 +53,7 @@ pub use reload::{Change, Snapshot, is_live};
 pub use retention::{MAX_RETENTION_BATCH, RetentionConfig, TenantRetention};
 pub use secret::Secret;
 pub use server_api::{API_KEY_PREFIX, ApiKeyEntry, IpRange, MAX_API_BODY_BYTES, ServerApiConfig};
+pub use webhooks::{MIN_WEBHOOK_SECRET_BYTES, PushConfig, WebhookEndpoint, WebhooksConfig};
 
 /// A configuration problem, naming the key it is about.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -86,6 +89,8 @@ pub struct Config {
     pub retention: RetentionConfig,
     pub server_api: ServerApiConfig,
     pub events: EventsConfig,
+    pub webhooks: WebhooksConfig,
+    pub push: PushConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -750,7 +755,9 @@ impl Config {
         self.shutdown.validate()?;
         self.retention.validate()?;
         self.server_api.validate()?;
-        self.events.validate()
+        self.events.validate()?;
+        self.webhooks.validate()?;
+        self.push.validate()
     }
 
     /// A cluster of gateways must share one storage service: an embedded one would give

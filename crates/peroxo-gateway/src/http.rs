@@ -49,10 +49,11 @@ pub struct HttpState {
     /// `/metrics` report.
     pub gateway: Arc<GatewayContext>,
     /// The server API keys' request rates.
-    pub api_rates: Arc<crate::api::ApiRates>,
+    pub api_rates: Arc<crate::rate_limit::KeyRates>,
 }
 
-pub fn router(state: HttpState) -> Router {
+/// The node's routes, with `api` (the server API's routes) under `/api/v1`.
+pub fn router(state: HttpState, api: Router<HttpState>) -> Router {
     let routes = Router::new();
     // Fault injection for the test suites; absent from every normal build.
     #[cfg(feature = "test-hooks")]
@@ -77,7 +78,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(prometheus))
-        .nest("/api/v1", crate::api::router())
+        .nest("/api/v1", api)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)

@@ -13,11 +13,13 @@
 //! - [`identity`]: who a connecting client is (JWT, or dev mode).
 //! - [`admission`]: how many connections the node, and each user, may hold.
 //! - [`live`]: the settings a reload changes while the node runs.
+//! - [`outbound_http`]: the HTTP client for calls to other services (key sets, webhooks).
 //! - [`rate_limit`]: the per-session command budget.
 //! - [`connection`]: one client's WebSocket: the bounded outbound queue, reader and writer.
 //! - [`actors`]: the supervised actor tree (RootSupervisor, Cluster, Persistence, Router,
 //!   SessionSupervisor, Session).
 //! - [`telemetry`]: the Prometheus metrics served at `/metrics`.
+//! - [`webhooks`]: the event feed pushed to `[[webhooks.endpoints]]`, signed, at least once.
 //!
 //! The protocol's JSON lives in `peroxo-protocol`, the configuration in `peroxo-config`, and
 //! the storage service (and its gRPC client) in `peroxo-storage`. This is the only crate that
@@ -30,8 +32,10 @@ pub mod connection;
 pub mod http;
 pub mod identity;
 pub mod live;
+pub mod outbound_http;
 pub mod rate_limit;
 pub mod server;
 pub mod telemetry;
+pub mod webhooks;
 
 pub use server::Gateway;

@@ -95,6 +95,23 @@ impl RateLimiter {
     }
 }
 
+/// The request budgets of the server API's keys, by the key's SHA-256. They outlive reloads:
+/// a reload changes the rates, and each bucket adjusts itself the next time it is used.
+#[derive(Debug, Default)]
+pub struct KeyRates(std::sync::Mutex<std::collections::HashMap<String, RateLimiter>>);
+
+impl KeyRates {
+    /// Judges one request of the key `digest` arriving at `now`, under `per_sec` and `burst`.
+    pub fn check(&self, digest: &str, per_sec: u32, burst: u32, now: Instant) -> Verdict {
+        let mut rates = self.0.lock().expect("key rates poisoned");
+        let bucket = rates
+            .entry(digest.to_owned())
+            .or_insert_with(|| RateLimiter::new(per_sec, burst, Duration::MAX, now));
+        bucket.reconfigure(per_sec, burst, Duration::MAX, now);
+        bucket.check(now)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,6 +20,7 @@ use crate::actors::cluster::{self, ClusterMsg};
 use crate::actors::context::GatewayContext;
 use crate::actors::context::StorageLink;
 use crate::actors::outbox::Outbox;
+use crate::actors::push::{self, PushHandoff, PushQueue};
 use crate::actors::root::{ClusterSetup, RootArgs, RootMsg, RootSupervisor};
 use crate::actors::session_supervisor::SessionSupervisorMsg;
 use crate::admission::Admission;
@@ -27,6 +28,7 @@ use crate::http::{self, HttpState};
 use crate::identity::Authenticator;
 use crate::live::LiveSettings;
 use crate::telemetry::{ActorKind, Metrics, ReloadOutcome, RestartCounts};
+use crate::webhooks::Webhooks;
 use arc_swap::ArcSwap;
 use peroxo_config::{
     Change, ClusterConfig, ClusterMode, Config, ConfigError, Snapshot, StorageEndpoints,
@@ -102,8 +104,9 @@ fn gateway_context(
     auth: Authenticator,
     cluster: Option<ActorSlot<ClusterMsg>>,
     retention: Option<Arc<RetentionStats>>,
+    metrics: Arc<Metrics>,
+    push: Option<PushQueue>,
 ) -> GatewayContext {
-    let metrics = Arc::new(Metrics::new());
     GatewayContext {
         router: ActorSlot::default(),
         persistence: ActorSlot::default(),
@@ -119,6 +122,8 @@ fn gateway_context(
         draining: AtomicBool::new(false),
         cluster,
         retention,
+        committed: Arc::default(),
+        push,
     }
 }
 
@@ -149,7 +154,7 @@ async fn start_http(
     let stop_http = CancellationToken::new();
     let http_task = tokio::spawn(http::serve(
         listener,
-        http::router(state),
+        http::router(state, crate::api::router()),
         stop_http.clone(),
         config.http.handshake_timeout(),
     ));
@@ -171,6 +176,10 @@ pub struct Gateway {
     applied: Mutex<Snapshot>,
     stop_http: CancellationToken,
     http_task: JoinHandle<()>,
+    /// Decides `notify` events (none when `push.delay` is 0).
+    push: Option<PushHandoff>,
+    /// Delivers the event feed to `[[webhooks.endpoints]]`.
+    webhooks: Webhooks,
 }
 
 impl Gateway {
@@ -194,7 +203,21 @@ impl Gateway {
             None => None,
         };
         let retention = store.as_ref().map(StoreServer::retention_stats);
-        let gateway = Arc::new(gateway_context(&config, auth, cluster_slot, retention));
+        let node = cluster
+            .as_ref()
+            .map_or_else(generated_node_id, |c| c.node.clone());
+        let metrics = Arc::new(Metrics::new());
+        let preview = config.events.text_preview_chars;
+        let (push, push_receiver) =
+            push::queue(&config.push, preview, metrics.push_skipped.clone()).unzip();
+        let gateway = Arc::new(gateway_context(
+            &config,
+            auth,
+            cluster_slot,
+            retention,
+            metrics,
+            push,
+        ));
         let sessions = ActorSlot::default();
         let root = RootSupervisor::spawn(RootArgs {
             cluster,
@@ -206,6 +229,8 @@ impl Gateway {
         })
         .await
         .context("cannot start the actor tree")?;
+        let push = push_receiver.map(|receiver| PushHandoff::start(receiver, &gateway));
+        let webhooks = Webhooks::start(&config.webhooks, &node, &gateway)?;
         let admission = Arc::new(Admission::new(
             config.http.max_connections,
             config.limits.max_sessions_per_user,
@@ -229,6 +254,8 @@ impl Gateway {
             applied: Mutex::new(Snapshot::of(&config)),
             stop_http,
             http_task,
+            push,
+            webhooks,
         })
     }
 
@@ -355,6 +382,12 @@ impl Gateway {
         }
         if let Some(cluster) = self.gateway.cluster.as_ref().and_then(ActorSlot::get) {
             let _ = ractor::call_t!(cluster, ClusterMsg::Leave, 1_000);
+        }
+        // A webhook batch in flight goes again from whoever holds the endpoint next; notify
+        // decisions not made yet are lost with the node.
+        self.webhooks.stop().await;
+        if let Some(push) = self.push {
+            push.stop().await;
         }
         self.root.stop(Some("shutdown".to_owned()));
         let _ = self.http_task.await;

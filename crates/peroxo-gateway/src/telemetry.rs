@@ -60,6 +60,35 @@ pub struct Metrics {
     reloads: Vec<(ReloadOutcome, Counter)>,
     /// When the configuration was last applied (start or reload), in Unix seconds.
     pub config_applied_at: Gauge,
+    pub push_skipped: Counter,
+}
+
+/// One webhook's metrics, labelled with its name.
+#[derive(Debug, Clone)]
+pub struct WebhookMetrics {
+    ok: Counter,
+    failed: Counter,
+    events: Counter,
+    attempt: Histogram,
+    pub dead_letters: Counter,
+    pub lag: Histogram,
+    pub cursor: Gauge,
+    pub holding: Gauge,
+}
+
+impl WebhookMetrics {
+    /// A delivery of `events` events succeeded after `took`.
+    pub fn delivered(&self, events: usize, took: Duration) {
+        self.ok.increment(1);
+        self.events.increment(events as u64);
+        self.attempt.record(seconds(took));
+    }
+
+    /// A delivery attempt failed after `took`.
+    pub fn failed(&self, took: Duration) {
+        self.failed.increment(1);
+        self.attempt.record(seconds(took));
+    }
 }
 
 /// How a reload of the configuration ended (`peroxo_config_reloads_total{outcome}`).
@@ -175,6 +204,7 @@ impl Metrics {
             config_applied_at: gauge(r, "peroxo_config_applied_timestamp_seconds"),
             retention_deleted: counter(r, "peroxo_retention_deleted_total", None),
             retention_last_pass: gauge(r, "peroxo_retention_last_run_timestamp_seconds"),
+            push_skipped: counter(r, "peroxo_push_skipped_total", None),
             recorder,
             process,
         }
@@ -188,6 +218,43 @@ impl Metrics {
             if let Some((_, counter)) = self.jwks_refreshes.iter().find(|(o, _)| *o == outcome) {
                 counter.absolute(count);
             }
+        }
+    }
+
+    /// The metrics of the webhook `name`.
+    pub fn webhook(&self, name: &str) -> WebhookMetrics {
+        let r = &self.recorder;
+        let labelled = |metric: &'static str, extra: Option<(&'static str, &'static str)>| {
+            let mut labels = vec![Label::new("webhook", name.to_owned())];
+            if let Some((label, value)) = extra {
+                labels.push(Label::new(label, value));
+            }
+            Key::from_parts(metric, labels)
+        };
+        WebhookMetrics {
+            ok: r.register_counter(
+                &labelled("peroxo_webhook_deliveries_total", Some(("outcome", "ok"))),
+                &METADATA,
+            ),
+            failed: r.register_counter(
+                &labelled(
+                    "peroxo_webhook_deliveries_total",
+                    Some(("outcome", "failed")),
+                ),
+                &METADATA,
+            ),
+            events: r.register_counter(&labelled("peroxo_webhook_events_total", None), &METADATA),
+            dead_letters: r.register_counter(
+                &labelled("peroxo_webhook_dead_letters_total", None),
+                &METADATA,
+            ),
+            attempt: r.register_histogram(
+                &labelled("peroxo_webhook_delivery_seconds", None),
+                &METADATA,
+            ),
+            lag: r.register_histogram(&labelled("peroxo_webhook_lag_seconds", None), &METADATA),
+            cursor: r.register_gauge(&labelled("peroxo_webhook_cursor", None), &METADATA),
+            holding: r.register_gauge(&labelled("peroxo_webhook_holding", None), &METADATA),
         }
     }
 
@@ -365,6 +432,40 @@ fn describe(recorder: &PrometheusRecorder) {
         "peroxo_jwks_refresh_total",
         "Fetches of the key set (auth.jwks_file or auth.jwks_url), by outcome; a failed \
          one keeps the last good set.",
+    );
+    counter(
+        "peroxo_push_skipped_total",
+        "Recipients not considered for a notify event because push.max_pending were waiting.",
+    );
+    counter(
+        "peroxo_webhook_deliveries_total",
+        "Webhook delivery attempts, by webhook and outcome (ok, failed).",
+    );
+    counter(
+        "peroxo_webhook_events_total",
+        "Events delivered to webhooks, by webhook.",
+    );
+    counter(
+        "peroxo_webhook_dead_letters_total",
+        "Batches a webhook gave up on after webhooks.max_attempts (each a webhook.failed event).",
+    );
+    histogram(
+        "peroxo_webhook_delivery_seconds",
+        Some(Unit::Seconds),
+        "How long one webhook delivery attempt took, by webhook.",
+    );
+    histogram(
+        "peroxo_webhook_lag_seconds",
+        Some(Unit::Seconds),
+        "From an event's commit to its delivery to a webhook, by webhook.",
+    );
+    gauge(
+        "peroxo_webhook_cursor",
+        "The last event id each webhook has acknowledged (on the node delivering it).",
+    );
+    gauge(
+        "peroxo_webhook_holding",
+        "1 while this node holds the webhook's lease and delivers to it.",
     );
 }
 

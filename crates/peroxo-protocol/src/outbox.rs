@@ -47,10 +47,12 @@ pub enum OutboxKind {
     ReadMarker,
     /// An event the gateway decides, not a change of storage.
     Notify,
+    /// A webhook gave up on a batch of events (its dead letter).
+    WebhookFailed,
 }
 
 impl OutboxKind {
-    pub const ALL: [OutboxKind; 12] = [
+    pub const ALL: [OutboxKind; 13] = [
         OutboxKind::MessageCreated,
         OutboxKind::MessageEdited,
         OutboxKind::MessageDeleted,
@@ -63,6 +65,7 @@ impl OutboxKind {
         OutboxKind::RoleChanged,
         OutboxKind::ReadMarker,
         OutboxKind::Notify,
+        OutboxKind::WebhookFailed,
     ];
 
     /// The kind's name in the feed.
@@ -80,11 +83,28 @@ impl OutboxKind {
             OutboxKind::RoleChanged => "group.role_changed",
             OutboxKind::ReadMarker => "read.marker",
             OutboxKind::Notify => "notify",
+            OutboxKind::WebhookFailed => "webhook.failed",
         }
     }
 
     pub fn parse(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|kind| kind.name() == name)
+    }
+}
+
+impl OutboxEvent {
+    /// The event as the feed and webhooks show it: `id` (a string, like every id on the
+    /// wire), `type`, `ts`, `conversation_id` and the payload as `data`.
+    pub fn feed_json(&self) -> Value {
+        let data = serde_json::from_str::<Value>(&self.payload)
+            .unwrap_or_else(|_| Value::Object(Map::new()));
+        json!({
+            "id": self.id.to_string(),
+            "type": self.kind.name(),
+            "ts": self.ts,
+            "conversation_id": self.conversation_id,
+            "data": data,
+        })
     }
 }
 

@@ -54,6 +54,11 @@ pub struct GatewayContext {
     /// What the embedded storage service's retention task did, for `/metrics` (`None`
     /// without embedded storage: a `peroxo store` logs its passes).
     pub retention: Option<Arc<RetentionStats>>,
+    /// Woken after every commit this node makes, so readers of the event feed (long polls,
+    /// webhooks) look at once instead of at their next poll.
+    pub committed: Arc<tokio::sync::Notify>,
+    /// Where the Router offers recipients it could not deliver to (`None`: `push.delay` 0).
+    pub push: Option<crate::actors::push::PushQueue>,
 }
 
 /// One connection, as it outlives the session actors that serve it.

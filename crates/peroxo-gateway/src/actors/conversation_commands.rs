@@ -8,7 +8,7 @@
 //! frames with their exact code.
 //!
 //! [`OnBehalf`] is the part that does not depend on who asked: the commit as a user and the
-//! deliveries of its events; the server API (`crate::api`) uses it too.
+//! deliveries of its events; the server API uses it too.
 //!
 //! [`stream_frames`] and [`message_frames`] build those frames; Persistence uses the latter
 //! for committed group messages.
@@ -610,6 +610,9 @@ impl OnBehalf {
     }
 
     fn deliver_events(&self, events: &[Fanout]) {
+        if !events.is_empty() {
+            self.gateway.committed.notify_waiters();
+        }
         let frames: Vec<UserFrame> = events
             .iter()
             .flat_map(|fanout| stream_frames(&self.user.tenant, fanout))

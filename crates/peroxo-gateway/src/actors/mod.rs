@@ -17,6 +17,7 @@ pub mod context;
 pub mod conversation_commands;
 pub mod outbox;
 pub mod persistence;
+pub mod push;
 pub mod root;
 pub mod router;
 pub mod session;

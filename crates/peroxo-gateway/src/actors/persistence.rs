@@ -81,6 +81,8 @@ pub struct PersistenceArgs {
     pub member_cache: Arc<MemberCache>,
     /// What a group send costs the sender's rate (charged in full once its fan-out is known).
     pub live: Arc<LiveSettings>,
+    /// Woken after each committed batch (readers of the event feed wait on it).
+    pub committed: Arc<tokio::sync::Notify>,
 }
 
 pub struct PersistenceState {
@@ -356,6 +358,7 @@ impl PersistenceState {
         match result {
             Ok(outcomes) => {
                 self.committed(outcomes);
+                self.args.committed.notify_waiters();
                 self.start_batch(myself);
             }
             Err(CallError::Rejected(reason)) => {

@@ -212,6 +212,7 @@ async fn spawn_router(
             storage: args.gateway.storage.clone(),
             metrics: Arc::clone(&args.gateway.metrics),
             announced: Arc::clone(&args.gateway.announced),
+            push: args.gateway.push.clone(),
         },
         supervisor,
     )
@@ -235,6 +236,7 @@ async fn spawn_persistence(
             metrics: Arc::clone(&args.gateway.metrics),
             member_cache: Arc::clone(&args.gateway.member_cache),
             live: Arc::clone(&args.gateway.live),
+            committed: Arc::clone(&args.gateway.committed),
         },
         supervisor,
     )

@@ -24,6 +24,7 @@ use super::cluster::ClusterMsg;
 use super::context::StorageLink;
 use super::conversation_commands::message_frames;
 use super::session_supervisor::SessionSupervisorMsg;
+use crate::actors::push::PushQueue;
 use crate::connection::{Droppable, Outbound};
 use crate::telemetry::Metrics;
 use peroxo_protocol::CloseCause;
@@ -189,6 +190,8 @@ pub struct RouterArgs {
     pub metrics: Arc<Metrics>,
     /// The users this node has announced online, kept across restarts of the Router.
     pub announced: Arc<AnnouncedOnline>,
+    /// Where recipients with no live session anywhere are offered for a `notify`.
+    pub push: Option<PushQueue>,
 }
 
 /// The users a node has said are online here (to its watchers and to the cluster), outside
@@ -232,6 +235,7 @@ pub struct RouterState {
     /// watched user → watching sessions.
     watchers: HashMap<UserKey, HashSet<SessionId>>,
     announced: Arc<AnnouncedOnline>,
+    push: Option<PushQueue>,
     /// While a restarted Router registers the sessions it recovers: presence waits for
     /// [`RouterState::settle_presence`].
     recovering: bool,
@@ -282,6 +286,7 @@ impl Actor for Router {
             online: HashMap::new(),
             watchers: HashMap::new(),
             announced: args.announced,
+            push: args.push,
             recovering: true,
         })
     }
@@ -703,6 +708,7 @@ impl RouterState {
             origin,
         } in deliveries
         {
+            self.offer_to_push(message, members);
             if message.is_group() {
                 group_frames.extend(message_frames(message, members, *origin));
                 continue;
@@ -726,6 +732,27 @@ impl RouterState {
         }
         if !group_frames.is_empty() {
             self.deliver_frames(group_frames);
+        }
+    }
+
+    /// Offers each recipient of `message` with no live session on any node to the push
+    /// hand-off (the sender's other devices are not recipients).
+    fn offer_to_push(&self, message: &StoredMessage, members: &[StreamSeq]) {
+        let Some(push) = &self.push else {
+            return;
+        };
+        if message.is_group() {
+            for member in members {
+                let key = UserKey::new(message.tenant.as_str(), member.user.as_str());
+                if !self.is_online(&key) {
+                    push.offer(key, message);
+                }
+            }
+        } else if message.recipient != message.sender {
+            let key = message.recipient_key();
+            if !self.is_online(&key) {
+                push.offer(key, message);
+            }
         }
     }
 

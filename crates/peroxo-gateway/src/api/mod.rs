@@ -11,17 +11,17 @@
 //!   [`ApiJson`] (bodies within `server_api.max_body_bytes`) and [`ApiError`].
 //! - `messages`: sending, alone or in batches.
 //! - `groups`: creating and changing groups.
+//! - `events`: the event feed, with long polls.
 //! - `users`: what a user sees (conversations, history, sync), read marks, presence, and
 //!   disconnecting a user.
 
+mod events;
 mod groups;
 mod messages;
 mod users;
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -37,7 +37,7 @@ use tokio::time::Instant;
 use crate::actors::context::GatewayContext;
 use crate::actors::conversation_commands::OnBehalf;
 use crate::http::{HttpState, error_response};
-use crate::rate_limit::{RateLimiter, Verdict};
+use crate::rate_limit::Verdict;
 use peroxo_config::{API_KEY_PREFIX, MAX_API_BODY_BYTES};
 use peroxo_protocol::domain::{UserKey, validate_id};
 use peroxo_protocol::{ErrorCode, ProtocolError};
@@ -69,6 +69,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("/api/v1/users/{user}/sync", "get"),
     ("/api/v1/users/{user}/disconnect", "post"),
     ("/api/v1/presence", "get"),
+    ("/api/v1/events", "get"),
 ];
 
 /// The routes of `/api/v1/`, to be nested under that prefix. Each path is checked against
@@ -119,6 +120,7 @@ pub fn router() -> Router<HttpState> {
             post(users::disconnect),
         )
         .route(listed("/presence", &["get"]), get(users::presence))
+        .route(listed("/events", &["get"]), get(events::feed))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
 }
@@ -161,11 +163,6 @@ async fn not_found() -> Response {
     )
     .into_response()
 }
-
-/// The requests per second of each API key, by the key's SHA-256. Outlives reloads: a
-/// reload changes the rates, and each bucket adjusts itself the next time it is used.
-#[derive(Debug, Default)]
-pub struct ApiRates(Mutex<HashMap<String, RateLimiter>>);
 
 /// A failed server API request: an HTTP status and `{"error": code, "message": text}`.
 #[derive(Debug)]
@@ -302,15 +299,10 @@ impl FromRequestParts<HttpState> for Caller {
             ));
         };
         let api = &settings.server_api;
-        let verdict = {
-            let now = Instant::now();
-            let mut rates = state.api_rates.0.lock().expect("api rates poisoned");
-            let bucket = rates.entry(digest).or_insert_with(|| {
-                RateLimiter::new(api.rate_per_sec, api.rate_burst, Duration::MAX, now)
-            });
-            bucket.reconfigure(api.rate_per_sec, api.rate_burst, Duration::MAX, now);
-            bucket.check(now)
-        };
+        let verdict =
+            state
+                .api_rates
+                .check(&digest, api.rate_per_sec, api.rate_burst, Instant::now());
         if !matches!(verdict, Verdict::Allow) {
             let mut error = ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,

@@ -267,19 +267,10 @@ async fn keep_fresh(
     }
 }
 
-/// The client for `auth.jwks_url`: rustls with the ring provider and the platform's roots,
-/// a bounded time per fetch.
+/// The client for `auth.jwks_url`: a bounded time per fetch.
 fn http_client() -> Result<reqwest::Client, Box<dyn std::error::Error + Send + Sync>> {
-    use rustls_platform_verifier::BuilderVerifierExt;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_platform_verifier()?
-        .with_no_client_auth();
-    Ok(reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
+    Ok(crate::outbound_http::client_builder()?
         .timeout(FETCH_TIMEOUT)
-        .user_agent(concat!("peroxo/", env!("CARGO_PKG_VERSION")))
         .build()?)
 }
 
