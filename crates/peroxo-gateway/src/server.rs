@@ -203,9 +203,14 @@ impl Gateway {
             None => None,
         };
         let retention = store.as_ref().map(StoreServer::retention_stats);
-        let node = cluster
-            .as_ref()
-            .map_or_else(generated_node_id, |c| c.node.clone());
+        // Who holds webhook leases: the cluster's name for this node; a node with embedded
+        // storage is the only one that writes it, so it keeps one name across restarts and
+        // takes its endpoints back at once after a crash.
+        let node = match &cluster {
+            Some(setup) => setup.node.clone(),
+            None if config.storage.embedded => "embedded".to_owned(),
+            None => generated_node_id(),
+        };
         let metrics = Arc::new(Metrics::new());
         let preview = config.events.text_preview_chars;
         let (push, push_receiver) =
