@@ -27,6 +27,17 @@ impl Node {
         nats: std::net::SocketAddr,
         prefix: &str,
     ) -> Self {
+        Self::start_with(name, store, nats, prefix, "")
+    }
+
+    /// [`Node::start`] with `extra` TOML appended to the node's configuration.
+    fn start_with(
+        name: &str,
+        store: std::net::SocketAddr,
+        nats: std::net::SocketAddr,
+        prefix: &str,
+        extra: &str,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config = format!(
             "[http]\nlisten = \"127.0.0.1:0\"\n\
@@ -36,7 +47,7 @@ impl Node {
              [cluster]\nmode = \"nats\"\nnats_url = \"nats://{nats}\"\nnode_id = \"{name}\"\n\
              subject_prefix = \"{prefix}\"\npresence_ttl_secs = \"2s\"\n\
              [[server_api.keys]]\ntenant = \"default\"\nname = \"test\"\nsha256 = \"{key}\"\n\
-             [log]\nformat = \"json\"\nlevel = \"info\"\n",
+             [log]\nformat = \"json\"\nlevel = \"info\"\n{extra}",
             key = api_key_sha256()
         );
         let path = dir.path().join("config.toml");
@@ -352,6 +363,11 @@ struct NodePair {
 impl NodePair {
     /// Starts the pair; `tag` keeps its NATS subjects apart from other tests'.
     async fn start(tag: &str) -> Self {
+        Self::start_with(tag, "").await
+    }
+
+    /// [`NodePair::start`] with `extra` TOML in both nodes' configuration.
+    async fn start_with(tag: &str, extra: &str) -> Self {
         let nats_dir = tempfile::tempdir().unwrap();
         let nats_addr = free_addr();
         let nats = start_nats(nats_addr, nats_dir.path());
@@ -363,8 +379,8 @@ impl NodePair {
         let store = peroxo_storage::StoreServer::start(&config).await.unwrap();
         let prefix = format!("t{}{tag}{}", std::process::id(), free_addr().port());
         Self {
-            n1: Node::start("n1", store.addr, nats_addr, &prefix),
-            n2: Node::start("n2", store.addr, nats_addr, &prefix),
+            n1: Node::start_with("n1", store.addr, nats_addr, &prefix, extra),
+            n2: Node::start_with("n2", store.addr, nats_addr, &prefix, extra),
             store,
             database,
             _nats: nats,
@@ -499,5 +515,57 @@ async fn the_server_api_of_one_node_reaches_users_on_another() {
     let close = bob.expect_close().await.expect("a close frame");
     assert_eq!(u16::from(close.code), 4010);
     assert_eq!(close.reason.as_str(), "suspended");
+    pair.stop().await;
+}
+
+#[tokio::test]
+async fn one_node_at_a_time_delivers_to_a_webhook_both_nodes_configure() {
+    use std::sync::{Arc, Mutex};
+    let received: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let sink = Arc::clone(&received);
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: String| {
+            let sink = Arc::clone(&sink);
+            async move {
+                let delivery: Value = serde_json::from_str(&body).unwrap();
+                sink.lock().unwrap().push(delivery);
+                axum::http::StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let extra = format!(
+        "[push]\ndelay = \"0s\"\n[webhooks]\nlease = \"10s\"\n[[webhooks.endpoints]]\nname = \"hook\"\n\
+         tenant = \"default\"\nurl = \"{url}\"\nsecret = \"whsec_cluster_test_secret\"\n\
+         events = [\"message.created\"]\n"
+    );
+    let pair = NodePair::start_with("wh", &extra).await;
+    for i in 0..20 {
+        let node = if i % 2 == 0 { &pair.n1 } else { &pair.n2 };
+        let send = json!({"from": "system", "to": format!("u{}", i % 3), "text": "x", "client_msg_id": format!("c{i}")});
+        let (status, ack) = api(&node.addr, "POST", "/api/v1/messages", send).await;
+        assert_eq!(status, 200, "{ack}");
+    }
+    let deadline = tokio::time::Instant::now() + common::DEADLINE;
+    let ids = loop {
+        let ids: Vec<u64> = received
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|d| d["events"].as_array().unwrap().clone())
+            .map(|e| e["id"].as_str().unwrap().parse().unwrap())
+            .collect();
+        if ids.len() >= 20 {
+            break ids;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "got {ids:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    // Both nodes were up and configured the endpoint, yet each event came once, in order:
+    // one node held the lease.
+    assert_eq!(ids, (1..=20).collect::<Vec<_>>());
     pair.stop().await;
 }

@@ -50,6 +50,8 @@ pub struct HttpState {
     pub gateway: Arc<GatewayContext>,
     /// The server API keys' request rates.
     pub api_rates: Arc<crate::rate_limit::KeyRates>,
+    /// Places for the server API's long polls that wait (`api::events::MAX_WAITING_POLLS`).
+    pub api_polls: Arc<tokio::sync::Semaphore>,
 }
 
 /// The node's routes, with `api` (the server API's routes) under `/api/v1`.

@@ -245,6 +245,7 @@ impl Gateway {
             admission: Arc::clone(&admission),
             gateway: Arc::clone(&gateway),
             api_rates: Arc::default(),
+            api_polls: Arc::new(tokio::sync::Semaphore::new(crate::api::MAX_WAITING_POLLS)),
         };
         let (http_addr, stop_http, http_task) = start_http(&config, state).await?;
         tracing::info!(addr = %http_addr, storage = %endpoint, "gateway listening (HTTP, WebSocket at /ws)");

@@ -20,6 +20,9 @@ pub(super) const MAX_WAIT_SECS: u64 = 30;
 /// How often a long poll looks for events committed by other nodes (this node's own commits
 /// end it at once).
 const POLL: Duration = Duration::from_millis(250);
+/// Long polls a node keeps waiting at once; beyond, a poll is answered at once (an empty page
+/// is a valid answer), so waiting requests cannot pile up open connections.
+pub(crate) const MAX_WAITING_POLLS: usize = 256;
 
 #[derive(Debug, Deserialize)]
 pub(super) struct FeedQuery {
@@ -55,6 +58,9 @@ pub(super) async fn feed(
             "wait must be between 0 and {MAX_WAIT_SECS} seconds"
         )));
     }
+    // Only a poll that holds a place waits.
+    let place = state.api_polls.clone().try_acquire_owned().ok();
+    let wait = if place.is_some() { wait } else { 0 };
     let deadline = Instant::now() + Duration::from_secs(wait);
     let gateway = &state.gateway;
     loop {

@@ -16,6 +16,7 @@
 //!   disconnecting a user.
 
 mod events;
+pub(crate) use events::MAX_WAITING_POLLS;
 mod groups;
 mod messages;
 mod users;
