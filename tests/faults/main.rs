@@ -7,7 +7,9 @@
 //! group's members as its events imply, every conversation list and read receipt agrees with
 //! the users' streams, every message ends in one state (text, edit, deletion, reactions) in
 //! every participant's history, in every replayed stream and in the database, with every
-//! answered change in it, memory stayed bounded, and only the process a case killed ever died.
+//! answered change in it, memory stayed bounded, and only the process a case killed ever died;
+//! and, where a case has a webhook receiver, that it got the whole event feed, signed and in
+//! commit order, across the kill.
 //!
 //! Every part is a real OS process (`peroxo serve`, `peroxo store`, `nats-server`), so a kill
 //! is a real kill. One line per case: the faults injected, direct and group messages sent,
@@ -35,6 +37,7 @@ mod rig;
 mod totals;
 mod user;
 mod verdict;
+mod webhook;
 mod workload;
 
 use std::collections::BTreeMap;
@@ -83,6 +86,9 @@ struct Case {
     name: &'static str,
     layout: Layout,
     fault: Fault,
+    /// The gateway delivers the tenant's event feed to a webhook receiver in the suite, which
+    /// the verdict checks (`webhooks-complete`).
+    webhook: bool,
 }
 
 const fn layout(backend: Backend, embedded: bool, nodes: usize, proxy: bool) -> Layout {
@@ -104,11 +110,13 @@ fn cases(small_outbox: usize) -> Vec<Case> {
             name: "storage-kill/sqlite",
             layout: layout(Sqlite, false, 1, false),
             fault: Fault::StorageKill,
+            webhook: false,
         },
         Case {
             name: "storage-kill/postgres",
             layout: layout(Postgres, false, 1, false),
             fault: Fault::StorageKill,
+            webhook: false,
         },
         Case {
             name: "storage-freeze/sqlite",
@@ -118,46 +126,61 @@ fn cases(small_outbox: usize) -> Vec<Case> {
                 ..layout(Sqlite, false, 1, false)
             },
             fault: Fault::StorageFreeze,
+            webhook: false,
         },
         Case {
             name: "gateway-kill/sqlite",
             layout: layout(Sqlite, true, 1, false),
             fault: Fault::GatewayKill,
+            webhook: false,
+        },
+        Case {
+            name: "webhook-kill/sqlite",
+            layout: layout(Sqlite, true, 1, false),
+            fault: Fault::GatewayKill,
+            webhook: true,
         },
         Case {
             name: "session-panics/sqlite",
             layout: layout(Sqlite, true, 1, false),
             fault: Fault::SessionPanics,
+            webhook: false,
         },
         Case {
             name: "router-panic/sqlite",
             layout: layout(Sqlite, true, 1, false),
             fault: Fault::RouterPanic,
+            webhook: false,
         },
         Case {
             name: "supervisor-panic/sqlite",
             layout: layout(Sqlite, true, 1, false),
             fault: Fault::SupervisorPanic,
+            webhook: false,
         },
         Case {
             name: "cluster-panic/postgres",
             layout: layout(Postgres, false, 2, false),
             fault: Fault::ClusterPanic,
+            webhook: false,
         },
         Case {
             name: "node-kill/postgres",
             layout: layout(Postgres, false, 3, false),
             fault: Fault::NodeKill,
+            webhook: false,
         },
         Case {
             name: "nats-kill/postgres",
             layout: layout(Postgres, false, 2, false),
             fault: Fault::NatsKill,
+            webhook: false,
         },
         Case {
             name: "link-cut/sqlite",
             layout: layout(Sqlite, false, 1, true),
             fault: Fault::LinkCut,
+            webhook: false,
         },
         Case {
             name: "storage-failover/postgres",
@@ -166,11 +189,13 @@ fn cases(small_outbox: usize) -> Vec<Case> {
                 ..layout(Postgres, false, 1, false)
             },
             fault: Fault::StorageFailover,
+            webhook: false,
         },
         Case {
             name: "reload/sqlite",
             layout: layout(Sqlite, true, 1, false),
             fault: Fault::Reload,
+            webhook: false,
         },
     ]
 }
@@ -308,6 +333,8 @@ struct Injected {
     crashes: BTreeMap<&'static str, u64>,
     /// Storage failovers seen: the gateway was ready again while the killed service was down.
     failovers: u64,
+    /// Webhook batches the receiver was answering when the gateway was killed.
+    webhook_in_flight: u64,
 }
 
 impl Injected {
@@ -318,8 +345,14 @@ impl Injected {
 
 async fn run_case(case: &Case, scale: Scale) -> bool {
     let started = Instant::now();
-    let mut rig = Rig::start(case.layout).await;
     let tenant = format!("faults{}", std::process::id());
+    let receiver = if case.webhook {
+        Some(webhook::Receiver::start(&tenant).await)
+    } else {
+        None
+    };
+    let extra_config = receiver.as_ref().map(|r| r.config()).unwrap_or_default();
+    let mut rig = Rig::start(case.layout, &extra_config).await;
     let workload = match Workload::start(rig.urls(), &tenant, scale.traffic).await {
         Ok(workload) => workload,
         Err(error) => {
@@ -338,7 +371,15 @@ async fn run_case(case: &Case, scale: Scale) -> bool {
     for n in 0..scale.faults {
         let at = traffic_start + scale.first_fault + scale.fault_every * n;
         tokio::time::sleep_until(at).await;
-        inject(case.fault, &mut rig, scale, &tenant, &mut injected).await;
+        inject(
+            case.fault,
+            &mut rig,
+            scale,
+            &tenant,
+            &mut injected,
+            receiver.as_ref(),
+        )
+        .await;
     }
     // Clients that can never reconnect would wait for their final sync forever: a case that
     // cannot end fails instead of hanging the suite.
@@ -364,6 +405,15 @@ async fn run_case(case: &Case, scale: Scale) -> bool {
         totals.merge(&node.counters());
     }
     let stored = rig.stored(&tenant).await;
+    // The feed is complete once the traffic is over: the receiver must get all of it.
+    let received = match receiver {
+        Some(receiver) => {
+            let last = stored.outbox.last().map_or(0, |row| row.id as u64);
+            let caught_up = receiver.wait_for(last, WEBHOOK_DEADLINE).await;
+            Some(receiver.finish(injected.webhook_in_flight, caught_up))
+        }
+        None => None,
+    };
     let cross_node = if rig.nodes.len() > 1 {
         Some(probe::cross_node_live(&rig.urls(), &format!("{tenant}-probe")).await)
     } else {
@@ -391,6 +441,7 @@ async fn run_case(case: &Case, scale: Scale) -> bool {
         totals,
         crashes: injected.crashes.clone(),
         cross_node,
+        webhooks: received.as_ref(),
         unexpected_deaths,
         effect,
         effect_seen,
@@ -416,8 +467,18 @@ async fn run_case(case: &Case, scale: Scale) -> bool {
     passed
 }
 
+/// How long the webhook receiver may take, once the traffic is over, to hold the whole feed.
+const WEBHOOK_DEADLINE: Duration = Duration::from_secs(30);
+
 /// Injects one fault and repairs it after the outage.
-async fn inject(fault: Fault, rig: &mut Rig, scale: Scale, tenant: &str, injected: &mut Injected) {
+async fn inject(
+    fault: Fault,
+    rig: &mut Rig,
+    scale: Scale,
+    tenant: &str,
+    injected: &mut Injected,
+    receiver: Option<&webhook::Receiver>,
+) {
     injected.faults += 1;
     match fault {
         Fault::StorageKill => {
@@ -432,6 +493,7 @@ async fn inject(fault: Fault, rig: &mut Rig, scale: Scale, tenant: &str, injecte
             rig.store.as_ref().unwrap().freeze(false);
         }
         Fault::GatewayKill => {
+            injected.webhook_in_flight += receiver.map_or(0, webhook::Receiver::in_flight);
             rig.nodes[0].kill().await;
             tokio::time::sleep(scale.outage).await;
             rig.nodes[0].service.start();

@@ -270,7 +270,9 @@ fn peroxo(args: &[&str], config: &Path) -> Vec<String> {
 }
 
 impl Rig {
-    pub(crate) async fn start(layout: Layout) -> Self {
+    /// Starts every process of `layout`; `extra_config` is appended to every gateway node's
+    /// configuration file (a `[webhooks]` section, say).
+    pub(crate) async fn start(layout: Layout, extra_config: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let sqlite_path = dir.path().join("peroxo.db");
         let (database, database_url) = match layout.backend {
@@ -321,7 +323,7 @@ impl Rig {
         };
         let cluster = cluster_section(nats.as_ref());
         let nodes = (0..layout.nodes)
-            .map(|n| gateway_node(n, dir.path(), &layout, &storage, &cluster))
+            .map(|n| gateway_node(n, dir.path(), &layout, &storage, &cluster, extra_config))
             .collect();
         Self {
             layout,
@@ -429,10 +431,24 @@ impl Rig {
                     .unwrap()
                     .map(Result::unwrap)
                     .collect();
+                let mut statement = db.prepare(OUTBOX_SQL.replace("$1", "?1").as_str()).unwrap();
+                let outbox = statement
+                    .query_map([tenant], |row| {
+                        Ok(OutboxRow {
+                            id: row.get(0)?,
+                            kind: row.get(1)?,
+                            conversation: row.get(2)?,
+                            payload: row.get(3)?,
+                        })
+                    })
+                    .unwrap()
+                    .map(Result::unwrap)
+                    .collect();
                 Stored {
                     messages,
                     streams,
                     reactions,
+                    outbox,
                 }
             }
             Backend::Postgres => {
@@ -478,10 +494,23 @@ impl Rig {
                         event_id: row.get(3),
                     })
                     .collect();
+                let outbox = client
+                    .query(OUTBOX_SQL, &[&tenant])
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|row| OutboxRow {
+                        id: row.get(0),
+                        kind: row.get(1),
+                        conversation: row.get(2),
+                        payload: row.get(3),
+                    })
+                    .collect();
                 Stored {
                     messages,
                     streams,
                     reactions,
+                    outbox,
                 }
             }
         }
@@ -514,6 +543,10 @@ const REACTIONS_SQL: &str = "SELECT r.message_id, r.emoji, COUNT(*) FROM reactio
 const STREAMS_SQL: &str = "SELECT owner, seq, message_id, event_id FROM inbox \
      WHERE tenant = $1 ORDER BY owner, seq";
 
+/// Every event of a tenant's feed (the outbox), in id order.
+const OUTBOX_SQL: &str = "SELECT id, kind, conversation, payload FROM outbox \
+     WHERE tenant = $1 ORDER BY id";
+
 /// What the database holds for a case's tenant.
 #[derive(Debug, Default)]
 pub(crate) struct Stored {
@@ -521,6 +554,19 @@ pub(crate) struct Stored {
     pub(crate) streams: Vec<StreamRow>,
     /// (message id, emoji, how many users reacted with it).
     pub(crate) reactions: Vec<(i64, String, i64)>,
+    /// The tenant's event feed.
+    pub(crate) outbox: Vec<OutboxRow>,
+}
+
+/// One row of the `outbox` table: an event of the feed.
+#[derive(Debug, Clone)]
+pub(crate) struct OutboxRow {
+    pub(crate) id: i64,
+    /// Its type as the feed names it (`message.created`).
+    pub(crate) kind: String,
+    pub(crate) conversation: String,
+    /// Its `data`, as JSON text.
+    pub(crate) payload: String,
 }
 
 /// One row of the `inbox` table: an entry of a user's stream.
@@ -610,6 +656,7 @@ fn gateway_node(
     layout: &Layout,
     storage: &NodeStorage<'_>,
     cluster: &str,
+    extra_config: &str,
 ) -> Node {
     let http = free_addr();
     let config = dir.join(format!("node{n}.toml"));
@@ -624,7 +671,7 @@ fn gateway_node(
          endpoint = [{}]\nsqlite_path = \"{}\"\n\
          max_pending = {}\nrpc_timeout_ms = 2000\nconnect_timeout_ms = 1000\n\
          reconnect_initial_ms = 20\nreconnect_max_ms = 300\n\
-         {LIMITS}{cluster}{}[log]\nformat = \"json\"\nlevel = \"info\"\n",
+         {LIMITS}{cluster}{}[log]\nformat = \"json\"\nlevel = \"info\"\n{extra_config}",
         layout.embedded,
         storage.listen,
         endpoints.join(", "),

@@ -3,7 +3,7 @@
 //! with, and what the processes and their metrics show. [`groups`] holds the checks of
 //! groups and their changes, [`conversations`] those of the conversation list, [`receipts`]
 //! those of read receipts and of protocol-1 users, [`lifecycle`] those of edits, deletes and
-//! reactions.
+//! reactions, [`webhooks`] that of the cases with a webhook receiver.
 //!
 //! The rules a user's stream and each acked message obey are `peroxo_bench::contract`'s, the
 //! same the load generator judges by; what only this suite can check (the database's rows,
@@ -13,6 +13,7 @@ mod conversations;
 mod groups;
 mod lifecycle;
 mod receipts;
+mod webhooks;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -23,6 +24,7 @@ use peroxo_protocol::event::is_group_id;
 use crate::changes::ChangeRecord;
 use crate::report::{Entry, OpOutcome, UserReport};
 use crate::rig::{Counters, Stored, StoredRow};
+use crate::webhook::Received;
 use crate::workload::Group;
 
 /// Everything a verdict is drawn from.
@@ -44,6 +46,8 @@ pub(crate) struct Evidence<'a> {
     /// On a cluster: whether a message sent through one node still reached a client on
     /// another live, once the traffic was over (`None` on a single node).
     pub(crate) cross_node: Option<Result<(), String>>,
+    /// What the case's webhook receiver got (`None`: the case configured none).
+    pub(crate) webhooks: Option<&'a Received>,
     /// Processes that were not running at the end although the case never killed them.
     pub(crate) unexpected_deaths: Vec<String>,
     /// What shows that the fault struck (reconnects, refusals, restarts), and whether it did.
@@ -223,6 +227,9 @@ pub(crate) fn judge(evidence: &Evidence<'_>) -> Verdict {
             failures: result.as_ref().err().cloned().into_iter().collect(),
             remark: String::new(),
         });
+    }
+    if let Some(received) = evidence.webhooks {
+        checks.push(webhooks::webhooks_complete(evidence, received));
     }
     Verdict { checks }
 }
