@@ -28,6 +28,7 @@ use crate::actors::context::GatewayContext;
 use crate::actors::session_supervisor::SessionSupervisorMsg;
 use crate::admission::{Admission, Refusal, Ticket};
 use crate::identity::{Authenticator, Identity};
+use peroxo_protocol::domain::now_ms;
 use peroxo_protocol::{LATEST_PROTOCOL_VERSION, PROTOCOL_VERSION};
 
 /// Bytes read from a socket at a time. Every connection holds this much from the start, so it
@@ -242,7 +243,8 @@ impl IntoResponse for UpgradeRefused {
 
 /// Decides an upgrade request: the cheap refusals first (origin, a draining or starting
 /// node), so nothing is verified or counted for a request refused anyway; then who the
-/// client is; then its place in the node's connection counts.
+/// client is, and whether a ban or a revocation refuses it (from memory, never storage);
+/// then its place in the node's connection counts.
 async fn accept(
     state: &HttpState,
     query: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
@@ -259,6 +261,7 @@ async fn accept(
     };
     let protocol = protocol_version(&query)?;
     let identity = authenticate(state, &query, headers).await?;
+    check_restrictions(state, &identity)?;
     let ticket = admit(state, &identity)?;
     Ok((sessions, identity, ticket, protocol))
 }
@@ -339,6 +342,20 @@ async fn authenticate(
             message: error.to_string(),
             bearer_challenge: error.status() == StatusCode::UNAUTHORIZED
                 && matches!(auth.as_ref(), Authenticator::Jwt(_)),
+        })
+}
+
+/// 403 for a banned user, 401 for a revoked token (see [`crate::restrictions`]).
+fn check_restrictions(state: &HttpState, identity: &Identity) -> Result<(), UpgradeRefused> {
+    state
+        .gateway
+        .restrictions
+        .check(identity, now_ms())
+        .map_err(|refused| UpgradeRefused {
+            status: refused.status(),
+            code: refused.code(),
+            message: refused.message(),
+            bearer_challenge: refused.status() == StatusCode::UNAUTHORIZED,
         })
 }
 

@@ -14,6 +14,7 @@
 //! - [`admission`]: how many connections the node, and each user, may hold.
 //! - [`live`]: the settings a reload changes while the node runs.
 //! - [`rate_limit`]: the per-session command budget.
+//! - [`restrictions`]: the bans and revoked tokens the node refuses at the door, in memory.
 //! - [`connection`]: one client's WebSocket: the bounded outbound queue, reader and writer.
 //! - [`actors`]: the supervised actor tree (RootSupervisor, Cluster, Persistence, Router,
 //!   SessionSupervisor, Session).
@@ -31,6 +32,7 @@ pub mod http;
 pub mod identity;
 pub mod live;
 pub mod rate_limit;
+pub mod restrictions;
 pub mod server;
 pub mod telemetry;
 

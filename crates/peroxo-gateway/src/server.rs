@@ -118,6 +118,7 @@ fn gateway_context(
         auth: ArcSwap::from_pointee(auth),
         draining: AtomicBool::new(false),
         cluster,
+        restrictions: Arc::default(),
         retention,
     }
 }

@@ -193,6 +193,7 @@ async fn spawn_cluster(
             client: setup.client.clone(),
             router: args.gateway.router.clone(),
             sessions: args.sessions.clone(),
+            restrictions: Arc::clone(&args.gateway.restrictions),
         },
         supervisor,
     )
@@ -235,6 +236,7 @@ async fn spawn_persistence(
             metrics: Arc::clone(&args.gateway.metrics),
             member_cache: Arc::clone(&args.gateway.member_cache),
             live: Arc::clone(&args.gateway.live),
+            restrictions: Arc::clone(&args.gateway.restrictions),
         },
         supervisor,
     )
