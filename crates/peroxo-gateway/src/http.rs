@@ -28,6 +28,7 @@ use crate::actors::context::GatewayContext;
 use crate::actors::session_supervisor::SessionSupervisorMsg;
 use crate::admission::{Admission, Refusal, Ticket};
 use crate::identity::{Authenticator, Identity};
+use crate::rate_limit::KeyRates;
 use peroxo_protocol::domain::now_ms;
 use peroxo_protocol::{LATEST_PROTOCOL_VERSION, PROTOCOL_VERSION};
 
@@ -50,10 +51,11 @@ pub struct HttpState {
     /// `/metrics` report.
     pub gateway: Arc<GatewayContext>,
     /// The server API keys' request rates.
-    pub api_rates: Arc<crate::api::ApiRates>,
+    pub api_rates: Arc<KeyRates>,
 }
 
-pub fn router(state: HttpState) -> Router {
+/// The node's routes, with the server API's (`api`, nested under `/api/v1`).
+pub fn router(state: HttpState, api: Router<HttpState>) -> Router {
     let routes = Router::new();
     // Fault injection for the test suites; absent from every normal build.
     #[cfg(feature = "test-hooks")]
@@ -78,7 +80,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(prometheus))
-        .nest("/api/v1", crate::api::router())
+        .nest("/api/v1", api)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)

@@ -4,7 +4,11 @@
 //! `limits.rate_burst`. A command that finds none is refused (`rate_limited`, retryable). A
 //! client refused again and again — no pause of a second or more between refusals — for
 //! `limits.abuse_close_secs` is abusive and is disconnected (1008).
+//!
+//! [`KeyRates`] holds one bucket per server API key, by the key's SHA-256.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -20,6 +24,25 @@ pub enum Verdict {
     Limit,
     /// Refuse it and disconnect: the client has been over its rate for too long.
     Disconnect,
+}
+
+/// The requests per second of each server API key, by the key's SHA-256. Outlives reloads: a
+/// reload changes the rates, and each bucket adjusts itself the next time it is used.
+#[derive(Debug, Default)]
+pub struct KeyRates(Mutex<HashMap<String, RateLimiter>>);
+
+impl KeyRates {
+    /// Takes a request from the bucket of the key whose SHA-256 is `digest`, which allows
+    /// `per_sec` requests per second on average and `burst` at once.
+    pub fn check(&self, digest: String, per_sec: u32, burst: u32) -> Verdict {
+        let now = Instant::now();
+        let mut rates = self.0.lock().expect("api rates poisoned");
+        let bucket = rates
+            .entry(digest)
+            .or_insert_with(|| RateLimiter::new(per_sec, burst, Duration::MAX, now));
+        bucket.reconfigure(per_sec, burst, Duration::MAX, now);
+        bucket.check(now)
+    }
 }
 
 #[derive(Debug)]

@@ -23,6 +23,7 @@ use crate::actors::outbox::Outbox;
 use crate::actors::root::{ClusterSetup, RootArgs, RootMsg, RootSupervisor};
 use crate::actors::session_supervisor::SessionSupervisorMsg;
 use crate::admission::Admission;
+use crate::api;
 use crate::http::{self, HttpState};
 use crate::identity::Authenticator;
 use crate::live::LiveSettings;
@@ -150,7 +151,7 @@ async fn start_http(
     let stop_http = CancellationToken::new();
     let http_task = tokio::spawn(http::serve(
         listener,
-        http::router(state),
+        http::router(state, api::router()),
         stop_http.clone(),
         config.http.handshake_timeout(),
     ));

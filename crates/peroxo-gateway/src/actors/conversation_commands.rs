@@ -8,7 +8,7 @@
 //! frames with their exact code.
 //!
 //! [`OnBehalf`] is the part that does not depend on who asked: the commit as a user and the
-//! deliveries of its events; the server API (`crate::api`) uses it too.
+//! deliveries of its events; the server API (the `api` module) uses it too.
 //!
 //! [`stream_frames`] and [`message_frames`] build those frames; Persistence uses the latter
 //! for committed group messages.

@@ -20,10 +20,8 @@ mod messages;
 mod moderation;
 mod users;
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -34,12 +32,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
-use tokio::time::Instant;
 
 use crate::actors::context::GatewayContext;
 use crate::actors::conversation_commands::OnBehalf;
 use crate::http::{HttpState, error_response};
-use crate::rate_limit::{RateLimiter, Verdict};
+use crate::rate_limit::Verdict;
 use peroxo_config::{API_KEY_PREFIX, MAX_API_BODY_BYTES};
 use peroxo_protocol::domain::{UserKey, validate_id};
 use peroxo_protocol::{ErrorCode, ProtocolError};
@@ -180,11 +177,6 @@ async fn not_found() -> Response {
     .into_response()
 }
 
-/// The requests per second of each API key, by the key's SHA-256. Outlives reloads: a
-/// reload changes the rates, and each bucket adjusts itself the next time it is used.
-#[derive(Debug, Default)]
-pub struct ApiRates(Mutex<HashMap<String, RateLimiter>>);
-
 /// A failed server API request: an HTTP status and `{"error": code, "message": text}`.
 #[derive(Debug)]
 pub struct ApiError {
@@ -320,15 +312,9 @@ impl FromRequestParts<HttpState> for Caller {
             ));
         };
         let api = &settings.server_api;
-        let verdict = {
-            let now = Instant::now();
-            let mut rates = state.api_rates.0.lock().expect("api rates poisoned");
-            let bucket = rates.entry(digest).or_insert_with(|| {
-                RateLimiter::new(api.rate_per_sec, api.rate_burst, Duration::MAX, now)
-            });
-            bucket.reconfigure(api.rate_per_sec, api.rate_burst, Duration::MAX, now);
-            bucket.check(now)
-        };
+        let verdict = state
+            .api_rates
+            .check(digest, api.rate_per_sec, api.rate_burst);
         if !matches!(verdict, Verdict::Allow) {
             let mut error = ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
