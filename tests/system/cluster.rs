@@ -9,6 +9,7 @@
 use crate::common;
 
 use std::collections::{BTreeMap, HashSet};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::common::{Client, Process, free_addr, start_nats};
 use peroxo_config::{Secret, StorageBackend};
@@ -567,5 +568,50 @@ async fn one_node_at_a_time_delivers_to_a_webhook_both_nodes_configure() {
     // Both nodes were up and configured the endpoint, yet each event came once, in order:
     // one node held the lease.
     assert_eq!(ids, (1..=20).collect::<Vec<_>>());
+    pair.stop().await;
+}
+
+#[tokio::test]
+async fn a_ban_made_through_one_node_refuses_the_user_on_the_other_at_once() {
+    let pair = NodePair::start("ban").await;
+    let (n1, n2) = (&pair.n1, &pair.n2);
+    // Both nodes hear each other: bob, on node 2, is online as node 1 sees it.
+    let _bob = n2.connect("bob").await;
+    common::eventually_async("node 1 sees bob of node 2 online", || async {
+        let (_, body) = api(&n1.addr, "GET", "/api/v1/presence?users=bob", Value::Null).await;
+        body["users"][0]["online"] == json!(true)
+    })
+    .await;
+    let check = |addr: String| async move {
+        let (status, _) =
+            common::http_request(addr.parse().unwrap(), "GET", "/ws/check?user=mallory", "").await;
+        status
+    };
+    assert_eq!(check(n2.addr.clone()).await, 200);
+
+    let until = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+        + 3_600_000;
+    let (status, body) = api(
+        &n1.addr,
+        "POST",
+        "/api/v1/users/mallory/ban",
+        json!({"until": until}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    // Well before node 2's next reload from storage.
+    common::eventually_async("node 2 refuses mallory", || async {
+        check(n2.addr.clone()).await == 403
+    })
+    .await;
+    let (status, body) = api(&n1.addr, "DELETE", "/api/v1/users/mallory/ban", Value::Null).await;
+    assert_eq!(status, 200, "{body}");
+    common::eventually_async("node 2 admits mallory again", || async {
+        check(n2.addr.clone()).await == 200
+    })
+    .await;
     pair.stop().await;
 }

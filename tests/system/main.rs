@@ -15,6 +15,7 @@ mod hostile_input;
 mod lifecycle;
 mod limits;
 mod messaging;
+mod moderation;
 mod operations;
 mod presence;
 mod reload;

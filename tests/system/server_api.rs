@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use crate::common::{TestServer, try_http_request_with_body};
 
 /// A key of tenant `default`, and one of tenant `acme`.
-const KEY: &str = "pxk_test_default_0123456789abcdef";
+pub(crate) const KEY: &str = "pxk_test_default_0123456789abcdef";
 const ACME_KEY: &str = "pxk_test_acme_0123456789abcdef";
 
 fn sha256(key: &str) -> String {
@@ -14,7 +14,7 @@ fn sha256(key: &str) -> String {
     hex::encode(sha2::Sha256::digest(key.as_bytes()))
 }
 
-fn with_keys(config: &mut peroxo_config::Config) {
+pub(crate) fn with_keys(config: &mut peroxo_config::Config) {
     for (tenant, key) in [("default", KEY), ("acme", ACME_KEY)] {
         config.server_api.keys.push(peroxo_config::ApiKeyEntry {
             tenant: tenant.to_owned(),
@@ -29,7 +29,7 @@ async fn api_server() -> TestServer {
 }
 
 /// Calls the API with `key` (none when empty); returns the status and the JSON body.
-async fn call(
+pub(crate) async fn call(
     server: &TestServer,
     key: &str,
     method: &str,

@@ -28,6 +28,8 @@ use crate::actors::context::GatewayContext;
 use crate::actors::session_supervisor::SessionSupervisorMsg;
 use crate::admission::{Admission, Refusal, Ticket};
 use crate::identity::{Authenticator, Identity};
+use crate::rate_limit::KeyRates;
+use peroxo_protocol::domain::now_ms;
 use peroxo_protocol::{LATEST_PROTOCOL_VERSION, PROTOCOL_VERSION};
 
 /// Bytes read from a socket at a time. Every connection holds this much from the start, so it
@@ -49,7 +51,7 @@ pub struct HttpState {
     /// `/metrics` report.
     pub gateway: Arc<GatewayContext>,
     /// The server API keys' request rates.
-    pub api_rates: Arc<crate::rate_limit::KeyRates>,
+    pub api_rates: Arc<KeyRates>,
     /// Places for the server API's long polls that wait (`api::events::MAX_WAITING_POLLS`).
     pub api_polls: Arc<tokio::sync::Semaphore>,
 }
@@ -245,7 +247,8 @@ impl IntoResponse for UpgradeRefused {
 
 /// Decides an upgrade request: the cheap refusals first (origin, a draining or starting
 /// node), so nothing is verified or counted for a request refused anyway; then who the
-/// client is; then its place in the node's connection counts.
+/// client is, and whether a ban or a revocation refuses it (from memory, never storage);
+/// then its place in the node's connection counts.
 async fn accept(
     state: &HttpState,
     query: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
@@ -262,6 +265,7 @@ async fn accept(
     };
     let protocol = protocol_version(&query)?;
     let identity = authenticate(state, &query, headers).await?;
+    check_restrictions(state, &identity)?;
     let ticket = admit(state, &identity)?;
     Ok((sessions, identity, ticket, protocol))
 }
@@ -342,6 +346,20 @@ async fn authenticate(
             message: error.to_string(),
             bearer_challenge: error.status() == StatusCode::UNAUTHORIZED
                 && matches!(auth.as_ref(), Authenticator::Jwt(_)),
+        })
+}
+
+/// 403 for a banned user, 401 for a revoked token (see [`crate::restrictions`]).
+fn check_restrictions(state: &HttpState, identity: &Identity) -> Result<(), UpgradeRefused> {
+    state
+        .gateway
+        .restrictions
+        .check(identity, now_ms())
+        .map_err(|refused| UpgradeRefused {
+            status: refused.status(),
+            code: refused.code(),
+            message: refused.message(),
+            bearer_challenge: refused.status() == StatusCode::UNAUTHORIZED,
         })
 }
 

@@ -68,6 +68,9 @@ pub struct Identity {
     pub key: UserKey,
     /// When the credential expires (Unix seconds); `None` in dev mode.
     pub expires_at: Option<u64>,
+    /// When the token was issued (its `iat`, Unix seconds); `None` in dev mode and for a
+    /// token without `iat`. A revocation of the user's tokens compares it.
+    pub issued_at: Option<u64>,
 }
 
 /// The claims PerOXO reads from a token. Times are JWT NumericDates (seconds, possibly
@@ -207,6 +210,7 @@ impl Authenticator {
                 Ok(Identity {
                     key: UserKey::new(tenant, user.as_str()),
                     expires_at: None,
+                    issued_at: None,
                 })
             }
             Authenticator::Jwt(verifier) => {
@@ -360,6 +364,8 @@ impl JwtVerifier {
             key: UserKey::new(tenant, claims.sub),
             // Whole seconds, rounded as the verifier rounds them.
             expires_at: Some(claims.exp.max(0.0).round() as u64),
+            // Whole seconds, rounded down: a token is never taken as newer than it is.
+            issued_at: claims.iat.map(|iat| iat.max(0.0).floor() as u64),
         })
     }
 }

@@ -15,6 +15,7 @@
 //! - [`live`]: the settings a reload changes while the node runs.
 //! - [`outbound_http`]: the HTTP client for calls to other services (key sets, webhooks).
 //! - [`rate_limit`]: the per-session command budget.
+//! - [`restrictions`]: the bans and revoked tokens the node refuses at the door, in memory.
 //! - [`connection`]: one client's WebSocket: the bounded outbound queue, reader and writer.
 //! - [`actors`]: the supervised actor tree (RootSupervisor, Cluster, Persistence, Router,
 //!   SessionSupervisor, Session).
@@ -34,6 +35,7 @@ pub mod identity;
 pub mod live;
 pub mod outbound_http;
 pub mod rate_limit;
+pub mod restrictions;
 pub mod server;
 pub mod telemetry;
 pub mod webhooks;

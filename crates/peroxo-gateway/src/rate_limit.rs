@@ -4,7 +4,11 @@
 //! `limits.rate_burst`. A command that finds none is refused (`rate_limited`, retryable). A
 //! client refused again and again — no pause of a second or more between refusals — for
 //! `limits.abuse_close_secs` is abusive and is disconnected (1008).
+//!
+//! [`KeyRates`] holds one bucket per server API key, by the key's SHA-256.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -98,7 +102,7 @@ impl RateLimiter {
 /// The request budgets of the server API's keys, by the key's SHA-256. They outlive reloads:
 /// a reload changes the rates, and each bucket adjusts itself the next time it is used.
 #[derive(Debug, Default)]
-pub struct KeyRates(std::sync::Mutex<std::collections::HashMap<String, RateLimiter>>);
+pub struct KeyRates(Mutex<HashMap<String, RateLimiter>>);
 
 impl KeyRates {
     /// Judges one request of the key `digest` arriving at `now`, under `per_sec` and `burst`.

@@ -24,6 +24,7 @@ use crate::actors::push::{self, PushHandoff, PushQueue};
 use crate::actors::root::{ClusterSetup, RootArgs, RootMsg, RootSupervisor};
 use crate::actors::session_supervisor::SessionSupervisorMsg;
 use crate::admission::Admission;
+use crate::api;
 use crate::http::{self, HttpState};
 use crate::identity::Authenticator;
 use crate::live::LiveSettings;
@@ -121,6 +122,7 @@ fn gateway_context(
         auth: ArcSwap::from_pointee(auth),
         draining: AtomicBool::new(false),
         cluster,
+        restrictions: Arc::default(),
         retention,
         committed: Arc::default(),
         push,
@@ -154,7 +156,7 @@ async fn start_http(
     let stop_http = CancellationToken::new();
     let http_task = tokio::spawn(http::serve(
         listener,
-        http::router(state, crate::api::router()),
+        http::router(state, api::router()),
         stop_http.clone(),
         config.http.handshake_timeout(),
     ));

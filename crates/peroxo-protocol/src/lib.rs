@@ -18,6 +18,7 @@ pub mod event;
 pub mod lifecycle;
 pub mod limits;
 pub mod outbox;
+pub mod restriction;
 #[cfg(test)]
 mod schema;
 mod wire;

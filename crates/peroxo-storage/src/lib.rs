@@ -16,6 +16,8 @@
 //!   (one node of a cluster) consumes a feed.
 //! - [`retention`] deletes messages past their tenant's age, and outbox events past
 //!   `events.retention`, in small batches, as a task of the storage service.
+//! - Restrictions: one [`Restriction`] per (tenant, user) the server API imposed (a ban, a
+//!   revocation of tokens); gateways load the active ones and refuse upgrades with them.
 //! - [`user_data`] exports a user's data and erases it, for the operator's `peroxo user`.
 //! - [`grpc`] serves any backend over gRPC and holds the gateway's client. It is the only module
 //!   that knows the protobuf types.
@@ -50,6 +52,7 @@ use peroxo_protocol::domain::{AppendOutcome, HistoryPage, NewMessage, SyncPage, 
 use peroxo_protocol::event::{Member, Refusal};
 use peroxo_protocol::lifecycle::{MessageChange, MessageOutcome};
 use peroxo_protocol::outbox::{ConsumerClaim, ConsumerLease, NewOutboxEvent, OutboxPage};
+use peroxo_protocol::restriction::{Restriction, RestrictionChange};
 
 /// The most messages one history page may hold.
 pub const MAX_HISTORY_LIMIT: u32 = 100;
@@ -273,4 +276,26 @@ pub trait MessageStore: Send + Sync + 'static {
         user: UserKey,
         limit: u32,
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Changes `user`'s restriction as [`Restriction::changed`] says (creating it when the
+    /// user has none), in one transaction, and returns it as committed. The change must be
+    /// valid ([`RestrictionChange::validate`]).
+    fn set_restriction(
+        &self,
+        user: UserKey,
+        change: RestrictionChange,
+    ) -> impl Future<Output = Result<Restriction, StoreError>> + Send;
+
+    /// `user`'s restriction (the default, all zero, when the user has none).
+    fn restrictions(
+        &self,
+        user: UserKey,
+    ) -> impl Future<Output = Result<Restriction, StoreError>> + Send;
+
+    /// Every restriction [active](Restriction::is_active) at `now_ms`, of every tenant,
+    /// ordered by (tenant, user): what a gateway loads at start and reloads now and then.
+    fn active_restrictions(
+        &self,
+        now_ms: i64,
+    ) -> impl Future<Output = Result<Vec<(UserKey, Restriction)>, StoreError>> + Send;
 }

@@ -12,6 +12,7 @@
 //! - `conversations`: the conversation list.
 //! - `outbox`: the event outbox and its feed, with its ids in commit order across instances.
 //! - `consumers`: the leases and cursors of the feed's consumers.
+//! - `restrictions`: bans and revoked tokens of users, and the active ones a gateway loads.
 //! - `instances`: several service instances over one database, and concurrent writers.
 //! - `retention`: deleting messages past their tenant's age.
 //! - `stream_model`: what a user's conversation list must say, worked out from that user's
@@ -138,6 +139,7 @@ mod instances;
 mod lifecycle;
 mod outbox;
 mod reads;
+mod restrictions;
 mod retention;
 mod stream_model;
 mod upgrade;

@@ -25,6 +25,7 @@ use crate::connection::Outbound;
 use crate::identity::Authenticator;
 use crate::live::LiveSettings;
 use crate::rate_limit::RateLimiter;
+use crate::restrictions::Restrictions;
 use crate::telemetry::{Metrics, RestartCounts};
 
 /// What a session needs from the rest of the node. One per node, shared by every session.
@@ -51,6 +52,9 @@ pub struct GatewayContext {
     pub draining: AtomicBool,
     /// The link to the other gateway nodes, when this node is part of a cluster.
     pub cluster: Option<ActorSlot<ClusterMsg>>,
+    /// The active bans and revoked tokens, which upgrades are checked against without a
+    /// storage call (Persistence loads them; the server API and the cluster update them).
+    pub restrictions: Arc<Restrictions>,
     /// What the embedded storage service's retention task did, for `/metrics` (`None`
     /// without embedded storage: a `peroxo store` logs its passes).
     pub retention: Option<Arc<RetentionStats>>,

@@ -13,6 +13,9 @@
 //! When the storage service is unreachable, Persistence keeps accepting writes into the
 //! outbox and reconnects with exponential backoff and jitter; once connected, the outbox is
 //! flushed in order.
+//!
+//! It also loads the active restrictions of users ([`Restrictions`]) each time it connects,
+//! before the link counts as up, and again every [`RELOAD_INTERVAL`] while connected.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,9 +30,10 @@ use super::conversation_commands::MemberCache;
 use super::outbox::{Outbox, PendingWrite};
 use super::router::{Delivery, RouterMsg};
 use crate::live::LiveSettings;
+use crate::restrictions::{RELOAD_INTERVAL, Restrictions};
 use crate::telemetry::{Metrics, seconds};
 use peroxo_config::{StorageConfig, StorageEndpoints};
-use peroxo_protocol::domain::{AppendOutcome, NewMessage, UserKey};
+use peroxo_protocol::domain::{AppendOutcome, NewMessage, UserKey, now_ms};
 use peroxo_protocol::{ErrorCode, ProtocolError};
 use peroxo_storage::grpc::{CallError, StorageClient};
 
@@ -54,6 +58,8 @@ pub enum PersistenceMsg {
     Probe,
     /// The outcome of a probe.
     Probed(Result<(), CallError>),
+    /// A reload of the restrictions ended (whatever its outcome).
+    RestrictionsLoaded,
     /// Panics inside `handle`, to exercise supervision.
     #[cfg(feature = "test-hooks")]
     Crash,
@@ -83,6 +89,8 @@ pub struct PersistenceArgs {
     pub live: Arc<LiveSettings>,
     /// Woken after each committed batch (readers of the event feed wait on it).
     pub committed: Arc<tokio::sync::Notify>,
+    /// The node's restrictions of users, which it loads from storage.
+    pub restrictions: Arc<Restrictions>,
 }
 
 pub struct PersistenceState {
@@ -99,6 +107,11 @@ pub struct PersistenceState {
     probing: bool,
     /// Which of `endpoints` it connects to (modulo their number).
     endpoint: usize,
+    /// When the restrictions were last loaded (or a reload started): the probe reloads
+    /// them once [`RELOAD_INTERVAL`] has passed.
+    restrictions_loaded: Instant,
+    /// Whether a reload of the restrictions is under way.
+    reloading: bool,
 }
 
 pub struct Persistence;
@@ -139,6 +152,8 @@ impl Actor for Persistence {
             ever_connected: false,
             probing: false,
             endpoint: 0,
+            restrictions_loaded: Instant::now(),
+            reloading: false,
         })
     }
 
@@ -163,6 +178,7 @@ impl Actor for Persistence {
             PersistenceMsg::Connected(result) => state.connected(&myself, result),
             PersistenceMsg::Probe => state.probe(&myself),
             PersistenceMsg::Probed(result) => state.probed(&myself, result),
+            PersistenceMsg::RestrictionsLoaded => state.reloading = false,
             PersistenceMsg::BatchDone { generation, result } => {
                 state.batch_done(&myself, generation, result);
             }
@@ -182,6 +198,20 @@ fn backoff(config: &StorageConfig) -> ExponentialBackoff {
         .with_jitter()
         .without_max_times()
         .build()
+}
+
+/// Replaces the node's restrictions with the active ones storage holds. A failure keeps
+/// what the node knew (the next reload tries again).
+async fn load_restrictions(client: &StorageClient, restrictions: &Restrictions) {
+    let started = restrictions.mark();
+    match client.active_restrictions(now_ms()).await {
+        Ok(loaded) => {
+            let count = loaded.len();
+            restrictions.replace_all(loaded, started);
+            tracing::debug!(count, "restrictions of users loaded");
+        }
+        Err(error) => tracing::warn!(%error, "cannot load the restrictions of users"),
+    }
 }
 
 /// The user whose seq a probe reads (no client can be it: probes are not sessions).
@@ -206,6 +236,8 @@ impl PersistenceState {
         let connect_timeout = self.args.config.connect_timeout();
         let rpc_timeout = self.args.config.rpc_timeout();
         let myself = myself.clone();
+        let restrictions = Arc::clone(&self.args.restrictions);
+        self.restrictions_loaded = Instant::now();
         tokio::spawn(async move {
             let result = match StorageClient::connect(&endpoint, connect_timeout, rpc_timeout).await
             {
@@ -213,6 +245,10 @@ impl PersistenceState {
                 Ok(client) => client.last_seq(probe_user()).await.map(|_| client),
                 Err(error) => Err(error),
             };
+            // Before the link is up, so that no upgrade is decided without them.
+            if let Ok(client) = &result {
+                load_restrictions(client, &restrictions).await;
+            }
             let _ = myself.cast(PersistenceMsg::Connected(result));
         });
     }
@@ -223,6 +259,7 @@ impl PersistenceState {
         let Some(client) = self.args.link.client() else {
             return;
         };
+        self.reload_restrictions_if_due(myself, &client);
         if self.in_flight.is_some() {
             return;
         }
@@ -230,6 +267,26 @@ impl PersistenceState {
         tokio::spawn(async move {
             let result = client.last_seq(probe_user()).await.map(drop);
             let _ = myself.cast(PersistenceMsg::Probed(result));
+        });
+    }
+
+    /// Reloads the restrictions in a task of its own once [`RELOAD_INTERVAL`] has passed
+    /// since the last load, unless one is under way.
+    fn reload_restrictions_if_due(
+        &mut self,
+        myself: &ActorRef<PersistenceMsg>,
+        client: &StorageClient,
+    ) {
+        if self.reloading || self.restrictions_loaded.elapsed() < RELOAD_INTERVAL {
+            return;
+        }
+        self.reloading = true;
+        self.restrictions_loaded = Instant::now();
+        let (client, myself) = (client.clone(), myself.clone());
+        let restrictions = Arc::clone(&self.args.restrictions);
+        tokio::spawn(async move {
+            load_restrictions(&client, &restrictions).await;
+            let _ = myself.cast(PersistenceMsg::RestrictionsLoaded);
         });
     }
 

@@ -193,6 +193,7 @@ async fn spawn_cluster(
             client: setup.client.clone(),
             router: args.gateway.router.clone(),
             sessions: args.sessions.clone(),
+            restrictions: Arc::clone(&args.gateway.restrictions),
         },
         supervisor,
     )
@@ -237,6 +238,7 @@ async fn spawn_persistence(
             member_cache: Arc::clone(&args.gateway.member_cache),
             live: Arc::clone(&args.gateway.live),
             committed: Arc::clone(&args.gateway.committed),
+            restrictions: Arc::clone(&args.gateway.restrictions),
         },
         supervisor,
     )

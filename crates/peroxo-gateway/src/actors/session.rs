@@ -387,6 +387,21 @@ impl SessionState {
             );
             return;
         }
+        // A token revoked (or a user banned) since: the session keeps its old token's expiry.
+        if let Err(refused) = self
+            .gateway
+            .restrictions
+            .check(&identity, peroxo_protocol::domain::now_ms())
+        {
+            outbound.error(
+                &ProtocolError::new(
+                    ErrorCode::Forbidden,
+                    format!("refresh refused: {}", refused.message()),
+                )
+                .with_req_id(req_id),
+            );
+            return;
+        }
         let exp = identity.expires_at.unwrap_or(0);
         self.connection.expires_at.store(exp, Ordering::Relaxed);
         self.schedule_expiry_check(myself);

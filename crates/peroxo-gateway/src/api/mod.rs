@@ -14,11 +14,13 @@
 //! - `events`: the event feed, with long polls.
 //! - `users`: what a user sees (conversations, history, sync), read marks, presence, and
 //!   disconnecting a user.
+//! - `moderation`: banning a user until a time, and revoking a user's tokens.
 
 mod events;
 pub(crate) use events::MAX_WAITING_POLLS;
 mod groups;
 mod messages;
+mod moderation;
 mod users;
 
 use std::net::{IpAddr, SocketAddr};
@@ -69,6 +71,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ),
     ("/api/v1/users/{user}/sync", "get"),
     ("/api/v1/users/{user}/disconnect", "post"),
+    ("/api/v1/users/{user}/ban", "post"),
+    ("/api/v1/users/{user}/ban", "delete"),
+    ("/api/v1/users/{user}/revoke_tokens", "post"),
+    ("/api/v1/users/{user}/restrictions", "get"),
     ("/api/v1/presence", "get"),
     ("/api/v1/events", "get"),
 ];
@@ -119,6 +125,18 @@ pub fn router() -> Router<HttpState> {
         .route(
             listed("/users/{user}/disconnect", &["post"]),
             post(users::disconnect),
+        )
+        .route(
+            listed("/users/{user}/ban", &["post", "delete"]),
+            post(moderation::ban).delete(moderation::lift_ban),
+        )
+        .route(
+            listed("/users/{user}/revoke_tokens", &["post"]),
+            post(moderation::revoke_tokens),
+        )
+        .route(
+            listed("/users/{user}/restrictions", &["get"]),
+            get(moderation::restrictions),
         )
         .route(listed("/presence", &["get"]), get(users::presence))
         .route(listed("/events", &["get"]), get(events::feed))

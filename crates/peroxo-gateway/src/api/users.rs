@@ -15,6 +15,7 @@ use crate::actors::conversation_commands::conversations_frame;
 use crate::actors::router::RouterMsg;
 use crate::http::HttpState;
 use peroxo_protocol::conversation::{ConversationsQuery, ReadMarkKind};
+use peroxo_protocol::domain::UserKey;
 use peroxo_protocol::{
     CloseCause, DISCONNECTED_CODE, EventView, LATEST_PROTOCOL_VERSION, MessageView, ServerFrame,
 };
@@ -243,29 +244,52 @@ pub(super) async fn disconnect(
     ApiJson(request): ApiJson<DisconnectRequest>,
 ) -> Result<Response, ApiError> {
     let user = caller.user("user", &user)?;
-    let code = request.code.unwrap_or(DISCONNECTED_CODE);
+    let code = close_code(request.code)?;
+    check_close_reason(request.reason.as_deref())?;
+    let closed = close_sessions(&state, &user, code, request.reason).await?;
+    tracing::info!(tenant = %user.tenant, user = %user.user, code, closed, key = %caller.key_name, "disconnected by the server API");
+    Ok(Json(serde_json::json!({ "disconnected": closed })).into_response())
+}
+
+/// The close code a request names (default 4003), or 400.
+pub(super) fn close_code(code: Option<u16>) -> Result<u16, ApiError> {
+    let code = code.unwrap_or(DISCONNECTED_CODE);
     if !(4000..=4999).contains(&code) || code == 4001 {
         return Err(ApiError::bad_request(
             "code must be between 4000 and 4999 (4001 means an expired token)",
         ));
     }
-    if request.reason.as_ref().is_some_and(|r| r.len() > 120) {
+    Ok(code)
+}
+
+/// 400 for a close reason longer than a close frame takes.
+pub(super) fn check_close_reason(reason: Option<&str>) -> Result<(), ApiError> {
+    if reason.is_some_and(|r| r.len() > 120) {
         return Err(ApiError::bad_request("reason must be at most 120 bytes"));
     }
+    Ok(())
+}
+
+/// Closes `user`'s sessions on every node, after what is queued to them, with `code` and
+/// `reason`; answers how many closed on this node.
+pub(super) async fn close_sessions(
+    state: &HttpState,
+    user: &UserKey,
+    code: u16,
+    reason: Option<String>,
+) -> Result<usize, ApiError> {
     let router = state.gateway.router.get().ok_or_else(router_unavailable)?;
-    let closed = ractor::call_t!(
+    ractor::call_t!(
         router,
         |reply| RouterMsg::Disconnect {
             user: user.clone(),
             cause: CloseCause::Disconnected { code },
-            reason: request.reason.clone(),
+            reason,
             reply: Some(reply),
         },
         ROUTER_WAIT_MS
     )
-    .map_err(|_| router_unavailable())?;
-    tracing::info!(tenant = %user.tenant, user = %user.user, code, closed, key = %caller.key_name, "disconnected by the server API");
-    Ok(Json(serde_json::json!({ "disconnected": closed })).into_response())
+    .map_err(|_| router_unavailable())
 }
 
 fn router_unavailable() -> ApiError {

@@ -16,6 +16,7 @@ use peroxo_protocol::domain::{AppendOutcome, HistoryPage, NewMessage, SyncPage, 
 use peroxo_protocol::event::Member;
 use peroxo_protocol::lifecycle::{MessageChange, MessageOutcome};
 use peroxo_protocol::outbox::{ConsumerClaim, ConsumerLease, NewOutboxEvent, OutboxPage};
+use peroxo_protocol::restriction::{Restriction, RestrictionChange};
 
 /// The gateway's client of the storage service. Cheap to clone; clones share one connection.
 #[derive(Debug, Clone)]
@@ -297,5 +298,66 @@ impl StorageClient {
             .await?
             .into_inner()
             .held)
+    }
+
+    /// Changes `user`'s restriction; answers it as committed.
+    pub async fn set_restriction(
+        &self,
+        user: UserKey,
+        change: RestrictionChange,
+    ) -> Result<Restriction, CallError> {
+        let request = pb::SetRestrictionRequest {
+            tenant: user.tenant.clone(),
+            user: user.user.clone(),
+            ban_until: change.ban_until,
+            reason: change.reason,
+            revoke_before: change.revoke_before,
+        };
+        let r = self
+            .inner
+            .clone()
+            .set_restriction(request)
+            .await?
+            .into_inner();
+        Ok(convert::restriction_from_pb(r))
+    }
+
+    /// `user`'s restriction (all zero when the user has none).
+    pub async fn restrictions(&self, user: UserKey) -> Result<Restriction, CallError> {
+        let request = pb::GetRestrictionRequest {
+            tenant: user.tenant.clone(),
+            user: user.user.clone(),
+        };
+        let r = self
+            .inner
+            .clone()
+            .get_restriction(request)
+            .await?
+            .into_inner();
+        Ok(convert::restriction_from_pb(r))
+    }
+
+    /// Every restriction active at `now_ms`.
+    pub async fn active_restrictions(
+        &self,
+        now_ms: i64,
+    ) -> Result<Vec<(UserKey, Restriction)>, CallError> {
+        let request = pb::ActiveRestrictionsRequest { now_ms };
+        let r = self
+            .inner
+            .clone()
+            .active_restrictions(request)
+            .await?
+            .into_inner();
+        Ok(r.restrictions
+            .into_iter()
+            .map(|u| {
+                let restriction = u.restriction.map(convert::restriction_from_pb);
+                (
+                    UserKey::new(u.tenant, u.user),
+                    restriction.unwrap_or_default(),
+                )
+            })
+            .collect())
     }
 }

@@ -23,6 +23,7 @@ use peroxo_protocol::outbox::{
     ConsumerLease, MAX_RECORDED_PAYLOAD_BYTES, NewOutboxEvent, OutboxEvent, OutboxKind, OutboxPage,
     is_json_object,
 };
+use peroxo_protocol::restriction::Restriction;
 
 /// A protobuf message that has no Rust counterpart; the text says what is wrong.
 #[derive(Debug)]
@@ -785,6 +786,23 @@ pub(super) fn new_outbox_event_from_pb(e: pb::NewOutboxEvent) -> Result<NewOutbo
         conversation_id: e.conversation_id,
         payload: e.payload,
     })
+}
+
+/// A restriction as the protobuf carries it.
+pub(super) fn restriction_to_pb(r: Restriction) -> pb::Restriction {
+    pb::Restriction {
+        banned_until: r.banned_until,
+        ban_reason: r.ban_reason,
+        tokens_before: r.tokens_before,
+    }
+}
+
+pub(super) fn restriction_from_pb(r: pb::Restriction) -> Restriction {
+    Restriction {
+        banned_until: r.banned_until,
+        ban_reason: r.ban_reason,
+        tokens_before: r.tokens_before,
+    }
 }
 
 #[cfg(test)]

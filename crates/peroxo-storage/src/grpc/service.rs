@@ -18,6 +18,7 @@ use peroxo_protocol::conversation::{ConversationRef, ConversationsQuery};
 use peroxo_protocol::domain::{self, UserKey};
 use peroxo_protocol::event::MAX_CONVERSATIONS_LIMIT;
 use peroxo_protocol::outbox::{ConsumerClaim, MAX_CONSUMER_NAME_BYTES};
+use peroxo_protocol::restriction::RestrictionChange;
 
 /// The gRPC face of a [`MessageStore`].
 #[derive(Debug)]
@@ -292,6 +293,55 @@ impl<S: MessageStore> Storage for StorageService<S> {
             .advance_consumer(r.tenant, r.consumer, r.holder, r.cursor)
             .await?;
         Ok(Response::new(pb::AdvanceConsumerResponse { held }))
+    }
+
+    async fn set_restriction(
+        &self,
+        request: Request<pb::SetRestrictionRequest>,
+    ) -> Result<Response<pb::Restriction>, Status> {
+        let r = request.into_inner();
+        let user = user_key(r.tenant, r.user)?;
+        let change = RestrictionChange {
+            ban_until: r.ban_until,
+            reason: r.reason,
+            revoke_before: r.revoke_before,
+        };
+        change
+            .validate()
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let restriction = self.store.set_restriction(user, change).await?;
+        Ok(Response::new(convert::restriction_to_pb(restriction)))
+    }
+
+    async fn get_restriction(
+        &self,
+        request: Request<pb::GetRestrictionRequest>,
+    ) -> Result<Response<pb::Restriction>, Status> {
+        let r = request.into_inner();
+        let user = user_key(r.tenant, r.user)?;
+        let restriction = self.store.restrictions(user).await?;
+        Ok(Response::new(convert::restriction_to_pb(restriction)))
+    }
+
+    async fn active_restrictions(
+        &self,
+        request: Request<pb::ActiveRestrictionsRequest>,
+    ) -> Result<Response<pb::ActiveRestrictionsResponse>, Status> {
+        let now_ms = request.into_inner().now_ms;
+        let restrictions = self
+            .store
+            .active_restrictions(now_ms)
+            .await?
+            .into_iter()
+            .map(|(user, restriction)| pb::UserRestriction {
+                tenant: user.tenant.clone(),
+                user: user.user.clone(),
+                restriction: Some(convert::restriction_to_pb(restriction)),
+            })
+            .collect();
+        Ok(Response::new(pb::ActiveRestrictionsResponse {
+            restrictions,
+        }))
     }
 }
 

@@ -13,6 +13,7 @@
 //! - `erase`: erasing a batch of a user's texts or read state.
 //! - `outbox`: the event outbox: each transaction's events, written last under a per-tenant
 //!   counter so that ids follow commit order; the feed's read, pruning and erasing.
+//! - `restrictions`: what the server API imposes on users (bans, revoked tokens).
 //!
 //! Several instances may write at once. Every writer locks what it needs in one order:
 //! first the rows of the groups it touches (sorted; `FOR SHARE` to send, mark or change a
@@ -33,6 +34,7 @@ mod lifecycle;
 mod marks;
 mod outbox;
 mod reads;
+mod restrictions;
 mod retention;
 mod schema;
 mod streams;
@@ -56,6 +58,7 @@ use peroxo_protocol::domain::{
 use peroxo_protocol::event::Member;
 use peroxo_protocol::lifecycle::{MessageChange, MessageOutcome};
 use peroxo_protocol::outbox::{ConsumerClaim, ConsumerLease, NewOutboxEvent, OutboxPage};
+use peroxo_protocol::restriction::{Restriction, RestrictionChange};
 
 /// A PostgreSQL-backed [`MessageStore`]. Cheap to clone.
 #[derive(Clone)]
@@ -284,5 +287,24 @@ impl MessageStore for PostgresStore {
         cursor: u64,
     ) -> Result<bool, StoreError> {
         outbox::advance(&self.pool, tenant, consumer, holder, cursor).await
+    }
+
+    async fn set_restriction(
+        &self,
+        user: UserKey,
+        change: RestrictionChange,
+    ) -> Result<Restriction, StoreError> {
+        restrictions::set(&self.pool, user, change).await
+    }
+
+    async fn restrictions(&self, user: UserKey) -> Result<Restriction, StoreError> {
+        restrictions::get(&self.pool, user).await
+    }
+
+    async fn active_restrictions(
+        &self,
+        now_ms: i64,
+    ) -> Result<Vec<(UserKey, Restriction)>, StoreError> {
+        restrictions::active(&self.pool, now_ms).await
     }
 }

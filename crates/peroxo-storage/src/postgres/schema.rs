@@ -14,6 +14,8 @@
 //! - `reactions`: one row per (message, emoji, user who reacted).
 //! - `outbox`, `outbox_counters`: the feed of committed changes, and each tenant's last id
 //!   and pruned id; `outbox_consumers`, each consumer's cursor and lease.
+//! - `restrictions`: what the server API imposes on a user: a ban's end and reason, and the
+//!   time before which the user's tokens are refused (milliseconds; 0 none).
 
 use super::{PostgresStore, backend};
 use crate::StoreError;
@@ -28,7 +30,18 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (3, RETENTION),
     (4, LIFECYCLE),
     (5, OUTBOX),
+    (6, RESTRICTIONS),
 ];
+
+/// One row per (tenant, user) the server API restricted; gateways load the active ones.
+const RESTRICTIONS: &str = "CREATE TABLE restrictions (
+        tenant TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        banned_until BIGINT NOT NULL DEFAULT 0,
+        ban_reason TEXT NOT NULL DEFAULT '',
+        tokens_before BIGINT NOT NULL DEFAULT 0,
+        PRIMARY KEY (tenant, owner)
+    );";
 
 /// The event outbox: one row per (tenant, id), ids taken from the tenant's counter row (which
 /// also records the highest id retention deleted), so they stay gapless and in commit order

@@ -20,6 +20,7 @@
 //! - `erase`: erasing a batch of a user's texts or read state, in a transaction of its own.
 //! - `outbox`: the event outbox: a transaction's events and their ids, the feed's read, its
 //!   pruning and erasing.
+//! - `restrictions`: what the server API imposes on users (bans, revoked tokens).
 //! - `backup`: a verified copy of the database while it serves (`peroxo backup`).
 
 mod append;
@@ -32,6 +33,7 @@ mod queries;
 #[cfg(test)]
 mod query_plans;
 mod reads;
+mod restrictions;
 mod retention;
 mod schema;
 mod state;
@@ -58,6 +60,7 @@ use peroxo_protocol::domain::{AppendOutcome, HistoryPage, NewMessage, SyncPage, 
 use peroxo_protocol::event::Member;
 use peroxo_protocol::lifecycle::{MessageChange, MessageOutcome};
 use peroxo_protocol::outbox::{ConsumerClaim, ConsumerLease, NewOutboxEvent, OutboxPage};
+use peroxo_protocol::restriction::{Restriction, RestrictionChange};
 use writer::{Job, Reply, Writer};
 
 /// Read connections kept open for reuse.
@@ -319,6 +322,27 @@ impl MessageStore for SqliteStore {
             cursor,
         };
         self.write(|reply| Job::AdvanceConsumer(advance, reply))
+            .await
+    }
+
+    async fn set_restriction(
+        &self,
+        user: UserKey,
+        change: RestrictionChange,
+    ) -> Result<Restriction, StoreError> {
+        self.write(|reply| Job::SetRestriction(user, change, reply))
+            .await
+    }
+
+    async fn restrictions(&self, user: UserKey) -> Result<Restriction, StoreError> {
+        self.read(move |conn| restrictions::get(conn, &user)).await
+    }
+
+    async fn active_restrictions(
+        &self,
+        now_ms: i64,
+    ) -> Result<Vec<(UserKey, Restriction)>, StoreError> {
+        self.read(move |conn| restrictions::active(conn, now_ms))
             .await
     }
 }

@@ -1,6 +1,6 @@
 //! The SQLite schema and its migrations (`PRAGMA user_version`).
 //!
-//! Version 5:
+//! Version 6:
 //! - `messages`: one row per message (direct, or to a group: then `recipient` and
 //!   `conversation` are the group id, `recipient_seq` is 0); `id` is the message id and orders
 //!   a conversation; `UNIQUE (tenant, sender, client_msg_id)` makes appends idempotent.
@@ -29,10 +29,12 @@
 //!   end of its tenant's range, and the feed's read is a range scan of it.
 //! - `outbox_consumers`: one row per (tenant, consumer) of the feed: its cursor, and who holds
 //!   its lease until when.
+//! - `restrictions`: one row per (tenant, user) the server API restricted: a ban's end and
+//!   reason, and the time before which the user's tokens are refused (milliseconds; 0 none).
 //! - `messages_by_age` finds a tenant's oldest messages; `inbox_by_group_message` finds every
 //!   stream entry of a group message (the direct path never writes to it).
 //!
-//! Version 4 lacked the outbox. Version 3 lacked what version 4 adds for edits, deletes, reactions and replies (the
+//! Version 5 lacked `restrictions`. Version 4 lacked the outbox. Version 3 lacked what version 4 adds for edits, deletes, reactions and replies (the
 //! columns and table above). Version 2 lacked what retention needs (`stream_floors` and the two indexes). Version 1 had `messages` and an `inbox` of messages only. Migrating rebuilds `inbox` with
 //! the columns above and gives every existing direct conversation its two state rows.
 
@@ -41,7 +43,7 @@ use rusqlite::{Connection, TransactionBehavior};
 use super::backend;
 use crate::StoreError;
 
-pub(super) const SCHEMA_VERSION: i64 = 5;
+pub(super) const SCHEMA_VERSION: i64 = 6;
 
 /// What `inbox.kind` says an entry is.
 pub(super) const DIRECT_MESSAGE: i64 = 0;
@@ -193,6 +195,18 @@ CREATE TABLE outbox_consumers (
 ) WITHOUT ROWID;
 ";
 
+/// What version 6 adds: the restrictions the server API imposes on users.
+const RESTRICTIONS: &str = "
+CREATE TABLE restrictions (
+    tenant TEXT NOT NULL,
+    user TEXT NOT NULL,
+    banned_until INTEGER NOT NULL DEFAULT 0,
+    ban_reason TEXT NOT NULL DEFAULT '',
+    tokens_before INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (tenant, user)
+) WITHOUT ROWID;
+";
+
 /// From version 1: the old inbox's rows move into the new one, and every direct
 /// conversation gets a state row for each participant. A participant has read up to their
 /// own newest message (sending reads); the rest is unread.
@@ -235,16 +249,18 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         .map_err(backend)?;
     let steps = match version {
         SCHEMA_VERSION => return Ok(()),
-        0 => format!("{MESSAGES}{CONVERSATIONS}{RETENTION}{LIFECYCLE}{OUTBOX}"),
+        0 => format!("{MESSAGES}{CONVERSATIONS}{RETENTION}{LIFECYCLE}{OUTBOX}{RESTRICTIONS}"),
         1 => {
             FROM_VERSION_1.replace("{CONVERSATIONS}", CONVERSATIONS)
                 + RETENTION
                 + LIFECYCLE
                 + OUTBOX
+                + RESTRICTIONS
         }
-        2 => format!("{RETENTION}{LIFECYCLE}{OUTBOX}"),
-        3 => format!("{LIFECYCLE}{OUTBOX}"),
-        4 => OUTBOX.to_owned(),
+        2 => format!("{RETENTION}{LIFECYCLE}{OUTBOX}{RESTRICTIONS}"),
+        3 => format!("{LIFECYCLE}{OUTBOX}{RESTRICTIONS}"),
+        4 => format!("{OUTBOX}{RESTRICTIONS}"),
+        5 => RESTRICTIONS.to_owned(),
         newer => {
             return Err(StoreError::Backend(format!(
                 "the database has schema version {newer}, not one this build knows (up to \

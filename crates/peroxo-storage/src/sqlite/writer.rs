@@ -21,7 +21,9 @@ use tokio::sync::oneshot;
 
 use super::outbox::OutboxIds;
 use super::schema::{EVENT, GROUP_MESSAGE, LIFECYCLE_EVENT};
-use super::{append, backend, erase, groups, lifecycle, outbox, reads, retention, state};
+use super::{
+    append, backend, erase, groups, lifecycle, outbox, reads, restrictions, retention, state,
+};
 use crate::sql::{EventColumns, sql_int};
 use crate::{OutboxSettings, PruneBatch, StoreError};
 use peroxo_protocol::conversation::{
@@ -31,6 +33,7 @@ use peroxo_protocol::domain::{AppendOutcome, NewMessage, UserKey, now_ms};
 use peroxo_protocol::event::{Event, EventKind, Fanout, StreamSeq};
 use peroxo_protocol::lifecycle::{MessageChange, MessageOutcome};
 use peroxo_protocol::outbox::{ConsumerClaim, ConsumerLease, NewOutboxEvent, Payloads};
+use peroxo_protocol::restriction::{Restriction, RestrictionChange};
 
 /// The most stream rows the writer commits in one transaction (a direct message counts as
 /// one, a group message as one per member, an event as one per stream it enters). A single
@@ -67,6 +70,8 @@ pub(super) enum Job {
     /// A consumer's lease and cursor: each runs alone.
     ClaimConsumer(ConsumerClaim, Reply<Option<ConsumerLease>>),
     AdvanceConsumer(outbox::Advance, Reply<bool>),
+    /// A change of a user's restriction: runs alone.
+    SetRestriction(UserKey, RestrictionChange, Reply<Restriction>),
 }
 
 /// What a job did in its transaction, to answer once it commits.
@@ -91,6 +96,7 @@ impl Job {
                 | Job::EraseEventTexts(..)
                 | Job::ClaimConsumer(..)
                 | Job::AdvanceConsumer(..)
+                | Job::SetRestriction(..)
         )
     }
 
@@ -136,7 +142,8 @@ impl Job {
             | Job::PruneEvents(..)
             | Job::EraseEventTexts(..)
             | Job::ClaimConsumer(..)
-            | Job::AdvanceConsumer(..) => Err(StoreError::Backend(
+            | Job::AdvanceConsumer(..)
+            | Job::SetRestriction(..) => Err(StoreError::Backend(
                 "a batch of its own was grouped with other writes".to_owned(),
             )),
         }
@@ -195,6 +202,9 @@ impl Job {
                 let _ = reply.send(Err(error));
             }
             Job::AdvanceConsumer(_, reply) => {
+                let _ = reply.send(Err(error));
+            }
+            Job::SetRestriction(_, _, reply) => {
                 let _ = reply.send(Err(error));
             }
         }
@@ -343,6 +353,11 @@ impl Writer {
             }
             Job::AdvanceConsumer(advance, reply) => {
                 let _ = reply.send(outbox::advance(&self.conn, &advance));
+                return None;
+            }
+            Job::SetRestriction(user, change, reply) => {
+                let _ = reply.send(restrictions::set(&mut self.conn, &user, &change));
+                let _ = self.checkpoint.try_send(());
                 return None;
             }
             job => return Some(job),

@@ -2,7 +2,7 @@
 //!
 //! This is the only file of the cluster that knows the wire format: every envelope is a JSON
 //! object tagged by `kind` (`message`, `frame`, `typing`, `presence`, `heartbeat`, `snapshot`, `hello`,
-//! `resync`, `disconnect`, `bye`). A committed message travels as a [`WireMessage`], which converts to and
+//! `resync`, `disconnect`, `restriction`, `bye`). A committed message travels as a [`WireMessage`], which converts to and
 //! from the [`StoredMessage`] the rest of the gateway speaks.
 
 use peroxo_protocol::domain::{Lifecycle, Quote, StoredMessage};
@@ -73,6 +73,17 @@ pub enum Envelope {
         code: u16,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
+    },
+    /// The server API changed a user's restriction (on the presence subject, so that every
+    /// node refuses or admits the user at once); times in milliseconds, 0 for none.
+    Restriction {
+        origin: String,
+        tenant: String,
+        user: String,
+        banned_until: i64,
+        #[serde(default)]
+        ban_reason: String,
+        tokens_before: i64,
     },
     /// `node` is leaving.
     Bye { node: String },

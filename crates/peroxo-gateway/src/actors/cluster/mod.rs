@@ -14,6 +14,9 @@
 //!   `cluster.presence_ttl_secs`, and its full list of online users when asked (`hello`). A
 //!   node not heard from for the TTL stops counting. A gap in a node's numbering, a new node
 //!   or a reconnect triggers a `hello`, and every node answers with its list.
+//! - **Restrictions.** A ban or a revocation made through the server API of one node is
+//!   published on the presence subject too, and every other node updates its
+//!   [`Restrictions`] at once (a node that misses it learns it at its next reload).
 //! - **Outages.** async-nats reconnects with exponential backoff; subscriptions come back
 //!   by themselves. After a reconnect this node asks for everyone's presence again and the
 //!   Router tells every local session to `sync` (it may have missed deliveries).
@@ -39,6 +42,7 @@ mod link;
 mod presence;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -50,10 +54,12 @@ use super::ActorSlot;
 use super::router::{RouterMsg, UserFrame};
 use super::session_supervisor::SessionSupervisorMsg;
 use crate::connection::Droppable;
+use crate::restrictions::Restrictions;
 use interest::Interests;
 use link::Subjects;
 use peroxo_config::ClusterConfig;
 use peroxo_protocol::domain::{StoredMessage, UserKey};
+use peroxo_protocol::restriction::Restriction;
 use presence::{Heard, LocalUsers, Peers, RemoteChange, Stamp};
 
 pub use envelope::{Envelope, WireMessage};
@@ -81,6 +87,12 @@ pub enum ClusterMsg {
         user: UserKey,
         code: u16,
         reason: Option<String>,
+    },
+    /// Tells every other node of a change of `user`'s restriction (the server API's ban or
+    /// revocation).
+    PublishRestriction {
+        user: UserKey,
+        restriction: Restriction,
     },
     /// A user's first local session opened, or last one closed.
     LocalPresence { user: UserKey, online: bool },
@@ -111,6 +123,8 @@ pub struct ClusterArgs {
     pub router: ActorSlot<RouterMsg>,
     /// Where live connections are listed, to restore interests after a restart.
     pub sessions: ActorSlot<SessionSupervisorMsg>,
+    /// The node's restrictions of users, which other nodes' changes update.
+    pub restrictions: Arc<Restrictions>,
 }
 
 /// What a Cluster changes as it runs; all of it can be rebuilt by a successor.
@@ -219,6 +233,17 @@ impl Actor for Cluster {
                     reason,
                 };
                 state.publish(state.subjects.user(&user), &envelope).await;
+            }
+            ClusterMsg::PublishRestriction { user, restriction } => {
+                let envelope = Envelope::Restriction {
+                    origin: state.args.node.clone(),
+                    tenant: user.tenant.clone(),
+                    user: user.user.clone(),
+                    banned_until: restriction.banned_until,
+                    ban_reason: restriction.ban_reason,
+                    tokens_before: restriction.tokens_before,
+                };
+                state.publish_presence(&envelope).await;
             }
             ClusterMsg::LocalPresence { user, online } => state.local_presence(user, online).await,
             ClusterMsg::RemoteUsers(reply) => state.remote_users(reply),
@@ -565,6 +590,23 @@ impl ClusterState {
                 self.tell_router(changes);
             }
             Envelope::Hello { node } if node != self.args.node => self.answer_hello(&node).await,
+            Envelope::Restriction {
+                origin,
+                tenant,
+                user,
+                banned_until,
+                ban_reason,
+                tokens_before,
+            } if origin != self.args.node => {
+                let restriction = Restriction {
+                    banned_until,
+                    ban_reason,
+                    tokens_before,
+                };
+                self.args
+                    .restrictions
+                    .set(UserKey::new(tenant, user), restriction);
+            }
             Envelope::Bye { node } if node != self.args.node => {
                 let changes = self.peers.forget(&node);
                 self.tell_router(changes);
