@@ -13,6 +13,10 @@
 //!   reports send→ack and send→delivery to a message's last member, messages and stream rows
 //!   per second, and verifies the delivery contract live and in every user's stream read back
 //!   afterwards. Exits non-zero when that check fails.
+//! - `api`: messages sent through the server API (HTTP, with an API key) at a fixed rate
+//!   (open loop), with an embedded webhook receiver; reports send→answer and commit→webhook
+//!   latency, and exits non-zero when an acked message's `message.created` never arrives or a
+//!   delivery's signature does not verify.
 //! - `conversations` (protocol 2): one user with many conversations requests the first page
 //!   of its conversation list at a fixed rate (open loop); reports request→reply latency.
 //!   Exits non-zero when a reply is missing or wrong.
@@ -34,10 +38,11 @@
 //! - `rng`: small seeded pseudo-random numbers.
 //! - `traffic`: open-loop traffic at a fixed rate (pacing, the ledger of every command and
 //!   delivery, the delivery check), shared by `dm`, `group` and `conversations`.
-//! - `idle`, `dm`, `connect`, `group`, `conversations`: one module per scenario.
+//! - `idle`, `dm`, `connect`, `group`, `conversations`, `api`: one module per scenario.
 //! - `contract`: the delivery contract's rules, public: `dm` and the fault-injection suite
 //!   both judge by them.
 
+mod api;
 mod client;
 mod connect;
 pub mod contract;
@@ -53,6 +58,7 @@ mod traffic;
 
 use clap::{ArgAction, Args, Subcommand};
 
+pub use api::ApiArgs;
 pub use connect::ConnectArgs;
 pub use conversations::ConversationsArgs;
 pub use dm::{DmArgs, MixArgs};
@@ -196,6 +202,9 @@ pub enum Scenario {
     Group(GroupArgs),
     /// Request a user's conversation list at a fixed rate (protocol 2); measure its latency.
     Conversations(ConversationsArgs),
+    /// Send messages through the server API at a fixed rate, with a webhook receiver; measure
+    /// send→answer and commit→webhook latency and verify every acked message's event arrives.
+    Api(ApiArgs),
 }
 
 /// Runs the benchmark described by `args` and prints its report. Fails when the benchmark
@@ -214,6 +223,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Scenario::Conversations(scenario) => {
             conversations::run(&args.target, tenant, scenario).await
         }
+        // The API key decides the tenant.
+        Scenario::Api(scenario) => api::run(&args.target, scenario).await,
     }
 }
 
@@ -300,5 +311,36 @@ mod tests {
         };
         assert_eq!((large.groups, large.members, large.rate), (1, 1_000, 10));
         assert_eq!(large.window.duration, std::time::Duration::from_secs(20));
+    }
+
+    #[test]
+    fn api_defaults_to_two_thousand_single_sends_a_second_to_the_local_node() {
+        let Scenario::Api(api) = scenario_of(&["api", "--api-key", "k", "--webhook-secret", "s"])
+        else {
+            panic!("not api");
+        };
+        assert_eq!((api.rate, api.batch), (2_000, 1));
+        assert_eq!(api.http_url, "http://127.0.0.1:8080");
+        assert_eq!(api.webhook_listen.to_string(), "127.0.0.1:9100");
+        assert_eq!(api.webhook_secret.as_deref(), Some("s"));
+        let cli = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("bench").chain(args.iter().copied()))
+        };
+        assert!(cli(&["api", "--api-key", "k", "--no-webhook"]).is_ok());
+        assert!(
+            cli(&["api", "--api-key", "k"]).is_err(),
+            "a secret, or --no-webhook"
+        );
+        assert!(
+            cli(&[
+                "api",
+                "--api-key",
+                "k",
+                "--webhook-secret",
+                "s",
+                "--no-webhook"
+            ])
+            .is_err()
+        );
     }
 }

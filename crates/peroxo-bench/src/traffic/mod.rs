@@ -24,7 +24,7 @@
 pub(crate) mod analysis;
 pub(crate) mod ledger;
 pub(crate) mod names;
-mod pacer;
+pub(crate) mod pacer;
 mod peer;
 pub(crate) mod timeline;
 
@@ -48,9 +48,9 @@ use crate::report::{Progress, Tally};
 
 /// Time between the last session opening and the first command being due, so that every
 /// connection task is running when the clock starts.
-const LEAD: Duration = Duration::from_millis(200);
+pub(crate) const LEAD: Duration = Duration::from_millis(200);
 /// How often the drain phase checks whether everything has arrived.
-const DRAIN_POLL: Duration = Duration::from_millis(20);
+pub(crate) const DRAIN_POLL: Duration = Duration::from_millis(20);
 
 /// A scenario's schedule, fixed before the run starts.
 pub(crate) trait Plan: Send + Sync + 'static {

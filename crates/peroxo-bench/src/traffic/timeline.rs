@@ -46,6 +46,11 @@ impl Timeline {
         Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
     }
 
+    /// The number of commands in the measured window.
+    pub(crate) fn measured_len(&self) -> u32 {
+        self.len - self.measured_from
+    }
+
     /// Whether command `i` belongs to the measured window (not the warm-up).
     pub(crate) fn is_measured(&self, i: u32) -> bool {
         i >= self.measured_from
@@ -63,6 +68,7 @@ mod tests {
         assert_eq!(timeline.len(), 3_000);
         assert!(!timeline.is_measured(999));
         assert!(timeline.is_measured(1_000));
+        assert_eq!(timeline.measured_len(), 2_000);
         assert_eq!(timeline.due(0), Duration::ZERO);
         assert_eq!(timeline.due(1_500), Duration::from_millis(1_500));
     }
