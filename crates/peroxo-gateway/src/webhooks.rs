@@ -7,7 +7,9 @@
 //! in storage under a lease ([`MessageStore::claim_consumer`]), so in a cluster one node at a
 //! time delivers to it; a node that dies hands it over when its lease runs out, and the next
 //! holder starts after the last batch the endpoint acknowledged. A batch delivered but not yet
-//! recorded when a node dies is delivered again: endpoints dedupe by event id.
+//! recorded when a node dies is delivered again: endpoints dedupe by event id. A busy endpoint
+//! records its cursor every `RECORD_INTERVAL` (an idle one at once), so a crash redelivers
+//! at most that much.
 //!
 //! A delivery carries up to `webhooks.max_batch` events. It is retried with exponential
 //! backoff and jitter until `webhooks.max_attempts`; then it is recorded as dead (a
@@ -37,6 +39,8 @@ use peroxo_storage::grpc::{CallError, StorageClient};
 /// How often an idle endpoint looks for events committed by other nodes (this node's own
 /// commits wake it at once).
 const IDLE_POLL: Duration = Duration::from_millis(250);
+/// How often a busy endpoint records the cursor it reached (an idle one records at once).
+const RECORD_INTERVAL: Duration = Duration::from_millis(200);
 /// How long an endpoint waits before trying again after storage failed it.
 const STORAGE_PAUSE: Duration = Duration::from_secs(1);
 
@@ -174,16 +178,22 @@ impl Endpoint {
         Ok(lease.map(|l| l.cursor))
     }
 
-    /// Delivers batch after batch from `cursor` while this node holds the lease.
+    /// Delivers batch after batch from `cursor` while this node holds the lease. The cursor
+    /// reached is recorded in storage when the endpoint is idle and otherwise at most every
+    /// [`RECORD_INTERVAL`], so a busy endpoint adds a few writes per second, not one per
+    /// batch; a node that dies between two records has the batches since delivered again.
     async fn deliver_while_held(
         &self,
         client: &StorageClient,
         mut cursor: u64,
         stop: &CancellationToken,
     ) -> Interrupted {
+        let mut recorded = cursor;
+        let mut record_at = Instant::now() + RECORD_INTERVAL;
         let mut renew_at = Instant::now() + self.settings.lease / 3;
         loop {
             if stop.is_cancelled() {
+                let _ = self.record(client, cursor, &mut recorded).await;
                 return Interrupted::Stopped;
             }
             if Instant::now() >= renew_at {
@@ -212,6 +222,9 @@ impl Endpoint {
                 tracing::warn!(webhook = %self.endpoint.name, cursor, pruned_until = page.pruned_until, "events were deleted by retention before this webhook got them");
             }
             if page.events.is_empty() {
+                if let Err(interrupted) = self.record(client, cursor, &mut recorded).await {
+                    return interrupted;
+                }
                 tokio::select! {
                     () = stop.cancelled() => return Interrupted::Stopped,
                     () = committed => {}
@@ -219,24 +232,49 @@ impl Endpoint {
                 }
                 continue;
             }
-            if let Err(interrupted) = self.deliver_page(client, &page, &mut renew_at, stop).await {
-                return interrupted;
+            match self.deliver_page(client, &page, &mut renew_at, stop).await {
+                Ok(()) => {}
+                Err(Interrupted::Stopped) => {
+                    let _ = self.record(client, cursor, &mut recorded).await;
+                    return Interrupted::Stopped;
+                }
+                Err(interrupted) => return interrupted,
             }
-            match client
-                .advance_consumer(
-                    self.endpoint.tenant.clone(),
-                    self.consumer.clone(),
-                    self.holder.clone(),
-                    page.next_after,
-                )
-                .await
-            {
-                Ok(true) => cursor = page.next_after,
-                Ok(false) => return Interrupted::LeaseLost,
-                Err(error) => return Interrupted::Storage(error),
-            }
+            cursor = page.next_after;
             self.metrics.cursor.set(cursor as f64);
+            if Instant::now() >= record_at {
+                if let Err(interrupted) = self.record(client, cursor, &mut recorded).await {
+                    return interrupted;
+                }
+                record_at = Instant::now() + RECORD_INTERVAL;
+            }
         }
+    }
+
+    /// Records `cursor` in storage unless it is there already; `LeaseLost` when another node
+    /// took the endpoint meanwhile.
+    async fn record(
+        &self,
+        client: &StorageClient,
+        cursor: u64,
+        recorded: &mut u64,
+    ) -> Result<(), Interrupted> {
+        if cursor <= *recorded {
+            return Ok(());
+        }
+        let held = client
+            .advance_consumer(
+                self.endpoint.tenant.clone(),
+                self.consumer.clone(),
+                self.holder.clone(),
+                cursor,
+            )
+            .await?;
+        if !held {
+            return Err(Interrupted::LeaseLost);
+        }
+        *recorded = cursor;
+        Ok(())
     }
 
     /// Delivers the events of `page` this endpoint takes, retrying until it succeeds or gives
