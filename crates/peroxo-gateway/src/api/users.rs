@@ -32,6 +32,16 @@ pub(super) struct PageQuery {
     limit: Option<u32>,
 }
 
+impl PageQuery {
+    /// `before`: the `next_before` of the previous page (decimal digits), if given.
+    fn before(&self) -> Result<Option<u64>, ApiError> {
+        self.before
+            .as_deref()
+            .map(|b| parse_message_id("before", b))
+            .transpose()
+    }
+}
+
 #[derive(Debug, Deserialize)]
 pub(super) struct SyncParams {
     after_seq: Option<u64>,
@@ -79,11 +89,7 @@ pub(super) async fn conversations(
     ApiQuery(page): ApiQuery<PageQuery>,
 ) -> Result<Response, ApiError> {
     let user = caller.user("user", &user)?;
-    let before = page
-        .before
-        .as_deref()
-        .map(|b| parse_message_id("before", b))
-        .transpose()?;
+    let before = page.before()?;
     let list = storage(&state.gateway)?
         .conversations(ConversationsQuery {
             user: user.clone(),
@@ -107,11 +113,7 @@ pub(super) async fn history(
     ApiQuery(page): ApiQuery<PageQuery>,
 ) -> Result<Response, ApiError> {
     let user = caller.user("user", &user)?;
-    let before = page
-        .before
-        .as_deref()
-        .map(|b| parse_message_id("before", b))
-        .transpose()?;
+    let before = page.before()?;
     let history = storage(&state.gateway)?
         .history(HistoryQuery {
             user: user.clone(),
