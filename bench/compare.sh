@@ -50,12 +50,8 @@ for run in $(seq 1 "$runs"); do
     start "server-$side" env PEROXO_STORAGE__SQLITE_PATH="$work/bench-$side-$run.db" $settings \
       "$server" serve --config bench/config.toml
     wait_for "server-$side" curl -fsS "$health"
-    echo "== run $run of $runs, $side ($server): peroxo bench $* $extra" >&2
     # shellcheck disable=SC2086 # each argument is its own word
-    if ! "$PEROXO_BIN" bench "$@" $extra --json >"$work/$side-$run.json"; then
-      echo "   run $run ($side) failed" >&2
-      status=1
-    fi
+    measure "$work/$side-$run.json" "run $run of $runs, $side ($server)" "$@" $extra
     stop_processes
   done
 done

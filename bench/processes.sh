@@ -51,6 +51,16 @@ wait_for() {
   exit 1
 }
 
+measure() {
+  local out=$1 label=$2
+  shift 2
+  echo "== $label: peroxo bench $*" >&2
+  if ! "$PEROXO_BIN" bench "$@" --json >"$out"; then
+    echo "   $label failed" >&2
+    status=1
+  fi
+}
+
 stop_processes() {
   local i
   for ((i = ${#pids[@]} - 1; i >= 0; i--)); do

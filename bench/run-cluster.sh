@@ -116,11 +116,7 @@ start_cluster() {
 status=0
 for run in $(seq 1 "$runs"); do
   start_cluster
-  echo "== run $run of $runs, $nodes node(s): peroxo bench ${urls[*]} $*" >&2
-  if ! "$PEROXO_BIN" bench "${urls[@]}" "$@" --json >"$work/run-$run.json"; then
-    echo "   run $run failed" >&2
-    status=1
-  fi
+  measure "$work/run-$run.json" "run $run of $runs, $nodes node(s)" "${urls[@]}" "$@"
   record_cpu | jq -s --argjson hz "$(getconf CLK_TCK)" '{cpu_secs: (add | map_values(. / $hz))}' \
     >"$work/cpu-$run.json"
   stop_run

@@ -44,11 +44,7 @@ start_server() {
 status=0
 for run in $(seq 1 "$runs"); do
   start_server
-  echo "== run $run of $runs: peroxo bench $*" >&2
-  if ! "$PEROXO_BIN" bench "$@" --json >"$work/run-$run.json"; then
-    echo "   run $run failed" >&2
-    status=1
-  fi
+  measure "$work/run-$run.json" "run $run of $runs" "$@"
   stop_processes
 done
 
