@@ -1,13 +1,21 @@
-# Sourced by bench/run.sh and bench/run-cluster.sh, with their arguments: the peroxo binary, a
-# temporary directory, and the processes of one benchmark run.
+# Sourced by bench/run.sh, compare.sh, peers.sh and run-cluster.sh, with their arguments: the
+# peroxo binary, a temporary directory, and the processes of one benchmark run.
 #
 # Without arguments, prints the calling script's opening comment and exits 64. Sets `runs`
-# (RUNS, default 3), PEROXO_BIN (building target/release/peroxo unless it is given) and `work`, a new
-# temporary directory. `start NAME COMMAND…` starts a process in the background, logging to
-# $work/NAME-$run.log; `wait_for NAME COMMAND…` waits until COMMAND succeeds while the process
-# last started runs; `stop_processes` stops every process started with SIGTERM, the last
-# started first, and waits for each. On exit `stop_run` is called (`stop_processes` unless the
-# script defines its own), and $work is removed unless KEEP is set.
+# (RUNS, default 3), PEROXO_BIN (building target/release/peroxo unless it is given) and `work`,
+# a new temporary directory.
+# - `start NAME COMMAND…` starts a process in the background, logging to $work/NAME-$run.log;
+#   `wait_for NAME COMMAND…` waits until COMMAND succeeds while the process last started runs;
+#   `stop_processes` stops every process started with SIGTERM, the last started first, and
+#   waits for each.
+# - `measure OUT LABEL ARGS…` runs `peroxo bench ARGS… --json` into OUT, and on failure says so
+#   and sets `status` to 1. When the run has one process (the server), the report gains
+#   `server`: the bytes that process wrote to storage (`write_bytes` of /proc/PID/io) and the
+#   CPU it used, in all and per message acked.
+# - `cpu_ticks PID` prints a process's CPU time so far, in clock ticks (utime plus stime:
+#   fields 14 and 15 of /proc/PID/stat, after a command name without spaces).
+# On exit `stop_run` is called (`stop_processes` unless the script defines its own), and $work
+# is removed unless KEEP is set.
 
 if [ $# -eq 0 ]; then
   sed -n '2,/^[^#]/p' "$0" | sed -n 's/^# \{0,1\}//p'
@@ -59,6 +67,23 @@ measure() {
     echo "   $label failed" >&2
     status=1
   fi
+  if [ ${#pids[@]} -eq 1 ] && [ -s "$out" ]; then
+    local pid=${pids[0]} bytes report
+    bytes=$(awk '$1 == "write_bytes:" {print $2}' "/proc/$pid/io")
+    report=$(jq --argjson bytes "$bytes" --argjson ticks "$(cpu_ticks "$pid")" \
+      --argjson hz "$(getconf CLK_TCK)" '
+      .server = {write_bytes: $bytes, cpu_secs: ($ticks / $hz)}
+      | if (.messages.acked // 0) > 0 then .server += {
+          write_bytes_per_ack: ($bytes / .messages.acked | floor),
+          cpu_us_per_ack: ($ticks / $hz * 1e6 / .messages.acked | floor)} else . end' "$out")
+    echo "$report" >"$out"
+  fi
+}
+
+cpu_ticks() {
+  local fields
+  read -ra fields <"/proc/$1/stat"
+  echo $((fields[13] + fields[14]))
 }
 
 stop_processes() {

@@ -44,14 +44,6 @@ listening() {
   (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
 }
 
-# The CPU time process $1 has used so far, in clock ticks (utime plus stime: fields 14 and 15,
-# after a command name without spaces).
-cpu_ticks() {
-  local fields
-  read -ra fields <"/proc/$1/stat"
-  echo $((fields[13] + fields[14]))
-}
-
 # Writes the CPU seconds each process of the run has used so far as JSON, with the PostgreSQL
 # backends serving the run's database (when PostgreSQL runs on this machine) as `postgres`.
 record_cpu() {
