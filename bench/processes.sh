@@ -67,7 +67,9 @@ measure() {
     echo "   $label failed" >&2
     status=1
   fi
-  if [ ${#pids[@]} -eq 1 ] && [ -s "$out" ]; then
+  # Only a server still running, and a report that is JSON (a run that failed early may have
+  # left neither).
+  if [ ${#pids[@]} -eq 1 ] && [ -r "/proc/${pids[0]}/io" ] && jq -e . "$out" >/dev/null 2>&1; then
     local pid=${pids[0]} bytes report
     bytes=$(awk '$1 == "write_bytes:" {print $2}' "/proc/$pid/io")
     report=$(jq --argjson bytes "$bytes" --argjson ticks "$(cpu_ticks "$pid")" \
