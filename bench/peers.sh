@@ -35,14 +35,10 @@ sides=(peroxo)
 [ -n "${NODE_HUB:-}" ] && sides+=(node)
 [ -n "${THIN_RELAY:-}" ] && sides+=(relay relay-sqlite)
 
-listening() {
-  (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null
-}
-
 status=0
 for run in $(seq 1 "$runs"); do
   for side in "${sides[@]}"; do
-    if listening; then
+    if listening "$port"; then
       echo "something already listens on port $port; stop it first" >&2
       exit 1
     fi
@@ -55,16 +51,16 @@ for run in $(seq 1 "$runs"); do
         ;;
       node)
         start node node "$NODE_HUB" "$port"
-        wait_for node listening
+        wait_for node listening "$port"
         ;;
       relay)
         start relay "$THIN_RELAY" --listen "127.0.0.1:$port" --nodelay --small-buffers
-        wait_for relay listening
+        wait_for relay listening "$port"
         ;;
       relay-sqlite)
         start relay-sqlite "$THIN_RELAY" --listen "127.0.0.1:$port" --nodelay --small-buffers \
           --persist --db "$work/relay-$run.db"
-        wait_for relay-sqlite listening
+        wait_for relay-sqlite listening "$port"
         ;;
     esac
     measure "$work/$side-$run.json" "run $run of $runs, $side" "$@"

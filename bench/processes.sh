@@ -12,6 +12,7 @@
 #   and sets `status` to 1. When the run has one process (the server), the report gains
 #   `server`: the bytes that process wrote to storage (`write_bytes` of /proc/PID/io) and the
 #   CPU it used, in all and per message acked.
+# - `listening PORT` succeeds when something accepts TCP connections on 127.0.0.1:PORT.
 # - `cpu_ticks PID` prints a process's CPU time so far, in clock ticks (utime plus stime:
 #   fields 14 and 15 of /proc/PID/stat, after a command name without spaces).
 # On exit `stop_run` is called (`stop_processes` unless the script defines its own), and $work
@@ -80,6 +81,10 @@ measure() {
           cpu_us_per_ack: ($ticks / $hz * 1e6 / .messages.acked | floor)} else . end' "$out")
     echo "$report" >"$out"
   fi
+}
+
+listening() {
+  (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
 }
 
 cpu_ticks() {

@@ -39,11 +39,6 @@ http_port=${HTTP_PORT:-18080}
 # The current run's database.
 database=""
 
-# Whether something accepts TCP connections on 127.0.0.1:$1.
-listening() {
-  (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
-}
-
 # Writes the CPU seconds each process of the run has used so far as JSON, with the PostgreSQL
 # backends serving the run's database (when PostgreSQL runs on this machine) as `postgres`.
 record_cpu() {
