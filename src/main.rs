@@ -236,12 +236,22 @@ fn load_config_for(command: &Command) -> Result<Config, ConfigError> {
 
 /// `peroxo backup`: copies the configured SQLite database to `to` and verifies the copy.
 fn backup(config: &Config, to: &std::path::Path) -> ExitCode {
-    if config.storage.backend != StorageBackend::Sqlite {
-        eprintln!(
-            "peroxo: backup copies the SQLite database; storage.backend is postgres: back it up \
-             with pg_dump or PostgreSQL's continuous archiving (docs/OPERATIONS.md, Backup)"
-        );
-        return ExitCode::from(EXIT_USAGE);
+    match config.storage.backend {
+        StorageBackend::Sqlite => {}
+        StorageBackend::Postgres => {
+            eprintln!(
+                "peroxo: backup copies the SQLite database; storage.backend is postgres: back it \
+                 up with pg_dump or PostgreSQL's continuous archiving (docs/OPERATIONS.md, Backup)"
+            );
+            return ExitCode::from(EXIT_USAGE);
+        }
+        StorageBackend::Lsm => {
+            eprintln!(
+                "peroxo: backup copies the SQLite database; storage.backend is lsm: stop the \
+                 service and copy the directory storage.lsm_path (docs/OPERATIONS.md, Backup)"
+            );
+            return ExitCode::from(EXIT_USAGE);
+        }
     }
     match peroxo_storage::backup_sqlite(&config.storage.sqlite_path, to) {
         Ok(report) => {

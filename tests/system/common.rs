@@ -25,6 +25,7 @@ pub fn test_config(dir: &std::path::Path) -> Config {
     config.http.listen = "127.0.0.1:0".parse().unwrap();
     config.storage.listen = "127.0.0.1:0".parse().unwrap();
     config.storage.sqlite_path = dir.join("peroxo.db");
+    config.storage.lsm_path = dir.join("peroxo.lsm");
     config
 }
 

@@ -152,6 +152,8 @@ pub enum StorageBackend {
     #[default]
     Sqlite,
     Postgres,
+    /// The embedded log-structured store (fjall): a directory.
+    Lsm,
 }
 
 /// What an acknowledged message survives with the SQLite backend.
@@ -198,6 +200,10 @@ pub struct StorageConfig {
     pub sqlite_path: PathBuf,
     /// What an ack survives with the `sqlite` backend.
     pub sqlite_synchronous: SqliteSync,
+    /// The directory of the `lsm` backend's database.
+    pub lsm_path: PathBuf,
+    /// What an ack survives with the `lsm` backend (as `sqlite_synchronous`).
+    pub lsm_synchronous: SqliteSync,
     /// The `postgres` backend.
     pub postgres: PostgresConfig,
     /// Accepted messages not yet committed, across the node, in stored rows (a group message
@@ -223,6 +229,8 @@ impl Default for StorageConfig {
             backend: StorageBackend::Sqlite,
             sqlite_path: PathBuf::from("data/peroxo.db"),
             sqlite_synchronous: SqliteSync::Full,
+            lsm_path: PathBuf::from("data/peroxo.lsm"),
+            lsm_synchronous: SqliteSync::Full,
             postgres: PostgresConfig::default(),
             max_pending: 10_000,
             max_batch: 8_192,

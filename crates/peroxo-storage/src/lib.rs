@@ -26,6 +26,7 @@
 //! service runs in the same process, so a split deployment behaves exactly like the default one.
 
 pub mod grpc;
+mod lsm;
 mod outbox;
 mod postgres;
 pub mod retention;
@@ -38,6 +39,7 @@ pub mod user_data;
 
 use std::future::Future;
 
+pub use lsm::LsmStore;
 pub use outbox::{EventsQuery, OutboxSettings};
 pub use postgres::PostgresStore;
 pub use retention::{PruneBatch, RetentionReport, RetentionStats};

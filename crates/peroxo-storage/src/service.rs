@@ -18,7 +18,8 @@ use std::io::Write;
 
 use crate::user_data::{self, EraseReport, ExportReport, UserDataError};
 use crate::{
-    MessageStore, OutboxSettings, PostgresStore, PruneBatch, SqliteStore, StoreError, grpc,
+    LsmStore, MessageStore, OutboxSettings, PostgresStore, PruneBatch, SqliteStore, StoreError,
+    grpc,
 };
 use peroxo_protocol::domain::UserKey;
 
@@ -42,6 +43,18 @@ pub struct StoreServer {
 pub enum StoreBackend {
     Sqlite(SqliteStore),
     Postgres(PostgresStore),
+    Lsm(LsmStore),
+}
+
+/// Evaluates `$body` with `$store` bound to the backend `$backend` holds, whichever it is.
+macro_rules! with_store {
+    ($backend:expr, $store:ident => $body:expr) => {
+        match $backend {
+            StoreBackend::Sqlite($store) => $body,
+            StoreBackend::Postgres($store) => $body,
+            StoreBackend::Lsm($store) => $body,
+        }
+    };
 }
 
 impl StoreBackend {
@@ -72,6 +85,15 @@ impl StoreBackend {
                 .await
                 .context("cannot open the PostgreSQL database (storage.postgres.url)")?,
             ),
+            StorageBackend::Lsm => Self::Lsm(
+                LsmStore::open_with(&config.lsm_path, config.lsm_synchronous, outbox)
+                    .with_context(|| {
+                        format!(
+                            "cannot open the lsm database {} (storage.lsm_path)",
+                            config.lsm_path.display()
+                        )
+                    })?,
+            ),
         })
     }
 
@@ -81,10 +103,7 @@ impl StoreBackend {
         user: &UserKey,
         out: &mut (impl Write + Send),
     ) -> Result<ExportReport, UserDataError> {
-        match self {
-            Self::Sqlite(store) => user_data::export(store, user, out).await,
-            Self::Postgres(store) => user_data::export(store, user, out).await,
-        }
+        with_store!(self, store => user_data::export(store, user, out).await)
     }
 
     /// Erases `user`'s data, as [`user_data::erase`] says.
@@ -94,10 +113,7 @@ impl StoreBackend {
         batch: u32,
         max_batches: Option<u64>,
     ) -> Result<EraseReport, UserDataError> {
-        match self {
-            Self::Sqlite(store) => user_data::erase(store, user, batch, max_batches).await,
-            Self::Postgres(store) => user_data::erase(store, user, batch, max_batches).await,
-        }
+        with_store!(self, store => user_data::erase(store, user, batch, max_batches).await)
     }
 }
 
@@ -132,10 +148,7 @@ impl StoreServer {
         let stop = CancellationToken::new();
         let shutdown = stop.clone().cancelled_owned();
         let backend = StoreBackend::open_with(config, OutboxSettings::from(events)).await?;
-        let task = match backend.clone() {
-            StoreBackend::Sqlite(store) => tokio::spawn(grpc::serve(store, listener, shutdown)),
-            StoreBackend::Postgres(store) => tokio::spawn(grpc::serve(store, listener, shutdown)),
-        };
+        let task = with_store!(backend.clone(), store => tokio::spawn(grpc::serve(store, listener, shutdown)));
         tracing::info!(%addr, backend = ?config.backend, "storage service listening (gRPC)");
         let stats = Arc::new(RetentionStats::default());
         let retention_task = (retention.enabled() || events.enabled).then(|| {
@@ -149,14 +162,7 @@ impl StoreServer {
             );
             let (config, events) = (retention.clone(), events.clone());
             let (stats, stop) = (Arc::clone(&stats), stop.clone());
-            match backend.clone() {
-                StoreBackend::Sqlite(store) => {
-                    tokio::spawn(retention::run(store, config, events, stats, stop))
-                }
-                StoreBackend::Postgres(store) => {
-                    tokio::spawn(retention::run(store, config, events, stats, stop))
-                }
-            }
+            with_store!(backend.clone(), store => tokio::spawn(retention::run(store, config, events, stats, stop)))
         });
         Ok(Self {
             addr,
@@ -166,6 +172,12 @@ impl StoreServer {
             task,
             retention_task,
         })
+    }
+
+    /// The backend it serves: what operator commands and tests use while it runs (the lsm
+    /// backend's database opens in one place at a time).
+    pub fn backend(&self) -> &StoreBackend {
+        &self.backend
     }
 
     /// What retention did since the service started.
@@ -181,10 +193,7 @@ impl StoreServer {
         config: &RetentionConfig,
         now_ms: i64,
     ) -> Result<RetentionReport, StoreError> {
-        match &self.backend {
-            StoreBackend::Sqlite(store) => retention::pass(store, config, now_ms).await,
-            StoreBackend::Postgres(store) => retention::pass(store, config, now_ms).await,
-        }
+        with_store!(&self.backend, store => retention::pass(store, config, now_ms).await)
     }
 
     /// Runs one retention pass of the outbox now, as if the time were `now_ms`, under
@@ -195,22 +204,12 @@ impl StoreServer {
         batch: u32,
         now_ms: i64,
     ) -> Result<RetentionReport, StoreError> {
-        match &self.backend {
-            StoreBackend::Sqlite(store) => {
-                retention::events_pass(store, events, batch, now_ms).await
-            }
-            StoreBackend::Postgres(store) => {
-                retention::events_pass(store, events, batch, now_ms).await
-            }
-        }
+        with_store!(&self.backend, store => retention::events_pass(store, events, batch, now_ms).await)
     }
 
     /// Runs one batch of retention now: what a pass interrupted after it would have done.
     pub async fn prune_batch(&self, batch: PruneBatch) -> Result<u64, StoreError> {
-        match &self.backend {
-            StoreBackend::Sqlite(store) => store.prune(batch).await,
-            StoreBackend::Postgres(store) => store.prune(batch).await,
-        }
+        with_store!(&self.backend, store => store.prune(batch).await)
     }
 
     /// Stops accepting calls, lets calls under way finish, and returns.

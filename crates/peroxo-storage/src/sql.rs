@@ -202,7 +202,7 @@ pub(crate) fn stream_page(rows: Vec<StreamEntry>, limit: u32, last_seq: u64) -> 
 
 /// The columns an event is stored in besides its ids, actor and time: the kind's name and the
 /// fields that kind has (the others are `None`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct EventColumns {
     /// `MembersAdded`: the users, separated by spaces (ids contain none).
     pub(crate) users: Option<String>,

@@ -25,6 +25,7 @@ async fn opened(f: &Fixture) -> StoreBackend {
 async fn raw_texts(f: &Fixture, sender: &str) -> Vec<String> {
     const QUERY: &str = "SELECT text FROM messages WHERE tenant = 't' AND sender = ";
     match f.config.backend {
+        StorageBackend::Lsm => todo!("the raw texts of the lsm database"),
         StorageBackend::Sqlite => {
             let conn = rusqlite::Connection::open(&f.config.sqlite_path).unwrap();
             let mut stmt = conn.prepare(&format!("{QUERY}?1 ORDER BY id")).unwrap();

@@ -64,7 +64,7 @@ impl Fixture {
         let mut config = common::test_config(dir.path()).storage;
         config.backend = backend;
         let database = match backend {
-            StorageBackend::Sqlite => None,
+            StorageBackend::Sqlite | StorageBackend::Lsm => None,
             StorageBackend::Postgres => {
                 let (name, url) = create_database().await;
                 config.postgres.url = Secret::new(url);
@@ -121,6 +121,16 @@ macro_rules! contract {
                 #[tokio::test]
                 async fn $case() {
                     let f = crate::storage_contract::Fixture::new(peroxo_config::StorageBackend::Postgres).await;
+                    super::$case(&f).await;
+                    f.finish().await;
+                }
+            )*
+        }
+        mod lsm {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let f = crate::storage_contract::Fixture::new(peroxo_config::StorageBackend::Lsm).await;
                     super::$case(&f).await;
                     f.finish().await;
                 }

@@ -1,0 +1,338 @@
+//! The embedded log-structured backend: one fjall database (a set of LSM trees sharing one
+//! journal) in a directory.
+//!
+//! Its tables are key ranges (see `tables`): a user's stream is `inbox/{tenant}/{user}/{seq}`,
+//! a conversation's history `by_conversation/{tenant}/{conversation}/{id}`, a dedupe key one
+//! point, so a commit appends to the journal what it changes and nothing else; memtables are
+//! flushed and compacted in the background. One writer thread owns the only write transaction
+//! and commits waiting jobs together (group commit), each commit one journal write and (with
+//! `lsm_synchronous = "full"`) one fsync, as the SQLite backend does. Reads run on the blocking
+//! pool over a snapshot of the committed state.
+//!
+//! - `keys`: how a tuple of strings and numbers becomes an ordered key.
+//! - `tables`: the keyspaces, their rows and typed reads.
+//! - `writer`: the writer thread, its jobs and the transaction they share, where seqs are
+//!   taken, events fan out and conversation states keep their indexes.
+//! - `append`, `groups`, `reads`, `lifecycle`: the writes of messages, of group creations and
+//!   changes, of read marks, of edits, deletes and reactions (the rules they follow are
+//!   [`rules`](crate::rules)').
+//! - `queries`: history, sync, the current seq, the conversation list.
+//! - `retention`, `erase`, `outbox`, `restrictions`: as in the SQLite backend.
+//!
+//! One process opens the database at a time (the engine locks its directory): operator
+//! commands that open it (`peroxo user`) need the service stopped, or go through the server
+//! API.
+
+mod append;
+mod erase;
+mod groups;
+mod keys;
+mod lifecycle;
+mod outbox;
+mod queries;
+mod reads;
+mod restrictions;
+mod retention;
+mod tables;
+mod writer;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, mpsc};
+
+use fjall::{PersistMode, SingleWriterTxDatabase, Snapshot};
+use tokio::sync::oneshot;
+
+use super::{
+    EventsQuery, HistoryQuery, MessageStore, OutboxSettings, PruneBatch, StoreError, SyncQuery,
+};
+use peroxo_config::SqliteSync;
+use peroxo_protocol::conversation::{
+    ConversationPage, ConversationsQuery, CreateGroup, GroupChange, GroupOutcome, ReadMark,
+    ReadOutcome, Receipt,
+};
+use peroxo_protocol::domain::{AppendOutcome, HistoryPage, NewMessage, SyncPage, UserKey};
+use peroxo_protocol::event::Member;
+use peroxo_protocol::lifecycle::{MessageChange, MessageOutcome};
+use peroxo_protocol::outbox::{ConsumerClaim, ConsumerLease, NewOutboxEvent, OutboxPage};
+use peroxo_protocol::restriction::{Restriction, RestrictionChange};
+use tables::{FORMAT_VERSION, META_VERSION, Tables, engine};
+use writer::{Job, Reply, Writer};
+
+/// An lsm-backed [`MessageStore`]. Cheap to clone.
+#[derive(Clone)]
+pub struct LsmStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    db: SingleWriterTxDatabase,
+    tables: Arc<Tables>,
+    /// Jobs for the writer thread; the thread ends when the last sender is dropped.
+    writer: Mutex<mpsc::Sender<Job>>,
+}
+
+impl std::fmt::Debug for LsmStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LsmStore")
+            .field("path", &self.inner.path)
+            .finish()
+    }
+}
+
+/// What a request asks of a part of the contract this backend does not implement yet.
+pub(super) fn unsupported(what: &str) -> StoreError {
+    StoreError::Backend(format!("the lsm backend does not support {what} yet"))
+}
+
+impl LsmStore {
+    /// Opens (creating if needed) the database in the directory `path`, with the durability
+    /// of `synchronous`, and starts the writer, which writes outbox events as `outbox` says.
+    pub fn open_with(
+        path: impl AsRef<Path>,
+        synchronous: SqliteSync,
+        outbox: OutboxSettings,
+    ) -> Result<Self, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        std::fs::create_dir_all(&path).map_err(|e| {
+            StoreError::Backend(format!("cannot create directory {}: {e}", path.display()))
+        })?;
+        let db = SingleWriterTxDatabase::builder(&path)
+            .open()
+            .map_err(engine)?;
+        let tables = Arc::new(Tables::open(&db)?);
+        check_format(&db, &tables)?;
+        let ids = writer::LastIds::load(&db, &tables)?;
+        let durability = match synchronous {
+            SqliteSync::Full => Some(PersistMode::SyncAll),
+            SqliteSync::Normal => Some(PersistMode::Buffer),
+        };
+        let (tx, rx) = mpsc::channel();
+        let writer = Writer {
+            db: db.clone(),
+            tables: Arc::clone(&tables),
+            durability,
+            seqs: HashMap::new(),
+            groups: writer::KnownGroups::default(),
+            ids,
+            outbox,
+            outbox_ids: outbox::OutboxIds::default(),
+            deferred: None,
+        };
+        std::thread::Builder::new()
+            .name("peroxo-lsm-writer".to_owned())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| StoreError::Backend(format!("cannot start the writer thread: {e}")))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                path,
+                db,
+                tables,
+                writer: Mutex::new(tx),
+            }),
+        })
+    }
+
+    /// Hands a job to the writer and waits for its answer, which comes once the job's
+    /// transaction has committed (or failed).
+    async fn write<T>(&self, job: impl FnOnce(Reply<T>) -> Job) -> Result<T, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .writer
+            .lock()
+            .expect("writer handle poisoned")
+            .send(job(reply))
+            .map_err(|_| StoreError::Backend("the writer thread has stopped".to_owned()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Backend("the writer thread dropped the job".to_owned()))?
+    }
+
+    /// Runs `read` on the blocking pool over a snapshot of what is committed.
+    async fn read<T, F>(&self, read: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Snapshot, &Tables) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || {
+            let snapshot = inner.db.read_tx();
+            read(&snapshot, &inner.tables)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("read task failed: {e}")))?
+    }
+}
+
+/// Writes the format's version into a new database; refuses a database of another format.
+fn check_format(db: &SingleWriterTxDatabase, t: &Tables) -> Result<(), StoreError> {
+    let found = tables::get_u64(&db.read_tx(), &t.meta, META_VERSION)?;
+    match found {
+        Some(FORMAT_VERSION) => Ok(()),
+        Some(other) => Err(StoreError::Backend(format!(
+            "the lsm database has format {other}; this build reads format {FORMAT_VERSION}"
+        ))),
+        None => {
+            let mut tx = db.write_tx().durability(Some(PersistMode::SyncAll));
+            tx.insert(&t.meta, META_VERSION, tables::encode_u64(FORMAT_VERSION));
+            tx.commit().map_err(engine)
+        }
+    }
+}
+
+impl MessageStore for LsmStore {
+    async fn append(&self, batch: Vec<NewMessage>) -> Result<Vec<AppendOutcome>, StoreError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.write(|reply| Job::Append(batch, reply)).await
+    }
+
+    async fn history(&self, query: HistoryQuery) -> Result<HistoryPage, StoreError> {
+        self.read(move |r, t| queries::history(r, t, &query)).await
+    }
+
+    async fn sync(&self, query: SyncQuery) -> Result<SyncPage, StoreError> {
+        self.read(move |r, t| queries::sync(r, t, &query)).await
+    }
+
+    async fn last_seq(&self, user: UserKey) -> Result<u64, StoreError> {
+        self.read(move |r, t| queries::last_seq(r, t, &user)).await
+    }
+
+    async fn create_group(&self, request: CreateGroup) -> Result<GroupOutcome, StoreError> {
+        self.write(|reply| Job::CreateGroup(request, reply)).await
+    }
+
+    async fn change_group(&self, request: GroupChange) -> Result<GroupOutcome, StoreError> {
+        self.write(|reply| Job::ChangeGroup(request, reply)).await
+    }
+
+    async fn members(
+        &self,
+        user: UserKey,
+        conversation_id: String,
+    ) -> Result<Vec<Member>, StoreError> {
+        self.read(move |r, t| groups::members(r, t, &user, &conversation_id))
+            .await
+    }
+
+    async fn conversations(
+        &self,
+        query: ConversationsQuery,
+    ) -> Result<ConversationPage, StoreError> {
+        self.read(move |r, t| queries::conversations(r, t, &query))
+            .await
+    }
+
+    async fn mark_read(&self, request: ReadMark) -> Result<ReadOutcome, StoreError> {
+        self.write(|reply| Job::MarkRead(request, reply)).await
+    }
+
+    async fn read_receipts(
+        &self,
+        user: UserKey,
+        conversation_id: String,
+        message_id: u64,
+    ) -> Result<Vec<Receipt>, StoreError> {
+        self.read(move |r, t| reads::read_receipts(r, t, &user, &conversation_id, message_id))
+            .await
+    }
+
+    async fn change_message(&self, request: MessageChange) -> Result<MessageOutcome, StoreError> {
+        self.write(|reply| Job::ChangeMessage(request, reply)).await
+    }
+
+    async fn message_tenants(&self) -> Result<Vec<String>, StoreError> {
+        self.read(|r, t| retention::message_tenants(r, t)).await
+    }
+
+    async fn prune(&self, batch: PruneBatch) -> Result<u64, StoreError> {
+        self.write(|reply| Job::Prune(batch, reply)).await
+    }
+
+    async fn erase_texts(&self, user: UserKey, limit: u32) -> Result<u64, StoreError> {
+        self.write(|reply| Job::EraseTexts(user, limit, reply))
+            .await
+    }
+
+    async fn erase_read_state(&self, user: UserKey, limit: u32) -> Result<u64, StoreError> {
+        self.write(|reply| Job::EraseReadState(user, limit, reply))
+            .await
+    }
+
+    async fn events(&self, query: EventsQuery) -> Result<OutboxPage, StoreError> {
+        self.read(move |r, t| outbox::page(r, t, &query)).await
+    }
+
+    async fn event_tenants(&self) -> Result<Vec<String>, StoreError> {
+        self.read(|r, t| outbox::event_tenants(r, t)).await
+    }
+
+    async fn prune_events(&self, batch: PruneBatch) -> Result<u64, StoreError> {
+        self.write(|reply| Job::PruneEvents(batch, reply)).await
+    }
+
+    async fn erase_event_texts(&self, user: UserKey, limit: u32) -> Result<u64, StoreError> {
+        self.write(|reply| Job::EraseEventTexts(user, limit, reply))
+            .await
+    }
+
+    async fn record_events(
+        &self,
+        tenant: String,
+        events: Vec<NewOutboxEvent>,
+    ) -> Result<Vec<u64>, StoreError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.write(|reply| Job::RecordEvents(tenant, events, reply))
+            .await
+    }
+
+    async fn claim_consumer(
+        &self,
+        claim: ConsumerClaim,
+    ) -> Result<Option<ConsumerLease>, StoreError> {
+        self.write(|reply| Job::ClaimConsumer(claim, reply)).await
+    }
+
+    async fn advance_consumer(
+        &self,
+        tenant: String,
+        consumer: String,
+        holder: String,
+        cursor: u64,
+    ) -> Result<bool, StoreError> {
+        let advance = outbox::Advance {
+            tenant,
+            consumer,
+            holder,
+            cursor,
+        };
+        self.write(|reply| Job::AdvanceConsumer(advance, reply))
+            .await
+    }
+
+    async fn set_restriction(
+        &self,
+        user: UserKey,
+        change: RestrictionChange,
+    ) -> Result<Restriction, StoreError> {
+        self.write(|reply| Job::SetRestriction(user, change, reply))
+            .await
+    }
+
+    async fn restrictions(&self, user: UserKey) -> Result<Restriction, StoreError> {
+        self.read(move |r, t| restrictions::get(r, t, &user)).await
+    }
+
+    async fn active_restrictions(
+        &self,
+        now_ms: i64,
+    ) -> Result<Vec<(UserKey, Restriction)>, StoreError> {
+        self.read(move |r, t| restrictions::active(r, t, now_ms))
+            .await
+    }
+}

@@ -1,0 +1,486 @@
+//! The keyspaces of the lsm database (one LSM tree each, committed together), the rows they
+//! hold, and typed reads and writes of them.
+//!
+//! | keyspace | key | value |
+//! |---|---|---|
+//! | `messages` | tenant, message id | [`MessageRow`] |
+//! | `dedupe` | tenant, sender, client_msg_id | message id |
+//! | `by_conversation` | tenant, conversation, message id | nothing: a conversation's history |
+//! | `events` | tenant, event id | [`EventRow`] |
+//! | `event_dedupe` | tenant, actor, client_msg_id | event id (idempotent edits) |
+//! | `inbox` | tenant, owner, seq | [`Entry`]: every user's gapless stream |
+//! | `group_entries` | tenant, message id, member | the member's seq of a group message |
+//! | `floors` | tenant, owner | the highest seq retention deleted of the stream |
+//! | `groups` | tenant, group id | [`GroupRow`] |
+//! | `group_dedupe` | tenant, creator, client_msg_id | group id (idempotent creation) |
+//! | `states` | tenant, user, conversation | [`StateRow`]: what the conversation list shows |
+//! | `list` | tenant, user, activity seq, conversation | nothing: the list's order (active states) |
+//! | `members` | tenant, group, user | [`MemberEntry`]: the current members (active states with a role) |
+//! | `reactions` | tenant, message id, emoji, user | the time it was added |
+//! | `outbox` | tenant, event id | [`OutboxRow`]: the feed of committed changes |
+//! | `outbox_counters` | tenant | [`OutboxCounter`] |
+//! | `consumers` | tenant, consumer | [`ConsumerRow`] |
+//! | `restrictions` | tenant, user | [`RestrictionRow`] |
+//! | `meta` | a name | the format's version, the last message and event ids |
+//!
+//! `list` and `members` are indexes of `states`: [`WriteTx::put_state`](super::writer::WriteTx::put_state)
+//! keeps them in step, in the same transaction. Rows are encoded with postcard; numbers in
+//! values as 8 bytes big-endian.
+
+use fjall::{KeyspaceCreateOptions, Readable, SingleWriterTxDatabase, SingleWriterTxKeyspace};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::keys::{Key, corrupt};
+use crate::StoreError;
+use crate::sql::EventColumns;
+
+/// Every keyspace, opened.
+pub(super) struct Tables {
+    pub(super) messages: SingleWriterTxKeyspace,
+    pub(super) dedupe: SingleWriterTxKeyspace,
+    pub(super) by_conversation: SingleWriterTxKeyspace,
+    pub(super) events: SingleWriterTxKeyspace,
+    pub(super) event_dedupe: SingleWriterTxKeyspace,
+    pub(super) inbox: SingleWriterTxKeyspace,
+    pub(super) group_entries: SingleWriterTxKeyspace,
+    pub(super) floors: SingleWriterTxKeyspace,
+    pub(super) groups: SingleWriterTxKeyspace,
+    pub(super) group_dedupe: SingleWriterTxKeyspace,
+    pub(super) states: SingleWriterTxKeyspace,
+    pub(super) list: SingleWriterTxKeyspace,
+    pub(super) members: SingleWriterTxKeyspace,
+    pub(super) reactions: SingleWriterTxKeyspace,
+    pub(super) outbox: SingleWriterTxKeyspace,
+    pub(super) outbox_counters: SingleWriterTxKeyspace,
+    pub(super) consumers: SingleWriterTxKeyspace,
+    pub(super) restrictions: SingleWriterTxKeyspace,
+    pub(super) meta: SingleWriterTxKeyspace,
+}
+
+impl Tables {
+    pub(super) fn open(db: &SingleWriterTxDatabase) -> Result<Self, StoreError> {
+        let open = |name: &str| {
+            db.keyspace(name, KeyspaceCreateOptions::default)
+                .map_err(engine)
+        };
+        Ok(Self {
+            messages: open("messages")?,
+            dedupe: open("dedupe")?,
+            by_conversation: open("by_conversation")?,
+            events: open("events")?,
+            event_dedupe: open("event_dedupe")?,
+            inbox: open("inbox")?,
+            group_entries: open("group_entries")?,
+            floors: open("floors")?,
+            groups: open("groups")?,
+            group_dedupe: open("group_dedupe")?,
+            states: open("states")?,
+            list: open("list")?,
+            members: open("members")?,
+            reactions: open("reactions")?,
+            outbox: open("outbox")?,
+            outbox_counters: open("outbox_counters")?,
+            consumers: open("consumers")?,
+            restrictions: open("restrictions")?,
+            meta: open("meta")?,
+        })
+    }
+}
+
+pub(super) fn engine(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(format!("lsm: {e}"))
+}
+
+/// A message, without what its key holds (tenant and id).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct MessageRow {
+    pub(super) sender: String,
+    /// The recipient user, or the group id.
+    pub(super) recipient: String,
+    pub(super) conversation: String,
+    pub(super) client_msg_id: String,
+    /// Empty once deleted or erased.
+    pub(super) text: String,
+    pub(super) ts: i64,
+    pub(super) sender_seq: u64,
+    /// 0 for a group message.
+    pub(super) recipient_seq: u64,
+    pub(super) reply_to: Option<u64>,
+    pub(super) edited_ts: Option<i64>,
+    pub(super) deleted_by: Option<String>,
+    pub(super) deleted_ts: Option<i64>,
+    pub(super) reaction_count: u64,
+}
+
+/// An event other than a message, without what its key holds (tenant and id).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct EventRow {
+    pub(super) conversation: String,
+    pub(super) actor: String,
+    pub(super) ts: i64,
+    /// The kind's name, as [`EventColumns::of`] gives it.
+    pub(super) kind: String,
+    /// Its fields (`text` is never stored: a read takes it from the message).
+    pub(super) columns: EventColumns,
+    /// An edit's `client_msg_id`.
+    pub(super) client_msg_id: Option<String>,
+}
+
+/// What a stream entry points at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) enum Entry {
+    DirectMessage(u64),
+    GroupMessage(u64),
+    Event(u64),
+    /// An event that changes a message: protocol 3 only.
+    LifecycleEvent(u64),
+}
+
+/// A group, without what its key holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct GroupRow {
+    pub(super) title: String,
+    pub(super) creator: String,
+    pub(super) client_msg_id: String,
+    pub(super) created_ts: i64,
+    pub(super) member_count: u64,
+}
+
+/// A user's state of a conversation: as the SQLite backend's `conversation_states` row.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct StateRow {
+    /// Direct conversations: the other participant (the user, for a conversation with oneself).
+    pub(super) peer: Option<String>,
+    /// Groups: the member's role, by its name.
+    pub(super) role: Option<String>,
+    /// Groups: the member sees the group's messages with a greater id only.
+    pub(super) boundary: u64,
+    /// Groups: the id of the event that made the member join (an order: owner succession).
+    pub(super) joined: u64,
+    pub(super) joined_ts: i64,
+    pub(super) read_marker: u64,
+    pub(super) unread_count: u64,
+    pub(super) last_message_id: u64,
+    /// The user's seq of the newest message or membership event: the list's order and cursor.
+    pub(super) activity_seq: u64,
+    /// A member who left keeps an inactive state.
+    pub(super) active: bool,
+}
+
+/// A current member of a group, as `members` holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct MemberEntry {
+    pub(super) role: String,
+    pub(super) joined: u64,
+    pub(super) joined_ts: i64,
+}
+
+/// An outbox event, without what its key holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct OutboxRow {
+    pub(super) ts: i64,
+    /// The kind's name.
+    pub(super) kind: String,
+    pub(super) conversation: String,
+    /// A JSON object.
+    pub(super) payload: String,
+}
+
+/// A tenant's outbox ids: the last taken, and the highest retention deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct OutboxCounter {
+    pub(super) last_id: u64,
+    pub(super) pruned_until: u64,
+}
+
+/// A consumer of a tenant's feed: its cursor, and who holds its lease until when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct ConsumerRow {
+    pub(super) holder: String,
+    pub(super) expires_at: i64,
+    pub(super) cursor: u64,
+}
+
+/// What the server API imposed on a user.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct RestrictionRow {
+    pub(super) banned_until: i64,
+    pub(super) ban_reason: String,
+    pub(super) tokens_before: i64,
+}
+
+/// Keys of `meta`.
+pub(super) const META_VERSION: &[u8] = b"version";
+pub(super) const META_LAST_MESSAGE_ID: &[u8] = b"last_message_id";
+pub(super) const META_LAST_EVENT_ID: &[u8] = b"last_event_id";
+/// The format of this database, in `meta`; a database of another format is refused.
+pub(super) const FORMAT_VERSION: u64 = 1;
+
+pub(super) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    postcard::to_stdvec(value)
+        .map_err(|e| StoreError::Backend(format!("lsm: cannot encode a row: {e}")))
+}
+
+pub(super) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+    postcard::from_bytes(bytes).map_err(|_| corrupt("a row it cannot decode"))
+}
+
+pub(super) fn encode_u64(n: u64) -> [u8; 8] {
+    n.to_be_bytes()
+}
+
+pub(super) fn decode_u64(bytes: &[u8]) -> Result<u64, StoreError> {
+    let bytes: [u8; 8] = bytes
+        .try_into()
+        .map_err(|_| corrupt("a number of the wrong size"))?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
+/// Reads the row at `key` of `ks`, decoded.
+pub(super) fn get<T: DeserializeOwned>(
+    r: &impl Readable,
+    ks: &SingleWriterTxKeyspace,
+    key: &[u8],
+) -> Result<Option<T>, StoreError> {
+    match r.get(ks, key).map_err(engine)? {
+        Some(bytes) => decode(&bytes).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Reads the number at `key` of `ks`.
+pub(super) fn get_u64(
+    r: &impl Readable,
+    ks: &SingleWriterTxKeyspace,
+    key: &[u8],
+) -> Result<Option<u64>, StoreError> {
+    match r.get(ks, key).map_err(engine)? {
+        Some(bytes) => decode_u64(&bytes).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Whether `ks` has `key`.
+pub(super) fn contains(
+    r: &impl Readable,
+    ks: &SingleWriterTxKeyspace,
+    key: &[u8],
+) -> Result<bool, StoreError> {
+    r.contains_key(ks, key).map_err(engine)
+}
+
+/// The keys and values of `ks` that start with `prefix`, in key order (`rev`: reversed),
+/// each key without the prefix, at most `limit`.
+pub(super) fn scan(
+    r: &impl Readable,
+    ks: &SingleWriterTxKeyspace,
+    prefix: &[u8],
+    rev: bool,
+    limit: usize,
+) -> Result<Vec<(Vec<u8>, fjall::Slice)>, StoreError> {
+    scan_range(r, ks, prefix, prefix, None, rev, limit)
+}
+
+/// The keys and values of `ks` that start with `prefix` and come after `from` (a key that
+/// starts with `prefix`; going down when `rev`, up otherwise; `None`: from the end), in key
+/// order (`rev`: reversed), each key without the prefix, at most `limit`.
+pub(super) fn scan_from(
+    r: &impl Readable,
+    ks: &SingleWriterTxKeyspace,
+    prefix: &[u8],
+    from: Option<&[u8]>,
+    rev: bool,
+    limit: usize,
+) -> Result<Vec<(Vec<u8>, fjall::Slice)>, StoreError> {
+    match from {
+        None => scan(r, ks, prefix, rev, limit),
+        Some(from) => scan_range(r, ks, prefix, from, Some(from), rev, limit),
+    }
+}
+
+fn scan_range(
+    r: &impl Readable,
+    ks: &SingleWriterTxKeyspace,
+    prefix: &[u8],
+    _start: &[u8],
+    exclusive: Option<&[u8]>,
+    rev: bool,
+    limit: usize,
+) -> Result<Vec<(Vec<u8>, fjall::Slice)>, StoreError> {
+    use std::ops::Bound;
+    let end = prefix_end(prefix);
+    let (lower, upper): (Bound<Vec<u8>>, Bound<Vec<u8>>) = match (exclusive, rev) {
+        (None, _) => (Bound::Included(prefix.to_vec()), end_bound(end)),
+        (Some(from), false) => (Bound::Excluded(from.to_vec()), end_bound(end)),
+        (Some(from), true) => (
+            Bound::Included(prefix.to_vec()),
+            Bound::Excluded(from.to_vec()),
+        ),
+    };
+    let iter = r.range::<Vec<u8>, _>(ks, (lower, upper));
+    let mut out = Vec::new();
+    let mut take = |guard: fjall::Guard| -> Result<bool, StoreError> {
+        let (key, value) = guard.into_inner().map_err(engine)?;
+        let rest = key
+            .strip_prefix(prefix)
+            .ok_or_else(|| corrupt("a key outside its range"))?;
+        out.push((rest.to_vec(), value));
+        Ok(out.len() < limit)
+    };
+    if limit == 0 {
+        return Ok(out);
+    }
+    if rev {
+        for guard in iter.rev() {
+            if !take(guard)? {
+                break;
+            }
+        }
+    } else {
+        for guard in iter {
+            if !take(guard)? {
+                break;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The least key greater than every key that starts with `prefix` (`None`: there is none).
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xFF {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+fn end_bound(end: Option<Vec<u8>>) -> std::ops::Bound<Vec<u8>> {
+    match end {
+        Some(end) => std::ops::Bound::Excluded(end),
+        None => std::ops::Bound::Unbounded,
+    }
+}
+
+/// Keys of the keyspaces, by their elements.
+pub(super) mod key {
+    use super::Key;
+
+    pub(in super::super) fn message(tenant: &str, id: u64) -> Vec<u8> {
+        Key::new().str(tenant).u64(id).into_bytes()
+    }
+    pub(in super::super) fn dedupe(tenant: &str, sender: &str, client_msg_id: &str) -> Vec<u8> {
+        Key::new()
+            .str(tenant)
+            .str(sender)
+            .str(client_msg_id)
+            .into_bytes()
+    }
+    pub(in super::super) fn by_conversation(tenant: &str, conversation: &str, id: u64) -> Vec<u8> {
+        Key::new()
+            .str(tenant)
+            .str(conversation)
+            .u64(id)
+            .into_bytes()
+    }
+    pub(in super::super) fn conversation_prefix(tenant: &str, conversation: &str) -> Vec<u8> {
+        Key::new().str(tenant).str(conversation).into_bytes()
+    }
+    pub(in super::super) fn event(tenant: &str, id: u64) -> Vec<u8> {
+        Key::new().str(tenant).u64(id).into_bytes()
+    }
+    pub(in super::super) fn inbox(tenant: &str, owner: &str, seq: u64) -> Vec<u8> {
+        Key::new().str(tenant).str(owner).u64(seq).into_bytes()
+    }
+    /// The prefix of a user's keys in `inbox`, `floors`, `states`, `list` and `restrictions`.
+    pub(in super::super) fn user(tenant: &str, user: &str) -> Vec<u8> {
+        Key::new().str(tenant).str(user).into_bytes()
+    }
+    pub(in super::super) fn group_entry(tenant: &str, message_id: u64, member: &str) -> Vec<u8> {
+        Key::new()
+            .str(tenant)
+            .u64(message_id)
+            .str(member)
+            .into_bytes()
+    }
+    pub(in super::super) fn group(tenant: &str, id: &str) -> Vec<u8> {
+        Key::new().str(tenant).str(id).into_bytes()
+    }
+    pub(in super::super) fn state(tenant: &str, user: &str, conversation: &str) -> Vec<u8> {
+        Key::new()
+            .str(tenant)
+            .str(user)
+            .str(conversation)
+            .into_bytes()
+    }
+    pub(in super::super) fn list(
+        tenant: &str,
+        user: &str,
+        activity_seq: u64,
+        conversation: &str,
+    ) -> Vec<u8> {
+        Key::new()
+            .str(tenant)
+            .str(user)
+            .u64(activity_seq)
+            .str(conversation)
+            .into_bytes()
+    }
+    pub(in super::super) fn member(tenant: &str, group: &str, user: &str) -> Vec<u8> {
+        Key::new().str(tenant).str(group).str(user).into_bytes()
+    }
+    pub(in super::super) fn reaction(
+        tenant: &str,
+        message_id: u64,
+        emoji: &str,
+        user: &str,
+    ) -> Vec<u8> {
+        Key::new()
+            .str(tenant)
+            .u64(message_id)
+            .str(emoji)
+            .str(user)
+            .into_bytes()
+    }
+    pub(in super::super) fn reactions_of(tenant: &str, message_id: u64) -> Vec<u8> {
+        Key::new().str(tenant).u64(message_id).into_bytes()
+    }
+    pub(in super::super) fn outbox(tenant: &str, id: u64) -> Vec<u8> {
+        Key::new().str(tenant).u64(id).into_bytes()
+    }
+    /// The prefix of a tenant's keys in any keyspace keyed by tenant first.
+    pub(in super::super) fn tenant(tenant: &str) -> Vec<u8> {
+        Key::new().str(tenant).into_bytes()
+    }
+    pub(in super::super) fn consumer(tenant: &str, consumer: &str) -> Vec<u8> {
+        Key::new().str(tenant).str(consumer).into_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_prefix_ends_past_its_keys() {
+        assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
+        assert_eq!(prefix_end(b"a\xFF"), Some(b"b".to_vec()));
+        assert_eq!(prefix_end(b"\xFF\xFF"), None);
+    }
+
+    #[test]
+    fn rows_round_trip() {
+        let state = StateRow {
+            peer: Some("bob".into()),
+            read_marker: 7,
+            active: true,
+            ..StateRow::default()
+        };
+        assert_eq!(decode::<StateRow>(&encode(&state).unwrap()).unwrap(), state);
+        assert!(decode::<StateRow>(b"\xFF").is_err());
+    }
+}
