@@ -292,3 +292,29 @@ pub(super) fn advance(w: &mut WriteTx<'_>, advance: &Advance) -> Result<bool, St
     }
     Ok(true)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_text_of_the_user_goes() {
+        let sent = r#"{"from":"alice","message_id":"1","text":"hi"}"#;
+        assert_eq!(
+            without_text(sent, "alice").unwrap().as_deref(),
+            Some(r#"{"from":"alice","message_id":"1"}"#)
+        );
+        assert_eq!(without_text(sent, "bob").unwrap(), None);
+        let edited = r#"{"by":"bob","text":"x"}"#;
+        assert_eq!(
+            without_text(edited, "bob").unwrap().as_deref(),
+            Some(r#"{"by":"bob"}"#)
+        );
+        assert_eq!(without_text(r#"{"by":"bob"}"#, "bob").unwrap(), None);
+        assert_eq!(
+            without_text(r#"{"by":"bob","text":null}"#, "bob").unwrap(),
+            None
+        );
+        assert!(without_text("[1]", "bob").is_err());
+    }
+}

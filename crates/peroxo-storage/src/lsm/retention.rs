@@ -163,3 +163,18 @@ fn past(prefix: &[u8]) -> Vec<u8> {
     }
     end
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn past_a_tenant_comes_before_the_next_tenant_only() {
+        let a = key::tenant("a");
+        let end = past(&a);
+        assert!(key::message("a", u64::MAX) < end);
+        for next in ["a\0", "a\0b", "ab", "b"] {
+            assert!(end <= key::message(next, 0), "{next:?}");
+        }
+    }
+}
