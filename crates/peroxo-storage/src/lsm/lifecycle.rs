@@ -9,16 +9,14 @@
 
 use fjall::Readable;
 
-use super::keys::KeyReader;
-use super::reads::{read_state, visible_message};
+use super::keys::{KeyReader, corrupt};
+use super::queries::{self, active_state};
+use super::reads::visible_message;
 use super::tables::{self, EventRow, MessageRow, StateRow, Tables, engine, key};
 use super::writer::WriteTx;
 use crate::rules::{self, MessageEffect, ReactionTally, Target};
-use crate::sql::reaction_counts;
 use crate::{MAX_STORED_TEXT_BYTES, StoreError};
-use peroxo_protocol::domain::{
-    Deletion, Lifecycle, QUOTE_EXCERPT_CHARS, Quote, StoredMessage, UserKey,
-};
+use peroxo_protocol::domain::{StoredMessage, UserKey};
 use peroxo_protocol::event::Role;
 use peroxo_protocol::lifecycle::{MessageChange, MessageOp, MessageOutcome};
 
@@ -44,7 +42,7 @@ pub(super) fn change_message(
         });
     }
     let conversation = target.id();
-    let state = read_state(&w.tx, w.t, actor, &target)?;
+    let state = active_state(&w.tx, w.t, actor, &target)?;
     let message_id = request.message_id;
     let Some(mut message) =
         visible_message(&w.tx, w.t, tenant, conversation, state.boundary, message_id)?
@@ -83,7 +81,7 @@ pub(super) fn change_message(
     .map_err(refused)?;
     let Some((effect, moderated)) = plan else {
         return Ok(MessageOutcome {
-            message: stored_message(&w.tx, w.t, actor, message_id, message)?,
+            message: as_seen_by(&w.tx, w.t, actor, message_id, message)?,
             event: None,
             duplicate: false,
         });
@@ -110,13 +108,13 @@ pub(super) fn change_message(
         client_msg_id,
     )?;
     Ok(MessageOutcome {
-        message: stored_message(&w.tx, w.t, actor, message_id, message)?,
+        message: as_seen_by(&w.tx, w.t, actor, message_id, message)?,
         event: Some(fanout),
         duplicate: false,
     })
 }
 
-/// Message `id` as `viewer` sees it now (see [`stored_message`]).
+/// Message `id` as `viewer` sees it now (see [`as_seen_by`]).
 fn read_message(
     r: &impl Readable,
     t: &Tables,
@@ -124,14 +122,14 @@ fn read_message(
     id: u64,
 ) -> Result<StoredMessage, StoreError> {
     let row = tables::get(r, &t.messages, &key::message(&viewer.tenant, id))?
-        .ok_or_else(|| StoreError::Backend(format!("lsm: message {id} is missing")))?;
-    stored_message(r, t, viewer, id, row)
+        .ok_or_else(|| corrupt("an edit of a missing message"))?;
+    as_seen_by(r, t, viewer, id, row)
 }
 
 /// Message `id` of `viewer`'s tenant, whose row is `row`, as `viewer` sees it, as history
-/// reads it: a group message with the viewer's seq of it, the message it replies to as it is
-/// now, and its reactions counted for the viewer.
-fn stored_message(
+/// reads it: a group message with the viewer's seq of it, its reactions counted for the
+/// viewer.
+fn as_seen_by(
     r: &impl Readable,
     t: &Tables,
     viewer: &UserKey,
@@ -139,86 +137,13 @@ fn stored_message(
     row: MessageRow,
 ) -> Result<StoredMessage, StoreError> {
     let tenant = &viewer.tenant;
-    let reply_to = match row.reply_to {
-        Some(quoted) => {
-            let found: Option<MessageRow> =
-                tables::get(r, &t.messages, &key::message(tenant, quoted))?;
-            Some(Box::new(match found {
-                Some(q) => Quote {
-                    message_id: quoted,
-                    deleted: q.deleted_ts.is_some(),
-                    excerpt: q.text.chars().take(QUOTE_EXCERPT_CHARS).collect(),
-                    sender: q.sender,
-                },
-                None => Quote {
-                    message_id: quoted,
-                    sender: String::new(),
-                    excerpt: String::new(),
-                    deleted: true,
-                },
-            }))
-        }
-        None => None,
-    };
-    let deleted = match (row.deleted_by, row.deleted_ts) {
-        (Some(by), Some(ts)) => Some(Box::new(Deletion { by, ts })),
-        _ => None,
-    };
-    let reactions = if row.reaction_count > 0 {
-        reaction_counts(reactions_of(r, t, tenant, id)?, &viewer.user)
-    } else {
-        Vec::new()
-    };
-    let mut message = StoredMessage {
-        message_id: id,
-        tenant: tenant.clone(),
-        sender: row.sender,
-        recipient: row.recipient,
-        client_msg_id: row.client_msg_id,
-        text: row.text,
-        ts: row.ts,
-        sender_seq: row.sender_seq,
-        recipient_seq: row.recipient_seq,
-        lifecycle: Lifecycle {
-            reply_to,
-            edited_ts: row.edited_ts,
-            deleted,
-            reactions,
-        },
-    };
+    let mut message = queries::stored_message(r, t, tenant, id, row)?;
     if message.is_group() {
-        message.recipient_seq = tables::get_u64(
-            r,
-            &t.group_entries,
-            &key::group_entry(tenant, id, &viewer.user),
-        )?
-        .unwrap_or(0);
+        let entry = key::group_entry(tenant, id, &viewer.user);
+        message.recipient_seq = tables::get_u64(r, &t.group_entries, &entry)?.unwrap_or(0);
     }
+    queries::attach_reactions(r, t, &viewer.user, [&mut message])?;
     Ok(message)
-}
-
-/// The reactions to message `id`: (emoji, user, the time it was added).
-fn reactions_of(
-    r: &impl Readable,
-    t: &Tables,
-    tenant: &str,
-    id: u64,
-) -> Result<Vec<(String, String, i64)>, StoreError> {
-    tables::scan(
-        r,
-        &t.reactions,
-        &key::reactions_of(tenant, id),
-        false,
-        usize::MAX,
-    )?
-    .into_iter()
-    .map(|(rest, ts)| {
-        let mut k = KeyReader::new(&rest);
-        let emoji = k.str()?;
-        let user = k.str()?;
-        Ok((emoji, user, tables::decode::<i64>(&ts)?))
-    })
-    .collect()
 }
 
 /// The message `actor` edited with `client_msg_id` before, if it did.
@@ -233,17 +158,17 @@ fn edited_before(
         return Ok(None);
     };
     let event: EventRow = tables::get(r, &t.events, &key::event(&actor.tenant, event_id))?
-        .ok_or_else(|| StoreError::Backend(format!("lsm: event {event_id} is missing")))?;
+        .ok_or_else(|| corrupt("an edit's key of a missing event"))?;
     let id = event
         .columns
         .message_id
-        .ok_or_else(|| StoreError::Backend(format!("lsm: edit {event_id} names no message")))?;
+        .ok_or_else(|| corrupt("an edit that names no message"))?;
     Ok(Some(id as u64))
 }
 
 /// A role as stored.
 fn role_of(text: &str) -> Result<Role, StoreError> {
-    Role::parse(text).ok_or_else(|| StoreError::Backend(format!("lsm: a stored role {text:?}")))
+    Role::parse(text).ok_or_else(|| corrupt("a role it does not know"))
 }
 
 /// What a reaction of `user` with `emoji` to `message_id` would change.
@@ -292,7 +217,7 @@ fn members_who_see(
 ) -> Result<Vec<String>, StoreError> {
     let members = w
         .group_members(tenant, group)?
-        .ok_or_else(|| StoreError::Backend(format!("lsm: group {group} is missing")))?;
+        .ok_or_else(|| corrupt("a member's state of a missing group"))?;
     let mut audience = Vec::with_capacity(members.len());
     for member in members.iter() {
         let state: Option<StateRow> = w.get(&w.t.states, &key::state(tenant, member, group))?;
@@ -330,12 +255,12 @@ fn apply(
             }
         }
         MessageEffect::React { emoji } => {
-            let ts = w.ts;
-            w.put(
+            let ts = u64::try_from(w.ts).unwrap_or(0);
+            w.put_raw(
                 &w.t.reactions,
                 key::reaction(tenant, id, emoji, &actor.user),
-                &ts,
-            )?;
+                tables::encode_u64(ts).to_vec(),
+            );
             message.reaction_count += 1;
         }
         MessageEffect::Unreact { emoji } => {

@@ -3,13 +3,13 @@
 //! read further, the `ReadReceipt` in the peer's, and one `read.marker` outbox event for both.
 //! The writer is the only writer, so no send can slip between the count and the commit.
 //!
-//! Also the reads that read marks, receipts, changes of messages and erasure share: a user's
-//! state of a conversation (refused as the rules say when it has none), the messages of a
-//! conversation a user can see, and unread counts.
+//! Also the reads that read marks, receipts, changes of messages and erasure share: the
+//! messages of a conversation a user can see, and unread counts.
 
 use fjall::Readable;
 
-use super::keys::KeyReader;
+use super::keys::{KeyReader, corrupt};
+use super::queries::active_state;
 use super::tables::{self, MessageRow, StateRow, Tables, engine, key};
 use super::writer::WriteTx;
 use crate::StoreError;
@@ -27,7 +27,7 @@ pub(super) fn mark_read(
     let target =
         rules::target_of(&user.user, &request.conversation_id).map_err(StoreError::Refused)?;
     let conversation = target.id();
-    let current = read_state(&w.tx, w.t, user, &target)?;
+    let current = active_state(&w.tx, w.t, user, &target)?;
     let tenant = &user.tenant;
     let (marker, forward) = match request.kind {
         ReadMarkKind::Read { message_id } => {
@@ -113,7 +113,7 @@ pub(super) fn read_receipts(
     let target = rules::target_of(&user.user, conversation_id).map_err(StoreError::Refused)?;
     let conversation = target.id();
     let tenant = &user.tenant;
-    let boundary = read_state(r, t, user, &target)?.boundary;
+    let boundary = active_state(r, t, user, &target)?.boundary;
     let Some(message) = visible_message(r, t, tenant, conversation, boundary, message_id)? else {
         return Err(StoreError::Refused(rules::unknown_message(
             Some(message_id),
@@ -136,30 +136,6 @@ pub(super) fn read_receipts(
         }
     }
     Ok(rules::receipts(&message.sender, message_id, markers))
-}
-
-/// `user`'s active state of `target`. Refused when the direct conversation has no message
-/// yet, when the group does not exist, or when the user is not a member of it.
-pub(super) fn read_state(
-    r: &impl Readable,
-    t: &Tables,
-    user: &UserKey,
-    target: &Target,
-) -> Result<StateRow, StoreError> {
-    let id = target.id();
-    let refused = |refusal| Err(StoreError::Refused(refusal));
-    if let Target::Group(group) = target
-        && !tables::contains(r, &t.groups, &key::group(&user.tenant, group))?
-    {
-        return refused(rules::unknown_conversation(id));
-    }
-    let state: Option<StateRow> =
-        tables::get(r, &t.states, &key::state(&user.tenant, &user.user, id))?;
-    match (state.filter(|s| s.active), target) {
-        (Some(state), _) => Ok(state),
-        (None, Target::Direct { .. }) => refused(rules::unknown_conversation(id)),
-        (None, Target::Group(_)) => refused(rules::not_a_member(&user.user, id)),
-    }
 }
 
 /// Message `message_id` when it is a message of `conversation` visible past `boundary`.
@@ -237,7 +213,7 @@ pub(super) fn count_unread(
 /// Message `id`, which a conversation's history names.
 fn message(r: &impl Readable, t: &Tables, tenant: &str, id: u64) -> Result<MessageRow, StoreError> {
     tables::get(r, &t.messages, &key::message(tenant, id))?
-        .ok_or_else(|| super::keys::corrupt("a conversation's entry of a missing message"))
+        .ok_or_else(|| corrupt("a conversation's entry of a missing message"))
 }
 
 /// The message id of a `by_conversation` key that starts with `prefix`.
