@@ -38,7 +38,9 @@ mod writer;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex, Weak, mpsc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use fjall::{PersistMode, SingleWriterTxDatabase, Snapshot};
 use tokio::sync::oneshot;
@@ -57,93 +59,120 @@ use peroxo_protocol::lifecycle::{MessageChange, MessageOutcome};
 use peroxo_protocol::outbox::{ConsumerClaim, ConsumerLease, NewOutboxEvent, OutboxPage};
 use peroxo_protocol::restriction::{Restriction, RestrictionChange};
 use tables::{FORMAT_VERSION, META_VERSION, Tables, engine};
-use writer::{Job, Reply, Writer};
+use writer::{Job, Reply, Sent, Writer};
 
 /// An lsm-backed [`MessageStore`]. Cheap to clone.
 #[derive(Clone)]
 pub struct LsmStore {
-    inner: Arc<Inner>,
+    shared: Arc<Shared>,
+    /// How this store writes outbox events (each store opened over the database has its own).
+    outbox: OutboxSettings,
 }
 
-struct Inner {
+/// One open database: what every store opened over it in this process shares.
+struct Shared {
     path: PathBuf,
     db: SingleWriterTxDatabase,
     tables: Arc<Tables>,
-    /// Jobs for the writer thread; the thread ends when the last sender is dropped.
-    writer: Mutex<mpsc::Sender<Job>>,
+    /// Jobs for the writer thread; the thread ends when this sender is dropped.
+    writer: Mutex<Option<mpsc::Sender<Sent>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
 }
+
+impl Drop for Shared {
+    /// Stops the writer (after the jobs already sent) and waits for it, so that the database
+    /// is closed, and may be opened again, once the last store over it is gone.
+    fn drop(&mut self) {
+        drop(self.writer.lock().map(|mut w| w.take()));
+        let thread = self.thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(thread) = thread
+            && thread.join().is_err()
+        {
+            tracing::error!("the lsm writer thread panicked");
+        }
+    }
+}
+
+/// The databases open in this process, by canonical path: a second store over the same
+/// directory (a service restarted in place, `peroxo user` beside a test's service) shares the
+/// engine and its writer, as the engine allows one opener of a directory at a time.
+static OPEN: Mutex<Vec<(PathBuf, Weak<Shared>)>> = Mutex::new(Vec::new());
+
+/// How long opening waits for a database that another store of this process is closing.
+const OPEN_WAIT: Duration = Duration::from_secs(10);
 
 impl std::fmt::Debug for LsmStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LsmStore")
-            .field("path", &self.inner.path)
+            .field("path", &self.shared.path)
             .finish()
     }
 }
 
-/// What a request asks of a part of the contract this backend does not implement yet.
-pub(super) fn unsupported(what: &str) -> StoreError {
-    StoreError::Backend(format!("the lsm backend does not support {what} yet"))
-}
-
 impl LsmStore {
     /// Opens (creating if needed) the database in the directory `path`, with the durability
-    /// of `synchronous`, and starts the writer, which writes outbox events as `outbox` says.
+    /// of `synchronous`, and starts its writer; the store writes outbox events as `outbox`
+    /// says. A database this process has open already is shared, with the durability it was
+    /// opened with. Another process's open database is refused (the engine locks it).
     pub fn open_with(
         path: impl AsRef<Path>,
         synchronous: SqliteSync,
         outbox: OutboxSettings,
     ) -> Result<Self, StoreError> {
-        let path = path.as_ref().to_path_buf();
-        std::fs::create_dir_all(&path).map_err(|e| {
+        let path = path.as_ref();
+        std::fs::create_dir_all(path).map_err(|e| {
             StoreError::Backend(format!("cannot create directory {}: {e}", path.display()))
         })?;
-        let db = SingleWriterTxDatabase::builder(&path)
-            .open()
-            .map_err(engine)?;
-        let tables = Arc::new(Tables::open(&db)?);
-        check_format(&db, &tables)?;
-        let ids = writer::LastIds::load(&db, &tables)?;
-        let durability = match synchronous {
-            SqliteSync::Full => Some(PersistMode::SyncAll),
-            SqliteSync::Normal => Some(PersistMode::Buffer),
-        };
-        let (tx, rx) = mpsc::channel();
-        let writer = Writer {
-            db: db.clone(),
-            tables: Arc::clone(&tables),
-            durability,
-            seqs: HashMap::new(),
-            groups: writer::KnownGroups::default(),
-            ids,
-            outbox,
-            outbox_ids: outbox::OutboxIds::default(),
-            deferred: None,
-        };
-        std::thread::Builder::new()
-            .name("peroxo-lsm-writer".to_owned())
-            .spawn(move || writer.run(rx))
-            .map_err(|e| StoreError::Backend(format!("cannot start the writer thread: {e}")))?;
-        Ok(Self {
-            inner: Arc::new(Inner {
-                path,
-                db,
-                tables,
-                writer: Mutex::new(tx),
-            }),
-        })
+        let path = path.canonicalize().map_err(|e| {
+            StoreError::Backend(format!("cannot resolve directory {}: {e}", path.display()))
+        })?;
+        let deadline = Instant::now() + OPEN_WAIT;
+        loop {
+            let mut open = OPEN.lock().expect("lsm registry poisoned");
+            open.retain(|(_, shared)| shared.strong_count() > 0);
+            if let Some(shared) = open
+                .iter()
+                .find(|(p, _)| *p == path)
+                .and_then(|(_, shared)| shared.upgrade())
+            {
+                return Ok(Self { shared, outbox });
+            }
+            match Shared::open(&path, synchronous) {
+                Ok(shared) => {
+                    let shared = Arc::new(shared);
+                    open.push((path, Arc::downgrade(&shared)));
+                    return Ok(Self { shared, outbox });
+                }
+                // A store of this process may be closing it: its writer finishes, then the
+                // engine lets go of the directory.
+                Err(None) if Instant::now() < deadline => {
+                    drop(open);
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(None) => {
+                    return Err(StoreError::Backend(format!(
+                        "the lsm database {} is open in another process (a running service?)",
+                        path.display()
+                    )));
+                }
+                Err(Some(e)) => return Err(e),
+            }
+        }
     }
 
     /// Hands a job to the writer and waits for its answer, which comes once the job's
     /// transaction has committed (or failed).
     async fn write<T>(&self, job: impl FnOnce(Reply<T>) -> Job) -> Result<T, StoreError> {
         let (reply, answer) = oneshot::channel();
-        self.inner
+        let stopped = || StoreError::Backend("the writer thread has stopped".to_owned());
+        self.shared
             .writer
             .lock()
             .expect("writer handle poisoned")
-            .send(job(reply))
-            .map_err(|_| StoreError::Backend("the writer thread has stopped".to_owned()))?;
+            .as_ref()
+            .ok_or_else(stopped)?
+            .send((self.outbox, job(reply)))
+            .map_err(|_| stopped())?;
         answer
             .await
             .map_err(|_| StoreError::Backend("the writer thread dropped the job".to_owned()))?
@@ -155,13 +184,57 @@ impl LsmStore {
         T: Send + 'static,
         F: FnOnce(&Snapshot, &Tables) -> Result<T, StoreError> + Send + 'static,
     {
-        let inner = Arc::clone(&self.inner);
+        let shared = Arc::clone(&self.shared);
         tokio::task::spawn_blocking(move || {
-            let snapshot = inner.db.read_tx();
-            read(&snapshot, &inner.tables)
+            let snapshot = shared.db.read_tx();
+            read(&snapshot, &shared.tables)
         })
         .await
         .map_err(|e| StoreError::Backend(format!("read task failed: {e}")))?
+    }
+}
+
+impl Shared {
+    /// Opens the engine over `path` and starts the writer. `Err(None)`: another opener holds
+    /// the directory.
+    fn open(path: &Path, synchronous: SqliteSync) -> Result<Self, Option<StoreError>> {
+        let db = match SingleWriterTxDatabase::builder(path).open() {
+            Ok(db) => db,
+            Err(fjall::Error::Locked) => return Err(None),
+            Err(e) => return Err(Some(engine(e))),
+        };
+        let open = || -> Result<Self, StoreError> {
+            let tables = Arc::new(Tables::open(&db)?);
+            check_format(&db, &tables)?;
+            let ids = writer::LastIds::load(&db, &tables)?;
+            let durability = match synchronous {
+                SqliteSync::Full => Some(PersistMode::SyncAll),
+                SqliteSync::Normal => Some(PersistMode::Buffer),
+            };
+            let (tx, rx) = mpsc::channel();
+            let writer = Writer {
+                db: db.clone(),
+                tables: Arc::clone(&tables),
+                durability,
+                seqs: HashMap::new(),
+                groups: writer::KnownGroups::default(),
+                ids,
+                outbox_ids: outbox::OutboxIds::default(),
+                deferred: None,
+            };
+            let thread = std::thread::Builder::new()
+                .name("peroxo-lsm-writer".to_owned())
+                .spawn(move || writer.run(rx))
+                .map_err(|e| StoreError::Backend(format!("cannot start the writer thread: {e}")))?;
+            Ok(Self {
+                path: path.to_path_buf(),
+                db: db.clone(),
+                tables,
+                writer: Mutex::new(Some(tx)),
+                thread: Mutex::new(Some(thread)),
+            })
+        };
+        open().map_err(Some)
     }
 }
 

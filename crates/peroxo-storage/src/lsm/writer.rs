@@ -332,17 +332,20 @@ pub(super) struct Writer {
     pub(super) seqs: HashMap<UserKey, u64>,
     pub(super) groups: KnownGroups,
     pub(super) ids: LastIds,
-    pub(super) outbox: OutboxSettings,
     pub(super) outbox_ids: OutboxIds,
     /// A job taken while a group was open that must run alone: it runs next.
-    pub(super) deferred: Option<Job>,
+    pub(super) deferred: Option<Sent>,
 }
+
+/// A job as a store sends it, with how the store writes outbox events (stores over one
+/// database share its writer, and each may have its own `[events]`).
+pub(super) type Sent = (OutboxSettings, Job);
 
 impl Writer {
     /// Takes every waiting job, commits them together, answers each.
-    pub(super) fn run(mut self, jobs: mpsc::Receiver<Job>) {
+    pub(super) fn run(mut self, jobs: mpsc::Receiver<Sent>) {
         loop {
-            let first = match self.deferred.take() {
+            let (outbox, first) = match self.deferred.take() {
                 Some(job) => job,
                 None => match jobs.recv() {
                     Ok(job) => job,
@@ -353,7 +356,7 @@ impl Writer {
                 self.seqs.clear();
             }
             if first.runs_alone() {
-                let done = self.commit_alone(&first);
+                let done = self.commit_alone(&first, outbox);
                 if done.is_err() {
                     self.forget();
                 }
@@ -361,7 +364,7 @@ impl Writer {
                 continue;
             }
             let mut group = vec![first];
-            match self.commit_group(&mut group, &jobs) {
+            match self.commit_group(&mut group, outbox, &jobs) {
                 Ok(done) => {
                     for (job, done) in group.into_iter().zip(done) {
                         job.answer(done);
@@ -390,7 +393,7 @@ impl Writer {
         }
     }
 
-    fn write_tx(&mut self) -> WriteTx<'_> {
+    fn write_tx(&mut self, outbox: OutboxSettings) -> WriteTx<'_> {
         WriteTx {
             tx: self.db.write_tx().durability(self.durability),
             t: &self.tables,
@@ -399,13 +402,13 @@ impl Writer {
             ids: &mut self.ids,
             ids_moved: false,
             ts: now_ms(),
-            outbox: self.outbox,
+            outbox,
             outbox_ids: &mut self.outbox_ids,
         }
     }
 
-    fn commit_alone(&mut self, job: &Job) -> Result<DoneAlone, StoreError> {
-        let mut w = self.write_tx();
+    fn commit_alone(&mut self, job: &Job, outbox: OutboxSettings) -> Result<DoneAlone, StoreError> {
+        let mut w = self.write_tx(outbox);
         let done = job.run_alone(&mut w)?;
         w.commit()?;
         Ok(done)
@@ -416,10 +419,11 @@ impl Writer {
     fn commit_group(
         &mut self,
         group: &mut Vec<Job>,
-        jobs: &mpsc::Receiver<Job>,
+        outbox: OutboxSettings,
+        jobs: &mpsc::Receiver<Sent>,
     ) -> Result<Vec<Done>, StoreError> {
         let mut deferred = None;
-        let mut w = self.write_tx();
+        let mut w = self.write_tx(outbox);
         let mut done = Vec::with_capacity(group.len());
         let mut rows = 0;
         loop {
@@ -431,11 +435,14 @@ impl Writer {
                 break;
             }
             match jobs.try_recv() {
-                Ok(job) if job.runs_alone() => {
-                    deferred = Some(job);
+                Ok(sent) if sent.1.runs_alone() => {
+                    deferred = Some(sent);
                     break;
                 }
-                Ok(job) => group.push(job),
+                Ok((outbox, job)) => {
+                    w.outbox = outbox;
+                    group.push(job);
+                }
                 Err(_) => break,
             }
         }
