@@ -210,13 +210,13 @@ fn apply(
             group_row.member_count += users.len() as u64;
         }
         Effect::Leave(user) => {
-            update_state(w, &UserKey::new(tenant, user), group, |state| {
+            update_state(w, &UserKey::new(tenant, user), group, fanout, |state| {
                 state.active = false;
             })?;
             group_row.member_count = group_row.member_count.saturating_sub(1);
         }
         Effect::SetRole { user, role } => {
-            update_state(w, &UserKey::new(tenant, user), group, |state| {
+            update_state(w, &UserKey::new(tenant, user), group, fanout, |state| {
                 state.role = Some(role.as_str().to_owned());
             })?;
             return Ok(false);
@@ -225,11 +225,13 @@ fn apply(
     Ok(true)
 }
 
-/// Changes `user`'s state of `conversation` by `change`, when it has one.
+/// Changes `user`'s state of `conversation` by `change` when it has one, and moves the
+/// conversation up the user's list when `fanout`'s event reached the user.
 fn update_state(
     w: &mut WriteTx<'_>,
     user: &UserKey,
     conversation: &str,
+    fanout: &Fanout,
     change: impl FnOnce(&mut StateRow),
 ) -> Result<(), StoreError> {
     let Some(old) = w.state(user, conversation)? else {
@@ -237,7 +239,19 @@ fn update_state(
     };
     let mut new = old.clone();
     change(&mut new);
+    if let Some(seq) = reached(fanout, &user.user) {
+        new.activity_seq = seq;
+    }
     w.put_state(user, conversation, Some(&old), &new)
+}
+
+/// `user`'s seq of `fanout`'s event, when the event entered its stream.
+fn reached(fanout: &Fanout, user: &str) -> Option<u64> {
+    fanout
+        .seqs
+        .binary_search_by(|s| s.user.as_str().cmp(user))
+        .ok()
+        .map(|at| fanout.seqs[at].seq)
 }
 
 /// Makes `user` a member of `group` with `role`, by the event of `fanout`: a fresh state (or
@@ -255,6 +269,7 @@ fn join(
     let user = UserKey::new(tenant, user);
     let old = w.state(&user, group)?;
     let base = old.clone().unwrap_or_default();
+    let activity_seq = reached(fanout, &user.user).unwrap_or(base.activity_seq);
     let new = StateRow {
         role: Some(role.as_str().to_owned()),
         boundary,
@@ -263,6 +278,7 @@ fn join(
         read_marker: 0,
         unread_count: 0,
         last_message_id: 0,
+        activity_seq,
         active: true,
         ..base
     };
@@ -284,14 +300,21 @@ fn newest_message(
 }
 
 /// Moves the conversation of `fanout`'s event up the list of everyone it reached: a
-/// membership event is activity.
+/// membership event is activity. (The states a step changed moved already.)
 fn touch(w: &mut WriteTx<'_>, fanout: &Fanout) -> Result<(), StoreError> {
     let (tenant, conversation) = (&fanout.event.tenant, &fanout.event.conversation_id);
     for reached in &fanout.seqs {
         let user = UserKey::new(tenant.as_str(), reached.user.as_str());
-        update_state(w, &user, conversation, |state| {
-            state.activity_seq = reached.seq;
-        })?;
+        let Some(old) = w.state(&user, conversation)? else {
+            continue;
+        };
+        if old.activity_seq != reached.seq {
+            let new = StateRow {
+                activity_seq: reached.seq,
+                ..old.clone()
+            };
+            w.put_state(&user, conversation, Some(&old), &new)?;
+        }
     }
     Ok(())
 }

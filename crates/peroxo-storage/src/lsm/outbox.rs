@@ -10,12 +10,15 @@ use std::collections::{BTreeSet, HashMap};
 
 use fjall::{Readable, SingleWriterWriteTx};
 
-use super::tables::{self, OutboxCounter, OutboxRow, Tables, key};
+use super::keys::{KeyReader, corrupt};
+use super::tables::{self, ConsumerRow, OutboxCounter, OutboxRow, Tables, engine, key};
 use super::writer::WriteTx;
-use crate::outbox::EventsQuery;
-use crate::{PruneBatch, StoreError};
+use crate::outbox::{EventsQuery, lease_end, prune_cut};
+use crate::{MAX_EVENTS_LIMIT, PruneBatch, StoreError};
 use peroxo_protocol::domain::UserKey;
-use peroxo_protocol::outbox::{ConsumerClaim, ConsumerLease, NewOutboxEvent, OutboxPage};
+use peroxo_protocol::outbox::{
+    ConsumerClaim, ConsumerLease, NewOutboxEvent, OutboxEvent, OutboxKind, OutboxPage,
+};
 
 /// Tenants whose last outbox id the writer remembers; past this, it forgets them all.
 const REMEMBERED_TENANTS: usize = 10_000;
@@ -117,51 +120,201 @@ pub(super) struct Advance {
     pub(super) cursor: u64,
 }
 
-/// One page of the tenant's feed.
+/// A kind as stored.
+fn kind_of(name: &str) -> Result<OutboxKind, StoreError> {
+    OutboxKind::parse(name)
+        .ok_or_else(|| StoreError::Backend(format!("a stored outbox event kind {name:?}")))
+}
+
+/// One page of the tenant's feed: its events with an id greater than `query.after`,
+/// ascending, at most `query.limit` (capped at [`MAX_EVENTS_LIMIT`]), and its `pruned_until`,
+/// both read from the snapshot `r`.
 pub(super) fn page(
     r: &impl Readable,
     t: &Tables,
     query: &EventsQuery,
 ) -> Result<OutboxPage, StoreError> {
-    let _ = (r, t, query);
-    Err(super::unsupported("events"))
+    let limit = query.limit.min(MAX_EVENTS_LIMIT) as usize;
+    let prefix = key::tenant(&query.tenant);
+    let from = key::outbox(&query.tenant, query.after);
+    let rows = tables::scan_from(r, &t.outbox, &prefix, Some(&from), false, limit)?;
+    let mut events = Vec::with_capacity(rows.len());
+    for (rest, value) in rows {
+        let id = KeyReader::new(&rest).u64()?;
+        let row: OutboxRow = tables::decode(&value)?;
+        events.push(OutboxEvent {
+            id,
+            tenant: query.tenant.clone(),
+            ts: row.ts,
+            kind: kind_of(&row.kind)?,
+            conversation_id: row.conversation,
+            payload: row.payload,
+        });
+    }
+    let pruned_until = counter(r, t, &query.tenant)?.pruned_until;
+    Ok(OutboxPage {
+        next_after: events.last().map_or(query.after, |e| e.id),
+        events,
+        pruned_until,
+    })
 }
 
-/// The tenants that have outbox events, in order.
+/// The tenants that have outbox events (a counter: every tenant that ever wrote one), in
+/// order.
 pub(super) fn event_tenants(r: &impl Readable, t: &Tables) -> Result<Vec<String>, StoreError> {
-    let _ = (r, t);
-    Err(super::unsupported("event_tenants"))
+    r.iter(&t.outbox_counters)
+        .map(|guard| KeyReader::new(&guard.key().map_err(engine)?).str())
+        .collect()
 }
 
-/// Deletes a batch of the tenant's oldest events (see `MessageStore::prune_events`).
+/// Deletes the tenant's oldest events committed before `batch.before_ts`, up to
+/// `batch.limit`, and raises its `pruned_until` to the highest id deleted. Only a prefix of
+/// the oldest goes (see [`prune_cut`]), so every id up to `pruned_until` is gone.
 pub(super) fn prune(w: &mut WriteTx<'_>, batch: &PruneBatch) -> Result<u64, StoreError> {
-    let _ = (w, batch);
-    Err(super::unsupported("prune_events"))
+    let prefix = key::tenant(&batch.tenant);
+    let oldest = tables::scan(&w.tx, &w.t.outbox, &prefix, false, batch.limit as usize)?
+        .into_iter()
+        .map(|(rest, value)| {
+            let id = KeyReader::new(&rest).u64()?;
+            let row: OutboxRow = tables::decode(&value)?;
+            Ok((id, row.ts))
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    let Some(cut) = prune_cut(&oldest, batch.before_ts) else {
+        return Ok(0);
+    };
+    let mut deleted = 0;
+    for &(id, _) in oldest.iter().take_while(|(id, _)| *id <= cut) {
+        w.delete(&w.t.outbox, key::outbox(&batch.tenant, id));
+        deleted += 1;
+    }
+    let counter_key = key::tenant(&batch.tenant);
+    if let Some(mut counter) = w.get::<OutboxCounter>(&w.t.outbox_counters, &counter_key)? {
+        counter.pruned_until = counter.pruned_until.max(cut);
+        w.put(&w.t.outbox_counters, counter_key, &counter)?;
+        // The writer's remembered counter would write the old `pruned_until` back.
+        w.forget_outbox_counter(&batch.tenant);
+    }
+    Ok(deleted)
 }
 
-/// Removes the text preview from a batch of `user`'s events (see
-/// `MessageStore::erase_event_texts`).
+/// The kinds of events that carry a message's text.
+const TEXT_KINDS: [&str; 2] = ["message.created", "message.edited"];
+
+/// Removes the text of up to `limit` events of messages `user` sent or edited (a payload
+/// with a `text` whose `from` or `by` is the user), oldest first. The outbox has no index by
+/// author: this reads the tenant's feed from its start, as the SQL backends do; erasing is a
+/// rare operator's command, and the outbox holds `events.retention` of events at most.
 pub(super) fn erase_texts(
     w: &mut WriteTx<'_>,
     user: &UserKey,
     limit: u32,
 ) -> Result<u64, StoreError> {
-    let _ = (w, user, limit);
-    Err(super::unsupported("erase_event_texts"))
+    let mut erased = Vec::new();
+    if limit > 0 {
+        let prefix = key::tenant(&user.tenant);
+        for guard in w.tx.prefix(&w.t.outbox, &prefix) {
+            let (key, value) = guard.into_inner().map_err(engine)?;
+            let mut row: OutboxRow = tables::decode(&value)?;
+            if !TEXT_KINDS.contains(&row.kind.as_str()) {
+                continue;
+            }
+            let Some(payload) = without_text(&row.payload, &user.user)? else {
+                continue;
+            };
+            row.payload = payload;
+            erased.push((key.to_vec(), row));
+            if erased.len() >= limit as usize {
+                break;
+            }
+        }
+    }
+    let count = erased.len() as u64;
+    for (key, row) in erased {
+        w.put(&w.t.outbox, key, &row)?;
+    }
+    Ok(count)
 }
 
-/// Claims or renews a consumer's lease (see `MessageStore::claim_consumer`).
+/// `payload` without its `text`, when it has one (not null) and names `user` as `from` or
+/// `by`; `None` otherwise.
+fn without_text(payload: &str, user: &str) -> Result<Option<String>, StoreError> {
+    let mut object: serde_json::Map<String, serde_json::Value> = serde_json::from_str(payload)
+        .map_err(|_| corrupt("an outbox payload that is not a JSON object"))?;
+    let names = |field: &str| object.get(field).and_then(|v| v.as_str()) == Some(user);
+    let has_text = object.get("text").is_some_and(|text| !text.is_null());
+    if !has_text || !(names("from") || names("by")) {
+        return Ok(None);
+    }
+    object.remove("text");
+    serde_json::to_string(&object)
+        .map(Some)
+        .map_err(|e| StoreError::Backend(format!("lsm: cannot encode an outbox payload: {e}")))
+}
+
+/// Claims or renews a consumer's lease until `claim.now_ms + claim.ttl_ms`: a new consumer
+/// starts at cursor 0; an existing one passes to `claim.holder` when it already holds it or
+/// the lease ended at or before `claim.now_ms`. `None` (and nothing written) while another
+/// holder's lease runs.
 pub(super) fn claim(
     w: &mut WriteTx<'_>,
     claim: &ConsumerClaim,
 ) -> Result<Option<ConsumerLease>, StoreError> {
-    let _ = (w, claim);
-    Err(super::unsupported("claim_consumer"))
+    let expires_at = lease_end(claim.now_ms, claim.ttl_ms);
+    let key = key::consumer(&claim.tenant, &claim.consumer);
+    let cursor = match w.get::<ConsumerRow>(&w.t.consumers, &key)? {
+        None => 0,
+        Some(row) if row.holder == claim.holder || row.expires_at <= claim.now_ms => row.cursor,
+        Some(_) => return Ok(None),
+    };
+    let row = ConsumerRow {
+        holder: claim.holder.clone(),
+        expires_at,
+        cursor,
+    };
+    w.put(&w.t.consumers, key, &row)?;
+    Ok(Some(ConsumerLease { cursor, expires_at }))
 }
 
-/// Moves a consumer's cursor if its holder holds the lease (see
-/// `MessageStore::advance_consumer`).
+/// Moves a consumer's cursor to `advance.cursor` (never back) if `advance.holder` holds its
+/// lease, and says whether it does.
 pub(super) fn advance(w: &mut WriteTx<'_>, advance: &Advance) -> Result<bool, StoreError> {
-    let _ = (w, advance);
-    Err(super::unsupported("advance_consumer"))
+    let key = key::consumer(&advance.tenant, &advance.consumer);
+    let Some(mut row) = w.get::<ConsumerRow>(&w.t.consumers, &key)? else {
+        return Ok(false);
+    };
+    if row.holder != advance.holder {
+        return Ok(false);
+    }
+    if advance.cursor > row.cursor {
+        row.cursor = advance.cursor;
+        w.put(&w.t.consumers, key, &row)?;
+    }
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_text_of_the_user_goes() {
+        let sent = r#"{"from":"alice","message_id":"1","text":"hi"}"#;
+        assert_eq!(
+            without_text(sent, "alice").unwrap().as_deref(),
+            Some(r#"{"from":"alice","message_id":"1"}"#)
+        );
+        assert_eq!(without_text(sent, "bob").unwrap(), None);
+        let edited = r#"{"by":"bob","text":"x"}"#;
+        assert_eq!(
+            without_text(edited, "bob").unwrap().as_deref(),
+            Some(r#"{"by":"bob"}"#)
+        );
+        assert_eq!(without_text(r#"{"by":"bob"}"#, "bob").unwrap(), None);
+        assert_eq!(
+            without_text(r#"{"by":"bob","text":null}"#, "bob").unwrap(),
+            None
+        );
+        assert!(without_text("[1]", "bob").is_err());
+    }
 }

@@ -1,39 +1,88 @@
-//! What the server API imposes on users (bans, revoked tokens).
+//! What the server API imposes on users (bans, revoked tokens), in `restrictions`, keyed
+//! (tenant, user): a change is a job of the writer, in a transaction of its own; the reads
+//! run over a snapshot.
 
 use fjall::Readable;
 
-use super::tables::Tables;
+use super::keys::KeyReader;
+use super::tables::{self, RestrictionRow, Tables, engine, key};
 use super::writer::WriteTx;
 use crate::StoreError;
 use peroxo_protocol::domain::UserKey;
 use peroxo_protocol::restriction::{Restriction, RestrictionChange};
 
-/// Changes `user`'s restriction (see `MessageStore::set_restriction`).
+impl From<RestrictionRow> for Restriction {
+    fn from(row: RestrictionRow) -> Self {
+        Self {
+            banned_until: row.banned_until,
+            ban_reason: row.ban_reason,
+            tokens_before: row.tokens_before,
+        }
+    }
+}
+
+impl From<&Restriction> for RestrictionRow {
+    fn from(r: &Restriction) -> Self {
+        Self {
+            banned_until: r.banned_until,
+            ban_reason: r.ban_reason.clone(),
+            tokens_before: r.tokens_before,
+        }
+    }
+}
+
+/// Applies `change` to `user`'s restriction (created when the user has none) as
+/// [`Restriction::changed`] says, and returns the result. An invalid change is refused and
+/// writes nothing.
 pub(super) fn set(
     w: &mut WriteTx<'_>,
     user: &UserKey,
     change: &RestrictionChange,
 ) -> Result<Restriction, StoreError> {
-    let _ = (w, user, change);
-    Err(super::unsupported("set_restriction"))
+    change
+        .validate()
+        .map_err(|e| StoreError::InvalidRequest(e.to_string()))?;
+    let key = key::user(&user.tenant, &user.user);
+    let current: Restriction = w
+        .get::<RestrictionRow>(&w.t.restrictions, &key)?
+        .map(Restriction::from)
+        .unwrap_or_default();
+    let changed = current.changed(change);
+    w.put(&w.t.restrictions, key, &RestrictionRow::from(&changed))?;
+    Ok(changed)
 }
 
-/// `user`'s restriction (see `MessageStore::restrictions`).
+/// `user`'s restriction, or the default (all zero).
 pub(super) fn get(
     r: &impl Readable,
     t: &Tables,
     user: &UserKey,
 ) -> Result<Restriction, StoreError> {
-    let _ = (r, t, user);
-    Err(super::unsupported("restrictions"))
+    Ok(
+        tables::get::<RestrictionRow>(r, &t.restrictions, &key::user(&user.tenant, &user.user))?
+            .map(Restriction::from)
+            .unwrap_or_default(),
+    )
 }
 
-/// Every restriction active at `now_ms` (see `MessageStore::active_restrictions`).
+/// Every restriction [active](Restriction::is_active) at `now_ms`, of every tenant, by
+/// (tenant, user): the keys' order. Reads every restriction, as the SQL backends do.
 pub(super) fn active(
     r: &impl Readable,
     t: &Tables,
     now_ms: i64,
 ) -> Result<Vec<(UserKey, Restriction)>, StoreError> {
-    let _ = (r, t, now_ms);
-    Err(super::unsupported("active_restrictions"))
+    let mut out = Vec::new();
+    for guard in r.iter(&t.restrictions) {
+        let (key, value) = guard.into_inner().map_err(engine)?;
+        let restriction = Restriction::from(tables::decode::<RestrictionRow>(&value)?);
+        if !restriction.is_active(now_ms) {
+            continue;
+        }
+        let mut reader = KeyReader::new(&key);
+        let tenant = reader.str()?;
+        let user = reader.str()?;
+        out.push((UserKey::new(tenant, user), restriction));
+    }
+    Ok(out)
 }

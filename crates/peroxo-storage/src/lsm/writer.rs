@@ -658,6 +658,12 @@ impl WriteTx<'_> {
         }
     }
 
+    /// Forgets the writer's remembered outbox counter of `tenant`: the job writes the row
+    /// itself (its `pruned_until`).
+    pub(super) fn forget_outbox_counter(&mut self, tenant: &str) {
+        self.outbox_ids.forget(tenant);
+    }
+
     /// Writes `events` as the next events of `tenant`, when events are on, and returns their
     /// ids.
     fn record_all(
