@@ -12,7 +12,7 @@ use serde::Serialize;
 use super::queries;
 use super::tables::{self, MessageRow, StateRow, key};
 use super::writer::{Entry, WriteTx};
-use crate::rules::{self, Target};
+use crate::rules;
 use crate::seq_assignment::{MessageSeqs, next_seqs, stream_entries};
 use crate::{MAX_STORED_TEXT_BYTES, StoreError};
 use peroxo_protocol::domain::{
@@ -119,12 +119,10 @@ fn append_to_group(
     let quote = match message.reply_to {
         None => None,
         Some(_) => {
-            let state =
-                match queries::active_state(&w.tx, w.t, &sender, &Target::Group(group.clone())) {
-                    Ok(state) => state,
-                    Err(StoreError::Refused(refusal)) => return refuse(refusal),
-                    Err(e) => return Err(e),
-                };
+            // The sender is a member: its state is there and active.
+            let Some(state) = w.state(&sender, group)?.filter(|s| s.active) else {
+                return refuse(rules::not_a_member(&message.sender, group));
+            };
             let quote = match quote_of(w, message, group, state.boundary)? {
                 Ok(quote) => quote,
                 Err(refusal) => return refuse(refusal),
