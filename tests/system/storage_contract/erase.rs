@@ -28,7 +28,8 @@ async fn opened(f: &Fixture) -> StoreBackend {
     }
 }
 
-/// The texts `sender` (tenant `t`) has in the `messages` table, read with SQL.
+/// The texts `sender` (tenant `t`) has in the `messages` table, read with SQL (lsm: its rows,
+/// through the running service's store).
 async fn raw_texts(f: &Fixture, sender: &str) -> Vec<String> {
     const QUERY: &str = "SELECT text FROM messages WHERE tenant = 't' AND sender = ";
     match f.config.backend {
