@@ -101,7 +101,7 @@ mod tests {
 
     #[test]
     fn byte_order_is_tuple_order() {
-        let mut tuples = vec![
+        let tuples = [
             ("", 5),
             ("a", 0),
             ("a", u64::MAX),
@@ -115,7 +115,6 @@ mod tests {
         let mut sorted = keys.clone();
         sorted.sort();
         assert_eq!(keys, sorted);
-        tuples.reverse();
         assert!(key("bob", 0) < key("bobby", 0));
     }
 

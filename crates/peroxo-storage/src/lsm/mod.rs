@@ -318,7 +318,7 @@ impl MessageStore for LsmStore {
     }
 
     async fn message_tenants(&self) -> Result<Vec<String>, StoreError> {
-        self.read(|r, t| retention::message_tenants(r, t)).await
+        self.read(retention::message_tenants).await
     }
 
     async fn prune(&self, batch: PruneBatch) -> Result<u64, StoreError> {
@@ -340,7 +340,7 @@ impl MessageStore for LsmStore {
     }
 
     async fn event_tenants(&self) -> Result<Vec<String>, StoreError> {
-        self.read(|r, t| outbox::event_tenants(r, t)).await
+        self.read(outbox::event_tenants).await
     }
 
     async fn prune_events(&self, batch: PruneBatch) -> Result<u64, StoreError> {
