@@ -47,7 +47,8 @@ for run in $(seq 1 "$runs"); do
       exit 1
     fi
     # shellcheck disable=SC2086 # each setting is its own word
-    start "server-$side" env PEROXO_STORAGE__SQLITE_PATH="$work/bench-$side-$run.db" $settings \
+    start "server-$side" env PEROXO_STORAGE__SQLITE_PATH="$work/bench-$side-$run.db" \
+      PEROXO_STORAGE__LSM_PATH="$work/bench-$side-$run.lsm" $settings \
       "$server" serve --config bench/config.toml
     wait_for "server-$side" curl -fsS "$health"
     # shellcheck disable=SC2086 # each argument is its own word

@@ -37,6 +37,7 @@ start_server() {
     exit 1
   fi
   start server env PEROXO_STORAGE__SQLITE_PATH="$work/bench-$run.db" \
+    PEROXO_STORAGE__LSM_PATH="$work/bench-$run.lsm" \
     "$PEROXO_BIN" serve --config bench/config.toml
   wait_for server curl -fsS "$health"
 }
