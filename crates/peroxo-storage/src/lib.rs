@@ -1,15 +1,17 @@
 //! The storage service: where messages, groups and read state become durable.
 //!
 //! - [`MessageStore`] is the backend contract (idempotent batch append, history, sync, last
-//!   seq, and the conversation methods). [`SqliteStore`] is the embedded backend;
-//!   [`PostgresStore`] serves several storage instances over one PostgreSQL database.
-//! - `seq_assignment` decides which seq each participant of a message takes; both backends
+//!   seq, and the conversation methods). [`SqliteStore`] is the embedded backend (one file);
+//!   [`LsmStore`] an embedded log-structured one (a fjall directory, whose commits append to a
+//!   journal); [`PostgresStore`] serves several storage instances over one PostgreSQL
+//!   database.
+//! - `seq_assignment` decides which seq each participant of a message takes; every backend
 //!   use it, so they number users' streams alike. `sql` holds what else the two SQL backends
 //!   share: the message columns, integer conversion and how a page is cut.
-//! - `rules` holds the rules of conversations both backends apply alike, as pure functions:
+//! - `rules` holds the rules of conversations every backend applies alike, as pure functions:
 //!   which conversation a request names, who may change a group and which events a change
 //!   makes for whom, who inherits a group, where a read mark moves a marker.
-//! - `outbox` holds what both backends share of the event outbox, the feed of committed
+//! - `outbox` holds what every backend shares of the event outbox, the feed of committed
 //!   changes: every change writes its events in its own transaction, with ids per tenant that
 //!   are gapless and follow commit order, and [`MessageStore::events`] pages through them.
 //!   Its consumers keep their cursors in storage under leases, so that one holder at a time

@@ -1,4 +1,4 @@
-//! The rules of conversations that both SQL backends apply alike, as pure functions: which
+//! The rules of conversations that every backend applies alike, as pure functions: which
 //! conversation a request names for its user, what a group creation or change may do and
 //! which events it makes for whom, who inherits a group, where a read mark moves a marker,
 //! and who has read a message.
