@@ -30,8 +30,8 @@ impl Backend {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Layout {
     pub(crate) backend: Backend,
-    /// SQLite inside the gateway process (`storage.embedded = true`, the default deployment)
-    /// instead of a `peroxo store` process of its own.
+    /// Storage inside the gateway process (`storage.embedded = true`, the default deployment,
+    /// on `backend`) instead of a `peroxo store` process of its own.
     pub(crate) embedded: bool,
     /// Gateway nodes; more than one joins them through NATS.
     pub(crate) nodes: usize,
@@ -668,13 +668,14 @@ fn gateway_node(
     let config_text = format!(
         "[http]\nlisten = \"{http}\"\n[auth]\nmode = \"dev\"\n\
          [storage]\nembedded = {}\nlisten = \"{}\"\n\
-         endpoint = [{}]\nsqlite_path = \"{}\"\n\
+         endpoint = [{}]\nbackend = \"{}\"\nsqlite_path = \"{}\"\n\
          max_pending = {}\nrpc_timeout_ms = 2000\nconnect_timeout_ms = 1000\n\
          reconnect_initial_ms = 20\nreconnect_max_ms = 300\n\
          {LIMITS}{cluster}{}[log]\nformat = \"json\"\nlevel = \"info\"\n{extra_config}",
         layout.embedded,
         storage.listen,
         endpoints.join(", "),
+        layout.backend.name(),
         storage.sqlite_path.display(),
         layout.max_pending,
         if cluster.is_empty() {
