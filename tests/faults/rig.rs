@@ -15,6 +15,8 @@ use crate::proxy::Proxy;
 pub(crate) enum Backend {
     Sqlite,
     Postgres,
+    /// The embedded log-structured store: a directory that one process opens at a time.
+    Lsm,
 }
 
 impl Backend {
@@ -22,6 +24,7 @@ impl Backend {
         match self {
             Backend::Sqlite => "sqlite",
             Backend::Postgres => "postgres",
+            Backend::Lsm => "lsm",
         }
     }
 }
@@ -30,8 +33,8 @@ impl Backend {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Layout {
     pub(crate) backend: Backend,
-    /// SQLite inside the gateway process (`storage.embedded = true`, the default deployment)
-    /// instead of a `peroxo store` process of its own.
+    /// Storage inside the gateway process (`storage.embedded = true`, the default deployment,
+    /// on `backend`) instead of a `peroxo store` process of its own.
     pub(crate) embedded: bool,
     /// Gateway nodes; more than one joins them through NATS.
     pub(crate) nodes: usize,
@@ -51,6 +54,9 @@ pub(crate) struct Service {
     process: Option<Process>,
     /// Set when the case killed it, until it is started again.
     pub(crate) killed: bool,
+    /// Set when the rig stopped it, alive, at the end of the case (to read the lsm database,
+    /// which it held open): not a death.
+    pub(crate) stopped: bool,
 }
 
 /// How to tell that a (re)started service is ready.
@@ -69,6 +75,7 @@ impl Service {
             ready,
             process: None,
             killed: false,
+            stopped: false,
         };
         service.start();
         service
@@ -102,6 +109,15 @@ impl Service {
             process.kill();
         }
         self.killed = true;
+    }
+
+    /// SIGKILLs the process for good at the end of the case, if it is still running (one
+    /// that died before stays a death for the liveness check).
+    fn stop(&mut self) {
+        if self.alive() {
+            self.process.take();
+            self.stopped = true;
+        }
     }
 
     /// SIGSTOP (`freeze = true`) or SIGCONT.
@@ -257,6 +273,8 @@ pub(crate) struct Rig {
     database: Option<String>,
     database_url: Option<String>,
     sqlite_path: PathBuf,
+    /// The lsm backend's directory.
+    lsm_path: PathBuf,
     /// Config files and data; removed when the rig is dropped.
     _dir: tempfile::TempDir,
 }
@@ -275,8 +293,9 @@ impl Rig {
     pub(crate) async fn start(layout: Layout, extra_config: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let sqlite_path = dir.path().join("peroxo.db");
+        let lsm_path = dir.path().join("peroxo.lsm");
         let (database, database_url) = match layout.backend {
-            Backend::Sqlite => (None, None),
+            Backend::Sqlite | Backend::Lsm => (None, None),
             Backend::Postgres => {
                 let (name, url) = common::postgres::create_database().await;
                 (Some(name), Some(url))
@@ -290,6 +309,7 @@ impl Rig {
                 &layout,
                 storage_addr,
                 &sqlite_path,
+                &lsm_path,
                 database_url.as_deref(),
             )
         });
@@ -301,6 +321,7 @@ impl Rig {
                 &layout,
                 second_addr,
                 &sqlite_path,
+                &lsm_path,
                 database_url.as_deref(),
             )
         });
@@ -320,6 +341,7 @@ impl Rig {
             listen: storage_addr,
             endpoints,
             sqlite_path: &sqlite_path,
+            lsm_path: &lsm_path,
         };
         let cluster = cluster_section(nats.as_ref());
         let nodes = (0..layout.nodes)
@@ -335,6 +357,7 @@ impl Rig {
             database,
             database_url,
             sqlite_path,
+            lsm_path,
             _dir: dir,
         }
     }
@@ -383,8 +406,77 @@ impl Rig {
 
     /// Every message stored for `tenant`, in commit (id) order, and every user's stream,
     /// read from the database itself.
-    pub(crate) async fn stored(&self, tenant: &str) -> Stored {
+    ///
+    /// The lsm database opens in one process at a time (the engine locks its directory): the
+    /// processes that hold it are stopped first (SIGKILL, so what is read is what a restarted
+    /// service would find), and nothing the case does after this may need them.
+    pub(crate) async fn stored(&mut self, tenant: &str) -> Stored {
         match self.layout.backend {
+            Backend::Lsm => {
+                self.stop_lsm_holders();
+                let path = self.lsm_path.clone();
+                let store = tokio::task::spawn_blocking(move || {
+                    peroxo_storage::LsmStore::open_with(
+                        path,
+                        peroxo_config::SqliteSync::Full,
+                        peroxo_storage::OutboxSettings::default(),
+                    )
+                })
+                .await
+                .unwrap()
+                .unwrap();
+                let inspection = store.inspect(tenant).await.unwrap();
+                let messages = inspection
+                    .messages
+                    .into_iter()
+                    .map(|m| StoredRow {
+                        id: m.id as i64,
+                        sender: m.sender,
+                        recipient: m.recipient,
+                        client_msg_id: m.client_msg_id,
+                        text: m.text,
+                        sender_seq: m.sender_seq as i64,
+                        recipient_seq: m.recipient_seq as i64,
+                        edited: m.edited_ts.is_some(),
+                        deleted: m.deleted_ts.is_some(),
+                        reply_to: m.reply_to.map(|id| id as i64),
+                    })
+                    .collect();
+                let streams = inspection
+                    .streams
+                    .into_iter()
+                    .map(|e| StreamRow {
+                        owner: e.owner,
+                        seq: e.seq as i64,
+                        message_id: e.message_id.map(|id| id as i64),
+                        event_id: e.event_id.map(|id| id as i64),
+                    })
+                    .collect();
+                // As REACTIONS_SQL counts them: users per (message, emoji).
+                let mut reactions: BTreeMap<(i64, String), i64> = BTreeMap::new();
+                for r in inspection.reactions {
+                    *reactions.entry((r.message_id as i64, r.emoji)).or_default() += 1;
+                }
+                let outbox = inspection
+                    .outbox
+                    .into_iter()
+                    .map(|e| OutboxRow {
+                        id: e.id as i64,
+                        kind: e.kind,
+                        conversation: e.conversation,
+                        payload: e.payload,
+                    })
+                    .collect();
+                Stored {
+                    messages,
+                    streams,
+                    reactions: reactions
+                        .into_iter()
+                        .map(|((id, emoji), n)| (id, emoji, n))
+                        .collect(),
+                    outbox,
+                }
+            }
             Backend::Sqlite => {
                 let db = rusqlite::Connection::open(&self.sqlite_path).unwrap();
                 let mut statement = db
@@ -516,6 +608,20 @@ impl Rig {
         }
     }
 
+    /// Stops, for good, the processes that hold the lsm database open: the gateway nodes when
+    /// they embed storage, the storage services otherwise.
+    fn stop_lsm_holders(&mut self) {
+        if self.layout.embedded {
+            for node in &mut self.nodes {
+                node.service.stop();
+            }
+        } else {
+            for store in self.store.iter_mut().chain(self.second_store.iter_mut()) {
+                store.stop();
+            }
+        }
+    }
+
     /// Stops every process and drops the case's database.
     pub(crate) async fn finish(mut self) {
         for service in self.services() {
@@ -533,13 +639,13 @@ impl Rig {
 const MESSAGES_SQL: &str = "SELECT id, sender, recipient, client_msg_id, text, sender_seq, \
      recipient_seq, edited_ts IS NOT NULL, deleted_ts IS NOT NULL, reply_to FROM messages \
      WHERE tenant = $1 ORDER BY id";
-/// How many users reacted to each message of a tenant with each emoji. Both backends keep
-/// one row per (message, emoji, user) in `reactions`.
+/// How many users reacted to each message of a tenant with each emoji. Both SQL backends
+/// keep one row per (message, emoji, user) in `reactions`.
 const REACTIONS_SQL: &str = "SELECT r.message_id, r.emoji, COUNT(*) FROM reactions r \
      JOIN messages m ON m.id = r.message_id WHERE m.tenant = $1 \
      GROUP BY r.message_id, r.emoji ORDER BY r.message_id, r.emoji";
-/// Every entry of every stream of a tenant. Both backends keep a user's stream in `inbox`,
-/// one row per seq pointing at a message or at an event.
+/// Every entry of every stream of a tenant. Both SQL backends keep a user's stream in
+/// `inbox`, one row per seq pointing at a message or at an event.
 const STREAMS_SQL: &str = "SELECT owner, seq, message_id, event_id FROM inbox \
      WHERE tenant = $1 ORDER BY owner, seq";
 
@@ -602,6 +708,7 @@ struct NodeStorage<'a> {
     /// service if there is one.
     endpoints: Vec<SocketAddr>,
     sqlite_path: &'a Path,
+    lsm_path: &'a Path,
 }
 
 /// The standalone storage service (`peroxo store`) of a layout without embedded storage.
@@ -611,6 +718,7 @@ fn store_service(
     layout: &Layout,
     listen: SocketAddr,
     sqlite_path: &Path,
+    lsm_path: &Path,
     database_url: Option<&str>,
 ) -> Service {
     let config = dir.join(format!("{}.toml", name.replace(' ', "")));
@@ -618,10 +726,12 @@ fn store_service(
         &config,
         format!(
             "[storage]\nlisten = \"{listen}\"\nbackend = \"{}\"\n\
-             sqlite_path = \"{}\"\n[storage.postgres]\nurl = \"{}\"\npool_size = 8\n\
+             sqlite_path = \"{}\"\nlsm_path = \"{}\"\n\
+             [storage.postgres]\nurl = \"{}\"\npool_size = 8\n\
              [log]\nformat = \"json\"\nlevel = \"info\"\n",
             layout.backend.name(),
             sqlite_path.display(),
+            lsm_path.display(),
             database_url.unwrap_or("postgres://unused@127.0.0.1/unused"),
         ),
     )
@@ -668,14 +778,16 @@ fn gateway_node(
     let config_text = format!(
         "[http]\nlisten = \"{http}\"\n[auth]\nmode = \"dev\"\n\
          [storage]\nembedded = {}\nlisten = \"{}\"\n\
-         endpoint = [{}]\nsqlite_path = \"{}\"\n\
+         endpoint = [{}]\nbackend = \"{}\"\nsqlite_path = \"{}\"\nlsm_path = \"{}\"\n\
          max_pending = {}\nrpc_timeout_ms = 2000\nconnect_timeout_ms = 1000\n\
          reconnect_initial_ms = 20\nreconnect_max_ms = 300\n\
          {LIMITS}{cluster}{}[log]\nformat = \"json\"\nlevel = \"info\"\n{extra_config}",
         layout.embedded,
         storage.listen,
         endpoints.join(", "),
+        layout.backend.name(),
         storage.sqlite_path.display(),
+        storage.lsm_path.display(),
         layout.max_pending,
         if cluster.is_empty() {
             String::new()

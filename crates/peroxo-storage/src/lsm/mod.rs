@@ -26,6 +26,7 @@
 mod append;
 mod erase;
 mod groups;
+mod inspect;
 mod keys;
 mod lifecycle;
 mod outbox;
