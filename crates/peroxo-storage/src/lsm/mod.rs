@@ -128,8 +128,11 @@ impl LsmStore {
             StoreError::Backend(format!("cannot resolve directory {}: {e}", path.display()))
         })?;
         let deadline = Instant::now() + OPEN_WAIT;
+        // Whether a store of this process had it open: the engine may still be letting go.
+        let mut ours = false;
         loop {
             let mut open = OPEN.lock().expect("lsm registry poisoned");
+            ours |= open.iter().any(|(p, _)| *p == path);
             open.retain(|(_, shared)| shared.strong_count() > 0);
             if let Some(shared) = open
                 .iter()
@@ -146,7 +149,7 @@ impl LsmStore {
                 }
                 // A store of this process may be closing it: its writer finishes, then the
                 // engine lets go of the directory.
-                Err(None) if Instant::now() < deadline => {
+                Err(None) if ours && Instant::now() < deadline => {
                     drop(open);
                     std::thread::sleep(Duration::from_millis(20));
                 }
