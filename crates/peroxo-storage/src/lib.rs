@@ -28,6 +28,7 @@
 //! service runs in the same process, so a split deployment behaves exactly like the default one.
 
 pub mod grpc;
+mod jobs;
 mod lsm;
 mod outbox;
 mod postgres;

@@ -382,7 +382,7 @@ impl MessageStore for LsmStore {
         holder: String,
         cursor: u64,
     ) -> Result<bool, StoreError> {
-        let advance = outbox::Advance {
+        let advance = crate::jobs::Advance {
             tenant,
             consumer,
             holder,

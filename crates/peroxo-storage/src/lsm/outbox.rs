@@ -13,6 +13,7 @@ use fjall::{Readable, SingleWriterWriteTx};
 use super::keys::{KeyReader, corrupt};
 use super::tables::{self, ConsumerRow, OutboxCounter, OutboxRow, Tables, engine, key};
 use super::writer::WriteTx;
+use crate::jobs::Advance;
 use crate::outbox::{EventsQuery, lease_end, prune_cut};
 use crate::{MAX_EVENTS_LIMIT, PruneBatch, StoreError};
 use peroxo_protocol::domain::UserKey;
@@ -109,15 +110,6 @@ pub(super) fn counter(
     tenant: &str,
 ) -> Result<OutboxCounter, StoreError> {
     Ok(tables::get(r, &t.outbox_counters, &key::tenant(tenant))?.unwrap_or_default())
-}
-
-/// A consumer's cursor to move, by its holder.
-#[derive(Debug, Clone)]
-pub(super) struct Advance {
-    pub(super) tenant: String,
-    pub(super) consumer: String,
-    pub(super) holder: String,
-    pub(super) cursor: u64,
 }
 
 /// A kind as stored.

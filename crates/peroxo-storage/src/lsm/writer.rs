@@ -18,7 +18,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, mpsc};
 
 use fjall::{PersistMode, Readable, SingleWriterTxDatabase, SingleWriterWriteTx};
-use tokio::sync::oneshot;
 
 use super::outbox::{self, OutboxIds};
 pub(super) use super::tables::Entry;
@@ -27,16 +26,14 @@ use super::tables::{
     engine, key,
 };
 use super::{append, erase, groups, lifecycle, queries, reads, restrictions, retention};
+use crate::jobs::{Done, group_done, refusal_answers};
+pub(super) use crate::jobs::{Job, Reply};
 use crate::sql::EventColumns;
-use crate::{OutboxSettings, PruneBatch, StoreError};
-use peroxo_protocol::conversation::{
-    CreateGroup, GroupChange, GroupOutcome, ReadMark, ReadOutcome,
-};
-use peroxo_protocol::domain::{AppendOutcome, NewMessage, UserKey, now_ms};
+use crate::{OutboxSettings, StoreError};
+use peroxo_protocol::domain::{UserKey, now_ms};
 use peroxo_protocol::event::{Event, EventKind, Fanout, StreamSeq};
-use peroxo_protocol::lifecycle::{MessageChange, MessageOutcome};
-use peroxo_protocol::outbox::{ConsumerClaim, ConsumerLease, NewOutboxEvent, Payloads};
-use peroxo_protocol::restriction::{Restriction, RestrictionChange};
+use peroxo_protocol::outbox::{ConsumerLease, NewOutboxEvent, Payloads};
+use peroxo_protocol::restriction::Restriction;
 
 /// The most stream rows the writer commits in one transaction (a direct message counts as
 /// one, a group message as one per member, an event as one per stream it enters). A single
@@ -47,42 +44,6 @@ const SEQ_CACHE_USERS: usize = 200_000;
 /// Group members the writer remembers, over all groups; past this, it forgets every group.
 const KNOWN_MEMBERS: usize = 500_000;
 
-/// Where a job's answer goes.
-pub(super) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
-
-/// A write for the writer thread.
-pub(super) enum Job {
-    Append(Vec<NewMessage>, Reply<Vec<AppendOutcome>>),
-    CreateGroup(CreateGroup, Reply<GroupOutcome>),
-    ChangeGroup(GroupChange, Reply<GroupOutcome>),
-    MarkRead(ReadMark, Reply<ReadOutcome>),
-    ChangeMessage(MessageChange, Reply<MessageOutcome>),
-    RecordEvents(String, Vec<NewOutboxEvent>, Reply<Vec<u64>>),
-    /// Retention: runs alone, in its own transaction.
-    Prune(PruneBatch, Reply<u64>),
-    /// Erasing a user's texts, then read state (`peroxo user erase`): each runs alone.
-    EraseTexts(UserKey, u32, Reply<u64>),
-    EraseReadState(UserKey, u32, Reply<u64>),
-    /// Retention of the outbox: runs alone.
-    PruneEvents(PruneBatch, Reply<u64>),
-    /// Erasing a user's texts from the outbox: runs alone.
-    EraseEventTexts(UserKey, u32, Reply<u64>),
-    /// A consumer's lease and cursor: each runs alone.
-    ClaimConsumer(ConsumerClaim, Reply<Option<ConsumerLease>>),
-    AdvanceConsumer(outbox::Advance, Reply<bool>),
-    /// A change of a user's restriction: runs alone.
-    SetRestriction(UserKey, RestrictionChange, Reply<Restriction>),
-}
-
-/// What a grouped job did in its transaction, to answer once it commits.
-enum Done {
-    Appended(Vec<AppendOutcome>),
-    Group(Result<GroupOutcome, StoreError>),
-    Read(Box<Result<ReadOutcome, StoreError>>),
-    Message(Box<Result<MessageOutcome, StoreError>>),
-    Recorded(Vec<u64>),
-}
-
 /// What a job that runs alone did, to answer once it commits.
 enum DoneAlone {
     Count(u64),
@@ -91,186 +52,103 @@ enum DoneAlone {
     Restriction(Restriction),
 }
 
-impl Job {
-    /// Whether the job runs in a transaction of its own, never grouped.
-    fn runs_alone(&self) -> bool {
-        matches!(
-            self,
-            Job::Prune(..)
-                | Job::EraseTexts(..)
-                | Job::EraseReadState(..)
-                | Job::PruneEvents(..)
-                | Job::EraseEventTexts(..)
-                | Job::ClaimConsumer(..)
-                | Job::AdvanceConsumer(..)
-                | Job::SetRestriction(..)
-        )
-    }
-
-    /// Does a grouped job inside `w`, and says how many stream rows it wrote.
-    fn run(&self, w: &mut WriteTx<'_>) -> Result<(Done, usize), StoreError> {
-        match self {
-            Job::Append(batch, _) => {
-                let mut outcomes = Vec::with_capacity(batch.len());
-                let mut rows = 0;
-                for message in batch {
-                    let (outcome, written) = append::append_one(w, message)?;
-                    outcomes.push(outcome);
-                    rows += written.max(1);
-                }
-                Ok((Done::Appended(outcomes), rows))
+/// Does a grouped `job` inside `w`, and says how many stream rows it wrote.
+fn run(job: &Job, w: &mut WriteTx<'_>) -> Result<(Done, usize), StoreError> {
+    match job {
+        Job::Append(batch, _) => {
+            let mut outcomes = Vec::with_capacity(batch.len());
+            let mut rows = 0;
+            for message in batch {
+                let (outcome, written) = append::append_one(w, message)?;
+                outcomes.push(outcome);
+                rows += written.max(1);
             }
-            Job::CreateGroup(request, _) => {
-                group_done(refusal_answers(groups::create_group(w, request))?)
-            }
-            Job::ChangeGroup(request, _) => {
-                group_done(refusal_answers(groups::change_group(w, request))?)
-            }
-            Job::MarkRead(request, _) => {
-                let done = refusal_answers(reads::mark_read(w, request))?;
-                Ok((Done::Read(Box::new(done)), 1))
-            }
-            Job::ChangeMessage(request, _) => {
-                let done = refusal_answers(lifecycle::change_message(w, request))?;
-                let rows = done
-                    .as_ref()
-                    .ok()
-                    .and_then(|o| o.event.as_ref())
-                    .map_or(1, |e| e.seqs.len().max(1));
-                Ok((Done::Message(Box::new(done)), rows))
-            }
-            Job::RecordEvents(tenant, events, _) => {
-                let ids = w.record_all(tenant, events)?;
-                Ok((Done::Recorded(ids), 1))
-            }
-            _ => Err(StoreError::Backend(
-                "a job of its own was grouped with other writes".to_owned(),
-            )),
+            Ok((Done::Appended(outcomes), rows))
         }
-    }
-
-    /// Does a job that runs alone inside `w`.
-    fn run_alone(&self, w: &mut WriteTx<'_>) -> Result<DoneAlone, StoreError> {
-        Ok(match self {
-            Job::Prune(batch, _) => DoneAlone::Count(retention::prune(w, batch)?),
-            Job::EraseTexts(user, limit, _) => DoneAlone::Count(erase::texts(w, user, *limit)?),
-            Job::EraseReadState(user, limit, _) => {
-                DoneAlone::Count(erase::read_state(w, user, *limit)?)
-            }
-            Job::PruneEvents(batch, _) => DoneAlone::Count(outbox::prune(w, batch)?),
-            Job::EraseEventTexts(user, limit, _) => {
-                DoneAlone::Count(outbox::erase_texts(w, user, *limit)?)
-            }
-            Job::ClaimConsumer(claim, _) => DoneAlone::Lease(outbox::claim(w, claim)?),
-            Job::AdvanceConsumer(advance, _) => DoneAlone::Advanced(outbox::advance(w, advance)?),
-            Job::SetRestriction(user, change, _) => {
-                DoneAlone::Restriction(restrictions::set(w, user, change)?)
-            }
-            _ => {
-                return Err(StoreError::Backend(
-                    "a grouped job was run alone".to_owned(),
-                ));
-            }
-        })
-    }
-
-    /// Answers the job with what it did, now committed. (A caller that stopped waiting has
-    /// no use for the answer.)
-    fn answer(self, done: Done) {
-        match (self, done) {
-            (Job::Append(_, reply), Done::Appended(outcomes)) => {
-                let _ = reply.send(Ok(outcomes));
-            }
-            (Job::CreateGroup(_, reply) | Job::ChangeGroup(_, reply), Done::Group(result)) => {
-                let _ = reply.send(result);
-            }
-            (Job::MarkRead(_, reply), Done::Read(result)) => {
-                let _ = reply.send(*result);
-            }
-            (Job::ChangeMessage(_, reply), Done::Message(result)) => {
-                let _ = reply.send(*result);
-            }
-            (Job::RecordEvents(_, _, reply), Done::Recorded(ids)) => {
-                let _ = reply.send(Ok(ids));
-            }
-            (job, _) => job.fail(StoreError::Backend(
-                "the writer mixed up the answers of its jobs".to_owned(),
-            )),
+        Job::CreateGroup(request, _) => {
+            group_done(refusal_answers(groups::create_group(w, request))?)
         }
-    }
-
-    /// Answers a job that ran alone with what it did, now committed, or with its error.
-    fn answer_alone(self, done: Result<DoneAlone, StoreError>) {
-        let done = match done {
-            Ok(done) => done,
-            Err(e) => return self.fail(e),
-        };
-        match (self, done) {
-            (
-                Job::Prune(_, reply)
-                | Job::EraseTexts(_, _, reply)
-                | Job::EraseReadState(_, _, reply)
-                | Job::PruneEvents(_, reply)
-                | Job::EraseEventTexts(_, _, reply),
-                DoneAlone::Count(n),
-            ) => {
-                let _ = reply.send(Ok(n));
-            }
-            (Job::ClaimConsumer(_, reply), DoneAlone::Lease(lease)) => {
-                let _ = reply.send(Ok(lease));
-            }
-            (Job::AdvanceConsumer(_, reply), DoneAlone::Advanced(held)) => {
-                let _ = reply.send(Ok(held));
-            }
-            (Job::SetRestriction(_, _, reply), DoneAlone::Restriction(restriction)) => {
-                let _ = reply.send(Ok(restriction));
-            }
-            (job, _) => job.fail(StoreError::Backend(
-                "the writer mixed up the answers of its jobs".to_owned(),
-            )),
+        Job::ChangeGroup(request, _) => {
+            group_done(refusal_answers(groups::change_group(w, request))?)
         }
+        Job::MarkRead(request, _) => {
+            let done = refusal_answers(reads::mark_read(w, request))?;
+            Ok((Done::Read(Box::new(done)), 1))
+        }
+        Job::ChangeMessage(request, _) => {
+            let done = refusal_answers(lifecycle::change_message(w, request))?;
+            let rows = done
+                .as_ref()
+                .ok()
+                .and_then(|o| o.event.as_ref())
+                .map_or(1, |e| e.seqs.len().max(1));
+            Ok((Done::Message(Box::new(done)), rows))
+        }
+        Job::RecordEvents(tenant, events, _) => {
+            let ids = w.record_all(tenant, events)?;
+            Ok((Done::Recorded(ids), 1))
+        }
+        _ => Err(StoreError::Backend(
+            "a job of its own was grouped with other writes".to_owned(),
+        )),
     }
+}
 
-    /// Answers the job with `error`.
-    fn fail(self, error: StoreError) {
-        match self {
-            Job::Append(_, reply) => drop(reply.send(Err(error))),
-            Job::CreateGroup(_, reply) | Job::ChangeGroup(_, reply) => {
-                drop(reply.send(Err(error)));
-            }
-            Job::MarkRead(_, reply) => drop(reply.send(Err(error))),
-            Job::ChangeMessage(_, reply) => drop(reply.send(Err(error))),
-            Job::RecordEvents(_, _, reply) => drop(reply.send(Err(error))),
+/// Does a `job` that runs alone inside `w`.
+fn run_alone(job: &Job, w: &mut WriteTx<'_>) -> Result<DoneAlone, StoreError> {
+    Ok(match job {
+        Job::Prune(batch, _) => DoneAlone::Count(retention::prune(w, batch)?),
+        Job::EraseTexts(user, limit, _) => DoneAlone::Count(erase::texts(w, user, *limit)?),
+        Job::EraseReadState(user, limit, _) => {
+            DoneAlone::Count(erase::read_state(w, user, *limit)?)
+        }
+        Job::PruneEvents(batch, _) => DoneAlone::Count(outbox::prune(w, batch)?),
+        Job::EraseEventTexts(user, limit, _) => {
+            DoneAlone::Count(outbox::erase_texts(w, user, *limit)?)
+        }
+        Job::ClaimConsumer(claim, _) => DoneAlone::Lease(outbox::claim(w, claim)?),
+        Job::AdvanceConsumer(advance, _) => DoneAlone::Advanced(outbox::advance(w, advance)?),
+        Job::SetRestriction(user, change, _) => {
+            DoneAlone::Restriction(restrictions::set(w, user, change)?)
+        }
+        _ => {
+            return Err(StoreError::Backend(
+                "a grouped job was run alone".to_owned(),
+            ));
+        }
+    })
+}
+
+/// Answers a `job` that ran alone with what it did, now committed, or with its error.
+fn answer_alone(job: Job, done: Result<DoneAlone, StoreError>) {
+    let done = match done {
+        Ok(done) => done,
+        Err(e) => return job.fail(e),
+    };
+    match (job, done) {
+        (
             Job::Prune(_, reply)
             | Job::EraseTexts(_, _, reply)
             | Job::EraseReadState(_, _, reply)
             | Job::PruneEvents(_, reply)
-            | Job::EraseEventTexts(_, _, reply) => drop(reply.send(Err(error))),
-            Job::ClaimConsumer(_, reply) => drop(reply.send(Err(error))),
-            Job::AdvanceConsumer(_, reply) => drop(reply.send(Err(error))),
-            Job::SetRestriction(_, _, reply) => drop(reply.send(Err(error))),
+            | Job::EraseEventTexts(_, _, reply),
+            DoneAlone::Count(n),
+        ) => {
+            let _ = reply.send(Ok(n));
         }
+        (Job::ClaimConsumer(_, reply), DoneAlone::Lease(lease)) => {
+            let _ = reply.send(Ok(lease));
+        }
+        (Job::AdvanceConsumer(_, reply), DoneAlone::Advanced(held)) => {
+            let _ = reply.send(Ok(held));
+        }
+        (Job::SetRestriction(_, _, reply), DoneAlone::Restriction(restriction)) => {
+            let _ = reply.send(Ok(restriction));
+        }
+        (job, _) => job.fail(StoreError::Backend(
+            "the writer mixed up the answers of its jobs".to_owned(),
+        )),
     }
-}
-
-/// A job's own refusal is its answer (it wrote nothing); any other error fails the whole
-/// transaction.
-fn refusal_answers<T>(result: Result<T, StoreError>) -> Result<Result<T, StoreError>, StoreError> {
-    match result {
-        Err(StoreError::Refused(refusal)) => Ok(Err(StoreError::Refused(refusal))),
-        Err(error) => Err(error),
-        Ok(done) => Ok(Ok(done)),
-    }
-}
-
-/// A group job's answer and the stream rows it wrote (a refused one wrote none).
-fn group_done(
-    done: Result<(GroupOutcome, usize), StoreError>,
-) -> Result<(Done, usize), StoreError> {
-    Ok(match done {
-        Ok((outcome, rows)) => (Done::Group(Ok(outcome)), rows.max(1)),
-        Err(refusal) => (Done::Group(Err(refusal)), 1),
-    })
 }
 
 /// The members of the groups the writer saw lately, so that a group message need not read
@@ -360,7 +238,7 @@ impl Writer {
                 if done.is_err() {
                     self.forget();
                 }
-                first.answer_alone(done);
+                answer_alone(first, done);
                 continue;
             }
             let mut group = vec![first];
@@ -409,7 +287,7 @@ impl Writer {
 
     fn commit_alone(&mut self, job: &Job, outbox: OutboxSettings) -> Result<DoneAlone, StoreError> {
         let mut w = self.write_tx(outbox);
-        let done = job.run_alone(&mut w)?;
+        let done = run_alone(job, &mut w)?;
         w.commit()?;
         Ok(done)
     }
@@ -428,7 +306,7 @@ impl Writer {
         let mut rows = 0;
         loop {
             let job = group.last().expect("a group holds a job");
-            let (answer, written) = job.run(&mut w)?;
+            let (answer, written) = run(job, &mut w)?;
             done.push(answer);
             rows += written;
             if rows >= MAX_GROUP_COMMIT {

@@ -315,7 +315,7 @@ impl MessageStore for SqliteStore {
         holder: String,
         cursor: u64,
     ) -> Result<bool, StoreError> {
-        let advance = outbox::Advance {
+        let advance = crate::jobs::Advance {
             tenant,
             consumer,
             holder,

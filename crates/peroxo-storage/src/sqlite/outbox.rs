@@ -13,6 +13,7 @@ use std::collections::{BTreeSet, HashMap};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::backend;
+use crate::jobs::Advance;
 use crate::outbox::{EventsQuery, claim_sql, lease_end, prune_cut};
 use crate::sql::sql_int;
 use crate::{MAX_EVENTS_LIMIT, PruneBatch, StoreError};
@@ -246,15 +247,6 @@ pub(super) fn erase_texts(
         .map_err(backend)?;
     tx.commit().map_err(backend)?;
     Ok(changed as u64)
-}
-
-/// A move of a consumer's cursor by the holder of its lease.
-#[derive(Debug)]
-pub(super) struct Advance {
-    pub(super) tenant: String,
-    pub(super) consumer: String,
-    pub(super) holder: String,
-    pub(super) cursor: u64,
 }
 
 /// Claims or renews a consumer's lease, in one statement.

@@ -17,23 +17,19 @@ use std::collections::HashMap;
 use std::sync::{Arc, mpsc};
 
 use rusqlite::{Connection, TransactionBehavior, params};
-use tokio::sync::oneshot;
 
 use super::outbox::OutboxIds;
 use super::schema::{EVENT, GROUP_MESSAGE, LIFECYCLE_EVENT};
 use super::{
     append, backend, erase, groups, lifecycle, outbox, reads, restrictions, retention, state,
 };
+use crate::jobs::{Done, group_done, refusal_answers};
+pub(super) use crate::jobs::{Job, Reply};
 use crate::sql::{EventColumns, sql_int};
-use crate::{OutboxSettings, PruneBatch, StoreError};
-use peroxo_protocol::conversation::{
-    CreateGroup, GroupChange, GroupOutcome, ReadMark, ReadOutcome,
-};
-use peroxo_protocol::domain::{AppendOutcome, NewMessage, UserKey, now_ms};
+use crate::{OutboxSettings, StoreError};
+use peroxo_protocol::domain::{UserKey, now_ms};
 use peroxo_protocol::event::{Event, EventKind, Fanout, StreamSeq};
-use peroxo_protocol::lifecycle::{MessageChange, MessageOutcome};
-use peroxo_protocol::outbox::{ConsumerClaim, ConsumerLease, NewOutboxEvent, Payloads};
-use peroxo_protocol::restriction::{Restriction, RestrictionChange};
+use peroxo_protocol::outbox::{NewOutboxEvent, Payloads};
 
 /// The most stream rows the writer commits in one transaction (a direct message counts as
 /// one, a group message as one per member, an event as one per stream it enters). A single
@@ -46,189 +42,53 @@ const SEQ_CACHE_USERS: usize = 200_000;
 /// reads each again from the database when next needed.
 const KNOWN_MEMBERS: usize = 500_000;
 
-/// Where a job's answer goes.
-pub(super) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
-
-/// A write for the writer thread.
-pub(super) enum Job {
-    Append(Vec<NewMessage>, Reply<Vec<AppendOutcome>>),
-    CreateGroup(CreateGroup, Reply<GroupOutcome>),
-    ChangeGroup(GroupChange, Reply<GroupOutcome>),
-    MarkRead(ReadMark, Reply<ReadOutcome>),
-    ChangeMessage(MessageChange, Reply<MessageOutcome>),
-    /// Retention: runs alone, in its own transaction.
-    Prune(PruneBatch, Reply<u64>),
-    /// Erasing a user's texts, then read state (`peroxo user erase`): each runs alone.
-    EraseTexts(UserKey, u32, Reply<u64>),
-    EraseReadState(UserKey, u32, Reply<u64>),
-    /// Retention of the outbox: runs alone.
-    PruneEvents(PruneBatch, Reply<u64>),
-    /// Erasing a user's texts from the outbox: runs alone.
-    EraseEventTexts(UserKey, u32, Reply<u64>),
-    /// Events the caller decides, for the outbox.
-    RecordEvents(String, Vec<NewOutboxEvent>, Reply<Vec<u64>>),
-    /// A consumer's lease and cursor: each runs alone.
-    ClaimConsumer(ConsumerClaim, Reply<Option<ConsumerLease>>),
-    AdvanceConsumer(outbox::Advance, Reply<bool>),
-    /// A change of a user's restriction: runs alone.
-    SetRestriction(UserKey, RestrictionChange, Reply<Restriction>),
-}
-
-/// What a job did in its transaction, to answer once it commits.
-enum Done {
-    Appended(Vec<AppendOutcome>),
-    Group(Result<GroupOutcome, StoreError>),
-    /// Boxed: an outcome with its two events is large beside the others.
-    Read(Box<Result<ReadOutcome, StoreError>>),
-    Message(Box<Result<MessageOutcome, StoreError>>),
-    Recorded(Vec<u64>),
-}
-
-impl Job {
-    /// Whether the job runs in a transaction of its own, never grouped.
-    fn runs_alone(&self) -> bool {
-        matches!(
-            self,
-            Job::Prune(..)
-                | Job::EraseTexts(..)
-                | Job::EraseReadState(..)
-                | Job::PruneEvents(..)
-                | Job::EraseEventTexts(..)
-                | Job::ClaimConsumer(..)
-                | Job::AdvanceConsumer(..)
-                | Job::SetRestriction(..)
-        )
-    }
-
-    /// Does the job inside `w`, and says how many stream rows it wrote.
-    fn run(&self, w: &mut WriteTx<'_>) -> Result<(Done, usize), StoreError> {
-        match self {
-            Job::Append(batch, _) => {
-                let mut outcomes = Vec::with_capacity(batch.len());
-                let mut rows = 0;
-                for message in batch {
-                    let (outcome, written) = append::append_one(w, message)?;
-                    outcomes.push(outcome);
-                    rows += written.max(1);
-                }
-                Ok((Done::Appended(outcomes), rows))
+/// Does a grouped `job` inside `w`, and says how many stream rows it wrote.
+fn run(job: &Job, w: &mut WriteTx<'_>) -> Result<(Done, usize), StoreError> {
+    match job {
+        Job::Append(batch, _) => {
+            let mut outcomes = Vec::with_capacity(batch.len());
+            let mut rows = 0;
+            for message in batch {
+                let (outcome, written) = append::append_one(w, message)?;
+                outcomes.push(outcome);
+                rows += written.max(1);
             }
-            Job::CreateGroup(request, _) => {
-                group_done(refusal_answers(groups::create_group(w, request))?)
-            }
-            Job::ChangeGroup(request, _) => {
-                group_done(refusal_answers(groups::change_group(w, request))?)
-            }
-            Job::MarkRead(request, _) => {
-                let done = refusal_answers(reads::mark_read(w, request))?;
-                Ok((Done::Read(Box::new(done)), 1))
-            }
-            Job::ChangeMessage(request, _) => {
-                let done = refusal_answers(lifecycle::change_message(w, request))?;
-                let rows = done
-                    .as_ref()
-                    .ok()
-                    .and_then(|o| o.event.as_ref())
-                    .map_or(1, |e| e.seqs.len().max(1));
-                Ok((Done::Message(Box::new(done)), rows))
-            }
-            Job::RecordEvents(tenant, events, _) => {
-                let ids = w.record_all(tenant, events)?;
-                Ok((Done::Recorded(ids), 1))
-            }
-            Job::Prune(..)
-            | Job::EraseTexts(..)
-            | Job::EraseReadState(..)
-            | Job::PruneEvents(..)
-            | Job::EraseEventTexts(..)
-            | Job::ClaimConsumer(..)
-            | Job::AdvanceConsumer(..)
-            | Job::SetRestriction(..) => Err(StoreError::Backend(
-                "a batch of its own was grouped with other writes".to_owned(),
-            )),
+            Ok((Done::Appended(outcomes), rows))
         }
-    }
-
-    /// Answers the job with what it did, now committed. (A caller that stopped waiting has
-    /// no use for the answer.)
-    fn answer(self, done: Done) {
-        match (self, done) {
-            (Job::Append(_, reply), Done::Appended(outcomes)) => {
-                let _ = reply.send(Ok(outcomes));
-            }
-            (Job::CreateGroup(_, reply) | Job::ChangeGroup(_, reply), Done::Group(result)) => {
-                let _ = reply.send(result);
-            }
-            (Job::MarkRead(_, reply), Done::Read(result)) => {
-                let _ = reply.send(*result);
-            }
-            (Job::ChangeMessage(_, reply), Done::Message(result)) => {
-                let _ = reply.send(*result);
-            }
-            (Job::RecordEvents(_, _, reply), Done::Recorded(ids)) => {
-                let _ = reply.send(Ok(ids));
-            }
-            (job, _) => job.fail("the writer mixed up the answers of its jobs"),
+        Job::CreateGroup(request, _) => {
+            group_done(refusal_answers(groups::create_group(w, request))?)
         }
-    }
-
-    /// Answers the job with the error that failed its transaction.
-    fn fail(self, error: &str) {
-        let error = StoreError::Backend(error.to_owned());
-        match self {
-            Job::Append(_, reply) => {
-                let _ = reply.send(Err(error));
-            }
-            Job::CreateGroup(_, reply) | Job::ChangeGroup(_, reply) => {
-                let _ = reply.send(Err(error));
-            }
-            Job::MarkRead(_, reply) => {
-                let _ = reply.send(Err(error));
-            }
-            Job::ChangeMessage(_, reply) => {
-                let _ = reply.send(Err(error));
-            }
-            Job::Prune(_, reply)
-            | Job::EraseTexts(_, _, reply)
-            | Job::EraseReadState(_, _, reply)
-            | Job::PruneEvents(_, reply)
-            | Job::EraseEventTexts(_, _, reply) => {
-                let _ = reply.send(Err(error));
-            }
-            Job::RecordEvents(_, _, reply) => {
-                let _ = reply.send(Err(error));
-            }
-            Job::ClaimConsumer(_, reply) => {
-                let _ = reply.send(Err(error));
-            }
-            Job::AdvanceConsumer(_, reply) => {
-                let _ = reply.send(Err(error));
-            }
-            Job::SetRestriction(_, _, reply) => {
-                let _ = reply.send(Err(error));
-            }
+        Job::ChangeGroup(request, _) => {
+            group_done(refusal_answers(groups::change_group(w, request))?)
         }
+        Job::MarkRead(request, _) => {
+            let done = refusal_answers(reads::mark_read(w, request))?;
+            Ok((Done::Read(Box::new(done)), 1))
+        }
+        Job::ChangeMessage(request, _) => {
+            let done = refusal_answers(lifecycle::change_message(w, request))?;
+            let rows = done
+                .as_ref()
+                .ok()
+                .and_then(|o| o.event.as_ref())
+                .map_or(1, |e| e.seqs.len().max(1));
+            Ok((Done::Message(Box::new(done)), rows))
+        }
+        Job::RecordEvents(tenant, events, _) => {
+            let ids = w.record_all(tenant, events)?;
+            Ok((Done::Recorded(ids), 1))
+        }
+        Job::Prune(..)
+        | Job::EraseTexts(..)
+        | Job::EraseReadState(..)
+        | Job::PruneEvents(..)
+        | Job::EraseEventTexts(..)
+        | Job::ClaimConsumer(..)
+        | Job::AdvanceConsumer(..)
+        | Job::SetRestriction(..) => Err(StoreError::Backend(
+            "a batch of its own was grouped with other writes".to_owned(),
+        )),
     }
-}
-
-/// A job's own refusal is its answer (it wrote nothing); any other error fails the whole
-/// transaction.
-fn refusal_answers<T>(result: Result<T, StoreError>) -> Result<Result<T, StoreError>, StoreError> {
-    match result {
-        Err(StoreError::Refused(refusal)) => Ok(Err(StoreError::Refused(refusal))),
-        Err(error) => Err(error),
-        Ok(done) => Ok(Ok(done)),
-    }
-}
-
-/// A group job's answer and the stream rows it wrote (a refused one wrote none).
-fn group_done(
-    done: Result<(GroupOutcome, usize), StoreError>,
-) -> Result<(Done, usize), StoreError> {
-    Ok(match done {
-        Ok((outcome, rows)) => (Done::Group(Ok(outcome)), rows.max(1)),
-        Err(refusal) => (Done::Group(Err(refusal)), 1),
-    })
 }
 
 /// The writer thread's state.
@@ -325,7 +185,7 @@ impl Writer {
                     tracing::error!(error = %e, "sqlite write transaction failed");
                     let error = e.to_string();
                     for job in group {
-                        job.fail(&error);
+                        job.fail(StoreError::Backend(error.clone()));
                     }
                 }
             }
@@ -392,7 +252,7 @@ impl Writer {
         let mut rows = 0;
         loop {
             let job = group.last().expect("a group holds a job");
-            let (answer, written) = job.run(&mut w)?;
+            let (answer, written) = run(job, &mut w)?;
             done.push(answer);
             rows += written;
             if rows >= MAX_GROUP_COMMIT {
