@@ -20,6 +20,8 @@
 #   PEROXO_BIN=path  the PerOXO build, run as `serve --config bench/config.toml`, and the load
 #                    generator for every side [default: builds target/release/peroxo]
 #   PEROXO_ENV       extra VAR=value settings (space-separated) for PerOXO
+#   PEROXO_ALT_ENV   settings for a second PerOXO side, `peroxo-alt`, of the same build (for
+#                    instance PEROXO_STORAGE__BACKEND=lsm); left out when unset
 #   RUNS=3           runs of each server
 #   KEEP=1           keep the temporary directory (server logs, each run's JSON report)
 set -euo pipefail
@@ -32,6 +34,7 @@ health=http://127.0.0.1:$port/healthz
 . bench/processes.sh
 
 sides=(peroxo)
+[ -n "${PEROXO_ALT_ENV:-}" ] && sides+=(peroxo-alt)
 [ -n "${NODE_HUB:-}" ] && sides+=(node)
 [ -n "${THIN_RELAY:-}" ] && sides+=(relay relay-sqlite)
 
@@ -43,11 +46,15 @@ for run in $(seq 1 "$runs"); do
       exit 1
     fi
     case $side in
-      peroxo)
+      peroxo | peroxo-alt)
+        settings=${PEROXO_ENV:-}
+        [ "$side" = peroxo-alt ] && settings=$PEROXO_ALT_ENV
+        # Each run's database is new, whichever backend the settings choose.
         # shellcheck disable=SC2086 # each setting is its own word
-        start peroxo env PEROXO_STORAGE__SQLITE_PATH="$work/peroxo-$run.db" ${PEROXO_ENV:-} \
+        start "$side" env PEROXO_STORAGE__SQLITE_PATH="$work/$side-$run.db" \
+          PEROXO_STORAGE__LSM_PATH="$work/$side-$run.lsm" $settings \
           "$PEROXO_BIN" serve --config bench/config.toml
-        wait_for peroxo curl -fsS "$health"
+        wait_for "$side" curl -fsS "$health"
         ;;
       node)
         start node node "$NODE_HUB" "$port"
