@@ -3,10 +3,8 @@
 //! the members' conversation states (through [`WriteTx::put_state`], which keeps the `list`
 //! and `members` indexes in step).
 
-use fjall::Readable;
-
 use super::keys::KeyReader;
-use super::tables::{self, GroupRow, StateRow, Tables, key};
+use super::tables::{self, GroupRow, Source, StateRow, Tables, key};
 use super::writer::{WriteTx, member_rows};
 use crate::StoreError;
 use crate::rules::{self, Effect, GroupState, MemberRow, Step};
@@ -73,7 +71,7 @@ pub(super) fn create_group(
 
 /// A group id the tenant has no group under (a clash of random ids is all but impossible, but
 /// costs one lookup to rule out).
-fn fresh_group_id(r: &impl Readable, t: &Tables, tenant: &str) -> Result<String, StoreError> {
+fn fresh_group_id(r: &impl Source, t: &Tables, tenant: &str) -> Result<String, StoreError> {
     loop {
         let id = rules::new_group_id();
         if !tables::contains(r, &t.groups, &key::group(tenant, &id))? {
@@ -83,7 +81,7 @@ fn fresh_group_id(r: &impl Readable, t: &Tables, tenant: &str) -> Result<String,
 }
 
 /// How many groups `user` is a member of now: its active states with a role.
-fn group_count(r: &impl Readable, t: &Tables, tenant: &str, user: &str) -> Result<u64, StoreError> {
+fn group_count(r: &impl Source, t: &Tables, tenant: &str, user: &str) -> Result<u64, StoreError> {
     let mut count = 0;
     for (_, value) in tables::scan(r, &t.states, &key::user(tenant, user), false, usize::MAX)? {
         let state: StateRow = tables::decode(&value)?;
@@ -96,7 +94,7 @@ fn group_count(r: &impl Readable, t: &Tables, tenant: &str, user: &str) -> Resul
 
 /// Refuses when any of `users` is already in as many groups as the limits allow.
 fn check_group_counts(
-    r: &impl Readable,
+    r: &impl Source,
     t: &Tables,
     tenant: &str,
     users: &[String],
@@ -164,7 +162,7 @@ pub(super) fn change_group(
 
 /// The current members of `group`, by user id, as the rules read them.
 fn current_members(
-    r: &impl Readable,
+    r: &impl Source,
     t: &Tables,
     tenant: &str,
     group: &str,
@@ -287,7 +285,7 @@ fn join(
 
 /// The id of the newest message of `conversation` (0 when it has none).
 fn newest_message(
-    r: &impl Readable,
+    r: &impl Source,
     t: &Tables,
     tenant: &str,
     conversation: &str,
@@ -323,7 +321,7 @@ fn touch(w: &mut WriteTx<'_>, fanout: &Fanout) -> Result<(), StoreError> {
 /// `MessageStore::members`). Refused when the group does not exist or the user is not a
 /// member of it.
 pub(super) fn members(
-    r: &impl Readable,
+    r: &impl Source,
     t: &Tables,
     user: &UserKey,
     conversation_id: &str,

@@ -7,12 +7,12 @@
 //! counted in the message's `reaction_count`; an edit is found again by its `client_msg_id`
 //! through `event_dedupe`, which the edit's event fills.
 
-use fjall::Readable;
+use std::ops::Bound;
 
 use super::keys::{KeyReader, corrupt};
 use super::queries::{self, active_state};
 use super::reads::visible_message;
-use super::tables::{self, EventRow, MessageRow, StateRow, Tables, engine, key};
+use super::tables::{self, EventRow, MessageRow, Source, StateRow, Tables, key};
 use super::writer::WriteTx;
 use crate::rules::{self, MessageEffect, ReactionTally, Target};
 use crate::{MAX_STORED_TEXT_BYTES, StoreError};
@@ -116,7 +116,7 @@ pub(super) fn change_message(
 
 /// Message `id` as `viewer` sees it now (see [`as_seen_by`]).
 fn read_message(
-    r: &impl Readable,
+    r: &impl Source,
     t: &Tables,
     viewer: &UserKey,
     id: u64,
@@ -130,7 +130,7 @@ fn read_message(
 /// reads it: a group message with the viewer's seq of it, its reactions counted for the
 /// viewer.
 fn as_seen_by(
-    r: &impl Readable,
+    r: &impl Source,
     t: &Tables,
     viewer: &UserKey,
     id: u64,
@@ -148,7 +148,7 @@ fn as_seen_by(
 
 /// The message `actor` edited with `client_msg_id` before, if it did.
 fn edited_before(
-    r: &impl Readable,
+    r: &impl Source,
     t: &Tables,
     actor: &UserKey,
     client_msg_id: &str,
@@ -173,7 +173,7 @@ fn role_of(text: &str) -> Result<Role, StoreError> {
 
 /// What a reaction of `user` with `emoji` to `message_id` would change.
 fn reaction_tally(
-    r: &impl Readable,
+    r: &impl Source,
     t: &Tables,
     tenant: &str,
     user: &str,
@@ -305,7 +305,7 @@ fn forget_deleted(
 /// The newest message of `conversation` past `boundary` and before `before` that is not
 /// deleted (0 when there is none).
 fn newest_before(
-    r: &impl Readable,
+    r: &impl Source,
     t: &Tables,
     tenant: &str,
     conversation: &str,
@@ -314,16 +314,22 @@ fn newest_before(
 ) -> Result<u64, StoreError> {
     let prefix = key::conversation_prefix(tenant, conversation);
     let end = key::by_conversation(tenant, conversation, before);
-    for guard in r.range(&t.by_conversation, prefix.clone()..end).rev() {
-        let key = guard.key().map_err(engine)?;
-        let id = KeyReader::new(&key).skip(&prefix)?.u64()?;
+    let (lower, upper) = (
+        Bound::Included(prefix.as_slice()),
+        Bound::Excluded(end.as_slice()),
+    );
+    let mut newest = 0;
+    r.walk(&t.by_conversation, lower, upper, true, |key, _| {
+        let id = KeyReader::new(key).skip(&prefix)?.u64()?;
         if id <= boundary {
-            break;
+            return Ok(false);
         }
         let row: Option<MessageRow> = tables::get(r, &t.messages, &key::message(tenant, id))?;
         if row.is_some_and(|m| m.deleted_ts.is_none()) {
-            return Ok(id);
+            newest = id;
+            return Ok(false);
         }
-    }
-    Ok(0)
+        Ok(true)
+    })?;
+    Ok(newest)
 }

@@ -7,11 +7,12 @@
 //! follow commit order and have no gaps.
 
 use std::collections::{BTreeSet, HashMap};
+use std::ops::Bound;
 
-use fjall::{Readable, SingleWriterWriteTx};
+use fjall::SingleWriterWriteTx;
 
 use super::keys::{KeyReader, corrupt};
-use super::tables::{self, ConsumerRow, OutboxCounter, OutboxRow, Tables, engine, key};
+use super::tables::{self, ConsumerRow, OutboxCounter, OutboxRow, Source, Tables, key};
 use super::writer::WriteTx;
 use crate::jobs::Advance;
 use crate::outbox::{EventsQuery, lease_end, prune_cut};
@@ -105,7 +106,7 @@ impl OutboxIds {
 
 /// `tenant`'s outbox counter (all zero when it has none).
 pub(super) fn counter(
-    r: &impl Readable,
+    r: &impl Source,
     t: &Tables,
     tenant: &str,
 ) -> Result<OutboxCounter, StoreError> {
@@ -122,7 +123,7 @@ fn kind_of(name: &str) -> Result<OutboxKind, StoreError> {
 /// ascending, at most `query.limit` (capped at [`MAX_EVENTS_LIMIT`]), and its `pruned_until`,
 /// both read from the snapshot `r`.
 pub(super) fn page(
-    r: &impl Readable,
+    r: &impl Source,
     t: &Tables,
     query: &EventsQuery,
 ) -> Result<OutboxPage, StoreError> {
@@ -153,10 +154,19 @@ pub(super) fn page(
 
 /// The tenants that have outbox events (a counter: every tenant that ever wrote one), in
 /// order.
-pub(super) fn event_tenants(r: &impl Readable, t: &Tables) -> Result<Vec<String>, StoreError> {
-    r.iter(&t.outbox_counters)
-        .map(|guard| KeyReader::new(&guard.key().map_err(engine)?).str())
-        .collect()
+pub(super) fn event_tenants(r: &impl Source, t: &Tables) -> Result<Vec<String>, StoreError> {
+    let mut tenants = Vec::new();
+    r.walk(
+        &t.outbox_counters,
+        Bound::Unbounded,
+        Bound::Unbounded,
+        false,
+        |key, _| {
+            tenants.push(KeyReader::new(key).str()?);
+            Ok(true)
+        },
+    )?;
+    Ok(tenants)
 }
 
 /// Deletes the tenant's oldest events committed before `batch.before_ts`, up to
@@ -205,21 +215,18 @@ pub(super) fn erase_texts(
     let mut erased = Vec::new();
     if limit > 0 {
         let prefix = key::tenant(&user.tenant);
-        for guard in w.tx.prefix(&w.t.outbox, &prefix) {
-            let (key, value) = guard.into_inner().map_err(engine)?;
-            let mut row: OutboxRow = tables::decode(&value)?;
+        w.tx.walk_prefix(&w.t.outbox, &prefix, false, |key, value| {
+            let mut row: OutboxRow = tables::decode(value)?;
             if !TEXT_KINDS.contains(&row.kind.as_str()) {
-                continue;
+                return Ok(true);
             }
             let Some(payload) = without_text(&row.payload, &user.user)? else {
-                continue;
+                return Ok(true);
             };
             row.payload = payload;
             erased.push((key.to_vec(), row));
-            if erased.len() >= limit as usize {
-                break;
-            }
-        }
+            Ok(erased.len() < limit as usize)
+        })?;
     }
     let count = erased.len() as u64;
     for (key, row) in erased {

@@ -4,10 +4,8 @@
 
 use std::ops::Bound;
 
-use fjall::{Readable, SingleWriterTxKeyspace};
-
 use super::keys::{Key, KeyReader, corrupt};
-use super::tables::{self, Entry, EventRow, GroupRow, MessageRow, StateRow, Tables, engine, key};
+use super::tables::{self, Entry, EventRow, GroupRow, MessageRow, Source, StateRow, Tables, key};
 use crate::rules::{self, Target};
 use crate::sql::{
     LifecycleColumns, StreamEntry, has_pending_reactions, history_page, reaction_counts, sql_int,
@@ -26,12 +24,12 @@ fn refused(refusal: peroxo_protocol::event::Refusal) -> StoreError {
 
 /// The user's current seq: the highest of its stream, or of what retention pruned of it (0
 /// when it has none).
-pub(super) fn last_seq(r: &impl Readable, t: &Tables, user: &UserKey) -> Result<u64, StoreError> {
+pub(super) fn last_seq(r: &impl Source, t: &Tables, user: &UserKey) -> Result<u64, StoreError> {
     Ok(top_seq(r, t, user)?.max(stream_floor(r, t, user)?))
 }
 
 /// The highest seq of the user's stream that is still there (0 when none).
-fn top_seq(r: &impl Readable, t: &Tables, user: &UserKey) -> Result<u64, StoreError> {
+fn top_seq(r: &impl Source, t: &Tables, user: &UserKey) -> Result<u64, StoreError> {
     let prefix = key::user(&user.tenant, &user.user);
     match tables::scan(r, &t.inbox, &prefix, true, 1)?.first() {
         Some((rest, _)) => KeyReader::new(rest).u64(),
@@ -40,43 +38,8 @@ fn top_seq(r: &impl Readable, t: &Tables, user: &UserKey) -> Result<u64, StoreEr
 }
 
 /// The highest seq of the user's stream that retention deleted (0 when none).
-pub(super) fn stream_floor(
-    r: &impl Readable,
-    t: &Tables,
-    user: &UserKey,
-) -> Result<u64, StoreError> {
+pub(super) fn stream_floor(r: &impl Source, t: &Tables, user: &UserKey) -> Result<u64, StoreError> {
     Ok(tables::get_u64(r, &t.floors, &key::user(&user.tenant, &user.user))?.unwrap_or(0))
-}
-
-/// Visits the keys and values of `ks` between `lower` and `upper` in key order (`rev`:
-/// reversed) while `visit` says to go on.
-fn walk(
-    r: &impl Readable,
-    ks: &SingleWriterTxKeyspace,
-    lower: Bound<Vec<u8>>,
-    upper: Bound<Vec<u8>>,
-    rev: bool,
-    mut visit: impl FnMut(&[u8], &[u8]) -> Result<bool, StoreError>,
-) -> Result<(), StoreError> {
-    let iter = r.range::<Vec<u8>, _>(ks, (lower, upper));
-    let mut step = |guard: fjall::Guard| -> Result<bool, StoreError> {
-        let (key, value) = guard.into_inner().map_err(engine)?;
-        visit(&key, &value)
-    };
-    if rev {
-        for guard in iter.rev() {
-            if !step(guard)? {
-                break;
-            }
-        }
-    } else {
-        for guard in iter {
-            if !step(guard)? {
-                break;
-            }
-        }
-    }
-    Ok(())
 }
 
 /// The first [`QUOTE_EXCERPT_CHARS`] characters of `text`.
@@ -90,7 +53,7 @@ pub(super) fn excerpt(mut text: String) -> String {
 /// Message `id` of `tenant` as it is now (with its quote as it is now; reactions still the
 /// placeholder [`attach_reactions`] replaces), or `None` when there is none.
 pub(super) fn message(
-    r: &impl Readable,
+    r: &impl Source,
     t: &Tables,
     tenant: &str,
     id: u64,
@@ -104,7 +67,7 @@ pub(super) fn message(
 /// Message `id` of `tenant`, which a stream entry or an index points at: its absence is the
 /// database's fault.
 fn message_at(
-    r: &impl Readable,
+    r: &impl Source,
     t: &Tables,
     tenant: &str,
     id: u64,
@@ -115,7 +78,7 @@ fn message_at(
 /// The message `row` (message `id` of `tenant`) as read back, with the message it replies to
 /// as it is now (deleted when retention deleted it).
 pub(super) fn stored_message(
-    r: &impl Readable,
+    r: &impl Source,
     t: &Tables,
     tenant: &str,
     id: u64,
@@ -157,7 +120,7 @@ pub(super) fn stored_message(
 /// Replaces the reaction placeholders of `messages` with their reactions as `viewer` sees
 /// them.
 pub(super) fn attach_reactions<'m>(
-    r: &impl Readable,
+    r: &impl Source,
     t: &Tables,
     viewer: &str,
     messages: impl IntoIterator<Item = &'m mut StoredMessage>,
@@ -183,7 +146,7 @@ pub(super) fn attach_reactions<'m>(
 /// `user`'s active state of `target`, or the refusal of reading it: the group does not exist,
 /// the user is not a member of it, the direct conversation has no message yet.
 pub(super) fn active_state(
-    r: &impl Readable,
+    r: &impl Source,
     t: &Tables,
     user: &UserKey,
     target: &Target,
@@ -207,7 +170,7 @@ pub(super) fn active_state(
 /// conversation's index, a group's only past the user's boundary, each group message with
 /// the user's seq of it.
 pub(super) fn history(
-    r: &impl Readable,
+    r: &impl Source,
     t: &Tables,
     query: &HistoryQuery,
 ) -> Result<HistoryPage, StoreError> {
@@ -218,22 +181,17 @@ pub(super) fn history(
     let prefix = key::conversation_prefix(tenant, target.id());
     // `u64::MAX` is no message id: below it is everything.
     let before = query.before.unwrap_or(u64::MAX);
-    let upper = Bound::Excluded(key::by_conversation(tenant, target.id(), before));
+    let end = key::by_conversation(tenant, target.id(), before);
+    let upper = Bound::Excluded(end.as_slice());
     let mut newest_first = Vec::new();
     match &target {
         Target::Direct { .. } => {
             let mut ids = Vec::with_capacity(rows.min(1024));
-            walk(
-                r,
-                &t.by_conversation,
-                Bound::Included(prefix.clone()),
-                upper,
-                true,
-                |k, _| {
-                    ids.push(KeyReader::new(k).skip(&prefix)?.u64()?);
-                    Ok(ids.len() < rows)
-                },
-            )?;
+            let lower = Bound::Included(prefix.as_slice());
+            r.walk(&t.by_conversation, lower, upper, true, |k, _| {
+                ids.push(KeyReader::new(k).skip(&prefix)?.u64()?);
+                Ok(ids.len() < rows)
+            })?;
             for id in ids {
                 newest_first.push(message_at(r, t, tenant, id)?);
             }
@@ -243,8 +201,9 @@ pub(super) fn history(
             let mut ids = Vec::with_capacity(rows.min(1024));
             if before > boundary {
                 // Messages up to the boundary are before the user joined.
-                let lower = Bound::Excluded(key::by_conversation(tenant, group, boundary));
-                walk(r, &t.by_conversation, lower, upper, true, |k, _| {
+                let start = key::by_conversation(tenant, group, boundary);
+                let lower = Bound::Excluded(start.as_slice());
+                r.walk(&t.by_conversation, lower, upper, true, |k, _| {
                     let id = KeyReader::new(k).skip(&prefix)?.u64()?;
                     // The user's seq of it; a message not in the user's stream is not shown.
                     let entry = key::group_entry(tenant, id, &user.user);
@@ -270,11 +229,7 @@ pub(super) fn history(
 /// A user's stream after a seq (see `MessageStore::sync`): the entries the scope reads, each
 /// resolved to its message (a group message with the user's seq of it) or its event (an
 /// edit with the message's text as it is now).
-pub(super) fn sync(
-    r: &impl Readable,
-    t: &Tables,
-    query: &SyncQuery,
-) -> Result<SyncPage, StoreError> {
+pub(super) fn sync(r: &impl Source, t: &Tables, query: &SyncQuery) -> Result<SyncPage, StoreError> {
     let user = &query.user;
     let tenant = user.tenant.as_str();
     let floor = stream_floor(r, t, user)?;
@@ -288,9 +243,15 @@ pub(super) fn sync(
     let prefix = key::user(tenant, &user.user);
     let mut entries: Vec<(u64, Entry)> = Vec::with_capacity(rows.min(1024));
     if query.after_seq < u64::MAX {
-        let lower = Bound::Excluded(key::inbox(tenant, &user.user, query.after_seq));
-        let upper = Bound::Included(key::inbox(tenant, &user.user, u64::MAX));
-        walk(r, &t.inbox, lower, upper, false, |k, v| {
+        let (after, last) = (
+            key::inbox(tenant, &user.user, query.after_seq),
+            key::inbox(tenant, &user.user, u64::MAX),
+        );
+        let (lower, upper) = (
+            Bound::Excluded(after.as_slice()),
+            Bound::Included(last.as_slice()),
+        );
+        r.walk(&t.inbox, lower, upper, false, |k, v| {
             let seq = KeyReader::new(k).skip(&prefix)?.u64()?;
             let entry: Entry = tables::decode(v)?;
             if wanted(&entry) {
@@ -321,7 +282,7 @@ pub(super) fn sync(
 
 /// Event `id` of `tenant`, which a stream entry points at; an edit carries the message's text
 /// as it is now (none once retention deleted it).
-fn event(r: &impl Readable, t: &Tables, tenant: &str, id: u64) -> Result<Event, StoreError> {
+fn event(r: &impl Source, t: &Tables, tenant: &str, id: u64) -> Result<Event, StoreError> {
     let row: EventRow = tables::get(r, &t.events, &key::event(tenant, id))?
         .ok_or_else(|| corrupt("an entry pointing at no event"))?;
     let mut columns = row.columns;
@@ -350,7 +311,7 @@ fn event(r: &impl Readable, t: &Tables, tenant: &str, id: u64) -> Result<Event, 
 /// marker in a direct conversation, a group's title and member count, and the user's seq of
 /// a group's last message.
 pub(super) fn conversations(
-    r: &impl Readable,
+    r: &impl Source,
     t: &Tables,
     query: &ConversationsQuery,
 ) -> Result<ConversationPage, StoreError> {
@@ -373,19 +334,16 @@ pub(super) fn conversations(
         .u64(before)
         .into_bytes();
     let mut listed = Vec::with_capacity(rows.min(256));
-    walk(
-        r,
-        &t.list,
-        Bound::Included(prefix.clone()),
-        Bound::Excluded(upper),
-        true,
-        |k, _| {
-            let mut reader = KeyReader::new(k).skip(&prefix)?;
-            reader.u64()?;
-            listed.push(reader.str()?);
-            Ok(listed.len() < rows)
-        },
-    )?;
+    let (lower, upper) = (
+        Bound::Included(prefix.as_slice()),
+        Bound::Excluded(upper.as_slice()),
+    );
+    r.walk(&t.list, lower, upper, true, |k, _| {
+        let mut reader = KeyReader::new(k).skip(&prefix)?;
+        reader.u64()?;
+        listed.push(reader.str()?);
+        Ok(listed.len() < rows)
+    })?;
     let has_more = listed.len() > query.limit as usize;
     listed.truncate(query.limit as usize);
     let mut conversations = Vec::with_capacity(listed.len());
@@ -406,7 +364,7 @@ pub(super) fn conversations(
 
 /// One entry of `user`'s conversation list, from the user's state of `conversation`.
 fn summary(
-    r: &impl Readable,
+    r: &impl Source,
     t: &Tables,
     user: &UserKey,
     conversation: String,

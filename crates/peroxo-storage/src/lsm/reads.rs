@@ -6,11 +6,11 @@
 //! Also the reads that read marks, receipts, changes of messages and erasure share: the
 //! messages of a conversation a user can see, and unread counts.
 
-use fjall::Readable;
+use std::ops::Bound;
 
 use super::keys::{KeyReader, corrupt};
 use super::queries::active_state;
-use super::tables::{self, MessageRow, StateRow, Tables, engine, key};
+use super::tables::{self, MessageRow, Source, StateRow, Tables, key};
 use super::writer::WriteTx;
 use crate::StoreError;
 use crate::rules::{self, Target};
@@ -104,7 +104,7 @@ pub(super) fn mark_read(
 
 /// Who has read a message (see `MessageStore::read_receipts`).
 pub(super) fn read_receipts(
-    r: &impl Readable,
+    r: &impl Source,
     t: &Tables,
     user: &UserKey,
     conversation_id: &str,
@@ -140,7 +140,7 @@ pub(super) fn read_receipts(
 
 /// Message `message_id` when it is a message of `conversation` visible past `boundary`.
 pub(super) fn visible_message(
-    r: &impl Readable,
+    r: &impl Source,
     t: &Tables,
     tenant: &str,
     conversation: &str,
@@ -157,7 +157,7 @@ pub(super) fn visible_message(
 /// The id of the newest message of `conversation` past `boundary` (only from others than
 /// `from_others_than`, and not deleted, when given).
 pub(super) fn newest_visible(
-    r: &impl Readable,
+    r: &impl Source,
     t: &Tables,
     tenant: &str,
     conversation: &str,
@@ -165,26 +165,28 @@ pub(super) fn newest_visible(
     from_others_than: Option<&str>,
 ) -> Result<Option<u64>, StoreError> {
     let prefix = key::conversation_prefix(tenant, conversation);
-    for guard in r.prefix(&t.by_conversation, &prefix).rev() {
-        let id = id_in_conversation(&guard.key().map_err(engine)?, &prefix)?;
+    let mut newest = None;
+    r.walk_prefix(&t.by_conversation, &prefix, true, |key, _| {
+        let id = id_in_conversation(key, &prefix)?;
         if id <= boundary {
-            return Ok(None);
+            return Ok(false);
         }
-        let Some(user) = from_others_than else {
-            return Ok(Some(id));
-        };
-        let message = message(r, t, tenant, id)?;
-        if message.sender != user && message.deleted_ts.is_none() {
-            return Ok(Some(id));
+        if let Some(user) = from_others_than {
+            let message = message(r, t, tenant, id)?;
+            if message.sender == user || message.deleted_ts.is_some() {
+                return Ok(true);
+            }
         }
-    }
-    Ok(None)
+        newest = Some(id);
+        Ok(false)
+    })?;
+    Ok(newest)
 }
 
 /// The messages of `conversation` from others than `user` after `after`, deleted ones aside:
 /// the unread count of a marker at `after`.
 pub(super) fn count_unread(
-    r: &impl Readable,
+    r: &impl Source,
     t: &Tables,
     tenant: &str,
     user: &str,
@@ -197,21 +199,27 @@ pub(super) fn count_unread(
     let prefix = key::conversation_prefix(tenant, conversation);
     let start = key::by_conversation(tenant, conversation, first);
     let mut count = 0;
-    for guard in r.range(&t.by_conversation, start..) {
-        let key = guard.key().map_err(engine)?;
-        if !key.starts_with(&prefix) {
-            break;
-        }
-        let message = message(r, t, tenant, id_in_conversation(&key, &prefix)?)?;
-        if message.sender != user && message.deleted_ts.is_none() {
-            count += 1;
-        }
-    }
+    r.walk(
+        &t.by_conversation,
+        Bound::Included(&start),
+        Bound::Unbounded,
+        false,
+        |key, _| {
+            if !key.starts_with(&prefix) {
+                return Ok(false);
+            }
+            let message = message(r, t, tenant, id_in_conversation(key, &prefix)?)?;
+            if message.sender != user && message.deleted_ts.is_none() {
+                count += 1;
+            }
+            Ok(true)
+        },
+    )?;
     Ok(count)
 }
 
 /// Message `id`, which a conversation's history names.
-fn message(r: &impl Readable, t: &Tables, tenant: &str, id: u64) -> Result<MessageRow, StoreError> {
+fn message(r: &impl Source, t: &Tables, tenant: &str, id: u64) -> Result<MessageRow, StoreError> {
     tables::get(r, &t.messages, &key::message(tenant, id))?
         .ok_or_else(|| corrupt("a conversation's entry of a missing message"))
 }

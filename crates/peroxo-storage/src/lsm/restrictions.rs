@@ -2,10 +2,10 @@
 //! (tenant, user): a change is a job of the writer, in a transaction of its own; the reads
 //! run over a snapshot.
 
-use fjall::Readable;
+use std::ops::Bound;
 
 use super::keys::KeyReader;
-use super::tables::{self, RestrictionRow, Tables, engine, key};
+use super::tables::{self, RestrictionRow, Source, Tables, key};
 use super::writer::WriteTx;
 use crate::StoreError;
 use peroxo_protocol::domain::UserKey;
@@ -53,11 +53,7 @@ pub(super) fn set(
 }
 
 /// `user`'s restriction, or the default (all zero).
-pub(super) fn get(
-    r: &impl Readable,
-    t: &Tables,
-    user: &UserKey,
-) -> Result<Restriction, StoreError> {
+pub(super) fn get(r: &impl Source, t: &Tables, user: &UserKey) -> Result<Restriction, StoreError> {
     Ok(
         tables::get::<RestrictionRow>(r, &t.restrictions, &key::user(&user.tenant, &user.user))?
             .map(Restriction::from)
@@ -68,21 +64,26 @@ pub(super) fn get(
 /// Every restriction [active](Restriction::is_active) at `now_ms`, of every tenant, by
 /// (tenant, user): the keys' order. Reads every restriction, as the SQL backends do.
 pub(super) fn active(
-    r: &impl Readable,
+    r: &impl Source,
     t: &Tables,
     now_ms: i64,
 ) -> Result<Vec<(UserKey, Restriction)>, StoreError> {
     let mut out = Vec::new();
-    for guard in r.iter(&t.restrictions) {
-        let (key, value) = guard.into_inner().map_err(engine)?;
-        let restriction = Restriction::from(tables::decode::<RestrictionRow>(&value)?);
-        if !restriction.is_active(now_ms) {
-            continue;
-        }
-        let mut reader = KeyReader::new(&key);
-        let tenant = reader.str()?;
-        let user = reader.str()?;
-        out.push((UserKey::new(tenant, user), restriction));
-    }
+    r.walk(
+        &t.restrictions,
+        Bound::Unbounded,
+        Bound::Unbounded,
+        false,
+        |key, value| {
+            let restriction = Restriction::from(tables::decode::<RestrictionRow>(value)?);
+            if restriction.is_active(now_ms) {
+                let mut reader = KeyReader::new(key);
+                let tenant = reader.str()?;
+                let user = reader.str()?;
+                out.push((UserKey::new(tenant, user), restriction));
+            }
+            Ok(true)
+        },
+    )?;
     Ok(out)
 }

@@ -10,10 +10,8 @@
 use std::collections::HashMap;
 use std::ops::Bound;
 
-use fjall::Readable;
-
 use super::keys::{Key, KeyReader};
-use super::tables::{self, MessageRow, Tables, engine, key};
+use super::tables::{self, MessageRow, Source, Tables, key};
 use super::writer::WriteTx;
 use crate::{PruneBatch, StoreError};
 use peroxo_protocol::domain::UserKey;
@@ -75,18 +73,15 @@ fn oldest(w: &WriteTx<'_>, batch: &PruneBatch) -> Result<Vec<(u64, MessageRow)>,
         return Ok(doomed);
     }
     let prefix = key::tenant(&batch.tenant);
-    for guard in w.tx.prefix(&w.t.messages, &prefix) {
-        let (key, value) = guard.into_inner().map_err(engine)?;
-        let message: MessageRow = tables::decode(&value)?;
+    w.tx.walk_prefix(&w.t.messages, &prefix, false, |key, value| {
+        let message: MessageRow = tables::decode(value)?;
         if message.ts >= batch.before_ts {
-            break;
+            return Ok(false);
         }
-        let id = KeyReader::new(&key).skip(&prefix)?.u64()?;
+        let id = KeyReader::new(key).skip(&prefix)?.u64()?;
         doomed.push((id, message));
-        if doomed.len() >= batch.limit as usize {
-            break;
-        }
-    }
+        Ok(doomed.len() < batch.limit as usize)
+    })?;
     Ok(doomed)
 }
 
@@ -138,16 +133,24 @@ fn no_longer_unread(
 
 /// The tenants that have messages, in order: each found by seeking past the keys of the one
 /// before, so a tenant costs one seek however many messages it has.
-pub(super) fn message_tenants(r: &impl Readable, t: &Tables) -> Result<Vec<String>, StoreError> {
+pub(super) fn message_tenants(r: &impl Source, t: &Tables) -> Result<Vec<String>, StoreError> {
     let mut tenants = Vec::new();
     let mut from: Vec<u8> = Vec::new();
     loop {
-        let range = (Bound::Included(from), Bound::<Vec<u8>>::Unbounded);
-        let Some(guard) = r.range(&t.messages, range).next() else {
+        let mut next = None;
+        r.walk(
+            &t.messages,
+            Bound::Included(&from),
+            Bound::Unbounded,
+            false,
+            |key, _| {
+                next = Some(KeyReader::new(key).str()?);
+                Ok(false)
+            },
+        )?;
+        let Some(tenant) = next else {
             return Ok(tenants);
         };
-        let key = guard.key().map_err(engine)?;
-        let tenant = KeyReader::new(&key).str()?;
         from = past(&key::tenant(&tenant));
         tenants.push(tenant);
     }

@@ -26,8 +26,15 @@
 //! `list` and `members` are indexes of `states`: [`WriteTx::put_state`](super::writer::WriteTx::put_state)
 //! keeps them in step, in the same transaction. Rows are encoded with postcard; numbers in
 //! values as 8 bytes big-endian.
+//!
+//! Every read goes through a [`Source`]: a snapshot of what is committed (the readers), or the
+//! writer's open transaction, which sees its own writes. The reads are written once, for both.
 
-use fjall::{KeyspaceCreateOptions, Readable, SingleWriterTxDatabase, SingleWriterTxKeyspace};
+use std::ops::Bound;
+
+use fjall::{
+    KeyspaceCreateOptions, KvPair, Readable, SingleWriterTxDatabase, SingleWriterTxKeyspace,
+};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -237,113 +244,158 @@ pub(super) fn decode_u64(bytes: &[u8]) -> Result<u64, StoreError> {
     Ok(u64::from_be_bytes(bytes))
 }
 
-/// Reads the row at `key` of `ks`, decoded.
+/// What a read reads from: a snapshot of what is committed, or the writer's open transaction
+/// over one.
+pub(super) trait Source {
+    /// The value at `key` of `table`, as `read` makes it of the bytes (`None`: no such key).
+    fn get<T>(
+        &self,
+        table: &SingleWriterTxKeyspace,
+        key: &[u8],
+        read: impl FnOnce(&[u8]) -> T,
+    ) -> Result<Option<T>, StoreError>;
+
+    /// Visits the keys and values of `table` between `lower` and `upper` in key order (`rev`:
+    /// reversed) while `visit` says to go on.
+    fn walk(
+        &self,
+        table: &SingleWriterTxKeyspace,
+        lower: Bound<&[u8]>,
+        upper: Bound<&[u8]>,
+        rev: bool,
+        visit: impl FnMut(&[u8], &[u8]) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError>;
+
+    /// [`Source::walk`] over the keys that start with `prefix`.
+    fn walk_prefix(
+        &self,
+        table: &SingleWriterTxKeyspace,
+        prefix: &[u8],
+        rev: bool,
+        visit: impl FnMut(&[u8], &[u8]) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
+        let end = prefix_end(prefix);
+        self.walk(table, Bound::Included(prefix), end_bound(&end), rev, visit)
+    }
+}
+
+impl<R: Readable> Source for R {
+    fn get<T>(
+        &self,
+        table: &SingleWriterTxKeyspace,
+        key: &[u8],
+        read: impl FnOnce(&[u8]) -> T,
+    ) -> Result<Option<T>, StoreError> {
+        let value = Readable::get(self, table, key).map_err(engine)?;
+        Ok(value.map(|value| read(&value)))
+    }
+
+    fn walk(
+        &self,
+        table: &SingleWriterTxKeyspace,
+        lower: Bound<&[u8]>,
+        upper: Bound<&[u8]>,
+        rev: bool,
+        mut visit: impl FnMut(&[u8], &[u8]) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
+        for row in committed(self, table, lower, upper, rev) {
+            let (key, value) = row?;
+            if !visit(&key, &value)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The rows of `table` in `snapshot` between `lower` and `upper`, in key order (`rev`:
+/// reversed).
+fn committed<'s>(
+    snapshot: &'s impl Readable,
+    table: &SingleWriterTxKeyspace,
+    lower: Bound<&[u8]>,
+    upper: Bound<&[u8]>,
+    rev: bool,
+) -> impl Iterator<Item = Result<KvPair, StoreError>> + 's {
+    let rows = snapshot.range::<&[u8], _>(table, (lower, upper));
+    let rows: Box<dyn Iterator<Item = fjall::Guard>> = if rev {
+        Box::new(rows.rev())
+    } else {
+        Box::new(rows)
+    };
+    rows.map(|guard| guard.into_inner().map_err(engine))
+}
+
+/// Reads the row at `key` of `table`, decoded.
 pub(super) fn get<T: DeserializeOwned>(
-    r: &impl Readable,
-    ks: &SingleWriterTxKeyspace,
+    r: &impl Source,
+    table: &SingleWriterTxKeyspace,
     key: &[u8],
 ) -> Result<Option<T>, StoreError> {
-    match r.get(ks, key).map_err(engine)? {
-        Some(bytes) => decode(&bytes).map(Some),
-        None => Ok(None),
-    }
+    r.get(table, key, decode)?.transpose()
 }
 
-/// Reads the number at `key` of `ks`.
+/// Reads the number at `key` of `table`.
 pub(super) fn get_u64(
-    r: &impl Readable,
-    ks: &SingleWriterTxKeyspace,
+    r: &impl Source,
+    table: &SingleWriterTxKeyspace,
     key: &[u8],
 ) -> Result<Option<u64>, StoreError> {
-    match r.get(ks, key).map_err(engine)? {
-        Some(bytes) => decode_u64(&bytes).map(Some),
-        None => Ok(None),
-    }
+    r.get(table, key, decode_u64)?.transpose()
 }
 
-/// Whether `ks` has `key`.
+/// Whether `table` has `key`.
 pub(super) fn contains(
-    r: &impl Readable,
-    ks: &SingleWriterTxKeyspace,
+    r: &impl Source,
+    table: &SingleWriterTxKeyspace,
     key: &[u8],
 ) -> Result<bool, StoreError> {
-    r.contains_key(ks, key).map_err(engine)
+    Ok(r.get(table, key, |_| ())?.is_some())
 }
 
-/// The keys and values of `ks` that start with `prefix`, in key order (`rev`: reversed),
+/// Keys (each without the prefix a scan reads) and their values, in the order read.
+pub(super) type Rows = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// The keys and values of `table` that start with `prefix`, in key order (`rev`: reversed),
 /// each key without the prefix, at most `limit`.
 pub(super) fn scan(
-    r: &impl Readable,
-    ks: &SingleWriterTxKeyspace,
+    r: &impl Source,
+    table: &SingleWriterTxKeyspace,
     prefix: &[u8],
     rev: bool,
     limit: usize,
-) -> Result<Vec<(Vec<u8>, fjall::Slice)>, StoreError> {
-    scan_range(r, ks, prefix, prefix, None, rev, limit)
+) -> Result<Rows, StoreError> {
+    scan_from(r, table, prefix, None, rev, limit)
 }
 
-/// The keys and values of `ks` that start with `prefix` and come after `from` (a key that
+/// The keys and values of `table` that start with `prefix` and come after `from` (a key that
 /// starts with `prefix`; going down when `rev`, up otherwise; `None`: from the end), in key
 /// order (`rev`: reversed), each key without the prefix, at most `limit`.
 pub(super) fn scan_from(
-    r: &impl Readable,
-    ks: &SingleWriterTxKeyspace,
+    r: &impl Source,
+    table: &SingleWriterTxKeyspace,
     prefix: &[u8],
     from: Option<&[u8]>,
     rev: bool,
     limit: usize,
-) -> Result<Vec<(Vec<u8>, fjall::Slice)>, StoreError> {
-    match from {
-        None => scan(r, ks, prefix, rev, limit),
-        Some(from) => scan_range(r, ks, prefix, from, Some(from), rev, limit),
-    }
-}
-
-fn scan_range(
-    r: &impl Readable,
-    ks: &SingleWriterTxKeyspace,
-    prefix: &[u8],
-    _start: &[u8],
-    exclusive: Option<&[u8]>,
-    rev: bool,
-    limit: usize,
-) -> Result<Vec<(Vec<u8>, fjall::Slice)>, StoreError> {
-    use std::ops::Bound;
+) -> Result<Rows, StoreError> {
     let end = prefix_end(prefix);
-    let (lower, upper): (Bound<Vec<u8>>, Bound<Vec<u8>>) = match (exclusive, rev) {
-        (None, _) => (Bound::Included(prefix.to_vec()), end_bound(end)),
-        (Some(from), false) => (Bound::Excluded(from.to_vec()), end_bound(end)),
-        (Some(from), true) => (
-            Bound::Included(prefix.to_vec()),
-            Bound::Excluded(from.to_vec()),
-        ),
+    let (lower, upper) = match (from, rev) {
+        (None, _) => (Bound::Included(prefix), end_bound(&end)),
+        (Some(from), false) => (Bound::Excluded(from), end_bound(&end)),
+        (Some(from), true) => (Bound::Included(prefix), Bound::Excluded(from)),
     };
-    let iter = r.range::<Vec<u8>, _>(ks, (lower, upper));
     let mut out = Vec::new();
-    let mut take = |guard: fjall::Guard| -> Result<bool, StoreError> {
-        let (key, value) = guard.into_inner().map_err(engine)?;
-        let rest = key
-            .strip_prefix(prefix)
-            .ok_or_else(|| corrupt("a key outside its range"))?;
-        out.push((rest.to_vec(), value));
-        Ok(out.len() < limit)
-    };
     if limit == 0 {
         return Ok(out);
     }
-    if rev {
-        for guard in iter.rev() {
-            if !take(guard)? {
-                break;
-            }
-        }
-    } else {
-        for guard in iter {
-            if !take(guard)? {
-                break;
-            }
-        }
-    }
+    r.walk(table, lower, upper, rev, |key, value| {
+        let rest = key
+            .strip_prefix(prefix)
+            .ok_or_else(|| corrupt("a key outside its range"))?;
+        out.push((rest.to_vec(), value.to_vec()));
+        Ok(out.len() < limit)
+    })?;
     Ok(out)
 }
 
@@ -359,10 +411,10 @@ fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     None
 }
 
-fn end_bound(end: Option<Vec<u8>>) -> std::ops::Bound<Vec<u8>> {
+fn end_bound(end: &Option<Vec<u8>>) -> Bound<&[u8]> {
     match end {
-        Some(end) => std::ops::Bound::Excluded(end),
-        None => std::ops::Bound::Unbounded,
+        Some(end) => Bound::Excluded(end),
+        None => Bound::Unbounded,
     }
 }
 

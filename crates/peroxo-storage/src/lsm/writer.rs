@@ -17,13 +17,13 @@
 use std::collections::HashMap;
 use std::sync::{Arc, mpsc};
 
-use fjall::{PersistMode, Readable, SingleWriterTxDatabase, SingleWriterWriteTx};
+use fjall::{PersistMode, SingleWriterTxDatabase, SingleWriterWriteTx};
 
 use super::outbox::{self, OutboxIds};
 pub(super) use super::tables::Entry;
 use super::tables::{
-    self, EventRow, META_LAST_EVENT_ID, META_LAST_MESSAGE_ID, MemberEntry, StateRow, Tables,
-    engine, key,
+    self, EventRow, META_LAST_EVENT_ID, META_LAST_MESSAGE_ID, MemberEntry, Source, StateRow,
+    Tables, engine, key,
 };
 use super::{append, erase, groups, lifecycle, queries, reads, restrictions, retention};
 use crate::jobs::{Done, group_done, refusal_answers};
@@ -671,7 +671,7 @@ impl WriteTx<'_> {
 
 /// The current members of `group`, sorted by user id, with what `members` holds of each.
 pub(super) fn member_rows(
-    r: &impl Readable,
+    r: &impl Source,
     t: &Tables,
     tenant: &str,
     group: &str,
