@@ -4,13 +4,18 @@
 //! Its tables are key ranges (see `tables`): a user's stream is `inbox/{tenant}/{user}/{seq}`,
 //! a conversation's history `by_conversation/{tenant}/{conversation}/{id}`, a dedupe key one
 //! point, so a commit appends to the journal what it changes and nothing else; memtables are
-//! flushed and compacted in the background. One writer thread owns the only write transaction
-//! and commits waiting jobs together (group commit), each commit one journal write and (with
-//! `lsm_synchronous = "full"`) one fsync, as the SQLite backend does. Reads run on the blocking
-//! pool over a snapshot of the committed state.
+//! flushed and compacted in the background. One writer thread is the only writer: it does
+//! waiting jobs in one transaction of its own (their writes held in memory, where its reads
+//! see them) and commits them together (group commit) as one write batch, each commit one
+//! journal write and (with `lsm_synchronous = "full"`) one fsync, as the SQLite backend does.
+//! Reads run on the blocking pool over a snapshot of the committed state, which a batch
+//! enters whole or not at all.
 //!
 //! - `keys`: how a tuple of strings and numbers becomes an ordered key.
-//! - `tables`: the keyspaces, their rows and typed reads.
+//! - `tables`: the keyspaces, their rows and typed reads, over a snapshot or the writer's
+//!   transaction alike.
+//! - `overlay`: the writer's transaction: its writes in memory over a snapshot, committed as
+//!   one batch.
 //! - `writer`: the writer thread, its jobs and the transaction they share, where seqs are
 //!   taken, events fan out and conversation states keep their indexes.
 //! - `append`, `groups`, `reads`, `lifecycle`: the writes of messages, of group creations and
@@ -30,6 +35,7 @@ mod inspect;
 mod keys;
 mod lifecycle;
 mod outbox;
+mod overlay;
 mod queries;
 mod reads;
 mod restrictions;
@@ -43,7 +49,7 @@ use std::sync::{Arc, Mutex, Weak, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use fjall::{PersistMode, SingleWriterTxDatabase, Snapshot};
+use fjall::{Database, PersistMode, Snapshot};
 use tokio::sync::oneshot;
 
 use super::{
@@ -73,7 +79,7 @@ pub struct LsmStore {
 /// One open database: what every store opened over it in this process shares.
 struct Shared {
     path: PathBuf,
-    db: SingleWriterTxDatabase,
+    db: Database,
     tables: Arc<Tables>,
     /// Jobs for the writer thread; the thread ends when this sender is dropped.
     writer: Mutex<Option<mpsc::Sender<Sent>>>,
@@ -190,7 +196,7 @@ impl LsmStore {
     {
         let shared = Arc::clone(&self.shared);
         tokio::task::spawn_blocking(move || {
-            let snapshot = shared.db.read_tx();
+            let snapshot = shared.db.snapshot();
             read(&snapshot, &shared.tables)
         })
         .await
@@ -202,7 +208,7 @@ impl Shared {
     /// Opens the engine over `path` and starts the writer. `Err(None)`: another opener holds
     /// the directory.
     fn open(path: &Path, synchronous: SqliteSync) -> Result<Self, Option<StoreError>> {
-        let db = match SingleWriterTxDatabase::builder(path).open() {
+        let db = match Database::builder(path).open() {
             Ok(db) => db,
             Err(fjall::Error::Locked) => return Err(None),
             Err(e) => return Err(Some(engine(e))),
@@ -243,17 +249,18 @@ impl Shared {
 }
 
 /// Writes the format's version into a new database; refuses a database of another format.
-fn check_format(db: &SingleWriterTxDatabase, t: &Tables) -> Result<(), StoreError> {
-    let found = tables::get_u64(&db.read_tx(), &t.meta, META_VERSION)?;
+fn check_format(db: &Database, t: &Tables) -> Result<(), StoreError> {
+    let found = tables::get_u64(&db.snapshot(), &t.meta, META_VERSION)?;
     match found {
         Some(FORMAT_VERSION) => Ok(()),
         Some(other) => Err(StoreError::Backend(format!(
             "the lsm database has format {other}; this build reads format {FORMAT_VERSION}"
         ))),
         None => {
-            let mut tx = db.write_tx().durability(Some(PersistMode::SyncAll));
-            tx.insert(&t.meta, META_VERSION, tables::encode_u64(FORMAT_VERSION));
-            tx.commit().map_err(engine)
+            let mut batch = db.batch().durability(Some(PersistMode::SyncAll));
+            let version = tables::encode_u64(FORMAT_VERSION);
+            batch.insert(&t.meta.keyspace, META_VERSION, version.as_slice());
+            batch.commit().map_err(engine)
         }
     }
 }

@@ -9,9 +9,8 @@
 use std::collections::{BTreeSet, HashMap};
 use std::ops::Bound;
 
-use fjall::SingleWriterWriteTx;
-
 use super::keys::{KeyReader, corrupt};
+use super::overlay::Overlay;
 use super::tables::{self, ConsumerRow, OutboxCounter, OutboxRow, Source, Tables, key};
 use super::writer::WriteTx;
 use crate::jobs::Advance;
@@ -43,7 +42,7 @@ impl OutboxIds {
     /// Writes `event` as the next event of `tenant`, committed at `ts`, and returns its id.
     pub(super) fn write(
         &mut self,
-        tx: &mut SingleWriterWriteTx<'_>,
+        tx: &mut Overlay,
         t: &Tables,
         tenant: &str,
         ts: i64,
@@ -79,11 +78,7 @@ impl OutboxIds {
 
     /// Writes back the counter of every tenant the open transaction wrote events of: one
     /// write per tenant per transaction, however many events.
-    pub(super) fn store(
-        &mut self,
-        tx: &mut SingleWriterWriteTx<'_>,
-        t: &Tables,
-    ) -> Result<(), StoreError> {
+    pub(super) fn store(&mut self, tx: &mut Overlay, t: &Tables) -> Result<(), StoreError> {
         for tenant in std::mem::take(&mut self.moved) {
             let counter = self.last[&tenant];
             tx.insert(

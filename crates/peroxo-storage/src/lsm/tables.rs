@@ -28,13 +28,12 @@
 //! values as 8 bytes big-endian.
 //!
 //! Every read goes through a [`Source`]: a snapshot of what is committed (the readers), or the
-//! writer's open transaction, which sees its own writes. The reads are written once, for both.
+//! writer's open transaction ([`Overlay`](super::overlay::Overlay)), which sees its own
+//! writes. The reads are written once, for both.
 
 use std::ops::Bound;
 
-use fjall::{
-    KeyspaceCreateOptions, KvPair, Readable, SingleWriterTxDatabase, SingleWriterTxKeyspace,
-};
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, KvPair, Readable, Snapshot};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -42,34 +41,49 @@ use super::keys::{Key, corrupt};
 use crate::StoreError;
 use crate::sql::EventColumns;
 
+/// A keyspace, and its place among the [`Tables`].
+pub(super) struct Table {
+    pub(super) keyspace: Keyspace,
+    /// Its position in the order [`Tables::open`] opens them, from 0: where the writer's
+    /// overlay keeps what a transaction wrote to it.
+    pub(super) index: usize,
+}
+
 /// Every keyspace, opened.
 pub(super) struct Tables {
-    pub(super) messages: SingleWriterTxKeyspace,
-    pub(super) dedupe: SingleWriterTxKeyspace,
-    pub(super) by_conversation: SingleWriterTxKeyspace,
-    pub(super) events: SingleWriterTxKeyspace,
-    pub(super) event_dedupe: SingleWriterTxKeyspace,
-    pub(super) inbox: SingleWriterTxKeyspace,
-    pub(super) group_entries: SingleWriterTxKeyspace,
-    pub(super) floors: SingleWriterTxKeyspace,
-    pub(super) groups: SingleWriterTxKeyspace,
-    pub(super) group_dedupe: SingleWriterTxKeyspace,
-    pub(super) states: SingleWriterTxKeyspace,
-    pub(super) list: SingleWriterTxKeyspace,
-    pub(super) members: SingleWriterTxKeyspace,
-    pub(super) reactions: SingleWriterTxKeyspace,
-    pub(super) outbox: SingleWriterTxKeyspace,
-    pub(super) outbox_counters: SingleWriterTxKeyspace,
-    pub(super) consumers: SingleWriterTxKeyspace,
-    pub(super) restrictions: SingleWriterTxKeyspace,
-    pub(super) meta: SingleWriterTxKeyspace,
+    pub(super) messages: Table,
+    pub(super) dedupe: Table,
+    pub(super) by_conversation: Table,
+    pub(super) events: Table,
+    pub(super) event_dedupe: Table,
+    pub(super) inbox: Table,
+    pub(super) group_entries: Table,
+    pub(super) floors: Table,
+    pub(super) groups: Table,
+    pub(super) group_dedupe: Table,
+    pub(super) states: Table,
+    pub(super) list: Table,
+    pub(super) members: Table,
+    pub(super) reactions: Table,
+    pub(super) outbox: Table,
+    pub(super) outbox_counters: Table,
+    pub(super) consumers: Table,
+    pub(super) restrictions: Table,
+    pub(super) meta: Table,
 }
 
 impl Tables {
-    pub(super) fn open(db: &SingleWriterTxDatabase) -> Result<Self, StoreError> {
-        let open = |name: &str| {
-            db.keyspace(name, KeyspaceCreateOptions::default)
-                .map_err(engine)
+    pub(super) fn open(db: &Database) -> Result<Self, StoreError> {
+        let mut opened = 0;
+        let mut open = |name: &str| {
+            let keyspace = db
+                .keyspace(name, KeyspaceCreateOptions::default)
+                .map_err(engine)?;
+            opened += 1;
+            Ok::<_, StoreError>(Table {
+                keyspace,
+                index: opened - 1,
+            })
         };
         Ok(Self {
             messages: open("messages")?,
@@ -250,7 +264,7 @@ pub(super) trait Source {
     /// The value at `key` of `table`, as `read` makes it of the bytes (`None`: no such key).
     fn get<T>(
         &self,
-        table: &SingleWriterTxKeyspace,
+        table: &Table,
         key: &[u8],
         read: impl FnOnce(&[u8]) -> T,
     ) -> Result<Option<T>, StoreError>;
@@ -259,7 +273,7 @@ pub(super) trait Source {
     /// reversed) while `visit` says to go on.
     fn walk(
         &self,
-        table: &SingleWriterTxKeyspace,
+        table: &Table,
         lower: Bound<&[u8]>,
         upper: Bound<&[u8]>,
         rev: bool,
@@ -269,7 +283,7 @@ pub(super) trait Source {
     /// [`Source::walk`] over the keys that start with `prefix`.
     fn walk_prefix(
         &self,
-        table: &SingleWriterTxKeyspace,
+        table: &Table,
         prefix: &[u8],
         rev: bool,
         visit: impl FnMut(&[u8], &[u8]) -> Result<bool, StoreError>,
@@ -279,20 +293,20 @@ pub(super) trait Source {
     }
 }
 
-impl<R: Readable> Source for R {
+impl Source for Snapshot {
     fn get<T>(
         &self,
-        table: &SingleWriterTxKeyspace,
+        table: &Table,
         key: &[u8],
         read: impl FnOnce(&[u8]) -> T,
     ) -> Result<Option<T>, StoreError> {
-        let value = Readable::get(self, table, key).map_err(engine)?;
+        let value = Readable::get(self, &table.keyspace, key).map_err(engine)?;
         Ok(value.map(|value| read(&value)))
     }
 
     fn walk(
         &self,
-        table: &SingleWriterTxKeyspace,
+        table: &Table,
         lower: Bound<&[u8]>,
         upper: Bound<&[u8]>,
         rev: bool,
@@ -310,14 +324,14 @@ impl<R: Readable> Source for R {
 
 /// The rows of `table` in `snapshot` between `lower` and `upper`, in key order (`rev`:
 /// reversed).
-fn committed<'s>(
-    snapshot: &'s impl Readable,
-    table: &SingleWriterTxKeyspace,
+pub(super) fn committed<'s>(
+    snapshot: &'s Snapshot,
+    table: &Table,
     lower: Bound<&[u8]>,
     upper: Bound<&[u8]>,
     rev: bool,
 ) -> impl Iterator<Item = Result<KvPair, StoreError>> + 's {
-    let rows = snapshot.range::<&[u8], _>(table, (lower, upper));
+    let rows = snapshot.range::<&[u8], _>(&table.keyspace, (lower, upper));
     let rows: Box<dyn Iterator<Item = fjall::Guard>> = if rev {
         Box::new(rows.rev())
     } else {
@@ -329,7 +343,7 @@ fn committed<'s>(
 /// Reads the row at `key` of `table`, decoded.
 pub(super) fn get<T: DeserializeOwned>(
     r: &impl Source,
-    table: &SingleWriterTxKeyspace,
+    table: &Table,
     key: &[u8],
 ) -> Result<Option<T>, StoreError> {
     r.get(table, key, decode)?.transpose()
@@ -338,18 +352,14 @@ pub(super) fn get<T: DeserializeOwned>(
 /// Reads the number at `key` of `table`.
 pub(super) fn get_u64(
     r: &impl Source,
-    table: &SingleWriterTxKeyspace,
+    table: &Table,
     key: &[u8],
 ) -> Result<Option<u64>, StoreError> {
     r.get(table, key, decode_u64)?.transpose()
 }
 
 /// Whether `table` has `key`.
-pub(super) fn contains(
-    r: &impl Source,
-    table: &SingleWriterTxKeyspace,
-    key: &[u8],
-) -> Result<bool, StoreError> {
+pub(super) fn contains(r: &impl Source, table: &Table, key: &[u8]) -> Result<bool, StoreError> {
     Ok(r.get(table, key, |_| ())?.is_some())
 }
 
@@ -360,7 +370,7 @@ pub(super) type Rows = Vec<(Vec<u8>, Vec<u8>)>;
 /// each key without the prefix, at most `limit`.
 pub(super) fn scan(
     r: &impl Source,
-    table: &SingleWriterTxKeyspace,
+    table: &Table,
     prefix: &[u8],
     rev: bool,
     limit: usize,
@@ -373,7 +383,7 @@ pub(super) fn scan(
 /// order (`rev`: reversed), each key without the prefix, at most `limit`.
 pub(super) fn scan_from(
     r: &impl Source,
-    table: &SingleWriterTxKeyspace,
+    table: &Table,
     prefix: &[u8],
     from: Option<&[u8]>,
     rev: bool,

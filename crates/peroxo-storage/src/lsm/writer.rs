@@ -9,21 +9,23 @@
 //! transaction and fails every job in it. Retention, erasure, consumers and restrictions run
 //! in transactions of their own.
 //!
-//! [`WriteTx`] is what a job writes through: the engine's transaction (which reads its own
-//! writes), the seqs of recent users and the members of recent groups (so a message need not
-//! read them), the ids of messages, events and outbox events, stream entries, events fanned
-//! out to their audience, and conversation states with the indexes kept from them.
+//! [`WriteTx`] is what a job writes through: the open transaction (an [`Overlay`]: the
+//! writes held in memory over a snapshot, read back by the jobs, committed as one batch), the
+//! seqs of recent users and the members of recent groups (so a message need not read them),
+//! the ids of messages, events and outbox events, stream entries, events fanned out to their
+//! audience, and conversation states with the indexes kept from them.
 
 use std::collections::HashMap;
 use std::sync::{Arc, mpsc};
 
-use fjall::{PersistMode, SingleWriterTxDatabase, SingleWriterWriteTx};
+use fjall::{Database, PersistMode};
 
 use super::outbox::{self, OutboxIds};
+use super::overlay::Overlay;
 pub(super) use super::tables::Entry;
 use super::tables::{
-    self, EventRow, META_LAST_EVENT_ID, META_LAST_MESSAGE_ID, MemberEntry, Source, StateRow,
-    Tables, engine, key,
+    self, EventRow, META_LAST_EVENT_ID, META_LAST_MESSAGE_ID, MemberEntry, Source, StateRow, Table,
+    Tables, key,
 };
 use super::{append, erase, groups, lifecycle, queries, reads, restrictions, retention};
 use crate::jobs::{Done, group_done, refusal_answers};
@@ -191,8 +193,8 @@ pub(super) struct LastIds {
 }
 
 impl LastIds {
-    pub(super) fn load(db: &SingleWriterTxDatabase, t: &Tables) -> Result<Self, StoreError> {
-        let r = db.read_tx();
+    pub(super) fn load(db: &Database, t: &Tables) -> Result<Self, StoreError> {
+        let r = db.snapshot();
         Ok(Self {
             message: tables::get_u64(&r, &t.meta, META_LAST_MESSAGE_ID)?.unwrap_or(0),
             event: tables::get_u64(&r, &t.meta, META_LAST_EVENT_ID)?.unwrap_or(0),
@@ -202,7 +204,7 @@ impl LastIds {
 
 /// The writer thread's state.
 pub(super) struct Writer {
-    pub(super) db: SingleWriterTxDatabase,
+    pub(super) db: Database,
     pub(super) tables: Arc<Tables>,
     /// How a commit is made durable (`None`: left to the engine).
     pub(super) durability: Option<PersistMode>,
@@ -273,7 +275,7 @@ impl Writer {
 
     fn write_tx(&mut self, outbox: OutboxSettings) -> WriteTx<'_> {
         WriteTx {
-            tx: self.db.write_tx().durability(self.durability),
+            tx: Overlay::new(&self.db, self.durability),
             t: &self.tables,
             seqs: &mut self.seqs,
             groups: &mut self.groups,
@@ -332,8 +334,8 @@ impl Writer {
 
 /// The open transaction of the writer, as its jobs write through it.
 pub(super) struct WriteTx<'a> {
-    /// The engine's transaction: reads see its own writes.
-    pub(super) tx: SingleWriterWriteTx<'a>,
+    /// The transaction: reads through it see its own writes.
+    pub(super) tx: Overlay,
     pub(super) t: &'a Tables,
     seqs: &'a mut HashMap<UserKey, u64>,
     groups: &'a mut KnownGroups,
@@ -362,43 +364,38 @@ impl WriteTx<'_> {
             );
         }
         self.outbox_ids.store(&mut self.tx, self.t)?;
-        self.tx.commit().map_err(engine)
+        self.tx.commit()
     }
 
-    /// Reads the row at `key` of `ks`, as the transaction sees it.
+    /// Reads the row at `key` of `table`, as the transaction sees it.
     pub(super) fn get<T: serde::de::DeserializeOwned>(
         &self,
-        ks: &fjall::SingleWriterTxKeyspace,
+        table: &Table,
         key: &[u8],
     ) -> Result<Option<T>, StoreError> {
-        tables::get(&self.tx, ks, key)
+        tables::get(&self.tx, table, key)
     }
 
-    /// Writes `value` at `key` of `ks`.
+    /// Writes `value` at `key` of `table`.
     pub(super) fn put<T: serde::Serialize>(
         &mut self,
-        ks: &fjall::SingleWriterTxKeyspace,
+        table: &Table,
         key: Vec<u8>,
         value: &T,
     ) -> Result<(), StoreError> {
         let bytes = tables::encode(value)?;
-        self.tx.insert(ks, key, bytes);
+        self.tx.insert(table, key, bytes);
         Ok(())
     }
 
-    /// Writes the bytes `value` at `key` of `ks`.
-    pub(super) fn put_raw(
-        &mut self,
-        ks: &fjall::SingleWriterTxKeyspace,
-        key: Vec<u8>,
-        value: Vec<u8>,
-    ) {
-        self.tx.insert(ks, key, value);
+    /// Writes the bytes `value` at `key` of `table`.
+    pub(super) fn put_raw(&mut self, table: &Table, key: Vec<u8>, value: Vec<u8>) {
+        self.tx.insert(table, key, value);
     }
 
-    /// Deletes `key` of `ks`.
-    pub(super) fn delete(&mut self, ks: &fjall::SingleWriterTxKeyspace, key: Vec<u8>) {
-        self.tx.remove(ks, key);
+    /// Deletes `key` of `table`.
+    pub(super) fn delete(&mut self, table: &Table, key: Vec<u8>) {
+        self.tx.remove(table, key);
     }
 
     /// The next message id.
